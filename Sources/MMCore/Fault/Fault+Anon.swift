@@ -1,0 +1,99 @@
+import MMSync
+
+extension AddressSpace {
+    /// `do_anonymous_page`: a read maps the shared zero page read-only; a write maps a new
+    /// zeroed page, exclusive and writable. The page is allocated before the PTE lock is taken
+    /// and the entry re-checked under it.
+    func doAnonymousPage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
+                         flags: FaultFlags) -> FaultResult {
+        if !flags.contains(.write) {
+            ptl.lock(); defer { ptl.unlock() }
+            guard ptep.load().isNone else { return .retry }
+            ptep.store(.page(PhysicalMemory.zeroPfn, write: false, special: true))
+            machine.stats.count(.faultAnonZeroPage)
+            return .ok
+        }
+        let av = anonVMAPrepare(vma)
+        guard let page = memory.allocate(order: 0, zeroed: true) else { return .oom }
+        ptl.lock()
+        guard ptep.load().isNone else {
+            ptl.unlock()
+            memory.put(page)
+            return .retry
+        }
+        memory.addNewAnonRmap(page, vma: vma, address: address, anonVMA: av)
+        ptep.store(.page(page.pfn, write: vma.flags.contains(.write), dirty: true))
+        ptl.unlock()
+        machine.stats.count(.faultAnonNewPage)
+        return .ok
+    }
+
+    /// `do_wp_page`: a write to a present read-only entry. Shared mappings just become
+    /// writable; private ones reuse an exclusive anonymous page or copy (COW).
+    /// Locking: called with the PTE lock held; returns with it released.
+    func doWPPage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ old: PTE,
+                  flags: FaultFlags) -> FaultResult {
+        if vma.isShared {
+            ptep.store(old.mkwrite().mkdirty().mkyoung())
+            if !old.isSpecial { memory.page(old.pfn).set(.dirty) }
+            ptl.unlock()
+            machine.stats.count(.faultWriteShared)
+            return .ok
+        }
+        if !old.isSpecial {
+            let page = memory.page(old.pfn)
+            if page.isAnon && canReuseAnonPage(page) {
+                // wp_page_reuse: the page is ours alone. An unshare request keeps it read-only.
+                if flags.contains(.write) { ptep.store(old.mkwrite().mkdirty().mkyoung()) }
+                ptl.unlock()
+                machine.stats.count(.faultCOWReuse)
+                return .ok
+            }
+            memory.get(page) // keep the source alive while copying without the lock
+        }
+        ptl.unlock()
+        return wpPageCopy(vma, address, ptep, ptl, old, flags: flags)
+    }
+
+    /// Whether a private anonymous page may be reused by a write fault. Locking: PTE lock.
+    func canReuseAnonPage(_ page: Page) -> Bool {
+        if page.test(.anonExclusive) { return true }
+        // The only reference is this one mapping: nobody else can see the page.
+        if page.refcount == 1 && page.mapcount == 1 {
+            page.set(.anonExclusive)
+            return true
+        }
+        return false
+    }
+
+    /// `wp_page_copy`: copies the old page (or zeroes, for the zero page) into a new anonymous
+    /// page and swaps it in. Locking: no lock held on entry; the caller holds a reference on the
+    /// old page (if it is not the zero page), which this drops.
+    func wpPageCopy(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ old: PTE,
+                    flags: FaultFlags) -> FaultResult {
+        let oldPage: Page? = old.isSpecial ? nil : memory.page(old.pfn)
+        defer { if let p = oldPage { memory.put(p) } }
+        let av = anonVMAPrepare(vma)
+        guard let new = memory.allocate(order: 0, zeroed: oldPage == nil) else { return .oom }
+        if let src = oldPage {
+            memory.frame(new.pfn).copyMemory(from: memory.frame(src.pfn), byteCount: Int(pageSize))
+            machine.stats.count(.bytesCopied, Int(pageSize))
+        }
+        ptl.lock()
+        let now = ptep.load()
+        guard now.isPresent, now.pfn == old.pfn, !now.isWrite else {
+            ptl.unlock()
+            memory.put(new)
+            return .retry
+        }
+        memory.addNewAnonRmap(new, vma: vma, address: address, anonVMA: av)
+        ptep.store(.page(new.pfn, write: vma.flags.contains(.write), dirty: true))
+        // ptep_clear_flush: no CPU may keep using the old frame once the new one is visible.
+        flushTLB()
+        if let src = oldPage { memory.removeRmap(src) }
+        ptl.unlock()
+        if let src = oldPage { memory.put(src) } // the mapping's reference
+        machine.stats.count(.faultCOWCopy)
+        return .ok
+    }
+}

@@ -1,0 +1,71 @@
+import MMSync
+
+extension AddressSpace {
+    /// `do_swap_page`: a non-present, non-empty entry. Migration entries are waited out;
+    /// device-private entries go to the owner's `migrateToRAM`; device-exclusive entries are
+    /// restored to ordinary PTEs after an EXCLUSIVE invalidation.
+    /// Locking: mmap lock held for read; no PTE lock held on entry or return.
+    func doSwapEntry(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ entry: PTE,
+                     flags: FaultFlags) -> FaultResult {
+        let swp = entry.swapEntry
+        if swp.isMigration {
+            // migration_entry_wait: the migrating thread holds the page lock until the entry is
+            // replaced, so waiting for the unlock and retrying is enough.
+            ptl.lock()
+            guard ptep.load() == entry else { ptl.unlock(); return .retry }
+            let page = memory.page(swp.pfn)
+            guard memory.tryGet(page) else { ptl.unlock(); return .retry }
+            ptl.unlock()
+            page.waitUnlocked()
+            memory.put(page)
+            machine.stats.count(.faultMigrationWait)
+            return .retry
+        }
+        if swp.isDevicePrivate { return doDevicePrivateFault(vma, address, ptep, ptl, entry, flags: flags) }
+        if swp.isDeviceExclusive { return removeDeviceExclusiveEntry(vma, address, ptep, ptl, entry) }
+        // Swap slots need the swap layer (not built yet); hwpoison and markers are SIGBUS.
+        return .sigbus
+    }
+
+    private func doDevicePrivateFault(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
+                                      _ entry: PTE, flags: FaultFlags) -> FaultResult {
+        let page = memory.page(entry.swapEntry.pfn)
+        ptl.lock()
+        guard ptep.load() == entry, memory.tryGet(page) else { ptl.unlock(); return .retry }
+        ptl.unlock()
+        defer { memory.put(page) }
+        guard let pgmap = memory.pagemap(of: page), let ops = pgmap.ops else { return .sigbus }
+        // The page lock serialises against a migration of the same page by the device.
+        guard page.tryLock() else { page.waitUnlocked(); return .retry }
+        defer { page.unlock() }
+        guard ptep.load() == entry else { return .retry }
+        machine.stats.count(.faultDevicePrivate)
+        let r = ops.migrateToRAM(DevicePrivateFault(mm: self, vma: vma, address: address, page: page,
+                                                    isWrite: flags.contains(.write)))
+        return r == .ok ? .retry : r
+    }
+
+    /// `remove_device_exclusive_entry`: lock the page, tell every device (EXCLUSIVE, no owner)
+    /// so it drops its atomic mapping, then put back an ordinary PTE (writable if the entry was).
+    private func removeDeviceExclusiveEntry(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
+                                            _ entry: PTE) -> FaultResult {
+        let page = memory.page(entry.swapEntry.pfn)
+        ptl.lock()
+        guard ptep.load() == entry, memory.tryGet(page) else { ptl.unlock(); return .retry }
+        ptl.unlock()
+        defer { memory.put(page) }
+        page.lock()
+        defer { page.unlock() }
+        let range = MMUNotifierRange(start: address, end: address + pageSize, event: .exclusive)
+        notifiers.invalidateRangeStart(range)
+        ptl.lock()
+        if ptep.load() == entry {
+            let write = entry.swapEntry.isWrite && vma.flags.contains(.write)
+            ptep.store(.page(page.pfn, write: write, dirty: write))
+            machine.stats.count(.faultDeviceExclusive)
+        }
+        ptl.unlock()
+        notifiers.invalidateRangeEnd(range)
+        return .retry
+    }
+}

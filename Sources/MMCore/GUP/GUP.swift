@@ -1,0 +1,94 @@
+import MMSync
+
+/// `FOLL_*` flags of get_user_pages / pin_user_pages.
+public struct FollFlags: OptionSet, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let write = FollFlags(rawValue: 0x01)
+    /// A long-term pin (RDMA-like): the page must not stay in movable/device memory.
+    public static let longterm = FollFlags(rawValue: 0x100)
+    /// pin_user_pages (FOLL_PIN) instead of get_user_pages.
+    public static let pin = FollFlags(rawValue: 0x4_0000)
+}
+
+/// Hook for the HMM layer: makes a page suitable for a long-term pin (migrates device-coherent
+/// pages to system memory). Returns the page to pin, or nil to retry the lookup.
+public protocol LongtermPinPolicy: AnyObject {
+    func prepareLongtermPin(_ mm: AddressSpace, vma: VMA, address: UInt64, page: Page) -> Bool
+}
+
+extension AddressSpace {
+    /// `get_user_pages` / `pin_user_pages`: faults in and references `count` pages from
+    /// `address`. Device-private pages are never returned: the fault path migrates them back
+    /// first. With `.pin` each page's pin count rises too (release with `unpinUserPages`);
+    /// otherwise release with `putUserPages`.
+    /// Errors: EINVAL (unaligned, zero count), EFAULT (no VMA, or access not allowed), ENOMEM.
+    /// Pages gathered before an error are released before throwing.
+    /// Locking: takes the mmap lock for read.
+    public func getUserPages(_ address: UInt64, count: Int, flags: FollFlags) throws(Errno) -> [Page] {
+        guard isPageAligned(address), count > 0, UInt64(count) <= taskSize >> pageShift,
+              address.addingReportingOverflow(UInt64(count) << pageShift).overflow == false else { throw .EINVAL }
+        mmapLock.lockRead(); defer { mmapLock.unlockRead() }
+        var out: [Page] = []
+        out.reserveCapacity(count)
+        for i in 0..<count {
+            let a = address + (UInt64(i) << pageShift)
+            do { out.append(try followOrFault(a, flags: flags)) } catch {
+                for p in out { releaseUserPage(p, flags: flags) }
+                throw error
+            }
+        }
+        machine.stats.count(.gupPages, count)
+        return out
+    }
+
+    private func followOrFault(_ a: UInt64, flags: FollFlags) throws(Errno) -> Page {
+        guard let vma = vmaLookup(a) else { throw .EFAULT }
+        let write = flags.contains(.write)
+        guard !vma.flags.contains(.io), !vma.flags.contains(.pfnMap) else { throw .EFAULT }
+        guard write ? vma.flags.contains(.write) : vma.flags.contains(.read) else { throw .EFAULT }
+        // A pin of a private anonymous page must not be shared with a COW sibling.
+        let unshare = flags.contains(.pin) && !write && !vma.isShared
+        for _ in 0..<1000 {
+            if let p = followPage(a, write: write, unshare: unshare, flags: flags) { return p }
+            var ff: FaultFlags = [.remote]
+            if write { ff.insert(.write) } else if unshare { ff.insert(.unshare) }
+            switch handleMMFault(vma: vma, address: a, flags: ff) {
+            case .ok, .retry: continue
+            case .oom: throw .ENOMEM
+            case .sigbus, .sigsegv: throw .EFAULT
+            }
+        }
+        throw .EBUSY
+    }
+
+    /// `follow_page_pte`: the page mapped at `a` if the entry allows the access, referenced.
+    private func followPage(_ a: UInt64, write: Bool, unshare: Bool, flags: FollFlags) -> Page? {
+        guard let found = pageTable.lookup(a, level: .pte), found.level == .pte else { return nil }
+        found.table.ptl.lock(); defer { found.table.ptl.unlock() }
+        let v = found.entry.load()
+        guard v.isPresent, v.isUser, !write || v.isWrite else { return nil }
+        let page: Page
+        if v.isSpecial {
+            guard !write && !flags.contains(.pin) && !unshare else { return nil }
+            page = memory.zeroPage
+        } else {
+            page = memory.page(v.pfn)
+            if unshare && page.isAnon && !page.test(.anonExclusive) { return nil }
+        }
+        if flags.contains(.longterm) && page.isDeviceCoherent { return nil } // needs migration first
+        if !page.test(.reserved) { memory.get(page) }
+        if flags.contains(.pin) { page.pincountWord.add(1); machine.stats.count(.pins) }
+        return page
+    }
+
+    func releaseUserPage(_ p: Page, flags: FollFlags) {
+        if flags.contains(.pin) { p.pincountWord.add(-1) }
+        memory.put(p)
+    }
+
+    /// `unpin_user_pages`.
+    public func unpinUserPages(_ pages: [Page]) { for p in pages { releaseUserPage(p, flags: .pin) } }
+    /// `put_page` for pages from `getUserPages` without `.pin`.
+    public func putUserPages(_ pages: [Page]) { for p in pages { memory.put(p) } }
+}

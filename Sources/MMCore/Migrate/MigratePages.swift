@@ -1,0 +1,106 @@
+import MMSync
+
+/// Outcome of `migratePages`.
+public struct MigratePagesResult: Equatable, Sendable {
+    public var migrated: [UInt64: UInt64] = [:]   // old pfn → new pfn
+    public var failed: [UInt64: Errno] = [:]
+}
+
+extension Machine {
+    /// `migrate_pages` for system anonymous pages, runnable from any thread (a kernel thread
+    /// such as compaction or NUMA balancing): no mmap lock of the owning processes is taken.
+    ///
+    /// For each page: reference and lock it; pin its anon_vma (held until every mapping is
+    /// restored, so the rmap stays walkable even if all mappings vanish meanwhile); replace every
+    /// mapping by a migration entry (`try_to_migrate`); if nobody else holds a reference, copy
+    /// into a new frame and point every migration entry at it (`remove_migration_ptes`);
+    /// otherwise (pinned, or raced with GUP) put the old mappings back and report EAGAIN.
+    /// Errors per page: EINVAL (not an anonymous system page), ENOENT (freed meanwhile),
+    /// EBUSY (locked by someone else), ENOMEM, EAGAIN (extra references).
+    public func migratePages(_ pfns: [UInt64]) -> MigratePagesResult {
+        var result = MigratePagesResult()
+        for pfn in pfns {
+            switch migrateOne(pfn) {
+            case .success(let new): result.migrated[pfn] = new
+            case .failure(let e): result.failed[pfn] = e
+            }
+        }
+        stats.count(.pagesMigrated, result.migrated.count)
+        stats.count(.pagesMigrationFailed, result.failed.count)
+        return result
+    }
+
+    private func migrateOne(_ pfn: UInt64) -> Result<UInt64, Errno> {
+        guard pfn > 0, pfn < memory.systemFrames else { return .failure(.EINVAL) }
+        let old = memory.page(pfn)
+        guard memory.tryGet(old) else { return .failure(.ENOENT) }
+        defer { memory.put(old) }
+        guard old.isAnon, old.order == 0, !old.test(.tail), !old.isZoneDevice else { return .failure(.EINVAL) }
+        guard old.tryLock() else { return .failure(.EBUSY) }
+        defer { old.unlock() }
+        guard let av = old.anonVMA else { return .failure(.EINVAL) } // strong: pinned until we return
+        let index = old.index
+        guard let new = memory.allocate(order: 0) else { return .failure(.ENOMEM) }
+
+        let unmapped = tryToMigrate(old, av: av, index: index)
+        // Expected references: ours only (the caller's is ours; mappings were dropped).
+        guard old.mapcount == 0, old.refcount == 1 else {
+            removeMigrationPTEs(from: old, to: old, av: av, index: index, entries: unmapped)
+            memory.put(new)
+            return .failure(.EAGAIN)
+        }
+        memory.frame(new.pfn).copyMemory(from: memory.frame(old.pfn), byteCount: Int(pageSize))
+        stats.count(.bytesCopied, Int(pageSize))
+        new.setOwner(anon: av)
+        new.index = index
+        var carry: PageFlags = [.uptodate, .swapBacked, .dirty]
+        if old.test(.anonExclusive) { carry.insert(.anonExclusive) }
+        new.set(carry)
+        removeMigrationPTEs(from: old, to: new, av: av, index: index, entries: unmapped)
+        old.clear([.anonExclusive, .dirty])
+        old.releaseOwner()
+        old.clear(.anon)
+        memory.put(new) // drop the allocation reference; the mappings hold theirs
+        return .success(new.pfn)
+    }
+
+    /// `try_to_migrate`: every present mapping of `page` becomes a migration entry.
+    /// Locking: page locked; takes the anon_vma lock, notifiers, PTE locks.
+    /// Return: how many entries were converted.
+    func tryToMigrate(_ page: Page, av: AnonVMA, index: UInt64) -> Int {
+        var converted = 0
+        memory.rmapWalkAnon(av, index: index) { hit in
+            let mm = hit.vma.mm
+            let range = MMUNotifierRange(start: hit.address, end: hit.address + pageSize, event: .clear)
+            mm.notifiers.invalidateRangeStart(range)
+            let done = mm.withMappedPTE(hit.address, pfn: page.pfn) { ptep, found -> Bool in
+                guard case .present(let v) = found else { return false }
+                ptep.store(SwapEntry.migration(pfn: page.pfn, write: v.isWrite,
+                                               exclusive: page.test(.anonExclusive)).pte(softDirty: v.isSoftDirty))
+                if v.isDirty { page.set(.dirty) }
+                mm.flushTLB()
+                memory.removeRmap(page)
+                return true
+            } ?? false
+            mm.notifiers.invalidateRangeEnd(range)
+            if done { converted += 1; memory.put(page) }
+            return true
+        }
+        return converted
+    }
+
+    /// `remove_migration_ptes`: migration entries naming `from` become present entries of `to`.
+    func removeMigrationPTEs(from: Page, to: Page, av: AnonVMA, index: UInt64, entries: Int) {
+        guard entries > 0 else { return }
+        memory.rmapWalkAnon(av, index: index) { hit in
+            _ = hit.vma.mm.withMappedPTE(hit.address, pfn: from.pfn) { ptep, found in
+                guard case .swap(let s) = found, s.isMigration else { return }
+                let write = s.isWrite && hit.vma.flags.contains(.write)
+                memory.get(to)
+                memory.addRmap(to)
+                ptep.store(.page(to.pfn, write: write, dirty: write))
+            }
+            return true
+        }
+    }
+}

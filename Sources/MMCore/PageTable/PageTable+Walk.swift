@@ -1,0 +1,117 @@
+import MMSync
+
+/// What a walker callback wants next (`ACTION_SUBTREE`, `ACTION_CONTINUE`, `ACTION_AGAIN`).
+public enum WalkStep: Equatable {
+    /// Go on: descend into this entry if it is a table, else move to the next entry.
+    case next
+    /// Do not descend into this entry; move to the next one.
+    case skip
+    /// Re-read this entry and call the callback again.
+    case again
+    /// Stop the whole walk with this error (or with none).
+    case stop(Errno?)
+}
+
+/// Callbacks of a page-table walk (`struct mm_walk_ops`). Every callback has a default, so a
+/// walker implements only what it needs; dispatch is static (the walk is generic).
+public protocol PageWalker {
+    /// A range with no table or entry at `level` (`pte_hole`). Called with no lock held, except
+    /// holes inside a PTE table, which arrive under that table's lock when `locksPTE`.
+    mutating func hole(_ start: UInt64, _ end: UInt64, level: PageTableLevel) -> WalkStep
+    /// A non-empty PMD entry, before descending (`pmd_entry`). Called with no lock held; the
+    /// entry may be a table, a huge leaf or a PMD-level swap entry. `table` is the PMD table
+    /// page whose `ptl` guards the entry.
+    mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep
+    /// A non-empty PUD entry that is a leaf or non-present (1 GiB mappings). No lock held.
+    mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep
+    /// One PTE (possibly empty) in [addr, addr+PAGE_SIZE). Locking: called with the PTE table's
+    /// lock held when `locksPTE` is true; must not sleep.
+    mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep
+    /// Whether `pteEntry` runs under the PTE lock (default true).
+    var locksPTE: Bool { get }
+    /// Whether empty PTEs are passed to `pteEntry` (true) or reported as holes (false, default).
+    var visitsEmptyPTEs: Bool { get }
+}
+
+extension PageWalker {
+    public mutating func hole(_ start: UInt64, _ end: UInt64, level: PageTableLevel) -> WalkStep { .next }
+    public mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep { .next }
+    public mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep { .next }
+    public mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep { .next }
+    public var locksPTE: Bool { true }
+    public var visitsEmptyPTEs: Bool { false }
+}
+
+extension PageTable {
+    /// Walks [start, end) calling `walker` (`walk_page_range`). One function per level, each of
+    /// the same shape: compute the next boundary, report a hole or the entry, descend unless the
+    /// callback said otherwise. Return: nil, or the error a callback stopped with.
+    /// Locking: caller holds the mmap lock (read or write) so no table is freed under the walk.
+    public func walk<W: PageWalker>(_ start: UInt64, _ end: UInt64, _ walker: inout W) -> Errno? {
+        precondition(start < end && isPageAligned(start) && isPageAligned(end))
+        switch walkLevel(pgd.pfn, .pgd, start, end, &walker) {
+        case .stop(let e): return e
+        default: return nil
+        }
+    }
+
+    private func walkLevel<W: PageWalker>(_ tablePfn: UInt64, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64,
+                                          _ walker: inout W) -> WalkStep {
+        if level == .pte { return walkPTEs(tablePfn, start, end, &walker) }
+        let table = memory.page(tablePfn)
+        var addr = start
+        while addr < end {
+            let next = level.addressEnd(addr, end)
+            let e = entry(inTable: tablePfn, index: level.index(addr))
+            var step: WalkStep
+            repeat {
+                let v = e.load()
+                if v.isNone {
+                    step = walker.hole(addr, next, level: PageTableLevel(rawValue: level.rawValue - 1)!)
+                    if step == .next { step = .skip }
+                } else if level == .pmd {
+                    step = walker.pmdEntry(e, table: table, addr, next)
+                    if step == .next {
+                        let now = e.load()
+                        step = now.isPresent && !now.isHuge ? walkLevel(now.pfn, .pte, addr, next, &walker) : .skip
+                        if step == .again { continue } // the PMD changed under us: redo it
+                    }
+                } else if !v.isPresent || v.isHuge {
+                    step = level == .pud ? walker.pudLeaf(e, table: table, addr, next) : .skip
+                } else {
+                    step = walkLevel(v.pfn, PageTableLevel(rawValue: level.rawValue - 1)!, addr, next, &walker)
+                }
+            } while step == .again
+            if case .stop = step { return step }
+            addr = next
+        }
+        return .next
+    }
+
+    private func walkPTEs<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64, _ walker: inout W) -> WalkStep {
+        let table = memory.page(tablePfn)
+        let locks = walker.locksPTE
+        if locks { table.ptl.lock() }
+        defer { if locks { table.ptl.unlock() } }
+        var addr = start
+        var holeStart: UInt64? = nil
+        while addr < end {
+            let e = entry(inTable: tablePfn, index: PageTableLevel.pte.index(addr))
+            if !walker.visitsEmptyPTEs && e.load().isNone {
+                if holeStart == nil { holeStart = addr }
+                addr += pageSize
+                continue
+            }
+            if let hs = holeStart {
+                holeStart = nil
+                if case .stop(let err) = walker.hole(hs, addr, level: .pte) { return .stop(err) }
+            }
+            var step: WalkStep
+            repeat { step = walker.pteEntry(e, addr, addr + pageSize) } while step == .again
+            if case .stop = step { return step }
+            addr += pageSize
+        }
+        if let hs = holeStart, case .stop(let err) = walker.hole(hs, end, level: .pte) { return .stop(err) }
+        return .next
+    }
+}

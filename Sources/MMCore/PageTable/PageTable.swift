@@ -1,0 +1,106 @@
+import MMSync
+
+/// A pointer to one page-table entry inside a table frame. Loads and stores are atomic, because
+/// CPU threads walk tables without locks (as a hardware walker does).
+@frozen
+public struct EntryPointer: Equatable {
+    public let address: UnsafeMutableRawPointer
+    @inlinable @inline(__always) public init(_ address: UnsafeMutableRawPointer) { self.address = address }
+    @inlinable @inline(__always) public func load() -> PTE { PTE(raw: AtomicU64Ref(address).load(.acquire)) }
+    @inlinable @inline(__always) public func store(_ e: PTE) { AtomicU64Ref(address).store(e.raw, .release) }
+    /// Atomically replaces the entry, returning the old one (`ptep_get_and_clear`).
+    @inlinable @inline(__always) public func exchange(_ e: PTE) -> PTE { PTE(raw: AtomicU64Ref(address).exchange(e.raw)) }
+    @inlinable @inline(__always) public func compareExchange(_ expected: PTE, _ desired: PTE) -> Bool {
+        AtomicU64Ref(address).compareExchange(expected: expected.raw, desired: desired.raw).exchanged
+    }
+    @inlinable public static func + (p: EntryPointer, i: Int) -> EntryPointer { EntryPointer(p.address + i * 8) }
+}
+
+/// One address space's 4-level page table. Tables live in frames of physical memory.
+///
+/// Locking: the table's structure (which tables exist) may grow under the mmap lock held for
+/// read (new tables are installed with compare-and-swap) and shrinks only under the mmap lock
+/// held for write, after a TLB shootdown. Each PTE table and each PMD table has its own lock:
+/// the `ptl` word in the table frame's metadata (split page-table locks). Leaf PTEs are changed
+/// under the lock of the PTE table holding them; PMD entries under the lock of the PMD table.
+public final class PageTable: @unchecked Sendable {
+    public let memory: PhysicalMemory
+    public let pgd: Page
+    let tablePages = AtomicCounter(1)
+
+    init(memory: PhysicalMemory) throws(Errno) {
+        self.memory = memory
+        guard let p = PageTable.allocateTable(memory) else { throw .ENOMEM }
+        pgd = p
+    }
+
+    /// Number of table frames in use (for accounting and benchmarks).
+    public var tableFrames: Int { tablePages.load() }
+
+    static func allocateTable(_ memory: PhysicalMemory) -> Page? {
+        if FaultInjection.shouldFail(.pageTableAllocation) { return nil }
+        guard let p = memory.allocate(order: 0, zeroed: true) else { return nil }
+        p.set(.pageTable)
+        p.ptl.word.store(0)
+        return p
+    }
+
+    @inlinable @inline(__always)
+    public func entry(inTable pfn: UInt64, index: Int) -> EntryPointer {
+        EntryPointer(memory.frame(pfn) + index &* 8)
+    }
+
+    /// The entry for `address` at `level`, if every table above it exists. Does not allocate.
+    /// Returns the entry pointer and the table page holding it (whose `ptl` guards it).
+    /// Stops early (returning the higher entry) when it meets a leaf or non-present entry above
+    /// `level`.
+    public func lookup(_ address: UInt64, level: PageTableLevel) -> (entry: EntryPointer, table: Page, level: PageTableLevel)? {
+        var tablePfn = pgd.pfn
+        var l = PageTableLevel.pgd
+        while true {
+            let e = entry(inTable: tablePfn, index: l.index(address))
+            if l == level { return (e, memory.page(tablePfn), l) }
+            let v = e.load()
+            if v.isNone { return nil }
+            if !v.isPresent || v.isHuge { return (e, memory.page(tablePfn), l) }
+            tablePfn = v.pfn
+            l = PageTableLevel(rawValue: l.rawValue - 1)!
+        }
+    }
+
+    /// The entry for `address` at `level`, allocating missing tables above it
+    /// (`pte_alloc`/`pmd_alloc`). Returns nil with ENOMEM if a table frame cannot be allocated.
+    /// If a leaf (huge or non-present) entry is met above `level`, that entry is returned.
+    /// Locking: caller holds the mmap lock (read or write).
+    public func walkAllocating(_ address: UInt64, level: PageTableLevel) throws(Errno) -> (entry: EntryPointer, table: Page, level: PageTableLevel) {
+        var tablePfn = pgd.pfn
+        var l = PageTableLevel.pgd
+        while true {
+            let e = entry(inTable: tablePfn, index: l.index(address))
+            if l == level { return (e, memory.page(tablePfn), l) }
+            var v = e.load()
+            if v.isNone {
+                guard let t = PageTable.allocateTable(memory) else { throw .ENOMEM }
+                if e.compareExchange(.none, .table(t.pfn)) {
+                    tablePages.add(1)
+                    v = .table(t.pfn)
+                } else {
+                    t.clear(.pageTable)
+                    memory.put(t)
+                    v = e.load()
+                }
+            }
+            if !v.isPresent || v.isHuge { return (e, memory.page(tablePfn), l) }
+            tablePfn = v.pfn
+            l = PageTableLevel(rawValue: l.rawValue - 1)!
+        }
+    }
+
+    /// Frees a table frame that no longer has entries.
+    func freeTable(_ page: Page) {
+        precondition(!page.ptl.isLocked, "freeing a locked page table")
+        page.clear(.pageTable)
+        tablePages.add(-1)
+        memory.put(page)
+    }
+}

@@ -1,0 +1,97 @@
+import MMSync
+
+/// Callbacks a driver supplies for its device memory (`struct dev_pagemap_ops`).
+public protocol DevicePagemapOps: AnyObject {
+    /// The last reference to a device page was dropped (`page_free`). The driver returns the
+    /// page to its allocator. Locking: none held; must not sleep for long.
+    func pageFree(_ page: Page)
+    /// A CPU touched a device-private entry (`migrate_to_ram`). The driver migrates the page
+    /// (or its folio) back to system memory. Locking: called with the mmap read lock held and
+    /// no page-table lock; the faulting page is referenced (and the entry was seen under the PTE
+    /// lock). Return: `.ok` or `.retry` to refault, `.sigbus`/`.oom` on failure.
+    func migrateToRAM(_ fault: DevicePrivateFault) -> FaultResult
+}
+
+/// A CPU fault on a device-private entry, handed to the owner's `migrateToRAM`.
+public struct DevicePrivateFault {
+    public let mm: AddressSpace
+    public let vma: VMA
+    public let address: UInt64
+    public let page: Page
+    public let isWrite: Bool
+}
+
+/// A registration of device memory (`struct dev_pagemap`): a pfn range of one kind, an owner
+/// identity (matched by `pgmap_owner` / `dev_private_owner`), and the driver's callbacks.
+public final class DevicePagemap: @unchecked Sendable {
+    public let kind: MemoryKind
+    public let startPfn: UInt64
+    public let pageCount: UInt64
+    /// The owner cookie: devices compare owners by identity.
+    public let owner: AnyObject
+    public private(set) weak var ops: DevicePagemapOps?
+    unowned let memory: PhysicalMemory
+
+    init(memory: PhysicalMemory, kind: MemoryKind, startPfn: UInt64, pageCount: UInt64, owner: AnyObject, ops: DevicePagemapOps) {
+        self.memory = memory; self.kind = kind; self.startPfn = startPfn; self.pageCount = pageCount
+        self.owner = owner; self.ops = ops
+    }
+
+    public func contains(_ pfn: UInt64) -> Bool { pfn >= startPfn && pfn < startPfn + pageCount }
+    public func isOwned(by candidate: AnyObject?) -> Bool { candidate.map { $0 === owner } ?? false }
+
+    func pageFree(_ page: Page) { ops?.pageFree(page) }
+}
+
+extension PhysicalMemory {
+    /// Device pfn space is managed in 256 MiB chunks.
+    public static let deviceChunkPages: UInt64 = 1 << 16
+
+    /// Registers `pageCount` pages of device memory (`memremap_pages`). Device-private frames
+    /// are not CPU-addressable (their bytes hold device data the CPU never maps); coherent frames
+    /// are ordinary memory the CPU maps with present PTEs. Throws ENOMEM when device pfn space is
+    /// exhausted, EINVAL for a bad kind or size.
+    public func registerDeviceMemory(kind: MemoryKind, pageCount: UInt64, owner: AnyObject,
+                                     ops: DevicePagemapOps) throws(Errno) -> DevicePagemap {
+        guard kind == .devicePrivate || kind == .deviceCoherent, pageCount > 0,
+              pageCount % PhysicalMemory.deviceChunkPages == 0 else { throw .EINVAL }
+        let start = try assignDevicePfns(count: pageCount)
+        let pgmap = DevicePagemap(memory: self, kind: kind, startPfn: start, pageCount: pageCount, owner: owner, ops: ops)
+        for pfn in start..<(start + pageCount) {
+            let p = page(pfn)
+            p.flagsWord.store(PageFlags.zoneDevice.rawValue)
+            p.kind = kind
+            p.refcountWord.store(0)
+        }
+        deviceLock.lock()
+        var chunk = start / PhysicalMemory.deviceChunkPages
+        while chunk * PhysicalMemory.deviceChunkPages < start + pageCount {
+            while pagemapTable.count <= Int(chunk) { pagemapTable.append(nil) }
+            pagemapTable[Int(chunk)] = pgmap
+            chunk += 1
+        }
+        deviceLock.unlock()
+        return pgmap
+    }
+
+    /// Unregisters device memory (`memunmap_pages`). Precondition: no page of it is in use.
+    public func unregisterDeviceMemory(_ pgmap: DevicePagemap) {
+        for pfn in pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount) {
+            let p = page(pfn)
+            precondition(p.refcount == 0 && p.mapcount == 0, "unregistering device memory in use")
+            p.flagsWord.store(0); p.kind = .none
+        }
+        deviceLock.lock()
+        for (i, g) in pagemapTable.enumerated() where g === pgmap { pagemapTable[i] = nil }
+        deviceLock.unlock()
+    }
+
+    /// The registration a device pfn belongs to (`page_pgmap`).
+    public func pagemap(of page: Page) -> DevicePagemap? {
+        guard page.pfn >= systemFrames else { return nil }
+        let chunk = Int(page.pfn / PhysicalMemory.deviceChunkPages)
+        deviceLock.lock(); defer { deviceLock.unlock() }
+        guard chunk < pagemapTable.count, let g = pagemapTable[chunk], g.contains(page.pfn) else { return nil }
+        return g
+    }
+}

@@ -1,0 +1,124 @@
+import MMSync
+
+/// A handle on one frame's metadata (the `struct page` analogue): 64 bytes in a flat array
+/// indexed by pfn. No object per page; this struct is two words and lives in registers.
+///
+/// Layout (byte offsets): 0 flags, 8 refcount, 12 mapcount, 16 pincount, 20 order, 21 kind,
+/// 24 page-table lock word, 32 owner (mapping), 40 index, 48 private, 56 lru next, 60 lru prev.
+@frozen
+public struct Page: Equatable, Hashable, CustomStringConvertible {
+    public let pfn: UInt64
+    @usableFromInline let meta: UnsafeMutableRawPointer
+
+    @inlinable init(pfn: UInt64, meta: UnsafeMutableRawPointer) { self.pfn = pfn; self.meta = meta }
+
+    public static let metadataStride = 64
+
+    public static func == (a: Page, b: Page) -> Bool { a.pfn == b.pfn }
+    public func hash(into h: inout Hasher) { h.combine(pfn) }
+    public var description: String { "pfn \(pfn)" }
+
+    // MARK: atomics
+    @inlinable public var flagsWord: AtomicU64Ref { AtomicU64Ref(meta) }
+    @inlinable public var refcountWord: AtomicI32Ref { AtomicI32Ref(meta + 8) }
+    @inlinable public var mapcountWord: AtomicI32Ref { AtomicI32Ref(meta + 12) }
+    @inlinable public var pincountWord: AtomicI32Ref { AtomicI32Ref(meta + 16) }
+    /// The split page-table lock of a page-table page.
+    @inlinable public var ptl: SpinLockRef { SpinLockRef(meta + 24) }
+
+    @inlinable public var flags: PageFlags { PageFlags(rawValue: flagsWord.load(.acquire)) }
+    @inlinable public func test(_ f: PageFlags) -> Bool { flagsWord.load(.acquire) & f.rawValue != 0 }
+    @inlinable public func set(_ f: PageFlags) { flagsWord.fetchOr(f.rawValue) }
+    @inlinable public func clear(_ f: PageFlags) { flagsWord.fetchAnd(~f.rawValue) }
+
+    @inlinable public var refcount: Int32 { refcountWord.load() }
+    @inlinable public var mapcount: Int32 { mapcountWord.load() }
+    @inlinable public var pincount: Int32 { pincountWord.load() }
+
+    // MARK: plain fields (written while the page is private to its allocator or under its lock)
+    @inlinable public var order: Int {
+        get { Int(meta.load(fromByteOffset: 20, as: UInt8.self)) }
+        nonmutating set { meta.storeBytes(of: UInt8(newValue), toByteOffset: 20, as: UInt8.self) }
+    }
+    @inlinable public var kind: MemoryKind {
+        get { MemoryKind(rawValue: meta.load(fromByteOffset: 21, as: UInt8.self)) ?? .none }
+        nonmutating set { meta.storeBytes(of: newValue.rawValue, toByteOffset: 21, as: UInt8.self) }
+    }
+    @inlinable public var ownerBits: UInt64 {
+        get { AtomicU64Ref(meta + 32).load(.acquire) }
+        nonmutating set { AtomicU64Ref(meta + 32).store(newValue, .release) }
+    }
+    /// Page offset: linear page index for anonymous pages, file page index for file pages.
+    @inlinable public var index: UInt64 {
+        get { meta.load(fromByteOffset: 40, as: UInt64.self) }
+        nonmutating set { meta.storeBytes(of: newValue, toByteOffset: 40, as: UInt64.self) }
+    }
+    /// Per-use private word (swap entry, device-private backing pfn, ...).
+    @inlinable public var privateWord: UInt64 {
+        get { AtomicU64Ref(meta + 48).load(.acquire) }
+        nonmutating set { AtomicU64Ref(meta + 48).store(newValue, .release) }
+    }
+    @inlinable var lruNext: UInt32 {
+        get { meta.load(fromByteOffset: 56, as: UInt32.self) }
+        nonmutating set { meta.storeBytes(of: newValue, toByteOffset: 56, as: UInt32.self) }
+    }
+    @inlinable var lruPrev: UInt32 {
+        get { meta.load(fromByteOffset: 60, as: UInt32.self) }
+        nonmutating set { meta.storeBytes(of: newValue, toByteOffset: 60, as: UInt32.self) }
+    }
+
+    // MARK: page lock
+    /// Locks the page (sleeping). Locking: must not hold a page-table lock (it may sleep).
+    @inlinable public func lock() { BitLock.lock(flagsWord, bit: PageFlags.locked.rawValue) }
+    @inlinable public func tryLock() -> Bool { BitLock.tryLock(flagsWord, bit: PageFlags.locked.rawValue) }
+    @inlinable public func unlock() { BitLock.unlock(flagsWord, bit: PageFlags.locked.rawValue) }
+    @inlinable public var isLocked: Bool { test(.locked) }
+    /// Waits until the page is unlocked (migration_entry_wait). False on timeout.
+    @inlinable @discardableResult
+    public func waitUnlocked(timeoutNanoseconds: UInt64? = nil) -> Bool {
+        BitLock.waitUnlocked(flagsWord, bit: PageFlags.locked.rawValue, timeoutNanoseconds: timeoutNanoseconds)
+    }
+
+    // MARK: owner (page->mapping)
+    @usableFromInline static let ownerTagAnon: UInt64 = 1
+    @usableFromInline static let ownerTagMask: UInt64 = 3
+
+    /// The anon_vma of an anonymous page.
+    public var anonVMA: AnonVMA? {
+        let bits = ownerBits
+        guard bits & Page.ownerTagMask == Page.ownerTagAnon else { return nil }
+        return Unmanaged<AnonVMA>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits & ~Page.ownerTagMask))!).takeUnretainedValue()
+    }
+    /// The file (page cache) a file page belongs to.
+    public var file: ShmemFile? {
+        let bits = ownerBits
+        guard bits != 0, bits & Page.ownerTagMask == 0 else { return nil }
+        return Unmanaged<ShmemFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!).takeUnretainedValue()
+    }
+    /// Sets the owner, retaining it; releases the previous owner.
+    func setOwner(anon: AnonVMA) {
+        releaseOwner()
+        ownerBits = UInt64(UInt(bitPattern: Unmanaged.passRetained(anon).toOpaque())) | Page.ownerTagAnon
+        set(.anon)
+    }
+    func setOwner(file: ShmemFile) {
+        releaseOwner()
+        // Not retained: the file owns its page cache and clears the owner of every page it drops.
+        ownerBits = UInt64(UInt(bitPattern: Unmanaged.passUnretained(file).toOpaque()))
+    }
+    func releaseOwner() {
+        let bits = ownerBits
+        guard bits != 0 else { return }
+        ownerBits = 0
+        switch bits & Page.ownerTagMask {
+        case Page.ownerTagAnon:
+            Unmanaged<AnonVMA>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits & ~Page.ownerTagMask))!).release()
+        default: break
+        }
+    }
+
+    @inlinable public var isAnon: Bool { ownerBits & Page.ownerTagMask == Page.ownerTagAnon }
+    @inlinable public var isDevicePrivate: Bool { kind == .devicePrivate }
+    @inlinable public var isDeviceCoherent: Bool { kind == .deviceCoherent }
+    @inlinable public var isZoneDevice: Bool { kind == .devicePrivate || kind == .deviceCoherent }
+}

@@ -1,0 +1,43 @@
+/// Page flags (`PG_*`), bits of the first word of page metadata.
+public struct PageFlags: OptionSet, Sendable {
+    public let rawValue: UInt64
+    @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    /// PG_locked: the page lock (a bit lock with waiters).
+    public static let locked = PageFlags(rawValue: 1 << 0)
+    public static let uptodate = PageFlags(rawValue: 1 << 1)
+    public static let dirty = PageFlags(rawValue: 1 << 2)
+    /// The frame is on the buddy allocator's free lists.
+    public static let buddy = PageFlags(rawValue: 1 << 3)
+    /// First page of a compound page (folio of order > 0).
+    public static let head = PageFlags(rawValue: 1 << 4)
+    /// Non-first page of a compound page.
+    public static let tail = PageFlags(rawValue: 1 << 5)
+    /// Never allocated or freed (the zero page, frames outside any zone).
+    public static let reserved = PageFlags(rawValue: 1 << 6)
+    /// A page-table page.
+    public static let pageTable = PageFlags(rawValue: 1 << 7)
+    /// Anonymous page: `owner` is an AnonVMA.
+    public static let anon = PageFlags(rawValue: 1 << 8)
+    /// PG_anon_exclusive: this anonymous page is known to be mapped by exactly one process,
+    /// so a write fault may reuse it without copying (set on allocation, cleared when shared).
+    public static let anonExclusive = PageFlags(rawValue: 1 << 9)
+    public static let swapBacked = PageFlags(rawValue: 1 << 10)
+    /// MADV_FREE'd: may be discarded instead of swapped while clean.
+    public static let lazyFree = PageFlags(rawValue: 1 << 11)
+    public static let hwPoison = PageFlags(rawValue: 1 << 12)
+    /// The page is isolated for migration.
+    public static let isolated = PageFlags(rawValue: 1 << 13)
+    /// A device page (ZONE_DEVICE): `owner` holds the device memory's pgmap.
+    public static let zoneDevice = PageFlags(rawValue: 1 << 14)
+    public static let referenced = PageFlags(rawValue: 1 << 15)
+}
+
+/// The kind of memory a pfn names.
+public enum MemoryKind: UInt8, Sendable {
+    case system = 0
+    case devicePrivate = 1
+    case deviceCoherent = 2
+    /// A pfn with no frame behind it (unregistered device range).
+    case none = 3
+}

@@ -1,0 +1,159 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MMSync
+
+/// The buddy allocator over system frames: free blocks of order 0…10 on doubly linked lists
+/// threaded through the page metadata (`lruNext`/`lruPrev`).
+extension PhysicalMemory {
+    func initFreeLists() {
+        zoneLock.lock(); defer { zoneLock.unlock() }
+        let blockPages = UInt64(1) << PhysicalMemory.maxOrder
+        var pfn: UInt64 = 1
+        while pfn < systemFrames {
+            if pfn % blockPages == 0 && pfn + blockPages <= systemFrames {
+                freeBlockLocked(pfn, order: PhysicalMemory.maxOrder)
+                pfn += blockPages
+            } else {
+                freeBlockLocked(pfn, order: 0)
+                pfn += 1
+            }
+        }
+    }
+
+    /// Allocates a block of 2^order frames. Returns nil when no block is free (ENOMEM) or when
+    /// fault injection fails the allocation. Contents are not cleared; the caller zeroes or
+    /// copies. The head page starts with refcount 1; tail pages are marked `.tail`.
+    public func allocate(order: Int = 0, zeroed: Bool = false) -> Page? {
+        precondition(order >= 0 && order <= PhysicalMemory.maxOrder)
+        if FaultInjection.shouldFail(.frameAllocation) { return nil }
+        zoneLock.lock()
+        var found = -1
+        for o in order...PhysicalMemory.maxOrder where freeListHead[o] != PhysicalMemory.nilLink { found = o; break }
+        guard found >= 0 else { zoneLock.unlock(); return nil }
+        let pfn = UInt64(freeListHead[found])
+        removeFromFreeList(page(pfn), order: found)
+        var o = found
+        while o > order { // split: give the upper halves back
+            o -= 1
+            freeListInsert(pfn + (UInt64(1) << o), order: o)
+        }
+        freeFramesCounter.add(-(1 << order))
+        zoneLock.unlock()
+        let head = page(pfn)
+        prepareAllocated(head, order: order)
+        if zeroed { memset(frame(pfn), 0, Int(pageSize) << order) }
+        return head
+    }
+
+    private func prepareAllocated(_ head: Page, order: Int) {
+        precondition(head.flags.isEmpty && head.refcount == 0 && head.mapcount == 0,
+                     "allocating a frame that is in use: \(head)")
+        head.order = order
+        head.kind = .system
+        head.refcountWord.store(1)
+        if order > 0 {
+            head.set(.head)
+            for i in 1..<(UInt64(1) << order) {
+                let t = page(head.pfn + i); t.order = 0; t.set(.tail); t.privateWord = head.pfn
+            }
+        }
+    }
+
+    /// Returns a block to the allocator. Called when the refcount dropped to zero.
+    /// Precondition: no mapping, no pin, owner already released.
+    func freeBlock(_ head: Page) {
+        let order = head.order
+        precondition(head.mapcount == 0 && head.pincount == 0, "freeing a mapped or pinned frame \(head)")
+        if order > 0 {
+            for i in 1..<(UInt64(1) << order) {
+                let t = page(head.pfn + i)
+                t.flagsWord.store(0); t.privateWord = 0; t.mapcountWord.store(0)
+            }
+        }
+        head.flagsWord.store(0)
+        head.privateWord = 0
+        head.index = 0
+        zoneLock.lock()
+        freeFramesCounter.add(1 << order)
+        freeBlockLocked(head.pfn, order: order, countIt: false)
+        zoneLock.unlock()
+    }
+
+    /// Inserts a block, merging with free buddies. Locking: caller holds zoneLock.
+    private func freeBlockLocked(_ start: UInt64, order startOrder: Int, countIt: Bool = true) {
+        if countIt { freeFramesCounter.add(1 << startOrder) }
+        var pfn = start, order = startOrder
+        while order < PhysicalMemory.maxOrder {
+            let buddy = pfn ^ (UInt64(1) << order)
+            guard buddy != 0, buddy + (UInt64(1) << order) <= systemFrames else { break }
+            let b = page(buddy)
+            guard b.test(.buddy), b.order == order else { break }
+            removeFromFreeList(b, order: order)
+            pfn = min(pfn, buddy)
+            order += 1
+        }
+        freeListInsert(pfn, order: order)
+    }
+
+    private func freeListInsert(_ pfn: UInt64, order: Int) {
+        let p = page(pfn)
+        p.order = order
+        p.flagsWord.store(PageFlags.buddy.rawValue)
+        p.refcountWord.store(0)
+        let head = freeListHead[order]
+        p.lruNext = head
+        p.lruPrev = PhysicalMemory.nilLink
+        if head != PhysicalMemory.nilLink { page(UInt64(head)).lruPrev = UInt32(pfn) }
+        freeListHead[order] = UInt32(pfn)
+        freeCountByOrder[order] += 1
+    }
+
+    private func removeFromFreeList(_ p: Page, order: Int) {
+        let next = p.lruNext, prev = p.lruPrev
+        if prev != PhysicalMemory.nilLink { page(UInt64(prev)).lruNext = next } else { freeListHead[order] = next }
+        if next != PhysicalMemory.nilLink { page(UInt64(next)).lruPrev = prev }
+        p.flagsWord.store(0)
+        p.lruNext = 0; p.lruPrev = 0
+        freeCountByOrder[order] -= 1
+    }
+
+    // MARK: reference counting
+
+    /// `folio_get`.
+    @inlinable public func get(_ p: Page) {
+        let n = p.refcountWord.add(1)
+        precondition(n > 1, "get on a free page \(p)")
+    }
+
+    /// `folio_try_get`: takes a reference unless the count is already zero.
+    public func tryGet(_ p: Page) -> Bool {
+        while true {
+            let c = p.refcount
+            if c <= 0 { return false }
+            if p.refcountWord.compareExchange(expected: c, desired: c + 1).exchanged { return true }
+        }
+    }
+
+    /// `folio_put`: drops a reference and frees the frame (or calls the device's page-free
+    /// callback) when it was the last.
+    public func put(_ p: Page) {
+        if p.test(.reserved) { return }
+        let n = p.refcountWord.add(-1)
+        precondition(n >= 0, "refcount underflow on \(p)")
+        if n == 0 { release(p) }
+    }
+
+    private func release(_ p: Page) {
+        if p.isZoneDevice {
+            precondition(p.mapcount == 0, "freeing a mapped device page \(p)")
+            p.clear([.anon, .anonExclusive, .dirty, .lazyFree, .referenced])
+            p.releaseOwner()
+            p.index = 0
+            if let pgmap = pagemap(of: p) { pgmap.pageFree(p) }
+            return
+        }
+        p.releaseOwner()
+        freeBlock(p)
+    }
+}

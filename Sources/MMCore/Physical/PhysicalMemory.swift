@@ -1,0 +1,88 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MMSync
+
+/// The machine's physical memory: one host reservation of frames (real bytes) and one flat
+/// array of 64-byte page metadata, both indexed by pfn.
+///
+/// Pfns `0 ..< systemFrames` are system RAM managed by a buddy allocator (pfn 0 is the shared
+/// zero page). Pfns above are device pfn space: ranges are handed to device memory
+/// registrations (`DevicePagemap`) in 256 MiB chunks; their bytes are the device's memory.
+/// The host commits memory lazily, so only touched frames cost host RAM.
+public final class PhysicalMemory: @unchecked Sendable {
+    public let systemFrames: UInt64
+    public let totalPfns: UInt64
+    @usableFromInline let frameBase: UnsafeMutableRawPointer
+    @usableFromInline let metaBase: UnsafeMutableRawPointer
+    let frameBytes: Int
+    let metaBytes: Int
+
+    /// Buddy allocator state. Locking: `zoneLock` guards the free lists.
+    let zoneLock = Lock("zone")
+    static let maxOrder = 10
+    var freeListHead = [UInt32](repeating: PhysicalMemory.nilLink, count: PhysicalMemory.maxOrder + 1)
+    var freeCountByOrder = [Int](repeating: 0, count: PhysicalMemory.maxOrder + 1)
+    static let nilLink: UInt32 = .max
+    let freeFramesCounter = AtomicCounter(0)
+
+    /// Next unassigned device pfn.
+    var nextDevicePfn: UInt64
+    let deviceLock = Lock("device-pfn")
+    /// Device registrations by 256 MiB chunk of device pfn space. Locking: deviceLock.
+    var pagemapTable: [DevicePagemap?] = []
+
+    /// Creates physical memory of `systemBytes` of RAM and `devicePfnSpaceBytes` of device
+    /// pfn space. Throws ENOMEM if the host refuses the reservation, EINVAL for sizes that are
+    /// not page multiples or too small.
+    public init(systemBytes: UInt64, devicePfnSpaceBytes: UInt64 = 16 << 30) throws(Errno) {
+        guard systemBytes >= 4 * pmdSize, isPageAligned(systemBytes), isPageAligned(devicePfnSpaceBytes),
+              systemBytes <= 1 << 40, devicePfnSpaceBytes <= 1 << 42 else { throw .EINVAL }
+        systemFrames = systemBytes >> pageShift
+        totalPfns = systemFrames + (devicePfnSpaceBytes >> pageShift)
+        guard totalPfns < UInt64(UInt32.max) else { throw .EINVAL }
+        frameBytes = Int(totalPfns << pageShift)
+        metaBytes = Int(totalPfns) * Page.metadataStride
+        let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+        guard let f = mmap(nil, frameBytes, PROT_READ | PROT_WRITE, flags, -1, 0), f != MAP_FAILED else { throw .ENOMEM }
+        guard let m = mmap(nil, metaBytes, PROT_READ | PROT_WRITE, flags, -1, 0), m != MAP_FAILED else {
+            munmap(f, frameBytes); throw .ENOMEM
+        }
+        frameBase = f; metaBase = m
+        nextDevicePfn = (systemFrames + PhysicalMemory.deviceChunkPages - 1) & ~(PhysicalMemory.deviceChunkPages - 1)
+        let zero = page(0)
+        zero.set([.reserved, .uptodate])
+        zero.refcountWord.store(1)
+        initFreeLists()
+    }
+
+    deinit { munmap(frameBase, frameBytes); munmap(metaBase, metaBytes) }
+
+    /// The metadata handle of `pfn`. Precondition: pfn < totalPfns.
+    @inlinable @inline(__always) public func page(_ pfn: UInt64) -> Page {
+        precondition(pfn < totalPfns, "pfn out of range")
+        return Page(pfn: pfn, meta: metaBase + Int(pfn) &* Page.metadataStride)
+    }
+    /// The host address of frame `pfn`'s bytes.
+    @inlinable @inline(__always) public func frame(_ pfn: UInt64) -> UnsafeMutableRawPointer {
+        frameBase + Int(pfn << pageShift)
+    }
+    @inlinable public func isValidPfn(_ pfn: UInt64) -> Bool { pfn < totalPfns }
+
+    /// The shared zero page.
+    public var zeroPage: Page { page(0) }
+    public static let zeroPfn: UInt64 = 0
+
+    public var freeFrames: Int { freeFramesCounter.load() }
+    public var usedFrames: Int { Int(systemFrames) - 1 - freeFrames }
+
+    /// Assigns a fresh range of device pfns (aligned to 2 MiB) for a device memory registration.
+    /// Throws ENOMEM when the device pfn space is exhausted.
+    func assignDevicePfns(count: UInt64) throws(Errno) -> UInt64 {
+        deviceLock.lock(); defer { deviceLock.unlock() }
+        let start = nextDevicePfn
+        guard count > 0, start + count <= totalPfns else { throw .ENOMEM }
+        nextDevicePfn = (start + count + PhysicalMemory.deviceChunkPages - 1) & ~(PhysicalMemory.deviceChunkPages - 1)
+        return start
+    }
+}

@@ -1,0 +1,72 @@
+import MMSync
+
+/// The reverse map of anonymous memory (`struct anon_vma`). Each anonymous page points at the
+/// anon_vma of the VMA that created it; every VMA that may map such a page (the creator, VMAs
+/// split from it, and every forked copy) is linked into that anon_vma, so an rmap walk finds
+/// all of them. All anon_vmas of one fork tree share the root's lock.
+public final class AnonVMA: @unchecked Sendable {
+    /// Locking: `root.rwsem` (write to link/unlink, read to walk).
+    var vmas: [VMA] = []
+    let parent: AnonVMA?
+    private let rootRef: AnonVMA?
+    let rwsem: RWSem?
+
+    var root: AnonVMA { rootRef ?? self }
+    /// The lock of the whole tree (`anon_vma->root->rwsem`).
+    public var lock: RWSem { root.rwsem! }
+
+    init(parent: AnonVMA?) {
+        self.parent = parent
+        if let p = parent { rootRef = p.root; rwsem = nil } else { rootRef = nil; rwsem = RWSem("anon_vma") }
+    }
+
+    func link(_ vma: VMA) {
+        lock.assertWriteLocked()
+        vmas.append(vma)
+        vma.anonVMAChain.append(self)
+    }
+}
+
+extension AddressSpace {
+    /// `anon_vma_prepare`: makes sure `vma` has an anon_vma before its first anonymous page.
+    /// Locking: mmap lock held (read suffices); serialised by `pageTableLock`.
+    func anonVMAPrepare(_ vma: VMA) -> AnonVMA {
+        if let av = vma.anonVMA { return av }
+        pageTableLock.lock(); defer { pageTableLock.unlock() }
+        if let av = vma.anonVMA { return av }
+        let av = AnonVMA(parent: nil)
+        av.lock.lockWrite()
+        av.link(vma)
+        vma.anonVMA = av
+        av.lock.unlockWrite()
+        return av
+    }
+
+    /// `anon_vma_clone`: `dst` (split from or copied from `src`) joins every anon_vma of `src`.
+    func anonVMAClone(dst: VMA, src: VMA) {
+        for av in src.anonVMAChain {
+            av.lock.lockWrite(); av.link(dst); av.lock.unlockWrite()
+        }
+        dst.anonVMA = src.anonVMA
+    }
+
+    /// `anon_vma_fork`: the child VMA joins the parent's anon_vmas and gets its own, a child of
+    /// the parent's, for the pages it will create by COW.
+    func anonVMAFork(child: VMA, parent: VMA) {
+        guard let pav = parent.anonVMA else { return }
+        anonVMAClone(dst: child, src: parent)
+        let av = AnonVMA(parent: pav)
+        av.lock.lockWrite(); av.link(child); av.lock.unlockWrite()
+        child.anonVMA = av
+    }
+
+    /// `unlink_anon_vmas`: removes `vma` from every anon_vma it is linked into.
+    func unlinkAnonVMAs(_ vma: VMA) {
+        for av in vma.anonVMAChain {
+            av.lock.lockWrite()
+            av.vmas.removeAll { $0 === vma }
+            av.lock.unlockWrite()
+        }
+        vma.anonVMAChain.removeAll()
+    }
+}

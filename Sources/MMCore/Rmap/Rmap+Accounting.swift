@@ -1,0 +1,37 @@
+import MMSync
+
+extension PhysicalMemory {
+    /// `folio_add_new_anon_rmap`: a freshly allocated page becomes the anonymous page at
+    /// `address` of `vma`, mapped once and exclusive. The caller's allocation reference becomes
+    /// the mapping's reference. Locking: page not yet visible to others.
+    func addNewAnonRmap(_ page: Page, vma: VMA, address: UInt64, anonVMA: AnonVMA) {
+        page.setOwner(anon: anonVMA)
+        page.index = vma.linearPageIndex(address)
+        page.set([.anonExclusive, .swapBacked, .uptodate, .dirty])
+        page.mapcountWord.store(1)
+    }
+
+    /// `folio_add_anon_rmap` / `folio_add_file_rmap`: one more mapping of an existing page.
+    /// The caller has taken the reference the mapping holds. Locking: PTE lock of the entry.
+    @inlinable func addRmap(_ page: Page) { page.mapcountWord.add(1) }
+
+    /// `folio_remove_rmap_pte`: one mapping fewer. The mapping's reference is dropped
+    /// separately, after the TLB flush. Locking: PTE lock of the entry being cleared.
+    @inlinable func removeRmap(_ page: Page) {
+        let n = page.mapcountWord.add(-1)
+        precondition(n >= 0, "mapcount underflow on \(page)")
+    }
+}
+
+/// Pages whose mapping references are dropped only after the TLB shootdown (`mmu_gather`).
+struct TLBGather {
+    var pages: [Page] = []
+    var needsFlush = false
+    mutating func add(_ p: Page) { pages.append(p); needsFlush = true }
+    /// Flushes the TLB if any entry changed, then drops the gathered references.
+    mutating func finish(_ mm: AddressSpace) {
+        if needsFlush { mm.flushTLB() }
+        for p in pages { mm.memory.put(p) }
+        pages.removeAll(); needsFlush = false
+    }
+}

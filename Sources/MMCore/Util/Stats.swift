@@ -1,0 +1,21 @@
+import MMSync
+
+/// Event counters of one machine (relaxed increments; read for `--stats` and tests).
+public final class MMStats: @unchecked Sendable {
+    public enum Counter: Int, CaseIterable, Sendable {
+        case faultAnonZeroPage, faultAnonNewPage, faultCOWCopy, faultCOWReuse, faultFileRead, faultShared
+        case faultWriteShared, faultMigrationWait, faultDevicePrivate, faultDeviceExclusive
+        case faultSIGSEGV, faultSIGBUS, faultRetry
+        case tlbShootdown, tlbShootdownWaits, tlbFlushLocal
+        case pagesMigrated, pagesMigrationFailed
+        case notifierInvalidations, notifierRetries
+        case bytesCopied, forks, gupPages, pins
+    }
+    @usableFromInline let counters: [AtomicCounter] = Counter.allCases.map { _ in AtomicCounter(0) }
+    public init() {}
+    @inlinable public func count(_ c: Counter, _ n: Int = 1) {
+        if n == 1 { counters[c.rawValue].increment() } else { counters[c.rawValue].add(n) }
+    }
+    public subscript(_ c: Counter) -> Int { counters[c.rawValue].load() }
+    public func snapshot() -> [(String, Int)] { Counter.allCases.map { ("\($0)", self[$0]) } }
+}

@@ -1,0 +1,116 @@
+import MMSync
+
+extension AddressSpace {
+    /// `dup_mmap`: a copy of this address space for a child process. Private anonymous pages
+    /// become shared copy-on-write (write-protected in parent and child) unless they may be
+    /// pinned for DMA, in which case the child gets its own copy at once; non-present entries are
+    /// copied as `copy_nonpresent_pte` does. Shared and file mappings without anonymous pages
+    /// are not copied: the child faults them in.
+    /// Locking: takes this mm's mmap lock for write; the child is not yet visible to anyone.
+    /// Return: the child, or ENOMEM (the partial child is torn down).
+    public func fork() throws(Errno) -> AddressSpace {
+        guard !isDead else { throw .EINVAL }
+        let child = try AddressSpace(machine: machine)
+        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        child.mmapLock.lockWrite()
+        var failed = false
+        var parentChanged = false
+        for vma in vmaList where !vma.flags.contains(.dontCopy) {
+            let cv = vma.duplicate(into: child)
+            anonVMAFork(child: cv, parent: vma)
+            child.vmaList.append(cv)
+            if let f = cv.file { f.linkMapping(cv) }
+            guard vma.anonVMA != nil || vma.isSpecialMapping else { continue }
+            let range = MMUNotifierRange(start: vma.start, end: vma.end, event: .protectionPage)
+            let cow = vma.isCOWMapping
+            if cow { notifiers.invalidateRangeStart(range) }
+            var copier = ForkCopier(parent: self, child: child, vma: vma, childVMA: cv, cow: cow)
+            let err = pageTable.walk(vma.start, vma.end, &copier)
+            parentChanged = parentChanged || copier.parentChanged
+            if cow { notifiers.invalidateRangeEnd(range) }
+            if err != nil { failed = true; break }
+        }
+        if parentChanged { flushTLB() }
+        child.mmapLock.unlockWrite()
+        machine.stats.count(.forks)
+        if failed { child.exitMMap(); throw .ENOMEM }
+        return child
+    }
+}
+
+/// `copy_pte_range` for one VMA.
+struct ForkCopier: PageWalker {
+    let parent: AddressSpace
+    let child: AddressSpace
+    let vma: VMA
+    let childVMA: VMA
+    let cow: Bool
+    var parentChanged = false
+    var memory: PhysicalMemory { parent.memory }
+
+    mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        let v = pmd.load()
+        // PMD leaves are created by the huge-page layer only; until then there are none.
+        precondition(!v.isHuge && v.isPresent, "fork of a PMD-level leaf is not supported yet")
+        return .next
+    }
+
+    mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
+        let v = pte.load()
+        let dst: (entry: EntryPointer, table: Page, level: PageTableLevel)
+        do { dst = try child.pageTable.walkAllocating(addr, level: .pte) } catch { return .stop(.ENOMEM) }
+        // The child's tables are private to this thread until fork returns: no lock needed,
+        // but take it anyway so the lock discipline checkers see every store under a PTL.
+        dst.table.ptl.lock(); defer { dst.table.ptl.unlock() }
+        if v.isPresent { return copyPresent(pte, v, addr, dst.entry) }
+        copyNonPresent(pte, v, dst.entry)
+        return .next
+    }
+
+    private mutating func copyPresent(_ src: EntryPointer, _ v: PTE, _ addr: UInt64, _ dst: EntryPointer) -> WalkStep {
+        if v.isSpecial { dst.store(v); return .next }
+        let page = memory.page(v.pfn)
+        if page.isAnon && page.pincount > 0 {
+            // copy_present_page: a page that may be pinned for DMA keeps its identity in the
+            // parent; the child gets a private copy now.
+            guard let new = memory.allocate(order: 0) else { return .stop(.ENOMEM) }
+            memory.frame(new.pfn).copyMemory(from: memory.frame(page.pfn), byteCount: Int(pageSize))
+            memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: parent.anonVMAPrepareChild(childVMA))
+            dst.store(.page(new.pfn, write: v.isWrite, dirty: true))
+            return .next
+        }
+        memory.get(page)
+        memory.addRmap(page)
+        var e = v
+        if cow && v.isWrite {
+            e = v.wrprotect()
+            src.store(e)
+            parentChanged = true
+        }
+        if page.isAnon { page.clear(.anonExclusive) }
+        // Shared mappings keep their permissions; the child's copy starts clean and old.
+        dst.store(vma.isShared ? e.mkold() : e)
+        return .next
+    }
+
+    private mutating func copyNonPresent(_ src: EntryPointer, _ v: PTE, _ dst: EntryPointer) {
+        let s = v.swapEntry
+        var e = v
+        if s.isMigration {
+            // A writable migration entry becomes read-only in both (the new page is COW).
+            if s.isWrite && cow { e = s.readOnly().pte(softDirty: v.isSoftDirty); src.store(e) }
+        } else if s.isDevicePrivate || s.isDeviceExclusive {
+            let page = memory.page(s.pfn)
+            memory.get(page)
+            memory.addRmap(page)
+            if page.isAnon { page.clear(.anonExclusive) }
+            if s.isWrite && cow { e = s.readOnly().pte(softDirty: v.isSoftDirty); src.store(e); parentChanged = true }
+        }
+        dst.store(e)
+    }
+}
+
+extension AddressSpace {
+    /// The child's own anon_vma (created by `anonVMAFork`).
+    func anonVMAPrepareChild(_ vma: VMA) -> AnonVMA { anonVMAPrepare(vma) }
+}

@@ -1,0 +1,81 @@
+import MMSync
+
+/// `MADV_*` advice values (Linux numbering).
+public struct MadviseAdvice: RawRepresentable, Hashable, Sendable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let normal = MadviseAdvice(rawValue: 0)
+    public static let random = MadviseAdvice(rawValue: 1)
+    public static let sequential = MadviseAdvice(rawValue: 2)
+    public static let willNeed = MadviseAdvice(rawValue: 3)
+    public static let dontNeed = MadviseAdvice(rawValue: 4)
+    public static let free = MadviseAdvice(rawValue: 8)
+    public static let dontFork = MadviseAdvice(rawValue: 10)
+    public static let doFork = MadviseAdvice(rawValue: 11)
+    public static let hugePage = MadviseAdvice(rawValue: 14)
+    public static let noHugePage = MadviseAdvice(rawValue: 15)
+    static let known: Set<Int32> = [0, 1, 2, 3, 4, 8, 10, 11, 14, 15]
+}
+
+/// `madvise_free_pte_range`: clean and old, marked lazily freeable.
+struct LazyFreeWalker: PageWalker {
+    let memory: PhysicalMemory
+    var changed = false
+    mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
+        let v = pte.load()
+        guard v.isPresent, !v.isSpecial else { return .next }
+        let page = memory.page(v.pfn)
+        guard page.isAnon, page.mapcount == 1 else { return .next }
+        page.clear(.dirty)
+        page.set(.lazyFree)
+        pte.store(v.mkclean().mkold())
+        changed = true
+        return .next
+    }
+}
+
+extension AddressSpace {
+    /// `madvise`. EINVAL for an unaligned start, unknown advice, a wrapping length, or
+    /// MADV_FREE on a non-anonymous mapping; ENOMEM if part of the range is unmapped (the
+    /// mapped parts are still advised). Zero length succeeds.
+    /// Locking: takes the mmap lock (write for advice that changes VMA flags, else read).
+    public func madvise(_ address: UInt64, length: UInt64, advice: MadviseAdvice) throws(Errno) {
+        guard isPageAligned(address), MadviseAdvice.known.contains(advice.rawValue) else { throw .EINVAL }
+        guard let len = pageAlignUp(length), address.addingReportingOverflow(len).overflow == false else { throw .EINVAL }
+        guard len > 0 else { return }
+        let end = address + len
+        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        var i = vmaIndex(atOrAfter: address)
+        var cursor = address
+        var hole = false
+        if [.hugePage, .noHugePage, .dontFork, .doFork].contains(advice) {
+            splitAround(address, end)
+            i = vmaIndex(atOrAfter: address)
+        }
+        while i < vmaList.count && vmaList[i].start < end {
+            let vma = vmaList[i]
+            if vma.start > cursor { hole = true }
+            let s = max(address, vma.start), e = min(end, vma.end)
+            switch advice {
+            case .dontNeed:
+                zapRange(vma: vma, start: s, end: e, event: .clear)
+            case .free:
+                guard vma.isAnonymous else { throw .EINVAL }
+                let range = MMUNotifierRange(start: s, end: e, event: .clear)
+                notifiers.invalidateRangeStart(range)
+                var w = LazyFreeWalker(memory: memory)
+                _ = pageTable.walk(s, e, &w)
+                if w.changed { flushTLB() }
+                notifiers.invalidateRangeEnd(range)
+            case .hugePage: vma.flags.remove(.noHugePage); vma.flags.insert(.hugePage)
+            case .noHugePage: vma.flags.remove(.hugePage); vma.flags.insert(.noHugePage)
+            case .dontFork: vma.flags.insert(.dontCopy)
+            case .doFork: vma.flags.remove(.dontCopy)
+            default: break
+            }
+            cursor = vma.end
+            i += 1
+        }
+        if hole || cursor < end { throw .ENOMEM }
+    }
+}

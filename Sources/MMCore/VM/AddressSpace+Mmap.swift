@@ -1,0 +1,133 @@
+import MMSync
+
+extension AddressSpace {
+    /// `mmap`. Anonymous (private or shared) when `file` is nil and `.anonymous` is set;
+    /// otherwise maps `file` at byte `offset`.
+    ///
+    /// Errors as Linux: EINVAL for length 0, unaligned offset or fixed address, not exactly one
+    /// of MAP_SHARED/MAP_PRIVATE, MAP_HUGETLB without a hugetlb pool; EBADF (as EINVAL here:
+    /// there are no fds) for a file mapping without a file; ENOMEM when the range does not fit
+    /// or no address is free; EEXIST for MAP_FIXED_NOREPLACE over an existing mapping.
+    /// Locking: takes the mmap lock for write.
+    public func mmap(address: UInt64 = 0, length: UInt64, prot: Protection, flags: MapFlags,
+                     file: ShmemFile? = nil, offset: UInt64 = 0) throws(Errno) -> UInt64 {
+        guard length > 0 else { throw .EINVAL }
+        guard let len = pageAlignUp(length), len <= taskSize else { throw .ENOMEM }
+        let shared = flags.contains(.shared), priv = flags.contains(.private)
+        guard shared != priv else { throw .EINVAL }
+        guard isPageAligned(offset) else { throw .EINVAL }
+        guard !flags.contains(.hugetlb) else { throw .ENOMEM } // no hugetlb pool yet
+        let anonymous = flags.contains(.anonymous)
+        guard anonymous || file != nil else { throw .EINVAL }
+        guard offset.addingReportingOverflow(len).overflow == false else { throw .EOVERFLOW }
+        let fixed = flags.contains(.fixed) || flags.contains(.fixedNoReplace)
+        if fixed {
+            guard isPageAligned(address) else { throw .EINVAL }
+            guard address <= taskSize - len, address >= mmapMinAddress else { throw fixed && address < mmapMinAddress ? .EPERM : .ENOMEM }
+        }
+        guard !isDead else { throw .ENOMEM }
+
+        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        let start: UInt64
+        if fixed {
+            if flags.contains(.fixedNoReplace) {
+                let i = vmaIndex(atOrAfter: address)
+                if i < vmaList.count && vmaList[i].start < address + len { throw .EEXIST }
+            } else {
+                unmapLocked(address, address + len)
+            }
+            start = address
+        } else {
+            guard let a = unmappedArea(length: len, hint: address) else { throw .ENOMEM }
+            start = a
+        }
+        var vmFlags: VMFlags = [.mayRead, .mayWrite, .mayExec]
+        if prot.contains(.read) { vmFlags.insert(.read) }
+        if prot.contains(.write) { vmFlags.insert(.write) }
+        if prot.contains(.exec) { vmFlags.insert(.exec) }
+        if shared { vmFlags.formUnion([.shared, .mayShare]) }
+        var backing = file
+        var pgoff = offset >> pageShift
+        if anonymous && shared {
+            backing = ShmemFile(machine: machine, size: len, name: "dev/zero", anonymousShared: true)
+            pgoff = 0
+        } else if anonymous {
+            backing = nil
+            pgoff = start >> pageShift
+        }
+        let vma = VMA(mm: self, start: start, end: start + len, flags: vmFlags, pgoff: pgoff, file: backing)
+        insertVMA(vma)
+        if flags.contains(.populate) { populateLocked(vma) }
+        return start
+    }
+
+    /// MAP_POPULATE: faults every page in (write faults for writable private mappings).
+    private func populateLocked(_ vma: VMA) {
+        mmapLock.downgrade()
+        defer { mmapLock.unlockRead(); mmapLock.lockWrite() }
+        let write = vma.flags.contains(.write) && !vma.isShared
+        var a = vma.start
+        while a < vma.end {
+            if case .ok = handleMMFault(vma: vma, address: a, flags: write ? [.write] : []) {} else { break }
+            a += pageSize
+        }
+    }
+
+    /// `munmap`. EINVAL for an unaligned start, zero length, or a range outside the user
+    /// address space. Unmapping unmapped memory succeeds. Locking: takes the mmap lock for write.
+    public func munmap(_ address: UInt64, length: UInt64) throws(Errno) {
+        guard isPageAligned(address), length > 0, let len = pageAlignUp(length),
+              address <= taskSize, len <= taskSize - address else { throw .EINVAL }
+        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        unmapLocked(address, address + len)
+    }
+
+    /// `do_vmi_munmap`: splits VMAs at the edges, zaps, unlinks and frees page tables.
+    /// Locking: mmap lock held for write.
+    func unmapLocked(_ start: UInt64, _ end: UInt64) {
+        mmapLock.assertWriteLocked()
+        guard splitAround(start, end) else { return }
+        var i = vmaIndex(atOrAfter: start)
+        var removed: [VMA] = []
+        while i < vmaList.count && vmaList[i].start < end {
+            removed.append(vmaList[i]); i += 1
+        }
+        guard !removed.isEmpty else { return }
+        for vma in removed { zapRange(vma: vma, start: vma.start, end: vma.end, event: .unmap) }
+        let first = vmaIndex(atOrAfter: start)
+        for _ in removed { removeVMA(at: first) }
+        let floor = first > 0 ? vmaList[first - 1].end : 0
+        let ceiling = first < vmaList.count ? vmaList[first].start : taskSize + pageSize
+        freePageTables(removed.first!.start, removed.last!.end, floor: floor, ceiling: ceiling)
+    }
+
+    /// Splits VMAs so that `start` and `end` fall on VMA boundaries. Returns whether any VMA
+    /// intersects [start, end). Locking: mmap lock held for write.
+    @discardableResult
+    func splitAround(_ start: UInt64, _ end: UInt64) -> Bool {
+        let i = vmaIndex(atOrAfter: start)
+        guard i < vmaList.count, vmaList[i].start < end else { return false }
+        if vmaList[i].start < start { splitVMA(at: i, address: start) }
+        let j = vmaIndex(atOrAfter: end - 1)
+        if j < vmaList.count, vmaList[j].start < end, vmaList[j].end > end { splitVMA(at: j, address: end) }
+        return true
+    }
+
+    /// `split_vma`: vmaList[i] becomes [start, address) and a new VMA [address, end) follows it.
+    func splitVMA(at i: Int, address: UInt64) {
+        let vma = vmaList[i]
+        precondition(vma.start < address && address < vma.end && isPageAligned(address))
+        let tail = vma.duplicate(into: self)
+        tail.start = address
+        tail.pgoff = vma.pgoff + ((address - vma.start) >> pageShift)
+        anonVMAClone(dst: tail, src: vma)
+        vma.end = address
+        vmaList.insert(tail, at: i + 1)
+        if let f = tail.file { f.linkMapping(tail) }
+    }
+}
+
+extension Errno {
+    public static let EBADF = Errno(9)
+    public static let EOVERFLOW = Errno(75)
+}

@@ -1,0 +1,107 @@
+import MMSync
+
+/// `MREMAP_*` flags.
+public struct MremapFlags: OptionSet, Sendable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let mayMove = MremapFlags(rawValue: 1)
+    public static let fixed = MremapFlags(rawValue: 2)
+    public static let dontUnmap = MremapFlags(rawValue: 4)
+}
+
+extension AddressSpace {
+    /// `mremap`. Errors as Linux: EINVAL for unknown flags, FIXED or DONTUNMAP without MAYMOVE,
+    /// DONTUNMAP with a size change, an unaligned address, zero new length, an overlapping or
+    /// out-of-range FIXED target; EFAULT when [old, old+oldLength) is not inside one VMA;
+    /// ENOMEM when growing in place is impossible without MAYMOVE.
+    /// Locking: takes the mmap lock for write.
+    public func mremap(_ address: UInt64, oldLength: UInt64, newLength: UInt64, flags: MremapFlags,
+                       newAddress: UInt64 = 0) throws(Errno) -> UInt64 {
+        guard flags.rawValue & ~0x7 == 0 else { throw .EINVAL }
+        if flags.contains(.fixed) && !flags.contains(.mayMove) { throw .EINVAL }
+        if flags.contains(.dontUnmap) && (!flags.contains(.mayMove) || oldLength != newLength) { throw .EINVAL }
+        guard isPageAligned(address) else { throw .EINVAL }
+        guard let oldLen = pageAlignUp(oldLength), let newLen = pageAlignUp(newLength), newLen > 0, oldLen > 0 else { throw .EINVAL }
+        guard address <= taskSize, oldLen <= taskSize - address else { throw .EINVAL }
+        if flags.contains(.fixed) {
+            guard isPageAligned(newAddress), newLen <= taskSize, newAddress <= taskSize - newLen else { throw .EINVAL }
+            if newAddress < address + oldLen && address < newAddress + newLen { throw .EINVAL }
+        }
+        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        guard let vma = vmaLookup(address) else { throw .EFAULT }
+        guard address + oldLen <= vma.end else { throw .EFAULT }
+
+        if flags.contains(.fixed) {
+            return try moveVMA(vma, address, oldLen, to: newAddress, newLen, dontUnmap: flags.contains(.dontUnmap))
+        }
+        if newLen <= oldLen {
+            if newLen < oldLen { unmapLocked(address + newLen, address + oldLen) }
+            return address
+        }
+        // Grow in place when the VMA ends where the old range ends and the space after is free.
+        if address + oldLen == vma.end {
+            let i = vmaIndex(atOrAfter: vma.end)
+            let nextStart = i < vmaList.count ? vmaList[i].start : taskSize
+            if address + newLen <= nextStart && address + newLen <= taskSize {
+                if let f = vma.file, f.isAnonymousShared { try f.ftruncate(max(f.size, (vma.pgoff << pageShift) + (vma.end - vma.start) + (newLen - oldLen))) }
+                vma.end = address + newLen
+                return address
+            }
+        }
+        guard flags.contains(.mayMove) else { throw .ENOMEM }
+        guard let target = unmappedArea(length: newLen, hint: 0) else { throw .ENOMEM }
+        return try moveVMA(vma, address, oldLen, to: target, newLen, dontUnmap: flags.contains(.dontUnmap))
+    }
+
+    /// `move_vma`: a new VMA at `target` takes over the entries of [address, address+oldLen).
+    private func moveVMA(_ vma: VMA, _ address: UInt64, _ oldLen: UInt64, to target: UInt64, _ newLen: UInt64,
+                         dontUnmap: Bool) throws(Errno) -> UInt64 {
+        unmapLocked(target, target + newLen)
+        splitAround(address, address + oldLen)
+        guard let old = vmaLookup(address) else { throw .EFAULT }
+        let moved = old.duplicate(into: self)
+        moved.start = target
+        moved.end = target + newLen
+        anonVMAClone(dst: moved, src: old)
+        if let f = moved.file, f.isAnonymousShared, newLen > oldLen {
+            try f.ftruncate(max(f.size, (moved.pgoff << pageShift) + newLen))
+        }
+        insertVMA(moved)
+        let moveLen = min(oldLen, newLen)
+        if let err = movePageTables(from: address, to: target, length: moveLen) {
+            unmapLocked(target, target + newLen)
+            throw err
+        }
+        if !dontUnmap {
+            unmapLocked(address, address + oldLen)
+        }
+        return target
+    }
+
+    /// `move_page_tables`: moves every entry of [from, from+length) to [to, to+length), under
+    /// both PTE locks, bracketed by an UNMAP invalidation of the old range.
+    private func movePageTables(from: UInt64, to: UInt64, length: UInt64) -> Errno? {
+        let range = MMUNotifierRange(start: from, end: from + length, event: .unmap)
+        notifiers.invalidateRangeStart(range)
+        defer { notifiers.invalidateRangeEnd(range) }
+        var moved = false
+        var off: UInt64 = 0
+        while off < length {
+            let a = from + off
+            off += pageSize
+            guard let src = pageTable.lookup(a, level: .pte), src.level == .pte, !src.entry.load().isNone else { continue }
+            let dst: (entry: EntryPointer, table: Page, level: PageTableLevel)
+            do { dst = try pageTable.walkAllocating(to + (a - from), level: .pte) } catch { return error }
+            let same = src.table == dst.table
+            src.table.ptl.lock()
+            if !same { dst.table.ptl.lock() }
+            let e = src.entry.exchange(.none)
+            dst.entry.store(e)
+            if !same { dst.table.ptl.unlock() }
+            src.table.ptl.unlock()
+            moved = true
+        }
+        if moved { flushTLB() }
+        return nil
+    }
+}

@@ -1,0 +1,104 @@
+import MMSync
+
+/// Walker that clears every entry of a range (`zap_pte_range`).
+struct ZapWalker: PageWalker {
+    let memory: PhysicalMemory
+    var gather = TLBGather()
+    var visitsEmptyPTEs: Bool { false }
+
+    mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        let v = pmd.load()
+        guard v.isHuge || !v.isPresent else { return .next }
+        // PMD-level leaves are created only by the huge-page layer; a partial zap of one would
+        // need a split first. Full-range zaps clear it here.
+        precondition(start & (pmdSize - 1) == 0 && end - start == pmdSize, "partial zap of a PMD leaf")
+        table.ptl.lock()
+        let old = pmd.exchange(.none)
+        table.ptl.unlock()
+        zapLeaf(old, pages: 512)
+        return .skip
+    }
+
+    mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
+        let old = pte.exchange(.none)
+        zapLeaf(old, pages: 1)
+        return .next
+    }
+
+    private mutating func zapLeaf(_ old: PTE, pages: Int) {
+        if old.isPresent {
+            gather.needsFlush = true
+            if old.isSpecial { return }
+            let p = memory.page(old.pfn)
+            if old.isDirty { p.set(.dirty) }
+            memory.removeRmap(p)
+            gather.add(p)
+        } else if old.isSwap {
+            let s = old.swapEntry
+            // Device-private and device-exclusive entries hold a mapping and a reference;
+            // migration entries hold neither (the migrating thread holds the page).
+            if s.isDevicePrivate || s.isDeviceExclusive {
+                let p = memory.page(s.pfn)
+                memory.removeRmap(p)
+                gather.pages.append(p)
+            }
+        }
+    }
+}
+
+extension AddressSpace {
+    /// Clears every entry of [start, end) inside `vma`, bracketed by an invalidation with
+    /// `event`, then flushes the TLB and drops the page references (`zap_page_range_single`).
+    /// Locking: mmap lock held (or the rmap lock of a file the VMA maps); no PTE lock held.
+    func zapRange(vma: VMA, start: UInt64, end: UInt64, event: MMUNotifyEvent) {
+        let s = max(start, vma.start), e = min(end, vma.end)
+        guard s < e else { return }
+        let range = MMUNotifierRange(start: s, end: e, event: event)
+        notifiers.invalidateRangeStart(range)
+        var zap = ZapWalker(memory: memory)
+        _ = pageTable.walk(s, e, &zap)
+        zap.gather.finish(self)
+        notifiers.invalidateRangeEnd(range)
+    }
+
+    /// `free_pgtables`: frees the page tables that only served [start, end), given that no VMA
+    /// remains in [floor, ceiling). Locking: mmap lock held for write; the range is already
+    /// zapped and its VMAs unlinked from every rmap, so no walker can reach these tables.
+    func freePageTables(_ start: UInt64, _ end: UInt64, floor: UInt64, ceiling: UInt64) {
+        guard start < end else { return }
+        var freed: [Page] = []
+        freeTables(pageTable.pgd.pfn, .pgd, start, end, floor, ceiling, &freed)
+        guard !freed.isEmpty else { return }
+        flushTLB() // hardware walkers may still be inside the tables
+        for p in freed { pageTable.freeTable(p) }
+    }
+
+    /// Recursively frees child tables of `tablePfn` whose whole span lies in [floor, ceiling)
+    /// and intersects [start, end). Returns whether the table became empty.
+    private func freeTables(_ tablePfn: UInt64, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64,
+                            _ floor: UInt64, _ ceiling: UInt64, _ freed: inout [Page]) {
+        guard level != .pte else { return }
+        let childSpan = PageTableLevel(rawValue: level.rawValue - 1)!.size
+        var addr = start & ~(childSpan - 1)
+        while addr < end {
+            let e = pageTable.entry(inTable: tablePfn, index: level.index(addr))
+            let v = e.load()
+            if v.isPresent && !v.isHuge {
+                let child = PageTableLevel(rawValue: level.rawValue - 1)!
+                freeTables(v.pfn, child, max(addr, start), min(addr &+ childSpan, end), floor, ceiling, &freed)
+                if addr >= floor && addr &+ childSpan <= ceiling && tableIsEmpty(v.pfn) {
+                    e.store(.none)
+                    freed.append(memory.page(v.pfn))
+                }
+            }
+            addr &+= childSpan
+            if addr == 0 { break }
+        }
+    }
+
+    private func tableIsEmpty(_ pfn: UInt64) -> Bool {
+        let f = memory.frame(pfn).assumingMemoryBound(to: UInt64.self)
+        for i in 0..<ptrsPerTable where f[i] != 0 { return false }
+        return true
+    }
+}

@@ -1,0 +1,140 @@
+import MMSync
+
+/// An address space (`struct mm_struct`): VMAs, a page table, MMU notifier subscriptions and
+/// the CPUs that run in it.
+///
+/// Locking: `mmapLock` (rwsem) guards the VMA list and VMA fields: read for faults and walks,
+/// write for mmap/munmap/mprotect/mremap/fork. `pageTableLock` serialises anon_vma setup.
+public final class AddressSpace: @unchecked Sendable {
+    public let machine: Machine
+    public var memory: PhysicalMemory { machine.memory }
+    public let id: Int32
+    public let mmapLock = RWSem("mmap_lock")
+    public let pageTable: PageTable
+    let pageTableLock = Lock("page_table_lock")
+    /// Sorted, non-overlapping. Locking: mmapLock.
+    var vmaList: [VMA] = []
+    public let notifiers: MMUNotifierSubscriptions
+    /// Set once the address space was torn down (exit_mmap); later operations fail with EINVAL
+    /// for devices, as a dead mm does in the kernel.
+    public private(set) var isDead = false
+    /// `mm_users`-like count of holders that keep the address space usable.
+    let users = AtomicCounter(1)
+
+    // TLB shootdown state (see CPU.swift).
+    @usableFromInline let flushGeneration = AtomicWord(0)
+    let cpusLock = Lock("mm-cpus")
+    var cpus: [CPU] = []
+
+    deinit {
+        // The top-level table stays until no CPU can walk it any more.
+        if !isDead { exitMMap() }
+        pageTable.freeTable(pageTable.pgd)
+    }
+
+    init(machine: Machine) throws(Errno) {
+        self.machine = machine
+        id = machine.allocatePid()
+        pageTable = try PageTable(memory: machine.memory)
+        notifiers = MMUNotifierSubscriptions()
+        notifiers.mm = self
+        machine.register(self)
+    }
+
+    /// Creates an empty address space on `machine`.
+    public static func create(on machine: Machine) throws(Errno) -> AddressSpace { try AddressSpace(machine: machine) }
+
+    // MARK: VMA lookup (caller holds mmapLock)
+
+    /// Index of the first VMA whose end is above `address`.
+    func vmaIndex(atOrAfter address: UInt64) -> Int {
+        var lo = 0, hi = vmaList.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if vmaList[mid].end <= address { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    /// `find_vma`: the first VMA with end > address. Locking: mmap lock held.
+    public func findVMA(_ address: UInt64) -> VMA? {
+        mmapLock.assertLocked()
+        let i = vmaIndex(atOrAfter: address)
+        return i < vmaList.count ? vmaList[i] : nil
+    }
+    /// `vma_lookup`: the VMA containing address. Locking: mmap lock held.
+    public func vmaLookup(_ address: UInt64) -> VMA? {
+        guard let v = findVMA(address), v.start <= address else { return nil }
+        return v
+    }
+    /// A copy of the VMA list. Locking: mmap lock held.
+    public var vmas: [VMA] { mmapLock.assertLocked(); return vmaList }
+
+    /// A snapshot of the VMA list, taking the mmap lock for read.
+    public func snapshotVMAs() -> [VMA] { mmapLock.withRead { vmaList } }
+
+    func insertVMA(_ vma: VMA) {
+        mmapLock.assertWriteLocked()
+        let i = vmaIndex(atOrAfter: vma.start)
+        precondition(i == vmaList.count || vmaList[i].start >= vma.end, "overlapping VMA insert")
+        vmaList.insert(vma, at: i)
+        if let f = vma.file { f.linkMapping(vma) }
+    }
+
+    func removeVMA(at i: Int) {
+        let vma = vmaList.remove(at: i)
+        if let f = vma.file { f.unlinkMapping(vma) }
+        unlinkAnonVMAs(vma)
+    }
+
+    /// Finds a free range of `length` bytes (top-down from mmapBase), honouring a hint.
+    func unmappedArea(length: UInt64, hint: UInt64) -> UInt64? {
+        let h = pageAlignDown(hint)
+        if hint != 0, h >= mmapMinAddress, h <= taskSize - length {
+            let i = vmaIndex(atOrAfter: h)
+            if i == vmaList.count || vmaList[i].start >= h + length { return h }
+        }
+        var top = mmapBase
+        var i = vmaIndex(atOrAfter: top) - 1
+        while true {
+            let below: UInt64 = i >= 0 ? vmaList[i].end : mmapMinAddress
+            if top >= length && top - length >= below { return top - length }
+            if i < 0 { return nil }
+            top = min(top, vmaList[i].start)
+            i -= 1
+        }
+    }
+
+    // MARK: CPUs and TLB
+
+    func attach(_ cpu: CPU) { cpusLock.withLock { cpus.append(cpu) } }
+    func detach(_ cpu: CPU) { cpusLock.withLock { cpus.removeAll { $0 === cpu } } }
+
+    /// TLB shootdown (`flush_tlb_mm`/`flush_tlb_range`): when this returns, no CPU of this
+    /// address space can still reach a frame through a translation that was changed before the
+    /// call. Every CPU that is inside an access acknowledges at its next access boundary; CPUs
+    /// outside any access flush when they next enter one.
+    /// Locking: may be called with page-table locks held; must not be called by a CPU thread
+    /// that is inside an access.
+    public func flushTLB() {
+        let gen = flushGeneration.add(1)
+        machine.stats.count(.tlbShootdown)
+        let list = cpusLock.withLock { cpus }
+        for cpu in list {
+            var round = 0
+            var waited = false
+            while cpu.inUser.load() != 0 && cpu.ackGeneration.load() < gen {
+                waited = true
+                Sync.spinWait(&round, .wait, nil)
+            }
+            if waited { machine.stats.count(.tlbShootdownWaits) }
+        }
+    }
+
+    func markDead() { isDead = true }
+}
+
+extension AddressSpace {
+    /// Number of VMAs. Locking: takes the mmap lock for read.
+    public var vmaCount: Int { mmapLock.withRead { vmaList.count } }
+}

@@ -1,0 +1,28 @@
+import MMSync
+
+/// A whole simulated machine: physical memory, the processes on it, and event counters.
+public final class Machine: @unchecked Sendable {
+    public let memory: PhysicalMemory
+    public let stats = MMStats()
+    let pidLock = Lock("pid")
+    var nextPid: Int32 = 1
+    /// Address spaces alive (for invariant checks and device eviction).
+    var liveMMs: [ObjectIdentifier: Weak<AddressSpace>] = [:]
+
+    /// Creates a machine with `memoryBytes` of RAM (page multiple, ≥ 8 MiB) and room for
+    /// `devicePfnSpaceBytes` of device memory registrations.
+    public init(memoryBytes: UInt64 = 256 << 20, devicePfnSpaceBytes: UInt64 = 16 << 30) throws(Errno) {
+        memory = try PhysicalMemory(systemBytes: memoryBytes, devicePfnSpaceBytes: devicePfnSpaceBytes)
+    }
+
+    func allocatePid() -> Int32 { pidLock.withLock { defer { nextPid += 1 }; return nextPid } }
+
+    func register(_ mm: AddressSpace) { pidLock.withLock { liveMMs[ObjectIdentifier(mm)] = Weak(mm) } }
+    func unregister(_ mm: AddressSpace) { pidLock.withLock { liveMMs[ObjectIdentifier(mm)] = nil } }
+    /// Address spaces that have not exited, in creation order.
+    public var addressSpaces: [AddressSpace] {
+        pidLock.withLock { liveMMs.values.compactMap { $0.value }.sorted { $0.id < $1.id } }
+    }
+}
+
+final class Weak<T: AnyObject> { weak var value: T?; init(_ v: T) { value = v } }

@@ -1,0 +1,120 @@
+import MMSync
+
+/// `vm_flags`.
+public struct VMFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public static let read = VMFlags(rawValue: 1 << 0)
+    public static let write = VMFlags(rawValue: 1 << 1)
+    public static let exec = VMFlags(rawValue: 1 << 2)
+    public static let shared = VMFlags(rawValue: 1 << 3)
+    public static let mayRead = VMFlags(rawValue: 1 << 4)
+    public static let mayWrite = VMFlags(rawValue: 1 << 5)
+    public static let mayExec = VMFlags(rawValue: 1 << 6)
+    public static let mayShare = VMFlags(rawValue: 1 << 7)
+    public static let io = VMFlags(rawValue: 1 << 14)
+    public static let dontCopy = VMFlags(rawValue: 1 << 17)
+    public static let pfnMap = VMFlags(rawValue: 1 << 10)
+    public static let mixedMap = VMFlags(rawValue: 1 << 28)
+    public static let hugePage = VMFlags(rawValue: 1 << 29)
+    public static let noHugePage = VMFlags(rawValue: 1 << 30)
+    public static let hugetlb = VMFlags(rawValue: 1 << 22)
+    public static let accessMask: VMFlags = [.read, .write, .exec]
+}
+
+/// A virtual memory area (`struct vm_area_struct`): [start, end) of one address space with one
+/// protection and one backing (anonymous, or a shmem file at page offset `pgoff`).
+///
+/// Locking: the fields change only under the owning mm's mmap lock held for write; readers hold
+/// it for read. The anon_vma chain changes under the anon_vma root lock as well.
+public final class VMA: @unchecked Sendable, CustomStringConvertible {
+    public internal(set) var start: UInt64
+    public internal(set) var end: UInt64
+    public internal(set) var flags: VMFlags
+    /// Page offset of `start`: in the file for file mappings; `start >> PAGE_SHIFT` at creation
+    /// for anonymous ones (kept across mremap so anonymous rmap still finds pages).
+    public internal(set) var pgoff: UInt64
+    /// The shmem/tmpfs file behind the mapping (shared anonymous mappings have one too).
+    public let file: ShmemFile?
+    /// The anon_vma new anonymous pages of this VMA get (`vma->anon_vma`).
+    var anonVMA: AnonVMA?
+    /// Every anon_vma this VMA is linked into (`anon_vma_chain`).
+    var anonVMAChain: [AnonVMA] = []
+    public unowned let mm: AddressSpace
+    /// Device-file mappings (dmirror's mmap) are "special": mixed maps with driver pages.
+    public internal(set) var isSpecialMapping = false
+
+    init(mm: AddressSpace, start: UInt64, end: UInt64, flags: VMFlags, pgoff: UInt64, file: ShmemFile?) {
+        self.mm = mm; self.start = start; self.end = end; self.flags = flags; self.pgoff = pgoff; self.file = file
+    }
+
+    /// `vma_is_anonymous`: no file behind it (shared anonymous memory is shmem, so not anonymous).
+    public var isAnonymous: Bool { file == nil && !isSpecialMapping }
+    public var isShared: Bool { flags.contains(.shared) }
+    /// `is_cow_mapping`: private and may become writable.
+    public var isCOWMapping: Bool { !flags.contains(.shared) && flags.contains(.mayWrite) }
+    public var length: UInt64 { end - start }
+    public func contains(_ address: UInt64) -> Bool { address >= start && address < end }
+
+    /// `linear_page_index`.
+    @inlinable public func linearPageIndex(_ address: UInt64) -> UInt64 { ((address - start) >> pageShift) + pgoff }
+    /// The address a page of index `index` would have in this VMA (`vma_address`), if inside.
+    public func address(ofPageIndex index: UInt64) -> UInt64? {
+        guard index >= pgoff else { return nil }
+        let delta = index - pgoff
+        guard delta < (end - start) >> pageShift else { return nil }
+        return start + (delta << pageShift)
+    }
+
+    public var protection: Protection {
+        var p: Protection = []
+        if flags.contains(.read) { p.insert(.read) }
+        if flags.contains(.write) { p.insert(.write) }
+        if flags.contains(.exec) { p.insert(.exec) }
+        return p
+    }
+
+    public var description: String {
+        let hex = { (v: UInt64) in "0x" + String(v, radix: 16) }
+        var s = "\(hex(start))-\(hex(end)) "
+        s += flags.contains(.read) ? "r" : "-"
+        s += flags.contains(.write) ? "w" : "-"
+        s += flags.contains(.exec) ? "x" : "-"
+        s += isShared ? "s" : "p"
+        s += file != nil ? " file@\(pgoff)" : " anon"
+        return s
+    }
+
+    /// Copies this VMA's shape for a split or fork (anon_vma chain handled by the caller).
+    func duplicate(into mm: AddressSpace) -> VMA {
+        let v = VMA(mm: mm, start: start, end: end, flags: flags, pgoff: pgoff, file: file)
+        v.isSpecialMapping = isSpecialMapping
+        return v
+    }
+}
+
+/// `PROT_*`.
+public struct Protection: OptionSet, Sendable, Hashable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let none: Protection = []
+    public static let read = Protection(rawValue: 1)
+    public static let write = Protection(rawValue: 2)
+    public static let exec = Protection(rawValue: 4)
+    public static let readWrite: Protection = [.read, .write]
+    static let known: Int32 = 0x7 | 0x8 // PROT_SEM (0x8) is accepted and ignored, as on x86
+}
+
+/// `MAP_*` flags.
+public struct MapFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let shared = MapFlags(rawValue: 0x01)
+    public static let `private` = MapFlags(rawValue: 0x02)
+    public static let fixed = MapFlags(rawValue: 0x10)
+    public static let anonymous = MapFlags(rawValue: 0x20)
+    public static let noReserve = MapFlags(rawValue: 0x4000)
+    public static let populate = MapFlags(rawValue: 0x8000)
+    public static let hugetlb = MapFlags(rawValue: 0x40000)
+    public static let fixedNoReplace = MapFlags(rawValue: 0x100000)
+}

@@ -1,0 +1,42 @@
+/// A lock held in one bit of a 64-bit flags word in raw memory, with sleeping waiters
+/// (the page lock, PG_locked). Waiters sleep on one of a fixed set of hashed wait queues,
+/// as the kernel's folio wait table does.
+public enum BitLock {
+    static let buckets: [WaitQueue] = (0..<64).map { _ in WaitQueue() }
+
+    @inlinable static func bucket(_ word: AtomicU64Ref) -> Int {
+        Int(truncatingIfNeeded: (UInt(bitPattern: word.pointer) >> 6) & 63)
+    }
+
+    @inlinable public static func tryLock(_ word: AtomicU64Ref, bit: UInt64) -> Bool {
+        word.fetchOr(bit) & bit == 0
+    }
+
+    public static func lock(_ word: AtomicU64Ref, bit: UInt64) {
+        Sync.point(.bitLockAcquire, UnsafeRawPointer(word.pointer))
+        if tryLock(word, bit: bit) { return }
+        waitUntil(word) { tryLock(word, bit: bit) }
+    }
+
+    public static func unlock(_ word: AtomicU64Ref, bit: UInt64) {
+        let old = word.fetchAnd(~bit)
+        precondition(old & bit != 0, "bit lock released while not held")
+        Sync.point(.bitLockRelease, UnsafeRawPointer(word.pointer))
+        buckets[bucket(word)].wakeAll()
+    }
+
+    /// Sleeps until the bit is clear, without taking it (`folio_wait_locked`,
+    /// migration_entry_wait). Returns false on timeout.
+    @discardableResult
+    public static func waitUnlocked(_ word: AtomicU64Ref, bit: UInt64, timeoutNanoseconds: UInt64? = nil) -> Bool {
+        if word.load() & bit == 0 { return true }
+        return buckets[bucket(word)].wait(timeoutNanoseconds: timeoutNanoseconds) { word.load() & bit == 0 }
+    }
+
+    static func waitUntil(_ word: AtomicU64Ref, _ condition: () -> Bool) {
+        buckets[bucket(word)].wait(until: condition)
+    }
+
+    /// Wakes waiters on a word whose state changed other than by `unlock`.
+    public static func wake(_ word: AtomicU64Ref) { buckets[bucket(word)].wakeAll() }
+}

@@ -1,0 +1,100 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+
+/// A sleeping mutual-exclusion lock (the kernel's mutex / spinlock analogue).
+///
+/// `lock()` and `unlock()` may be called from different functions (as kernel code does with
+/// spinlocks), but by the same thread. `assertHeld()` checks ownership in debug builds.
+public final class Lock: @unchecked Sendable {
+    @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    @usableFromInline let owner = Atomic<UInt64>(0)
+    public let name: StaticString
+
+    public init(_ name: StaticString = "lock") {
+        self.name = name
+        mutex = .allocate(capacity: 1)
+        var attr = pthread_mutexattr_t()
+        pthread_mutexattr_init(&attr)
+        #if DEBUG
+        pthread_mutexattr_settype(&attr, Int32(PTHREAD_MUTEX_ERRORCHECK))
+        #endif
+        pthread_mutex_init(mutex, &attr)
+        pthread_mutexattr_destroy(&attr)
+    }
+    deinit { pthread_mutex_destroy(mutex); mutex.deallocate() }
+
+    @inlinable public func lock() {
+        if let scheduler = Sync.scheduler {
+            scheduler.schedulingPoint(.lockAcquire, object: UnsafeRawPointer(mutex))
+            while pthread_mutex_trylock(mutex) != 0 { scheduler.blocked(.lockAcquire, object: UnsafeRawPointer(mutex)) }
+        } else {
+            let rc = pthread_mutex_lock(mutex)
+            precondition(rc == 0, "Lock \(name): pthread_mutex_lock failed (\(rc)): recursive locking?")
+        }
+        owner.store(currentThreadID(), ordering: .relaxed)
+    }
+
+    @inlinable public func tryLock() -> Bool {
+        Sync.point(.lockAcquire, UnsafeRawPointer(mutex))
+        guard pthread_mutex_trylock(mutex) == 0 else { return false }
+        owner.store(currentThreadID(), ordering: .relaxed)
+        return true
+    }
+
+    @inlinable public func unlock() {
+        assert(isHeldByCurrentThread, "Lock \(name) released by a thread that does not hold it")
+        owner.store(0, ordering: .relaxed)
+        pthread_mutex_unlock(mutex)
+        Sync.point(.lockRelease, UnsafeRawPointer(mutex))
+    }
+
+    @inlinable @discardableResult
+    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        lock(); defer { unlock() }
+        return try body()
+    }
+
+    @inlinable public var isHeldByCurrentThread: Bool {
+        owner.load(ordering: .relaxed) == currentThreadID()
+    }
+
+    /// Debug-build assertion that the calling thread holds this lock.
+    @inlinable public func assertHeld(file: StaticString = #file, line: UInt = #line) {
+        assert(isHeldByCurrentThread, "Lock \(name) not held", file: file, line: line)
+    }
+}
+
+/// A spinlock living in one 64-bit word of raw memory (the split page-table lock stored in the
+/// page-table page's metadata). The word holds 0 when free and the owner's thread id when held.
+@frozen
+public struct SpinLockRef {
+    public let word: AtomicU64Ref
+    @inlinable @inline(__always) public init(_ pointer: UnsafeMutableRawPointer) { word = AtomicU64Ref(pointer) }
+
+    @inlinable public func lock() {
+        let me = currentThreadID()
+        var round = 0
+        while true {
+            if word.compareExchange(expected: 0, desired: me).exchanged { return }
+            precondition(word.load(.relaxed) != me, "spinlock: recursive acquisition")
+            Sync.spinWait(&round, .lockAcquire, UnsafeRawPointer(word.pointer))
+        }
+    }
+    @inlinable public func tryLock() -> Bool {
+        word.compareExchange(expected: 0, desired: currentThreadID()).exchanged
+    }
+    @inlinable public func unlock() {
+        assert(isHeldByCurrentThread, "spinlock released by non-owner")
+        word.store(0, .release)
+        Sync.point(.lockRelease, UnsafeRawPointer(word.pointer))
+    }
+    @inlinable public var isHeldByCurrentThread: Bool { word.load(.relaxed) == currentThreadID() }
+    @inlinable public var isLocked: Bool { word.load(.relaxed) != 0 }
+    @inlinable public func assertHeld(file: StaticString = #file, line: UInt = #line) {
+        assert(isHeldByCurrentThread, "page-table lock not held", file: file, line: line)
+    }
+}

@@ -1,0 +1,49 @@
+/// The single choke point through which every MMSync primitive reports what it is about to do.
+///
+/// In real mode `Sync.scheduler` is nil and each hook is one inlined nil check. The explorer
+/// installs a scheduler that turns every reported point into a scheduling decision.
+public enum SyncPointKind: UInt8, Sendable {
+    case lockAcquire, lockRelease, rwsemRead, rwsemWrite, rwsemRelease
+    case bitLockAcquire, bitLockRelease, seqWrite, seqRead
+    case atomic, wait, wake, spin, threadStart, threadExit, yield
+}
+
+/// A controlled scheduler (explorer mode). Every method is called on the model thread that hit
+/// the point; the scheduler may park that thread and run another one before returning.
+public protocol SyncScheduler: AnyObject {
+    func schedulingPoint(_ kind: SyncPointKind, object: UnsafeRawPointer?)
+    /// The calling thread cannot make progress until another thread acts (spinning on a lock,
+    /// waiting for an event). The scheduler must run someone else.
+    func blocked(_ kind: SyncPointKind, object: UnsafeRawPointer?)
+}
+
+public enum Sync {
+    /// The installed explorer scheduler, or nil in real mode.
+    nonisolated(unsafe) public static var scheduler: SyncScheduler? = nil
+
+    @inlinable @inline(__always)
+    public static func point(_ kind: SyncPointKind, _ object: UnsafeRawPointer? = nil) {
+        if let scheduler = scheduler { scheduler.schedulingPoint(kind, object: object) }
+    }
+
+    /// Called inside every spin or retry loop: in real mode it yields the CPU after a few
+    /// rounds; in explorer mode it tells the scheduler this thread is blocked.
+    @inlinable
+    public static func spinWait(_ round: inout Int, _ kind: SyncPointKind = .spin,
+                                _ object: UnsafeRawPointer? = nil) {
+        if let scheduler = scheduler { scheduler.blocked(kind, object: object); return }
+        round &+= 1
+        if round > 64 { sched_yield_shim() } else { spinHint() }
+    }
+
+    /// A named yield point for code that wants to offer the scheduler a switch.
+    @inlinable
+    public static func yieldPoint() { point(.yield) }
+}
+
+@usableFromInline func spinHint() {
+    #if arch(x86_64)
+    // A compiler barrier is enough for our purposes; `pause` is not exposed to Swift.
+    _ = 0
+    #endif
+}

@@ -1,0 +1,36 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A non-zero number naming the calling OS thread, used as lock owner in assertions.
+@inlinable @inline(__always)
+public func currentThreadID() -> UInt64 {
+    UInt64(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(pthread_self_shim()))))
+}
+
+@usableFromInline func pthread_self_shim() -> OpaquePointer? {
+    #if canImport(Glibc)
+    return OpaquePointer(bitPattern: UInt(pthread_self()))
+    #else
+    return OpaquePointer(pthread_self())
+    #endif
+}
+
+@usableFromInline func sched_yield_shim() { sched_yield() }
+
+/// Sleeps the calling OS thread. In explorer mode this is a yield to the scheduler.
+public func syncSleep(nanoseconds: UInt64) {
+    if let scheduler = Sync.scheduler { scheduler.blocked(.yield, object: nil); return }
+    var ts = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+    var rem = timespec()
+    while nanosleep(&ts, &rem) != 0 { ts = rem }
+}
+
+/// Monotonic clock in nanoseconds.
+public func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
