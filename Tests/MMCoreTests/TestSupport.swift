@@ -1,0 +1,95 @@
+import XCTest
+@testable import MMCore
+import MMSync
+
+typealias Process = MMCore.Process
+
+/// A machine with one process and one CPU; `check()` runs every invariant checker.
+final class Env {
+    let machine: Machine
+    let process: Process
+    let cpu: CPU
+    var memory: PhysicalMemory { machine.memory }
+    var mm: AddressSpace { process.mm }
+    let usedAtStart: Int
+
+    init(mib: UInt64 = 64) throws {
+        machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 1 << 30)
+        usedAtStart = machine.usedFrames
+        process = try Process(machine: machine)
+        cpu = process.makeCPU()
+    }
+
+    /// Maps `pages` pages of private anonymous read/write memory.
+    func anon(_ pages: Int, prot: Protection = .readWrite, shared: Bool = false) throws -> UInt64 {
+        try process.mmap(length: UInt64(pages) * pageSize, prot: prot, flags: [shared ? .shared : .private, .anonymous])
+    }
+
+    func check(file: StaticString = #filePath, line: UInt = #line) {
+        let problems = machine.checkInvariants()
+        XCTAssertEqual(problems, [], "invariants", file: file, line: line)
+    }
+
+    /// Exits the process and checks that every frame came back.
+    func teardown(file: StaticString = #filePath, line: UInt = #line) {
+        cpu.detach()
+        process.exit()
+        check(file: file, line: line)
+    }
+
+    func pfn(_ address: UInt64) throws -> UInt64? {
+        let e = try mm.pagemap(address, count: 1)[0]
+        return e.isPresent ? e.pfn : nil
+    }
+}
+
+/// Stores the pattern IDX (int k = k) as 32-bit ints over `bytes` bytes from `base`.
+func fillIDX(_ cpu: CPU, _ base: UInt64, bytes: UInt64, plus c: Int32 = 0) throws {
+    var k: UInt64 = 0
+    while k * 4 < bytes { try cpu.store(base + k * 4, Int32(truncatingIfNeeded: k) &+ c); k += 1 }
+}
+
+func checkIDX(_ cpu: CPU, _ base: UInt64, bytes: UInt64, plus c: Int32 = 0, file: StaticString = #filePath, line: UInt = #line) throws {
+    var k: UInt64 = 0
+    var bad = 0
+    while k * 4 < bytes {
+        let v: Int32 = try cpu.load(base + k * 4)
+        if v != Int32(truncatingIfNeeded: k) &+ c {
+            if bad == 0 { XCTFail("int \(k): got \(v), expected \(Int32(truncatingIfNeeded: k) &+ c)", file: file, line: line) }
+            bad += 1
+        }
+        k += 1
+    }
+    XCTAssertEqual(bad, 0, file: file, line: line)
+}
+
+func XCTAssertErrno<T>(_ expected: Errno, _ body: () throws(Errno) -> T, file: StaticString = #filePath, line: UInt = #line) {
+    do {
+        let v = try body()
+        XCTFail("expected \(expected), got success \(v)", file: file, line: line)
+    } catch {
+        XCTAssertEqual(error, expected, file: file, line: line)
+    }
+}
+
+func XCTAssertFault<T>(_ expected: AccessFault, _ body: () throws(AccessFault) -> T, file: StaticString = #filePath, line: UInt = #line) {
+    do {
+        let v = try body()
+        XCTFail("expected \(expected), got \(v)", file: file, line: line)
+    } catch {
+        XCTAssertEqual(error, expected, file: file, line: line)
+    }
+}
+
+/// A deterministic generator (SplitMix64) so every randomized test replays from its seed.
+struct SeededRNG: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
