@@ -31,10 +31,12 @@ final class Env {
     }
 
     /// Exits the process and checks that every frame came back.
-    func teardown(file: StaticString = #filePath, line: UInt = #line) {
+    /// `stillHeld`: frames legitimately kept by objects the test still holds (a file's cache).
+    func teardown(stillHeld: Int = 0, file: StaticString = #filePath, line: UInt = #line) {
         cpu.detach()
         process.exit()
         check(file: file, line: line)
+        XCTAssertEqual(machine.usedFrames - usedAtStart, stillHeld, "frames leaked after exit", file: file, line: line)
     }
 
     func pfn(_ address: UInt64) throws -> UInt64? {

@@ -129,7 +129,7 @@ public final class CPU: @unchecked Sendable {
     /// Hardware page walk: no locks; sets accessed (and dirty on write) with compare-and-swap.
     @usableFromInline
     func walkAndFill(_ address: UInt64, write: Bool) -> UnsafeMutableRawPointer? {
-        guard address < taskSize else { return nil }
+        guard address < taskSize, mm.deadFlag.load() == 0 else { return nil }
         let pt = mm.pageTable
         var tablePfn = pt.pgd.pfn
         var level = PageTableLevel.pgd

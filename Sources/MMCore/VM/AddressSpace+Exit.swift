@@ -11,7 +11,7 @@ extension AddressSpace {
         for vma in vmaList { zapRange(vma: vma, start: vma.start, end: vma.end, event: .release) }
         while !vmaList.isEmpty { removeVMA(at: vmaList.count - 1) }
         freePageTables(0, taskSize + pageSize, floor: 0, ceiling: taskSize + pageSize)
-        markDead()
+        markDeadAndFreePGD()
         machine.unregister(self)
     }
 }

@@ -9,9 +9,9 @@ extension AddressSpace {
     /// Locking: takes this mm's mmap lock for write; the child is not yet visible to anyone.
     /// Return: the child, or ENOMEM (the partial child is torn down).
     public func fork() throws(Errno) -> AddressSpace {
-        guard !isDead else { throw .EINVAL }
         let child = try AddressSpace(machine: machine)
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        guard !isDead else { child.exitMMap(); throw .EINVAL }
         child.mmapLock.lockWrite()
         var failed = false
         var parentChanged = false

@@ -25,9 +25,8 @@ extension AddressSpace {
             guard isPageAligned(address) else { throw .EINVAL }
             guard address <= taskSize - len, address >= mmapMinAddress else { throw fixed && address < mmapMinAddress ? .EPERM : .ENOMEM }
         }
-        guard !isDead else { throw .ENOMEM }
-
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        guard !isDead else { throw .ENOMEM }
         let start: UInt64
         if fixed {
             if flags.contains(.fixedNoReplace) {

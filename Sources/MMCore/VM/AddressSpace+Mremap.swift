@@ -31,7 +31,11 @@ extension AddressSpace {
         guard let vma = vmaLookup(address) else { throw .EFAULT }
         guard address + oldLen <= vma.end else { throw .EFAULT }
 
-        if flags.contains(.fixed) {
+        if flags.contains(.fixed) || flags.contains(.dontUnmap) {
+            if !flags.contains(.fixed) {
+                guard let target = unmappedArea(length: newLen, hint: 0) else { throw .ENOMEM }
+                return try moveVMA(vma, address, oldLen, to: target, newLen, dontUnmap: true)
+            }
             return try moveVMA(vma, address, oldLen, to: newAddress, newLen, dontUnmap: flags.contains(.dontUnmap))
         }
         if newLen <= oldLen {

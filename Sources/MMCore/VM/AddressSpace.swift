@@ -17,7 +17,9 @@ public final class AddressSpace: @unchecked Sendable {
     public let notifiers: MMUNotifierSubscriptions
     /// Set once the address space was torn down (exit_mmap); later operations fail with EINVAL
     /// for devices, as a dead mm does in the kernel.
-    public private(set) var isDead = false
+    public var isDead: Bool { deadFlag.load() != 0 }
+    @usableFromInline let deadFlag = AtomicWord(0)
+    var pgdFreed = false
     /// `mm_users`-like count of holders that keep the address space usable.
     let users = AtomicCounter(1)
 
@@ -27,9 +29,7 @@ public final class AddressSpace: @unchecked Sendable {
     var cpus: [CPU] = []
 
     deinit {
-        // The top-level table stays until no CPU can walk it any more.
         if !isDead { exitMMap() }
-        pageTable.freeTable(pageTable.pgd)
     }
 
     init(machine: Machine) throws(Errno) {
@@ -131,7 +131,14 @@ public final class AddressSpace: @unchecked Sendable {
         }
     }
 
-    func markDead() { isDead = true }
+    /// Marks the address space dead and frees its top-level table once no CPU can be walking
+    /// it: a CPU checks `isDead` after entering user mode and before walking, and the shootdown
+    /// waits for CPUs that entered before the mark.
+    func markDeadAndFreePGD() {
+        deadFlag.store(1)
+        flushTLB()
+        if !pgdFreed { pgdFreed = true; pageTable.freeTable(pageTable.pgd) }
+    }
 }
 
 extension AddressSpace {
