@@ -1,0 +1,114 @@
+import XCTest
+@testable import MMCore
+import MMSync
+
+/// Records every invalidation an interval notifier sees.
+final class Recorder {
+    var events: [(MMUNotifyEvent, UInt64, UInt64)] = []
+    let lock = Lock("recorder")
+    var sub: MMUIntervalNotifier!
+    init(_ mm: AddressSpace, start: UInt64 = 0, end: UInt64 = taskSize) throws {
+        sub = MMUIntervalNotifier(start: start, end: end) { [unowned self] sub, range, seq in
+            self.lock.withLock {
+                self.events.append((range.event, range.start, range.end))
+                sub.setSeq(seq)
+            }
+            return true
+        }
+        try mm.notifiers.insert(sub)
+    }
+    func take() -> [String] {
+        lock.withLock { defer { events.removeAll() }; return events.map { "\($0.0)" } }
+    }
+}
+
+final class NotifierTests: XCTestCase {
+    func testEveryPageTableChangeIsReportedWithItsEvent() throws {
+        let env = try Env()
+        let rec = try Recorder(env.mm)
+        let a = try env.anon(4)
+        try env.cpu.store(a, UInt64(1))
+        XCTAssertEqual(rec.take(), []) // faults that only add entries invalidate nothing
+        try env.process.mprotect(a, length: 4096, prot: .read)
+        XCTAssertEqual(rec.take(), ["PROTECTION_VMA"])
+        try env.process.madvise(a + 4096, length: 4096, advice: .dontNeed)
+        XCTAssertEqual(rec.take(), ["CLEAR"])
+        try env.process.mprotect(a, length: 4096, prot: .readWrite)
+        _ = rec.take()
+        let child = try env.process.fork()
+        // One per COW VMA: the mprotect split [a, a+4K) from the rest (VMAs are not merged back).
+        XCTAssertEqual(env.mm.vmaCount, 2)
+        XCTAssertEqual(rec.take(), ["PROTECTION_PAGE", "PROTECTION_PAGE"])
+        try env.process.munmap(a + 3 * 4096, length: 4096)
+        XCTAssertEqual(rec.take(), ["UNMAP"])
+        _ = env.machine.migratePages([try XCTUnwrap(try env.pfn(a))])
+        XCTAssertEqual(rec.take(), ["CLEAR"]) // the parent's mapping of the page (the child's is another mm)
+        child.exit()
+        XCTAssertEqual(rec.take(), [])
+        env.mm.notifiers.remove(rec.sub)
+        env.teardown()
+    }
+
+    func testExitReportsRelease() throws {
+        let env = try Env()
+        let rec = try Recorder(env.mm)
+        _ = try env.anon(1)
+        env.cpu.detach()
+        env.process.exit()
+        XCTAssertEqual(rec.take().filter { $0 == "RELEASE" }.count, 2) // release + the zap of the VMA
+    }
+
+    func testIntervalOnlySeesOverlappingRanges() throws {
+        let env = try Env()
+        let a = try env.anon(8)
+        let rec = try Recorder(env.mm, start: a + 4 * 4096, end: a + 8 * 4096)
+        try env.process.munmap(a, length: 4 * 4096)
+        XCTAssertEqual(rec.take(), [])
+        try env.process.munmap(a + 4 * 4096, length: 4096)
+        XCTAssertEqual(rec.take(), ["UNMAP"])
+        env.mm.notifiers.remove(rec.sub)
+        env.teardown()
+    }
+
+    func testReadBeginRetryProtocol() throws {
+        let env = try Env()
+        let a = try env.anon(1)
+        let rec = try Recorder(env.mm)
+        let s1 = rec.sub.readBegin()
+        XCTAssertFalse(rec.lock.withLock { rec.sub.readRetry(s1) })
+        try env.process.mprotect(a, length: 4096, prot: .read)
+        XCTAssertTrue(rec.lock.withLock { rec.sub.readRetry(s1) })
+        let s2 = rec.sub.readBegin()
+        XCTAssertNotEqual(s1, s2)
+        XCTAssertFalse(rec.lock.withLock { rec.sub.readRetry(s2) })
+        env.mm.notifiers.remove(rec.sub)
+        env.teardown()
+    }
+
+    func testReadBeginWaitsForAnInvalidationInProgress() throws {
+        let env = try Env()
+        let rec = try Recorder(env.mm)
+        let range = MMUNotifierRange(start: 0, end: 4096, event: .clear)
+        env.mm.notifiers.invalidateRangeStart(range)
+        let began = AtomicCounter(0)
+        let t = ModelThread.spawn {
+            _ = rec.sub.readBegin()
+            began.store(1)
+        }
+        syncSleep(nanoseconds: 20_000_000)
+        XCTAssertEqual(began.load(), 0) // blocked while the invalidation is open
+        env.mm.notifiers.invalidateRangeEnd(range)
+        t.join()
+        XCTAssertEqual(began.load(), 1)
+        env.mm.notifiers.remove(rec.sub)
+        env.teardown()
+    }
+
+    func testInsertRejectsEmptyInterval() throws {
+        let env = try Env()
+        let sub = MMUIntervalNotifier(start: 8192, end: 8192) { _, _, _ in true }
+        XCTAssertErrno(.EINVAL) { () throws(Errno) in try env.mm.notifiers.insert(sub) }
+        XCTAssertEqual(env.mm.notifiers.intervalCount, 0)
+        env.teardown()
+    }
+}
