@@ -13,7 +13,8 @@ extension AddressSpace {
     /// `mremap`. Errors as Linux: EINVAL for unknown flags, FIXED or DONTUNMAP without MAYMOVE,
     /// DONTUNMAP with a size change, an unaligned address, zero new length, an overlapping or
     /// out-of-range FIXED target; EFAULT when [old, old+oldLength) is not inside one VMA;
-    /// ENOMEM when growing in place is impossible without MAYMOVE.
+    /// ENOMEM when growing in place is impossible without MAYMOVE. As in Linux, growing a
+    /// shared mapping does not grow the object behind it: pages beyond its size raise SIGBUS.
     /// Locking: takes the mmap lock for write.
     public func mremap(_ address: UInt64, oldLength: UInt64, newLength: UInt64, flags: MremapFlags,
                        newAddress: UInt64 = 0) throws(Errno) -> UInt64 {
@@ -47,7 +48,6 @@ extension AddressSpace {
             let i = vmaIndex(atOrAfter: vma.end)
             let nextStart = i < vmaList.count ? vmaList[i].start : taskSize
             if address + newLen <= nextStart && address + newLen <= taskSize {
-                if let f = vma.file, f.isAnonymousShared { try f.ftruncate(max(f.size, (vma.pgoff << pageShift) + (vma.end - vma.start) + (newLen - oldLen))) }
                 vma.end = address + newLen
                 return address
             }
@@ -67,9 +67,6 @@ extension AddressSpace {
         moved.start = target
         moved.end = target + newLen
         anonVMAClone(dst: moved, src: old)
-        if let f = moved.file, f.isAnonymousShared, newLen > oldLen {
-            try f.ftruncate(max(f.size, (moved.pgoff << pageShift) + newLen))
-        }
         insertVMA(moved)
         let moveLen = min(oldLen, newLen)
         if let err = movePageTables(from: address, to: target, length: moveLen) {

@@ -94,13 +94,16 @@ public final class AddressSpace: @unchecked Sendable {
             let i = vmaIndex(atOrAfter: h)
             if i == vmaList.count || vmaList[i].start >= h + length { return h }
         }
+        // Top-down: walk the gaps below mmapBase from the highest VMA downwards.
         var top = mmapBase
-        var i = vmaIndex(atOrAfter: top) - 1
+        var i = vmaList.count - 1
+        while i >= 0 && vmaList[i].start >= top { i -= 1 }
         while true {
+            if i >= 0 && vmaList[i].end > top { top = vmaList[i].start; i -= 1; continue }
             let below: UInt64 = i >= 0 ? vmaList[i].end : mmapMinAddress
-            if top >= length && top - length >= below { return top - length }
+            if top >= below && top - below >= length { return top - length }
             if i < 0 { return nil }
-            top = min(top, vmaList[i].start)
+            top = vmaList[i].start
             i -= 1
         }
     }

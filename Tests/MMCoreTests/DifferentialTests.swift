@@ -1,0 +1,219 @@
+import XCTest
+@testable import MMCore
+import MMSync
+
+/// Random sequences of mmap, munmap, mprotect, mremap, madvise, fork, exit, loads and stores,
+/// issued from several CPU threads of several processes, checked step by step against the
+/// reference model (contents and errno) and the invariant checkers. A failure names its seed;
+/// `DIFF_SEED=n` replays one sequence.
+final class DifferentialTests: XCTestCase {
+    static let window: UInt64 = 0x2000_0000
+    static let windowPages: UInt64 = 48
+
+    struct Proc {
+        let process: Process
+        let model: RefProcess
+        let workers: [CPUWorker]
+    }
+
+    func testRandomSequencesAgainstReferenceModel() throws {
+        if let s = ProcessInfoSeed.value {
+            try runSequence(seed: s, steps: 200)
+            return
+        }
+        let sequences = ProcessInfoSeed.sequences
+        for seed in 1...UInt64(sequences) {
+            try runSequence(seed: seed, steps: 60)
+        }
+        // The generator must actually reach every kind of outcome, or the test proves little.
+        let c = coverage
+        print("differential coverage: \(c.sorted { $0.key < $1.key })")
+        for key in ["load nonzero", "load segv", "load bus", "store ok", "store segv", "errno EINVAL", "errno ENOMEM",
+                    "errno EFAULT", "mremap moved", "fork", "exit", "cow copy"] {
+            XCTAssertGreaterThan(c[key] ?? 0, 0, "never exercised: \(key)")
+        }
+    }
+
+    var coverage: [String: Int] = [:]
+    func cover(_ key: String) { coverage[key, default: 0] += 1 }
+
+    func runSequence(seed: UInt64, steps: Int) throws {
+        var rng = SeededRNG(seed: seed)
+        let machine = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        let startUsed = machine.usedFrames
+        var procs: [Proc] = []
+        func spawn(_ p: Process, _ m: RefProcess) {
+            procs.append(Proc(process: p, model: m, workers: (0..<2).map { CPUWorker(p, name: "cpu\(p.pid).\($0)") }))
+        }
+        spawn(try Process(machine: machine), RefProcess())
+        var log: [String] = []
+        func fail(_ msg: String, file: StaticString = #filePath, line: UInt = #line) {
+            XCTFail("seed \(seed) step \(log.count): \(msg)\nlast steps:\n" + log.suffix(12).joined(separator: "\n"), file: file, line: line)
+        }
+        let W = DifferentialTests.window, N = DifferentialTests.windowPages
+        func page() -> UInt64 { W + UInt64.random(in: 0..<N, using: &rng) * pageSize }
+        func pages() -> UInt64 { UInt64.random(in: 1...8, using: &rng) * pageSize }
+        /// An address inside a VMA the model knows of (most of the time), else anywhere.
+        func mappedPage(_ m: RefProcess) -> UInt64 {
+            if !m.vmas.isEmpty && Int.random(in: 0..<5, using: &rng) > 0 {
+                let v = m.vmas[Int.random(in: 0..<m.vmas.count, using: &rng)]
+                return v.start + UInt64.random(in: 0..<((v.end - v.start) >> 12), using: &rng) * pageSize
+            }
+            return page()
+        }
+        func word() -> UInt64 { [0, 8, 2048, 4088][Int.random(in: 0..<4, using: &rng)] }
+        func prot() -> Protection {
+            [Protection.none, .read, .readWrite, .readWrite, .readWrite, .readWrite, .readWrite, [.read, .exec], .write][Int.random(in: 0..<9, using: &rng)]
+        }
+
+        for _ in 0..<steps {
+            let pi = Int.random(in: 0..<procs.count, using: &rng)
+            let pr = procs[pi]
+            let p = pr.process, m = pr.model
+            let roll = Int.random(in: 0..<100, using: &rng)
+            switch roll {
+            case 0..<12: // mmap
+                let len = Bool.random(using: &rng) ? pages() : UInt64.random(in: 0...3 * pageSize, using: &rng)
+                let fixed = Int.random(in: 0..<5, using: &rng) > 0
+                let at = fixed ? (Int.random(in: 0..<20, using: &rng) == 0 ? page() + 8 : page()) : 0
+                let shared = Int.random(in: 0..<3, using: &rng) == 0
+                let pr = prot()
+                let got = Result { () throws(Errno) in
+                    try p.mmap(address: at, length: len, prot: pr, flags: [shared ? .shared : .private, .anonymous, fixed ? .fixed : []])
+                }
+                let want = m.mmap(fixedAt: fixed ? at : nil, returned: try? got.get(), length: len, prot: pr, shared: shared)
+                if case .failure(let e) = got { cover("errno \(e)") }
+                log.append("p\(p.pid) mmap(\(hex(at)), \(len), \(pr.rawValue), \(shared ? "shared" : "private")\(fixed ? ", fixed" : "")) = \(got)")
+                if !same(got, want) { fail("mmap: got \(got), model \(want)") }
+            case 12..<20: // munmap
+                let a = Int.random(in: 0..<15, using: &rng) == 0 ? page() + 16 : page()
+                let len = Int.random(in: 0..<15, using: &rng) == 0 ? 0 : pages()
+                let got = errno { () throws(Errno) in try p.munmap(a, length: len) }
+                if let e = got { cover("errno \(e)") }
+                log.append("p\(p.pid) munmap(\(hex(a)), \(len)) = \(String(describing: got))")
+                let want = m.munmap(a, len)
+                if got != want { fail("munmap: got \(String(describing: got)), model \(String(describing: want))") }
+            case 20..<30: // mprotect
+                let a = page(), len = pages()
+                let pr = Int.random(in: 0..<20, using: &rng) == 0 ? Protection(rawValue: 0x40) : prot()
+                let got = errno { () throws(Errno) in try p.mprotect(a, length: len, prot: pr) }
+                if let e = got { cover("errno \(e)") }
+                log.append("p\(p.pid) mprotect(\(hex(a)), \(len), \(pr.rawValue)) = \(String(describing: got))")
+                let want = m.mprotect(a, len, pr)
+                if got != want { fail("mprotect: got \(String(describing: got)), model \(String(describing: want))") }
+            case 30..<36: // mremap
+                let a = mappedPage(m), oldLen = pages()
+                let newLen = Bool.random(using: &rng) ? oldLen : pages()
+                var flags: MremapFlags = []
+                if Bool.random(using: &rng) { flags.insert(.mayMove) }
+                if Int.random(in: 0..<3, using: &rng) == 0 { flags.insert(.fixed) }
+                if Int.random(in: 0..<4, using: &rng) == 0 { flags.insert(.dontUnmap) }
+                let target = page()
+                let got = Result { () throws(Errno) in try p.mremap(a, oldLength: oldLen, newLength: newLen, flags: flags, newAddress: target) }
+                let want = m.mremap(a, oldLen, newLen, flags, target, returned: try? got.get())
+                if case .failure(let e) = got { cover("errno \(e)") }
+                if case .success(let to) = got, to != a { cover("mremap moved") }
+                log.append("p\(p.pid) mremap(\(hex(a)), \(oldLen), \(newLen), \(flags.rawValue), \(hex(target))) = \(got)")
+                if !same(got, want) { fail("mremap: got \(got), model \(want)") }
+            case 36..<42: // madvise
+                let a = page(), len = pages()
+                let adv = [MadviseAdvice.dontNeed, .dontNeed, .free, .normal, MadviseAdvice(rawValue: 77)][Int.random(in: 0..<5, using: &rng)]
+                let got = errno { () throws(Errno) in try p.madvise(a, length: len, advice: adv) }
+                if let e = got { cover("errno \(e)") }
+                log.append("p\(p.pid) madvise(\(hex(a)), \(len), \(adv.rawValue)) = \(String(describing: got))")
+                let want = m.madvise(a, len, adv)
+                if got != want { fail("madvise: got \(String(describing: got)), model \(String(describing: want))") }
+            case 42..<46: // fork
+                guard procs.count < 4 else { continue }
+                let child = try p.fork()
+                cover("fork")
+                log.append("p\(p.pid) fork = p\(child.pid)")
+                spawn(child, m.copy())
+            case 46..<48: // exit
+                guard procs.count > 1 else { continue }
+                cover("exit")
+                log.append("p\(p.pid) exit")
+                pr.workers.forEach { $0.stop() }
+                p.exit()
+                procs.remove(at: pi)
+            case 48..<75: // store
+                let a = mappedPage(m) + word()
+                let v = rng.next()
+                let w = pr.workers[Int.random(in: 0..<2, using: &rng)]
+                let got = w.run { cpu -> RefProcess.Access in
+                    do throws(AccessFault) { try cpu.store(a, v); return .value(v) } catch { return error.refAccess }
+                }
+                cover(got == .segv ? "store segv" : got == .bus ? "store bus" : "store ok")
+                log.append("p\(p.pid) cpu\(w.cpu.index) store(\(hex(a))) = \(got)")
+                let want = m.store(a, v)
+                if got != want { fail("store at \(hex(a)): got \(got), model \(want)") }
+            default: // load
+                let a = mappedPage(m) + word()
+                let w = pr.workers[Int.random(in: 0..<2, using: &rng)]
+                let got = w.run { cpu -> RefProcess.Access in
+                    do throws(AccessFault) { return .value(try cpu.load(a, as: UInt64.self)) } catch { return error.refAccess }
+                }
+                cover(got == .segv ? "load segv" : got == .bus ? "load bus" : got == .value(0) ? "load zero" : "load nonzero")
+                log.append("p\(p.pid) cpu\(w.cpu.index) load(\(hex(a))) = \(got)")
+                let want = m.load(a)
+                if got != want { fail("load at \(hex(a)): got \(got), model \(want)") }
+            }
+            let problems = machine.checkInvariants()
+            if !problems.isEmpty { fail("invariants: \(problems)"); break }
+        }
+        // A full sweep of every word the model knows, from every process.
+        for pr in procs {
+            let w = pr.workers[0]
+            var addrs = Set(pr.model.privateWords.keys)
+            for v in pr.model.vmas { if let o = v.object { for k in o.words.keys where k >= v.objectOffset && k < v.objectOffset + v.end - v.start { addrs.insert(v.start + k - v.objectOffset) } } }
+            for a in addrs.sorted() {
+                let got = w.run { cpu -> RefProcess.Access in
+                    do throws(AccessFault) { return .value(try cpu.load(a, as: UInt64.self)) } catch { return error.refAccess }
+                }
+                let want = pr.model.load(a)
+                if got != want { fail("final sweep p\(pr.process.pid) at \(hex(a)): got \(got), model \(want)"); break }
+            }
+        }
+        coverage["cow copy", default: 0] += machine.stats[.faultCOWCopy]
+        for pr in procs { pr.workers.forEach { $0.stop() }; pr.process.exit() }
+        procs.removeAll()
+        XCTAssertEqual(machine.checkInvariants(), [], "seed \(seed)")
+        XCTAssertEqual(machine.usedFrames, startUsed, "seed \(seed): frames leaked")
+    }
+}
+
+enum ProcessInfoSeed {
+    static var value: UInt64? { getenvString("DIFF_SEED").flatMap { UInt64($0) } }
+    static var sequences: Int { getenvString("DIFF_SEQUENCES").flatMap { Int($0) } ?? 400 }
+    static func getenvString(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+}
+
+func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+func errno(_ body: () throws(Errno) -> Void) -> Errno? {
+    do { try body(); return nil } catch { return error }
+}
+
+func same(_ a: Result<UInt64, Errno>, _ b: Result<UInt64, Errno>) -> Bool {
+    switch (a, b) {
+    case (.success(let x), .success(let y)): return x == y
+    case (.failure(let x), .failure(let y)): return x == y
+    default: return false
+    }
+}
+
+extension AccessFault {
+    var refAccess: RefProcess.Access {
+        switch self {
+        case .segv: return .segv
+        case .bus: return .bus
+        case .oom: return .bus
+        }
+    }
+}
+
+extension Result where Failure == Errno {
+    init(catching body: () throws(Errno) -> Success) {
+        do { self = .success(try body()) } catch { self = .failure(error) }
+    }
+}
