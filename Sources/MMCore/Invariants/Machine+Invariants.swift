@@ -15,6 +15,7 @@ extension Machine {
             mm.mmapLock.lockRead()
             problems += mm.checkVMAList()
             problems += mm.checkPageTable(&mappings)
+            problems += mm.checkTLBs()
             for vma in mm.vmaList { if let f = vma.file { files[ObjectIdentifier(f)] = f } }
             mm.mmapLock.unlockRead()
         }
@@ -158,5 +159,34 @@ struct PageTableChecker: PageWalker {
         } else {
             problems.append("mm \(mm.id): \(p) at \(hex) has no owner")
         }
+    }
+}
+
+extension AddressSpace {
+    /// No CPU's TLB holds a translation its PTE no longer allows, unless a shootdown is still
+    /// pending for that CPU (it flushes before its next access). Quiescent CPUs only.
+    func checkTLBs() -> [String] {
+        var problems: [String] = []
+        let gen = flushGeneration.load()
+        for cpu in cpusLock.withLock({ cpus }) where cpu.inUser.load() == 0 && cpu.seenGeneration == gen {
+            for slot in 0..<TLB.entries {
+                let tag = cpu.tlb.tags[slot]
+                guard tag & 1 != 0, let frame = cpu.tlb.frames[slot] else { continue }
+                let address = (tag >> 2) << pageShift
+                let hex = "0x" + String(address, radix: 16)
+                guard let f = pageTable.lookup(address, level: .pte) else {
+                    problems.append("mm \(id) cpu \(cpu.index): TLB maps \(hex) but no page table does"); continue
+                }
+                let v = f.entry.load()
+                let sub = f.level == .pte ? 0 : (address & (f.level.size - 1)) >> pageShift
+                guard v.isPresent, v.isUser, memory.frame(v.pfn + sub) == frame else {
+                    problems.append("mm \(id) cpu \(cpu.index): stale TLB entry for \(hex) (PTE \(v))"); continue
+                }
+                if tag & 2 != 0 && !(v.isWrite && v.isDirty) {
+                    problems.append("mm \(id) cpu \(cpu.index): TLB allows writes to \(hex), PTE \(v) does not")
+                }
+            }
+        }
+        return problems
     }
 }

@@ -15,7 +15,8 @@ public enum WalkStep: Equatable {
 /// Callbacks of a page-table walk (`struct mm_walk_ops`). Every callback has a default, so a
 /// walker implements only what it needs; dispatch is static (the walk is generic).
 public protocol PageWalker {
-    /// A range with no table or entry at `level` (`pte_hole`). Called with no lock held, except
+    /// A range whose entry at `level` is empty (`pte_hole`; `.pud` means a missing PUD entry,
+    /// a 1 GiB hole). Called with no lock held, except
     /// holes inside a PTE table, which arrive under that table's lock when `locksPTE`.
     mutating func hole(_ start: UInt64, _ end: UInt64, level: PageTableLevel) -> WalkStep
     /// A non-empty PMD entry, before descending (`pmd_entry`). Called with no lock held; the
@@ -67,7 +68,7 @@ extension PageTable {
             repeat {
                 let v = e.load()
                 if v.isNone {
-                    step = walker.hole(addr, next, level: PageTableLevel(rawValue: level.rawValue - 1)!)
+                    step = walker.hole(addr, next, level: level)
                     if step == .next { step = .skip }
                 } else if level == .pmd {
                     step = walker.pmdEntry(e, table: table, addr, next)
