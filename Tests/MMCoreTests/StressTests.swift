@@ -10,7 +10,7 @@ final class StressTests: XCTestCase {
     let pages: UInt64 = 32
 
     func testCPUsRaceMigrationForkMprotectMunmap() throws {
-        let env = try Env(mib: 128)
+        let env = try Env(mib: 128, checkEveryOperation: false)
         let region = try env.anon(Int(pages))
         let scratch = try env.anon(1)
         let stop = AtomicCounter(0)

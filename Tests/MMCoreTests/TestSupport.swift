@@ -13,11 +13,25 @@ final class Env {
     var mm: AddressSpace { process.mm }
     let usedAtStart: Int
 
-    init(mib: UInt64 = 64) throws {
+    /// Problems the per-operation checker found (see `checkEveryOperation`).
+    private(set) var operationProblems: [String] = []
+    private let problemLock = Lock("env")
+
+    /// With `checkEveryOperation`, every invariant runs after every system call, fault, GUP and
+    /// migration (single-threaded tests only: the checkers need a quiescent machine).
+    init(mib: UInt64 = 64, checkEveryOperation: Bool = true) throws {
         machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 1 << 30)
         usedAtStart = machine.usedFrames
         process = try Process(machine: machine)
         cpu = process.makeCPU()
+        if checkEveryOperation {
+            let m = machine
+            machine.onOperation = { [weak self] name in
+                let problems = m.checkInvariants()
+                guard !problems.isEmpty, let self else { return }
+                self.problemLock.withLock { self.operationProblems.append("after \(name): \(problems)") }
+            }
+        }
     }
 
     /// Maps `pages` pages of private anonymous read/write memory.
@@ -28,6 +42,8 @@ final class Env {
     func check(file: StaticString = #filePath, line: UInt = #line) {
         let problems = machine.checkInvariants()
         XCTAssertEqual(problems, [], "invariants", file: file, line: line)
+        let seen = problemLock.withLock { operationProblems }
+        XCTAssertEqual(seen, [], "invariants after an operation", file: file, line: line)
     }
 
     /// Exits the process and checks that every frame came back.

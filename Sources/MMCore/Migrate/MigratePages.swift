@@ -18,6 +18,7 @@ extension Machine {
     /// Errors per page: EINVAL (not an anonymous system page), ENOENT (freed meanwhile),
     /// EBUSY (locked by someone else), ENOMEM, EAGAIN (extra references).
     public func migratePages(_ pfns: [UInt64]) -> MigratePagesResult {
+        defer { operationDone("migrate_pages") }
         var result = MigratePagesResult()
         for pfn in pfns {
             switch migrateOne(pfn) {

@@ -5,6 +5,7 @@ extension AddressSpace {
     /// After it the address space is dead: CPU accesses fault with SIGSEGV and device
     /// operations fail with EINVAL. Idempotent.
     public func exitMMap() {
+        defer { machine.operationDone("exit") }
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
         guard !isDead else { return }
         notifiers.release(self)

@@ -9,6 +9,7 @@ extension AddressSpace {
     /// Locking: takes this mm's mmap lock for write; the child is not yet visible to anyone.
     /// Return: the child, or ENOMEM (the partial child is torn down).
     public func fork() throws(Errno) -> AddressSpace {
+        defer { machine.operationDone("fork") }
         let child = try AddressSpace(machine: machine)
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
         guard !isDead else { child.exitMMap(); throw .EINVAL }

@@ -11,6 +11,7 @@ extension AddressSpace {
     /// Locking: takes the mmap lock for write.
     public func mmap(address: UInt64 = 0, length: UInt64, prot: Protection, flags: MapFlags,
                      file: ShmemFile? = nil, offset: UInt64 = 0) throws(Errno) -> UInt64 {
+        defer { machine.operationDone("mmap") }
         guard length > 0 else { throw .EINVAL }
         guard let len = pageAlignUp(length), len <= taskSize else { throw .ENOMEM }
         let shared = flags.contains(.shared), priv = flags.contains(.private)
@@ -75,6 +76,7 @@ extension AddressSpace {
     /// `munmap`. EINVAL for an unaligned start, zero length, or a range outside the user
     /// address space. Unmapping unmapped memory succeeds. Locking: takes the mmap lock for write.
     public func munmap(_ address: UInt64, length: UInt64) throws(Errno) {
+        defer { machine.operationDone("munmap") }
         guard isPageAligned(address), length > 0, let len = pageAlignUp(length),
               address <= taskSize, len <= taskSize - address else { throw .EINVAL }
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }

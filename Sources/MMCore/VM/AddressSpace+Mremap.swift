@@ -18,6 +18,7 @@ extension AddressSpace {
     /// Locking: takes the mmap lock for write.
     public func mremap(_ address: UInt64, oldLength: UInt64, newLength: UInt64, flags: MremapFlags,
                        newAddress: UInt64 = 0) throws(Errno) -> UInt64 {
+        defer { machine.operationDone("mremap") }
         guard flags.rawValue & ~0x7 == 0 else { throw .EINVAL }
         if flags.contains(.fixed) && !flags.contains(.mayMove) { throw .EINVAL }
         if flags.contains(.dontUnmap) && (!flags.contains(.mayMove) || oldLength != newLength) { throw .EINVAL }

@@ -15,6 +15,14 @@ public final class Machine: @unchecked Sendable {
         memory = try PhysicalMemory(systemBytes: memoryBytes, devicePfnSpaceBytes: devicePfnSpaceBytes)
     }
 
+    /// Called at the end of every public operation (system calls, faults, GUP, migration), with
+    /// no lock held. Tests install a checker here to run the invariant checks after each one.
+    nonisolated(unsafe) public var onOperation: ((StaticString) -> Void)? = nil
+
+    @inline(__always) func operationDone(_ name: StaticString) {
+        if let hook = onOperation { hook(name) }
+    }
+
     func allocatePid() -> Int32 { pidLock.withLock { defer { nextPid += 1 }; return nextPid } }
 
     func register(_ mm: AddressSpace) { pidLock.withLock { liveMMs[ObjectIdentifier(mm)] = Weak(mm) } }
