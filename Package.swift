@@ -18,16 +18,18 @@ let package = Package(
         .target(name: "HMM", dependencies: ["MMCore"]),
         .target(name: "Devices", dependencies: ["HMM"]),
         .target(name: "Explorer", dependencies: ["MMSync", "MMCore", "HMM", "Devices"]),
+        .target(name: "Conformance", dependencies: ["MMCore", "HMM", "Devices"]),
         .target(name: "Scenario", dependencies: ["MMCore", "HMM", "Devices"]),
         .target(name: "NativeBaselines"),
         .executableTarget(
             name: "hmm",
             dependencies: [
-                "MMCore", "HMM", "Devices", "Scenario", "Explorer", "NativeBaselines",
+                "MMCore", "HMM", "Devices", "Conformance", "Scenario", "Explorer", "NativeBaselines",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "MMSyncTests", dependencies: ["MMSync"]),
         .testTarget(name: "MMCoreTests", dependencies: ["MMCore", "MMSync"]),
+        .testTarget(name: "HMMTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices", "Conformance"]),
     ],
     swiftLanguageModes: [.v5]
 )

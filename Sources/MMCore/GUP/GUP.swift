@@ -51,7 +51,15 @@ extension AddressSpace {
         // A pin of a private anonymous page must not be shared with a COW sibling.
         let unshare = flags.contains(.pin) && !write && !vma.isShared
         for _ in 0..<1000 {
-            if let p = followPage(a, write: write, unshare: unshare, flags: flags) { return p }
+            switch followPage(a, write: write, unshare: unshare, flags: flags) {
+            case .page(let p): return p
+            case .migrateOut(let pfn):
+                // check_and_migrate_movable_pages: a long-term pin must not hold device-coherent
+                // memory; move it to system memory and look again.
+                if machine.migratePages([pfn]).migrated.isEmpty { throw .EBUSY }
+                continue
+            case .fault: break
+            }
             var ff: FaultFlags = [.remote]
             if write { ff.insert(.write) } else if unshare { ff.insert(.unshare) }
             switch handleMMFault(vma: vma, address: a, flags: ff) {
@@ -63,24 +71,26 @@ extension AddressSpace {
         throw .EBUSY
     }
 
+    private enum Follow { case page(Page), fault, migrateOut(UInt64) }
+
     /// `follow_page_pte`: the page mapped at `a` if the entry allows the access, referenced.
-    private func followPage(_ a: UInt64, write: Bool, unshare: Bool, flags: FollFlags) -> Page? {
-        guard let found = pageTable.lookup(a, level: .pte), found.level == .pte else { return nil }
+    private func followPage(_ a: UInt64, write: Bool, unshare: Bool, flags: FollFlags) -> Follow {
+        guard let found = pageTable.lookup(a, level: .pte), found.level == .pte else { return .fault }
         found.table.ptl.lock(); defer { found.table.ptl.unlock() }
         let v = found.entry.load()
-        guard v.isPresent, v.isUser, !write || v.isWrite else { return nil }
+        guard v.isPresent, v.isUser, !write || v.isWrite else { return .fault }
         let page: Page
         if v.isSpecial {
-            guard !write && !flags.contains(.pin) && !unshare else { return nil }
+            guard !write && !flags.contains(.pin) && !unshare else { return .fault }
             page = memory.zeroPage
         } else {
             page = memory.page(v.pfn)
-            if unshare && page.isAnon && !page.test(.anonExclusive) { return nil }
+            if unshare && page.isAnon && !page.test(.anonExclusive) { return .fault }
         }
-        if flags.contains(.longterm) && page.isDeviceCoherent { return nil } // needs migration first
+        if flags.contains(.longterm) && page.isDeviceCoherent { return .migrateOut(page.pfn) }
         if !page.test(.reserved) { memory.get(page) }
         if flags.contains(.pin) { page.pincountWord.add(1); machine.stats.count(.pins) }
-        return page
+        return .page(page)
     }
 
     func releaseUserPage(_ p: Page, flags: FollFlags) {

@@ -156,7 +156,7 @@ struct PageTableChecker: PageWalker {
         } else if let f = p.file {
             if vma.file !== f { problems.append("mm \(mm.id): file \(p) at \(hex) mapped through another file's VMA") }
             if vma.linearPageIndex(addr) != p.index { problems.append("mm \(mm.id): file \(p) at \(hex) index mismatch") }
-        } else {
+        } else if !vma.isSpecialMapping {
             problems.append("mm \(mm.id): \(p) at \(hex) has no owner")
         }
     }

@@ -15,7 +15,8 @@ extension Machine {
     /// mapping by a migration entry (`try_to_migrate`); if nobody else holds a reference, copy
     /// into a new frame and point every migration entry at it (`remove_migration_ptes`);
     /// otherwise (pinned, or raced with GUP) put the old mappings back and report EAGAIN.
-    /// Errors per page: EINVAL (not an anonymous system page), ENOENT (freed meanwhile),
+    /// Device-coherent pages qualify (they move to system memory, as for a long-term pin).
+    /// Errors per page: EINVAL (not an anonymous system or coherent page), ENOENT (freed meanwhile),
     /// EBUSY (locked by someone else), ENOMEM, EAGAIN (extra references).
     public func migratePages(_ pfns: [UInt64]) -> MigratePagesResult {
         defer { operationDone("migrate_pages") }
@@ -32,11 +33,12 @@ extension Machine {
     }
 
     private func migrateOne(_ pfn: UInt64) -> Result<UInt64, Errno> {
-        guard pfn > 0, pfn < memory.systemFrames else { return .failure(.EINVAL) }
+        guard pfn > 0, memory.isValidPfn(pfn),
+              pfn < memory.systemFrames || memory.pagemap(of: memory.page(pfn)) != nil else { return .failure(.EINVAL) }
         let old = memory.page(pfn)
         guard memory.tryGet(old) else { return .failure(.ENOENT) }
         defer { memory.put(old) }
-        guard old.isAnon, old.order == 0, !old.test(.tail), !old.isZoneDevice else { return .failure(.EINVAL) }
+        guard old.isAnon, old.order == 0, !old.test(.tail), !old.isDevicePrivate else { return .failure(.EINVAL) }
         guard old.tryLock() else { return .failure(.EBUSY) }
         defer { old.unlock() }
         guard let av = old.anonVMA else { return .failure(.EINVAL) } // strong: pinned until we return
@@ -65,21 +67,30 @@ extension Machine {
         return .success(new.pfn)
     }
 
-    /// `try_to_migrate`: every present mapping of `page` becomes a migration entry.
-    /// Locking: page locked; takes the anon_vma lock, notifiers, PTE locks.
+    /// `try_to_migrate`: every mapping of `page` (present PTEs, device-private and
+    /// device-exclusive entries) becomes a migration entry; each one's rmap and reference go.
+    /// Locking: page locked and referenced by the caller; takes the anon_vma lock, notifiers
+    /// (outside PTE locks), PTE locks.
     /// Return: how many entries were converted.
-    func tryToMigrate(_ page: Page, av: AnonVMA, index: UInt64) -> Int {
+    package func tryToMigrate(_ page: Page, av: AnonVMA, index: UInt64) -> Int {
         var converted = 0
         memory.rmapWalkAnon(av, index: index) { hit in
             let mm = hit.vma.mm
             let range = MMUNotifierRange(start: hit.address, end: hit.address + pageSize, event: .clear)
             mm.notifiers.invalidateRangeStart(range)
             let done = mm.withMappedPTE(hit.address, pfn: page.pfn) { ptep, found -> Bool in
-                guard case .present(let v) = found else { return false }
-                ptep.store(SwapEntry.migration(pfn: page.pfn, write: v.isWrite,
-                                               exclusive: page.test(.anonExclusive)).pte(softDirty: v.isSoftDirty))
-                if v.isDirty { page.set(.dirty) }
-                mm.flushTLB()
+                let write: Bool, softDirty: Bool
+                switch found {
+                case .present(let v):
+                    write = v.isWrite; softDirty = v.isSoftDirty
+                    if v.isDirty { page.set(.dirty) }
+                case .swap(let s):
+                    guard s.isDevicePrivate || s.isDeviceExclusive else { return false }
+                    write = s.isWrite; softDirty = ptep.load().isSoftDirty
+                }
+                ptep.store(SwapEntry.migration(pfn: page.pfn, write: write,
+                                               exclusive: page.test(.anonExclusive)).pte(softDirty: softDirty))
+                if case .present = found { mm.flushTLB() }
                 memory.removeRmap(page)
                 return true
             } ?? false
@@ -91,17 +102,29 @@ extension Machine {
     }
 
     /// `remove_migration_ptes`: migration entries naming `from` become present entries of `to`.
-    func removeMigrationPTEs(from: Page, to: Page, av: AnonVMA, index: UInt64, entries: Int) {
+    package func removeMigrationPTEs(from: Page, to: Page, av: AnonVMA, index: UInt64, entries: Int) {
         guard entries > 0 else { return }
-        memory.rmapWalkAnon(av, index: index) { hit in
-            _ = hit.vma.mm.withMappedPTE(hit.address, pfn: from.pfn) { ptep, found in
-                guard case .swap(let s) = found, s.isMigration else { return }
-                let write = s.isWrite && hit.vma.flags.contains(.write)
-                memory.get(to)
-                memory.addRmap(to)
+        memory.rmapWalkAnon(av, index: index) { hit in restoreMigrationEntry(hit, from: from, to: to) }
+    }
+
+    /// `remove_migration_ptes` through the page's own rmap (anonymous or file).
+    /// Locking: `from` locked (so its owner and index are stable); `to` locked.
+    package func removeMigrationPTEs(from: Page, to: Page) {
+        memory.rmapWalk(from) { hit in restoreMigrationEntry(hit, from: from, to: to) }
+    }
+
+    private func restoreMigrationEntry(_ hit: RmapHit, from: Page, to: Page) -> Bool {
+        _ = hit.vma.mm.withMappedPTE(hit.address, pfn: from.pfn) { ptep, found in
+            guard case .swap(let s) = found, s.isMigration else { return }
+            let write = s.isWrite && hit.vma.flags.contains(.write)
+            memory.get(to)
+            memory.addRmap(to)
+            if to.isDevicePrivate {
+                ptep.store(SwapEntry.devicePrivate(pfn: to.pfn, write: s.isWrite).pte(softDirty: ptep.load().isSoftDirty))
+            } else {
                 ptep.store(.page(to.pfn, write: write, dirty: write))
             }
-            return true
         }
+        return true
     }
 }

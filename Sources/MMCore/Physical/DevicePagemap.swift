@@ -74,15 +74,21 @@ extension PhysicalMemory {
         return pgmap
     }
 
-    /// Unregisters device memory (`memunmap_pages`). Precondition: no page of it is in use.
-    public func unregisterDeviceMemory(_ pgmap: DevicePagemap) {
-        for pfn in pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount) {
+    /// Unregisters device memory (`memunmap_pages`). EBUSY (and nothing changes) while any
+    /// page of it is still referenced or mapped.
+    public func unregisterDeviceMemory(_ pgmap: DevicePagemap) throws(Errno) {
+        let range = pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)
+        for pfn in range {
             let p = page(pfn)
-            precondition(p.refcount == 0 && p.mapcount == 0, "unregistering device memory in use")
-            p.flagsWord.store(0); p.kind = .none
+            if p.refcount != 0 || p.mapcount != 0 { throw .EBUSY }
+        }
+        for pfn in range {
+            let p = page(pfn)
+            p.flagsWord.store(0); p.kind = .none; p.privateWord = 0
         }
         deviceLock.lock()
         for (i, g) in pagemapTable.enumerated() where g === pgmap { pagemapTable[i] = nil }
+        releasedDeviceRanges.append((pgmap.startPfn, pgmap.pageCount))
         deviceLock.unlock()
     }
 

@@ -96,7 +96,7 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         return Unmanaged<ShmemFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!).takeUnretainedValue()
     }
     /// Sets the owner, retaining it; releases the previous owner.
-    func setOwner(anon: AnonVMA) {
+    package func setOwner(anon: AnonVMA) {
         releaseOwner()
         ownerBits = UInt64(UInt(bitPattern: Unmanaged.passRetained(anon).toOpaque())) | Page.ownerTagAnon
         set(.anon)
@@ -106,7 +106,7 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         // Not retained: the file owns its page cache and clears the owner of every page it drops.
         ownerBits = UInt64(UInt(bitPattern: Unmanaged.passUnretained(file).toOpaque()))
     }
-    func releaseOwner() {
+    package func releaseOwner() {
         let bits = ownerBits
         guard bits != 0 else { return }
         ownerBits = 0

@@ -31,6 +31,8 @@ public final class PhysicalMemory: @unchecked Sendable {
     let deviceLock = Lock("device-pfn")
     /// Device registrations by 256 MiB chunk of device pfn space. Locking: deviceLock.
     var pagemapTable: [DevicePagemap?] = []
+    /// Device pfn ranges given back by `unregisterDeviceMemory`, reused by later registrations.
+    var releasedDeviceRanges: [(start: UInt64, count: UInt64)] = []
 
     /// Creates physical memory of `systemBytes` of RAM and `devicePfnSpaceBytes` of device
     /// pfn space. Throws ENOMEM if the host refuses the reservation, EINVAL for sizes that are
@@ -80,6 +82,9 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Throws ENOMEM when the device pfn space is exhausted.
     func assignDevicePfns(count: UInt64) throws(Errno) -> UInt64 {
         deviceLock.lock(); defer { deviceLock.unlock() }
+        if let i = releasedDeviceRanges.firstIndex(where: { $0.count == count }) {
+            return releasedDeviceRanges.remove(at: i).start
+        }
         let start = nextDevicePfn
         guard count > 0, start + count <= totalPfns else { throw .ENOMEM }
         nextDevicePfn = (start + count + PhysicalMemory.deviceChunkPages - 1) & ~(PhysicalMemory.deviceChunkPages - 1)

@@ -30,7 +30,7 @@ public final class AnonVMA: @unchecked Sendable {
 extension AddressSpace {
     /// `anon_vma_prepare`: makes sure `vma` has an anon_vma before its first anonymous page.
     /// Locking: mmap lock held (read suffices); serialised by `pageTableLock`.
-    func anonVMAPrepare(_ vma: VMA) -> AnonVMA {
+    package func anonVMAPrepare(_ vma: VMA) -> AnonVMA {
         if let av = vma.anonVMA { return av }
         pageTableLock.lock(); defer { pageTableLock.unlock() }
         if let av = vma.anonVMA { return av }

@@ -4,7 +4,7 @@ extension PhysicalMemory {
     /// `folio_add_new_anon_rmap`: a freshly allocated page becomes the anonymous page at
     /// `address` of `vma`, mapped once and exclusive. The caller's allocation reference becomes
     /// the mapping's reference. Locking: page not yet visible to others.
-    func addNewAnonRmap(_ page: Page, vma: VMA, address: UInt64, anonVMA: AnonVMA) {
+    package func addNewAnonRmap(_ page: Page, vma: VMA, address: UInt64, anonVMA: AnonVMA) {
         page.setOwner(anon: anonVMA)
         page.index = vma.linearPageIndex(address)
         page.set([.anonExclusive, .swapBacked, .uptodate, .dirty])
@@ -13,11 +13,11 @@ extension PhysicalMemory {
 
     /// `folio_add_anon_rmap` / `folio_add_file_rmap`: one more mapping of an existing page.
     /// The caller has taken the reference the mapping holds. Locking: PTE lock of the entry.
-    @inlinable func addRmap(_ page: Page) { page.mapcountWord.add(1) }
+    @inlinable package func addRmap(_ page: Page) { page.mapcountWord.add(1) }
 
     /// `folio_remove_rmap_pte`: one mapping fewer. The mapping's reference is dropped
     /// separately, after the TLB flush. Locking: PTE lock of the entry being cleared.
-    @inlinable func removeRmap(_ page: Page) {
+    @inlinable package func removeRmap(_ page: Page) {
         let n = page.mapcountWord.add(-1)
         precondition(n >= 0, "mapcount underflow on \(page)")
     }

@@ -132,3 +132,38 @@ extension Errno {
     public static let EBADF = Errno(9)
     public static let EOVERFLOW = Errno(75)
 }
+
+extension AddressSpace {
+    /// A driver's `mmap` that inserts its own pages (`vm_insert_page` into a VM_MIXEDMAP VMA):
+    /// every page of the new mapping is mapped at once, read-only in a private mapping (so a
+    /// write copies it), writable in a shared writable one. Each mapping takes a reference;
+    /// the caller keeps its own.
+    /// Errors: EINVAL (page count does not match the length, bad flags), ENOMEM.
+    /// Locking: takes the mmap lock for write.
+    package func mmapDriverPages(length: UInt64, prot: Protection, flags: MapFlags, pages: [Page]) throws(Errno) -> UInt64 {
+        guard length > 0, let len = pageAlignUp(length), len >> pageShift == UInt64(pages.count) else { throw .EINVAL }
+        let shared = flags.contains(.shared)
+        guard shared != flags.contains(.private) else { throw .EINVAL }
+        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        guard !isDead, let start = unmappedArea(length: len, hint: 0) else { throw .ENOMEM }
+        var vmFlags: VMFlags = [.mayRead, .mayWrite, .mixedMap]
+        if prot.contains(.read) { vmFlags.insert(.read) }
+        if prot.contains(.write) { vmFlags.insert(.write) }
+        if shared { vmFlags.formUnion([.shared, .mayShare]) }
+        let vma = VMA(mm: self, start: start, end: start + len, flags: vmFlags, pgoff: 0, file: nil)
+        vma.isSpecialMapping = true
+        insertVMA(vma)
+        let writable = shared && prot.contains(.write)
+        for (i, page) in pages.enumerated() {
+            let a = start + (UInt64(i) << pageShift)
+            let found: (entry: EntryPointer, table: Page, level: PageTableLevel)
+            do { found = try pageTable.walkAllocating(a, level: .pte) } catch { unmapLocked(start, start + len); throw error }
+            found.table.ptl.lock()
+            memory.get(page)
+            memory.addRmap(page)
+            found.entry.store(.page(page.pfn, write: writable, dirty: writable))
+            found.table.ptl.unlock()
+        }
+        return start
+    }
+}

@@ -37,7 +37,7 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     /// The shmem/tmpfs file behind the mapping (shared anonymous mappings have one too).
     public let file: ShmemFile?
     /// The anon_vma new anonymous pages of this VMA get (`vma->anon_vma`).
-    var anonVMA: AnonVMA?
+    package internal(set) var anonVMA: AnonVMA?
     /// Every anon_vma this VMA is linked into (`anon_vma_chain`).
     var anonVMAChain: [AnonVMA] = []
     public unowned let mm: AddressSpace

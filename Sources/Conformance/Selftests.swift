@@ -1,0 +1,402 @@
+import Devices
+import HMM
+import MMCore
+import MMSync
+
+/// One kernel selftest (`TEST_F(hmm, name)`), runnable against either variant.
+public struct Selftest: Sendable {
+    public let number: Int
+    public let name: String
+    /// `hmm2` fixtures open two devices.
+    public let twoDevices: Bool
+    /// Set when the test needs huge pages (THP or hugetlb), which the model does not have yet.
+    public let needs: String?
+    let body: @Sendable (Fixture) throws -> Void
+
+    /// The kselftest name, `hmm.hmm_device_private.anon_read`.
+    public func fullName(_ v: Variant) -> String {
+        twoDevices ? "hmm2.hmm2_\(v.rawValue.dropFirst(4)).\(name)" : "hmm.\(v.rawValue).\(name)"
+    }
+
+    /// Runs the test on a fresh fixture. Return: nil on success, the failure otherwise.
+    public func run(_ v: Variant) -> SelftestFailure? {
+        do {
+            let f = try Fixture(variant: v, twoDevices: twoDevices)
+            try body(f)
+            try f.teardown()
+            return nil
+        } catch let failure as SelftestFailure {
+            return failure
+        } catch {
+            return SelftestFailure(message: "unexpected error \(error)", file: "Selftests.swift", line: 0)
+        }
+    }
+}
+
+let idx: (Int) -> Int32 = { Int32(truncatingIfNeeded: $0) }
+let neg: (Int) -> Int32 = { -Int32(truncatingIfNeeded: $0) }
+let zero: (Int) -> Int32 = { _ in 0 }
+
+/// The suite (`tools/testing/selftests/mm/hmm-tests.c`), in the kernel's order.
+public enum SelftestSuite {
+    public static let all: [Selftest] = [
+        Selftest(number: 1, name: "open_close", twoDevices: false, needs: nil) { _ in },
+        Selftest(number: 2, name: "anon_read", twoDevices: false, needs: nil, body: anonRead),
+        Selftest(number: 3, name: "anon_read_prot", twoDevices: false, needs: nil, body: anonReadProt),
+        Selftest(number: 4, name: "anon_write", twoDevices: false, needs: nil, body: anonWrite),
+        Selftest(number: 5, name: "anon_write_prot", twoDevices: false, needs: nil, body: anonWriteProt),
+        Selftest(number: 6, name: "anon_write_child", twoDevices: false, needs: nil, body: anonWriteChild),
+        Selftest(number: 7, name: "anon_write_child_shared", twoDevices: false, needs: nil, body: anonWriteChildShared),
+        Selftest(number: 8, name: "anon_write_huge", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 9, name: "anon_write_hugetlbfs", twoDevices: false, needs: "hugetlb", body: { _ in }),
+        Selftest(number: 10, name: "file_read", twoDevices: false, needs: nil, body: fileRead),
+        Selftest(number: 11, name: "file_write", twoDevices: false, needs: nil, body: fileWrite),
+        Selftest(number: 12, name: "migrate", twoDevices: false, needs: nil, body: migrate),
+        Selftest(number: 13, name: "migrate_file_private", twoDevices: false, needs: nil, body: migrateFilePrivate),
+        Selftest(number: 14, name: "migrate_fault", twoDevices: false, needs: nil, body: migrateFault),
+        Selftest(number: 15, name: "migrate_release", twoDevices: false, needs: nil, body: migrateRelease),
+        Selftest(number: 16, name: "migrate_shared", twoDevices: false, needs: nil, body: migrateShared),
+        Selftest(number: 18, name: "migrate_multiple", twoDevices: false, needs: nil, body: migrateMultiple),
+        Selftest(number: 19, name: "anon_read_multiple", twoDevices: false, needs: nil, body: anonReadMultiple),
+        Selftest(number: 20, name: "anon_teardown", twoDevices: false, needs: nil, body: { try anonTeardown($0, rounds: 10) }),
+        Selftest(number: 21, name: "mixedmap", twoDevices: false, needs: nil, body: mixedmap),
+        Selftest(number: 23, name: "compound", twoDevices: false, needs: "hugetlb", body: { _ in }),
+        Selftest(number: 25, name: "exclusive", twoDevices: false, needs: nil, body: exclusive),
+        Selftest(number: 26, name: "exclusive_mprotect", twoDevices: false, needs: nil, body: exclusiveMprotect),
+        Selftest(number: 28, name: "hmm_gup_test", twoDevices: false, needs: nil, body: gupTest),
+        Selftest(number: 30, name: "migrate_anon_huge_empty", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 31, name: "migrate_anon_huge_zero", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 32, name: "migrate_anon_huge_free", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 33, name: "migrate_anon_huge_fault", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 34, name: "migrate_partial_unmap_fault", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 35, name: "migrate_remap_fault", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 36, name: "migrate_anon_huge_err", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 37, name: "migrate_anon_huge_zero_err", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 38, name: "benchmark_thp_migration", twoDevices: false, needs: "THP", body: { _ in }),
+    ]
+
+    // MARK: T02–T07
+
+    static func anonRead(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size)
+        try f.fill(b, from: 2 * f.pageSize / 4, idx)
+        try f.process.mprotect(b.ptr, length: UInt64(size), prot: .read)
+        try expectEqual(try f.cpu.load(b.ptr + UInt64(f.pageSize), as: Int32.self), 0, "zero page read")
+        try expectEqual(f.cmd(f.fd, .read, b, npages), 0, "READ")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try expectEqual(b.faults, 1, "faults")
+        try f.expectMirror(b, { $0 < 2 * f.pageSize / 4 ? 0 : Int32($0) })
+    }
+
+    static func anonReadProt(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size)
+        try f.fill(b, idx)
+        f.fillMirror(b, neg)
+        try f.process.mprotect(b.ptr, length: UInt64(size), prot: .none)
+        try expectEqual(f.cmd(f.fd, .read, b, npages), -Errno.EFAULT.rawValue, "READ of PROT_NONE")
+        try f.process.mprotect(b.ptr, length: UInt64(size), prot: .read)
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
+        try f.expectMirror(b, neg)
+    }
+
+    static func anonWrite(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size)
+        f.fillMirror(b, idx)
+        try expectEqual(f.cmd(f.fd, .write, b, npages), 0, "WRITE")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try expectEqual(b.faults, 1, "faults")
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
+    }
+
+    static func anonWriteProt(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size, prot: .read)
+        try expectEqual(f.cmd(f.fd, .read, b, 1), 0, "READ 1 page")
+        try expectEqual(b.cpages, 1, "cpages")
+        try expectEqual(b.faults, 1, "faults")
+        f.fillMirror(b, idx)
+        try expectEqual(f.cmd(f.fd, .write, b, npages), -Errno.EPERM.rawValue, "WRITE to PROT_READ")
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), zero, "ptr untouched")
+        try f.process.mprotect(b.ptr, length: UInt64(size), prot: .readWrite)
+        try expectEqual(f.cmd(f.fd, .write, b, npages), 0, "WRITE after mprotect")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try expectEqual(b.faults, 1, "faults")
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
+    }
+
+    /// T06 without its THP rounds (those need huge pages).
+    static func anonWriteChild(_ f: Fixture) throws {
+        for migrate in [false, true] {
+            let npages = f.npg, size = npages * f.pageSize
+            let b = try f.anonBuffer(size: size)
+            try f.fill(b, idx)
+            f.fillMirror(b, neg)
+            if migrate {
+                try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
+                try expectEqual(b.cpages, UInt64(npages), "cpages")
+            }
+            let child = try f.process.fork()
+            let childResult: Result<Void, Error> = Result {
+                let ccpu = child.makeCPU()
+                defer { ccpu.detach() }
+                try f.expectInts(try f.ints(ccpu, b.ptr, count: size / 4), idx, "child ptr")
+                if !migrate { try f.expectMirror(b, neg, "child mirror") }
+                let cfd = try f.module.open(minor: 0, mm: child.mm)
+                defer { cfd.close() }
+                try expectEqual(f.cmd(cfd, .write, b, npages), 0, "child WRITE")
+                try expectEqual(b.cpages, UInt64(npages), "child cpages")
+                try expectEqual(b.faults, 1, "child faults")
+                if !migrate { try f.expectInts(try f.ints(ccpu, b.ptr, count: size / 4), neg, "child ptr after WRITE") }
+            }
+            child.exit()
+            if case .failure(let e) = childResult { throw SelftestFailure(message: "child did not exit normally: \(e)", file: #fileID, line: #line) }
+            try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "parent ptr (migrate \(migrate))")
+            try f.process.munmap(b.ptr, length: UInt64(size))
+        }
+    }
+
+    static func anonWriteChildShared(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size, shared: true)
+        try f.fill(b, idx)
+        f.fillMirror(b, neg)
+        let child = try f.process.fork()
+        let childResult: Result<Void, Error> = Result {
+            let ccpu = child.makeCPU()
+            defer { ccpu.detach() }
+            try f.expectInts(try f.ints(ccpu, b.ptr, count: size / 4), idx, "child ptr")
+            try f.expectMirror(b, neg, "child mirror")
+            let cfd = try f.module.open(minor: 0, mm: child.mm)
+            defer { cfd.close() }
+            try expectEqual(f.cmd(cfd, .write, b, npages), 0, "child WRITE")
+            try expectEqual(b.cpages, UInt64(npages), "child cpages")
+            try expectEqual(b.faults, 1, "child faults")
+            try f.expectInts(try f.ints(ccpu, b.ptr, count: size / 4), neg, "child ptr after WRITE")
+        }
+        child.exit()
+        if case .failure(let e) = childResult { throw SelftestFailure(message: "child did not exit normally: \(e)", file: #fileID, line: #line) }
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), neg, "parent sees the child's write")
+    }
+
+    // MARK: T10–T16
+
+    static func tmpfile(_ f: Fixture, size: Int) -> ShmemFile { ShmemFile(machine: f.machine, size: UInt64(size), name: "hmm-test") }
+
+    static func fileRead(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let file = tmpfile(f, size: size)
+        let bytes = (0..<(size / 4)).flatMap { withUnsafeBytes(of: Int32($0).littleEndian, Array.init) }
+        try expectEqual(try file.pwrite(offset: 0, bytes: bytes), size, "pwrite")
+        let p = try f.process.mmap(length: UInt64(size), prot: .read, flags: .shared, file: file)
+        let b = Fixture.Buffer(ptr: p, size: size)
+        try expectEqual(f.cmd(f.fd, .read, b, npages), 0, "READ")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try expectEqual(b.faults, 1, "faults")
+        try f.expectMirror(b, idx)
+        try f.process.munmap(p, length: UInt64(size))
+    }
+
+    static func fileWrite(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let file = tmpfile(f, size: size)
+        let p = try f.process.mmap(length: UInt64(size), prot: .readWrite, flags: .shared, file: file)
+        let b = Fixture.Buffer(ptr: p, size: size)
+        f.fillMirror(b, idx)
+        try expectEqual(f.cmd(f.fd, .write, b, npages), 0, "WRITE")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try expectEqual(b.faults, 1, "faults")
+        try f.expectInts(try f.ints(f.cpu, p, count: size / 4), idx, "ptr")
+        let back = try file.pread(offset: 0, count: size)
+        try expectEqual(back.count, size, "pread length")
+        try f.expectInts(back.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }, idx, "pread")
+        try f.process.munmap(p, length: UInt64(size))
+    }
+
+    static func migrate(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size)
+        try f.fill(b, idx)
+        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectMirror(b, idx)
+    }
+
+    static func migrateFilePrivate(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let file = tmpfile(f, size: size)
+        let p = try f.process.mmap(length: UInt64(size), prot: .readWrite, flags: .private, file: file)
+        let b = Fixture.Buffer(ptr: p, size: size)
+        try f.fill(b, idx)
+        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectMirror(b, idx)
+        try f.process.munmap(p, length: UInt64(size))
+    }
+
+    static func migrateFault(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size)
+        try f.fill(b, idx)
+        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectMirror(b, idx)
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 8), idx, "first half (faults back)")
+        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV again")
+        try expectEqual(b.cpages, UInt64(npages), "cpages again")
+        try f.expectMirror(b, idx)
+    }
+
+    static func migrateRelease(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size)
+        try f.fill(b, idx)
+        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectMirror(b, idx)
+        try expectEqual(f.cmd(f.fd, .release, b, npages), 0, "RELEASE")
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 8), idx, "first half after RELEASE")
+    }
+
+    static func migrateShared(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size, shared: true)
+        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), -Errno.ENOENT.rawValue, "MIGRATE_TO_DEV of shared memory")
+    }
+
+    // MARK: T18–T21
+
+    static func migrateMultiple(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        for _ in 0..<10 {
+            let b = try f.anonBuffer(size: size)
+            try f.fill(b, idx)
+            try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
+            try expectEqual(b.cpages, UInt64(npages), "cpages")
+            try f.expectMirror(b, idx)
+            if f.variant == .deviceCoherent {
+                try expectEqual(f.cmd(f.fd, .migrateToSystem, b, npages), 0, "MIGRATE_TO_SYS")
+                try expectEqual(b.cpages, UInt64(npages), "cpages TO_SYS")
+            }
+            try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
+            try f.process.munmap(b.ptr, length: UInt64(size))
+        }
+    }
+
+    static func anonReadMultiple(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        for c in 0..<10 {
+            let b = try f.anonBuffer(size: size)
+            try f.fill(b) { Int32($0 + c) }
+            try expectEqual(f.cmd(f.fd, .read, b, npages), 0, "READ")
+            try expectEqual(b.cpages, UInt64(npages), "cpages")
+            try expectEqual(b.faults, 1, "faults")
+            try f.expectMirror(b) { Int32($0 + c) }
+            try f.process.munmap(b.ptr, length: UInt64(size))
+        }
+    }
+
+    /// T20: a thread unmaps the second half while the device reads. Only a successful READ is
+    /// checked. `rounds` lets the stress version run 1,000 of them.
+    public static func anonTeardown(_ f: Fixture, rounds: Int, seed: UInt64 = 1) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        var rng = SplitMix(seed: seed)
+        for c in 0..<rounds {
+            let b = try f.anonBuffer(size: size)
+            try f.fill(b) { Int32($0 + c) }
+            let delay = rng.next() % 32_000
+            let half = b.ptr + UInt64(size / 2)
+            let t = ModelThread.spawn(name: "unmapper") {
+                syncSleep(nanoseconds: delay)
+                try? f.process.munmap(half, length: UInt64(size / 2))
+            }
+            let ret = f.cmd(f.fd, .read, b, npages)
+            t.join()
+            if ret == 0 {
+                try expectEqual(b.cpages, UInt64(npages), "cpages (round \(c))")
+                try expectEqual(b.faults, 1, "faults (round \(c))")
+                try f.expectMirror(b, { Int32($0 + c) }, "mirror (round \(c))")
+            } else {
+                try expect(ret == -Errno.EFAULT.rawValue, "READ failed with \(ret) (round \(c)), expected success or -EFAULT")
+            }
+            try f.process.munmap(b.ptr, length: UInt64(size / 2)) // the first half (the kernel test leaks it)
+            let problems = f.machine.checkInvariants() + f.module.checkInvariants()
+            try expect(problems.isEmpty, "invariants (round \(c)): \(problems)")
+        }
+    }
+
+    static func mixedmap(_ f: Fixture) throws {
+        let p = try f.fd.mmapDevice(length: UInt64(f.pageSize), prot: .readWrite, flags: .private)
+        let b = Fixture.Buffer(ptr: p, size: f.pageSize, mirrorSize: 1)
+        try expectEqual(f.cmd(f.fd, .snapshot, b, 1), 0, "SNAPSHOT")
+        try expectEqual(b.cpages, 1, "cpages")
+        try expectEqual(b.mirror[byte: 0], DmirrorProt.read, "snapshot byte")
+        try f.process.munmap(p, length: UInt64(f.pageSize))
+    }
+
+    // MARK: T25–T28
+
+    static func exclusive(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size)
+        try f.fill(b, idx)
+        try expectEqual(f.cmd(f.fd, .exclusive, b, npages), 0, "EXCLUSIVE")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectMirror(b, idx)
+        for i in 0..<(size / 4) {
+            let a = b.ptr + UInt64(i * 4)
+            let v: Int32 = try f.cpu.load(a)
+            try expectEqual(v, Int32(i), "int \(i) before increment")
+            try f.cpu.store(a, v + 1)
+        }
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), { Int32($0 + 1) }, "ptr after increment")
+        try expectEqual(f.cmd(f.fd, .checkExclusive, b, npages), 0, "CHECK_EXCLUSIVE")
+    }
+
+    static func exclusiveMprotect(_ f: Fixture) throws {
+        let npages = f.npg, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size)
+        try f.fill(b, idx)
+        try expectEqual(f.cmd(f.fd, .exclusive, b, npages), 0, "EXCLUSIVE")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectMirror(b, idx)
+        try f.process.mprotect(b.ptr, length: UInt64(size), prot: .read)
+        try expectEqual(f.cmd(f.fd, .write, b, npages), -Errno.EPERM.rawValue, "WRITE after mprotect")
+    }
+
+    static func gupTest(_ f: Fixture) throws {
+        let npages = 4, size = npages * f.pageSize
+        let b = try f.anonBuffer(size: size)
+        try f.fill(b, idx)
+        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
+        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectMirror(b, idx)
+        let mm = f.process.mm
+        let ps = UInt64(f.pageSize)
+        // GUP_BASIC_TEST, GUP_FAST_BENCHMARK: get_user_pages with FOLL_WRITE, then put.
+        for i: UInt64 in [0, 1] { mm.putUserPages(try mm.getUserPages(b.ptr + i * ps, count: 1, flags: .write)) }
+        // PIN_FAST_BENCHMARK with FOLL_LONGTERM, PIN_LONGTERM_BENCHMARK: long-term pins.
+        for i: UInt64 in [2, 3] { mm.unpinUserPages(try mm.getUserPages(b.ptr + i * ps, count: 1, flags: [.write, .pin, .longterm])) }
+        let s = Fixture.Buffer(ptr: b.ptr, size: size, mirrorSize: npages)
+        try expectEqual(f.cmd(f.fd, .snapshot, s, npages), 0, "SNAPSHOT")
+        try expectEqual(s.cpages, UInt64(npages), "cpages")
+        let want: [UInt8] = f.variant == .devicePrivate ? [0x02, 0x02, 0x02, 0x02] : [0x42, 0x42, 0x02, 0x02]
+        try expectEqual((0..<npages).map { s.mirror[byte: $0] }, want, "snapshot bytes")
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
+    }
+}
+
+/// A small seeded generator (SplitMix64) for the suite's random delays.
+public struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

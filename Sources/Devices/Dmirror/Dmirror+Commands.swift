@@ -1,0 +1,226 @@
+import HMM
+import MMCore
+import MMSync
+
+extension Dmirror {
+    /// The ioctl entry point (`dmirror_fops_unlocked_ioctl`): validates, resets `cpages` and
+    /// `faults`, dispatches. On error the caller's `cmd` is left as it was (no copy-out).
+    /// Errors: EINVAL (closed mirror, unaligned addr, empty or wrapping range), and each
+    /// command's own.
+    public func ioctl(_ command: DmirrorCommand, _ cmd: inout DmirrorCmd, buffer: DmirrorBuffer? = nil) throws(Errno) {
+        guard isOpen else { throw .EINVAL }
+        guard isPageAligned(cmd.addr) else { throw .EINVAL }
+        let (size, o1) = cmd.npages.multipliedReportingOverflow(by: pageSize)
+        let (end, o2) = cmd.addr.addingReportingOverflow(size)
+        guard !o1, !o2, end > cmd.addr else { throw .EINVAL }
+        // The bounce buffer of READ/WRITE/MIGRATE/EXCLUSIVE is kvmalloc'd: too large → ENOMEM.
+        if [.read, .write, .migrateToDevice, .exclusive].contains(command) && cmd.npages > Dmirror.maxBouncePages { throw .ENOMEM }
+        var work = cmd
+        work.cpages = 0
+        work.faults = 0
+        switch command {
+        case .read: try read(&work, buffer)
+        case .write: try write(&work, buffer)
+        case .migrateToDevice: try migrateToDevice(&work, buffer)
+        case .migrateToSystem: try migrateToSystem(&work)
+        case .snapshot: try snapshot(&work, buffer)
+        case .exclusive: try exclusive(&work, buffer)
+        case .checkExclusive: try checkExclusive(work)
+        case .release: try device.removeChunks()
+        case .flags: mutex.withLock { flags = work.npages }
+        }
+        cmd = work
+    }
+
+    /// Raw ioctl by number (`0xC02848nn`): EINVAL for an unknown number.
+    public func ioctl(number: UInt32, _ cmd: inout DmirrorCmd, buffer: DmirrorBuffer? = nil) throws(Errno) {
+        guard isOpen else { throw .EINVAL }
+        guard let c = DmirrorCommand(ioctl: number) else {
+            // Validation comes before dispatch in the driver.
+            guard isPageAligned(cmd.addr), cmd.npages > 0 else { throw .EINVAL }
+            throw .EINVAL
+        }
+        try ioctl(c, &cmd, buffer: buffer)
+    }
+
+    /// Copies the bounce buffer out to the user buffer (`copy_to_user`): EFAULT if too small.
+    private func copyOut(_ bounce: UnsafeRawBufferPointer, to buffer: DmirrorBuffer?) throws(Errno) {
+        guard let buffer, buffer.count >= bounce.count else { throw .EFAULT }
+        buffer.bytes.baseAddress!.copyMemory(from: bounce.baseAddress!, byteCount: bounce.count)
+    }
+
+    // MARK: READ / WRITE
+
+    /// `dmirror_do_read`: copies mirrored pages from `start` until the first missing entry.
+    /// Return: pages copied; ENOENT-equivalent is `copied < count`. Locking: `mutex` held.
+    private func doRead(_ start: UInt64, _ end: UInt64, into bounce: UnsafeMutableRawBufferPointer, base: UInt64) -> UInt64 {
+        var copied: UInt64 = 0
+        var a = start
+        while a < end {
+            guard let e = pt[a >> pageShift] else { break }
+            let off = Int(a - base)
+            (bounce.baseAddress! + off).copyMemory(from: memory.frame(e >> 2), byteCount: Int(pageSize))
+            copied += 1
+            a += pageSize
+        }
+        return copied
+    }
+
+    /// `dmirror_read`: device reads; missing pages are faulted in a round at a time.
+    func read(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
+        guard !mm.isDead else { throw .EINVAL }
+        let size = Int(cmd.npages * pageSize)
+        let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
+        defer { bounce.deallocate() }
+        let end = cmd.addr + cmd.npages * pageSize
+        var start = cmd.addr
+        var rounds = 0
+        while true {
+            let n = mutex.withLock { doRead(start, end, into: bounce, base: cmd.addr) }
+            cmd.cpages += n
+            start = cmd.addr + cmd.cpages * pageSize
+            if start >= end { break }
+            try fault(start, end, write: false)
+            cmd.faults += 1
+            rounds += 1
+            if rounds > 10_000 { throw .EBUSY } // livelock guard
+        }
+        machine.stats.count(.bytesCopied, size)
+        try copyOut(UnsafeRawBufferPointer(bounce), to: buffer)
+    }
+
+    /// `dmirror_do_write`: writes mirrored pages that are WRITE-tagged, from `start` on.
+    /// Locking: `mutex` held.
+    private func doWrite(_ start: UInt64, _ end: UInt64, from bounce: UnsafeRawBufferPointer, base: UInt64) -> UInt64 {
+        var copied: UInt64 = 0
+        var a = start
+        while a < end {
+            guard let e = pt[a >> pageShift], e & 3 == Dmirror.tagWrite else { break }
+            memory.frame(e >> 2).copyMemory(from: bounce.baseAddress! + Int(a - base), byteCount: Int(pageSize))
+            copied += 1
+            a += pageSize
+        }
+        return copied
+    }
+
+    /// `dmirror_write`: device writes; missing or read-only pages get write faults.
+    func write(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
+        guard !mm.isDead else { throw .EINVAL }
+        let size = Int(cmd.npages * pageSize)
+        guard let buffer, buffer.count >= size else { throw .EFAULT }
+        let bounce = UnsafeRawBufferPointer(start: buffer.bytes.baseAddress, count: size)
+        let end = cmd.addr + cmd.npages * pageSize
+        var start = cmd.addr
+        var rounds = 0
+        while true {
+            let n = mutex.withLock { doWrite(start, end, from: bounce, base: cmd.addr) }
+            cmd.cpages += n
+            start = cmd.addr + cmd.cpages * pageSize
+            if start >= end { break }
+            try fault(start, end, write: true)
+            cmd.faults += 1
+            rounds += 1
+            if rounds > 10_000 { throw .EBUSY }
+        }
+        machine.stats.count(.bytesCopied, size)
+    }
+
+    // MARK: SNAPSHOT
+
+    /// `dmirror_mkentry`: one SNAPSHOT byte for an hmm pfn.
+    func snapshotByte(_ e: UInt64) -> UInt8 {
+        if HMMPfn.isError(e) { return DmirrorProt.error }
+        guard HMMPfn.isValid(e) else { return DmirrorProt.none }
+        let page = memory.page(HMMPfn.pfn(e))
+        var b: UInt8
+        if page.isDevicePrivate {
+            b = memory.pagemap(of: page)?.isOwned(by: device) == true ? DmirrorProt.devPrivateLocal : DmirrorProt.devPrivateRemote
+        } else if page.isDeviceCoherent {
+            b = memory.pagemap(of: page)?.isOwned(by: device) == true ? DmirrorProt.devCoherentLocal : DmirrorProt.devCoherentRemote
+        } else if page.pfn == PhysicalMemory.zeroPfn {
+            b = DmirrorProt.zero
+        } else {
+            b = DmirrorProt.none
+        }
+        b |= HMMPfn.isWrite(e) ? DmirrorProt.write : DmirrorProt.read
+        let order = UInt64(HMMPfn.order(e))
+        if order + pageShift == pmdShift { b |= DmirrorProt.pmd } else if order + pageShift == pudShift { b |= DmirrorProt.pud }
+        return b
+    }
+
+    /// `dmirror_snapshot`: the CPU page table's state, one byte per page, without faulting.
+    func snapshot(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
+        guard !mm.isDead else { throw .EINVAL }
+        let end = cmd.addr + cmd.npages * pageSize
+        var addr = cmd.addr
+        while addr < end {
+            let next = min(end, addr + Dmirror.faultBatch * pageSize)
+            let bytes = try snapshotBatch(addr, next)
+            let off = Int((addr - cmd.addr) >> pageShift)
+            guard let buffer, buffer.count >= off + bytes.count else { throw .EFAULT }
+            for (i, b) in bytes.enumerated() { buffer[byte: off + i] = b }
+            cmd.cpages += UInt64(bytes.count)
+            addr = next
+        }
+    }
+
+    /// One batch under a temporary interval notifier (`dmirror_range_snapshot`).
+    private func snapshotBatch(_ start: UInt64, _ end: UInt64) throws(Errno) -> [UInt8] {
+        let sub = MMUIntervalNotifier(start: start, end: end) { [unowned self] sub, range, seq in
+            if range.blockable { self.mutex.lock() } else if !self.mutex.tryLock() { return false }
+            sub.setSeq(seq)
+            self.mutex.unlock()
+            return true
+        }
+        try mm.notifiers.insert(sub)
+        defer { mm.notifiers.remove(sub) }
+        var range = HMMRange(notifier: sub, notifierSeq: 0, start: start, end: end, devPrivateOwner: device)
+        var out: [UInt8] = []
+        try HMMMirror.faultAndProgram(&range, driverLock: mutex) { (r: HMMRange) throws(Errno) in
+            out = r.hmmPfns.map { self.snapshotByte($0) }
+        }
+        return out
+    }
+
+    // MARK: EXCLUSIVE / CHECK_EXCLUSIVE
+
+    /// `dmirror_exclusive`: device-exclusive access page by page, then a read of the range.
+    func exclusive(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
+        guard !mm.isDead else { throw .EINVAL }
+        let end = cmd.addr + cmd.npages * pageSize
+        mm.mmapLock.lockRead()
+        var addr = cmd.addr
+        while addr < end {
+            let page: Page
+            do { page = try mm.makeDeviceExclusive(addr, owner: nil) } catch { mm.mmapLock.unlockRead(); throw error }
+            mutex.withLock { pt[addr >> pageShift] = page.pfn << 2 | Dmirror.tagAtomic }
+            page.unlock()
+            memory.put(page)
+            addr += pageSize
+        }
+        mm.mmapLock.unlockRead()
+        try readBack(&cmd, buffer)
+    }
+
+    /// Reads the whole range from the device table without faulting (after MIGRATE_TO_DEV and
+    /// EXCLUSIVE). ENOENT if some page has no entry.
+    func readBack(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
+        let size = Int(cmd.npages * pageSize)
+        let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
+        defer { bounce.deallocate() }
+        let end = cmd.addr + cmd.npages * pageSize
+        let n = mutex.withLock { doRead(cmd.addr, end, into: bounce, base: cmd.addr) }
+        guard n == cmd.npages else { throw .ENOENT }
+        try copyOut(UnsafeRawBufferPointer(bounce), to: buffer)
+        cmd.cpages = n
+    }
+
+    /// `dmirror_check_atomic`: EPERM while any page of the range is still ATOMIC-tagged.
+    func checkExclusive(_ cmd: DmirrorCmd) throws(Errno) {
+        let first = cmd.addr >> pageShift, last = first + cmd.npages
+        let atomic = mutex.withLock {
+            pt.contains { $0.key >= first && $0.key < last && $0.value & 3 == Dmirror.tagAtomic }
+        }
+        if atomic { throw .EPERM }
+    }
+}

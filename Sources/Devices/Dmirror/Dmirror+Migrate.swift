@@ -1,0 +1,96 @@
+import HMM
+import MMCore
+import MMSync
+
+extension Dmirror {
+    /// Walks [addr, end) in batches of up to 512 pages clipped to the VMA of each batch start,
+    /// as both migration commands do. EINVAL for a missing or unreadable VMA (earlier batches
+    /// stay migrated). Locking: mmap lock held for read.
+    private func forEachMigrationBatch(_ start: UInt64, _ end: UInt64, _ body: (VMA, UInt64, UInt64) throws(Errno) -> Void) throws(Errno) {
+        var addr = start
+        while addr < end {
+            guard let vma = mm.vmaLookup(addr), vma.flags.contains(.read) else { throw .EINVAL }
+            let next = min(min(end, addr + Dmirror.migrateBatch * pageSize), vma.end)
+            try body(vma, addr, next)
+            addr = next
+        }
+    }
+
+    /// `dmirror_migrate_to_device`: anonymous system memory moves into this device's memory;
+    /// then the whole range is read back from the device table (ENOENT if a page is missing).
+    func migrateToDevice(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
+        guard !mm.isDead else { throw .EINVAL }
+        let end = cmd.addr + cmd.npages * pageSize
+        mm.mmapLock.lockRead()
+        do {
+            try forEachMigrationBatch(cmd.addr, end) { (vma, start, next) throws(Errno) in
+                let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: [.system, .compound])
+                try m.setup()
+                allocAndCopyToDevice(m)
+                m.pages()
+                finalizeAndMap(m)
+                m.finalize()
+            }
+        } catch { mm.mmapLock.unlockRead(); throw error }
+        mm.mmapLock.unlockRead()
+        try readBack(&cmd, buffer)
+    }
+
+    /// `dmirror_migrate_alloc_and_copy`: a device page for each selected source, holding its
+    /// data (or zeroes for an empty source). Destination writable iff the source was.
+    private func allocAndCopyToDevice(_ m: MigrateVMA) {
+        for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
+            let spage = MigratePfn.pfn(m.src[i]).map { memory.page($0) }
+            if let s = spage, s.isZoneDevice { continue } // already device memory
+            if consumeFailAlloc(compound: false) { continue } // the injected allocation failure
+            guard let dpage = device.allocatePage() else { continue }
+            let rpage = device.backingPage(dpage)
+            if let s = spage {
+                memory.frame(rpage.pfn).copyMemory(from: memory.frame(s.pfn), byteCount: Int(pageSize))
+                machine.stats.count(.bytesCopied, Int(pageSize))
+            } else {
+                memset(memory.frame(rpage.pfn), 0, Int(pageSize))
+            }
+            device.recordOwner(backing: rpage, mirror: self)
+            m.dst[i] = MigratePfn.make(dpage.pfn) | (m.src[i] & MigratePfn.write)
+        }
+    }
+
+    /// `dmirror_migrate_finalize_and_map`: every migrated page enters the device table.
+    private func finalizeAndMap(_ m: MigrateVMA) {
+        mutex.withLock {
+            for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
+                guard let dpfn = MigratePfn.pfn(m.dst[i]) else { continue }
+                let backing = device.backingPage(memory.page(dpfn))
+                let vpn = (m.start >> pageShift) + UInt64(i)
+                pt[vpn] = backing.pfn << 2 | (m.dst[i] & MigratePfn.write != 0 ? Dmirror.tagWrite : Dmirror.tagRead)
+            }
+        }
+        machine.stats.count(.pagesMigrated, m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count)
+    }
+
+    /// `dmirror_migrate_to_system`: this device's pages in the range move back to system
+    /// memory. `cpages` counts the pages that moved.
+    func migrateToSystem(_ cmd: inout DmirrorCmd) throws(Errno) {
+        guard !mm.isDead else { throw .EINVAL }
+        let end = cmd.addr + cmd.npages * pageSize
+        mm.mmapLock.lockRead()
+        do {
+            try forEachMigrationBatch(cmd.addr, end) { (vma, start, next) throws(Errno) in
+                let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: device.selectDevice.union(.compound))
+                try m.setup()
+                _ = device.allocAndCopyToSystem(m, mirror: self, isFault: false)
+                m.pages()
+                let moved = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
+                cmd.cpages += UInt64(moved)
+                machine.stats.count(.pagesMigrated, moved)
+                m.finalize()
+            }
+        } catch { mm.mmapLock.unlockRead(); throw error }
+        mm.mmapLock.unlockRead()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

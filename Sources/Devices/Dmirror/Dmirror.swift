@@ -1,0 +1,153 @@
+import HMM
+import MMCore
+import MMSync
+
+/// One open of a dmirror device (`struct dmirror`): a device page table mirroring one address
+/// space, kept coherent by an interval notifier over the whole space.
+///
+/// Device page-table entries are a page (pfn) with a 2-bit tag: read-only (0), WRITE (3) or
+/// ATOMIC (1, exclusive access). For device-private memory the page is the backing system
+/// page; for coherent memory it is the coherent page itself.
+public final class Dmirror: @unchecked Sendable {
+    public let device: DmirrorDevice
+    public let mm: AddressSpace
+    var machine: Machine { device.machine }
+    var memory: PhysicalMemory { device.machine.memory }
+    /// The mirror's mutex: guards `pt` and `flags`; taken by the notifier callback.
+    let mutex = Lock("dmirror")
+    /// Locking: `mutex`.
+    var pt: [UInt64: UInt64] = [:]
+    /// Locking: `mutex`.
+    var flags: UInt64 = 0
+    private(set) var notifier: MMUIntervalNotifier!
+    public private(set) var isOpen = true
+
+    static let tagRead: UInt64 = 0
+    static let tagAtomic: UInt64 = 1
+    static let tagWrite: UInt64 = 3
+
+    /// Pages per fault and snapshot batch (`pfns[32]`), and per migration batch (PTRS_PER_PTE).
+    static let faultBatch: UInt64 = 32
+    static let migrateBatch: UInt64 = 512
+    /// Largest bounce buffer a command allocates (16 GiB of pages).
+    static let maxBouncePages: UInt64 = 1 << 22
+
+    init(device: DmirrorDevice, mm: AddressSpace) throws(Errno) {
+        self.device = device
+        self.mm = mm
+        guard !mm.isDead else { throw .EINVAL }
+        notifier = MMUIntervalNotifier(start: 0, end: UInt64.max & pageMask) { [unowned self] sub, range, seq in
+            self.invalidate(sub, range, seq)
+        }
+        try mm.notifiers.insert(notifier)
+    }
+
+    /// `close()`: removes the notifier and drops the device page table. Device memory stays
+    /// (pages migrated by this mirror remain on the device until faulted back or released).
+    public func close() {
+        guard isOpen else { return }
+        mm.notifiers.remove(notifier)
+        mutex.withLock { pt.removeAll(); isOpen = false }
+    }
+
+    deinit { if isOpen { mm.notifiers.remove(notifier) } }
+
+    /// `dmirror_interval_invalidate`.
+    private func invalidate(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> Bool {
+        // The device's own migrations keep its table up to date themselves.
+        if range.event == .migrate && range.isOwned(by: device) { return true }
+        if range.blockable { mutex.lock() } else if !mutex.tryLock() { return false }
+        sub.setSeq(seq)
+        doUpdate(range.start, range.end)
+        mutex.unlock()
+        return true
+    }
+
+    /// `dmirror_do_update`: erases entries of [start, end]. Quirk kept from the driver: the
+    /// upper page index is inclusive, so one page past the range goes too.
+    /// Locking: `mutex` held.
+    func doUpdate(_ start: UInt64, _ end: UInt64) {
+        mutex.assertHeld()
+        let first = start >> pageShift, last = end >> pageShift
+        if UInt64(pt.count) < last - first {
+            for key in pt.keys where key >= first && key <= last { pt[key] = nil }
+        } else {
+            var v = first
+            while v <= last { pt[v] = nil; if v == UInt64.max { break }; v += 1 }
+        }
+    }
+
+    /// Erases one entry (used when the device migrates a page back).
+    func erase(vpn: UInt64) { mutex.withLock { pt[vpn] = nil } }
+
+    /// Consumes the one-shot FAIL_ALLOC flag. Return: whether an allocation of that kind should
+    /// fail now (single pages fail only when `compound` is false and the caller says so).
+    func consumeFailAlloc(compound: Bool) -> Bool {
+        mutex.withLock {
+            guard flags & DmirrorFlag.failAlloc != 0 else { return false }
+            flags &= ~DmirrorFlag.failAlloc
+            return true
+        }
+    }
+
+    // MARK: device table access (for tests and invariants)
+
+    /// The device table entry for `address`: (pfn, tag) or nil.
+    public func entry(at address: UInt64) -> (pfn: UInt64, tag: UInt64)? {
+        mutex.withLock { pt[address >> pageShift].map { ($0 >> 2, $0 & 3) } }
+    }
+    public var entryCount: Int { mutex.withLock { pt.count } }
+
+    // MARK: the device fault (`dmirror_fault`)
+
+    /// Faults [start, end) into the device table in batches of 32 pages through the canonical
+    /// loop. A dead mm is success doing nothing (as the driver's mmget_not_zero check).
+    func fault(_ start: UInt64, _ end: UInt64, write: Bool) throws(Errno) {
+        guard !mm.isDead else { return }
+        var addr = start
+        while addr < end {
+            let next = min(end, addr + Dmirror.faultBatch * pageSize)
+            var range = HMMRange(notifier: notifier, notifierSeq: 0, start: addr, end: next,
+                                 defaultFlags: HMMPfn.requestFault | (write ? HMMPfn.requestWrite : 0),
+                                 devPrivateOwner: device)
+            try HMMMirror.faultAndProgram(&range, driverLock: mutex) { (r: HMMRange) throws(Errno) in
+                try self.doFault(r)
+            }
+            addr = next
+        }
+    }
+
+    /// `dmirror_do_fault`: stores every page of the range in the device table.
+    /// Locking: `mutex` held.
+    private func doFault(_ range: HMMRange) throws(Errno) {
+        var vpn = range.start >> pageShift
+        for e in range.hmmPfns {
+            guard HMMPfn.isValid(e), !HMMPfn.isError(e) else { throw .EFAULT }
+            var page = memory.page(HMMPfn.pfn(e))
+            // Our own device-private pages are reported, not faulted: the device reaches their
+            // data through the backing page (the kernel driver stores the ZONE_DEVICE page
+            // itself here, a latent gap the spec asks us not to copy).
+            if page.isDevicePrivate { page = device.backingPage(page) }
+            var entry = page.pfn << 2
+            if HMMPfn.isWrite(e) { entry |= Dmirror.tagWrite } else if range.defaultFlags & HMMPfn.requestWrite != 0 { throw .EFAULT }
+            pt[vpn] = entry
+            vpn += 1
+        }
+    }
+}
+
+extension Dmirror {
+    /// `mmap` of the device file itself (`dmirror_fops_mmap`): a mixed-map VMA with a freshly
+    /// zeroed driver page inserted at every page. Errors: EINVAL, ENOMEM.
+    public func mmapDevice(length: UInt64, prot: Protection, flags: MapFlags) throws(Errno) -> UInt64 {
+        guard isOpen else { throw .EINVAL }
+        guard length > 0, let len = pageAlignUp(length), len <= 1 << 30 else { throw .EINVAL }
+        var pages: [Page] = []
+        defer { for p in pages { memory.put(p) } } // the mappings keep their own references
+        for _ in 0..<(len >> pageShift) {
+            guard let p = memory.allocate(order: 0, zeroed: true) else { throw .ENOMEM }
+            pages.append(p)
+        }
+        return try mm.mmapDriverPages(length: len, prot: prot, flags: flags, pages: pages)
+    }
+}

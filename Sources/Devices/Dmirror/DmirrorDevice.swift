@@ -1,0 +1,223 @@
+import HMM
+import MMCore
+import MMSync
+
+/// One chunk of device memory (`struct dmirror_chunk`): a 256 MiB registration.
+final class DmirrorChunk {
+    let pagemap: DevicePagemap
+    /// Being evicted by RELEASE: freed pages no longer return to the free list.
+    var remove = false
+    init(pagemap: DevicePagemap) { self.pagemap = pagemap }
+}
+
+/// A dmirror device (`struct dmirror_device`, `/dev/hmm_dmirrorN`): its device memory in
+/// 256 MiB chunks, a free list of device pages, and the callbacks the core mm calls.
+/// Devices 0 and 1 are device-private, 2 and 3 device-coherent.
+public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
+    public let minor: Int
+    public let memoryType: DmirrorMemoryType
+    public let machine: Machine
+    var memory: PhysicalMemory { machine.memory }
+    /// Locking: `lock` guards chunks, the free list and the counters (`devmem_lock`+`lock`).
+    let lock = Lock("dmirror-device")
+    var chunks: [DmirrorChunk] = []
+    var freePages: [UInt64] = []
+    public private(set) var calloc = 0
+    public private(set) var cfree = 0
+    /// Which mirror migrated the data held by a backing page (the kernel keeps it in the
+    /// backing page's zone_device_data). Locking: `lock`.
+    var backingOwner: [UInt64: WeakMirror] = [:]
+    /// Mirrors opened on this device (for invariant checks). Locking: `lock`.
+    var mirrors: [WeakMirror] = []
+
+    /// Coherent memory is one fixed region per device; private memory grows chunk by chunk.
+    static let maxCoherentChunks = 1
+
+    init(minor: Int, machine: Machine) {
+        self.minor = minor
+        self.machine = machine
+        memoryType = minor < 2 ? .devicePrivate : .deviceCoherent
+    }
+
+    var pageKind: MemoryKind { memoryType == .devicePrivate ? .devicePrivate : .deviceCoherent }
+    /// The migrate selection that names this device's pages (`dmirror_select_device`).
+    var selectDevice: MigrateSelect { memoryType == .devicePrivate ? .devicePrivate : .deviceCoherent }
+
+    /// Device pages in use (allocated and not yet freed).
+    public var pagesInUse: Int { lock.withLock { calloc - cfree } }
+    public var chunkCount: Int { lock.withLock { chunks.count } }
+
+    /// `open("/dev/hmm_dmirrorN")`: a mirror of `mm`.
+    public func open(_ mm: AddressSpace) throws(Errno) -> Dmirror {
+        let m = try Dmirror(device: self, mm: mm)
+        lock.withLock { mirrors.removeAll { $0.mirror == nil }; mirrors.append(WeakMirror(m)) }
+        return m
+    }
+    var openMirrors: [Dmirror] { lock.withLock { mirrors.compactMap { $0.mirror }.filter { $0.isOpen } } }
+
+    // MARK: memory
+
+    /// `dmirror_allocate_chunk`. Locking: `lock` held.
+    private func allocateChunkLocked() throws(Errno) {
+        if memoryType == .deviceCoherent && chunks.count >= DmirrorDevice.maxCoherentChunks { throw .ENOMEM }
+        let pgmap = try memory.registerDeviceMemory(kind: pageKind, pageCount: PhysicalMemory.deviceChunkPages,
+                                                    owner: self, ops: self)
+        chunks.append(DmirrorChunk(pagemap: pgmap))
+        // Free list order: lowest pfn handed out first.
+        freePages.append(contentsOf: (pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)).reversed())
+    }
+
+    /// `dmirror_devmem_alloc_page`: a device page, referenced and locked. For private memory a
+    /// system page is allocated as its backing store (the simulated device memory).
+    /// Return: nil when memory (device or backing) is exhausted.
+    func allocatePage() -> Page? {
+        var backing: Page? = nil
+        if memoryType == .devicePrivate {
+            guard let b = memory.allocate(order: 0) else { return nil }
+            backing = b
+        }
+        lock.lock()
+        if freePages.isEmpty {
+            do { try allocateChunkLocked() } catch {
+                lock.unlock()
+                if let b = backing { memory.put(b) }
+                return nil
+            }
+        }
+        let pfn = freePages.removeLast()
+        calloc += 1
+        lock.unlock()
+        let page = memory.page(pfn)
+        memory.zoneDevicePageInit(page)
+        page.privateWord = backing?.pfn ?? 0
+        return page
+    }
+
+    /// `BACKING_PAGE`: where a device page's bytes live.
+    func backingPage(_ page: Page) -> Page {
+        memoryType == .devicePrivate ? memory.page(page.privateWord) : page
+    }
+
+    func chunk(of page: Page) -> DmirrorChunk? { chunks.first { $0.pagemap.contains(page.pfn) } }
+
+    /// `dmirror_devmem_free` (the pagemap's `page_free`).
+    public func pageFree(_ page: Page) {
+        let backing = memoryType == .devicePrivate ? page.privateWord : page.pfn
+        page.privateWord = 0
+        lock.lock()
+        backingOwner[backing] = nil
+        cfree += 1
+        let keep = !(chunk(of: page)?.remove ?? true)
+        if keep { freePages.append(page.pfn) }
+        lock.unlock()
+        if memoryType == .devicePrivate, backing != 0 { memory.put(memory.page(backing)) }
+    }
+
+    func recordOwner(backing: Page, mirror: Dmirror) { lock.withLock { backingOwner[backing.pfn] = WeakMirror(mirror) } }
+    func owner(ofBacking pfn: UInt64) -> Dmirror? { lock.withLock { backingOwner[pfn]?.mirror } }
+
+    // MARK: CPU fault on a device-private entry
+
+    /// `dmirror_devmem_fault`: migrates the faulting page back to system memory.
+    public func migrateToRAM(_ fault: DevicePrivateFault) -> FaultResult {
+        let mirror = owner(ofBacking: fault.page.privateWord)
+        let m = MigrateVMA(vma: fault.vma, start: fault.address, end: fault.address + pageSize,
+                           pgmapOwner: self, flags: selectDevice, faultPage: fault.page)
+        do { try m.setup() } catch { return .sigbus }
+        if !allocAndCopyToSystem(m, mirror: mirror, isFault: true) { m.finalize(); return .oom }
+        m.pages()
+        m.finalize()
+        return .ok
+    }
+
+    /// `dmirror_devmem_fault_alloc_and_copy`: for each selected device page, a system page with
+    /// its data; the mirror's entry for the address is erased. Return: false if a single-page
+    /// allocation failed during a CPU fault (VM_FAULT_OOM).
+    func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool) -> Bool {
+        for i in m.src.indices {
+            guard m.src[i] & MigratePfn.migrate != 0, let spfn = MigratePfn.pfn(m.src[i]) else { continue }
+            let spage = memory.page(spfn)
+            guard spage.isZoneDevice else { continue }
+            // FAIL_ALLOC makes a large (THP) allocation fail once; single pages are unaffected.
+            _ = mirror?.consumeFailAlloc(compound: false)
+            guard let dpage = memory.allocate(order: 0) else {
+                if isFault { return false }
+                continue
+            }
+            dpage.lock()
+            let addr = m.start + (UInt64(i) << pageShift)
+            (mirror ?? owner(ofBacking: backingPage(spage).pfn))?.erase(vpn: addr >> pageShift)
+            memory.frame(dpage.pfn).copyMemory(from: memory.frame(backingPage(spage).pfn), byteCount: Int(pageSize))
+            machine.stats.count(.bytesCopied, Int(pageSize))
+            m.dst[i] = MigratePfn.make(dpage.pfn) | (m.src[i] & MigratePfn.write)
+        }
+        return true
+    }
+
+    // MARK: RELEASE
+
+    /// `dmirror_device_remove_chunks`: evicts every page of every chunk back to system memory
+    /// and unregisters the chunks. EBUSY if some page could not be evicted (it stays on the
+    /// device, still valid; a later RELEASE retries).
+    func removeChunks() throws(Errno) {
+        let list = lock.withLock { () -> [DmirrorChunk] in
+            for c in chunks { c.remove = true }
+            freePages.removeAll()
+            return chunks
+        }
+        var busy = false
+        for chunk in list {
+            for _ in 0..<8 { if evict(chunk) == 0 { break } }
+            do { try memory.unregisterDeviceMemory(chunk.pagemap) } catch { busy = true; continue }
+            lock.withLock { chunks.removeAll { $0 === chunk } }
+        }
+        if busy {
+            // Keep what could not be released usable again.
+            lock.withLock {
+                for c in chunks {
+                    c.remove = false
+                    for pfn in c.pagemap.startPfn..<(c.pagemap.startPfn + c.pagemap.pageCount) where memory.page(pfn).refcount == 0 {
+                        freePages.append(pfn)
+                    }
+                }
+            }
+            throw .EBUSY
+        }
+    }
+
+    /// `dmirror_device_evict_chunk`. Return: pages of the chunk still in use afterwards.
+    private func evict(_ chunk: DmirrorChunk) -> Int {
+        let g = chunk.pagemap
+        var src = machine.migrateDeviceRange(startPfn: g.startPfn, count: Int(g.pageCount))
+        var dst = [UInt64](repeating: 0, count: src.count)
+        for i in src.indices {
+            guard src[i] & MigratePfn.migrate != 0, let spfn = MigratePfn.pfn(src[i]) else { continue }
+            let spage = memory.page(spfn)
+            guard let dpage = memory.allocate(order: 0) else { continue }
+            dpage.lock()
+            memory.frame(dpage.pfn).copyMemory(from: memory.frame(backingPage(spage).pfn), byteCount: Int(pageSize))
+            machine.stats.count(.bytesCopied, Int(pageSize))
+            dst[i] = MigratePfn.make(dpage.pfn) | (src[i] & MigratePfn.write)
+        }
+        machine.migrateDevicePages(&src, dst)
+        machine.migrateDeviceFinalize(src, dst)
+        var inUse = 0
+        for pfn in g.startPfn..<(g.startPfn + g.pageCount) where memory.page(pfn).refcount != 0 { inUse += 1 }
+        return inUse
+    }
+}
+
+final class WeakMirror { weak var mirror: Dmirror?; init(_ m: Dmirror) { mirror = m } }
+
+/// The four dmirror devices of a machine (the module's `dmirror_devices[]`).
+public final class DmirrorModule: @unchecked Sendable {
+    public let devices: [DmirrorDevice]
+    public init(machine: Machine) {
+        devices = (0..<4).map { DmirrorDevice(minor: $0, machine: machine) }
+    }
+    /// `open("/dev/hmm_dmirrorN")`. ENODEV for a minor outside 0…3.
+    public func open(minor: Int, mm: AddressSpace) throws(Errno) -> Dmirror {
+        guard devices.indices.contains(minor) else { throw .ENODEV }
+        return try devices[minor].open(mm)
+    }
+}

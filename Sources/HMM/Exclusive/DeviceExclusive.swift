@@ -1,0 +1,69 @@
+import MMCore
+import MMSync
+
+extension AddressSpace {
+    /// `make_device_exclusive`: gives a device exclusive (atomic) access to the page at
+    /// `address`. The page is faulted in writable (breaking COW, replacing the zero page), an
+    /// EXCLUSIVE invalidation owned by `owner` tells every other device to drop it, and the PTE
+    /// becomes a device-exclusive entry. Any later CPU access restores the PTE after an
+    /// EXCLUSIVE invalidation with no owner, so the device loses access first.
+    ///
+    /// Locking: caller holds the mmap lock for read. Return: the page, locked and referenced
+    /// (the caller maps it in its device and then unlocks and releases it).
+    /// Errors: EFAULT (no VMA or no write permission, fault failure), EOPNOTSUPP-like EINVAL
+    /// for non-anonymous pages, EBUSY if the page keeps changing under us.
+    public func makeDeviceExclusive(_ address: UInt64, owner: AnyObject?) throws(Errno) -> Page {
+        mmapLock.assertLocked()
+        guard isPageAligned(address) else { throw .EINVAL }
+        for _ in 0..<1000 {
+            let page = try getUserPagesLocked(address, write: true)
+            guard page.isAnon, !page.isZoneDevice else { memory.put(page); throw .EINVAL }
+            page.lock()
+            let range = MMUNotifierRange(start: address, end: address + pageSize, event: .exclusive, owner: owner)
+            notifiers.invalidateRangeStart(range)
+            // A second look: still this page, mapped writable by a PTE?
+            var done = false
+            if let found = pageTable.lookup(address, level: .pte), found.level == .pte {
+                found.table.ptl.lock()
+                let v = found.entry.load()
+                if v.isPresent, !v.isSpecial, v.pfn == page.pfn, v.isWrite {
+                    let old = found.entry.exchange(SwapEntry.deviceExclusive(pfn: page.pfn, write: true).pte(softDirty: v.isSoftDirty))
+                    flushTLB()
+                    if old.isDirty { page.set(.dirty) }
+                    done = true
+                }
+                found.table.ptl.unlock()
+            }
+            notifiers.invalidateRangeEnd(range)
+            if done { return page }
+            page.unlock()
+            memory.put(page)
+        }
+        throw .EBUSY
+    }
+
+    /// GUP of one page with the mmap lock already held (FOLL_GET | FOLL_WRITE).
+    func getUserPagesLocked(_ address: UInt64, write: Bool) throws(Errno) -> Page {
+        guard let vma = vmaLookup(address) else { throw .EFAULT }
+        guard write ? vma.flags.contains(.write) : vma.flags.contains(.read) else { throw .EFAULT }
+        for _ in 0..<1000 {
+            if let found = pageTable.lookup(address, level: .pte), found.level == .pte {
+                found.table.ptl.lock()
+                let v = found.entry.load()
+                if v.isPresent, v.isUser, !v.isSpecial, !write || v.isWrite {
+                    let p = memory.page(v.pfn)
+                    memory.get(p)
+                    found.table.ptl.unlock()
+                    return p
+                }
+                found.table.ptl.unlock()
+            }
+            switch handleMMFault(vma: vma, address: address, flags: write ? [.write, .remote] : [.remote]) {
+            case .ok, .retry: continue
+            case .oom: throw .ENOMEM
+            default: throw .EFAULT
+            }
+        }
+        throw .EBUSY
+    }
+}

@@ -1,0 +1,107 @@
+import MMCore
+import MMSync
+
+/// `migrate_vma_collect_pmd` / `_hole`: one source entry per page.
+struct MigrateCollectWalker: PageWalker {
+    let migrate: MigrateVMA
+    let memory: PhysicalMemory
+    let anonymous: Bool
+    var src: [UInt64]
+    var cpages = 0
+    var unmapped = 0
+
+    var visitsEmptyPTEs: Bool { true }
+
+    func index(_ a: UInt64) -> Int { Int((a - migrate.start) >> pageShift) }
+
+    mutating func hole(_ start: UInt64, _ end: UInt64, level: PageTableLevel) -> WalkStep {
+        var a = start
+        while a < end {
+            src[index(a)] = anonymous ? MigratePfn.migrate : 0
+            if anonymous { cpages += 1 }
+            a += pageSize
+        }
+        return .next
+    }
+
+    mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        let v = pmd.load()
+        guard v.isHuge || !v.isPresent else { return .next }
+        // PMD-level mappings (THP) are not selected until the huge-page layer exists.
+        var a = start
+        while a < end { src[index(a)] = 0; a += pageSize }
+        return .skip
+    }
+
+    mutating func pteEntry(_ ptep: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
+        let i = index(addr)
+        src[i] = 0
+        let v = ptep.load()
+        if v.isNone {
+            if anonymous { src[i] = MigratePfn.migrate; cpages += 1 }
+            return .next
+        }
+        var mpfn: UInt64
+        let page: Page
+        if v.isSwap {
+            let s = v.swapEntry
+            guard s.isDevicePrivate else { return .next }
+            let p = memory.page(s.pfn)
+            guard migrate.flags.contains(.devicePrivate), let g = memory.pagemap(of: p),
+                  migrate.pgmapOwner.map({ g.isOwned(by: $0) }) ?? false else { return .next }
+            page = p
+            mpfn = MigratePfn.make(s.pfn) | MigratePfn.migrate | (s.isWrite ? MigratePfn.write : 0)
+        } else {
+            if v.isSpecial {
+                // The zero page: nothing to copy, a fresh page will be inserted.
+                if v.pfn == PhysicalMemory.zeroPfn && migrate.flags.contains(.system) {
+                    src[i] = MigratePfn.migrate; cpages += 1
+                }
+                return .next
+            }
+            let p = memory.page(v.pfn)
+            if !p.isZoneDevice && !migrate.flags.contains(.system) { return .next }
+            if p.isDeviceCoherent {
+                guard migrate.flags.contains(.deviceCoherent), let g = memory.pagemap(of: p),
+                      migrate.pgmapOwner.map({ g.isOwned(by: $0) }) ?? false else { return .next }
+            }
+            page = p
+            mpfn = MigratePfn.make(v.pfn) | MigratePfn.migrate | (v.isWrite ? MigratePfn.write : 0)
+        }
+        guard page.ownerBits != 0, page.order == 0 else { return .next }
+        memory.get(page)
+        // trylock only (best effort, no lock-order inversion between concurrent migrations);
+        // the faulting page is already locked by the fault handler, which keeps that lock.
+        guard page == migrate.faultPage || page.tryLock() else { memory.put(page); return .next }
+        // Replace the entry by a migration entry; the mapping's rmap and reference go, ours stays.
+        let exclusive = page.isAnon && page.test(.anonExclusive)
+        let old = ptep.exchange(.none)
+        if old.isPresent && old.isDirty { page.set(.dirty) }
+        let entry = SwapEntry.migration(pfn: page.pfn, write: mpfn & MigratePfn.write != 0, exclusive: exclusive)
+        ptep.store(entry.pte(softDirty: old.isSoftDirty))
+        memory.removeRmap(page)
+        memory.put(page)
+        if old.isPresent { unmapped += 1 }
+        cpages += 1
+        src[i] = mpfn
+        return .next
+    }
+}
+
+extension MigrateVMA {
+    /// `migrate_vma_collect`: under a MIGRATE invalidation owned by `pgmapOwner`, selects and
+    /// unmaps pages. Every selected page with a struct page is left locked and referenced.
+    func collect() {
+        let range = MMUNotifierRange(start: start, end: end, event: .migrate, owner: pgmapOwner)
+        mm.notifiers.invalidateRangeStart(range)
+        var walker = MigrateCollectWalker(migrate: self, memory: memory, anonymous: vma.isAnonymous,
+                                          src: [UInt64](repeating: 0, count: src.count))
+        _ = mm.pageTable.walk(start, end, &walker)
+        if walker.unmapped > 0 { mm.flushTLB() }
+        mm.notifiers.invalidateRangeEnd(range)
+        src = walker.src
+        cpages = walker.cpages
+        npages = src.count
+        end = start + (UInt64(npages) << pageShift)
+    }
+}

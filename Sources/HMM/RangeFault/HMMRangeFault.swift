@@ -1,0 +1,227 @@
+import MMCore
+import MMSync
+
+/// Why one pass of the range walk stopped early.
+enum HMMWalkStop {
+    /// Fault [start, end) in, then walk again from start (`hmm_vma_fault` → -EBUSY).
+    case fault(start: UInt64, end: UInt64, write: Bool)
+    /// A migration entry: wait for the page, then walk again from `at`.
+    case waitMigration(page: Page, at: UInt64)
+    case error(Errno)
+}
+
+/// The per-VMA part of the walk (`hmm_walk_ops`). PTEs are read without the PTE lock, as
+/// hmm.c does; the notifier sequence catches any change that races with the read.
+struct HMMVMAWalker: PageWalker {
+    let memory: PhysicalMemory
+    let rangeStart: UInt64
+    let segmentEnd: UInt64
+    let vma: VMA
+    let pfns: UnsafeMutablePointer<UInt64>
+    let defaultFlags: UInt64
+    let flagsMask: UInt64
+    let owner: AnyObject?
+    var stop: HMMWalkStop? = nil
+
+    var locksPTE: Bool { false }
+
+    @inline(__always) func index(_ a: UInt64) -> Int { Int((a - rangeStart) >> pageShift) }
+
+    /// `hmm_pte_need_fault`: (fault?, write fault?) for a page with `cpuFlags`.
+    func needFault(_ request: UInt64, _ cpuFlags: UInt64) -> (Bool, Bool) {
+        let req = (request & flagsMask) | defaultFlags
+        guard req & HMMPfn.requestFault != 0 else { return (false, false) }
+        if req & HMMPfn.requestWrite != 0 && cpuFlags & HMMPfn.write == 0 { return (true, true) }
+        if cpuFlags & HMMPfn.valid == 0 { return (true, false) }
+        return (false, false)
+    }
+
+    /// `hmm_range_need_fault` over [start, end) for pages with `cpuFlags`.
+    func rangeNeedsFault(_ start: UInt64, _ end: UInt64, _ cpuFlags: UInt64) -> (Bool, Bool) {
+        var fault = false, write = false
+        var a = start
+        while a < end {
+            let (f, w) = needFault(pfns[index(a)], cpuFlags)
+            fault = fault || f; write = write || w
+            if write { break }
+            a += pageSize
+        }
+        return (fault, write)
+    }
+
+    func fill(_ start: UInt64, _ end: UInt64, _ value: UInt64) {
+        var a = start
+        while a < end { pfns[index(a)] = value; a += pageSize }
+    }
+
+    /// The end of the chunk a fault covers: the current PMD span, clipped to the walk.
+    func faultEnd(_ a: UInt64) -> UInt64 { min(PageTableLevel.pmd.addressEnd(a, segmentEnd), segmentEnd) }
+
+    mutating func hole(_ start: UInt64, _ end: UInt64, level: PageTableLevel) -> WalkStep {
+        let (f, w) = rangeNeedsFault(start, end, 0)
+        if f { stop = .fault(start: start, end: end, write: w); return .stop(nil) }
+        fill(start, end, 0)
+        return .next
+    }
+
+    mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        let v = pmd.load()
+        guard v.isHuge || !v.isPresent else { return .next }
+        if !v.isPresent {
+            let (f, w) = rangeNeedsFault(start, end, 0)
+            if f {
+                if v.swapEntry.isMigration {
+                    stop = .waitMigration(page: memory.page(v.swapEntry.pfn), at: start); return .stop(nil)
+                }
+                stop = .fault(start: start, end: end, write: w); return .stop(nil)
+            }
+            fill(start, end, 0)
+            return .skip
+        }
+        // A PMD-level leaf: every page reports the PMD order.
+        var cpu = v.isUser ? HMMPfn.valid : 0
+        if v.isUser && v.isWrite { cpu |= HMMPfn.write }
+        let (f, w) = rangeNeedsFault(start, end, cpu)
+        if f { stop = .fault(start: start, end: end, write: w); return .stop(nil) }
+        let orderBits = UInt64(PageTableLevel.pmd.shift - pageShift) << HMMPfn.orderShift
+        var a = start
+        while a < end {
+            pfns[index(a)] = (v.pfn + ((a & (pmdSize - 1)) >> pageShift)) | cpu | orderBits
+            a += pageSize
+        }
+        return .skip
+    }
+
+    mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
+        let i = index(addr)
+        let request = pfns[i]
+        let v = pte.load()
+        if v.isSwap {
+            let s = v.swapEntry
+            if s.isDevicePrivate, let owner, let pgmap = memory.pagemap(of: memory.page(s.pfn)), pgmap.isOwned(by: owner) {
+                pfns[i] = s.pfn | HMMPfn.valid | (s.isWrite ? HMMPfn.write : 0)
+                return .next
+            }
+            let (f, w) = needFault(request, 0)
+            if !f { pfns[i] = 0; return .next }
+            if s.isSwapSlot || s.isDevicePrivate || s.isDeviceExclusive {
+                stop = .fault(start: addr, end: faultEnd(addr), write: w); return .stop(nil)
+            }
+            if s.isMigration { stop = .waitMigration(page: memory.page(s.pfn), at: addr); return .stop(nil) }
+            stop = .error(.EFAULT)
+            return .stop(nil)
+        }
+        if v.isNone { // raced with a zap: a hole now
+            let (f, w) = needFault(request, 0)
+            if f { stop = .fault(start: addr, end: faultEnd(addr), write: w); return .stop(nil) }
+            pfns[i] = 0
+            return .next
+        }
+        var cpu: UInt64 = v.isUser ? HMMPfn.valid : 0
+        if v.isUser && v.isWrite { cpu |= HMMPfn.write }
+        let (f, w) = needFault(request, cpu)
+        if f { stop = .fault(start: addr, end: faultEnd(addr), write: w); return .stop(nil) }
+        if v.isSpecial && v.pfn != PhysicalMemory.zeroPfn {
+            // A special mapping with no page behind it: an error, or a fault error if asked for.
+            if needFault(request, 0).0 { stop = .error(.EFAULT); return .stop(nil) }
+            pfns[i] = HMMPfn.error
+            return .next
+        }
+        pfns[i] = v.pfn | cpu
+        return .next
+    }
+}
+
+extension AddressSpace {
+    /// `hmm_range_fault`: fills `range.hmmPfns` with the CPU page table's view of
+    /// [start, end), faulting pages in where requested (`defaultFlags` or per-page requests
+    /// under `pfnFlagsMask`). Device-private pages of `devPrivateOwner` are reported as they are;
+    /// those of other owners are faulted back to system memory when a fault is requested.
+    ///
+    /// Loop invariant: whenever a pass restarts from `last` (after a fault or a migration
+    /// wait), entries below `last` are outputs and entries from `last` on are still inputs.
+    ///
+    /// Locking: caller holds the mmap lock for read; no driver lock (faults may sleep).
+    /// Return: on success every entry is an output. Throws EBUSY when the notifier sequence
+    /// moved (restart from `readBegin`), EFAULT for holes, VMAs without read permission,
+    /// VM_IO/VM_PFNMAP VMAs or special mappings when a fault was requested there (and for a
+    /// fault that fails), EPERM for a write request on a VMA without write permission.
+    public func hmmRangeFault(_ range: inout HMMRange) throws(Errno) {
+        mmapLock.assertLocked()
+        guard range.start < range.end, isPageAligned(range.start), isPageAligned(range.end) else { throw .EINVAL }
+        var last = range.start
+        var restarts = 0
+        while true {
+            if range.notifier.checkRetry(range.notifierSeq) { throw .EBUSY }
+            let (start, end, defaults, mask, owner) = (range.start, range.end, range.defaultFlags, range.pfnFlagsMask, range.devPrivateOwner)
+            let stop = range.hmmPfns.withUnsafeMutableBufferPointer { buf in
+                walkHMM(start: start, end: end, defaults: defaults, flagsMask: mask, owner: owner, buf.baseAddress!, from: last)
+            }
+            guard let stop else { return }
+            switch stop {
+            case .error(let e): throw e
+            case .waitMigration(let page, let at):
+                if memory.tryGet(page) { page.waitUnlocked(); memory.put(page) }
+                last = at
+            case .fault(let start, let end, let write):
+                guard let vma = vmaLookup(start) else { throw .EFAULT }
+                if write && !vma.flags.contains(.write) { throw .EPERM }
+                var a = start
+                while a < end {
+                    switch handleMMFault(vma: vma, address: a, flags: write ? [.write, .remote] : [.remote]) {
+                    case .ok, .retry: break
+                    default: throw .EFAULT
+                    }
+                    a += pageSize
+                }
+                last = start
+            }
+            restarts += 1
+            if restarts > 100_000 { throw .EBUSY } // livelock guard: bounded, never a hang
+        }
+    }
+
+    /// One pass of `walk_page_range` with hmm's VMA test (`hmm_vma_walk_test`) and holes.
+    private func walkHMM(start rangeStart: UInt64, end rangeEnd: UInt64, defaults: UInt64, flagsMask: UInt64, owner: AnyObject?,
+                         _ pfns: UnsafeMutablePointer<UInt64>, from last: UInt64) -> HMMWalkStop? {
+        var addr = last
+        func needsFault(_ s: UInt64, _ e: UInt64) -> Bool {
+            var a = s
+            while a < e {
+                let req = (pfns[Int((a - rangeStart) >> pageShift)] & flagsMask) | defaults
+                if req & HMMPfn.requestFault != 0 { return true }
+                a += pageSize
+            }
+            return false
+        }
+        func fill(_ s: UInt64, _ e: UInt64, _ v: UInt64) {
+            var a = s
+            while a < e { pfns[Int((a - rangeStart) >> pageShift)] = v; a += pageSize }
+        }
+        while addr < rangeEnd {
+            let vma = findVMA(addr)
+            let holeEnd = min(vma.map { max($0.start, addr) } ?? rangeEnd, rangeEnd)
+            if holeEnd > addr {
+                // No VMA: an error for every page, or EFAULT if any was to be faulted.
+                if needsFault(addr, holeEnd) { return .error(.EFAULT) }
+                fill(addr, holeEnd, HMMPfn.error)
+                addr = holeEnd
+                continue
+            }
+            guard let vma else { break }
+            let segEnd = min(vma.end, rangeEnd)
+            if vma.flags.contains(.io) || vma.flags.contains(.pfnMap) || !vma.flags.contains(.read) {
+                if needsFault(addr, segEnd) { return .error(.EFAULT) }
+                fill(addr, segEnd, HMMPfn.error)
+                addr = segEnd
+                continue
+            }
+            var walker = HMMVMAWalker(memory: memory, rangeStart: rangeStart, segmentEnd: segEnd, vma: vma, pfns: pfns,
+                                      defaultFlags: defaults, flagsMask: flagsMask, owner: owner)
+            _ = pageTable.walk(addr, segEnd, &walker)
+            if let stop = walker.stop { return stop }
+            addr = segEnd
+        }
+        return nil
+    }
+}
