@@ -44,6 +44,11 @@ extension Dmirror {
             if let s = spage, s.isZoneDevice { continue } // already device memory
             if consumeFailAlloc(compound: false) { continue } // the injected allocation failure
             guard let dpage = device.allocatePage() else { continue }
+            // Fix of a race in the kernel's test driver: its own MIGRATE invalidation is
+            // ignored, so a concurrent device WRITE could still reach the old page after this
+            // copy. Dropping the entry first makes such a write fault, wait for the migration
+            // entry, and land on the new page.
+            if spage != nil { erase(vpn: (m.start >> pageShift) + UInt64(i)) }
             let rpage = device.backingPage(dpage)
             if let s = spage {
                 memory.frame(rpage.pfn).copyMemory(from: memory.frame(s.pfn), byteCount: Int(pageSize))
