@@ -300,9 +300,12 @@ public enum SelftestSuite {
 
     /// T20: a thread unmaps the second half while the device reads. Only a successful READ is
     /// checked. `rounds` lets the stress version run 1,000 of them.
-    public static func anonTeardown(_ f: Fixture, rounds: Int, seed: UInt64 = 1) throws {
+    /// Return: how many rounds' READ succeeded and how many failed with EFAULT.
+    @discardableResult
+    public static func anonTeardown(_ f: Fixture, rounds: Int, seed: UInt64 = 1) throws -> (ok: Int, efault: Int) {
         let npages = f.npg, size = npages * f.pageSize
         var rng = SplitMix(seed: seed)
+        var ok = 0, efault = 0
         for c in 0..<rounds {
             let b = try f.anonBuffer(size: size)
             try f.fill(b) { Int32($0 + c) }
@@ -315,16 +318,19 @@ public enum SelftestSuite {
             let ret = f.cmd(f.fd, .read, b, npages)
             t.join()
             if ret == 0 {
+                ok += 1
                 try expectEqual(b.cpages, UInt64(npages), "cpages (round \(c))")
                 try expectEqual(b.faults, 1, "faults (round \(c))")
                 try f.expectMirror(b, { Int32($0 + c) }, "mirror (round \(c))")
             } else {
+                efault += 1
                 try expect(ret == -Errno.EFAULT.rawValue, "READ failed with \(ret) (round \(c)), expected success or -EFAULT")
             }
             try f.process.munmap(b.ptr, length: UInt64(size / 2)) // the first half (the kernel test leaks it)
             let problems = f.machine.checkInvariants() + f.module.checkInvariants()
             try expect(problems.isEmpty, "invariants (round \(c)): \(problems)")
         }
+        return (ok, efault)
     }
 
     static func mixedmap(_ f: Fixture) throws {
