@@ -31,6 +31,11 @@ public final class Fixture {
     public let fd1: Dmirror?
     public let pageSize = Int(MMCore.pageSize)
     public let usedAtStart: Int
+    /// Run every invariant checker after each device command (off while a test runs other
+    /// threads against the same machine).
+    public var checkAfterEveryCommand = true
+    /// The first invariant violation seen after a command, reported at teardown.
+    public private(set) var commandProblems: [String] = []
     /// HMM_BUFFER_SIZE / page size.
     public var npg: Int { (4 << 20) / pageSize }
 
@@ -48,6 +53,7 @@ public final class Fixture {
     /// Teardown: close the devices, exit the process; every frame must come back and every
     /// invariant hold.
     public func teardown() throws {
+        try expect(commandProblems.isEmpty, "invariants after a command: \(commandProblems)")
         fd.close(); fd1?.close()
         cpu.detach()
         process.exit()
@@ -78,6 +84,12 @@ public final class Fixture {
     /// `hmm_dmirror_cmd`: 0 or -errno; cpages/faults copied only on success.
     public func cmd(_ dev: Dmirror, _ c: DmirrorCommand, _ b: Buffer, _ npages: Int) -> Int32 {
         var cmd = DmirrorCmd(addr: b.ptr, npages: UInt64(npages))
+        defer {
+            if checkAfterEveryCommand && commandProblems.isEmpty {
+                let p = machine.checkInvariants() + module.checkInvariants()
+                if !p.isEmpty { commandProblems = ["after \(c): "] + p }
+            }
+        }
         do {
             try dev.ioctl(c, &cmd, buffer: b.mirror)
             b.cpages = cmd.cpages; b.faults = cmd.faults
