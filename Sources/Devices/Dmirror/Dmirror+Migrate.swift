@@ -24,7 +24,7 @@ extension Dmirror {
         mm.mmapLock.lockRead()
         do {
             try forEachMigrationBatch(cmd.addr, end) { (vma, start, next) throws(Errno) in
-                let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: [.system, .compound])
+                let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: [.system, .compound], notifierOwner: self)
                 try m.setup()
                 allocAndCopyToDevice(m)
                 m.pages()
@@ -82,7 +82,8 @@ extension Dmirror {
         mm.mmapLock.lockRead()
         do {
             try forEachMigrationBatch(cmd.addr, end) { (vma, start, next) throws(Errno) in
-                let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: device.selectDevice.union(.compound))
+                let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: device.selectDevice.union(.compound),
+                                   notifierOwner: self)
                 try m.setup()
                 _ = device.allocAndCopyToSystem(m, mirror: self, isFault: false)
                 m.pages()

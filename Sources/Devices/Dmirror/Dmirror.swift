@@ -54,11 +54,14 @@ public final class Dmirror: @unchecked Sendable {
 
     /// `dmirror_interval_invalidate`.
     private func invalidate(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> Bool {
-        // The device's own migrations keep its table up to date themselves.
-        if range.event == .migrate && range.isOwned(by: device) { return true }
         if range.blockable { mutex.lock() } else if !mutex.tryLock() { return false }
+        // The sequence always moves, so a device fault that walked before this invalidation
+        // retries instead of installing a page that is about to be freed.
         sub.setSeq(seq)
-        doUpdate(range.start, range.end)
+        // Migrations this mirror started keep its table up to date themselves (the kernel
+        // driver compares with the device; we compare with the mirror, so other mirrors of the
+        // same device still drop their entries).
+        if !(range.event == .migrate && range.isOwned(by: self)) { doUpdate(range.start, range.end) }
         mutex.unlock()
         return true
     }

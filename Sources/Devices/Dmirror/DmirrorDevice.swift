@@ -21,7 +21,11 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// Locking: `lock` guards chunks, the free list and the counters (`devmem_lock`+`lock`).
     let lock = Lock("dmirror-device")
     var chunks: [DmirrorChunk] = []
+    /// Free device pages ready for allocation, and the same set for membership checks.
     var freePages: [UInt64] = []
+    var onFreeList: Set<UInt64> = []
+    /// Pages freed while their chunk was being removed (not on the free list).
+    var released: Set<UInt64> = []
     public private(set) var calloc = 0
     public private(set) var cfree = 0
     /// Which mirror migrated the data held by a backing page (the kernel keeps it in the
@@ -64,7 +68,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
                                                     owner: self, ops: self)
         chunks.append(DmirrorChunk(pagemap: pgmap))
         // Free list order: lowest pfn handed out first.
-        freePages.append(contentsOf: (pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)).reversed())
+        for pfn in (pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)).reversed() { pushFree(pfn) }
     }
 
     /// `dmirror_devmem_alloc_page`: a device page, referenced and locked. For private memory a
@@ -85,6 +89,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             }
         }
         let pfn = freePages.removeLast()
+        onFreeList.remove(pfn)
         calloc += 1
         lock.unlock()
         let page = memory.page(pfn)
@@ -108,9 +113,14 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         backingOwner[backing] = nil
         cfree += 1
         let keep = !(chunk(of: page)?.remove ?? true)
-        if keep { freePages.append(page.pfn) }
+        if keep { pushFree(page.pfn) } else { released.insert(page.pfn) }
         lock.unlock()
         if memoryType == .devicePrivate, backing != 0 { memory.put(memory.page(backing)) }
+    }
+
+    /// Locking: `lock` held. A page is on the free list at most once.
+    private func pushFree(_ pfn: UInt64) {
+        if onFreeList.insert(pfn).inserted { freePages.append(pfn) }
     }
 
     func recordOwner(backing: Page, mirror: Dmirror) { lock.withLock { backingOwner[backing.pfn] = WeakMirror(mirror) } }
@@ -121,8 +131,10 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// `dmirror_devmem_fault`: migrates the faulting page back to system memory.
     public func migrateToRAM(_ fault: DevicePrivateFault) -> FaultResult {
         let mirror = owner(ofBacking: fault.page.privateWord)
+        // The mirror that migrated the page erases its own entry below, so it may skip the
+        // MIGRATE invalidation (which would also drop the next page: the inclusive-end quirk).
         let m = MigrateVMA(vma: fault.vma, start: fault.address, end: fault.address + pageSize,
-                           pgmapOwner: self, flags: selectDevice, faultPage: fault.page)
+                           pgmapOwner: self, flags: selectDevice, faultPage: fault.page, notifierOwner: mirror ?? self)
         do { try m.setup() } catch { return .sigbus }
         if !allocAndCopyToSystem(m, mirror: mirror, isFault: true) { m.finalize(); return .oom }
         m.pages()
@@ -161,28 +173,35 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// device, still valid; a later RELEASE retries).
     func removeChunks() throws(Errno) {
         let list = lock.withLock { () -> [DmirrorChunk] in
-            for c in chunks { c.remove = true }
-            freePages.removeAll()
+            for c in chunks {
+                c.remove = true
+                // Free pages of a chunk being removed leave the free list.
+                let gone = onFreeList.filter { c.pagemap.contains($0) }
+                released.formUnion(gone)
+                onFreeList.subtract(gone)
+            }
+            freePages.removeAll { !onFreeList.contains($0) }
             return chunks
         }
         var busy = false
         for chunk in list {
             for _ in 0..<8 { if evict(chunk) == 0 { break } }
-            do { try memory.unregisterDeviceMemory(chunk.pagemap) } catch { busy = true; continue }
-            lock.withLock { chunks.removeAll { $0 === chunk } }
-        }
-        if busy {
-            // Keep what could not be released usable again.
-            lock.withLock {
-                for c in chunks {
-                    c.remove = false
-                    for pfn in c.pagemap.startPfn..<(c.pagemap.startPfn + c.pagemap.pageCount) where memory.page(pfn).refcount == 0 {
-                        freePages.append(pfn)
-                    }
+            do { try memory.unregisterDeviceMemory(chunk.pagemap) } catch {
+                // Some page could not be evicted: the chunk stays, and its free pages (those
+                // whose page-free ran) become allocatable again.
+                busy = true
+                lock.withLock {
+                    chunk.remove = false
+                    for pfn in released.filter({ chunk.pagemap.contains($0) }).sorted(by: >) { released.remove(pfn); pushFree(pfn) }
                 }
+                continue
             }
-            throw .EBUSY
+            lock.withLock {
+                chunks.removeAll { $0 === chunk }
+                released = released.filter { !chunk.pagemap.contains($0) }
+            }
         }
+        if busy { throw .EBUSY }
     }
 
     /// `dmirror_device_evict_chunk`. Return: pages of the chunk still in use afterwards.

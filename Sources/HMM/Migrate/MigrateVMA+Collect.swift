@@ -75,6 +75,7 @@ struct MigrateCollectWalker: PageWalker {
         guard page == migrate.faultPage || page.tryLock() else { memory.put(page); return .next }
         // Replace the entry by a migration entry; the mapping's rmap and reference go, ours stays.
         let exclusive = page.isAnon && page.test(.anonExclusive)
+        if exclusive { page.clear(.anonExclusive) } // carried by the migration entry now
         let old = ptep.exchange(.none)
         if old.isPresent && old.isDirty { page.set(.dirty) }
         let entry = SwapEntry.migration(pfn: page.pfn, write: mpfn & MigratePfn.write != 0, exclusive: exclusive)
@@ -92,7 +93,7 @@ extension MigrateVMA {
     /// `migrate_vma_collect`: under a MIGRATE invalidation owned by `pgmapOwner`, selects and
     /// unmaps pages. Every selected page with a struct page is left locked and referenced.
     func collect() {
-        let range = MMUNotifierRange(start: start, end: end, event: .migrate, owner: pgmapOwner)
+        let range = MMUNotifierRange(start: start, end: end, event: .migrate, owner: notifierOwner)
         mm.notifiers.invalidateRangeStart(range)
         var walker = MigrateCollectWalker(migrate: self, memory: memory, anonymous: vma.isAnonymous,
                                           src: [UInt64](repeating: 0, count: src.count))

@@ -58,7 +58,7 @@ enum MigratePhases {
                 guard let m = migrate else { src[i] &= ~MigratePfn.migrate; continue }
                 let addr = m.start + (UInt64(i) << pageShift)
                 if notified == nil {
-                    let r = MMUNotifierRange(start: addr, end: m.end, event: .migrate, owner: m.pgmapOwner)
+                    let r = MMUNotifierRange(start: addr, end: m.end, event: .migrate, owner: m.notifierOwner)
                     m.mm.notifiers.invalidateRangeStart(r)
                     notified = r
                 }
@@ -73,9 +73,9 @@ enum MigratePhases {
             guard page.mapcount == 0, page.refcount == expected else { src[i] &= ~MigratePfn.migrate; continue }
             newPage.setOwner(anon: av)
             newPage.index = page.index
+            // Exclusivity travels in the migration entries and is restored by finalize.
             var carry: PageFlags = [.uptodate, .swapBacked]
             if page.test(.dirty) { carry.insert(.dirty) }
-            if page.test(.anonExclusive) { carry.insert(.anonExclusive) }
             newPage.set(carry)
         }
         if let r = notified, let m = migrate { m.mm.notifiers.invalidateRangeEnd(r) }

@@ -51,10 +51,15 @@ public final class MigrateVMA {
     /// The device-private page a CPU fault is migrating (`fault_page`); it carries one more
     /// reference (the fault's).
     public let faultPage: Page?
+    /// The owner named in this migration's MIGRATE invalidations (default: `pgmapOwner`). A
+    /// driver passes the context that keeps its own table up to date, so only it may skip them.
+    public let notifierOwner: AnyObject?
     var mm: AddressSpace { vma.mm }
     var memory: PhysicalMemory { vma.mm.memory }
 
-    public init(vma: VMA, start: UInt64, end: UInt64, pgmapOwner: AnyObject?, flags: MigrateSelect, faultPage: Page? = nil) {
+    public init(vma: VMA, start: UInt64, end: UInt64, pgmapOwner: AnyObject?, flags: MigrateSelect, faultPage: Page? = nil,
+                notifierOwner: AnyObject? = nil) {
+        self.notifierOwner = notifierOwner ?? pgmapOwner
         self.vma = vma
         self.start = start & pageMask
         self.end = end & pageMask

@@ -79,6 +79,10 @@ extension AddressSpace {
             memory.frame(new.pfn).copyMemory(from: memory.frame(src.pfn), byteCount: Int(pageSize))
             machine.stats.count(.bytesCopied, Int(pageSize))
         }
+        // Mirrors must drop the old page (or the zero page) before the new one is mapped.
+        let range = MMUNotifierRange(start: address, end: address + pageSize, event: .clear)
+        notifiers.invalidateRangeStart(range)
+        defer { notifiers.invalidateRangeEnd(range) }
         ptl.lock()
         let now = ptep.load()
         guard now.isPresent, now.pfn == old.pfn, !now.isWrite else {

@@ -56,9 +56,7 @@ extension Machine {
         stats.count(.bytesCopied, Int(pageSize))
         new.setOwner(anon: av)
         new.index = index
-        var carry: PageFlags = [.uptodate, .swapBacked, .dirty]
-        if old.test(.anonExclusive) { carry.insert(.anonExclusive) }
-        new.set(carry)
+        new.set([.uptodate, .swapBacked, .dirty])
         removeMigrationPTEs(from: old, to: new, av: av, index: index, entries: unmapped)
         old.clear([.anonExclusive, .dirty])
         old.releaseOwner()
@@ -88,8 +86,11 @@ extension Machine {
                     guard s.isDevicePrivate || s.isDeviceExclusive else { return false }
                     write = s.isWrite; softDirty = ptep.load().isSoftDirty
                 }
-                ptep.store(SwapEntry.migration(pfn: page.pfn, write: write,
-                                               exclusive: page.test(.anonExclusive)).pte(softDirty: softDirty))
+                // The exclusive bit moves into the entry (folio_try_share_anon_rmap); restoring
+                // a write or read-exclusive entry makes the page exclusive again.
+                let exclusive = page.isAnon && page.test(.anonExclusive)
+                if exclusive { page.clear(.anonExclusive) }
+                ptep.store(SwapEntry.migration(pfn: page.pfn, write: write, exclusive: exclusive).pte(softDirty: softDirty))
                 if case .present = found { mm.flushTLB() }
                 memory.removeRmap(page)
                 return true
@@ -119,6 +120,9 @@ extension Machine {
             let write = s.isWrite && hit.vma.flags.contains(.write)
             memory.get(to)
             memory.addRmap(to)
+            if to.isAnon && (s.type == SwapEntry.migrationWrite || s.type == SwapEntry.migrationReadExclusive) {
+                to.set(.anonExclusive)
+            }
             if to.isDevicePrivate {
                 ptep.store(SwapEntry.devicePrivate(pfn: to.pfn, write: s.isWrite).pte(softDirty: ptep.load().isSoftDirty))
             } else {

@@ -98,8 +98,12 @@ struct ForkCopier: PageWalker {
         let s = v.swapEntry
         var e = v
         if s.isMigration {
-            // A writable migration entry becomes read-only in both (the new page is COW).
-            if s.isWrite && cow { e = s.readOnly().pte(softDirty: v.isSoftDirty); src.store(e) }
+            // A writable or read-exclusive migration entry becomes plain read in both: the page
+            // is now shared copy-on-write, so it must not be restored as exclusive.
+            if cow && s.type != SwapEntry.migrationRead {
+                e = SwapEntry.migration(pfn: s.pfn, write: false).pte(softDirty: v.isSoftDirty)
+                src.store(e)
+            }
         } else if s.isDevicePrivate || s.isDeviceExclusive {
             let page = memory.page(s.pfn)
             memory.get(page)

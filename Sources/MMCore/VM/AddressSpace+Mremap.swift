@@ -83,11 +83,19 @@ extension AddressSpace {
     /// `move_page_tables`: moves every entry of [from, from+length) to [to, to+length), under
     /// both PTE locks, bracketed by an UNMAP invalidation of the old range.
     private func movePageTables(from: UInt64, to: UInt64, length: UInt64) -> Errno? {
+        // Allocate every destination table first, so a failure leaves nothing half-moved.
+        var off: UInt64 = 0
+        while off < length {
+            let a = from + off
+            off += pageSize
+            guard let src = pageTable.lookup(a, level: .pte), src.level == .pte, !src.entry.load().isNone else { continue }
+            do { _ = try pageTable.walkAllocating(to + (a - from), level: .pte) } catch { return error }
+        }
         let range = MMUNotifierRange(start: from, end: from + length, event: .unmap)
         notifiers.invalidateRangeStart(range)
         defer { notifiers.invalidateRangeEnd(range) }
         var moved = false
-        var off: UInt64 = 0
+        off = 0
         while off < length {
             let a = from + off
             off += pageSize

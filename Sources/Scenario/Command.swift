@@ -1,0 +1,79 @@
+import MMCore
+
+/// A parsed command with helpers to read its arguments and expectations. Every accessor
+/// reports a malformed script at the argument's column.
+struct Command {
+    let name: Token
+    let args: [Argument]
+    let bind: Token?
+    let expects: [Argument]
+
+    /// Words that are flags wherever they appear (never positional values).
+    static let flagWords: Set<String> = ["u8", "u16", "u32", "u64", "shared", "private", "populate", "noreplace", "hugetlb",
+                                         "maymove", "dontunmap", "write", "pin", "longterm"]
+    var positional: [Token] { args.filter { $0.key == nil && !Command.flagWords.contains($0.value.text) }.map(\.value) }
+    var text: String {
+        var parts = [name.text] + args.map { a in a.key.map { "\($0.text)=\(a.value.text)" } ?? a.value.text }
+        if let b = bind { parts += ["->", b.text] }
+        if !expects.isEmpty { parts += ["expect"] + expects.map { a in a.key.map { "\($0.text)=\(a.value.text)" } ?? a.value.text } }
+        return parts.joined(separator: " ")
+    }
+
+    func fail(_ message: String) -> ScenarioSyntaxError { ScenarioSyntaxError(location: name.location, message: message) }
+
+    /// Positional argument `i`, described as `what` in errors.
+    func arg(_ i: Int, _ what: String) throws -> Token {
+        let p = positional
+        guard i < p.count else {
+            throw ScenarioSyntaxError(location: (args.last?.value.location ?? name.location), message: "expected \(what) as argument \(i + 1) of '\(name.text)'")
+        }
+        return p[i]
+    }
+    func optionalArg(_ i: Int) -> Token? { let p = positional; return i < p.count ? p[i] : nil }
+
+    func option(_ key: String) -> Token? { args.first { $0.key?.text == key }?.value }
+    func flag(_ word: String) -> Bool { args.contains { $0.key == nil && $0.value.text == word } }
+
+    /// Checks that only known keys and flag words are used.
+    func allow(keys: Set<String>, flags: Set<String> = [], positionals: Int) throws {
+        var seen = 0
+        for a in args {
+            if let k = a.key {
+                guard keys.contains(k.text) else { throw ScenarioSyntaxError(location: k.location, message: "expected one of \(keys.sorted().joined(separator: ", ")) for '\(name.text)', found '\(k.text)='") }
+            } else if flags.contains(a.value.text) {
+                continue
+            } else {
+                seen += 1
+                guard seen <= positionals else { throw ScenarioSyntaxError(location: a.value.location, message: "unexpected argument '\(a.value.text)' to '\(name.text)'") }
+            }
+        }
+    }
+
+    func expectation(_ key: String) -> Token? { expects.first { $0.key?.text == key }?.value }
+    var bareExpectations: [Token] { expects.filter { $0.key == nil }.map(\.value) }
+}
+
+extension ScenarioInterpreter {
+    func failure(_ cmd: Command, _ message: String) -> ScenarioFailure {
+        ScenarioFailure(location: cmd.name.location, message: message)
+    }
+
+    /// For system calls: `expect errno=EINVAL` / `expect EINVAL` / `expect ok` (default ok).
+    func checkErrno(_ cmd: Command, _ got: Errno?) throws {
+        var want: Errno? = nil
+        var wantGiven = false
+        for t in cmd.bareExpectations {
+            if t.text == "ok" { wantGiven = true; want = nil; continue }
+            guard let e = parseErrno(t.text) else { throw ScenarioSyntaxError(location: t.location, message: "expected 'ok' or an errno name, found '\(t.text)'") }
+            want = e; wantGiven = true
+        }
+        if let t = cmd.expectation("errno") {
+            guard let e = parseErrno(t.text) else { throw ScenarioSyntaxError(location: t.location, message: "expected an errno name, found '\(t.text)'") }
+            want = e; wantGiven = true
+        }
+        _ = wantGiven
+        if got != want {
+            throw failure(cmd, "expected \(want.map { $0.name } ?? "success"), got \(got.map { $0.name } ?? "success")")
+        }
+    }
+}

@@ -1,0 +1,250 @@
+import Devices
+import HMM
+import MMCore
+import MMSync
+
+extension ScenarioInterpreter {
+    func device(_ t: Token) throws -> Dmirror {
+        try state.withLock {
+            guard let d = devices[t.text] else { throw ScenarioSyntaxError(location: t.location, message: "expected a device opened with 'open', got '\(t.text)'") }
+            return d
+        }
+    }
+
+    func buffer(_ t: Token) throws -> DmirrorBuffer {
+        try state.withLock {
+            guard let b = buffers[t.text] else { throw ScenarioSyntaxError(location: t.location, message: "expected a buffer created with 'buffer' or bound with '->', got '\(t.text)'") }
+            return b
+        }
+    }
+
+    /// `buffer NAME SIZE [fill=PATTERN]` and `check_buffer NAME OFFSET LEN PATTERN [index=N]`.
+    func bufferCommand(_ cmd: Command, _ ctx: Context) throws {
+        if cmd.name.text == "check_buffer" {
+            try cmd.allow(keys: ["index"], positionals: 4)
+            let b = try buffer(try cmd.arg(0, "a buffer"))
+            let off = try eval(try cmd.arg(1, "an offset"), ctx), len = try eval(try cmd.arg(2, "a length"), ctx)
+            guard off <= UInt64(b.count), len <= UInt64(b.count) - off else { throw cmd.fail("expected a range inside the buffer (\(b.count) bytes)") }
+            let pattern = try Pattern.parse(try cmd.arg(3, "a pattern"), lookup(ctx))
+            let index = Int(try cmd.option("index").map { try eval($0, ctx) } ?? 0)
+            let bytes = Array(b.bytes[Int(off)..<Int(off + len)])
+            if let msg = compare(bytes, pattern, index: index) { throw failure(cmd, msg) }
+            return
+        }
+        try cmd.allow(keys: ["fill"], positionals: 2)
+        let name = try cmd.arg(0, "a buffer name")
+        let size = try eval(try cmd.arg(1, "a size"), ctx)
+        guard size <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a buffer of at most 256MiB") }
+        let b = DmirrorBuffer(size: Int(size))
+        if let f = cmd.option("fill") { try fill(b, try Pattern.parse(f, lookup(ctx))) }
+        state.withLock { buffers[name.text] = b }
+        trace(cmd, "ok")
+    }
+
+    func fill(_ b: DmirrorBuffer, _ p: Pattern) throws {
+        for k in 0..<(b.count / 4) { b.bytes.storeBytes(of: p.int(k), toByteOffset: k * 4, as: UInt32.self) }
+    }
+
+    /// `open MINOR [proc=P] -> NAME`: opens /dev/hmm_dmirrorMINOR for a process.
+    func openCommand(_ cmd: Command, _ ctx: Context) throws {
+        try cmd.allow(keys: ["proc"], positionals: 1)
+        guard let name = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the open device") }
+        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let minor = try eval(try cmd.arg(0, "a device number (0–3)"), ctx)
+        _ = try theMachine(at: cmd.name.location)
+        guard let module = state.withLock({ module }) else { throw cmd.fail("expected a machine") }
+        do {
+            let d = try module.open(minor: Int(min(minor, 1 << 20)), mm: proc.mm)
+            try checkErrno(cmd, nil)
+            state.withLock { devices[name.text] = d }
+            trace(cmd, "dmirror\(minor)")
+        } catch let e as Errno {
+            trace(cmd, e.name)
+            try checkErrno(cmd, e)
+        }
+    }
+
+    func closeCommand(_ cmd: Command) throws {
+        try cmd.allow(keys: [], positionals: 1)
+        let t = try cmd.arg(0, "a device")
+        let d = try device(t)
+        d.close()
+        state.withLock { devices[t.text] = nil }
+        trace(cmd, "0")
+    }
+
+    func mmapDeviceCommand(_ cmd: Command, _ ctx: Context) throws {
+        try cmd.allow(keys: ["prot"], flags: ["shared", "private"], positionals: 2)
+        let d = try device(try cmd.arg(0, "a device"))
+        let size = try eval(try cmd.arg(1, "a size"), ctx)
+        let prot = try cmd.option("prot").map(parseProt) ?? .readWrite
+        do {
+            let a = try d.mmapDevice(length: size, prot: prot, flags: cmd.flag("shared") ? .shared : .private)
+            try checkErrno(cmd, nil)
+            bindRegion(cmd, a, (size + pageSize - 1) & pageMask)
+            trace(cmd, "0x" + String(a, radix: 16))
+        } catch let e as Errno {
+            try checkErrno(cmd, e)
+        }
+    }
+
+    /// The dmirror commands: `CMD DEV ADDR NPAGES [buffer=B] [-> B] expect ret=… cpages=…
+    /// faults=… mirror=PATTERN bytes=LIST`.
+    func deviceCommand(_ cmd: Command, _ ctx: Context) throws {
+        let c: DmirrorCommand
+        switch cmd.name.text {
+        case "read": c = .read
+        case "write": c = .write
+        case "migrate_to_dev": c = .migrateToDevice
+        case "migrate_to_sys": c = .migrateToSystem
+        case "snapshot": c = .snapshot
+        case "exclusive": c = .exclusive
+        case "check_exclusive": c = .checkExclusive
+        case "release": c = .release
+        default: c = .flags
+        }
+        try cmd.allow(keys: ["buffer", "from"], positionals: c == .flags ? 2 : (c == .release ? 3 : 3))
+        let d = try device(try cmd.arg(0, "a device"))
+        var dcmd: DmirrorCmd
+        switch c {
+        case .flags: dcmd = DmirrorCmd(addr: 0, npages: try eval(try cmd.arg(1, "a flags value"), ctx))
+        case .release:
+            dcmd = DmirrorCmd(addr: try cmd.optionalArg(1).map { try eval($0, ctx) } ?? 0, npages: try cmd.optionalArg(2).map { try eval($0, ctx) } ?? 1)
+        default: dcmd = DmirrorCmd(addr: try eval(try cmd.arg(1, "an address"), ctx), npages: try eval(try cmd.arg(2, "a page count"), ctx))
+        }
+        var buf: DmirrorBuffer? = nil
+        if let b = cmd.option("buffer") { buf = try buffer(b) } else if [.read, .write, .migrateToDevice, .snapshot, .exclusive].contains(c) {
+            let bytes = c == .snapshot ? dcmd.npages : dcmd.npages &* pageSize
+            guard bytes <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected at most 256MiB of buffer for '\(cmd.name.text)'") }
+            buf = DmirrorBuffer(size: Int(bytes))
+        }
+        if let f = cmd.option("from"), let b = buf { try fill(b, try Pattern.parse(f, lookup(ctx))) }
+        if let bind = cmd.bind, let b = buf { state.withLock { buffers[bind.text] = b } }
+        var err: Errno? = nil
+        do { try d.ioctl(c, &dcmd, buffer: buf) } catch { err = error }
+        trace(cmd, "ret \(err.map { "-\($0.name)" } ?? "0") cpages \(dcmd.cpages) faults \(dcmd.faults)")
+        try checkDeviceExpectations(cmd, ctx, err, dcmd, buf)
+    }
+
+    func checkDeviceExpectations(_ cmd: Command, _ ctx: Context, _ err: Errno?, _ dcmd: DmirrorCmd, _ buf: DmirrorBuffer?) throws {
+        let ret = err.map { "-\($0.name)" } ?? "0"
+        // `ret=0`, `ret=-EFAULT`, or alternatives `ret=0|-EFAULT` (other expectations then apply
+        // only when the command succeeded).
+        let wantRet = cmd.expectation("ret")?.text ?? "0"
+        let alternatives = wantRet.split(separator: "|").map { alt -> String in
+            alt == "0" ? "0" : (alt.hasPrefix("-") ? String(alt) : "-" + alt)
+        }
+        for alt in alternatives where alt != "0" && parseErrno(alt) == nil {
+            throw ScenarioSyntaxError(location: cmd.expectation("ret")!.location, message: "expected ret=0 or ret=-ERRNO (alternatives separated by '|'), found '\(wantRet)'")
+        }
+        if alternatives.isEmpty || !alternatives.contains(ret) { throw failure(cmd, "expected ret=\(wantRet), got ret=\(ret)") }
+        if ret != "0" { return }
+        for a in cmd.expects {
+            guard let k = a.key else { throw ScenarioSyntaxError(location: a.location, message: "expected key=value (ret, cpages, faults, mirror, bytes)") }
+            switch k.text {
+            case "ret": continue
+            case "cpages", "faults":
+                let want = try eval(a.value, ctx)
+                let got = k.text == "cpages" ? dcmd.cpages : dcmd.faults
+                if got != want { throw failure(cmd, "expected \(k.text)=\(want), got \(k.text)=\(got)") }
+            case "mirror":
+                guard let b = buf else { throw failure(cmd, "expected a buffer to check") }
+                let pattern = try Pattern.parse(a.value, lookup(ctx))
+                if let msg = compare(Array(b.bytes), pattern, index: 0) { throw failure(cmd, "mirror: " + msg) }
+            case "bytes":
+                guard let b = buf else { throw failure(cmd, "expected a buffer to check") }
+                let want = try parseByteList(a.value)
+                let got = Array(b.bytes.prefix(want.count))
+                if got != want {
+                    let i = zip(got, want).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(got.count, want.count)
+                    throw failure(cmd, "expected byte \(i) = 0x\(String(want[min(i, want.count - 1)], radix: 16)), got \(i < got.count ? "0x" + String(got[i], radix: 16) : "nothing")")
+                }
+            default:
+                throw ScenarioSyntaxError(location: k.location, message: "expected one of ret, cpages, faults, mirror, bytes; found '\(k.text)'")
+            }
+        }
+    }
+
+    // MARK: GUP, pagemap, migration, invariants
+
+    func gupCommand(_ cmd: Command, _ ctx: Context) throws {
+        try cmd.allow(keys: ["proc"], flags: ["write", "pin", "longterm"], positionals: 2)
+        guard let h = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the pinned pages") }
+        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let a = try eval(try cmd.arg(0, "an address"), ctx), n = try eval(try cmd.arg(1, "a page count"), ctx)
+        guard n <= 1 << 20 else { throw cmd.fail("expected at most 1048576 pages") }
+        var flags: FollFlags = []
+        if cmd.flag("write") { flags.insert(.write) }
+        if cmd.flag("pin") { flags.insert(.pin) }
+        if cmd.flag("longterm") { flags.insert(.longterm) }
+        do {
+            let pages = try proc.mm.getUserPages(a, count: Int(n), flags: flags)
+            try checkErrno(cmd, nil)
+            state.withLock { gups[h.text] = (proc.mm, pages, flags.contains(.pin)) }
+            trace(cmd, "\(pages.count) pages")
+        } catch let e as Errno {
+            trace(cmd, e.name)
+            try checkErrno(cmd, e)
+        }
+    }
+
+    func putCommand(_ cmd: Command) throws {
+        try cmd.allow(keys: [], positionals: 1)
+        let t = try cmd.arg(0, "a name bound by 'gup'")
+        guard let g = state.withLock({ gups.removeValue(forKey: t.text) }) else {
+            throw ScenarioSyntaxError(location: t.location, message: "expected pages bound by 'gup', got '\(t.text)'")
+        }
+        if g.pin { g.mm.unpinUserPages(g.pages) } else { g.mm.putUserPages(g.pages) }
+        trace(cmd, "ok")
+    }
+
+    /// `pagemap ADDR [NPAGES] expect present|swap|none|file`: every page must match.
+    func pagemapCommand(_ cmd: Command, _ ctx: Context) throws {
+        try cmd.allow(keys: ["proc"], positionals: 2)
+        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let a = try eval(try cmd.arg(0, "an address"), ctx)
+        let n = try cmd.optionalArg(1).map { try eval($0, ctx) } ?? 1
+        guard n <= 1 << 20 else { throw cmd.fail("expected at most 1048576 pages") }
+        let entries: [PagemapEntry]
+        do { entries = try proc.mm.pagemap(a, count: Int(n)) } catch let e as Errno { try checkErrno(cmd, e); return }
+        for t in cmd.bareExpectations {
+            for (i, e) in entries.enumerated() {
+                let ok: Bool
+                switch t.text {
+                case "present": ok = e.isPresent
+                case "swap": ok = e.isSwap && !e.isPresent
+                case "none": ok = e.raw == 0
+                case "file": ok = e.isFileOrSharedAnon
+                case "zero": ok = e.isPresent && e.pfn == 0
+                default: throw ScenarioSyntaxError(location: t.location, message: "expected present, swap, none, file or zero")
+                }
+                if !ok { throw failure(cmd, "expected page \(i) \(t.text), got \(e)") }
+            }
+        }
+        trace(cmd, entries.map { $0.isPresent ? "P" : ($0.isSwap ? "S" : "-") }.joined())
+    }
+
+    func migratePagesCommand(_ cmd: Command, _ ctx: Context) throws {
+        try cmd.allow(keys: ["proc"], positionals: 2)
+        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let a = try eval(try cmd.arg(0, "an address"), ctx)
+        let n = try cmd.optionalArg(1).map { try eval($0, ctx) } ?? 1
+        guard n <= 1 << 20 else { throw cmd.fail("expected at most 1048576 pages") }
+        let pfns: [UInt64]
+        do { pfns = try proc.mm.pagemap(a, count: Int(n)).filter(\.isPresent).map(\.pfn) } catch let e as Errno { try checkErrno(cmd, e); return }
+        let r = proc.machine.migratePages(pfns)
+        trace(cmd, "\(r.migrated.count) migrated, \(r.failed.count) failed")
+        if let m = cmd.expectation("migrated") {
+            let want = try eval(m, ctx)
+            if UInt64(r.migrated.count) != want { throw failure(cmd, "expected migrated=\(want), got migrated=\(r.migrated.count)") }
+        }
+    }
+
+    func invariantsCommand(_ cmd: Command) throws {
+        try cmd.allow(keys: [], positionals: 0)
+        let m = try theMachine(at: cmd.name.location)
+        let problems = m.checkInvariants() + (state.withLock { module }?.checkInvariants() ?? [])
+        if !problems.isEmpty { throw failure(cmd, "expected every invariant to hold, got: " + problems.prefix(5).joined(separator: "; ")) }
+        trace(cmd, "hold")
+    }
+}

@@ -1,0 +1,282 @@
+import Devices
+import HMM
+import MMCore
+import MMSync
+
+/// An expectation that did not hold (exit status 1).
+public struct ScenarioFailure: Error, CustomStringConvertible {
+    public let location: SourceLocation
+    public let message: String
+    /// `file:line: expected …, got …`
+    public var description: String { "\(location.file):\(location.line): \(message)" }
+}
+
+/// The outcome of one script.
+public enum ScenarioOutcome: Equatable {
+    case passed
+    case skipped(String)
+    case failed(String)      // exit 1
+    case malformed(String)   // exit 2
+    public var exitCode: Int32 {
+        switch self { case .passed, .skipped: return 0; case .failed: return 1; case .malformed: return 2 }
+    }
+}
+
+/// Interprets scenario scripts (see docs/scenario-language.md).
+public final class ScenarioInterpreter {
+    public struct Options {
+        public var trace = false
+        public var output: (String) -> Void = { print($0) }
+        public var stats = false
+        /// Step budget of one script (lower it to bound fuzzing).
+        public var maxSteps = 20_000_000
+        public init() {}
+    }
+
+    let options: Options
+    /// Bounds that keep any input from hanging the interpreter.
+    static let maxRepeat: UInt64 = 1 << 24
+    static let maxAccessBytes: UInt64 = 256 << 20
+    static let maxIncludeDepth = 16
+
+    // Shared state. Locking: `state` guards every dictionary below.
+    let state = Lock("scenario")
+    var machine: Machine?
+    var module: DmirrorModule?
+    var variables: [String: UInt64] = [:]
+    var processes: [String: MMCore.Process] = [:]
+    var processOrder: [String] = []
+    var currentProcess: String?
+    var cpus: [ObjectIdentifier: CPU] = [:]
+    var devices: [String: Dmirror] = [:]
+    var files: [String: ShmemFile] = [:]
+    var buffers: [String: DmirrorBuffer] = [:]
+    var gups: [String: (mm: AddressSpace, pages: [Page], pin: Bool)] = [:]
+    let steps = AtomicCounter(0)
+    var includeDepth = 0
+    var skipReason: String?
+    var machineMemory: UInt64 = 512 << 20
+
+    public init(options: Options = Options()) { self.options = options }
+
+    /// Runs one script file.
+    public func run(path: String) -> ScenarioOutcome {
+        do {
+            let source = try readFile(path, at: nil)
+            return run(source: source, file: path)
+        } catch let e as ScenarioSyntaxError {
+            return .malformed(e.description)
+        } catch {
+            return .malformed("\(path): \(error)")
+        }
+    }
+
+    /// Runs a script given as text (`file` names it in messages).
+    public func run(source: String, file: String) -> ScenarioOutcome {
+        defer { teardown() }
+        do {
+            let program = try parse(source, file: file)
+            try execute(program, Context(cpu: nil, locals: [:]))
+            if let reason = skipReason { return .skipped(reason) }
+            return .passed
+        } catch let e as ScenarioSyntaxError {
+            return .malformed(e.description)
+        } catch let e as ScenarioFailure {
+            return .failed(e.description)
+        } catch let e as SkipScenario {
+            return .skipped(e.reason)
+        } catch {
+            return .malformed("\(file): \(error)")
+        }
+    }
+
+    func parse(_ source: String, file: String) throws -> [Statement] {
+        let tokens = try Lexer.tokenize(source, file: file)
+        var parser = Parser(tokens: tokens) { [unowned self] path, loc in
+            guard self.includeDepth < ScenarioInterpreter.maxIncludeDepth else {
+                throw ScenarioSyntaxError(location: loc, message: "includes nested deeper than \(ScenarioInterpreter.maxIncludeDepth)")
+            }
+            self.includeDepth += 1
+            defer { self.includeDepth -= 1 }
+            let resolved = self.resolve(path, relativeTo: file)
+            return try self.parse(try self.readFile(resolved, at: loc), file: resolved)
+        }
+        return try parser.parseStatements(inBlock: false)
+    }
+
+    func resolve(_ path: String, relativeTo file: String) -> String {
+        if path.hasPrefix("/") { return path }
+        if let slash = file.lastIndex(of: "/") { return String(file[...slash]) + path }
+        return path
+    }
+
+    func readFile(_ path: String, at loc: SourceLocation?) throws -> String {
+        guard let f = fopen(path, "rb") else {
+            throw ScenarioSyntaxError(location: loc ?? SourceLocation(file: path, line: 1, column: 1), message: "cannot open '\(path)'")
+        }
+        defer { fclose(f) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, f)
+            if n <= 0 { break }
+            bytes += chunk[0..<n]
+            if bytes.count > Lexer.maxBytes { break }
+        }
+        guard let s = String(validating: bytes, as: UTF8.self) else {
+            throw ScenarioSyntaxError(location: loc ?? SourceLocation(file: path, line: 1, column: 1), message: "expected UTF-8 text in '\(path)'")
+        }
+        return s
+    }
+
+    func teardown() {
+        if options.stats, let m = state.withLock({ machine }) {
+            options.output("stats:")
+            for (name, value) in m.stats.snapshot() where value != 0 { options.output("  \(name): \(value)") }
+        }
+        let (devs, procs, gs) = state.withLock { (Array(devices.values), processOrder.compactMap { processes[$0] }, Array(gups.values)) }
+        for g in gs { if g.pin { g.mm.unpinUserPages(g.pages) } else { g.mm.putUserPages(g.pages) } }
+        for d in devs { d.close() }
+        for c in state.withLock({ Array(cpus.values) }) { c.detach() }
+        for p in procs { p.exit() }
+        state.withLock {
+            devices.removeAll(); processes.removeAll(); processOrder.removeAll(); cpus.removeAll(); gups.removeAll()
+            files.removeAll(); buffers.removeAll(); variables.removeAll()
+            module = nil; machine = nil
+        }
+    }
+
+    /// Per-thread execution context: the CPU of a `thread` block and loop variables.
+    struct Context {
+        var cpu: CPU?
+        var locals: [String: UInt64]
+        var process: String?
+    }
+
+    struct SkipScenario: Error { let reason: String }
+
+    // MARK: statements
+
+    func execute(_ program: [Statement], _ ctx: Context) throws {
+        var ctx = ctx
+        for stmt in program { try execute(stmt, &ctx) }
+    }
+
+    func execute(_ stmt: Statement, _ ctx: inout Context) throws {
+        guard steps.add(1) <= options.maxSteps else {
+            throw ScenarioFailure(location: location(of: stmt), message: "expected the script to finish within \(options.maxSteps) steps, got more")
+        }
+        switch stmt {
+        case .letBinding(let name, let value):
+            let v = try eval(value, ctx)
+            ctx.locals[name.text] = v
+            state.withLock { variables[name.text] = v }
+        case .repeatBlock(_, let countTok, let variable, let body):
+            let count = try eval(countTok, ctx)
+            guard count <= ScenarioInterpreter.maxRepeat else {
+                throw ScenarioSyntaxError(location: countTok.location, message: "expected a repeat count of at most \(ScenarioInterpreter.maxRepeat), got \(count)")
+            }
+            for i in 0..<count {
+                var inner = ctx
+                if let v = variable { inner.locals[v.text] = i }
+                for s in body { try execute(s, &inner) }
+            }
+        case .concurrent(_, let threads):
+            try runConcurrent(threads, ctx)
+        case .command(let name, let args, let bind, let expects):
+            let cmd = Command(name: name, args: args, bind: bind, expects: expects)
+            if options.trace {
+                let before = pageTableCensus()
+                defer { traceChanges(before, pageTableCensus()) }
+                try dispatch(cmd, &ctx)
+            } else {
+                try dispatch(cmd, &ctx)
+            }
+        }
+    }
+
+    func location(of stmt: Statement) -> SourceLocation {
+        switch stmt {
+        case .command(let n, _, _, _): return n.location
+        case .letBinding(let n, _): return n.location
+        case .repeatBlock(let k, _, _, _): return k.location
+        case .concurrent(let k, _): return k.location
+        }
+    }
+
+    private func runConcurrent(_ threads: [ThreadBlock], _ ctx: Context) throws {
+        var errors: [Error?] = Array(repeating: nil, count: threads.count)
+        let errLock = Lock("scenario-errors")
+        var workers: [ModelThread] = []
+        for (i, t) in threads.enumerated() {
+            var inner = ctx
+            for a in t.args {
+                guard a.key?.text == "proc" else { throw ScenarioSyntaxError(location: a.location, message: "expected 'proc=NAME' after 'thread'") }
+                inner.process = a.value.text
+            }
+            let proc = try process(named: inner.process, at: t.keyword.location)
+            let cpu = proc.makeCPU()
+            inner.cpu = cpu
+            let body = t.body
+            workers.append(ModelThread.spawn(name: "scenario-thread\(i)") { [self] in
+                do { try self.execute(body, inner) } catch { errLock.withLock { errors[i] = error } }
+                cpu.detach()
+            })
+        }
+        workers.forEach { $0.join() }
+        for e in errors { if let e { throw e } }
+    }
+
+    // MARK: values
+
+    func lookup(_ ctx: Context) -> (String) -> UInt64? {
+        let locals = ctx.locals
+        return { [unowned self] name in locals[name] ?? self.state.withLock { self.variables[name] } }
+    }
+
+    func eval(_ t: Token, _ ctx: Context) throws -> UInt64 { try Expression.evaluate(t, lookup(ctx)) }
+
+    func process(named name: String?, at loc: SourceLocation) throws -> MMCore.Process {
+        try state.withLock {
+            let n = name ?? currentProcess
+            guard let n else { throw ScenarioSyntaxError(location: loc, message: "expected a process: create one with 'process NAME' first") }
+            guard let p = processes[n] else { throw ScenarioSyntaxError(location: loc, message: "expected a known process, got '\(n)'") }
+            return p
+        }
+    }
+
+    /// The machine, created on first use with the configured memory.
+    func theMachine(at loc: SourceLocation) throws -> Machine {
+        try state.withLock {
+            if let m = machine { return m }
+            do {
+                let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30)
+                machine = m
+                module = DmirrorModule(machine: m)
+                return m
+            } catch {
+                throw ScenarioFailure(location: loc, message: "expected a machine of \(machineMemory) bytes, got \(error)")
+            }
+        }
+    }
+
+    /// The CPU a command runs on: the thread block's, or the process's main CPU.
+    func cpu(for proc: MMCore.Process, _ ctx: Context) -> CPU {
+        if let c = ctx.cpu, c.mm === proc.mm { return c }
+        return state.withLock {
+            if let c = cpus[ObjectIdentifier(proc)] { return c }
+            let c = proc.makeCPU()
+            cpus[ObjectIdentifier(proc)] = c
+            return c
+        }
+    }
+
+    func trace(_ cmd: Command, _ result: String) {
+        guard options.trace else { return }
+        options.output("\(cmd.name.location.file):\(cmd.name.location.line): \(cmd.text) = \(result)")
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
