@@ -30,7 +30,7 @@ let package = Package(
         .testTarget(name: "MMSyncTests", dependencies: ["MMSync"]),
         .testTarget(name: "MMCoreTests", dependencies: ["MMCore", "MMSync"]),
         .testTarget(name: "HMMTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices", "Conformance"]),
-        .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore"]),
+        .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore", "MMSync"]),
     ],
     swiftLanguageModes: [.v5]
 )

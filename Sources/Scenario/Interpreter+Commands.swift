@@ -34,7 +34,7 @@ extension ScenarioInterpreter {
             guard ns <= 1_000_000_000 else { throw cmd.fail("expected a sleep of at most 1 s (1000000000 ns)") }
             syncSleep(nanoseconds: ns)
         case "print":
-            options.output(cmd.args.map { $0.value.text }.joined(separator: " "))
+            emit(cmd.args.map { $0.value.text }.joined(separator: " "))
         case "skip":
             let reason = cmd.args.map { $0.value.text }.joined(separator: " ")
             throw SkipScenario(reason: reason.isEmpty ? "skipped" : reason)

@@ -45,6 +45,6 @@ extension ScenarioInterpreter {
             let b = before.device[name] ?? 0, a = after.device[name] ?? 0
             if a != b { parts.append("device pt \(name): \(a) entries (\(a - b >= 0 ? "+" : "")\(a - b))") }
         }
-        for p in parts { options.output("    \(p)") }
+        for p in parts { emit("    \(p)") }
     }
 }

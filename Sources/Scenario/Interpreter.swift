@@ -53,6 +53,7 @@ public final class ScenarioInterpreter {
     var buffers: [String: DmirrorBuffer] = [:]
     var gups: [String: (mm: AddressSpace, pages: [Page], pin: Bool)] = [:]
     let steps = AtomicCounter(0)
+    let outputLock = Lock("scenario-output")
     var includeDepth = 0
     var skipReason: String?
     var machineMemory: UInt64 = 512 << 20
@@ -131,8 +132,8 @@ public final class ScenarioInterpreter {
 
     func teardown() {
         if options.stats, let m = state.withLock({ machine }) {
-            options.output("stats:")
-            for (name, value) in m.stats.snapshot() where value != 0 { options.output("  \(name): \(value)") }
+            emit("stats:")
+            for (name, value) in m.stats.snapshot() where value != 0 { emit("  \(name): \(value)") }
         }
         let (devs, procs, gs) = state.withLock { (Array(devices.values), processOrder.compactMap { processes[$0] }, Array(gups.values)) }
         for g in gs { if g.pin { g.mm.unpinUserPages(g.pages) } else { g.mm.putUserPages(g.pages) } }
@@ -273,8 +274,11 @@ public final class ScenarioInterpreter {
 
     func trace(_ cmd: Command, _ result: String) {
         guard options.trace else { return }
-        options.output("\(cmd.name.location.file):\(cmd.name.location.line): \(cmd.text) = \(result)")
+        emit("\(cmd.name.location.file):\(cmd.name.location.line): \(cmd.text) = \(result)")
     }
+
+    /// Output from any thread, one line at a time.
+    func emit(_ line: String) { outputLock.withLock { options.output(line) } }
 }
 
 #if canImport(Glibc)
