@@ -1,6 +1,147 @@
+#define _GNU_SOURCE
 #include "NativeBaselines.h"
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
 uint64_t nb_sum_words(const uint64_t *base, size_t count) {
     uint64_t s = 0;
     for (size_t i = 0; i < count; i++) s += base[i];
     return s;
+}
+
+double nb_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+#define PFN_MASK 0x000FFFFFFFFFF000ull
+
+void *nb_walk(uint8_t *frame_base, uint64_t pgd_pfn, uint64_t addr) {
+    uint64_t table = pgd_pfn;
+    for (int level = 3; level >= 0; level--) {
+        unsigned shift = 12 + 9 * (unsigned)level;
+        const volatile uint64_t *t = (const volatile uint64_t *)(frame_base + (table << 12));
+        uint64_t e = t[(addr >> shift) & 511];
+        if (!(e & 1)) return NULL;
+        uint64_t pfn = (e & PFN_MASK) >> 12;
+        if (level == 0 || (e & 0x80)) {
+            uint64_t sub = level == 0 ? 0 : (addr & ((1ull << shift) - 1)) >> 12;
+            return frame_base + ((pfn + sub) << 12) + (addr & 0xFFF);
+        }
+        table = pfn;
+    }
+    return NULL;
+}
+
+uint64_t nb_walk_many(uint8_t *frame_base, uint64_t pgd_pfn, const uint64_t *addrs, size_t n) {
+    uint64_t s = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *p = nb_walk(frame_base, pgd_pfn, addrs[i]);
+        if (p) s += *p;
+    }
+    return s;
+}
+
+struct nb_tlb { uint64_t tags[256]; uint8_t *frames[256]; };
+
+static inline uint8_t *nb_translate(struct nb_tlb *tlb, uint8_t *fb, uint64_t pgd, uint64_t a, int write) {
+    uint64_t vpn = a >> 12;
+    unsigned slot = (unsigned)vpn & 255;
+    uint64_t want = vpn << 2 | 1;
+    uint64_t tag = tlb->tags[slot];
+    if (write ? tag == (want | 2) : (tag & ~2ull) == want) return tlb->frames[slot] + (a & 0xFFF);
+    uint8_t *p = nb_walk(fb, pgd, a & ~0xFFFull);
+    if (!p) return NULL;
+    tlb->tags[slot] = want | 2;
+    tlb->frames[slot] = p;
+    return p + (a & 0xFFF);
+}
+
+uint64_t nb_tlb_loads(uint8_t *fb, uint64_t pgd, const uint64_t *addrs, size_t n, int passes) {
+    static struct nb_tlb tlb;
+    memset(&tlb, 0, sizeof tlb);
+    uint64_t s = 0;
+    for (int p = 0; p < passes; p++)
+        for (size_t i = 0; i < n; i++) {
+            uint8_t *h = nb_translate(&tlb, fb, pgd, addrs[i], 0);
+            if (h) s += *(volatile uint64_t *)h;
+        }
+    return s;
+}
+
+void nb_tlb_stores(uint8_t *fb, uint64_t pgd, const uint64_t *addrs, size_t n, int passes, uint64_t value) {
+    static struct nb_tlb tlb;
+    memset(&tlb, 0, sizeof tlb);
+    for (int p = 0; p < passes; p++)
+        for (size_t i = 0; i < n; i++) {
+            uint8_t *h = nb_translate(&tlb, fb, pgd, addrs[i], 1);
+            if (h) *(volatile uint64_t *)h = value + i;
+        }
+}
+
+double nb_host_anon_fault(size_t bytes) {
+    uint8_t *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    madvise(m, bytes, MADV_NOHUGEPAGE);
+    double t0 = nb_now();
+    for (size_t off = 0; off < bytes; off += 4096) m[off] = 1;
+    double t = nb_now() - t0;
+    munmap(m, bytes);
+    return t;
+}
+
+double nb_host_cow_fault(size_t bytes) {
+    uint8_t *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    madvise(m, bytes, MADV_NOHUGEPAGE);
+    for (size_t off = 0; off < bytes; off += 4096) m[off] = 1;
+    int fds[2];
+    if (pipe(fds) != 0) { munmap(m, bytes); return -1; }
+    pid_t pid = fork();
+    if (pid < 0) { munmap(m, bytes); return -1; }
+    if (pid == 0) { char c; close(fds[1]); (void)!read(fds[0], &c, 1); _exit(0); }
+    close(fds[0]);
+    double t0 = nb_now();
+    for (size_t off = 0; off < bytes; off += 4096) m[off] = 2;
+    double t = nb_now() - t0;
+    (void)!write(fds[1], "x", 1);
+    close(fds[1]);
+    waitpid(pid, NULL, 0);
+    munmap(m, bytes);
+    return t;
+}
+
+double nb_host_mprotect(int iterations) {
+    uint8_t *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    m[0] = 1;
+    double t0 = nb_now();
+    for (int i = 0; i < iterations; i++) mprotect(m, 4096, (i & 1) ? PROT_READ | PROT_WRITE : PROT_READ);
+    double t = nb_now() - t0;
+    munmap(m, 4096);
+    return t;
+}
+
+double nb_host_fork(size_t bytes) {
+    uint8_t *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    madvise(m, bytes, MADV_NOHUGEPAGE);
+    for (size_t off = 0; off < bytes; off += 4096) m[off] = 1;
+    double t0 = nb_now();
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    double t = nb_now() - t0;
+    if (pid > 0) waitpid(pid, NULL, 0);
+    munmap(m, bytes);
+    return pid < 0 ? -1 : t;
+}
+
+double nb_memcpy(void *dst, const void *src, size_t n, int reps) {
+    double t0 = nb_now();
+    for (int r = 0; r < reps; r++) { memcpy(dst, src, n); __asm__ volatile("" ::: "memory"); }
+    return nb_now() - t0;
 }

@@ -4,16 +4,16 @@ import MMSync
 extension CPU {
     /// Loads a naturally aligned integer. Unaligned multi-byte accesses must not cross a page
     /// (use `read(_:count:)` for byte ranges).
-    @inlinable
-    public func load<T: FixedWidthInteger>(_ address: UInt64, as type: T.Type = T.self) throws(AccessFault) -> T {
+    @inlinable @inline(__always)
+    public func load<T: FixedWidthInteger & BitwiseCopyable>(_ address: UInt64, as type: T.Type = T.self) throws(AccessFault) -> T {
         enterUser(); defer { exitUser() }
         precondition((address & 0xFFF) + UInt64(MemoryLayout<T>.size) <= pageSize, "access crosses a page")
         let p = try translate(address, write: false)
         return p.loadUnaligned(as: T.self)
     }
 
-    @inlinable
-    public func store<T: FixedWidthInteger>(_ address: UInt64, _ value: T) throws(AccessFault) {
+    @inlinable @inline(__always)
+    public func store<T: FixedWidthInteger & BitwiseCopyable>(_ address: UInt64, _ value: T) throws(AccessFault) {
         enterUser(); defer { exitUser() }
         precondition((address & 0xFFF) + UInt64(MemoryLayout<T>.size) <= pageSize, "access crosses a page")
         let p = try translate(address, write: true)

@@ -1,5 +1,12 @@
 import MMSync
 
+/// A CPU's private counters (see `CPU.local`).
+@frozen public struct CPULocal {
+    @usableFromInline var userDepth = 0
+    @usableFromInline var seenGeneration: UInt64 = 0
+    @usableFromInline init() {}
+}
+
 /// Why a CPU access could not complete: the signal the process would get.
 public enum AccessFault: Error, Equatable, Sendable, CustomStringConvertible {
     /// No VMA, or the VMA does not allow the access (SIGSEGV).
@@ -34,21 +41,35 @@ public enum AccessFault: Error, Equatable, Sendable, CustomStringConvertible {
 public final class CPU: @unchecked Sendable {
     public let mm: AddressSpace
     public let index: Int
-    @usableFromInline var tlb = TLB()
+    @usableFromInline let tlb = TLB()
+    /// The address space's flush generation word (read on every access boundary).
+    @usableFromInline let flushGeneration: AtomicU64Ref
     @usableFromInline let inUser = AtomicWord(0)
     @usableFromInline let ackGeneration = AtomicWord(0)
-    @usableFromInline var seenGeneration: UInt64 = 0
-    @usableFromInline var userDepth = 0
+    /// Thread-private state in raw memory: the hot path reads and writes it without the
+    /// dynamic exclusivity checks a class `var` would cost on every access.
+    @usableFromInline let local: UnsafeMutablePointer<CPULocal>
+    @usableFromInline var seenGeneration: UInt64 {
+        @inline(__always) get { local.pointee.seenGeneration }
+        @inline(__always) set { local.pointee.seenGeneration = newValue }
+    }
+    @usableFromInline var userDepth: Int {
+        @inline(__always) get { local.pointee.userDepth }
+        @inline(__always) set { local.pointee.userDepth = newValue }
+    }
     @usableFromInline unowned let memory: PhysicalMemory
     /// Bound on fault-and-retry rounds for one access (a livelock guard).
     public static let maxFaultRetries = 100_000
-    public private(set) var faultCount = 0
+    public internal(set) var faultCount = 0
 
     init(mm: AddressSpace, index: Int) {
         self.mm = mm; self.index = index; memory = mm.memory
+        flushGeneration = mm.flushGeneration
+        local = .allocate(capacity: 1)
+        local.initialize(to: CPULocal())
         mm.attach(self)
     }
-    deinit { tlb.deallocate() }
+    deinit { tlb.deallocate(); local.deallocate() }
 
     /// Detaches from the address space (thread exit).
     public func detach() { mm.detach(self) }
@@ -59,7 +80,7 @@ public final class CPU: @unchecked Sendable {
         userDepth &+= 1
         if userDepth == 1 {
             inUser.store(1)
-            let g = mm.flushGeneration.load()
+            let g = flushGeneration.load(.seqcst)
             if g != seenGeneration { flushLocal(g) }
         }
     }
@@ -70,7 +91,7 @@ public final class CPU: @unchecked Sendable {
 
     /// The access boundary check: acknowledge a pending shootdown.
     @inlinable @inline(__always) func boundary() {
-        let g = mm.flushGeneration.loadRelaxed()
+        let g = flushGeneration.load(.relaxed)
         if _slowPath(g != seenGeneration) { flushLocal(g) }
     }
 
@@ -115,7 +136,7 @@ public final class CPU: @unchecked Sendable {
             let result = mm.handleUserFault(address, write: write)
             userDepth = depth
             inUser.store(1)
-            let g = mm.flushGeneration.load()
+            let g = flushGeneration.load(.seqcst)
             if g != seenGeneration { flushLocal(g) }
             switch result {
             case .ok, .retry: continue

@@ -1,38 +1,42 @@
-/// A direct-mapped software TLB: 256 entries, each a tag (vpn, valid and writable bits) and the
-/// host address of the frame. Owned by one CPU; never touched by other threads.
-@usableFromInline
+/// One TLB slot: the tag (vpn << 2 | 1 valid | 2 writable) and the host address of the frame,
+/// side by side so a lookup touches one cache line.
+@frozen @usableFromInline
+struct TLBEntry {
+    @usableFromInline var tag: UInt64
+    @usableFromInline var frame: UnsafeMutableRawPointer?
+    @inlinable init(tag: UInt64, frame: UnsafeMutableRawPointer?) { self.tag = tag; self.frame = frame }
+}
+
+/// A direct-mapped software TLB of 256 entries. Owned by one CPU; never touched by other
+/// threads (shootdowns ask the owner to flush).
+@frozen @usableFromInline
 struct TLB {
     @usableFromInline static let entries = 256
-    /// tag = vpn << 2 | 1 (valid) | 2 (writable).
-    @usableFromInline let tags: UnsafeMutablePointer<UInt64>
-    @usableFromInline let frames: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    @usableFromInline let slots: UnsafeMutablePointer<TLBEntry>
 
     init() {
-        tags = .allocate(capacity: TLB.entries)
-        tags.initialize(repeating: 0, count: TLB.entries)
-        frames = .allocate(capacity: TLB.entries)
-        frames.initialize(repeating: nil, count: TLB.entries)
+        slots = .allocate(capacity: TLB.entries)
+        slots.initialize(repeating: TLBEntry(tag: 0, frame: nil), count: TLB.entries)
     }
-    func deallocate() { tags.deallocate(); frames.deallocate() }
+    func deallocate() { slots.deallocate() }
 
     /// The frame for `address` if the TLB holds a translation allowing the access.
     @inlinable @inline(__always)
     func lookup(_ address: UInt64, write: Bool) -> UnsafeMutableRawPointer? {
         let vpn = address >> 12
-        let slot = Int(truncatingIfNeeded: vpn) & (TLB.entries - 1)
-        let tag = tags[slot]
+        let slot = slots + (Int(truncatingIfNeeded: vpn) & (TLB.entries - 1))
+        let tag = slot.pointee.tag
         let want = vpn << 2 | 1
-        if write ? tag == want | 2 : tag & ~2 == want { return frames[slot] }
+        if write ? tag == want | 2 : tag & ~2 == want { return slot.pointee.frame }
         return nil
     }
 
     @inlinable @inline(__always)
     func insert(_ address: UInt64, frame: UnsafeMutableRawPointer, writable: Bool) {
         let vpn = address >> 12
-        let slot = Int(truncatingIfNeeded: vpn) & (TLB.entries - 1)
-        tags[slot] = vpn << 2 | 1 | (writable ? 2 : 0)
-        frames[slot] = frame
+        let slot = slots + (Int(truncatingIfNeeded: vpn) & (TLB.entries - 1))
+        slot.pointee = TLBEntry(tag: vpn << 2 | 1 | (writable ? 2 : 0), frame: frame)
     }
 
-    func flushAll() { tags.update(repeating: 0, count: TLB.entries) }
+    func flushAll() { for i in 0..<TLB.entries { slots[i].tag = 0 } }
 }

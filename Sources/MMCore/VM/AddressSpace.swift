@@ -24,12 +24,19 @@ public final class AddressSpace: @unchecked Sendable {
     let users = AtomicCounter(1)
 
     // TLB shootdown state (see CPU.swift).
-    @usableFromInline let flushGeneration = AtomicWord(0)
+    /// The TLB flush generation, in raw memory so CPUs can keep a direct pointer to it.
+    @usableFromInline let flushGenerationWord: UnsafeMutableRawPointer = {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+        p.storeBytes(of: UInt64(0), as: UInt64.self)
+        return p
+    }()
+    @inlinable var flushGeneration: AtomicU64Ref { AtomicU64Ref(flushGenerationWord) }
     let cpusLock = Lock("mm-cpus")
     var cpus: [CPU] = []
 
     deinit {
         if !isDead { exitMMap() }
+        flushGenerationWord.deallocate()
     }
 
     init(machine: Machine) throws(Errno) {
@@ -120,7 +127,7 @@ public final class AddressSpace: @unchecked Sendable {
     /// Locking: may be called with page-table locks held; must not be called by a CPU thread
     /// that is inside an access.
     public func flushTLB() {
-        let gen = flushGeneration.add(1)
+        let gen = flushGeneration.fetchAdd(1) &+ 1
         machine.stats.count(.tlbShootdown)
         let list = cpusLock.withLock { cpus }
         for cpu in list {

@@ -2,6 +2,31 @@
 #define NATIVE_BASELINES_H
 #include <stdint.h>
 #include <stddef.h>
-/// Sums `count` 8-byte words from `base` with a plain loop (the memcpy-class baseline).
+
+/// Sums `count` 8-byte words from `base` with a plain loop.
 uint64_t nb_sum_words(const uint64_t *base, size_t count);
+
+/// A 4-level x86-64 walk over swift-hmm's page tables (frames at `frame_base`, top table in
+/// frame `pgd_pfn`): the host address of `addr`'s byte, or NULL when not mapped.
+void *nb_walk(uint8_t *frame_base, uint64_t pgd_pfn, uint64_t addr);
+
+/// Walks every address of `addrs` and sums the first byte of each: the walk baseline.
+uint64_t nb_walk_many(uint8_t *frame_base, uint64_t pgd_pfn, const uint64_t *addrs, size_t n);
+
+/// Loads 8-byte words at `addrs` through a 256-entry direct-mapped software TLB of the same
+/// design as swift-hmm's (tag = vpn << 2 | valid | writable, a host frame pointer), walking the
+/// same page tables on a miss. Returns the sum of the loaded words.
+uint64_t nb_tlb_loads(uint8_t *frame_base, uint64_t pgd_pfn, const uint64_t *addrs, size_t n, int passes);
+
+/// The same with stores of `value` to every address.
+void nb_tlb_stores(uint8_t *frame_base, uint64_t pgd_pfn, const uint64_t *addrs, size_t n, int passes, uint64_t value);
+
+/// Host kernel baselines. Each returns seconds for the measured part, or a negative value if
+/// the host refused (mmap or fork failed).
+double nb_host_anon_fault(size_t bytes);          /// mmap + write one byte per page
+double nb_host_cow_fault(size_t bytes);           /// touch, fork, then the parent writes each page
+double nb_host_mprotect(int iterations);          /// mprotect of one page, alternating RO/RW
+double nb_host_fork(size_t bytes);                /// fork of a process with `bytes` touched
+double nb_memcpy(void *dst, const void *src, size_t n, int reps);
+double nb_now(void);
 #endif

@@ -1,0 +1,123 @@
+import ArgumentParser
+import Conformance
+import Devices
+import HMM
+import MMCore
+import MMSync
+import NativeBaselines
+
+/// `hmm bench`: each figure next to a native baseline measured in the same run.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure swift-hmm against native baselines taken in the same run.",
+        discussion: """
+            Every row is a median of several repetitions (with min…max), the baseline's median, \
+            the ratio (swift-hmm ÷ baseline for times; swift-hmm's rate ÷ baseline's rate for \
+            throughput; the value itself for memory), the target and whether it is met. \
+            Run in release mode: swift run -c release hmm bench.
+            """)
+
+    enum Format: String, ExpressibleByArgument, CaseIterable { case table, json }
+
+    @Flag(help: "Small sizes and one repetition: a smoke test that every figure runs.")
+    var quick = false
+
+    @Option(help: "Output format: table or json.")
+    var format: Format = .table
+
+    @Option(help: "Run only figures whose name contains this text.")
+    var filter: String?
+
+    func run() throws {
+        var suite = BenchSuite(quick: quick)
+        let figures = suite.figures.filter { f in filter.map { f.name.contains($0) } ?? true }
+        if figures.isEmpty { throw ValidationError("--filter '\(filter ?? "")' matches no figure; names: \(suite.figures.map(\.name).joined(separator: ", "))") }
+        if format == .table { print(BenchRow.header) }
+        var missed = 0
+        for f in figures {
+            let rows: [BenchRow]
+            do { rows = try f.run(&suite) } catch {
+                print(format == .json ? "{\"name\": \"\(f.name)\", \"error\": \"\(error)\"}" : "\(f.name): failed: \(error)")
+                missed += 1
+                continue
+            }
+            for r in rows {
+                print(format == .json ? r.json : r.tableLine)
+                if !r.met { missed += 1 }
+                fflush(stdout)
+            }
+        }
+        if format == .table { print("\(missed == 0 ? "all targets met" : "\(missed) target(s) missed")") }
+    }
+}
+
+/// One measured figure.
+struct BenchRow {
+    enum Kind { case time, rate, memory }
+    let name: String
+    let unit: String
+    let value: Double
+    let baseline: Double
+    let spread: (Double, Double)
+    let kind: Kind
+    let target: Double
+
+    var ratio: Double {
+        switch kind {
+        case .time: return value / baseline
+        case .rate: return value / baseline
+        case .memory: return value / baseline
+        }
+    }
+    var met: Bool {
+        switch kind {
+        case .time: return ratio <= target
+        case .rate: return ratio >= target
+        case .memory: return value <= target
+        }
+    }
+    var targetText: String {
+        switch kind {
+        case .time: return "≤ \(fmt(target))"
+        case .rate: return "≥ \(fmt(target))"
+        case .memory: return "≤ \(fmt(target)) \(unit)"
+        }
+    }
+
+    static let header = pad("figure", 58) + pad("swift-hmm", 26) + pad("baseline", 14) + pad("ratio", 9) + pad("target", 14) + "met"
+    var tableLine: String {
+        pad(name, 58) + pad("\(fmt(value)) \(unit) [\(fmt(spread.0))…\(fmt(spread.1))]", 26) + pad("\(fmt(baseline)) \(unit)", 14)
+            + pad(fmt(ratio), 9) + pad(targetText, 14) + (met ? "yes" : "no")
+    }
+    var json: String {
+        "{\"name\": \"\(name)\", \"unit\": \"\(unit)\", \"value\": \(fmt(value)), \"min\": \(fmt(spread.0)), \"max\": \(fmt(spread.1)), "
+            + "\"baseline\": \(fmt(baseline)), \"ratio\": \(fmt(ratio)), \"target\": \"\(targetText)\", \"met\": \(met)}"
+    }
+}
+
+func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+func fmt(_ v: Double) -> String {
+    if v == 0 { return "0" }
+    if abs(v) >= 1000 { return String(Int(v.rounded())) }
+    var s = String(Double(Int((v * 1000).rounded())) / 1000)
+    if s.hasSuffix(".0") { s.removeLast(2) }
+    return s
+}
+
+/// Median and spread of repeated measurements.
+func measure(_ reps: Int, _ body: () throws -> Double) rethrows -> (median: Double, min: Double, max: Double) {
+    var v: [Double] = []
+    for _ in 0..<max(reps, 1) { v.append(try body()) }
+    v.sort()
+    return (v[v.count / 2], v.first!, v.last!)
+}
+
+func seconds(_ body: () throws -> Void) rethrows -> Double {
+    let t0 = nb_now()
+    try body()
+    return nb_now() - t0
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

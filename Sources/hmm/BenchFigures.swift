@@ -1,0 +1,380 @@
+import Devices
+import HMM
+import MMCore
+import MMSync
+import NativeBaselines
+
+struct BenchFigure {
+    let name: String
+    let run: (inout BenchSuite) throws -> [BenchRow]
+}
+
+struct BenchError: Error, CustomStringConvertible { let description: String }
+
+/// The figures of issue 5, sized by `quick`.
+struct BenchSuite {
+    let quick: Bool
+    var reps: Int { quick ? 1 : 5 }
+    var big: UInt64 { quick ? 16 << 20 : 1 << 30 }          // "1 GiB"
+    var migrateBytes: UInt64 { quick ? 8 << 20 : 256 << 20 }
+
+    init(quick: Bool) { self.quick = quick }
+
+    var figures: [BenchFigure] {
+        [
+            BenchFigure(name: "tlb-hit", run: { try $0.tlbHit() }),
+            BenchFigure(name: "walk", run: { try $0.walk() }),
+            BenchFigure(name: "anon-fault", run: { try $0.anonFault() }),
+            BenchFigure(name: "cow-fault", run: { try $0.cowFault() }),
+            BenchFigure(name: "mprotect", run: { try $0.mprotectFigure() }),
+            BenchFigure(name: "fork", run: { try $0.forkFigure() }),
+            BenchFigure(name: "range-fault", run: { try $0.rangeFault() }),
+            BenchFigure(name: "migrate", run: { try $0.migrate() }),
+            BenchFigure(name: "device-read", run: { try $0.deviceRead() }),
+            BenchFigure(name: "memory", run: { try $0.memoryFigures() }),
+            BenchFigure(name: "scaling", run: { try $0.scaling() }),
+            BenchFigure(name: "fault-threads", run: { try $0.faultThreads() }),
+        ]
+    }
+
+    /// A machine with `bytes` of RAM plus room, a process and a CPU, and a populated region.
+    func populated(_ bytes: UInt64, extraMiB: UInt64 = 64) throws -> (Machine, MMCore.Process, CPU, UInt64) {
+        let m = try Machine(memoryBytes: bytes + bytes / 32 + (extraMiB << 20), devicePfnSpaceBytes: 2 << 30)
+        let p = try MMCore.Process(machine: m)
+        let cpu = p.makeCPU()
+        let a = try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
+        try cpu.run { cpu in
+            var off: UInt64 = 0
+            while off < bytes { try cpu.store(a + off, UInt64(off)); off += pageSize }
+        }
+        return (m, p, cpu, a)
+    }
+
+    func release(_ p: MMCore.Process, _ cpu: CPU) { cpu.detach(); p.exit() }
+
+    // MARK: CPU access
+
+    func addresses(_ base: UInt64, _ bytes: UInt64, random: Bool, count: Int) -> [UInt64] {
+        var rng = SplitMixBench(seed: 9)
+        let words = bytes / 8
+        return (0..<count).map { i in base + (random ? rng.next() % words : UInt64(i) % words) * 8 }
+    }
+
+    func tlbHit() throws -> [BenchRow] {
+        var rows: [BenchRow] = []
+        for (label, bytes) in [("1MiB", UInt64(1 << 20)), (quick ? "16MiB" : "1GiB", big)] {
+            let (m, p, cpu, a) = try populated(bytes)
+            let fb = m.memory.frame(0), pgd = p.mm.pageTable.pgd.pfn
+            for random in [false, true] {
+                let n = quick ? 1 << 18 : 1 << 22
+                let addrs = addresses(a, bytes, random: random, count: n)
+                var sink: UInt64 = 0
+                let swift = try measure(reps) { () throws -> Double in
+                    try seconds {
+                        sink &+= try cpu.run { cpu in
+                            var s: UInt64 = 0
+                            for x in addrs { s &+= try cpu.load(x, as: UInt64.self) }
+                            return s
+                        }
+                    } / Double(n) * 1e9
+                }
+                let base = measure(reps) {
+                    addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_tlb_loads(fb, pgd, b.baseAddress, b.count, 1) } } / Double(n) * 1e9
+                }
+                blackHole(sink)
+                rows.append(BenchRow(name: "CPU load, \(random ? "random" : "sequential"), \(label)", unit: "ns/load", value: swift.median,
+                                     baseline: base.median, spread: (swift.min, swift.max), kind: .time, target: 1.5))
+            }
+            let n = quick ? 1 << 18 : 1 << 22
+            let addrs = addresses(a, bytes, random: false, count: n)
+            let swift = try measure(reps) { () throws -> Double in
+                try seconds {
+                    try cpu.run { cpu in for (i, x) in addrs.enumerated() { try cpu.store(x, UInt64(i)) } }
+                } / Double(n) * 1e9
+            }
+            let base = measure(reps) { addrs.withUnsafeBufferPointer { b in seconds { nb_tlb_stores(fb, pgd, b.baseAddress, b.count, 1, 1) } } / Double(n) * 1e9 }
+            rows.append(BenchRow(name: "CPU store, sequential, \(label)", unit: "ns/store", value: swift.median, baseline: base.median,
+                                 spread: (swift.min, swift.max), kind: .time, target: 1.5))
+            release(p, cpu)
+        }
+        return rows
+    }
+
+    func walk() throws -> [BenchRow] {
+        let bytes = big
+        let (m, p, cpu, a) = try populated(bytes)
+        let fb = m.memory.frame(0), pgd = p.mm.pageTable.pgd.pfn
+        // One load per page, pages in random order: every access misses the 256-entry TLB.
+        var rng = SplitMixBench(seed: 5)
+        let pages = bytes / pageSize
+        let n = Int(min(pages, quick ? 1 << 14 : 1 << 18))
+        let addrs = (0..<n).map { _ in a + (rng.next() % pages) * pageSize }
+        var sink: UInt64 = 0
+        let swift = try measure(reps) { () throws -> Double in
+            try seconds { try cpu.run { cpu in for x in addrs { sink &+= try cpu.load(x, as: UInt64.self) } } } / Double(n) * 1e9
+        }
+        let base = measure(reps) { addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_tlb_loads(fb, pgd, b.baseAddress, b.count, 1) } } / Double(n) * 1e9 }
+        blackHole(sink)
+        release(p, cpu)
+        return [BenchRow(name: "page-table walk on TLB miss (random pages, \(quick ? "16MiB" : "1GiB"))", unit: "ns/miss", value: swift.median,
+                         baseline: base.median, spread: (swift.min, swift.max), kind: .time, target: 1.5)]
+    }
+
+    // MARK: faults and system calls
+
+    func swiftAnonFaultNs(_ bytes: UInt64) throws -> Double {
+        let m = try Machine(memoryBytes: bytes + bytes / 32 + (64 << 20), devicePfnSpaceBytes: 0)
+        let p = try MMCore.Process(machine: m)
+        let cpu = p.makeCPU()
+        defer { cpu.detach(); p.exit() }
+        let a = try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
+        return try seconds {
+            try cpu.run { cpu in
+                var off: UInt64 = 0
+                while off < bytes { try cpu.store(a + off, UInt8(1)); off += pageSize }
+            }
+        } / Double(bytes / pageSize) * 1e9
+    }
+
+    func anonFault() throws -> [BenchRow] {
+        let swift = try measure(reps) { try swiftAnonFaultNs(big) }
+        let base = try measure(reps) { () throws -> Double in
+            let t = nb_host_anon_fault(Int(big))
+            guard t >= 0 else { throw BenchError(description: "host mmap failed") }
+            return t / Double(big / pageSize) * 1e9
+        }
+        return [BenchRow(name: "anonymous write fault, \(quick ? "16MiB" : "1GiB") page by page", unit: "ns/fault", value: swift.median,
+                         baseline: base.median, spread: (swift.min, swift.max), kind: .time, target: 0.5)]
+    }
+
+    func cowFault() throws -> [BenchRow] {
+        let bytes = quick ? UInt64(16 << 20) : UInt64(256 << 20)
+        let swift = try measure(reps) { () throws -> Double in
+            let (_, p, cpu, a) = try populated(bytes, extraMiB: 64 + bytes >> 20)
+            let child = try p.fork()
+            let t = try seconds {
+                try cpu.run { cpu in
+                    var off: UInt64 = 0
+                    while off < bytes { try cpu.store(a + off, UInt8(2)); off += pageSize }
+                }
+            }
+            child.exit(); release(p, cpu)
+            return t / Double(bytes / pageSize) * 1e9
+        }
+        let base = try measure(reps) { () throws -> Double in
+            let t = nb_host_cow_fault(Int(bytes))
+            guard t >= 0 else { throw BenchError(description: "host fork failed") }
+            return t / Double(bytes / pageSize) * 1e9
+        }
+        return [BenchRow(name: "copy-on-write fault after fork, \(bytes >> 20)MiB", unit: "ns/fault", value: swift.median, baseline: base.median,
+                         spread: (swift.min, swift.max), kind: .time, target: 0.5)]
+    }
+
+    func mprotectFigure() throws -> [BenchRow] {
+        let m = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 0)
+        let p = try MMCore.Process(machine: m)
+        let cpu = p.makeCPU()
+        defer { cpu.detach(); p.exit() }
+        let a = try p.mmap(length: pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        try cpu.store(a, UInt8(1))
+        let n = quick ? 10_000 : 200_000
+        let swift = try measure(reps) { () throws -> Double in
+            try seconds { for i in 0..<n { try p.mprotect(a, length: pageSize, prot: i & 1 == 0 ? .read : .readWrite) } } / Double(n) * 1e9
+        }
+        let base = measure(reps) { nb_host_mprotect(Int32(n)) / Double(n) * 1e9 }
+        return [BenchRow(name: "mprotect of one 4KiB page", unit: "ns/call", value: swift.median, baseline: base.median,
+                         spread: (swift.min, swift.max), kind: .time, target: 0.5)]
+    }
+
+    func forkFigure() throws -> [BenchRow] {
+        let bytes = big
+        let swift = try measure(reps) { () throws -> Double in
+            let (_, p, cpu, _) = try populated(bytes, extraMiB: 64 + bytes >> 20)
+            var child: MMCore.Process? = nil
+            let t = try seconds { child = try p.fork() }
+            child?.exit(); release(p, cpu)
+            return t * 1e3
+        }
+        let base = try measure(reps) { () throws -> Double in
+            let t = nb_host_fork(Int(bytes))
+            guard t >= 0 else { throw BenchError(description: "host fork failed") }
+            return t * 1e3
+        }
+        return [BenchRow(name: "fork with \(quick ? "16MiB" : "1GiB") touched", unit: "ms", value: swift.median, baseline: base.median,
+                         spread: (swift.min, swift.max), kind: .time, target: 1.0)]
+    }
+
+    /// A snapshot (no fault) of `bytes` populated memory through the canonical loop: ns per page.
+    func rangeFaultNs(_ m: Machine, _ p: MMCore.Process, _ a: UInt64, _ bytes: UInt64) throws -> Double {
+        let sub = MMUIntervalNotifier(start: a, end: a + bytes) { s, _, seq in s.setSeq(seq); return true }
+        try p.mm.notifiers.insert(sub)
+        defer { p.mm.notifiers.remove(sub) }
+        let lock = Lock("bench")
+        var range = HMMRange(notifier: sub, notifierSeq: 0, start: a, end: a + bytes)
+        var valid = 0
+        let t = try seconds {
+            try HMMMirror.faultAndProgram(&range, driverLock: lock) { (r: HMMRange) throws(Errno) in
+                valid = r.hmmPfns.reduce(0) { $0 + (HMMPfn.isValid($1) ? 1 : 0) }
+            }
+        }
+        guard valid == Int(bytes / pageSize) else { throw BenchError(description: "snapshot saw \(valid) valid pages") }
+        return t / Double(bytes / pageSize) * 1e9
+    }
+
+    func rangeFault() throws -> [BenchRow] {
+        let bytes = big
+        let (m, p, cpu, a) = try populated(bytes)
+        defer { release(p, cpu) }
+        let swift = try measure(reps) { try rangeFaultNs(m, p, a, bytes) }
+        let addrs = (0..<(bytes / pageSize)).map { a + $0 * pageSize }
+        let fb = m.memory.frame(0), pgd = p.mm.pageTable.pgd.pfn
+        var sink: UInt64 = 0
+        let base = measure(reps) { addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_walk_many(fb, pgd, b.baseAddress, b.count) } } / Double(addrs.count) * 1e9 }
+        blackHole(sink)
+        return [BenchRow(name: "hmmRangeFault snapshot of \(quick ? "16MiB" : "1GiB") populated", unit: "ns/page", value: swift.median,
+                         baseline: base.median, spread: (swift.min, swift.max), kind: .time, target: 3.0)]
+    }
+
+    // MARK: device
+
+    func memcpyRate(_ bytes: UInt64, copies: Int) -> Double {
+        let src = UnsafeMutableRawPointer.allocate(byteCount: Int(bytes), alignment: 4096)
+        let dst = UnsafeMutableRawPointer.allocate(byteCount: Int(bytes), alignment: 4096)
+        defer { src.deallocate(); dst.deallocate() }
+        memset(src, 1, Int(bytes)); memset(dst, 2, Int(bytes))
+        let t = nb_memcpy(dst, src, Int(bytes), Int32(copies))
+        return Double(bytes) * Double(copies) / t / 1e9
+    }
+
+    func migrate() throws -> [BenchRow] {
+        let bytes = migrateBytes
+        let (m, p, cpu, a) = try populated(bytes, extraMiB: 64 + 2 * (bytes >> 20))
+        defer { release(p, cpu) }
+        let module = DmirrorModule(machine: m)
+        let d = try module.open(minor: 0, mm: p.mm)
+        defer { d.close() }
+        let npages = bytes / pageSize
+        let buf = DmirrorBuffer(size: Int(bytes))
+        let swift = try measure(reps) { () throws -> Double in
+            let t = try seconds {
+                var c = DmirrorCmd(addr: a, npages: npages)
+                try d.ioctl(.migrateToDevice, &c, buffer: buf)
+                guard c.cpages == npages else { throw BenchError(description: "migrated \(c.cpages) of \(npages)") }
+                c = DmirrorCmd(addr: a, npages: npages)
+                try d.ioctl(.migrateToSystem, &c)
+                guard c.cpages == npages else { throw BenchError(description: "migrated back \(c.cpages) of \(npages)") }
+            }
+            return Double(2 * bytes) / t / 1e9
+        }
+        let base = measure(reps) { memcpyRate(bytes, copies: 2) }
+        return [BenchRow(name: "dmirror MIGRATE_TO_DEV + MIGRATE_TO_SYS, \(bytes >> 20)MiB", unit: "GB/s", value: swift.median, baseline: base.median,
+                         spread: (swift.min, swift.max), kind: .rate, target: 0.6)]
+    }
+
+    func deviceRead() throws -> [BenchRow] {
+        let bytes = migrateBytes
+        let (m, p, cpu, a) = try populated(bytes)
+        defer { release(p, cpu) }
+        let module = DmirrorModule(machine: m)
+        let d = try module.open(minor: 0, mm: p.mm)
+        defer { d.close() }
+        let npages = bytes / pageSize
+        let buf = DmirrorBuffer(size: Int(bytes))
+        var c = DmirrorCmd(addr: a, npages: npages)
+        try d.ioctl(.read, &c, buffer: buf) // mirror everything first
+        let swift = try measure(reps) { () throws -> Double in
+            var c = DmirrorCmd(addr: a, npages: npages)
+            let t = try seconds { try d.ioctl(.read, &c, buffer: buf) }
+            guard c.faults == 0 else { throw BenchError(description: "READ of a mirrored range faulted") }
+            return Double(bytes) / t / 1e9
+        }
+        let base = measure(reps) { memcpyRate(bytes, copies: 1) }
+        return [BenchRow(name: "device READ of \(bytes >> 20)MiB already mirrored", unit: "GB/s", value: swift.median, baseline: base.median,
+                         spread: (swift.min, swift.max), kind: .rate, target: 0.7)]
+    }
+
+    // MARK: memory, scaling, threads
+
+    func memoryFigures() throws -> [BenchRow] {
+        let bytes = big
+        let (_, p, cpu, _) = try populated(bytes)
+        defer { release(p, cpu) }
+        let tableBytes = Double(p.mm.pageTable.tableFrames) * Double(pageSize)
+        let perPage = tableBytes / Double(bytes / pageSize)
+        return [
+            BenchRow(name: "page metadata per frame", unit: "B", value: Double(Page.metadataStride), baseline: 64, spread: (64, 64), kind: .memory, target: 64),
+            BenchRow(name: "page-table bytes per mapped 4KiB page (\(quick ? "16MiB" : "1GiB"))", unit: "B", value: perPage, baseline: 8,
+                     spread: (perPage, perPage), kind: .memory, target: 8.1),
+        ]
+    }
+
+    func scaling() throws -> [BenchRow] {
+        let sizes: [(String, UInt64)] = quick ? [("4MiB", 4 << 20), ("16MiB", 16 << 20)] : [("64MiB", 64 << 20), ("1GiB", 1 << 30), ("8GiB", 8 << 30)]
+        var rows: [BenchRow] = []
+        let baseFault = nb_host_anon_fault(Int(sizes[0].1)) / Double(sizes[0].1 / pageSize) * 1e9
+        for (label, bytes) in sizes {
+            let f = try swiftAnonFaultNs(bytes)
+            rows.append(BenchRow(name: "scaling: anonymous fault at \(label)", unit: "ns/fault", value: f, baseline: baseFault,
+                                 spread: (f, f), kind: .time, target: 0.5))
+        }
+        for (label, bytes) in sizes {
+            let (m, p, cpu, a) = try populated(bytes)
+            let r = try rangeFaultNs(m, p, a, bytes)
+            let addrs = (0..<min(bytes / pageSize, 1 << 20)).map { a + $0 * pageSize }
+            let fb = m.memory.frame(0), pgd = p.mm.pageTable.pgd.pfn
+            var sink: UInt64 = 0
+            let w = addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_walk_many(fb, pgd, b.baseAddress, b.count) } } / Double(addrs.count) * 1e9
+            blackHole(sink)
+            release(p, cpu)
+            rows.append(BenchRow(name: "scaling: range fault at \(label)", unit: "ns/page", value: r, baseline: w, spread: (r, r), kind: .time, target: 3.0))
+        }
+        return rows
+    }
+
+    func faultThreads() throws -> [BenchRow] {
+        let bytes: UInt64 = quick ? 16 << 20 : 512 << 20
+        var rates: [Double] = []
+        for threads in [1, 2] {
+            let m = try Machine(memoryBytes: bytes + (64 << 20), devicePfnSpaceBytes: 0)
+            let p = try MMCore.Process(machine: m)
+            let a = try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
+            let per = bytes / UInt64(threads)
+            let t = seconds {
+                let ts = (0..<threads).map { i in
+                    p.spawnThread { cpu in
+                        cpu.run { cpu in
+                            var off: UInt64 = 0
+                            while off < per { try? cpu.store(a + UInt64(i) * per + off, UInt8(1)); off += pageSize }
+                        }
+                    }
+                }
+                ts.forEach { $0.join() }
+            }
+            p.exit()
+            rates.append(Double(bytes / pageSize) / t / 1e6)
+        }
+        let host = Double(bytes / pageSize) / nb_host_anon_fault(Int(bytes)) / 1e6
+        return [
+            BenchRow(name: "fault throughput, 1 CPU thread", unit: "Mfaults/s", value: rates[0], baseline: host, spread: (rates[0], rates[0]), kind: .rate, target: 2.0),
+            BenchRow(name: "fault throughput, 2 CPU threads", unit: "Mfaults/s", value: rates[1], baseline: host, spread: (rates[1], rates[1]), kind: .rate, target: 2.0),
+        ]
+    }
+}
+
+struct SplitMixBench {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+@inline(never) func blackHole<T>(_ x: T) { withExtendedLifetime(x) {} }
+
+#if canImport(Glibc)
+import Glibc
+#endif
