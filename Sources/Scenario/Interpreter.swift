@@ -54,6 +54,7 @@ public final class ScenarioInterpreter {
     var gups: [String: (mm: AddressSpace, pages: [Page], pin: Bool)] = [:]
     let steps = AtomicCounter(0)
     let outputLock = Lock("scenario-output")
+    var lastProgress: UInt64 = 0
     var includeDepth = 0
     var skipReason: String?
     var machineMemory: UInt64 = 512 << 20
@@ -164,7 +165,9 @@ public final class ScenarioInterpreter {
     }
 
     func execute(_ stmt: Statement, _ ctx: inout Context) throws {
-        guard steps.add(1) <= options.maxSteps else {
+        let step = steps.add(1)
+        if step & 0xFFFF == 0 { showProgress(step) }
+        guard step <= options.maxSteps else {
             throw ScenarioFailure(location: location(of: stmt), message: "expected the script to finish within \(options.maxSteps) steps, got more")
         }
         switch stmt {
@@ -275,6 +278,19 @@ public final class ScenarioInterpreter {
     func trace(_ cmd: Command, _ result: String) {
         guard options.trace else { return }
         emit("\(cmd.name.location.file):\(cmd.name.location.line): \(cmd.text) = \(result)")
+    }
+
+    /// On a terminal, long scripts show how far they got (every 2 s, on stderr).
+    func showProgress(_ step: Int) {
+        guard isatty(2) != 0 else { return }
+        let now = monotonicNanoseconds()
+        let due = outputLock.withLock { () -> Bool in
+            if lastProgress == 0 { lastProgress = now; return false }
+            guard now - lastProgress >= 2_000_000_000 else { return false }
+            lastProgress = now
+            return true
+        }
+        if due { fputs("\u{1B}[2K\r… \(step) steps\r", stderr) }
     }
 
     /// Output from any thread, one line at a time.

@@ -70,9 +70,24 @@ extension Dmirror {
     func read(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
         guard !mm.isDead else { throw .EINVAL }
         let size = Int(cmd.npages * pageSize)
-        let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
-        defer { bounce.deallocate() }
         let end = cmd.addr + cmd.npages * pageSize
+        // Fast path: everything already mirrored and the user buffer big enough, so nothing can
+        // fail after the copy starts; copy straight into the user buffer (one copy, not two).
+        if let buffer, buffer.count >= size {
+            let direct = mutex.withLock { () -> Bool in
+                var a = cmd.addr
+                while a < end { guard pt[a >> pageShift] != nil else { return false }; a += pageSize }
+                _ = doRead(cmd.addr, end, into: buffer.bytes, base: cmd.addr)
+                return true
+            }
+            if direct {
+                cmd.cpages = cmd.npages
+                machine.stats.count(.bytesCopied, size)
+                return
+            }
+        }
+        let bounce = takeBounce(size)
+        defer { returnBounce(bounce) }
         var start = cmd.addr
         var rounds = 0
         while true {
@@ -86,7 +101,7 @@ extension Dmirror {
             if rounds > 10_000 { throw .EBUSY } // livelock guard
         }
         machine.stats.count(.bytesCopied, size)
-        try copyOut(UnsafeRawBufferPointer(bounce), to: buffer)
+        try copyOut(UnsafeRawBufferPointer(rebasing: bounce[0..<size]), to: buffer)
     }
 
     /// `dmirror_do_write`: writes mirrored pages that are WRITE-tagged, from `start` on.
@@ -206,12 +221,12 @@ extension Dmirror {
     /// EXCLUSIVE). ENOENT if some page has no entry.
     func readBack(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
         let size = Int(cmd.npages * pageSize)
-        let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
-        defer { bounce.deallocate() }
+        let bounce = takeBounce(size)
+        defer { returnBounce(bounce) }
         let end = cmd.addr + cmd.npages * pageSize
         let n = mutex.withLock { doRead(cmd.addr, end, into: bounce, base: cmd.addr) }
         guard n == cmd.npages else { throw .ENOENT }
-        try copyOut(UnsafeRawBufferPointer(bounce), to: buffer)
+        try copyOut(UnsafeRawBufferPointer(rebasing: bounce[0..<size]), to: buffer)
         cmd.cpages = n
     }
 

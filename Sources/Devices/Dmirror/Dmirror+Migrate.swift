@@ -71,7 +71,9 @@ extension Dmirror {
                 pt[vpn] = backing.pfn << 2 | (m.dst[i] & MigratePfn.write != 0 ? Dmirror.tagWrite : Dmirror.tagRead)
             }
         }
-        machine.stats.count(.pagesMigrated, m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count)
+        let moved = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
+        machine.stats.count(.pagesMigrated, moved)
+        machine.stats.count(.pagesMigratedToDevice, moved)
     }
 
     /// `dmirror_migrate_to_system`: this device's pages in the range move back to system
@@ -90,6 +92,7 @@ extension Dmirror {
                 let moved = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
                 cmd.cpages += UInt64(moved)
                 machine.stats.count(.pagesMigrated, moved)
+                machine.stats.count(.pagesMigratedToSystem, moved)
                 m.finalize()
             }
         } catch { mm.mmapLock.unlockRead(); throw error }

@@ -20,6 +20,10 @@ public final class Dmirror: @unchecked Sendable {
     /// Locking: `mutex`.
     var flags: UInt64 = 0
     private(set) var notifier: MMUIntervalNotifier!
+    /// Reusable bounce buffers (a fresh multi-MiB allocation per command would cost a host
+    /// page fault per page). Locking: `bounceLock`.
+    var bouncePool: [UnsafeMutableRawBufferPointer] = []
+    let bounceLock = Lock("dmirror-bounce")
     public private(set) var isOpen = true
 
     static let tagRead: UInt64 = 0
@@ -50,7 +54,28 @@ public final class Dmirror: @unchecked Sendable {
         mutex.withLock { pt.removeAll(); isOpen = false }
     }
 
-    deinit { if isOpen { mm.notifiers.remove(notifier) } }
+    deinit {
+        if isOpen { mm.notifiers.remove(notifier) }
+        for b in bouncePool { b.deallocate() }
+    }
+
+    /// A bounce buffer of at least `bytes` (`dmirror_bounce_init`); give it back with
+    /// `returnBounce`.
+    func takeBounce(_ bytes: Int) -> UnsafeMutableRawBufferPointer {
+        let b = bounceLock.withLock { () -> UnsafeMutableRawBufferPointer? in
+            guard let i = bouncePool.firstIndex(where: { $0.count >= bytes }) else { return nil }
+            return bouncePool.remove(at: i)
+        }
+        return b ?? .allocate(byteCount: max(bytes, Int(pageSize)), alignment: 4096)
+    }
+    func returnBounce(_ b: UnsafeMutableRawBufferPointer) {
+        let keep = bounceLock.withLock { () -> Bool in
+            guard bouncePool.count < 2 else { return false }
+            bouncePool.append(b)
+            return true
+        }
+        if !keep { b.deallocate() }
+    }
 
     /// `dmirror_interval_invalidate`.
     private func invalidate(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> Bool {

@@ -138,6 +138,9 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         do { try m.setup() } catch { return .sigbus }
         if !allocAndCopyToSystem(m, mirror: mirror, isFault: true) { m.finalize(); return .oom }
         m.pages()
+        let moved = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
+        machine.stats.count(.pagesMigrated, moved)
+        machine.stats.count(.pagesMigratedToSystem, moved)
         m.finalize()
         return .ok
     }

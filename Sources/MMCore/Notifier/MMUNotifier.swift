@@ -143,7 +143,10 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
         let subs = subscribers
         lock.unlock()
         stats.increment()
-        mm?.machine.stats.count(.notifierInvalidations)
+        if let stats = mm?.machine.stats {
+            stats.count(.notifierInvalidations)
+            stats.count(MMStats.invalidationCounter(range.event))
+        }
         var ok = true
         for sub in hits where !sub.invalidate(sub, range, seq) { ok = false }
         for s in subs where !s.invalidateRangeStart(range) { ok = false }
