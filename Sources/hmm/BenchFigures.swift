@@ -1,3 +1,4 @@
+import Conformance
 import Devices
 import HMM
 import MMCore
@@ -55,7 +56,7 @@ struct BenchSuite {
     // MARK: CPU access
 
     func addresses(_ base: UInt64, _ bytes: UInt64, random: Bool, count: Int) -> [UInt64] {
-        var rng = SplitMixBench(seed: 9)
+        var rng = SplitMix(seed: 9)
         let words = bytes / 8
         return (0..<count).map { i in base + (random ? rng.next() % words : UInt64(i) % words) * 8 }
     }
@@ -105,7 +106,7 @@ struct BenchSuite {
         let (m, p, cpu, a) = try populated(bytes)
         let fb = m.memory.frame(0), pgd = p.mm.pageTable.pgd.pfn
         // One load per page, pages in random order: every access misses the 256-entry TLB.
-        var rng = SplitMixBench(seed: 5)
+        var rng = SplitMix(seed: 5)
         let pages = bytes / pageSize
         let n = Int(min(pages, quick ? 1 << 14 : 1 << 18))
         let addrs = (0..<n).map { _ in a + (rng.next() % pages) * pageSize }
@@ -358,18 +359,6 @@ struct BenchSuite {
             BenchRow(name: "fault throughput, 1 CPU thread", unit: "Mfaults/s", value: rates[0], baseline: host, spread: (rates[0], rates[0]), kind: .rate, target: 2.0),
             BenchRow(name: "fault throughput, 2 CPU threads", unit: "Mfaults/s", value: rates[1], baseline: host, spread: (rates[1], rates[1]), kind: .rate, target: 2.0),
         ]
-    }
-}
-
-struct SplitMixBench {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
