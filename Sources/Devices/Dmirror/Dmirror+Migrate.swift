@@ -39,16 +39,23 @@ extension Dmirror {
     /// `dmirror_migrate_alloc_and_copy`: a device page for each selected source, holding its
     /// data (or zeroes for an empty source). Destination writable iff the source was.
     private func allocAndCopyToDevice(_ m: MigrateVMA) {
+        // Fix of a race in the kernel's test driver: its own MIGRATE invalidation is ignored,
+        // so a concurrent device WRITE could still reach an old page after the copy. Dropping
+        // the entries of every selected source first (one lock round for the batch) makes such
+        // a write fault, wait for the migration entry, and land on the new page.
+        var failAlloc = false
+        mutex.withLock {
+            failAlloc = flags & DmirrorFlag.failAlloc != 0
+            flags &= ~DmirrorFlag.failAlloc
+            for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.src[i]) != nil {
+                pt[(m.start >> pageShift) + UInt64(i)] = nil
+            }
+        }
         for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
             let spage = MigratePfn.pfn(m.src[i]).map { memory.page($0) }
             if let s = spage, s.isZoneDevice { continue } // already device memory
-            if consumeFailAlloc(compound: false) { continue } // the injected allocation failure
+            if failAlloc { failAlloc = false; continue } // the injected allocation failure, once
             guard let dpage = device.allocatePage() else { continue }
-            // Fix of a race in the kernel's test driver: its own MIGRATE invalidation is
-            // ignored, so a concurrent device WRITE could still reach the old page after this
-            // copy. Dropping the entry first makes such a write fault, wait for the migration
-            // entry, and land on the new page.
-            if spage != nil { erase(vpn: (m.start >> pageShift) + UInt64(i)) }
             let rpage = device.backingPage(dpage)
             if let s = spage {
                 memory.frame(rpage.pfn).copyMemory(from: memory.frame(s.pfn), byteCount: Int(pageSize))
@@ -59,6 +66,8 @@ extension Dmirror {
             device.recordOwner(backing: rpage, mirror: self)
             m.dst[i] = MigratePfn.make(dpage.pfn) | (m.src[i] & MigratePfn.write)
         }
+        // The flag is consumed by the next allocation attempt only: put it back if none came.
+        if failAlloc { mutex.withLock { flags |= DmirrorFlag.failAlloc } }
     }
 
     /// `dmirror_migrate_finalize_and_map`: every migrated page enters the device table.

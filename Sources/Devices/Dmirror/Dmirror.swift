@@ -25,6 +25,8 @@ public final class Dmirror: @unchecked Sendable {
     var bouncePool: [UnsafeMutableRawBufferPointer] = []
     let bounceLock = Lock("dmirror-bounce")
     public private(set) var isOpen = true
+    /// This mirror's id on its device (see `DmirrorDevice.mirrors`).
+    var mirrorID: UInt64 = 0
 
     static let tagRead: UInt64 = 0
     static let tagAtomic: UInt64 = 1
@@ -107,16 +109,6 @@ public final class Dmirror: @unchecked Sendable {
 
     /// Erases one entry (used when the device migrates a page back).
     func erase(vpn: UInt64) { mutex.withLock { pt[vpn] = nil } }
-
-    /// Consumes the one-shot FAIL_ALLOC flag. Return: whether an allocation of that kind should
-    /// fail now (single pages fail only when `compound` is false and the caller says so).
-    func consumeFailAlloc(compound: Bool) -> Bool {
-        mutex.withLock {
-            guard flags & DmirrorFlag.failAlloc != 0 else { return false }
-            flags &= ~DmirrorFlag.failAlloc
-            return true
-        }
-    }
 
     // MARK: device table access (for tests and invariants)
 

@@ -21,17 +21,15 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// Locking: `lock` guards chunks, the free list and the counters (`devmem_lock`+`lock`).
     let lock = Lock("dmirror-device")
     var chunks: [DmirrorChunk] = []
-    /// Free device pages ready for allocation, and the same set for membership checks.
+    /// Free device pages ready for allocation (each carries `.deviceFree` while listed).
     var freePages: [UInt64] = []
-    var onFreeList: Set<UInt64> = []
     /// Pages freed while their chunk was being removed (not on the free list).
     var released: Set<UInt64> = []
     public private(set) var calloc = 0
     public private(set) var cfree = 0
-    /// Which mirror migrated the data held by a backing page (the kernel keeps it in the
-    /// backing page's zone_device_data). Locking: `lock`.
-    var backingOwner: [UInt64: WeakMirror] = [:]
-    /// Mirrors opened on this device (for invariant checks). Locking: `lock`.
+    /// Mirrors opened on this device, by id − 1 (ids are never reused). The backing page of
+    /// migrated data records the id of the mirror that migrated it in its private word (the
+    /// kernel keeps a pointer in the backing page's zone_device_data). Locking: `lock`.
     var mirrors: [WeakMirror] = []
 
     /// Coherent memory is one fixed region per device; private memory grows chunk by chunk.
@@ -54,7 +52,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// `open("/dev/hmm_dmirrorN")`: a mirror of `mm`.
     public func open(_ mm: AddressSpace) throws(Errno) -> Dmirror {
         let m = try Dmirror(device: self, mm: mm)
-        lock.withLock { mirrors.removeAll { $0.mirror == nil }; mirrors.append(WeakMirror(m)) }
+        lock.withLock { mirrors.append(WeakMirror(m)); m.mirrorID = UInt64(mirrors.count) }
         return m
     }
     var openMirrors: [Dmirror] { lock.withLock { mirrors.compactMap { $0.mirror }.filter { $0.isOpen } } }
@@ -89,7 +87,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             }
         }
         let pfn = freePages.removeLast()
-        onFreeList.remove(pfn)
+        memory.page(pfn).clear(.deviceFree)
         calloc += 1
         lock.unlock()
         let page = memory.page(pfn)
@@ -110,7 +108,6 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         let backing = memoryType == .devicePrivate ? page.privateWord : page.pfn
         page.privateWord = 0
         lock.lock()
-        backingOwner[backing] = nil
         cfree += 1
         let keep = !(chunk(of: page)?.remove ?? true)
         if keep { pushFree(page.pfn) } else { released.insert(page.pfn) }
@@ -120,11 +117,19 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     /// Locking: `lock` held. A page is on the free list at most once.
     private func pushFree(_ pfn: UInt64) {
-        if onFreeList.insert(pfn).inserted { freePages.append(pfn) }
+        let p = memory.page(pfn)
+        guard !p.test(.deviceFree) else { return }
+        p.set(.deviceFree)
+        freePages.append(pfn)
     }
 
-    func recordOwner(backing: Page, mirror: Dmirror) { lock.withLock { backingOwner[backing.pfn] = WeakMirror(mirror) } }
-    func owner(ofBacking pfn: UInt64) -> Dmirror? { lock.withLock { backingOwner[pfn]?.mirror } }
+    /// Records which mirror migrated the data in `backing` (private: the system backing page,
+    /// whose private word is otherwise unused; coherent: the device page, whose is not either).
+    func recordOwner(backing: Page, mirror: Dmirror) { backing.privateWord = mirror.mirrorID }
+    func owner(ofBacking pfn: UInt64) -> Dmirror? {
+        let id = memory.page(pfn).privateWord
+        return lock.withLock { id > 0 && id <= UInt64(mirrors.count) ? mirrors[Int(id - 1)].mirror : nil }
+    }
 
     // MARK: CPU fault on a device-private entry
 
@@ -149,19 +154,25 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// its data; the mirror's entry for the address is erased. Return: false if a single-page
     /// allocation failed during a CPU fault (VM_FAULT_OOM).
     func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool) -> Bool {
-        for i in m.src.indices {
-            guard m.src[i] & MigratePfn.migrate != 0, let spfn = MigratePfn.pfn(m.src[i]) else { continue }
-            let spage = memory.page(spfn)
-            guard spage.isZoneDevice else { continue }
-            // FAIL_ALLOC makes a large (THP) allocation fail once; single pages are unaffected.
-            _ = mirror?.consumeFailAlloc(compound: false)
+        // One round on the mirror's lock for the batch: FAIL_ALLOC only makes a large (THP)
+        // allocation fail, so for single pages it is just consumed; the entries of the pages
+        // that move are erased before their data is copied.
+        let selected = m.src.indices.filter { i in
+            m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.src[i]).map { memory.page($0).isZoneDevice } == true
+        }
+        guard !selected.isEmpty else { return true }
+        let owner = mirror ?? owner(ofBacking: backingPage(memory.page(MigratePfn.pfn(m.src[selected[0]])!)).pfn)
+        owner?.mutex.withLock {
+            owner!.flags &= ~DmirrorFlag.failAlloc
+            for i in selected { owner!.pt[(m.start >> pageShift) + UInt64(i)] = nil }
+        }
+        for i in selected {
+            let spage = memory.page(MigratePfn.pfn(m.src[i])!)
             guard let dpage = memory.allocate(order: 0) else {
                 if isFault { return false }
                 continue
             }
             dpage.lock()
-            let addr = m.start + (UInt64(i) << pageShift)
-            (mirror ?? owner(ofBacking: backingPage(spage).pfn))?.erase(vpn: addr >> pageShift)
             memory.frame(dpage.pfn).copyMemory(from: memory.frame(backingPage(spage).pfn), byteCount: Int(pageSize))
             machine.stats.count(.bytesCopied, Int(pageSize))
             m.dst[i] = MigratePfn.make(dpage.pfn) | (m.src[i] & MigratePfn.write)
@@ -179,11 +190,12 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             for c in chunks {
                 c.remove = true
                 // Free pages of a chunk being removed leave the free list.
-                let gone = onFreeList.filter { c.pagemap.contains($0) }
-                released.formUnion(gone)
-                onFreeList.subtract(gone)
+                for pfn in freePages where c.pagemap.contains(pfn) {
+                    memory.page(pfn).clear(.deviceFree)
+                    released.insert(pfn)
+                }
             }
-            freePages.removeAll { !onFreeList.contains($0) }
+            freePages.removeAll { !memory.page($0).test(.deviceFree) }
             return chunks
         }
         var busy = false

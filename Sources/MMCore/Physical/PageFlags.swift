@@ -31,6 +31,8 @@ public struct PageFlags: OptionSet, Sendable {
     /// A device page (ZONE_DEVICE): `owner` holds the device memory's pgmap.
     public static let zoneDevice = PageFlags(rawValue: 1 << 14)
     public static let referenced = PageFlags(rawValue: 1 << 15)
+    /// A device page sitting on its driver's free list.
+    public static let deviceFree = PageFlags(rawValue: 1 << 16)
 }
 
 /// The kind of memory a pfn names.
