@@ -72,9 +72,9 @@ struct BenchSuite {
                 var sink: UInt64 = 0
                 let swift = try measure(reps) { () throws -> Double in
                     try seconds {
-                        sink &+= try cpu.run { cpu in
+                        sink &+= try cpu.withUserAccess { u in
                             var s: UInt64 = 0
-                            for x in addrs { s &+= try cpu.load(x, as: UInt64.self) }
+                            for x in addrs { s &+= try u.load(x, as: UInt64.self) }
                             return s
                         }
                     } / Double(n) * 1e9
@@ -90,7 +90,7 @@ struct BenchSuite {
             let addrs = addresses(a, bytes, random: false, count: n)
             let swift = try measure(reps) { () throws -> Double in
                 try seconds {
-                    try cpu.run { cpu in for (i, x) in addrs.enumerated() { try cpu.store(x, UInt64(i)) } }
+                    try cpu.withUserAccess { u in for (i, x) in addrs.enumerated() { try u.store(x, UInt64(i)) } }
                 } / Double(n) * 1e9
             }
             let base = measure(reps) { addrs.withUnsafeBufferPointer { b in seconds { nb_tlb_stores(fb, pgd, b.baseAddress, b.count, 1, 1) } } / Double(n) * 1e9 }
@@ -112,7 +112,11 @@ struct BenchSuite {
         let addrs = (0..<n).map { _ in a + (rng.next() % pages) * pageSize }
         var sink: UInt64 = 0
         let swift = try measure(reps) { () throws -> Double in
-            try seconds { try cpu.run { cpu in for x in addrs { sink &+= try cpu.load(x, as: UInt64.self) } } } / Double(n) * 1e9
+            try seconds { sink &+= try cpu.withUserAccess { u in
+                var s: UInt64 = 0
+                for x in addrs { s &+= try u.load(x, as: UInt64.self) }
+                return s
+            } } / Double(n) * 1e9
         }
         let base = measure(reps) { addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_tlb_loads(fb, pgd, b.baseAddress, b.count, 1) } } / Double(n) * 1e9 }
         blackHole(sink)

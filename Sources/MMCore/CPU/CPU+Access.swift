@@ -94,3 +94,33 @@ extension CPU {
         }
     }
 }
+
+/// Accesses made inside `CPU.run`, where the CPU is already in user mode: each one is just the
+/// shootdown boundary check, the TLB lookup and the memory access (the tight-loop API).
+@frozen
+public struct UserAccess {
+    @usableFromInline let cpu: CPU
+    @inlinable init(_ cpu: CPU) { self.cpu = cpu }
+
+    @inlinable @inline(__always)
+    public func load<T: FixedWidthInteger & BitwiseCopyable>(_ address: UInt64, as type: T.Type = T.self) throws(AccessFault) -> T {
+        precondition((address & 0xFFF) &+ UInt64(MemoryLayout<T>.size) <= 4096, "access crosses a page")
+        return try cpu.translate(address, write: false).loadUnaligned(as: T.self)
+    }
+
+    @inlinable @inline(__always)
+    public func store<T: FixedWidthInteger & BitwiseCopyable>(_ address: UInt64, _ value: T) throws(AccessFault) {
+        precondition((address & 0xFFF) &+ UInt64(MemoryLayout<T>.size) <= 4096, "access crosses a page")
+        try cpu.translate(address, write: true).storeBytes(of: value, as: T.self)
+    }
+}
+
+extension CPU {
+    /// Runs `body` in user mode with the tight-loop access API (see `UserAccess`). The body
+    /// must consist of accesses and brief computation: a shootdown waits for its next access.
+    @inlinable
+    public func withUserAccess<R>(_ body: (UserAccess) throws -> R) rethrows -> R {
+        enterUser(); defer { exitUser() }
+        return try body(UserAccess(self))
+    }
+}
