@@ -137,16 +137,17 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     public func invalidateRangeStart(_ range: MMUNotifierRange) -> Bool {
         lock.lock()
         activeInvalidateRanges += 1
+        if let stats = mm?.machine.stats {
+            stats.count(.notifierInvalidations)
+            stats.count(MMStats.invalidationCounter(range.event))
+        }
+        stats.increment()
+        if intervals.isEmpty && subscribers.isEmpty { lock.unlock(); return true } // nobody listens
         let hits = intervals.filter { $0.overlaps(range.start, range.end) }
         if !hits.isEmpty && invalidateSeq & 1 == 0 { invalidateSeq += 1 }
         let seq = invalidateSeq
         let subs = subscribers
         lock.unlock()
-        stats.increment()
-        if let stats = mm?.machine.stats {
-            stats.count(.notifierInvalidations)
-            stats.count(MMStats.invalidationCounter(range.event))
-        }
         var ok = true
         for sub in hits where !sub.invalidate(sub, range, seq) { ok = false }
         for s in subs where !s.invalidateRangeStart(range) { ok = false }
@@ -155,9 +156,13 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
 
     /// Ends an invalidation started by `invalidateRangeStart`.
     public func invalidateRangeEnd(_ range: MMUNotifierRange) {
-        let subs = lock.withLock { subscribers }
-        for s in subs { s.invalidateRangeEnd(range) }
         lock.lock()
+        if !subscribers.isEmpty {
+            let subs = subscribers
+            lock.unlock()
+            for s in subs { s.invalidateRangeEnd(range) }
+            lock.lock()
+        }
         activeInvalidateRanges -= 1
         precondition(activeInvalidateRanges >= 0, "unbalanced invalidateRangeEnd")
         var wake = false
