@@ -83,6 +83,15 @@ void nb_tlb_stores(uint8_t *fb, uint64_t pgd, const uint64_t *addrs, size_t n, i
         }
 }
 
+/// A private anonymous mapping of `bytes` without THP, every page touched (or NULL).
+static uint8_t *nb_touched(size_t bytes) {
+    uint8_t *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return NULL;
+    madvise(m, bytes, MADV_NOHUGEPAGE);
+    for (size_t off = 0; off < bytes; off += 4096) m[off] = 1;
+    return m;
+}
+
 double nb_host_anon_fault(size_t bytes) {
     uint8_t *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return -1;
@@ -95,10 +104,8 @@ double nb_host_anon_fault(size_t bytes) {
 }
 
 double nb_host_cow_fault(size_t bytes) {
-    uint8_t *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return -1;
-    madvise(m, bytes, MADV_NOHUGEPAGE);
-    for (size_t off = 0; off < bytes; off += 4096) m[off] = 1;
+    uint8_t *m = nb_touched(bytes);
+    if (!m) return -1;
     int fds[2];
     if (pipe(fds) != 0) { munmap(m, bytes); return -1; }
     pid_t pid = fork();
@@ -127,10 +134,8 @@ double nb_host_mprotect(int iterations) {
 }
 
 double nb_host_fork(size_t bytes) {
-    uint8_t *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return -1;
-    madvise(m, bytes, MADV_NOHUGEPAGE);
-    for (size_t off = 0; off < bytes; off += 4096) m[off] = 1;
+    uint8_t *m = nb_touched(bytes);
+    if (!m) return -1;
     double t0 = nb_now();
     pid_t pid = fork();
     if (pid == 0) _exit(0);

@@ -58,6 +58,19 @@ extension ScenarioInterpreter {
         ScenarioFailure(location: cmd.name.location, message: message)
     }
 
+    /// Runs a system call `body`: on success `done` records the result and names it for the
+    /// trace; an errno is traced. Either way the outcome is compared with the expectation.
+    func syscall<T>(_ cmd: Command, _ body: () throws -> T, done: (T) -> String) throws {
+        let value: T
+        do { value = try body() } catch let e as Errno {
+            trace(cmd, e.name)
+            try checkErrno(cmd, e)
+            return
+        }
+        try checkErrno(cmd, nil)
+        trace(cmd, done(value))
+    }
+
     /// For system calls: `expect errno=EINVAL` / `expect EINVAL` / `expect ok` (default ok).
     func checkErrno(_ cmd: Command, _ got: Errno?) throws {
         var want: Errno? = nil

@@ -84,11 +84,10 @@ extension ScenarioInterpreter {
         try cmd.allow(keys: [], positionals: 1)
         guard let child = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the child") }
         let parent = try process(named: cmd.optionalArg(0)?.text ?? ctx.process, at: cmd.name.location)
-        let p: MMCore.Process
-        do { p = try parent.fork() } catch { try checkErrno(cmd, error); return }
-        try checkErrno(cmd, nil)
-        state.withLock { processes[child.text] = p; processOrder.append(child.text) }
-        trace(cmd, "pid \(p.pid)")
+        try syscall(cmd, { try parent.fork() }) { p in
+            state.withLock { processes[child.text] = p; processOrder.append(child.text) }
+            return "pid \(p.pid)"
+        }
     }
 
     func exitCommand(_ cmd: Command, _ ctx: Context) throws {
@@ -151,14 +150,9 @@ extension ScenarioInterpreter {
         if cmd.flag("populate") { flags.insert(.populate) }
         if cmd.flag("hugetlb") { flags.insert(.hugetlb) }
         let offset = try cmd.option("offset").map { try eval($0, ctx) } ?? 0
-        do {
-            let a = try proc.mmap(address: address, length: size, prot: prot, flags: flags, file: file, offset: offset)
-            try checkErrno(cmd, nil)
+        try syscall(cmd, { try proc.mmap(address: address, length: size, prot: prot, flags: flags, file: file, offset: offset) }) { a in
             bindRegion(cmd, a, (size + pageSize - 1) & pageMask)
-            trace(cmd, "0x" + String(a, radix: 16))
-        } catch let e as Errno {
-            trace(cmd, e.name)
-            try checkErrno(cmd, e)
+            return "0x" + String(a, radix: 16)
         }
     }
 
@@ -209,14 +203,9 @@ extension ScenarioInterpreter {
         if cmd.flag("dontunmap") { flags.insert(.dontUnmap) }
         var target: UInt64 = 0
         if let f = cmd.option("fixed") { flags.insert(.fixed); target = try eval(f, ctx) }
-        do {
-            let r = try proc.mremap(a, oldLength: old, newLength: new, flags: flags, newAddress: target)
-            try checkErrno(cmd, nil)
+        try syscall(cmd, { try proc.mremap(a, oldLength: old, newLength: new, flags: flags, newAddress: target) }) { r in
             bindRegion(cmd, r, (new + pageSize - 1) & pageMask)
-            trace(cmd, "0x" + String(r, radix: 16))
-        } catch let e as Errno {
-            trace(cmd, e.name)
-            try checkErrno(cmd, e)
+            return "0x" + String(r, radix: 16)
         }
     }
 

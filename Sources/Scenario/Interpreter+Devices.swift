@@ -53,14 +53,9 @@ extension ScenarioInterpreter {
         let minor = try eval(try cmd.arg(0, "a device number (0–3)"), ctx)
         _ = try theMachine(at: cmd.name.location)
         guard let module = state.withLock({ module }) else { throw cmd.fail("expected a machine") }
-        do {
-            let d = try module.open(minor: Int(min(minor, 1 << 20)), mm: proc.mm)
-            try checkErrno(cmd, nil)
+        try syscall(cmd, { try module.open(minor: Int(min(minor, 1 << 20)), mm: proc.mm) }) { d in
             state.withLock { devices[name.text] = d }
-            trace(cmd, "dmirror\(minor)")
-        } catch let e as Errno {
-            trace(cmd, e.name)
-            try checkErrno(cmd, e)
+            return "dmirror\(minor)"
         }
     }
 
@@ -78,13 +73,9 @@ extension ScenarioInterpreter {
         let d = try device(try cmd.arg(0, "a device"))
         let size = try eval(try cmd.arg(1, "a size"), ctx)
         let prot = try cmd.option("prot").map(parseProt) ?? .readWrite
-        do {
-            let a = try d.mmapDevice(length: size, prot: prot, flags: cmd.flag("shared") ? .shared : .private)
-            try checkErrno(cmd, nil)
+        try syscall(cmd, { try d.mmapDevice(length: size, prot: prot, flags: cmd.flag("shared") ? .shared : .private) }) { a in
             bindRegion(cmd, a, (size + pageSize - 1) & pageMask)
-            trace(cmd, "0x" + String(a, radix: 16))
-        } catch let e as Errno {
-            try checkErrno(cmd, e)
+            return "0x" + String(a, radix: 16)
         }
     }
 
@@ -177,14 +168,9 @@ extension ScenarioInterpreter {
         if cmd.flag("write") { flags.insert(.write) }
         if cmd.flag("pin") { flags.insert(.pin) }
         if cmd.flag("longterm") { flags.insert(.longterm) }
-        do {
-            let pages = try proc.mm.getUserPages(a, count: Int(n), flags: flags)
-            try checkErrno(cmd, nil)
+        try syscall(cmd, { try proc.mm.getUserPages(a, count: Int(n), flags: flags) }) { pages in
             state.withLock { gups[h.text] = (proc.mm, pages, flags.contains(.pin)) }
-            trace(cmd, "\(pages.count) pages")
-        } catch let e as Errno {
-            trace(cmd, e.name)
-            try checkErrno(cmd, e)
+            return "\(pages.count) pages"
         }
     }
 

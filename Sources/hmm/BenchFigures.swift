@@ -251,15 +251,18 @@ struct BenchSuite {
         return Double(bytes) * Double(copies) / t / 1e9
     }
 
+    /// A populated region of `migrateBytes` with dmirror device 0 open on it.
+    func deviceSetup(extraMiB: UInt64) throws -> (MMCore.Process, CPU, UInt64, Dmirror, DmirrorBuffer) {
+        let (m, p, cpu, a) = try populated(migrateBytes, extraMiB: extraMiB)
+        let d = try DmirrorModule(machine: m).open(minor: 0, mm: p.mm)
+        return (p, cpu, a, d, DmirrorBuffer(size: Int(migrateBytes)))
+    }
+
     func migrate() throws -> [BenchRow] {
         let bytes = migrateBytes
-        let (m, p, cpu, a) = try populated(bytes, extraMiB: 64 + 2 * (bytes >> 20))
-        defer { release(p, cpu) }
-        let module = DmirrorModule(machine: m)
-        let d = try module.open(minor: 0, mm: p.mm)
-        defer { d.close() }
+        let (p, cpu, a, d, buf) = try deviceSetup(extraMiB: 64 + 2 * (bytes >> 20))
+        defer { d.close(); release(p, cpu) }
         let npages = bytes / pageSize
-        let buf = DmirrorBuffer(size: Int(bytes))
         let swift = try measure(reps) { () throws -> Double in
             let t = try seconds {
                 var c = DmirrorCmd(addr: a, npages: npages)
@@ -278,13 +281,9 @@ struct BenchSuite {
 
     func deviceRead() throws -> [BenchRow] {
         let bytes = migrateBytes
-        let (m, p, cpu, a) = try populated(bytes)
-        defer { release(p, cpu) }
-        let module = DmirrorModule(machine: m)
-        let d = try module.open(minor: 0, mm: p.mm)
-        defer { d.close() }
+        let (p, cpu, a, d, buf) = try deviceSetup(extraMiB: 64)
+        defer { d.close(); release(p, cpu) }
         let npages = bytes / pageSize
-        let buf = DmirrorBuffer(size: Int(bytes))
         var c = DmirrorCmd(addr: a, npages: npages)
         try d.ioctl(.read, &c, buffer: buf) // mirror everything first
         let swift = try measure(reps) { () throws -> Double in
