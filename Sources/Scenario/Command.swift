@@ -58,6 +58,14 @@ extension ScenarioInterpreter {
         ScenarioFailure(location: cmd.name.location, message: message)
     }
 
+    /// `index=N` of a pattern (the int number of the first int), at most 2^40.
+    func indexOption(_ cmd: Command, _ ctx: Context) throws -> Int {
+        guard let t = cmd.option("index") else { return 0 }
+        let v = try eval(t, ctx)
+        guard v <= 1 << 40 else { throw ScenarioSyntaxError(location: t.location, message: "expected an index of at most 2^40") }
+        return Int(v)
+    }
+
     /// Runs a system call `body`: on success `done` records the result and names it for the
     /// trace; an errno is traced. Either way the outcome is compared with the expectation.
     func syscall<T>(_ cmd: Command, _ body: () throws -> T, done: (T) -> String) throws {

@@ -242,7 +242,7 @@ extension ScenarioInterpreter {
             let len = try eval(try cmd.arg(2, "a length"), ctx)
             guard len <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a length of at most 256MiB") }
             let pattern = try Pattern.parse(try cmd.arg(3, "a pattern"), lookup(ctx))
-            let index = Int(try cmd.option("index").map { try eval($0, ctx) } ?? 0)
+            let index = try indexOption(cmd, ctx)
             var bytes = [UInt8](repeating: 0, count: Int(len))
             fillBytes(&bytes, pattern, index: index)
             var err: Errno? = nil
@@ -261,7 +261,7 @@ extension ScenarioInterpreter {
             }
             if let p = cmd.bareExpectations.first {
                 let pattern = try Pattern.parse(p, lookup(ctx))
-                let index = Int(try cmd.option("index").map { try eval($0, ctx) } ?? 0)
+                let index = try indexOption(cmd, ctx)
                 if let msg = compare(got, pattern, index: index) { throw failure(cmd, msg) }
             }
         }
@@ -299,7 +299,7 @@ extension ScenarioInterpreter {
         let a = try eval(try cmd.arg(0, "an address"), ctx)
         let len = try eval(try cmd.arg(1, "a length"), ctx)
         guard len <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a length of at most 256MiB") }
-        let index = Int(try cmd.option("index").map { try eval($0, ctx) } ?? 0)
+        let index = try indexOption(cmd, ctx)
         let cpu = cpu(for: proc, ctx)
         if isFill {
             let pattern = try Pattern.parse(try cmd.arg(2, "a pattern"), lookup(ctx))

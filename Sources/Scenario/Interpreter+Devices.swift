@@ -26,7 +26,7 @@ extension ScenarioInterpreter {
             let off = try eval(try cmd.arg(1, "an offset"), ctx), len = try eval(try cmd.arg(2, "a length"), ctx)
             guard off <= UInt64(b.count), len <= UInt64(b.count) - off else { throw cmd.fail("expected a range inside the buffer (\(b.count) bytes)") }
             let pattern = try Pattern.parse(try cmd.arg(3, "a pattern"), lookup(ctx))
-            let index = Int(try cmd.option("index").map { try eval($0, ctx) } ?? 0)
+            let index = try indexOption(cmd, ctx)
             let bytes = Array(b.bytes[Int(off)..<Int(off + len)])
             if let msg = compare(bytes, pattern, index: index) { throw failure(cmd, msg) }
             return
@@ -103,6 +103,8 @@ extension ScenarioInterpreter {
             dcmd = DmirrorCmd(addr: try cmd.optionalArg(1).map { try eval($0, ctx) } ?? 0, npages: try cmd.optionalArg(2).map { try eval($0, ctx) } ?? 1)
         default: dcmd = DmirrorCmd(addr: try eval(try cmd.arg(1, "an address"), ctx), npages: try eval(try cmd.arg(2, "a page count"), ctx))
         }
+        // Keep every command's work bounded (a huge SNAPSHOT walks 32 pages per batch).
+        guard c == .flags || dcmd.npages <= 1 << 20 else { throw cmd.fail("expected at most 1048576 pages for '\(cmd.name.text)'") }
         var buf: DmirrorBuffer? = nil
         if let b = cmd.option("buffer") { buf = try buffer(b) } else if [.read, .write, .migrateToDevice, .snapshot, .exclusive].contains(c) {
             let bytes = c == .snapshot ? dcmd.npages : dcmd.npages &* pageSize
