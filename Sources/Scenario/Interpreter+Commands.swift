@@ -83,6 +83,9 @@ extension ScenarioInterpreter {
     func forkCommand(_ cmd: Command, _ ctx: Context) throws {
         try cmd.allow(keys: [], positionals: 1)
         guard let child = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the child") }
+        guard state.withLock({ processes[child.text] == nil }) else {
+            throw ScenarioSyntaxError(location: child.location, message: "expected a new process name, '\(child.text)' exists")
+        }
         let parent = try process(named: cmd.optionalArg(0)?.text ?? ctx.process, at: cmd.name.location)
         try syscall(cmd, { try parent.fork() }) { p in
             state.withLock { processes[child.text] = p; processOrder.append(child.text) }

@@ -105,6 +105,10 @@ extension ScenarioInterpreter {
         }
         // Keep every command's work bounded (a huge SNAPSHOT walks 32 pages per batch).
         guard c == .flags || dcmd.npages <= 1 << 20 else { throw cmd.fail("expected at most 1048576 pages for '\(cmd.name.text)'") }
+        // Commands with a bounce buffer stay within the 256MiB access limit, whatever buffer is given.
+        if [.read, .write, .migrateToDevice, .exclusive].contains(c) && dcmd.npages > ScenarioInterpreter.maxAccessBytes / pageSize {
+            throw cmd.fail("expected at most \(ScenarioInterpreter.maxAccessBytes / pageSize) pages for '\(cmd.name.text)'")
+        }
         var buf: DmirrorBuffer? = nil
         if let b = cmd.option("buffer") { buf = try buffer(b) } else if [.read, .write, .migrateToDevice, .snapshot, .exclusive].contains(c) {
             let bytes = c == .snapshot ? dcmd.npages : dcmd.npages &* pageSize

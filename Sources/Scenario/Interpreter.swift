@@ -38,6 +38,8 @@ public final class ScenarioInterpreter {
     static let maxRepeat: UInt64 = 1 << 24
     static let maxAccessBytes: UInt64 = 256 << 20
     static let maxIncludeDepth = 16
+    static let maxParsedBytes = 16 << 20
+    var parsedBytes = 0
 
     // Shared state. Locking: `state` guards every dictionary below.
     let state = Lock("scenario")
@@ -92,16 +94,22 @@ public final class ScenarioInterpreter {
         }
     }
 
-    func parse(_ source: String, file: String) throws -> [Statement] {
+    func parse(_ source: String, file: String, depth: Int = 0) throws -> [Statement] {
+        // One budget for the script and everything it includes, so fan-out cannot explode.
+        parsedBytes += source.utf8.count
+        guard parsedBytes <= ScenarioInterpreter.maxParsedBytes else {
+            throw ScenarioSyntaxError(location: SourceLocation(file: file, line: 1, column: 1),
+                                      message: "expected at most \(ScenarioInterpreter.maxParsedBytes) bytes of script including includes")
+        }
         let tokens = try Lexer.tokenize(source, file: file)
-        var parser = Parser(tokens: tokens) { [unowned self] path, loc in
+        var parser = Parser(tokens: tokens, depth: depth) { [unowned self] path, loc, blockDepth in
             guard self.includeDepth < ScenarioInterpreter.maxIncludeDepth else {
                 throw ScenarioSyntaxError(location: loc, message: "includes nested deeper than \(ScenarioInterpreter.maxIncludeDepth)")
             }
             self.includeDepth += 1
             defer { self.includeDepth -= 1 }
             let resolved = self.resolve(path, relativeTo: file)
-            return try self.parse(try self.readFile(resolved, at: loc), file: resolved)
+            return try self.parse(try self.readFile(resolved, at: loc), file: resolved, depth: blockDepth)
         }
         return try parser.parseStatements(inBlock: false)
     }
@@ -181,6 +189,10 @@ public final class ScenarioInterpreter {
                 throw ScenarioSyntaxError(location: countTok.location, message: "expected a repeat count of at most \(ScenarioInterpreter.maxRepeat), got \(count)")
             }
             for i in 0..<count {
+                // Every iteration costs a step, so empty nested loops are bounded too.
+                guard steps.add(1) <= options.maxSteps else {
+                    throw ScenarioFailure(location: location(of: stmt), message: "expected the script to finish within \(options.maxSteps) steps, got more")
+                }
                 var inner = ctx
                 if let v = variable { inner.locals[v.text] = i }
                 for s in body { try execute(s, &inner) }
@@ -211,14 +223,20 @@ public final class ScenarioInterpreter {
     private func runConcurrent(_ threads: [ThreadBlock], _ ctx: Context) throws {
         var errors: [Error?] = Array(repeating: nil, count: threads.count)
         let errLock = Lock("scenario-errors")
-        var workers: [ModelThread] = []
-        for (i, t) in threads.enumerated() {
+        // Check every thread before starting any, so an error never leaves threads running.
+        var prepared: [(Context, MMCore.Process)] = []
+        for t in threads {
             var inner = ctx
             for a in t.args {
                 guard a.key?.text == "proc" else { throw ScenarioSyntaxError(location: a.location, message: "expected 'proc=NAME' after 'thread'") }
                 inner.process = a.value.text
             }
-            let proc = try process(named: inner.process, at: t.keyword.location)
+            prepared.append((inner, try process(named: inner.process, at: t.keyword.location)))
+        }
+        var workers: [ModelThread] = []
+        defer { workers.forEach { $0.join() } }
+        for (i, t) in threads.enumerated() {
+            var (inner, proc) = prepared[i]
             let cpu = proc.makeCPU()
             inner.cpu = cpu
             let body = t.body
@@ -228,6 +246,7 @@ public final class ScenarioInterpreter {
             })
         }
         workers.forEach { $0.join() }
+        workers.removeAll()
         for e in errors { if let e { throw e } }
     }
 

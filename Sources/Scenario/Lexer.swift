@@ -33,9 +33,11 @@ enum Lexer {
         }
         var tokens: [Token] = []
         var line = 1
-        for rawLine in source.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Split on scalars: "\r\n" is one Character, so splitting the String would keep CRLF
+        // files in one line.
+        for rawLine in source.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false) {
             defer { line += 1 }
-            let chars = Array(rawLine.unicodeScalars)
+            let chars = Array(rawLine)
             if chars.count > maxLineLength {
                 throw ScenarioSyntaxError(location: SourceLocation(file: file, line: line, column: maxLineLength), message: "line longer than \(maxLineLength) characters")
             }

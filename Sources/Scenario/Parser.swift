@@ -27,12 +27,14 @@ struct ThreadBlock {
 struct Parser {
     var tokens: [Token]
     var pos = 0
-    let load: (String, SourceLocation) throws -> [Statement]
+    /// Loads an included file, continuing at the block depth of the `include`.
+    let load: (String, SourceLocation, Int) throws -> [Statement]
     var depth = 0
     static let maxDepth = 32
+    static let maxThreads = 64
 
-    init(tokens: [Token], load: @escaping (String, SourceLocation) throws -> [Statement]) {
-        self.tokens = tokens; self.load = load
+    init(tokens: [Token], depth: Int = 0, load: @escaping (String, SourceLocation, Int) throws -> [Statement]) {
+        self.tokens = tokens; self.load = load; self.depth = depth
     }
 
     var current: Token { tokens[min(pos, tokens.count - 1)] }
@@ -78,7 +80,7 @@ struct Parser {
             guard current.kind == .string else { throw error(current, "expected a quoted file name after 'include'") }
             let path = current; pos += 1
             try endOfStatement()
-            return try load(path.text, path.location)
+            return try load(path.text, path.location, depth)
         case "repeat":
             guard current.kind == .atom else { throw error(current, "expected a count after 'repeat'") }
             let count = current; pos += 1
@@ -99,6 +101,7 @@ struct Parser {
                 guard !atEnd else { throw error(tokens.last ?? head, "expected '}' to close 'concurrent'") }
                 if current.kind == .close { pos += 1; break }
                 guard current.kind == .atom && current.text == "thread" else { throw error(current, "expected 'thread' inside 'concurrent'") }
+                guard threads.count < Parser.maxThreads else { throw error(current, "expected at most \(Parser.maxThreads) threads in one 'concurrent' block") }
                 let kw = current; pos += 1
                 var args: [Argument] = []
                 while current.kind == .atom || current.kind == .string { args.append(try parseArgument()) }

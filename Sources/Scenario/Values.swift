@@ -137,7 +137,7 @@ enum Pattern: CustomStringConvertible {
         default: break
         }
         if t.hasPrefix("IDX+") { return .idx(Int64(truncatingIfNeeded: try sub(t.dropFirst(4), offset: 4))) }
-        if t.hasPrefix("IDX-") { return .idx(-Int64(truncatingIfNeeded: try sub(t.dropFirst(4), offset: 4))) }
+        if t.hasPrefix("IDX-") { return .idx(0 &- Int64(truncatingIfNeeded: try sub(t.dropFirst(4), offset: 4))) }
         if t.hasPrefix("INT("), t.hasSuffix(")") {
             let v = try sub(t.dropFirst(4).dropLast(), offset: 4)
             guard v <= UInt64(UInt32.max) else { throw ScenarioSyntaxError(location: token.location, message: "INT value must fit 32 bits") }

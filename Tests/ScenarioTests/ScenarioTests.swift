@@ -97,6 +97,29 @@ final class ScenarioLanguageTests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.contains("cpu pt p: present 8 (") }, "\(lines)")
     }
 
+    func testReviewFoundInputsAreHandled() {
+        // CRLF line endings.
+        XCTAssertEqual(runScript("process p\r\nmmap 1page -> a\r\nload a expect 0\r\n").0, .passed)
+        // A pattern offset of -2^63 does not overflow.
+        XCTAssertEqual(runScript("process p\nmmap 1page -> a\nfill a 4KiB IDX-0x8000000000000000\ncheck a 4KiB IDX-0x8000000000000000\n").0, .passed)
+        // mremap to a length that can never fit.
+        XCTAssertEqual(runScript("process p\nmmap 1page -> a\nmremap a 1page 0xFFFFFFFFFFFFF000 expect ENOMEM\n").0, .passed)
+        // Empty nested loops are bounded by the step budget.
+        let (r, _) = runScript("repeat 16777216 {\n repeat 16777216 {\n }\n}\n", file: "n.hmm", maxSteps: 50_000)
+        XCTAssertEqual(r, .failed("n.hmm:2: expected the script to finish within 50000 steps, got more"))
+        // Too many threads in one block.
+        let many = "concurrent {\n" + String(repeating: "thread { }\n", count: 65) + "}\n"
+        XCTAssertEqual(runScript(many, file: "t.hmm").0, .malformed("t.hmm:66:1: expected at most 64 threads in one 'concurrent' block"))
+        // A bad thread argument is caught before any thread starts.
+        XCTAssertEqual(runScript("process p\nconcurrent {\n thread { print hi }\n thread proc=nosuch { }\n}\n", file: "c.hmm").0,
+                       .malformed("c.hmm:4:2: expected a known process, got 'nosuch'"))
+        // Two RELEASEs at once leave consistent memory; forking into a taken name is refused.
+        let release = ["process p", "mmap 4pages -> a", "fill a 4pages IDX", "open 0 -> d", "migrate_to_dev d a 4 expect cpages=4",
+                       "concurrent {", "  thread { release d }", "  thread { release d }", "}", "check a 4pages IDX", "invariants",
+                       "fork p -> p"].joined(separator: "\n")
+        XCTAssertEqual(runScript(release).0, .malformed("test.hmm:12:11: expected a new process name, 'p' exists"))
+    }
+
     func testSkipAndInclude() throws {
         let dir = NSTemporaryDirectoryPath()
         let inc = dir + "/inc-\(getpid()).hmm"

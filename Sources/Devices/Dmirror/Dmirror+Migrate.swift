@@ -43,10 +43,16 @@ extension Dmirror {
         // so a concurrent device WRITE could still reach an old page after the copy. Dropping
         // the entries of every selected source first (one lock round for the batch) makes such
         // a write fault, wait for the migration entry, and land on the new page.
+        // FAIL_ALLOC is consumed by the next allocation attempt: only if this batch will make one.
+        let needsAllocation = m.src.contains { e in
+            e & MigratePfn.migrate != 0 && !(MigratePfn.pfn(e).map { memory.page($0).isZoneDevice } ?? false)
+        }
         var failAlloc = false
         mutex.withLock {
-            failAlloc = flags & DmirrorFlag.failAlloc != 0
-            flags &= ~DmirrorFlag.failAlloc
+            if needsAllocation {
+                failAlloc = flags & DmirrorFlag.failAlloc != 0
+                flags &= ~DmirrorFlag.failAlloc
+            }
             for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.src[i]) != nil {
                 pt[(m.start >> pageShift) + UInt64(i)] = nil
             }
@@ -66,8 +72,6 @@ extension Dmirror {
             device.recordOwner(backing: rpage, mirror: self)
             m.dst[i] = MigratePfn.make(dpage.pfn) | (m.src[i] & MigratePfn.write)
         }
-        // The flag is consumed by the next allocation attempt only: put it back if none came.
-        if failAlloc { mutex.withLock { flags |= DmirrorFlag.failAlloc } }
     }
 
     /// `dmirror_migrate_finalize_and_map`: every migrated page enters the device table.

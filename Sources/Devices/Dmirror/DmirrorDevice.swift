@@ -20,6 +20,8 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     var memory: PhysicalMemory { machine.memory }
     /// Locking: `lock` guards chunks, the free list and the counters (`devmem_lock`+`lock`).
     let lock = Lock("dmirror-device")
+    /// Serialises RELEASE. Lock order: releaseLock before `lock`.
+    let releaseLock = Lock("dmirror-devmem")
     var chunks: [DmirrorChunk] = []
     /// Free device pages ready for allocation (each carries `.deviceFree` while listed).
     var freePages: [UInt64] = []
@@ -186,6 +188,9 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// and unregisters the chunks. EBUSY if some page could not be evicted (it stays on the
     /// device, still valid; a later RELEASE retries).
     func removeChunks() throws(Errno) {
+        // One RELEASE at a time per device (the kernel's devmem_lock): two would evict and
+        // unregister the same chunks twice.
+        releaseLock.lock(); defer { releaseLock.unlock() }
         let list = lock.withLock { () -> [DmirrorChunk] in
             for c in chunks {
                 c.remove = true

@@ -77,6 +77,8 @@ extension PhysicalMemory {
     /// Unregisters device memory (`memunmap_pages`). EBUSY (and nothing changes) while any
     /// page of it is still referenced or mapped.
     public func unregisterDeviceMemory(_ pgmap: DevicePagemap) throws(Errno) {
+        // Refuse a registration that is already gone (its range may belong to someone else now).
+        guard deviceLock.withLock({ pagemapTable.contains { $0 === pgmap } }) else { throw .EINVAL }
         let range = pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)
         for pfn in range {
             let p = page(pfn)

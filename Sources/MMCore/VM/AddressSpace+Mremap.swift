@@ -25,6 +25,7 @@ extension AddressSpace {
         guard isPageAligned(address) else { throw .EINVAL }
         guard let oldLen = pageAlignUp(oldLength), let newLen = pageAlignUp(newLength), newLen > 0, oldLen > 0 else { throw .EINVAL }
         guard address <= taskSize, oldLen <= taskSize - address else { throw .EINVAL }
+        guard newLen <= taskSize else { throw .ENOMEM } // can never fit
         if flags.contains(.fixed) {
             guard isPageAligned(newAddress), newLen <= taskSize, newAddress <= taskSize - newLen else { throw .EINVAL }
             if newAddress < address + oldLen && address < newAddress + newLen { throw .EINVAL }
