@@ -83,12 +83,16 @@ extension ScenarioInterpreter {
     func forkCommand(_ cmd: Command, _ ctx: Context) throws {
         try cmd.allow(keys: [], positionals: 1)
         guard let child = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the child") }
-        guard state.withLock({ processes[child.text] == nil }) else {
-            throw ScenarioSyntaxError(location: child.location, message: "expected a new process name, '\(child.text)' exists")
+        // A name may be reused once its process has exited (fork in a loop).
+        guard state.withLock({ processes[child.text].map { $0.exited } ?? true }) else {
+            throw ScenarioSyntaxError(location: child.location, message: "expected a new process name, '\(child.text)' is still running")
         }
         let parent = try process(named: cmd.optionalArg(0)?.text ?? ctx.process, at: cmd.name.location)
         try syscall(cmd, { try parent.fork() }) { p in
-            state.withLock { processes[child.text] = p; processOrder.append(child.text) }
+            state.withLock {
+                if let old = processes[child.text] { cpus[ObjectIdentifier(old)] = nil } else { processOrder.append(child.text) }
+                processes[child.text] = p
+            }
             return "pid \(p.pid)"
         }
     }

@@ -117,7 +117,8 @@ final class ScenarioLanguageTests: XCTestCase {
         let release = ["process p", "mmap 4pages -> a", "fill a 4pages IDX", "open 0 -> d", "migrate_to_dev d a 4 expect cpages=4",
                        "concurrent {", "  thread { release d }", "  thread { release d }", "}", "check a 4pages IDX", "invariants",
                        "fork p -> p"].joined(separator: "\n")
-        XCTAssertEqual(runScript(release).0, .malformed("test.hmm:12:11: expected a new process name, 'p' exists"))
+        XCTAssertEqual(runScript(release).0, .malformed("test.hmm:12:11: expected a new process name, 'p' is still running"))
+        XCTAssertEqual(runScript("process p\nrepeat 3 {\n fork p -> c\n exit c\n}\n").0, .passed) // names are reusable after exit
     }
 
     func testSkipAndInclude() throws {
