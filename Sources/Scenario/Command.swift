@@ -82,17 +82,15 @@ extension ScenarioInterpreter {
     /// For system calls: `expect errno=EINVAL` / `expect EINVAL` / `expect ok` (default ok).
     func checkErrno(_ cmd: Command, _ got: Errno?) throws {
         var want: Errno? = nil
-        var wantGiven = false
         for t in cmd.bareExpectations {
-            if t.text == "ok" { wantGiven = true; want = nil; continue }
+            if t.text == "ok" { want = nil; continue }
             guard let e = parseErrno(t.text) else { throw ScenarioSyntaxError(location: t.location, message: "expected 'ok' or an errno name, found '\(t.text)'") }
-            want = e; wantGiven = true
+            want = e
         }
         if let t = cmd.expectation("errno") {
             guard let e = parseErrno(t.text) else { throw ScenarioSyntaxError(location: t.location, message: "expected an errno name, found '\(t.text)'") }
-            want = e; wantGiven = true
+            want = e
         }
-        _ = wantGiven
         if got != want {
             throw failure(cmd, "expected \(want.map { $0.name } ?? "success"), got \(got.map { $0.name } ?? "success")")
         }

@@ -22,7 +22,7 @@ extension ScenarioInterpreter {
         case "open": try openCommand(cmd, ctx)
         case "close": try closeCommand(cmd)
         case "mmap_device": try mmapDeviceCommand(cmd, ctx)
-        case "read", "write", "migrate_to_dev", "migrate_to_sys", "snapshot", "exclusive", "check_exclusive", "release", "flags":
+        case _ where ScenarioInterpreter.deviceCommands[cmd.name.text] != nil:
             try deviceCommand(cmd, ctx)
         case "gup": try gupCommand(cmd, ctx)
         case "put", "unpin": try putCommand(cmd)
@@ -163,6 +163,11 @@ extension ScenarioInterpreter {
         }
     }
 
+    static let adviceNames: [String: MadviseAdvice] = [
+        "normal": .normal, "random": .random, "sequential": .sequential, "willneed": .willNeed, "dontneed": .dontNeed,
+        "free": .free, "dontfork": .dontFork, "dofork": .doFork, "hugepage": .hugePage, "nohugepage": .noHugePage,
+    ]
+
     func rangeSyscall(_ cmd: Command, _ ctx: Context) throws {
         let isMadvise = cmd.name.text == "madvise", isMprotect = cmd.name.text == "mprotect"
         try cmd.allow(keys: ["proc"], positionals: isMadvise || isMprotect ? 3 : 2)
@@ -177,18 +182,7 @@ extension ScenarioInterpreter {
             default:
                 let t = try cmd.arg(2, "an advice")
                 let advice: MadviseAdvice
-                switch t.text {
-                case "normal": advice = .normal
-                case "random": advice = .random
-                case "sequential": advice = .sequential
-                case "willneed": advice = .willNeed
-                case "dontneed": advice = .dontNeed
-                case "free": advice = .free
-                case "dontfork": advice = .dontFork
-                case "dofork": advice = .doFork
-                case "hugepage": advice = .hugePage
-                case "nohugepage": advice = .noHugePage
-                default:
+                if let named = ScenarioInterpreter.adviceNames[t.text] { advice = named } else {
                     guard let v = Int32(t.text) else { throw ScenarioSyntaxError(location: t.location, message: "expected an advice (dontneed, free, hugepage, nohugepage, normal, …) or a number") }
                     advice = MadviseAdvice(rawValue: v)
                 }

@@ -79,21 +79,15 @@ extension ScenarioInterpreter {
         }
     }
 
+    static let deviceCommands: [String: DmirrorCommand] = [
+        "read": .read, "write": .write, "migrate_to_dev": .migrateToDevice, "migrate_to_sys": .migrateToSystem,
+        "snapshot": .snapshot, "exclusive": .exclusive, "check_exclusive": .checkExclusive, "release": .release, "flags": .flags,
+    ]
+
     /// The dmirror commands: `CMD DEV ADDR NPAGES [buffer=B] [-> B] expect ret=… cpages=…
     /// faults=… mirror=PATTERN bytes=LIST`.
     func deviceCommand(_ cmd: Command, _ ctx: Context) throws {
-        let c: DmirrorCommand
-        switch cmd.name.text {
-        case "read": c = .read
-        case "write": c = .write
-        case "migrate_to_dev": c = .migrateToDevice
-        case "migrate_to_sys": c = .migrateToSystem
-        case "snapshot": c = .snapshot
-        case "exclusive": c = .exclusive
-        case "check_exclusive": c = .checkExclusive
-        case "release": c = .release
-        default: c = .flags
-        }
+        let c = ScenarioInterpreter.deviceCommands[cmd.name.text]! // dispatch only sends these names
         try cmd.allow(keys: ["buffer", "from"], positionals: c == .flags ? 2 : (c == .release ? 3 : 3))
         let d = try device(try cmd.arg(0, "a device"))
         var dcmd: DmirrorCmd

@@ -17,13 +17,12 @@ final class CPUWorker {
         thread = ModelThread.spawn(name: name) { [self] in
             while true {
                 var j: ((CPU) -> Void)? = nil
-                var q = false
-                wake.wait { lock.withLock { j = self.job; q = self.quit }; return j != nil || q }
-                guard let work = j else { break }
+                var quit = false
+                wake.wait { lock.withLock { j = self.job; quit = self.quit }; return j != nil || quit }
+                guard let work = j else { break } // no job: asked to quit
                 work(cpu)
                 lock.withLock { self.job = nil }
                 wake.wakeAll()
-                _ = q
             }
             cpu.detach()
         }

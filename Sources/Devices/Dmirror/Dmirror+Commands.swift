@@ -35,11 +35,7 @@ extension Dmirror {
     /// Raw ioctl by number (`0xC02848nn`): EINVAL for an unknown number.
     public func ioctl(number: UInt32, _ cmd: inout DmirrorCmd, buffer: DmirrorBuffer? = nil) throws(Errno) {
         guard isOpen else { throw .EINVAL }
-        guard let c = DmirrorCommand(ioctl: number) else {
-            // Validation comes before dispatch in the driver.
-            guard isPageAligned(cmd.addr), cmd.npages > 0 else { throw .EINVAL }
-            throw .EINVAL
-        }
+        guard let c = DmirrorCommand(ioctl: number) else { throw .EINVAL } // unknown command
         try ioctl(c, &cmd, buffer: buffer)
     }
 

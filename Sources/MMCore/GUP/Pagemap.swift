@@ -32,7 +32,7 @@ extension AddressSpace {
         for i in 0..<count {
             let a = address &+ (UInt64(i) << pageShift)
             var raw: UInt64 = 0
-            if a < taskSize, let vma = vmaLookup(a), let f = pageTable.lookup(a, level: .pte) {
+            if a < taskSize, vmaLookup(a) != nil, let f = pageTable.lookup(a, level: .pte) {
                 let v = f.entry.load()
                 let sub = f.level == .pte ? 0 : (a & (f.level.size - 1)) >> pageShift
                 if v.isPresent && (f.level == .pte || v.isHuge) {
@@ -49,7 +49,6 @@ extension AddressSpace {
                     raw = PagemapEntry.swapBit | UInt64(s.type) | (off << 5) & ((1 << 55) - 1)
                     if v.isSoftDirty { raw |= PagemapEntry.softDirtyBit }
                 }
-                _ = vma
             }
             out.append(PagemapEntry(raw: raw))
         }

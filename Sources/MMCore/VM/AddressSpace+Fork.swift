@@ -76,7 +76,7 @@ struct ForkCopier: PageWalker {
             // parent; the child gets a private copy now.
             guard let new = memory.allocate(order: 0) else { return .stop(.ENOMEM) }
             memory.frame(new.pfn).copyMemory(from: memory.frame(page.pfn), byteCount: Int(pageSize))
-            memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: parent.anonVMAPrepareChild(childVMA))
+            memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: parent.anonVMAPrepare(childVMA))
             dst.store(.page(new.pfn, write: v.isWrite, dirty: true))
             return .next
         }
@@ -115,7 +115,3 @@ struct ForkCopier: PageWalker {
     }
 }
 
-extension AddressSpace {
-    /// The child's own anon_vma (created by `anonVMAFork`).
-    func anonVMAPrepareChild(_ vma: VMA) -> AnonVMA { anonVMAPrepare(vma) }
-}
