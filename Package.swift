@@ -1,6 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// Release builds drop the runtime exclusivity checks (`swift_beginAccess` on every class
+/// property access in hot loops); debug builds, which run the tests, keep them.
+let fast: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+
 let package = Package(
     name: "swift-hmm",
     platforms: [.macOS(.v15)],
@@ -13,20 +17,22 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        .target(name: "MMSync"),
-        .target(name: "MMCore", dependencies: ["MMSync"]),
-        .target(name: "HMM", dependencies: ["MMCore"]),
-        .target(name: "Devices", dependencies: ["HMM"]),
-        .target(name: "Explorer", dependencies: ["MMSync", "MMCore", "HMM", "Devices"]),
-        .target(name: "Conformance", dependencies: ["MMCore", "HMM", "Devices"]),
-        .target(name: "Scenario", dependencies: ["MMCore", "HMM", "Devices"]),
+        .target(name: "MMSync", swiftSettings: fast),
+        .target(name: "MMArch"),
+        .target(name: "MMCore", dependencies: ["MMSync", "MMArch"], swiftSettings: fast),
+        .target(name: "HMM", dependencies: ["MMCore"], swiftSettings: fast),
+        .target(name: "Devices", dependencies: ["HMM"], swiftSettings: fast),
+        .target(name: "Explorer", dependencies: ["MMSync", "MMCore", "HMM", "Devices"], swiftSettings: fast),
+        .target(name: "Conformance", dependencies: ["MMCore", "HMM", "Devices"], swiftSettings: fast),
+        .target(name: "Scenario", dependencies: ["MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "NativeBaselines"),
         .executableTarget(
             name: "hmm",
             dependencies: [
                 "MMCore", "HMM", "Devices", "Conformance", "Scenario", "Explorer", "NativeBaselines",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+            ],
+            swiftSettings: fast),
         .testTarget(name: "MMSyncTests", dependencies: ["MMSync"]),
         .testTarget(name: "MMCoreTests", dependencies: ["MMCore", "MMSync"]),
         .testTarget(name: "HMMTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices", "Conformance"]),

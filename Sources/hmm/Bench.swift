@@ -28,8 +28,15 @@ struct Bench: ParsableCommand {
     @Option(help: "Run only figures whose name contains this text.")
     var filter: String?
 
+    @Option(help: "Repetitions per figure (default 5, 1 with --quick); more reps make a steadier profile.")
+    var reps: Int?
+
+    func validate() throws {
+        if let r = reps, !(1...1000).contains(r) { throw ValidationError("--reps must be between 1 and 1000") }
+    }
+
     func run() throws {
-        var suite = BenchSuite(quick: quick)
+        var suite = BenchSuite(quick: quick, reps: reps)
         let figures = suite.figures.filter { f in filter.map { f.name.contains($0) } ?? true }
         if figures.isEmpty { throw ValidationError("--filter '\(filter ?? "")' matches no figure; names: \(suite.figures.map(\.name).joined(separator: ", "))") }
         if format == .table { print(BenchRow.header) }

@@ -15,11 +15,12 @@ struct BenchError: Error, CustomStringConvertible { let description: String }
 /// The figures of issue 5, sized by `quick`.
 struct BenchSuite {
     let quick: Bool
-    var reps: Int { quick ? 1 : 5 }
+    /// Repetitions per figure; `--reps` overrides the default (1 quick, 5 full), e.g. to profile one figure.
+    let reps: Int
     var big: UInt64 { quick ? 16 << 20 : 1 << 30 }          // "1 GiB"
     var migrateBytes: UInt64 { quick ? 8 << 20 : 256 << 20 }
 
-    init(quick: Bool) { self.quick = quick }
+    init(quick: Bool, reps: Int? = nil) { self.quick = quick; self.reps = max(1, reps ?? (quick ? 1 : 5)) }
 
     var figures: [BenchFigure] {
         [

@@ -50,16 +50,16 @@ extension Dmirror {
     /// `dmirror_do_read`: copies mirrored pages from `start` until the first missing entry.
     /// Return: pages copied; ENOENT-equivalent is `copied < count`. Locking: `mutex` held.
     private func doRead(_ start: UInt64, _ end: UInt64, into bounce: UnsafeMutableRawBufferPointer, base: UInt64) -> UInt64 {
-        var copied: UInt64 = 0
+        var pfns: [UInt64] = []
         var a = start
         while a < end {
             guard let e = pt[a >> pageShift] else { break }
-            let off = Int(a - base)
-            (bounce.baseAddress! + off).copyMemory(from: memory.frame(e >> 2), byteCount: Int(pageSize))
-            copied += 1
+            pfns.append(e >> 2)
             a += pageSize
         }
-        return copied
+        let off = Int(start - base)
+        memory.gatherFramesBulk(into: UnsafeMutableRawBufferPointer(rebasing: bounce[off...]), from: pfns)
+        return UInt64(pfns.count)
     }
 
     /// `dmirror_read`: device reads; missing pages are faulted in a round at a time.
@@ -71,8 +71,7 @@ extension Dmirror {
         // fail after the copy starts; copy straight into the user buffer (one copy, not two).
         if let buffer, buffer.count >= size {
             let direct = mutex.withLock { () -> Bool in
-                var a = cmd.addr
-                while a < end { guard pt[a >> pageShift] != nil else { return false }; a += pageSize }
+                guard pt.allPresent(cmd.addr >> pageShift, end >> pageShift) else { return false }
                 _ = doRead(cmd.addr, end, into: buffer.bytes, base: cmd.addr)
                 return true
             }
@@ -103,15 +102,16 @@ extension Dmirror {
     /// `dmirror_do_write`: writes mirrored pages that are WRITE-tagged, from `start` on.
     /// Locking: `mutex` held.
     private func doWrite(_ start: UInt64, _ end: UInt64, from bounce: UnsafeRawBufferPointer, base: UInt64) -> UInt64 {
-        var copied: UInt64 = 0
+        var pfns: [UInt64] = []
         var a = start
         while a < end {
             guard let e = pt[a >> pageShift], e & 3 == Dmirror.tagWrite else { break }
-            memory.frame(e >> 2).copyMemory(from: bounce.baseAddress! + Int(a - base), byteCount: Int(pageSize))
-            copied += 1
+            pfns.append(e >> 2)
             a += pageSize
         }
-        return copied
+        let off = Int(start - base)
+        memory.scatterFramesBulk(to: pfns, from: UnsafeRawBufferPointer(rebasing: bounce[off...]))
+        return UInt64(pfns.count)
     }
 
     /// `dmirror_write`: device writes; missing or read-only pages get write faults.
@@ -215,22 +215,27 @@ extension Dmirror {
 
     /// Reads the whole range from the device table without faulting (after MIGRATE_TO_DEV and
     /// EXCLUSIVE). ENOENT if some page has no entry.
+    /// The driver reads into a bounce buffer and copies it out only when every page was there;
+    /// checking first lets the copy go straight to the user buffer with the same outcome.
     func readBack(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
         let size = Int(cmd.npages * pageSize)
-        let bounce = takeBounce(size)
-        defer { returnBounce(bounce) }
         let end = cmd.addr + cmd.npages * pageSize
-        let n = mutex.withLock { doRead(cmd.addr, end, into: bounce, base: cmd.addr) }
-        guard n == cmd.npages else { throw .ENOENT }
-        try copyOut(UnsafeRawBufferPointer(rebasing: bounce[0..<size]), to: buffer)
-        cmd.cpages = n
+        let outcome = mutex.withLock { () -> Errno? in
+            guard pt.allPresent(cmd.addr >> pageShift, end >> pageShift) else { return .ENOENT }
+            guard let buffer, buffer.count >= size else { return .EFAULT } // copy_to_user
+            _ = doRead(cmd.addr, end, into: buffer.bytes, base: cmd.addr)
+            return nil
+        }
+        if let e = outcome { throw e }
+        machine.stats.count(.bytesCopied, size)
+        cmd.cpages = cmd.npages
     }
 
     /// `dmirror_check_atomic`: EPERM while any page of the range is still ATOMIC-tagged.
     func checkExclusive(_ cmd: DmirrorCmd) throws(Errno) {
         let first = cmd.addr >> pageShift, last = first + cmd.npages
         let atomic = mutex.withLock {
-            pt.contains { $0.key >= first && $0.key < last && $0.value & 3 == Dmirror.tagAtomic }
+            pt.contains(tag: Dmirror.tagAtomic, in: first, last)
         }
         if atomic { throw .EPERM }
     }

@@ -21,13 +21,13 @@ extension DmirrorModule {
 extension Dmirror {
     func checkInvariants() -> [String] {
         var problems: [String] = []
-        let table = mutex.withLock { pt }
+        let table = mutex.withLock { pt.entries() }
         if mm.isDead {
             if !table.isEmpty { problems.append("dmirror\(device.minor): \(table.count) entries survive the mm's exit") }
             return problems
         }
         mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
-        for (vpn, e) in table.sorted(by: { $0.key < $1.key }) {
+        for (vpn, e) in table {
             let address = vpn << pageShift
             let pfn = e >> 2, tag = e & 3
             let hex = "0x" + String(address, radix: 16)

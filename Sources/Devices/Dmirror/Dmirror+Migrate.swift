@@ -57,21 +57,25 @@ extension Dmirror {
                 pt[(m.start >> pageShift) + UInt64(i)] = nil
             }
         }
+        var wanted: [Int] = []
+        wanted.reserveCapacity(m.src.count)
         for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
-            let spage = MigratePfn.pfn(m.src[i]).map { memory.page($0) }
-            if let s = spage, s.isZoneDevice { continue } // already device memory
+            if let s = MigratePfn.pfn(m.src[i]), memory.page(s).isZoneDevice { continue } // already device memory
             if failAlloc { failAlloc = false; continue } // the injected allocation failure, once
-            guard let dpage = device.allocatePage() else { continue }
-            let rpage = device.backingPage(dpage)
-            if let s = spage {
-                memory.frame(rpage.pfn).copyMemory(from: memory.frame(s.pfn), byteCount: Int(pageSize))
-                machine.stats.count(.bytesCopied, Int(pageSize))
-            } else {
-                memset(memory.frame(rpage.pfn), 0, Int(pageSize))
-            }
-            device.recordOwner(backing: rpage, mirror: self)
-            m.dst[i] = MigratePfn.make(dpage.pfn) | (m.src[i] & MigratePfn.write)
+            wanted.append(i)
         }
+        let dpages = device.allocatePages(wanted.count)
+        // One bulk copy for the batch; an empty source (no page, or the zero page) copies the
+        // zero page.
+        let sources = dpages.indices.map { MigratePfn.pfn(m.src[wanted[$0]]) ?? PhysicalMemory.zeroPfn }
+        memory.copyFramesBulk(to: dpages.map { device.backingPage($0).pfn }, from: sources)
+        let copied = sources.filter { $0 != PhysicalMemory.zeroPfn }.count
+        for k in dpages.indices {
+            let i = wanted[k]
+            device.recordOwner(backing: device.backingPage(dpages[k]), mirror: self)
+            m.dst[i] = MigratePfn.make(dpages[k].pfn) | (m.src[i] & MigratePfn.write)
+        }
+        machine.stats.count(.bytesCopied, copied * Int(pageSize))
     }
 
     /// `dmirror_migrate_finalize_and_map`: every migrated page enters the device table.

@@ -16,7 +16,7 @@ public final class Dmirror: @unchecked Sendable {
     /// The mirror's mutex: guards `pt` and `flags`; taken by the notifier callback.
     let mutex = Lock("dmirror")
     /// Locking: `mutex`.
-    var pt: [UInt64: UInt64] = [:]
+    let pt = DmirrorPageTable()
     /// Locking: `mutex`.
     var flags: UInt64 = 0
     private(set) var notifier: MMUIntervalNotifier!
@@ -98,13 +98,7 @@ public final class Dmirror: @unchecked Sendable {
     /// Locking: `mutex` held.
     func doUpdate(_ start: UInt64, _ end: UInt64) {
         mutex.assertHeld()
-        let first = start >> pageShift, last = end >> pageShift
-        if UInt64(pt.count) < last - first {
-            for key in pt.keys where key >= first && key <= last { pt[key] = nil }
-        } else {
-            var v = first
-            while v <= last { pt[v] = nil; if v == UInt64.max { break }; v += 1 }
-        }
+        pt.removeRange(start >> pageShift, end >> pageShift)
     }
 
     /// Erases one entry (used when the device migrates a page back).

@@ -71,31 +71,36 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         for pfn in (pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)).reversed() { pushFree(pfn) }
     }
 
-    /// `dmirror_devmem_alloc_page`: a device page, referenced and locked. For private memory a
-    /// system page is allocated as its backing store (the simulated device memory).
-    /// Return: nil when memory (device or backing) is exhausted.
-    func allocatePage() -> Page? {
-        var backing: Page? = nil
+    /// `dmirror_devmem_alloc_page`, for up to `count` pages at once (one round on the device
+    /// lock and one on the zone lock): device pages, referenced and locked. For private memory
+    /// a system page is allocated as each one's backing store (the simulated device memory).
+    /// Return: fewer pages (possibly none) when device or backing memory runs out.
+    func allocatePages(_ count: Int) -> [Page] {
+        guard count > 0 else { return [] }
+        var backing: [Page] = []
         if memoryType == .devicePrivate {
-            guard let b = memory.allocate(order: 0) else { return nil }
-            backing = b
+            backing = memory.allocateBatch(count)
+            if backing.isEmpty { return [] }
         }
+        let want = memoryType == .devicePrivate ? backing.count : count
+        var pfns: [UInt64] = []
+        pfns.reserveCapacity(want)
         lock.lock()
-        if freePages.isEmpty {
-            do { try allocateChunkLocked() } catch {
-                lock.unlock()
-                if let b = backing { memory.put(b) }
-                return nil
-            }
+        while pfns.count < want {
+            if freePages.isEmpty { do { try allocateChunkLocked() } catch { break } }
+            let pfn = freePages.removeLast()
+            memory.page(pfn).clear(.deviceFree)
+            pfns.append(pfn)
         }
-        let pfn = freePages.removeLast()
-        memory.page(pfn).clear(.deviceFree)
-        calloc += 1
+        calloc += pfns.count
         lock.unlock()
-        let page = memory.page(pfn)
-        memory.zoneDevicePageInit(page)
-        page.privateWord = backing?.pfn ?? 0
-        return page
+        for b in backing.dropFirst(pfns.count) { memory.put(b) }
+        return pfns.indices.map { i in
+            let page = memory.page(pfns[i])
+            memory.zoneDevicePageInit(page)
+            page.privateWord = backing.isEmpty ? 0 : backing[i].pfn
+            return page
+        }
     }
 
     /// `BACKING_PAGE`: where a device page's bytes live.
@@ -115,6 +120,22 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         if keep { pushFree(page.pfn) } else { released.insert(page.pfn) }
         lock.unlock()
         if memoryType == .devicePrivate, backing != 0 { memory.put(memory.page(backing)) }
+    }
+
+    /// `pageFree` for a batch: one round on the device lock, the backing pages freed together.
+    public func pageFreeBatch(_ pages: [Page]) {
+        var backing: [Page] = []
+        lock.lock()
+        var lastChunk: DmirrorChunk? = nil
+        for page in pages {
+            if memoryType == .devicePrivate, page.privateWord != 0 { backing.append(memory.page(page.privateWord)) }
+            page.privateWord = 0
+            cfree += 1
+            if !(lastChunk?.pagemap.contains(page.pfn) ?? false) { lastChunk = chunk(of: page) }
+            if !(lastChunk?.remove ?? true) { pushFree(page.pfn) } else { released.insert(page.pfn) }
+        }
+        lock.unlock()
+        memory.putBatch(backing)
     }
 
     /// Locking: `lock` held. A page is on the free list at most once.
@@ -168,17 +189,19 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             owner!.flags &= ~DmirrorFlag.failAlloc
             for i in selected { owner!.pt[(m.start >> pageShift) + UInt64(i)] = nil }
         }
-        for i in selected {
-            let spage = memory.page(MigratePfn.pfn(m.src[i])!)
-            guard let dpage = memory.allocate(order: 0) else {
-                if isFault { return false }
-                continue
-            }
-            dpage.lock()
-            memory.frame(dpage.pfn).copyMemory(from: memory.frame(backingPage(spage).pfn), byteCount: Int(pageSize))
-            machine.stats.count(.bytesCopied, Int(pageSize))
-            m.dst[i] = MigratePfn.make(dpage.pfn) | (m.src[i] & MigratePfn.write)
+        let dpages = memory.allocateBatch(selected.count)
+        if isFault && dpages.count < selected.count {
+            for d in dpages { memory.put(d) }
+            return false
         }
+        for d in dpages { d.lock() }
+        memory.copyFramesBulk(to: dpages.map(\.pfn),
+                              from: dpages.indices.map { backingPage(memory.page(MigratePfn.pfn(m.src[selected[$0]])!)).pfn })
+        for k in dpages.indices {
+            let i = selected[k]
+            m.dst[i] = MigratePfn.make(dpages[k].pfn) | (m.src[i] & MigratePfn.write)
+        }
+        machine.stats.count(.bytesCopied, dpages.count * Int(pageSize))
         return true
     }
 
@@ -229,15 +252,17 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         let g = chunk.pagemap
         var src = machine.migrateDeviceRange(startPfn: g.startPfn, count: Int(g.pageCount))
         var dst = [UInt64](repeating: 0, count: src.count)
+        var to: [UInt64] = [], from: [UInt64] = []
         for i in src.indices {
             guard src[i] & MigratePfn.migrate != 0, let spfn = MigratePfn.pfn(src[i]) else { continue }
             let spage = memory.page(spfn)
             guard let dpage = memory.allocate(order: 0) else { continue }
             dpage.lock()
-            memory.frame(dpage.pfn).copyMemory(from: memory.frame(backingPage(spage).pfn), byteCount: Int(pageSize))
-            machine.stats.count(.bytesCopied, Int(pageSize))
+            to.append(dpage.pfn); from.append(backingPage(spage).pfn)
             dst[i] = MigratePfn.make(dpage.pfn) | (src[i] & MigratePfn.write)
         }
+        memory.copyFramesBulk(to: to, from: from)
+        machine.stats.count(.bytesCopied, to.count * Int(pageSize))
         machine.migrateDevicePages(&src, dst)
         machine.migrateDeviceFinalize(src, dst)
         var inUse = 0

@@ -9,6 +9,19 @@ struct MigrateCollectWalker: PageWalker {
     var src: [UInt64]
     var cpages = 0
     var unmapped = 0
+    /// The registration of the last device page seen, and whether `pgmapOwner` owns it (a
+    /// batch of device pages nearly always comes from one registration).
+    var lastPagemap: DevicePagemap? = nil
+    var lastOwned = false
+
+    /// Whether the device page `p` belongs to a registration owned by `pgmapOwner`.
+    mutating func ownedDevicePage(_ p: Page) -> Bool {
+        if let g = lastPagemap, g.contains(p.pfn) { return lastOwned }
+        guard let g = memory.pagemap(of: p) else { return false }
+        lastPagemap = g
+        lastOwned = migrate.pgmapOwner.map { g.isOwned(by: $0) } ?? false
+        return lastOwned
+    }
 
     var visitsEmptyPTEs: Bool { true }
 
@@ -47,8 +60,7 @@ struct MigrateCollectWalker: PageWalker {
             let s = v.swapEntry
             guard s.isDevicePrivate else { return .next }
             let p = memory.page(s.pfn)
-            guard migrate.flags.contains(.devicePrivate), let g = memory.pagemap(of: p),
-                  migrate.pgmapOwner.map({ g.isOwned(by: $0) }) ?? false else { return .next }
+            guard migrate.flags.contains(.devicePrivate), ownedDevicePage(p) else { return .next }
             page = p
             mpfn = MigratePfn.make(s.pfn) | MigratePfn.migrate | (s.isWrite ? MigratePfn.write : 0)
         } else {
@@ -62,8 +74,7 @@ struct MigrateCollectWalker: PageWalker {
             let p = memory.page(v.pfn)
             if !p.isZoneDevice && !migrate.flags.contains(.system) { return .next }
             if p.isDeviceCoherent {
-                guard migrate.flags.contains(.deviceCoherent), let g = memory.pagemap(of: p),
-                      migrate.pgmapOwner.map({ g.isOwned(by: $0) }) ?? false else { return .next }
+                guard migrate.flags.contains(.deviceCoherent), ownedDevicePage(p) else { return .next }
             }
             page = p
             mpfn = MigratePfn.make(v.pfn) | MigratePfn.migrate | (v.isWrite ? MigratePfn.write : 0)

@@ -42,6 +42,8 @@ public final class MigrateVMA {
     public var src: [UInt64]
     /// Destination entries the driver fills between `setup` and `pages`.
     public var dst: [UInt64]
+    /// Per page: had mappings besides the collected one (set by unmap). Locking: mmap lock.
+    var remote: [Bool] = []
     /// Pages selected for migration by `setup` (`cpages`).
     public internal(set) var cpages = 0
     /// Pages walked (`npages`).

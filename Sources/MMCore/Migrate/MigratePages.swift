@@ -117,18 +117,25 @@ extension Machine {
     private func restoreMigrationEntry(_ hit: RmapHit, from: Page, to: Page) -> Bool {
         _ = hit.vma.mm.withMappedPTE(hit.address, pfn: from.pfn) { ptep, found in
             guard case .swap(let s) = found, s.isMigration else { return }
-            let write = s.isWrite && hit.vma.flags.contains(.write)
-            memory.get(to)
-            memory.addRmap(to)
-            if to.isAnon && (s.type == SwapEntry.migrationWrite || s.type == SwapEntry.migrationReadExclusive) {
-                to.set(.anonExclusive)
-            }
-            if to.isDevicePrivate {
-                ptep.store(SwapEntry.devicePrivate(pfn: to.pfn, write: s.isWrite).pte(softDirty: ptep.load().isSoftDirty))
-            } else {
-                ptep.store(.page(to.pfn, write: write, dirty: write))
-            }
+            restoreMigrationEntry(ptep, s, to: to, vmaWritable: hit.vma.flags.contains(.write))
         }
         return true
+    }
+
+    /// One step of `remove_migration_pte`: the migration entry `s` at `ptep` becomes a mapping
+    /// of `to` (present, or device-private for a device-private page), with its reference and
+    /// rmap. Locking: the PTE table's lock held; `to` locked.
+    package func restoreMigrationEntry(_ ptep: EntryPointer, _ s: SwapEntry, to: Page, vmaWritable: Bool) {
+        let write = s.isWrite && vmaWritable
+        memory.get(to)
+        memory.addRmap(to)
+        if to.isAnon && (s.type == SwapEntry.migrationWrite || s.type == SwapEntry.migrationReadExclusive) {
+            to.set(.anonExclusive)
+        }
+        if to.isDevicePrivate {
+            ptep.store(SwapEntry.devicePrivate(pfn: to.pfn, write: s.isWrite).pte(softDirty: ptep.load().isSoftDirty))
+        } else {
+            ptep.store(.page(to.pfn, write: write, dirty: write))
+        }
     }
 }

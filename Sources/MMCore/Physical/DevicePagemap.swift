@@ -10,6 +10,12 @@ public protocol DevicePagemapOps: AnyObject {
     /// no page-table lock; the faulting page is referenced (and the entry was seen under the PTE
     /// lock). Return: `.ok` or `.retry` to refault, `.sigbus`/`.oom` on failure.
     func migrateToRAM(_ fault: DevicePrivateFault) -> FaultResult
+    /// `page_free` for several pages at once (from `putBatch`); by default one `pageFree` each.
+    func pageFreeBatch(_ pages: [Page])
+}
+
+extension DevicePagemapOps {
+    public func pageFreeBatch(_ pages: [Page]) { for p in pages { pageFree(p) } }
 }
 
 /// A CPU fault on a device-private entry, handed to the owner's `migrateToRAM`.
@@ -27,20 +33,26 @@ public final class DevicePagemap: @unchecked Sendable {
     public let kind: MemoryKind
     public let startPfn: UInt64
     public let pageCount: UInt64
-    /// The owner cookie: devices compare owners by identity.
-    public let owner: AnyObject
+    /// The owner cookie: devices compare owners by identity. Weak: physical memory keeps every
+    /// registration, and the owner (a driver) keeps the machine.
+    public private(set) weak var owner: AnyObject?
+    let ownerID: ObjectIdentifier
     public private(set) weak var ops: DevicePagemapOps?
     unowned let memory: PhysicalMemory
 
     init(memory: PhysicalMemory, kind: MemoryKind, startPfn: UInt64, pageCount: UInt64, owner: AnyObject, ops: DevicePagemapOps) {
         self.memory = memory; self.kind = kind; self.startPfn = startPfn; self.pageCount = pageCount
-        self.owner = owner; self.ops = ops
+        self.owner = owner; self.ownerID = ObjectIdentifier(owner); self.ops = ops
     }
 
     public func contains(_ pfn: UInt64) -> Bool { pfn >= startPfn && pfn < startPfn + pageCount }
-    public func isOwned(by candidate: AnyObject?) -> Bool { candidate.map { $0 === owner } ?? false }
+    public func isOwned(by candidate: AnyObject?) -> Bool {
+        guard let c = candidate, ObjectIdentifier(c) == ownerID else { return false }
+        return owner != nil
+    }
 
     func pageFree(_ page: Page) { ops?.pageFree(page) }
+    func pageFreeBatch(_ pages: [Page]) { ops?.pageFreeBatch(pages) }
 }
 
 extension PhysicalMemory {
@@ -64,10 +76,10 @@ extension PhysicalMemory {
             p.refcountWord.store(0)
         }
         deviceLock.lock()
+        if !pagemaps.contains(where: { $0 === pgmap }) { pagemaps.append(pgmap) }
         var chunk = start / PhysicalMemory.deviceChunkPages
         while chunk * PhysicalMemory.deviceChunkPages < start + pageCount {
-            while pagemapTable.count <= Int(chunk) { pagemapTable.append(nil) }
-            pagemapTable[Int(chunk)] = pgmap
+            pagemapSlot(Int(chunk)).store(UInt64(UInt(bitPattern: Unmanaged.passUnretained(pgmap).toOpaque())), .release)
             chunk += 1
         }
         deviceLock.unlock()
@@ -78,7 +90,7 @@ extension PhysicalMemory {
     /// page of it is still referenced or mapped.
     public func unregisterDeviceMemory(_ pgmap: DevicePagemap) throws(Errno) {
         // Refuse a registration that is already gone (its range may belong to someone else now).
-        guard deviceLock.withLock({ pagemapTable.contains { $0 === pgmap } }) else { throw .EINVAL }
+        guard deviceLock.withLock({ registered(pgmap) }) else { throw .EINVAL }
         let range = pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)
         for pfn in range {
             let p = page(pfn)
@@ -89,7 +101,7 @@ extension PhysicalMemory {
             p.flagsWord.store(0); p.kind = .none; p.privateWord = 0
         }
         deviceLock.lock()
-        for (i, g) in pagemapTable.enumerated() where g === pgmap { pagemapTable[i] = nil }
+        for i in 0..<pagemapSlotCount where pagemapSlot(i).load() == bits(pgmap) { pagemapSlot(i).store(0, .release) }
         releasedDeviceRanges.append((pgmap.startPfn, pgmap.pageCount))
         deviceLock.unlock()
     }
@@ -98,8 +110,17 @@ extension PhysicalMemory {
     public func pagemap(of page: Page) -> DevicePagemap? {
         guard page.pfn >= systemFrames else { return nil }
         let chunk = Int(page.pfn / PhysicalMemory.deviceChunkPages)
-        deviceLock.lock(); defer { deviceLock.unlock() }
-        guard chunk < pagemapTable.count, let g = pagemapTable[chunk], g.contains(page.pfn) else { return nil }
-        return g
+        guard chunk < pagemapSlotCount else { return nil }
+        let word = pagemapSlot(chunk).load()
+        guard word != 0 else { return nil }
+        let g = Unmanaged<DevicePagemap>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(word))!).takeUnretainedValue()
+        return g.contains(page.pfn) ? g : nil
+    }
+
+    private func pagemapSlot(_ chunk: Int) -> AtomicU64Ref { AtomicU64Ref(UnsafeMutableRawPointer(pagemapSlots + chunk)) }
+    private func bits(_ g: DevicePagemap) -> UInt64 { UInt64(UInt(bitPattern: Unmanaged.passUnretained(g).toOpaque())) }
+    /// Locking: deviceLock held.
+    private func registered(_ g: DevicePagemap) -> Bool {
+        (0..<pagemapSlotCount).contains { pagemapSlot($0).load() == bits(g) }
     }
 }

@@ -46,6 +46,31 @@ extension PhysicalMemory {
         return head
     }
 
+    /// Allocates up to `count` single frames under one hold of the zone lock (as the kernel
+    /// refills a per-cpu page list in one go), each as `allocate(order: 0)`. Returns fewer when
+    /// memory runs out or fault injection fails an allocation (the rest are not attempted).
+    public func allocateBatch(_ count: Int) -> [Page] {
+        var want = 0
+        while want < count && !FaultInjection.shouldFail(.frameAllocation) { want += 1 }
+        guard want > 0 else { return [] }
+        var pfns: [UInt64] = []
+        pfns.reserveCapacity(want)
+        zoneLock.lock()
+        while pfns.count < want {
+            var found = -1
+            for o in 0...PhysicalMemory.maxOrder where freeListHead[o] != PhysicalMemory.nilLink { found = o; break }
+            guard found >= 0 else { break }
+            let pfn = UInt64(freeListHead[found])
+            removeFromFreeList(page(pfn), order: found)
+            var o = found
+            while o > 0 { o -= 1; freeListInsert(pfn + (UInt64(1) << o), order: o) }
+            pfns.append(pfn)
+        }
+        freeFramesCounter.add(-pfns.count)
+        zoneLock.unlock()
+        return pfns.map { pfn in let p = page(pfn); prepareAllocated(p, order: 0); return p }
+    }
+
     private func prepareAllocated(_ head: Page, order: Int) {
         precondition(head.flags.isEmpty && head.refcount == 0 && head.mapcount == 0,
                      "allocating a frame that is in use: \(head)")
@@ -63,6 +88,15 @@ extension PhysicalMemory {
     /// Returns a block to the allocator. Called when the refcount dropped to zero.
     /// Precondition: no mapping, no pin, owner already released.
     func freeBlock(_ head: Page) {
+        prepareFree(head)
+        zoneLock.lock()
+        freeFramesCounter.add(1 << head.order)
+        freeBlockLocked(head.pfn, order: head.order, countIt: false)
+        zoneLock.unlock()
+    }
+
+    /// Clears a block's metadata before it goes back (no lock needed: nobody else holds it).
+    private func prepareFree(_ head: Page) {
         let order = head.order
         precondition(head.mapcount == 0 && head.pincount == 0, "freeing a mapped or pinned frame \(head)")
         if order > 0 {
@@ -74,10 +108,6 @@ extension PhysicalMemory {
         head.flagsWord.store(0)
         head.privateWord = 0
         head.index = 0
-        zoneLock.lock()
-        freeFramesCounter.add(1 << order)
-        freeBlockLocked(head.pfn, order: order, countIt: false)
-        zoneLock.unlock()
     }
 
     /// Inserts a block, merging with free buddies. Locking: caller holds zoneLock.
@@ -146,14 +176,55 @@ extension PhysicalMemory {
 
     private func release(_ p: Page) {
         if p.isZoneDevice {
-            precondition(p.mapcount == 0, "freeing a mapped device page \(p)")
-            p.clear([.anon, .anonExclusive, .dirty, .lazyFree, .referenced])
-            p.releaseOwner()
-            p.index = 0
+            prepareDeviceFree(p)
             if let pgmap = pagemap(of: p) { pgmap.pageFree(p) }
             return
         }
         p.releaseOwner()
         freeBlock(p)
+    }
+
+    private func prepareDeviceFree(_ p: Page) {
+        precondition(p.mapcount == 0, "freeing a mapped device page \(p)")
+        p.clear([.anon, .anonExclusive, .dirty, .lazyFree, .referenced])
+        p.releaseOwner()
+        p.index = 0
+    }
+
+    /// `folios_put`: drops one reference on each page, as `put`; the system frames whose count
+    /// reaches zero go back under one hold of the zone lock, device pages to their owners in
+    /// one `pageFreeBatch` per run of pages of the same registration.
+    public func putBatch(_ pages: [Page]) {
+        var frames: [Page] = []
+        var device: [Page] = []
+        var devicePagemap: DevicePagemap? = nil
+        func flushDevice() {
+            if let g = devicePagemap, !device.isEmpty { g.pageFreeBatch(device) }
+            device.removeAll(keepingCapacity: true)
+        }
+        for p in pages {
+            if p.test(.reserved) { continue }
+            let n = p.refcountWord.add(-1)
+            precondition(n >= 0, "refcount underflow on \(p)")
+            guard n == 0 else { continue }
+            if p.isZoneDevice {
+                prepareDeviceFree(p)
+                guard let g = pagemap(of: p) else { continue }
+                if g !== devicePagemap { flushDevice(); devicePagemap = g }
+                device.append(p)
+            } else {
+                p.releaseOwner()
+                prepareFree(p)
+                frames.append(p)
+            }
+        }
+        flushDevice()
+        guard !frames.isEmpty else { return }
+        zoneLock.lock()
+        for p in frames {
+            freeFramesCounter.add(1 << p.order)
+            freeBlockLocked(p.pfn, order: p.order, countIt: false)
+        }
+        zoneLock.unlock()
     }
 }

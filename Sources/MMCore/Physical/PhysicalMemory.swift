@@ -29,8 +29,15 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Next unassigned device pfn.
     var nextDevicePfn: UInt64
     let deviceLock = Lock("device-pfn")
-    /// Device registrations by 256 MiB chunk of device pfn space. Locking: deviceLock.
-    var pagemapTable: [DevicePagemap?] = []
+    /// Device registrations by 256 MiB chunk of pfn space, read without a lock (`page_pgmap`
+    /// is on every device-page path): one word per chunk holding an unretained pointer to its
+    /// `DevicePagemap`, or 0. Every registration stays alive in `pagemaps` as long as this
+    /// memory, so a reader racing with an unregistration never sees a freed object.
+    /// Locking: written under deviceLock.
+    let pagemapSlots: UnsafeMutablePointer<UInt64>
+    let pagemapSlotCount: Int
+    /// Locking: deviceLock.
+    var pagemaps: [DevicePagemap] = []
     /// Device pfn ranges given back by `unregisterDeviceMemory`, reused by later registrations.
     var releasedDeviceRanges: [(start: UInt64, count: UInt64)] = []
 
@@ -51,6 +58,9 @@ public final class PhysicalMemory: @unchecked Sendable {
             munmap(f, frameBytes); throw .ENOMEM
         }
         frameBase = f; metaBase = m
+        pagemapSlotCount = Int(totalPfns / PhysicalMemory.deviceChunkPages) + 1
+        pagemapSlots = .allocate(capacity: pagemapSlotCount)
+        pagemapSlots.initialize(repeating: 0, count: pagemapSlotCount)
         // Let the host back the arenas with transparent huge pages: one host fault per 2 MiB of
         // frames instead of one per frame (the host's fault cost would otherwise dominate ours).
         _ = madvise(f, frameBytes, MADV_HUGEPAGE)
@@ -62,7 +72,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         initFreeLists()
     }
 
-    deinit { munmap(frameBase, frameBytes); munmap(metaBase, metaBytes) }
+    deinit { munmap(frameBase, frameBytes); munmap(metaBase, metaBytes); pagemapSlots.deallocate() }
 
     /// The metadata handle of `pfn`. Precondition: pfn < totalPfns.
     @inlinable @inline(__always) public func page(_ pfn: UInt64) -> Page {

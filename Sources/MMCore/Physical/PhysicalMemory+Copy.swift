@@ -1,0 +1,27 @@
+import MMArch
+
+/// Bulk page copies, as a device's copy engine makes them: non-temporal stores (the data
+/// streams through memory instead of evicting the caches, and no destination line is read
+/// first), one store fence per batch. The batch is complete when the call returns.
+/// pfn 0 is the zero page, so copying from it zero-fills.
+extension PhysicalMemory {
+    /// Frame `dst[i]` ← frame `src[i]`. Precondition: equal counts, valid pfns.
+    public func copyFramesBulk(to dst: [UInt64], from src: [UInt64]) {
+        precondition(dst.count == src.count && dst.allSatisfy { $0 < totalPfns } && src.allSatisfy { $0 < totalPfns })
+        dst.withUnsafeBufferPointer { d in
+            src.withUnsafeBufferPointer { s in mm_copy_frames_nocache(frameBase, d.baseAddress, s.baseAddress, d.count) }
+        }
+    }
+
+    /// Page `i` of `buffer` ← frame `src[i]`. Precondition: the buffer holds `src.count` pages.
+    public func gatherFramesBulk(into buffer: UnsafeMutableRawBufferPointer, from src: [UInt64]) {
+        precondition(buffer.count >= src.count << pageShift && src.allSatisfy { $0 < totalPfns })
+        src.withUnsafeBufferPointer { s in mm_gather_frames_nocache(buffer.baseAddress, frameBase, s.baseAddress, s.count) }
+    }
+
+    /// Frame `dst[i]` ← page `i` of `buffer`. Precondition: the buffer holds `dst.count` pages.
+    public func scatterFramesBulk(to dst: [UInt64], from buffer: UnsafeRawBufferPointer) {
+        precondition(buffer.count >= dst.count << pageShift && dst.allSatisfy { $0 < totalPfns })
+        dst.withUnsafeBufferPointer { d in mm_scatter_frames_nocache(frameBase, d.baseAddress, buffer.baseAddress, d.count) }
+    }
+}
