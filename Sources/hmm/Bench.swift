@@ -119,6 +119,16 @@ func measure(_ reps: Int, _ body: () throws -> Double) rethrows -> (median: Doub
     return (v[v.count / 2], v.first!, v.last!)
 }
 
+/// Medians and spreads of a figure and its baseline, measured in alternation (figure, baseline,
+/// figure, …) so that a slow spell of a shared machine weighs on both, not on one.
+func measurePair(_ reps: Int, _ figure: () throws -> Double, _ baseline: () throws -> Double) rethrows
+    -> (figure: (median: Double, min: Double, max: Double), baseline: (median: Double, min: Double, max: Double)) {
+    var f: [Double] = [], b: [Double] = []
+    for _ in 0..<max(reps, 1) { f.append(try figure()); b.append(try baseline()) }
+    f.sort(); b.sort()
+    return ((f[f.count / 2], f.first!, f.last!), (b[b.count / 2], b.first!, b.last!))
+}
+
 func seconds(_ body: () throws -> Void) rethrows -> Double {
     let t0 = nb_now()
     try body()

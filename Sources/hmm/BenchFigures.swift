@@ -41,7 +41,7 @@ struct BenchSuite {
 
     /// A machine with `bytes` of RAM plus room, a process and a CPU, and a populated region.
     func populated(_ bytes: UInt64, extraMiB: UInt64 = 64) throws -> (Machine, MMCore.Process, CPU, UInt64) {
-        let m = try Machine(memoryBytes: bytes + bytes / 32 + (extraMiB << 20), devicePfnSpaceBytes: 2 << 30)
+        let m = try Machine(memoryBytes: bytes + bytes / 32 + (extraMiB << 20), devicePfnSpaceBytes: 2 << 30, populateRAM: true)
         let p = try MMCore.Process(machine: m)
         let cpu = p.makeCPU()
         let a = try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
@@ -71,7 +71,7 @@ struct BenchSuite {
                 let n = quick ? 1 << 18 : 1 << 22
                 let addrs = addresses(a, bytes, random: random, count: n)
                 var sink: UInt64 = 0
-                let swift = try measure(reps) { () throws -> Double in
+                let (swift, base) = try measurePair(reps, { () throws -> Double in
                     try seconds {
                         sink &+= try cpu.withUserAccess { u in
                             var s: UInt64 = 0
@@ -79,22 +79,20 @@ struct BenchSuite {
                             return s
                         }
                     } / Double(n) * 1e9
-                }
-                let base = measure(reps) {
+                }, { () throws -> Double in
                     addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_tlb_loads(fb, pgd, b.baseAddress, b.count, 1) } } / Double(n) * 1e9
-                }
+                })
                 blackHole(sink)
                 rows.append(BenchRow(name: "CPU load, \(random ? "random" : "sequential"), \(label)", unit: "ns/load", value: swift.median,
                                      baseline: base.median, spread: (swift.min, swift.max), kind: .time, target: 1.5))
             }
             let n = quick ? 1 << 18 : 1 << 22
             let addrs = addresses(a, bytes, random: false, count: n)
-            let swift = try measure(reps) { () throws -> Double in
+            let (swift, base) = try measurePair(reps, { () throws -> Double in
                 try seconds {
                     try cpu.withUserAccess { u in for (i, x) in addrs.enumerated() { try u.store(x, UInt64(i)) } }
                 } / Double(n) * 1e9
-            }
-            let base = measure(reps) { addrs.withUnsafeBufferPointer { b in seconds { nb_tlb_stores(fb, pgd, b.baseAddress, b.count, 1, 1) } } / Double(n) * 1e9 }
+            }, { () throws -> Double in addrs.withUnsafeBufferPointer { b in seconds { nb_tlb_stores(fb, pgd, b.baseAddress, b.count, 1, 1) } } / Double(n) * 1e9 })
             rows.append(BenchRow(name: "CPU store, sequential, \(label)", unit: "ns/store", value: swift.median, baseline: base.median,
                                  spread: (swift.min, swift.max), kind: .time, target: 1.5))
             release(p, cpu)
@@ -112,14 +110,13 @@ struct BenchSuite {
         let n = Int(min(pages, quick ? 1 << 14 : 1 << 18))
         let addrs = (0..<n).map { _ in a + (rng.next() % pages) * pageSize }
         var sink: UInt64 = 0
-        let swift = try measure(reps) { () throws -> Double in
+        let (swift, base) = try measurePair(reps, { () throws -> Double in
             try seconds { sink &+= try cpu.withUserAccess { u in
                 var s: UInt64 = 0
                 for x in addrs { s &+= try u.load(x, as: UInt64.self) }
                 return s
             } } / Double(n) * 1e9
-        }
-        let base = measure(reps) { addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_tlb_loads(fb, pgd, b.baseAddress, b.count, 1) } } / Double(n) * 1e9 }
+        }, { () throws -> Double in addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_tlb_loads(fb, pgd, b.baseAddress, b.count, 1) } } / Double(n) * 1e9 })
         blackHole(sink)
         release(p, cpu)
         return [BenchRow(name: "page-table walk on TLB miss (random pages, \(quick ? "16MiB" : "1GiB"))", unit: "ns/miss", value: swift.median,
@@ -129,7 +126,7 @@ struct BenchSuite {
     // MARK: faults and system calls
 
     func swiftAnonFaultNs(_ bytes: UInt64) throws -> Double {
-        let m = try Machine(memoryBytes: bytes + bytes / 32 + (64 << 20), devicePfnSpaceBytes: 0)
+        let m = try Machine(memoryBytes: bytes + bytes / 32 + (64 << 20), devicePfnSpaceBytes: 0, populateRAM: true)
         let p = try MMCore.Process(machine: m)
         let cpu = p.makeCPU()
         defer { cpu.detach(); p.exit() }
@@ -143,19 +140,18 @@ struct BenchSuite {
     }
 
     func anonFault() throws -> [BenchRow] {
-        let swift = try measure(reps) { try swiftAnonFaultNs(big) }
-        let base = try measure(reps) { () throws -> Double in
+        let (swift, base) = try measurePair(reps, { () throws -> Double in try swiftAnonFaultNs(big) }, { () throws -> Double in
             let t = nb_host_anon_fault(Int(big))
             guard t >= 0 else { throw BenchError(description: "host mmap failed") }
             return t / Double(big / pageSize) * 1e9
-        }
+        })
         return [BenchRow(name: "anonymous write fault, \(quick ? "16MiB" : "1GiB") page by page", unit: "ns/fault", value: swift.median,
                          baseline: base.median, spread: (swift.min, swift.max), kind: .time, target: 0.5)]
     }
 
     func cowFault() throws -> [BenchRow] {
         let bytes = quick ? UInt64(16 << 20) : UInt64(256 << 20)
-        let swift = try measure(reps) { () throws -> Double in
+        let (swift, base) = try measurePair(reps, { () throws -> Double in
             let (_, p, cpu, a) = try populated(bytes, extraMiB: 64 + bytes >> 20)
             let child = try p.fork()
             let t = try seconds {
@@ -166,46 +162,43 @@ struct BenchSuite {
             }
             child.exit(); release(p, cpu)
             return t / Double(bytes / pageSize) * 1e9
-        }
-        let base = try measure(reps) { () throws -> Double in
+        }, { () throws -> Double in
             let t = nb_host_cow_fault(Int(bytes))
             guard t >= 0 else { throw BenchError(description: "host fork failed") }
             return t / Double(bytes / pageSize) * 1e9
-        }
+        })
         return [BenchRow(name: "copy-on-write fault after fork, \(bytes >> 20)MiB", unit: "ns/fault", value: swift.median, baseline: base.median,
                          spread: (swift.min, swift.max), kind: .time, target: 0.5)]
     }
 
     func mprotectFigure() throws -> [BenchRow] {
-        let m = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 0)
+        let m = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 0, populateRAM: true)
         let p = try MMCore.Process(machine: m)
         let cpu = p.makeCPU()
         defer { cpu.detach(); p.exit() }
         let a = try p.mmap(length: pageSize, prot: .readWrite, flags: [.private, .anonymous])
         try cpu.store(a, UInt8(1))
         let n = quick ? 10_000 : 200_000
-        let swift = try measure(reps) { () throws -> Double in
+        let (swift, base) = try measurePair(reps, { () throws -> Double in
             try seconds { for i in 0..<n { try p.mprotect(a, length: pageSize, prot: i & 1 == 0 ? .read : .readWrite) } } / Double(n) * 1e9
-        }
-        let base = measure(reps) { nb_host_mprotect(Int32(n)) / Double(n) * 1e9 }
+        }, { () throws -> Double in nb_host_mprotect(Int32(n)) / Double(n) * 1e9 })
         return [BenchRow(name: "mprotect of one 4KiB page", unit: "ns/call", value: swift.median, baseline: base.median,
                          spread: (swift.min, swift.max), kind: .time, target: 0.5)]
     }
 
     func forkFigure() throws -> [BenchRow] {
         let bytes = big
-        let swift = try measure(reps) { () throws -> Double in
+        let (swift, base) = try measurePair(reps, { () throws -> Double in
             let (_, p, cpu, _) = try populated(bytes, extraMiB: 64 + bytes >> 20)
             var child: MMCore.Process? = nil
             let t = try seconds { child = try p.fork() }
             child?.exit(); release(p, cpu)
             return t * 1e3
-        }
-        let base = try measure(reps) { () throws -> Double in
+        }, { () throws -> Double in
             let t = nb_host_fork(Int(bytes))
             guard t >= 0 else { throw BenchError(description: "host fork failed") }
             return t * 1e3
-        }
+        })
         return [BenchRow(name: "fork with \(quick ? "16MiB" : "1GiB") touched", unit: "ms", value: swift.median, baseline: base.median,
                          spread: (swift.min, swift.max), kind: .time, target: 1.0)]
     }
@@ -264,7 +257,7 @@ struct BenchSuite {
         let (p, cpu, a, d, buf) = try deviceSetup(extraMiB: 64 + 2 * (bytes >> 20))
         defer { d.close(); release(p, cpu) }
         let npages = bytes / pageSize
-        let swift = try measure(reps) { () throws -> Double in
+        let (swift, base) = try measurePair(reps, { () throws -> Double in
             let t = try seconds {
                 var c = DmirrorCmd(addr: a, npages: npages)
                 try d.ioctl(.migrateToDevice, &c, buffer: buf)
@@ -274,8 +267,7 @@ struct BenchSuite {
                 guard c.cpages == npages else { throw BenchError(description: "migrated back \(c.cpages) of \(npages)") }
             }
             return Double(2 * bytes) / t / 1e9
-        }
-        let base = measure(reps) { memcpyRate(bytes, copies: 2) }
+        }, { () throws -> Double in memcpyRate(bytes, copies: 2) })
         return [BenchRow(name: "dmirror MIGRATE_TO_DEV + MIGRATE_TO_SYS, \(bytes >> 20)MiB", unit: "GB/s", value: swift.median, baseline: base.median,
                          spread: (swift.min, swift.max), kind: .rate, target: 0.6)]
     }
@@ -287,13 +279,12 @@ struct BenchSuite {
         let npages = bytes / pageSize
         var c = DmirrorCmd(addr: a, npages: npages)
         try d.ioctl(.read, &c, buffer: buf) // mirror everything first
-        let swift = try measure(reps) { () throws -> Double in
+        let (swift, base) = try measurePair(reps, { () throws -> Double in
             var c = DmirrorCmd(addr: a, npages: npages)
             let t = try seconds { try d.ioctl(.read, &c, buffer: buf) }
             guard c.faults == 0 else { throw BenchError(description: "READ of a mirrored range faulted") }
             return Double(bytes) / t / 1e9
-        }
-        let base = measure(reps) { memcpyRate(bytes, copies: 1) }
+        }, { () throws -> Double in memcpyRate(bytes, copies: 1) })
         return [BenchRow(name: "device READ of \(bytes >> 20)MiB already mirrored", unit: "GB/s", value: swift.median, baseline: base.median,
                          spread: (swift.min, swift.max), kind: .rate, target: 0.7)]
     }
@@ -340,7 +331,7 @@ struct BenchSuite {
         let bytes: UInt64 = quick ? 16 << 20 : 512 << 20
         var rates: [Double] = []
         for threads in [1, 2] {
-            let m = try Machine(memoryBytes: bytes + (64 << 20), devicePfnSpaceBytes: 0)
+            let m = try Machine(memoryBytes: bytes + (64 << 20), devicePfnSpaceBytes: 0, populateRAM: true)
             let p = try MMCore.Process(machine: m)
             let a = try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
             let per = bytes / UInt64(threads)

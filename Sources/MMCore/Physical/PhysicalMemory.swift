@@ -44,7 +44,13 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Creates physical memory of `systemBytes` of RAM and `devicePfnSpaceBytes` of device
     /// pfn space. Throws ENOMEM if the host refuses the reservation, EINVAL for sizes that are
     /// not page multiples or too small.
-    public init(systemBytes: UInt64, devicePfnSpaceBytes: UInt64 = 16 << 30) throws(Errno) {
+    ///
+    /// The host commits the arenas lazily, so the first touch of each frame costs a host page
+    /// fault (and, in a VM, possibly the hypervisor's too: several microseconds). With
+    /// `populateRAM` the frames and metadata of system RAM are committed here instead, as a
+    /// real machine's RAM exists before its kernel runs; benchmarks use it so that they time
+    /// the simulated mm, not the host's first touch.
+    public init(systemBytes: UInt64, devicePfnSpaceBytes: UInt64 = 16 << 30, populateRAM: Bool = false) throws(Errno) {
         guard systemBytes >= 4 * pmdSize, isPageAligned(systemBytes), isPageAligned(devicePfnSpaceBytes),
               systemBytes <= 1 << 40, devicePfnSpaceBytes <= 1 << 42 else { throw .EINVAL }
         systemFrames = systemBytes >> pageShift
@@ -65,11 +71,25 @@ public final class PhysicalMemory: @unchecked Sendable {
         // frames instead of one per frame (the host's fault cost would otherwise dominate ours).
         _ = madvise(f, frameBytes, MADV_HUGEPAGE)
         _ = madvise(m, metaBytes, MADV_HUGEPAGE)
+        if populateRAM {
+            PhysicalMemory.populate(f, Int(systemFrames << pageShift))
+            PhysicalMemory.populate(m, Int(systemFrames) * Page.metadataStride)
+        }
         nextDevicePfn = (systemFrames + PhysicalMemory.deviceChunkPages - 1) & ~(PhysicalMemory.deviceChunkPages - 1)
         let zero = page(0)
         zero.set([.reserved, .uptodate])
         zero.refcountWord.store(1)
         initFreeLists()
+    }
+
+    /// Commits host memory: MADV_POPULATE_WRITE, or a write to every host page where the
+    /// host lacks it. The bytes stay zero.
+    private static func populate(_ base: UnsafeMutableRawPointer, _ bytes: Int) {
+        #if os(Linux)
+        if madvise(base, bytes, 23 /* MADV_POPULATE_WRITE */) == 0 { return }
+        #endif
+        var off = 0
+        while off < bytes { base.storeBytes(of: 0, toByteOffset: off, as: UInt8.self); off += Int(pageSize) }
     }
 
     deinit { munmap(frameBase, frameBytes); munmap(metaBase, metaBytes); pagemapSlots.deallocate() }

@@ -10,9 +10,10 @@ public final class Machine: @unchecked Sendable {
     var liveMMs: [ObjectIdentifier: Weak<AddressSpace>] = [:]
 
     /// Creates a machine with `memoryBytes` of RAM (page multiple, ≥ 8 MiB) and room for
-    /// `devicePfnSpaceBytes` of device memory registrations.
-    public init(memoryBytes: UInt64 = 256 << 20, devicePfnSpaceBytes: UInt64 = 16 << 30) throws(Errno) {
-        memory = try PhysicalMemory(systemBytes: memoryBytes, devicePfnSpaceBytes: devicePfnSpaceBytes)
+    /// `devicePfnSpaceBytes` of device memory registrations. With `populateRAM` the host backs
+    /// all of RAM before this returns (see `PhysicalMemory.init`).
+    public init(memoryBytes: UInt64 = 256 << 20, devicePfnSpaceBytes: UInt64 = 16 << 30, populateRAM: Bool = false) throws(Errno) {
+        memory = try PhysicalMemory(systemBytes: memoryBytes, devicePfnSpaceBytes: devicePfnSpaceBytes, populateRAM: populateRAM)
     }
 
     /// Called at the end of every public operation (system calls, faults, GUP, migration), with
