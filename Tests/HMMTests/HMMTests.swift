@@ -152,6 +152,40 @@ final class DeviceMemoryTests: XCTestCase {
         env.finish([d0])
     }
 
+    /// One batch mixing a page mapped only here (its entry is restored where collect put it)
+    /// and pages shared with a forked child (restored through the rmap): every mapping of every
+    /// page ends on the device, and each process still reads its own data.
+    func testMigrationRestoresLocalAndSharedMappings() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(4)
+        for i in 0..<4 { try env.cpu.store(a + UInt64(i) * pageSize, UInt64(10 + i)) }
+        let child = try env.process.fork()
+        let ccpu = child.makeCPU()
+        try ccpu.store(a, UInt64(20)) // the child copies page 0; pages 1-3 stay shared
+        try env.cpu.store(a, UInt64(10)) // the parent's page 0 is its own again: reused, writable
+        let d0 = try env.module.open(minor: 0, mm: env.mm)
+        XCTAssertEqual(try migrate(env, d0, a, 4), 4)
+        func entries(_ mm: AddressSpace) -> [PTE] {
+            mm.mmapLock.withRead { (0..<4).map { mm.pageTable.lookup(a + UInt64($0) * pageSize, level: .pte)!.entry.load() } }
+        }
+        let parent = entries(env.mm), shared = entries(child.mm)
+        XCTAssertTrue(parent.allSatisfy { $0.isSwap && $0.swapEntry.isDevicePrivate })
+        XCTAssertEqual(parent[0].swapEntry.type, SwapEntry.devicePrivateWrite, "page 0 was the parent's own and writable")
+        XCTAssertTrue(shared[0].isPresent)
+        for i in 1..<4 {
+            XCTAssertTrue(shared[i].isSwap && shared[i].swapEntry.isDevicePrivate, "child page \(i)")
+            XCTAssertEqual(shared[i].swapEntry.pfn, parent[i].swapEntry.pfn, "child page \(i) names the parent's device page")
+            XCTAssertEqual(shared[i].swapEntry.type, SwapEntry.devicePrivateRead)
+        }
+        XCTAssertEqual(env.problems(), [])
+        XCTAssertEqual(try ccpu.load(a + pageSize, as: UInt64.self), 11) // faults the shared page back
+        XCTAssertEqual(try ccpu.load(a, as: UInt64.self), 20)
+        for i in 0..<4 { XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt64.self), UInt64(10 + i)) }
+        XCTAssertEqual(env.problems(), [])
+        ccpu.detach(); child.exit()
+        env.finish([d0])
+    }
+
     func testMprotectDowngradesDevicePrivateEntries() throws {
         let env = try HMMEnv()
         let a = try env.anon(1)

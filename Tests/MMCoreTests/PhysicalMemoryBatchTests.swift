@@ -1,0 +1,74 @@
+import XCTest
+@testable import MMCore
+import MMSync
+
+/// Batched allocation and freeing, bulk copies, and populated RAM.
+final class PhysicalMemoryBatchTests: XCTestCase {
+    func testAllocateBatchAndPutBatchBalance() throws {
+        let mem = try PhysicalMemory(systemBytes: 8 << 20, devicePfnSpaceBytes: 0)
+        let pages = mem.allocateBatch(300)
+        XCTAssertEqual(pages.count, 300)
+        XCTAssertEqual(Set(pages.map(\.pfn)).count, 300)
+        XCTAssertFalse(pages.contains { $0.pfn == 0 })
+        XCTAssertTrue(pages.allSatisfy { $0.refcount == 1 && $0.order == 0 && !$0.test(.buddy) })
+        XCTAssertEqual(mem.freeFrames, 2047 - 300)
+        // A second reference on the first ten: putBatch frees only the other 290.
+        for p in pages.prefix(10) { mem.get(p) }
+        mem.putBatch(pages)
+        XCTAssertEqual(mem.freeFrames, 2047 - 10)
+        XCTAssertTrue(pages.prefix(10).allSatisfy { $0.refcount == 1 })
+        mem.putBatch(Array(pages.prefix(10)))
+        XCTAssertEqual(mem.freeFrames, 2047)
+        // Everything merged back: the whole of RAM but the zero page's block is one order-10 run again.
+        XCTAssertNotNil(mem.allocate(order: 10))
+    }
+
+    func testAllocateBatchStopsAtExhaustionAndInjectedFailure() throws {
+        let mem = try PhysicalMemory(systemBytes: 8 << 20, devicePfnSpaceBytes: 0)
+        let all = mem.allocateBatch(5000)
+        XCTAssertEqual(all.count, 2047)
+        XCTAssertEqual(mem.freeFrames, 0)
+        XCTAssertEqual(mem.allocateBatch(1).count, 0)
+        mem.putBatch(all)
+        XCTAssertEqual(mem.freeFrames, 2047)
+        FaultInjection.arm(.frameAllocation, count: 1)
+        defer { FaultInjection.disarmAll() }
+        XCTAssertEqual(mem.allocateBatch(4).count, 0, "the first allocation fails, so none is attempted")
+        let four = mem.allocateBatch(4)
+        XCTAssertEqual(four.count, 4)
+        mem.putBatch(four)
+        XCTAssertEqual(mem.freeFrames, 2047)
+    }
+
+    func testBulkCopiesMoveExactBytesAndTheZeroPageZeroFills() throws {
+        let mem = try PhysicalMemory(systemBytes: 8 << 20, devicePfnSpaceBytes: 0)
+        let src = mem.allocateBatch(3), dst = mem.allocateBatch(3)
+        for (k, p) in src.enumerated() {
+            for w in 0..<512 { mem.frame(p.pfn).storeBytes(of: UInt64(k << 16 | w), toByteOffset: w * 8, as: UInt64.self) }
+        }
+        for p in dst { memset(mem.frame(p.pfn), 0xAB, Int(pageSize)) }
+        mem.copyFramesBulk(to: dst.map(\.pfn), from: [src[0].pfn, PhysicalMemory.zeroPfn, src[2].pfn])
+        XCTAssertEqual(mem.frame(dst[0].pfn).load(fromByteOffset: 8 * 511, as: UInt64.self), 511)
+        XCTAssertEqual(mem.frame(dst[2].pfn).load(fromByteOffset: 8 * 7, as: UInt64.self), 2 << 16 | 7)
+        XCTAssertTrue((0..<512).allSatisfy { mem.frame(dst[1].pfn).load(fromByteOffset: $0 * 8, as: UInt64.self) == 0 })
+
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 3 * Int(pageSize), alignment: 4096)
+        defer { buf.deallocate() }
+        mem.gatherFramesBulk(into: buf, from: src.map(\.pfn).reversed())
+        XCTAssertEqual(buf.load(fromByteOffset: 8 * 3, as: UInt64.self), 2 << 16 | 3)
+        XCTAssertEqual(buf.load(fromByteOffset: 2 * Int(pageSize) + 8 * 9, as: UInt64.self), 9)
+        mem.scatterFramesBulk(to: [dst[1].pfn], from: UnsafeRawBufferPointer(rebasing: buf[Int(pageSize)...]))
+        XCTAssertEqual(mem.frame(dst[1].pfn).load(fromByteOffset: 8 * 100, as: UInt64.self), 1 << 16 | 100)
+        XCTAssertEqual(mem.frame(0).load(fromByteOffset: 0, as: UInt64.self), 0, "the zero page stays zero")
+        mem.putBatch(src + dst)
+    }
+
+    func testPopulatedRAMBehavesAsLazyRAM() throws {
+        let mem = try PhysicalMemory(systemBytes: 16 << 20, devicePfnSpaceBytes: 0, populateRAM: true)
+        XCTAssertEqual(mem.freeFrames, 4095)
+        let p = try XCTUnwrap(mem.allocate(order: 0, zeroed: true))
+        XCTAssertEqual(mem.frame(p.pfn).load(fromByteOffset: 64, as: UInt64.self), 0)
+        mem.put(p)
+        XCTAssertEqual(mem.freeFrames, 4095)
+    }
+}
