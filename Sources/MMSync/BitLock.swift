@@ -3,6 +3,13 @@
 /// as the kernel's folio wait table does.
 public enum BitLock {
     static let buckets: [WaitQueue] = (0..<64).map { _ in WaitQueue() }
+    /// The same queues, unretained: waking on every unlock must not cost a retain/release
+    /// pair (the queues live as long as the process).
+    static let bucketRefs: UnsafeMutablePointer<Unmanaged<WaitQueue>> = {
+        let p = UnsafeMutablePointer<Unmanaged<WaitQueue>>.allocate(capacity: buckets.count)
+        for (i, q) in buckets.enumerated() { (p + i).initialize(to: .passUnretained(q)) }
+        return p
+    }()
 
     @inlinable static func bucket(_ word: AtomicU64Ref) -> Int {
         Int(truncatingIfNeeded: (UInt(bitPattern: word.pointer) >> 6) & 63)
@@ -22,7 +29,7 @@ public enum BitLock {
         let old = word.fetchAnd(~bit)
         precondition(old & bit != 0, "bit lock released while not held")
         Sync.point(.bitLockRelease, UnsafeRawPointer(word.pointer))
-        buckets[bucket(word)].wakeAll()
+        bucketRefs[bucket(word)]._withUnsafeGuaranteedRef { $0.wakeAll() }
     }
 
     /// Sleeps until the bit is clear, without taking it (`folio_wait_locked`,

@@ -71,4 +71,23 @@ final class PhysicalMemoryBatchTests: XCTestCase {
         mem.put(p)
         XCTAssertEqual(mem.freeFrames, 4095)
     }
+
+    func testCopyEngineJobsCompleteWithExactBytes() throws {
+        let mem = try PhysicalMemory(systemBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        let src = mem.allocateBatch(300), dst = mem.allocateBatch(300)
+        for (k, p) in src.enumerated() { mem.frame(p.pfn).storeBytes(of: UInt64(k + 1), toByteOffset: 4000, as: UInt64.self) }
+        // Two jobs in flight, waited in order; then a parallel gather (half on the engine).
+        let f1 = mem.copyFramesAsync(to: dst.prefix(150).map(\.pfn), from: src.prefix(150).map(\.pfn))
+        let f2 = mem.copyFramesAsync(to: dst.suffix(150).map(\.pfn), from: src.suffix(150).map(\.pfn))
+        f1.wait(); f2.wait()
+        XCTAssertTrue(f1.isDone && f2.isDone)
+        XCTAssertEqual(dst.indices.filter { mem.frame(dst[$0].pfn).load(fromByteOffset: 4000, as: UInt64.self) != UInt64($0 + 1) }, [])
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 300 * Int(pageSize), alignment: 4096)
+        defer { buf.deallocate() }
+        mem.gatherFramesParallel(into: buf, from: dst.map(\.pfn))
+        XCTAssertEqual((0..<300).filter { buf.load(fromByteOffset: $0 * Int(pageSize) + 4000, as: UInt64.self) != UInt64($0 + 1) }, [])
+        XCTAssertTrue(mem.copyFramesAsync(to: [], from: []).isDone)
+        mem.putBatch(src + dst)
+        XCTAssertEqual(mem.freeFrames, 4095)
+    }
 }

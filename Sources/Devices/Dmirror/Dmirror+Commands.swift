@@ -58,7 +58,7 @@ extension Dmirror {
             a += pageSize
         }
         let off = Int(start - base)
-        memory.gatherFramesBulk(into: UnsafeMutableRawBufferPointer(rebasing: bounce[off...]), from: pfns)
+        memory.gatherFramesParallel(into: UnsafeMutableRawBufferPointer(rebasing: bounce[off...]), from: pfns)
         return UInt64(pfns.count)
     }
 

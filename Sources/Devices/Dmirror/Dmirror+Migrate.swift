@@ -22,23 +22,35 @@ extension Dmirror {
         guard !mm.isDead else { throw .EINVAL }
         let end = cmd.addr + cmd.npages * pageSize
         mm.mmapLock.lockRead()
+        // Two batches in flight: the copy engine copies batch k while this thread collects and
+        // unmaps batch k + 1; batch k completes (pages, device table, finalize) after that.
+        var inFlight: (MigrateVMA, CopyFence)? = nil
+        func complete() {
+            guard let (m, fence) = inFlight else { return }
+            inFlight = nil
+            fence.wait()
+            m.pages()
+            finalizeAndMap(m)
+            m.finalize()
+        }
         do {
             try forEachMigrationBatch(cmd.addr, end) { (vma, start, next) throws(Errno) in
                 let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: [.system, .compound], notifierOwner: self)
                 try m.setup()
-                allocAndCopyToDevice(m)
-                m.pages()
-                finalizeAndMap(m)
-                m.finalize()
+                let fence = allocAndCopyToDevice(m)
+                complete()
+                inFlight = (m, fence)
             }
-        } catch { mm.mmapLock.unlockRead(); throw error }
+        } catch { complete(); mm.mmapLock.unlockRead(); throw error }
+        complete()
         mm.mmapLock.unlockRead()
         try readBack(&cmd, buffer)
     }
 
     /// `dmirror_migrate_alloc_and_copy`: a device page for each selected source, holding its
-    /// data (or zeroes for an empty source). Destination writable iff the source was.
-    private func allocAndCopyToDevice(_ m: MigrateVMA) {
+    /// data (or zeroes for an empty source). Destination writable iff the source was. The copy
+    /// runs on the copy engine: wait on the fence before `pages`.
+    private func allocAndCopyToDevice(_ m: MigrateVMA) -> CopyFence {
         // Fix of a race in the kernel's test driver: its own MIGRATE invalidation is ignored,
         // so a concurrent device WRITE could still reach an old page after the copy. Dropping
         // the entries of every selected source first (one lock round for the batch) makes such
@@ -68,7 +80,7 @@ extension Dmirror {
         // One bulk copy for the batch; an empty source (no page, or the zero page) copies the
         // zero page.
         let sources = dpages.indices.map { MigratePfn.pfn(m.src[wanted[$0]]) ?? PhysicalMemory.zeroPfn }
-        memory.copyFramesBulk(to: dpages.map { device.backingPage($0).pfn }, from: sources)
+        let fence = memory.copyFramesAsync(to: dpages.map { device.backingPage($0).pfn }, from: sources)
         let copied = sources.filter { $0 != PhysicalMemory.zeroPfn }.count
         for k in dpages.indices {
             let i = wanted[k]
@@ -76,6 +88,7 @@ extension Dmirror {
             m.dst[i] = MigratePfn.make(dpages[k].pfn) | (m.src[i] & MigratePfn.write)
         }
         machine.stats.count(.bytesCopied, copied * Int(pageSize))
+        return fence
     }
 
     /// `dmirror_migrate_finalize_and_map`: every migrated page enters the device table.
@@ -99,20 +112,32 @@ extension Dmirror {
         guard !mm.isDead else { throw .EINVAL }
         let end = cmd.addr + cmd.npages * pageSize
         mm.mmapLock.lockRead()
+        // Pipelined as MIGRATE_TO_DEV: batch k copies while batch k + 1 is collected.
+        var inFlight: (MigrateVMA, CopyFence)? = nil
+        var moved = 0
+        func complete() {
+            guard let (m, fence) = inFlight else { return }
+            inFlight = nil
+            fence.wait()
+            m.pages()
+            let n = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
+            moved += n
+            machine.stats.count(.pagesMigrated, n)
+            machine.stats.count(.pagesMigratedToSystem, n)
+            m.finalize()
+        }
         do {
             try forEachMigrationBatch(cmd.addr, end) { (vma, start, next) throws(Errno) in
                 let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: device.selectDevice.union(.compound),
                                    notifierOwner: self)
                 try m.setup()
-                _ = device.allocAndCopyToSystem(m, mirror: self, isFault: false)
-                m.pages()
-                let moved = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
-                cmd.cpages += UInt64(moved)
-                machine.stats.count(.pagesMigrated, moved)
-                machine.stats.count(.pagesMigratedToSystem, moved)
-                m.finalize()
+                let fence = device.allocAndCopyToSystem(m, mirror: self, isFault: false) ?? .signalled()
+                complete()
+                inFlight = (m, fence)
             }
-        } catch { mm.mmapLock.unlockRead(); throw error }
+        } catch { complete(); cmd.cpages += UInt64(moved); mm.mmapLock.unlockRead(); throw error }
+        complete()
+        cmd.cpages += UInt64(moved)
         mm.mmapLock.unlockRead()
     }
 }

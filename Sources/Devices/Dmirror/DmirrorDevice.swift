@@ -164,7 +164,8 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         let m = MigrateVMA(vma: fault.vma, start: fault.address, end: fault.address + pageSize,
                            pgmapOwner: self, flags: selectDevice, faultPage: fault.page, notifierOwner: mirror ?? self)
         do { try m.setup() } catch { return .sigbus }
-        if !allocAndCopyToSystem(m, mirror: mirror, isFault: true) { m.finalize(); return .oom }
+        guard let copied = allocAndCopyToSystem(m, mirror: mirror, isFault: true) else { m.finalize(); return .oom }
+        copied.wait()
         m.pages()
         let moved = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
         machine.stats.count(.pagesMigrated, moved)
@@ -174,16 +175,17 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     }
 
     /// `dmirror_devmem_fault_alloc_and_copy`: for each selected device page, a system page with
-    /// its data; the mirror's entry for the address is erased. Return: false if a single-page
-    /// allocation failed during a CPU fault (VM_FAULT_OOM).
-    func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool) -> Bool {
+    /// its data; the mirror's entry for the address is erased. A CPU fault copies here; a
+    /// command's batch copies on the copy engine (wait on the fence before `pages`).
+    /// Return: nil if a single-page allocation failed during a CPU fault (VM_FAULT_OOM).
+    func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool) -> CopyFence? {
         // One round on the mirror's lock for the batch: FAIL_ALLOC only makes a large (THP)
         // allocation fail, so for single pages it is just consumed; the entries of the pages
         // that move are erased before their data is copied.
         let selected = m.src.indices.filter { i in
             m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.src[i]).map { memory.page($0).isZoneDevice } == true
         }
-        guard !selected.isEmpty else { return true }
+        guard !selected.isEmpty else { return .signalled() }
         let owner = mirror ?? owner(ofBacking: backingPage(memory.page(MigratePfn.pfn(m.src[selected[0]])!)).pfn)
         owner?.mutex.withLock {
             owner!.flags &= ~DmirrorFlag.failAlloc
@@ -192,17 +194,24 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         let dpages = memory.allocateBatch(selected.count)
         if isFault && dpages.count < selected.count {
             for d in dpages { memory.put(d) }
-            return false
+            return nil
         }
         for d in dpages { d.lock() }
-        memory.copyFramesBulk(to: dpages.map(\.pfn),
-                              from: dpages.indices.map { backingPage(memory.page(MigratePfn.pfn(m.src[selected[$0]])!)).pfn })
+        let to = dpages.map(\.pfn)
+        let from = dpages.indices.map { backingPage(memory.page(MigratePfn.pfn(m.src[selected[$0]])!)).pfn }
+        let fence: CopyFence
+        if isFault {
+            memory.copyFramesBulk(to: to, from: from)
+            fence = .signalled()
+        } else {
+            fence = memory.copyFramesAsync(to: to, from: from)
+        }
         for k in dpages.indices {
             let i = selected[k]
             m.dst[i] = MigratePfn.make(dpages[k].pfn) | (m.src[i] & MigratePfn.write)
         }
         machine.stats.count(.bytesCopied, dpages.count * Int(pageSize))
-        return true
+        return fence
     }
 
     // MARK: RELEASE

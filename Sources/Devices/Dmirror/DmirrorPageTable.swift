@@ -15,14 +15,13 @@ final class DmirrorPageTable {
     /// Stored entries carry this bit, so entry 0 (the zero page, read-only) is not "none".
     static let present: UInt64 = 1 << 63
 
-    private final class Leaf {
-        let slots: UnsafeMutablePointer<UInt64>
-        var used = 0
-        init() {
-            slots = .allocate(capacity: DmirrorPageTable.leafEntries)
-            slots.initialize(repeating: 0, count: DmirrorPageTable.leafEntries)
-        }
-        deinit { slots.deallocate() }
+    /// A leaf: 512 entries, then the count of entries in use (slot 512). Raw memory, so a
+    /// lookup costs no reference counting.
+    private typealias Leaf = UnsafeMutablePointer<UInt64>
+    private static func makeLeaf() -> Leaf {
+        let l = Leaf.allocate(capacity: leafEntries + 1)
+        l.initialize(repeating: 0, count: leafEntries + 1)
+        return l
     }
 
     private var leaves: [UInt64: Leaf] = [:]
@@ -33,11 +32,13 @@ final class DmirrorPageTable {
 
     var isEmpty: Bool { count == 0 }
 
+    deinit { for l in leaves.values { l.deallocate() } }
+
     private func leaf(_ key: UInt64, create: Bool) -> Leaf? {
         if key == lastKey, let l = lastLeaf { return l }
         var l = leaves[key]
         if l == nil && create {
-            let fresh = Leaf()
+            let fresh = DmirrorPageTable.makeLeaf()
             leaves[key] = fresh
             l = fresh
         }
@@ -49,27 +50,27 @@ final class DmirrorPageTable {
     subscript(vpn: UInt64) -> UInt64? {
         get {
             guard let l = leaf(vpn >> DmirrorPageTable.leafShift, create: false) else { return nil }
-            let v = l.slots[Int(vpn & 511)]
+            let v = l[Int(vpn & 511)]
             return v == 0 ? nil : v & ~DmirrorPageTable.present
         }
         set {
             let key = vpn >> DmirrorPageTable.leafShift
             guard let l = leaf(key, create: newValue != nil) else { return }
-            let slot = l.slots + Int(vpn & 511)
+            let slot = l + Int(vpn & 511)
             let had = slot.pointee != 0
             if let v = newValue {
                 slot.pointee = v | DmirrorPageTable.present
-                if !had { l.used += 1; count += 1 }
+                if !had { l[512] += 1; count += 1 }
             } else if had {
                 slot.pointee = 0
-                l.used -= 1; count -= 1
-                if l.used == 0 { dropLeaf(key) }
+                l[512] -= 1; count -= 1
+                if l[512] == 0 { dropLeaf(key) }
             }
         }
     }
 
     private func dropLeaf(_ key: UInt64) {
-        leaves[key] = nil
+        leaves.removeValue(forKey: key)?.deallocate()
         if lastKey == key { lastKey = .max; lastLeaf = nil }
     }
 
@@ -85,15 +86,16 @@ final class DmirrorPageTable {
             let base = key << DmirrorPageTable.leafShift
             let lo = key == k0 ? Int(first - base) : 0
             let hi = key == k1 ? Int(last - base) : DmirrorPageTable.leafEntries - 1
-            for i in lo...hi where l.slots[i] != 0 {
-                l.slots[i] = 0
-                l.used -= 1; count -= 1
+            for i in lo...hi where l[i] != 0 {
+                l[i] = 0
+                l[512] -= 1; count -= 1
             }
-            if l.used == 0 { dropLeaf(key) }
+            if l[512] == 0 { dropLeaf(key) }
         }
     }
 
     func removeAll() {
+        for l in leaves.values { l.deallocate() }
         leaves.removeAll()
         lastKey = .max; lastLeaf = nil
         count = 0
@@ -105,7 +107,7 @@ final class DmirrorPageTable {
         while v < end {
             guard let l = leaf(v >> DmirrorPageTable.leafShift, create: false) else { return false }
             let stop = min(end, (v | 511) + 1)
-            while v < stop { if l.slots[Int(v & 511)] == 0 { return false }; v += 1 }
+            while v < stop { if l[Int(v & 511)] == 0 { return false }; v += 1 }
         }
         return true
     }
@@ -122,8 +124,8 @@ final class DmirrorPageTable {
         out.reserveCapacity(count)
         for key in leaves.keys.sorted() {
             let l = leaves[key]!
-            for i in 0..<DmirrorPageTable.leafEntries where l.slots[i] != 0 {
-                out.append(((key << DmirrorPageTable.leafShift) | UInt64(i), l.slots[i] & ~DmirrorPageTable.present))
+            for i in 0..<DmirrorPageTable.leafEntries where l[i] != 0 {
+                out.append(((key << DmirrorPageTable.leafShift) | UInt64(i), l[i] & ~DmirrorPageTable.present))
             }
         }
         return out

@@ -70,11 +70,11 @@ enum MigratePhases {
             }
             let page = memory.page(pfn)
             // Only anonymous memory moves (to device or back); page-cache pages stay.
-            guard page.isAnon, let av = page.anonVMA else { src[i] &= ~MigratePfn.migrate; continue }
+            guard page.isAnon else { src[i] &= ~MigratePfn.migrate; continue }
             // folio_migrate_mapping: no reference may remain but ours (and the fault's).
             let expected: Int32 = 1 + (migrate?.faultPage == page ? 1 : 0)
             guard page.mapcount == 0, page.refcount == expected else { src[i] &= ~MigratePfn.migrate; continue }
-            newPage.setOwner(anon: av)
+            newPage.setOwner(sameAnonAs: page)
             newPage.index = page.index
             // Exclusivity travels in the migration entries and is restored by finalize.
             var carry: PageFlags = [.uptodate, .swapBacked]
@@ -98,6 +98,7 @@ enum MigratePhases {
             return memory.page(pfn)
         }
         local?.restoreLocalEntries(target)
+        let remote = local?.remote
         // The phase's references go in one batch at the end (old pages are freed together).
         var puts: [Page] = []
         puts.reserveCapacity(2 * src.count)
@@ -112,7 +113,7 @@ enum MigratePhases {
             if src[i] & MigratePfn.migrate != 0, let d = newPage { target = d } else if let d = newPage {
                 d.unlock(); puts.append(d)
             }
-            if local == nil || local!.remote[i] { machine.removeMigrationPTEs(from: page, to: target) }
+            if remote?[i] ?? true { machine.removeMigrationPTEs(from: page, to: target) }
             if target != page {
                 page.clear([.anonExclusive, .dirty])
             }

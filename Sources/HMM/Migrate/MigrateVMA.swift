@@ -85,6 +85,7 @@ public final class MigrateVMA {
         if let f = faultPage, !f.isDevicePrivate { throw .EINVAL }
         for i in src.indices { src[i] = 0; dst[i] = 0 }
         cpages = 0; npages = 0
+        remote = []
         collect()
         if cpages > 0 { unmap() }
     }

@@ -101,6 +101,16 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         ownerBits = UInt64(UInt(bitPattern: Unmanaged.passRetained(anon).toOpaque())) | Page.ownerTagAnon
         set(.anon)
     }
+    /// Sets the same anon_vma as `other` (retaining it once; no strong reference in between).
+    /// Precondition: `other` is anonymous.
+    package func setOwner(sameAnonAs other: Page) {
+        let bits = other.ownerBits
+        precondition(bits & Page.ownerTagMask == Page.ownerTagAnon, "\(other) is not anonymous")
+        _ = Unmanaged<AnonVMA>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits & ~Page.ownerTagMask))!).retain()
+        releaseOwner()
+        ownerBits = bits
+        set(.anon)
+    }
     func setOwner(file: ShmemFile) {
         releaseOwner()
         // Not retained: the file owns its page cache and clears the owner of every page it drops.

@@ -209,9 +209,11 @@ extension PhysicalMemory {
             guard n == 0 else { continue }
             if p.isZoneDevice {
                 prepareDeviceFree(p)
-                guard let g = pagemap(of: p) else { continue }
-                if g !== devicePagemap { flushDevice(); devicePagemap = g }
-                device.append(p)
+                if !(devicePagemap?.contains(p.pfn) ?? false) {
+                    flushDevice()
+                    devicePagemap = pagemap(of: p)
+                }
+                if devicePagemap != nil { device.append(p) }
             } else {
                 p.releaseOwner()
                 prepareFree(p)
