@@ -29,7 +29,7 @@ public enum BitLock {
         let old = word.fetchAnd(~bit)
         precondition(old & bit != 0, "bit lock released while not held")
         Sync.point(.bitLockRelease, UnsafeRawPointer(word.pointer))
-        bucketRefs[bucket(word)]._withUnsafeGuaranteedRef { $0.wakeAll() }
+        bucketRefs[bucket(word)]._withUnsafeGuaranteedRef { $0.wakeAllAfterBarrier() } // fetchAnd was seq-cst
     }
 
     /// Sleeps until the bit is clear, without taking it (`folio_wait_locked`,

@@ -61,8 +61,15 @@ public final class WaitQueue: @unchecked Sendable {
 
     /// Wakes every sleeper so that it re-checks its condition.
     public func wakeAll() {
-        Sync.point(.wake, UnsafeRawPointer(mutex))
         atomicFence()
+        wakeAllAfterBarrier()
+    }
+
+    /// `wakeAll` for a caller whose last access to the condition's state was a sequentially
+    /// consistent read-modify-write (a full barrier already: the store is ordered before the
+    /// load of the waiter count, so a sleeper either sees it or is counted and woken).
+    public func wakeAllAfterBarrier() {
+        Sync.point(.wake, UnsafeRawPointer(mutex))
         guard waiters.load(ordering: .sequentiallyConsistent) > 0 else { return }
         pthread_mutex_lock(mutex)
         pthread_cond_broadcast(cond)

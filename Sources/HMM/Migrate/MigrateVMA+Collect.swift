@@ -80,11 +80,12 @@ struct MigrateCollectWalker: PageWalker {
             mpfn = MigratePfn.make(v.pfn) | MigratePfn.migrate | (v.isWrite ? MigratePfn.write : 0)
         }
         guard page.ownerBits != 0, page.order == 0 else { return .next }
-        memory.get(page)
         // trylock only (best effort, no lock-order inversion between concurrent migrations);
         // the faulting page is already locked by the fault handler, which keeps that lock.
-        guard page == migrate.faultPage || page.tryLock() else { memory.put(page); return .next }
-        // Replace the entry by a migration entry; the mapping's rmap and reference go, ours stays.
+        // The PTE lock is held, so the mapping's reference keeps the page until it is ours.
+        guard page == migrate.faultPage || page.tryLock() else { return .next }
+        // Replace the entry by a migration entry; the mapping's rmap goes and its reference
+        // becomes ours (the kernel takes one and drops the mapping's: the same count).
         let exclusive = page.isAnon && page.test(.anonExclusive)
         if exclusive { page.clear(.anonExclusive) } // carried by the migration entry now
         let old = ptep.exchange(.none)
@@ -92,7 +93,6 @@ struct MigrateCollectWalker: PageWalker {
         let entry = SwapEntry.migration(pfn: page.pfn, write: mpfn & MigratePfn.write != 0, exclusive: exclusive)
         ptep.store(entry.pte(softDirty: old.isSoftDirty))
         memory.removeRmap(page)
-        memory.put(page)
         if old.isPresent { unmapped += 1 }
         cpages += 1
         src[i] = mpfn
