@@ -21,6 +21,10 @@ public final class Lock: @unchecked Sendable {
         pthread_mutexattr_init(&attr)
         #if DEBUG
         pthread_mutexattr_settype(&attr, Int32(PTHREAD_MUTEX_ERRORCHECK))
+        #elseif os(Linux)
+        // Critical sections are short (the zone lock covers a free-list operation): a waiter
+        // spins a little before sleeping, as the kernel's spinlocks would not sleep at all.
+        pthread_mutexattr_settype(&attr, Int32(PTHREAD_MUTEX_ADAPTIVE_NP))
         #endif
         pthread_mutex_init(mutex, &attr)
         pthread_mutexattr_destroy(&attr)
