@@ -3,8 +3,10 @@
 @frozen @usableFromInline
 struct TLBEntry {
     @usableFromInline var tag: UInt64
-    @usableFromInline var frame: UnsafeMutableRawPointer?
-    @inlinable init(tag: UInt64, frame: UnsafeMutableRawPointer?) { self.tag = tag; self.frame = frame }
+    /// Never nil (an empty slot's tag never matches), so a hit needs no nil check.
+    @usableFromInline var frame: UnsafeMutableRawPointer
+    @inlinable init(tag: UInt64, frame: UnsafeMutableRawPointer) { self.tag = tag; self.frame = frame }
+    @usableFromInline static let empty = TLBEntry(tag: 0, frame: UnsafeMutableRawPointer(bitPattern: 0x1000)!)
 }
 
 /// A direct-mapped software TLB of 256 entries. Owned by one CPU; never touched by other
@@ -16,7 +18,7 @@ struct TLB {
 
     init() {
         slots = .allocate(capacity: TLB.entries)
-        slots.initialize(repeating: TLBEntry(tag: 0, frame: nil), count: TLB.entries)
+        slots.initialize(repeating: .empty, count: TLB.entries)
     }
     func deallocate() { slots.deallocate() }
 

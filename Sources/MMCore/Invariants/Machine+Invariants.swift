@@ -171,7 +171,8 @@ extension AddressSpace {
         for cpu in cpusLock.withLock({ cpus }) where cpu.inUser.load() == 0 && cpu.seenGeneration == gen {
             for slot in 0..<TLB.entries {
                 let tag = cpu.tlb.slots[slot].tag
-                guard tag & 1 != 0, let frame = cpu.tlb.slots[slot].frame else { continue }
+                guard tag & 1 != 0 else { continue }
+                let frame = cpu.tlb.slots[slot].frame
                 let address = (tag >> 2) << pageShift
                 let hex = "0x" + String(address, radix: 16)
                 guard let f = pageTable.lookup(address, level: .pte) else {
