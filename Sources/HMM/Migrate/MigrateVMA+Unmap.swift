@@ -138,6 +138,7 @@ extension MigrateVMA {
     /// collect gave them, to `target(i)` (nil: nothing to restore). Locking: mmap lock held
     /// (for read) since `setup`; pages locked.
     func restoreLocalEntries(_ target: (Int) -> Page?) {
+        mm.mmapLock.assertLocked()
         let machine = mm.machine
         let writable = vma.flags.contains(.write)
         var addr = start

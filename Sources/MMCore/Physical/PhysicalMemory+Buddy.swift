@@ -49,7 +49,9 @@ extension PhysicalMemory {
     /// Allocates up to `count` single frames under one hold of the zone lock (as the kernel
     /// refills a per-cpu page list in one go), each as `allocate(order: 0)`. Returns fewer when
     /// memory runs out or fault injection fails an allocation (the rest are not attempted).
+    /// Locking: takes the zone lock; the caller must not hold it.
     public func allocateBatch(_ count: Int) -> [Page] {
+        assert(!zoneLock.isHeldByCurrentThread, "allocateBatch under the zone lock")
         var want = 0
         while want < count && !FaultInjection.shouldFail(.frameAllocation) { want += 1 }
         guard want > 0 else { return [] }
@@ -194,7 +196,10 @@ extension PhysicalMemory {
     /// `folios_put`: drops one reference on each page, as `put`; the system frames whose count
     /// reaches zero go back under one hold of the zone lock, device pages to their owners in
     /// one `pageFreeBatch` per run of pages of the same registration.
+    /// Locking: takes the zone lock (and, through `pageFreeBatch`, the drivers' locks); the
+    /// caller holds neither, nor any page-table lock.
     public func putBatch(_ pages: [Page]) {
+        assert(!zoneLock.isHeldByCurrentThread, "putBatch under the zone lock")
         var frames: [Page] = []
         var device: [Page] = []
         var devicePagemap: DevicePagemap? = nil
