@@ -98,7 +98,8 @@ struct BenchRow {
     }
     var json: String {
         "{\"name\": \"\(name)\", \"unit\": \"\(unit)\", \"value\": \(fmt(value)), \"min\": \(fmt(spread.0)), \"max\": \(fmt(spread.1)), "
-            + "\"baseline\": \(fmt(baseline)), \"ratio\": \(fmt(ratio)), \"target\": \"\(targetText)\", \"met\": \(met)}"
+            + "\"baseline\": \(fmt(baseline)), \"ratio\": \(fmt(ratio)), \"target\": \(fmt(target)), "
+            + "\"test\": \"\(kind == .memory ? "value" : "ratio") \(kind == .rate ? ">=" : "<=") target\", \"met\": \(met)}"
     }
 }
 
