@@ -152,6 +152,23 @@ final class DeviceMemoryTests: XCTestCase {
         env.finish([d0])
     }
 
+    /// Two batches in flight must not need more memory than one at a time: with free RAM for
+    /// one batch but not two, the whole range still migrates both ways.
+    func testMigrationWithRoomForOneBatchOnly() throws {
+        let env = try HMMEnv(mib: 8)
+        let n = 1024
+        let a = try env.anon(n)
+        for i in 0..<n { try env.cpu.store(a + UInt64(i) * pageSize, UInt64(i)) }
+        let d0 = try env.module.open(minor: 0, mm: env.mm)
+        XCTAssertTrue((512..<1024).contains(env.memory.freeFrames), "free \(env.memory.freeFrames): room for one batch, not two")
+        XCTAssertEqual(try migrate(env, d0, a, n), UInt64(n))
+        var cmd = DmirrorCmd(addr: a, npages: UInt64(n))
+        try d0.ioctl(.migrateToSystem, &cmd)
+        XCTAssertEqual(cmd.cpages, UInt64(n))
+        for i in stride(from: 0, to: n, by: 31) { XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt64.self), UInt64(i)) }
+        env.finish([d0])
+    }
+
     /// One batch mixing a page mapped only here (its entry is restored where collect put it)
     /// and pages shared with a forked child (restored through the rmap): every mapping of every
     /// page ends on the device, and each process still reads its own data.

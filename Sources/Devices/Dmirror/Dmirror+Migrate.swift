@@ -37,7 +37,7 @@ extension Dmirror {
             try forEachMigrationBatch(cmd.addr, end) { (vma, start, next) throws(Errno) in
                 let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: [.system, .compound], notifierOwner: self)
                 try m.setup()
-                let fence = allocAndCopyToDevice(m)
+                let fence = allocAndCopyToDevice(m, makeRoom: complete)
                 complete()
                 inFlight = (m, fence)
             }
@@ -50,7 +50,10 @@ extension Dmirror {
     /// `dmirror_migrate_alloc_and_copy`: a device page for each selected source, holding its
     /// data (or zeroes for an empty source). Destination writable iff the source was. The copy
     /// runs on the copy engine: wait on the fence before `pages`.
-    private func allocAndCopyToDevice(_ m: MigrateVMA) -> CopyFence {
+    /// `makeRoom` completes the batch still in flight (freeing its old pages); it is called when
+    /// memory, not fault injection, ran short, so two batches in flight never fail where one
+    /// would have succeeded.
+    private func allocAndCopyToDevice(_ m: MigrateVMA, makeRoom: () -> Void) -> CopyFence {
         // Fix of a race in the kernel's test driver: its own MIGRATE invalidation is ignored,
         // so a concurrent device WRITE could still reach an old page after the copy. Dropping
         // the entries of every selected source first (one lock round for the batch) makes such
@@ -76,7 +79,11 @@ extension Dmirror {
             if failAlloc { failAlloc = false; continue } // the injected allocation failure, once
             wanted.append(i)
         }
-        let dpages = device.allocatePages(wanted.count)
+        var dpages = device.allocatePages(wanted.count)
+        if dpages.count < wanted.count && memory.freeFrames < wanted.count - dpages.count {
+            makeRoom()
+            dpages += device.allocatePages(wanted.count - dpages.count)
+        }
         // One bulk copy for the batch; an empty source (no page, or the zero page) copies the
         // zero page.
         let sources = dpages.indices.map { MigratePfn.pfn(m.src[wanted[$0]]) ?? PhysicalMemory.zeroPfn }
@@ -131,7 +138,7 @@ extension Dmirror {
                 let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: device.selectDevice.union(.compound),
                                    notifierOwner: self)
                 try m.setup()
-                let fence = device.allocAndCopyToSystem(m, mirror: self, isFault: false) ?? .signalled()
+                let fence = device.allocAndCopyToSystem(m, mirror: self, isFault: false, makeRoom: complete) ?? .signalled()
                 complete()
                 inFlight = (m, fence)
             }

@@ -178,7 +178,8 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// its data; the mirror's entry for the address is erased. A CPU fault copies here; a
     /// command's batch copies on the copy engine (wait on the fence before `pages`).
     /// Return: nil if a single-page allocation failed during a CPU fault (VM_FAULT_OOM).
-    func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool) -> CopyFence? {
+    /// `makeRoom` as for `Dmirror.allocAndCopyToDevice`.
+    func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool, makeRoom: (() -> Void)? = nil) -> CopyFence? {
         // One round on the mirror's lock for the batch: FAIL_ALLOC only makes a large (THP)
         // allocation fail, so for single pages it is just consumed; the entries of the pages
         // that move are erased before their data is copied.
@@ -191,7 +192,11 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             owner!.flags &= ~DmirrorFlag.failAlloc
             for i in selected { owner!.pt[(m.start >> pageShift) + UInt64(i)] = nil }
         }
-        let dpages = memory.allocateBatch(selected.count)
+        var dpages = memory.allocateBatch(selected.count)
+        if dpages.count < selected.count, let makeRoom, memory.freeFrames < selected.count - dpages.count {
+            makeRoom()
+            dpages += memory.allocateBatch(selected.count - dpages.count)
+        }
         if isFault && dpages.count < selected.count {
             for d in dpages { memory.put(d) }
             return nil

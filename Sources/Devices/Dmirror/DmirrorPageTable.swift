@@ -114,7 +114,15 @@ final class DmirrorPageTable {
 
     /// Whether some entry of `first ..< end` has `tag`.
     func contains(tag: UInt64, in first: UInt64, _ end: UInt64) -> Bool {
-        for (vpn, e) in entries() where vpn >= first && vpn < end && e & 3 == tag { return true }
+        guard end > first, count > 0 else { return false }
+        let k0 = first >> DmirrorPageTable.leafShift, k1 = (end - 1) >> DmirrorPageTable.leafShift
+        let keys = UInt64(leaves.count) <= k1 - k0 ? leaves.keys.filter { $0 >= k0 && $0 <= k1 } : (k0...k1).filter { leaves[$0] != nil }
+        for key in keys {
+            let l = leaves[key]!, base = key << DmirrorPageTable.leafShift
+            let lo = key == k0 ? Int(first - base) : 0
+            let hi = key == k1 ? Int(end - 1 - base) : DmirrorPageTable.leafEntries - 1
+            for i in lo...hi where l[i] != 0 && (l[i] & ~DmirrorPageTable.present) & 3 == tag { return true }
+        }
         return false
     }
 

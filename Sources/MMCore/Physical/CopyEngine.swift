@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import MMArch
 import MMSync
 
@@ -47,6 +52,9 @@ public final class CopyEngine: @unchecked Sendable {
 
     private func loop() {
         while true {
+            // Under the explorer jobs run inline: stay out of its way (no sync point from an
+            // uncontrolled thread).
+            if Sync.scheduler != nil { usleep(1000); continue }
             guard let job = next() else {
                 work.wait { hasWork }
                 continue

@@ -76,7 +76,7 @@ extension PhysicalMemory {
             p.refcountWord.store(0)
         }
         deviceLock.lock()
-        if !pagemaps.contains(where: { $0 === pgmap }) { pagemaps.append(pgmap) }
+        pagemaps.append(pgmap) // a fresh registration: kept for lock-free readers (a few hundred bytes each)
         var chunk = start / PhysicalMemory.deviceChunkPages
         while chunk * PhysicalMemory.deviceChunkPages < start + pageCount {
             pagemapSlot(Int(chunk)).store(UInt64(UInt(bitPattern: Unmanaged.passUnretained(pgmap).toOpaque())), .release)

@@ -48,12 +48,13 @@ extension PhysicalMemory {
 
     /// Allocates up to `count` single frames under one hold of the zone lock (as the kernel
     /// refills a per-cpu page list in one go), each as `allocate(order: 0)`. Returns fewer when
-    /// memory runs out or fault injection fails an allocation (the rest are not attempted).
+    /// memory runs out or when fault injection fails some of the allocations (each slot is one
+    /// allocation attempt; a failed one is skipped, the others still happen).
     /// Locking: takes the zone lock; the caller must not hold it.
     public func allocateBatch(_ count: Int) -> [Page] {
         assert(!zoneLock.isHeldByCurrentThread, "allocateBatch under the zone lock")
         var want = 0
-        while want < count && !FaultInjection.shouldFail(.frameAllocation) { want += 1 }
+        for _ in 0..<max(count, 0) where !FaultInjection.shouldFail(.frameAllocation) { want += 1 }
         guard want > 0 else { return [] }
         var pfns: [UInt64] = []
         pfns.reserveCapacity(want)
