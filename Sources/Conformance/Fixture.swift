@@ -82,6 +82,14 @@ public final class Fixture {
     }
 
     /// `hmm_dmirror_cmd`: 0 or -errno; cpages/faults copied only on success.
+    /// `cmd` that must succeed for the whole range: returns 0 and reports `cpages == npages`
+    /// (the selftests' usual pair of ASSERTs).
+    public func expectCommand(_ dev: Dmirror, _ c: DmirrorCommand, _ b: Buffer, _ npages: Int, _ what: String,
+                              file: String = #fileID, line: Int = #line) throws {
+        try expectEqual(cmd(dev, c, b, npages), 0, what, file: file, line: line)
+        try expectEqual(b.cpages, UInt64(npages), "\(what) cpages", file: file, line: line)
+    }
+
     public func cmd(_ dev: Dmirror, _ c: DmirrorCommand, _ b: Buffer, _ npages: Int) -> Int32 {
         var cmd = DmirrorCmd(addr: b.ptr, npages: UInt64(npages))
         defer {

@@ -83,8 +83,7 @@ public enum SelftestSuite {
         try f.fill(b, from: 2 * f.pageSize / 4, idx)
         try f.process.mprotect(b.ptr, length: UInt64(size), prot: .read)
         try expectEqual(try f.cpu.load(b.ptr + UInt64(f.pageSize), as: Int32.self), 0, "zero page read")
-        try expectEqual(f.cmd(f.fd, .read, b, npages), 0, "READ")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .read, b, npages, "READ")
         try expectEqual(b.faults, 1, "faults")
         try f.expectMirror(b, { $0 < 2 * f.pageSize / 4 ? 0 : Int32($0) })
     }
@@ -105,8 +104,7 @@ public enum SelftestSuite {
         let npages = f.npg, size = npages * f.pageSize
         let b = try f.anonBuffer(size: size)
         f.fillMirror(b, idx)
-        try expectEqual(f.cmd(f.fd, .write, b, npages), 0, "WRITE")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .write, b, npages, "WRITE")
         try expectEqual(b.faults, 1, "faults")
         try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
     }
@@ -121,8 +119,7 @@ public enum SelftestSuite {
         try expectEqual(f.cmd(f.fd, .write, b, npages), -Errno.EPERM.rawValue, "WRITE to PROT_READ")
         try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), zero, "ptr untouched")
         try f.process.mprotect(b.ptr, length: UInt64(size), prot: .readWrite)
-        try expectEqual(f.cmd(f.fd, .write, b, npages), 0, "WRITE after mprotect")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .write, b, npages, "WRITE after mprotect")
         try expectEqual(b.faults, 1, "faults")
         try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
     }
@@ -135,8 +132,7 @@ public enum SelftestSuite {
             try f.fill(b, idx)
             f.fillMirror(b, neg)
             if migrate {
-                try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
-                try expectEqual(b.cpages, UInt64(npages), "cpages")
+                try f.expectCommand(f.fd, .migrateToDevice, b, npages, "MIGRATE_TO_DEV")
             }
             let child = try f.process.fork()
             let childResult: Result<Void, Error> = Result {
@@ -146,8 +142,7 @@ public enum SelftestSuite {
                 if !migrate { try f.expectMirror(b, neg, "child mirror") }
                 let cfd = try f.module.open(minor: 0, mm: child.mm)
                 defer { cfd.close() }
-                try expectEqual(f.cmd(cfd, .write, b, npages), 0, "child WRITE")
-                try expectEqual(b.cpages, UInt64(npages), "child cpages")
+                try f.expectCommand(cfd, .write, b, npages, "child WRITE")
                 try expectEqual(b.faults, 1, "child faults")
                 if !migrate { try f.expectInts(try f.ints(ccpu, b.ptr, count: size / 4), neg, "child ptr after WRITE") }
             }
@@ -171,8 +166,7 @@ public enum SelftestSuite {
             try f.expectMirror(b, neg, "child mirror")
             let cfd = try f.module.open(minor: 0, mm: child.mm)
             defer { cfd.close() }
-            try expectEqual(f.cmd(cfd, .write, b, npages), 0, "child WRITE")
-            try expectEqual(b.cpages, UInt64(npages), "child cpages")
+            try f.expectCommand(cfd, .write, b, npages, "child WRITE")
             try expectEqual(b.faults, 1, "child faults")
             try f.expectInts(try f.ints(ccpu, b.ptr, count: size / 4), neg, "child ptr after WRITE")
         }
@@ -192,8 +186,7 @@ public enum SelftestSuite {
         try expectEqual(try file.pwrite(offset: 0, bytes: bytes), size, "pwrite")
         let p = try f.process.mmap(length: UInt64(size), prot: .read, flags: .shared, file: file)
         let b = Fixture.Buffer(ptr: p, size: size)
-        try expectEqual(f.cmd(f.fd, .read, b, npages), 0, "READ")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .read, b, npages, "READ")
         try expectEqual(b.faults, 1, "faults")
         try f.expectMirror(b, idx)
         try f.process.munmap(p, length: UInt64(size))
@@ -205,8 +198,7 @@ public enum SelftestSuite {
         let p = try f.process.mmap(length: UInt64(size), prot: .readWrite, flags: .shared, file: file)
         let b = Fixture.Buffer(ptr: p, size: size)
         f.fillMirror(b, idx)
-        try expectEqual(f.cmd(f.fd, .write, b, npages), 0, "WRITE")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .write, b, npages, "WRITE")
         try expectEqual(b.faults, 1, "faults")
         try f.expectInts(try f.ints(f.cpu, p, count: size / 4), idx, "ptr")
         let back = try file.pread(offset: 0, count: size)
@@ -219,8 +211,7 @@ public enum SelftestSuite {
         let npages = f.npg, size = npages * f.pageSize
         let b = try f.anonBuffer(size: size)
         try f.fill(b, idx)
-        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .migrateToDevice, b, npages, "MIGRATE_TO_DEV")
         try f.expectMirror(b, idx)
     }
 
@@ -230,8 +221,7 @@ public enum SelftestSuite {
         let p = try f.process.mmap(length: UInt64(size), prot: .readWrite, flags: .private, file: file)
         let b = Fixture.Buffer(ptr: p, size: size)
         try f.fill(b, idx)
-        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .migrateToDevice, b, npages, "MIGRATE_TO_DEV")
         try f.expectMirror(b, idx)
         try f.process.munmap(p, length: UInt64(size))
     }
@@ -240,12 +230,10 @@ public enum SelftestSuite {
         let npages = f.npg, size = npages * f.pageSize
         let b = try f.anonBuffer(size: size)
         try f.fill(b, idx)
-        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .migrateToDevice, b, npages, "MIGRATE_TO_DEV")
         try f.expectMirror(b, idx)
         try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 8), idx, "first half (faults back)")
-        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV again")
-        try expectEqual(b.cpages, UInt64(npages), "cpages again")
+        try f.expectCommand(f.fd, .migrateToDevice, b, npages, "MIGRATE_TO_DEV again")
         try f.expectMirror(b, idx)
     }
 
@@ -253,8 +241,7 @@ public enum SelftestSuite {
         let npages = f.npg, size = npages * f.pageSize
         let b = try f.anonBuffer(size: size)
         try f.fill(b, idx)
-        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .migrateToDevice, b, npages, "MIGRATE_TO_DEV")
         try f.expectMirror(b, idx)
         try expectEqual(f.cmd(f.fd, .release, b, npages), 0, "RELEASE")
         try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 8), idx, "first half after RELEASE")
@@ -273,12 +260,10 @@ public enum SelftestSuite {
         for _ in 0..<10 {
             let b = try f.anonBuffer(size: size)
             try f.fill(b, idx)
-            try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
-            try expectEqual(b.cpages, UInt64(npages), "cpages")
+            try f.expectCommand(f.fd, .migrateToDevice, b, npages, "MIGRATE_TO_DEV")
             try f.expectMirror(b, idx)
             if f.variant == .deviceCoherent {
-                try expectEqual(f.cmd(f.fd, .migrateToSystem, b, npages), 0, "MIGRATE_TO_SYS")
-                try expectEqual(b.cpages, UInt64(npages), "cpages TO_SYS")
+                try f.expectCommand(f.fd, .migrateToSystem, b, npages, "MIGRATE_TO_SYS")
             }
             try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
             try f.process.munmap(b.ptr, length: UInt64(size))
@@ -290,8 +275,7 @@ public enum SelftestSuite {
         for c in 0..<10 {
             let b = try f.anonBuffer(size: size)
             try f.fill(b) { Int32($0 + c) }
-            try expectEqual(f.cmd(f.fd, .read, b, npages), 0, "READ")
-            try expectEqual(b.cpages, UInt64(npages), "cpages")
+            try f.expectCommand(f.fd, .read, b, npages, "READ")
             try expectEqual(b.faults, 1, "faults")
             try f.expectMirror(b) { Int32($0 + c) }
             try f.process.munmap(b.ptr, length: UInt64(size))
@@ -350,8 +334,7 @@ public enum SelftestSuite {
         let npages = f.npg, size = npages * f.pageSize
         let b = try f.anonBuffer(size: size)
         try f.fill(b, idx)
-        try expectEqual(f.cmd(f.fd, .exclusive, b, npages), 0, "EXCLUSIVE")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .exclusive, b, npages, "EXCLUSIVE")
         try f.expectMirror(b, idx)
         for i in 0..<(size / 4) {
             let a = b.ptr + UInt64(i * 4)
@@ -367,8 +350,7 @@ public enum SelftestSuite {
         let npages = f.npg, size = npages * f.pageSize
         let b = try f.anonBuffer(size: size)
         try f.fill(b, idx)
-        try expectEqual(f.cmd(f.fd, .exclusive, b, npages), 0, "EXCLUSIVE")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .exclusive, b, npages, "EXCLUSIVE")
         try f.expectMirror(b, idx)
         try f.process.mprotect(b.ptr, length: UInt64(size), prot: .read)
         try expectEqual(f.cmd(f.fd, .write, b, npages), -Errno.EPERM.rawValue, "WRITE after mprotect")
@@ -378,8 +360,7 @@ public enum SelftestSuite {
         let npages = 4, size = npages * f.pageSize
         let b = try f.anonBuffer(size: size)
         try f.fill(b, idx)
-        try expectEqual(f.cmd(f.fd, .migrateToDevice, b, npages), 0, "MIGRATE_TO_DEV")
-        try expectEqual(b.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .migrateToDevice, b, npages, "MIGRATE_TO_DEV")
         try f.expectMirror(b, idx)
         let mm = f.process.mm
         let ps = UInt64(f.pageSize)
@@ -388,8 +369,7 @@ public enum SelftestSuite {
         // PIN_FAST_BENCHMARK with FOLL_LONGTERM, PIN_LONGTERM_BENCHMARK: long-term pins.
         for i: UInt64 in [2, 3] { mm.unpinUserPages(try mm.getUserPages(b.ptr + i * ps, count: 1, flags: [.write, .pin, .longterm])) }
         let s = Fixture.Buffer(ptr: b.ptr, size: size, mirrorSize: npages)
-        try expectEqual(f.cmd(f.fd, .snapshot, s, npages), 0, "SNAPSHOT")
-        try expectEqual(s.cpages, UInt64(npages), "cpages")
+        try f.expectCommand(f.fd, .snapshot, s, npages, "SNAPSHOT")
         let want: [UInt8] = f.variant == .devicePrivate ? [0x02, 0x02, 0x02, 0x02] : [0x42, 0x42, 0x02, 0x02]
         try expectEqual((0..<npages).map { s.mirror[byte: $0] }, want, "snapshot bytes")
         try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")

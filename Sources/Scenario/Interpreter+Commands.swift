@@ -137,7 +137,7 @@ extension ScenarioInterpreter {
 
     func mmapCommand(_ cmd: Command, _ ctx: Context) throws {
         try cmd.allow(keys: ["prot", "file", "offset", "fixed", "hint", "proc"], flags: ["shared", "private", "populate", "noreplace", "hugetlb"], positionals: 1)
-        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let proc = try process(for: cmd, ctx)
         let size = try eval(try cmd.arg(0, "a size"), ctx)
         let prot = try cmd.option("prot").map(parseProt) ?? .readWrite
         var flags: MapFlags = cmd.flag("shared") ? .shared : .private
@@ -171,7 +171,7 @@ extension ScenarioInterpreter {
     func rangeSyscall(_ cmd: Command, _ ctx: Context) throws {
         let isMadvise = cmd.name.text == "madvise", isMprotect = cmd.name.text == "mprotect"
         try cmd.allow(keys: ["proc"], positionals: isMadvise || isMprotect ? 3 : 2)
-        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let proc = try process(for: cmd, ctx)
         let a = try eval(try cmd.arg(0, "an address"), ctx)
         let len = try eval(try cmd.arg(1, "a length"), ctx)
         var result: Errno? = nil
@@ -195,7 +195,7 @@ extension ScenarioInterpreter {
 
     func mremapCommand(_ cmd: Command, _ ctx: Context) throws {
         try cmd.allow(keys: ["fixed", "proc"], flags: ["maymove", "dontunmap"], positionals: 3)
-        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let proc = try process(for: cmd, ctx)
         let a = try eval(try cmd.arg(0, "an address"), ctx)
         let old = try eval(try cmd.arg(1, "the old length"), ctx)
         let new = try eval(try cmd.arg(2, "the new length"), ctx)
@@ -296,7 +296,7 @@ extension ScenarioInterpreter {
     func fillOrCheck(_ cmd: Command, _ ctx: Context) throws {
         let isFill = cmd.name.text == "fill"
         try cmd.allow(keys: ["index", "proc"], positionals: isFill ? 3 : 3)
-        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let proc = try process(for: cmd, ctx)
         let a = try eval(try cmd.arg(0, "an address"), ctx)
         let len = try eval(try cmd.arg(1, "a length"), ctx)
         guard len <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a length of at most 256MiB") }
@@ -330,7 +330,7 @@ extension ScenarioInterpreter {
 
     func access(_ cmd: Command, _ ctx: Context) throws {
         try cmd.allow(keys: ["proc"], flags: ["u8", "u16", "u32", "u64"], positionals: cmd.name.text == "load" ? 1 : (cmd.name.text == "store" ? 2 : 3))
-        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let proc = try process(for: cmd, ctx)
         let a = try eval(try cmd.arg(0, "an address"), ctx)
         let width = cmd.flag("u8") ? 1 : cmd.flag("u16") ? 2 : cmd.flag("u32") ? 4 : 8
         guard a % UInt64(width) == 0 else { throw cmd.fail("expected an address aligned to \(width) bytes") }

@@ -49,7 +49,7 @@ extension ScenarioInterpreter {
     func openCommand(_ cmd: Command, _ ctx: Context) throws {
         try cmd.allow(keys: ["proc"], positionals: 1)
         guard let name = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the open device") }
-        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let proc = try process(for: cmd, ctx)
         let minor = try eval(try cmd.arg(0, "a device number (0–3)"), ctx)
         _ = try theMachine(at: cmd.name.location)
         guard let module = state.withLock({ module }) else { throw cmd.fail("expected a machine") }
@@ -161,7 +161,7 @@ extension ScenarioInterpreter {
     func gupCommand(_ cmd: Command, _ ctx: Context) throws {
         try cmd.allow(keys: ["proc"], flags: ["write", "pin", "longterm"], positionals: 2)
         guard let h = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the pinned pages") }
-        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let proc = try process(for: cmd, ctx)
         let a = try eval(try cmd.arg(0, "an address"), ctx), n = try eval(try cmd.arg(1, "a page count"), ctx)
         guard n <= 1 << 20 else { throw cmd.fail("expected at most 1048576 pages") }
         var flags: FollFlags = []
@@ -184,13 +184,19 @@ extension ScenarioInterpreter {
         trace(cmd, "ok")
     }
 
-    /// `pagemap ADDR [NPAGES] expect present|swap|none|file`: every page must match.
-    func pagemapCommand(_ cmd: Command, _ ctx: Context) throws {
+    /// The `[proc=P] ADDR [NPAGES]` operands of pagemap and migrate_pages (at most 2^20 pages).
+    private func pageRange(_ cmd: Command, _ ctx: Context) throws -> (MMCore.Process, UInt64, UInt64) {
         try cmd.allow(keys: ["proc"], positionals: 2)
-        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        let proc = try process(for: cmd, ctx)
         let a = try eval(try cmd.arg(0, "an address"), ctx)
         let n = try cmd.optionalArg(1).map { try eval($0, ctx) } ?? 1
         guard n <= 1 << 20 else { throw cmd.fail("expected at most 1048576 pages") }
+        return (proc, a, n)
+    }
+
+    /// `pagemap ADDR [NPAGES] expect present|swap|none|file`: every page must match.
+    func pagemapCommand(_ cmd: Command, _ ctx: Context) throws {
+        let (proc, a, n) = try pageRange(cmd, ctx)
         let entries: [PagemapEntry]
         do { entries = try proc.mm.pagemap(a, count: Int(n)) } catch let e as Errno { try checkErrno(cmd, e); return }
         for t in cmd.bareExpectations {
@@ -211,11 +217,7 @@ extension ScenarioInterpreter {
     }
 
     func migratePagesCommand(_ cmd: Command, _ ctx: Context) throws {
-        try cmd.allow(keys: ["proc"], positionals: 2)
-        let proc = try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
-        let a = try eval(try cmd.arg(0, "an address"), ctx)
-        let n = try cmd.optionalArg(1).map { try eval($0, ctx) } ?? 1
-        guard n <= 1 << 20 else { throw cmd.fail("expected at most 1048576 pages") }
+        let (proc, a, n) = try pageRange(cmd, ctx)
         let pfns: [UInt64]
         do { pfns = try proc.mm.pagemap(a, count: Int(n)).filter(\.isPresent).map(\.pfn) } catch let e as Errno { try checkErrno(cmd, e); return }
         let r = proc.machine.migratePages(pfns)

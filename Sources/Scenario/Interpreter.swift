@@ -259,6 +259,11 @@ public final class ScenarioInterpreter {
 
     func eval(_ t: Token, _ ctx: Context) throws -> UInt64 { try Expression.evaluate(t, lookup(ctx)) }
 
+    /// The process a command names with `proc=`, or the context's.
+    func process(for cmd: Command, _ ctx: Context) throws -> MMCore.Process {
+        try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+    }
+
     func process(named name: String?, at loc: SourceLocation) throws -> MMCore.Process {
         try state.withLock {
             let n = name ?? currentProcess

@@ -69,13 +69,7 @@ struct BenchRow {
     let kind: Kind
     let target: Double
 
-    var ratio: Double {
-        switch kind {
-        case .time: return value / baseline
-        case .rate: return value / baseline
-        case .memory: return value / baseline
-        }
-    }
+    var ratio: Double { value / baseline }
     var met: Bool {
         switch kind {
         case .time: return ratio <= target
@@ -112,22 +106,14 @@ func fmt(_ v: Double) -> String {
     return s
 }
 
-/// Median and spread of repeated measurements.
-func measure(_ reps: Int, _ body: () throws -> Double) rethrows -> (median: Double, min: Double, max: Double) {
-    var v: [Double] = []
-    for _ in 0..<max(reps, 1) { v.append(try body()) }
-    v.sort()
-    return (v[v.count / 2], v.first!, v.last!)
-}
-
 /// Medians and spreads of a figure and its baseline, measured in alternation (figure, baseline,
 /// figure, …) so that a slow spell of a shared machine weighs on both, not on one.
 func measurePair(_ reps: Int, _ figure: () throws -> Double, _ baseline: () throws -> Double) rethrows
     -> (figure: (median: Double, min: Double, max: Double), baseline: (median: Double, min: Double, max: Double)) {
     var f: [Double] = [], b: [Double] = []
     for _ in 0..<max(reps, 1) { f.append(try figure()); b.append(try baseline()) }
-    f.sort(); b.sort()
-    return ((f[f.count / 2], f.first!, f.last!), (b[b.count / 2], b.first!, b.last!))
+    func spread(_ v: [Double]) -> (median: Double, min: Double, max: Double) { let s = v.sorted(); return (s[s.count / 2], s[0], s[s.count - 1]) }
+    return (spread(f), spread(b))
 }
 
 func seconds(_ body: () throws -> Void) rethrows -> Double {

@@ -224,11 +224,12 @@ struct BenchSuite {
         let bytes = big
         let (m, p, cpu, a) = try populated(bytes)
         defer { release(p, cpu) }
-        let swift = try measure(reps) { try rangeFaultNs(m, p, a, bytes) }
         let addrs = (0..<(bytes / pageSize)).map { a + $0 * pageSize }
         let fb = m.memory.frame(0), pgd = p.mm.pageTable.pgd.pfn
         var sink: UInt64 = 0
-        let base = measure(reps) { addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_walk_many(fb, pgd, b.baseAddress, b.count) } } / Double(addrs.count) * 1e9 }
+        let (swift, base) = try measurePair(reps, { () throws -> Double in try rangeFaultNs(m, p, a, bytes) }, {
+            addrs.withUnsafeBufferPointer { b in seconds { sink &+= nb_walk_many(fb, pgd, b.baseAddress, b.count) } } / Double(addrs.count) * 1e9
+        })
         blackHole(sink)
         return [BenchRow(name: "hmmRangeFault snapshot of \(quick ? "16MiB" : "1GiB") populated", unit: "ns/page", value: swift.median,
                          baseline: base.median, spread: (swift.min, swift.max), kind: .time, target: 3.0)]

@@ -1,6 +1,9 @@
 import XCTest
 @testable import MMCore
 import MMSync
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Batched allocation and freeing, bulk copies, and populated RAM.
 final class PhysicalMemoryBatchTests: XCTestCase {
@@ -64,8 +67,19 @@ final class PhysicalMemoryBatchTests: XCTestCase {
         mem.putBatch(src + dst)
     }
 
-    func testPopulatedRAMBehavesAsLazyRAM() throws {
+    /// Host pages of the frame arena that are resident (`mincore`).
+    func residentFrames(_ mem: PhysicalMemory) -> Int {
+        let n = Int(mem.systemFrames)
+        var vec = [UInt8](repeating: 0, count: n)
+        XCTAssertEqual(mincore(mem.frameBase, n << 12, &vec), 0)
+        return vec.filter { $0 & 1 != 0 }.count
+    }
+
+    func testPopulatedRAMIsResidentUpFrontAndBehavesAsLazyRAM() throws {
+        let lazy = try PhysicalMemory(systemBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        XCTAssertLessThan(residentFrames(lazy), 64, "lazy RAM is committed on first touch")
         let mem = try PhysicalMemory(systemBytes: 16 << 20, devicePfnSpaceBytes: 0, populateRAM: true)
+        XCTAssertEqual(residentFrames(mem), 4096, "every frame committed before use")
         XCTAssertEqual(mem.freeFrames, 4095)
         let p = try XCTUnwrap(mem.allocate(order: 0, zeroed: true))
         XCTAssertEqual(mem.frame(p.pfn).load(fromByteOffset: 64, as: UInt64.self), 0)

@@ -83,18 +83,8 @@ extension Dmirror {
         }
         let bounce = takeBounce(size)
         defer { returnBounce(bounce) }
-        var start = cmd.addr
-        var rounds = 0
-        while true {
-            let n = mutex.withLock { doRead(start, end, into: bounce, base: cmd.addr) }
-            cmd.cpages += n
-            start = cmd.addr + cmd.cpages * pageSize
-            if start >= end { break }
-            try fault(start, end, write: false)
-            cmd.faults += 1
-            rounds += 1
-            if rounds > 10_000 { throw .EBUSY } // livelock guard
-        }
+        let base = cmd.addr
+        try accessLoop(&cmd, write: false) { start, end in doRead(start, end, into: bounce, base: base) }
         machine.stats.count(.bytesCopied, size)
         try copyOut(UnsafeRawBufferPointer(rebasing: bounce[0..<size]), to: buffer)
     }
@@ -120,20 +110,26 @@ extension Dmirror {
         let size = Int(cmd.npages * pageSize)
         guard let buffer, buffer.count >= size else { throw .EFAULT }
         let bounce = UnsafeRawBufferPointer(start: buffer.bytes.baseAddress, count: size)
+        let base = cmd.addr
+        try accessLoop(&cmd, write: true) { start, end in doWrite(start, end, from: bounce, base: base) }
+        machine.stats.count(.bytesCopied, size)
+    }
+
+    /// The loop of READ and WRITE: under the mutex, `access` moves pages from `start` up to the
+    /// first one that needs a fault (returning how many it moved); then one fault round, and
+    /// again. EBUSY after 10,000 rounds (a livelock guard).
+    private func accessLoop(_ cmd: inout DmirrorCmd, write: Bool, _ access: (UInt64, UInt64) -> UInt64) throws(Errno) {
         let end = cmd.addr + cmd.npages * pageSize
         var start = cmd.addr
-        var rounds = 0
         while true {
-            let n = mutex.withLock { doWrite(start, end, from: bounce, base: cmd.addr) }
-            cmd.cpages += n
+            let from = start
+            cmd.cpages += mutex.withLock { access(from, end) }
             start = cmd.addr + cmd.cpages * pageSize
-            if start >= end { break }
-            try fault(start, end, write: true)
+            if start >= end { return }
+            try fault(start, end, write: write)
             cmd.faults += 1
-            rounds += 1
-            if rounds > 10_000 { throw .EBUSY }
+            if cmd.faults > 10_000 { throw .EBUSY }
         }
-        machine.stats.count(.bytesCopied, size)
     }
 
     // MARK: SNAPSHOT

@@ -4,14 +4,30 @@ import MMSync
 
 extension Dmirror {
     /// Walks [addr, end) in batches of up to 512 pages clipped to the VMA of each batch start,
-    /// as both migration commands do. EINVAL for a missing or unreadable VMA (earlier batches
-    /// stay migrated). Locking: mmap lock held for read.
-    private func forEachMigrationBatch(_ start: UInt64, _ end: UInt64, _ body: (VMA, UInt64, UInt64) throws(Errno) -> Void) throws(Errno) {
+    /// as both migration commands do, with two batches in flight: `begin` sets batch k + 1 up
+    /// and starts its copy (calling `makeRoom` completes batch k early, if memory ran short),
+    /// then batch k's copy is waited for and `finish` completes it. So the copy engine copies
+    /// batch k while this thread collects and unmaps batch k + 1.
+    /// EINVAL for a missing or unreadable VMA; the batch in flight and all earlier ones are
+    /// completed first and stay migrated. Locking: mmap lock held for read.
+    private func forEachMigrationBatch(_ start: UInt64, _ end: UInt64,
+                                       begin: (VMA, UInt64, UInt64, _ makeRoom: () -> Void) throws(Errno) -> (MigrateVMA, CopyFence),
+                                       finish: @escaping (MigrateVMA) -> Void) throws(Errno) {
+        var inFlight: (MigrateVMA, CopyFence)? = nil
+        func complete() {
+            guard let (m, fence) = inFlight else { return }
+            inFlight = nil
+            fence.wait()
+            finish(m)
+        }
+        defer { complete() }
         var addr = start
         while addr < end {
             guard let vma = mm.vmaLookup(addr), vma.flags.contains(.read) else { throw .EINVAL }
             let next = min(min(end, addr + Dmirror.migrateBatch * pageSize), vma.end)
-            try body(vma, addr, next)
+            let batch = try begin(vma, addr, next, complete)
+            complete()
+            inFlight = batch
             addr = next
         }
     }
@@ -20,29 +36,18 @@ extension Dmirror {
     /// then the whole range is read back from the device table (ENOENT if a page is missing).
     func migrateToDevice(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
         guard !mm.isDead else { throw .EINVAL }
-        let end = cmd.addr + cmd.npages * pageSize
         mm.mmapLock.lockRead()
-        // Two batches in flight: the copy engine copies batch k while this thread collects and
-        // unmaps batch k + 1; batch k completes (pages, device table, finalize) after that.
-        var inFlight: (MigrateVMA, CopyFence)? = nil
-        func complete() {
-            guard let (m, fence) = inFlight else { return }
-            inFlight = nil
-            fence.wait()
-            m.pages()
-            finalizeAndMap(m)
-            m.finalize()
-        }
         do {
-            try forEachMigrationBatch(cmd.addr, end) { (vma, start, next) throws(Errno) in
+            try forEachMigrationBatch(cmd.addr, cmd.addr + cmd.npages * pageSize, begin: { (vma, start, next, makeRoom) throws(Errno) in
                 let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: [.system, .compound], notifierOwner: self)
                 try m.setup()
-                let fence = allocAndCopyToDevice(m, makeRoom: complete)
-                complete()
-                inFlight = (m, fence)
-            }
-        } catch { complete(); mm.mmapLock.unlockRead(); throw error }
-        complete()
+                return (m, allocAndCopyToDevice(m, makeRoom: makeRoom))
+            }, finish: { [self] m in
+                m.pages()
+                finalizeAndMap(m)
+                m.finalize()
+            })
+        } catch { mm.mmapLock.unlockRead(); throw error }
         mm.mmapLock.unlockRead()
         try readBack(&cmd, buffer)
     }
@@ -108,44 +113,32 @@ extension Dmirror {
                 pt[vpn] = backing.pfn << 2 | (m.dst[i] & MigratePfn.write != 0 ? Dmirror.tagWrite : Dmirror.tagRead)
             }
         }
-        let moved = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
-        machine.stats.count(.pagesMigrated, moved)
-        machine.stats.count(.pagesMigratedToDevice, moved)
+        let n = m.migratedCount
+        machine.stats.count(.pagesMigrated, n)
+        machine.stats.count(.pagesMigratedToDevice, n)
     }
 
     /// `dmirror_migrate_to_system`: this device's pages in the range move back to system
     /// memory. `cpages` counts the pages that moved.
     func migrateToSystem(_ cmd: inout DmirrorCmd) throws(Errno) {
         guard !mm.isDead else { throw .EINVAL }
-        let end = cmd.addr + cmd.npages * pageSize
         mm.mmapLock.lockRead()
-        // Pipelined as MIGRATE_TO_DEV: batch k copies while batch k + 1 is collected.
-        var inFlight: (MigrateVMA, CopyFence)? = nil
+        defer { mm.mmapLock.unlockRead() }
         var moved = 0
-        func complete() {
-            guard let (m, fence) = inFlight else { return }
-            inFlight = nil
-            fence.wait()
+        try forEachMigrationBatch(cmd.addr, cmd.addr + cmd.npages * pageSize, begin: { (vma, start, next, makeRoom) throws(Errno) in
+            let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: device.selectDevice.union(.compound),
+                               notifierOwner: self)
+            try m.setup()
+            return (m, device.allocAndCopyToSystem(m, mirror: self, isFault: false, makeRoom: makeRoom) ?? .signalled())
+        }, finish: { [self] m in
             m.pages()
-            let n = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
+            let n = m.migratedCount
             moved += n
             machine.stats.count(.pagesMigrated, n)
             machine.stats.count(.pagesMigratedToSystem, n)
             m.finalize()
-        }
-        do {
-            try forEachMigrationBatch(cmd.addr, end) { (vma, start, next) throws(Errno) in
-                let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: device.selectDevice.union(.compound),
-                                   notifierOwner: self)
-                try m.setup()
-                let fence = device.allocAndCopyToSystem(m, mirror: self, isFault: false, makeRoom: complete) ?? .signalled()
-                complete()
-                inFlight = (m, fence)
-            }
-        } catch { complete(); cmd.cpages += UInt64(moved); mm.mmapLock.unlockRead(); throw error }
-        complete()
-        cmd.cpages += UInt64(moved)
-        mm.mmapLock.unlockRead()
+        })
+        cmd.cpages = UInt64(moved)
     }
 }
 

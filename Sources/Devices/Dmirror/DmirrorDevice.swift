@@ -167,9 +167,9 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         guard let copied = allocAndCopyToSystem(m, mirror: mirror, isFault: true) else { m.finalize(); return .oom }
         copied.wait()
         m.pages()
-        let moved = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }.count
-        machine.stats.count(.pagesMigrated, moved)
-        machine.stats.count(.pagesMigratedToSystem, moved)
+        let n = m.migratedCount
+        machine.stats.count(.pagesMigrated, n)
+        machine.stats.count(.pagesMigratedToSystem, n)
         m.finalize()
         return .ok
     }
@@ -179,7 +179,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// command's batch copies on the copy engine (wait on the fence before `pages`).
     /// Return: nil if a single-page allocation failed during a CPU fault (VM_FAULT_OOM).
     /// `makeRoom` as for `Dmirror.allocAndCopyToDevice`.
-    func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool, makeRoom: (() -> Void)? = nil) -> CopyFence? {
+    func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool, makeRoom: () -> Void = {}) -> CopyFence? {
         // One round on the mirror's lock for the batch: FAIL_ALLOC only makes a large (THP)
         // allocation fail, so for single pages it is just consumed; the entries of the pages
         // that move are erased before their data is copied.
@@ -193,7 +193,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             for i in selected { owner!.pt[(m.start >> pageShift) + UInt64(i)] = nil }
         }
         var dpages = memory.allocateBatch(selected.count)
-        if dpages.count < selected.count, let makeRoom, memory.freeFrames < selected.count - dpages.count {
+        if dpages.count < selected.count && memory.freeFrames < selected.count - dpages.count {
             makeRoom()
             dpages += memory.allocateBatch(selected.count - dpages.count)
         }

@@ -74,14 +74,17 @@ final class DmirrorPageTable {
         if lastKey == key { lastKey = .max; lastLeaf = nil }
     }
 
+    /// The keys of existing leaves in `k0...k1`: found from the leaves or from the range,
+    /// whichever is fewer (an invalidation of the whole space visits only what exists).
+    private func leafKeys(_ k0: UInt64, _ k1: UInt64) -> [UInt64] {
+        UInt64(leaves.count) <= k1 - k0 ? leaves.keys.filter { $0 >= k0 && $0 <= k1 } : (k0...k1).filter { leaves[$0] != nil }
+    }
+
     /// Erases every entry of vpns `first...last` (inclusive).
     func removeRange(_ first: UInt64, _ last: UInt64) {
         guard count > 0, first <= last else { return }
         let k0 = first >> DmirrorPageTable.leafShift, k1 = last >> DmirrorPageTable.leafShift
-        // Visit the leaves that exist, or the keys of the range, whichever is fewer.
-        let keys: [UInt64] = UInt64(leaves.count) <= k1 - k0 ? leaves.keys.filter { $0 >= k0 && $0 <= k1 }
-                                                             : (k0...k1).filter { leaves[$0] != nil }
-        for key in keys {
+        for key in leafKeys(k0, k1) {
             guard let l = leaves[key] else { continue }
             let base = key << DmirrorPageTable.leafShift
             let lo = key == k0 ? Int(first - base) : 0
@@ -116,8 +119,7 @@ final class DmirrorPageTable {
     func contains(tag: UInt64, in first: UInt64, _ end: UInt64) -> Bool {
         guard end > first, count > 0 else { return false }
         let k0 = first >> DmirrorPageTable.leafShift, k1 = (end - 1) >> DmirrorPageTable.leafShift
-        let keys = UInt64(leaves.count) <= k1 - k0 ? leaves.keys.filter { $0 >= k0 && $0 <= k1 } : (k0...k1).filter { leaves[$0] != nil }
-        for key in keys {
+        for key in leafKeys(k0, k1) {
             let l = leaves[key]!, base = key << DmirrorPageTable.leafShift
             let lo = key == k0 ? Int(first - base) : 0
             let hi = key == k1 ? Int(end - 1 - base) : DmirrorPageTable.leafEntries - 1

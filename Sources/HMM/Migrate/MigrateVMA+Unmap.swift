@@ -12,13 +12,14 @@ enum MigratePhases {
 
     /// `migrate_device_unmap`: pages still mapped elsewhere get migration entries too
     /// (`try_to_migrate`); pages that stay mapped or carry extra references (pins) lose MIGRATE
-    /// and are restored, unlocked and released. Return: pages left to migrate.
-    /// `remote`, when given, is set per page to whether the page had mappings besides the one
-    /// collect replaced (they became migration entries too; only an rmap walk finds them).
+    /// and are restored, unlocked and released. Return: pages left to migrate, and per page
+    /// whether it had mappings besides the one collect replaced (they became migration entries
+    /// too; only an rmap walk finds them).
     @discardableResult
-    static func unmap(_ machine: Machine, _ src: inout [UInt64], faultPage: Page?, remote: UnsafeMutablePointer<Bool>? = nil) -> Int {
+    static func unmap(_ machine: Machine, _ src: inout [UInt64], faultPage: Page?) -> (count: Int, remote: [Bool]) {
         let memory = machine.memory
         var unmapped = 0, restore = 0
+        var remote = [Bool](repeating: false, count: src.count)
         for i in src.indices {
             guard let pfn = MigratePfn.pfn(src[i]) else {
                 if src[i] & MigratePfn.migrate != 0 { unmapped += 1 }
@@ -26,7 +27,7 @@ enum MigratePhases {
             }
             let page = memory.page(pfn)
             if page.mapcount > 0 {
-                remote?[i] = true
+                remote[i] = true
                 if let av = page.anonVMA { _ = machine.tryToMigrate(page, av: av, index: page.index) }
             }
             if page.mapcount > 0 || !checkPage(page, faultPage: faultPage) {
@@ -36,7 +37,7 @@ enum MigratePhases {
             }
             unmapped += 1
         }
-        guard restore > 0 else { return unmapped }
+        guard restore > 0 else { return (unmapped, remote) }
         for i in src.indices {
             guard let pfn = MigratePfn.pfn(src[i]), src[i] & MigratePfn.migrate == 0 else { continue }
             let page = memory.page(pfn)
@@ -45,7 +46,7 @@ enum MigratePhases {
             if page != faultPage { page.unlock() }
             memory.put(page)
         }
-        return unmapped
+        return (unmapped, remote)
     }
 
     /// `migrate_device_pages` (with `migrate` for the VMA variant, which may insert pages where
@@ -104,15 +105,12 @@ enum MigratePhases {
         puts.reserveCapacity(2 * src.count)
         for i in src.indices {
             let newPage = MigratePfn.pfn(dst[i]).map { memory.page($0) }
-            guard let pfn = MigratePfn.pfn(src[i]) else {
+            guard let pfn = MigratePfn.pfn(src[i]), let target = target(i) else {
                 if let d = newPage { d.unlock(); puts.append(d) }
                 continue
             }
             let page = memory.page(pfn)
-            var target = page
-            if src[i] & MigratePfn.migrate != 0, let d = newPage { target = d } else if let d = newPage {
-                d.unlock(); puts.append(d)
-            }
+            if target == page, let d = newPage { d.unlock(); puts.append(d) } // destination unused
             if remote?[i] ?? true { machine.removeMigrationPTEs(from: page, to: target) }
             if target != page {
                 page.clear([.anonExclusive, .dirty])
@@ -128,10 +126,7 @@ enum MigratePhases {
 extension MigrateVMA {
     /// `migrate_vma_unmap`.
     func unmap() {
-        remote = [Bool](repeating: false, count: src.count)
-        cpages = remote.withUnsafeMutableBufferPointer { r in
-            MigratePhases.unmap(vma.mm.machine, &src, faultPage: faultPage, remote: r.baseAddress)
-        }
+        (cpages, remote) = MigratePhases.unmap(vma.mm.machine, &src, faultPage: faultPage)
     }
 
     /// Restores the migration entries of pages without remote mappings at the addresses

@@ -46,6 +46,10 @@ public final class MigrateVMA {
     var remote: [Bool] = []
     /// Pages selected for migration by `setup` (`cpages`).
     public internal(set) var cpages = 0
+    /// Pages that moved: still selected after `pages`, with a destination.
+    public var migratedCount: Int {
+        src.indices.reduce(0) { n, i in n + (src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(dst[i]) != nil ? 1 : 0) }
+    }
     /// Pages walked (`npages`).
     public internal(set) var npages = 0
     public let pgmapOwner: AnyObject?

@@ -28,16 +28,7 @@ extension PhysicalMemory {
         precondition(order >= 0 && order <= PhysicalMemory.maxOrder)
         if FaultInjection.shouldFail(.frameAllocation) { return nil }
         zoneLock.lock()
-        var found = -1
-        for o in order...PhysicalMemory.maxOrder where freeListHead[o] != PhysicalMemory.nilLink { found = o; break }
-        guard found >= 0 else { zoneLock.unlock(); return nil }
-        let pfn = UInt64(freeListHead[found])
-        removeFromFreeList(page(pfn), order: found)
-        var o = found
-        while o > order { // split: give the upper halves back
-            o -= 1
-            freeListInsert(pfn + (UInt64(1) << o), order: o)
-        }
+        guard let pfn = takeBlockLocked(order: order) else { zoneLock.unlock(); return nil }
         freeFramesCounter.add(-(1 << order))
         zoneLock.unlock()
         let head = page(pfn)
@@ -59,19 +50,24 @@ extension PhysicalMemory {
         var pfns: [UInt64] = []
         pfns.reserveCapacity(want)
         zoneLock.lock()
-        while pfns.count < want {
-            var found = -1
-            for o in 0...PhysicalMemory.maxOrder where freeListHead[o] != PhysicalMemory.nilLink { found = o; break }
-            guard found >= 0 else { break }
-            let pfn = UInt64(freeListHead[found])
-            removeFromFreeList(page(pfn), order: found)
-            var o = found
-            while o > 0 { o -= 1; freeListInsert(pfn + (UInt64(1) << o), order: o) }
-            pfns.append(pfn)
-        }
+        while pfns.count < want, let pfn = takeBlockLocked(order: 0) { pfns.append(pfn) }
         freeFramesCounter.add(-pfns.count)
         zoneLock.unlock()
         return pfns.map { pfn in let p = page(pfn); prepareAllocated(p, order: 0); return p }
+    }
+
+    /// Takes a free block of `order` off the lists, splitting a larger one if needed (the upper
+    /// halves go back). Locking: zoneLock held. Return: its first pfn, or nil when none is free.
+    private func takeBlockLocked(order: Int) -> UInt64? {
+        guard let found = (order...PhysicalMemory.maxOrder).first(where: { freeListHead[$0] != PhysicalMemory.nilLink }) else { return nil }
+        let pfn = UInt64(freeListHead[found])
+        removeFromFreeList(page(pfn), order: found)
+        var o = found
+        while o > order {
+            o -= 1
+            freeListInsert(pfn + (UInt64(1) << o), order: o)
+        }
+        return pfn
     }
 
     private func prepareAllocated(_ head: Page, order: Int) {
