@@ -10,14 +10,14 @@ extension AddressSpace {
         let swp = entry.swapEntry
         if swp.isMigration {
             // migration_entry_wait: the migrating thread holds the page lock until the entry is
-            // replaced, so waiting for the unlock and retrying is enough.
+            // replaced, so waiting for the unlock and retrying is enough. As the kernel's
+            // softleaf_entry_wait_on_locked, the waiter holds no page reference: a reference held
+            // while waiting would make the migration's reference count check fail.
             ptl.lock()
             guard ptep.load() == entry else { ptl.unlock(); return .retry }
             let page = memory.page(swp.pfn)
-            guard memory.tryGet(page) else { ptl.unlock(); return .retry }
             ptl.unlock()
             page.waitUnlocked()
-            memory.put(page)
             machine.stats.count(.faultMigrationWait)
             return .retry
         }
@@ -27,18 +27,28 @@ extension AddressSpace {
         return .sigbus
     }
 
+    /// The device-private branch of `do_swap_page` (Linux 7.2): under the PTE lock, trylock the
+    /// page and only then take a reference; a thread that loses the trylock drops the PTE lock,
+    /// waits for the page to be unlocked holding nothing, and retries. So the winner's
+    /// `migrateToRAM` sees only its own reference and cannot be made to fail by the waiters
+    /// (taking the reference first livelocked several threads faulting on the same page).
+    /// The page's metadata outlives any page, so waiting on a page that was freed meanwhile only
+    /// wakes up early.
     private func doDevicePrivateFault(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
                                       _ entry: PTE, flags: FaultFlags) -> FaultResult {
         let page = memory.page(entry.swapEntry.pfn)
         ptl.lock()
-        guard ptep.load() == entry, memory.tryGet(page) else { ptl.unlock(); return .retry }
+        guard ptep.load() == entry else { ptl.unlock(); return .retry }
+        guard page.tryLock() else {
+            ptl.unlock()
+            page.waitUnlocked()
+            return .retry
+        }
+        // The entry maps the page and the PTE lock is held: it cannot be freed, get is safe.
+        memory.get(page)
         ptl.unlock()
-        defer { memory.put(page) }
+        defer { page.unlock(); memory.put(page) }
         guard let pgmap = memory.pagemap(of: page), let ops = pgmap.ops else { return .sigbus }
-        // The page lock serialises against a migration of the same page by the device.
-        guard page.tryLock() else { page.waitUnlocked(); return .retry }
-        defer { page.unlock() }
-        guard ptep.load() == entry else { return .retry }
         machine.stats.count(.faultDevicePrivate)
         let r = ops.migrateToRAM(DevicePrivateFault(mm: self, vma: vma, address: address, page: page,
                                                     isWrite: flags.contains(.write)))
