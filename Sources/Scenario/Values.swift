@@ -175,6 +175,6 @@ func parseByteList(_ token: Token) throws -> [UInt8] {
 /// Errno names accepted in expectations (`EFAULT`, `-EFAULT`, `errno=EFAULT`).
 func parseErrno(_ s: String) -> Errno? {
     let name = s.hasPrefix("-") ? String(s.dropFirst()) : s
-    let all: [Errno] = [.EPERM, .ENOENT, .EINTR, .EIO, .EAGAIN, .ENOMEM, .EACCES, .EFAULT, .EBUSY, .EEXIST, .ENODEV, .EINVAL, .ENOSPC, .EBADF, .EOVERFLOW]
+    let all: [Errno] = [.EPERM, .ENOENT, .EINTR, .EIO, .EAGAIN, .ENOMEM, .EACCES, .EFAULT, .EBUSY, .EEXIST, .ENODEV, .EINVAL, .ENOSPC, .EBADF, .EOVERFLOW, .EOPNOTSUPP]
     return all.first { $0.name == name }
 }

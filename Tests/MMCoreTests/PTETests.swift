@@ -14,7 +14,7 @@ final class PTETests: XCTestCase {
     }
 
     func testSwapEntriesRoundTripEveryType() {
-        let types: [UInt8] = [0, 15, SwapEntry.deviceExclusiveRead, SwapEntry.deviceExclusiveWrite,
+        let types: [UInt8] = [0, 15, 23, SwapEntry.deviceExclusive,
                               SwapEntry.devicePrivateRead, SwapEntry.devicePrivateWrite, SwapEntry.migrationRead,
                               SwapEntry.migrationReadExclusive, SwapEntry.migrationWrite, SwapEntry.hwPoison, SwapEntry.marker]
         for t in types {
@@ -34,10 +34,23 @@ final class PTETests: XCTestCase {
     func testReadOnlyFormsOfWritableEntries() {
         XCTAssertEqual(SwapEntry.migration(pfn: 5, write: true).readOnly(), .migration(pfn: 5, write: false))
         XCTAssertEqual(SwapEntry.devicePrivate(pfn: 5, write: true).readOnly(), .devicePrivate(pfn: 5, write: false))
-        XCTAssertEqual(SwapEntry.deviceExclusive(pfn: 5, write: true).readOnly(), .deviceExclusive(pfn: 5, write: false))
+        // One device-exclusive type since the 2025 rework: it has no read-only form.
+        XCTAssertEqual(SwapEntry.deviceExclusive(pfn: 5).readOnly(), .deviceExclusive(pfn: 5))
+        XCTAssertTrue(SwapEntry.deviceExclusive(pfn: 5).isWrite)
         XCTAssertFalse(SwapEntry.migration(pfn: 5, write: false).isWrite)
         XCTAssertTrue(SwapEntry.devicePrivate(pfn: 5, write: true).isWrite)
         XCTAssertEqual(SwapEntry(type: 3, offset: 9).readOnly(), SwapEntry(type: 3, offset: 9))
+    }
+
+    /// Linux 7.2's swap.h with a 5-bit type: MAX_SWAPFILES = 32 - 3 - 3 - 1 - 1 = 24, then
+    /// HWPOISON, MIGRATION_READ, _READ_EXCLUSIVE, _WRITE, DEVICE_WRITE, DEVICE_READ,
+    /// DEVICE_EXCLUSIVE, PTE_MARKER.
+    func testSwapTypesAreLinux72s() {
+        XCTAssertEqual([SwapEntry.maxSwapFiles, SwapEntry.hwPoison, SwapEntry.migrationRead, SwapEntry.migrationReadExclusive,
+                        SwapEntry.migrationWrite, SwapEntry.devicePrivateWrite, SwapEntry.devicePrivateRead,
+                        SwapEntry.deviceExclusive, SwapEntry.marker], [24, 24, 25, 26, 27, 28, 29, 30, 31])
+        XCTAssertTrue(SwapEntry(type: 23, offset: 1).isSwapSlot)
+        XCTAssertFalse(SwapEntry.migration(pfn: 1, write: false).isSwapSlot)
     }
 
     func testLevelArithmetic() {

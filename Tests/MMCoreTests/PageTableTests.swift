@@ -58,8 +58,28 @@ final class PageTableTests: XCTestCase {
             visited += 1; XCTAssertTrue(e.load().isNone); return nil })
         XCTAssertEqual(visited, 4)
         XCTAssertEqual(pt.tableFrames, tablesBefore + 3) // pud, pmd, pte tables
-        XCTAssertEqual(pt.applyToPfnRange(0x5000_0000, 0x5000_0000 + 4 * pageSize, allocate: false) { _, a in
+        // apply_to_existing_page_range: the empty PTEs of the existing table are skipped.
+        XCTAssertNil(pt.applyToPfnRange(0x5000_0000, 0x5000_0000 + 4 * pageSize, allocate: false) { _, _ in visited += 1; return nil })
+        XCTAssertEqual(visited, 4)
+        pt.entry(inTable: try XCTUnwrap(pt.lookup(0x5000_1000, level: .pte)).table.pfn, index: 1).store(.page(7, write: false))
+        var seen: [UInt64] = []
+        XCTAssertNil(pt.applyToPfnRange(0x5000_0000, 0x5000_0000 + 4 * pageSize, allocate: false) { _, a in seen.append(a); return nil })
+        XCTAssertEqual(seen, [0x5000_1000])
+        XCTAssertEqual(pt.applyToPfnRange(0x5000_0000, 0x5000_0000 + 4 * pageSize, allocate: true) { _, a in
             a == 0x5000_1000 ? .EPERM : nil }, .EPERM)
+        pt.entry(inTable: try XCTUnwrap(pt.lookup(0x5000_1000, level: .pte)).table.pfn, index: 1).store(.none)
+        XCTAssertEqual(pt.applyToPfnRange(0x5000_0000, 0x5000_0000, allocate: false) { _, _ in nil }, .EINVAL)
+        // A huge leaf in the range is an error in both modes, not skipped.
+        let pmd = try XCTUnwrap(pt.lookup(0x4000_0000, level: .pmd))
+        let saved = pmd.entry.load()
+        XCTAssertTrue(saved.isNone)
+        pmd.entry.store(.page(512, write: true, huge: true))
+        for allocate in [false, true] {
+            var calls = 0
+            XCTAssertEqual(pt.applyToPfnRange(0x4000_0000, 0x4000_0000 + 2 * pageSize, allocate: allocate) { _, _ in calls += 1; return nil }, .EINVAL)
+            XCTAssertEqual(calls, 0)
+        }
+        pmd.entry.store(saved)
         env.mm.freePageTables(0x5000_0000, 0x5000_4000, floor: 0, ceiling: taskSize)
         XCTAssertEqual(pt.tableFrames, tablesBefore)
         env.mm.mmapLock.unlockWrite()

@@ -63,8 +63,8 @@ extension Dmirror {
     }
 
     /// `dmirror_read`: device reads; missing pages are faulted in a round at a time.
+    /// On an exited mm the device table is empty, so the first fault fails with EFAULT.
     func read(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
-        guard !mm.isDead else { throw .EINVAL }
         let size = Int(cmd.npages * pageSize)
         let end = cmd.addr + cmd.npages * pageSize
         // Fast path: everything already mirrored and the user buffer big enough, so nothing can
@@ -105,8 +105,8 @@ extension Dmirror {
     }
 
     /// `dmirror_write`: device writes; missing or read-only pages get write faults.
+    /// On an exited mm the first fault fails with EFAULT, as READ's does.
     func write(_ cmd: inout DmirrorCmd, _ buffer: DmirrorBuffer?) throws(Errno) {
-        guard !mm.isDead else { throw .EINVAL }
         let size = Int(cmd.npages * pageSize)
         guard let buffer, buffer.count >= size else { throw .EFAULT }
         let bounce = UnsafeRawBufferPointer(start: buffer.bytes.baseAddress, count: size)

@@ -117,7 +117,7 @@ public final class Dmirror: @unchecked Sendable {
     /// Faults [start, end) into the device table in batches of 32 pages through the canonical
     /// loop. A dead mm is success doing nothing (as the driver's mmget_not_zero check).
     func fault(_ start: UInt64, _ end: UInt64, write: Bool) throws(Errno) {
-        guard !mm.isDead else { return }
+        guard !mm.isDead else { throw .EFAULT }  // mmget_not_zero failed (Linux 7.2: -EFAULT)
         var addr = start
         while addr < end {
             let next = min(end, addr + Dmirror.faultBatch * pageSize)

@@ -221,9 +221,22 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     // MARK: RELEASE
 
+    /// How long RELEASE waits for system memory or busy pages before it gives up (the kernel
+    /// waits forever or OOM-kills; docs/linux-divergences.md, D4). Settable for tests.
+    public var releaseWaitNanoseconds: UInt64 {
+        get { lock.withLock { releaseWait } }
+        set { lock.withLock { releaseWait = newValue } }
+    }
+    /// Locking: lock.
+    private var releaseWait: UInt64 = 10_000_000_000
+
     /// `dmirror_device_remove_chunks`: evicts every page of every chunk back to system memory
-    /// and unregisters the chunks. EBUSY if some page could not be evicted (it stays on the
-    /// device, still valid; a later RELEASE retries).
+    /// and unregisters the chunks. As in Linux 7.2 it does not fail: the eviction allocates
+    /// with `__GFP_NOFAIL` and `memunmap_pages` waits for the last reference, so a page that
+    /// cannot move yet (no free system page, a reference held by a fault in flight) is waited
+    /// for and retried. Only after `releaseWaitNanoseconds` without success does it give up
+    /// with ENOMEM (the chunk stays, still valid; a later RELEASE retries).
+    /// Locking: takes `releaseLock`, then `lock` in turns; no mmap lock held.
     func removeChunks() throws(Errno) {
         // One RELEASE at a time per device (the kernel's devmem_lock): two would evict and
         // unregister the same chunks twice.
@@ -241,8 +254,13 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             return chunks
         }
         var busy = false
+        let deadline = monotonicNanoseconds() + releaseWaitNanoseconds
         for chunk in list {
-            for _ in 0..<8 { if evict(chunk) == 0 { break } }
+            var pause: UInt64 = 10_000
+            while evict(chunk) != 0 && monotonicNanoseconds() < deadline {
+                syncSleep(nanoseconds: pause)              // wait for memory or for the reference
+                pause = min(pause * 2, 10_000_000)
+            }
             do { try memory.unregisterDeviceMemory(chunk.pagemap) } catch {
                 // Some page could not be evicted: the chunk stays, and its free pages (those
                 // whose page-free ran) become allocatable again.
@@ -258,7 +276,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
                 released = released.filter { !chunk.pagemap.contains($0) }
             }
         }
-        if busy { throw .EBUSY }
+        if busy { throw .ENOMEM }
     }
 
     /// `dmirror_device_evict_chunk`. Return: pages of the chunk still in use afterwards.

@@ -2,22 +2,25 @@ import MMCore
 import MMSync
 
 extension AddressSpace {
-    /// `make_device_exclusive`: gives a device exclusive (atomic) access to the page at
-    /// `address`. The page is faulted in writable (breaking COW, replacing the zero page), an
-    /// EXCLUSIVE invalidation owned by `owner` tells every other device to drop it, and the PTE
-    /// becomes a device-exclusive entry. Any later CPU access restores the PTE after an
-    /// EXCLUSIVE invalidation with no owner, so the device loses access first.
+    /// `make_device_exclusive` (Linux 7.2, mm/rmap.c): gives a device exclusive (atomic) access
+    /// to the page at `address`. The page is faulted in writable (breaking COW, replacing the
+    /// zero page, bringing a device-private page back), an EXCLUSIVE invalidation owned by
+    /// `owner` tells every other device to drop it, and the PTE is cleared and flushed (its
+    /// dirty bit moves to the page) and replaced by the device-exclusive entry, which keeps the
+    /// soft-dirty bit. The page stays mapped: rmap, reference and anon-exclusive bit are those of
+    /// the PTE it replaced. Any later CPU access restores the PTE (`restore_exclusive_pte`).
     ///
     /// Locking: caller holds the mmap lock for read. Return: the page, locked and referenced
     /// (the caller maps it in its device and then unlocks and releases it).
-    /// Errors: EFAULT (no VMA or no write permission, fault failure), EOPNOTSUPP-like EINVAL
-    /// for non-anonymous pages, EBUSY if the page keeps changing under us.
+    /// Errors: EFAULT (no VMA, no write permission, fault failure), EOPNOTSUPP for a page that is
+    /// not anonymous (shmem, page cache) or is hugetlb; device-coherent pages are anonymous and
+    /// accepted. EBUSY if the page keeps changing under us (the kernel retries forever).
     public func makeDeviceExclusive(_ address: UInt64, owner: AnyObject?) throws(Errno) -> Page {
         mmapLock.assertLocked()
         guard isPageAligned(address) else { throw .EINVAL }
         for _ in 0..<1000 {
             let page = try getUserPagesLocked(address, write: true)
-            guard page.isAnon, !page.isZoneDevice else { memory.put(page); throw .EINVAL }
+            guard page.isAnon else { memory.put(page); throw .EOPNOTSUPP }
             page.lock()
             let range = MMUNotifierRange(start: address, end: address + pageSize, event: .exclusive, owner: owner)
             notifiers.invalidateRangeStart(range)
@@ -27,9 +30,11 @@ extension AddressSpace {
                 found.table.ptl.lock()
                 let v = found.entry.load()
                 if v.isPresent, !v.isSpecial, v.pfn == page.pfn, v.isWrite {
-                    let old = found.entry.exchange(SwapEntry.deviceExclusive(pfn: page.pfn, write: true).pte(softDirty: v.isSoftDirty))
+                    // ptep_clear_flush, then the entry.
+                    let old = found.entry.exchange(.none)
                     flushTLB()
                     if old.isDirty { page.set(.dirty) }
+                    found.entry.store(SwapEntry.deviceExclusive(pfn: page.pfn).pte(softDirty: old.isSoftDirty))
                     done = true
                 }
                 found.table.ptl.unlock()

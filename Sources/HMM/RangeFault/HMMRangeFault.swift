@@ -49,9 +49,12 @@ struct HMMVMAWalker: PageWalker {
         return (fault, write)
     }
 
+    /// Writes an output entry, keeping the driver's in/out flags (`HMM_PFN_INOUT_FLAGS`).
+    @inline(__always) func put(_ i: Int, _ value: UInt64) { pfns[i] = pfns[i] & HMMPfn.inoutFlags | value }
+
     func fill(_ start: UInt64, _ end: UInt64, _ value: UInt64) {
         var a = start
-        while a < end { pfns[index(a)] = value; a += pageSize }
+        while a < end { put(index(a), value); a += pageSize }
     }
 
     /// The end of the chunk a fault covers: the current PMD span, clipped to the walk.
@@ -86,7 +89,7 @@ struct HMMVMAWalker: PageWalker {
         let orderBits = UInt64(PageTableLevel.pmd.shift - pageShift) << HMMPfn.orderShift
         var a = start
         while a < end {
-            pfns[index(a)] = (v.pfn + ((a & (pmdSize - 1)) >> pageShift)) | cpu | orderBits
+            put(index(a), (v.pfn + ((a & (pmdSize - 1)) >> pageShift)) | cpu | orderBits)
             a += pageSize
         }
         return .skip
@@ -99,11 +102,11 @@ struct HMMVMAWalker: PageWalker {
         if v.isSwap {
             let s = v.swapEntry
             if s.isDevicePrivate, let owner, let pgmap = memory.pagemap(of: memory.page(s.pfn)), pgmap.isOwned(by: owner) {
-                pfns[i] = s.pfn | HMMPfn.valid | (s.isWrite ? HMMPfn.write : 0)
+                put(i, s.pfn | HMMPfn.valid | (s.isWrite ? HMMPfn.write : 0))
                 return .next
             }
             let (f, w) = needFault(request, 0)
-            if !f { pfns[i] = 0; return .next }
+            if !f { put(i, 0); return .next }
             if s.isSwapSlot || s.isDevicePrivate || s.isDeviceExclusive {
                 stop = .fault(start: addr, end: faultEnd(addr), write: w); return .stop(nil)
             }
@@ -114,7 +117,7 @@ struct HMMVMAWalker: PageWalker {
         if v.isNone { // raced with a zap: a hole now
             let (f, w) = needFault(request, 0)
             if f { stop = .fault(start: addr, end: faultEnd(addr), write: w); return .stop(nil) }
-            pfns[i] = 0
+            put(i, 0)
             return .next
         }
         var cpu: UInt64 = v.isUser ? HMMPfn.valid : 0
@@ -124,10 +127,10 @@ struct HMMVMAWalker: PageWalker {
         if v.isSpecial && v.pfn != PhysicalMemory.zeroPfn {
             // A special mapping with no page behind it: an error, or a fault error if asked for.
             if needFault(request, 0).0 { stop = .error(.EFAULT); return .stop(nil) }
-            pfns[i] = HMMPfn.error
+            put(i, HMMPfn.error)
             return .next
         }
-        pfns[i] = v.pfn | cpu
+        put(i, v.pfn | cpu)
         return .next
     }
 }
@@ -196,7 +199,11 @@ extension AddressSpace {
         }
         func fill(_ s: UInt64, _ e: UInt64, _ v: UInt64) {
             var a = s
-            while a < e { pfns[Int((a - rangeStart) >> pageShift)] = v; a += pageSize }
+            while a < e {
+                let i = Int((a - rangeStart) >> pageShift)
+                pfns[i] = pfns[i] & HMMPfn.inoutFlags | v
+                a += pageSize
+            }
         }
         while addr < rangeEnd {
             let vma = findVMA(addr)

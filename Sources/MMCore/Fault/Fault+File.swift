@@ -1,9 +1,11 @@
 import MMSync
 
 extension AddressSpace {
-    /// `do_fault` for shmem-backed VMAs (shared anonymous memory and tmpfs files): read faults
-    /// map the page-cache page read-only; write faults in shared mappings map it writable; write
-    /// faults in private mappings copy it into a new anonymous page (`do_cow_fault`).
+    /// `do_fault` for shmem-backed VMAs (shared anonymous memory and tmpfs files): the page-cache
+    /// page is mapped with the VMA's `vm_page_prot` — writable in a shared writable mapping
+    /// (tmpfs wants no write notification), read-only otherwise — and dirty only for a write
+    /// fault; write faults in private mappings copy it into a new anonymous page
+    /// (`do_cow_fault`).
     func doFilePage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
                     flags: FaultFlags) -> FaultResult {
         guard let file = vma.file else { return .sigbus }
@@ -18,7 +20,7 @@ extension AddressSpace {
         ptl.lock()
         guard ptep.load().isNone else { ptl.unlock(); memory.put(page); return .retry }
         memory.addRmap(page) // the reference from getPage becomes the mapping's
-        ptep.store(.page(page.pfn, write: write && vma.flags.contains(.write), dirty: write))
+        ptep.store(.page(page.pfn, write: vma.isShared && vma.flags.contains(.write), dirty: write))
         if write { page.set(.dirty) }
         ptl.unlock()
         machine.stats.count(vma.file?.isAnonymousShared == true ? .faultShared : .faultFileRead)

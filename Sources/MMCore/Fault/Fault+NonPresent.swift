@@ -3,7 +3,7 @@ import MMSync
 extension AddressSpace {
     /// `do_swap_page`: a non-present, non-empty entry. Migration entries are waited out;
     /// device-private entries go to the owner's `migrateToRAM`; device-exclusive entries are
-    /// restored to ordinary PTEs after an EXCLUSIVE invalidation.
+    /// restored to ordinary PTEs after a CLEAR invalidation.
     /// Locking: mmap lock held for read; no PTE lock held on entry or return.
     func doSwapEntry(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ entry: PTE,
                      flags: FaultFlags) -> FaultResult {
@@ -55,23 +55,23 @@ extension AddressSpace {
         return r == .ok ? .retry : r
     }
 
-    /// `remove_device_exclusive_entry`: lock the page, tell every device (EXCLUSIVE, no owner)
-    /// so it drops its atomic mapping, then put back an ordinary PTE (writable if the entry was).
+    /// `remove_device_exclusive_entry` (Linux 7.2): lock the page, tell every device with a
+    /// CLEAR invalidation that has no owner (so the device holding the atomic mapping drops it
+    /// too), then put back the ordinary PTE (`restore_exclusive_pte`).
     private func removeDeviceExclusiveEntry(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
                                             _ entry: PTE) -> FaultResult {
         let page = memory.page(entry.swapEntry.pfn)
-        ptl.lock()
-        guard ptep.load() == entry, memory.tryGet(page) else { ptl.unlock(); return .retry }
-        ptl.unlock()
+        // A reference to lock the page: without the PTE lock a racing thread may remove the
+        // entry and free the page (then there is nothing left to do).
+        guard memory.tryGet(page) else { return .retry }
         defer { memory.put(page) }
         page.lock()
         defer { page.unlock() }
-        let range = MMUNotifierRange(start: address, end: address + pageSize, event: .exclusive)
+        let range = MMUNotifierRange(start: address, end: address + pageSize, event: .clear)
         notifiers.invalidateRangeStart(range)
         ptl.lock()
         if ptep.load() == entry {
-            let write = entry.swapEntry.isWrite && vma.flags.contains(.write)
-            ptep.store(.page(page.pfn, write: write, dirty: write))
+            restoreExclusivePTE(vma, page, ptep, entry)
             machine.stats.count(.faultDeviceExclusive)
         }
         ptl.unlock()

@@ -144,7 +144,8 @@ struct PageTableChecker: PageWalker {
                 mappings[s.pfn, default: 0] += 1
                 checkRmap(p, vma, addr, hex)
             }
-            if s.isWrite && !vma.flags.contains(.write) { problems.append("mm \(mm.id): writable \(s) at \(hex) in a read-only VMA") }
+            // (A device-exclusive entry has no read-only form: mprotect leaves it, as 7.2 does.)
+            if s.isWrite && !s.isDeviceExclusive && !vma.flags.contains(.write) { problems.append("mm \(mm.id): writable \(s) at \(hex) in a read-only VMA") }
         }
         return .next
     }

@@ -81,22 +81,39 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
     func overlaps(_ s: UInt64, _ e: UInt64) -> Bool { start < e && s < end }
 }
 
-/// Per-address-space notifier state (`struct mmu_notifier_subscriptions`).
+/// Per-address-space notifier state (`struct mmu_notifier_subscriptions`), following Linux
+/// 7.2's mm/mmu_notifier.c.
 ///
-/// The sequence protocol (as mmu_notifier.c): `invalidateSeq` is odd while at least one
-/// invalidation overlapping some interval notifier is in progress. Each overlapping interval's
-/// callback sets that interval's sequence to the odd value; `readBegin` on an interval whose
-/// sequence equals the current odd value waits until every invalidation ends.
+/// The sequence protocol: `invalidateSeq` starts at 2 and is odd while at least one
+/// invalidation that overlaps some interval notifier is in progress (an invalidation that hits
+/// no interval counts in `activeInvalidateRanges` but leaves the sequence even). Each
+/// overlapping interval's callback sets that interval's sequence to the odd value; `readBegin`
+/// on an interval whose sequence equals the current odd value waits until the last
+/// invalidation ends. While the sequence is odd the set of intervals may not change: inserts
+/// and removals are deferred to the end of the last invalidation (`deferred`), a removal
+/// waiting for it. An interval inserted while any invalidation runs — even one that hit no
+/// interval — starts with the current odd sequence (making it odd if it was even), so its
+/// first `readBegin` waits for those invalidations to end.
 public final class MMUNotifierSubscriptions: @unchecked Sendable {
     let lock = Lock("mmu_notifier")
     let waitQueue = WaitQueue()
-    /// Locking: lock. Even = idle, odd = invalidating.
+    /// Locking: lock. Even = the interval set may change, odd = invalidating intervals.
     var invalidateSeq: UInt64 = 2
+    /// Locking: lock. Invalidations started and not yet ended.
     var activeInvalidateRanges = 0
+    /// Locking: lock. The intervals invalidations see, ordered by start as the kernel's
+    /// interval tree visits them.
     var intervals: [MMUIntervalNotifier] = []
+    /// Locking: lock. Inserts (`insert == true`) and removals waiting for the sequence to become
+    /// even (`deferred_list`).
+    var deferred: [(sub: MMUIntervalNotifier, insert: Bool)] = []
+    /// Locking: lock. Whole-address-space subscribers (the kernel's hlist).
     var subscribers: [MMUNotifier] = []
     weak var mm: AddressSpace?
     let stats = AtomicCounter(0)
+    /// Test hook: runs inside `invalidateRangeStart` after the range is counted as active and
+    /// before any callback, with no lock held (forces the insert-during-invalidation window).
+    package var afterRangeActivated: ((MMUNotifierRange) -> Void)?
 
     var currentSeq: UInt64 { lock.withLock { invalidateSeq } }
 
@@ -104,34 +121,63 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     public func register(_ n: MMUNotifier) { lock.withLock { subscribers.append(n) } }
     public func unregister(_ n: MMUNotifier) { lock.withLock { subscribers.removeAll { $0 === n } } }
 
-    /// `mmu_interval_notifier_insert`. EINVAL for an empty or wrapped range.
+    /// `mmu_interval_notifier_insert`. EOVERFLOW for an empty or wrapped range (the kernel's
+    /// zero length), EINVAL once the address space has exited.
     public func insert(_ sub: MMUIntervalNotifier) throws(Errno) {
-        guard sub.start < sub.end else { throw .EINVAL }
+        guard sub.start < sub.end else { throw .EOVERFLOW }
         lock.lock()
+        if let mm, mm.isDead { lock.unlock(); throw .EINVAL }
         sub.subscriptions = self
         sub.mm = mm
-        // An interval inserted during an invalidation starts "invalidating", so its first
-        // readBegin waits for the invalidation to end (it missed the callback).
-        sub.invalidateSeq.store(activeInvalidateRanges > 0 && invalidateSeq & 1 == 1 ? invalidateSeq : invalidateSeq &- 1)
-        intervals.append(sub)
+        if activeInvalidateRanges > 0 {
+            if invalidateSeq & 1 == 1 {
+                deferred.append((sub, true))     // the tree is being walked: insert at the end
+            } else {
+                invalidateSeq |= 1               // invalidations run that hit no interval yet
+                addInterval(sub)
+            }
+            sub.invalidateSeq.store(invalidateSeq)
+        } else {
+            sub.invalidateSeq.store(invalidateSeq &- 1)
+            addInterval(sub)
+        }
         lock.unlock()
+    }
+
+    /// Locking: lock held.
+    private func addInterval(_ sub: MMUIntervalNotifier) {
+        lock.assertHeld()
+        intervals.insert(sub, at: intervals.firstIndex { $0.start > sub.start } ?? intervals.count)
     }
 
     /// `mmu_interval_notifier_remove`: after it returns, `invalidate` is not running and will
-    /// not be called again for `sub`.
+    /// not be called again for `sub`. During an invalidation epoch (odd sequence) the removal is
+    /// deferred and waited for; a still-pending insert is simply dropped.
+    /// Locking: must not be called from an invalidate callback (it may wait for it).
     public func remove(_ sub: MMUIntervalNotifier) {
         lock.lock()
-        intervals.removeAll { $0 === sub }
-        let seq = invalidateSeq
-        let busy = activeInvalidateRanges > 0 && seq & 1 == 1
+        var waitFor: UInt64?
+        if invalidateSeq & 1 == 1 {
+            if let i = deferred.firstIndex(where: { $0.sub === sub && $0.insert }) {
+                deferred.remove(at: i)
+            } else if intervals.contains(where: { $0 === sub }) {
+                deferred.append((sub, false))
+                waitFor = invalidateSeq
+            }
+        } else {
+            intervals.removeAll { $0 === sub }
+        }
         lock.unlock()
-        if busy { waitQueue.wait { self.currentSeq != seq } }
+        if let seq = waitFor { waitQueue.wait { self.currentSeq != seq } }
         sub.subscriptions = nil
     }
 
-    /// Starts an invalidation: calls every overlapping interval's callback and every
-    /// subscriber's start. Returns false (with nothing to undo beyond `invalidateRangeEnd`) if a
-    /// non-blockable range met a subscriber that would sleep.
+    /// Starts an invalidation (`__mmu_notifier_invalidate_range_start`): every overlapping
+    /// interval's callback, then every subscriber's start. Returns false only for a
+    /// non-blockable range: at the first interval that would block (later intervals and the
+    /// subscribers are not called), or when a subscriber would block (every subscriber is
+    /// called, then every subscriber's end, as the kernel backs out). Either way the core has
+    /// already ended what it started: the caller must not call `invalidateRangeEnd`.
     /// Locking: must not be called with a page-table lock held (callbacks may sleep).
     @discardableResult
     public func invalidateRangeStart(_ range: MMUNotifierRange) -> Bool {
@@ -142,33 +188,53 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
             stats.count(MMStats.invalidationCounter(range.event))
         }
         stats.increment()
-        if intervals.isEmpty && subscribers.isEmpty { lock.unlock(); return true } // nobody listens
+        if intervals.isEmpty && subscribers.isEmpty && afterRangeActivated == nil { lock.unlock(); return true } // nobody listens
         let hits = intervals.filter { $0.overlaps(range.start, range.end) }
-        if !hits.isEmpty && invalidateSeq & 1 == 0 { invalidateSeq += 1 }
+        if !hits.isEmpty { invalidateSeq |= 1 }  // mn_itree_inv_start_range
         let seq = invalidateSeq
-        let subs = subscribers
+        let hook = afterRangeActivated
         lock.unlock()
-        var ok = true
-        for sub in hits where !sub.invalidate(sub, range, seq) { ok = false }
-        for s in subs where !s.invalidateRangeStart(range) { ok = false }
-        return ok
+        hook?(range)
+        for sub in hits where !sub.invalidate(sub, range, seq) {
+            if range.blockable { continue } // the kernel WARNs and goes on
+            itreeInvalidateEnd()
+            return false
+        }
+        let subs = lock.withLock { subscribers }
+        var failed = false
+        for s in subs where !s.invalidateRangeStart(range) { failed = true }
+        if failed {
+            precondition(!range.blockable, "a subscriber failed a blockable invalidation")
+            for s in subs { s.invalidateRangeEnd(range) }
+            // Linux 7.2 returns here with the interval side still active, so the sequence
+            // would stay odd for good; swift-hmm ends it (docs/linux-divergences.md).
+            itreeInvalidateEnd()
+            return false
+        }
+        return true
     }
 
-    /// Ends an invalidation started by `invalidateRangeStart`.
+    /// Ends an invalidation whose `invalidateRangeStart` returned true.
     public func invalidateRangeEnd(_ range: MMUNotifierRange) {
+        itreeInvalidateEnd()
+        let subs = lock.withLock { subscribers }
+        for s in subs { s.invalidateRangeEnd(range) }
+    }
+
+    /// `mn_itree_inv_end`: the last invalidation to end makes the sequence even, applies the
+    /// deferred inserts and removals and wakes `readBegin` and `remove` waiters.
+    private func itreeInvalidateEnd() {
         lock.lock()
-        if !subscribers.isEmpty {
-            let subs = subscribers
-            lock.unlock()
-            for s in subs { s.invalidateRangeEnd(range) }
-            lock.lock()
-        }
         activeInvalidateRanges -= 1
         precondition(activeInvalidateRanges >= 0, "unbalanced invalidateRangeEnd")
-        var wake = false
-        if activeInvalidateRanges == 0 && invalidateSeq & 1 == 1 { invalidateSeq += 1; wake = true }
+        guard activeInvalidateRanges == 0, invalidateSeq & 1 == 1 else { lock.unlock(); return }
+        invalidateSeq += 1
+        for (sub, insert) in deferred {
+            if insert { addInterval(sub) } else { intervals.removeAll { $0 === sub } }
+        }
+        deferred.removeAll()
         lock.unlock()
-        if wake { waitQueue.wakeAll() }
+        waitQueue.wakeAll()
     }
 
     /// Runs `body` between start and end of an invalidation of `range`.
@@ -179,13 +245,31 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
         return try body()
     }
 
-    /// exit_mmap: tells every subscriber, and invalidates every interval for the whole space.
+    /// `mmu_notifier_release` at the start of exit_mmap: every interval sees one RELEASE
+    /// invalidation of the whole space (intervals stay registered, so the exit's UNMAP reaches
+    /// them too); every whole-mm subscriber gets `release` and is then unlinked, so it sees no
+    /// invalidation of the exit's unmap.
     func release(_ mm: AddressSpace) {
-        let range = MMUNotifierRange(start: 0, end: taskSize, event: .release)
-        invalidateRangeStart(range)
-        invalidateRangeEnd(range)
-        let subs = lock.withLock { subscribers }
+        let range = MMUNotifierRange(start: 0, end: UInt64.max, event: .release)
+        lock.lock()
+        let subs = subscribers
+        let hasIntervals = !intervals.isEmpty
+        lock.unlock()
+        if hasIntervals {
+            lock.lock()
+            activeInvalidateRanges += 1
+            mm.machine.stats.count(.notifierInvalidations)
+            mm.machine.stats.count(MMStats.invalidationCounter(range.event))
+            stats.increment()
+            let hits = intervals
+            invalidateSeq |= 1
+            let seq = invalidateSeq
+            lock.unlock()
+            for sub in hits { _ = sub.invalidate(sub, range, seq) }
+            itreeInvalidateEnd()
+        }
         for s in subs { s.release(mm) }
+        lock.withLock { subscribers.removeAll() }
     }
 
     /// Number of invalidations started (for statistics).

@@ -1,8 +1,11 @@
 /// A non-present page-table entry's payload: a type and an offset (`swp_entry_t`).
 ///
-/// Types 0…15 are swap devices (offset = slot). The special types carry a pfn as offset:
-/// migration entries (read, read-exclusive, write), device-private entries (read, write),
-/// device-exclusive entries (read, write), hwpoison, and markers.
+/// Types 0…23 are swap devices (offset = slot). The special types carry a pfn as offset:
+/// hwpoison, migration entries (read, read-exclusive, write), device-private entries (write,
+/// read), the device-exclusive entry, and markers — numbered as Linux 7.2's `swap.h` numbers
+/// them with a 5-bit type (`MAX_SWAPFILES` = 32 − 3 − 3 − 1 − 1 = 24). Since the 2025 rework
+/// there is one device-exclusive type: the entry stands for a writable mapping, and mprotect
+/// and fork never make a read-only form of it.
 @frozen
 public struct SwapEntry: Equatable, Hashable, CustomStringConvertible {
     public let type: UInt8
@@ -13,16 +16,15 @@ public struct SwapEntry: Equatable, Hashable, CustomStringConvertible {
     public static let offsetShift: UInt64 = 9
     public static let offsetMask: UInt64 = (1 << 49) - 1
 
-    public static let maxSwapFiles: UInt8 = 16
-    public static let deviceExclusiveRead: UInt8 = 20
-    public static let deviceExclusiveWrite: UInt8 = 21
-    public static let devicePrivateRead: UInt8 = 22
-    public static let devicePrivateWrite: UInt8 = 23
-    public static let migrationRead: UInt8 = 24
-    public static let migrationReadExclusive: UInt8 = 25
-    public static let migrationWrite: UInt8 = 26
-    public static let hwPoison: UInt8 = 27
-    public static let marker: UInt8 = 28
+    public static let maxSwapFiles: UInt8 = 24
+    public static let hwPoison: UInt8 = 24
+    public static let migrationRead: UInt8 = 25
+    public static let migrationReadExclusive: UInt8 = 26
+    public static let migrationWrite: UInt8 = 27
+    public static let devicePrivateWrite: UInt8 = 28
+    public static let devicePrivateRead: UInt8 = 29
+    public static let deviceExclusive: UInt8 = 30
+    public static let marker: UInt8 = 31
 
     @inlinable public init(type: UInt8, offset: UInt64) {
         precondition(type <= 31 && offset <= SwapEntry.offsetMask)
@@ -45,11 +47,11 @@ public struct SwapEntry: Equatable, Hashable, CustomStringConvertible {
     @inlinable public var isMigration: Bool { type >= SwapEntry.migrationRead && type <= SwapEntry.migrationWrite }
     @inlinable public var isWritableMigration: Bool { type == SwapEntry.migrationWrite }
     @inlinable public var isDevicePrivate: Bool { type == SwapEntry.devicePrivateRead || type == SwapEntry.devicePrivateWrite }
-    @inlinable public var isDeviceExclusive: Bool { type == SwapEntry.deviceExclusiveRead || type == SwapEntry.deviceExclusiveWrite }
+    @inlinable public var isDeviceExclusive: Bool { type == SwapEntry.deviceExclusive }
     @inlinable public var isHwPoison: Bool { type == SwapEntry.hwPoison }
-    /// Whether the entry stands for a writable mapping.
+    /// Whether the entry stands for a writable mapping (a device-exclusive entry always does).
     @inlinable public var isWrite: Bool {
-        type == SwapEntry.migrationWrite || type == SwapEntry.devicePrivateWrite || type == SwapEntry.deviceExclusiveWrite
+        type == SwapEntry.migrationWrite || type == SwapEntry.devicePrivateWrite || type == SwapEntry.deviceExclusive
     }
     /// Entries whose offset is a pfn with a struct page behind it.
     @inlinable public var hasPfn: Bool { isMigration || isDevicePrivate || isDeviceExclusive || isHwPoison }
@@ -61,15 +63,16 @@ public struct SwapEntry: Equatable, Hashable, CustomStringConvertible {
     @inlinable public static func devicePrivate(pfn: UInt64, write: Bool) -> SwapEntry {
         SwapEntry(type: write ? devicePrivateWrite : devicePrivateRead, offset: pfn)
     }
-    @inlinable public static func deviceExclusive(pfn: UInt64, write: Bool) -> SwapEntry {
-        SwapEntry(type: write ? deviceExclusiveWrite : deviceExclusiveRead, offset: pfn)
+    /// `make_device_exclusive_entry`.
+    @inlinable public static func deviceExclusive(pfn: UInt64) -> SwapEntry {
+        SwapEntry(type: deviceExclusive, offset: pfn)
     }
-    /// The read-only form of a writable entry (mprotect, fork of a COW mapping).
+    /// The read-only form of a writable migration or device-private entry (mprotect, fork of a
+    /// COW mapping). A device-exclusive entry has none: it is returned unchanged.
     @inlinable public func readOnly() -> SwapEntry {
         switch type {
         case SwapEntry.migrationWrite: return SwapEntry(type: SwapEntry.migrationRead, offset: offset)
         case SwapEntry.devicePrivateWrite: return SwapEntry(type: SwapEntry.devicePrivateRead, offset: offset)
-        case SwapEntry.deviceExclusiveWrite: return SwapEntry(type: SwapEntry.deviceExclusiveRead, offset: offset)
         default: return self
         }
     }
@@ -82,8 +85,7 @@ public struct SwapEntry: Equatable, Hashable, CustomStringConvertible {
         case SwapEntry.migrationWrite: return "migration-w(pfn \(offset))"
         case SwapEntry.devicePrivateRead: return "device-private-r(pfn \(offset))"
         case SwapEntry.devicePrivateWrite: return "device-private-w(pfn \(offset))"
-        case SwapEntry.deviceExclusiveRead: return "device-exclusive-r(pfn \(offset))"
-        case SwapEntry.deviceExclusiveWrite: return "device-exclusive-w(pfn \(offset))"
+        case SwapEntry.deviceExclusive: return "device-exclusive(pfn \(offset))"
         case SwapEntry.hwPoison: return "hwpoison(pfn \(offset))"
         default: return "marker(\(type):\(offset))"
         }

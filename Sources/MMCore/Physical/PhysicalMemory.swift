@@ -104,6 +104,10 @@ public final class PhysicalMemory: @unchecked Sendable {
         frameBase + Int(pfn << pageShift)
     }
     @inlinable public func isValidPfn(_ pfn: UInt64) -> Bool { pfn < totalPfns }
+    /// The page-table page holding the entry `e` (whose `ptl` guards it).
+    @inlinable public func tablePage(of e: EntryPointer) -> Page {
+        page(UInt64(e.address - frameBase) >> pageShift)
+    }
 
     /// The shared zero page.
     public var zeroPage: Page { page(0) }

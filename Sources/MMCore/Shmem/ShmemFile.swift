@@ -133,7 +133,7 @@ public final class ShmemFile: @unchecked Sendable {
             let vmaPages = (vma.end - vma.start) >> pageShift
             guard fromIndex < vma.pgoff + vmaPages else { continue }
             let start = fromIndex > vma.pgoff ? vma.start + ((fromIndex - vma.pgoff) << pageShift) : vma.start
-            vma.mm.zapRange(vma: vma, start: start, end: vma.end, event: .unmap)
+            vma.mm.zapRange(vma: vma, start: start, end: vma.end, event: .clear) // zap_vma_range_batched: CLEAR
         }
     }
 }

@@ -16,13 +16,14 @@ public struct Errno: Error, Equatable, Hashable, CustomStringConvertible, Sendab
     public static let ENODEV = Errno(19)
     public static let EINVAL = Errno(22)
     public static let ENOSPC = Errno(28)
+    public static let EOPNOTSUPP = Errno(95)
 
     public var name: String {
         switch rawValue {
         case 1: return "EPERM"; case 2: return "ENOENT"; case 4: return "EINTR"; case 5: return "EIO"
         case 11: return "EAGAIN"; case 12: return "ENOMEM"; case 13: return "EACCES"
         case 14: return "EFAULT"; case 16: return "EBUSY"; case 17: return "EEXIST"
-        case 9: return "EBADF"; case 19: return "ENODEV"; case 22: return "EINVAL"; case 28: return "ENOSPC"; case 75: return "EOVERFLOW"
+        case 9: return "EBADF"; case 19: return "ENODEV"; case 22: return "EINVAL"; case 28: return "ENOSPC"; case 75: return "EOVERFLOW"; case 95: return "EOPNOTSUPP"
         default: return "errno \(rawValue)"
         }
     }

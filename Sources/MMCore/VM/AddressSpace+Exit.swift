@@ -1,7 +1,9 @@
 import MMSync
 
 extension AddressSpace {
-    /// `exit_mmap`: tells notifier subscribers, unmaps everything, frees every page table.
+    /// `exit_mmap` (Linux 7.2): `mmu_notifier_release` (intervals see RELEASE, whole-mm
+    /// subscribers get `release` and are unlinked), then one UNMAP invalidation of the whole
+    /// space while everything is unmapped, then every page table is freed.
     /// After it the address space is dead: CPU accesses fault with SIGSEGV and device
     /// operations fail with EINVAL. Idempotent.
     public func exitMMap() {
@@ -9,7 +11,7 @@ extension AddressSpace {
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
         guard !isDead else { return }
         notifiers.release(self)
-        for vma in vmaList { zapRange(vma: vma, start: vma.start, end: vma.end, event: .release) }
+        zapVMAs(vmaList, start: 0, end: UInt64.max, event: .unmap)
         while !vmaList.isEmpty { removeVMA(at: vmaList.count - 1) }
         freePageTables(0, taskSize + pageSize, floor: 0, ceiling: taskSize + pageSize)
         markDeadAndFreePGD()

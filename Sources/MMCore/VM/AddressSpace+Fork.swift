@@ -7,14 +7,15 @@ extension AddressSpace {
     /// copied as `copy_nonpresent_pte` does. Shared and file mappings without anonymous pages
     /// are not copied: the child faults them in.
     /// Locking: takes this mm's mmap lock for write; the child is not yet visible to anyone.
-    /// Return: the child, or ENOMEM (the partial child is torn down).
+    /// Return: the child, or ENOMEM — also when a device-exclusive page is locked at that moment,
+    /// as in Linux 7.2 (the partial child is torn down).
     public func fork() throws(Errno) -> AddressSpace {
         defer { machine.operationDone("fork") }
         let child = try AddressSpace(machine: machine)
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
         guard !isDead else { child.exitMMap(); throw .EINVAL }
         child.mmapLock.lockWrite()
-        var failed = false
+        var failure: Errno?
         var parentChanged = false
         for vma in vmaList where !vma.flags.contains(.dontCopy) {
             let cv = vma.duplicate(into: child)
@@ -29,12 +30,12 @@ extension AddressSpace {
             let err = pageTable.walk(vma.start, vma.end, &copier)
             parentChanged = parentChanged || copier.parentChanged
             if cow { notifiers.invalidateRangeEnd(range) }
-            if err != nil { failed = true; break }
+            if let err { failure = err; break }
         }
         if parentChanged { flushTLB() }
         child.mmapLock.unlockWrite()
         machine.stats.count(.forks)
-        if failed { child.exitMMap(); throw .ENOMEM }
+        if let failure { child.exitMMap(); throw failure }
         return child
     }
 }
@@ -64,6 +65,18 @@ struct ForkCopier: PageWalker {
         // but take it anyway so the lock discipline checkers see every store under a PTL.
         dst.table.ptl.lock(); defer { dst.table.ptl.unlock() }
         if v.isPresent { return copyPresent(pte, v, addr, dst.entry) }
+        if v.swapEntry.isDeviceExclusive {
+            // Linux 7.2 (copy_nonpresent_pte): the parent's device-exclusive entry is restored
+            // to an ordinary PTE (`try_restore_exclusive_pte`, no invalidation of its own: the
+            // fork's PROTECTION_PAGE range already covers it) and then copied as a present
+            // PTE. If the page lock is taken, the fork fails: try_restore_exclusive_pte says
+            // EBUSY, which copy_pmd_range turns into ENOMEM.
+            let page = memory.page(v.swapEntry.pfn)
+            guard page.tryLock() else { return .stop(.ENOMEM) }
+            parent.restoreExclusivePTE(vma, page, pte, v)
+            page.unlock()
+            return copyPresent(pte, pte.load(), addr, dst.entry)
+        }
         copyNonPresent(pte, v, dst.entry)
         return .next
     }
@@ -101,10 +114,11 @@ struct ForkCopier: PageWalker {
             // A writable or read-exclusive migration entry becomes plain read in both: the page
             // is now shared copy-on-write, so it must not be restored as exclusive.
             if cow && s.type != SwapEntry.migrationRead {
+                // (copy_nonpresent_pte makes the parent's read-exclusive entry readable too.)
                 e = SwapEntry.migration(pfn: s.pfn, write: false).pte(softDirty: v.isSoftDirty)
                 src.store(e)
             }
-        } else if s.isDevicePrivate || s.isDeviceExclusive {
+        } else if s.isDevicePrivate {
             let page = memory.page(s.pfn)
             memory.get(page)
             memory.addRmap(page)

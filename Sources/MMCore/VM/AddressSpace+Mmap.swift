@@ -94,7 +94,7 @@ extension AddressSpace {
             removed.append(vmaList[i]); i += 1
         }
         guard !removed.isEmpty else { return }
-        for vma in removed { zapRange(vma: vma, start: vma.start, end: vma.end, event: .unmap) }
+        zapVMAs(removed, start: start, end: end, event: .unmap)
         let first = vmaIndex(atOrAfter: start)
         for _ in removed { removeVMA(at: first) }
         let floor = first > 0 ? vmaList[first - 1].end : 0

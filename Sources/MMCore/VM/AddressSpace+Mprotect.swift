@@ -1,24 +1,35 @@
 import MMSync
 
-/// Rewrites the protection of every entry in a range (`change_pte_range`): present entries get
-/// the VMA's new permissions (write only ever removed here; write faults add it back), and
-/// writable migration, device-private and device-exclusive entries become their read forms.
+/// Rewrites the protection of every entry in a range as Linux 7.2's `change_pte_range` does.
+/// Present entries get the VMA's new `vm_page_prot` (`pte_modify`): readable as the VMA allows;
+/// writable for shared writable mappings; for private writable mappings
+/// (`MM_CP_TRY_CHANGE_WRITABLE`) writable only where `can_change_pte_writable` allows (an
+/// exclusive anonymous page), every other page waits for its write fault. Non-present entries
+/// (`change_softleaf_pte`) whatever the new protection: a writable migration entry becomes
+/// read-exclusive (anonymous page) or read, a writable device-private entry becomes read (its
+/// soft-dirty bit is not kept), a device-exclusive entry is left alone.
 struct ChangeProtectionWalker: PageWalker {
-    let readable: Bool
-    let writable: Bool
+    let mm: AddressSpace
+    let vma: VMA
     var changed = false
 
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
         let old = pte.load()
         var new = old
         if old.isPresent {
-            var r = old.raw
-            if !writable { r &= ~PTE.write }
-            if readable { r |= PTE.user } else { r &= ~(PTE.user | PTE.write) }
+            var r = old.raw & ~(PTE.write | PTE.user)
+            if vma.pageProtReadable { r |= PTE.user }
+            if vma.isShared && vma.flags.contains(.write) { r |= PTE.write }
             new = PTE(raw: r)
-        } else if old.isSwap, !writable {
+            if !new.isWrite, vma.wantsManualPTEWriteUpgrade, mm.canChangePTEWritable(vma, pte, new) { new = new.mkwrite() }
+        } else if old.isSwap {
             let s = old.swapEntry
-            if s.isWrite { new = s.readOnly().pte(softDirty: old.isSoftDirty) }
+            if s.type == SwapEntry.migrationWrite {
+                let anon = mm.memory.page(s.pfn).isAnon
+                new = SwapEntry.migration(pfn: s.pfn, write: false, exclusive: anon).pte(softDirty: old.isSoftDirty)
+            } else if s.type == SwapEntry.devicePrivateWrite {
+                new = s.readOnly().pte()
+            }
         }
         if new != old {
             pte.store(new)
@@ -27,15 +38,18 @@ struct ChangeProtectionWalker: PageWalker {
         return .next
     }
 
+    /// PMD leaves (made only by the huge-page layer, still to come): write removed unless
+    /// the VMA is writable and shared; writable PMD-level entries become their read forms.
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
         guard v.isHuge || !v.isPresent else { return .next }
         table.ptl.lock(); defer { table.ptl.unlock() }
         var r = v.raw
         if v.isPresent {
-            if !writable { r &= ~PTE.write }
-            if readable { r |= PTE.user } else { r &= ~(PTE.user | PTE.write) }
-        } else if !writable, v.swapEntry.isWrite {
+            r &= ~(PTE.write | PTE.user)
+            if vma.pageProtReadable { r |= PTE.user }
+            if vma.isShared && vma.flags.contains(.write) { r |= PTE.write }
+        } else if v.swapEntry.isWrite, !v.swapEntry.isDeviceExclusive {
             r = v.swapEntry.readOnly().pte(softDirty: v.isSoftDirty, pmd: true).raw
         }
         if r != v.raw { pmd.store(PTE(raw: r)); changed = true }
@@ -80,11 +94,11 @@ extension AddressSpace {
         if prot.contains(.exec) { flags.insert(.exec) }
         vma.flags = flags
         // Like the kernel, the invalidation fires whether permissions shrink or grow: mirrors
-        // drop their entries and refault with the new permissions.
+        // drop their entries and refault with the new permissions. (A TLB flush follows any
+        // change, upgrades included: the software TLB caches the write permission.)
         let range = MMUNotifierRange(start: vma.start, end: vma.end, event: .protectionVMA)
         notifiers.invalidateRangeStart(range)
-        var w = ChangeProtectionWalker(readable: flags.contains(.read) || flags.contains(.write) || flags.contains(.exec),
-                                       writable: flags.contains(.write))
+        var w = ChangeProtectionWalker(mm: self, vma: vma)
         _ = pageTable.walk(vma.start, vma.end, &w)
         if w.changed { flushTLB() }
         notifiers.invalidateRangeEnd(range)

@@ -48,15 +48,25 @@ struct ZapWalker: PageWalker {
 
 extension AddressSpace {
     /// Clears every entry of [start, end) inside `vma`, bracketed by an invalidation with
-    /// `event`, then flushes the TLB and drops the page references (`zap_page_range_single`).
+    /// `event`, then flushes the TLB and drops the page references (`zap_vma_range`).
     /// Locking: mmap lock held (or the rmap lock of a file the VMA maps); no PTE lock held.
     func zapRange(vma: VMA, start: UInt64, end: UInt64, event: MMUNotifyEvent) {
-        let s = max(start, vma.start), e = min(end, vma.end)
-        guard s < e else { return }
-        let range = MMUNotifierRange(start: s, end: e, event: event)
+        zapVMAs([vma], start: start, end: end, event: event)
+    }
+
+    /// `unmap_vmas`: one invalidation with `event` over [start, end), then every VMA's part of
+    /// it cleared, one TLB flush, the page references dropped. munmap passes the unmapped range,
+    /// exit_mmap the whole space ([0, ULONG_MAX) as the kernel does).
+    /// Locking: mmap lock held (or the rmap lock of a file the VMA maps); no PTE lock held.
+    func zapVMAs(_ vmas: [VMA], start: UInt64, end: UInt64, event: MMUNotifyEvent) {
+        guard vmas.contains(where: { max(start, $0.start) < min(end, $0.end) }) else { return }
+        let range = MMUNotifierRange(start: start, end: end, event: event)
         notifiers.invalidateRangeStart(range)
         var zap = ZapWalker(memory: memory)
-        _ = pageTable.walk(s, e, &zap)
+        for vma in vmas {
+            let s = max(start, vma.start), e = min(end, vma.end)
+            if s < e { _ = pageTable.walk(s, e, &zap) }
+        }
         zap.gather.finish(self)
         notifiers.invalidateRangeEnd(range)
     }

@@ -1,0 +1,151 @@
+import XCTest
+@testable import Conformance
+@testable import Devices
+@testable import HMM
+@testable import MMCore
+import MMSync
+
+/// The package root, found from this file's path.
+let hmmPackageRoot: String = {
+    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3) // Tests/HMMTests/DivergenceTests.swift
+    return parts.joined(separator: "/")
+}()
+
+/// `docs/linux-divergences.md`: each listed divergence still behaves as the document says.
+final class DivergenceTests: XCTestCase {
+    /// Every id in the document has a test here named after it.
+    func testEveryDocumentedDivergenceHasATest() throws {
+        let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
+        let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5"])
+        let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
+        for id in ids {
+            XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
+            XCTAssertTrue(doc.contains("Test: `test\(id)"), "\(id) names no test")
+        }
+    }
+
+    /// D1: a second mirror of the same device and mm loses its entries on the first mirror's
+    /// migration (Linux 7.2's test_hmm would keep them, naming the replaced system pages).
+    func testD1OtherMirrorsOfTheDeviceDropTheirEntries() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(4)
+        for i in 0..<4 { try env.cpu.store(a + UInt64(i) * pageSize, UInt64(i)) }
+        let m1 = try env.module.open(minor: 0, mm: env.mm), m2 = try env.module.open(minor: 0, mm: env.mm)
+        var r = DmirrorCmd(addr: a, npages: 4)
+        try m2.ioctl(.read, &r, buffer: DmirrorBuffer(size: 4 * Int(pageSize)))
+        XCTAssertEqual((0..<4).compactMap { m2.entry(at: a + UInt64($0) * pageSize) }.count, 4)
+        var m = DmirrorCmd(addr: a, npages: 4)
+        try m1.ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: 4 * Int(pageSize)))
+        XCTAssertEqual(m.cpages, 4)
+        XCTAssertEqual((0..<4).compactMap { m1.entry(at: a + UInt64($0) * pageSize) }.count, 4)   // kept up to date
+        XCTAssertEqual((0..<4).compactMap { m2.entry(at: a + UInt64($0) * pageSize) }.count, 0)   // dropped
+        env.finish([m1, m2])
+    }
+
+    /// D2: a page pinned across its process's exit still has its anon_vma.
+    func testD2APinnedPageKeepsItsAnonVMAAfterExit() throws {
+        let env = try HMMEnv()
+        let p = try MMCore.Process(machine: env.machine)
+        let cpu = p.makeCPU()
+        let a = try p.mmap(length: pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        try cpu.store(a, UInt64(5))
+        let pages = try p.mm.getUserPages(a, count: 1, flags: [.write, .pin])
+        cpu.detach()
+        p.exit()
+        XCTAssertNotNil(pages[0].anonVMA)
+        XCTAssertEqual(pages[0].pincount, 1)
+        XCTAssertEqual(pages[0].mapcount, 0)
+        p.mm.unpinUserPages(pages)
+        env.finish([])
+    }
+
+    /// D3: a whole-mm subscriber that would block a non-blocking start: the core backs out and
+    /// leaves no epoch open, so the interval's next readBegin returns at once.
+    func testD3FailedSubscriberStartLeavesNoEpochOpen() throws {
+        let env = try HMMEnv()
+        let subs = env.mm.notifiers
+        let i = MMUIntervalNotifier(start: 0, end: taskSize) { s, _, seq in s.setSeq(seq); return true }
+        try subs.insert(i)
+        let s = RecordingSubscriber("s", failNonBlocking: true)
+        subs.register(s)
+        XCTAssertFalse(subs.invalidateRangeStart(MMUNotifierRange(start: 0, end: pageSize, event: .clear, blockable: false)))
+        XCTAssertEqual(s.take(), ["s start CLEAR", "s end CLEAR"])
+        XCTAssertEqual(subs.lock.withLock { subs.activeInvalidateRanges }, 0)
+        XCTAssertEqual(subs.currentSeq, 4)
+        XCTAssertEqual(i.readBegin(), 3)
+        subs.unregister(s); subs.remove(i)
+        env.finish([])
+    }
+
+    /// D4: with no system page to evict into and nobody freeing one, RELEASE gives up after its
+    /// wait with ENOMEM; the device pages stay valid and a later RELEASE succeeds.
+    func testD4ReleaseGivesUpWithENOMEMAndLosesNothing() throws {
+        let env = try HMMEnv(mib: 16)
+        let pages = 64
+        let a = try env.anon(pages)
+        for i in 0..<pages { try env.cpu.store(a + UInt64(i) * pageSize, UInt64(i)) }
+        let d0 = try env.module.open(minor: 0, mm: env.mm)
+        var m = DmirrorCmd(addr: a, npages: UInt64(pages))
+        try d0.ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: pages * Int(pageSize)))
+        let hog = try env.process.mmap(length: 64 << 20, prot: .readWrite, flags: [.private, .anonymous])
+        var hogged: UInt64 = 0
+        while env.memory.freeFrames > 0 {
+            do { try env.cpu.store(hog + hogged, UInt8(1)) } catch { break }
+            hogged += pageSize
+        }
+        let dev = env.module.devices[0]
+        dev.releaseWaitNanoseconds = 100_000_000
+        let t0 = monotonicNanoseconds()
+        var cmd = DmirrorCmd(addr: a, npages: 1)
+        XCTAssertThrowsError(try d0.ioctl(.release, &cmd)) { XCTAssertEqual($0 as? Errno, .ENOMEM) }
+        XCTAssertGreaterThanOrEqual(monotonicNanoseconds() - t0, 100_000_000)
+        XCTAssertEqual(dev.chunkCount, 1)
+        XCTAssertEqual(try env.mm.pagemap(a, count: pages).filter(\.isSwap).count, pages)  // still on the device
+        try env.process.munmap(hog, length: 64 << 20)
+        try d0.ioctl(.release, &cmd)
+        XCTAssertEqual(dev.chunkCount, 0)
+        for i in 0..<pages { XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt64.self), UInt64(i)) }
+        env.finish([d0])
+    }
+
+    /// D5: contended work stays far below the guards: READs racing migrations of the same
+    /// pages, then 8 CPU threads faulting the same device pages back, 20 times.
+    func testD5GuardsAreNotReachedByContendedWork() throws {
+        let env = try HMMEnv()
+        let pages = 16
+        let a = try env.anon(pages)
+        for i in 0..<pages { try env.cpu.store(a + UInt64(i) * pageSize, UInt64(i)) }
+        let reader = try env.module.open(minor: 0, mm: env.mm), migrator = try env.module.open(minor: 0, mm: env.mm)
+        let maxFaults = AtomicCounter(0)
+        let t = ModelThread.spawn {
+            for _ in 0..<200 {
+                var m = DmirrorCmd(addr: a, npages: UInt64(pages))
+                _ = try? migrator.ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: pages * Int(pageSize)))
+            }
+        }
+        for _ in 0..<200 {
+            var r = DmirrorCmd(addr: a, npages: UInt64(pages))
+            try reader.ioctl(.read, &r, buffer: DmirrorBuffer(size: pages * Int(pageSize)))
+            XCTAssertEqual(r.cpages, UInt64(pages))
+            if Int(r.faults) > maxFaults.load() { maxFaults.store(Int(r.faults)) }
+        }
+        t.join()
+        XCTAssertLessThan(maxFaults.load(), 100)
+        for _ in 0..<20 {
+            var m = DmirrorCmd(addr: a, npages: UInt64(pages))
+            try migrator.ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: pages * Int(pageSize)))
+            XCTAssertEqual(m.cpages, UInt64(pages))
+            let wrong = AtomicCounter(0)
+            let threads = (0..<8).map { k in
+                env.process.spawnThread(name: "cpu\(k)") { cpu in
+                    for i in 0..<pages where (try? cpu.load(a + UInt64(i) * pageSize, as: UInt64.self)) != UInt64(i) { wrong.add(1) }
+                }
+            }
+            threads.forEach { $0.join() }
+            XCTAssertEqual(wrong.load(), 0)
+        }
+        env.finish([reader, migrator])
+    }
+}
