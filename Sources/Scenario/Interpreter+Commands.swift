@@ -255,12 +255,22 @@ extension ScenarioInterpreter {
             let len = try eval(try cmd.arg(2, "a length"), ctx)
             guard len <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a length of at most 256MiB") }
             let got: [UInt8]
-            do { got = try f.pread(offset: off, count: Int(len)) } catch let e as Errno { try checkErrno(cmd, e); return }
+            // The bare expectation is either data (a pattern) or an outcome (ok / an errno name).
+            let expectsData = cmd.bareExpectations.first.map { $0.text != "ok" && parseErrno($0.text) == nil } ?? false
+            do { got = try f.pread(offset: off, count: Int(len)) } catch let e as Errno {
+                if expectsData, cmd.expectation("errno") == nil, let p = cmd.bareExpectations.first {
+                    throw failure(cmd, "expected data matching \(p.text), got \(e.name)")
+                }
+                try checkErrno(cmd, e); return
+            }
+            if !expectsData && (!cmd.bareExpectations.isEmpty || cmd.expectation("errno") != nil) {
+                try checkErrno(cmd, nil)                    // `expect ok` passes; an errno fails
+            }
             if let l = cmd.expectation("len") {
                 let want = try eval(l, ctx)
                 if UInt64(got.count) != want { throw failure(cmd, "expected \(want) bytes read, got \(got.count)") }
             }
-            if let p = cmd.bareExpectations.first {
+            if expectsData, let p = cmd.bareExpectations.first {
                 let pattern = try Pattern.parse(p, lookup(ctx))
                 let index = try indexOption(cmd, ctx)
                 if let msg = compare(got, pattern, index: index) { throw failure(cmd, msg) }

@@ -125,6 +125,10 @@ public final class ScenarioInterpreter {
             throw ScenarioSyntaxError(location: loc ?? SourceLocation(file: path, line: 1, column: 1), message: "cannot open '\(path)'")
         }
         defer { fclose(f) }
+        var st = stat()
+        if fstat(fileno(f), &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
+            throw ScenarioSyntaxError(location: loc ?? SourceLocation(file: path, line: 1, column: 1), message: "expected a script file, '\(path)' is a directory")
+        }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -132,6 +136,9 @@ public final class ScenarioInterpreter {
             if n <= 0 { break }
             bytes += chunk[0..<n]
             if bytes.count > Lexer.maxBytes { break }
+        }
+        if ferror(f) != 0 {
+            throw ScenarioSyntaxError(location: loc ?? SourceLocation(file: path, line: 1, column: 1), message: "cannot read '\(path)'")
         }
         guard let s = String(validating: bytes, as: UTF8.self) else {
             throw ScenarioSyntaxError(location: loc ?? SourceLocation(file: path, line: 1, column: 1), message: "expected UTF-8 text in '\(path)'")

@@ -7,7 +7,7 @@ struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a short built-in scenario (two CPU threads, mmap, fork, COW, mprotect, munmap) and print counters.")
 
-    @Option(help: "Machine memory in MiB (16...16384).")
+    @Option(name: .customLong("memory-mib"), help: "Machine memory in MiB (16...16384).")
     var memoryMiB: UInt64 = 64
 
     @Option(help: "Pages in the demo region (1...4096).")
@@ -19,8 +19,14 @@ struct Demo: ParsableCommand {
     }
 
     func run() throws {
-        let report = try DemoRun(memoryMiB: memoryMiB, pages: pages).run()
-        print(report, terminator: "")
+        do {
+            let report = try DemoRun(memoryMiB: memoryMiB, pages: pages).run()
+            print(report, terminator: "")
+        } catch let e as Errno {
+            throw ValidationError("the demo failed with \(e.name) (\(e.message)): \(memoryMiB) MiB of RAM may be too small for \(pages) pages and their page tables; try a larger --memory-mib")
+        } catch let f as AccessFault {
+            throw ValidationError("the demo's CPU access failed: \(f); try a larger --memory-mib")
+        }
     }
 }
 

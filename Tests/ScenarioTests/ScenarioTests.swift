@@ -121,6 +121,25 @@ final class ScenarioLanguageTests: XCTestCase {
         XCTAssertEqual(runScript("process p\nrepeat 3 {\n fork p -> c\n exit c\n}\n").0, .passed) // names are reusable after exit
     }
 
+    /// Issue 10's defects: each input is reported as what it is, none crashes.
+    func testIssue10InputsAreClassifiedAndNothingCrashes() throws {
+        // `open` in an exited process: EINVAL, not a trap in Dmirror.deinit.
+        XCTAssertEqual(runScript("process p\nexit p\nopen 0 -> fd expect EINVAL\n").0, .passed)
+        XCTAssertEqual(runScript("process p\nexit p\nopen 0 -> fd\n", file: "o.hmm").0,
+                       .failed("o.hmm:3: expected success, got EINVAL"))
+        // A pread that fails while data was expected is a failed expectation, not a malformed script.
+        let pread = "process p\nfile f size=4KiB\npread f 0xFFFFFFFFFFFFFFFF 16 expect ZERO\n"
+        XCTAssertEqual(runScript(pread, file: "r.hmm").0, .failed("r.hmm:3: expected data matching ZERO, got EINVAL"))
+        XCTAssertEqual(runScript("process p\nfile f size=4KiB\npread f 0xFFFFFFFFFFFFFFFF 16 expect EINVAL\n").0, .passed)
+        XCTAssertEqual(runScript("process p\nfile f size=4KiB\npread f 0 16 expect EINVAL\n", file: "s.hmm").0,
+                       .failed("s.hmm:3: expected EINVAL, got success"))
+        XCTAssertEqual(runScript("process p\nfile f size=4KiB\npread f 0 16 expect ok\n").0, .passed)
+        // A directory is not a script.
+        let dir = NSTemporaryDirectory()
+        guard case .malformed(let m) = ScenarioInterpreter().run(path: dir) else { return XCTFail("a directory ran") }
+        XCTAssertTrue(m.hasSuffix("is a directory"), m)
+    }
+
     func testSkipAndInclude() throws {
         let dir = NSTemporaryDirectoryPath()
         let inc = dir + "/inc-\(getpid()).hmm"

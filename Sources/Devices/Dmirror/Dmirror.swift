@@ -57,7 +57,9 @@ public final class Dmirror: @unchecked Sendable {
     }
 
     deinit {
-        if isOpen { mm.notifiers.remove(notifier) }
+        // `notifier` is nil when init failed (an exited mm): nothing was inserted.
+        if isOpen, let notifier { mm.notifiers.remove(notifier) }
+        if mirrorID != 0 { device.forget(mirrorID: mirrorID) }
         for b in bouncePool { b.deallocate() }
     }
 

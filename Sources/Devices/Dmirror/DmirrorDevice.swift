@@ -32,7 +32,10 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// Mirrors opened on this device, by id − 1 (ids are never reused). The backing page of
     /// migrated data records the id of the mirror that migrated it in its private word (the
     /// kernel keeps a pointer in the backing page's zone_device_data). Locking: `lock`.
-    var mirrors: [WeakMirror] = []
+    var mirrors: [UInt64: WeakMirror] = [:]
+    /// Locking: lock. Ids are never reused, so a page recorded with a closed mirror's id never
+    /// names a later mirror; entries go when their mirror is freed (`forget`).
+    var nextMirrorID: UInt64 = 1
 
     /// Coherent memory is one fixed region per device; private memory grows chunk by chunk.
     static let maxCoherentChunks = 1
@@ -54,10 +57,18 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// `open("/dev/hmm_dmirrorN")`: a mirror of `mm`.
     public func open(_ mm: AddressSpace) throws(Errno) -> Dmirror {
         let m = try Dmirror(device: self, mm: mm)
-        lock.withLock { mirrors.append(WeakMirror(m)); m.mirrorID = UInt64(mirrors.count) }
+        lock.withLock {
+            m.mirrorID = nextMirrorID
+            mirrors[nextMirrorID] = WeakMirror(m)
+            nextMirrorID += 1
+        }
         return m
     }
-    var openMirrors: [Dmirror] { lock.withLock { mirrors.compactMap { $0.mirror }.filter { $0.isOpen } } }
+    /// Drops a freed mirror's entry (from `Dmirror.deinit`).
+    func forget(mirrorID: UInt64) { lock.withLock { _ = mirrors.removeValue(forKey: mirrorID) } }
+    var openMirrors: [Dmirror] {
+        lock.withLock { mirrors.sorted { $0.key < $1.key }.compactMap { $0.value.mirror }.filter { $0.isOpen } }
+    }
 
     // MARK: memory
 
@@ -151,7 +162,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     func recordOwner(backing: Page, mirror: Dmirror) { backing.privateWord = mirror.mirrorID }
     func owner(ofBacking pfn: UInt64) -> Dmirror? {
         let id = memory.page(pfn).privateWord
-        return lock.withLock { id > 0 && id <= UInt64(mirrors.count) ? mirrors[Int(id - 1)].mirror : nil }
+        return lock.withLock { mirrors[id]?.mirror }
     }
 
     // MARK: CPU fault on a device-private entry

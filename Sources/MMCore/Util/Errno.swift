@@ -28,4 +28,17 @@ public struct Errno: Error, Equatable, Hashable, CustomStringConvertible, Sendab
         }
     }
     public var description: String { name }
+    /// The C library's message for the code (`strerror`).
+    public var message: String {
+        switch rawValue {
+        case 1: return "Operation not permitted"; case 2: return "No such file or directory"
+        case 4: return "Interrupted system call"; case 5: return "Input/output error"
+        case 9: return "Bad file descriptor"; case 11: return "Resource temporarily unavailable"
+        case 12: return "Cannot allocate memory"; case 13: return "Permission denied"
+        case 14: return "Bad address"; case 16: return "Device or resource busy"; case 17: return "File exists"
+        case 19: return "No such device"; case 22: return "Invalid argument"; case 28: return "No space left on device"
+        case 75: return "Value too large for defined data type"; case 95: return "Operation not supported"
+        default: return "Unknown error \(rawValue)"
+        }
+    }
 }

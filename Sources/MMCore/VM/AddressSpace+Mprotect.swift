@@ -11,7 +11,14 @@ import MMSync
 struct ChangeProtectionWalker: PageWalker {
     let mm: AddressSpace
     let vma: VMA
-    var changed = false
+    /// A present entry lost a permission (`pte_needs_flush`): only then must TLBs be flushed.
+    /// An entry that gained one needs no flush: a TLB miss refills it, and the software TLB
+    /// never caches write permission for a read-only PTE.
+    var needsFlush = false
+
+    static func losesPermission(_ old: PTE, _ new: PTE) -> Bool {
+        old.isPresent && ((old.isWrite && !new.isWrite) || (old.isUser && !new.isUser))
+    }
 
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
         let old = pte.load()
@@ -33,7 +40,7 @@ struct ChangeProtectionWalker: PageWalker {
         }
         if new != old {
             pte.store(new)
-            changed = true
+            if ChangeProtectionWalker.losesPermission(old, new) { needsFlush = true }
         }
         return .next
     }
@@ -52,7 +59,10 @@ struct ChangeProtectionWalker: PageWalker {
         } else if v.swapEntry.isWrite, !v.swapEntry.isDeviceExclusive {
             r = v.swapEntry.readOnly().pte(softDirty: v.isSoftDirty, pmd: true).raw
         }
-        if r != v.raw { pmd.store(PTE(raw: r)); changed = true }
+        if r != v.raw {
+            pmd.store(PTE(raw: r))
+            if ChangeProtectionWalker.losesPermission(v, PTE(raw: r)) { needsFlush = true }
+        }
         return .skip
     }
 }
@@ -94,13 +104,12 @@ extension AddressSpace {
         if prot.contains(.exec) { flags.insert(.exec) }
         vma.flags = flags
         // Like the kernel, the invalidation fires whether permissions shrink or grow: mirrors
-        // drop their entries and refault with the new permissions. (A TLB flush follows any
-        // change, upgrades included: the software TLB caches the write permission.)
+        // drop their entries and refault with the new permissions.
         let range = MMUNotifierRange(start: vma.start, end: vma.end, event: .protectionVMA)
         notifiers.invalidateRangeStart(range)
         var w = ChangeProtectionWalker(mm: self, vma: vma)
         _ = pageTable.walk(vma.start, vma.end, &w)
-        if w.changed { flushTLB() }
+        if w.needsFlush { flushTLB() }
         notifiers.invalidateRangeEnd(range)
     }
 }
