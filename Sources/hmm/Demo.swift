@@ -23,12 +23,15 @@ struct Demo: ParsableCommand {
             let report = try DemoRun(memoryMiB: memoryMiB, pages: pages).run()
             print(report, terminator: "")
         } catch let e as Errno {
-            throw ValidationError("the demo failed with \(e.name) (\(e.message)): \(memoryMiB) MiB of RAM may be too small for \(pages) pages and their page tables; try a larger --memory-mib")
+            throw DemoError(description: "the demo failed with \(e.name) (\(e.message)): \(memoryMiB) MiB of RAM may be too small for \(pages) pages and their page tables; try a larger --memory-mib")
         } catch let f as AccessFault {
-            throw ValidationError("the demo's CPU access failed: \(f); try a larger --memory-mib")
+            throw DemoError(description: "the demo's CPU access failed: \(f); try a larger --memory-mib")
         }
     }
 }
+
+/// A failure of the demo run itself (no usage text: the arguments were fine).
+struct DemoError: Error, CustomStringConvertible { let description: String }
 
 /// The demo itself, separate from argument parsing so that it can also be tested.
 struct DemoRun {
