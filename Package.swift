@@ -26,6 +26,8 @@ let package = Package(
         .target(name: "Conformance", dependencies: ["MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "Scenario", dependencies: ["MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "NativeBaselines"),
+        // The host kernel's side of the differential test (issue 9.9): plays system calls.
+        .executableTarget(name: "HostOracle"),
         .executableTarget(
             name: "hmm",
             dependencies: [

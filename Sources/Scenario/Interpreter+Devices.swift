@@ -205,7 +205,7 @@ extension ScenarioInterpreter {
                 switch t.text {
                 case "present": ok = e.isPresent
                 case "swap": ok = e.isSwap && !e.isPresent
-                case "none": ok = e.raw == 0
+                case "none": ok = !e.isPresent && !e.isSwap  // neither (soft-dirty may be set)
                 case "file": ok = e.isFileOrSharedAnon
                 case "zero": ok = e.isPresent && e.pfn == 0
                 default: throw ScenarioSyntaxError(location: t.location, message: "expected present, swap, none, file or zero")

@@ -18,7 +18,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -108,6 +108,23 @@ final class DivergenceTests: XCTestCase {
         XCTAssertEqual(dev.chunkCount, 0)
         for i in 0..<pages { XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt64.self), UInt64(i)) }
         env.finish([d0])
+    }
+
+    /// D6: a pure move of a range covering two VMAs fails with EFAULT and changes nothing.
+    func testD6MremapMoveAcrossTwoVMAsIsEFAULT() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(2)
+        try env.process.mprotect(a + pageSize, length: pageSize, prot: .read)   // two VMAs
+        try env.cpu.store(a, UInt64(1))
+        let target = try env.anon(2)
+        let before = env.mm.vmaCount
+        XCTAssertThrowsError(try env.process.mremap(a, oldLength: 2 * pageSize, newLength: 2 * pageSize,
+                                                    flags: [.mayMove, .fixed], newAddress: target + 64 * pageSize)) {
+            XCTAssertEqual($0 as? Errno, .EFAULT)
+        }
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 1)
+        XCTAssertEqual(env.mm.vmaCount, before)
+        env.finish([])
     }
 
     /// D5: contended work stays far below the guards: READs racing migrations of the same

@@ -398,6 +398,30 @@ final class LinuxFidelityTests: XCTestCase {
         XCTAssertEqual(env.problems(), [])
     }
 
+    /// dmirror READ and WRITE on an exited mm: EFAULT (7.2's dmirror_fault), the command
+    /// untouched; SNAPSHOT and MIGRATE check the mm first: EINVAL.
+    func testDeviceCommandsOnAnExitedAddressSpace() throws {
+        let env = try HMMEnv()
+        let p = try MMCore.Process(machine: env.machine)
+        let cpu = p.makeCPU()
+        let a = try p.mmap(length: 2 * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        try cpu.store(a, UInt64(1))
+        let d = try env.module.open(minor: 0, mm: p.mm)
+        cpu.detach(); p.exit()
+        for c in [DmirrorCommand.read, .write] {
+            var cmd = DmirrorCmd(addr: a, npages: 2)
+            cmd.cpages = 7
+            XCTAssertThrowsError(try d.ioctl(c, &cmd, buffer: DmirrorBuffer(size: 2 * Int(pageSize)))) { XCTAssertEqual($0 as? Errno, .EFAULT) }
+            XCTAssertEqual(cmd.cpages, 7)
+        }
+        for c in [DmirrorCommand.snapshot, .migrateToDevice] {
+            var cmd = DmirrorCmd(addr: a, npages: 2)
+            XCTAssertThrowsError(try d.ioctl(c, &cmd, buffer: DmirrorBuffer(size: 2 * Int(pageSize)))) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        }
+        d.close()
+        env.finish([])
+    }
+
     // MARK: 6. hmm_pfns and RELEASE
 
     /// Linux 7.2's hmm_pfns: VALID 63, WRITE 62, ERROR 61, DMA_MAPPED 60, P2PDMA 59,

@@ -143,9 +143,10 @@ final class GUPTests: XCTestCase {
         let pm = try env.mm.pagemap(a, count: 4)
         XCTAssertTrue(pm[0].isPresent && pm[0].isExclusive && !pm[0].isFileOrSharedAnon)
         XCTAssertTrue(pm[0].isSoftDirty)
-        XCTAssertEqual(pm[1].raw, PagemapEntry.presentBit) // zero page: present, pfn 0
-        XCTAssertEqual(pm[2].raw, 0)
-        XCTAssertEqual(pm[3].raw, 0) // beyond the mapping
+        // Every VMA has VM_SOFTDIRTY, so its pages read soft-dirty (pte_to_pagemap_entry).
+        XCTAssertEqual(pm[1].raw, PagemapEntry.presentBit | PagemapEntry.softDirtyBit) // zero page: present, pfn 0
+        XCTAssertEqual(pm[2].raw, PagemapEntry.softDirtyBit)                            // empty
+        XCTAssertFalse(pm[3].isPresent || pm[3].isSwap)                                 // beyond the mapping
         XCTAssertErrno(.EINVAL) { () throws(Errno) in try env.mm.pagemap(a + 1, count: 1) }
         env.teardown()
     }
@@ -167,7 +168,7 @@ final class TryToUnmapTests: XCTestCase {
         page.unlock()
         XCTAssertEqual(page.mapcount, 0)
         XCTAssertEqual(page.refcount, 1) // the page cache's reference
-        XCTAssertEqual(try env.mm.pagemap(a, count: 1)[0].raw, 0)
+        XCTAssertEqual(try env.mm.pagemap(a, count: 1)[0].raw, PagemapEntry.softDirtyBit) // empty, in a VM_SOFTDIRTY VMA
         try env.cpu.store(b, UInt8(9)) // refaults the same cached page
         XCTAssertEqual(try env.cpu.load(a, as: UInt8.self), 9)
         XCTAssertEqual(try env.pfn(a), page.pfn)

@@ -145,7 +145,9 @@ final class RefProcess {
             if target < a + oldLen && a < target + newLen { return .failure(.EINVAL) }
         }
         guard let v = vma(at: a) else { return .failure(.EFAULT) }
-        if a + oldLen > v.end { return .failure(.EFAULT) }
+        // A shrink in place may cross VMA boundaries in the part it unmaps.
+        let shrink = newLen < oldLen && !flags.contains(.fixed) && !flags.contains(.dontUnmap)
+        if a + (shrink ? newLen : oldLen) > v.end { return .failure(.EFAULT) }
         if flags.contains(.fixed) || flags.contains(.dontUnmap) {
             let to = flags.contains(.fixed) ? target : returned!
             return .success(move(a, oldLen, to: to, newLen, dontUnmap: flags.contains(.dontUnmap)))

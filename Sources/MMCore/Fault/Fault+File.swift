@@ -9,11 +9,18 @@ extension AddressSpace {
     func doFilePage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
                     flags: FaultFlags) -> FaultResult {
         guard let file = vma.file else { return .sigbus }
+        let write = flags.contains(.write)
+        if !write && faultAround(vma, file, address, ptep, ptl) {
+            machine.stats.count(file.isAnonymousShared ? .faultShared : .faultFileRead)
+            return .ok
+        }
+        // do_cow_fault prepares the anon_vma before it reads the page: a COW fault that then
+        // fails (past the end of the file) still leaves the VMA with one.
+        if write && !vma.isShared { _ = anonVMAPrepare(vma) }
         let page: Page
         do { page = try file.getPage(vma.linearPageIndex(address)) } catch {
             return error == .ENOMEM ? .oom : .sigbus
         }
-        let write = flags.contains(.write)
         if write && !vma.isShared {
             return wpPageCopyFromFile(vma, address, ptep, ptl, source: page)
         }
@@ -25,6 +32,41 @@ extension AddressSpace {
         ptl.unlock()
         machine.stats.count(vma.file?.isAnonymousShared == true ? .faultShared : .faultFileRead)
         return .ok
+    }
+
+    /// Pages mapped around a read fault (`fault_around_bytes`, 64 KiB).
+    static let faultAroundPages: UInt64 = 16
+
+    /// `do_fault_around` + `filemap_map_pages`: a read fault maps, besides the faulting page,
+    /// every page already in the page cache (uptodate, not locked, inside the file) within the
+    /// 64 KiB-aligned window around it, clipped to the VMA and the PTE table, wherever the PTE
+    /// is empty — as the VMA's `vm_page_prot` gives them, clean. Return: whether the faulting
+    /// address itself got mapped (its page was cached).
+    /// Locking: mmap lock held for read; takes the PTE lock.
+    private func faultAround(_ vma: VMA, _ file: ShmemFile, _ address: UInt64, _ ptep: EntryPointer,
+                             _ ptl: SpinLockRef) -> Bool {
+        let nr = AddressSpace.faultAroundPages
+        let pteOff = (address >> pageShift) & 511
+        let vmaOff = (address - vma.start) >> pageShift
+        let from = max(pteOff & ~(nr - 1), pteOff - min(pteOff, vmaOff))
+        let to = min(from + nr, 512, pteOff + ((vma.end - vma.start) >> pageShift) - vmaOff) - 1
+        let pgoff = vma.linearPageIndex(address)
+        let candidates = file.pagesForFaultAround(pgoff - (pteOff - from), pgoff + (to - pteOff))
+        guard !candidates.isEmpty else { return false }
+        var unused: [Page] = []
+        var mappedSelf = false
+        let pte = PTE.page(0, write: vma.isShared && vma.flags.contains(.write))
+        ptl.lock()
+        for (index, page) in candidates {
+            let e = ptep + (Int(index) - Int(pgoff))
+            guard e.load().isNone else { unused.append(page); continue }
+            memory.addRmap(page) // the reference taken for us becomes the mapping's
+            e.store(PTE(raw: pte.raw | (page.pfn << pageShift)))
+            if index == pgoff { mappedSelf = true }
+        }
+        ptl.unlock()
+        for p in unused { memory.put(p) }
+        return mappedSelf
     }
 
     /// `do_cow_fault`: first write to a private file mapping.

@@ -21,8 +21,9 @@ public struct PagemapEntry: Equatable, Sendable, CustomStringConvertible {
 }
 
 extension AddressSpace {
-    /// The pagemap entries of `count` pages from `address` (`pagemap_read`). Unmapped and
-    /// empty pages read as 0. EINVAL for an unaligned address.
+    /// The pagemap entries of `count` pages from `address` (`pagemap_read`, Linux 7.2's
+    /// `pte_to_pagemap_entry`). Pages outside every VMA read as 0; empty pages inside one as
+    /// soft-dirty only. EINVAL for an unaligned address.
     /// Locking: takes the mmap lock for read.
     public func pagemap(_ address: UInt64, count: Int) throws(Errno) -> [PagemapEntry] {
         guard isPageAligned(address), count >= 0 else { throw .EINVAL }
@@ -32,25 +33,63 @@ extension AddressSpace {
         for i in 0..<count {
             let a = address &+ (UInt64(i) << pageShift)
             var raw: UInt64 = 0
-            if a < taskSize, vmaLookup(a) != nil, let f = pageTable.lookup(a, level: .pte) {
-                let v = f.entry.load()
-                let sub = f.level == .pte ? 0 : (a & (f.level.size - 1)) >> pageShift
-                if v.isPresent && (f.level == .pte || v.isHuge) {
-                    raw = PagemapEntry.presentBit | ((v.pfn + sub) & ((1 << 55) - 1))
-                    if v.isSoftDirty { raw |= PagemapEntry.softDirtyBit }
-                    if !v.isSpecial {
-                        let p = memory.page(v.pfn)
-                        if !p.isAnon { raw |= PagemapEntry.fileBit }
-                        if p.mapcount == 1 { raw |= PagemapEntry.exclusiveBit }
+            if a < taskSize, vmaLookup(a) != nil {
+                // Every VMA carries VM_SOFTDIRTY (nothing clears it: no clear_refs), so every
+                // page inside one reads soft-dirty, as pte_to_pagemap_entry reports it.
+                raw = PagemapEntry.softDirtyBit
+                if let f = pageTable.lookup(a, level: .pte) {
+                    let v = f.entry.load()
+                    let sub = f.level == .pte ? 0 : (a & (f.level.size - 1)) >> pageShift
+                    if v.isPresent && (f.level == .pte || v.isHuge) {
+                        raw |= PagemapEntry.presentBit | ((v.pfn + sub) & ((1 << 55) - 1))
+                        if !v.isSpecial {
+                            let p = memory.page(v.pfn)
+                            if !p.isAnon { raw |= PagemapEntry.fileBit }
+                            if p.mapcount == 1 { raw |= PagemapEntry.exclusiveBit }
+                        }
+                    } else if v.isSwap {
+                        let s = v.swapEntry
+                        let off = s.hasPfn ? s.offset + sub : s.offset
+                        raw |= PagemapEntry.swapBit | UInt64(s.type) | (off << 5) & ((1 << 55) - 1)
+                        if s.hasPfn && !memory.page(s.pfn).isAnon { raw |= PagemapEntry.fileBit }
                     }
-                } else if v.isSwap {
-                    let s = v.swapEntry
-                    let off = s.hasPfn ? s.offset + sub : s.offset
-                    raw = PagemapEntry.swapBit | UInt64(s.type) | (off << 5) & ((1 << 55) - 1)
-                    if v.isSoftDirty { raw |= PagemapEntry.softDirtyBit }
                 }
             }
             out.append(PagemapEntry(raw: raw))
+        }
+        return out
+    }
+}
+
+extension AddressSpace {
+    /// `mincore(2)` as Linux 7.2 does it: one byte per page of [address, address + length),
+    /// 1 if the page is resident. A present PTE is resident; a migration, device-private or
+    /// device-exclusive entry too (they are not swap); an empty PTE of a file or shmem mapping
+    /// is resident if the page cache holds the page, of an anonymous mapping not.
+    /// Errors: EINVAL for an unaligned address, ENOMEM if the range leaves the user address
+    /// space or any part of it is not mapped. Zero length succeeds with no bytes.
+    /// Locking: takes the mmap lock for read.
+    public func mincore(_ address: UInt64, length: UInt64) throws(Errno) -> [UInt8] {
+        guard isPageAligned(address) else { throw .EINVAL }
+        let (end, overflow) = address.addingReportingOverflow(length)
+        guard !overflow, end <= taskSize + pageSize else { throw .ENOMEM }
+        let pages = Int((length + pageSize - 1) >> pageShift)
+        mmapLock.lockRead(); defer { mmapLock.unlockRead() }
+        var out: [UInt8] = []
+        out.reserveCapacity(pages)
+        var a = address
+        while out.count < pages {
+            guard let vma = vmaLookup(a) else { throw .ENOMEM }
+            while out.count < pages && a < vma.end {
+                var resident: UInt8 = 0
+                if let f = pageTable.lookup(a, level: .pte), !f.entry.load().isNone {
+                    resident = 1 // present, or a non-swap entry (there is no swap yet)
+                } else if let file = vma.file {
+                    resident = file.isCached(vma.linearPageIndex(a)) ? 1 : 0
+                }
+                out.append(resident)
+                a += pageSize
+            }
         }
         return out
     }

@@ -30,16 +30,37 @@ public final class AnonVMA: @unchecked Sendable {
 extension AddressSpace {
     /// `anon_vma_prepare`: makes sure `vma` has an anon_vma before its first anonymous page.
     /// Locking: mmap lock held (read suffices); serialised by `pageTableLock`.
+    /// As the kernel's, it first reuses the anon_vma of an adjacent VMA that differs only in
+    /// protection (`find_mergeable_anon_vma`), so that an mprotect can later merge the two.
     package func anonVMAPrepare(_ vma: VMA) -> AnonVMA {
         if let av = vma.anonVMA { return av }
         pageTableLock.lock(); defer { pageTableLock.unlock() }
         if let av = vma.anonVMA { return av }
-        let av = AnonVMA(parent: nil)
+        let av = findMergeableAnonVMA(vma) ?? AnonVMA(parent: nil)
         av.lock.lockWrite()
         av.link(vma)
         vma.anonVMA = av
         av.lock.unlockWrite()
         return av
+    }
+
+    /// `anon_vma_compatible`: `a` right before `b`, the same backing and flags but for the
+    /// access bits, contiguous page offsets.
+    private func anonVMACompatible(_ a: VMA, _ b: VMA) -> Bool {
+        a.end == b.start && a.file === b.file && a.flags.subtracting(.accessMask) == b.flags.subtracting(.accessMask)
+            && b.pgoff == a.pgoff &+ ((b.start - a.start) >> pageShift)
+    }
+
+    /// `find_mergeable_anon_vma`: the next VMA's anon_vma, else the previous one's, if that VMA
+    /// is compatible and linked to its own anon_vma only. Locking: mmap lock held.
+    private func findMergeableAnonVMA(_ vma: VMA) -> AnonVMA? {
+        let i = vmaIndex(atOrAfter: vma.start)
+        guard i < vmaList.count, vmaList[i] === vma else { return nil }
+        if i + 1 < vmaList.count, anonVMACompatible(vma, vmaList[i + 1]),
+           let av = vmaList[i + 1].anonVMA, vmaList[i + 1].anonVMAChain.count == 1 { return av }
+        if i > 0, anonVMACompatible(vmaList[i - 1], vma),
+           let av = vmaList[i - 1].anonVMA, vmaList[i - 1].anonVMAChain.count == 1 { return av }
+        return nil
     }
 
     /// `anon_vma_clone`: `dst` (split from or copied from `src`) joins every anon_vma of `src`.

@@ -34,6 +34,27 @@ public final class ShmemFile: @unchecked Sendable {
     func linkMapping(_ vma: VMA) { mappingLock.withWrite { mappings.append(vma) } }
     func unlinkMapping(_ vma: VMA) { mappingLock.withWrite { mappings.removeAll { $0 === vma } } }
 
+    /// The cached pages of indices first...last inside the file that fault-around may map
+    /// (`next_uptodate_folio`: uptodate and not locked), each with a reference taken.
+    func pagesForFaultAround(_ first: UInt64, _ last: UInt64) -> [(UInt64, Page)] {
+        cacheLock.withLock {
+            let filePages = (size + pageSize - 1) >> pageShift
+            guard filePages > 0, first <= min(last, filePages - 1) else { return [] }
+            var out: [(UInt64, Page)] = []
+            for i in first...min(last, filePages - 1) {
+                guard let pfn = pages[i] else { continue }
+                let p = memory.page(pfn)
+                guard p.test(.uptodate), !p.isLocked else { continue }
+                memory.get(p)
+                out.append((i, p))
+            }
+            return out
+        }
+    }
+
+    /// Whether the page cache holds page `index` (`mincore_page`).
+    public func isCached(_ index: UInt64) -> Bool { cacheLock.withLock { pages[index] != nil } }
+
     /// Number of pages in the page cache.
     public var cachedPages: Int { cacheLock.withLock { pages.count } }
 

@@ -49,10 +49,14 @@ extension AddressSpace {
         var i = vmaIndex(atOrAfter: address)
         var cursor = address
         var hole = false
-        if [.hugePage, .noHugePage, .dontFork, .doFork].contains(advice) {
+        // Advice that changes VMA flags splits the VMAs at the range's edges and merges what
+        // it can afterwards (madvise_update_vma).
+        let changesFlags = [.hugePage, .noHugePage, .dontFork, .doFork, .normal, .random, .sequential].contains(advice)
+        if changesFlags {
             splitAround(address, end)
             i = vmaIndex(atOrAfter: address)
         }
+        defer { if changesFlags { mergeVMAs(around: address, end) } }
         while i < vmaList.count && vmaList[i].start < end {
             let vma = vmaList[i]
             if vma.start > cursor { hole = true }
@@ -70,6 +74,9 @@ extension AddressSpace {
                 notifiers.invalidateRangeEnd(range)
             case .hugePage: vma.flags.remove(.noHugePage); vma.flags.insert(.hugePage)
             case .noHugePage: vma.flags.remove(.hugePage); vma.flags.insert(.noHugePage)
+            case .normal: vma.flags.subtract([.seqRead, .randRead])
+            case .random: vma.flags.remove(.seqRead); vma.flags.insert(.randRead)
+            case .sequential: vma.flags.remove(.randRead); vma.flags.insert(.seqRead)
             case .dontFork: vma.flags.insert(.dontCopy)
             case .doFork: vma.flags.remove(.dontCopy)
             default: break

@@ -46,6 +46,9 @@ extension AddressSpace {
         if prot.contains(.write) { vmFlags.insert(.write) }
         if prot.contains(.exec) { vmFlags.insert(.exec) }
         if shared { vmFlags.formUnion([.shared, .mayShare]) }
+        if flags.contains(.noReserve) { vmFlags.insert(.noReserve) }
+        // accountable_mapping: private, writable, not MAP_NORESERVE.
+        if !shared && prot.contains(.write) && !flags.contains(.noReserve) { vmFlags.insert(.account) }
         var backing = file
         var pgoff = offset >> pageShift
         if anonymous && shared {
@@ -57,17 +60,21 @@ extension AddressSpace {
         }
         let vma = VMA(mm: self, start: start, end: start + len, flags: vmFlags, pgoff: pgoff, file: backing)
         insertVMA(vma)
-        if flags.contains(.populate) { populateLocked(vma) }
+        mergeVMAs(around: start, start + len)
+        if flags.contains(.populate) { populateLocked(start, start + len) }
         return start
     }
 
-    /// MAP_POPULATE: faults every page in (write faults for writable private mappings).
-    private func populateLocked(_ vma: VMA) {
+    /// MAP_POPULATE: faults every page of [start, end) in (write faults for writable private
+    /// mappings). The new mapping may have merged with a neighbour: the VMA is looked up.
+    private func populateLocked(_ start: UInt64, _ end: UInt64) {
         mmapLock.downgrade()
         defer { mmapLock.unlockRead(); mmapLock.lockWrite() }
-        let write = vma.flags.contains(.write) && !vma.isShared
-        var a = vma.start
-        while a < vma.end {
+        var a = start
+        while a < end, let vma = vmaLookup(a) {
+            // populate_vma_page_range: an inaccessible VMA is skipped (mmap ignores the error).
+            guard accessPermitted(vma, write: false) else { a = vma.end; continue }
+            let write = vma.flags.contains(.write) && !vma.isShared
             if case .ok = handleMMFault(vma: vma, address: a, flags: write ? [.write] : []) {} else { break }
             a += pageSize
         }

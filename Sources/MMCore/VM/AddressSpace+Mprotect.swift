@@ -85,6 +85,7 @@ extension AddressSpace {
         var i = vmaIndex(atOrAfter: address)
         guard i < vmaList.count, vmaList[i].start <= address else { throw .ENOMEM }
         splitAround(address, end)
+        defer { mergeVMAs(around: address, end) }   // also when a hole ends it early
         i = vmaIndex(atOrAfter: address)
         var cursor = address
         while cursor < end {
@@ -98,10 +99,19 @@ extension AddressSpace {
 
     /// `mprotect_fixup` + `change_protection` for one whole VMA.
     func changeProtection(_ vma: VMA, prot: Protection) {
+        let old = vma.flags
         var flags = vma.flags.subtracting(.accessMask)
         if prot.contains(.read) { flags.insert(.read) }
         if prot.contains(.write) { flags.insert(.write) }
         if prot.contains(.exec) { flags.insert(.exec) }
+        // mprotect_fixup's accounting: a mapping that turns writable is charged unless it
+        // already is (or is shared, or MAP_NORESERVE); one that turns read-only is uncharged
+        // only while it has no anonymous pages.
+        if flags.contains(.write) {
+            if old.isDisjoint(with: [.account, .write, .hugetlb, .shared, .noReserve]) { flags.insert(.account) }
+        } else if old.contains(.account) && vma.isAnonymous && vma.anonVMA == nil {
+            flags.remove(.account)
+        }
         vma.flags = flags
         // Like the kernel, the invalidation fires whether permissions shrink or grow: mirrors
         // drop their entries and refault with the new permissions.

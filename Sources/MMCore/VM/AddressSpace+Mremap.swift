@@ -12,7 +12,8 @@ public struct MremapFlags: OptionSet, Sendable {
 extension AddressSpace {
     /// `mremap`. Errors as Linux: EINVAL for unknown flags, FIXED or DONTUNMAP without MAYMOVE,
     /// DONTUNMAP with a size change, an unaligned address, zero new length, an overlapping or
-    /// out-of-range FIXED target; EFAULT when [old, old+oldLength) is not inside one VMA;
+    /// out-of-range FIXED target; EFAULT when [old, old+oldLength) is not inside one VMA
+    /// (for a shrink in place, [old, old+newLength): the rest is unmapped whatever it holds);
     /// ENOMEM when growing in place is impossible without MAYMOVE. As in Linux, growing a
     /// shared mapping does not grow the object behind it: pages beyond its size raise SIGBUS.
     /// Locking: takes the mmap lock for write.
@@ -32,7 +33,10 @@ extension AddressSpace {
         }
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
         guard let vma = vmaLookup(address) else { throw .EFAULT }
-        guard address + oldLen <= vma.end else { throw .EFAULT }
+        // A shrink may cross VMA boundaries in the part it unmaps (check_prep_vma): only
+        // [address, address + newLen) must lie in the VMA then.
+        let shrinking = newLen < oldLen && !flags.contains(.fixed) && !flags.contains(.dontUnmap)
+        guard address + (shrinking ? newLen : oldLen) <= vma.end else { throw .EFAULT }
 
         if flags.contains(.fixed) || flags.contains(.dontUnmap) {
             if !flags.contains(.fixed) {
@@ -51,6 +55,7 @@ extension AddressSpace {
             let nextStart = i < vmaList.count ? vmaList[i].start : taskSize
             if address + newLen <= nextStart && address + newLen <= taskSize {
                 vma.end = address + newLen
+                mergeVMAs(around: address, address + newLen)   // vma_merge_extend
                 return address
             }
         }
@@ -63,11 +68,17 @@ extension AddressSpace {
     private func moveVMA(_ vma: VMA, _ address: UInt64, _ oldLen: UInt64, to target: UInt64, _ newLen: UInt64,
                          dontUnmap: Bool) throws(Errno) -> UInt64 {
         unmapLocked(target, target + newLen)
-        splitAround(address, address + oldLen)
+        // A move splits the source VMA at the range's edges; MREMAP_DONTUNMAP does not (the
+        // source stays mapped, whole: prep_move_vma splits ahead only for mlock()ed VMAs).
+        if !dontUnmap { splitAround(address, address + oldLen) }
         guard let old = vmaLookup(address) else { throw .EFAULT }
         let moved = old.duplicate(into: self)
         moved.start = target
         moved.end = target + newLen
+        moved.pgoff = old.pgoff + ((address - old.start) >> pageShift)
+        // copy_vma: an anonymous VMA with no pages yet takes the page offset of its new
+        // address, as every unfaulted anonymous VMA has (so it can merge there).
+        if old.isAnonymous && old.anonVMA == nil { moved.pgoff = target >> pageShift }
         anonVMAClone(dst: moved, src: old)
         insertVMA(moved)
         let moveLen = min(oldLen, newLen)
@@ -77,7 +88,13 @@ extension AddressSpace {
         }
         if !dontUnmap {
             unmapLocked(address, address + oldLen)
+        } else if old.start == address && old.end == address + oldLen {
+            // dontunmap_complete: the whole old VMA moved its pages away; it is unfaulted now.
+            unlinkAnonVMAs(old)
+            old.anonVMA = nil
+            if old.isAnonymous { old.pgoff = old.start >> pageShift }
         }
+        mergeVMAs(around: target, target + newLen)              // copy_vma's merge at the target
         return target
     }
 

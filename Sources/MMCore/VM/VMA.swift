@@ -13,7 +13,15 @@ public struct VMFlags: OptionSet, Sendable, Hashable {
     public static let mayExec = VMFlags(rawValue: 1 << 6)
     public static let mayShare = VMFlags(rawValue: 1 << 7)
     public static let io = VMFlags(rawValue: 1 << 14)
+    /// `VM_SEQ_READ`, `VM_RAND_READ` (madvise SEQUENTIAL / RANDOM).
+    public static let seqRead = VMFlags(rawValue: 1 << 15)
+    public static let randRead = VMFlags(rawValue: 1 << 16)
     public static let dontCopy = VMFlags(rawValue: 1 << 17)
+    /// `VM_ACCOUNT` (committed memory is charged: private writable mappings) and
+    /// `VM_NORESERVE` (MAP_NORESERVE). They decide no access, but VMAs differing in them do not
+    /// merge, as in the kernel.
+    public static let account = VMFlags(rawValue: 1 << 20)
+    public static let noReserve = VMFlags(rawValue: 1 << 21)
     public static let pfnMap = VMFlags(rawValue: 1 << 10)
     public static let mixedMap = VMFlags(rawValue: 1 << 28)
     public static let hugePage = VMFlags(rawValue: 1 << 29)
