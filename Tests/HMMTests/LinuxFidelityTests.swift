@@ -355,8 +355,31 @@ final class LinuxFidelityTests: XCTestCase {
         XCTAssertEqual(s3.take(), ["s3 start CLEAR", "s3 end CLEAR"])
         XCTAssertEqual(subs.lock.withLock { subs.activeInvalidateRanges }, 0)
         XCTAssertEqual(subs.currentSeq, 4)
+        // `invalidating` runs its body but ends nothing a second time after a failed start.
+        var ran = false
+        subs.invalidating(nb2) { ran = true }
+        XCTAssertTrue(ran)
+        XCTAssertEqual(subs.lock.withLock { subs.activeInvalidateRanges }, 0)
         [s1, s2, s3].forEach { subs.unregister($0) }
         subs.remove(i1); subs.remove(i2)
+        env.finish([])
+    }
+
+    /// A MREMAP_FIXED move that also shrinks may drop a tail spanning other VMAs: only the kept
+    /// part must lie in one VMA (check_prep_vma), as for a shrink in place.
+    func testFixedShrinkingMremapMayCrossVMAsInTheDroppedTail() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(4)
+        for i in 0..<4 { try env.cpu.store(a + UInt64(i) * pageSize, UInt64(i + 1)) }
+        try env.process.mprotect(a + 2 * pageSize, length: 2 * pageSize, prot: .read)   // [a,a+2) rw, [a+2,a+4) r
+        let t = try env.anon(8)
+        try env.process.munmap(t, length: 8 * pageSize)
+        XCTAssertEqual(try env.process.mremap(a, oldLength: 4 * pageSize, newLength: 2 * pageSize,
+                                              flags: [.mayMove, .fixed], newAddress: t), t)
+        XCTAssertEqual(try env.cpu.load(t + pageSize, as: UInt64.self), 2)
+        XCTAssertThrowsError(try env.cpu.load(a + 3 * pageSize, as: UInt64.self))         // the tail is gone
+        XCTAssertThrowsError(try env.process.mremap(t, oldLength: 4 * pageSize, newLength: 4 * pageSize,
+                                                    flags: [.mayMove, .fixed], newAddress: a)) { XCTAssertEqual($0 as? Errno, .EFAULT) }
         env.finish([])
     }
 
@@ -377,7 +400,7 @@ final class LinuxFidelityTests: XCTestCase {
         try env.cpu.store(m + pageSize, UInt64(3))
         _ = rec.take()
         try f.ftruncate(pageSize)
-        XCTAssertEqual(rec.take(), ["CLEAR"])
+        XCTAssertEqual(rec.take(), ["CLEAR", "CLEAR"])      // shmem_setattr unmaps before and after
 
         let whole = RecordingSubscriber("mm")
         env.mm.notifiers.register(whole)
@@ -534,6 +557,14 @@ final class MappingDirtyHelperTests: XCTestCase {
                                                        bitmap: &b3, start: &s3, end: &e3), 1)
         XCTAssertEqual(b3, [false, true, false, false])
         XCTAssertEqual([s3, e3], [1, 2])
+        // A bitmap that starts after the first page: pages outside it are cleaned, not recorded.
+        try env.cpu.store(m1, UInt64(8)); try env.cpu.store(m1 + pageSize, UInt64(9))
+        var b4 = [Bool](repeating: false, count: 1)
+        var s4: UInt64 = 0, e4: UInt64 = 0
+        XCTAssertEqual(f.cleanRecordSharedMappingRange(firstIndex: 0, count: 4, bitmapPgoff: 1,
+                                                       bitmap: &b4, start: &s4, end: &e4), 2)
+        XCTAssertEqual(b4, [true])
+        XCTAssertEqual([s4, e4], [0, 1])
         XCTAssertEqual(try cpu2.load(m2 + pageSize, as: UInt64.self), 3)
         XCTAssertEqual(try env.cpu.load(m1 + 3 * pageSize, as: UInt64.self), 3)
         env.mm.notifiers.remove(r1.sub); p2.mm.notifiers.remove(r2.sub)

@@ -329,6 +329,9 @@ final class DifferentialRun {
         // shows when that VMA had been moved before. Leave those out (linux-divergences.md).
         if flags.contains(.dontUnmap), let v = vma, v.isAnonymous, v.pgoff != v.start >> pageShift,
            a == v.start, a + old == v.end { flags.remove(.dontUnmap) }
+        // 7.2's copy_vma never merges the target with an unfaulted anonymous source that
+        // DONTUNMAP keeps; 6.18 may. Leave those out too.
+        if flags.contains(.dontUnmap), let v = vma, v.isAnonymous, v.anonVMA == nil { flags.remove(.dontUnmap) }
         let newLen = flags.contains(.fixed) && new == old ? old : new
         return ("R \(a) \(old) \(newLen) \(flags.rawValue) \(to)", result("mremap") { () throws(Errno) -> String in
             "= 0x" + String(try p.mremap(a, oldLength: old, newLength: newLen, flags: flags, newAddress: to), radix: 16) })

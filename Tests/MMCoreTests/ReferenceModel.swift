@@ -145,8 +145,8 @@ final class RefProcess {
             if target < a + oldLen && a < target + newLen { return .failure(.EINVAL) }
         }
         guard let v = vma(at: a) else { return .failure(.EFAULT) }
-        // A shrink in place may cross VMA boundaries in the part it unmaps.
-        let shrink = newLen < oldLen && !flags.contains(.fixed) && !flags.contains(.dontUnmap)
+        // A shrink may cross VMA boundaries in the part it unmaps (also before a FIXED move).
+        let shrink = newLen < oldLen
         if a + (shrink ? newLen : oldLen) > v.end { return .failure(.EFAULT) }
         if flags.contains(.fixed) || flags.contains(.dontUnmap) {
             let to = flags.contains(.fixed) ? target : returned!

@@ -42,8 +42,11 @@ public final class Dmirror: @unchecked Sendable {
         self.device = device
         self.mm = mm
         guard !mm.isDead else { throw .EINVAL }
-        notifier = MMUIntervalNotifier(start: 0, end: UInt64.max & pageMask) { [unowned self] sub, range, seq in
-            self.invalidate(sub, range, seq)
+        // Weak: an invalidation that found this interval may call it after the last reference
+        // went away (deinit is then removing it); there is nothing left to invalidate.
+        notifier = MMUIntervalNotifier(start: 0, end: UInt64.max & pageMask) { [weak self] sub, range, seq in
+            guard let self else { sub.setSeq(seq); return true }
+            return self.invalidate(sub, range, seq)
         }
         try mm.notifiers.insert(notifier)
     }

@@ -67,7 +67,10 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// Drops a freed mirror's entry (from `Dmirror.deinit`).
     func forget(mirrorID: UInt64) { lock.withLock { _ = mirrors.removeValue(forKey: mirrorID) } }
     var openMirrors: [Dmirror] {
-        lock.withLock { mirrors.sorted { $0.key < $1.key }.compactMap { $0.value.mirror }.filter { $0.isOpen } }
+        // Only the weak boxes are copied under the lock: a strong reference dropped inside it
+        // could run a mirror's deinit, which takes this lock again.
+        let boxes = lock.withLock { mirrors.sorted { $0.key < $1.key }.map(\.value) }
+        return boxes.compactMap { $0.mirror }.filter { $0.isOpen }
     }
 
     // MARK: memory
@@ -265,8 +268,9 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             return chunks
         }
         var busy = false
-        let deadline = monotonicNanoseconds() + releaseWaitNanoseconds
+        let wait = releaseWaitNanoseconds
         for chunk in list {
+            let deadline = monotonicNanoseconds() + wait
             var pause: UInt64 = 10_000
             while evict(chunk) != 0 && monotonicNanoseconds() < deadline {
                 syncSleep(nanoseconds: pause)              // wait for memory or for the reference

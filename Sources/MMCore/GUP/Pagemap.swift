@@ -29,7 +29,7 @@ extension AddressSpace {
         guard isPageAligned(address), count >= 0 else { throw .EINVAL }
         mmapLock.lockRead(); defer { mmapLock.unlockRead() }
         var out: [PagemapEntry] = []
-        out.reserveCapacity(count)
+        out.reserveCapacity(min(count, 1 << 16))
         for i in 0..<count {
             let a = address &+ (UInt64(i) << pageShift)
             var raw: UInt64 = 0
@@ -75,8 +75,7 @@ extension AddressSpace {
         guard !overflow, end <= taskSize + pageSize else { throw .ENOMEM }
         let pages = Int((length + pageSize - 1) >> pageShift)
         mmapLock.lockRead(); defer { mmapLock.unlockRead() }
-        var out: [UInt8] = []
-        out.reserveCapacity(pages)
+        var out: [UInt8] = []   // grows with what is mapped: no up-front allocation for a huge length
         var a = address
         while out.count < pages {
             guard let vma = vmaLookup(a) else { throw .ENOMEM }

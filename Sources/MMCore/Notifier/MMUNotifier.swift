@@ -239,9 +239,11 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
 
     /// Runs `body` between start and end of an invalidation of `range`.
     @discardableResult
+    /// A non-blockable range whose start failed has been ended by the core already: `body`
+    /// still runs (the caller decides what a failed start means), but no second end follows.
     public func invalidating<T>(_ range: MMUNotifierRange, _ body: () throws -> T) rethrows -> T {
-        invalidateRangeStart(range)
-        defer { invalidateRangeEnd(range) }
+        let started = invalidateRangeStart(range)
+        defer { if started { invalidateRangeEnd(range) } }
         return try body()
     }
 

@@ -14,6 +14,19 @@ public struct EntryPointer: Equatable {
         AtomicU64Ref(address).compareExchange(expected: expected.raw, desired: desired.raw).exchanged
     }
     @inlinable public static func + (p: EntryPointer, i: Int) -> EntryPointer { EntryPointer(p.address + i * 8) }
+    /// Replaces the entry with `transform(old)` atomically (`ptep_modify_prot_start/commit`):
+    /// a CPU's lock-free walk may set the accessed or dirty bit at any moment, and a plain store
+    /// of a value computed from an earlier load would lose it. Return: (old, new).
+    /// Locking: caller holds the entry's page-table lock (other writers are excluded; only the
+    /// hardware-style bit updates race).
+    @inlinable @discardableResult
+    public func modify(_ transform: (PTE) -> PTE) -> (old: PTE, new: PTE) {
+        while true {
+            let old = load()
+            let new = transform(old)
+            if new == old || compareExchange(old, new) { return (old, new) }
+        }
+    }
 }
 
 /// One address space's 4-level page table. Tables live in frames of physical memory.

@@ -91,15 +91,18 @@ struct DirtyWalker: PageWalker {
         guard v.isPresent, let vma else { return .next }
         switch mode {
         case .writeProtect:
-            guard v.isWrite else { return .next }
-            pte.store(v.wrprotect())
+            guard v.isWrite, pte.modify({ $0.wrprotect() }).old.isWrite else { return .next }
         case .cleanRecord:
-            guard v.isDirty else { return .next }
-            pte.store(v.mkclean())
-            let bit = vma.linearPageIndex(addr) &- bitmapPgoff
-            if bit < UInt64(bitmap.count) { bitmap[Int(bit)] = true }
-            start = min(start, bit)
-            end = max(end, bit + 1)
+            guard v.isDirty, pte.modify({ $0.mkclean() }).old.isDirty else { return .next }
+            // Pages outside the caller's bitmap are cleaned but not recorded (the kernel
+            // would write past the bitmap).
+            let index = vma.linearPageIndex(addr)
+            if index >= bitmapPgoff, index - bitmapPgoff < UInt64(bitmap.count) {
+                let bit = index - bitmapPgoff
+                bitmap[Int(bit)] = true
+                start = min(start, bit)
+                end = max(end, bit + 1)
+            }
         }
         total += 1
         changed = true

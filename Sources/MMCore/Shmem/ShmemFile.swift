@@ -132,11 +132,15 @@ public final class ShmemFile: @unchecked Sendable {
         let old = cacheLock.withLock { () -> UInt64 in let o = size; size = newSize; return o }
         guard newSize < old else { return }
         let firstGone = (newSize + pageSize - 1) >> pageShift
-        unmapMappingRange(fromIndex: firstGone)
+        // shmem_setattr: unmap, truncate the cache, unmap again (for a fault or COW that raced
+        // in between) — both only if whole pages go.
+        let wholePagesGo = old > firstGone << pageShift
+        if wholePagesGo { unmapMappingRange(fromIndex: firstGone) }
         let gone: [UInt64] = cacheLock.withLock {
             let keys = pages.keys.filter { $0 >= firstGone }.sorted()
             return keys.map { pages.removeValue(forKey: $0)! }
         }
+        if wholePagesGo { unmapMappingRange(fromIndex: firstGone) }
         for pfn in gone { drop(memory.page(pfn)) }
         // A partial last page is zeroed beyond the new end, as tmpfs does.
         if newSize & (pageSize - 1) != 0, let pfn = cacheLock.withLock({ pages[newSize >> pageShift] }) {

@@ -97,8 +97,7 @@ struct ForkCopier: PageWalker {
         memory.addRmap(page)
         var e = v
         if cow && v.isWrite {
-            e = v.wrprotect()
-            src.store(e)
+            e = src.modify { $0.wrprotect() }.new   // keeps a dirty bit a CPU sets meanwhile
             parentChanged = true
         }
         if page.isAnon { page.clear(.anonExclusive) }

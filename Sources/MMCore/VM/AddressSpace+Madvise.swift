@@ -28,7 +28,8 @@ struct LazyFreeWalker: PageWalker {
         guard page.isAnon, page.mapcount == 1 else { return .next }
         page.clear(.dirty)
         page.set(.lazyFree)
-        pte.store(v.mkclean().mkold())
+        // A store racing in keeps its dirty bit on the page, as ptep_test_and_clear does.
+        if pte.modify({ $0.mkclean().mkold() }).old.isDirty { page.set(.dirty) }
         changed = true
         return .next
     }

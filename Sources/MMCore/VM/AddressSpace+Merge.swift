@@ -26,12 +26,13 @@ extension AddressSpace {
     /// anon_vma, the earlier joins its chain first, so every page's anon_vma and index still
     /// find it. Page tables are untouched.
     /// Locking: mmap lock held for write.
-    func mergeVMAs(around start: UInt64, _ end: UInt64) {
+    /// `keepApart`: a VMA that must not merge here (the source a DONTUNMAP move keeps).
+    func mergeVMAs(around start: UInt64, _ end: UInt64, keepApart: VMA? = nil) {
         mmapLock.assertWriteLocked()
         var i = max(vmaIndex(atOrAfter: start) - 1, 0)
-        while i + 1 < vmaList.count && vmaList[i].start <= end {
+        while i + 1 < vmaList.count && vmaList[i].start < end {
             let prev = vmaList[i], next = vmaList[i + 1]
-            guard canMerge(prev, next) else { i += 1; continue }
+            guard prev !== keepApart, next !== keepApart, canMerge(prev, next) else { i += 1; continue }
             if prev.anonVMA == nil && next.anonVMA != nil { anonVMAClone(dst: prev, src: next) }
             prev.end = next.end
             removeVMA(at: i + 1)

@@ -21,27 +21,26 @@ struct ChangeProtectionWalker: PageWalker {
     }
 
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
-        let old = pte.load()
-        var new = old
-        if old.isPresent {
-            var r = old.raw & ~(PTE.write | PTE.user)
-            if vma.pageProtReadable { r |= PTE.user }
-            if vma.isShared && vma.flags.contains(.write) { r |= PTE.write }
-            new = PTE(raw: r)
-            if !new.isWrite, vma.wantsManualPTEWriteUpgrade, mm.canChangePTEWritable(vma, pte, new) { new = new.mkwrite() }
-        } else if old.isSwap {
-            let s = old.swapEntry
-            if s.type == SwapEntry.migrationWrite {
-                let anon = mm.memory.page(s.pfn).isAnon
-                new = SwapEntry.migration(pfn: s.pfn, write: false, exclusive: anon).pte(softDirty: old.isSoftDirty)
-            } else if s.type == SwapEntry.devicePrivateWrite {
-                new = s.readOnly().pte()
+        let (old, new) = pte.modify { old in
+            var new = old
+            if old.isPresent {
+                var r = old.raw & ~(PTE.write | PTE.user)
+                if vma.pageProtReadable { r |= PTE.user }
+                if vma.isShared && vma.flags.contains(.write) { r |= PTE.write }
+                new = PTE(raw: r)
+                if !new.isWrite, vma.wantsManualPTEWriteUpgrade, mm.canChangePTEWritable(vma, pte, new) { new = new.mkwrite() }
+            } else if old.isSwap {
+                let s = old.swapEntry
+                if s.type == SwapEntry.migrationWrite {
+                    let anon = mm.memory.page(s.pfn).isAnon
+                    new = SwapEntry.migration(pfn: s.pfn, write: false, exclusive: anon).pte(softDirty: old.isSoftDirty)
+                } else if s.type == SwapEntry.devicePrivateWrite {
+                    new = s.readOnly().pte()
+                }
             }
+            return new
         }
-        if new != old {
-            pte.store(new)
-            if ChangeProtectionWalker.losesPermission(old, new) { needsFlush = true }
-        }
+        if ChangeProtectionWalker.losesPermission(old, new) { needsFlush = true }
         return .next
     }
 

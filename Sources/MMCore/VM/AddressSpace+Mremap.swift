@@ -35,13 +35,19 @@ extension AddressSpace {
         guard let vma = vmaLookup(address) else { throw .EFAULT }
         // A shrink may cross VMA boundaries in the part it unmaps (check_prep_vma): only
         // [address, address + newLen) must lie in the VMA then.
-        let shrinking = newLen < oldLen && !flags.contains(.fixed) && !flags.contains(.dontUnmap)
+        let shrinking = newLen < oldLen
         guard address + (shrinking ? newLen : oldLen) <= vma.end else { throw .EFAULT }
 
         if flags.contains(.fixed) || flags.contains(.dontUnmap) {
             if !flags.contains(.fixed) {
                 guard let target = unmappedArea(length: newLen, hint: 0) else { throw .ENOMEM }
                 return try moveVMA(vma, address, oldLen, to: target, newLen, dontUnmap: true)
+            }
+            if shrinking {
+                // mremap_to: shrink first (the tail may span other VMAs), then move the rest.
+                unmapLocked(address + newLen, address + oldLen)
+                guard let kept = vmaLookup(address) else { throw .EFAULT }
+                return try moveVMA(kept, address, newLen, to: newAddress, newLen, dontUnmap: false)
             }
             return try moveVMA(vma, address, oldLen, to: newAddress, newLen, dontUnmap: flags.contains(.dontUnmap))
         }
@@ -94,7 +100,10 @@ extension AddressSpace {
             old.anonVMA = nil
             if old.isAnonymous { old.pgoff = old.start >> pageShift }
         }
-        mergeVMAs(around: target, target + newLen)              // copy_vma's merge at the target
+        // copy_vma's merge at the target; an unfaulted anonymous source that DONTUNMAP keeps
+        // must stay a VMA of its own (no self-merge).
+        let keepApart = dontUnmap && old.isAnonymous && old.anonVMA == nil ? old : nil
+        mergeVMAs(around: target, target + newLen, keepApart: keepApart)
         return target
     }
 
