@@ -28,8 +28,7 @@ struct LazyFreeWalker: PageWalker {
         guard page.isAnon, page.mapcount == 1 else { return .next }
         page.clear(.dirty)
         page.set(.lazyFree)
-        // A store racing in keeps its dirty bit on the page, as ptep_test_and_clear does.
-        if pte.modify({ $0.mkclean().mkold() }).old.isDirty { page.set(.dirty) }
+        pte.modify { $0.mkclean().mkold() }   // atomically: a concurrent accessed/dirty update retries
         changed = true
         return .next
     }
