@@ -84,17 +84,8 @@ final class DivergenceTests: XCTestCase {
     func testD4ReleaseGivesUpWithENOMEMAndLosesNothing() throws {
         let env = try HMMEnv(mib: 16)
         let pages = 64
-        let a = try env.anon(pages)
-        for i in 0..<pages { try env.cpu.store(a + UInt64(i) * pageSize, UInt64(i)) }
-        let d0 = try env.module.open(minor: 0, mm: env.mm)
-        var m = DmirrorCmd(addr: a, npages: UInt64(pages))
-        try d0.ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: pages * Int(pageSize)))
-        let hog = try env.process.mmap(length: 64 << 20, prot: .readWrite, flags: [.private, .anonymous])
-        var hogged: UInt64 = 0
-        while env.memory.freeFrames > 0 {
-            do { try env.cpu.store(hog + hogged, UInt8(1)) } catch { break }
-            hogged += pageSize
-        }
+        let (a, d0) = try env.migratedRegion(pages)
+        let hog = try env.exhaustSystemMemory()
         let dev = env.module.devices[0]
         dev.releaseWaitNanoseconds = 100_000_000
         let t0 = monotonicNanoseconds()

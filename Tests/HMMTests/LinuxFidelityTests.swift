@@ -484,20 +484,8 @@ final class LinuxFidelityTests: XCTestCase {
     func testReleaseWaitsForMemoryInsteadOfFailing() throws {
         let env = try HMMEnv(mib: 16)
         let pages = 256
-        let a = try env.anon(pages)
-        for i in 0..<pages { try env.cpu.store(a + UInt64(i) * pageSize, UInt64(i)) }
-        let d0 = try env.module.open(minor: 0, mm: env.mm)
-        var m = DmirrorCmd(addr: a, npages: UInt64(pages))
-        try d0.ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: pages * Int(pageSize)))
-        XCTAssertEqual(m.cpages, UInt64(pages))
-        // Fill system memory so no page is left for the eviction.
-        let hog = try env.process.mmap(length: 64 << 20, prot: .readWrite, flags: [.private, .anonymous])
-        var hogged: UInt64 = 0
-        while env.memory.freeFrames > 0 {
-            do { try env.cpu.store(hog + hogged, UInt8(1)) } catch { break }
-            hogged += pageSize
-        }
-        XCTAssertEqual(env.memory.freeFrames, 0)
+        let (a, d0) = try env.migratedRegion(pages)
+        let hog = try env.exhaustSystemMemory()    // no page is left for the eviction
         let freer = ModelThread.spawn {
             syncSleep(nanoseconds: 50_000_000)
             try? env.process.munmap(hog, length: 64 << 20)
