@@ -18,7 +18,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -116,6 +116,32 @@ final class DivergenceTests: XCTestCase {
         XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 1)
         XCTAssertEqual(env.mm.vmaCount, before)
         env.finish([])
+    }
+
+    /// D7: closing the mirror that migrated pages leaves them on the device, readable.
+    func testD7CloseLeavesDevicePagesOnTheDevice() throws {
+        let env = try HMMEnv()
+        let (a, d0) = try env.migratedRegion(4)
+        d0.close()
+        XCTAssertEqual(try env.mm.pagemap(a, count: 4).filter(\.isSwap).count, 4)
+        XCTAssertEqual(env.module.devices[0].pagesInUse, 4)
+        for i in 0..<4 { XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt64.self), UInt64(i)) }
+        XCTAssertEqual(env.module.devices[0].pagesInUse, 0)
+        env.finish([])
+    }
+
+    /// D8: FAIL_ALLOC set before a MIGRATE_TO_SYS is consumed, and every page comes back.
+    func testD8FailAllocIsOnlyConsumedTowardsSystemMemory() throws {
+        let env = try HMMEnv()
+        let (a, d0) = try env.migratedRegion(4)
+        var f = DmirrorCmd(addr: a, npages: DmirrorFlag.failAlloc)
+        try d0.ioctl(.flags, &f)
+        var m = DmirrorCmd(addr: a, npages: 4)
+        try d0.ioctl(.migrateToSystem, &m)
+        XCTAssertEqual(m.cpages, 4)
+        XCTAssertEqual(d0.mutex.withLock { d0.flags }, 0)
+        XCTAssertEqual(try env.mm.pagemap(a, count: 4).filter(\.isPresent).count, 4)
+        env.finish([d0])
     }
 
     /// D5: contended work stays far below the guards: READs racing migrations of the same
