@@ -45,6 +45,7 @@ extension AddressSpace {
     /// Locking: mmap lock held for read; takes the PTE lock.
     private func faultAround(_ vma: VMA, _ file: ShmemFile, _ address: UInt64, _ ptep: EntryPointer,
                              _ ptl: SpinLockRef) -> Bool {
+        mmapLock.assertLocked()
         let nr = AddressSpace.faultAroundPages
         let pteOff = (address >> pageShift) & 511
         let vmaOff = (address - vma.start) >> pageShift

@@ -17,8 +17,8 @@ public struct EntryPointer: Equatable {
     /// Replaces the entry with `transform(old)` atomically (`ptep_modify_prot_start/commit`):
     /// a CPU's lock-free walk may set the accessed or dirty bit at any moment, and a plain store
     /// of a value computed from an earlier load would lose it. Return: (old, new).
-    /// Locking: caller holds the entry's page-table lock (other writers are excluded; only the
-    /// hardware-style bit updates race).
+    /// Used under the entry's page-table lock, which excludes other writers: only the
+    /// hardware-style bit updates race (the page walks that call it hold that lock).
     @inlinable @discardableResult
     public func modify(_ transform: (PTE) -> PTE) -> (old: PTE, new: PTE) {
         while true {

@@ -54,6 +54,7 @@ extension AddressSpace {
     /// `find_mergeable_anon_vma`: the next VMA's anon_vma, else the previous one's, if that VMA
     /// is compatible and linked to its own anon_vma only. Locking: mmap lock held.
     private func findMergeableAnonVMA(_ vma: VMA) -> AnonVMA? {
+        mmapLock.assertLocked()
         let i = vmaIndex(atOrAfter: vma.start)
         guard i < vmaList.count, vmaList[i] === vma else { return nil }
         if i + 1 < vmaList.count, anonVMACompatible(vma, vmaList[i + 1]),

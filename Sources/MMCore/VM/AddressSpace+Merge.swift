@@ -9,6 +9,7 @@ extension AddressSpace {
     /// mappings (driver pages) never merge.
     /// Locking: mmap lock held.
     func canMerge(_ prev: VMA, _ next: VMA) -> Bool {
+        mmapLock.assertLocked()
         guard prev.end == next.start, prev.flags == next.flags, prev.file === next.file,
               !prev.isSpecialMapping, !next.isSpecialMapping,
               prev.pgoff &+ ((prev.end - prev.start) >> pageShift) == next.pgoff else { return false }
