@@ -128,12 +128,14 @@ static void run(char *line) {
         putchar('\n');
     } else if (!strcmp(op, "FN")) {
         uint64_t size = num(&p);
+        if (nfiles == 16) { printf("E %d\n", EMFILE); return; }
         int fd = memfd_create("hmm-oracle", 0);
         if (fd < 0 || ftruncate(fd, (off_t)size)) { printf("E %d\n", errno); return; }
         files[nfiles] = fd;
         printf("= %d\n", nfiles++);
     } else if (!strcmp(op, "FW") || !strcmp(op, "FR")) {
         uint64_t f = num(&p), off = num(&p), len = num(&p), b = op[1] == 'W' ? num(&p) : 0;
+        if (f >= (uint64_t)nfiles || len > (1u << 30)) { printf("E %d\n", EBADF); return; }
         unsigned char *buf = malloc(len ? len : 1);
         memset(buf, (int)b, len);
         ssize_t r = op[1] == 'W' ? pwrite(files[f], buf, len, (off_t)off) : pread(files[f], buf, len, (off_t)off);
@@ -147,6 +149,7 @@ static void run(char *line) {
         free(buf);
     } else if (!strcmp(op, "FT")) {
         uint64_t f = num(&p), len = num(&p);
+        if (f >= (uint64_t)nfiles) { printf("E %d\n", EBADF); return; }
         if (ftruncate(files[f], (off_t)len)) printf("E %d\n", errno); else printf("= 0\n");
     } else {
         printf("E %d\n", EINVAL);

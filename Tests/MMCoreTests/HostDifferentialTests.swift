@@ -12,7 +12,10 @@ import MMSync
 /// vector and the pagemap flags (present, swap, file, exclusive, soft-dirty).
 ///
 /// The bounded run is 100,000 operations (`.ci/run` runs the tests); `HMM_HOST_DIFF_OPS=N`
-/// runs N, `HMM_HOST_DIFF_SEED=S` another seed. Host/7.2 differences: see
+/// runs N, `HMM_HOST_DIFF_SEED=S` another seed, `HMM_HOST_DIFF_BATCH=1` compares after every
+/// operation, and `HMM_HOST_DIFF_WATCH=hexaddr` writes the last 5,000 commands with swift-hmm's
+/// VMAs around that address to /tmp/hmm-host-diff-history.txt at a mismatch. Host/7.2
+/// differences: see
 /// docs/linux-divergences.md ("The host kernel as an oracle").
 final class HostDifferentialTests: XCTestCase {
     static let window: UInt64 = 0x5000_0000_0000
@@ -123,7 +126,6 @@ final class DifferentialRun {
     var played = 0
     var mismatches: [String] = []
     var coverage: [String: Int] = [:]
-    var log: [String] = []
     /// The last commands played (shown with a mismatch).
     var history: [String] = []
     /// Operations per round trip to the host (`HMM_HOST_DIFF_BATCH=1` shows swift-hmm's VMAs

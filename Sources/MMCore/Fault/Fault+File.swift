@@ -56,13 +56,13 @@ extension AddressSpace {
         guard !candidates.isEmpty else { return false }
         var unused: [Page] = []
         var mappedSelf = false
-        let pte = PTE.page(0, write: vma.isShared && vma.flags.contains(.write))
+        let writable = vma.isShared && vma.flags.contains(.write)
         ptl.lock()
         for (index, page) in candidates {
             let e = ptep + (Int(index) - Int(pgoff))
             guard e.load().isNone else { unused.append(page); continue }
             memory.addRmap(page) // the reference taken for us becomes the mapping's
-            e.store(PTE(raw: pte.raw | (page.pfn << pageShift)))
+            e.store(.page(page.pfn, write: writable))
             if index == pgoff { mappedSelf = true }
         }
         ptl.unlock()
