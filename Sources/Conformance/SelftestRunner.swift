@@ -23,10 +23,12 @@ public struct SelftestRunner {
             .filter { t, v in filter.map { t.fullName(v).contains($0) } ?? true }
     }
 
-    /// Runs every selected test, printing each result as it finishes through `emit`.
+    /// Runs every selected test. In TAP form each result is printed through `emit` as it
+    /// finishes (TAP version 14: plan first, a YAML block under a failure, the summary as a
+    /// comment); in JSON form nothing is printed and the caller reports the results.
     public func run(emit: (String) -> Void) -> [Result] {
         let list = selected
-        if format == .tap { emit("TAP version 13"); emit("1..\(list.count)") }
+        if format == .tap { emit("TAP version 14"); emit("1..\(list.count)") }
         var results: [Result] = []
         for (i, (test, variant)) in list.enumerated() {
             let name = test.fullName(variant)
@@ -40,23 +42,28 @@ public struct SelftestRunner {
                 r = Result(name: name, outcome: .pass, message: nil, seconds: elapsed(t0))
             }
             results.append(r)
-            switch format {
-            case .tap:
-                switch r.outcome {
-                case .pass: emit("ok \(i + 1) \(name)")
-                case .skip: emit("ok \(i + 1) \(name) # SKIP \(r.message ?? "")")
-                case .fail: emit("not ok \(i + 1) \(name)"); emit("# \(r.message ?? "")")
+            guard format == .tap else { continue }
+            switch r.outcome {
+            case .pass: emit("ok \(i + 1) - \(name)")
+            case .skip: emit("ok \(i + 1) - \(name) # SKIP \(r.message ?? "")")
+            case .fail:
+                emit("not ok \(i + 1) - \(name)")
+                emit("  ---")
+                emit("  message: \"\(jsonEscape(r.message ?? ""))\"")
+                emit("  severity: fail")
+                if let m = r.message, let (e, g) = splitExpectedGot(m) {
+                    emit("  expected: \"\(jsonEscape(e))\"")
+                    emit("  got: \"\(jsonEscape(g))\"")
                 }
-            case .json:
-                let msg = r.message.map { ", \"message\": \"\(jsonEscape($0))\"" } ?? ""
-                emit("{\"name\": \"\(name)\", \"result\": \"\(r.outcome.rawValue)\", \"seconds\": \(String(format3(r.seconds)))\(msg)}")
+                emit("  ...")
             }
         }
-        let passed = results.filter { $0.outcome == .pass }.count
-        let failed = results.filter { $0.outcome == .fail }.count
-        let skipped = results.filter { $0.outcome == .skip }.count
-        if format == .tap { emit("# \(passed) passed, \(failed) failed, \(skipped) skipped") }
-        emit("\(passed) passed, \(failed) failed, \(skipped) skipped")
+        if format == .tap {
+            let passed = results.filter { $0.outcome == .pass }.count
+            let failed = results.filter { $0.outcome == .fail }.count
+            let skipped = results.filter { $0.outcome == .skip }.count
+            emit("# \(passed) passed, \(failed) failed, \(skipped) skipped")
+        }
         return results
     }
 
@@ -64,6 +71,18 @@ public struct SelftestRunner {
         let d = ContinuousClock.now - t0
         return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     }
+}
+
+/// "… expected X, got Y" → (X, Y).
+func splitExpectedGot(_ m: String) -> (String, String)? {
+    let c = Array(m)
+    func find(_ s: String, from: Int) -> Int? {
+        let n = Array(s)
+        guard c.count >= n.count else { return nil }
+        return (from...(c.count - n.count)).first { Array(c[$0..<($0 + n.count)]) == n }
+    }
+    guard c.count >= 9, let e = find("expected ", from: 0), e + 9 <= c.count, let g = find(", got ", from: e + 9) else { return nil }
+    return (String(c[(e + 9)..<g]), String(c[(g + 6)...]))
 }
 
 func format3(_ v: Double) -> String {

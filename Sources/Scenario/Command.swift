@@ -11,7 +11,11 @@ struct Command {
     /// Words that are flags wherever they appear (never positional values).
     static let flagWords: Set<String> = ["u8", "u16", "u32", "u64", "shared", "private", "populate", "noreplace", "hugetlb",
                                          "maymove", "dontunmap", "write", "pin", "longterm"]
-    var positional: [Token] { args.filter { $0.key == nil && !Command.flagWords.contains($0.value.text) }.map(\.value) }
+    /// Positional values: arguments that are neither `key=value` nor one of the command's flags.
+    var positional: [Token] {
+        let flags = CommandSpec.spec(name.text)?.flags ?? Command.flagWords
+        return args.filter { $0.key == nil && !flags.contains($0.value.text) }.map(\.value)
+    }
     var text: String {
         var parts = [name.text] + args.map { a in a.key.map { "\($0.text)=\(a.value.text)" } ?? a.value.text }
         if let b = bind { parts += ["->", b.text] }
@@ -33,6 +37,12 @@ struct Command {
 
     func option(_ key: String) -> Token? { args.first { $0.key?.text == key }?.value }
     func flag(_ word: String) -> Bool { args.contains { $0.key == nil && $0.value.text == word } }
+
+    /// Checks the arguments against the command's spec (the table `hmm check` reads too).
+    func allow(_ spec: CommandSpec) throws {
+        if case .words? = spec.positionals.last?.1 { return }
+        try allow(keys: Set(spec.keys.keys), flags: spec.flags, positionals: spec.positionals.count)
+    }
 
     /// Checks that only known keys and flag words are used.
     func allow(keys: Set<String>, flags: Set<String> = [], positionals: Int) throws {
@@ -68,31 +78,35 @@ extension ScenarioInterpreter {
 
     /// Runs a system call `body`: on success `done` records the result and names it for the
     /// trace; an errno is traced. Either way the outcome is compared with the expectation.
-    func syscall<T>(_ cmd: Command, _ body: () throws -> T, done: (T) -> String) throws {
+    func syscall<T>(_ cmd: Command, _ ctx: Context, _ body: () throws -> T, done: (T) -> String) throws {
         let value: T
         do { value = try body() } catch let e as Errno {
-            trace(cmd, e.name)
+            trace(cmd, ctx, e.name)
             try checkErrno(cmd, e)
             return
         }
         try checkErrno(cmd, nil)
-        trace(cmd, done(value))
+        trace(cmd, ctx, done(value))
     }
 
-    /// For system calls: `expect errno=EINVAL` / `expect EINVAL` / `expect ok` (default ok).
+    /// For system calls: `expect errno=EINVAL` / `expect EINVAL` / `expect ok` (default ok), or
+    /// alternatives `expect ok|EINVAL` (concurrent scenarios, where either outcome is right).
     func checkErrno(_ cmd: Command, _ got: Errno?) throws {
-        var want: Errno? = nil
-        for t in cmd.bareExpectations {
-            if t.text == "ok" { want = nil; continue }
-            guard let e = parseErrno(t.text) else { throw ScenarioSyntaxError(location: t.location, message: "expected 'ok' or an errno name, found '\(t.text)'") }
-            want = e
+        var want: [Errno?] = [nil]
+        var text = "ok"
+        for t in cmd.bareExpectations + (cmd.expectation("errno").map { [$0] } ?? []) {
+            want = try t.text.split(separator: "|", omittingEmptySubsequences: false).map { alt -> Errno? in
+                if alt == "ok" { return nil }
+                guard let e = parseErrno(String(alt)) else {
+                    throw ScenarioSyntaxError(location: t.location, message: "expected 'ok' or an errno name (alternatives separated by '|'), found '\(t.text)'")
+                }
+                return e
+            }
+            text = t.text
         }
-        if let t = cmd.expectation("errno") {
-            guard let e = parseErrno(t.text) else { throw ScenarioSyntaxError(location: t.location, message: "expected an errno name, found '\(t.text)'") }
-            want = e
-        }
-        if got != want {
-            throw failure(cmd, "expected \(want.map { $0.name } ?? "success"), got \(got.map { $0.name } ?? "success")")
+        if !want.contains(got) {
+            let w = want.count == 1 ? (want[0].map { $0.name } ?? "success") : text
+            throw failure(cmd, "expected \(w), got \(got.map { $0.name } ?? "success")")
         }
     }
 }

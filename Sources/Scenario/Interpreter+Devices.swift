@@ -4,41 +4,53 @@ import MMCore
 import MMSync
 
 extension ScenarioInterpreter {
-    func device(_ t: Token) throws -> Dmirror {
-        try state.withLock {
-            guard let d = devices[t.text] else { throw ScenarioSyntaxError(location: t.location, message: "expected a device opened with 'open', got '\(t.text)'") }
+    func device(_ t: Token, _ ctx: Context) throws -> Dmirror {
+        let n = try resolveName(t, ctx)
+        return try state.withLock {
+            guard let d = devices[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected a device opened with 'open', got '\(n)'") }
             return d
         }
     }
 
-    func buffer(_ t: Token) throws -> DmirrorBuffer {
-        try state.withLock {
-            guard let b = buffers[t.text] else { throw ScenarioSyntaxError(location: t.location, message: "expected a buffer created with 'buffer' or bound with '->', got '\(t.text)'") }
+    func buffer(_ t: Token, _ ctx: Context) throws -> DmirrorBuffer {
+        let n = try resolveName(t, ctx)
+        return try state.withLock {
+            guard let b = buffers[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected a buffer created with 'buffer' or bound with '->', got '\(n)'") }
             return b
         }
+    }
+
+    /// Keeps a buffer under `name` within the host-memory budget (a buffer it replaces is freed).
+    func keepBuffer(_ name: String, _ b: DmirrorBuffer, _ cmd: Command) throws {
+        let old = state.withLock { buffers[name]?.count ?? 0 }
+        try reserveHostMemory(UInt64(b.count), at: cmd, releasing: UInt64(old))
+        state.withLock { buffers[name] = b }
     }
 
     /// `buffer NAME SIZE [fill=PATTERN]` and `check_buffer NAME OFFSET LEN PATTERN [index=N]`.
     func bufferCommand(_ cmd: Command, _ ctx: Context) throws {
         if cmd.name.text == "check_buffer" {
-            try cmd.allow(keys: ["index"], positionals: 4)
-            let b = try buffer(try cmd.arg(0, "a buffer"))
+            let b = try buffer(try cmd.arg(0, "a buffer"), ctx)
             let off = try eval(try cmd.arg(1, "an offset"), ctx), len = try eval(try cmd.arg(2, "a length"), ctx)
             guard off <= UInt64(b.count), len <= UInt64(b.count) - off else { throw cmd.fail("expected a range inside the buffer (\(b.count) bytes)") }
             let pattern = try Pattern.parse(try cmd.arg(3, "a pattern"), lookup(ctx))
             let index = try indexOption(cmd, ctx)
             let bytes = Array(b.bytes[Int(off)..<Int(off + len)])
             if let msg = compare(bytes, pattern, index: index) { throw failure(cmd, msg) }
+            trace(cmd, ctx, "ok")
             return
         }
-        try cmd.allow(keys: ["fill"], positionals: 2)
         let name = try cmd.arg(0, "a buffer name")
         let size = try eval(try cmd.arg(1, "a size"), ctx)
         guard size <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a buffer of at most 256MiB") }
+        let pattern = try cmd.option("fill").map { try Pattern.parse($0, lookup(ctx)) }
+        let n = try resolveName(name, ctx)
+        let old = state.withLock { buffers[n]?.count ?? 0 }
+        try reserveHostMemory(size, at: cmd, releasing: UInt64(old))
         let b = DmirrorBuffer(size: Int(size))
-        if let f = cmd.option("fill") { try fill(b, try Pattern.parse(f, lookup(ctx))) }
-        state.withLock { buffers[name.text] = b }
-        trace(cmd, "ok")
+        if let p = pattern { try fill(b, p) }
+        state.withLock { buffers[n] = b }
+        trace(cmd, ctx, "ok")
     }
 
     func fill(_ b: DmirrorBuffer, _ p: Pattern) throws {
@@ -47,34 +59,38 @@ extension ScenarioInterpreter {
 
     /// `open MINOR [proc=P] -> NAME`: opens /dev/hmm_dmirrorMINOR for a process.
     func openCommand(_ cmd: Command, _ ctx: Context) throws {
-        try cmd.allow(keys: ["proc"], positionals: 1)
-        guard let name = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the open device") }
+        guard let nameTok = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the open device") }
+        let name = try resolveName(nameTok, ctx)
         let proc = try process(for: cmd, ctx)
         let minor = try eval(try cmd.arg(0, "a device number (0–3)"), ctx)
         _ = try theMachine(at: cmd.name.location)
         guard let module = state.withLock({ module }) else { throw cmd.fail("expected a machine") }
-        try syscall(cmd, { try module.open(minor: Int(min(minor, 1 << 20)), mm: proc.mm) }) { d in
-            state.withLock { devices[name.text] = d }
+        try syscall(cmd, ctx, { try module.open(minor: Int(min(minor, 1 << 20)), mm: proc.mm) }) { d in
+            state.withLock { devices[name] = d }
             return "dmirror\(minor)"
         }
     }
 
-    func closeCommand(_ cmd: Command) throws {
-        try cmd.allow(keys: [], positionals: 1)
+    func closeCommand(_ cmd: Command, _ ctx: Context) throws {
         let t = try cmd.arg(0, "a device")
-        let d = try device(t)
+        let d = try device(t, ctx)
         d.close()
-        state.withLock { devices[t.text] = nil }
-        trace(cmd, "0")
+        let n = try resolveName(t, ctx)
+        state.withLock { devices[n] = nil }
+        trace(cmd, ctx, "0")
     }
 
     func mmapDeviceCommand(_ cmd: Command, _ ctx: Context) throws {
-        try cmd.allow(keys: ["prot"], flags: ["shared", "private"], positionals: 2)
-        let d = try device(try cmd.arg(0, "a device"))
+        let d = try device(try cmd.arg(0, "a device"), ctx)
+        // mmap of the device file maps into the calling process; dmirror's mmap always maps
+        // into the address space of the process that opened it.
+        if let p = cmd.option("proc"), try process(named: try resolveName(p, ctx), at: p.location).mm !== d.mm {
+            throw ScenarioSyntaxError(location: p.location, message: "expected the process that opened the device for 'mmap_device'")
+        }
         let size = try eval(try cmd.arg(1, "a size"), ctx)
         let prot = try cmd.option("prot").map(parseProt) ?? .readWrite
-        try syscall(cmd, { try d.mmapDevice(length: size, prot: prot, flags: cmd.flag("shared") ? .shared : .private) }) { a in
-            bindRegion(cmd, a, (size + pageSize - 1) & pageMask)
+        try syscall(cmd, ctx, { try d.mmapDevice(length: size, prot: prot, flags: cmd.flag("shared") ? .shared : .private) }) { a in
+            bindRegion(cmd, ctx, a, (size + pageSize - 1) & pageMask)
             return "0x" + String(a, radix: 16)
         }
     }
@@ -88,8 +104,7 @@ extension ScenarioInterpreter {
     /// faults=… mirror=PATTERN bytes=LIST`.
     func deviceCommand(_ cmd: Command, _ ctx: Context) throws {
         let c = ScenarioInterpreter.deviceCommands[cmd.name.text]! // dispatch only sends these names
-        try cmd.allow(keys: ["buffer", "from"], positionals: c == .flags ? 2 : (c == .release ? 3 : 3))
-        let d = try device(try cmd.arg(0, "a device"))
+        let d = try device(try cmd.arg(0, "a device"), ctx)
         var dcmd: DmirrorCmd
         switch c {
         case .flags: dcmd = DmirrorCmd(addr: 0, npages: try eval(try cmd.arg(1, "a flags value"), ctx))
@@ -104,16 +119,16 @@ extension ScenarioInterpreter {
             throw cmd.fail("expected at most \(ScenarioInterpreter.maxAccessBytes / pageSize) pages for '\(cmd.name.text)'")
         }
         var buf: DmirrorBuffer? = nil
-        if let b = cmd.option("buffer") { buf = try buffer(b) } else if [.read, .write, .migrateToDevice, .snapshot, .exclusive].contains(c) {
+        if let b = cmd.option("buffer") { buf = try buffer(b, ctx) } else if [.read, .write, .migrateToDevice, .snapshot, .exclusive].contains(c) {
             let bytes = c == .snapshot ? dcmd.npages : dcmd.npages &* pageSize
             guard bytes <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected at most 256MiB of buffer for '\(cmd.name.text)'") }
             buf = DmirrorBuffer(size: Int(bytes))
         }
         if let f = cmd.option("from"), let b = buf { try fill(b, try Pattern.parse(f, lookup(ctx))) }
-        if let bind = cmd.bind, let b = buf { state.withLock { buffers[bind.text] = b } }
+        if let bind = cmd.bind, let b = buf { try keepBuffer(try resolveName(bind, ctx), b, cmd) }
         var err: Errno? = nil
         do { try d.ioctl(c, &dcmd, buffer: buf) } catch { err = error }
-        trace(cmd, "ret \(err.map { "-\($0.name)" } ?? "0") cpages \(dcmd.cpages) faults \(dcmd.faults)")
+        trace(cmd, ctx, "ret \(err.map { "-\($0.name)" } ?? "0") cpages \(dcmd.cpages) faults \(dcmd.faults)")
         try checkDeviceExpectations(cmd, ctx, err, dcmd, buf)
     }
 
@@ -159,8 +174,8 @@ extension ScenarioInterpreter {
     // MARK: GUP, pagemap, migration, invariants
 
     func gupCommand(_ cmd: Command, _ ctx: Context) throws {
-        try cmd.allow(keys: ["proc"], flags: ["write", "pin", "longterm"], positionals: 2)
-        guard let h = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the pinned pages") }
+        guard let hTok = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the pinned pages") }
+        let h = try resolveName(hTok, ctx)
         let proc = try process(for: cmd, ctx)
         let a = try eval(try cmd.arg(0, "an address"), ctx), n = try eval(try cmd.arg(1, "a page count"), ctx)
         guard n <= 1 << 20 else { throw cmd.fail("expected at most 1048576 pages") }
@@ -168,25 +183,24 @@ extension ScenarioInterpreter {
         if cmd.flag("write") { flags.insert(.write) }
         if cmd.flag("pin") { flags.insert(.pin) }
         if cmd.flag("longterm") { flags.insert(.longterm) }
-        try syscall(cmd, { try proc.mm.getUserPages(a, count: Int(n), flags: flags) }) { pages in
-            state.withLock { gups[h.text] = (proc.mm, pages, flags.contains(.pin)) }
+        try syscall(cmd, ctx, { try proc.mm.getUserPages(a, count: Int(n), flags: flags) }) { pages in
+            state.withLock { gups[h] = (proc.mm, pages, flags.contains(.pin)) }
             return "\(pages.count) pages"
         }
     }
 
-    func putCommand(_ cmd: Command) throws {
-        try cmd.allow(keys: [], positionals: 1)
+    func putCommand(_ cmd: Command, _ ctx: Context) throws {
         let t = try cmd.arg(0, "a name bound by 'gup'")
-        guard let g = state.withLock({ gups.removeValue(forKey: t.text) }) else {
-            throw ScenarioSyntaxError(location: t.location, message: "expected pages bound by 'gup', got '\(t.text)'")
+        let n = try resolveName(t, ctx)
+        guard let g = state.withLock({ gups.removeValue(forKey: n) }) else {
+            throw ScenarioSyntaxError(location: t.location, message: "expected pages bound by 'gup', got '\(n)'")
         }
         if g.pin { g.mm.unpinUserPages(g.pages) } else { g.mm.putUserPages(g.pages) }
-        trace(cmd, "ok")
+        trace(cmd, ctx, "ok")
     }
 
     /// The `[proc=P] ADDR [NPAGES]` operands of pagemap and migrate_pages (at most 2^20 pages).
     private func pageRange(_ cmd: Command, _ ctx: Context) throws -> (MMCore.Process, UInt64, UInt64) {
-        try cmd.allow(keys: ["proc"], positionals: 2)
         let proc = try process(for: cmd, ctx)
         let a = try eval(try cmd.arg(0, "an address"), ctx)
         let n = try cmd.optionalArg(1).map { try eval($0, ctx) } ?? 1
@@ -198,8 +212,8 @@ extension ScenarioInterpreter {
     func pagemapCommand(_ cmd: Command, _ ctx: Context) throws {
         let (proc, a, n) = try pageRange(cmd, ctx)
         let entries: [PagemapEntry]
-        do { entries = try proc.mm.pagemap(a, count: Int(n)) } catch let e as Errno { try checkErrno(cmd, e); return }
-        for t in cmd.bareExpectations {
+        do { entries = try proc.mm.pagemap(a, count: Int(n)) } catch let e as Errno { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
+        for t in cmd.bareExpectations where !isOutcome(t.text) {
             for (i, e) in entries.enumerated() {
                 let ok: Bool
                 switch t.text {
@@ -213,26 +227,25 @@ extension ScenarioInterpreter {
                 if !ok { throw failure(cmd, "expected page \(i) \(t.text), got \(e)") }
             }
         }
-        trace(cmd, entries.map { $0.isPresent ? "P" : ($0.isSwap ? "S" : "-") }.joined())
+        trace(cmd, ctx, entries.map { $0.isPresent ? "P" : ($0.isSwap ? "S" : "-") }.joined())
     }
 
     func migratePagesCommand(_ cmd: Command, _ ctx: Context) throws {
         let (proc, a, n) = try pageRange(cmd, ctx)
         let pfns: [UInt64]
-        do { pfns = try proc.mm.pagemap(a, count: Int(n)).filter(\.isPresent).map(\.pfn) } catch let e as Errno { try checkErrno(cmd, e); return }
+        do { pfns = try proc.mm.pagemap(a, count: Int(n)).filter(\.isPresent).map(\.pfn) } catch let e as Errno { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
         let r = proc.machine.migratePages(pfns)
-        trace(cmd, "\(r.migrated.count) migrated, \(r.failed.count) failed")
+        trace(cmd, ctx, "\(r.migrated.count) migrated, \(r.failed.count) failed")
         if let m = cmd.expectation("migrated") {
             let want = try eval(m, ctx)
             if UInt64(r.migrated.count) != want { throw failure(cmd, "expected migrated=\(want), got migrated=\(r.migrated.count)") }
         }
     }
 
-    func invariantsCommand(_ cmd: Command) throws {
-        try cmd.allow(keys: [], positionals: 0)
+    func invariantsCommand(_ cmd: Command, _ ctx: Context) throws {
         let m = try theMachine(at: cmd.name.location)
         let problems = m.checkInvariants() + (state.withLock { module }?.checkInvariants() ?? [])
         if !problems.isEmpty { throw failure(cmd, "expected every invariant to hold, got: " + problems.prefix(5).joined(separator: "; ")) }
-        trace(cmd, "hold")
+        trace(cmd, ctx, "hold")
     }
 }

@@ -11,6 +11,38 @@ public struct ScenarioFailure: Error, CustomStringConvertible {
     public var description: String { "\(location.file):\(location.line): \(message)" }
 }
 
+/// One problem found in a script, for structured reports (TAP YAML, JSON).
+public struct ScenarioDiagnostic: Sendable, Equatable {
+    public enum Kind: String, Sendable { case failure, malformed }
+    public let kind: Kind
+    public let file: String
+    public let line: Int
+    public let column: Int?
+    public let message: String
+    /// For failures "expected X, got Y": the two halves.
+    public var expected: String? { split?.0 }
+    public var got: String? { split?.1 }
+    private var split: (String, String)? {
+        guard message.hasPrefix("expected ") else { return nil }
+        let chars = Array(message)
+        let needle = Array(", got ")
+        guard chars.count >= needle.count + 9 else { return nil }
+        for i in stride(from: chars.count - needle.count, through: 9, by: -1) where Array(chars[i..<(i + needle.count)]) == needle {
+            return (String(chars[9..<i]), String(chars[(i + needle.count)...]))
+        }
+        return nil
+    }
+    public static func == (a: Self, b: Self) -> Bool {
+        a.kind == b.kind && a.file == b.file && a.line == b.line && a.column == b.column && a.message == b.message
+    }
+}
+
+/// Every error of a script that failed checking (the first is the one thrown by `load`).
+struct ScriptErrors: Error {
+    let first: ScenarioSyntaxError
+    let text: String
+}
+
 /// The outcome of one script.
 public enum ScenarioOutcome: Equatable {
     case passed
@@ -28,10 +60,26 @@ public final class ScenarioInterpreter {
         public var trace = false
         public var output: (String) -> Void = { print($0) }
         public var stats = false
+        /// Print the counters as text lines after the script (off when a caller reports them).
+        public var statsAsText = true
         /// Step budget of one script (lower it to bound fuzzing).
         public var maxSteps = 20_000_000
+        /// Wall-clock budget of one script, in seconds (`--timeout`).
+        public var timeoutSeconds: Double = 600
+        /// Host memory for the machine's RAM and all buffers together (`--memory-budget`).
+        public var memoryBudget: UInt64 = 4 << 30
+        /// Print the final state (processes, VMAs, entries, devices, meminfo) before teardown.
+        public var inspect = false
         public init() {}
     }
+
+    /// The problems of the last run or check, in order.
+    public private(set) var diagnostics: [ScenarioDiagnostic] = []
+    /// The machine's counters at the end of the last run (when `options.stats`).
+    public private(set) var finalStats: [(name: String, value: UInt64)] = []
+    /// Host memory charged to the machine and buffers. Locking: `state`.
+    var hostMemory: UInt64 = 0
+    var deadline: UInt64 = 0
 
     let options: Options
     /// Bounds that keep any input from hanging the interpreter.
@@ -55,6 +103,7 @@ public final class ScenarioInterpreter {
     var buffers: [String: DmirrorBuffer] = [:]
     var gups: [String: (mm: AddressSpace, pages: [Page], pin: Bool)] = [:]
     let steps = AtomicCounter(0)
+    let threadCounter = AtomicCounter(0)
     let outputLock = Lock("scenario-output")
     var lastProgress: UInt64 = 0
     var includeDepth = 0
@@ -75,17 +124,36 @@ public final class ScenarioInterpreter {
         }
     }
 
-    /// Runs a script given as text (`file` names it in messages).
+    /// Runs a script given as text (`file` names it in messages). The whole script and its
+    /// includes are parsed and checked first; nothing runs if any error is found.
     public func run(source: String, file: String) -> ScenarioOutcome {
+        diagnostics = []
+        finalStats = []
+        let program: [Statement]
+        do {
+            program = try load(source, file: file)
+        } catch let e as ScriptErrors {
+            return .malformed(e.text)
+        } catch let e as ScenarioSyntaxError {
+            record([e])
+            return .malformed(e.description)
+        } catch {
+            return .malformed("\(file): \(error)")
+        }
+        deadline = monotonicNanoseconds() &+ UInt64(max(0, min(options.timeoutSeconds, 1e9)) * 1e9)
+        hostMemory = machineMemory
         defer { teardown() }
         do {
-            let program = try parse(source, file: file)
             try execute(program, Context(cpu: nil, locals: [:]))
             if let reason = skipReason { return .skipped(reason) }
+            if options.inspect { inspectFinalState() }
             return .passed
         } catch let e as ScenarioSyntaxError {
+            diagnostics = [ScenarioDiagnostic(kind: .malformed, file: e.location.file, line: e.location.line, column: e.location.column, message: e.message)]
             return .malformed(e.description)
         } catch let e as ScenarioFailure {
+            diagnostics = [ScenarioDiagnostic(kind: .failure, file: e.location.file, line: e.location.line, column: e.location.column, message: e.message)]
+            if options.inspect { inspectFinalState() }
             return .failed(e.description)
         } catch let e as SkipScenario {
             return .skipped(e.reason)
@@ -94,6 +162,50 @@ public final class ScenarioInterpreter {
         }
     }
 
+    /// Checks a script file without running it (`hmm check`): every error, in order.
+    public func check(path: String) -> [ScenarioSyntaxError] {
+        diagnostics = []
+        do {
+            let source = try readFile(path, at: nil)
+            _ = try load(source, file: path)
+        } catch let e as ScenarioSyntaxError {
+            if diagnostics.isEmpty { record([e]) }
+        } catch {}
+        return diagnostics.map { ScenarioSyntaxError(location: SourceLocation(file: $0.file, line: $0.line, column: $0.column ?? 1), message: $0.message) }
+    }
+
+    /// Most errors reported for one script (the rest are counted).
+    static let maxErrorsShown = 50
+
+    /// Parses and checks the whole script; throws one error that lists every problem found.
+    func load(_ source: String, file: String) throws -> [Statement] {
+        parseErrors = []
+        let program = try parse(source, file: file)
+        var checker = ScriptChecker()
+        checker.check(program)
+        // In the order of the text: files as first met, then line and column.
+        var fileOrder: [String: Int] = [:]
+        for e in parseErrors + checker.errors where fileOrder[e.location.file] == nil { fileOrder[e.location.file] = fileOrder.count }
+        let all = (parseErrors + checker.errors).enumerated().sorted { a, b in
+            let x = a.element.location, y = b.element.location
+            return (fileOrder[x.file]!, x.line, x.column, a.offset) < (fileOrder[y.file]!, y.line, y.column, b.offset)
+        }.map(\.element)
+        guard all.isEmpty else {
+            record(all)
+            var lines = all.prefix(ScenarioInterpreter.maxErrorsShown).map(\.description)
+            if all.count > ScenarioInterpreter.maxErrorsShown { lines.append("… and \(all.count - ScenarioInterpreter.maxErrorsShown) more errors") }
+            throw ScriptErrors(first: all[0], text: lines.joined(separator: "\n"))
+        }
+        return program
+    }
+
+    func record(_ errors: [ScenarioSyntaxError]) {
+        diagnostics = errors.map { ScenarioDiagnostic(kind: .malformed, file: $0.location.file, line: $0.location.line, column: $0.location.column, message: $0.message) }
+    }
+
+    /// Errors collected while parsing (every file of the script).
+    var parseErrors: [ScenarioSyntaxError] = []
+
     func parse(_ source: String, file: String, depth: Int = 0) throws -> [Statement] {
         // One budget for the script and everything it includes, so fan-out cannot explode.
         parsedBytes += source.utf8.count
@@ -101,7 +213,7 @@ public final class ScenarioInterpreter {
             throw ScenarioSyntaxError(location: SourceLocation(file: file, line: 1, column: 1),
                                       message: "expected at most \(ScenarioInterpreter.maxParsedBytes) bytes of script including includes")
         }
-        let tokens = try Lexer.tokenize(source, file: file)
+        let tokens = try Lexer.tokenize(source, file: file, errors: &parseErrors)
         var parser = Parser(tokens: tokens, depth: depth) { [unowned self] path, loc, blockDepth in
             guard self.includeDepth < ScenarioInterpreter.maxIncludeDepth else {
                 throw ScenarioSyntaxError(location: loc, message: "includes nested deeper than \(ScenarioInterpreter.maxIncludeDepth)")
@@ -111,7 +223,9 @@ public final class ScenarioInterpreter {
             let resolved = self.resolve(path, relativeTo: file)
             return try self.parse(try self.readFile(resolved, at: loc), file: resolved, depth: blockDepth)
         }
-        return try parser.parseStatements(inBlock: false)
+        let program = try parser.parseStatements(inBlock: false)
+        parseErrors += parser.errors
+        return program
     }
 
     func resolve(_ path: String, relativeTo file: String) -> String {
@@ -148,8 +262,11 @@ public final class ScenarioInterpreter {
 
     func teardown() {
         if options.stats, let m = state.withLock({ machine }) {
-            emit("stats:")
-            for (name, value) in m.stats.snapshot() where value != 0 { emit("  \(name): \(value)") }
+            finalStats = m.stats.snapshot().map { (name: $0.0, value: UInt64($0.1)) }
+            if options.statsAsText {
+                emit("stats:")
+                for (name, value) in finalStats where value != 0 { emit("  \(name): \(value)") }
+            }
         }
         let (devs, procs, gs) = state.withLock { (Array(devices.values), processOrder.compactMap { processes[$0] }, Array(gups.values)) }
         for g in gs { if g.pin { g.mm.unpinUserPages(g.pages) } else { g.mm.putUserPages(g.pages) } }
@@ -168,6 +285,10 @@ public final class ScenarioInterpreter {
         var cpu: CPU?
         var locals: [String: UInt64]
         var process: String?
+        /// The thread running the statement: 0 for the script, 1… for `thread` blocks.
+        var thread = 0
+        /// Inside a `concurrent` block (its page-table changes are credited to the block).
+        var concurrent = false
     }
 
     struct SkipScenario: Error { let reason: String }
@@ -185,6 +306,7 @@ public final class ScenarioInterpreter {
         guard step <= options.maxSteps else {
             throw ScenarioFailure(location: location(of: stmt), message: "expected the script to finish within \(options.maxSteps) steps, got more")
         }
+        if step & 0xFF == 0 || ctx.concurrent { try checkDeadline(at: location(of: stmt)) }
         switch stmt {
         case .letBinding(let name, let value):
             let v = try eval(value, ctx)
@@ -197,18 +319,29 @@ public final class ScenarioInterpreter {
             }
             for i in 0..<count {
                 // Every iteration costs a step, so empty nested loops are bounded too.
-                guard steps.add(1) <= options.maxSteps else {
+                let n = steps.add(1)
+                guard n <= options.maxSteps else {
                     throw ScenarioFailure(location: location(of: stmt), message: "expected the script to finish within \(options.maxSteps) steps, got more")
                 }
+                if n & 0xFF == 0 { try checkDeadline(at: location(of: stmt)) }
                 var inner = ctx
                 if let v = variable { inner.locals[v.text] = i }
                 for s in body { try execute(s, &inner) }
             }
-        case .concurrent(_, let threads):
-            try runConcurrent(threads, ctx)
+        case .concurrent(let keyword, let threads):
+            // Threads change the page tables at the same time: the changes are credited to the
+            // block, not to whichever command happened to finish around them.
+            if options.trace && !ctx.concurrent {
+                let before = pageTableCensus()
+                emit("\(keyword.location.file):\(keyword.location.line) t\(ctx.thread): concurrent (\(threads.count) threads)")
+                defer { traceChanges(before, pageTableCensus()) }
+                try runConcurrent(threads, ctx)
+            } else {
+                try runConcurrent(threads, ctx)
+            }
         case .command(let name, let args, let bind, let expects):
             let cmd = Command(name: name, args: args, bind: bind, expects: expects)
-            if options.trace {
+            if options.trace && !ctx.concurrent {
                 let before = pageTableCensus()
                 defer { traceChanges(before, pageTableCensus()) }
                 try dispatch(cmd, &ctx)
@@ -234,9 +367,10 @@ public final class ScenarioInterpreter {
         var prepared: [(Context, MMCore.Process)] = []
         for t in threads {
             var inner = ctx
+            inner.concurrent = true
             for a in t.args {
                 guard a.key?.text == "proc" else { throw ScenarioSyntaxError(location: a.location, message: "expected 'proc=NAME' after 'thread'") }
-                inner.process = a.value.text
+                inner.process = try resolveName(a.value, ctx)
             }
             prepared.append((inner, try process(named: inner.process, at: t.keyword.location)))
         }
@@ -246,6 +380,7 @@ public final class ScenarioInterpreter {
             var (inner, proc) = prepared[i]
             let cpu = proc.makeCPU()
             inner.cpu = cpu
+            inner.thread = threadCounter.add(1)
             let body = t.body
             workers.append(ModelThread.spawn(name: "scenario-thread\(i)") { [self] in
                 do { try self.execute(body, inner) } catch { errLock.withLock { errors[i] = error } }
@@ -268,7 +403,7 @@ public final class ScenarioInterpreter {
 
     /// The process a command names with `proc=`, or the context's.
     func process(for cmd: Command, _ ctx: Context) throws -> MMCore.Process {
-        try process(named: cmd.option("proc")?.text ?? ctx.process, at: cmd.name.location)
+        try process(named: try cmd.option("proc").map { try resolveName($0, ctx) } ?? ctx.process, at: cmd.name.location)
     }
 
     func process(named name: String?, at loc: SourceLocation) throws -> MMCore.Process {
@@ -306,9 +441,39 @@ public final class ScenarioInterpreter {
         }
     }
 
-    func trace(_ cmd: Command, _ result: String) {
+    /// `file:line tN: command-with-values = result` (N: 0 for the script, 1… for threads).
+    func trace(_ cmd: Command, _ ctx: Context, _ result: String) {
         guard options.trace else { return }
-        emit("\(cmd.name.location.file):\(cmd.name.location.line): \(cmd.text) = \(result)")
+        emit("\(cmd.name.location.file):\(cmd.name.location.line) t\(ctx.thread): \(evaluatedText(cmd, ctx)) = \(result)")
+    }
+
+    /// Fails the script once its wall-clock budget (`--timeout`) is spent.
+    func checkDeadline(at loc: SourceLocation) throws {
+        if monotonicNanoseconds() > deadline {
+            throw ScenarioFailure(location: loc, message: "expected the script to finish within \(formatSeconds(options.timeoutSeconds)) s (--timeout), got more")
+        }
+    }
+
+    /// A sleep that would end past the deadline fails now.
+    func checkDeadline(_ cmd: Command, sleeping ns: UInt64) throws {
+        if monotonicNanoseconds() &+ ns > deadline {
+            throw ScenarioFailure(location: cmd.name.location, message: "expected the script to finish within \(formatSeconds(options.timeoutSeconds)) s (--timeout), got more")
+        }
+    }
+
+    func formatSeconds(_ s: Double) -> String { s == s.rounded() ? String(Int(s)) : String(s) }
+
+    /// Charges `bytes` of host memory (a buffer, the machine's RAM), freeing `releasing`; an
+    /// error at the command when the total would pass `--memory-budget`.
+    func reserveHostMemory(_ bytes: UInt64, at cmd: Command, releasing: UInt64 = 0) throws {
+        try state.withLock {
+            let total = hostMemory - min(hostMemory, releasing) + bytes
+            guard total <= options.memoryBudget else {
+                throw ScenarioFailure(location: cmd.name.location,
+                                      message: "expected at most \(options.memoryBudget) bytes of host memory for the machine and buffers (--memory-budget), got \(total)")
+            }
+            hostMemory = total
+        }
     }
 
     /// On a terminal, long scripts show how far they got (every 2 s, on stderr).

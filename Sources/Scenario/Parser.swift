@@ -30,6 +30,8 @@ struct Parser {
     /// Loads an included file, continuing at the block depth of the `include`.
     let load: (String, SourceLocation, Int) throws -> [Statement]
     var depth = 0
+    /// Every error found; parsing goes on after each at the next statement.
+    var errors: [ScenarioSyntaxError] = []
     static let maxDepth = 32
     static let maxThreads = 64
 
@@ -58,7 +60,31 @@ struct Parser {
                 pos += 1
                 return out
             }
-            out += try parseStatement()
+            do {
+                out += try parseStatement()
+            } catch let e as ScenarioSyntaxError {
+                errors.append(e)
+                recover()
+            }
+        }
+    }
+
+    /// Skips the rest of a bad statement: to the end of its line, over any block it opens,
+    /// stopping before a `}` that closes the enclosing block.
+    mutating func recover() {
+        var open = 0
+        while !atEnd {
+            switch current.kind {
+            case .open: open += 1
+            case .close:
+                if open == 0 { return }
+                open -= 1
+            case .newline where open == 0:
+                pos += 1
+                return
+            default: break
+            }
+            pos += 1
         }
     }
 
@@ -96,17 +122,21 @@ struct Parser {
             guard current.kind == .open else { throw error(current, "expected '{' after 'concurrent'") }
             pos += 1
             var threads: [ThreadBlock] = []
+            var tooMany = false
             while true {
                 skipNewlines()
                 guard !atEnd else { throw error(tokens.last ?? head, "expected '}' to close 'concurrent'") }
                 if current.kind == .close { pos += 1; break }
                 guard current.kind == .atom && current.text == "thread" else { throw error(current, "expected 'thread' inside 'concurrent'") }
-                guard threads.count < Parser.maxThreads else { throw error(current, "expected at most \(Parser.maxThreads) threads in one 'concurrent' block") }
                 let kw = current; pos += 1
                 var args: [Argument] = []
                 while current.kind == .atom || current.kind == .string { args.append(try parseArgument()) }
                 let body = try parseBlock()
-                threads.append(ThreadBlock(keyword: kw, args: args, body: body))
+                if threads.count == Parser.maxThreads && !tooMany {
+                    errors.append(error(kw, "expected at most \(Parser.maxThreads) threads in one 'concurrent' block"))
+                    tooMany = true
+                }
+                if threads.count < Parser.maxThreads { threads.append(ThreadBlock(keyword: kw, args: args, body: body)) }
             }
             guard !threads.isEmpty else { throw error(head, "expected at least one 'thread' block") }
             try endOfStatement()
@@ -118,7 +148,7 @@ struct Parser {
             while !atEnd && current.kind != .newline && current.kind != .close {
                 if current.kind == .atom && current.text == "->" {
                     pos += 1
-                    guard current.kind == .atom, isIdentifier(current.text) else { throw error(current, "expected a name after '->'") }
+                    guard current.kind == .atom, isName(current.text) else { throw error(current, "expected a name after '->' (NAME or NAME[INDEX])") }
                     bind = current; pos += 1
                     continue
                 }
@@ -162,6 +192,15 @@ struct Parser {
     mutating func endOfStatement() throws {
         guard atEnd || current.kind == .newline || current.kind == .close else { throw error(current, "expected end of line, found '\(current.text)'") }
     }
+}
+
+/// A name that may carry one index: `child` or `child[i]` / `child[i*2+1]` (the index is an
+/// expression evaluated when the command runs).
+func isName(_ s: String) -> Bool {
+    guard let open = s.firstIndex(of: "[") else { return isIdentifier(s) }
+    guard s.hasSuffix("]"), s.index(after: open) < s.index(before: s.endIndex) else { return false }
+    let inner = s[s.index(after: open)..<s.index(before: s.endIndex)]
+    return isIdentifier(String(s[..<open])) && !inner.contains("[") && !inner.contains("]")
 }
 
 func isIdentifier(_ s: String) -> Bool {

@@ -8,18 +8,37 @@ struct Expression {
     let location: SourceLocation
     let lookup: (String) -> UInt64?
     var pos = 0
+    /// Checking mode (`hmm check`): names have no values yet, an index is written `[]`, and
+    /// arithmetic on a value that involves a name cannot fail.
+    var symbolic = false
+    var sawName = false
 
     static let units: [(String, UInt64)] = [
         ("pages", pageSize), ("page", pageSize), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1),
     ]
 
     static func evaluate(_ token: Token, _ lookup: @escaping (String) -> UInt64?) throws -> UInt64 {
+        try evaluate(token, lookup, symbolic: false).value
+    }
+
+    /// Checks an expression before the script runs: its syntax, and that every name is in
+    /// `known` (indexed names as `name[]`). Returns the value when it uses no name.
+    static func check(_ token: Token, known: @escaping (String) -> Bool) throws -> UInt64? {
+        let (v, named) = try evaluate(token, { known($0) ? 1 : nil }, symbolic: true)
+        return named ? nil : v
+    }
+
+    static func evaluate(_ token: Token, _ lookup: @escaping (String) -> UInt64?, symbolic: Bool) throws -> (value: UInt64, named: Bool) {
         guard token.kind == .atom else { throw ScenarioSyntaxError(location: token.location, message: "expected a number, found a string") }
         var e = Expression(text: Array(token.text), location: token.location, lookup: lookup)
+        e.symbolic = symbolic
         let v = try e.parseSum()
         guard e.pos == e.text.count else { throw e.error("expected an operator or end of value at '\(String(e.text[e.pos...]))'") }
-        return v
+        return (v, e.sawName)
     }
+
+    /// Whether an arithmetic error is real (not an artefact of a name's stand-in value).
+    var strict: Bool { !(symbolic && sawName) }
 
     func error(_ m: String) -> ScenarioSyntaxError {
         ScenarioSyntaxError(location: SourceLocation(file: location.file, line: location.line, column: location.column + pos), message: m)
@@ -31,7 +50,7 @@ struct Expression {
             let op = text[pos]; pos += 1
             let r = try parseProduct()
             let (s, o) = op == "+" ? v.addingReportingOverflow(r) : v.subtractingReportingOverflow(r)
-            guard !o else { throw error(op == "+" ? "value overflows 64 bits" : "value goes below zero") }
+            guard !o || !strict else { throw error(op == "+" ? "value overflows 64 bits" : "value goes below zero") }
             v = s
         }
         return v
@@ -45,10 +64,13 @@ struct Expression {
             switch op {
             case "*":
                 let (p, o) = v.multipliedReportingOverflow(by: r)
-                guard !o else { throw error("value overflows 64 bits") }
+                guard !o || !strict else { throw error("value overflows 64 bits") }
                 v = p
             default:
-                guard r != 0 else { throw error("division by zero") }
+                guard r != 0 else {
+                    if !strict { v = 0; continue }
+                    throw error("division by zero")
+                }
                 v = op == "/" ? v / r : v % r
             }
         }
@@ -88,10 +110,23 @@ struct Expression {
             return n
         }
         var name = ""
-        while pos < text.count, text[pos].isLetter || text[pos].isNumber || text[pos] == "_" || text[pos] == "." {
-            name.append(text[pos]); pos += 1
+        func nameChars() {
+            while pos < text.count, text[pos].isLetter || text[pos].isNumber || text[pos] == "_" || text[pos] == "." {
+                name.append(text[pos]); pos += 1
+            }
         }
+        nameChars()
         guard !name.isEmpty else { throw error("expected a number or a name, found '\(text[pos])'") }
+        if pos < text.count, text[pos] == "[" {
+            // An indexed name: `buf[i]`, `buf[i+1].size`.
+            pos += 1
+            let index = try parseSum()
+            guard pos < text.count, text[pos] == "]" else { throw error("expected ']'") }
+            pos += 1
+            name += symbolic ? "[]" : "[\(index)]"
+            nameChars()
+        }
+        sawName = true
         guard let v = lookup(name) else { pos = start; throw error("unknown name '\(name)'") }
         return v
     }
@@ -123,10 +158,11 @@ enum Pattern: CustomStringConvertible {
     }
 
     /// IDX, IDX+expr, IDX-expr, NEG, ZERO, FF, INT(expr), BYTE(expr).
-    static func parse(_ token: Token, _ lookup: @escaping (String) -> UInt64?) throws -> Pattern {
+    static func parse(_ token: Token, _ lookup: @escaping (String) -> UInt64?, symbolic: Bool = false) throws -> Pattern {
         let t = token.text
         func sub(_ s: Substring, offset: Int) throws -> UInt64 {
             let tok = Token(kind: .atom, text: String(s), location: SourceLocation(file: token.location.file, line: token.location.line, column: token.location.column + offset))
+            if symbolic { return try Expression.check(tok, known: { lookup($0) != nil }) ?? 0 }
             return try Expression.evaluate(tok, lookup)
         }
         switch t {

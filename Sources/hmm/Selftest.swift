@@ -6,9 +6,11 @@ struct Selftest: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the kernel HMM selftests (tools/testing/selftests/mm/hmm-tests.c) against swift-hmm.",
         discussion: """
-            Prints kselftest/TAP lines (ok N name, not ok N name, # SKIP reason) and a last line \
-            'N passed, N failed, N skipped'. Exit status 0 only if nothing failed. Tests that \
-            need huge pages (THP, hugetlb) are skipped until the huge-page layer exists.
+            Prints TAP version 14 (plan, 'ok N - name', '# SKIP reason', a YAML block with \
+            message, expected and got under a failure, the summary 'N passed, N failed, N skipped' \
+            as a comment), or with --format json one JSON document. Exit status 0 only if \
+            nothing failed. Tests that need huge pages (THP, hugetlb) are skipped until the \
+            huge-page layer exists.
             """)
 
     enum VariantChoice: String, ExpressibleByArgument, CaseIterable {
@@ -35,7 +37,18 @@ struct Selftest: ParsableCommand {
         if runner.selected.isEmpty {
             throw ValidationError("--filter '\(filter ?? "")' matches no test")
         }
-        let results = runner.run { print($0); fflush(stdout) }
+        let results = runner.run { out($0) }
+        if format == .json {
+            let count = { (o: SelftestRunner.Outcome) in results.filter { $0.outcome == o }.count }
+            out(JSON.object([
+                ("format", .string("hmm-selftest")), ("version", .int(1)),
+                ("tests", .array(results.enumerated().map { i, r in
+                    .object([("number", .int(i + 1)), ("name", .string(r.name)), ("result", .string(r.outcome.rawValue)),
+                             ("seconds", .double((r.seconds * 1000).rounded() / 1000)), ("message", r.message.map { .string($0) } ?? .null)])
+                })),
+                ("summary", .object([("passed", .int(count(.pass))), ("failed", .int(count(.fail))), ("skipped", .int(count(.skip)))])),
+            ]).text())
+        }
         if results.contains(where: { $0.outcome == .fail }) { throw ExitCode(1) }
     }
 }

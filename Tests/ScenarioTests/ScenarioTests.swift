@@ -72,7 +72,7 @@ final class ScenarioLanguageTests: XCTestCase {
             ("repeat 20000000 { }\n", "m.hmm:1:8: expected a repeat count of at most 16777216, got 20000000"),
             ("process p\nmmap 1page foo=1 -> a\n", "m.hmm:2:12: expected one of file, fixed, hint, offset, proc, prot for 'mmap', found 'foo='"),
             ("process p\nmmap 1page -> a\nfill a 4KiB IDX index=0xFFFFFFFFFFFFFFFF\n", "m.hmm:3:23: expected an index of at most 2^40"),
-            ("process p\nopen 0 -> d\nsnapshot d 0x1000 0x4000000 buffer=b\n", "m.hmm:3:1: expected at most 1048576 pages for 'snapshot'"),
+            ("process p\nopen 0 -> d\nbuffer b 1page\nsnapshot d 0x1000 0x4000000 buffer=b\n", "m.hmm:4:1: expected at most 1048576 pages for 'snapshot'"),
         ]
         for (src, want) in cases {
             let (r, _) = runScript(src, file: "m.hmm")
@@ -92,9 +92,12 @@ final class ScenarioLanguageTests: XCTestCase {
             check a 8pages IDX
             """, trace: true)
         XCTAssertEqual(r, .passed)
-        XCTAssertTrue(lines.contains { $0.contains("check a 8pages IDX = ok") })
-        // The two threads' deltas interleave; the last census shows all eight pages.
-        XCTAssertTrue(lines.contains { $0.contains("cpu pt p: present 8 (") }, "\(lines)")
+        // Evaluated arguments and the thread (t0: the script, t1… the thread blocks).
+        XCTAssertTrue(lines.contains { $0.hasPrefix("test.hmm:7 t0: check 0x") && $0.hasSuffix(" 32768 IDX = ok") }, "\(lines)")
+        XCTAssertEqual(Set(lines.filter { $0.contains(": fill 0x") }.map { String($0.split(separator: " ")[1]) }), ["t1:", "t2:"], "\(lines)")
+        XCTAssertTrue(lines.contains("test.hmm:3 t0: concurrent (2 threads)"), "\(lines)")
+        // The threads' page-table changes are credited to the block, once, after it.
+        XCTAssertEqual(lines.filter { $0.contains("cpu pt p:") }, ["    cpu pt p: present 8 (+8), writable 8 (+8), non-present 0 (+0)"], "\(lines)")
     }
 
     func testReviewFoundInputsAreHandled() {
@@ -112,7 +115,7 @@ final class ScenarioLanguageTests: XCTestCase {
         XCTAssertEqual(runScript(many, file: "t.hmm").0, .malformed("t.hmm:66:1: expected at most 64 threads in one 'concurrent' block"))
         // A bad thread argument is caught before any thread starts.
         XCTAssertEqual(runScript("process p\nconcurrent {\n thread { print hi }\n thread proc=nosuch { }\n}\n", file: "c.hmm").0,
-                       .malformed("c.hmm:4:2: expected a known process, got 'nosuch'"))
+                       .malformed("c.hmm:4:14: expected a process created with 'process' or 'fork', got 'nosuch'"))
         // Two RELEASEs at once leave consistent memory; forking into a taken name is refused.
         let release = ["process p", "mmap 4pages -> a", "fill a 4pages IDX", "open 0 -> d", "migrate_to_dev d a 4 expect cpages=4",
                        "concurrent {", "  thread { release d }", "  thread { release d }", "}", "check a 4pages IDX", "invariants",

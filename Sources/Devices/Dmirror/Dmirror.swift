@@ -27,6 +27,8 @@ public final class Dmirror: @unchecked Sendable {
     public private(set) var isOpen = true
     /// This mirror's id on its device (see `DmirrorDevice.mirrors`).
     var mirrorID: UInt64 = 0
+    /// The id that `DmirrorDevice.pageCensus` reports this mirror's pages under.
+    public var id: UInt64 { mirrorID }
 
     static let tagRead: UInt64 = 0
     static let tagAtomic: UInt64 = 1

@@ -52,6 +52,25 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     /// Device pages in use (allocated and not yet freed).
     public var pagesInUse: Int { lock.withLock { calloc - cfree } }
+
+    /// The device pages in use and who owns each one's data: by mirror id (see `Dmirror.id`;
+    /// 0 for pages not yet recorded). A scan of every chunk, for inspection.
+    public func pageCensus() -> (inUse: Int, chunks: Int, byMirror: [UInt64: Int]) {
+        lock.withLock {
+            var byMirror: [UInt64: Int] = [:]
+            var inUse = 0
+            for c in chunks {
+                for pfn in c.pagemap.startPfn..<(c.pagemap.startPfn + c.pagemap.pageCount) {
+                    let page = memory.page(pfn)
+                    guard !page.test(.deviceFree), !released.contains(pfn), page.refcount > 0 else { continue }
+                    inUse += 1
+                    let backing = memoryType == .devicePrivate ? page.privateWord : pfn
+                    byMirror[backing == 0 ? 0 : memory.page(backing).privateWord, default: 0] += 1
+                }
+            }
+            return (inUse, chunks.count, byMirror)
+        }
+    }
     public var chunkCount: Int { lock.withLock { chunks.count } }
 
     /// `open("/dev/hmm_dmirrorN")`: a mirror of `mm`.
