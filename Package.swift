@@ -38,7 +38,8 @@ let package = Package(
         .testTarget(name: "MMSyncTests", dependencies: ["MMSync"]),
         .testTarget(name: "MMCoreTests", dependencies: ["MMCore", "MMSync"]),
         .testTarget(name: "HMMTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices", "Conformance"]),
-        .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore", "MMSync"]),
+        // `hmm` is a dependency so the tests that run it as a subprocess find it built.
+        .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore", "MMSync", "hmm"]),
     ],
     swiftLanguageModes: [.v5]
 )

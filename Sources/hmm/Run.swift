@@ -49,6 +49,9 @@ struct Run: ParsableCommand {
     @Option(help: "Output format: tap or json.")
     var format: Format = .tap
 
+    @Option(help: "Step budget of each script (statements and loop iterations).")
+    var maxSteps: Int = 20_000_000
+
     @OptionGroup var limits: ScenarioLimits
 
     func validate() throws {
@@ -66,6 +69,7 @@ struct Run: ParsableCommand {
             options.trace = trace
             options.stats = stats
             options.statsAsText = false
+            options.maxSteps = max(1, maxSteps)
             var lines: [String] = []
             options.output = { line in
                 if format == .json { lines.append(line) } else if !quiet { out("# " + line) }

@@ -179,7 +179,7 @@ final class ScenarioFuzzTests: XCTestCase {
         "process p\nmmap 4pages prot=rw -> a\nopen 2 -> d\nexclusive d a 4 expect ret=0\ncheck_exclusive d a 4 expect ret=-EPERM\nstore a u32 1\ngup a 2 write pin longterm -> g\nunpin g\nmadvise a 4pages dontneed\npagemap a 4 expect none\nrelease d\n",
     ]
 
-    func mutate(_ s: String, _ rng: inout SplitMix) -> String {
+    static func mutate(_ s: String, _ rng: inout SplitMix) -> String {
         var b = Array(s.utf8)
         let words = ["repeat 99999999 {", "}", "{", "0xFFFFFFFFFFFFFFFF", "18446744073709551616", "-1", "4TiB", "expect", "->", "=", "\"", "#", "IDX+", "concurrent {", "thread {", "\u{0}", "\u{FF}", "fill", "mmap", "munmap", "1page", "*", "/0", "("]
         for _ in 0..<Int(rng.next() % 2 + 1) {
@@ -202,7 +202,7 @@ final class ScenarioFuzzTests: XCTestCase {
         var outcomes = [0, 0, 0]
         for n in 0..<600 {
             let seed = ScenarioFuzzTests.seeds[n % ScenarioFuzzTests.seeds.count]
-            let src = mutate(seed, &rng)
+            let src = ScenarioFuzzTests.mutate(seed, &rng)
             let t0 = DispatchTimeLite.now()
             let (r, _) = runScript(src, file: "fuzz\(n).hmm", maxSteps: 50_000)
             outcomes[Int(r.exitCode)] += 1

@@ -88,20 +88,21 @@ extension AddressSpace {
     private func freeTables(_ tablePfn: UInt64, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64,
                             _ floor: UInt64, _ ceiling: UInt64, _ freed: inout [Page]) {
         guard level != .pte else { return }
-        let childSpan = PageTableLevel(rawValue: level.rawValue - 1)!.size
-        var addr = start & ~(childSpan - 1)
+        // One step per entry of this table: each entry maps `span` bytes through its child.
+        let span = level.size
+        var addr = start & ~(span - 1)
         while addr < end {
             let e = pageTable.entry(inTable: tablePfn, index: level.index(addr))
             let v = e.load()
             if v.isPresent && !v.isHuge {
                 let child = PageTableLevel(rawValue: level.rawValue - 1)!
-                freeTables(v.pfn, child, max(addr, start), min(addr &+ childSpan, end), floor, ceiling, &freed)
-                if addr >= floor && addr &+ childSpan <= ceiling && tableIsEmpty(v.pfn) {
+                freeTables(v.pfn, child, max(addr, start), min(addr &+ span, end), floor, ceiling, &freed)
+                if addr >= floor && addr &+ span <= ceiling && tableIsEmpty(v.pfn) {
                     e.store(.none)
                     freed.append(memory.page(v.pfn))
                 }
             }
-            addr &+= childSpan
+            addr &+= span
             if addr == 0 { break }
         }
     }
