@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <stdlib.h>
 #include "NativeBaselines.h"
 #include <string.h>
 #include <sys/mman.h>
@@ -119,6 +120,18 @@ double nb_host_cow_fault(size_t bytes) {
     close(fds[1]);
     waitpid(pid, NULL, 0);
     munmap(m, bytes);
+    return t;
+}
+
+double nb_host_mmap(int count) {
+    void **maps = malloc((size_t)count * sizeof(void *));
+    if (!maps) return -1;
+    double t0 = nb_now();
+    for (int i = 0; i < count; i++)   /* alternating protections: no two neighbours merge */
+        maps[i] = mmap(NULL, 4096, (i & 1) ? PROT_READ | PROT_WRITE : PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    double t = nb_now() - t0;
+    for (int i = 0; i < count; i++) if (maps[i] != MAP_FAILED) munmap(maps[i], 4096);
+    free(maps);
     return t;
 }
 

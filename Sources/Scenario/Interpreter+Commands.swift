@@ -66,6 +66,11 @@ extension ScenarioInterpreter {
             try reserveHostMemory(v, at: cmd, releasing: machineMemory)
             machineMemory = v
         }
+        if let c = cmd.option("max_map_count") {
+            let v = try Expression.evaluate(c) { _ in nil }
+            guard v >= 1, v <= 1 << 24 else { throw ScenarioSyntaxError(location: c.location, message: "expected max_map_count between 1 and 16777216") }
+            maxMapCount = Int(v)
+        }
         trace(cmd, ctx, "ok")
     }
 

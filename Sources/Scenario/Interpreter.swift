@@ -109,6 +109,7 @@ public final class ScenarioInterpreter {
     var includeDepth = 0
     var skipReason: String?
     var machineMemory: UInt64 = 512 << 20
+    var maxMapCount = 65_530
 
     public init(options: Options = Options()) { self.options = options }
 
@@ -421,6 +422,7 @@ public final class ScenarioInterpreter {
             if let m = machine { return m }
             do {
                 let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30)
+                m.maxMapCount = maxMapCount
                 machine = m
                 module = DmirrorModule(machine: m)
                 return m

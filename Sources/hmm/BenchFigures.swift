@@ -29,6 +29,7 @@ struct BenchSuite {
             BenchFigure(name: "anon-fault", run: { try $0.anonFault() }),
             BenchFigure(name: "cow-fault", run: { try $0.cowFault() }),
             BenchFigure(name: "mprotect", run: { try $0.mprotectFigure() }),
+            BenchFigure(name: "map-count", run: { try $0.mapCountFigure() }),
             BenchFigure(name: "fork", run: { try $0.forkFigure() }),
             BenchFigure(name: "range-fault", run: { try $0.rangeFault() }),
             BenchFigure(name: "migrate", run: { try $0.migrate() }),
@@ -184,6 +185,47 @@ struct BenchSuite {
         }, { () throws -> Double in nb_host_mprotect(Int32(n)) / Double(n) * 1e9 })
         return [BenchRow(name: "mprotect of one 4KiB page", unit: "ns/call", value: swift.median, baseline: base.median,
                          spread: (swift.min, swift.max), kind: .time, target: 0.5)]
+    }
+
+    /// The cost of one more mapping once an address space has many (VMAs in a balanced tree,
+    /// with the gaps kept per subtree for the free-range search): one-page mmaps with
+    /// alternating protections (so none merge), timed over mappings 1,000–1,999 and over the
+    /// last 1,000 up to number 100,000 (20,000 with --quick); the host's mmap of one page
+    /// (1,000 of them, same pattern) is the other baseline.
+    func mapCountFigure() throws -> [BenchRow] {
+        let n = quick ? 20_000 : 100_000, window = 1_000
+        var early: [Double] = [], late: [Double] = [], host: [Double] = []
+        for _ in 0..<reps {
+            let m = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 0)
+            m.maxMapCount = n + window
+            let p = try MMCore.Process(machine: m)
+            var i = 0
+            func map(_ count: Int) throws -> Double {
+                try seconds {
+                    for _ in 0..<count {
+                        _ = try p.mmap(length: pageSize, prot: i & 1 == 0 ? .read : .readWrite, flags: [.private, .anonymous])
+                        i += 1
+                    }
+                } / Double(count) * 1e9
+            }
+            _ = try map(window - 1)
+            early.append(try map(window))
+            _ = try map(n - window - i)
+            late.append(try map(window))
+            guard p.mm.vmaCount == n else { throw BenchError(description: "expected \(n) VMAs, got \(p.mm.vmaCount)") }
+            p.exit()
+            let h = nb_host_mmap(Int32(window))
+            guard h >= 0 else { throw BenchError(description: "host mmap failed") }
+            host.append(h / Double(window) * 1e9)
+        }
+        func stat(_ v: [Double]) -> (Double, Double, Double) { let s = v.sorted(); return (s[s.count / 2], s[0], s[s.count - 1]) }
+        let (l, lmin, lmax) = stat(late), (e, _, _) = stat(early), (h, _, _) = stat(host)
+        return [
+            BenchRow(name: "mmap of one page, mapping \(n) vs mapping 1,000", unit: "ns/call", value: l, baseline: e,
+                     spread: (lmin, lmax), kind: .time, target: 2),
+            BenchRow(name: "mmap of one page at \(n) VMAs vs the host's mmap", unit: "ns/call", value: l, baseline: h,
+                     spread: (lmin, lmax), kind: .time, target: 0.5),
+        ]
     }
 
     func forkFigure() throws -> [BenchRow] {

@@ -69,7 +69,8 @@ extension AddressSpace {
     /// VMAs are page-aligned, non-empty, sorted and non-overlapping; every anonymous VMA with
     /// pages has an anon_vma it is linked into; file VMAs are linked into their file.
     func checkVMAList() -> [String] {
-        var problems: [String] = []
+        var problems: [String] = vmaList.checkInvariants().map { "mm \(id): \($0)" }
+        if vmaList.count > machine.maxMapCount + 1 { problems.append("mm \(id): \(vmaList.count) VMAs, past max_map_count \(machine.maxMapCount) + 1") }
         var prevEnd: UInt64 = 0
         for v in vmaList {
             if !isPageAligned(v.start) || !isPageAligned(v.end) || v.start >= v.end { problems.append("mm \(id): bad VMA \(v)") }

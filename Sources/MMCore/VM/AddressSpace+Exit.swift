@@ -11,7 +11,7 @@ extension AddressSpace {
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
         guard !isDead else { return }
         notifiers.release(self)
-        zapVMAs(vmaList, start: 0, end: UInt64.max, event: .unmap)
+        zapVMAs(Array(vmaList), start: 0, end: UInt64.max, event: .unmap)
         while !vmaList.isEmpty { removeVMA(at: vmaList.count - 1) }
         freePageTables(0, taskSize + pageSize, floor: 0, ceiling: taskSize + pageSize)
         markDeadAndFreePGD()

@@ -53,7 +53,7 @@ extension AddressSpace {
         // it can afterwards (madvise_update_vma).
         let changesFlags = [.hugePage, .noHugePage, .dontFork, .doFork, .normal, .random, .sequential].contains(advice)
         if changesFlags {
-            splitAround(address, end)
+            try splitAround(address, end)
             i = vmaIndex(atOrAfter: address)
         }
         defer { if changesFlags { mergeVMAs(around: address, end) } }

@@ -28,13 +28,15 @@ extension AddressSpace {
         }
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
         guard !isDead else { throw .ENOMEM }
+        // Too many mappings (do_mmap: map_count > sysctl_max_map_count).
+        guard vmaList.count <= machine.maxMapCount else { throw .ENOMEM }
         let start: UInt64
         if fixed {
             if flags.contains(.fixedNoReplace) {
                 let i = vmaIndex(atOrAfter: address)
                 if i < vmaList.count && vmaList[i].start < address + len { throw .EEXIST }
             } else {
-                unmapLocked(address, address + len)
+                try unmapLocked(address, address + len)
             }
             start = address
         } else {
@@ -87,14 +89,20 @@ extension AddressSpace {
         guard isPageAligned(address), length > 0, let len = pageAlignUp(length),
               address <= taskSize, len <= taskSize - address else { throw .EINVAL }
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
-        unmapLocked(address, address + len)
+        try unmapLocked(address, address + len)
     }
 
     /// `do_vmi_munmap`: splits VMAs at the edges, zaps, unlinks and frees page tables.
+    /// Errors: ENOMEM when the range lies inside one VMA (two splits, one VMA more after the
+    /// unmap) and the address space already has `max_map_count` VMAs; nothing changes then.
+    /// Other splits are not counted (`__split_vma`): the count may pass the limit for a moment.
     /// Locking: mmap lock held for write.
-    func unmapLocked(_ start: UInt64, _ end: UInt64) {
+    func unmapLocked(_ start: UInt64, _ end: UInt64) throws(Errno) {
         mmapLock.assertWriteLocked()
-        guard splitAround(start, end) else { return }
+        let hit = vmaIndex(atOrAfter: start)
+        if hit < vmaList.count, vmaList[hit].start < start, vmaList[hit].end > end,
+           vmaList.count >= machine.maxMapCount { throw .ENOMEM }
+        guard try splitAround(start, end, counted: false) else { return }
         var i = vmaIndex(atOrAfter: start)
         var removed: [VMA] = []
         while i < vmaList.count && vmaList[i].start < end {
@@ -110,19 +118,24 @@ extension AddressSpace {
     }
 
     /// Splits VMAs so that `start` and `end` fall on VMA boundaries. Returns whether any VMA
-    /// intersects [start, end). Locking: mmap lock held for write.
+    /// intersects [start, end). Errors (`counted`, as `split_vma` for mprotect and madvise):
+    /// ENOMEM at `max_map_count`; a split made before the failing one stays, as in the kernel.
+    /// Locking: mmap lock held for write.
     @discardableResult
-    func splitAround(_ start: UInt64, _ end: UInt64) -> Bool {
+    func splitAround(_ start: UInt64, _ end: UInt64, counted: Bool = true) throws(Errno) -> Bool {
         let i = vmaIndex(atOrAfter: start)
         guard i < vmaList.count, vmaList[i].start < end else { return false }
-        if vmaList[i].start < start { splitVMA(at: i, address: start) }
+        if vmaList[i].start < start { try splitVMA(at: i, address: start, counted: counted) }
         let j = vmaIndex(atOrAfter: end - 1)
-        if j < vmaList.count, vmaList[j].start < end, vmaList[j].end > end { splitVMA(at: j, address: end) }
+        if j < vmaList.count, vmaList[j].start < end, vmaList[j].end > end { try splitVMA(at: j, address: end, counted: counted) }
         return true
     }
 
-    /// `split_vma`: vmaList[i] becomes [start, address) and a new VMA [address, end) follows it.
-    func splitVMA(at i: Int, address: UInt64) {
+    /// `split_vma` (`counted`) or `__split_vma`: vmaList[i] becomes [start, address) and a new
+    /// VMA [address, end) follows it. Errors: ENOMEM when `counted` and the address space
+    /// already has `max_map_count` VMAs.
+    func splitVMA(at i: Int, address: UInt64, counted: Bool = true) throws(Errno) {
+        guard !counted || vmaList.count < machine.maxMapCount else { throw .ENOMEM }
         let vma = vmaList[i]
         precondition(vma.start < address && address < vma.end && isPageAligned(address))
         let tail = vma.duplicate(into: self)
@@ -164,7 +177,10 @@ extension AddressSpace {
         for (i, page) in pages.enumerated() {
             let a = start + (UInt64(i) << pageShift)
             let found: (entry: EntryPointer, table: Page, level: PageTableLevel)
-            do { found = try pageTable.walkAllocating(a, level: .pte) } catch { unmapLocked(start, start + len); throw error }
+            do { found = try pageTable.walkAllocating(a, level: .pte) } catch {
+                try? unmapLocked(start, start + len)   // the whole new VMA: no split, cannot fail
+                throw error
+            }
             found.table.ptl.lock()
             memory.get(page)
             memory.addRmap(page)

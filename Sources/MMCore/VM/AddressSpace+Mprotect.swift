@@ -83,7 +83,7 @@ extension AddressSpace {
         // The range must start inside a VMA; each later VMA must follow without a gap.
         var i = vmaIndex(atOrAfter: address)
         guard i < vmaList.count, vmaList[i].start <= address else { throw .ENOMEM }
-        splitAround(address, end)
+        try splitAround(address, end)
         defer { mergeVMAs(around: address, end) }   // also when a hole ends it early
         i = vmaIndex(atOrAfter: address)
         var cursor = address

@@ -32,6 +32,9 @@ extension AddressSpace {
             if newAddress < address + oldLen && address < newAddress + newLen { throw .EINVAL }
         }
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        // check_map_count_against_split_early: room for the worst case of splits on the way
+        // (two for an unmap first, two for a move, one more when DONTUNMAP keeps the source).
+        guard vmaList.count + 4 + (flags.contains(.dontUnmap) ? 1 : 0) <= machine.maxMapCount else { throw .ENOMEM }
         guard let vma = vmaLookup(address) else { throw .EFAULT }
         // A shrink may cross VMA boundaries in the part it unmaps (check_prep_vma): only
         // [address, address + newLen) must lie in the VMA then.
@@ -45,14 +48,14 @@ extension AddressSpace {
             }
             if shrinking {
                 // mremap_to: shrink first (the tail may span other VMAs), then move the rest.
-                unmapLocked(address + newLen, address + oldLen)
+                try unmapLocked(address + newLen, address + oldLen)
                 guard let kept = vmaLookup(address) else { throw .EFAULT }
                 return try moveVMA(kept, address, newLen, to: newAddress, newLen, dontUnmap: false)
             }
             return try moveVMA(vma, address, oldLen, to: newAddress, newLen, dontUnmap: flags.contains(.dontUnmap))
         }
         if newLen <= oldLen {
-            if newLen < oldLen { unmapLocked(address + newLen, address + oldLen) }
+            if newLen < oldLen { try unmapLocked(address + newLen, address + oldLen) }
             return address
         }
         // Grow in place when the VMA ends where the old range ends and the space after is free.
@@ -61,6 +64,7 @@ extension AddressSpace {
             let nextStart = i < vmaList.count ? vmaList[i].start : taskSize
             if address + newLen <= nextStart && address + newLen <= taskSize {
                 vma.end = address + newLen
+                vmaList.boundsChanged(at: i - 1)
                 mergeVMAs(around: address, address + newLen)   // vma_merge_extend
                 return address
             }
@@ -73,10 +77,12 @@ extension AddressSpace {
     /// `move_vma`: a new VMA at `target` takes over the entries of [address, address+oldLen).
     private func moveVMA(_ vma: VMA, _ address: UInt64, _ oldLen: UInt64, to target: UInt64, _ newLen: UInt64,
                          dontUnmap: Bool) throws(Errno) -> UInt64 {
-        unmapLocked(target, target + newLen)
+        // prep_move_vma: the copy and the source's splits may add two VMAs.
+        guard vmaList.count + 2 <= machine.maxMapCount else { throw .ENOMEM }
+        try unmapLocked(target, target + newLen)
         // A move splits the source VMA at the range's edges; MREMAP_DONTUNMAP does not (the
         // source stays mapped, whole: prep_move_vma splits ahead only for mlock()ed VMAs).
-        if !dontUnmap { splitAround(address, address + oldLen) }
+        if !dontUnmap { try splitAround(address, address + oldLen, counted: false) }
         guard let old = vmaLookup(address) else { throw .EFAULT }
         let moved = old.duplicate(into: self)
         moved.start = target
@@ -89,11 +95,11 @@ extension AddressSpace {
         insertVMA(moved)
         let moveLen = min(oldLen, newLen)
         if let err = movePageTables(from: address, to: target, length: moveLen) {
-            unmapLocked(target, target + newLen)
+            try? unmapLocked(target, target + newLen)   // exactly the new VMA: no split
             throw err
         }
         if !dontUnmap {
-            unmapLocked(address, address + oldLen)
+            try unmapLocked(address, address + oldLen)
         } else if old.start == address && old.end == address + oldLen {
             // dontunmap_complete: the whole old VMA moved its pages away; it is unfaulted now.
             unlinkAnonVMAs(old)

@@ -12,8 +12,8 @@ public final class AddressSpace: @unchecked Sendable {
     public let mmapLock = RWSem("mmap_lock")
     public let pageTable: PageTable
     let pageTableLock = Lock("page_table_lock")
-    /// Sorted, non-overlapping. Locking: mmapLock.
-    var vmaList: [VMA] = []
+    /// Sorted, non-overlapping, in a balanced tree. Locking: mmapLock.
+    var vmaList = VMATree(floor: mmapMinAddress)
     public let notifiers: MMUNotifierSubscriptions
     /// Set once the address space was torn down (exit_mmap); later operations fail with EINVAL
     /// for devices, as a dead mm does in the kernel.
@@ -54,14 +54,7 @@ public final class AddressSpace: @unchecked Sendable {
     // MARK: VMA lookup (caller holds mmapLock)
 
     /// Index of the first VMA whose end is above `address`.
-    func vmaIndex(atOrAfter address: UInt64) -> Int {
-        var lo = 0, hi = vmaList.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if vmaList[mid].end <= address { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
-    }
+    func vmaIndex(atOrAfter address: UInt64) -> Int { vmaList.index(atOrAfter: address) }
 
     /// `find_vma`: the first VMA with end > address. Locking: mmap lock held.
     public func findVMA(_ address: UInt64) -> VMA? {
@@ -75,15 +68,15 @@ public final class AddressSpace: @unchecked Sendable {
         return v
     }
     /// A copy of the VMA list. Locking: mmap lock held.
-    public var vmas: [VMA] { mmapLock.assertLocked(); return vmaList }
+    public var vmas: [VMA] { mmapLock.assertLocked(); return Array(vmaList) }
 
     /// A snapshot of the VMA list, taking the mmap lock for read.
-    public func snapshotVMAs() -> [VMA] { mmapLock.withRead { vmaList } }
+    public func snapshotVMAs() -> [VMA] { mmapLock.withRead { Array(vmaList) } }
 
     func insertVMA(_ vma: VMA) {
         mmapLock.assertWriteLocked()
         let i = vmaIndex(atOrAfter: vma.start)
-        precondition(i == vmaList.count || vmaList[i].start >= vma.end, "overlapping VMA insert")
+        precondition(i == vmaList.count || vmaList.bounds(at: i).start >= vma.end, "overlapping VMA insert")
         vmaList.insert(vma, at: i)
         if let f = vma.file { f.linkMapping(vma) }
     }
@@ -101,18 +94,8 @@ public final class AddressSpace: @unchecked Sendable {
             let i = vmaIndex(atOrAfter: h)
             if i == vmaList.count || vmaList[i].start >= h + length { return h }
         }
-        // Top-down: walk the gaps below mmapBase from the highest VMA downwards.
-        var top = mmapBase
-        var i = vmaList.count - 1
-        while i >= 0 && vmaList[i].start >= top { i -= 1 }
-        while true {
-            if i >= 0 && vmaList[i].end > top { top = vmaList[i].start; i -= 1; continue }
-            let below: UInt64 = i >= 0 ? vmaList[i].end : mmapMinAddress
-            if top >= below && top - below >= length { return top - length }
-            if i < 0 { return nil }
-            top = vmaList[i].start
-            i -= 1
-        }
+        // Top-down below mmapBase: the highest gap that fits, found through the tree's gaps.
+        return vmaList.highestFreeRange(length: length, below: mmapBase)
     }
 
     // MARK: CPUs and TLB

@@ -20,6 +20,11 @@ public final class Machine: @unchecked Sendable {
     /// no lock held. Tests install a checker here to run the invariant checks after each one.
     nonisolated(unsafe) public var onOperation: ((StaticString) -> Void)? = nil
 
+    /// `vm.max_map_count`: the most VMAs an address space may have (65,530 as in Linux).
+    /// `mmap` fails with ENOMEM once an address space has more; a split (munmap or mprotect of
+    /// part of a VMA, madvise that changes flags) once it has this many.
+    nonisolated(unsafe) public var maxMapCount = 65_530
+
     @inline(__always) func operationDone(_ name: StaticString) {
         if let hook = onOperation { hook(name) }
     }

@@ -25,7 +25,8 @@ void nb_tlb_stores(uint8_t *frame_base, uint64_t pgd_pfn, const uint64_t *addrs,
 /// the host refused (mmap or fork failed).
 double nb_host_anon_fault(size_t bytes);          /// mmap + write one byte per page
 double nb_host_cow_fault(size_t bytes);           /// touch, fork, then the parent writes each page
-double nb_host_mprotect(int iterations);          /// mprotect of one page, alternating RO/RW
+double nb_host_mprotect(int iterations);
+double nb_host_mmap(int count);                   /// `count` one-page mmaps (alternating protections), total seconds          /// mprotect of one page, alternating RO/RW
 double nb_host_fork(size_t bytes);                /// fork of a process with `bytes` touched
 double nb_memcpy(void *dst, const void *src, size_t n, int reps);
 double nb_now(void);

@@ -1,0 +1,405 @@
+/// The VMAs of one address space in address order (the kernel keeps them in a maple tree).
+///
+/// A counted B-tree: leaves hold up to `capacity` VMAs, inner nodes up to `capacity` children
+/// with each child's element count. Position lookups, address lookups, insertion and removal
+/// are O(log n). Each node also keeps the largest free gap below any of its VMAs (the gap
+/// before a VMA runs from the previous VMA's end, or from `floor`, to its start), so the
+/// top-down search for a free range (`unmapped_area_topdown`) is O(log n) too — as the maple
+/// tree's gap tracking makes it.
+///
+/// A VMA's bounds change in place (split, merge, mremap): whoever changes them calls
+/// `boundsChanged(at:)`, which refreshes the gaps before and after it and the ends kept on
+/// the way.
+///
+/// Nodes keep their entries in fixed buffers of unmanaged references and plain numbers, so a
+/// lookup touches no reference count (mmap is a hot path: see the `map-count` bench figure).
+///
+/// Locking: the owning address space's mmap lock (read to look, write to change).
+struct VMATree: RandomAccessCollection {
+    /// Entries per node (VMAs in a leaf, children in an inner node).
+    static let capacity = 32
+
+    final class Node {
+        let isLeaf: Bool
+        /// Entries in use.
+        var n = 0
+        /// Leaf: retained VMAs. Inner: retained child nodes.
+        let refs: UnsafeMutablePointer<UnsafeMutableRawPointer>
+        /// Leaf: the gap before each VMA. Inner: each child's largest gap.
+        let gaps: UnsafeMutablePointer<UInt64>
+        /// Inner: each child's element count and last VMA's end.
+        let counts: UnsafeMutablePointer<Int>
+        let ends: UnsafeMutablePointer<UInt64>
+        /// Elements below this node, the largest gap among them, the end of the last one.
+        var count = 0
+        var maxGap: UInt64 = 0
+        var lastEnd: UInt64 = 0
+
+        init(leaf: Bool) {
+            isLeaf = leaf
+            let c = VMATree.capacity + 1
+            refs = .allocate(capacity: c); gaps = .allocate(capacity: c)
+            counts = .allocate(capacity: c); ends = .allocate(capacity: c)
+        }
+
+        deinit {
+            for i in 0..<n { Unmanaged<AnyObject>.fromOpaque(refs[i]).release() }
+            refs.deallocate(); gaps.deallocate(); counts.deallocate(); ends.deallocate()
+        }
+
+        @inline(__always) func vma(_ i: Int) -> VMA { Unmanaged<VMA>.fromOpaque(refs[i]).takeUnretainedValue() }
+        @inline(__always) func end(ofVMA i: Int) -> UInt64 { Unmanaged<VMA>.fromOpaque(refs[i])._withUnsafeGuaranteedRef { $0.end } }
+        @inline(__always) func start(ofVMA i: Int) -> UInt64 { Unmanaged<VMA>.fromOpaque(refs[i])._withUnsafeGuaranteedRef { $0.start } }
+        @inline(__always) func child(_ k: Int) -> Node { Unmanaged<Node>.fromOpaque(refs[k]).takeUnretainedValue() }
+
+        /// Opens slot `i` (entries from `i` move up one).
+        func open(_ i: Int) {
+            let m = n - i
+            if m > 0 {
+                memmove(refs + i + 1, refs + i, m * MemoryLayout<UnsafeMutableRawPointer>.stride)
+                memmove(gaps + i + 1, gaps + i, m * 8)
+                memmove(counts + i + 1, counts + i, m * MemoryLayout<Int>.stride)
+                memmove(ends + i + 1, ends + i, m * 8)
+            }
+            n += 1
+        }
+
+        /// Closes slot `i` (entries above move down one); the reference there is the caller's.
+        func close(_ i: Int) {
+            let m = n - i - 1
+            if m > 0 {
+                memmove(refs + i, refs + i + 1, m * MemoryLayout<UnsafeMutableRawPointer>.stride)
+                memmove(gaps + i, gaps + i + 1, m * 8)
+                memmove(counts + i, counts + i + 1, m * MemoryLayout<Int>.stride)
+                memmove(ends + i, ends + i + 1, m * 8)
+            }
+            n -= 1
+        }
+
+        /// Moves entries `from...` into the empty node `other`.
+        func moveUpperHalf(from: Int, to other: Node) {
+            let m = n - from
+            memcpy(other.refs, refs + from, m * MemoryLayout<UnsafeMutableRawPointer>.stride)
+            memcpy(other.gaps, gaps + from, m * 8)
+            memcpy(other.counts, counts + from, m * MemoryLayout<Int>.stride)
+            memcpy(other.ends, ends + from, m * 8)
+            other.n = m
+            n = from
+        }
+
+        /// Recomputes the summary from the leaf's VMAs or the children's kept numbers.
+        func summarize() {
+            if isLeaf {
+                count = n
+                var g: UInt64 = 0
+                for i in 0..<n where gaps[i] > g { g = gaps[i] }
+                maxGap = g
+                lastEnd = n > 0 ? end(ofVMA: n - 1) : 0
+            } else {
+                var c = 0, g: UInt64 = 0
+                for i in 0..<n { c += counts[i]; if gaps[i] > g { g = gaps[i] } }
+                count = c; maxGap = g
+                lastEnd = n > 0 ? ends[n - 1] : 0
+            }
+        }
+
+        /// Refreshes what this node keeps of child `k`.
+        @inline(__always) func keep(_ k: Int) {
+            let ch = child(k)
+            counts[k] = ch.count; gaps[k] = ch.maxGap; ends[k] = ch.lastEnd
+        }
+
+        /// `keep(k)` and the node's summary, recomputing the largest gap only when the child's
+        /// shrank and was the largest (the common refresh changes one child).
+        @inline(__always) func keepAndSummarize(_ k: Int) {
+            let ch = child(k)
+            let oldGap = gaps[k]
+            count += ch.count - counts[k]
+            counts[k] = ch.count; gaps[k] = ch.maxGap; ends[k] = ch.lastEnd
+            if ch.maxGap >= maxGap { maxGap = ch.maxGap } else if oldGap == maxGap {
+                var g: UInt64 = 0
+                for i in 0..<n where gaps[i] > g { g = gaps[i] }
+                maxGap = g
+            }
+            lastEnd = ends[n - 1]
+        }
+
+        /// The child holding position `i`, and `i` within it (`inserting`: a child's end
+        /// position is still inside it).
+        @inline(__always) func slot(for i: Int, inserting: Bool = false) -> (Int, Int) {
+            var i = i, k = 0
+            while k < n - 1 && (inserting ? i > counts[k] : i >= counts[k]) { i -= counts[k]; k += 1 }
+            return (k, i)
+        }
+
+        /// The node's last VMA (for checking).
+        var last: VMA? { n == 0 ? nil : (isLeaf ? vma(n - 1) : child(n - 1).last) }
+    }
+
+    private(set) var root = Node(leaf: true)
+    /// The lowest address a gap may start at (`mmap_min_addr`).
+    let floor: UInt64
+
+    init(floor: UInt64) { self.floor = floor }
+
+    var startIndex: Int { 0 }
+    var endIndex: Int { root.count }
+    var count: Int { root.count }
+    var isEmpty: Bool { root.count == 0 }
+
+    subscript(i: Int) -> VMA {
+        precondition(i >= 0 && i < root.count, "VMA index out of range")
+        // Unretained on the way down: the tree keeps every node alive and cannot change
+        // during a lookup (the caller holds the mmap lock).
+        unowned(unsafe) var node = root
+        var i = i
+        while !node.isLeaf {
+            let (k, j) = node.slot(for: i)
+            node = node.child(k); i = j
+        }
+        return node.vma(i)
+    }
+
+    /// The bounds of the VMA at `i`, read without taking a reference.
+    func bounds(at i: Int) -> (start: UInt64, end: UInt64) {
+        unowned(unsafe) var node = root
+        var i = i
+        while !node.isLeaf {
+            let (k, j) = node.slot(for: i)
+            node = node.child(k); i = j
+        }
+        return (node.start(ofVMA: i), node.end(ofVMA: i))
+    }
+
+    /// Index of the first VMA whose end is above `address` (`count` if none): `find_vma`.
+    func index(atOrAfter address: UInt64) -> Int {
+        unowned(unsafe) var node = root
+        var base = 0
+        while !node.isLeaf {
+            // The first child whose last VMA ends above the address (ends ascend).
+            var lo = 0, hi = node.n
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if node.ends[mid] <= address { lo = mid + 1 } else { hi = mid }
+            }
+            guard lo < node.n else { return base + node.count }
+            for k in 0..<lo { base += node.counts[k] }
+            node = node.child(lo)
+        }
+        var lo = 0, hi = node.n
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if node.end(ofVMA: mid) <= address { lo = mid + 1 } else { hi = mid }
+        }
+        return base + lo
+    }
+
+    // MARK: changes
+
+    mutating func insert(_ vma: VMA, at i: Int) {
+        precondition(i >= 0 && i <= root.count, "VMA index out of range")
+        if let sibling = VMATree.insert(Unmanaged.passRetained(vma).toOpaque(), at: i, into: root) {
+            let r = Node(leaf: false)
+            r.refs[0] = Unmanaged.passRetained(root).toOpaque()
+            r.refs[1] = Unmanaged.passRetained(sibling).toOpaque()
+            r.n = 2
+            r.keep(0); r.keep(1); r.summarize()
+            root = r
+        }
+        refreshGaps(i, i + 1)
+    }
+
+    mutating func append(_ vma: VMA) { insert(vma, at: count) }
+
+    /// Inserts a retained VMA below `node`; returns the new right sibling when the node split.
+    private static func insert(_ ref: UnsafeMutableRawPointer, at i: Int, into node: Node) -> Node? {
+        if node.isLeaf {
+            node.open(i)
+            node.refs[i] = ref
+            node.gaps[i] = 0
+        } else {
+            let (k, j) = node.slot(for: i, inserting: true)
+            if let split = insert(ref, at: j, into: node.child(k)) {
+                node.open(k + 1)
+                node.refs[k + 1] = Unmanaged.passRetained(split).toOpaque()
+                node.keep(k + 1)
+            }
+            node.keep(k)
+        }
+        guard node.n > capacity else { node.summarize(); return nil }
+        let right = Node(leaf: node.isLeaf)
+        node.moveUpperHalf(from: node.n / 2, to: right)
+        node.summarize(); right.summarize()
+        return right
+    }
+
+    @discardableResult
+    mutating func remove(at i: Int) -> VMA {
+        precondition(i >= 0 && i < root.count, "VMA index out of range")
+        let v = Unmanaged<VMA>.fromOpaque(VMATree.remove(at: i, from: root)).takeRetainedValue()
+        // A root with one child gives way to it; an emptied inner root becomes an empty leaf.
+        while !root.isLeaf && root.n == 1 { root = root.child(0) }
+        if !root.isLeaf && root.n == 0 { root = Node(leaf: true) }
+        refreshGaps(i - 1, i)
+        return v
+    }
+
+    /// Removes position `i` below `node`; returns the VMA's reference (still retained).
+    private static func remove(at i: Int, from node: Node) -> UnsafeMutableRawPointer {
+        if node.isLeaf {
+            let ref = node.refs[i]
+            node.close(i)
+            node.summarize()
+            return ref
+        }
+        let (k, j) = node.slot(for: i)
+        let child = node.child(k)
+        let ref = remove(at: j, from: child)
+        if child.count == 0 {
+            let c = node.refs[k]
+            node.close(k)
+            Unmanaged<Node>.fromOpaque(c).release()
+        } else {
+            node.keep(k)
+        }
+        node.summarize()
+        return ref
+    }
+
+    /// The VMA at `i` changed its bounds (or its neighbours changed): refreshes the gap before
+    /// it, the gap before the next one, and the ends kept on the way to both.
+    mutating func boundsChanged(at i: Int) { refreshGaps(i, i + 1) }
+
+    /// Recomputes the gaps of positions `first...last` (those in range) and every summary on
+    /// the way to them: one descent per leaf they fall in.
+    private func refreshGaps(_ first: Int, _ last: Int) {
+        var j = Swift.max(first, 0)
+        let end = Swift.min(last, count - 1)
+        while j <= end { j = refresh(from: j, through: end, in: root, base: 0) }
+    }
+
+    /// Refreshes the positions from `j` through `end` that lie in the leaf holding `j`;
+    /// returns the first position not done.
+    private func refresh(from j: Int, through end: Int, in node: Node, base: Int) -> Int {
+        if node.isLeaf {
+            var t = j - base
+            while t < node.n && base + t <= end {
+                let prevEnd = t > 0 ? node.end(ofVMA: t - 1) : (base + t > 0 ? bounds(at: base + t - 1).end : floor)
+                let start = node.start(ofVMA: t)
+                node.gaps[t] = start > prevEnd ? start - prevEnd : 0
+                t += 1
+            }
+            node.summarize()
+            return base + t
+        }
+        let (k, within) = node.slot(for: j - base)
+        let next = refresh(from: j, through: end, in: node.child(k), base: j - within)
+        node.keepAndSummarize(k)
+        return next
+    }
+
+    // MARK: free ranges
+
+    /// `unmapped_area_topdown`: the highest address `a` with [a, a + length) free, at or above
+    /// `floor` and with a + length at most `high`. O(log n).
+    func highestFreeRange(length: UInt64, below high: UInt64) -> UInt64? {
+        guard length > 0, high >= floor, high - floor >= length else { return nil }
+        let k = index(atOrAfter: high)
+        var limit = k                               // gaps before VMAs 0..<limit lie wholly below high
+        if k < count && bounds(at: k).start < high {
+            limit = k + 1                           // VMA k straddles high: its gap lies below it
+        } else {
+            // The gap that reaches high: from the previous VMA's end (or floor) up to high.
+            let below = k > 0 ? bounds(at: k - 1).end : floor
+            if high >= below && high - below >= length { return high - length }
+        }
+        guard let j = VMATree.lastGap(atLeast: length, before: limit, in: root, base: 0) else { return nil }
+        return bounds(at: j).start - length
+    }
+
+    /// The largest index below `limit` whose gap is at least `length`.
+    private static func lastGap(atLeast length: UInt64, before limit: Int, in node: Node, base: Int) -> Int? {
+        guard node.maxGap >= length, base < limit else { return nil }
+        if node.isLeaf {
+            var j = Swift.min(node.n, limit - base) - 1
+            while j >= 0 { if node.gaps[j] >= length { return base + j }; j -= 1 }
+            return nil
+        }
+        var end = base + node.count
+        var k = node.n - 1
+        while k >= 0 {
+            let childBase = end - node.counts[k]
+            if childBase < limit && node.gaps[k] >= length,
+               let r = lastGap(atLeast: length, before: limit, in: node.child(k), base: childBase) { return r }
+            end = childBase
+            k -= 1
+        }
+        return nil
+    }
+
+    // MARK: iteration and checking
+
+    struct Iterator: IteratorProtocol {
+        var stack: [(Node, Int)]
+        mutating func next() -> VMA? {
+            while let (node, i) = stack.last {
+                if i < node.n {
+                    stack[stack.count - 1].1 += 1
+                    if node.isLeaf { return node.vma(i) }
+                    stack.append((node.child(i), 0))
+                    continue
+                }
+                stack.removeLast()
+            }
+            return nil
+        }
+    }
+    func makeIterator() -> Iterator { Iterator(stack: [(root, 0)]) }
+
+    /// Problems with the tree's bookkeeping: counts, gaps, ends, order, depth (empty when
+    /// consistent).
+    func checkInvariants() -> [String] {
+        var problems: [String] = []
+        var prevEnd = floor
+        var index = 0
+        func visit(_ node: Node) -> Int {
+            if node.n > VMATree.capacity { problems.append("VMA tree node with \(node.n) entries") }
+            if node.isLeaf {
+                var g: UInt64 = 0
+                for t in 0..<node.n {
+                    let v = node.vma(t)
+                    let want = v.start > prevEnd ? v.start - prevEnd : 0
+                    if node.gaps[t] != want { problems.append("VMA tree gap before \(v) is \(node.gaps[t]), expected \(want)") }
+                    if index > 0 && v.start < prevEnd { problems.append("VMA tree out of order at \(v)") }
+                    g = Swift.max(g, node.gaps[t])
+                    prevEnd = v.end; index += 1
+                }
+                if node.count != node.n || node.maxGap != g || node.lastEnd != (node.last?.end ?? 0) {
+                    problems.append("VMA tree leaf summary stale")
+                }
+                if node !== root && node.n == 0 { problems.append("VMA tree has an empty leaf") }
+                return 1
+            }
+            var depths = Set<Int>()
+            var c = 0, g: UInt64 = 0
+            for k in 0..<node.n {
+                let ch = node.child(k)
+                depths.insert(visit(ch))
+                if node.counts[k] != ch.count || node.gaps[k] != ch.maxGap || node.ends[k] != (ch.last?.end ?? 0) {
+                    problems.append("VMA tree child summary stale")
+                }
+                c += ch.count; g = Swift.max(g, ch.maxGap)
+            }
+            if depths.count > 1 { problems.append("VMA tree leaves at different depths") }
+            if node.count != c || node.maxGap != g { problems.append("VMA tree inner summary stale (count \(node.count) vs \(c), gap \(node.maxGap) vs \(g))") }
+            if node.n == 0 { problems.append("VMA tree inner node without children") }
+            return (depths.first ?? 0) + 1
+        }
+        _ = visit(root)
+        return problems
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
