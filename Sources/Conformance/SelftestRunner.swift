@@ -78,7 +78,7 @@ func splitExpectedGot(_ m: String) -> (String, String)? {
     let c = Array(m)
     func find(_ s: String, from: Int) -> Int? {
         let n = Array(s)
-        guard c.count >= n.count else { return nil }
+        guard c.count >= n.count, from <= c.count - n.count else { return nil }
         return (from...(c.count - n.count)).first { Array(c[$0..<($0 + n.count)]) == n }
     }
     guard c.count >= 9, let e = find("expected ", from: 0), e + 9 <= c.count, let g = find(", got ", from: e + 9) else { return nil }

@@ -15,8 +15,23 @@ struct ScriptChecker {
     private var declared: [Namespace: Set<String>] = [:]
     private var hasProcess = false
     private var machineUsed = false
+    private var blockDepth = 0
 
     static let signals: Set<String> = ["ok", "segv", "bus", "oom"]
+    /// Commands whose positional value `index` may be at most `limit`, with the interpreter's message.
+    static let bounds: [String: (Int, UInt64, String)] = {
+        let len = "expected a length of at most 256MiB", pages = "expected at most 1048576 pages"
+        var b: [String: (Int, UInt64, String)] = [
+            "fill": (1, ScenarioInterpreter.maxAccessBytes, len), "check": (1, ScenarioInterpreter.maxAccessBytes, len),
+            "pwrite": (2, ScenarioInterpreter.maxAccessBytes, len), "pread": (2, ScenarioInterpreter.maxAccessBytes, len),
+            "buffer": (1, ScenarioInterpreter.maxAccessBytes, "expected a buffer of at most 256MiB"),
+            "gup": (1, 1 << 20, pages), "pagemap": (1, 1 << 20, pages), "migrate_pages": (1, 1 << 20, pages),
+            "ptes": (1, ScenarioInterpreter.maxPTEsShown, "expected at most 65536 pages for 'ptes'"),
+        ]
+        for c in ["migrate_to_sys", "snapshot", "check_exclusive", "release"] { b[c] = (2, 1 << 20, pages + " for 'CMD'") }
+        for c in ["read", "write", "migrate_to_dev", "exclusive"] { b[c] = (2, ScenarioInterpreter.maxAccessBytes / 4096, "expected at most 65536 pages for 'CMD'") }
+        return b
+    }()
     static let pagemapKinds: Set<String> = ["present", "swap", "none", "file", "zero"]
 
     mutating func check(_ program: [Statement]) {
@@ -82,7 +97,9 @@ struct ScriptChecker {
                 report(count.location, "expected a repeat count of at most \(ScenarioInterpreter.maxRepeat), got \(n)")
             }
             if let v = variable { locals.append(v.text) }
+            blockDepth += 1
             check(body)
+            blockDepth -= 1
             if variable != nil { locals.removeLast() }
         case .concurrent(_, let threads):
             let before = hasProcess
@@ -94,7 +111,9 @@ struct ScriptChecker {
                         report(a.location, "expected 'proc=NAME' after 'thread'")
                     }
                 }
+                blockDepth += 1
                 check(t.body)
+                blockDepth -= 1
                 after = after || hasProcess
             }
             hasProcess = after
@@ -109,13 +128,18 @@ struct ScriptChecker {
             report(cmd.name.location, "expected a command, found unknown word '\(n)'")
             return
         }
-        if n == "machine" && machineUsed { report(cmd.name.location, "expected 'machine' before anything that uses the machine") }
-        if n != "machine" && n != "print" && n != "skip" && n != "sleep" { machineUsed = true }
+        if n == "machine" && (machineUsed || blockDepth > 0) {
+            report(cmd.name.location, "expected 'machine' once, at the top level, before anything that uses the machine")
+        }
+        // The commands that create the machine (everything else needs something they made).
+        if ["process", "file", "open", "invariants", "meminfo", "machine"].contains(n) { machineUsed = true }
 
         // Options, flags and positional values.
         var positional: [Token] = []
         var hasProc = false
+        let takesWords: Bool = { if case .words? = spec.positionals.last?.1 { return true }; return false }()
         for a in cmd.args {
+            if takesWords { continue }   // print and skip take any words, key=value included
             if let k = a.key {
                 guard let kind = spec.keys[k.text] else {
                     report(k.location, spec.keys.isEmpty ? "'\(n)' takes no key=value options, found '\(k.text)='"
@@ -132,7 +156,6 @@ struct ScriptChecker {
                 positional.append(a.value)
             }
         }
-        let takesWords: Bool = { if case .words? = spec.positionals.last?.1 { return true }; return false }()
         if !takesWords {
             if positional.count > spec.positionals.count {
                 report(positional[spec.positionals.count].location, "unexpected argument '\(positional[spec.positionals.count].text)' to '\(n)'")
@@ -153,8 +176,18 @@ struct ScriptChecker {
         if n == "machine", let m = cmd.option("memory"), let v = expr(m), !(v >= 8 << 20 && v <= 16 << 30 && v % pageSize == 0) {
             report(m.location, "expected memory between 8MiB and 16GiB, a page multiple")
         }
+        if n == "machine", let c = cmd.option("max_map_count"), let v = expr(c), !(v >= 1 && v <= 1 << 24) {
+            report(c.location, "expected max_map_count between 1 and 16777216")
+        }
 
+        // Bounds of constant values, as the interpreter checks them when the value has names.
+        if let (index, limit, message) = ScriptChecker.bounds[n], index < positional.count, let v = expr(positional[index]), v > limit {
+            report(cmd.name.location, message.split(separator: "CMD", omittingEmptySubsequences: false).joined(separator: n))
+        }
         expectations(cmd, spec)
+        if n == "check" && positional.count < 3 && !cmd.bareExpectations.contains(where: { !allSignals($0) }) {
+            report(cmd.name.location, "expected a pattern to check against (check ADDR LEN PATTERN, or check ADDR LEN expect PATTERN)")
+        }
 
         // Declarations take effect after the command's own values are checked.
         for (t, (_, kind)) in zip(positional, spec.positionals) { if case .newName(let ns) = kind { declare(t, ns) } }
@@ -240,7 +273,7 @@ struct ScriptChecker {
                     case "errno": outcome(t)
                     default: report(k.location, "expected a pattern, ok, an errno name, len=N or errno=NAME; found '\(k.text)='")
                     }
-                } else if t.text.split(separator: "|").allSatisfy({ $0 == "ok" || parseErrno(String($0)) != nil }) {
+                } else if t.text.split(separator: "|", omittingEmptySubsequences: false).allSatisfy({ $0 == "ok" || parseErrno(String($0)) != nil }) {
                     continue
                 } else { pattern(t) }
             case .device:
@@ -258,8 +291,10 @@ struct ScriptChecker {
                 }
             case .pagemap:
                 if let k = a.key { if k.text == "errno" { outcome(t) } else { report(k.location, "expected present, swap, none, file, zero or errno=NAME; found '\(k.text)='") }; continue }
-                if !ScriptChecker.pagemapKinds.contains(t.text) && parseErrno(t.text) == nil && t.text != "ok" {
-                    report(t.location, "expected present, swap, none, file or zero")
+                let alts = t.text.split(separator: "|", omittingEmptySubsequences: false)
+                let outcomeList = alts.allSatisfy { $0 == "ok" || parseErrno(String($0)) != nil }
+                if !ScriptChecker.pagemapKinds.contains(t.text) && !outcomeList {
+                    report(t.location, "expected present, swap, none, file or zero, or ok / an errno (alternatives separated by '|')")
                 }
             case .migrated:
                 if let k = a.key, k.text == "migrated" { expr(t) } else if let k = a.key, k.text == "errno" { outcome(t) } else if a.key == nil { outcome(t) } else {

@@ -119,7 +119,12 @@ struct CommandSpec {
             "device_pages": CommandSpec(positionals: [("a device", .name(.device))], required: 1, expect: .counters(["count", "owned", "mirrored"])),
             "meminfo": CommandSpec(positionals: [], required: 0, expect: .counters(Set(ScenarioInterpreter.meminfoKeys))),
         ]
-        for c in ["read", "write", "migrate_to_dev", "migrate_to_sys", "snapshot", "exclusive", "check_exclusive"] { t[c] = deviceCommandSpec }
+        // Commands with a bounce buffer may keep it (`-> B`); the others have none to keep.
+        for c in ["read", "write", "migrate_to_dev", "snapshot", "exclusive"] { t[c] = deviceCommandSpec }
+        var noBuffer = deviceCommandSpec
+        noBuffer.bind = .none
+        noBuffer.keys = ["proc": .name(.process)]
+        for c in ["migrate_to_sys", "check_exclusive"] { t[c] = noBuffer }
         return t
     }()
 }

@@ -244,6 +244,8 @@ extension ScenarioInterpreter {
             guard len <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a length of at most 256MiB") }
             let pattern = try Pattern.parse(try cmd.arg(3, "a pattern"), lookup(ctx))
             let index = try indexOption(cmd, ctx)
+            try reserveHostMemory(len, at: cmd)
+            defer { releaseHostMemory(len) }
             var bytes = [UInt8](repeating: 0, count: Int(len))
             fillBytes(&bytes, pattern, index: index)
             var err: Errno? = nil
@@ -255,6 +257,8 @@ extension ScenarioInterpreter {
             let off = try eval(try cmd.arg(1, "an offset"), ctx)
             let len = try eval(try cmd.arg(2, "a length"), ctx)
             guard len <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a length of at most 256MiB") }
+            try reserveHostMemory(len, at: cmd)
+            defer { releaseHostMemory(len) }
             let got: [UInt8]
             // The bare expectation is either data (a pattern) or an outcome (ok / an errno name).
             let expectsData = cmd.bareExpectations.first.map { !isOutcome($0.text) } ?? false
@@ -324,6 +328,8 @@ extension ScenarioInterpreter {
         guard len <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a length of at most 256MiB") }
         let index = try indexOption(cmd, ctx)
         let cpu = cpu(for: proc, ctx)
+        try reserveHostMemory(len, at: cmd)
+        defer { releaseHostMemory(len) }
         if isFill {
             let pattern = try Pattern.parse(try cmd.arg(2, "a pattern"), lookup(ctx))
             var bytes = [UInt8](repeating: 0, count: Int(len))

@@ -119,13 +119,24 @@ extension ScenarioInterpreter {
             throw cmd.fail("expected at most \(ScenarioInterpreter.maxAccessBytes / pageSize) pages for '\(cmd.name.text)'")
         }
         var buf: DmirrorBuffer? = nil
+        var transient: UInt64 = 0
+        defer { releaseHostMemory(transient) }
         if let b = cmd.option("buffer") { buf = try buffer(b, ctx) } else if [.read, .write, .migrateToDevice, .snapshot, .exclusive].contains(c) {
             let bytes = c == .snapshot ? dcmd.npages : dcmd.npages &* pageSize
             guard bytes <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected at most 256MiB of buffer for '\(cmd.name.text)'") }
+            try reserveHostMemory(bytes, at: cmd)
+            transient = bytes
             buf = DmirrorBuffer(size: Int(bytes))
         }
         if let f = cmd.option("from"), let b = buf { try fill(b, try Pattern.parse(f, lookup(ctx))) }
-        if let bind = cmd.bind, let b = buf { try keepBuffer(try resolveName(bind, ctx), b, cmd) }
+        if let bind = cmd.bind, let b = buf {
+            // The buffer stays: its charge moves from this command to the name.
+            let name = try resolveName(bind, ctx)
+            let old = state.withLock { buffers[name]?.count ?? 0 }
+            releaseHostMemory(UInt64(old))
+            if transient > 0 { transient = 0 } else { try reserveHostMemory(UInt64(b.count), at: cmd) }
+            state.withLock { buffers[name] = b }
+        }
         var err: Errno? = nil
         do { try d.ioctl(c, &dcmd, buffer: buf) } catch { err = error }
         trace(cmd, ctx, "ret \(err.map { "-\($0.name)" } ?? "0") cpages \(dcmd.cpages) faults \(dcmd.faults)")
@@ -228,6 +239,7 @@ extension ScenarioInterpreter {
             }
         }
         trace(cmd, ctx, entries.map { $0.isPresent ? "P" : ($0.isSwap ? "S" : "-") }.joined())
+        if cmd.bareExpectations.contains(where: { isOutcome($0.text) }) || cmd.expectation("errno") != nil { try checkErrno(cmd, nil) }
     }
 
     func migratePagesCommand(_ cmd: Command, _ ctx: Context) throws {
@@ -236,6 +248,7 @@ extension ScenarioInterpreter {
         do { pfns = try proc.mm.pagemap(a, count: Int(n)).filter(\.isPresent).map(\.pfn) } catch let e as Errno { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
         let r = proc.machine.migratePages(pfns)
         trace(cmd, ctx, "\(r.migrated.count) migrated, \(r.failed.count) failed")
+        if !cmd.bareExpectations.isEmpty || cmd.expectation("errno") != nil { try checkErrno(cmd, nil) }
         if let m = cmd.expectation("migrated") {
             let want = try eval(m, ctx)
             if UInt64(r.migrated.count) != want { throw failure(cmd, "expected migrated=\(want), got migrated=\(r.migrated.count)") }

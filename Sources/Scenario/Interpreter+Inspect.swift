@@ -58,10 +58,15 @@ extension ScenarioInterpreter {
     }
 
     /// The CPU page-table entries of `count` pages from `start`, read under the mmap lock.
-    func readPTEs(_ mm: AddressSpace, _ start: UInt64, _ count: Int) -> [PTE] {
+    /// nil when the address space has exited (checked under the lock: an exit frees the tables).
+    func readPTEs(_ mm: AddressSpace, _ start: UInt64, _ count: Int) -> [PTE]? {
         var r = PTEReader(start: start, count: count)
-        mm.mmapLock.withRead { _ = mm.pageTable.walk(start, start + UInt64(count) * pageSize, &r) }
-        return r.entries
+        let live = mm.mmapLock.withRead { () -> Bool in
+            guard !mm.isDead else { return false }
+            if count > 0 { _ = mm.pageTable.walk(start, start + UInt64(count) * pageSize, &r) }
+            return true
+        }
+        return live ? r.entries : nil
     }
 
     /// One entry decoded: kind, pfn, flags, and whose page it is.
@@ -107,9 +112,8 @@ extension ScenarioInterpreter {
         let n = try cmd.optionalArg(1).map { try eval($0, ctx) } ?? 1
         guard n <= ScenarioInterpreter.maxPTEsShown else { throw cmd.fail("expected at most \(ScenarioInterpreter.maxPTEsShown) pages for 'ptes'") }
         guard a <= taskSize, n <= (taskSize - a) / pageSize else { throw cmd.fail("expected a range inside the user address space") }
-        guard !proc.mm.isDead else { throw failure(cmd, "expected a live process, got one that has exited") }
         let m = try theMachine(at: cmd.name.location)
-        let entries = readPTEs(proc.mm, a, Int(n))
+        guard let entries = readPTEs(proc.mm, a, Int(n)) else { throw failure(cmd, "expected a live process, got one that has exited") }
         emit("ptes \(processName(proc)) \(hex(a)) \(n):")
         for (i, e) in entries.enumerated() { emit("  \(hex(a + UInt64(i) * pageSize)) \(describe(e, machine: m))") }
         for t in cmd.bareExpectations {
@@ -193,7 +197,7 @@ extension ScenarioInterpreter {
                 emit("  \(describe(v))")
                 // Runs of entries of one kind, so a large mapping stays readable.
                 let count = Int(min(v.length / pageSize, ScenarioInterpreter.maxPTEsShown))
-                let entries = readPTEs(p.mm, v.start, count)
+                guard let entries = readPTEs(p.mm, v.start, count) else { break }
                 var i = 0
                 while i < entries.count {
                     let kind = PTEKind(entries[i])

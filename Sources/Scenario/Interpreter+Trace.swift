@@ -22,10 +22,15 @@ extension ScenarioInterpreter {
     func pageTableCensus() -> Census {
         var c = Census()
         let (procs, devs) = state.withLock { (processes, devices) }
-        for (name, p) in procs where !p.mm.isDead {
+        for (name, p) in procs {
             var w = EntryCensus()
-            p.mm.mmapLock.withRead { _ = p.mm.pageTable.walk(0, taskSize + pageSize, &w) }
-            c.cpu[name] = [w.present, w.writable, w.swap]
+            // isDead under the lock: an exit frees the tables.
+            let live = p.mm.mmapLock.withRead { () -> Bool in
+                guard !p.mm.isDead else { return false }
+                _ = p.mm.pageTable.walk(0, taskSize + pageSize, &w)
+                return true
+            }
+            if live { c.cpu[name] = [w.present, w.writable, w.swap] }
         }
         for (name, d) in devs { c.device[name] = d.entryCount }
         return c

@@ -420,6 +420,9 @@ public final class ScenarioInterpreter {
     func theMachine(at loc: SourceLocation) throws -> Machine {
         try state.withLock {
             if let m = machine { return m }
+            guard hostMemory <= options.memoryBudget else {
+                throw ScenarioFailure(location: loc, message: "expected at most \(options.memoryBudget) bytes of host memory for the machine and buffers (--memory-budget), got \(hostMemory)")
+            }
             do {
                 let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30)
                 m.maxMapCount = maxMapCount
@@ -464,6 +467,19 @@ public final class ScenarioInterpreter {
     }
 
     func formatSeconds(_ s: Double) -> String { s == s.rounded() ? String(Int(s)) : String(s) }
+
+    /// Gives back host memory charged by `reserveHostMemory`.
+    func releaseHostMemory(_ bytes: UInt64) {
+        guard bytes > 0 else { return }
+        state.withLock { hostMemory -= min(hostMemory, bytes) }
+    }
+
+    /// Charges `bytes` of host memory for the duration of `body` (a command's temporary data).
+    func withHostMemory<T>(_ bytes: UInt64, at cmd: Command, _ body: () throws -> T) throws -> T {
+        try reserveHostMemory(bytes, at: cmd)
+        defer { releaseHostMemory(bytes) }
+        return try body()
+    }
 
     /// Charges `bytes` of host memory (a buffer, the machine's RAM), freeing `releasing`; an
     /// error at the command when the total would pass `--memory-budget`.

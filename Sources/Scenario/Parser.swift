@@ -56,7 +56,11 @@ struct Parser {
                 return out
             }
             if current.kind == .close {
-                guard inBlock else { throw error(current, "unexpected '}' (no block is open)") }
+                guard inBlock else {
+                    errors.append(error(current, "unexpected '}' (no block is open)"))
+                    pos += 1
+                    continue
+                }
                 pos += 1
                 return out
             }

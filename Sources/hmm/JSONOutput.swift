@@ -39,7 +39,7 @@ indirect enum JSON {
             case "\r": out += "\\r"
             case "\t": out += "\\t"
             default:
-                if c.value < 0x20 {
+                if c.value < 0x20 || (c.value >= 0x7F && c.value <= 0x9F) {
                     let h = String(c.value, radix: 16)
                     out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
                 } else { out.unicodeScalars.append(c) }
@@ -51,3 +51,12 @@ indirect enum JSON {
 
 /// YAML for TAP diagnostics: a double-quoted scalar (JSON string escapes are valid YAML).
 func yamlString(_ s: String) -> String { "\"" + JSON.escape(s) + "\"" }
+
+/// A TAP test point description: `#` escaped (it would start a directive) and one line.
+func tapDescription(_ s: String) -> String {
+    s.replacingAll("\\", "\\\\").replacingAll("#", "\\#").replacingAll("\n", " ")
+}
+
+extension String {
+    func replacingAll(_ a: String, _ b: String) -> String { split(separator: Substring(a), omittingEmptySubsequences: false).joined(separator: b) }
+}

@@ -56,6 +56,8 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         guard !files.isEmpty else { throw ValidationError("expected at least one scenario file") }
+        var o = ScenarioInterpreter.Options()
+        try limits.apply(&o)   // bad limits are reported before any output
     }
 
     func run() throws {
@@ -91,10 +93,10 @@ struct Run: ParsableCommand {
                     for (name, value) in interpreter.finalStats where value != 0 { out("# stats \(name): \(value)") }
                 }
                 switch outcome {
-                case .passed: if !quiet { out("ok \(n) - \(file)") }
-                case .skipped(let r): if !quiet { out("ok \(n) - \(file) # SKIP \(r)") }
+                case .passed: if !quiet { out("ok \(n) - \(tapDescription(file))") }
+                case .skipped(let r): if !quiet { out("ok \(n) - \(tapDescription(file)) # SKIP \(r)") }
                 case .failed(let m), .malformed(let m):
-                    out("not ok \(n) - \(file)")
+                    out("not ok \(n) - \(tapDescription(file))")
                     yamlBlock(outcome, m, interpreter.diagnostics, file: file)
                 }
             case .json:

@@ -165,7 +165,8 @@ extension AddressSpace {
         let shared = flags.contains(.shared)
         guard shared != flags.contains(.private) else { throw .EINVAL }
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
-        guard !isDead, let start = unmappedArea(length: len, hint: 0) else { throw .ENOMEM }
+        // A driver's mmap goes through do_mmap: the same map-count limit.
+        guard !isDead, vmaList.count <= machine.maxMapCount, let start = unmappedArea(length: len, hint: 0) else { throw .ENOMEM }
         var vmFlags: VMFlags = [.mayRead, .mayWrite, .mixedMap]
         if prot.contains(.read) { vmFlags.insert(.read) }
         if prot.contains(.write) { vmFlags.insert(.write) }

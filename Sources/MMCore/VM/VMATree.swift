@@ -284,7 +284,7 @@ struct VMATree: RandomAccessCollection {
         if node.isLeaf {
             var t = j - base
             while t < node.n && base + t <= end {
-                let prevEnd = t > 0 ? node.end(ofVMA: t - 1) : (base + t > 0 ? bounds(at: base + t - 1).end : floor)
+                let prevEnd = Swift.max(floor, t > 0 ? node.end(ofVMA: t - 1) : (base + t > 0 ? bounds(at: base + t - 1).end : floor))
                 let start = node.start(ofVMA: t)
                 node.gaps[t] = start > prevEnd ? start - prevEnd : 0
                 t += 1
@@ -310,7 +310,7 @@ struct VMATree: RandomAccessCollection {
             limit = k + 1                           // VMA k straddles high: its gap lies below it
         } else {
             // The gap that reaches high: from the previous VMA's end (or floor) up to high.
-            let below = k > 0 ? bounds(at: k - 1).end : floor
+            let below = Swift.max(floor, k > 0 ? bounds(at: k - 1).end : floor)
             if high >= below && high - below >= length { return high - length }
         }
         guard let j = VMATree.lastGap(atLeast: length, before: limit, in: root, base: 0) else { return nil }
@@ -368,7 +368,8 @@ struct VMATree: RandomAccessCollection {
                 var g: UInt64 = 0
                 for t in 0..<node.n {
                     let v = node.vma(t)
-                    let want = v.start > prevEnd ? v.start - prevEnd : 0
+                    let from = Swift.max(prevEnd, floor)
+                    let want = v.start > from ? v.start - from : 0
                     if node.gaps[t] != want { problems.append("VMA tree gap before \(v) is \(node.gaps[t]), expected \(want)") }
                     if index > 0 && v.start < prevEnd { problems.append("VMA tree out of order at \(v)") }
                     g = Swift.max(g, node.gaps[t])
