@@ -1,6 +1,5 @@
 import XCTest
 @testable import MMCore
-import Conformance
 
 /// The VMA tree against a sorted array, and max_map_count as Linux 7.2 counts it.
 final class VMATreeTests: XCTestCase {
@@ -11,7 +10,7 @@ final class VMATreeTests: XCTestCase {
         let mm = try AddressSpace.create(on: machine)
         var tree = VMATree(floor: mmapMinAddress)
         var model: [VMA] = []
-        var rng = SplitMix(seed: 77)
+        var rng = SeededRNG(seed: 77)
         func slot(_ k: UInt64) -> UInt64 { mmapMinAddress + k * 4 * pageSize }   // room to grow each
         var used = Set<UInt64>()
         for step in 0..<20_000 {
