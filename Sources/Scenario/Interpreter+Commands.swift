@@ -170,7 +170,6 @@ extension ScenarioInterpreter {
     ]
 
     func rangeSyscall(_ cmd: Command, _ ctx: Context) throws {
-        let isMadvise = cmd.name.text == "madvise", isMprotect = cmd.name.text == "mprotect"
         let proc = try process(for: cmd, ctx)
         let a = try eval(try cmd.arg(0, "an address"), ctx)
         let len = try eval(try cmd.arg(1, "a length"), ctx)
@@ -249,7 +248,7 @@ extension ScenarioInterpreter {
             var bytes = [UInt8](repeating: 0, count: Int(len))
             fillBytes(&bytes, pattern, index: index)
             var err: Errno? = nil
-            do { try f.pwrite(offset: off, bytes: bytes) } catch let e as Errno { err = e }
+            do { try f.pwrite(offset: off, bytes: bytes) } catch let e { err = e }
             trace(cmd, ctx, err?.name ?? "ok")
             try checkErrno(cmd, err)
             return
@@ -262,7 +261,7 @@ extension ScenarioInterpreter {
             let got: [UInt8]
             // The bare expectation is either data (a pattern) or an outcome (ok / an errno name).
             let expectsData = cmd.bareExpectations.first.map { !isOutcome($0.text) } ?? false
-            do { got = try f.pread(offset: off, count: Int(len)) } catch let e as Errno {
+            do { got = try f.pread(offset: off, count: Int(len)) } catch let e {
                 trace(cmd, ctx, e.name)
                 if expectsData, cmd.expectation("errno") == nil, let p = cmd.bareExpectations.first {
                     throw failure(cmd, "expected data matching \(p.text), got \(e.name)")

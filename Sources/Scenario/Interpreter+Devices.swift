@@ -223,7 +223,7 @@ extension ScenarioInterpreter {
     func pagemapCommand(_ cmd: Command, _ ctx: Context) throws {
         let (proc, a, n) = try pageRange(cmd, ctx)
         let entries: [PagemapEntry]
-        do { entries = try proc.mm.pagemap(a, count: Int(n)) } catch let e as Errno { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
+        do { entries = try proc.mm.pagemap(a, count: Int(n)) } catch let e { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
         for t in cmd.bareExpectations where !isOutcome(t.text) {
             for (i, e) in entries.enumerated() {
                 let ok: Bool
@@ -245,7 +245,7 @@ extension ScenarioInterpreter {
     func migratePagesCommand(_ cmd: Command, _ ctx: Context) throws {
         let (proc, a, n) = try pageRange(cmd, ctx)
         let pfns: [UInt64]
-        do { pfns = try proc.mm.pagemap(a, count: Int(n)).filter(\.isPresent).map(\.pfn) } catch let e as Errno { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
+        do { pfns = try proc.mm.pagemap(a, count: Int(n)).filter(\.isPresent).map(\.pfn) } catch let e { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
         let r = proc.machine.migratePages(pfns)
         trace(cmd, ctx, "\(r.migrated.count) migrated, \(r.failed.count) failed")
         if !cmd.bareExpectations.isEmpty || cmd.expectation("errno") != nil { try checkErrno(cmd, nil) }

@@ -19,7 +19,6 @@ extension ScenarioInterpreter {
     /// shown as `munmap 0x7f…2000 8192`. Expectations are shown as written.
     func evaluatedText(_ cmd: Command, _ ctx: Context) -> String {
         let spec = CommandSpec.spec(cmd.name.text)
-        var kinds: [CommandSpec.Value] = []
         var positionalIndex = 0
         var parts = [cmd.name.text]
         func show(_ t: Token, _ kind: CommandSpec.Value?) -> String {
@@ -39,7 +38,6 @@ extension ScenarioInterpreter {
             } else {
                 let kind = positionalIndex < (spec?.positionals.count ?? 0) ? spec!.positionals[positionalIndex].1 : nil
                 positionalIndex += 1
-                kinds.append(kind ?? .words)
                 parts.append(show(a.value, kind))
             }
         }
