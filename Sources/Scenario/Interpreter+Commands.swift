@@ -343,7 +343,7 @@ extension ScenarioInterpreter {
             guard let pt = patternTok else { throw cmd.fail("expected a pattern to check against") }
             let pattern = try Pattern.parse(pt, lookup(ctx))
             let got: [UInt8]
-            do { got = try cpu.read(a, count: Int(len)) } catch let f as AccessFault {
+            do { got = try cpu.read(a, count: Int(len)) } catch let f {
                 trace(cmd, ctx, "\(f)")
                 guard signalExpectation != nil else { throw failure(cmd, "expected \(pattern), got \(f)") }
                 try expectSignal(cmd, f)
