@@ -105,18 +105,23 @@ struct VMATree: RandomAccessCollection {
 
         /// Refreshes what this node keeps of child `k`.
         @inline(__always) func keep(_ k: Int) {
-            let ch = child(k)
-            counts[k] = ch.count; gaps[k] = ch.maxGap; ends[k] = ch.lastEnd
+            let (c, g, e) = summary(ofChild: k)
+            counts[k] = c; gaps[k] = g; ends[k] = e
+        }
+
+        /// Child `k`'s count, largest gap and last end, read without a reference.
+        @inline(__always) func summary(ofChild k: Int) -> (Int, UInt64, UInt64) {
+            Unmanaged<Node>.fromOpaque(refs[k])._withUnsafeGuaranteedRef { ($0.count, $0.maxGap, $0.lastEnd) }
         }
 
         /// `keep(k)` and the node's summary, recomputing the largest gap only when the child's
         /// shrank and was the largest (the common refresh changes one child).
         @inline(__always) func keepAndSummarize(_ k: Int) {
-            let ch = child(k)
+            let (chCount, chGap, chEnd) = summary(ofChild: k)
             let oldGap = gaps[k]
-            count += ch.count - counts[k]
-            counts[k] = ch.count; gaps[k] = ch.maxGap; ends[k] = ch.lastEnd
-            if ch.maxGap >= maxGap { maxGap = ch.maxGap } else if oldGap == maxGap {
+            count += chCount - counts[k]
+            counts[k] = chCount; gaps[k] = chGap; ends[k] = chEnd
+            if chGap >= maxGap { maxGap = chGap } else if oldGap == maxGap {
                 var g: UInt64 = 0
                 for i in 0..<n where gaps[i] > g { g = gaps[i] }
                 maxGap = g
@@ -131,6 +136,8 @@ struct VMATree: RandomAccessCollection {
             while k < n - 1 && (inserting ? i > counts[k] : i >= counts[k]) { i -= counts[k]; k += 1 }
             return (k, i)
         }
+
+        @inline(__always) func withLastGap<T>(_ body: (Node) -> T) -> T { body(self) }
 
         /// The node's last VMA (for checking).
         var last: VMA? { n == 0 ? nil : (isLeaf ? vma(n - 1) : child(n - 1).last) }
@@ -147,51 +154,62 @@ struct VMATree: RandomAccessCollection {
     var count: Int { root.count }
     var isEmpty: Bool { root.count == 0 }
 
+    /// The leaf holding position `i`, and `i` within it. Unretained on the way down: the
+    /// tree keeps every node alive and cannot change during a lookup (the caller holds the
+    /// mmap lock), so no reference count is touched.
+    @inline(__always) private func leaf(holding i: Int) -> (Unmanaged<Node>, Int) {
+        var node = Unmanaged.passUnretained(root)
+        var i = i
+        while true {
+            let (done, next, j) = node._withUnsafeGuaranteedRef { n -> (Bool, UnsafeMutableRawPointer?, Int) in
+                if n.isLeaf { return (true, nil, i) }
+                let (k, j) = n.slot(for: i)
+                return (false, n.refs[k], j)
+            }
+            if done { return (node, i) }
+            node = Unmanaged<Node>.fromOpaque(next!)
+            i = j
+        }
+    }
+
     subscript(i: Int) -> VMA {
         precondition(i >= 0 && i < root.count, "VMA index out of range")
-        // Unretained on the way down: the tree keeps every node alive and cannot change
-        // during a lookup (the caller holds the mmap lock).
-        unowned(unsafe) var node = root
-        var i = i
-        while !node.isLeaf {
-            let (k, j) = node.slot(for: i)
-            node = node.child(k); i = j
-        }
-        return node.vma(i)
+        let (leaf, t) = leaf(holding: i)
+        return leaf._withUnsafeGuaranteedRef { $0.vma(t) }
     }
 
     /// The bounds of the VMA at `i`, read without taking a reference.
     func bounds(at i: Int) -> (start: UInt64, end: UInt64) {
-        unowned(unsafe) var node = root
-        var i = i
-        while !node.isLeaf {
-            let (k, j) = node.slot(for: i)
-            node = node.child(k); i = j
-        }
-        return (node.start(ofVMA: i), node.end(ofVMA: i))
+        let (leaf, t) = leaf(holding: i)
+        return leaf._withUnsafeGuaranteedRef { ($0.start(ofVMA: t), $0.end(ofVMA: t)) }
     }
 
     /// Index of the first VMA whose end is above `address` (`count` if none): `find_vma`.
     func index(atOrAfter address: UInt64) -> Int {
-        unowned(unsafe) var node = root
+        var node = Unmanaged.passUnretained(root)
         var base = 0
-        while !node.isLeaf {
-            // The first child whose last VMA ends above the address (ends ascend).
-            var lo = 0, hi = node.n
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if node.ends[mid] <= address { lo = mid + 1 } else { hi = mid }
+        while true {
+            let (found, next) = node._withUnsafeGuaranteedRef { n -> (Int?, UnsafeMutableRawPointer?) in
+                var lo = 0, hi = n.n
+                if n.isLeaf {
+                    while lo < hi {
+                        let mid = (lo + hi) / 2
+                        if n.end(ofVMA: mid) <= address { lo = mid + 1 } else { hi = mid }
+                    }
+                    return (base + lo, nil)
+                }
+                // The first child whose last VMA ends above the address (ends ascend).
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if n.ends[mid] <= address { lo = mid + 1 } else { hi = mid }
+                }
+                guard lo < n.n else { return (base + n.count, nil) }
+                for k in 0..<lo { base += n.counts[k] }
+                return (nil, n.refs[lo])
             }
-            guard lo < node.n else { return base + node.count }
-            for k in 0..<lo { base += node.counts[k] }
-            node = node.child(lo)
+            if let f = found { return f }
+            node = Unmanaged<Node>.fromOpaque(next!)
         }
-        var lo = 0, hi = node.n
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if node.end(ofVMA: mid) <= address { lo = mid + 1 } else { hi = mid }
-        }
-        return base + lo
     }
 
     // MARK: changes
@@ -217,16 +235,23 @@ struct VMATree: RandomAccessCollection {
             node.open(i)
             node.refs[i] = ref
             node.gaps[i] = 0
+            // A new gap of 0 leaves the largest as it was (the caller refreshes the gaps).
+            node.count = node.n
+            node.lastEnd = node.end(ofVMA: node.n - 1)
         } else {
             let (k, j) = node.slot(for: i, inserting: true)
-            if let split = insert(ref, at: j, into: node.child(k)) {
+            let split = Unmanaged<Node>.fromOpaque(node.refs[k])._withUnsafeGuaranteedRef { insert(ref, at: j, into: $0) }
+            if let split {
                 node.open(k + 1)
                 node.refs[k + 1] = Unmanaged.passRetained(split).toOpaque()
                 node.keep(k + 1)
+                node.keep(k)
+                node.summarize()
+            } else {
+                node.keepAndSummarize(k)
             }
-            node.keep(k)
         }
-        guard node.n > capacity else { node.summarize(); return nil }
+        guard node.n > capacity else { return nil }
         let right = Node(leaf: node.isLeaf)
         node.moveUpperHalf(from: node.n / 2, to: right)
         node.summarize(); right.summarize()
@@ -275,27 +300,52 @@ struct VMATree: RandomAccessCollection {
     private func refreshGaps(_ first: Int, _ last: Int) {
         var j = Swift.max(first, 0)
         let end = Swift.min(last, count - 1)
-        while j <= end { j = refresh(from: j, through: end, in: root, base: 0) }
+        let r = Unmanaged.passUnretained(root)
+        while j <= end { j = VMATree.refresh(from: j, through: end, in: r, base: 0, root: r, floor: floor) }
+    }
+
+    /// `bounds(at:)` from an unretained root.
+    private static func bounds(at i: Int, root: Unmanaged<Node>) -> (start: UInt64, end: UInt64) {
+        var node = root
+        var i = i
+        while true {
+            let (done, next, j) = node._withUnsafeGuaranteedRef { n -> (Bool, UnsafeMutableRawPointer?, Int) in
+                if n.isLeaf { return (true, nil, i) }
+                let (k, j) = n.slot(for: i)
+                return (false, n.refs[k], j)
+            }
+            if done { let t = i; return node._withUnsafeGuaranteedRef { ($0.start(ofVMA: t), $0.end(ofVMA: t)) } }
+            node = Unmanaged<Node>.fromOpaque(next!)
+            i = j
+        }
     }
 
     /// Refreshes the positions from `j` through `end` that lie in the leaf holding `j`;
     /// returns the first position not done.
-    private func refresh(from j: Int, through end: Int, in node: Node, base: Int) -> Int {
-        if node.isLeaf {
-            var t = j - base
-            while t < node.n && base + t <= end {
-                let prevEnd = Swift.max(floor, t > 0 ? node.end(ofVMA: t - 1) : (base + t > 0 ? bounds(at: base + t - 1).end : floor))
-                let start = node.start(ofVMA: t)
-                node.gaps[t] = start > prevEnd ? start - prevEnd : 0
-                t += 1
+    private static func refresh(from j: Int, through end: Int, in unmanaged: Unmanaged<Node>, base: Int,
+                                root: Unmanaged<Node>, floor: UInt64) -> Int {
+        unmanaged._withUnsafeGuaranteedRef { node in
+            if node.isLeaf {
+                var t = j - base
+                var recompute = false
+                while t < node.n && base + t <= end {
+                    let before = t > 0 ? node.end(ofVMA: t - 1) : (base + t > 0 ? bounds(at: base + t - 1, root: root).end : floor)
+                    let prevEnd = Swift.max(floor, before)
+                    let start = node.start(ofVMA: t)
+                    let gap = start > prevEnd ? start - prevEnd : 0
+                    if node.gaps[t] == node.maxGap && gap < node.maxGap { recompute = true }
+                    node.gaps[t] = gap
+                    if gap > node.maxGap { node.maxGap = gap }
+                    t += 1
+                }
+                if recompute { node.summarize() } else { node.count = node.n; node.lastEnd = node.n > 0 ? node.end(ofVMA: node.n - 1) : 0 }
+                return base + t
             }
-            node.summarize()
-            return base + t
+            let (k, within) = node.slot(for: j - base)
+            let next = refresh(from: j, through: end, in: Unmanaged<Node>.fromOpaque(node.refs[k]), base: j - within, root: root, floor: floor)
+            node.keepAndSummarize(k)
+            return next
         }
-        let (k, within) = node.slot(for: j - base)
-        let next = refresh(from: j, through: end, in: node.child(k), base: j - within)
-        node.keepAndSummarize(k)
-        return next
     }
 
     // MARK: free ranges
@@ -313,7 +363,7 @@ struct VMATree: RandomAccessCollection {
             let below = Swift.max(floor, k > 0 ? bounds(at: k - 1).end : floor)
             if high >= below && high - below >= length { return high - length }
         }
-        guard let j = VMATree.lastGap(atLeast: length, before: limit, in: root, base: 0) else { return nil }
+        guard let j = root.withLastGap({ VMATree.lastGap(atLeast: length, before: limit, in: $0, base: 0) }) else { return nil }
         return bounds(at: j).start - length
     }
 
@@ -330,7 +380,9 @@ struct VMATree: RandomAccessCollection {
         while k >= 0 {
             let childBase = end - node.counts[k]
             if childBase < limit && node.gaps[k] >= length,
-               let r = lastGap(atLeast: length, before: limit, in: node.child(k), base: childBase) { return r }
+               let r = Unmanaged<Node>.fromOpaque(node.refs[k])._withUnsafeGuaranteedRef({ lastGap(atLeast: length, before: limit, in: $0, base: childBase) }) {
+                return r
+            }
             end = childBase
             k -= 1
         }
