@@ -31,7 +31,7 @@ let package = Package(
         .executableTarget(
             name: "hmm",
             dependencies: [
-                "MMCore", "HMM", "Devices", "Conformance", "Scenario", "Explorer", "NativeBaselines",
+                "MMSync", "MMCore", "HMM", "Devices", "Conformance", "Scenario", "Explorer", "NativeBaselines",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fast),

@@ -31,7 +31,8 @@ public final class Lock: @unchecked Sendable {
     }
     deinit { pthread_mutex_destroy(mutex); mutex.deallocate() }
 
-    @inlinable public func lock() {
+    @inlinable public func lock(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.acquire(lockClass, UnsafeRawPointer(mutex), Lockdep.Site(file, line)) }
         if let scheduler = Sync.scheduler {
             scheduler.schedulingPoint(.lockAcquire, object: UnsafeRawPointer(mutex))
             while pthread_mutex_trylock(mutex) != 0 { scheduler.blocked(.lockAcquire, object: UnsafeRawPointer(mutex)) }
@@ -42,23 +43,28 @@ public final class Lock: @unchecked Sendable {
         owner.store(currentThreadID(), ordering: .relaxed)
     }
 
-    @inlinable public func tryLock() -> Bool {
+    @inlinable public func tryLock(file: StaticString = #fileID, line: UInt = #line) -> Bool {
         Sync.point(.lockAcquire, UnsafeRawPointer(mutex))
         guard pthread_mutex_trylock(mutex) == 0 else { return false }
         owner.store(currentThreadID(), ordering: .relaxed)
+        if Lockdep.enabled { Lockdep.acquire(lockClass, UnsafeRawPointer(mutex), Lockdep.Site(file, line)) }
         return true
     }
 
-    @inlinable public func unlock() {
-        assert(isHeldByCurrentThread, "Lock \(name) released by a thread that does not hold it")
+    /// This lock's lockdep class: every `Lock` of one name.
+    public var lockClass: Lockdep.LockClass { Lockdep.LockClass(.mutex, "\(name)") }
+
+    @inlinable public func unlock(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.release(lockClass, UnsafeRawPointer(mutex), Lockdep.Site(file, line)) }
+        assert(Lockdep.enabled || isHeldByCurrentThread, "Lock \(name) released by a thread that does not hold it")
         owner.store(0, ordering: .relaxed)
         pthread_mutex_unlock(mutex)
         Sync.point(.lockRelease, UnsafeRawPointer(mutex))
     }
 
     @inlinable @discardableResult
-    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        lock(); defer { unlock() }
+    public func withLock<T>(file: StaticString = #fileID, line: UInt = #line, _ body: () throws -> T) rethrows -> T {
+        lock(file: file, line: line); defer { unlock(file: file, line: line) }
         return try body()
     }
 
@@ -79,7 +85,11 @@ public struct SpinLockRef {
     public let word: AtomicU64Ref
     @inlinable @inline(__always) public init(_ pointer: UnsafeMutableRawPointer) { word = AtomicU64Ref(pointer) }
 
-    @inlinable public func lock() {
+    /// Every page-table lock is one lockdep class (the kernel's `ptlock`).
+    public static let lockClass = Lockdep.LockClass(.spinlock, "ptlock")
+
+    @inlinable public func lock(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.acquire(SpinLockRef.lockClass, UnsafeRawPointer(word.pointer), Lockdep.Site(file, line)) }
         let me = currentThreadID()
         var round = 0
         while true {
@@ -88,11 +98,14 @@ public struct SpinLockRef {
             Sync.spinWait(&round, .lockAcquire, UnsafeRawPointer(word.pointer))
         }
     }
-    @inlinable public func tryLock() -> Bool {
-        word.compareExchange(expected: 0, desired: currentThreadID()).exchanged
+    @inlinable public func tryLock(file: StaticString = #fileID, line: UInt = #line) -> Bool {
+        guard word.compareExchange(expected: 0, desired: currentThreadID()).exchanged else { return false }
+        if Lockdep.enabled { Lockdep.acquire(SpinLockRef.lockClass, UnsafeRawPointer(word.pointer), Lockdep.Site(file, line)) }
+        return true
     }
-    @inlinable public func unlock() {
-        assert(isHeldByCurrentThread, "spinlock released by non-owner")
+    @inlinable public func unlock(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.release(SpinLockRef.lockClass, UnsafeRawPointer(word.pointer), Lockdep.Site(file, line)) }
+        assert(Lockdep.enabled || isHeldByCurrentThread, "spinlock released by non-owner")
         word.store(0, .release)
         Sync.point(.lockRelease, UnsafeRawPointer(word.pointer))
     }

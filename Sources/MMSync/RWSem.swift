@@ -14,14 +14,25 @@ public final class RWSem: @unchecked Sendable {
 
     public init(_ name: StaticString = "rwsem") { self.name = name }
 
-    public func lockRead() {
+    /// This semaphore's lockdep class: every `RWSem` of one name.
+    public var lockClass: Lockdep.LockClass { Lockdep.LockClass(.rwsem, "\(name)") }
+    @usableFromInline var instance: UnsafeRawPointer { UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque()) }
+
+    public func lockRead(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
         Sync.point(.rwsemRead)
-        if tryLockRead() { return }
+        if tryLockReadUntracked() { return }
         precondition(writer.load(ordering: .relaxed) != currentThreadID(), "\(name): read lock while holding write lock")
-        queue.wait { self.tryLockRead() }
+        queue.wait { self.tryLockReadUntracked() }
     }
 
-    public func tryLockRead() -> Bool {
+    public func tryLockRead(file: StaticString = #fileID, line: UInt = #line) -> Bool {
+        guard tryLockReadUntracked() else { return false }
+        if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
+        return true
+    }
+
+    @usableFromInline func tryLockReadUntracked() -> Bool {
         var s = state.load(ordering: .relaxed)
         while s >= 0 && writersWaiting.load(ordering: .relaxed) == 0 {
             let (ok, orig) = state.compareExchange(expected: s, desired: s + 1, ordering: .acquiring)
@@ -31,14 +42,16 @@ public final class RWSem: @unchecked Sendable {
         return false
     }
 
-    public func unlockRead() {
+    public func unlockRead(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.release(lockClass, instance, Lockdep.Site(file, line)) }
         let old = state.wrappingSubtract(1, ordering: .releasing).oldValue
         precondition(old > 0, "\(name): read unlock without read lock")
         Sync.point(.rwsemRelease)
         if old == 1 { queue.wakeAll() }
     }
 
-    public func lockWrite() {
+    public func lockWrite(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
         Sync.point(.rwsemWrite)
         precondition(writer.load(ordering: .relaxed) != currentThreadID(), "\(name): recursive write lock")
         if tryLockWriteNoQueue() { return }
@@ -48,7 +61,11 @@ public final class RWSem: @unchecked Sendable {
         queue.wakeAll() // readers held back by this waiter may retry
     }
 
-    public func tryLockWrite() -> Bool { tryLockWriteNoQueue() }
+    public func tryLockWrite(file: StaticString = #fileID, line: UInt = #line) -> Bool {
+        guard tryLockWriteNoQueue() else { return false }
+        if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
+        return true
+    }
 
     @usableFromInline func tryLockWriteNoQueue() -> Bool {
         if state.compareExchange(expected: 0, desired: -1, ordering: .acquiring).exchanged {
@@ -58,7 +75,8 @@ public final class RWSem: @unchecked Sendable {
         return false
     }
 
-    public func unlockWrite() {
+    public func unlockWrite(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.release(lockClass, instance, Lockdep.Site(file, line)) }
         precondition(writer.load(ordering: .relaxed) == currentThreadID(), "\(name): write unlock by non-owner")
         writer.store(0, ordering: .relaxed)
         state.store(0, ordering: .releasing)
@@ -86,6 +104,10 @@ public final class RWSem: @unchecked Sendable {
         assert(writer.load(ordering: .relaxed) == currentThreadID(), "\(name) not write-locked", file: file, line: line)
     }
 
-    public func withRead<T>(_ body: () throws -> T) rethrows -> T { lockRead(); defer { unlockRead() }; return try body() }
-    public func withWrite<T>(_ body: () throws -> T) rethrows -> T { lockWrite(); defer { unlockWrite() }; return try body() }
+    public func withRead<T>(file: StaticString = #fileID, line: UInt = #line, _ body: () throws -> T) rethrows -> T {
+        lockRead(file: file, line: line); defer { unlockRead(file: file, line: line) }; return try body()
+    }
+    public func withWrite<T>(file: StaticString = #fileID, line: UInt = #line, _ body: () throws -> T) rethrows -> T {
+        lockWrite(file: file, line: line); defer { unlockWrite(file: file, line: line) }; return try body()
+    }
 }

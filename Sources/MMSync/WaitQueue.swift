@@ -25,8 +25,10 @@ public final class WaitQueue: @unchecked Sendable {
     /// mutex held, so it must not take locks that a waker holds while calling `wakeAll()`.
     /// Returns false if `timeoutNanoseconds` elapsed first.
     @discardableResult
-    public func wait(timeoutNanoseconds: UInt64? = nil, until condition: () -> Bool) -> Bool {
+    public func wait(timeoutNanoseconds: UInt64? = nil, file: StaticString = #fileID, line: UInt = #line,
+                     until condition: () -> Bool) -> Bool {
         if condition() { return true }
+        if Lockdep.enabled { Lockdep.mayWait(Lockdep.Site(file, line)) }
         if let scheduler = Sync.scheduler {
             let deadline = timeoutNanoseconds.map { monotonicNanoseconds() &+ $0 }
             while !condition() {

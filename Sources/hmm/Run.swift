@@ -1,4 +1,5 @@
 import ArgumentParser
+import MMSync
 import Scenario
 
 /// Bounds shared by `hmm run` and `hmm inspect`.
@@ -49,6 +50,9 @@ struct Run: ParsableCommand {
     @Option(help: "Output format: tap or json.")
     var format: Format = .tap
 
+    @Flag(help: "Check lock order and locking rules while running (lockdep); any report fails the run.")
+    var lockdep = false
+
     @Option(help: "Step budget of each script (statements and loop iterations).")
     var maxSteps: Int = 20_000_000
 
@@ -64,6 +68,7 @@ struct Run: ParsableCommand {
         var worst: Int32 = 0
         var passed = 0, failed = 0, skipped = 0
         var reports: [JSON] = []
+        let lockdepReports = LockdepSession(on: lockdep)
         if format == .tap && !quiet { out("TAP version 14"); out("1..\(files.count)") }
         for (i, file) in files.enumerated() {
             var options = ScenarioInterpreter.Options()
@@ -112,6 +117,7 @@ struct Run: ParsableCommand {
                 ("summary", .object([("passed", .int(passed)), ("failed", .int(failed)), ("skipped", .int(skipped)), ("exit_code", .int(Int(worst)))])),
             ]).text())
         }
+        if lockdepReports.finish() > 0 { worst = max(worst, 1) }
         if worst != 0 { throw ExitCode(worst) }
     }
 
@@ -243,3 +249,38 @@ func seconds(since t0: ContinuousClock.Instant) -> Double {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// `--lockdep`: turns lockdep on, prints each report as a `#` comment as it happens, and
+/// counts them.
+final class LockdepSession {
+    let on: Bool
+    var count = 0
+    let lock = NSLockLite()
+    init(on: Bool) {
+        self.on = on
+        guard on else { return }
+        Lockdep.onReport = { [unowned self] r in
+            self.lock.withLock { self.count += 1 }
+            out("# \(r)")
+            for s in r.sites { out("#   at \(s)") }
+        }
+        Lockdep.enable()
+    }
+    /// Turns lockdep off; the number of reports.
+    func finish() -> Int {
+        guard on else { return 0 }
+        Lockdep.disable()
+        out("# lockdep: \(count) report\(count == 1 ? "" : "s")")
+        return count
+    }
+}
+
+/// A plain mutex for the CLI's own bookkeeping (lockdep's handler must not use MMSync locks).
+final class NSLockLite {
+    private let m: UnsafeMutablePointer<pthread_mutex_t> = {
+        let p = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(p, nil)
+        return p
+    }()
+    func withLock<T>(_ body: () -> T) -> T { pthread_mutex_lock(m); defer { pthread_mutex_unlock(m) }; return body() }
+}

@@ -26,6 +26,9 @@ struct Selftest: ParsableCommand {
     @Option(help: "Output format: tap or json.")
     var format: SelftestRunner.Format = .tap
 
+    @Flag(help: "Check lock order and locking rules while running (lockdep); any report fails the run.")
+    var lockdep = false
+
     func run() throws {
         let variants: [Variant]
         switch variant {
@@ -37,6 +40,7 @@ struct Selftest: ParsableCommand {
         if runner.selected.isEmpty {
             throw ValidationError("--filter '\(filter ?? "")' matches no test")
         }
+        let lockdepReports = LockdepSession(on: lockdep)
         let results = runner.run { out($0) }
         if format == .json {
             let count = { (o: SelftestRunner.Outcome) in results.filter { $0.outcome == o }.count }
@@ -49,7 +53,7 @@ struct Selftest: ParsableCommand {
                 ("summary", .object([("passed", .int(count(.pass))), ("failed", .int(count(.fail))), ("skipped", .int(count(.skip)))])),
             ]).text())
         }
-        if results.contains(where: { $0.outcome == .fail }) { throw ExitCode(1) }
+        if lockdepReports.finish() > 0 || results.contains(where: { $0.outcome == .fail }) { throw ExitCode(1) }
     }
 }
 

@@ -79,6 +79,8 @@ public final class CPU: @unchecked Sendable {
     @inlinable @inline(__always) func enterUser() {
         userDepth &+= 1
         if userDepth == 1 {
+            // Returning to user mode with kernel locks held is a bug (lockdep checks it).
+            if Lockdep.enabled { Lockdep.userAccess(Lockdep.Site(#fileID, #line)) }
             inUser.store(1)
             let g = flushGeneration.load(.seqcst)
             if g != seenGeneration { flushLocal(g) }
@@ -135,6 +137,7 @@ public final class CPU: @unchecked Sendable {
             inUser.storeRelease(0)
             let result = mm.handleUserFault(address, write: write)
             userDepth = depth
+            if Lockdep.enabled { Lockdep.userAccess(Lockdep.Site(#fileID, #line)) }
             inUser.store(1)
             let g = flushGeneration.load(.seqcst)
             if g != seenGeneration { flushLocal(g) }

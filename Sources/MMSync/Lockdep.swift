@@ -1,0 +1,191 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The kernel's lockdep for MMSync: lock classes, the order in which classes are taken on every
+/// thread, and a report at the first rule broken.
+///
+/// - **Classes.** A class stands for every lock of one kind and name, as a kernel lock class
+///   stands for every lock initialised at one place: every page lock is one class, every PTE
+///   lock one, every `mmap_lock` one.
+/// - **Order.** Taking class B while holding class A records the edge A → B with both
+///   acquisition sites. Taking A while holding B once A → B is known (directly or through other
+///   classes) is an inversion: the report names the two sites of this acquisition and the two
+///   sites that recorded the other order.
+/// - **Other rules.** Releasing a lock the thread does not hold; sleeping or waiting while
+///   holding a spin lock; a CPU access (user mode) with kernel locks held; nesting deeper than
+///   `maxDepth`.
+///
+/// Off by default, and then each hook is one load and a branch (the `lockdep` bench figure
+/// measures it). `hmm --lockdep` and tests turn it on with `Lockdep.enable()`.
+public enum Lockdep {
+    /// Whether lockdep watches (set before threads start; read without synchronisation).
+    nonisolated(unsafe) public static var enabled = false
+    /// Deepest nesting of held locks accepted (the kernel's MAX_LOCK_DEPTH is 48).
+    public static let maxDepth = 48
+
+    public enum Kind: String, Sendable { case mutex, rwsem, spinlock, bitlock, seqcount }
+
+    /// A lock class: kind and name.
+    public struct LockClass: Hashable, Sendable, CustomStringConvertible {
+        public let kind: Kind
+        public let name: String
+        public init(_ kind: Kind, _ name: String) { self.kind = kind; self.name = name }
+        public var description: String { "\(kind.rawValue) \(name)" }
+    }
+
+    /// Where a lock was taken or released.
+    public struct Site: Hashable, Sendable, CustomStringConvertible {
+        public let file: String
+        public let line: UInt
+        public init(_ file: StaticString, _ line: UInt) { self.file = "\(file)"; self.line = line }
+        public var description: String { "\(file):\(line)" }
+    }
+
+    public enum ReportKind: String, Sendable { case orderInversion, foreignUnlock, waitUnderSpinLock, userAccessWithLocks, tooDeep }
+
+    /// One broken rule: what, the class(es), and every site involved.
+    public struct Report: Sendable, CustomStringConvertible {
+        public let kind: ReportKind
+        public let message: String
+        public let sites: [Site]
+        public var description: String { "lockdep: \(kind.rawValue): \(message)" }
+    }
+
+    /// Called with each report (default: printed to stderr). Tests install a collector.
+    nonisolated(unsafe) public static var onReport: (Report) -> Void = { r in fputs("\(r)\n", stderr) }
+
+    struct Held { let cls: LockClass; let instance: UnsafeRawPointer?; let site: Site }
+    struct Edge { let from: Site; let to: Site }
+
+    // Global state. Locking: `graphMutex` (a raw pthread mutex: lockdep cannot use MMSync's locks).
+    nonisolated(unsafe) static let graphMutex: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
+    nonisolated(unsafe) static var after: [LockClass: [LockClass: Edge]] = [:]
+    nonisolated(unsafe) static var reported: Set<String> = []
+
+    /// Turns lockdep on from now (before threads start) and forgets what it learnt before.
+    public static func enable() {
+        pthread_mutex_lock(graphMutex); after = [:]; reported = []; pthread_mutex_unlock(graphMutex)
+        enabled = true
+    }
+    public static func disable() { enabled = false }
+
+    // MARK: per-thread held stacks
+
+    final class HeldStack { var items: [Held] = [] }
+    nonisolated(unsafe) static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k) { p in
+            #if canImport(Darwin)
+            Unmanaged<HeldStack>.fromOpaque(p).release()
+            #else
+            if let p { Unmanaged<HeldStack>.fromOpaque(p).release() }
+            #endif
+        }
+        return k
+    }()
+
+    static var stack: HeldStack {
+        if let p = pthread_getspecific(key) { return Unmanaged<HeldStack>.fromOpaque(p).takeUnretainedValue() }
+        let s = HeldStack()
+        pthread_setspecific(key, Unmanaged.passRetained(s).toOpaque())
+        return s
+    }
+
+    /// The classes the calling thread holds, innermost last (for tests and reports).
+    public static var heldClasses: [LockClass] { stack.items.map(\.cls) }
+
+    // MARK: hooks (called by the primitives when `enabled`)
+
+    /// `lock_acquire`: the calling thread takes `instance` of `cls` at `site`.
+    public static func acquire(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site) {
+        let s = stack
+        if s.items.count >= maxDepth {
+            report(.tooDeep, "\(cls) taken at \(site) with \(s.items.count) locks held (at most \(maxDepth))", [site], key: "deep \(site)")
+        }
+        var seen = Set<LockClass>()
+        for h in s.items where h.cls != cls && seen.insert(h.cls).inserted {
+            addEdge(h, to: cls, at: site)
+        }
+        s.items.append(Held(cls: cls, instance: instance, site: site))
+    }
+
+    /// `lock_release`: the calling thread releases `instance` of `cls`.
+    public static func release(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site) {
+        let s = stack
+        if let i = s.items.lastIndex(where: { $0.cls == cls && $0.instance == instance }) {
+            s.items.remove(at: i)
+        } else {
+            report(.foreignUnlock, "\(cls) released at \(site) by a thread that does not hold it", [site], key: "unlock \(site)")
+        }
+    }
+
+    /// A wait or sleep at `site`: none may happen under a spin lock.
+    public static func mayWait(_ site: Site) {
+        if let h = stack.items.last(where: { $0.cls.kind == .spinlock }) {
+            report(.waitUnderSpinLock, "wait at \(site) while holding \(h.cls) taken at \(h.site)", [site, h.site], key: "wait \(site) \(h.site)")
+        }
+    }
+
+    /// A CPU access (return to user mode) at `site`: no kernel lock may be held.
+    public static func userAccess(_ site: Site) {
+        if let h = stack.items.last {
+            report(.userAccessWithLocks, "user access at \(site) with \(h.cls) held, taken at \(h.site)", [site, h.site], key: "user \(site) \(h.site)")
+        }
+    }
+
+    // MARK: the order graph
+
+    static func addEdge(_ held: Held, to cls: LockClass, at site: Site) {
+        pthread_mutex_lock(graphMutex)
+        defer { pthread_mutex_unlock(graphMutex) }
+        if after[held.cls]?[cls] != nil { return }
+        // A path cls ⇝ held.cls already known means this acquisition closes a cycle.
+        if let path = pathLocked(from: cls, to: held.cls) {
+            let first = path.first!
+            let msg = "\(cls) taken at \(site) while holding \(held.cls) taken at \(held.site); "
+                + "the other order was recorded: \(path.map { "\($0.0) → \($0.1) (taken at \($0.2.from), then at \($0.2.to))" }.joined(separator: ", "))"
+            reportLocked(.orderInversion, msg, [held.site, site, first.2.from, first.2.to], key: "order \(held.cls) \(cls)")
+        }
+        after[held.cls, default: [:]][cls] = Edge(from: held.site, to: site)
+    }
+
+    /// The edges of a path from `a` to `b` in the order graph (breadth first), or nil.
+    static func pathLocked(from a: LockClass, to b: LockClass) -> [(LockClass, LockClass, Edge)]? {
+        var prev: [LockClass: (LockClass, Edge)] = [:]
+        var queue = [a], seen: Set<LockClass> = [a]
+        var i = 0
+        while i < queue.count {
+            let c = queue[i]; i += 1
+            for (n, e) in after[c] ?? [:] where seen.insert(n).inserted {
+                prev[n] = (c, e)
+                if n == b {
+                    var path: [(LockClass, LockClass, Edge)] = []
+                    var x = b
+                    while let (p, e) = prev[x] { path.insert((p, x, e), at: 0); x = p; if x == a { break } }
+                    return path
+                }
+                queue.append(n)
+            }
+        }
+        return nil
+    }
+
+    static func report(_ kind: ReportKind, _ message: String, _ sites: [Site], key: String) {
+        pthread_mutex_lock(graphMutex)
+        defer { pthread_mutex_unlock(graphMutex) }
+        reportLocked(kind, message, sites, key: key)
+    }
+
+    /// Each distinct problem is reported once. Locking: `graphMutex`.
+    static func reportLocked(_ kind: ReportKind, _ message: String, _ sites: [Site], key: String) {
+        guard reported.insert(key).inserted else { return }
+        onReport(Report(kind: kind, message: message, sites: sites))
+    }
+}

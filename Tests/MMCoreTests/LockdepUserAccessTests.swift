@@ -1,0 +1,31 @@
+import XCTest
+@testable import MMCore
+import MMSync
+
+/// Lockdep in the core: a CPU access with a kernel lock held is reported; the fault path of a
+/// plain access is clean.
+final class LockdepUserAccessTests: XCTestCase {
+    func testUserAccessWithALockHeld() throws {
+        var reports: [Lockdep.Report] = []
+        let saved = Lockdep.onReport
+        Lockdep.onReport = { reports.append($0) }
+        Lockdep.enable()
+        defer { Lockdep.disable(); Lockdep.onReport = saved }
+        let m = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        let p = try MMCore.Process(machine: m)
+        let a = try p.mmap(length: 2 * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        let cpu = p.makeCPU()
+        try cpu.store(a, UInt8(1))          // a fault, its locks, no report
+        XCTAssertTrue(reports.isEmpty, "\(reports)")
+        let l = Lock("lockdep-user")
+        let line = #line; l.lock()
+        try cpu.store(a + pageSize, UInt8(2))
+        l.unlock()
+        // Entering user mode, and coming back to it after the fault (which ran with the lock held).
+        XCTAssertEqual(reports.map(\.kind), [.userAccessWithLocks, .userAccessWithLocks])
+        XCTAssertEqual(reports.map { $0.sites.last?.line }, [UInt(line), UInt(line)])
+        XCTAssertTrue(reports.allSatisfy { $0.sites.first?.file.hasSuffix("CPU.swift") ?? false }, "\(reports)")
+        cpu.detach()
+        p.exit()
+    }
+}

@@ -1,0 +1,112 @@
+import XCTest
+@testable import MMSync
+
+/// Lockdep: each kind of report, seeded on purpose, names every acquisition site involved.
+final class LockdepTests: XCTestCase {
+    var reports: [Lockdep.Report] = []
+    let reportsLock = NSLock()
+    var savedHandler: ((Lockdep.Report) -> Void)!
+
+    override func setUp() {
+        savedHandler = Lockdep.onReport
+        reports = []
+        Lockdep.onReport = { [unowned self] r in self.reportsLock.lock(); self.reports.append(r); self.reportsLock.unlock() }
+        Lockdep.enable()
+    }
+    override func tearDown() {
+        Lockdep.disable()
+        Lockdep.onReport = savedHandler
+    }
+
+    func sites(_ r: Lockdep.Report) -> [UInt] { r.sites.map(\.line) }
+
+    /// A then B on one thread, B then A on another: the second order is reported with the two
+    /// sites of this acquisition and the two that recorded A → B.
+    func testABBAInversionAcrossTwoThreads() {
+        let a = Lock("lockdep-test-A"), b = Lock("lockdep-test-B")
+        var aFirst: UInt = 0, bSecond: UInt = 0, bFirst: UInt = 0, aSecond: UInt = 0
+        let t1 = ModelThread.spawn(name: "ab") {
+            aFirst = #line; a.lock()
+            bSecond = #line; b.lock()
+            b.unlock(); a.unlock()
+        }
+        t1.join()
+        XCTAssertTrue(reports.isEmpty, "\(reports)")
+        let t2 = ModelThread.spawn(name: "ba") {
+            bFirst = #line; b.lock()
+            aSecond = #line; a.lock()
+            a.unlock(); b.unlock()
+        }
+        t2.join()
+        XCTAssertEqual(reports.count, 1, "\(reports)")
+        guard let r = reports.first else { return }
+        XCTAssertEqual(r.kind, .orderInversion)
+        XCTAssertEqual(sites(r), [bFirst, aSecond, aFirst, bSecond])
+        XCTAssertTrue(r.message.contains("mutex lockdep-test-A") && r.message.contains("mutex lockdep-test-B"), r.message)
+        XCTAssertTrue(r.sites.allSatisfy { $0.file.hasSuffix("LockdepTests.swift") }, "\(r.sites)")
+    }
+
+    /// A → B and B → C known; C then A closes a cycle through B.
+    func testTransitiveCycle() {
+        let a = Lock("lockdep-cyc-A"), b = Lock("lockdep-cyc-B"), c = Lock("lockdep-cyc-C")
+        a.lock(); b.lock(); b.unlock(); a.unlock()
+        b.lock(); c.lock(); c.unlock(); b.unlock()
+        XCTAssertTrue(reports.isEmpty)
+        c.lock(); a.lock(); a.unlock(); c.unlock()
+        XCTAssertEqual(reports.map(\.kind), [.orderInversion])
+        XCTAssertTrue(reports.first?.message.contains("lockdep-cyc-B") ?? false, "\(reports)")
+    }
+
+    /// Read and write acquisitions of an rwsem order like any other.
+    func testRWSemOrder() {
+        let sem = RWSem("lockdep-sem"), l = Lock("lockdep-after-sem")
+        sem.lockRead(); l.lock(); l.unlock(); sem.unlockRead()
+        l.lock(); sem.lockWrite(); sem.unlockWrite(); l.unlock()
+        XCTAssertEqual(reports.map(\.kind), [.orderInversion])
+    }
+
+    func testWaitUnderSpinLock() {
+        let word = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+        defer { word.deallocate() }
+        word.storeBytes(of: UInt64(0), as: UInt64.self)
+        let ptl = SpinLockRef(word)
+        let takeLine = #line; ptl.lock()
+        let waitLine = #line; _ = WaitQueue().wait(timeoutNanoseconds: 1_000) { false }
+        ptl.unlock()
+        XCTAssertEqual(reports.map(\.kind), [.waitUnderSpinLock])
+        XCTAssertEqual(reports.first.map(sites), [UInt(waitLine), UInt(takeLine)])
+        // A sleeping lock may be held across a wait.
+        reports = []
+        let m = Lock("lockdep-sleeping")
+        m.lock(); syncSleep(nanoseconds: 1_000); m.unlock()
+        XCTAssertTrue(reports.isEmpty, "\(reports)")
+    }
+
+    func testUnlockByAThreadThatDoesNotHoldIt() {
+        let l = Lock("lockdep-foreign")
+        l.lock()
+        var line: UInt = 0
+        let t = ModelThread.spawn(name: "foreign") { line = #line; l.unlock() }
+        t.join()
+        XCTAssertEqual(reports.map(\.kind), [.foreignUnlock])
+        XCTAssertEqual(reports.first.map(sites), [line])
+        l.unlock()   // the owner's own release is fine
+        XCTAssertEqual(reports.count, 1)
+    }
+
+    func testNestingDeeperThanTheBound() {
+        let locks = (0...Lockdep.maxDepth).map { _ in Lock("lockdep-deep") }
+        for l in locks { l.lock() }
+        for l in locks.reversed() { l.unlock() }
+        XCTAssertEqual(reports.map(\.kind), [.tooDeep])
+    }
+
+    func testHeldClassesFollowAcquisitions() {
+        let a = Lock("lockdep-held-A"), sem = RWSem("lockdep-held-sem")
+        a.lock(); sem.lockRead()
+        XCTAssertEqual(Lockdep.heldClasses.map(\.description), ["mutex lockdep-held-A", "rwsem lockdep-held-sem"])
+        sem.unlockRead(); a.unlock()
+        XCTAssertEqual(Lockdep.heldClasses, [])
+        XCTAssertTrue(reports.isEmpty)
+    }
+}
