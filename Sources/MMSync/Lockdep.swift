@@ -21,8 +21,13 @@ import Darwin
 /// Off by default, and then each hook is one load and a branch (the `lockdep` bench figure
 /// measures it). `hmm --lockdep` and tests turn it on with `Lockdep.enable()`.
 public enum Lockdep {
-    /// Whether lockdep watches (set before threads start; read without synchronisation).
+    /// Whether lockdep watches (set before threads start; read without synchronisation). On in
+    /// debug builds (so every test runs under it), off in release unless `hmm --lockdep`.
+    #if DEBUG
+    nonisolated(unsafe) public static var enabled = true
+    #else
     nonisolated(unsafe) public static var enabled = false
+    #endif
     /// Deepest nesting of held locks accepted (the kernel's MAX_LOCK_DEPTH is 48).
     public static let maxDepth = 48
 
@@ -54,8 +59,22 @@ public enum Lockdep {
         public var description: String { "lockdep: \(kind.rawValue): \(message)" }
     }
 
-    /// Called with each report (default: printed to stderr). Tests install a collector.
-    nonisolated(unsafe) public static var onReport: (Report) -> Void = { r in fputs("\(r)\n", stderr) }
+    /// Called with each report (default: `printReport`). Tests install a collector.
+    nonisolated(unsafe) public static var onReport: (Report) -> Void = printReport
+
+    /// Prints a report and its sites to stderr. In debug builds the process then exits with
+    /// status 1 when it ends, so a test run with any report fails (after finishing).
+    public static func printReport(_ r: Report) {
+        fputs("\(r)\n", stderr)
+        for s in r.sites { fputs("  at \(s)\n", stderr) }
+        #if DEBUG
+        if !failAtExit {
+            failAtExit = true
+            atexit { fputs("lockdep: this run broke a locking rule (reports above): exit status 1\n", stderr); _exit(1) }
+        }
+        #endif
+    }
+    nonisolated(unsafe) static var failAtExit = false
 
     struct Held { let cls: LockClass; let instance: UnsafeRawPointer?; let site: Site }
     struct Edge { let from: Site; let to: Site }

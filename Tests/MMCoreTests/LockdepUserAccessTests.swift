@@ -9,8 +9,9 @@ final class LockdepUserAccessTests: XCTestCase {
         var reports: [Lockdep.Report] = []
         let saved = Lockdep.onReport
         Lockdep.onReport = { reports.append($0) }
+        let wasEnabled = Lockdep.enabled
         Lockdep.enable()
-        defer { Lockdep.disable(); Lockdep.onReport = saved }
+        defer { Lockdep.enable(); Lockdep.enabled = wasEnabled; Lockdep.onReport = saved }
         let m = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
         let p = try MMCore.Process(machine: m)
         let a = try p.mmap(length: 2 * pageSize, prot: .readWrite, flags: [.private, .anonymous])

@@ -6,15 +6,18 @@ final class LockdepTests: XCTestCase {
     var reports: [Lockdep.Report] = []
     let reportsLock = NSLock()
     var savedHandler: ((Lockdep.Report) -> Void)!
+    var wasEnabled = false
 
     override func setUp() {
+        wasEnabled = Lockdep.enabled
         savedHandler = Lockdep.onReport
         reports = []
         Lockdep.onReport = { [unowned self] r in self.reportsLock.lock(); self.reports.append(r); self.reportsLock.unlock() }
         Lockdep.enable()
     }
     override func tearDown() {
-        Lockdep.disable()
+        Lockdep.enable()   // a clean graph for the tests after this one
+        Lockdep.enabled = wasEnabled
         Lockdep.onReport = savedHandler
     }
 
