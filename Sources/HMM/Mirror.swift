@@ -32,6 +32,7 @@ public enum HMMMirror {
                                        timeoutNanoseconds: UInt64 = defaultTimeoutNanoseconds,
                                        program: (HMMRange) throws(Errno) -> Void) throws(Errno) -> Int {
         guard let mm = range.notifier.mm else { throw .EINVAL }
+        mm.mmapLock.assertNotHeld(); driverLock.assertNotHeld()
         let deadline = monotonicNanoseconds() &+ timeoutNanoseconds
         var passes = 0
         while true {

@@ -76,6 +76,10 @@ public final class Lock: @unchecked Sendable {
     @inlinable public func assertHeld(file: StaticString = #file, line: UInt = #line) {
         assert(isHeldByCurrentThread, "Lock \(name) not held", file: file, line: line)
     }
+    /// Debug-build assertion that the calling thread does not hold this lock.
+    @inlinable public func assertNotHeld(file: StaticString = #file, line: UInt = #line) {
+        assert(!isHeldByCurrentThread, "Lock \(name) held", file: file, line: line)
+    }
 }
 
 /// A spinlock living in one 64-bit word of raw memory (the split page-table lock stored in the

@@ -120,6 +120,31 @@ public enum Lockdep {
     /// The classes the calling thread holds, innermost last (for tests and reports).
     public static var heldClasses: [LockClass] { stack.items.map(\.cls) }
 
+    /// Whether the calling thread holds the lock at `instance` (in any mode).
+    public static func holds(_ instance: UnsafeRawPointer) -> Bool { stack.items.contains { $0.instance == instance } }
+
+    /// Whether the calling thread holds any lock of `kind`.
+    public static func holdsAny(_ kind: Kind) -> Bool { stack.items.contains { $0.cls.kind == kind } }
+
+    // MARK: contracts (debug builds; exact when lockdep is on)
+
+    /// "No PTE lock held": the calling thread holds no spin lock.
+    @inlinable public static func assertNoSpinLockHeld(file: StaticString = #fileID, line: UInt = #line) {
+        assert(!enabled || !holdsAny(.spinlock), "a spin lock is held", file: file, line: line)
+    }
+    /// "PTE lock held" where the lock is not at hand: the calling thread holds some spin lock.
+    @inlinable public static func assertSpinLockHeld(file: StaticString = #fileID, line: UInt = #line) {
+        assert(!enabled || holdsAny(.spinlock), "no spin lock held", file: file, line: line)
+    }
+    /// "mmap lock (or an rmap lock) held" where the semaphore is not at hand: some rwsem is held.
+    @inlinable public static func assertSomeRWSemHeld(file: StaticString = #fileID, line: UInt = #line) {
+        assert(!enabled || holdsAny(.rwsem), "no rwsem held", file: file, line: line)
+    }
+    /// "Caller holds nothing": the calling thread holds no lock at all.
+    @inlinable public static func assertNoLocksHeld(file: StaticString = #fileID, line: UInt = #line) {
+        assert(!enabled || heldClasses.isEmpty, "locks held: \(heldClasses)", file: file, line: line)
+    }
+
     // MARK: hooks (called by the primitives when `enabled`)
 
     /// `lock_acquire`: the calling thread takes `instance` of `cls` at `site`.
@@ -204,6 +229,7 @@ public enum Lockdep {
 
     /// Each distinct problem is reported once. Locking: `graphMutex`.
     static func reportLocked(_ kind: ReportKind, _ message: String, _ sites: [Site], key: String) {
+        assert(pthread_mutex_trylock(graphMutex) != 0, "reportLocked: graphMutex must be held")
         guard reported.insert(key).inserted else { return }
         onReport(Report(kind: kind, message: message, sites: sites))
     }

@@ -95,9 +95,16 @@ public final class RWSem: @unchecked Sendable {
     public var isLocked: Bool { state.load(ordering: .relaxed) != 0 }
     public var isWriteLockedByCurrentThread: Bool { writer.load(ordering: .relaxed) == currentThreadID() }
 
-    /// `mmap_assert_locked`: held in some mode (readers are not tracked by identity).
+    /// `mmap_assert_locked`: held in some mode — by the calling thread when lockdep is on (it
+    /// tracks readers); otherwise only that someone holds it.
     @inlinable public func assertLocked(file: StaticString = #file, line: UInt = #line) {
-        assert(state.load(ordering: .relaxed) != 0, "\(name) not locked", file: file, line: line)
+        assert(state.load(ordering: .relaxed) != 0 && (!Lockdep.enabled || Lockdep.holds(instance)), "\(name) not locked", file: file, line: line)
+    }
+    /// The calling thread does not hold this semaphore (it is about to take it). Exact when
+    /// lockdep is on; otherwise checks the writer only.
+    @inlinable public func assertNotHeld(file: StaticString = #file, line: UInt = #line) {
+        assert(writer.load(ordering: .relaxed) != currentThreadID() && (!Lockdep.enabled || !Lockdep.holds(instance)),
+               "\(name) already held", file: file, line: line)
     }
     /// `mmap_assert_write_locked`.
     @inlinable public func assertWriteLocked(file: StaticString = #file, line: UInt = #line) {

@@ -237,7 +237,8 @@ final class LinuxFidelityTests: XCTestCase {
         t.join()
         XCTAssertEqual(began.load(), 3)
         XCTAssertEqual(subs.currentSeq, 4)
-        XCTAssertFalse(sub.readRetry(3))
+        let driverLock = Lock("test-driver")   // readRetry is asked under the driver's lock
+        XCTAssertFalse(driverLock.withLock { sub.readRetry(3) })
         // Idle: the new interval gets seq - 1 and readBegin returns at once.
         let idle = MMUIntervalNotifier(start: 0, end: taskSize) { s, _, seq in s.setSeq(seq); return true }
         try subs.insert(idle)

@@ -19,12 +19,12 @@ final class LockdepUserAccessTests: XCTestCase {
         try cpu.store(a, UInt8(1))          // a fault, its locks, no report
         XCTAssertTrue(reports.isEmpty, "\(reports)")
         let l = Lock("lockdep-user")
+        // An access to a mapped page (no fault: the fault handler asserts that nothing is held).
         let line = #line; l.lock()
-        try cpu.store(a + pageSize, UInt8(2))
+        try cpu.store(a, UInt8(2))
         l.unlock()
-        // Entering user mode, and coming back to it after the fault (which ran with the lock held).
-        XCTAssertEqual(reports.map(\.kind), [.userAccessWithLocks, .userAccessWithLocks])
-        XCTAssertEqual(reports.map { $0.sites.last?.line }, [UInt(line), UInt(line)])
+        XCTAssertEqual(reports.map(\.kind), [.userAccessWithLocks])
+        XCTAssertEqual(reports.map { $0.sites.last?.line }, [UInt(line)])
         XCTAssertTrue(reports.allSatisfy { $0.sites.first?.file.hasSuffix("CPU.swift") ?? false }, "\(reports)")
         cpu.detach()
         p.exit()

@@ -50,6 +50,7 @@ extension Dmirror {
     /// `dmirror_do_read`: copies mirrored pages from `start` until the first missing entry.
     /// Return: pages copied; ENOENT-equivalent is `copied < count`. Locking: `mutex` held.
     private func doRead(_ start: UInt64, _ end: UInt64, into bounce: UnsafeMutableRawBufferPointer, base: UInt64) -> UInt64 {
+        mutex.assertHeld()
         var pfns: [UInt64] = []
         var a = start
         while a < end {
@@ -92,6 +93,7 @@ extension Dmirror {
     /// `dmirror_do_write`: writes mirrored pages that are WRITE-tagged, from `start` on.
     /// Locking: `mutex` held.
     private func doWrite(_ start: UInt64, _ end: UInt64, from bounce: UnsafeRawBufferPointer, base: UInt64) -> UInt64 {
+        mutex.assertHeld()
         var pfns: [UInt64] = []
         var a = start
         while a < end {

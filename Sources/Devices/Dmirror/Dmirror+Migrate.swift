@@ -13,6 +13,7 @@ extension Dmirror {
     private func forEachMigrationBatch(_ start: UInt64, _ end: UInt64,
                                        begin: (VMA, UInt64, UInt64, _ makeRoom: () -> Void) throws(Errno) -> (MigrateVMA, CopyFence),
                                        finish: @escaping (MigrateVMA) -> Void) throws(Errno) {
+        mm.mmapLock.assertLocked()
         var inFlight: (MigrateVMA, CopyFence)? = nil
         func complete() {
             guard let (m, fence) = inFlight else { return }

@@ -141,6 +141,7 @@ public final class Dmirror: @unchecked Sendable {
     /// `dmirror_do_fault`: stores every page of the range in the device table.
     /// Locking: `mutex` held.
     private func doFault(_ range: HMMRange) throws(Errno) {
+        mutex.assertHeld()
         var vpn = range.start >> pageShift
         for e in range.hmmPfns {
             guard HMMPfn.isValid(e), !HMMPfn.isError(e) else { throw .EFAULT }

@@ -96,6 +96,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     /// `dmirror_allocate_chunk`. Locking: `lock` held.
     private func allocateChunkLocked() throws(Errno) {
+        lock.assertHeld()
         if memoryType == .deviceCoherent && chunks.count >= DmirrorDevice.maxCoherentChunks { throw .ENOMEM }
         let pgmap = try memory.registerDeviceMemory(kind: pageKind, pageCount: PhysicalMemory.deviceChunkPages,
                                                     owner: self, ops: self)
@@ -173,6 +174,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     /// Locking: `lock` held. A page is on the free list at most once.
     private func pushFree(_ pfn: UInt64) {
+        lock.assertHeld()
         let p = memory.page(pfn)
         guard !p.test(.deviceFree) else { return }
         p.set(.deviceFree)
@@ -271,6 +273,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// with ENOMEM (the chunk stays, still valid; a later RELEASE retries).
     /// Locking: takes `releaseLock`, then `lock` in turns; no mmap lock held.
     func removeChunks() throws(Errno) {
+        releaseLock.assertNotHeld(); lock.assertNotHeld()
         // One RELEASE at a time per device (the kernel's devmem_lock): two would evict and
         // unregister the same chunks twice.
         releaseLock.lock(); defer { releaseLock.unlock() }

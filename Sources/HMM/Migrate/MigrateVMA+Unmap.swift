@@ -163,12 +163,14 @@ extension MigrateVMA {
     /// `migrate_vma_pages`: moves each selected page whose destination the driver provided.
     /// Locking: caller holds the mmap lock for read; source and destination pages are locked.
     public func pages() {
+        vma.mm.mmapLock.assertLocked()
         MigratePhases.pages(vma.mm.machine, &src, dst, migrate: self)
     }
 
     /// `migrate_vma_finalize`: points every entry at its final page and releases the phase's
     /// locks and references. Locking: mmap lock held for read.
     public func finalize() {
+        vma.mm.mmapLock.assertLocked()
         if remote.count != src.count { remote = [Bool](repeating: false, count: src.count) }
         MigratePhases.finalize(vma.mm.machine, src, dst, faultPage: faultPage, local: self)
     }

@@ -118,6 +118,7 @@ public final class CPU: @unchecked Sendable {
     /// leaves user mode around the fault handler.
     @inlinable @inline(__always)
     func translate(_ address: UInt64, write: Bool) throws(AccessFault) -> UnsafeMutableRawPointer {
+        assert(userDepth > 0, "translate outside user mode")
         boundary()
         if let f = tlb.lookup(address, write: write) { return f + Int(address & 0xFFF) }
         return try translateSlow(address, write: write)

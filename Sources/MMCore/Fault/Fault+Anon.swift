@@ -33,6 +33,7 @@ extension AddressSpace {
     /// Locking: called with the PTE lock held; returns with it released.
     func doWPPage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ old: PTE,
                   flags: FaultFlags) -> FaultResult {
+        ptl.assertHeld()
         if vma.isShared {
             ptep.store(old.mkwrite().mkdirty().mkyoung())
             if !old.isSpecial { memory.page(old.pfn).set(.dirty) }
@@ -57,6 +58,7 @@ extension AddressSpace {
 
     /// Whether a private anonymous page may be reused by a write fault. Locking: PTE lock.
     func canReuseAnonPage(_ page: Page) -> Bool {
+        Lockdep.assertSpinLockHeld()
         if page.test(.anonExclusive) { return true }
         // The only reference is this one mapping: nobody else can see the page.
         if page.refcount == 1 && page.mapcount == 1 {
@@ -71,6 +73,7 @@ extension AddressSpace {
     /// old page (if it is not the zero page), which this drops.
     func wpPageCopy(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ old: PTE,
                     flags: FaultFlags) -> FaultResult {
+        Lockdep.assertNoSpinLockHeld()
         let oldPage: Page? = old.isSpecial ? nil : memory.page(old.pfn)
         defer { if let p = oldPage { memory.put(p) } }
         let av = anonVMAPrepare(vma)

@@ -7,6 +7,7 @@ extension AddressSpace {
     /// Locking: mmap lock held for read; no PTE lock held on entry or return.
     func doSwapEntry(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ entry: PTE,
                      flags: FaultFlags) -> FaultResult {
+        mmapLock.assertLocked(); Lockdep.assertNoSpinLockHeld()
         let swp = entry.swapEntry
         if swp.isMigration {
             // migration_entry_wait: the migrating thread holds the page lock until the entry is

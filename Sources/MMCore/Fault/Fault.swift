@@ -26,6 +26,7 @@ extension AddressSpace {
     /// The CPU's fault entry (`do_user_addr_fault`): finds the VMA, checks access rights,
     /// handles the fault. Locking: takes the mmap lock for read; caller holds nothing.
     public func handleUserFault(_ address: UInt64, write: Bool) -> FaultResult {
+        Lockdep.assertNoLocksHeld()
         defer { machine.operationDone("fault") }
         mmapLock.lockRead(); defer { mmapLock.unlockRead() }
         guard let vma = vmaLookup(address) else { machine.stats.count(.faultSIGSEGV); return .sigsegv }

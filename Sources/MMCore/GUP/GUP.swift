@@ -26,6 +26,7 @@ extension AddressSpace {
     /// Pages gathered before an error are released before throwing.
     /// Locking: takes the mmap lock for read.
     public func getUserPages(_ address: UInt64, count: Int, flags: FollFlags) throws(Errno) -> [Page] {
+        mmapLock.assertNotHeld()
         defer { machine.operationDone("gup") }
         guard isPageAligned(address), count > 0, UInt64(count) <= taskSize >> pageShift,
               address.addingReportingOverflow(UInt64(count) << pageShift).overflow == false else { throw .EINVAL }

@@ -26,6 +26,7 @@ extension AddressSpace {
     /// soft-dirty only. EINVAL for an unaligned address.
     /// Locking: takes the mmap lock for read.
     public func pagemap(_ address: UInt64, count: Int) throws(Errno) -> [PagemapEntry] {
+        mmapLock.assertNotHeld()
         guard isPageAligned(address), count >= 0 else { throw .EINVAL }
         mmapLock.lockRead(); defer { mmapLock.unlockRead() }
         var out: [PagemapEntry] = []
@@ -70,6 +71,7 @@ extension AddressSpace {
     /// space or any part of it is not mapped. Zero length succeeds with no bytes.
     /// Locking: takes the mmap lock for read.
     public func mincore(_ address: UInt64, length: UInt64) throws(Errno) -> [UInt8] {
+        mmapLock.assertNotHeld()
         guard isPageAligned(address) else { throw .EINVAL }
         let (end, overflow) = address.addingReportingOverflow(length)
         guard !overflow, end <= taskSize + pageSize else { throw .ENOMEM }

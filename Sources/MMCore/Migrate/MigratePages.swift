@@ -44,11 +44,15 @@ extension Machine {
         guard let av = old.anonVMA else { return .failure(.EINVAL) } // strong: pinned until we return
         let index = old.index
         guard let new = memory.allocate(order: 0) else { return .failure(.ENOMEM) }
+        // The new page is locked while it becomes the mapped page, as the kernel's dst folio is
+        // (a fault or rmap walk that finds it waits until its owner and index are set).
+        new.lock()
 
         let unmapped = tryToMigrate(old, av: av, index: index)
         // Expected references: ours only (the caller's is ours; mappings were dropped).
         guard old.mapcount == 0, old.refcount == 1 else {
             removeMigrationPTEs(from: old, to: old, av: av, index: index, entries: unmapped)
+            new.unlock()
             memory.put(new)
             return .failure(.EAGAIN)
         }
@@ -61,6 +65,7 @@ extension Machine {
         old.clear([.anonExclusive, .dirty])
         old.releaseOwner()
         old.clear(.anon)
+        new.unlock()
         memory.put(new) // drop the allocation reference; the mappings hold theirs
         return .success(new.pfn)
     }
@@ -71,6 +76,7 @@ extension Machine {
     /// (outside PTE locks), PTE locks.
     /// Return: how many entries were converted.
     package func tryToMigrate(_ page: Page, av: AnonVMA, index: UInt64) -> Int {
+        assert(page.isLocked && page.refcount > 0, "tryToMigrate: page must be locked and referenced")
         var converted = 0
         memory.rmapWalkAnon(av, index: index) { hit in
             let mm = hit.vma.mm
@@ -111,6 +117,7 @@ extension Machine {
     /// `remove_migration_ptes` through the page's own rmap (anonymous or file).
     /// Locking: `from` locked (so its owner and index are stable); `to` locked.
     package func removeMigrationPTEs(from: Page, to: Page) {
+        assert(from.isLocked && to.isLocked, "removeMigrationPTEs: both pages must be locked")
         memory.rmapWalk(from) { hit in restoreMigrationEntry(hit, from: from, to: to) }
     }
 
@@ -126,6 +133,7 @@ extension Machine {
     /// of `to` (present, or device-private for a device-private page), with its reference and
     /// rmap. Locking: the PTE table's lock held; `to` locked.
     package func restoreMigrationEntry(_ ptep: EntryPointer, _ s: SwapEntry, to: Page, vmaWritable: Bool) {
+        Lockdep.assertSpinLockHeld(); assert(to.isLocked, "restoreMigrationEntry: the new page must be locked")
         let write = s.isWrite && vmaWritable
         memory.get(to)
         memory.addRmap(to)

@@ -57,6 +57,7 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
     /// `mmu_interval_read_begin`: waits out an invalidation in progress on this interval and
     /// returns a sequence to pass to `readRetry`. Locking: no driver lock held (it may sleep).
     public func readBegin() -> UInt64 {
+        Lockdep.assertNoSpinLockHeld()
         guard let subs = subscriptions else { return invalidateSeq.load() }
         subs.lock.lock()
         let seq = invalidateSeq.load()
@@ -70,7 +71,10 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
 
     /// `mmu_interval_read_retry`: true if an invalidation started since `readBegin` returned
     /// `seq`. Locking: caller holds the driver lock that `invalidate` takes around `setSeq`.
-    public func readRetry(_ seq: UInt64) -> Bool { invalidateSeq.load() != seq }
+    public func readRetry(_ seq: UInt64) -> Bool {
+        assert(!Lockdep.enabled || Lockdep.holdsAny(.mutex), "readRetry: the driver lock must be held")
+        return invalidateSeq.load() != seq
+    }
 
     /// `mmu_interval_check_retry`: the same test without the lock (a hint only).
     public func checkRetry(_ seq: UInt64) -> Bool { invalidateSeq.load() != seq }
@@ -155,6 +159,7 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     /// deferred and waited for; a still-pending insert is simply dropped.
     /// Locking: must not be called from an invalidate callback (it may wait for it).
     public func remove(_ sub: MMUIntervalNotifier) {
+        Lockdep.assertNoSpinLockHeld(); lock.assertNotHeld()
         lock.lock()
         var waitFor: UInt64?
         if invalidateSeq & 1 == 1 {
@@ -181,6 +186,7 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     /// Locking: must not be called with a page-table lock held (callbacks may sleep).
     @discardableResult
     public func invalidateRangeStart(_ range: MMUNotifierRange) -> Bool {
+        Lockdep.assertNoSpinLockHeld()
         lock.lock()
         activeInvalidateRanges += 1
         if let stats = mm?.machine.stats {

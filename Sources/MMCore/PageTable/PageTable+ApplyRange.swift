@@ -16,6 +16,7 @@ extension PageTable {
     @discardableResult
     public func applyToPfnRange(_ start: UInt64, _ end: UInt64, allocate: Bool,
                                 _ body: (EntryPointer, UInt64) -> Errno?) -> Errno? {
+        Lockdep.assertSomeRWSemHeld()
         guard isPageAligned(start), isPageAligned(end), start < end else { return .EINVAL }
         var addr = start
         while addr < end {

@@ -49,6 +49,7 @@ extension PageTable {
     /// callback said otherwise. Return: nil, or the error a callback stopped with.
     /// Locking: caller holds the mmap lock (read or write) so no table is freed under the walk.
     public func walk<W: PageWalker>(_ start: UInt64, _ end: UInt64, _ walker: inout W) -> Errno? {
+        Lockdep.assertSomeRWSemHeld()
         precondition(start < end && isPageAligned(start) && isPageAligned(end))
         switch walkLevel(pgd.pfn, .pgd, start, end, &walker) {
         case .stop(let e): return e

@@ -86,6 +86,7 @@ public final class PageTable: @unchecked Sendable {
     /// If a leaf (huge or non-present) entry is met above `level`, that entry is returned.
     /// Locking: caller holds the mmap lock (read or write).
     public func walkAllocating(_ address: UInt64, level: PageTableLevel) throws(Errno) -> (entry: EntryPointer, table: Page, level: PageTableLevel) {
+        Lockdep.assertSomeRWSemHeld()
         var tablePfn = pgd.pfn
         var l = PageTableLevel.pgd
         while true {

@@ -121,6 +121,7 @@ extension PhysicalMemory {
     private func bits(_ g: DevicePagemap) -> UInt64 { UInt64(UInt(bitPattern: Unmanaged.passUnretained(g).toOpaque())) }
     /// Locking: deviceLock held.
     private func registered(_ g: DevicePagemap) -> Bool {
-        (0..<pagemapSlotCount).contains { pagemapSlot($0).load() == bits(g) }
+        deviceLock.assertHeld()
+        return (0..<pagemapSlotCount).contains { pagemapSlot($0).load() == bits(g) }
     }
 }

@@ -76,7 +76,8 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
     /// Waits until the page is unlocked (migration_entry_wait). False on timeout.
     @inlinable @discardableResult
     public func waitUnlocked(timeoutNanoseconds: UInt64? = nil) -> Bool {
-        BitLock.waitUnlocked(flagsWord, bit: PageFlags.locked.rawValue, timeoutNanoseconds: timeoutNanoseconds)
+        Lockdep.assertNoSpinLockHeld()
+        return BitLock.waitUnlocked(flagsWord, bit: PageFlags.locked.rawValue, timeoutNanoseconds: timeoutNanoseconds)
     }
 
     // MARK: owner (page->mapping)

@@ -59,6 +59,7 @@ extension PhysicalMemory {
     /// Takes a free block of `order` off the lists, splitting a larger one if needed (the upper
     /// halves go back). Locking: zoneLock held. Return: its first pfn, or nil when none is free.
     private func takeBlockLocked(order: Int) -> UInt64? {
+        zoneLock.assertHeld()
         guard let found = (order...PhysicalMemory.maxOrder).first(where: { freeListHead[$0] != PhysicalMemory.nilLink }) else { return nil }
         let pfn = UInt64(freeListHead[found])
         removeFromFreeList(page(pfn), order: found)
@@ -111,6 +112,7 @@ extension PhysicalMemory {
 
     /// Inserts a block, merging with free buddies. Locking: caller holds zoneLock.
     private func freeBlockLocked(_ start: UInt64, order startOrder: Int, countIt: Bool = true) {
+        zoneLock.assertHeld()
         if countIt { freeFramesCounter.add(1 << startOrder) }
         var pfn = start, order = startOrder
         while order < PhysicalMemory.maxOrder {

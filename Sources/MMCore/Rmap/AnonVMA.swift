@@ -33,6 +33,7 @@ extension AddressSpace {
     /// As the kernel's, it first reuses the anon_vma of an adjacent VMA that differs only in
     /// protection (`find_mergeable_anon_vma`), so that an mprotect can later merge the two.
     package func anonVMAPrepare(_ vma: VMA) -> AnonVMA {
+        vma.mm.mmapLock.assertLocked()
         if let av = vma.anonVMA { return av }
         pageTableLock.lock(); defer { pageTableLock.unlock() }
         if let av = vma.anonVMA { return av }

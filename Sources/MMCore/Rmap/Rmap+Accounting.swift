@@ -5,6 +5,7 @@ extension PhysicalMemory {
     /// `address` of `vma`, mapped once and exclusive. The caller's allocation reference becomes
     /// the mapping's reference. Locking: page not yet visible to others.
     package func addNewAnonRmap(_ page: Page, vma: VMA, address: UInt64, anonVMA: AnonVMA) {
+        assert(page.mapcount == 0 && !page.isAnon, "addNewAnonRmap: the page is already mapped or anonymous")
         page.setOwner(anon: anonVMA)
         page.index = vma.linearPageIndex(address)
         page.set([.anonExclusive, .swapBacked, .uptodate, .dirty])

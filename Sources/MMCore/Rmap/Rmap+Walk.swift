@@ -14,6 +14,7 @@ extension PhysicalMemory {
     /// plus the anon_vma it pinned; the walk takes the anon_vma (or file mapping) lock for read.
     /// It does not take any mmap lock: the VMAs it visits cannot be freed while linked.
     public func rmapWalk(_ page: Page, _ body: (RmapHit) -> Bool) {
+        assert(page.isLocked || page.refcount > 0, "rmapWalk: the page must be locked or referenced")
         if let av = page.anonVMA {
             rmapWalkAnon(av, index: page.index, body)
         } else if let file = page.file {
@@ -53,6 +54,7 @@ extension AddressSpace {
     /// Locking: rmap lock held (anon_vma or file mapping) or mmap lock; takes the PTE lock.
     public func withMappedPTE<T>(_ address: UInt64, pfn: UInt64,
                                  _ body: (EntryPointer, MappedEntry) -> T) -> T? {
+        Lockdep.assertSomeRWSemHeld()
         guard let found = pageTable.lookup(address, level: .pte), found.level == .pte else { return nil }
         found.table.ptl.lock(); defer { found.table.ptl.unlock() }
         let v = found.entry.load()

@@ -16,6 +16,7 @@ extension ShmemFile {
     /// Locking: takes the mapping lock for read; no mmap lock, no PTE lock held on entry.
     @discardableResult
     public func wpSharedMappingRange(firstIndex: UInt64, count: UInt64) -> Int {
+        Lockdep.assertNoSpinLockHeld()
         var walker = DirtyWalker(mode: .writeProtect)
         walkSharedMappings(firstIndex, count, &walker)
         return walker.total
@@ -31,6 +32,7 @@ extension ShmemFile {
     @discardableResult
     public func cleanRecordSharedMappingRange(firstIndex: UInt64, count: UInt64, bitmapPgoff: UInt64,
                                               bitmap: inout [Bool], start: inout UInt64, end: inout UInt64) -> Int {
+        Lockdep.assertNoSpinLockHeld()
         var walker = DirtyWalker(mode: .cleanRecord)
         walker.bitmapPgoff = bitmapPgoff
         walker.bitmap = bitmap

@@ -10,6 +10,7 @@ extension AddressSpace {
     /// Return: the child, or ENOMEM — also when a device-exclusive page is locked at that moment,
     /// as in Linux 7.2 (the partial child is torn down).
     public func fork() throws(Errno) -> AddressSpace {
+        mmapLock.assertNotHeld()
         defer { machine.operationDone("fork") }
         let child = try AddressSpace(machine: machine)
         mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }

@@ -40,6 +40,7 @@ extension AddressSpace {
     /// mapped parts are still advised). Zero length succeeds.
     /// Locking: takes the mmap lock (write for advice that changes VMA flags, else read).
     public func madvise(_ address: UInt64, length: UInt64, advice: MadviseAdvice) throws(Errno) {
+        mmapLock.assertNotHeld()
         defer { machine.operationDone("madvise") }
         guard isPageAligned(address), MadviseAdvice.known.contains(advice.rawValue) else { throw .EINVAL }
         guard let len = pageAlignUp(length), address.addingReportingOverflow(len).overflow == false else { throw .EINVAL }

@@ -11,6 +11,7 @@ extension AddressSpace {
     /// Locking: takes the mmap lock for write.
     public func mmap(address: UInt64 = 0, length: UInt64, prot: Protection, flags: MapFlags,
                      file: ShmemFile? = nil, offset: UInt64 = 0) throws(Errno) -> UInt64 {
+        mmapLock.assertNotHeld()
         defer { machine.operationDone("mmap") }
         guard length > 0 else { throw .EINVAL }
         guard let len = pageAlignUp(length), len <= taskSize else { throw .ENOMEM }
@@ -85,6 +86,7 @@ extension AddressSpace {
     /// `munmap`. EINVAL for an unaligned start, zero length, or a range outside the user
     /// address space. Unmapping unmapped memory succeeds. Locking: takes the mmap lock for write.
     public func munmap(_ address: UInt64, length: UInt64) throws(Errno) {
+        mmapLock.assertNotHeld()
         defer { machine.operationDone("munmap") }
         guard isPageAligned(address), length > 0, let len = pageAlignUp(length),
               address <= taskSize, len <= taskSize - address else { throw .EINVAL }
@@ -123,6 +125,7 @@ extension AddressSpace {
     /// Locking: mmap lock held for write.
     @discardableResult
     func splitAround(_ start: UInt64, _ end: UInt64, counted: Bool = true) throws(Errno) -> Bool {
+        mmapLock.assertWriteLocked()
         let i = vmaIndex(atOrAfter: start)
         guard i < vmaList.count, vmaList[i].start < end else { return false }
         if vmaList[i].start < start { try splitVMA(at: i, address: start, counted: counted) }
@@ -161,6 +164,7 @@ extension AddressSpace {
     /// Errors: EINVAL (page count does not match the length, bad flags), ENOMEM.
     /// Locking: takes the mmap lock for write.
     package func mmapDriverPages(length: UInt64, prot: Protection, flags: MapFlags, pages: [Page]) throws(Errno) -> UInt64 {
+        mmapLock.assertNotHeld()
         guard length > 0, let len = pageAlignUp(length), len >> pageShift == UInt64(pages.count) else { throw .EINVAL }
         let shared = flags.contains(.shared)
         guard shared != flags.contains(.private) else { throw .EINVAL }

@@ -72,6 +72,7 @@ extension AddressSpace {
     /// first hole are still changed, as Linux does). Zero length succeeds.
     /// Locking: takes the mmap lock for write.
     public func mprotect(_ address: UInt64, length: UInt64, prot: Protection) throws(Errno) {
+        mmapLock.assertNotHeld()
         defer { machine.operationDone("mprotect") }
         guard isPageAligned(address) else { throw .EINVAL }
         guard prot.rawValue & ~Protection.known == 0 else { throw .EINVAL }

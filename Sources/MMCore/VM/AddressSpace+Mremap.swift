@@ -19,6 +19,7 @@ extension AddressSpace {
     /// Locking: takes the mmap lock for write.
     public func mremap(_ address: UInt64, oldLength: UInt64, newLength: UInt64, flags: MremapFlags,
                        newAddress: UInt64 = 0) throws(Errno) -> UInt64 {
+        mmapLock.assertNotHeld()
         defer { machine.operationDone("mremap") }
         guard flags.rawValue & ~0x7 == 0 else { throw .EINVAL }
         if flags.contains(.fixed) && !flags.contains(.mayMove) { throw .EINVAL }

@@ -51,6 +51,7 @@ extension AddressSpace {
     /// `event`, then flushes the TLB and drops the page references (`zap_vma_range`).
     /// Locking: mmap lock held (or the rmap lock of a file the VMA maps); no PTE lock held.
     func zapRange(vma: VMA, start: UInt64, end: UInt64, event: MMUNotifyEvent) {
+        Lockdep.assertNoSpinLockHeld(); Lockdep.assertSomeRWSemHeld()
         zapVMAs([vma], start: start, end: end, event: event)
     }
 
@@ -59,6 +60,7 @@ extension AddressSpace {
     /// exit_mmap the whole space ([0, ULONG_MAX) as the kernel does).
     /// Locking: mmap lock held (or the rmap lock of a file the VMA maps); no PTE lock held.
     func zapVMAs(_ vmas: [VMA], start: UInt64, end: UInt64, event: MMUNotifyEvent) {
+        Lockdep.assertNoSpinLockHeld(); Lockdep.assertSomeRWSemHeld()
         guard vmas.contains(where: { max(start, $0.start) < min(end, $0.end) }) else { return }
         let range = MMUNotifierRange(start: start, end: end, event: event)
         notifiers.invalidateRangeStart(range)
@@ -75,6 +77,7 @@ extension AddressSpace {
     /// remains in [floor, ceiling). Locking: mmap lock held for write; the range is already
     /// zapped and its VMAs unlinked from every rmap, so no walker can reach these tables.
     func freePageTables(_ start: UInt64, _ end: UInt64, floor: UInt64, ceiling: UInt64) {
+        mmapLock.assertWriteLocked()
         guard start < end else { return }
         var freed: [Page] = []
         freeTables(pageTable.pgd.pfn, .pgd, start, end, floor, ceiling, &freed)

@@ -64,6 +64,7 @@ public final class AddressSpace: @unchecked Sendable {
     }
     /// `vma_lookup`: the VMA containing address. Locking: mmap lock held.
     public func vmaLookup(_ address: UInt64) -> VMA? {
+        mmapLock.assertLocked()
         guard let v = findVMA(address), v.start <= address else { return nil }
         return v
     }
@@ -110,6 +111,8 @@ public final class AddressSpace: @unchecked Sendable {
     /// Locking: may be called with page-table locks held; must not be called by a CPU thread
     /// that is inside an access.
     public func flushTLB() {
+        // Contract not checkable here: which thread is a CPU inside an access is the CPU's
+        // state, not the thread's (the shootdown would wait for itself and hang, loudly).
         let gen = flushGeneration.fetchAdd(1) &+ 1
         machine.stats.count(.tlbShootdown)
         let list = cpusLock.withLock { cpus }
