@@ -94,16 +94,21 @@ extension String {
     func leftPad(_ n: Int) -> String { String(repeating: "0", count: max(0, n - count)) + self }
 }
 
-func jsonEscape(_ s: String) -> String {
+/// The text of a JSON string (without quotes); also a valid YAML double-quoted scalar, so C0,
+/// DEL and C1 controls are escaped too.
+public func jsonEscape(_ s: String) -> String {
     var out = ""
     for c in s.unicodeScalars {
         switch c {
         case "\"": out += "\\\""
         case "\\": out += "\\\\"
         case "\n": out += "\\n"
+        case "\r": out += "\\r"
         case "\t": out += "\\t"
         default:
-            if c.value < 0x20 { out += "\\u" + String(c.value, radix: 16).leftPad(4) } else { out.unicodeScalars.append(c) }
+            if c.value < 0x20 || (c.value >= 0x7F && c.value <= 0x9F) {
+                out += "\\u" + String(c.value, radix: 16).leftPad(4)
+            } else { out.unicodeScalars.append(c) }
         }
     }
     return out

@@ -1,3 +1,5 @@
+import Conformance
+
 /// A JSON value written with its keys in the order given (reports read top-down).
 indirect enum JSON {
     case string(String)
@@ -29,24 +31,7 @@ indirect enum JSON {
         }
     }
 
-    static func escape(_ s: String) -> String {
-        var out = ""
-        for c in s.unicodeScalars {
-            switch c {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if c.value < 0x20 || (c.value >= 0x7F && c.value <= 0x9F) {
-                    let h = String(c.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-                } else { out.unicodeScalars.append(c) }
-            }
-        }
-        return out
-    }
+    static func escape(_ s: String) -> String { jsonEscape(s) }
 }
 
 /// YAML for TAP diagnostics: a double-quoted scalar (JSON string escapes are valid YAML).

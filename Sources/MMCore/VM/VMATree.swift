@@ -137,8 +137,6 @@ struct VMATree: RandomAccessCollection {
             return (k, i)
         }
 
-        @inline(__always) func withLastGap<T>(_ body: (Node) -> T) -> T { body(self) }
-
         /// The node's last VMA (for checking).
         var last: VMA? { n == 0 ? nil : (isLeaf ? vma(n - 1) : child(n - 1).last) }
     }
@@ -157,8 +155,8 @@ struct VMATree: RandomAccessCollection {
     /// The leaf holding position `i`, and `i` within it. Unretained on the way down: the
     /// tree keeps every node alive and cannot change during a lookup (the caller holds the
     /// mmap lock), so no reference count is touched.
-    @inline(__always) private func leaf(holding i: Int) -> (Unmanaged<Node>, Int) {
-        var node = Unmanaged.passUnretained(root)
+    @inline(__always) private static func leaf(holding i: Int, root: Unmanaged<Node>) -> (Unmanaged<Node>, Int) {
+        var node = root
         var i = i
         while true {
             let (done, next, j) = node._withUnsafeGuaranteedRef { n -> (Bool, UnsafeMutableRawPointer?, Int) in
@@ -174,15 +172,12 @@ struct VMATree: RandomAccessCollection {
 
     subscript(i: Int) -> VMA {
         precondition(i >= 0 && i < root.count, "VMA index out of range")
-        let (leaf, t) = leaf(holding: i)
+        let (leaf, t) = VMATree.leaf(holding: i, root: Unmanaged.passUnretained(root))
         return leaf._withUnsafeGuaranteedRef { $0.vma(t) }
     }
 
     /// The bounds of the VMA at `i`, read without taking a reference.
-    func bounds(at i: Int) -> (start: UInt64, end: UInt64) {
-        let (leaf, t) = leaf(holding: i)
-        return leaf._withUnsafeGuaranteedRef { ($0.start(ofVMA: t), $0.end(ofVMA: t)) }
-    }
+    func bounds(at i: Int) -> (start: UInt64, end: UInt64) { VMATree.bounds(at: i, root: Unmanaged.passUnretained(root)) }
 
     /// Index of the first VMA whose end is above `address` (`count` if none): `find_vma`.
     func index(atOrAfter address: UInt64) -> Int {
@@ -306,18 +301,8 @@ struct VMATree: RandomAccessCollection {
 
     /// `bounds(at:)` from an unretained root.
     private static func bounds(at i: Int, root: Unmanaged<Node>) -> (start: UInt64, end: UInt64) {
-        var node = root
-        var i = i
-        while true {
-            let (done, next, j) = node._withUnsafeGuaranteedRef { n -> (Bool, UnsafeMutableRawPointer?, Int) in
-                if n.isLeaf { return (true, nil, i) }
-                let (k, j) = n.slot(for: i)
-                return (false, n.refs[k], j)
-            }
-            if done { let t = i; return node._withUnsafeGuaranteedRef { ($0.start(ofVMA: t), $0.end(ofVMA: t)) } }
-            node = Unmanaged<Node>.fromOpaque(next!)
-            i = j
-        }
+        let (leaf, t) = leaf(holding: i, root: root)
+        return leaf._withUnsafeGuaranteedRef { ($0.start(ofVMA: t), $0.end(ofVMA: t)) }
     }
 
     /// Refreshes the positions from `j` through `end` that lie in the leaf holding `j`;
@@ -363,7 +348,7 @@ struct VMATree: RandomAccessCollection {
             let below = Swift.max(floor, k > 0 ? bounds(at: k - 1).end : floor)
             if high >= below && high - below >= length { return high - length }
         }
-        guard let j = root.withLastGap({ VMATree.lastGap(atLeast: length, before: limit, in: $0, base: 0) }) else { return nil }
+        guard let j = VMATree.lastGap(atLeast: length, before: limit, in: root, base: 0) else { return nil }
         return bounds(at: j).start - length
     }
 
