@@ -17,7 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        .target(name: "MMSync", swiftSettings: fast),
+        .target(name: "MMSync", dependencies: ["MMArch"], swiftSettings: fast),
         .target(name: "MMArch"),
         .target(name: "MMCore", dependencies: ["MMSync", "MMArch"], swiftSettings: fast),
         .target(name: "HMM", dependencies: ["MMCore"], swiftSettings: fast),

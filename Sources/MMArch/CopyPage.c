@@ -22,7 +22,21 @@ static inline void copy_page_nocache(void *dst, const void *src) {
 }
 static inline void store_fence(void) { _mm_sfence(); }
 
+static inline void clear_page_nocache(void *dst) {
+    if ((uintptr_t)dst & 15) { memset(dst, 0, 4096); return; }
+    __m128i *d = (__m128i *)dst;
+    const __m128i z = _mm_setzero_si128();
+    for (int i = 0; i < 256; i += 8) {
+        _mm_stream_si128(d + i + 0, z); _mm_stream_si128(d + i + 1, z);
+        _mm_stream_si128(d + i + 2, z); _mm_stream_si128(d + i + 3, z);
+        _mm_stream_si128(d + i + 4, z); _mm_stream_si128(d + i + 5, z);
+        _mm_stream_si128(d + i + 6, z); _mm_stream_si128(d + i + 7, z);
+    }
+}
+
 #else
+
+static inline void clear_page_nocache(void *dst) { memset(dst, 0, 4096); }
 
 static inline void copy_page_nocache(void *dst, const void *src) { memcpy(dst, src, 4096); }
 static inline void store_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
@@ -43,5 +57,15 @@ void mm_gather_frames_nocache(void *dst, const void *frame_base, const uint64_t 
 
 void mm_scatter_frames_nocache(void *frame_base, const uint64_t *dst_pfns, const void *src, long count) {
     for (long i = 0; i < count; i++) copy_page_nocache(FRAME(frame_base, dst_pfns[i]), (const char *)src + (i << 12));
+    store_fence();
+}
+
+void mm_clear_pages_nocache(void *dst, long pages) {
+    for (long i = 0; i < pages; i++) clear_page_nocache((char *)dst + (i << 12));
+    store_fence();
+}
+
+void mm_copy_page_nocache(void *dst, const void *src) {
+    copy_page_nocache(dst, src);
     store_fence();
 }

@@ -47,7 +47,7 @@ public final class Lock: @unchecked Sendable {
         Sync.point(.lockAcquire, UnsafeRawPointer(mutex))
         guard pthread_mutex_trylock(mutex) == 0 else { return false }
         owner.store(currentThreadID(), ordering: .relaxed)
-        if Lockdep.enabled { Lockdep.acquire(lockClass, UnsafeRawPointer(mutex), Lockdep.Site(file, line)) }
+        if Lockdep.enabled { Lockdep.acquire(lockClass, UnsafeRawPointer(mutex), Lockdep.Site(file, line), trylock: true) }
         return true
     }
 
@@ -104,7 +104,7 @@ public struct SpinLockRef {
     }
     @inlinable public func tryLock(file: StaticString = #fileID, line: UInt = #line) -> Bool {
         guard word.compareExchange(expected: 0, desired: currentThreadID()).exchanged else { return false }
-        if Lockdep.enabled { Lockdep.acquire(SpinLockRef.lockClass, UnsafeRawPointer(word.pointer), Lockdep.Site(file, line)) }
+        if Lockdep.enabled { Lockdep.acquire(SpinLockRef.lockClass, UnsafeRawPointer(word.pointer), Lockdep.Site(file, line), trylock: true) }
         return true
     }
     @inlinable public func unlock(file: StaticString = #fileID, line: UInt = #line) {

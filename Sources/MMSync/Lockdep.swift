@@ -147,14 +147,16 @@ public enum Lockdep {
 
     // MARK: hooks (called by the primitives when `enabled`)
 
-    /// `lock_acquire`: the calling thread takes `instance` of `cls` at `site`.
-    public static func acquire(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site) {
+    /// `lock_acquire`: the calling thread takes `instance` of `cls` at `site`. A `trylock`
+    /// is held like any other lock but adds no order from the locks already held (a trylock
+    /// cannot wait, so it cannot close a deadlock: the kernel's lockdep does the same).
+    public static func acquire(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site, trylock: Bool = false) {
         let s = stack
         if s.items.count >= maxDepth {
             report(.tooDeep, "\(cls) taken at \(site) with \(s.items.count) locks held (at most \(maxDepth))", [site], key: "deep \(site)")
         }
         var seen = Set<LockClass>()
-        for h in s.items where h.cls != cls && seen.insert(h.cls).inserted {
+        for h in s.items where !trylock && h.cls != cls && seen.insert(h.cls).inserted {
             addEdge(h, to: cls, at: site)
         }
         s.items.append(Held(cls: cls, instance: instance, site: site))

@@ -28,7 +28,7 @@ public final class RWSem: @unchecked Sendable {
 
     public func tryLockRead(file: StaticString = #fileID, line: UInt = #line) -> Bool {
         guard tryLockReadUntracked() else { return false }
-        if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
+        if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line), trylock: true) }
         return true
     }
 
@@ -63,7 +63,7 @@ public final class RWSem: @unchecked Sendable {
 
     public func tryLockWrite(file: StaticString = #fileID, line: UInt = #line) -> Bool {
         guard tryLockWriteNoQueue() else { return false }
-        if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
+        if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line), trylock: true) }
         return true
     }
 

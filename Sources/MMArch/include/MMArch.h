@@ -19,4 +19,22 @@ void mm_gather_frames_nocache(void *dst, const void *frame_base, const uint64_t 
 /// Scatters the contiguous buffer src (page i at src + i * 4096) into frames dst_pfns[i].
 void mm_scatter_frames_nocache(void *frame_base, const uint64_t *dst_pfns, const void *src, long count);
 
+/// Zeroes `pages` contiguous 4 KiB pages at `dst` (a new anonymous page, `clear_page`).
+/// Non-temporal: the zeroes go to memory without reading the old lines first, which halves the
+/// memory traffic of zeroing a cold page; ends with a store fence.
+void mm_clear_pages_nocache(void *dst, long pages);
+
+/// Copies one 4 KiB page (`copy_page` of a copy-on-write fault) with non-temporal stores; ends
+/// with a store fence.
+void mm_copy_page_nocache(void *dst, const void *src);
+
+/// The host CPU the calling thread runs on (`raw_smp_processor_id`); glibc answers from the
+/// thread's rseq area, without a system call. 0 where unknown.
+#if defined(__linux__)
+extern int sched_getcpu(void);
+static inline int mm_current_cpu(void) { int c = sched_getcpu(); return c < 0 ? 0 : c; }
+#else
+static inline int mm_current_cpu(void) { return 0; }
+#endif
+
 #endif
