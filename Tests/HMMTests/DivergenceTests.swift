@@ -18,7 +18,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -44,7 +44,8 @@ final class DivergenceTests: XCTestCase {
         env.finish([m1, m2])
     }
 
-    /// D2: a page pinned across its process's exit still has its anon_vma.
+    /// D2: a page pinned across its process's exit still names its anon_vma, which the
+    /// machine keeps (it was made once, by the first write fault).
     func testD2APinnedPageKeepsItsAnonVMAAfterExit() throws {
         let env = try HMMEnv()
         let p = try MMCore.Process(machine: env.machine)
@@ -55,6 +56,7 @@ final class DivergenceTests: XCTestCase {
         cpu.detach()
         p.exit()
         XCTAssertNotNil(pages[0].anonVMA)
+        XCTAssertEqual(env.machine.anonVMAs.count, 1)
         XCTAssertEqual(pages[0].pincount, 1)
         XCTAssertEqual(pages[0].mapcount, 0)
         p.mm.unpinUserPages(pages)
@@ -181,5 +183,41 @@ final class DivergenceTests: XCTestCase {
             XCTAssertEqual(wrong.load(), 0)
         }
         env.finish([reader, migrator])
+    }
+
+    /// D9: frames on the per-CPU lists count as free: after a fault and an unmap the frame is
+    /// on a list, not in the buddy lists, and `freeFrames` is back where it started.
+    func testD9FramesOnPerCPUListsCountAsFree() throws {
+        let m = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 0)
+        XCTAssertEqual(m.memory.pcpBatch, 3)
+        let free = m.memory.freeFrames
+        let p = try MMCore.Process(machine: m)
+        let cpu = p.makeCPU()
+        let a = try p.mmap(length: pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        try cpu.store(a, UInt64(1))
+        try p.munmap(a, length: pageSize)
+        cpu.detach()
+        p.exit()
+        XCTAssertGreaterThan(m.memory.pcpFrames, 0)
+        XCTAssertEqual(m.memory.freeFrames, free)
+        XCTAssertEqual(m.checkInvariants(), [])
+    }
+
+    /// D10: a CPU's first fault in a VMA takes the mmap lock (its cache is empty), its next
+    /// ones the VMA lock; a second CPU starts over.
+    func testD10FirstFaultOfACPUInAVMATakesTheMmapLock() throws {
+        let m = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 0)
+        let p = try MMCore.Process(machine: m)
+        let a = try p.mmap(length: 4 * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        for cpuNumber in 0..<2 {
+            let cpu = p.makeCPU()
+            let success = m.stats[.vmaLockSuccess], abort = m.stats[.vmaLockAbort]
+            try cpu.store(a + UInt64(2 * cpuNumber) * pageSize, UInt64(1))
+            try cpu.store(a + UInt64(2 * cpuNumber + 1) * pageSize, UInt64(1))
+            XCTAssertEqual(m.stats[.vmaLockAbort] - abort, 1, "CPU \(cpuNumber): first fault")
+            XCTAssertEqual(m.stats[.vmaLockSuccess] - success, 1, "CPU \(cpuNumber): second fault")
+            cpu.detach()
+        }
+        p.exit()
     }
 }

@@ -188,7 +188,7 @@ extension MigrateVMA {
         let replacingZero = old.isPresent && old.isSpecial && old.pfn == PhysicalMemory.zeroPfn
         guard old.isNone || replacingZero else { ptl.unlock(); return false }
         memory.get(page)
-        memory.addNewAnonRmap(page, vma: vma, address: addr, anonVMA: av)
+        memory.addNewAnonRmap(page, vma: vma, address: addr, anonVMA: .passUnretained(av))
         let writable = vma.flags.contains(.write)
         if page.isDevicePrivate {
             found.entry.store(SwapEntry.devicePrivate(pfn: page.pfn, write: writable).pte())

@@ -57,13 +57,18 @@ public final class CPU: @unchecked Sendable {
         @inline(__always) get { local.pointee.userDepth }
         @inline(__always) set { local.pointee.userDepth = newValue }
     }
-    @usableFromInline unowned let memory: PhysicalMemory
+    /// The address space's memory and page table as `let`s of this CPU: the walk uses them
+    /// borrowed, without touching their reference counts (lines every CPU would share).
+    @usableFromInline let memory: PhysicalMemory
+    @usableFromInline let pageTable: PageTable
     /// Bound on fault-and-retry rounds for one access (a livelock guard).
     public static let maxFaultRetries = 100_000
     public internal(set) var faultCount = 0
+    /// The VMAs this CPU last faulted in: the lookup of its per-VMA-lock faults.
+    let vmaCache = VMACache()
 
     init(mm: AddressSpace, index: Int) {
-        self.mm = mm; self.index = index; memory = mm.memory
+        self.mm = mm; self.index = index; memory = mm.memory; pageTable = mm.pageTable
         flushGeneration = mm.flushGeneration
         local = .allocate(capacity: 1)
         local.initialize(to: CPULocal())
@@ -136,7 +141,7 @@ public final class CPU: @unchecked Sendable {
             let depth = userDepth
             userDepth = 0
             inUser.storeRelease(0)
-            let result = mm.handleUserFault(address, write: write)
+            let result = mm.handleUserFault(address, write: write, cache: .passUnretained(vmaCache))
             userDepth = depth
             if Lockdep.enabled { Lockdep.userAccess(Lockdep.Site(#fileID, #line)) }
             inUser.store(1)
@@ -155,7 +160,7 @@ public final class CPU: @unchecked Sendable {
     @usableFromInline
     func walkAndFill(_ address: UInt64, write: Bool) -> UnsafeMutableRawPointer? {
         guard address < taskSize, mm.deadFlag.load() == 0 else { return nil }
-        let pt = mm.pageTable
+        let pt = pageTable
         var tablePfn = pt.pgd.pfn
         var level = PageTableLevel.pgd
         while true {

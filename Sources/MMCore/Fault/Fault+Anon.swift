@@ -10,10 +10,10 @@ extension AddressSpace {
             ptl.lock(); defer { ptl.unlock() }
             guard ptep.load().isNone else { return .retry }
             ptep.store(.page(PhysicalMemory.zeroPfn, write: false, special: true))
-            machine.stats.count(.faultAnonZeroPage)
+            stats.count(.faultAnonZeroPage)
             return .ok
         }
-        let av = anonVMAPrepare(vma)
+        guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         guard let page = memory.allocate(order: 0, zeroed: true) else { return .oom }
         ptl.lock()
         guard ptep.load().isNone else {
@@ -24,7 +24,7 @@ extension AddressSpace {
         memory.addNewAnonRmap(page, vma: vma, address: address, anonVMA: av)
         ptep.store(.page(page.pfn, write: vma.flags.contains(.write), dirty: true))
         ptl.unlock()
-        machine.stats.count(.faultAnonNewPage)
+        stats.count(.faultAnonNewPage)
         return .ok
     }
 
@@ -38,7 +38,7 @@ extension AddressSpace {
             ptep.store(old.mkwrite().mkdirty().mkyoung())
             if !old.isSpecial { memory.page(old.pfn).set(.dirty) }
             ptl.unlock()
-            machine.stats.count(.faultWriteShared)
+            stats.count(.faultWriteShared)
             return .ok
         }
         if !old.isSpecial {
@@ -47,7 +47,7 @@ extension AddressSpace {
                 // wp_page_reuse: the page is ours alone. An unshare request keeps it read-only.
                 if flags.contains(.write) { ptep.store(old.mkwrite().mkdirty().mkyoung()) }
                 ptl.unlock()
-                machine.stats.count(.faultCOWReuse)
+                stats.count(.faultCOWReuse)
                 return .ok
             }
             memory.get(page) // keep the source alive while copying without the lock
@@ -76,11 +76,11 @@ extension AddressSpace {
         Lockdep.assertNoSpinLockHeld()
         let oldPage: Page? = old.isSpecial ? nil : memory.page(old.pfn)
         defer { if let p = oldPage { memory.put(p) } }
-        let av = anonVMAPrepare(vma)
+        guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         guard let new = memory.allocate(order: 0, zeroed: oldPage == nil) else { return .oom }
         if let src = oldPage {
-            memory.frame(new.pfn).copyMemory(from: memory.frame(src.pfn), byteCount: Int(pageSize))
-            machine.stats.count(.bytesCopied, Int(pageSize))
+            memory.copyPage(to: new, from: src)
+            stats.count(.bytesCopied, Int(pageSize))
         }
         // Mirrors must drop the old page (or the zero page) before the new one is mapped.
         let range = MMUNotifierRange(start: address, end: address + pageSize, event: .clear)
@@ -100,7 +100,7 @@ extension AddressSpace {
         if let src = oldPage { memory.removeRmap(src) }
         ptl.unlock()
         if let src = oldPage { memory.put(src) } // the mapping's reference
-        machine.stats.count(.faultCOWCopy)
+        stats.count(.faultCOWCopy)
         return .ok
     }
 }

@@ -10,19 +10,19 @@ extension AddressSpace {
                     flags: FaultFlags) -> FaultResult {
         guard let file = vma.file else { return .sigbus }
         let write = flags.contains(.write)
-        if !write && faultAround(vma, file, address, ptep, ptl) {
-            machine.stats.count(file.isAnonymousShared ? .faultShared : .faultFileRead)
+        if !write && faultAround(vma, file, address, ptep, ptl, flags: flags) {
+            stats.count(file.isAnonymousShared ? .faultShared : .faultFileRead)
             return .ok
         }
         // do_cow_fault prepares the anon_vma before it reads the page: a COW fault that then
         // fails (past the end of the file) still leaves the VMA with one.
-        if write && !vma.isShared { _ = anonVMAPrepare(vma) }
+        if write && !vma.isShared && vmfAnonPrepare(vma, flags) == nil { return .retry }
         let page: Page
         do { page = try file.getPage(vma.linearPageIndex(address)) } catch {
             return error == .ENOMEM ? .oom : .sigbus
         }
         if write && !vma.isShared {
-            return wpPageCopyFromFile(vma, address, ptep, ptl, source: page)
+            return wpPageCopyFromFile(vma, address, ptep, ptl, source: page, flags: flags)
         }
         ptl.lock()
         guard ptep.load().isNone else { ptl.unlock(); memory.put(page); return .retry }
@@ -30,7 +30,7 @@ extension AddressSpace {
         ptep.store(.page(page.pfn, write: vma.isShared && vma.flags.contains(.write), dirty: write))
         if write { page.set(.dirty) }
         ptl.unlock()
-        machine.stats.count(vma.file?.isAnonymousShared == true ? .faultShared : .faultFileRead)
+        stats.count(vma.file?.isAnonymousShared == true ? .faultShared : .faultFileRead)
         return .ok
     }
 
@@ -42,10 +42,10 @@ extension AddressSpace {
     /// 64 KiB-aligned window around it, clipped to the VMA and the PTE table, wherever the PTE
     /// is empty — as the VMA's `vm_page_prot` gives them, clean. Return: whether the faulting
     /// address itself got mapped (its page was cached).
-    /// Locking: mmap lock held for read; takes the PTE lock.
+    /// Locking: the fault's lock (mmap lock for read, or the VMA's lock); takes the PTE lock.
     private func faultAround(_ vma: VMA, _ file: ShmemFile, _ address: UInt64, _ ptep: EntryPointer,
-                             _ ptl: SpinLockRef) -> Bool {
-        mmapLock.assertLocked()
+                             _ ptl: SpinLockRef, flags: FaultFlags) -> Bool {
+        assertFaultLocked(vma, flags)
         let nr = AddressSpace.faultAroundPages
         let pteOff = (address >> pageShift) & 511
         let vmaOff = (address - vma.start) >> pageShift
@@ -72,17 +72,17 @@ extension AddressSpace {
 
     /// `do_cow_fault`: first write to a private file mapping.
     private func wpPageCopyFromFile(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
-                                    source: Page) -> FaultResult {
+                                    source: Page, flags: FaultFlags) -> FaultResult {
         defer { memory.put(source) }
-        let av = anonVMAPrepare(vma)
+        guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         guard let new = memory.allocate(order: 0) else { return .oom }
-        memory.frame(new.pfn).copyMemory(from: memory.frame(source.pfn), byteCount: Int(pageSize))
+        memory.copyPage(to: new, from: source)
         ptl.lock()
         guard ptep.load().isNone else { ptl.unlock(); memory.put(new); return .retry }
         memory.addNewAnonRmap(new, vma: vma, address: address, anonVMA: av)
         ptep.store(.page(new.pfn, write: vma.flags.contains(.write), dirty: true))
         ptl.unlock()
-        machine.stats.count(.faultCOWCopy)
+        stats.count(.faultCOWCopy)
         return .ok
     }
 }

@@ -4,10 +4,11 @@ extension AddressSpace {
     /// `do_swap_page`: a non-present, non-empty entry. Migration entries are waited out;
     /// device-private entries go to the owner's `migrateToRAM`; device-exclusive entries are
     /// restored to ordinary PTEs after a CLEAR invalidation.
-    /// Locking: mmap lock held for read; no PTE lock held on entry or return.
+    /// Locking: mmap lock held for read, or the VMA's lock (`.vmaLock`: not for device-private
+    /// entries); no PTE lock held on entry or return.
     func doSwapEntry(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ entry: PTE,
                      flags: FaultFlags) -> FaultResult {
-        mmapLock.assertLocked(); Lockdep.assertNoSpinLockHeld()
+        assertFaultLocked(vma, flags); Lockdep.assertNoSpinLockHeld()
         let swp = entry.swapEntry
         if swp.isMigration {
             // migration_entry_wait: the migrating thread holds the page lock until the entry is
@@ -19,7 +20,7 @@ extension AddressSpace {
             let page = memory.page(swp.pfn)
             ptl.unlock()
             page.waitUnlocked()
-            machine.stats.count(.faultMigrationWait)
+            stats.count(.faultMigrationWait)
             return .retry
         }
         if swp.isDevicePrivate { return doDevicePrivateFault(vma, address, ptep, ptl, entry, flags: flags) }
@@ -50,7 +51,7 @@ extension AddressSpace {
         ptl.unlock()
         defer { page.unlock(); memory.put(page) }
         guard let pgmap = memory.pagemap(of: page), let ops = pgmap.ops else { return .sigbus }
-        machine.stats.count(.faultDevicePrivate)
+        stats.count(.faultDevicePrivate)
         let r = ops.migrateToRAM(DevicePrivateFault(mm: self, vma: vma, address: address, page: page,
                                                     isWrite: flags.contains(.write)))
         return r == .ok ? .retry : r
@@ -73,7 +74,7 @@ extension AddressSpace {
         ptl.lock()
         if ptep.load() == entry {
             restoreExclusivePTE(vma, page, ptep, entry)
-            machine.stats.count(.faultDeviceExclusive)
+            stats.count(.faultDeviceExclusive)
         }
         ptl.unlock()
         notifiers.invalidateRangeEnd(range)

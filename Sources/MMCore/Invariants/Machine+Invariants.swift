@@ -44,9 +44,20 @@ extension Machine {
 extension PhysicalMemory {
     /// The buddy free lists hold exactly `freeFrames` frames, each marked free and unused.
     func checkFreeLists() -> [String] {
+        for o in pcpOwners { o.lock.lock() }
+        defer { for o in pcpOwners.reversed() { o.lock.unlock() } }
         zoneLock.lock(); defer { zoneLock.unlock() }
         var problems: [String] = []
         var total = 0
+        for o in pcpOwners {
+            for i in 0..<o.count {
+                let p = page(UInt64(o.pfns[i]))
+                if !p.flags.isEmpty || p.refcount != 0 || p.mapcount != 0 || p.order != 0 || p.pfn >= systemFrames {
+                    problems.append("per-cpu list: \(p) not a free frame (flags \(p.flags.rawValue), refcount \(p.refcount))")
+                }
+            }
+            total += o.count
+        }
         for order in 0...PhysicalMemory.maxOrder {
             var link = freeListHead[order]
             var n = 0

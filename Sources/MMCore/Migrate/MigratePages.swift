@@ -56,9 +56,9 @@ extension Machine {
             memory.put(new)
             return .failure(.EAGAIN)
         }
-        memory.frame(new.pfn).copyMemory(from: memory.frame(old.pfn), byteCount: Int(pageSize))
+        memory.copyPage(to: new, from: old)
         stats.count(.bytesCopied, Int(pageSize))
-        new.setOwner(anon: av)
+        new.setOwner(anon: .passUnretained(av))
         new.index = index
         new.set([.uptodate, .swapBacked, .dirty])
         removeMigrationPTEs(from: old, to: new, av: av, index: index, entries: unmapped)

@@ -96,36 +96,27 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         guard bits != 0, bits & Page.ownerTagMask == 0 else { return nil }
         return Unmanaged<ShmemFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!).takeUnretainedValue()
     }
-    /// Sets the owner, retaining it; releases the previous owner.
-    package func setOwner(anon: AnonVMA) {
-        releaseOwner()
-        ownerBits = UInt64(UInt(bitPattern: Unmanaged.passRetained(anon).toOpaque())) | Page.ownerTagAnon
+    /// Sets the owner (`folio->mapping = anon_vma | PAGE_MAPPING_ANON`). No reference is taken,
+    /// as in the kernel: the anon_vma outlives its pages because the machine's anon_vma cache
+    /// keeps every anon_vma it made (see `AnonVMACache`), so a stale owner is never dangling.
+    @inlinable package func setOwner(anon: Unmanaged<AnonVMA>) {
+        ownerBits = UInt64(UInt(bitPattern: anon.toOpaque())) | Page.ownerTagAnon
         set(.anon)
     }
-    /// Sets the same anon_vma as `other` (retaining it once; no strong reference in between).
-    /// Precondition: `other` is anonymous.
+    /// Sets the same anon_vma as `other`. Precondition: `other` is anonymous.
     package func setOwner(sameAnonAs other: Page) {
         let bits = other.ownerBits
         precondition(bits & Page.ownerTagMask == Page.ownerTagAnon, "\(other) is not anonymous")
-        _ = Unmanaged<AnonVMA>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits & ~Page.ownerTagMask))!).retain()
-        releaseOwner()
         ownerBits = bits
         set(.anon)
     }
     func setOwner(file: ShmemFile) {
-        releaseOwner()
         // Not retained: the file owns its page cache and clears the owner of every page it drops.
         ownerBits = UInt64(UInt(bitPattern: Unmanaged.passUnretained(file).toOpaque()))
     }
-    package func releaseOwner() {
-        let bits = ownerBits
-        guard bits != 0 else { return }
-        ownerBits = 0
-        switch bits & Page.ownerTagMask {
-        case Page.ownerTagAnon:
-            Unmanaged<AnonVMA>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits & ~Page.ownerTagMask))!).release()
-        default: break
-        }
+    /// Clears the owner (a freed page, or one that changed hands). Nothing to release.
+    @inlinable package func releaseOwner() {
+        if ownerBits != 0 { ownerBits = 0 }
     }
 
     @inlinable public var isAnon: Bool { ownerBits & Page.ownerTagMask == Page.ownerTagAnon }

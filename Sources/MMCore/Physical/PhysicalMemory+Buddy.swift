@@ -27,13 +27,21 @@ extension PhysicalMemory {
     public func allocate(order: Int = 0, zeroed: Bool = false) -> Page? {
         precondition(order >= 0 && order <= PhysicalMemory.maxOrder)
         if FaultInjection.shouldFail(.frameAllocation) { return nil }
-        zoneLock.lock()
-        guard let pfn = takeBlockLocked(order: order) else { zoneLock.unlock(); return nil }
-        freeFramesCounter.add(-(1 << order))
-        zoneLock.unlock()
+        let pfn: UInt64
+        if order == 0 && pcpBatch > 0 {
+            guard let p = allocateFromPCP() ?? { drainAllPCP(); return allocateFromPCP() }() else { return nil }
+            pfn = p
+        } else {
+            guard let p = takeBlock(order: order) ?? { () -> UInt64? in
+                guard pcpBatch > 0 else { return nil }
+                drainAllPCP()
+                return takeBlock(order: order)
+            }() else { return nil }
+            pfn = p
+        }
         let head = page(pfn)
         prepareAllocated(head, order: order)
-        if zeroed { memset(frame(pfn), 0, Int(pageSize) << order) }
+        if zeroed { clearFrames(pfn, order: order) }
         return head
     }
 
@@ -49,16 +57,28 @@ extension PhysicalMemory {
         guard want > 0 else { return [] }
         var pfns: [UInt64] = []
         pfns.reserveCapacity(want)
-        zoneLock.lock()
-        while pfns.count < want, let pfn = takeBlockLocked(order: 0) { pfns.append(pfn) }
-        freeFramesCounter.add(-pfns.count)
-        zoneLock.unlock()
+        for attempt in 0..<2 {
+            if attempt == 1 { guard pfns.count < want, pcpBatch > 0 else { break }; drainAllPCP() }
+            zoneLock.lock()
+            let before = pfns.count
+            while pfns.count < want, let pfn = takeBlockLocked(order: 0) { pfns.append(pfn) }
+            freeFramesCounter.add(0, -(pfns.count - before))
+            zoneLock.unlock()
+        }
         return pfns.map { pfn in let p = page(pfn); prepareAllocated(p, order: 0); return p }
+    }
+
+    /// A block of `order` from the buddy lists, counted as allocated. Locking: takes the zone lock.
+    private func takeBlock(order: Int) -> UInt64? {
+        zoneLock.lock(); defer { zoneLock.unlock() }
+        guard let pfn = takeBlockLocked(order: order) else { return nil }
+        freeFramesCounter.add(0, -(1 << order))
+        return pfn
     }
 
     /// Takes a free block of `order` off the lists, splitting a larger one if needed (the upper
     /// halves go back). Locking: zoneLock held. Return: its first pfn, or nil when none is free.
-    private func takeBlockLocked(order: Int) -> UInt64? {
+    func takeBlockLocked(order: Int) -> UInt64? {
         zoneLock.assertHeld()
         guard let found = (order...PhysicalMemory.maxOrder).first(where: { freeListHead[$0] != PhysicalMemory.nilLink }) else { return nil }
         let pfn = UInt64(freeListHead[found])
@@ -89,8 +109,9 @@ extension PhysicalMemory {
     /// Precondition: no mapping, no pin, owner already released.
     func freeBlock(_ head: Page) {
         prepareFree(head)
+        if head.order == 0 && pcpBatch > 0 { freeToPCP(head.pfn); return }
         zoneLock.lock()
-        freeFramesCounter.add(1 << head.order)
+        freeFramesCounter.add(0, 1 << head.order)
         freeBlockLocked(head.pfn, order: head.order, countIt: false)
         zoneLock.unlock()
     }
@@ -111,9 +132,9 @@ extension PhysicalMemory {
     }
 
     /// Inserts a block, merging with free buddies. Locking: caller holds zoneLock.
-    private func freeBlockLocked(_ start: UInt64, order startOrder: Int, countIt: Bool = true) {
+    func freeBlockLocked(_ start: UInt64, order startOrder: Int, countIt: Bool = true) {
         zoneLock.assertHeld()
-        if countIt { freeFramesCounter.add(1 << startOrder) }
+        if countIt { freeFramesCounter.add(0, 1 << startOrder) }
         var pfn = start, order = startOrder
         while order < PhysicalMemory.maxOrder {
             let buddy = pfn ^ (UInt64(1) << order)
@@ -226,9 +247,17 @@ extension PhysicalMemory {
         }
         flushDevice()
         guard !frames.isEmpty else { return }
+        if pcpBatch > 0 {
+            // Split first: a frame pushed on a per-CPU list may be drained and merged into a
+            // larger free block, whose head's order is then no longer 0.
+            let single = frames.filter { $0.order == 0 }
+            frames.removeAll { $0.order == 0 }
+            for p in single { freeToPCP(p.pfn) }
+            guard !frames.isEmpty else { return }
+        }
         zoneLock.lock()
         for p in frames {
-            freeFramesCounter.add(1 << p.order)
+            freeFramesCounter.add(0, 1 << p.order)
             freeBlockLocked(p.pfn, order: p.order, countIt: false)
         }
         zoneLock.unlock()

@@ -25,3 +25,20 @@ extension PhysicalMemory {
         dst.withUnsafeBufferPointer { d in mm_scatter_frames_nocache(frameBase, d.baseAddress, buffer.baseAddress, d.count) }
     }
 }
+
+/// The CPU's page clear and copy (`clear_page`, `copy_page`) for faults: a new anonymous page is
+/// zeroed, a copy-on-write copy made, with non-temporal stores, since the frame is almost
+/// always cold: streaming skips reading the old lines, which on a cold page is half the
+/// traffic. Each call ends with a store fence, so the contents are visible before the entry
+/// that maps the frame is published.
+extension PhysicalMemory {
+    /// Zeroes the 2^order frames starting at `pfn` (`clear_page`).
+    @inline(__always) func clearFrames(_ pfn: UInt64, order: Int = 0) {
+        mm_clear_pages_nocache(frame(pfn), 1 << order)
+    }
+
+    /// Frame `dst` ← frame `src` (`copy_page`).
+    @inline(__always) public func copyPage(to dst: Page, from src: Page) {
+        mm_copy_page_nocache(frame(dst.pfn), frame(src.pfn))
+    }
+}

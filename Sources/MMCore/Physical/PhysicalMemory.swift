@@ -24,7 +24,14 @@ public final class PhysicalMemory: @unchecked Sendable {
     var freeListHead = [UInt32](repeating: PhysicalMemory.nilLink, count: PhysicalMemory.maxOrder + 1)
     var freeCountByOrder = [Int](repeating: 0, count: PhysicalMemory.maxOrder + 1)
     static let nilLink: UInt32 = .max
-    let freeFramesCounter = AtomicCounter(0)
+    /// Free frames, buddy and per-CPU lists together (slot 0 of a per-CPU counter). Locking:
+    /// changed under the zone lock or the per-CPU list lock of the frames that moved.
+    let freeFramesCounter = PerCPUCounters(count: 1)
+    /// Per-CPU page lists (see `PhysicalMemory+PerCPUPages.swift`): `pcpSlots` of them, each
+    /// held by `pcpOwners`; `pcpBatch` 0 when the machine is too small to have them.
+    let pcpBatch: Int
+    let pcpLists: UnsafeMutablePointer<Unmanaged<PerCPUPages>>
+    let pcpOwners: [PerCPUPages]
 
     /// Next unassigned device pfn.
     var nextDevicePfn: UInt64
@@ -76,6 +83,11 @@ public final class PhysicalMemory: @unchecked Sendable {
             PhysicalMemory.populate(m, Int(systemFrames) * Page.metadataStride)
         }
         nextDevicePfn = (systemFrames + PhysicalMemory.deviceChunkPages - 1) & ~(PhysicalMemory.deviceChunkPages - 1)
+        pcpBatch = PhysicalMemory.pcpBatch(systemFrames: systemFrames)
+        let batch = pcpBatch
+        pcpOwners = (0..<PhysicalMemory.pcpSlots).map { _ in PerCPUPages(capacity: 4 * batch) }
+        pcpLists = .allocate(capacity: PhysicalMemory.pcpSlots)
+        for (i, o) in pcpOwners.enumerated() { (pcpLists + i).initialize(to: .passUnretained(o)) }
         let zero = page(0)
         zero.set([.reserved, .uptodate])
         zero.refcountWord.store(1)
@@ -92,7 +104,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         while off < bytes { base.storeBytes(of: 0, toByteOffset: off, as: UInt8.self); off += Int(pageSize) }
     }
 
-    deinit { munmap(frameBase, frameBytes); munmap(metaBase, metaBytes); pagemapSlots.deallocate() }
+    deinit { munmap(frameBase, frameBytes); munmap(metaBase, metaBytes); pagemapSlots.deallocate(); pcpLists.deallocate() }
 
     /// The metadata handle of `pfn`. Precondition: pfn < totalPfns.
     @inlinable @inline(__always) public func page(_ pfn: UInt64) -> Page {
@@ -113,7 +125,7 @@ public final class PhysicalMemory: @unchecked Sendable {
     public var zeroPage: Page { page(0) }
     public static let zeroPfn: UInt64 = 0
 
-    public var freeFrames: Int { freeFramesCounter.load() }
+    public var freeFrames: Int { freeFramesCounter[0] }
     public var usedFrames: Int { Int(systemFrames) - 1 - freeFrames }
 
     /// Assigns a fresh range of device pfns (aligned to 2 MiB) for a device memory registration.

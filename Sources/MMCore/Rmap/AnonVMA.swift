@@ -15,7 +15,7 @@ public final class AnonVMA: @unchecked Sendable {
     /// The lock of the whole tree (`anon_vma->root->rwsem`).
     public var lock: RWSem { root.rwsem! }
 
-    init(parent: AnonVMA?) {
+    fileprivate init(parent: AnonVMA?) {
         self.parent = parent
         if let p = parent { rootRef = p.root; rwsem = nil } else { rootRef = nil; rwsem = RWSem("anon_vma") }
     }
@@ -27,22 +27,66 @@ public final class AnonVMA: @unchecked Sendable {
     }
 }
 
+/// Every anon_vma a machine made (the kernel's `anon_vma_cachep`, a `SLAB_TYPESAFE_BY_RCU`
+/// cache). Pages point at their anon_vma without a reference, as in the kernel, so an
+/// anon_vma must stay valid memory as long as a page may still name it: a page unmapped but
+/// still referenced (pinned, isolated for migration, on a device) keeps its owner word. The
+/// kernel makes such stale pointers safe with type-stable memory and a `folio_mapped` check
+/// under RCU; here the cache keeps every anon_vma until the machine goes away, so a stale
+/// owner always names a valid (if unlinked) anon_vma, and an rmap walk of it finds no VMA.
+/// The cost is memory: one small object per anon_vma ever made (one per faulted VMA and one
+/// per VMA per fork), released with the machine (docs/linux-divergences.md, D9).
+public final class AnonVMACache: @unchecked Sendable {
+    /// Locking: `lock`.
+    private var all: [AnonVMA] = []
+    private let lock = Lock("anon_vma_cache")
+
+    init() {}
+
+    /// `anon_vma_alloc`. Locking: takes the cache lock (never on the fault path's fast case:
+    /// only a VMA's first anonymous fault or a fork makes one).
+    func make(parent: AnonVMA?) -> AnonVMA {
+        lock.assertNotHeld()
+        let av = AnonVMA(parent: parent)
+        lock.withLock { all.append(av) }
+        return av
+    }
+
+    /// How many anon_vmas the machine has made.
+    public var count: Int { lock.withLock { all.count } }
+}
+
 extension AddressSpace {
     /// `anon_vma_prepare`: makes sure `vma` has an anon_vma before its first anonymous page.
     /// Locking: mmap lock held (read suffices); serialised by `pageTableLock`.
     /// As the kernel's, it first reuses the anon_vma of an adjacent VMA that differs only in
     /// protection (`find_mergeable_anon_vma`), so that an mprotect can later merge the two.
     package func anonVMAPrepare(_ vma: VMA) -> AnonVMA {
-        vma.mm.mmapLock.assertLocked()
+        mmapLock.assertLocked()
         if let av = vma.anonVMA { return av }
         pageTableLock.lock(); defer { pageTableLock.unlock() }
         if let av = vma.anonVMA { return av }
-        let av = findMergeableAnonVMA(vma) ?? AnonVMA(parent: nil)
+        let av = findMergeableAnonVMA(vma) ?? machine.anonVMAs.make(parent: nil)
         av.lock.lockWrite()
         av.link(vma)
         vma.anonVMA = av
         av.lock.unlockWrite()
         return av
+    }
+
+    /// `vmf_anon_prepare`: the VMA's anon_vma for a fault about to create an anonymous page,
+    /// without a reference (the VMA's chain holds one). Making one looks at the neighbours,
+    /// which needs the mmap lock: under the VMA lock (`.vmaLock`) it is tried for read, and if
+    /// that fails the result is nil and the fault is redone under the mmap lock
+    /// (`VM_FAULT_RETRY`).
+    /// Locking: the fault's lock (mmap lock, or the VMA's lock with `.vmaLock`).
+    @inline(__always) func vmfAnonPrepare(_ vma: VMA, _ flags: FaultFlags) -> Unmanaged<AnonVMA>? {
+        assertFaultLocked(vma, flags)
+        if let av = vma.anonVMARef { return av }
+        guard flags.contains(.vmaLock) else { return .passUnretained(anonVMAPrepare(vma)) }
+        guard mmapLock.tryLockRead() else { return nil }
+        defer { mmapLock.unlockRead() }
+        return .passUnretained(anonVMAPrepare(vma))
     }
 
     /// `anon_vma_compatible`: `a` right before `b`, the same backing and flags but for the
@@ -78,7 +122,7 @@ extension AddressSpace {
     func anonVMAFork(child: VMA, parent: VMA) {
         guard let pav = parent.anonVMA else { return }
         anonVMAClone(dst: child, src: parent)
-        let av = AnonVMA(parent: pav)
+        let av = machine.anonVMAs.make(parent: pav)
         av.lock.lockWrite(); av.link(child); av.lock.unlockWrite()
         child.anonVMA = av
     }

@@ -4,7 +4,8 @@ extension PhysicalMemory {
     /// `folio_add_new_anon_rmap`: a freshly allocated page becomes the anonymous page at
     /// `address` of `vma`, mapped once and exclusive. The caller's allocation reference becomes
     /// the mapping's reference. Locking: page not yet visible to others.
-    package func addNewAnonRmap(_ page: Page, vma: VMA, address: UInt64, anonVMA: AnonVMA) {
+    /// The anon_vma is passed without a reference (the VMA's chain holds one).
+    package func addNewAnonRmap(_ page: Page, vma: VMA, address: UInt64, anonVMA: Unmanaged<AnonVMA>) {
         assert(page.mapcount == 0 && !page.isAnon, "addNewAnonRmap: the page is already mapped or anonymous")
         page.setOwner(anon: anonVMA)
         page.index = vma.linearPageIndex(address)

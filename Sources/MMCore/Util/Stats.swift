@@ -1,11 +1,14 @@
 import MMSync
 
-/// Event counters of one machine (relaxed increments; read for `--stats` and tests).
+/// Event counters of one machine (`/proc/vmstat`): per-CPU, relaxed increments, summed when
+/// read for `--stats` and tests.
 public final class MMStats: @unchecked Sendable {
     public enum Counter: Int, CaseIterable, Sendable {
         case faultAnonZeroPage, faultAnonNewPage, faultCOWCopy, faultCOWReuse, faultFileRead, faultShared
         case faultWriteShared, faultMigrationWait, faultDevicePrivate, faultDeviceExclusive
         case faultSIGSEGV, faultSIGBUS, faultRetry
+        /// Per-VMA-lock faults (`VMA_LOCK_SUCCESS`, `_ABORT`, `_RETRY`, `_MISS` in /proc/vmstat).
+        case vmaLockSuccess, vmaLockAbort, vmaLockRetry, vmaLockMiss
         case tlbShootdown, tlbShootdownWaits, tlbFlushLocal
         case pagesMigrated, pagesMigrationFailed, pagesMigratedToDevice, pagesMigratedToSystem
         case notifierInvalidations, notifierRetries
@@ -13,12 +16,10 @@ public final class MMStats: @unchecked Sendable {
         case invalidateSoftDirty, invalidateRelease, invalidateMigrate, invalidateExclusive
         case bytesCopied, forks, gupPages, pins
     }
-    @usableFromInline let counters: [AtomicCounter] = Counter.allCases.map { _ in AtomicCounter(0) }
+    @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}
-    @inlinable public func count(_ c: Counter, _ n: Int = 1) {
-        if n == 1 { counters[c.rawValue].increment() } else { counters[c.rawValue].add(n) }
-    }
-    public subscript(_ c: Counter) -> Int { counters[c.rawValue].load() }
+    @inlinable @inline(__always) public func count(_ c: Counter, _ n: Int = 1) { counters.add(c.rawValue, n) }
+    public subscript(_ c: Counter) -> Int { counters[c.rawValue] }
 
     /// The per-event invalidation counter for `event`.
     public static func invalidationCounter(_ event: MMUNotifyEvent) -> Counter {

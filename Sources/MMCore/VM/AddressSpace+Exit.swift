@@ -8,9 +8,10 @@ extension AddressSpace {
     /// operations fail with EINVAL. Idempotent.
     public func exitMMap() {
         defer { machine.operationDone("exit") }
-        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        mmapWriteLock(); defer { mmapWriteUnlock() }
         guard !isDead else { return }
         notifiers.release(self)
+        for vma in vmaList { vmaStartWrite(vma) }
         zapVMAs(Array(vmaList), start: 0, end: UInt64.max, event: .unmap)
         while !vmaList.isEmpty { removeVMA(at: vmaList.count - 1) }
         freePageTables(0, taskSize + pageSize, floor: 0, ceiling: taskSize + pageSize)

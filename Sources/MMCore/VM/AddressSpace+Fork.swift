@@ -6,22 +6,28 @@ extension AddressSpace {
     /// pinned for DMA, in which case the child gets its own copy at once; non-present entries are
     /// copied as `copy_nonpresent_pte` does. Shared and file mappings without anonymous pages
     /// are not copied: the child faults them in.
-    /// Locking: takes this mm's mmap lock for write; the child is not yet visible to anyone.
+    /// Locking: takes this mm's mmap lock for write and write-locks each of its VMAs; the child
+    /// is not yet visible to anyone.
     /// Return: the child, or ENOMEM — also when a device-exclusive page is locked at that moment,
     /// as in Linux 7.2 (the partial child is torn down).
     public func fork() throws(Errno) -> AddressSpace {
         mmapLock.assertNotHeld()
         defer { machine.operationDone("fork") }
         let child = try AddressSpace(machine: machine)
-        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        mmapWriteLock(); defer { mmapWriteUnlock() }
         guard !isDead else { child.exitMMap(); throw .EINVAL }
-        child.mmapLock.lockWrite()
+        child.mmapWriteLock()
         var failure: Errno?
         var parentChanged = false
-        for vma in vmaList where !vma.flags.contains(.dontCopy) {
+        for vma in vmaList {
+            // No fault may change the parent's VMA or its entries while they are copied: the
+            // per-VMA lock does not exclude faults the mmap lock would (dup_mmap).
+            vmaStartWrite(vma)
+            if vma.flags.contains(.dontCopy) { continue }
             let cv = vma.duplicate(into: child)
             anonVMAFork(child: cv, parent: vma)
             child.vmaList.append(cv)
+            cv.isAttached = true
             if let f = cv.file { f.linkMapping(cv) }
             guard vma.anonVMA != nil || vma.isSpecialMapping else { continue }
             let range = MMUNotifierRange(start: vma.start, end: vma.end, event: .protectionPage)
@@ -34,8 +40,8 @@ extension AddressSpace {
             if let err { failure = err; break }
         }
         if parentChanged { flushTLB() }
-        child.mmapLock.unlockWrite()
-        machine.stats.count(.forks)
+        child.mmapWriteUnlock()
+        stats.count(.forks)
         if let failure { child.exitMMap(); throw failure }
         return child
     }
@@ -89,8 +95,8 @@ struct ForkCopier: PageWalker {
             // copy_present_page: a page that may be pinned for DMA keeps its identity in the
             // parent; the child gets a private copy now.
             guard let new = memory.allocate(order: 0) else { return .stop(.ENOMEM) }
-            memory.frame(new.pfn).copyMemory(from: memory.frame(page.pfn), byteCount: Int(pageSize))
-            memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: parent.anonVMAPrepare(childVMA))
+            memory.copyPage(to: new, from: page)
+            memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: .passUnretained(parent.anonVMAPrepare(childVMA)))
             dst.store(.page(new.pfn, write: v.isWrite, dirty: true))
             return .next
         }

@@ -46,7 +46,7 @@ extension AddressSpace {
         guard let len = pageAlignUp(length), address.addingReportingOverflow(len).overflow == false else { throw .EINVAL }
         guard len > 0 else { return }
         let end = address + len
-        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        mmapWriteLock(); defer { mmapWriteUnlock() }
         var i = vmaIndex(atOrAfter: address)
         var cursor = address
         var hole = false
@@ -62,6 +62,7 @@ extension AddressSpace {
             let vma = vmaList[i]
             if vma.start > cursor { hole = true }
             let s = max(address, vma.start), e = min(end, vma.end)
+            if changesFlags { vmaStartWrite(vma) }   // madvise_update_vma
             switch advice {
             case .dontNeed:
                 zapRange(vma: vma, start: s, end: e, event: .clear)

@@ -34,6 +34,7 @@ extension AddressSpace {
         while i + 1 < vmaList.count && vmaList[i].start < end {
             let prev = vmaList[i], next = vmaList[i + 1]
             guard prev !== keepApart, next !== keepApart, canMerge(prev, next) else { i += 1; continue }
+            vmaStartWrite(prev)
             if prev.anonVMA == nil && next.anonVMA != nil { anonVMAClone(dst: prev, src: next) }
             prev.end = next.end
             removeVMA(at: i + 1)

@@ -27,7 +27,7 @@ extension AddressSpace {
             guard isPageAligned(address) else { throw .EINVAL }
             guard address <= taskSize - len, address >= mmapMinAddress else { throw fixed && address < mmapMinAddress ? .EPERM : .ENOMEM }
         }
-        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        mmapWriteLock(); defer { mmapWriteUnlock() }
         guard !isDead else { throw .ENOMEM }
         // Too many mappings (do_mmap: map_count > sysctl_max_map_count).
         guard vmaList.count <= machine.maxMapCount else { throw .ENOMEM }
@@ -71,8 +71,8 @@ extension AddressSpace {
     /// MAP_POPULATE: faults every page of [start, end) in (write faults for writable private
     /// mappings). The new mapping may have merged with a neighbour: the VMA is looked up.
     private func populateLocked(_ start: UInt64, _ end: UInt64) {
-        mmapLock.downgrade()
-        defer { mmapLock.unlockRead(); mmapLock.lockWrite() }
+        mmapWriteDowngrade()
+        defer { mmapLock.unlockRead(); mmapWriteLock() }
         var a = start
         while a < end, let vma = vmaLookup(a) {
             // populate_vma_page_range: an inaccessible VMA is skipped (mmap ignores the error).
@@ -90,7 +90,7 @@ extension AddressSpace {
         defer { machine.operationDone("munmap") }
         guard isPageAligned(address), length > 0, let len = pageAlignUp(length),
               address <= taskSize, len <= taskSize - address else { throw .EINVAL }
-        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        mmapWriteLock(); defer { mmapWriteUnlock() }
         try unmapLocked(address, address + len)
     }
 
@@ -111,6 +111,8 @@ extension AddressSpace {
             removed.append(vmaList[i]); i += 1
         }
         guard !removed.isEmpty else { return }
+        // vms_gather_munmap_vmas: no fault may map a page into them once they are zapped.
+        for vma in removed { vmaStartWrite(vma) }
         zapVMAs(removed, start: start, end: end, event: .unmap)
         let first = vmaIndex(atOrAfter: start)
         for _ in removed { removeVMA(at: first) }
@@ -136,17 +138,19 @@ extension AddressSpace {
 
     /// `split_vma` (`counted`) or `__split_vma`: vmaList[i] becomes [start, address) and a new
     /// VMA [address, end) follows it. Errors: ENOMEM when `counted` and the address space
-    /// already has `max_map_count` VMAs.
+    /// already has `max_map_count` VMAs. Locking: mmap lock held for write; write-locks the VMA.
     func splitVMA(at i: Int, address: UInt64, counted: Bool = true) throws(Errno) {
         guard !counted || vmaList.count < machine.maxMapCount else { throw .ENOMEM }
         let vma = vmaList[i]
         precondition(vma.start < address && address < vma.end && isPageAligned(address))
+        vmaStartWrite(vma)
         let tail = vma.duplicate(into: self)
         tail.start = address
         tail.pgoff = vma.pgoff + ((address - vma.start) >> pageShift)
         anonVMAClone(dst: tail, src: vma)
         vma.end = address
         vmaList.insert(tail, at: i + 1)
+        tail.isAttached = true
         if let f = tail.file { f.linkMapping(tail) }
     }
 }
@@ -168,7 +172,7 @@ extension AddressSpace {
         guard length > 0, let len = pageAlignUp(length), len >> pageShift == UInt64(pages.count) else { throw .EINVAL }
         let shared = flags.contains(.shared)
         guard shared != flags.contains(.private) else { throw .EINVAL }
-        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        mmapWriteLock(); defer { mmapWriteUnlock() }
         // A driver's mmap goes through do_mmap: the same map-count limit.
         guard !isDead, vmaList.count <= machine.maxMapCount, let start = unmappedArea(length: len, hint: 0) else { throw .ENOMEM }
         var vmFlags: VMFlags = [.mayRead, .mayWrite, .mixedMap]

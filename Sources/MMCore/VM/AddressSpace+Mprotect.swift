@@ -80,7 +80,7 @@ extension AddressSpace {
         guard let len = pageAlignUp(length), address.addingReportingOverflow(len).overflow == false else { throw .ENOMEM }
         let end = address + len
         guard end <= taskSize + pageSize else { throw .ENOMEM }
-        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        mmapWriteLock(); defer { mmapWriteUnlock() }
         // The range must start inside a VMA; each later VMA must follow without a gap.
         var i = vmaIndex(atOrAfter: address)
         guard i < vmaList.count, vmaList[i].start <= address else { throw .ENOMEM }
@@ -112,6 +112,7 @@ extension AddressSpace {
         } else if old.contains(.account) && vma.isAnonymous && vma.anonVMA == nil {
             flags.remove(.account)
         }
+        vmaStartWrite(vma)
         vma.flags = flags
         // Like the kernel, the invalidation fires whether permissions shrink or grow: mirrors
         // drop their entries and refault with the new permissions.

@@ -32,7 +32,7 @@ extension AddressSpace {
             guard isPageAligned(newAddress), newLen <= taskSize, newAddress <= taskSize - newLen else { throw .EINVAL }
             if newAddress < address + oldLen && address < newAddress + newLen { throw .EINVAL }
         }
-        mmapLock.lockWrite(); defer { mmapLock.unlockWrite() }
+        mmapWriteLock(); defer { mmapWriteUnlock() }
         // check_map_count_against_split_early: room for the worst case of splits on the way
         // (two for an unmap first, two for a move, one more when DONTUNMAP keeps the source).
         guard vmaList.count + 4 + (flags.contains(.dontUnmap) ? 1 : 0) <= machine.maxMapCount else { throw .ENOMEM }
@@ -64,6 +64,7 @@ extension AddressSpace {
             let i = vmaIndex(atOrAfter: vma.end)
             let nextStart = i < vmaList.count ? vmaList[i].start : taskSize
             if address + newLen <= nextStart && address + newLen <= taskSize {
+                vmaStartWrite(vma)   // vma_expand
                 vma.end = address + newLen
                 vmaList.boundsChanged(at: i - 1)
                 mergeVMAs(around: address, address + newLen)   // vma_merge_extend
@@ -85,6 +86,7 @@ extension AddressSpace {
         // source stays mapped, whole: prep_move_vma splits ahead only for mlock()ed VMAs).
         if !dontUnmap { try splitAround(address, address + oldLen, counted: false) }
         guard let old = vmaLookup(address) else { throw .EFAULT }
+        vmaStartWrite(old)   // move_vma: "We don't want racing faults"
         let moved = old.duplicate(into: self)
         moved.start = target
         moved.end = target + newLen

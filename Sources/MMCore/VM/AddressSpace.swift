@@ -7,9 +7,21 @@ import MMSync
 /// write for mmap/munmap/mprotect/mremap/fork. `pageTableLock` serialises anon_vma setup.
 public final class AddressSpace: @unchecked Sendable {
     public let machine: Machine
-    public var memory: PhysicalMemory { machine.memory }
+    /// The machine's memory and counters, as stored `let`s of this class: the fault path then
+    /// uses them borrowed, without retain/release (a `let` of another object, or an
+    /// `unowned(unsafe)` one, costs a retain and a release around each call).
+    public let memory: PhysicalMemory
+    @usableFromInline let stats: MMStats
     public let id: Int32
     public let mmapLock = RWSem("mmap_lock")
+    /// `mm_lock_seq`: bumped when the mmap lock is released for write, which releases every
+    /// VMA write lock taken under it (see `VMA+Lock.swift`).
+    public let vmLockSeq = MMLockSeq()
+    /// Bumped for each VMA that leaves the tree; CPUs drop cached VMAs when it moves.
+    let detachGeneration = AtomicWord(0)
+    /// VMAs out of the tree that a CPU's cache may still name, with the generation of their
+    /// detach (freed by `reapDetachedVMAs`). Locking: mmap write lock.
+    var detachedVMAs: [(vma: VMA, generation: UInt64)] = []
     public let pageTable: PageTable
     let pageTableLock = Lock("page_table_lock")
     /// Sorted, non-overlapping, in a balanced tree. Locking: mmapLock.
@@ -41,6 +53,8 @@ public final class AddressSpace: @unchecked Sendable {
 
     init(machine: Machine) throws(Errno) {
         self.machine = machine
+        memory = machine.memory
+        stats = machine.stats
         id = machine.allocatePid()
         pageTable = try PageTable(memory: machine.memory)
         notifiers = MMUNotifierSubscriptions()
@@ -79,11 +93,18 @@ public final class AddressSpace: @unchecked Sendable {
         let i = vmaIndex(atOrAfter: vma.start)
         precondition(i == vmaList.count || vmaList.bounds(at: i).start >= vma.end, "overlapping VMA insert")
         vmaList.insert(vma, at: i)
+        vma.isAttached = true
         if let f = vma.file { f.linkMapping(vma) }
     }
 
+    /// Unlinks the VMA at `i` from the tree and every rmap (`vma_mark_detached`, `remove_vma`).
+    /// Locking: mmap lock held for write; the VMA is write-locked here if it was not already.
     func removeVMA(at i: Int) {
+        mmapLock.assertWriteLocked()
+        vmaStartWrite(vmaList[i])
         let vma = vmaList.remove(at: i)
+        vma.isAttached = false
+        retireDetachedVMA(vma)
         if let f = vma.file { f.unlinkMapping(vma) }
         unlinkAnonVMAs(vma)
     }
@@ -114,7 +135,7 @@ public final class AddressSpace: @unchecked Sendable {
         // Contract not checkable here: which thread is a CPU inside an access is the CPU's
         // state, not the thread's (the shootdown would wait for itself and hang, loudly).
         let gen = flushGeneration.fetchAdd(1) &+ 1
-        machine.stats.count(.tlbShootdown)
+        stats.count(.tlbShootdown)
         let list = cpusLock.withLock { cpus }
         for cpu in list {
             var round = 0
@@ -123,7 +144,7 @@ public final class AddressSpace: @unchecked Sendable {
                 waited = true
                 Sync.spinWait(&round, .wait, nil)
             }
-            if waited { machine.stats.count(.tlbShootdownWaits) }
+            if waited { stats.count(.tlbShootdownWaits) }
         }
     }
 

@@ -4,6 +4,8 @@ import MMSync
 public final class Machine: @unchecked Sendable {
     public let memory: PhysicalMemory
     public let stats = MMStats()
+    /// Every anon_vma made on this machine (pages name theirs without a reference).
+    public let anonVMAs = AnonVMACache()
     let pidLock = Lock("pid")
     var nextPid: Int32 = 1
     /// Address spaces alive (for invariant checks and device eviction).

@@ -33,19 +33,33 @@ public struct VMFlags: OptionSet, Sendable, Hashable {
 /// A virtual memory area (`struct vm_area_struct`): [start, end) of one address space with one
 /// protection and one backing (anonymous, or a shmem file at page offset `pgoff`).
 ///
-/// Locking: the fields change only under the owning mm's mmap lock held for write; readers hold
-/// it for read. The anon_vma chain changes under the anon_vma root lock as well.
+/// Locking: the fields change only under the owning mm's mmap lock held for write and, once
+/// the VMA is in the tree, its own lock taken for write (`vma_start_write`); readers hold the
+/// mmap lock for read or this VMA's lock for read (a page fault). The setters assert it in
+/// debug builds. The anon_vma chain changes under the anon_vma root lock as well.
 public final class VMA: @unchecked Sendable, CustomStringConvertible {
-    public internal(set) var start: UInt64
-    public internal(set) var end: UInt64
-    public internal(set) var flags: VMFlags
+    public internal(set) var start: UInt64 { willSet { assertChangeable() } }
+    public internal(set) var end: UInt64 { willSet { assertChangeable() } }
+    public internal(set) var flags: VMFlags { willSet { assertChangeable() } }
     /// Page offset of `start`: in the file for file mappings; `start >> PAGE_SHIFT` at creation
     /// for anonymous ones (kept across mremap so anonymous rmap still finds pages).
-    public internal(set) var pgoff: UInt64
+    public internal(set) var pgoff: UInt64 { willSet { assertChangeable() } }
     /// The shmem/tmpfs file behind the mapping (shared anonymous mappings have one too).
     public let file: ShmemFile?
-    /// The anon_vma new anonymous pages of this VMA get (`vma->anon_vma`).
-    package internal(set) var anonVMA: AnonVMA?
+    /// The anon_vma new anonymous pages of this VMA get (`vma->anon_vma`). Set once under the
+    /// mmap lock and `page_table_lock` (anon_vma_prepare), or under the VMA's write lock.
+    package internal(set) var anonVMA: AnonVMA? {
+        didSet { anonVMARef = anonVMA.map { Unmanaged.passUnretained($0) } }
+    }
+    /// `anonVMA` without a reference, for the fault path (the chain below holds the reference).
+    @usableFromInline var anonVMARef: Unmanaged<AnonVMA>?
+    /// The per-VMA lock (`vm_refcnt`/`vm_lock_seq`): page faults take it for read instead of
+    /// the mmap lock; writers take it for write under the mmap write lock.
+    public let vmLock = VMLock()
+    /// Whether the VMA is in its mm's tree (the kernel's `vma->detached`, inverted). A fault
+    /// that locked a VMA from its per-CPU cache checks it. Locking: mmap write lock + VMA write
+    /// lock to clear; set before the VMA is reachable.
+    var isAttached = false
     /// Every anon_vma this VMA is linked into (`anon_vma_chain`).
     var anonVMAChain: [AnonVMA] = []
     public unowned let mm: AddressSpace
@@ -54,6 +68,11 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, flags: VMFlags, pgoff: UInt64, file: ShmemFile?) {
         self.mm = mm; self.start = start; self.end = end; self.flags = flags; self.pgoff = pgoff; self.file = file
+    }
+
+    /// A change to a VMA in the tree needs its write lock (`vma_assert_write_locked`).
+    @inline(__always) func assertChangeable(file: StaticString = #fileID, line: UInt = #line) {
+        assert(!isAttached || vmLock.isWriteLocked(mm.vmLockSeq), "\(self) changed without vma_start_write", file: file, line: line)
     }
 
     /// `vma_is_anonymous`: no file behind it (shared anonymous memory is shmem, so not anonymous).
