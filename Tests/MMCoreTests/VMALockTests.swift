@@ -130,6 +130,37 @@ final class VMALockTests: XCTestCase {
         env.teardown()
     }
 
+    /// A cached VMA is split (mprotect of its head): the first fault in the tail finds the
+    /// stale entry, refreshes its bounds and takes the mmap lock, which caches the tail; the
+    /// next ones run under the tail's VMA lock.
+    func testASplitVMAIsRecachedAndItsTailFaultsUnderTheVMALock() throws {
+        let env = try Env()
+        let a = try env.anon(8)
+        try env.cpu.run { cpu in try cpu.store(a, UInt64(1)) }
+        try env.process.mprotect(a, length: 4 * pageSize, prot: .read)
+        XCTAssertEqual(env.mm.vmaCount, 2)
+        let before = counters(env.machine)
+        try env.cpu.run { cpu in
+            for i in 4..<7 { try cpu.store(a + UInt64(i) * pageSize, UInt64(i)) }
+        }
+        XCTAssertEqual(zip(counters(env.machine), before).map { $0 - $1 }, [2, 1, 0, 0], "success, abort, retry, miss")
+        env.check()
+        env.teardown()
+    }
+
+    /// A CPU detached by another thread (its process exited) stops using its VMA cache.
+    func testADetachedCPUDoesNotUseItsCache() throws {
+        let env = try Env(checkEveryOperation: false)
+        let a = try env.anon(2)
+        try env.cpu.run { cpu in try cpu.store(a, UInt64(1)) }
+        env.cpu.detach()
+        XCTAssertEqual(env.cpu.vmaCache.dead.load(), 1)
+        let before = counters(env.machine)
+        try env.cpu.run { cpu in try cpu.store(a + pageSize, UInt64(2)) }
+        XCTAssertEqual(zip(counters(env.machine), before).map { $0 - $1 }, [0, 0, 0, 0], "a dead cache is not even looked at")
+        env.process.exit()
+    }
+
     /// A CPU inside a lookup keeps a detached VMA alive until it is out (the grace period).
     func testDetachedVMAWaitsForACPUInsideALookup() throws {
         let env = try Env(checkEveryOperation: false)

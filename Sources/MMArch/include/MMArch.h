@@ -28,6 +28,10 @@ void mm_clear_pages_nocache(void *dst, long pages);
 /// with a store fence.
 void mm_copy_page_nocache(void *dst, const void *src);
 
+/// Prefetches a cache line for writing (`prefetchw`): a walk over many pages' metadata asks
+/// for the lines a few entries ahead, so their atomics do not each wait on memory.
+static inline void mm_prefetchw(const void *p) { __builtin_prefetch(p, 1, 3); }
+
 /// The host CPU the calling thread runs on (`raw_smp_processor_id`); glibc answers from the
 /// thread's rseq area, without a system call. 0 where unknown.
 #if defined(__linux__)

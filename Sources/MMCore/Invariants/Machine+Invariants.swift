@@ -72,6 +72,8 @@ extension PhysicalMemory {
             if n != freeCountByOrder[order] { problems.append("free list \(order): \(n) blocks, counter says \(freeCountByOrder[order])") }
         }
         if total != freeFrames { problems.append("free lists hold \(total) frames, counter says \(freeFrames)") }
+        let buddy = total - pcpOwners.reduce(0) { $0 + $1.count }
+        if buddy != buddyFreeFrames.load() { problems.append("buddy lists hold \(buddy) frames, counter says \(buddyFreeFrames.load())") }
         return problems
     }
 }

@@ -62,7 +62,7 @@ extension PhysicalMemory {
             zoneLock.lock()
             let before = pfns.count
             while pfns.count < want, let pfn = takeBlockLocked(order: 0) { pfns.append(pfn) }
-            freeFramesCounter.add(0, -(pfns.count - before))
+            buddyFreeFrames.add(-(pfns.count - before))
             zoneLock.unlock()
         }
         return pfns.map { pfn in let p = page(pfn); prepareAllocated(p, order: 0); return p }
@@ -72,7 +72,7 @@ extension PhysicalMemory {
     private func takeBlock(order: Int) -> UInt64? {
         zoneLock.lock(); defer { zoneLock.unlock() }
         guard let pfn = takeBlockLocked(order: order) else { return nil }
-        freeFramesCounter.add(0, -(1 << order))
+        buddyFreeFrames.add(-(1 << order))
         return pfn
     }
 
@@ -111,7 +111,7 @@ extension PhysicalMemory {
         prepareFree(head)
         if head.order == 0 && pcpBatch > 0 { freeToPCP(head.pfn); return }
         zoneLock.lock()
-        freeFramesCounter.add(0, 1 << head.order)
+        buddyFreeFrames.add(1 << head.order)
         freeBlockLocked(head.pfn, order: head.order, countIt: false)
         zoneLock.unlock()
     }
@@ -134,7 +134,7 @@ extension PhysicalMemory {
     /// Inserts a block, merging with free buddies. Locking: caller holds zoneLock.
     func freeBlockLocked(_ start: UInt64, order startOrder: Int, countIt: Bool = true) {
         zoneLock.assertHeld()
-        if countIt { freeFramesCounter.add(0, 1 << startOrder) }
+        if countIt { buddyFreeFrames.add(1 << startOrder) }
         var pfn = start, order = startOrder
         while order < PhysicalMemory.maxOrder {
             let buddy = pfn ^ (UInt64(1) << order)
@@ -257,7 +257,7 @@ extension PhysicalMemory {
         }
         zoneLock.lock()
         for p in frames {
-            freeFramesCounter.add(0, 1 << p.order)
+            buddyFreeFrames.add(1 << p.order)
             freeBlockLocked(p.pfn, order: p.order, countIt: false)
         }
         zoneLock.unlock()

@@ -14,8 +14,13 @@ import MMSync
 /// Locking: each list's own lock (`pcp->lock`), taken before the zone lock.
 final class PerCPUPages: @unchecked Sendable {
     let lock = Lock("pcp")
-    /// Locking: `lock`.
-    var count = 0
+    /// Frames on the list. Locking: changed under `lock` (a load and a store, not a locked
+    /// read-modify-write); read anywhere (`freeFrames`).
+    let countWord = AtomicCounter(0)
+    var count: Int {
+        @inline(__always) get { countWord.load() }
+        @inline(__always) set { countWord.store(newValue) }
+    }
     let pfns: UnsafeMutablePointer<UInt32>
     let capacity: Int
 
@@ -57,16 +62,19 @@ extension PhysicalMemory {
             pcp.lock.lock(); defer { pcp.lock.unlock() }
             if pcp.count == 0 {
                 zoneLock.lock()
-                while pcp.count < pcpBatch, let pfn = takeBlockLocked(order: 0) {
+                var n = 0
+                while n < pcpBatch, let pfn = takeBlockLocked(order: 0) {
                     page(pfn).order = 0
-                    pcp.pfns[pcp.count] = UInt32(pfn); pcp.count += 1
+                    pcp.pfns[n] = UInt32(pfn); n += 1
                 }
+                buddyFreeFrames.add(-n)
+                pcp.count = n
                 zoneLock.unlock()
                 guard pcp.count > 0 else { return nil }
             }
-            pcp.count -= 1
-            freeFramesCounter.add(0, -1)
-            return UInt64(pcp.pfns[pcp.count])
+            let n = pcp.count - 1
+            pcp.count = n
+            return UInt64(pcp.pfns[n])
         }
     }
 
@@ -78,8 +86,8 @@ extension PhysicalMemory {
         pcpList()._withUnsafeGuaranteedRef { pcp in
             pcp.lock.lock(); defer { pcp.lock.unlock() }
             if pcp.count == pcp.capacity { drainLocked(pcp, pcpBatch) }
-            pcp.pfns[pcp.count] = UInt32(pfn); pcp.count += 1
-            freeFramesCounter.add(0, 1)
+            let n = pcp.count
+            pcp.pfns[n] = UInt32(pfn); pcp.count = n + 1
         }
     }
 
@@ -90,7 +98,7 @@ extension PhysicalMemory {
         let k = min(n, pcp.count)
         guard k > 0 else { return }
         zoneLock.lock()
-        for i in 0..<k { freeBlockLocked(UInt64(pcp.pfns[i]), order: 0, countIt: false) }
+        for i in 0..<k { freeBlockLocked(UInt64(pcp.pfns[i]), order: 0) }
         zoneLock.unlock()
         for i in k..<pcp.count { pcp.pfns[i - k] = pcp.pfns[i] }
 

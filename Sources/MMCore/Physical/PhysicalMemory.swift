@@ -24,9 +24,8 @@ public final class PhysicalMemory: @unchecked Sendable {
     var freeListHead = [UInt32](repeating: PhysicalMemory.nilLink, count: PhysicalMemory.maxOrder + 1)
     var freeCountByOrder = [Int](repeating: 0, count: PhysicalMemory.maxOrder + 1)
     static let nilLink: UInt32 = .max
-    /// Free frames, buddy and per-CPU lists together (slot 0 of a per-CPU counter). Locking:
-    /// changed under the zone lock or the per-CPU list lock of the frames that moved.
-    let freeFramesCounter = PerCPUCounters(count: 1)
+    /// Free frames on the buddy lists. Locking: changed under the zone lock; read anywhere.
+    let buddyFreeFrames = AtomicCounter(0)
     /// Per-CPU page lists (see `PhysicalMemory+PerCPUPages.swift`): `pcpSlots` of them, each
     /// held by `pcpOwners`; `pcpBatch` 0 when the machine is too small to have them.
     let pcpBatch: Int
@@ -125,7 +124,13 @@ public final class PhysicalMemory: @unchecked Sendable {
     public var zeroPage: Page { page(0) }
     public static let zeroPfn: UInt64 = 0
 
-    public var freeFrames: Int { freeFramesCounter[0] }
+    /// Free frames: on the buddy lists and on the per-CPU lists (D9). Exact when no allocation
+    /// or free is under way.
+    public var freeFrames: Int {
+        var n = buddyFreeFrames.load()
+        for slot in 0..<PhysicalMemory.pcpSlots { n += pcpLists[slot]._withUnsafeGuaranteedRef { $0.count } }
+        return n
+    }
     public var usedFrames: Int { Int(systemFrames) - 1 - freeFrames }
 
     /// Assigns a fresh range of device pfns (aligned to 2 MiB) for a device memory registration.

@@ -7,9 +7,11 @@ extension PhysicalMemory {
     /// The anon_vma is passed without a reference (the VMA's chain holds one).
     package func addNewAnonRmap(_ page: Page, vma: VMA, address: UInt64, anonVMA: Unmanaged<AnonVMA>) {
         assert(page.mapcount == 0 && !page.isAnon, "addNewAnonRmap: the page is already mapped or anonymous")
-        page.setOwner(anon: anonVMA)
+        // Nobody else can see the page yet: its owner and flags are plain stores, not the
+        // read-modify-writes `setOwner` and `set` make.
+        page.ownerBits = UInt64(UInt(bitPattern: anonVMA.toOpaque())) | Page.ownerTagAnon
         page.index = vma.linearPageIndex(address)
-        page.set([.anonExclusive, .swapBacked, .uptodate, .dirty])
+        page.flagsWord.store(page.flagsWord.load() | PageFlags([.anon, .anonExclusive, .swapBacked, .uptodate, .dirty]).rawValue)
         page.mapcountWord.store(1)
     }
 

@@ -10,8 +10,10 @@ extension AddressSpace {
         defer { machine.operationDone("exit") }
         mmapWriteLock(); defer { mmapWriteUnlock() }
         guard !isDead else { return }
-        notifiers.release(self)
+        // Faults under a VMA lock hold no mmap lock: lock every VMA first, so that no fault
+        // is between an invalidation's start and end when the subscribers are released.
         for vma in vmaList { vmaStartWrite(vma) }
+        notifiers.release(self)
         zapVMAs(Array(vmaList), start: 0, end: UInt64.max, event: .unmap)
         while !vmaList.isEmpty { removeVMA(at: vmaList.count - 1) }
         freePageTables(0, taskSize + pageSize, floor: 0, ceiling: taskSize + pageSize)

@@ -1,3 +1,4 @@
+import MMArch
 import MMSync
 
 extension AddressSpace {
@@ -35,6 +36,7 @@ extension AddressSpace {
             if cow { notifiers.invalidateRangeStart(range) }
             var copier = ForkCopier(parent: self, child: child, vma: vma, childVMA: cv, cow: cow)
             let err = pageTable.walk(vma.start, vma.end, &copier)
+            copier.finish()
             parentChanged = parentChanged || copier.parentChanged
             if cow { notifiers.invalidateRangeEnd(range) }
             if let err { failure = err; break }
@@ -55,7 +57,22 @@ struct ForkCopier: PageWalker {
     let childVMA: VMA
     let cow: Bool
     var parentChanged = false
-    var memory: PhysicalMemory { parent.memory }
+    /// Stored (not `parent.memory`): a `let` of this walker is used without reference traffic.
+    let memory: PhysicalMemory
+    let childTables: PageTable
+    /// The child's PTE table for the 2 MiB being copied: allocated once per table, as
+    /// copy_pte_range does (`pte_alloc_map_lock`), not walked down to for every entry.
+    var dstTable: (base: UInt64, pfn: UInt64, page: Page)? = nil
+
+    /// Unlocks the child's current PTE table (after the walk, or before the next table).
+    mutating func finish() {
+        if let t = dstTable { t.page.ptl.unlock(); dstTable = nil }
+    }
+
+    init(parent: AddressSpace, child: AddressSpace, vma: VMA, childVMA: VMA, cow: Bool) {
+        self.parent = parent; self.child = child; self.vma = vma; self.childVMA = childVMA; self.cow = cow
+        memory = parent.memory; childTables = child.pageTable
+    }
 
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
@@ -66,11 +83,17 @@ struct ForkCopier: PageWalker {
 
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
         let v = pte.load()
-        let dst: (entry: EntryPointer, table: Page, level: PageTableLevel)
-        do { dst = try child.pageTable.walkAllocating(addr, level: .pte) } catch { return .stop(.ENOMEM) }
-        // The child's tables are private to this thread until fork returns: no lock needed,
-        // but take it anyway so the lock discipline checkers see every store under a PTL.
-        dst.table.ptl.lock(); defer { dst.table.ptl.unlock() }
+        let base = addr & ~(pmdSize - 1)
+        if dstTable?.base != base {
+            finish()
+            let found: (entry: EntryPointer, table: Page, level: PageTableLevel)
+            do { found = try childTables.walkAllocating(addr, level: .pte) } catch { return .stop(.ENOMEM) }
+            // The child's tables are private to this thread until fork returns: no lock is
+            // needed, but it is taken (once per table) so every store is made under a PTL.
+            found.table.ptl.lock()
+            dstTable = (base, found.table.pfn, found.table)
+        }
+        let dst = (entry: childTables.entry(inTable: dstTable!.pfn, index: PageTableLevel.pte.index(addr)), table: dstTable!.page)
         if v.isPresent { return copyPresent(pte, v, addr, dst.entry) }
         if v.swapEntry.isDeviceExclusive {
             // Linux 7.2 (copy_nonpresent_pte): the parent's device-exclusive entry is restored
@@ -88,7 +111,16 @@ struct ForkCopier: PageWalker {
         return .next
     }
 
+    /// How many entries ahead `copyPresent` prefetches page metadata.
+    static let prefetchDistance = 6
+
     private mutating func copyPresent(_ src: EntryPointer, _ v: PTE, _ addr: UInt64, _ dst: EntryPointer) -> WalkStep {
+        // Every page's metadata line is cold in a large fork, and the reference, mapcount and
+        // flag atomics below each wait for it: ask for the line of an entry a few ahead.
+        if (addr >> pageShift) & 511 < UInt64(512 - ForkCopier.prefetchDistance) {
+            let ahead = EntryPointer(src.address + 8 * ForkCopier.prefetchDistance).load()
+            if ahead.isPresent && !ahead.isSpecial && memory.isValidPfn(ahead.pfn) { mm_prefetchw(memory.page(ahead.pfn).meta) }
+        }
         if v.isSpecial { dst.store(v); return .next }
         let page = memory.page(v.pfn)
         if page.isAnon && page.pincount > 0 {
@@ -107,7 +139,7 @@ struct ForkCopier: PageWalker {
             e = src.modify { $0.wrprotect() }.new   // keeps a dirty bit a CPU sets meanwhile
             parentChanged = true
         }
-        if page.isAnon { page.clear(.anonExclusive) }
+        if page.test(.anonExclusive) { page.clear(.anonExclusive) }
         // Shared mappings keep their permissions; the child's copy starts clean and old.
         dst.store(vma.isShared ? e.mkold() : e)
         return .next

@@ -123,7 +123,17 @@ public final class AddressSpace: @unchecked Sendable {
     // MARK: CPUs and TLB
 
     func attach(_ cpu: CPU) { cpusLock.withLock { cpus.append(cpu) } }
-    func detach(_ cpu: CPU) { cpusLock.withLock { cpus.removeAll { $0 === cpu } } }
+    /// A CPU leaves (its thread ended, or its process exited). It stops using its VMA cache
+    /// first, and a lookup it may be inside (when another thread detaches it) finishes: after
+    /// that, the grace period for detached VMAs no longer needs to look at it.
+    /// Locking: takes `cpusLock`; caller holds no mmap lock.
+    func detach(_ cpu: CPU) {
+        mmapLock.assertNotHeld()
+        cpu.vmaCache.dead.store(1)
+        var round = 0
+        while cpu.vmaCache.active.load() != 0 { Sync.spinWait(&round, .wait, nil) }
+        cpusLock.withLock { cpus.removeAll { $0 === cpu } }
+    }
 
     /// TLB shootdown (`flush_tlb_mm`/`flush_tlb_range`): when this returns, no CPU of this
     /// address space can still reach a frame through a translation that was changed before the

@@ -50,6 +50,9 @@ extension AddressSpace {
         // (`reapDetachedVMAs`), and entries cached before a detach are dropped first.
         cache.active.store(1)
         defer { cache.active.storeRelease(0) }
+        // A CPU detached from its address space (by another thread's exit) is no longer in the
+        // grace period's scan: it must not use its cache (see `AddressSpace.detach`).
+        if cache.dead.load() != 0 { return nil }
         cache.sync(detachGeneration.load())
         guard let found = cache.lookup(address) else {
             stats.count(.vmaLockAbort)
@@ -69,6 +72,9 @@ extension AddressSpace {
                 return nil
             }
             guard vma.start <= address, address < vma.end else {
+                // The VMA was split or shrunk since it was cached: keep its bounds as they are
+                // now (read under its lock), so that the entry stops hiding its neighbours.
+                cache.refresh(found, start: vma.start, end: vma.end)
                 vma.vmLock.unlockRead()
                 stats.count(.vmaLockAbort)
                 return nil
@@ -108,6 +114,8 @@ final class VMACache: @unchecked Sendable {
     static let size = 4
     /// 1 while the owner is inside a lookup (the read-side critical section).
     let active = AtomicWord(0)
+    /// 1 once the CPU is detached: the cache is not used any more.
+    let dead = AtomicWord(0)
     /// The address space's detach generation the entries are valid for.
     let seenGeneration = AtomicWord(0)
     private var entries: [(start: UInt64, end: UInt64, vma: Unmanaged<VMA>)] = []
@@ -126,15 +134,26 @@ final class VMACache: @unchecked Sendable {
         return nil
     }
 
-    /// Records `vma`, found under the mmap lock. Locking: mmap lock held (bounds and the
-    /// detach generation are stable). Owner thread only.
+    /// Records `vma`, found under the mmap lock; entries whose bounds overlap it are dropped
+    /// (they are out of date). Locking: mmap lock held (bounds and the detach generation are
+    /// stable). Owner thread only.
     func insert(_ vma: VMA, generation: UInt64) {
         Lockdep.assertSomeRWSemHeld()
+        guard dead.load() == 0 else { return }
         sync(generation)
         let e = (start: vma.start, end: vma.end, vma: Unmanaged.passUnretained(vma))
+        entries.removeAll { $0.vma.toOpaque() != e.vma.toOpaque() && $0.start < e.end && e.start < $0.end }
+        if next > entries.count { next = 0 }
         if let i = entries.firstIndex(where: { $0.vma.toOpaque() == e.vma.toOpaque() }) { entries[i] = e; return }
         if entries.count < VMACache.size { entries.append(e); return }
         entries[next] = e
         next = (next + 1) % VMACache.size
+    }
+
+    /// New bounds for a cached VMA. Locking: the VMA's read lock (its bounds are stable).
+    /// Owner thread only.
+    func refresh(_ vma: Unmanaged<VMA>, start: UInt64, end: UInt64) {
+        Lockdep.assertSomeRWSemHeld()
+        if let i = entries.firstIndex(where: { $0.vma.toOpaque() == vma.toOpaque() }) { entries[i] = (start, end, vma) }
     }
 }

@@ -49,10 +49,16 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     /// The anon_vma new anonymous pages of this VMA get (`vma->anon_vma`). Set once under the
     /// mmap lock and `page_table_lock` (anon_vma_prepare), or under the VMA's write lock.
     package internal(set) var anonVMA: AnonVMA? {
-        didSet { anonVMARef = anonVMA.map { Unmanaged.passUnretained($0) } }
+        didSet { anonVMABits.storeRelease(anonVMA.map { UInt64(UInt(bitPattern: Unmanaged.passUnretained($0).toOpaque())) } ?? 0) }
     }
-    /// `anonVMA` without a reference, for the fault path (the chain below holds the reference).
-    @usableFromInline var anonVMARef: Unmanaged<AnonVMA>?
+    /// `anonVMA` without a reference, for the fault path (the chain below holds the reference):
+    /// a fault under the VMA lock reads it while another may be setting it (anon_vma_prepare
+    /// under `page_table_lock`), so it is published with a release store.
+    let anonVMABits = AtomicWord(0)
+    @inline(__always) var anonVMARef: Unmanaged<AnonVMA>? {
+        let bits = anonVMABits.load()
+        return bits == 0 ? nil : Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!)
+    }
     /// The per-VMA lock (`vm_refcnt`/`vm_lock_seq`): page faults take it for read instead of
     /// the mmap lock; writers take it for write under the mmap write lock.
     public let vmLock = VMLock()
