@@ -15,17 +15,26 @@ public enum BitLock {
         Int(truncatingIfNeeded: (UInt(bitPattern: word.pointer) >> 6) & 63)
     }
 
-    @inlinable public static func tryLock(_ word: AtomicU64Ref, bit: UInt64) -> Bool {
-        word.fetchOr(bit) & bit == 0
+    /// Lockdep: a bit lock is held by the thread that took it, under the class the caller
+    /// names (every page lock is `bitlock PG_locked`), with the word as the instance.
+    @inlinable public static func tryLock(_ word: AtomicU64Ref, bit: UInt64, class cls: Lockdep.LockClass? = nil,
+                                          file: StaticString = #fileID, line: UInt = #line) -> Bool {
+        guard word.fetchOr(bit) & bit == 0 else { return false }
+        if Lockdep.enabled, let cls { Lockdep.acquire(cls, UnsafeRawPointer(word.pointer), Lockdep.Site(file, line), trylock: true) }
+        return true
     }
 
-    public static func lock(_ word: AtomicU64Ref, bit: UInt64) {
+    public static func lock(_ word: AtomicU64Ref, bit: UInt64, class cls: Lockdep.LockClass? = nil,
+                            file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled, let cls { Lockdep.acquire(cls, UnsafeRawPointer(word.pointer), Lockdep.Site(file, line)) }
         Sync.point(.bitLockAcquire, UnsafeRawPointer(word.pointer))
-        if tryLock(word, bit: bit) { return }
-        waitUntil(word) { tryLock(word, bit: bit) }
+        if word.fetchOr(bit) & bit == 0 { return }
+        waitUntil(word) { word.fetchOr(bit) & bit == 0 }
     }
 
-    public static func unlock(_ word: AtomicU64Ref, bit: UInt64) {
+    public static func unlock(_ word: AtomicU64Ref, bit: UInt64, class cls: Lockdep.LockClass? = nil,
+                              file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled, let cls { Lockdep.release(cls, UnsafeRawPointer(word.pointer), Lockdep.Site(file, line)) }
         let old = word.fetchAnd(~bit)
         precondition(old & bit != 0, "bit lock released while not held")
         Sync.point(.bitLockRelease, UnsafeRawPointer(word.pointer))

@@ -76,7 +76,7 @@ public enum Lockdep {
     }
     nonisolated(unsafe) static var failAtExit = false
 
-    struct Held { let cls: LockClass; let instance: UnsafeRawPointer?; let site: Site }
+    struct Held { let cls: LockClass; var instance: UnsafeRawPointer?; let site: Site }
     struct Edge { let from: Site; let to: Site }
 
     // Global state. Locking: `graphMutex` (a raw pthread mutex: lockdep cannot use MMSync's locks).
@@ -97,7 +97,13 @@ public enum Lockdep {
 
     // MARK: per-thread held stacks
 
-    final class HeldStack { var items: [Held] = [] }
+    final class HeldStack {
+        var items: [Held] = []
+        /// Bit locks of a class already on the stack: a migration locks hundreds of pages at
+        /// once, and they are one class, so they are one entry (its first instance and site)
+        /// plus these further instances, not hundreds of entries.
+        var moreBitLocks: [LockClass: Set<UnsafeRawPointer?>] = [:]
+    }
     nonisolated(unsafe) static let key: pthread_key_t = {
         var k = pthread_key_t()
         pthread_key_create(&k) { p in
@@ -159,12 +165,25 @@ public enum Lockdep {
         for h in s.items where !trylock && h.cls != cls && seen.insert(h.cls).inserted {
             addEdge(h, to: cls, at: site)
         }
+        if cls.kind == .bitlock, s.items.contains(where: { $0.cls == cls }) {
+            s.moreBitLocks[cls, default: []].insert(instance)
+            return
+        }
         s.items.append(Held(cls: cls, instance: instance, site: site))
     }
 
     /// `lock_release`: the calling thread releases `instance` of `cls`.
     public static func release(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site) {
         let s = stack
+        if cls.kind == .bitlock, var more = s.moreBitLocks[cls], !more.isEmpty {
+            if more.remove(instance) != nil { s.moreBitLocks[cls] = more; return }
+            if let i = s.items.lastIndex(where: { $0.cls == cls && $0.instance == instance }) {
+                s.items[i].instance = more.removeFirst()   // another instance keeps the entry
+                s.moreBitLocks[cls] = more
+                return
+            }
+            // Neither: a foreign unlock, reported below.
+        }
         if let i = s.items.lastIndex(where: { $0.cls == cls && $0.instance == instance }) {
             s.items.remove(at: i)
         } else {

@@ -1,20 +1,36 @@
 import Synchronization
 
 /// A sequence counter: odd while a writer is inside; readers retry when it moved.
+///
+/// Lockdep: a writer section is held like a lock of class `seqcount NAME`; a reader's wait is
+/// an acquire and release of it (the kernel's `seqcount_lockdep_reader_access`), so a reader
+/// that waits while holding a lock the writer section takes is an order inversion.
 public final class SeqCount: @unchecked Sendable {
     @usableFromInline let seq = Atomic<UInt64>(0)
-    public init() {}
-    @inlinable public func writeBegin() {
+    public let name: StaticString
+    public init(_ name: StaticString = "seqcount") { self.name = name }
+    public var lockClass: Lockdep.LockClass { Lockdep.LockClass(.seqcount, "\(name)") }
+    @usableFromInline var instance: UnsafeRawPointer { UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque()) }
+
+    @inlinable public func writeBegin(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
         Sync.point(.seqWrite)
         let old = seq.wrappingAdd(1, ordering: .sequentiallyConsistent).oldValue
         precondition(old & 1 == 0, "nested seqcount writer")
     }
-    @inlinable public func writeEnd() {
+    @inlinable public func writeEnd(file: StaticString = #fileID, line: UInt = #line) {
+        if Lockdep.enabled { Lockdep.release(lockClass, instance, Lockdep.Site(file, line)) }
         let old = seq.wrappingAdd(1, ordering: .sequentiallyConsistent).oldValue
         precondition(old & 1 == 1, "seqcount writeEnd without writeBegin")
     }
     /// Waits until no writer is inside and returns the sequence.
-    @inlinable public func readBegin() -> UInt64 {
+    @inlinable public func readBegin(file: StaticString = #fileID, line: UInt = #line) -> UInt64 {
+        if Lockdep.enabled {
+            let site = Lockdep.Site(file, line)
+            Lockdep.mayWait(site)
+            Lockdep.acquire(lockClass, instance, site)
+            Lockdep.release(lockClass, instance, site)
+        }
         Sync.point(.seqRead)
         var round = 0
         while true {

@@ -73,11 +73,20 @@ final class LinuxFidelityTests: XCTestCase {
         let entry = try XCTUnwrap(pte(env.mm, a))
         XCTAssertEqual(entry.swapEntry.type, SwapEntry.deviceExclusive)
 
-        // The page lock taken (a device programming it): try_restore_exclusive_pte fails.
+        // The page lock taken by another thread (a device programming it):
+        // try_restore_exclusive_pte fails.
         let page = env.memory.page(entry.swapEntry.pfn)
-        page.lock()
+        let locked = AtomicWord(0), done = AtomicWord(0)
+        let device = ModelThread.spawn(name: "device") {
+            page.lock()
+            locked.store(1)
+            while done.load() == 0 { syncSleep(nanoseconds: 100_000) }
+            page.unlock()
+        }
+        while locked.load() == 0 { syncSleep(nanoseconds: 100_000) }
         XCTAssertThrowsError(try env.mm.fork()) { XCTAssertEqual($0 as? Errno, .ENOMEM) }
-        page.unlock()
+        done.store(1)
+        device.join()
         XCTAssertEqual(pte(env.mm, a), entry)               // the entry is still there…
         XCTAssertEqual(checkExclusive(d0, a, 1), nil)      // …but the fork's PROTECTION_PAGE
         try exclusive(d0, a, 1)                            // invalidation reached the device

@@ -58,6 +58,7 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
     /// returns a sequence to pass to `readRetry`. Locking: no driver lock held (it may sleep).
     public func readBegin() -> UInt64 {
         Lockdep.assertNoSpinLockHeld()
+        MMUNotifierSubscriptions.lockdepInvalidateMap(waiting: true)
         guard let subs = subscriptions else { return invalidateSeq.load() }
         subs.lock.lock()
         let seq = invalidateSeq.load()
@@ -184,9 +185,27 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     /// called, then every subscriber's end, as the kernel backs out). Either way the core has
     /// already ended what it started: the caller must not call `invalidateRangeEnd`.
     /// Locking: must not be called with a page-table lock held (callbacks may sleep).
+    /// `__mmu_notifier_invalidate_range_start_map` (a lockdep map, not a lock).
+    public static let invalidateMapClass = Lockdep.LockClass(.seqcount, "mmu_notifier_invalidate_range_start")
+
+    /// A wait for invalidations to end: the map acquired and released at once.
+    static func lockdepInvalidateMap(waiting: Bool, file: StaticString = #fileID, line: UInt = #line) {
+        guard Lockdep.enabled else { return }
+        let site = Lockdep.Site(file, line)
+        if waiting { Lockdep.mayWait(site) }
+        Lockdep.acquire(invalidateMapClass, nil, site)
+        Lockdep.release(invalidateMapClass, nil, site)
+    }
+
     @discardableResult
     public func invalidateRangeStart(_ range: MMUNotifierRange) -> Bool {
         Lockdep.assertNoSpinLockHeld()
+        // The kernel's __mmu_notifier_invalidate_range_start_map: the callbacks run "inside"
+        // it, and a reader waiting in readBegin acquires it too, so a lock held around
+        // readBegin that a callback takes is reported as the deadlock it can be.
+        let site = Lockdep.Site(#fileID, #line)
+        if Lockdep.enabled { Lockdep.acquire(MMUNotifierSubscriptions.invalidateMapClass, nil, site) }
+        defer { if Lockdep.enabled { Lockdep.release(MMUNotifierSubscriptions.invalidateMapClass, nil, site) } }
         lock.lock()
         activeInvalidateRanges += 1
         if let stats = mm?.machine.stats {

@@ -69,9 +69,17 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
 
     // MARK: page lock
     /// Locks the page (sleeping). Locking: must not hold a page-table lock (it may sleep).
-    @inlinable public func lock() { BitLock.lock(flagsWord, bit: PageFlags.locked.rawValue) }
-    @inlinable public func tryLock() -> Bool { BitLock.tryLock(flagsWord, bit: PageFlags.locked.rawValue) }
-    @inlinable public func unlock() { BitLock.unlock(flagsWord, bit: PageFlags.locked.rawValue) }
+    /// Every page lock is one lockdep class, as `PG_locked` is one wait bit for all folios.
+    public static let lockClass = Lockdep.LockClass(.bitlock, "PG_locked")
+    @inlinable public func lock(file: StaticString = #fileID, line: UInt = #line) {
+        BitLock.lock(flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
+    }
+    @inlinable public func tryLock(file: StaticString = #fileID, line: UInt = #line) -> Bool {
+        BitLock.tryLock(flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
+    }
+    @inlinable public func unlock(file: StaticString = #fileID, line: UInt = #line) {
+        BitLock.unlock(flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
+    }
     @inlinable public var isLocked: Bool { test(.locked) }
     /// Waits until the page is unlocked (migration_entry_wait). False on timeout.
     @inlinable @discardableResult
