@@ -1,20 +1,23 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-/// Release builds drop the runtime exclusivity checks (`swift_beginAccess` on every class
-/// property access in hot loops); debug builds, which run the tests, keep them.
-let fast: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+/// No unsafe flags (SwiftPM refuses them in a versioned dependency): the hot paths avoid
+/// dynamic exclusivity checks by using structs, raw pointers and `let`s instead.
+let fast: [SwiftSetting] = []
 
 let package = Package(
     name: "swift-hmm",
     platforms: [.macOS(.v15)],
     products: [
+        .library(name: "MMSync", targets: ["MMSync"]),
         .library(name: "MMCore", targets: ["MMCore"]),
         .library(name: "HMM", targets: ["HMM"]),
         .executable(name: "hmm", targets: ["hmm"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // `swift package generate-documentation` (DocC for MMCore and HMM).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
     targets: [
         .target(name: "MMSync", dependencies: ["MMArch"], swiftSettings: fast),

@@ -8,7 +8,7 @@ public enum FaultSite: Int, CaseIterable, Sendable {
 
 public enum FaultInjection {
     static let armed: [AtomicCounter] = FaultSite.allCases.map { _ in AtomicCounter(0) }
-    nonisolated(unsafe) static var anyArmed = false
+    @exclusivity(unchecked) nonisolated(unsafe) static var anyArmed = false
 
     /// Makes the next `count` evaluations of `site` fail.
     public static func arm(_ site: FaultSite, count: Int = 1) {

@@ -24,9 +24,9 @@ public enum Lockdep {
     /// Whether lockdep watches (set before threads start; read without synchronisation). On in
     /// debug builds (so every test runs under it), off in release unless `hmm --lockdep`.
     #if DEBUG
-    nonisolated(unsafe) public static var enabled = true
+    @exclusivity(unchecked) nonisolated(unsafe) public static var enabled = true
     #else
-    nonisolated(unsafe) public static var enabled = false
+    @exclusivity(unchecked) nonisolated(unsafe) public static var enabled = false
     #endif
     /// Deepest nesting of held locks accepted (the kernel's MAX_LOCK_DEPTH is 48).
     public static let maxDepth = 48
@@ -104,7 +104,7 @@ public enum Lockdep {
         /// plus these further instances, not hundreds of entries.
         var moreBitLocks: [LockClass: Set<UnsafeRawPointer?>] = [:]
     }
-    nonisolated(unsafe) static let key: pthread_key_t = {
+    static let key: pthread_key_t = {
         var k = pthread_key_t()
         pthread_key_create(&k) { p in
             #if canImport(Darwin)

@@ -19,7 +19,7 @@ public protocol SyncScheduler: AnyObject {
 
 public enum Sync {
     /// The installed explorer scheduler, or nil in real mode.
-    nonisolated(unsafe) public static var scheduler: SyncScheduler? = nil
+    @exclusivity(unchecked) nonisolated(unsafe) public static var scheduler: SyncScheduler? = nil
 
     @inlinable @inline(__always)
     public static func point(_ kind: SyncPointKind, _ object: UnsafeRawPointer? = nil) {

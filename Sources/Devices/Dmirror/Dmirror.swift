@@ -22,7 +22,7 @@ public final class Dmirror: @unchecked Sendable {
     private(set) var notifier: MMUIntervalNotifier!
     /// Reusable bounce buffers (a fresh multi-MiB allocation per command would cost a host
     /// page fault per page). Locking: `bounceLock`.
-    var bouncePool: [UnsafeMutableRawBufferPointer] = []
+    @exclusivity(unchecked) var bouncePool: [UnsafeMutableRawBufferPointer] = []
     let bounceLock = Lock("dmirror-bounce")
     public private(set) var isOpen = true
     /// This mirror's id on its device (see `DmirrorDevice.mirrors`).

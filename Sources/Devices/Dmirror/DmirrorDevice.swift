@@ -22,13 +22,13 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     let lock = Lock("dmirror-device")
     /// Serialises RELEASE. Lock order: releaseLock before `lock`.
     let releaseLock = Lock("dmirror-devmem")
-    var chunks: [DmirrorChunk] = []
+    @exclusivity(unchecked) var chunks: [DmirrorChunk] = []
     /// Free device pages ready for allocation (each carries `.deviceFree` while listed).
-    var freePages: [UInt64] = []
+    @exclusivity(unchecked) var freePages: [UInt64] = []
     /// Pages freed while their chunk was being removed (not on the free list).
-    var released: Set<UInt64> = []
-    public private(set) var calloc = 0
-    public private(set) var cfree = 0
+    @exclusivity(unchecked) var released: Set<UInt64> = []
+    @exclusivity(unchecked) public private(set) var calloc = 0
+    @exclusivity(unchecked) public private(set) var cfree = 0
     /// Mirrors opened on this device, by id − 1 (ids are never reused). The backing page of
     /// migrated data records the id of the mirror that migrated it in its private word (the
     /// kernel keeps a pointer in the backing page's zone_device_data). Locking: `lock`.

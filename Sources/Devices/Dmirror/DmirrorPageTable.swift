@@ -24,9 +24,9 @@ final class DmirrorPageTable {
         return l
     }
 
-    private var leaves: [UInt64: Leaf] = [:]
-    private var lastKey: UInt64 = .max
-    private var lastLeaf: Leaf?
+    @exclusivity(unchecked) private var leaves: [UInt64: Leaf] = [:]
+    @exclusivity(unchecked) private var lastKey: UInt64 = .max
+    @exclusivity(unchecked) private var lastLeaf: Leaf?
     /// Entries present.
     private(set) var count = 0
 

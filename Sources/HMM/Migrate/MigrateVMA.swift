@@ -37,21 +37,21 @@ public struct MigrateSelect: OptionSet, Sendable {
 public final class MigrateVMA {
     public let vma: VMA
     public let start: UInt64
-    public internal(set) var end: UInt64
+    @exclusivity(unchecked) public internal(set) var end: UInt64
     /// Source entries, one per page; filled by `setup`.
-    public var src: [UInt64]
+    @exclusivity(unchecked) public var src: [UInt64]
     /// Destination entries the driver fills between `setup` and `pages`.
-    public var dst: [UInt64]
+    @exclusivity(unchecked) public var dst: [UInt64]
     /// Per page: had mappings besides the collected one (set by unmap). Locking: mmap lock.
-    var remote: [Bool] = []
+    @exclusivity(unchecked) var remote: [Bool] = []
     /// Pages selected for migration by `setup` (`cpages`).
-    public internal(set) var cpages = 0
+    @exclusivity(unchecked) public internal(set) var cpages = 0
     /// Pages that moved: still selected after `pages`, with a destination.
     public var migratedCount: Int {
         src.indices.reduce(0) { n, i in n + (src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(dst[i]) != nil ? 1 : 0) }
     }
     /// Pages walked (`npages`).
-    public internal(set) var npages = 0
+    @exclusivity(unchecked) public internal(set) var npages = 0
     public let pgmapOwner: AnyObject?
     public let flags: MigrateSelect
     /// The device-private page a CPU fault is migrating (`fault_page`); it carries one more

@@ -63,7 +63,7 @@ public final class CPU: @unchecked Sendable {
     @usableFromInline let pageTable: PageTable
     /// Bound on fault-and-retry rounds for one access (a livelock guard).
     public static let maxFaultRetries = 100_000
-    public internal(set) var faultCount = 0
+    @exclusivity(unchecked) public internal(set) var faultCount = 0
     /// The VMAs this CPU last faulted in: the lookup of its per-VMA-lock faults.
     let vmaCache = VMACache()
 

@@ -103,17 +103,17 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     let lock = Lock("mmu_notifier")
     let waitQueue = WaitQueue()
     /// Locking: lock. Even = the interval set may change, odd = invalidating intervals.
-    var invalidateSeq: UInt64 = 2
+    @exclusivity(unchecked) var invalidateSeq: UInt64 = 2
     /// Locking: lock. Invalidations started and not yet ended.
-    var activeInvalidateRanges = 0
+    @exclusivity(unchecked) var activeInvalidateRanges = 0
     /// Locking: lock. The intervals invalidations see, ordered by start as the kernel's
     /// interval tree visits them.
-    var intervals: [MMUIntervalNotifier] = []
+    @exclusivity(unchecked) var intervals: [MMUIntervalNotifier] = []
     /// Locking: lock. Inserts (`insert == true`) and removals waiting for the sequence to become
     /// even (`deferred_list`).
     var deferred: [(sub: MMUIntervalNotifier, insert: Bool)] = []
     /// Locking: lock. Whole-address-space subscribers (the kernel's hlist).
-    var subscribers: [MMUNotifier] = []
+    @exclusivity(unchecked) var subscribers: [MMUNotifier] = []
     weak var mm: AddressSpace?
     let stats = AtomicCounter(0)
     /// Test hook: runs inside `invalidateRangeStart` after the range is counted as active and

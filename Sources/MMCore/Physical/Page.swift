@@ -104,27 +104,51 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         guard bits != 0, bits & Page.ownerTagMask == 0 else { return nil }
         return Unmanaged<ShmemFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!).takeUnretainedValue()
     }
-    /// Sets the owner (`folio->mapping = anon_vma | PAGE_MAPPING_ANON`). No reference is taken,
-    /// as in the kernel: the anon_vma outlives its pages because the machine's anon_vma cache
-    /// keeps every anon_vma it made (see `AnonVMACache`), so a stale owner is never dangling.
+    /// Sets the owner (`folio->mapping = anon_vma | PAGE_MAPPING_ANON`) without taking a
+    /// reference, as the kernel does: while the page is mapped, the VMA that maps it is linked
+    /// to the anon_vma and keeps it alive. When its last mapping goes while the page lives on,
+    /// `removeRmap` makes the page hold a reference (`holdOwnerWhileUnmapped`).
     @inlinable package func setOwner(anon: Unmanaged<AnonVMA>) {
+        releaseOwner()
         ownerBits = UInt64(UInt(bitPattern: anon.toOpaque())) | Page.ownerTagAnon
         set(.anon)
     }
-    /// Sets the same anon_vma as `other`. Precondition: `other` is anonymous.
+    /// Sets the same anon_vma as `other`, which is mapped or holds a reference on it (the
+    /// caller has it locked). Precondition: `other` is anonymous.
     package func setOwner(sameAnonAs other: Page) {
         let bits = other.ownerBits
         precondition(bits & Page.ownerTagMask == Page.ownerTagAnon, "\(other) is not anonymous")
+        releaseOwner()
         ownerBits = bits
         set(.anon)
     }
     func setOwner(file: ShmemFile) {
         // Not retained: the file owns its page cache and clears the owner of every page it drops.
+        releaseOwner()
         ownerBits = UInt64(UInt(bitPattern: Unmanaged.passUnretained(file).toOpaque()))
     }
-    /// Clears the owner (a freed page, or one that changed hands). Nothing to release.
+    /// The page's last mapping went but the page lives on (a pin, a migration, a device
+    /// holds it): it now holds a reference on its anon_vma, so that a later rmap walk or
+    /// migration still finds valid memory after the VMAs are gone (the kernel relies on RCU
+    /// and type-stable anon_vmas instead). Once per unmapped spell.
+    /// Locking: the PTE lock of the last mapping (the VMA is still linked to the anon_vma).
+    package func holdOwnerWhileUnmapped() {
+        let bits = ownerBits
+        guard bits & Page.ownerTagMask == Page.ownerTagAnon else { return }
+        if flagsWord.fetchOr(PageFlags.anonVMARef.rawValue) & PageFlags.anonVMARef.rawValue == 0 {
+            _ = Unmanaged<AnonVMA>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits & ~Page.ownerTagMask))!).retain()
+        }
+    }
+    /// Clears the owner (a freed page, or one that changes hands), dropping the reference an
+    /// unmapped page held.
     @inlinable package func releaseOwner() {
-        if ownerBits != 0 { ownerBits = 0 }
+        let bits = ownerBits
+        guard bits != 0 else { return }
+        ownerBits = 0
+        if bits & Page.ownerTagMask == Page.ownerTagAnon,
+           flagsWord.fetchAnd(~PageFlags.anonVMARef.rawValue) & PageFlags.anonVMARef.rawValue != 0 {
+            Unmanaged<AnonVMA>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits & ~Page.ownerTagMask))!).release()
+        }
     }
 
     @inlinable public var isAnon: Bool { ownerBits & Page.ownerTagMask == Page.ownerTagAnon }

@@ -33,6 +33,10 @@ public struct PageFlags: OptionSet, Sendable {
     public static let referenced = PageFlags(rawValue: 1 << 15)
     /// A device page sitting on its driver's free list.
     public static let deviceFree = PageFlags(rawValue: 1 << 16)
+    /// The page holds a reference on its anon_vma: set when its last mapping goes while the
+    /// page lives on (pinned, isolated for migration), dropped when it is freed or changes
+    /// owner. A mapped page holds none (see `Page.setOwner(anon:)`).
+    public static let anonVMARef = PageFlags(rawValue: 1 << 17)
 }
 
 /// The kind of memory a pfn names.

@@ -68,6 +68,11 @@ extension PhysicalMemory {
                     pcp.pfns[n] = UInt32(pfn); n += 1
                 }
                 buddyFreeFrames.add(-n)
+                // The buddy hands out ascending pfns; the list pops from its end, so reverse
+                // them: consecutive faults then get consecutive frames, as the kernel's
+                // rmqueue_bulk list order gives.
+                var i = 0, j = n - 1
+                while i < j { let t = pcp.pfns[i]; pcp.pfns[i] = pcp.pfns[j]; pcp.pfns[j] = t; i += 1; j -= 1 }
                 pcp.count = n
                 zoneLock.unlock()
                 guard pcp.count > 0 else { return nil }

@@ -21,8 +21,8 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Buddy allocator state. Locking: `zoneLock` guards the free lists.
     let zoneLock = Lock("zone")
     static let maxOrder = 10
-    var freeListHead = [UInt32](repeating: PhysicalMemory.nilLink, count: PhysicalMemory.maxOrder + 1)
-    var freeCountByOrder = [Int](repeating: 0, count: PhysicalMemory.maxOrder + 1)
+    @exclusivity(unchecked) var freeListHead = [UInt32](repeating: PhysicalMemory.nilLink, count: PhysicalMemory.maxOrder + 1)
+    @exclusivity(unchecked) var freeCountByOrder = [Int](repeating: 0, count: PhysicalMemory.maxOrder + 1)
     static let nilLink: UInt32 = .max
     /// Free frames on the buddy lists. Locking: changed under the zone lock; read anywhere.
     let buddyFreeFrames = AtomicCounter(0)

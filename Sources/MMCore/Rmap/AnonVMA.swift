@@ -6,7 +6,7 @@ import MMSync
 /// all of them. All anon_vmas of one fork tree share the root's lock.
 public final class AnonVMA: @unchecked Sendable {
     /// Locking: `root.rwsem` (write to link/unlink, read to walk).
-    var vmas: [VMA] = []
+    @exclusivity(unchecked) var vmas: [VMA] = []
     let parent: AnonVMA?
     private let rootRef: AnonVMA?
     let rwsem: RWSem?
@@ -15,7 +15,7 @@ public final class AnonVMA: @unchecked Sendable {
     /// The lock of the whole tree (`anon_vma->root->rwsem`).
     public var lock: RWSem { root.rwsem! }
 
-    fileprivate init(parent: AnonVMA?) {
+    init(parent: AnonVMA?) {
         self.parent = parent
         if let p = parent { rootRef = p.root; rwsem = nil } else { rootRef = nil; rwsem = RWSem("anon_vma") }
     }
@@ -25,35 +25,6 @@ public final class AnonVMA: @unchecked Sendable {
         vmas.append(vma)
         vma.anonVMAChain.append(self)
     }
-}
-
-/// Every anon_vma a machine made (the kernel's `anon_vma_cachep`, a `SLAB_TYPESAFE_BY_RCU`
-/// cache). Pages point at their anon_vma without a reference, as in the kernel, so an
-/// anon_vma must stay valid memory as long as a page may still name it: a page unmapped but
-/// still referenced (pinned, isolated for migration, on a device) keeps its owner word. The
-/// kernel makes such stale pointers safe with type-stable memory and a `folio_mapped` check
-/// under RCU; here the cache keeps every anon_vma until the machine goes away, so a stale
-/// owner always names a valid (if unlinked) anon_vma, and an rmap walk of it finds no VMA.
-/// The cost is memory: one small object per anon_vma ever made (one per faulted VMA and one
-/// per VMA per fork), released with the machine (docs/linux-divergences.md, D9).
-public final class AnonVMACache: @unchecked Sendable {
-    /// Locking: `lock`.
-    private var all: [AnonVMA] = []
-    private let lock = Lock("anon_vma_cache")
-
-    init() {}
-
-    /// `anon_vma_alloc`. Locking: takes the cache lock (never on the fault path's fast case:
-    /// only a VMA's first anonymous fault or a fork makes one).
-    func make(parent: AnonVMA?) -> AnonVMA {
-        lock.assertNotHeld()
-        let av = AnonVMA(parent: parent)
-        lock.withLock { all.append(av) }
-        return av
-    }
-
-    /// How many anon_vmas the machine has made.
-    public var count: Int { lock.withLock { all.count } }
 }
 
 extension AddressSpace {
@@ -66,7 +37,7 @@ extension AddressSpace {
         if let av = vma.anonVMA { return av }
         pageTableLock.lock(); defer { pageTableLock.unlock() }
         if let av = vma.anonVMA { return av }
-        let av = findMergeableAnonVMA(vma) ?? machine.anonVMAs.make(parent: nil)
+        let av = findMergeableAnonVMA(vma) ?? AnonVMA(parent: nil)
         av.lock.lockWrite()
         av.link(vma)
         vma.anonVMA = av
@@ -122,7 +93,7 @@ extension AddressSpace {
     func anonVMAFork(child: VMA, parent: VMA) {
         guard let pav = parent.anonVMA else { return }
         anonVMAClone(dst: child, src: parent)
-        let av = machine.anonVMAs.make(parent: pav)
+        let av = AnonVMA(parent: pav)
         av.lock.lockWrite(); av.link(child); av.lock.unlockWrite()
         child.anonVMA = av
     }

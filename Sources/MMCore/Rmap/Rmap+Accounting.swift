@@ -21,9 +21,11 @@ extension PhysicalMemory {
 
     /// `folio_remove_rmap_pte`: one mapping fewer. The mapping's reference is dropped
     /// separately, after the TLB flush. Locking: PTE lock of the entry being cleared.
-    @inlinable package func removeRmap(_ page: Page) {
+    package func removeRmap(_ page: Page) {
         let n = page.mapcountWord.add(-1)
         precondition(n >= 0, "mapcount underflow on \(page)")
+        // The last mapping: the page may outlive the VMAs that kept its anon_vma alive.
+        if n == 0 && page.isAnon && page.refcount > 1 { page.holdOwnerWhileUnmapped() }
     }
 }
 

@@ -21,11 +21,11 @@ public final class AddressSpace: @unchecked Sendable {
     let detachGeneration = AtomicWord(0)
     /// VMAs out of the tree that a CPU's cache may still name, with the generation of their
     /// detach (freed by `reapDetachedVMAs`). Locking: mmap write lock.
-    var detachedVMAs: [(vma: VMA, generation: UInt64)] = []
+    @exclusivity(unchecked) var detachedVMAs: [(vma: VMA, generation: UInt64)] = []
     public let pageTable: PageTable
     let pageTableLock = Lock("page_table_lock")
     /// Sorted, non-overlapping, in a balanced tree. Locking: mmapLock.
-    var vmaList = VMATree(floor: mmapMinAddress)
+    @exclusivity(unchecked) var vmaList = VMATree(floor: mmapMinAddress)
     public let notifiers: MMUNotifierSubscriptions
     /// Set once the address space was torn down (exit_mmap); later operations fail with EINVAL
     /// for devices, as a dead mm does in the kernel.

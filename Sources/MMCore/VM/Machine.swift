@@ -4,8 +4,6 @@ import MMSync
 public final class Machine: @unchecked Sendable {
     public let memory: PhysicalMemory
     public let stats = MMStats()
-    /// Every anon_vma made on this machine (pages name theirs without a reference).
-    public let anonVMAs = AnonVMACache()
     let pidLock = Lock("pid")
     var nextPid: Int32 = 1
     /// Address spaces alive (for invariant checks and device eviction).
@@ -20,12 +18,12 @@ public final class Machine: @unchecked Sendable {
 
     /// Called at the end of every public operation (system calls, faults, GUP, migration), with
     /// no lock held. Tests install a checker here to run the invariant checks after each one.
-    nonisolated(unsafe) public var onOperation: ((StaticString) -> Void)? = nil
+    @exclusivity(unchecked) nonisolated(unsafe) public var onOperation: ((StaticString) -> Void)? = nil
 
     /// `vm.max_map_count`: the most VMAs an address space may have (65,530 as in Linux).
     /// `mmap` fails with ENOMEM once an address space has more; a split (munmap or mprotect of
     /// part of a VMA, madvise that changes flags) once it has this many.
-    nonisolated(unsafe) public var maxMapCount = 65_530
+    @exclusivity(unchecked) nonisolated(unsafe) public var maxMapCount = 65_530
 
     @inline(__always) func operationDone(_ name: StaticString) {
         if let hook = onOperation { hook(name) }

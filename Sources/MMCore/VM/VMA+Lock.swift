@@ -118,8 +118,8 @@ final class VMACache: @unchecked Sendable {
     let dead = AtomicWord(0)
     /// The address space's detach generation the entries are valid for.
     let seenGeneration = AtomicWord(0)
-    private var entries: [(start: UInt64, end: UInt64, vma: Unmanaged<VMA>)] = []
-    private var next = 0
+    @exclusivity(unchecked) private var entries: [(start: UInt64, end: UInt64, vma: Unmanaged<VMA>)] = []
+    @exclusivity(unchecked) private var next = 0
 
     /// Drops every entry if VMAs were detached since they were made. Owner thread only.
     @inline(__always) func sync(_ generation: UInt64) {

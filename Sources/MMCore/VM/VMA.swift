@@ -38,17 +38,17 @@ public struct VMFlags: OptionSet, Sendable, Hashable {
 /// mmap lock for read or this VMA's lock for read (a page fault). The setters assert it in
 /// debug builds. The anon_vma chain changes under the anon_vma root lock as well.
 public final class VMA: @unchecked Sendable, CustomStringConvertible {
-    public internal(set) var start: UInt64 { willSet { assertChangeable() } }
-    public internal(set) var end: UInt64 { willSet { assertChangeable() } }
-    public internal(set) var flags: VMFlags { willSet { assertChangeable() } }
+    @exclusivity(unchecked) public internal(set) var start: UInt64 { willSet { assertChangeable() } }
+    @exclusivity(unchecked) public internal(set) var end: UInt64 { willSet { assertChangeable() } }
+    @exclusivity(unchecked) public internal(set) var flags: VMFlags { willSet { assertChangeable() } }
     /// Page offset of `start`: in the file for file mappings; `start >> PAGE_SHIFT` at creation
     /// for anonymous ones (kept across mremap so anonymous rmap still finds pages).
-    public internal(set) var pgoff: UInt64 { willSet { assertChangeable() } }
+    @exclusivity(unchecked) public internal(set) var pgoff: UInt64 { willSet { assertChangeable() } }
     /// The shmem/tmpfs file behind the mapping (shared anonymous mappings have one too).
     public let file: ShmemFile?
     /// The anon_vma new anonymous pages of this VMA get (`vma->anon_vma`). Set once under the
     /// mmap lock and `page_table_lock` (anon_vma_prepare), or under the VMA's write lock.
-    package internal(set) var anonVMA: AnonVMA? {
+    @exclusivity(unchecked) package internal(set) var anonVMA: AnonVMA? {
         didSet { anonVMABits.storeRelease(anonVMA.map { UInt64(UInt(bitPattern: Unmanaged.passUnretained($0).toOpaque())) } ?? 0) }
     }
     /// `anonVMA` without a reference, for the fault path (the chain below holds the reference):
@@ -65,12 +65,12 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     /// Whether the VMA is in its mm's tree (the kernel's `vma->detached`, inverted). A fault
     /// that locked a VMA from its per-CPU cache checks it. Locking: mmap write lock + VMA write
     /// lock to clear; set before the VMA is reachable.
-    var isAttached = false
+    @exclusivity(unchecked) var isAttached = false
     /// Every anon_vma this VMA is linked into (`anon_vma_chain`).
-    var anonVMAChain: [AnonVMA] = []
+    @exclusivity(unchecked) var anonVMAChain: [AnonVMA] = []
     public unowned let mm: AddressSpace
     /// Device-file mappings (dmirror's mmap) are "special": mixed maps with driver pages.
-    public internal(set) var isSpecialMapping = false
+    @exclusivity(unchecked) public internal(set) var isSpecialMapping = false
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, flags: VMFlags, pgoff: UInt64, file: ShmemFile?) {
         self.mm = mm; self.start = start; self.end = end; self.flags = flags; self.pgoff = pgoff; self.file = file
