@@ -111,7 +111,10 @@ final class StressTests: XCTestCase {
             }
         }
         check.detach()
-        XCTAssertEqual(rounds, mutatorRounds)
+        // Liveness: every writer kept making passes while the mutator migrated, forked,
+        // mprotected and remapped under it (a writer starved by a lost wakeup or a livelock in
+        // the fault path would stop short).
+        XCTAssertTrue(lastWritten.allSatisfy { $0 >= 100 }, "writer passes: \(lastWritten)")
         print("stress: \(lastWritten) writer passes, \(rounds) mutator rounds, \(env.machine.stats[.pagesMigrated]) migrations, \(env.machine.stats[.tlbShootdown]) shootdowns, \(env.machine.stats[.faultMigrationWait]) migration waits")
         env.check()
         env.teardown()

@@ -133,6 +133,7 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
     /// and type-stable anon_vmas instead). Once per unmapped spell.
     /// Locking: the PTE lock of the last mapping (the VMA is still linked to the anon_vma).
     package func holdOwnerWhileUnmapped() {
+        Lockdep.assertSpinLockHeld()
         let bits = ownerBits
         guard bits & Page.ownerTagMask == Page.ownerTagAnon else { return }
         if flagsWord.fetchOr(PageFlags.anonVMARef.rawValue) & PageFlags.anonVMARef.rawValue == 0 {
