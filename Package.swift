@@ -44,5 +44,5 @@ let package = Package(
         // `hmm` is a dependency so the tests that run it as a subprocess find it built.
         .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore", "MMSync", "hmm"]),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

@@ -33,9 +33,9 @@ public struct Selftest: Sendable {
     }
 }
 
-let idx: (Int) -> Int32 = { Int32(truncatingIfNeeded: $0) }
-let neg: (Int) -> Int32 = { -Int32(truncatingIfNeeded: $0) }
-let zero: (Int) -> Int32 = { _ in 0 }
+let idx: @Sendable (Int) -> Int32 = { Int32(truncatingIfNeeded: $0) }
+let neg: @Sendable (Int) -> Int32 = { -Int32(truncatingIfNeeded: $0) }
+let zero: @Sendable (Int) -> Int32 = { _ in 0 }
 
 /// The suite (`tools/testing/selftests/mm/hmm-tests.c`), in the kernel's order.
 public enum SelftestSuite {

@@ -5,7 +5,8 @@ public enum BitLock {
     static let buckets: [WaitQueue] = (0..<64).map { _ in WaitQueue() }
     /// The same queues, unretained: waking on every unlock must not cost a retain/release
     /// pair (the queues live as long as the process).
-    static let bucketRefs: UnsafeMutablePointer<Unmanaged<WaitQueue>> = {
+    /// Written once at initialisation, read-only after: safe to share.
+    nonisolated(unsafe) static let bucketRefs: UnsafeMutablePointer<Unmanaged<WaitQueue>> = {
         let p = UnsafeMutablePointer<Unmanaged<WaitQueue>>.allocate(capacity: buckets.count)
         for (i, q) in buckets.enumerated() { (p + i).initialize(to: .passUnretained(q)) }
         return p

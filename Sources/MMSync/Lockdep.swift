@@ -65,15 +65,17 @@ public enum Lockdep {
     /// Prints a report and its sites to stderr. In debug builds the process then exits with
     /// status 1 when it ends, so a test run with any report fails (after finishing).
     public static func printReport(_ r: Report) {
-        fputs("\(r)\n", stderr)
-        for s in r.sites { fputs("  at \(s)\n", stderr) }
+        lockdepWriteStandardError("\(r)\n")
+        for s in r.sites { lockdepWriteStandardError("  at \(s)\n") }
         #if DEBUG
         if !failAtExit {
             failAtExit = true
-            atexit { fputs("lockdep: this run broke a locking rule (reports above): exit status 1\n", stderr); _exit(1) }
+            atexit { lockdepWriteStandardError("lockdep: this run broke a locking rule (reports above): exit status 1\n"); _exit(1) }
         }
         #endif
     }
+
+
     nonisolated(unsafe) static var failAtExit = false
 
     struct Held { let cls: LockClass; var instance: UnsafeRawPointer?; let site: Site }
@@ -254,4 +256,11 @@ public enum Lockdep {
         guard reported.insert(key).inserted else { return }
         onReport(Report(kind: kind, message: message, sites: sites))
     }
+}
+
+/// Writes to file descriptor 2 (not through the C `stderr` global, which Swift 6 treats as
+/// shared mutable state).
+func lockdepWriteStandardError(_ text: String) {
+    var t = text
+    t.withUTF8 { b in _ = write(2, b.baseAddress, b.count) }
 }

@@ -504,7 +504,10 @@ public final class ScenarioInterpreter {
             lastProgress = now
             return true
         }
-        if due { fputs("\u{1B}[2K\r… \(step) steps\r", stderr) }
+        if due {
+            var text = "\u{1B}[2K\r… \(step) steps\r"
+            text.withUTF8 { b in _ = write(2, b.baseAddress, b.count) }   // not the C `stderr` global (Swift 6)
+        }
     }
 
     /// Output from any thread, one line at a time.

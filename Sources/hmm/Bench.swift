@@ -51,7 +51,7 @@ struct Bench: ParsableCommand {
             for r in rows {
                 print(format == .json ? r.json : r.tableLine)
                 if !r.met { missed += 1 }
-                fflush(stdout)
+                fflush(nil)   // all streams (stdout is a C global Swift 6 will not share)
             }
         }
         if format == .table { print("\(missed == 0 ? "all targets met" : "\(missed) target(s) missed")") }

@@ -238,7 +238,7 @@ struct Inspect: ParsableCommand {
 /// One line to standard output, flushed (so lines keep their order when piped).
 func out(_ line: String) {
     print(line)
-    fflush(stdout)
+    fflush(nil)   // all streams (stdout is a C global Swift 6 will not share)
 }
 
 func seconds(since t0: ContinuousClock.Instant) -> Double {

@@ -26,7 +26,7 @@ enum HMMBinary {
         let p = Foundation.Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
-        FileManager.default.createFile(atPath: outPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
         let fh = FileHandle(forWritingAtPath: outPath)!
         p.standardOutput = fh
         p.standardError = fh

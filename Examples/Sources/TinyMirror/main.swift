@@ -25,7 +25,8 @@ final class TinyMirrorDevice: @unchecked Sendable {
             // The invalidate callback: drop what the range covers, under the driver lock, and
             // publish the new sequence so a fault racing with us retries.
             guard let dev = weakSelf?() else { sub.setSeq(seq); return true }
-            dev.lock.lock()
+            // A non-blockable invalidation (an OOM reaper's) must not wait for our lock.
+            if range.blockable { dev.lock.lock() } else if !dev.lock.tryLock() { return false }
             sub.setSeq(seq)
             dev.table = dev.table.filter { $0.key < range.start || $0.key >= range.end }
             dev.invalidations += 1
@@ -50,13 +51,16 @@ final class TinyMirrorDevice: @unchecked Sendable {
     }
 
     /// A device read of one 8-byte word through the mirror (faulting it in first if needed).
+    /// The read happens under the driver lock: an invalidation of the page waits for it, so
+    /// the frame cannot be freed and reused under the read.
     func read64(_ address: UInt64) throws(Errno) -> UInt64 {
         let page = address & ~(pageSize - 1)
         while true {
-            let entry = lock.withLock { table[page] }
-            if let entry {
+            let value: UInt64? = lock.withLock {
+                guard let entry = table[page] else { return nil }
                 return memory.frame(entry.pfn).load(fromByteOffset: Int(address - page), as: UInt64.self)
             }
+            if let value { return value }
             try fault(page, page + pageSize, write: false)
         }
     }
@@ -87,7 +91,7 @@ do {
     try process.munmap(a + 4 * pageSize, length: 4 * pageSize)
     expect(device.mirroredPages == Int(pages) - 4, "an unmap removes the unmapped pages from the mirror")
 
-    // mprotect makes the rest read-only: the device's writable entries go too.
+    // mprotect of the first four pages to read-only: their mirror entries are invalidated.
     try process.mprotect(a, length: 4 * pageSize, prot: .read)
     expect(device.mirroredPages == Int(pages) - 8, "a protection change invalidates the mirror")
     expect(try device.read64(a + 2 * pageSize) == 1002, "a read faults the page back in for the device")

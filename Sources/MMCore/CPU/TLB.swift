@@ -9,6 +9,9 @@ struct TLBEntry {
     @usableFromInline static let empty = TLBEntry(tag: 0, frame: UnsafeMutableRawPointer(bitPattern: 0x1000)!)
 }
 
+/// A slot holds a host address only its CPU's thread uses.
+extension TLBEntry: @unchecked Sendable {}
+
 /// A direct-mapped software TLB of 256 entries. Owned by one CPU; never touched by other
 /// threads (shootdowns ask the owner to flush).
 @frozen @usableFromInline

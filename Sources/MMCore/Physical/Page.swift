@@ -104,36 +104,41 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         guard bits != 0, bits & Page.ownerTagMask == 0 else { return nil }
         return Unmanaged<ShmemFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!).takeUnretainedValue()
     }
-    /// Sets the owner (`folio->mapping = anon_vma | PAGE_MAPPING_ANON`) without taking a
-    /// reference, as the kernel does: while the page is mapped, the VMA that maps it is linked
-    /// to the anon_vma and keeps it alive. When its last mapping goes while the page lives on,
-    /// `removeRmap` makes the page hold a reference (`holdOwnerWhileUnmapped`).
-    @inlinable package func setOwner(anon: Unmanaged<AnonVMA>) {
+    /// Sets the owner (`folio->mapping = anon_vma | PAGE_MAPPING_ANON`) of a page that is not
+    /// mapped yet (a migration's destination), holding a reference on it until the page is
+    /// freed or changes owner: its migration entries may be zapped before it is ever mapped.
+    /// The fault path's new pages, mapped at once under the PTE lock, take none
+    /// (`addNewAnonRmap`).
+    package func setOwner(anon: Unmanaged<AnonVMA>) {
         releaseOwner()
         ownerBits = UInt64(UInt(bitPattern: anon.toOpaque())) | Page.ownerTagAnon
         set(.anon)
+        holdOwnerWhileUnmapped()
     }
     /// Sets the same anon_vma as `other`, which is mapped or holds a reference on it (the
-    /// caller has it locked). Precondition: `other` is anonymous.
+    /// caller has it locked), holding a reference as `setOwner(anon:)` does.
+    /// Precondition: `other` is anonymous.
     package func setOwner(sameAnonAs other: Page) {
         let bits = other.ownerBits
         precondition(bits & Page.ownerTagMask == Page.ownerTagAnon, "\(other) is not anonymous")
         releaseOwner()
         ownerBits = bits
         set(.anon)
+        holdOwnerWhileUnmapped()
     }
     func setOwner(file: ShmemFile) {
         // Not retained: the file owns its page cache and clears the owner of every page it drops.
         releaseOwner()
         ownerBits = UInt64(UInt(bitPattern: Unmanaged.passUnretained(file).toOpaque()))
     }
-    /// The page's last mapping went but the page lives on (a pin, a migration, a device
-    /// holds it): it now holds a reference on its anon_vma, so that a later rmap walk or
-    /// migration still finds valid memory after the VMAs are gone (the kernel relies on RCU
-    /// and type-stable anon_vmas instead). Once per unmapped spell.
-    /// Locking: the PTE lock of the last mapping (the VMA is still linked to the anon_vma).
+    /// The page holds a reference on its anon_vma from now until it is freed or changes
+    /// owner (the flag makes it one reference, however often this is called): its last
+    /// mapping went, or it got its owner before being mapped. A pfn walker that takes a page
+    /// reference (migration, device eviction) then always finds valid memory behind the owner,
+    /// even once the VMAs are gone (the kernel relies on RCU and type-stable anon_vmas).
+    /// Contract not checkable here: callers hold the PTE lock of the last mapping (the VMA
+    /// is still linked to the anon_vma) or a reference on the anon_vma themselves.
     package func holdOwnerWhileUnmapped() {
-        Lockdep.assertSpinLockHeld()
         let bits = ownerBits
         guard bits & Page.ownerTagMask == Page.ownerTagAnon else { return }
         if flagsWord.fetchOr(PageFlags.anonVMARef.rawValue) & PageFlags.anonVMARef.rawValue == 0 {

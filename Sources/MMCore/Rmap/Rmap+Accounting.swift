@@ -7,12 +7,13 @@ extension PhysicalMemory {
     /// The anon_vma is passed without a reference (the VMA's chain holds one).
     package func addNewAnonRmap(_ page: Page, vma: VMA, address: UInt64, anonVMA: Unmanaged<AnonVMA>) {
         assert(page.mapcount == 0 && !page.isAnon, "addNewAnonRmap: the page is already mapped or anonymous")
-        // Nobody else can see the page yet: its owner and flags are plain stores, not the
-        // read-modify-writes `setOwner` and `set` make.
-        page.ownerBits = UInt64(UInt(bitPattern: anonVMA.toOpaque())) | Page.ownerTagAnon
+        // A pfn walker may already hold a reference and try the page lock: the flags are set
+        // with a read-modify-write, and the owner is published last, so that until then the
+        // page does not look anonymous (a walker skips it).
         page.index = vma.linearPageIndex(address)
-        page.flagsWord.store(page.flagsWord.load() | PageFlags([.anon, .anonExclusive, .swapBacked, .uptodate, .dirty]).rawValue)
+        page.set([.anon, .anonExclusive, .swapBacked, .uptodate, .dirty])
         page.mapcountWord.store(1)
+        page.ownerBits = UInt64(UInt(bitPattern: anonVMA.toOpaque())) | Page.ownerTagAnon
     }
 
     /// `folio_add_anon_rmap` / `folio_add_file_rmap`: one more mapping of an existing page.
@@ -24,8 +25,9 @@ extension PhysicalMemory {
     package func removeRmap(_ page: Page) {
         let n = page.mapcountWord.add(-1)
         precondition(n >= 0, "mapcount underflow on \(page)")
-        // The last mapping: the page may outlive the VMAs that kept its anon_vma alive.
-        if n == 0 && page.isAnon && page.refcount > 1 { page.holdOwnerWhileUnmapped() }
+        // The last mapping: the page may outlive the VMAs that kept its anon_vma alive (a pfn
+        // walker may take a reference on it right after this), so it holds the anon_vma now.
+        if n == 0 && page.isAnon { page.holdOwnerWhileUnmapped() }
     }
 }
 
