@@ -13,6 +13,7 @@ final class DmirrorChunk {
 /// A dmirror device (`struct dmirror_device`, `/dev/hmm_dmirrorN`): its device memory in
 /// 256 MiB chunks, a free list of device pages, and the callbacks the core mm calls.
 /// Devices 0 and 1 are device-private, 2 and 3 device-coherent.
+/// Sendable: its mutable state is guarded by `lock` (and `releaseLock` for RELEASE).
 public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     public let minor: Int
     public let memoryType: DmirrorMemoryType
@@ -343,6 +344,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
 final class WeakMirror { weak var mirror: Dmirror?; init(_ m: Dmirror) { mirror = m } }
 
 /// The four dmirror devices of a machine (the module's `dmirror_devices[]`).
+/// Sendable: immutable after creation (the four devices).
 public final class DmirrorModule: @unchecked Sendable {
     public let devices: [DmirrorDevice]
     public init(machine: Machine) {

@@ -52,6 +52,8 @@ public enum DmirrorMemoryType: UInt32, Sendable {
 
 /// The user buffer a command copies to or from (`cmd.ptr`): host memory of the caller, as the
 /// selftests' malloc'd "mirror". A buffer shorter than the command needs gives EFAULT.
+/// Sendable: the caller's memory, used by the thread that issues the command (as a user
+/// buffer is), never by two commands at once.
 public final class DmirrorBuffer: @unchecked Sendable {
     public let bytes: UnsafeMutableRawBufferPointer
     public init(size: Int, fill: UInt8 = 0) {

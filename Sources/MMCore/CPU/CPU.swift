@@ -38,6 +38,8 @@ public enum AccessFault: Error, Equatable, Sendable, CustomStringConvertible {
 /// every CPU has acknowledged or is outside user mode. Entering user mode is a sequentially
 /// consistent store followed by a sequentially consistent load of the generation, so a shooter
 /// and an entering CPU never miss each other.
+/// Sendable: used by one OS thread at a time; other threads touch only its atomics
+/// (`inUser`, `ackGeneration`, the VMA cache's `active`/`dead`).
 public final class CPU: @unchecked Sendable {
     public let mm: AddressSpace
     public let index: Int

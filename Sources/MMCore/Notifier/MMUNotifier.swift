@@ -99,6 +99,7 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
 /// waiting for it. An interval inserted while any invalidation runs — even one that hit no
 /// interval — starts with the current odd sequence (making it odd if it was even), so its
 /// first `readBegin` waits for those invalidations to end.
+/// Sendable: `lock` guards the intervals, subscribers and sequence.
 public final class MMUNotifierSubscriptions: @unchecked Sendable {
     let lock = Lock("mmu_notifier")
     let waitQueue = WaitQueue()

@@ -65,6 +65,7 @@ public final class CopyEngine: @unchecked Sendable {
 }
 
 /// One copy-engine job and its completion.
+/// Sendable: its state is atomics and a wait queue.
 public final class CopyFence: @unchecked Sendable {
     private let chunks: UInt64
     /// Kept until the fence goes (the engine may still look at a job the waiter finished).

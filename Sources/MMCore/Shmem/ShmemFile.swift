@@ -3,6 +3,7 @@ import MMSync
 /// A tmpfs/shmem file: a size and a page cache of frames, plus the VMAs mapping it
 /// (`struct address_space` with its `i_mmap`). Shared anonymous mappings are backed by one
 /// of these, as in the kernel.
+/// Sendable: `cacheLock` guards the page cache and size, `mappingLock` the mappings.
 public final class ShmemFile: @unchecked Sendable {
     public let machine: Machine
     var memory: PhysicalMemory { machine.memory }

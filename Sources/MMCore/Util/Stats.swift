@@ -2,6 +2,7 @@ import MMSync
 
 /// Event counters of one machine (`/proc/vmstat`): per-CPU, relaxed increments, summed when
 /// read for `--stats` and tests.
+/// Sendable: the counters are atomics.
 public final class MMStats: @unchecked Sendable {
     public enum Counter: Int, CaseIterable, Sendable {
         case faultAnonZeroPage, faultAnonNewPage, faultCOWCopy, faultCOWReuse, faultFileRead, faultShared

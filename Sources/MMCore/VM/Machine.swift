@@ -1,6 +1,8 @@
 import MMSync
 
 /// A whole simulated machine: physical memory, the processes on it, and event counters.
+/// Sendable: `pidLock` guards the pid counter and the live address spaces; the rest is
+/// immutable or set before threads start (`onOperation`, `maxMapCount`).
 public final class Machine: @unchecked Sendable {
     public let memory: PhysicalMemory
     public let stats = MMStats()
