@@ -112,8 +112,13 @@ func measurePair(_ reps: Int, _ figure: () throws -> Double, _ baseline: () thro
     -> (figure: (median: Double, min: Double, max: Double), baseline: (median: Double, min: Double, max: Double)) {
     var f: [Double] = [], b: [Double] = []
     for _ in 0..<max(reps, 1) { f.append(try figure()); b.append(try baseline()) }
-    func spread(_ v: [Double]) -> (median: Double, min: Double, max: Double) { let s = v.sorted(); return (s[s.count / 2], s[0], s[s.count - 1]) }
     return (spread(f), spread(b))
+}
+
+/// Median, minimum and maximum of a non-empty set of measurements.
+func spread(_ v: [Double]) -> (median: Double, min: Double, max: Double) {
+    let s = v.sorted()
+    return (s[s.count / 2], s[0], s[s.count - 1])
 }
 
 func seconds(_ body: () throws -> Void) rethrows -> Double {

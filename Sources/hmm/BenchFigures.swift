@@ -413,8 +413,7 @@ struct BenchSuite {
             shared.append(try rate(threads: 2, separateVMAs: false))
             host.append(Double(bytes / pageSize) / nb_host_anon_fault(Int(bytes)) / 1e6)
         }
-        func stats(_ v: [Double]) -> (median: Double, min: Double, max: Double) { let s = v.sorted(); return (s[s.count / 2], s[0], s[s.count - 1]) }
-        let o = stats(one), sep = stats(separate), sh = stats(shared), h = stats(host)
+        let o = spread(one), sep = spread(separate), sh = spread(shared), h = spread(host)
         return [
             BenchRow(name: "fault throughput, 1 CPU thread", unit: "Mfaults/s", value: o.median, baseline: h.median,
                      spread: (o.min, o.max), kind: .rate, target: 2.0),

@@ -8,6 +8,8 @@ final class VMALockTests: XCTestCase {
     private func counters(_ m: Machine) -> [Int] {
         [m.stats[.vmaLockSuccess], m.stats[.vmaLockAbort], m.stats[.vmaLockRetry], m.stats[.vmaLockMiss]]
     }
+    /// How much each per-VMA-lock counter (success, abort, retry, miss) moved since `before`.
+    private func counters(_ m: Machine, since before: [Int]) -> [Int] { zip(counters(m), before).map { $0 - $1 } }
 
     /// The first fault in a VMA has no cached VMA and goes through the mmap lock (which also
     /// makes the anon_vma); every later one in that VMA runs under the VMA lock alone.
@@ -16,7 +18,7 @@ final class VMALockTests: XCTestCase {
         let a = try env.anon(10)
         let before = counters(env.machine)
         try env.cpu.run { cpu in for i in 0..<10 { try cpu.store(a + UInt64(i) * pageSize, UInt64(i)) } }
-        let d = zip(counters(env.machine), before).map { $0 - $1 }
+        let d = counters(env.machine, since: before)
         XCTAssertEqual(d, [9, 1, 0, 0], "success, abort, retry, miss")
         XCTAssertEqual(env.machine.stats[.faultAnonNewPage], 10)
         try env.cpu.run { cpu in for i in 0..<10 { XCTAssertEqual(try cpu.load(a + UInt64(i) * pageSize, as: UInt64.self), UInt64(i)) } }
@@ -37,7 +39,7 @@ final class VMALockTests: XCTestCase {
         // mprotect changed the VMA, not its identity: the cached entry is still valid.
         let before = counters(env.machine)
         try env.cpu.run { cpu in try cpu.store(a + pageSize, UInt64(7)) }
-        XCTAssertEqual(zip(counters(env.machine), before).map { $0 - $1 }, [1, 0, 0, 0])
+        XCTAssertEqual(counters(env.machine, since: before), [1, 0, 0, 0])
         XCTAssertNotNil(vma.anonVMA)
         env.check()
         env.teardown()
@@ -143,7 +145,7 @@ final class VMALockTests: XCTestCase {
         try env.cpu.run { cpu in
             for i in 4..<7 { try cpu.store(a + UInt64(i) * pageSize, UInt64(i)) }
         }
-        XCTAssertEqual(zip(counters(env.machine), before).map { $0 - $1 }, [2, 1, 0, 0], "success, abort, retry, miss")
+        XCTAssertEqual(counters(env.machine, since: before), [2, 1, 0, 0], "success, abort, retry, miss")
         env.check()
         env.teardown()
     }
@@ -157,7 +159,7 @@ final class VMALockTests: XCTestCase {
         XCTAssertEqual(env.cpu.vmaCache.dead.load(), 1)
         let before = counters(env.machine)
         try env.cpu.run { cpu in try cpu.store(a + pageSize, UInt64(2)) }
-        XCTAssertEqual(zip(counters(env.machine), before).map { $0 - $1 }, [0, 0, 0, 0], "a dead cache is not even looked at")
+        XCTAssertEqual(counters(env.machine, since: before), [0, 0, 0, 0], "a dead cache is not even looked at")
         env.process.exit()
     }
 
@@ -184,7 +186,7 @@ final class VMALockTests: XCTestCase {
         try env.process.mprotect(a, length: 4 * pageSize, prot: .read)
         let before = counters(env.machine)
         XCTAssertThrowsError(try env.cpu.run { cpu in try cpu.store(a + pageSize, UInt64(1)) })
-        XCTAssertEqual(zip(counters(env.machine), before).map { $0 - $1 }, [1, 0, 0, 0], "refused under the VMA lock")
+        XCTAssertEqual(counters(env.machine, since: before), [1, 0, 0, 0], "refused under the VMA lock")
         env.check()
         env.teardown()
     }
@@ -200,7 +202,7 @@ final class VMALockTests: XCTestCase {
         let stored = AtomicCounter(0)
         let threads = (0..<8).map { i in
             env.process.spawnThread { cpu in
-                var rng = SplitMix64(seed: UInt64(i))
+                var rng = SeededRNG(seed: UInt64(i))
                 while stop.load() == 0 {
                     let base = i % 2 == 0 ? a : b
                     let addr = base + (rng.next() % UInt64(pages)) * pageSize
@@ -232,18 +234,5 @@ final class VMALockTests: XCTestCase {
         XCTAssertGreaterThan(env.machine.stats[.vmaLockSuccess], 0)
         XCTAssertEqual(env.machine.checkInvariants(), [])
         env.teardown()
-    }
-}
-
-/// A small deterministic generator for the tests.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -1,8 +1,9 @@
 import XCTest
 @testable import MMSync
 
-/// Lockdep: each kind of report, seeded on purpose, names every acquisition site involved.
-final class LockdepTests: XCTestCase {
+/// A test case that runs with lockdep on and a clean order graph, collecting its reports
+/// instead of printing them, and restores lockdep as it found it.
+class LockdepTestCase: XCTestCase {
     var reports: [Lockdep.Report] = []
     let reportsLock = NSLock()
     var savedHandler: ((Lockdep.Report) -> Void)!
@@ -20,7 +21,10 @@ final class LockdepTests: XCTestCase {
         Lockdep.enabled = wasEnabled
         Lockdep.onReport = savedHandler
     }
+}
 
+/// Lockdep: each kind of report, seeded on purpose, names every acquisition site involved.
+final class LockdepTests: LockdepTestCase {
     func sites(_ r: Lockdep.Report) -> [UInt] { r.sites.map(\.line) }
 
     /// A then B on one thread, B then A on another: the second order is reported with the two
@@ -115,24 +119,7 @@ final class LockdepTests: XCTestCase {
 }
 
 /// Bit locks (the page lock) and seqcount writer sections (issue 11.1).
-final class LockdepBitLockTests: XCTestCase {
-    private var reports: [Lockdep.Report] = []
-    private let reportLock = NSLock()
-    private var savedHandler: ((Lockdep.Report) -> Void)!
-    private var wasEnabled = false
-
-    override func setUp() {
-        wasEnabled = Lockdep.enabled
-        savedHandler = Lockdep.onReport
-        Lockdep.onReport = { [unowned self] r in self.reportLock.lock(); self.reports.append(r); self.reportLock.unlock() }
-        Lockdep.enable()
-    }
-    override func tearDown() {
-        Lockdep.enable()   // a clean graph for the tests after this one
-        Lockdep.enabled = wasEnabled
-        Lockdep.onReport = savedHandler
-    }
-
+final class LockdepBitLockTests: LockdepTestCase {
     /// A page lock taken under a mutex in one place, and the mutex under a page lock in
     /// another: an AB-BA inversion between a bit lock and a mutex, with both sites.
     func testBitLockOrderInversionNamesBothSites() {

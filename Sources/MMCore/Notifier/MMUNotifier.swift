@@ -58,7 +58,7 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
     /// returns a sequence to pass to `readRetry`. Locking: no driver lock held (it may sleep).
     public func readBegin() -> UInt64 {
         Lockdep.assertNoSpinLockHeld()
-        MMUNotifierSubscriptions.lockdepInvalidateMap(waiting: true)
+        MMUNotifierSubscriptions.lockdepWaitForInvalidations()
         guard let subs = subscriptions else { return invalidateSeq.load() }
         subs.lock.lock()
         let seq = invalidateSeq.load()
@@ -190,10 +190,10 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     public static let invalidateMapClass = Lockdep.LockClass(.seqcount, "mmu_notifier_invalidate_range_start")
 
     /// A wait for invalidations to end: the map acquired and released at once.
-    static func lockdepInvalidateMap(waiting: Bool, file: StaticString = #fileID, line: UInt = #line) {
+    static func lockdepWaitForInvalidations(file: StaticString = #fileID, line: UInt = #line) {
         guard Lockdep.enabled else { return }
         let site = Lockdep.Site(file, line)
-        if waiting { Lockdep.mayWait(site) }
+        Lockdep.mayWait(site)
         Lockdep.acquire(invalidateMapClass, nil, site)
         Lockdep.release(invalidateMapClass, nil, site)
     }

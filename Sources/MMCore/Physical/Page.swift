@@ -113,7 +113,7 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         releaseOwner()
         ownerBits = UInt64(UInt(bitPattern: anon.toOpaque())) | Page.ownerTagAnon
         set(.anon)
-        holdOwnerWhileUnmapped()
+        holdAnonVMA()
     }
     /// Sets the same anon_vma as `other`, which is mapped or holds a reference on it (the
     /// caller has it locked), holding a reference as `setOwner(anon:)` does.
@@ -124,7 +124,7 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         releaseOwner()
         ownerBits = bits
         set(.anon)
-        holdOwnerWhileUnmapped()
+        holdAnonVMA()
     }
     func setOwner(file: ShmemFile) {
         // Not retained: the file owns its page cache and clears the owner of every page it drops.
@@ -138,7 +138,7 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
     /// even once the VMAs are gone (the kernel relies on RCU and type-stable anon_vmas).
     /// Contract not checkable here: callers hold the PTE lock of the last mapping (the VMA
     /// is still linked to the anon_vma) or a reference on the anon_vma themselves.
-    package func holdOwnerWhileUnmapped() {
+    package func holdAnonVMA() {
         let bits = ownerBits
         guard bits & Page.ownerTagMask == Page.ownerTagAnon else { return }
         if flagsWord.fetchOr(PageFlags.anonVMARef.rawValue) & PageFlags.anonVMARef.rawValue == 0 {

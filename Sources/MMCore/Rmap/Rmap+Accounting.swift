@@ -27,7 +27,7 @@ extension PhysicalMemory {
         precondition(n >= 0, "mapcount underflow on \(page)")
         // The last mapping: the page may outlive the VMAs that kept its anon_vma alive (a pfn
         // walker may take a reference on it right after this), so it holds the anon_vma now.
-        if n == 0 && page.isAnon { page.holdOwnerWhileUnmapped() }
+        if n == 0 && page.isAnon { page.holdAnonVMA() }
     }
 }
 

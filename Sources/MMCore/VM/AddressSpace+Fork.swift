@@ -62,7 +62,7 @@ struct ForkCopier: PageWalker {
     let childTables: PageTable
     /// The child's PTE table for the 2 MiB being copied: allocated once per table, as
     /// copy_pte_range does (`pte_alloc_map_lock`), not walked down to for every entry.
-    var dstTable: (base: UInt64, pfn: UInt64, page: Page)? = nil
+    var dstTable: (base: UInt64, page: Page)? = nil
 
     /// Unlocks the child's current PTE table (after the walk, or before the next table).
     mutating func finish() {
@@ -91,9 +91,9 @@ struct ForkCopier: PageWalker {
             // The child's tables are private to this thread until fork returns: no lock is
             // needed, but it is taken (once per table) so every store is made under a PTL.
             found.table.ptl.lock()
-            dstTable = (base, found.table.pfn, found.table)
+            dstTable = (base, found.table)
         }
-        let dst = (entry: childTables.entry(inTable: dstTable!.pfn, index: PageTableLevel.pte.index(addr)), table: dstTable!.page)
+        let dst = (entry: childTables.entry(inTable: dstTable!.page.pfn, index: PageTableLevel.pte.index(addr)), table: dstTable!.page)
         if v.isPresent { return copyPresent(pte, v, addr, dst.entry) }
         if v.swapEntry.isDeviceExclusive {
             // Linux 7.2 (copy_nonpresent_pte): the parent's device-exclusive entry is restored
