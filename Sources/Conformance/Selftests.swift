@@ -288,7 +288,7 @@ public enum SelftestSuite {
     @discardableResult
     public static func anonTeardown(_ f: Fixture, rounds: Int, seed: UInt64 = 1) throws -> (ok: Int, efault: Int) {
         let npages = f.npg, size = npages * f.pageSize
-        var rng = SplitMix(seed: seed)
+        var rng = SeededRNG(seed: seed)
         var ok = 0, efault = 0
         for c in 0..<rounds {
             let b = try f.anonBuffer(size: size)
@@ -373,18 +373,5 @@ public enum SelftestSuite {
         let want: [UInt8] = f.variant == .devicePrivate ? [0x02, 0x02, 0x02, 0x02] : [0x42, 0x42, 0x02, 0x02]
         try expectEqual((0..<npages).map { s.mirror[byte: $0] }, want, "snapshot bytes")
         try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
-    }
-}
-
-/// A small seeded generator (SplitMix64) for the suite's random delays.
-public struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

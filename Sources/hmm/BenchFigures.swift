@@ -58,7 +58,7 @@ struct BenchSuite {
     // MARK: CPU access
 
     func addresses(_ base: UInt64, _ bytes: UInt64, random: Bool, count: Int) -> [UInt64] {
-        var rng = SplitMix(seed: 9)
+        var rng = SeededRNG(seed: 9)
         let words = bytes / 8
         return (0..<count).map { i in base + (random ? rng.next() % words : UInt64(i) % words) * 8 }
     }
@@ -106,7 +106,7 @@ struct BenchSuite {
         let (m, p, cpu, a) = try populated(bytes)
         let fb = m.memory.frame(0), pgd = p.mm.pageTable.pgd.pfn
         // One load per page, pages in random order: every access misses the 256-entry TLB.
-        var rng = SplitMix(seed: 5)
+        var rng = SeededRNG(seed: 5)
         let pages = bytes / pageSize
         let n = Int(min(pages, quick ? 1 << 14 : 1 << 18))
         let addrs = (0..<n).map { _ in a + (rng.next() % pages) * pageSize }

@@ -6,13 +6,15 @@ import XCTest
 import MMSync
 
 final class HMMConcurrencyTests: XCTestCase {
-    /// T20 for 1,000 rounds: no failure, no leaked frame, no device entry left behind.
+    /// T20 for 1,000 rounds: no failure, no leaked frame, no device entry left behind, and both
+    /// interleavings seen (a READ that finished before the unmap and one that hit it); every
+    /// round's outcome is checked inside `anonTeardown` (cpages, faults and bytes, or EFAULT).
     func testAnonTeardownThousandRounds() throws {
         for variant in Variant.allCases {
             let f = try Fixture(variant: variant)
             let (ok, efault) = try SelftestSuite.anonTeardown(f, rounds: 1000, seed: 42)
             print("anon_teardown \(variant.rawValue): 1000 rounds, \(ok) reads completed, \(efault) hit the unmap (EFAULT)")
-            XCTAssertEqual(ok + efault, 1000)
+            XCTAssertGreaterThan(ok, 0, "no READ finished before the unmap")
             XCTAssertGreaterThan(efault, 0, "the unmap never raced the read")
             try f.teardown()
         }
@@ -90,7 +92,7 @@ final class HMMConcurrencyTests: XCTestCase {
             }
         })
         threads.append(ModelThread.spawn(name: "exclusive") {
-            var rng = SplitMix(seed: 3)
+            var rng = SeededRNG(seed: 3)
             let buf = DmirrorBuffer(size: ps)
             for _ in 0..<iterations {
                 let p = Int(rng.next() % UInt64(pages))

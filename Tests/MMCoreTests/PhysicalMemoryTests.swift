@@ -29,7 +29,7 @@ final class PhysicalMemoryTests: XCTestCase {
         XCTAssertEqual(mem.freeFrames, 2047 - 513)
         mem.put(huge); mem.put(small)
         XCTAssertEqual(mem.freeFrames, 2047)
-        XCTAssertEqual(mem.checkFreeLists(), [])
+        XCTAssertEqual(mem.checkInvariants(), [])
     }
 
     func testExhaustionReturnsNilAndRecovers() throws {
@@ -41,7 +41,7 @@ final class PhysicalMemoryTests: XCTestCase {
         XCTAssertNil(mem.allocate(order: 9))
         for p in pages { mem.put(p) }
         XCTAssertEqual(mem.freeFrames, 2047)
-        XCTAssertEqual(mem.checkFreeLists(), [])
+        XCTAssertEqual(mem.checkInvariants(), [])
         // Buddies merged back: three of the four 2 MiB blocks are whole again (block 0 holds pfn 0).
         var hugeBlocks: [Page] = []
         while let h = mem.allocate(order: 9) { hugeBlocks.append(h) }

@@ -1,5 +1,6 @@
 import XCTest
 @testable import MMCore
+import MMSync
 
 /// The VMA tree against a sorted array, and max_map_count as Linux 7.2 counts it.
 final class VMATreeTests: XCTestCase {

@@ -19,7 +19,8 @@ extension AddressSpace {
         mmapLock.assertLocked()
         guard isPageAligned(address) else { throw .EINVAL }
         for _ in 0..<1000 {
-            let page = try getUserPagesLocked(address, write: true)
+            // get_user_page_vma_remote(FOLL_GET | FOLL_WRITE): faulted in writable, referenced.
+            let page = try getUserPagesRemote(address, count: 1, flags: .write)[0]
             guard page.isAnon else { memory.put(page); throw .EOPNOTSUPP }
             page.lock()
             let range = MMUNotifierRange(start: address, end: address + pageSize, event: .exclusive, owner: owner)
@@ -43,31 +44,6 @@ extension AddressSpace {
             if done { return page }
             page.unlock()
             memory.put(page)
-        }
-        throw .EBUSY
-    }
-
-    /// GUP of one page with the mmap lock already held (FOLL_GET | FOLL_WRITE).
-    func getUserPagesLocked(_ address: UInt64, write: Bool) throws(Errno) -> Page {
-        guard let vma = vmaLookup(address) else { throw .EFAULT }
-        guard write ? vma.flags.contains(.write) : vma.flags.contains(.read) else { throw .EFAULT }
-        for _ in 0..<1000 {
-            if let found = pageTable.lookup(address, level: .pte), found.level == .pte {
-                found.table.ptl.lock()
-                let v = found.entry.load()
-                if v.isPresent, v.isUser, !v.isSpecial, !write || v.isWrite {
-                    let p = memory.page(v.pfn)
-                    memory.get(p)
-                    found.table.ptl.unlock()
-                    return p
-                }
-                found.table.ptl.unlock()
-            }
-            switch handleMMFault(vma: vma, address: address, flags: write ? [.write, .remote] : [.remote]) {
-            case .ok, .retry: continue
-            case .oom: throw .ENOMEM
-            default: throw .EFAULT
-            }
         }
         throw .EBUSY
     }

@@ -60,14 +60,29 @@ struct HMMVMAWalker: PageWalker {
     /// The end of the chunk a fault covers: the current PMD span, clipped to the walk.
     func faultEnd(_ a: UInt64) -> UInt64 { min(PageTableLevel.pmd.addressEnd(a, segmentEnd), segmentEnd) }
 
+    // The `hmm_walk_ops` slots: each forwards to the function named as in mm/hmm.c.
     mutating func hole(_ start: UInt64, _ end: UInt64, level: PageTableLevel) -> WalkStep {
+        hmmVMAWalkHole(start, end)
+    }
+    mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        hmmVMAWalkPMD(pmd, start, end)
+    }
+    mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
+        hmmVMAHandlePTE(pte, addr)
+    }
+
+    /// `hmm_vma_walk_hole`: an empty range faults if any page asks for it, else reports 0.
+    mutating func hmmVMAWalkHole(_ start: UInt64, _ end: UInt64) -> WalkStep {
         let (f, w) = rangeNeedsFault(start, end, 0)
         if f { stop = .fault(start: start, end: end, write: w); return .stop(nil) }
         fill(start, end, 0)
         return .next
     }
 
-    mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+    /// `hmm_vma_walk_pmd`: a PMD leaf or non-present PMD is handled here; a PTE table is left
+    /// to the walk, which calls `hmmVMAHandlePTE` for each entry (unlocked, as hmm.c maps the
+    /// table without its lock).
+    mutating func hmmVMAWalkPMD(_ pmd: EntryPointer, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
         guard v.isHuge || !v.isPresent else { return .next }
         if !v.isPresent {
@@ -95,7 +110,9 @@ struct HMMVMAWalker: PageWalker {
         return .skip
     }
 
-    mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
+    /// `hmm_vma_handle_pte`: one PTE to an output entry, or the reason to stop (fault, wait for
+    /// a migration, error).
+    mutating func hmmVMAHandlePTE(_ pte: EntryPointer, _ addr: UInt64) -> WalkStep {
         let i = index(addr)
         let request = pfns[i]
         let v = pte.load()
@@ -184,7 +201,8 @@ extension AddressSpace {
         }
     }
 
-    /// One pass of `walk_page_range` with hmm's VMA test (`hmm_vma_walk_test`) and holes.
+    /// One pass of `walk_page_range` over the range: per VMA, hmm's VMA test
+    /// (`hmm_vma_walk_test`) and the gaps between VMAs.
     private func walkHMM(start rangeStart: UInt64, end rangeEnd: UInt64, defaults: UInt64, flagsMask: UInt64, owner: AnyObject?,
                          _ pfns: UnsafeMutablePointer<UInt64>, from last: UInt64) -> HMMWalkStop? {
         var addr = last

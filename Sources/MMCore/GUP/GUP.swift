@@ -30,7 +30,27 @@ extension AddressSpace {
         defer { machine.operationDone("gup") }
         guard isPageAligned(address), count > 0, UInt64(count) <= taskSize >> pageShift,
               address.addingReportingOverflow(UInt64(count) << pageShift).overflow == false else { throw .EINVAL }
+        return try getUserPagesLocked(address, count: count, flags: flags)
+    }
+
+    /// `__get_user_pages_locked`: takes the mmap lock for read around `__get_user_pages`.
+    /// Locking: mmap lock not held on entry; held for read inside, dropped on return.
+    func getUserPagesLocked(_ address: UInt64, count: Int, flags: FollFlags) throws(Errno) -> [Page] {
+        mmapLock.assertNotHeld()
         mmapLock.lockRead(); defer { mmapLock.unlockRead() }
+        return try getUserPagesRemote(address, count: count, flags: flags)
+    }
+
+    /// `get_user_pages_remote` / `__get_user_pages`, for a caller that already holds the mmap
+    /// lock (a driver working on another process's memory): for each page, follow the page
+    /// table (`follow_page_pte`) and fault it in when that fails (`faultin_page`). Pages
+    /// gathered before an error are released. Errors as `getUserPages` (EINVAL for a range
+    /// that is empty or wraps).
+    /// Locking: caller holds the mmap lock for read.
+    public func getUserPagesRemote(_ address: UInt64, count: Int, flags: FollFlags) throws(Errno) -> [Page] {
+        mmapLock.assertLocked()
+        guard isPageAligned(address), count > 0, UInt64(count) <= taskSize >> pageShift,
+              address.addingReportingOverflow(UInt64(count) << pageShift).overflow == false else { throw .EINVAL }
         var out: [Page] = []
         out.reserveCapacity(count)
         for i in 0..<count {
@@ -44,7 +64,10 @@ extension AddressSpace {
         return out
     }
 
+    /// One page of `__get_user_pages`: `follow_page_pte`, else `faultin_page`, until it sticks.
+    /// Locking: caller holds the mmap lock for read.
     private func followOrFault(_ a: UInt64, flags: FollFlags) throws(Errno) -> Page {
+        mmapLock.assertLocked()
         guard let vma = vmaLookup(a) else { throw .EFAULT }
         let write = flags.contains(.write)
         guard !vma.flags.contains(.io), !vma.flags.contains(.pfnMap) else { throw .EFAULT }

@@ -44,53 +44,81 @@ extension PageWalker {
 }
 
 extension PageTable {
-    /// Walks [start, end) calling `walker` (`walk_page_range`). One function per level, each of
-    /// the same shape: compute the next boundary, report a hole or the entry, descend unless the
-    /// callback said otherwise. Return: nil, or the error a callback stopped with.
+    /// Walks [start, end) calling `walker` (`walk_page_range`). One function per level, as in
+    /// `mm/pagewalk.c` (`walk_pgd_range` … `walk_pte_range`; the P4D level is folded, as on a
+    /// 4-level x86-64 table). Each has the same shape: compute the next boundary, report a hole
+    /// or the entry, descend unless the callback said otherwise.
+    /// Return: nil, or the error a callback stopped with.
     /// Locking: caller holds the mmap lock (read or write) so no table is freed under the walk.
     public func walk<W: PageWalker>(_ start: UInt64, _ end: UInt64, _ walker: inout W) -> Errno? {
         Lockdep.assertSomeRWSemHeld()
         precondition(start < end && isPageAligned(start) && isPageAligned(end))
-        switch walkLevel(pgd.pfn, .pgd, start, end, &walker) {
+        switch walkPGDRange(start, end, &walker) {
         case .stop(let e): return e
         default: return nil
         }
     }
 
-    private func walkLevel<W: PageWalker>(_ tablePfn: UInt64, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64,
-                                          _ walker: inout W) -> WalkStep {
-        if level == .pte { return walkPTEs(tablePfn, start, end, &walker) }
-        let table = memory.page(tablePfn)
+    /// Calls `body(entry)` for the entries of one table level over [start, end), redoing an
+    /// entry while `body` asks `.again`. Return: the first `.stop`, else `.next`.
+    @inline(__always)
+    private func forEachEntry(_ tablePfn: UInt64, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64,
+                              _ body: (EntryPointer, UInt64, UInt64) -> WalkStep) -> WalkStep {
         var addr = start
         while addr < end {
             let next = level.addressEnd(addr, end)
             let e = entry(inTable: tablePfn, index: level.index(addr))
             var step: WalkStep
-            repeat {
-                let v = e.load()
-                if v.isNone {
-                    step = walker.hole(addr, next, level: level)
-                    if step == .next { step = .skip }
-                } else if level == .pmd {
-                    step = walker.pmdEntry(e, table: table, addr, next)
-                    if step == .next {
-                        let now = e.load()
-                        step = now.isPresent && !now.isHuge ? walkLevel(now.pfn, .pte, addr, next, &walker) : .skip
-                        if step == .again { continue } // the PMD changed under us: redo it
-                    }
-                } else if !v.isPresent || v.isHuge {
-                    step = level == .pud ? walker.pudLeaf(e, table: table, addr, next) : .skip
-                } else {
-                    step = walkLevel(v.pfn, PageTableLevel(rawValue: level.rawValue - 1)!, addr, next, &walker)
-                }
-            } while step == .again
+            repeat { step = body(e, addr, next) } while step == .again
             if case .stop = step { return step }
             addr = next
         }
         return .next
     }
 
-    private func walkPTEs<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64, _ walker: inout W) -> WalkStep {
+    /// `walk_pgd_range`: holes at PGD level; every present entry is a PUD table.
+    private func walkPGDRange<W: PageWalker>(_ start: UInt64, _ end: UInt64, _ walker: inout W) -> WalkStep {
+        forEachEntry(pgd.pfn, .pgd, start, end) { e, addr, next in
+            let v = e.load()
+            if v.isNone { return Self.holeStep(walker.hole(addr, next, level: .pgd)) }
+            guard v.isPresent, !v.isHuge else { return .skip }
+            return walkPUDRange(v.pfn, addr, next, &walker)
+        }
+    }
+
+    /// `walk_pud_range`: holes, 1 GiB leaves and non-present entries (`pudLeaf`), else the
+    /// PMD table below.
+    private func walkPUDRange<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64,
+                                             _ walker: inout W) -> WalkStep {
+        let table = memory.page(tablePfn)
+        return forEachEntry(tablePfn, .pud, start, end) { e, addr, next in
+            let v = e.load()
+            if v.isNone { return Self.holeStep(walker.hole(addr, next, level: .pud)) }
+            if !v.isPresent || v.isHuge { return walker.pudLeaf(e, table: table, addr, next) }
+            return walkPMDRange(v.pfn, addr, next, &walker)
+        }
+    }
+
+    /// `walk_pmd_range`: holes, then `pmdEntry` for every other entry; descends into the PTE
+    /// table only if the entry (re-read after the callback) still is one.
+    private func walkPMDRange<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64,
+                                             _ walker: inout W) -> WalkStep {
+        let table = memory.page(tablePfn)
+        return forEachEntry(tablePfn, .pmd, start, end) { e, addr, next in
+            if e.load().isNone { return Self.holeStep(walker.hole(addr, next, level: .pmd)) }
+            let step = walker.pmdEntry(e, table: table, addr, next)
+            guard step == .next else { return step }
+            let now = e.load()
+            return now.isPresent && !now.isHuge ? walkPTERange(now.pfn, addr, next, &walker) : .skip
+        }
+    }
+
+    /// A hole callback's `.next` means "nothing below to descend into".
+    @inline(__always) private static func holeStep(_ s: WalkStep) -> WalkStep { s == .next ? .skip : s }
+
+    /// `walk_pte_range`: every PTE (empty runs coalesced into one hole unless the walker visits
+    /// them), under the table's lock when the walker asks for it.
+    private func walkPTERange<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64, _ walker: inout W) -> WalkStep {
         let table = memory.page(tablePfn)
         let locks = walker.locksPTE
         if locks { table.ptl.lock() }

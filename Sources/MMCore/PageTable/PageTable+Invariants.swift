@@ -1,0 +1,79 @@
+import MMSync
+
+extension PageTable {
+    /// Walks the whole page table of `mm`: every entry lies inside a VMA; present entries point
+    /// at allocated frames of the right kind; device-private pages appear only in
+    /// device-private entries; migration entries name locked pages; anonymous pages are found
+    /// by their rmap. Adds each mapped pfn's count of entries to `mappings`.
+    /// Locking: caller holds `mm`'s mmap lock (read or write).
+    func checkInvariants(of mm: AddressSpace, mappings: inout [UInt64: Int32]) -> [String] {
+        mm.mmapLock.assertLocked()
+        var checker = PageTableChecker(mm: mm)
+        _ = walk(0, taskSize + pageSize, &checker)
+        for (pfn, n) in checker.mappings { mappings[pfn, default: 0] += n }
+        return checker.problems
+    }
+}
+
+struct PageTableChecker: PageWalker {
+    let mm: AddressSpace
+    var problems: [String] = []
+    var mappings: [UInt64: Int32] = [:]
+    var locksPTE: Bool { false }
+    var memory: PhysicalMemory { mm.memory }
+
+    mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
+        let v = pte.load()
+        let hex = "0x" + String(addr, radix: 16)
+        guard let vma = mm.vmaLookup(addr) else {
+            problems.append("mm \(mm.id): entry \(v) at \(hex) outside every VMA"); return .next
+        }
+        if v.isPresent {
+            if v.isSpecial {
+                if v.pfn != PhysicalMemory.zeroPfn { problems.append("mm \(mm.id): special entry at \(hex) is not the zero page") }
+                if v.isWrite { problems.append("mm \(mm.id): zero page mapped writable at \(hex)") }
+                return .next
+            }
+            guard memory.isValidPfn(v.pfn) else { problems.append("mm \(mm.id): \(hex) maps invalid pfn \(v.pfn)"); return .next }
+            let p = memory.page(v.pfn)
+            if p.refcount <= 0 || p.test(.buddy) { problems.append("mm \(mm.id): \(hex) maps free frame \(v.pfn)") }
+            if p.test(.pageTable) { problems.append("mm \(mm.id): \(hex) maps a page-table frame") }
+            if p.isDevicePrivate { problems.append("mm \(mm.id): \(hex) maps device-private pfn \(v.pfn) with a present PTE") }
+            if v.isWrite && !vma.flags.contains(.write) { problems.append("mm \(mm.id): \(hex) writable in a read-only VMA") }
+            if v.isWrite && !vma.isShared && p.isAnon && p.mapcount > 1 {
+                problems.append("mm \(mm.id): \(hex) writable private page shared by \(p.mapcount) mappings")
+            }
+            checkRmap(p, vma, addr, hex)
+            mappings[v.pfn, default: 0] += 1
+        } else if v.isSwap {
+            let s = v.swapEntry
+            guard s.hasPfn else { return .next }
+            let p = memory.page(s.pfn)
+            if s.isMigration {
+                if !p.isLocked { problems.append("mm \(mm.id): migration entry at \(hex) for unlocked \(p)") }
+            } else if s.isDevicePrivate {
+                if !p.isDevicePrivate { problems.append("mm \(mm.id): device-private entry at \(hex) names non-device \(p)") }
+                mappings[s.pfn, default: 0] += 1
+                checkRmap(p, vma, addr, hex)
+            } else if s.isDeviceExclusive {
+                mappings[s.pfn, default: 0] += 1
+                checkRmap(p, vma, addr, hex)
+            }
+            // (A device-exclusive entry has no read-only form: mprotect leaves it, as 7.2 does.)
+            if s.isWrite && !s.isDeviceExclusive && !vma.flags.contains(.write) { problems.append("mm \(mm.id): writable \(s) at \(hex) in a read-only VMA") }
+        }
+        return .next
+    }
+
+    private mutating func checkRmap(_ p: Page, _ vma: VMA, _ addr: UInt64, _ hex: String) {
+        if let av = p.anonVMA {
+            if vma.linearPageIndex(addr) != p.index { problems.append("mm \(mm.id): anon \(p) at \(hex) has index \(p.index), VMA says \(vma.linearPageIndex(addr))") }
+            if !av.lock.withRead({ av.vmas.contains { $0 === vma } }) { problems.append("mm \(mm.id): anon \(p) at \(hex): VMA not in the page's anon_vma") }
+        } else if let f = p.file {
+            if vma.file !== f { problems.append("mm \(mm.id): file \(p) at \(hex) mapped through another file's VMA") }
+            if vma.linearPageIndex(addr) != p.index { problems.append("mm \(mm.id): file \(p) at \(hex) index mismatch") }
+        } else if !vma.isSpecialMapping {
+            problems.append("mm \(mm.id): \(p) at \(hex) has no owner")
+        }
+    }
+}

@@ -1,0 +1,43 @@
+import MMSync
+
+/// Whole-machine invariant checks: each core type checks its own (`PhysicalMemory`,
+/// `AddressSpace` with its VMA tree, `PageTable` and CPUs' TLBs); the machine adds what only
+/// the whole can tell (mapcount and refcount against every mapping, pin and cache reference).
+/// They read every page table and page, so they must run while no other thread changes memory
+/// (after each operation in tests, at explorer steps).
+extension Machine {
+    /// Every violated invariant, as a sentence naming what is wrong (empty when all hold).
+    @inline(never)
+    public func checkInvariants() -> [String] {
+        var problems: [String] = []
+        problems += memory.checkInvariants()
+        var mappings: [UInt64: Int32] = [:]
+        var fileRefs: [UInt64: Int32] = [:]
+        var files: [ObjectIdentifier: ShmemFile] = [:]
+        for mm in addressSpaces {
+            mm.mmapLock.lockRead()
+            problems += mm.checkInvariants(mappings: &mappings)
+            for vma in mm.vmaList { if let f = vma.file { files[ObjectIdentifier(f)] = f } }
+            mm.mmapLock.unlockRead()
+        }
+        for (_, f) in files.sorted(by: { $0.value.name < $1.value.name }) {
+            for (_, pfn) in f.cacheLock.withLock({ f.pages }) { fileRefs[pfn, default: 0] += 1 }
+        }
+        for (pfn, count) in mappings.sorted(by: { $0.key < $1.key }) {
+            let p = memory.page(pfn)
+            if p.mapcount != count {
+                problems.append("pfn \(pfn): mapcount \(p.mapcount) but \(count) page-table entries map it")
+            }
+            let floor = count + p.pincount + (fileRefs[pfn] ?? 0)
+            if p.refcount < floor {
+                problems.append("pfn \(pfn): refcount \(p.refcount) below mappings+pins+cache \(floor)")
+            }
+        }
+        return problems
+    }
+
+    /// Frames in use that nothing in the machine accounts for would show up here as a
+    /// difference between `usedFrames` and the frames reachable from live address spaces and
+    /// files; tests check the stronger property that it returns to its start after teardown.
+    public var usedFrames: Int { memory.usedFrames }
+}

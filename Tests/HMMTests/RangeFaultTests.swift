@@ -1,0 +1,90 @@
+import XCTest
+@testable import Conformance
+@testable import Devices
+@testable import HMM
+@testable import MMCore
+import MMSync
+
+final class RangeFaultTests: XCTestCase {
+    func snapshotRange(_ env: HMMEnv, _ start: UInt64, _ pages: Int, flags: UInt64 = 0, owner: AnyObject? = nil) throws(Errno) -> [UInt64] {
+        let sub = MMUIntervalNotifier(start: start, end: start + UInt64(pages) * pageSize) { s, _, seq in s.setSeq(seq); return true }
+        try env.mm.notifiers.insert(sub)
+        defer { env.mm.notifiers.remove(sub) }
+        var range = HMMRange(notifier: sub, notifierSeq: 0, start: start, end: start + UInt64(pages) * pageSize,
+                             defaultFlags: flags, devPrivateOwner: owner)
+        // The canonical loop: a fault that migrates pages back invalidates the range, so the
+        // first pass may end in EBUSY and start again from readBegin.
+        var out: [UInt64] = []
+        try HMMMirror.faultAndProgram(&range, driverLock: Lock("test")) { (r: HMMRange) throws(Errno) in out = r.hmmPfns }
+        return out
+    }
+
+    func testSnapshotReportsEveryKindOfEntry() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(4)
+        try env.cpu.store(a, UInt8(1))                    // page 0: writable anon
+        _ = try env.cpu.load(a + pageSize, as: UInt8.self) // page 1: zero page
+        let ro = try env.anon(1, prot: .read)
+        let none = try env.anon(1, prot: .none)
+        let out = try snapshotRange(env, a, 4)
+        let pfn0 = try XCTUnwrap(env.mm.pagemap(a, count: 1).first?.pfn)
+        XCTAssertEqual(out, [pfn0 | HMMPfn.valid | HMMPfn.write, HMMPfn.valid, 0, 0])
+        XCTAssertEqual(try snapshotRange(env, ro, 1), [0])
+        XCTAssertEqual(try snapshotRange(env, none, 1), [HMMPfn.error])  // unreadable VMA
+        XCTAssertEqual(try snapshotRange(env, 0x1000_0000, 2), [HMMPfn.error, HMMPfn.error]) // hole
+        env.finish([])
+    }
+
+    func testFaultRequestsAndErrors() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(2)
+        let out = try snapshotRange(env, a, 2, flags: HMMPfn.requestFault)
+        XCTAssertEqual(out.map { $0 & HMMPfn.flags }, [HMMPfn.valid, HMMPfn.valid])
+        XCTAssertEqual(HMMPfn.pfn(out[0]), 0) // read faults map the zero page
+        let w = try snapshotRange(env, a, 2, flags: HMMPfn.requestFault | HMMPfn.requestWrite)
+        XCTAssertTrue(w.allSatisfy { HMMPfn.isWrite($0) && HMMPfn.pfn($0) != 0 })
+        let ro = try env.anon(1, prot: .read)
+        XCTAssertThrowsError(try snapshotRange(env, ro, 1, flags: HMMPfn.requestFault | HMMPfn.requestWrite)) {
+            XCTAssertEqual($0 as? Errno, .EPERM)
+        }
+        let none = try env.anon(1, prot: .none)
+        XCTAssertThrowsError(try snapshotRange(env, none, 1, flags: HMMPfn.requestFault)) { XCTAssertEqual($0 as? Errno, .EFAULT) }
+        XCTAssertThrowsError(try snapshotRange(env, 0x1000_0000, 1, flags: HMMPfn.requestFault)) { XCTAssertEqual($0 as? Errno, .EFAULT) }
+        env.finish([])
+    }
+
+    func testStaleSequenceIsEBUSY() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(1)
+        let sub = MMUIntervalNotifier(start: a, end: a + pageSize) { s, _, seq in s.setSeq(seq); return true }
+        try env.mm.notifiers.insert(sub)
+        var range = HMMRange(notifier: sub, notifierSeq: sub.readBegin(), start: a, end: a + pageSize, defaultFlags: HMMPfn.requestFault)
+        try env.process.mprotect(a, length: pageSize, prot: .read) // an invalidation after readBegin
+        env.mm.mmapLock.lockRead()
+        XCTAssertThrowsError(try env.mm.hmmRangeFault(&range)) { XCTAssertEqual($0 as? Errno, .EBUSY) }
+        range.notifierSeq = sub.readBegin()
+        XCTAssertNoThrow(try env.mm.hmmRangeFault(&range))
+        env.mm.mmapLock.unlockRead()
+        env.mm.notifiers.remove(sub)
+        env.finish([])
+    }
+
+    func testOwnDevicePrivatePagesAreReportedOthersFaulted() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(2)
+        try env.cpu.store(a, UInt64(5)); try env.cpu.store(a + pageSize, UInt64(6))
+        let d0 = try env.module.open(minor: 0, mm: env.mm)
+        var cmd = DmirrorCmd(addr: a, npages: 2)
+        try d0.ioctl(.migrateToDevice, &cmd, buffer: DmirrorBuffer(size: 2 * Int(pageSize)))
+        XCTAssertEqual(cmd.cpages, 2)
+        let dev0 = env.module.devices[0]
+        let own = try snapshotRange(env, a, 2, owner: dev0)
+        XCTAssertTrue(own.allSatisfy { HMMPfn.isValid($0) && HMMPfn.isWrite($0) && env.memory.page(HMMPfn.pfn($0)).isDevicePrivate })
+        XCTAssertEqual(try snapshotRange(env, a, 2, owner: env.module.devices[1]), [0, 0]) // not faulted
+        let faulted = try snapshotRange(env, a, 2, flags: HMMPfn.requestFault, owner: env.module.devices[1])
+        XCTAssertTrue(faulted.allSatisfy { !env.memory.page(HMMPfn.pfn($0)).isZoneDevice })
+        XCTAssertEqual(try env.cpu.load(a + pageSize, as: UInt64.self), 6)
+        XCTAssertEqual(dev0.pagesInUse, 0)
+        env.finish([d0])
+    }
+}
