@@ -46,4 +46,10 @@ public final class ModelThread: @unchecked Sendable {
         finished.wait()
         if let t = thread { pthread_join(t, nil); thread = nil }
     }
+
+    /// Lets the thread finish on its own: its resources go when it exits, and nobody may
+    /// `join` it afterwards.
+    public func detach() {
+        if let t = thread { pthread_detach(t); thread = nil }
+    }
 }

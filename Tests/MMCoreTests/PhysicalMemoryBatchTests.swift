@@ -89,19 +89,28 @@ final class PhysicalMemoryBatchTests: XCTestCase {
 
     func testCopyEngineJobsCompleteWithExactBytes() throws {
         let mem = try PhysicalMemory(systemBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        let engine = CopyEngine(name: "test-copy")
+        XCTAssertFalse(engine.isRunning) // no thread until the first job
         let src = mem.allocateBatch(300), dst = mem.allocateBatch(300)
         for (k, p) in src.enumerated() { mem.frame(p.pfn).storeBytes(of: UInt64(k + 1), toByteOffset: 4000, as: UInt64.self) }
         // Two jobs in flight, waited in order; then a parallel gather (half on the engine).
-        let f1 = mem.copyFramesAsync(to: dst.prefix(150).map(\.pfn), from: src.prefix(150).map(\.pfn))
-        let f2 = mem.copyFramesAsync(to: dst.suffix(150).map(\.pfn), from: src.suffix(150).map(\.pfn))
+        let f1 = mem.copyFramesAsync(on: engine, to: dst.prefix(150).map(\.pfn), from: src.prefix(150).map(\.pfn))
+        let f2 = mem.copyFramesAsync(on: engine, to: dst.suffix(150).map(\.pfn), from: src.suffix(150).map(\.pfn))
         f1.wait(); f2.wait()
         XCTAssertTrue(f1.isDone && f2.isDone)
+        XCTAssertTrue(engine.isRunning)
         XCTAssertEqual(dst.indices.filter { mem.frame(dst[$0].pfn).load(fromByteOffset: 4000, as: UInt64.self) != UInt64($0 + 1) }, [])
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 300 * Int(pageSize), alignment: 4096)
         defer { buf.deallocate() }
-        mem.gatherFramesParallel(into: buf, from: dst.map(\.pfn))
+        mem.gatherFramesParallel(on: engine, into: buf, from: dst.map(\.pfn))
         XCTAssertEqual((0..<300).filter { buf.load(fromByteOffset: $0 * Int(pageSize) + 4000, as: UInt64.self) != UInt64($0 + 1) }, [])
-        XCTAssertTrue(mem.copyFramesAsync(to: [], from: []).isDone)
+        XCTAssertTrue(mem.copyFramesAsync(on: engine, to: [], from: []).isDone)
+        // Teardown joins the thread; a job submitted after it runs on the caller.
+        engine.stop()
+        XCTAssertFalse(engine.isRunning)
+        let late = mem.copyFramesAsync(on: engine, to: [dst[0].pfn], from: [src[1].pfn])
+        XCTAssertTrue(late.isDone)
+        XCTAssertEqual(mem.frame(dst[0].pfn).load(fromByteOffset: 4000, as: UInt64.self), 2)
         mem.putBatch(src + dst)
         XCTAssertEqual(mem.freeFrames, 4095)
     }

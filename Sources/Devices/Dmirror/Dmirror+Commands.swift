@@ -59,7 +59,7 @@ extension Dmirror {
             a += pageSize
         }
         let off = Int(start - base)
-        memory.gatherFramesParallel(into: UnsafeMutableRawBufferPointer(rebasing: bounce[off...]), from: pfns)
+        memory.gatherFramesParallel(on: device.copyEngine, into: UnsafeMutableRawBufferPointer(rebasing: bounce[off...]), from: pfns)
         return UInt64(pfns.count)
     }
 

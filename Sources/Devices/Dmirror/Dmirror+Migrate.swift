@@ -93,7 +93,7 @@ extension Dmirror {
         // One bulk copy for the batch; an empty source (no page, or the zero page) copies the
         // zero page.
         let sources = dpages.indices.map { MigratePfn.pfn(m.src[wanted[$0]]) ?? PhysicalMemory.zeroPfn }
-        let fence = memory.copyFramesAsync(to: dpages.map { device.backingPage($0).pfn }, from: sources)
+        let fence = memory.copyFramesAsync(on: device.copyEngine, to: dpages.map { device.backingPage($0).pfn }, from: sources)
         let copied = sources.filter { $0 != PhysicalMemory.zeroPfn }.count
         for k in dpages.indices {
             let i = wanted[k]

@@ -38,6 +38,10 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// names a later mirror; entries go when their mirror is freed (`forget`).
     var nextMirrorID: UInt64 = 1
 
+    /// The device's DMA engine: migration copies overlap with the next batch's page-table work.
+    /// Its thread starts with the first copy and is stopped when the device goes away.
+    public let copyEngine: CopyEngine
+
     /// Coherent memory is one fixed region per device; private memory grows chunk by chunk.
     static let maxCoherentChunks = 1
 
@@ -45,7 +49,12 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         self.minor = minor
         self.machine = machine
         memoryType = minor < 2 ? .devicePrivate : .deviceCoherent
+        copyEngine = CopyEngine(name: "dmirror\(minor)-copy")
     }
+
+    /// The engine's thread exits once its queue is empty. Not waited for: the last reference
+    /// to a device may go anywhere, even inside a page free under a PTE lock.
+    deinit { copyEngine.stop(wait: false) }
 
     var pageKind: MemoryKind { memoryType == .devicePrivate ? .devicePrivate : .deviceCoherent }
     /// The migrate selection that names this device's pages (`dmirror_select_device`).
@@ -245,7 +254,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             memory.copyFramesBulk(to: to, from: from)
             fence = .signalled()
         } else {
-            fence = memory.copyFramesAsync(to: to, from: from)
+            fence = memory.copyFramesAsync(on: copyEngine, to: to, from: from)
         }
         for k in dpages.indices {
             let i = selected[k]

@@ -1,30 +1,42 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import MMArch
 import MMSync
 
 /// A copy engine (a device's DMA engine): page copies run on the engine's own thread while the
 /// driver goes on with page-table work, as a GPU driver overlaps its copy engines with the
-/// migration of the next batch. One engine serves the process, jobs in submission order.
+/// migration of the next batch. A device owns its engines; jobs run in submission order.
 ///
 /// A job is cut into chunks that the engine and a waiter both claim: a driver that reaches
 /// `CopyFence.wait()` before the engine is done copies the remaining chunks itself instead of
 /// idling. Under the explorer (`Sync.scheduler` set) every job runs inline on the submitting
 /// thread, so the explorer sees no thread it does not control.
+///
+/// The thread starts with the first job and ends in `stop()`, which its owner calls at
+/// teardown (a dmirror device when it goes away). Under the explorer no engine thread may be
+/// running: stop engines before installing a scheduler (jobs then run inline).
+/// Sendable: `lock` guards the queue, the thread handle and `stopped`; the rest is atomics.
 public final class CopyEngine: @unchecked Sendable {
-    public static let shared = CopyEngine()
-
-    /// Locking: `lock` guards `queue` and `started`.
-    private let lock = Lock("copy-engine")
+    public let name: String
+    /// Locking: guards `queue`, `thread` and `stopped`.
+    private let lock: Lock
     private var queue: [CopyFence] = []   // a job leaves it before it runs
-    private var started = false
+    private var thread: ModelThread? = nil
+    private var stopped = false
+    /// Jobs queued, and whether `stop` was called: read by the idle engine without `lock`
+    /// (its sleep must not take a lock the explorer would see).
+    private let pending = AtomicWord(0)
+    private let stopping = AtomicWord(0)
+    /// The engine thread's id while it runs (0 otherwise), so `stop` never joins itself.
+    private let threadID = AtomicWord(0)
     private let work = WaitQueue()
 
+    public init(name: String = "copy-engine") {
+        self.name = name
+        lock = Lock("copy-engine")
+    }
+
     /// Runs `chunk(0) … chunk(chunks - 1)` on the engine (and on whoever waits). Wait on the
-    /// returned fence before the copied data becomes visible to anyone.
+    /// returned fence before the copied data becomes visible to anyone. After `stop`, and
+    /// under the explorer, the job runs on the calling thread before this returns.
     @discardableResult
     public func submit(chunks: Int, _ chunk: @escaping (Int) -> Void) -> CopyFence {
         let fence = CopyFence(chunks: chunks, chunk)
@@ -34,32 +46,58 @@ public final class CopyEngine: @unchecked Sendable {
             return fence
         }
         lock.lock()
+        guard !stopped else {
+            lock.unlock()
+            fence.help()
+            return fence
+        }
         queue.append(fence)
-        let start = !started
-        started = true
+        pending.add(1)
+        // Started under the lock (once per engine), so a concurrent `stop` sees the thread.
+        if thread == nil { thread = ModelThread.spawn(name: name) { [self] in loop() } }
         lock.unlock()
-        if start { _ = ModelThread.spawn(name: "copy-engine") { [self] in loop() } }
         work.wakeAll()
         return fence
     }
 
-    private func next() -> CopyFence? {
-        lock.lock(); defer { lock.unlock() }
-        return queue.isEmpty ? nil : queue.removeFirst() // at most a few jobs are ever queued
+    /// Ends the engine: jobs already queued still run, later ones run on their submitter,
+    /// and the thread exits. With `wait` (the default) the caller sleeps until it has;
+    /// without, the thread is detached and exits on its own — for a teardown that may run
+    /// where sleeping is not allowed (a deinit reached under a spin lock).
+    /// Locking: with `wait`, sleeps, so no spin lock may be held.
+    public func stop(wait: Bool = true) {
+        if wait { Lockdep.assertNoSpinLockHeld() }
+        let t = lock.withLock { () -> ModelThread? in
+            stopped = true
+            stopping.store(1)
+            defer { thread = nil }
+            return thread
+        }
+        work.wakeAll()
+        guard let t else { return }
+        if wait && threadID.load() != currentThreadID() { t.join() } else { t.detach() }
     }
 
-    private var hasWork: Bool { lock.withLock { !queue.isEmpty } }
+    /// Whether the engine's thread is running (for tests).
+    public var isRunning: Bool { lock.withLock { thread != nil } }
+
+    private func next() -> CopyFence? {
+        lock.lock(); defer { lock.unlock() }
+        guard !queue.isEmpty else { return nil }
+        pending.add(~0) // -1
+        return queue.removeFirst() // at most a few jobs are ever queued
+    }
 
     private func loop() {
+        threadID.store(currentThreadID())
+        defer { threadID.store(0) }
         while true {
-            // Under the explorer jobs run inline: stay out of its way (no sync point from an
-            // uncontrolled thread).
-            if Sync.scheduler != nil { usleep(1000); continue }
-            guard let job = next() else {
-                work.wait { hasWork }
+            if pending.load() == 0 {
+                if stopping.load() != 0 { return }
+                work.wait { pending.load() != 0 || stopping.load() != 0 }
                 continue
             }
-            job.help()
+            next()?.help()
         }
     }
 }
@@ -115,11 +153,11 @@ extension PhysicalMemory {
     /// Pages per copy-engine chunk.
     static let copyChunkPages = 64
 
-    /// `copyFramesBulk(to:from:)` on the copy engine. The memory stays alive until the job ran.
-    public func copyFramesAsync(to dst: [UInt64], from src: [UInt64]) -> CopyFence {
+    /// `copyFramesBulk(to:from:)` on `engine`. The memory stays alive until the job ran.
+    public func copyFramesAsync(on engine: CopyEngine, to dst: [UInt64], from src: [UInt64]) -> CopyFence {
         precondition(dst.count == src.count && dst.allSatisfy { $0 < totalPfns } && src.allSatisfy { $0 < totalPfns })
         let n = dst.count, per = PhysicalMemory.copyChunkPages
-        return CopyEngine.shared.submit(chunks: (n + per - 1) / per) { [self] c in
+        return engine.submit(chunks: (n + per - 1) / per) { [self] c in
             let lo = c * per, count = min(per, n - lo)
             dst.withUnsafeBufferPointer { d in
                 src.withUnsafeBufferPointer { s in mm_copy_frames_nocache(frameBase, d.baseAddress! + lo, s.baseAddress! + lo, count) }
@@ -127,13 +165,13 @@ extension PhysicalMemory {
         }
     }
 
-    /// `gatherFramesBulk(into:from:)` copied by the caller and the copy engine together.
-    public func gatherFramesParallel(into buffer: UnsafeMutableRawBufferPointer, from src: [UInt64]) {
+    /// `gatherFramesBulk(into:from:)` copied by the caller and `engine` together.
+    public func gatherFramesParallel(on engine: CopyEngine, into buffer: UnsafeMutableRawBufferPointer, from src: [UInt64]) {
         precondition(buffer.count >= src.count << pageShift && src.allSatisfy { $0 < totalPfns })
         let n = src.count, per = PhysicalMemory.copyChunkPages
         guard n >= 2 * per else { gatherFramesBulk(into: buffer, from: src); return }
         let base = buffer.baseAddress!
-        CopyEngine.shared.submit(chunks: (n + per - 1) / per) { [self] c in
+        engine.submit(chunks: (n + per - 1) / per) { [self] c in
             let lo = c * per, count = min(per, n - lo)
             src.withUnsafeBufferPointer { s in mm_gather_frames_nocache(base + (lo << pageShift), frameBase, s.baseAddress! + lo, count) }
         }.wait()
