@@ -2,6 +2,26 @@ import XCTest
 @testable import MMCore
 
 final class PhysicalMemoryTests: XCTestCase {
+    private final class NoOps: DevicePagemapOps {
+        func pageFree(_ page: Page) {}
+        func migrateToRAM(_ fault: DevicePrivateFault) -> FaultResult { .sigbus }
+    }
+
+    /// The device pfn space asked for is all usable, whatever the RAM size: 256 MiB of it
+    /// holds exactly one 256 MiB registration above 64 MiB of RAM (device pfns start at the
+    /// next chunk boundary), and no second one.
+    func testDevicePfnSpaceHoldsWhatWasAskedFor() throws {
+        let mem = try PhysicalMemory(systemBytes: 64 << 20, devicePfnSpaceBytes: 256 << 20)
+        let ops = NoOps()
+        let g = try mem.registerDeviceMemory(kind: .devicePrivate, pageCount: PhysicalMemory.deviceChunkPages, owner: ops, ops: ops)
+        XCTAssertEqual(g.startPfn, PhysicalMemory.deviceChunkPages)
+        XCTAssertEqual(mem.totalPfns, 2 * PhysicalMemory.deviceChunkPages)
+        XCTAssertThrowsError(try mem.registerDeviceMemory(kind: .devicePrivate, pageCount: PhysicalMemory.deviceChunkPages, owner: ops, ops: ops)) {
+            XCTAssertEqual($0 as? Errno, .ENOMEM)
+        }
+        try mem.unregisterDeviceMemory(g)
+    }
+
     func testMetadataIs64BytesPerFrame() throws {
         XCTAssertEqual(Page.metadataStride, 64)
         let mem = try PhysicalMemory(systemBytes: 8 << 20, devicePfnSpaceBytes: 0)

@@ -60,7 +60,10 @@ public final class PhysicalMemory: @unchecked Sendable {
         guard systemBytes >= 4 * pmdSize, isPageAligned(systemBytes), isPageAligned(devicePfnSpaceBytes),
               systemBytes <= 1 << 40, devicePfnSpaceBytes <= 1 << 42 else { throw .EINVAL }
         systemFrames = systemBytes >> pageShift
-        totalPfns = systemFrames + (devicePfnSpaceBytes >> pageShift)
+        // Device pfns start at the first 256 MiB chunk boundary above RAM, so the whole
+        // `devicePfnSpaceBytes` is usable by registrations (chunks are never split).
+        let deviceStart = (systemFrames + PhysicalMemory.deviceChunkPages - 1) & ~(PhysicalMemory.deviceChunkPages - 1)
+        totalPfns = devicePfnSpaceBytes == 0 ? systemFrames : deviceStart + (devicePfnSpaceBytes >> pageShift)
         guard totalPfns < UInt64(UInt32.max) else { throw .EINVAL }
         frameBytes = Int(totalPfns << pageShift)
         metaBytes = Int(totalPfns) * Page.metadataStride
@@ -81,7 +84,7 @@ public final class PhysicalMemory: @unchecked Sendable {
             PhysicalMemory.populate(f, Int(systemFrames << pageShift))
             PhysicalMemory.populate(m, Int(systemFrames) * Page.metadataStride)
         }
-        nextDevicePfn = (systemFrames + PhysicalMemory.deviceChunkPages - 1) & ~(PhysicalMemory.deviceChunkPages - 1)
+        nextDevicePfn = deviceStart
         pcpBatch = PhysicalMemory.pcpBatch(systemFrames: systemFrames)
         let batch = pcpBatch
         pcpOwners = (0..<PhysicalMemory.pcpSlots).map { _ in PerCPUPages(capacity: 4 * batch) }
