@@ -34,7 +34,46 @@ static inline void clear_page_nocache(void *dst) {
     }
 }
 
+/// The page's lines but `hot`'s, streamed; then `hot`'s line with ordinary stores.
+void mm_clear_user_page(void *dst, unsigned long hot) {
+    char *line = (char *)dst + (hot & 4032);
+    __builtin_prefetch(line, 1, 3);
+    if ((uintptr_t)dst & 15) { memset(dst, 0, 4096); return; }
+    __m128i *d = (__m128i *)dst;
+    const __m128i z = _mm_setzero_si128();
+    const int skip = (int)((hot & 4032) >> 4); // first 16-byte slot of the hot line
+    for (int i = 0; i < 256; i += 4) {
+        if (i == skip) continue;
+        _mm_stream_si128(d + i + 0, z); _mm_stream_si128(d + i + 1, z);
+        _mm_stream_si128(d + i + 2, z); _mm_stream_si128(d + i + 3, z);
+    }
+    _mm_sfence();
+    _mm_store_si128(d + skip + 0, z); _mm_store_si128(d + skip + 1, z);
+    _mm_store_si128(d + skip + 2, z); _mm_store_si128(d + skip + 3, z);
+}
+
+void mm_copy_user_page(void *dst, const void *src, unsigned long hot) {
+    char *line = (char *)dst + (hot & 4032);
+    __builtin_prefetch(line, 1, 3);
+    if (((uintptr_t)dst | (uintptr_t)src) & 15) { memcpy(dst, src, 4096); return; }
+    __m128i *d = (__m128i *)dst;
+    const __m128i *s = (const __m128i *)src;
+    const int skip = (int)((hot & 4032) >> 4);
+    for (int i = 0; i < 256; i += 4) {
+        if (i == skip) continue;
+        __m128i v0 = _mm_load_si128(s + i + 0), v1 = _mm_load_si128(s + i + 1);
+        __m128i v2 = _mm_load_si128(s + i + 2), v3 = _mm_load_si128(s + i + 3);
+        _mm_stream_si128(d + i + 0, v0); _mm_stream_si128(d + i + 1, v1);
+        _mm_stream_si128(d + i + 2, v2); _mm_stream_si128(d + i + 3, v3);
+    }
+    _mm_sfence();
+    for (int k = 0; k < 4; k++) _mm_store_si128(d + skip + k, _mm_load_si128(s + skip + k));
+}
+
 #else
+
+void mm_clear_user_page(void *dst, unsigned long hot) { (void)hot; memset(dst, 0, 4096); }
+void mm_copy_user_page(void *dst, const void *src, unsigned long hot) { (void)hot; memcpy(dst, src, 4096); }
 
 static inline void clear_page_nocache(void *dst) { memset(dst, 0, 4096); }
 

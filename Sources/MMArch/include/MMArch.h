@@ -28,6 +28,17 @@ void mm_clear_pages_nocache(void *dst, long pages);
 /// with a store fence.
 void mm_copy_page_nocache(void *dst, const void *src);
 
+/// Zeroes the 4 KiB page at `dst` for a user fault at byte `hot` of it (`folio_zero_user`'s
+/// locality rule for one page): the cache line the user touches next is asked for at once
+/// (prefetch for writing) and cleared last with ordinary stores, so it is in the cache when
+/// the faulting access retries; every other line is cleared with non-temporal stores, fenced.
+void mm_clear_user_page(void *dst, unsigned long hot);
+
+/// Copies the 4 KiB page `src` to `dst` for a user fault at byte `hot` (`copy_user_highpage`
+/// with the same rule): the touched line is copied last with ordinary stores, the others
+/// streamed and fenced.
+void mm_copy_user_page(void *dst, const void *src, unsigned long hot);
+
 /// Prefetches a cache line for writing (`prefetchw`): a walk over many pages' metadata asks
 /// for the lines a few entries ahead, so their atomics do not each wait on memory.
 static inline void mm_prefetchw(const void *p) { __builtin_prefetch(p, 1, 3); }

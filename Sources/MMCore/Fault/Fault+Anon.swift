@@ -3,9 +3,10 @@ import MMSync
 extension AddressSpace {
     /// `do_anonymous_page`: a read maps the shared zero page read-only; a write maps a new
     /// zeroed page, exclusive and writable. The page is allocated before the PTE lock is taken
-    /// and the entry re-checked under it.
+    /// and the entry re-checked under it. `realAddress` is the faulting byte (`vmf->real_address`;
+    /// `address` is its page): the new page's line holding it is zeroed last, into the cache.
     func doAnonymousPage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
-                         flags: FaultFlags) -> FaultResult {
+                         flags: FaultFlags, realAddress: UInt64) -> FaultResult {
         if !flags.contains(.write) {
             ptl.lock(); defer { ptl.unlock() }
             guard ptep.load().isNone else { return .retry }
@@ -14,7 +15,8 @@ extension AddressSpace {
             return .ok
         }
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
-        guard let page = memory.allocate(order: 0, zeroed: true) else { return .oom }
+        guard let page = memory.allocate(order: 0) else { return .oom }
+        memory.clearUserPage(page, address: realAddress)
         ptl.lock()
         guard ptep.load().isNone else {
             ptl.unlock()
@@ -32,7 +34,7 @@ extension AddressSpace {
     /// writable; private ones reuse an exclusive anonymous page or copy (COW).
     /// Locking: called with the PTE lock held; returns with it released.
     func doWPPage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ old: PTE,
-                  flags: FaultFlags) -> FaultResult {
+                  flags: FaultFlags, realAddress: UInt64) -> FaultResult {
         ptl.assertHeld()
         if vma.isShared {
             ptep.store(old.mkwrite().mkdirty().mkyoung())
@@ -53,7 +55,7 @@ extension AddressSpace {
             memory.get(page) // keep the source alive while copying without the lock
         }
         ptl.unlock()
-        return wpPageCopy(vma, address, ptep, ptl, old, flags: flags)
+        return wpPageCopy(vma, address, ptep, ptl, old, flags: flags, realAddress: realAddress)
     }
 
     /// Whether a private anonymous page may be reused by a write fault. Locking: PTE lock.
@@ -72,15 +74,17 @@ extension AddressSpace {
     /// page and swaps it in. Locking: no lock held on entry; the caller holds a reference on the
     /// old page (if it is not the zero page), which this drops.
     func wpPageCopy(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ old: PTE,
-                    flags: FaultFlags) -> FaultResult {
+                    flags: FaultFlags, realAddress: UInt64) -> FaultResult {
         Lockdep.assertNoSpinLockHeld()
         let oldPage: Page? = old.isSpecial ? nil : memory.page(old.pfn)
         defer { if let p = oldPage { memory.put(p) } }
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
-        guard let new = memory.allocate(order: 0, zeroed: oldPage == nil) else { return .oom }
+        guard let new = memory.allocate(order: 0) else { return .oom }
         if let src = oldPage {
-            memory.copyPage(to: new, from: src)
+            memory.copyUserPage(to: new, from: src, address: realAddress)
             stats.count(.bytesCopied, Int(pageSize))
+        } else {
+            memory.clearUserPage(new, address: realAddress)
         }
         // Mirrors must drop the old page (or the zero page) before the new one is mapped.
         let range = MMUNotifierRange(start: address, end: address + pageSize, event: .clear)

@@ -7,7 +7,7 @@ extension AddressSpace {
     /// fault; write faults in private mappings copy it into a new anonymous page
     /// (`do_cow_fault`).
     func doFilePage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
-                    flags: FaultFlags) -> FaultResult {
+                    flags: FaultFlags, realAddress: UInt64) -> FaultResult {
         guard let file = vma.file else { return .sigbus }
         let write = flags.contains(.write)
         if !write && faultAround(vma, file, address, ptep, ptl, flags: flags) {
@@ -22,7 +22,7 @@ extension AddressSpace {
             return error == .ENOMEM ? .oom : .sigbus
         }
         if write && !vma.isShared {
-            return wpPageCopyFromFile(vma, address, ptep, ptl, source: page, flags: flags)
+            return wpPageCopyFromFile(vma, address, ptep, ptl, source: page, flags: flags, realAddress: realAddress)
         }
         ptl.lock()
         guard ptep.load().isNone else { ptl.unlock(); memory.put(page); return .retry }
@@ -72,11 +72,11 @@ extension AddressSpace {
 
     /// `do_cow_fault`: first write to a private file mapping.
     private func wpPageCopyFromFile(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
-                                    source: Page, flags: FaultFlags) -> FaultResult {
+                                    source: Page, flags: FaultFlags, realAddress: UInt64) -> FaultResult {
         defer { memory.put(source) }
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         guard let new = memory.allocate(order: 0) else { return .oom }
-        memory.copyPage(to: new, from: source)
+        memory.copyUserPage(to: new, from: source, address: realAddress)
         ptl.lock()
         guard ptep.load().isNone else { ptl.unlock(); memory.put(new); return .retry }
         memory.addNewAnonRmap(new, vma: vma, address: address, anonVMA: av)

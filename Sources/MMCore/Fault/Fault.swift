@@ -100,8 +100,8 @@ extension AddressSpace {
         let ptep = found.entry, ptl = found.table.ptl
         let entry = ptep.load()
         if entry.isNone {
-            return vma.isAnonymous ? doAnonymousPage(vma, address, ptep, ptl, flags: flags)
-                                   : doFilePage(vma, address, ptep, ptl, flags: flags)
+            return vma.isAnonymous ? doAnonymousPage(vma, address, ptep, ptl, flags: flags, realAddress: addressIn)
+                                   : doFilePage(vma, address, ptep, ptl, flags: flags, realAddress: addressIn)
         }
         if entry.isSwap {
             guard flags.contains(.vmaLock) else { return doSwapEntry(vma, address, ptep, ptl, entry, flags: flags) }
@@ -117,7 +117,7 @@ extension AddressSpace {
         let now = ptep.load()
         guard now == entry || (now.isPresent && now.pfn == entry.pfn) else { ptl.unlock(); return .retry }
         if flags.contains(.write) || flags.contains(.unshare), !now.isWrite {
-            return doWPPage(vma, address, ptep, ptl, now, flags: flags) // drops ptl
+            return doWPPage(vma, address, ptep, ptl, now, flags: flags, realAddress: addressIn) // drops ptl
         }
         // Spurious fault: the entry already allows the access; just mark it young (and dirty).
         var r = now.raw | PTE.accessed

@@ -37,6 +37,18 @@ extension PhysicalMemory {
         mm_clear_pages_nocache(frame(pfn), 1 << order)
     }
 
+    /// Zeroes `page` for a user fault at `address` (`folio_zero_user`): the line at `address`
+    /// is cleared last and stays in the cache for the access that faulted.
+    @inline(__always) func clearUserPage(_ page: Page, address: UInt64) {
+        mm_clear_user_page(frame(page.pfn), UInt(address & (pageSize - 1)))
+    }
+
+    /// Frame `dst` ← frame `src` for a user fault at `address` (`copy_user_highpage`), the
+    /// line at `address` copied last and left in the cache.
+    @inline(__always) func copyUserPage(to dst: Page, from src: Page, address: UInt64) {
+        mm_copy_user_page(frame(dst.pfn), frame(src.pfn), UInt(address & (pageSize - 1)))
+    }
+
     /// Frame `dst` ← frame `src` (`copy_page`).
     @inline(__always) public func copyPage(to dst: Page, from src: Page) {
         mm_copy_page_nocache(frame(dst.pfn), frame(src.pfn))
