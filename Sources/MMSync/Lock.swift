@@ -16,6 +16,7 @@ public final class Lock: @unchecked Sendable {
 
     public init(_ name: StaticString = "lock") {
         self.name = name
+        lockClass = Lockdep.LockClass(.mutex, "\(name)")
         mutex = .allocate(capacity: 1)
         var attr = pthread_mutexattr_t()
         pthread_mutexattr_init(&attr)
@@ -51,8 +52,8 @@ public final class Lock: @unchecked Sendable {
         return true
     }
 
-    /// This lock's lockdep class: every `Lock` of one name.
-    public var lockClass: Lockdep.LockClass { Lockdep.LockClass(.mutex, "\(name)") }
+    /// This lock's lockdep class: every `Lock` of one name (made once, at init).
+    public let lockClass: Lockdep.LockClass
 
     @inlinable public func unlock(file: StaticString = #fileID, line: UInt = #line) {
         if Lockdep.enabled { Lockdep.release(lockClass, UnsafeRawPointer(mutex), Lockdep.Site(file, line)) }

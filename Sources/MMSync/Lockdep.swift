@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// The kernel's lockdep for MMSync: lock classes, the order in which classes are taken on every
 /// thread, and a report at the first rule broken.
@@ -33,20 +34,29 @@ public enum Lockdep {
 
     public enum Kind: String, Sendable { case mutex, rwsem, spinlock, bitlock, seqcount }
 
-    /// A lock class: kind and name.
+    /// A lock class: kind and name. Each distinct class gets a small number when it is made
+    /// (the kernel's lock_class index), so comparing and hashing classes on every acquisition
+    /// never touches the name; make a class once per lock, not per acquisition.
     public struct LockClass: Hashable, Sendable, CustomStringConvertible {
         public let kind: Kind
         public let name: String
-        public init(_ kind: Kind, _ name: String) { self.kind = kind; self.name = name }
+        @usableFromInline let id: UInt32
+        public init(_ kind: Kind, _ name: String) { self.kind = kind; self.name = name; id = Lockdep.classID(kind, name) }
         public var description: String { "\(kind.rawValue) \(name)" }
+        public static func == (a: LockClass, b: LockClass) -> Bool { a.id == b.id }
+        public func hash(into h: inout Hasher) { h.combine(id) }
     }
 
-    /// Where a lock was taken or released.
+    /// Where a lock was taken or released. Kept as the static string the caller passed (no
+    /// copy per acquisition); `file` makes the text.
     public struct Site: Hashable, Sendable, CustomStringConvertible {
-        public let file: String
+        let fileID: StaticString
         public let line: UInt
-        public init(_ file: StaticString, _ line: UInt) { self.file = "\(file)"; self.line = line }
+        public init(_ file: StaticString, _ line: UInt) { fileID = file; self.line = line }
+        public var file: String { "\(fileID)" }
         public var description: String { "\(file):\(line)" }
+        public static func == (a: Site, b: Site) -> Bool { a.line == b.line && a.file == b.file }
+        public func hash(into h: inout Hasher) { h.combine(file); h.combine(line) }
     }
 
     public enum ReportKind: String, Sendable { case orderInversion, foreignUnlock, waitUnderSpinLock, userAccessWithLocks, tooDeep }
@@ -89,10 +99,23 @@ public enum Lockdep {
     }()
     nonisolated(unsafe) static var after: [LockClass: [LockClass: Edge]] = [:]
     nonisolated(unsafe) static var reported: Set<String> = []
+    /// Class numbers by "kind name". Locking: `graphMutex`.
+    nonisolated(unsafe) static var classIDs: [String: UInt32] = [:]
+    /// Bumped when the graph is forgotten, so each thread drops its cache of known edges.
+    static let graphGeneration = Atomic<Int>(0)
+
+    static func classID(_ kind: Kind, _ name: String) -> UInt32 {
+        pthread_mutex_lock(graphMutex); defer { pthread_mutex_unlock(graphMutex) }
+        let key = "\(kind.rawValue) \(name)"
+        if let id = classIDs[key] { return id }
+        let id = UInt32(classIDs.count + 1)
+        classIDs[key] = id
+        return id
+    }
 
     /// Turns lockdep on from now (before threads start) and forgets what it learnt before.
     public static func enable() {
-        pthread_mutex_lock(graphMutex); after = [:]; reported = []; pthread_mutex_unlock(graphMutex)
+        pthread_mutex_lock(graphMutex); after = [:]; reported = []; graphGeneration.add(1, ordering: .sequentiallyConsistent); pthread_mutex_unlock(graphMutex)
         enabled = true
     }
     public static func disable() { enabled = false }
@@ -105,6 +128,10 @@ public enum Lockdep {
         /// once, and they are one class, so they are one entry (its first instance and site)
         /// plus these further instances, not hundreds of entries.
         var moreBitLocks: [LockClass: Set<UnsafeRawPointer?>] = [:]
+        /// Edges (from << 32 | to) this thread already put in the graph, valid for
+        /// `generation`: the kernel's chain cache, so a known order costs no global lock.
+        var knownEdges: Set<UInt64> = []
+        var generation = -1
     }
     static let key: pthread_key_t = {
         var k = pthread_key_t()
@@ -163,9 +190,15 @@ public enum Lockdep {
         if s.items.count >= maxDepth {
             report(.tooDeep, "\(cls) taken at \(site) with \(s.items.count) locks held (at most \(maxDepth))", [site], key: "deep \(site)")
         }
-        var seen = Set<LockClass>()
-        for h in s.items where !trylock && h.cls != cls && seen.insert(h.cls).inserted {
-            addEdge(h, to: cls, at: site)
+        if !trylock && !s.items.isEmpty {
+            let gen = generationNow()
+            if s.generation != gen { s.knownEdges.removeAll(keepingCapacity: true); s.generation = gen }
+            for h in s.items where h.cls != cls {
+                let key = UInt64(h.cls.id) << 32 | UInt64(cls.id)
+                if s.knownEdges.contains(key) { continue }
+                addEdge(h, to: cls, at: site)
+                s.knownEdges.insert(key)
+            }
         }
         if cls.kind == .bitlock, s.items.contains(where: { $0.cls == cls }) {
             s.moreBitLocks[cls, default: []].insert(instance)
@@ -208,6 +241,9 @@ public enum Lockdep {
     }
 
     // MARK: the order graph
+
+    /// The graph's generation (it changes only in `enable`).
+    static func generationNow() -> Int { graphGeneration.load(ordering: .acquiring) }
 
     static func addEdge(_ held: Held, to cls: LockClass, at site: Site) {
         pthread_mutex_lock(graphMutex)

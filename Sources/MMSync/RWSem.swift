@@ -12,10 +12,10 @@ public final class RWSem: @unchecked Sendable {
     let queue = WaitQueue()
     public let name: StaticString
 
-    public init(_ name: StaticString = "rwsem") { self.name = name }
+    /// This semaphore's lockdep class: every `RWSem` of one name (made once, here).
+    public let lockClass: Lockdep.LockClass
 
-    /// This semaphore's lockdep class: every `RWSem` of one name.
-    public var lockClass: Lockdep.LockClass { Lockdep.LockClass(.rwsem, "\(name)") }
+    public init(_ name: StaticString = "rwsem") { self.name = name; lockClass = Lockdep.LockClass(.rwsem, "\(name)") }
     @usableFromInline var instance: UnsafeRawPointer { UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque()) }
 
     public func lockRead(file: StaticString = #fileID, line: UInt = #line) {

@@ -8,8 +8,9 @@ import Synchronization
 public final class SeqCount: @unchecked Sendable {
     @usableFromInline let seq = Atomic<UInt64>(0)
     public let name: StaticString
-    public init(_ name: StaticString = "seqcount") { self.name = name }
-    public var lockClass: Lockdep.LockClass { Lockdep.LockClass(.seqcount, "\(name)") }
+    /// This counter's lockdep class: every `SeqCount` of one name (made once, here).
+    public let lockClass: Lockdep.LockClass
+    public init(_ name: StaticString = "seqcount") { self.name = name; lockClass = Lockdep.LockClass(.seqcount, "\(name)") }
     @usableFromInline var instance: UnsafeRawPointer { UnsafeRawPointer(Unmanaged.passUnretained(self).toOpaque()) }
 
     @inlinable public func writeBegin(file: StaticString = #fileID, line: UInt = #line) {

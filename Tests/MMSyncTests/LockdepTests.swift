@@ -31,6 +31,30 @@ final class LockdepTests: LockdepTestCase {
         XCTAssertTrue(r.sites.allSatisfy { $0.file.hasSuffix("LockdepTests.swift") }, "\(r.sites)")
     }
 
+    /// Each thread caches the orders it has already recorded; forgetting the graph
+    /// (`enable`) must empty those caches too: after it, B then A is a fresh order, and A then
+    /// B the inversion (a stale cache entry A → B would hide it). The same thread throughout.
+    func testForgettingTheGraphEmptiesEachThreadsCache() {
+        let a = Lock("lockdep-cache-A"), b = Lock("lockdep-cache-B")
+        a.lock(); b.lock(); b.unlock(); a.unlock()
+        a.lock(); b.lock(); b.unlock(); a.unlock() // known: from the cache
+        XCTAssertTrue(reports.isEmpty, "\(reports)")
+        Lockdep.enable()
+        b.lock(); a.lock(); a.unlock(); b.unlock()
+        XCTAssertTrue(reports.isEmpty, "B → A is new after the graph was forgotten: \(reports)")
+        a.lock(); b.lock(); b.unlock(); a.unlock()
+        XCTAssertEqual(reports.map(\.kind), [.orderInversion])
+    }
+
+    /// Classes compare by their number: two locks of one name are one class, whatever
+    /// instance made it; another kind or name is another class.
+    func testLockClassesAreInternedByKindAndName() {
+        XCTAssertEqual(Lock("lockdep-intern").lockClass, Lock("lockdep-intern").lockClass)
+        XCTAssertNotEqual(Lock("lockdep-intern").lockClass, RWSem("lockdep-intern").lockClass)
+        XCTAssertNotEqual(Lock("lockdep-intern").lockClass, Lock("lockdep-intern-2").lockClass)
+        XCTAssertEqual(Lock("lockdep-intern").lockClass.description, "mutex lockdep-intern")
+    }
+
     /// A → B and B → C known; C then A closes a cycle through B.
     func testTransitiveCycle() {
         let a = Lock("lockdep-cyc-A"), b = Lock("lockdep-cyc-B"), c = Lock("lockdep-cyc-C")
