@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include "NativeBaselines.h"
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -162,4 +163,70 @@ double nb_memcpy(void *dst, const void *src, size_t n, int reps) {
     double t0 = nb_now();
     for (int r = 0; r < reps; r++) { memcpy(dst, src, n); __asm__ volatile("" ::: "memory"); }
     return nb_now() - t0;
+}
+
+double nb_mutex_pairs(int n) {
+    pthread_mutexattr_t attr;
+    pthread_mutex_t m;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&m, &attr);
+    pthread_mutexattr_destroy(&attr);
+    double t0 = nb_now();
+    for (int i = 0; i < n; i++) {
+        pthread_mutex_lock(&m);
+        __asm__ volatile("" ::: "memory");
+        pthread_mutex_unlock(&m);
+    }
+    double t = nb_now() - t0;
+    pthread_mutex_destroy(&m);
+    return t;
+}
+
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
+struct nb_fill_arg { char *base; size_t bytes; long *word; };
+
+/// The memory work of one anonymous fault, page by page: zero 4 KiB with streaming stores,
+/// fence, one locked add (publishing it), then the faulting store.
+static void *nb_fill_pages(void *p) {
+    struct nb_fill_arg *a = p;
+    for (size_t off = 0; off < a->bytes; off += 4096) {
+        char *page = a->base + off;
+#if defined(__x86_64__)
+        __m128i *d = (__m128i *)page;
+        const __m128i z = _mm_setzero_si128();
+        for (int i = 0; i < 256; i++) _mm_stream_si128(d + i, z);
+        _mm_sfence();
+#else
+        memset(page, 0, 4096);
+#endif
+        __atomic_fetch_add(a->word, 1, __ATOMIC_SEQ_CST);
+        page[0] = 1;
+    }
+    return NULL;
+}
+
+double nb_zero_fill(size_t bytes, int threads) {
+    if (threads < 1 || threads > 8) return -1;
+    char *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    madvise(m, bytes, MADV_HUGEPAGE);
+    memset(m, 1, bytes); // resident and cold, as populated frames are
+    long words[8 * 8] = {0}; // one cache line per thread
+    struct nb_fill_arg args[8];
+    pthread_t tids[8];
+    size_t per = bytes / (size_t)threads & ~(size_t)4095;
+    double t0 = nb_now();
+    for (int i = 0; i < threads; i++) {
+        args[i] = (struct nb_fill_arg){ m + (size_t)i * per, per, &words[i * 8] };
+        if (i > 0) pthread_create(&tids[i], NULL, nb_fill_pages, &args[i]);
+    }
+    nb_fill_pages(&args[0]);
+    for (int i = 1; i < threads; i++) pthread_join(tids[i], NULL);
+    double t = nb_now() - t0;
+    munmap(m, bytes);
+    return t;
 }

@@ -37,6 +37,7 @@ struct BenchSuite {
             BenchFigure(name: "memory", run: { try $0.memoryFigures() }),
             BenchFigure(name: "scaling", run: { try $0.scaling() }),
             BenchFigure(name: "fault-threads", run: { try $0.faultThreads() }),
+            BenchFigure(name: "lockdep", run: { try $0.lockdepFigures() }),
         ]
     }
 
@@ -332,6 +333,34 @@ struct BenchSuite {
                          spread: (swift.min, swift.max), kind: .rate, target: 0.7)]
     }
 
+    // MARK: lockdep
+
+    /// What lockdep costs. Off (the release default): a `Lock` pair with its hooks compiled in
+    /// (the `Lockdep.enabled` and `Sync.scheduler` checks, the owner word) against the bare
+    /// pthread mutex it wraps. On (`--lockdep`, every test run): the anonymous-fault figure
+    /// with lockdep recording every lock, against the same figure with it off.
+    func lockdepFigures() throws -> [BenchRow] {
+        let wasOn = Lockdep.enabled
+        defer { if wasOn { Lockdep.enable() } else { Lockdep.disable() } }
+        Lockdep.disable()
+        let n = quick ? 1_000_000 : 20_000_000
+        let lock = Lock("bench")
+        let (pair, base) = measurePair(reps, { () -> Double in
+            seconds { for _ in 0..<n { lock.lock(); lock.unlock() } } / Double(n) * 1e9
+        }, { () -> Double in nb_mutex_pairs(Int32(n)) / Double(n) * 1e9 })
+        let bytes: UInt64 = quick ? 16 << 20 : 256 << 20
+        let (on, off) = try measurePair(reps, { () throws -> Double in
+            Lockdep.enable(); defer { Lockdep.disable() }
+            return try swiftAnonFaultNs(bytes)
+        }, { () throws -> Double in try swiftAnonFaultNs(bytes) })
+        return [
+            BenchRow(name: "Lock + unlock, lockdep off, vs bare pthread mutex", unit: "ns/pair", value: pair.median, baseline: base.median,
+                     spread: (pair.min, pair.max), kind: .time, target: 1.3),
+            BenchRow(name: "anonymous fault \(bytes >> 20)MiB, lockdep on vs off", unit: "ns/fault", value: on.median, baseline: off.median,
+                     spread: (on.min, on.max), kind: .time, target: 1.5),
+        ]
+    }
+
     // MARK: memory, scaling, threads
 
     func memoryFigures() throws -> [BenchRow] {
@@ -374,7 +403,10 @@ struct BenchSuite {
     /// one thread; two threads each in a VMA of its own (separated by a PROT_NONE page so they
     /// do not merge); two threads in halves of one VMA. Each rate is the median of `reps` runs.
     /// The one-thread rate is also compared with the host kernel's; the two-thread rates with
-    /// the one-thread rate of the same run (the per-VMA lock's scaling, issue 11).
+    /// the one-thread rate of the same run (the per-VMA lock's scaling, issue 11). Beside them,
+    /// the physical limit: the same pages' memory work (zero with streaming stores, fence,
+    /// publish, touch) done in C by 1 and 2 threads, so a reader sees how much of the machine's
+    /// own scaling the faults get (on a 2-core VM the memory system may not scale at all).
     func faultThreads() throws -> [BenchRow] {
         let bytes: UInt64 = quick ? 16 << 20 : 512 << 20
         func rate(threads: Int, separateVMAs: Bool) throws -> Double {
@@ -406,15 +438,30 @@ struct BenchSuite {
             }
             return Double(bytes / pageSize) / t / 1e6
         }
+        /// The zero-fill limit: the same pages' memory work in C, by 1 and by 2 threads.
+        func fillRate(threads: Int) throws -> Double {
+            let t = nb_zero_fill(Int(bytes), Int32(threads))
+            guard t > 0 else { throw BenchError(description: "host mmap failed") }
+            return Double(bytes / pageSize) / t / 1e6
+        }
         var one: [Double] = [], separate: [Double] = [], shared: [Double] = [], host: [Double] = []
+        var fill1: [Double] = [], fill2: [Double] = []
         for _ in 0..<reps {
             one.append(try rate(threads: 1, separateVMAs: false))
             separate.append(try rate(threads: 2, separateVMAs: true))
             shared.append(try rate(threads: 2, separateVMAs: false))
             host.append(Double(bytes / pageSize) / nb_host_anon_fault(Int(bytes)) / 1e6)
+            fill1.append(try fillRate(threads: 1))
+            fill2.append(try fillRate(threads: 2))
         }
         let o = spread(one), sep = spread(separate), sh = spread(shared), h = spread(host)
+        let f1 = spread(fill1), f2 = spread(fill2)
         return [
+            // The limits, measured beside the figures: what this run's memory system allows.
+            BenchRow(name: "fault throughput, 1 thread, vs zero-fill limit (C)", unit: "Mfaults/s", value: o.median, baseline: f1.median,
+                     spread: (o.min, o.max), kind: .rate, target: 0.5),
+            BenchRow(name: "2-thread fault scaling vs zero-fill scaling (C)", unit: "×", value: sep.median / o.median,
+                     baseline: f2.median / f1.median, spread: (sep.min / o.median, sep.max / o.median), kind: .rate, target: 0.9),
             BenchRow(name: "fault throughput, 1 CPU thread", unit: "Mfaults/s", value: o.median, baseline: h.median,
                      spread: (o.min, o.max), kind: .rate, target: 2.0),
             BenchRow(name: "fault scaling: 2 CPU threads, separate VMAs", unit: "Mfaults/s", value: sep.median, baseline: o.median,

@@ -29,5 +29,13 @@ double nb_host_mprotect(int iterations);
 double nb_host_mmap(int count);                   /// `count` one-page mmaps (alternating protections), total seconds          /// mprotect of one page, alternating RO/RW
 double nb_host_fork(size_t bytes);                /// fork of a process with `bytes` touched
 double nb_memcpy(void *dst, const void *src, size_t n, int reps);
+/// `n` lock/unlock pairs of an uncontended adaptive pthread mutex (what `Lock` wraps in release
+/// builds), total seconds: the baseline for the cost of lockdep's hooks when it is off.
+double nb_mutex_pairs(int n);
+/// The memory work every anonymous write fault must do, without the fault: for each 4 KiB page
+/// of `bytes` (resident, cold), zero it with streaming stores, fence, one locked add (the
+/// publication), and the faulting store; split over `threads` threads (1…8). Seconds, or a
+/// negative value if the host refused the memory. The physical limit of the fault figures.
+double nb_zero_fill(size_t bytes, int threads);
 double nb_now(void);
 #endif
