@@ -36,7 +36,7 @@ extension AddressSpace {
             guard prev !== keepApart, next !== keepApart, canMerge(prev, next) else { i += 1; continue }
             vmaStartWrite(prev)
             if prev.anonVMA == nil && next.anonVMA != nil { anonVMAClone(dst: prev, src: next) }
-            prev.end = next.end
+            withVMAPrepared(prev) { prev.end = next.end }
             removeVMA(at: i + 1)
         }
     }

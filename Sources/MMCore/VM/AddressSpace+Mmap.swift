@@ -148,7 +148,7 @@ extension AddressSpace {
         tail.start = address
         tail.pgoff = vma.pgoff + ((address - vma.start) >> pageShift)
         anonVMAClone(dst: tail, src: vma)
-        vma.end = address
+        withVMAPrepared(vma) { vma.end = address }
         vmaList.insert(tail, at: i + 1)
         tail.isAttached = true
         if let f = tail.file { f.linkMapping(tail) }

@@ -65,7 +65,7 @@ extension AddressSpace {
             let nextStart = i < vmaList.count ? vmaList[i].start : taskSize
             if address + newLen <= nextStart && address + newLen <= taskSize {
                 vmaStartWrite(vma)   // vma_expand
-                vma.end = address + newLen
+                withVMAPrepared(vma) { vma.end = address + newLen }
                 vmaList.boundsChanged(at: i - 1)
                 mergeVMAs(around: address, address + newLen)   // vma_merge_extend
                 return address

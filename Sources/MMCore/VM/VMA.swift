@@ -36,14 +36,17 @@ public struct VMFlags: OptionSet, Sendable, Hashable {
 /// Locking: the fields change only under the owning mm's mmap lock held for write and, once
 /// the VMA is in the tree, its own lock taken for write (`vma_start_write`); readers hold the
 /// mmap lock for read or this VMA's lock for read (a page fault). The setters assert it in
-/// debug builds. The anon_vma chain changes under the anon_vma root lock as well.
+/// debug builds. Bounds and `pgoff` of a VMA linked into rmap change with its file's
+/// `i_mmap` and its anon_vma root held for write as well (`withVMAPrepared`), because rmap
+/// walkers read them under those locks alone. The anon_vma chain changes under the anon_vma
+/// root lock.
 public final class VMA: @unchecked Sendable, CustomStringConvertible {
-    @exclusivity(unchecked) public internal(set) var start: UInt64 { willSet { assertChangeable() } }
-    @exclusivity(unchecked) public internal(set) var end: UInt64 { willSet { assertChangeable() } }
+    @exclusivity(unchecked) public internal(set) var start: UInt64 { willSet { assertChangeable(); assertRmapPrepared() } }
+    @exclusivity(unchecked) public internal(set) var end: UInt64 { willSet { assertChangeable(); assertRmapPrepared() } }
     @exclusivity(unchecked) public internal(set) var flags: VMFlags { willSet { assertChangeable() } }
     /// Page offset of `start`: in the file for file mappings; `start >> PAGE_SHIFT` at creation
     /// for anonymous ones (kept across mremap so anonymous rmap still finds pages).
-    @exclusivity(unchecked) public internal(set) var pgoff: UInt64 { willSet { assertChangeable() } }
+    @exclusivity(unchecked) public internal(set) var pgoff: UInt64 { willSet { assertChangeable(); assertRmapPrepared() } }
     /// The shmem/tmpfs file behind the mapping (shared anonymous mappings have one too).
     public let file: ShmemFile?
     /// The anon_vma new anonymous pages of this VMA get (`vma->anon_vma`). Set once under the
@@ -79,6 +82,15 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     /// A change to a VMA in the tree needs its write lock (`vma_assert_write_locked`).
     @inline(__always) func assertChangeable(file: StaticString = #fileID, line: UInt = #line) {
         assert(!isAttached || vmLock.isWriteLocked(mm.vmLockSeq), "\(self) changed without vma_start_write", file: file, line: line)
+    }
+
+    /// Bounds and page offset of a VMA that rmap walkers can reach change with their locks held
+    /// for write (`vma_prepare`: the anon_vma root, and the file's `i_mmap`).
+    @inline(__always) func assertRmapPrepared(file: StaticString = #fileID, line: UInt = #line) {
+        assert(anonVMAChain.first.map { $0.lock.isWriteLockedByCurrentThread } ?? true,
+               "\(self) bounds changed without its anon_vma locked (vma_prepare)", file: file, line: line)
+        assert(self.file.map { f in f.mappingLock.isWriteLockedByCurrentThread || f.mappingLock.withRead { !f.mappings.contains { $0 === self } } } ?? true,
+               "\(self) bounds changed without its file's i_mmap locked (vma_prepare)", file: file, line: line)
     }
 
     /// `vma_is_anonymous`: no file behind it (shared anonymous memory is shmem, so not anonymous).
