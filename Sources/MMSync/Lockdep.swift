@@ -59,7 +59,12 @@ public enum Lockdep {
         public func hash(into h: inout Hasher) { h.combine(file); h.combine(line) }
     }
 
-    public enum ReportKind: String, Sendable { case orderInversion, foreignUnlock, waitUnderSpinLock, userAccessWithLocks, tooDeep }
+    public enum ReportKind: String, Sendable {
+        case orderInversion, foreignUnlock, waitUnderSpinLock, userAccessWithLocks, tooDeep
+        /// A thread takes (without trying) a lock it already holds: it would wait for itself
+        /// (an rwsem read taken twice too: a writer queued between them blocks the second).
+        case recursiveLocking
+    }
 
     /// One broken rule: what, the class(es), and every site involved.
     public struct Report: Sendable, CustomStringConvertible {
@@ -155,8 +160,19 @@ public enum Lockdep {
     /// The classes the calling thread holds, innermost last (for tests and reports).
     public static var heldClasses: [LockClass] { stack.items.map(\.cls) }
 
-    /// Whether the calling thread holds the lock at `instance` (in any mode).
-    public static func holds(_ instance: UnsafeRawPointer) -> Bool { stack.items.contains { $0.instance == instance } }
+    /// Whether the calling thread holds the lock at `instance` (in any mode), including a page
+    /// lock folded into its class's entry.
+    public static func holds(_ instance: UnsafeRawPointer) -> Bool { heldEntry(stack, instance) != nil }
+
+    /// The held entry that accounts for `instance`: its own, or for a further bit lock of a
+    /// class already held, that class's entry.
+    static func heldEntry(_ s: HeldStack, _ instance: UnsafeRawPointer?) -> Held? {
+        if let h = s.items.last(where: { $0.instance == instance }) { return h }
+        for (cls, more) in s.moreBitLocks where more.contains(instance) {
+            return s.items.last { $0.cls == cls }
+        }
+        return nil
+    }
 
     /// Whether the calling thread holds any lock of `kind`.
     public static func holdsAny(_ kind: Kind) -> Bool { stack.items.contains { $0.cls.kind == kind } }
@@ -187,6 +203,11 @@ public enum Lockdep {
     /// cannot wait, so it cannot close a deadlock: the kernel's lockdep does the same).
     public static func acquire(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site, trylock: Bool = false) {
         let s = stack
+        // (Class too: two bit locks in one word are one instance of two classes.)
+        if !trylock, instance != nil, let h = heldEntry(s, instance), h.cls == cls {
+            report(.recursiveLocking, "\(cls) taken at \(site) by a thread that already holds it (taken at \(h.site))",
+                   [site, h.site], key: "recursive \(site) \(h.site)")
+        }
         if s.items.count >= maxDepth {
             report(.tooDeep, "\(cls) taken at \(site) with \(s.items.count) locks held (at most \(maxDepth))", [site], key: "deep \(site)")
         }

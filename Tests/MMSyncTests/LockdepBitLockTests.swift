@@ -24,6 +24,47 @@ final class LockdepBitLockTests: LockdepTestCase {
         XCTAssertTrue(inv.first?.sites.contains { $0.line == 1003 } ?? false, "\(inv)")
     }
 
+    /// A page lock folded into its class's entry is still held (`holds`); taking a held page
+    /// lock again is recursive locking, reported with both sites.
+    func testFoldedBitLockIsHeldAndRetakingItIsReported() {
+        let words = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
+        defer { words.deallocate() }
+        words.storeBytes(of: 0, as: UInt64.self); words.storeBytes(of: 0, toByteOffset: 8, as: UInt64.self)
+        let a = AtomicU64Ref(words), b = AtomicU64Ref(words + 8)
+        let cls = Lockdep.LockClass(.bitlock, "test_fold")
+        BitLock.lock(a, bit: 1, class: cls, line: 2001)
+        BitLock.lock(b, bit: 1, class: cls, line: 2002)   // folded into a's entry
+        XCTAssertTrue(Lockdep.holds(UnsafeRawPointer(words + 8)))
+        XCTAssertEqual(Lockdep.heldClasses, [cls])
+        // Another class's bit in the same word is another lock, not a recursion.
+        BitLock.lock(b, bit: 2, class: Lockdep.LockClass(.bitlock, "test_fold_other"))
+        BitLock.unlock(b, bit: 2, class: Lockdep.LockClass(.bitlock, "test_fold_other"))
+        XCTAssertEqual(reports.map(\.kind), [])
+        // Retaking a: its bit is set, so only lockdep's hook runs (the lock itself would spin
+        // on its own bit); then release what the hook recorded.
+        Lockdep.acquire(cls, UnsafeRawPointer(words), Lockdep.Site(#fileID, 2003))
+        Lockdep.release(cls, UnsafeRawPointer(words), Lockdep.Site(#fileID, 2003))
+        XCTAssertEqual(reports.map(\.kind), [.recursiveLocking])
+        XCTAssertEqual(reports.first?.sites.map(\.line), [2003, 2001])
+        BitLock.unlock(b, bit: 1, class: cls); BitLock.unlock(a, bit: 1, class: cls)
+        XCTAssertFalse(Lockdep.holds(UnsafeRawPointer(words + 8)))
+        XCTAssertEqual(Lockdep.heldClasses, [])
+    }
+
+    /// An rwsem read taken twice by one thread is reported (a writer queued in between would
+    /// block the second read); a trylock is not.
+    func testRecursiveReadIsReported() {
+        let sem = RWSem("lockdep-recursive-read")
+        sem.lockRead(line: 3001)
+        XCTAssertTrue(sem.tryLockRead())
+        sem.unlockRead()
+        XCTAssertEqual(reports.map(\.kind), [])
+        sem.lockRead(line: 3002)
+        sem.unlockRead(); sem.unlockRead()
+        XCTAssertEqual(reports.map(\.kind), [.recursiveLocking])
+        XCTAssertEqual(reports.first?.sites.map(\.line), [3002, 3001])
+    }
+
     /// Hundreds of page locks held at once (a migration batch) are one entry: no depth report,
     /// and releasing them in any order leaves nothing held.
     func testManyBitLocksOfOneClassAreOneEntry() {
