@@ -230,3 +230,59 @@ double nb_zero_fill(size_t bytes, int threads) {
     munmap(m, bytes);
     return t;
 }
+
+#define HMM_V (1ull << 63)
+#define HMM_W (1ull << 62)
+#define HMM_ORDER_PMD (9ull << 53)
+
+/// Writes `count` copies of `value` (advancing the pfn of a valid leaf) from out[*k].
+static void nb_fill(uint64_t *out, size_t *k, size_t count, uint64_t value, int advance) {
+    for (size_t i = 0; i < count; i++) out[(*k)++] = value + (advance ? i : 0);
+}
+
+/// One PTE table's entries [first, last): present user pages as pfn | valid | write.
+static void nb_range_ptes(const uint64_t *t, unsigned first, unsigned last, uint64_t *out, size_t *k) {
+    for (unsigned i = first; i < last; i++) {
+        uint64_t e = t[i];
+        uint64_t v = 0;
+        if ((e & 5) == 5) v = ((e & PFN_MASK) >> 12) | HMM_V | ((e & 2) ? HMM_W : 0);
+        out[(*k)++] = v;
+    }
+}
+
+size_t nb_range_walk(uint8_t *fb, uint64_t pgd_pfn, uint64_t start, uint64_t end, uint64_t *out) {
+    size_t k = 0;
+    uint64_t addr = start;
+    while (addr < end) {
+        const uint64_t *pgd = (const uint64_t *)(fb + (pgd_pfn << 12));
+        uint64_t pgd_end = (addr | ((1ull << 39) - 1)) + 1;
+        if (pgd_end > end) pgd_end = end;
+        uint64_t e = pgd[(addr >> 39) & 511];
+        if (!(e & 1)) { nb_fill(out, &k, (pgd_end - addr) >> 12, 0, 0); addr = pgd_end; continue; }
+        const uint64_t *pud = (const uint64_t *)(fb + (((e & PFN_MASK) >> 12) << 12));
+        while (addr < pgd_end) {
+            uint64_t pud_end = (addr | ((1ull << 30) - 1)) + 1;
+            if (pud_end > pgd_end) pud_end = pgd_end;
+            uint64_t ue = pud[(addr >> 30) & 511];
+            if (!(ue & 1) || (ue & 0x80)) { nb_fill(out, &k, (pud_end - addr) >> 12, 0, 0); addr = pud_end; continue; }
+            const uint64_t *pmd = (const uint64_t *)(fb + (((ue & PFN_MASK) >> 12) << 12));
+            while (addr < pud_end) {
+                uint64_t pmd_end = (addr | ((1ull << 21) - 1)) + 1;
+                if (pmd_end > pud_end) pmd_end = pud_end;
+                uint64_t me = pmd[(addr >> 21) & 511];
+                size_t n = (pmd_end - addr) >> 12;
+                if (!(me & 1)) nb_fill(out, &k, n, 0, 0);
+                else if (me & 0x80) {
+                    uint64_t v = (((me & PFN_MASK) >> 12) + ((addr >> 12) & 511)) | HMM_V | ((me & 2) ? HMM_W : 0) | HMM_ORDER_PMD;
+                    nb_fill(out, &k, n, (me & 4) ? v : 0, 1);
+                } else {
+                    const uint64_t *pte = (const uint64_t *)(fb + (((me & PFN_MASK) >> 12) << 12));
+                    unsigned first = (unsigned)((addr >> 12) & 511);
+                    nb_range_ptes(pte, first, first + (unsigned)n, out, &k);
+                }
+                addr = pmd_end;
+            }
+        }
+    }
+    return k;
+}

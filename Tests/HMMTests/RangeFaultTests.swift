@@ -53,6 +53,34 @@ final class RangeFaultTests: XCTestCase {
         env.finish([])
     }
 
+    /// After fork every private page is read-only. A per-page write request (under
+    /// `pfnFlagsMask`) on page 1 faults, and as in hmm.c (`hmm_vma_fault(addr, end, …)` from
+    /// `hmm_vma_handle_pte`) the write fault covers the rest of the PMD span from page 1: pages
+    /// 1 and 2 come back writable at new pfns; page 0, before it, stays read-only at its old
+    /// pfn; the sticky in/out flag on page 2 survives; the child keeps the old pages.
+    func testPerPageWriteRequestOnReadOnlyEntryFaultsOnlyThatPage() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(3)
+        for i in 0..<3 { try env.cpu.store(a + UInt64(i) * pageSize, UInt8(i + 1)) }
+        let before = try env.mm.pagemap(a, count: 3).map(\.pfn)
+        let child = try env.process.fork()
+        let sub = MMUIntervalNotifier(start: a, end: a + 3 * pageSize) { s, _, seq in s.setSeq(seq); return true }
+        try env.mm.notifiers.insert(sub)
+        var range = HMMRange(notifier: sub, notifierSeq: 0, start: a, end: a + 3 * pageSize, pfnFlagsMask: HMMPfn.requestFault | HMMPfn.requestWrite)
+        range.hmmPfns = [0, HMMPfn.requestFault | HMMPfn.requestWrite, HMMPfn.dmaMapped]
+        var out: [UInt64] = []
+        try HMMMirror.faultAndProgram(&range, driverLock: Lock("test")) { (r: HMMRange) throws(Errno) in out = r.hmmPfns }
+        env.mm.notifiers.remove(sub)
+        XCTAssertEqual(out[0], before[0] | HMMPfn.valid)
+        XCTAssertEqual(out[1] & HMMPfn.flags, HMMPfn.valid | HMMPfn.write)
+        XCTAssertNotEqual(HMMPfn.pfn(out[1]), before[1])
+        XCTAssertEqual(out[2] & HMMPfn.flags, HMMPfn.valid | HMMPfn.write | HMMPfn.dmaMapped)
+        XCTAssertNotEqual(HMMPfn.pfn(out[2]), before[2])
+        XCTAssertEqual(try child.mm.pagemap(a, count: 3).map(\.pfn), before)
+        child.exit()
+        env.finish([])
+    }
+
     func testStaleSequenceIsEBUSY() throws {
         let env = try HMMEnv()
         let a = try env.anon(1)

@@ -67,9 +67,7 @@ struct HMMVMAWalker: PageWalker {
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         hmmVMAWalkPMD(pmd, start, end)
     }
-    mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
-        hmmVMAHandlePTE(pte, addr)
-    }
+    // (No `pteEntry`: `hmmVMAWalkPMD` walks its PTE table itself, as hmm.c does.)
 
     /// `hmm_vma_walk_hole`: an empty range faults if any page asks for it, else reports 0.
     mutating func hmmVMAWalkHole(_ start: UInt64, _ end: UInt64) -> WalkStep {
@@ -79,12 +77,29 @@ struct HMMVMAWalker: PageWalker {
         return .next
     }
 
-    /// `hmm_vma_walk_pmd`: a PMD leaf or non-present PMD is handled here; a PTE table is left
-    /// to the walk, which calls `hmmVMAHandlePTE` for each entry (unlocked, as hmm.c maps the
-    /// table without its lock).
+    /// `hmm_vma_walk_pmd`: a PMD leaf or non-present PMD gives every page of its range the
+    /// same answer; a PTE table is walked here, one `hmmVMAHandlePTE` per entry, without the
+    /// table's lock (hmm.c maps it with `pte_offset_map` and reads each entry once; the
+    /// notifier sequence catches a change that races with the read).
     mutating func hmmVMAWalkPMD(_ pmd: EntryPointer, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
-        guard v.isHuge || !v.isPresent else { return .next }
+        if v.isPresent && !v.isHuge {
+            // The common entry (a present user page, not special, that the request does not
+            // make fault) is answered by a tight loop; every other goes through
+            // hmmVMAHandlePTE, and the loop resumes after it.
+            let first = EntryPointer(memory.frame(v.pfn) + PageTableLevel.pte.index(start) &* 8)
+            let out = pfns + index(start)
+            let n = Int((end - start) >> pageShift)
+            var k = 0
+            while true {
+                k = HMMVMAWalker.handlePlainPTEs(first, out, from: k, to: n, mask: flagsMask, defaults: defaultFlags)
+                guard k < n else { break }
+                let step = hmmVMAHandlePTE(first + k, start + UInt64(k) << pageShift)
+                if case .stop = step { return step }
+                k += 1
+            }
+            return .skip
+        }
         if !v.isPresent {
             let (f, w) = rangeNeedsFault(start, end, 0)
             if f {
@@ -108,6 +123,27 @@ struct HMMVMAWalker: PageWalker {
             a += pageSize
         }
         return .skip
+    }
+
+    /// `hmm_vma_handle_pte` for the entries it answers without a decision: from `k` while the
+    /// PTE maps a user page (not special) and the request does not ask for a write it lacks,
+    /// `out[k]` keeps its in/out flags and gets pfn | valid (| write). Return: the index of the
+    /// first other entry, or `n`.
+    @inline(never)
+    static func handlePlainPTEs(_ first: EntryPointer, _ out: UnsafeMutablePointer<UInt64>, from k0: Int, to n: Int,
+                                mask: UInt64, defaults: UInt64) -> Int {
+        let writeRequest = HMMPfn.requestFault | HMMPfn.requestWrite
+        var k = k0
+        while k < n {
+            let raw = (first + k).load().raw
+            guard raw & (PTE.present | PTE.user | PTE.special) == PTE.present | PTE.user else { return k }
+            let writable = raw & PTE.write != 0
+            let o = out[k]
+            guard writable || ((o & mask) | defaults) & writeRequest != writeRequest else { return k }
+            out[k] = o & HMMPfn.inoutFlags | ((raw & PTE.pfnMask) >> pageShift) | HMMPfn.valid | (writable ? HMMPfn.write : 0)
+            k += 1
+        }
+        return n
     }
 
     /// `hmm_vma_handle_pte`: one PTE to an output entry, or the reason to stop (fault, wait for

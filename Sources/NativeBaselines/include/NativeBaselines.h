@@ -13,6 +13,13 @@ void *nb_walk(uint8_t *frame_base, uint64_t pgd_pfn, uint64_t addr);
 /// Walks every address of `addrs` and sums the first byte of each: the walk baseline.
 uint64_t nb_walk_many(uint8_t *frame_base, uint64_t pgd_pfn, const uint64_t *addrs, size_t n);
 
+/// The limit of a range snapshot (`hmm_range_fault` without faults): walks [start, end) of
+/// swift-hmm's page tables once, pgd → pud → pmd → one pass over each PTE table, and writes
+/// one entry per page into `out` in `hmm_pfns` format (pfn | HMM_PFN_VALID | HMM_PFN_WRITE,
+/// the PMD order for a huge leaf; 0 where nothing user-accessible is mapped). Returns the
+/// number of entries written ((end − start) / 4096).
+size_t nb_range_walk(uint8_t *frame_base, uint64_t pgd_pfn, uint64_t start, uint64_t end, uint64_t *out);
+
 /// Loads 8-byte words at `addrs` through a 256-entry direct-mapped software TLB of the same
 /// design as swift-hmm's (tag = vpn << 2 | valid | writable, a host frame pointer), walking the
 /// same page tables on a miss. Returns the sum of the loaded words.
