@@ -286,3 +286,27 @@ size_t nb_range_walk(uint8_t *fb, uint64_t pgd_pfn, uint64_t start, uint64_t end
     }
     return k;
 }
+
+struct nb_copy_arg { char *dst; const char *src; size_t n; int copies; };
+
+static void *nb_copy_part(void *p) {
+    struct nb_copy_arg *a = p;
+    for (int r = 0; r < a->copies; r++) { memcpy(a->dst, a->src, a->n); __asm__ volatile("" ::: "memory"); }
+    return NULL;
+}
+
+double nb_memcpy_parallel(void *dst, const void *src, size_t n, int copies, int threads) {
+    if (threads < 1 || threads > 8) return -1;
+    struct nb_copy_arg args[8];
+    pthread_t tids[8];
+    size_t per = (n / (size_t)threads) & ~(size_t)4095;
+    double t0 = nb_now();
+    for (int i = 0; i < threads; i++) {
+        size_t off = (size_t)i * per, len = i == threads - 1 ? n - off : per;
+        args[i] = (struct nb_copy_arg){ (char *)dst + off, (const char *)src + off, len, copies };
+        if (i > 0) pthread_create(&tids[i], NULL, nb_copy_part, &args[i]);
+    }
+    nb_copy_part(&args[0]);
+    for (int i = 1; i < threads; i++) pthread_join(tids[i], NULL);
+    return nb_now() - t0;
+}

@@ -31,16 +31,27 @@ struct Bench: ParsableCommand {
     @Option(help: "Repetitions per figure (default 5, 1 with --quick); more reps make a steadier profile.")
     var reps: Int?
 
+    @Option(help: "Also write the run to this file (JSON Lines: the commit, date and machine, then one row per line).")
+    var save: String?
+
+    @Option(help: "Compare each figure with a run saved by --save: value and ratio before and after.")
+    var compare: String?
+
     func validate() throws {
         if let r = reps, !(1...1000).contains(r) { throw ValidationError("--reps must be between 1 and 1000") }
     }
 
     func run() throws {
+        // Read the old run first: a bad file fails before minutes of measuring.
+        let old = try compare.map { path in
+            do { return try BenchRecord.load(path) } catch { throw ValidationError("--compare: \(error)") }
+        }
         var suite = BenchSuite(quick: quick, reps: reps)
         let figures = suite.figures.filter { f in filter.map { f.name.contains($0) } ?? true }
         if figures.isEmpty { throw ValidationError("--filter '\(filter ?? "")' matches no figure; names: \(suite.figures.map(\.name).joined(separator: ", "))") }
         if format == .table { print(BenchRow.header) }
         var missed = 0
+        var measured: [BenchRow] = []
         for f in figures {
             let rows: [BenchRow]
             do { rows = try f.run(&suite) } catch {
@@ -48,6 +59,7 @@ struct Bench: ParsableCommand {
                 missed += 1
                 continue
             }
+            measured += rows
             for r in rows {
                 print(format == .json ? r.json : r.tableLine)
                 if !r.met { missed += 1 }
@@ -55,6 +67,11 @@ struct Bench: ParsableCommand {
             }
         }
         if format == .table { print("\(missed == 0 ? "all targets met" : "\(missed) target(s) missed")") }
+        if let old {
+            // In JSON output the comparison lines are comments a JSON Lines reader skips.
+            for line in BenchRecord.comparison(old: old, new: measured) { print(line.hasPrefix("#") ? line : "# " + line) }
+        }
+        if let save { try BenchRecord.save(save, header: BenchRecord.header(quick: quick, reps: suite.reps), rows: measured) }
     }
 }
 

@@ -29,6 +29,47 @@ final class BenchFormatTests: XCTestCase {
         XCTAssertEqual(first["met"] as? Bool, true)
     }
 
+    /// `--save` then `--compare`: the saved file is a header (commit, date, machine) and the
+    /// rows, each a JSON object; a second run compared with it prints each figure's value and
+    /// ratio before and after; a missing file is refused before anything is measured.
+    func testSaveAndCompareRoundTrip() throws {
+        let hmm = productsDirectory.appendingPathComponent("hmm")
+        guard FileManager.default.isExecutableFile(atPath: hmm.path) else { throw XCTSkip("hmm not built next to the tests") }
+        let path = NSTemporaryDirectory() + "bench-\(getpid()).json"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        func run(_ args: [String]) throws -> (Int32, String) {
+            let p = Foundation.Process()
+            p.executableURL = hmm
+            p.arguments = args
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, text)
+        }
+        let (rc1, _) = try run(["bench", "--quick", "--filter", "memory", "--save", path])
+        XCTAssertEqual(rc1, 0)
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 3)
+        let header = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any])
+        XCTAssertEqual(Set(header.keys), ["commit", "date", "cores", "memoryBytes", "cpu", "quick", "reps"])
+        XCTAssertEqual(header["quick"] as? Bool, true)
+        XCTAssertGreaterThan(header["cores"] as? Int ?? 0, 0)
+        let row = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(lines[1].utf8)) as? [String: Any])
+        XCTAssertEqual(row["name"] as? String, "page metadata per frame")
+
+        let (rc2, text) = try run(["bench", "--quick", "--filter", "memory", "--format", "json", "--compare", path])
+        XCTAssertEqual(rc2, 0)
+        XCTAssertTrue(text.contains("# page metadata per frame: 64 → 64 B (+0%), ratio 1 → 1"), text)
+        XCTAssertTrue(text.contains("# compared with: {\"commit\""), text)
+
+        let (rc3, err) = try run(["bench", "--quick", "--compare", path + ".missing"])
+        XCTAssertNotEqual(rc3, 0)
+        XCTAssertTrue(err.contains("--compare: cannot read"), err)
+    }
+
     /// Where SwiftPM puts the products: next to the test bundle.
     var productsDirectory: URL {
         #if os(macOS)

@@ -36,6 +36,10 @@ double nb_host_mprotect(int iterations);
 double nb_host_mmap(int count);                   /// `count` one-page mmaps (alternating protections), total seconds          /// mprotect of one page, alternating RO/RW
 double nb_host_fork(size_t bytes);                /// fork of a process with `bytes` touched
 double nb_memcpy(void *dst, const void *src, size_t n, int reps);
+/// `copies` copies of `n` bytes split over `threads` threads (1…8), each copying its slice:
+/// the limit for a figure that copies the same bytes as many times with as many threads (a
+/// driver thread plus a copy engine). Seconds, or a negative value for a bad thread count.
+double nb_memcpy_parallel(void *dst, const void *src, size_t n, int copies, int threads);
 /// `n` lock/unlock pairs of an uncontended adaptive pthread mutex (what `Lock` wraps in release
 /// builds), total seconds: the baseline for the cost of lockdep's hooks when it is off.
 double nb_mutex_pairs(int n);
