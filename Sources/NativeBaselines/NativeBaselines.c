@@ -310,3 +310,62 @@ double nb_memcpy_parallel(void *dst, const void *src, size_t n, int copies, int 
     for (int i = 1; i < threads; i++) pthread_join(tids[i], NULL);
     return nb_now() - t0;
 }
+
+uint64_t nb_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+struct nb_lat_arg { volatile uint8_t *base; size_t pages; uint32_t *out; uint8_t value; };
+
+static void *nb_lat_part(void *p) {
+    struct nb_lat_arg *a = p;
+    for (size_t i = 0; i < a->pages; i++) {
+        uint64_t t0 = nb_ns();
+        a->base[i << 12] = a->value;
+        uint64_t d = nb_ns() - t0;
+        a->out[i] = d > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)d;
+    }
+    return NULL;
+}
+
+/// Times each page's first write, split over `threads` threads, into out[0 … pages).
+static void nb_lat_run(volatile uint8_t *m, size_t pages, int threads, uint32_t *out, uint8_t value) {
+    struct nb_lat_arg args[8];
+    pthread_t tids[8];
+    size_t per = pages / (size_t)threads;
+    for (int i = 0; i < threads; i++) {
+        size_t first = (size_t)i * per, n = i == threads - 1 ? pages - first : per;
+        args[i] = (struct nb_lat_arg){ m + (first << 12), n, out + first, value };
+        if (i > 0) pthread_create(&tids[i], NULL, nb_lat_part, &args[i]);
+    }
+    nb_lat_part(&args[0]);
+    for (int i = 1; i < threads; i++) pthread_join(tids[i], NULL);
+}
+
+int nb_host_fault_latencies(size_t bytes, int threads, int cow, uint32_t *out) {
+    if (threads < 1 || threads > 8) return -1;
+    size_t pages = bytes >> 12;
+    uint8_t *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -1;
+    madvise(m, bytes, MADV_NOHUGEPAGE);
+    if (!cow) {
+        nb_lat_run(m, pages, threads, out, 1);
+        munmap(m, bytes);
+        return 0;
+    }
+    for (size_t off = 0; off < bytes; off += 4096) m[off] = 1;
+    int fds[2];
+    if (pipe(fds) != 0) { munmap(m, bytes); return -1; }
+    pid_t pid = fork();
+    if (pid < 0) { munmap(m, bytes); return -1; }
+    if (pid == 0) { char c; close(fds[1]); (void)!read(fds[0], &c, 1); _exit(0); }
+    close(fds[0]);
+    nb_lat_run(m, pages, threads, out, 2);
+    (void)!write(fds[1], "x", 1);
+    close(fds[1]);
+    waitpid(pid, NULL, 0);
+    munmap(m, bytes);
+    return 0;
+}

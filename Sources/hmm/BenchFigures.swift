@@ -38,6 +38,7 @@ struct BenchSuite {
             BenchFigure(name: "scaling", run: { try $0.scaling() }),
             BenchFigure(name: "fault-threads", run: { try $0.faultThreads() }),
             BenchFigure(name: "lockdep", run: { try $0.lockdepFigures() }),
+            BenchFigure(name: "latency", run: { try $0.latencyFigures() }),
         ]
     }
 
@@ -357,6 +358,112 @@ struct BenchSuite {
                          spread: (swift.min, swift.max), kind: .rate, target: 0.7),
                 BenchRow(name: "  the same vs its limit: 1 copy by 2 threads", unit: "GB/s", value: swift.median, baseline: limit.median,
                          spread: (swift.min, swift.max), kind: .rate, target: 0.7)]
+    }
+
+    // MARK: latency
+
+    /// The p-quantile of `v` (sorted in place).
+    func quantile(_ v: [UInt32], _ q: Double) -> Double {
+        let s = v.sorted()
+        return Double(s[min(s.count - 1, Int((Double(s.count - 1) * q).rounded()))])
+    }
+
+    /// Times each page's first access by `threads` CPU threads of `p` (each its own slice of
+    /// [a, a + bytes)), one `nb_ns` pair around each access, as the host figure does.
+    func swiftLatencies(_ p: MMCore.Process, _ a: UInt64, _ bytes: UInt64, threads: Int, load: Bool = false) -> [UInt32] {
+        let pages = Int(bytes / pageSize), per = pages / threads
+        let results = (0..<threads).map { _ in UnsafeMutableBufferPointer<UInt32>.allocate(capacity: per) }
+        defer { results.forEach { $0.deallocate() } }
+        let ts = (0..<threads).map { t in
+            p.spawnThread { cpu in
+                let out = results[t]
+                cpu.run { cpu in
+                    let base = a + UInt64(t * per) << pageShift
+                    for i in 0..<per {
+                        let addr = base + UInt64(i) << pageShift
+                        let t0 = nb_ns()
+                        if load { _ = try? cpu.load(addr, as: UInt8.self) } else { try? cpu.store(addr, UInt8(3)) }
+                        out[i] = UInt32(min(nb_ns() - t0, UInt64(UInt32.max)))
+                    }
+                }
+            }
+        }
+        ts.forEach { $0.join() }
+        return results.flatMap { Array($0) }
+    }
+
+    func hostLatencies(_ bytes: UInt64, threads: Int, cow: Bool) throws -> [UInt32] {
+        var out = [UInt32](repeating: 0, count: Int(bytes / pageSize))
+        let rc = out.withUnsafeMutableBufferPointer { nb_host_fault_latencies(Int(bytes), Int32(threads), cow ? 1 : 0, $0.baseAddress) }
+        guard rc == 0 else { throw BenchError(description: "host mmap or fork failed") }
+        return out
+    }
+
+    /// Fault latency distributions (issue 12): each fault timed on its own, swift-hmm's and
+    /// the host kernel's the same way, percentiles against the same percentiles. Anonymous
+    /// write faults with one and two threads, copy-on-write faults, and a CPU touch of a page
+    /// that lives in device-private memory (`migrate_to_ram` of one page, against the host's
+    /// anonymous fault: the closest thing the host does).
+    func latencyFigures() throws -> [BenchRow] {
+        let bytes: UInt64 = quick ? 16 << 20 : 256 << 20
+        func fresh() throws -> (Machine, MMCore.Process, UInt64) {
+            let m = try Machine(memoryBytes: 2 * bytes + (64 << 20), devicePfnSpaceBytes: 1 << 30, populateRAM: true)
+            let p = try MMCore.Process(machine: m)
+            return (m, p, try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous]))
+        }
+        func rows(_ label: String, _ swift: [UInt32], _ host: [UInt32], _ qs: [(String, Double, Double)]) -> [BenchRow] {
+            qs.map { (name, q, target) in
+                let v = quantile(swift, q), h = quantile(host, q)
+                return BenchRow(name: "\(label) \(name)", unit: "ns", value: v, baseline: h, spread: (v, v), kind: .time, target: target)
+            }
+        }
+        var out: [BenchRow] = []
+        // Anonymous, one thread and two.
+        for threads in [1, 2] {
+            let (_, p, a) = try fresh()
+            let s = swiftLatencies(p, a, bytes, threads: threads)
+            p.exit()
+            let h = try hostLatencies(bytes, threads: threads, cow: false)
+            let qs: [(String, Double, Double)] = threads == 1
+                ? [("p50", 0.5, 0.5), ("p99", 0.99, 0.5), ("p99.9", 0.999, 1.0), ("max", 1.0, 2.0)]
+                : [("p50", 0.5, 0.5), ("p99", 0.99, 0.5)]
+            out += rows("anonymous fault latency, \(threads) thread\(threads == 1 ? "" : "s"),", s, h, qs)
+        }
+        // Copy-on-write after fork, one thread.
+        do {
+            let (_, p, a) = try fresh()
+            let filler = p.makeCPU()
+            try filler.run { cpu in
+                var off: UInt64 = 0
+                while off < bytes { try cpu.store(a + off, UInt8(1)); off += pageSize }
+            }
+            filler.detach()
+            let child = try p.fork()
+            let s = swiftLatencies(p, a, bytes, threads: 1)
+            child.exit(); p.exit()
+            out += rows("copy-on-write fault latency,", s, try hostLatencies(bytes, threads: 1, cow: true), [("p50", 0.5, 0.5), ("p99", 0.99, 0.5)])
+        }
+        // A CPU load of a page in device-private memory: migrate_to_ram of one page.
+        do {
+            let devBytes = bytes / 4
+            let (m, p, a) = try fresh()
+            let filler = p.makeCPU()
+            try filler.run { cpu in
+                var off: UInt64 = 0
+                while off < devBytes { try cpu.store(a + off, UInt8(1)); off += pageSize }
+            }
+            filler.detach()
+            let d = try DmirrorModule(machine: m).open(minor: 0, mm: p.mm)
+            var c = DmirrorCmd(addr: a, npages: devBytes / pageSize)
+            try d.ioctl(.migrateToDevice, &c, buffer: DmirrorBuffer(size: Int(devBytes)))
+            guard c.cpages == devBytes / pageSize else { throw BenchError(description: "migrated \(c.cpages) pages") }
+            let s = swiftLatencies(p, a, devBytes, threads: 1, load: true)
+            guard m.stats[.faultDevicePrivate] >= devBytes / pageSize else { throw BenchError(description: "loads did not all fault") }
+            d.close(); p.exit()
+            out += rows("device-private page back (migrate_to_ram) vs host anonymous fault,", s,
+                        try hostLatencies(devBytes, threads: 1, cow: false), [("p50", 0.5, 2.0), ("p99", 0.99, 2.0)])
+        }
+        return out
     }
 
     // MARK: lockdep

@@ -52,6 +52,33 @@ final class PerCPUPagesTests: XCTestCase {
         XCTAssertEqual(mem.checkInvariants(), [])
     }
 
+    /// A refill takes whole buddy blocks (63 frames: 32 + 16 + 8 + 4 + 2 + 1), hands out
+    /// consecutive frames in ascending order, and after a mixed history (compound blocks
+    /// freed, blocks merged and split again) every frame it hands out is clean: the invariant
+    /// check passes with frames sitting on the list.
+    func testRefillTakesWholeBlocksOfCleanFrames() throws {
+        let mem = try PhysicalMemory(systemBytes: 1 << 30, devicePfnSpaceBytes: 0)
+        XCTAssertEqual(mem.pcpBatch, 63)
+        // A history: order-3 and order-5 blocks allocated and freed (their heads had orders,
+        // their tails flags), so merges leave former heads inside bigger blocks.
+        var blocks: [Page] = []
+        for o in [3, 5, 3, 5, 2] { blocks.append(try XCTUnwrap(mem.allocate(order: o))) }
+        for b in blocks.reversed() { mem.put(b) }
+        XCTAssertEqual(mem.checkInvariants(), [])
+        let first = try XCTUnwrap(mem.allocate(order: 0))
+        var pfns = [first.pfn]
+        var pages = [first]
+        for _ in 1..<63 { let p = try XCTUnwrap(mem.allocate(order: 0)); pfns.append(p.pfn); pages.append(p) }
+        XCTAssertEqual(mem.checkInvariants(), [])
+        // One refill's worth, consecutive within each block and ascending.
+        XCTAssertEqual(pfns, pfns.sorted())
+        XCTAssertTrue(pages.allSatisfy { $0.order == 0 && $0.refcount == 1 })
+        for p in pages { mem.put(p) }
+        mem.drainAllPCP()
+        XCTAssertEqual(mem.checkInvariants(), [])
+        XCTAssertEqual(mem.freeFrames, Int(mem.systemFrames) - 1)
+    }
+
     /// Threads allocating and freeing at once on their CPUs' lists: no frame is handed out
     /// twice and every frame comes back.
     func testConcurrentAllocationsNeverShareAFrame() throws {

@@ -142,6 +142,10 @@ extension PhysicalMemory {
             let b = page(buddy)
             guard b.test(.buddy), b.order == order else { break }
             removeFromFreeList(b, order: order)
+            // Inside a free block only its head keeps an order: whichever of the two stops
+            // being a head is reset, so a block can later be handed out page by page
+            // without touching each page (the per-CPU refill takes whole blocks).
+            if buddy < pfn { page(pfn).order = 0 } else { b.order = 0 }
             pfn = min(pfn, buddy)
             order += 1
         }

@@ -62,17 +62,25 @@ extension PhysicalMemory {
             pcp.lock.lock(); defer { pcp.lock.unlock() }
             if pcp.count == 0 {
                 zoneLock.lock()
+                // rmqueue_bulk: `pcpBatch` single frames. They are taken a block at a time (the
+                // largest that still fits the batch), so a refill touches one page's metadata
+                // per block, not per frame: the frames inside a free block are already clean.
                 var n = 0
-                while n < pcpBatch, let pfn = takeBlockLocked(order: 0) {
+                while n < pcpBatch {
+                    var order = min(PhysicalMemory.maxOrder, Int.bitWidth - 1 - (pcpBatch - n).leadingZeroBitCount)
+                    var block = takeBlockLocked(order: order)
+                    while block == nil && order > 0 { order -= 1; block = takeBlockLocked(order: order) }
+                    guard let pfn = block else { break }
                     page(pfn).order = 0
-                    pcp.pfns[n] = UInt32(pfn); n += 1
+                    for i in 0..<(1 << order) { pcp.pfns[n + i] = UInt32(pfn) + UInt32(i) }
+                    n += 1 << order
                 }
                 buddyFreeFrames.add(-n)
-                // The buddy hands out ascending pfns; the list pops from its end, so reverse
-                // them: consecutive faults then get consecutive frames, as the kernel's
-                // rmqueue_bulk list order gives.
-                var i = 0, j = n - 1
-                while i < j { let t = pcp.pfns[i]; pcp.pfns[i] = pcp.pfns[j]; pcp.pfns[j] = t; i += 1; j -= 1 }
+                // The list pops from its end: keep it in descending order, so consecutive
+                // faults get consecutive, ascending frames, as the kernel's rmqueue_bulk list
+                // order gives (the blocks came largest first, each ascending inside).
+                var batch = UnsafeMutableBufferPointer(start: pcp.pfns, count: n)
+                batch.sort(by: >)
                 pcp.count = n
                 zoneLock.unlock()
                 guard pcp.count > 0 else { return nil }

@@ -48,5 +48,11 @@ double nb_mutex_pairs(int n);
 /// publication), and the faulting store; split over `threads` threads (1…8). Seconds, or a
 /// negative value if the host refused the memory. The physical limit of the fault figures.
 double nb_zero_fill(size_t bytes, int threads);
+/// The monotonic clock in nanoseconds (the latency figures time each fault with it).
+uint64_t nb_ns(void);
+/// The host kernel's fault latencies: each page's first write (`cow`: after a fork, the
+/// parent's write to a page it shares with the child) timed with `nb_ns`, over `bytes`, split
+/// over `threads` threads; out[i] is page i's nanoseconds. 0, or -1 if the host refused.
+int nb_host_fault_latencies(size_t bytes, int threads, int cow, uint32_t *out);
 double nb_now(void);
 #endif
