@@ -240,13 +240,17 @@ static void nb_fill(uint64_t *out, size_t *k, size_t count, uint64_t value, int 
     for (size_t i = 0; i < count; i++) out[(*k)++] = value + (advance ? i : 0);
 }
 
-/// One PTE table's entries [first, last): present user pages as pfn | valid | write.
+#define HMM_INOUT (7ull << 58)
+
+/// One PTE table's entries [first, last): present user pages as pfn | valid | write, each
+/// entry keeping its in/out flags (HMM_PFN_INOUT_FLAGS, which hmm_range_fault preserves).
 static void nb_range_ptes(const uint64_t *t, unsigned first, unsigned last, uint64_t *out, size_t *k) {
     for (unsigned i = first; i < last; i++) {
         uint64_t e = t[i];
         uint64_t v = 0;
         if ((e & 5) == 5) v = ((e & PFN_MASK) >> 12) | HMM_V | ((e & 2) ? HMM_W : 0);
-        out[(*k)++] = v;
+        out[*k] = (out[*k] & HMM_INOUT) | v;
+        (*k)++;
     }
 }
 

@@ -50,6 +50,9 @@ extension PageTable {
     /// or the entry, descend unless the callback said otherwise.
     /// Return: nil, or the error a callback stopped with.
     /// Locking: caller holds the mmap lock (read or write) so no table is freed under the walk.
+    /// Inlinable, so a walker in another module (HMM's collect and range walks) gets a walk
+    /// specialised for it, with its callbacks called directly.
+    @inlinable
     public func walk<W: PageWalker>(_ start: UInt64, _ end: UInt64, _ walker: inout W) -> Errno? {
         Lockdep.assertSomeRWSemHeld()
         precondition(start < end && isPageAligned(start) && isPageAligned(end))
@@ -61,8 +64,8 @@ extension PageTable {
 
     /// Calls `body(entry)` for the entries of one table level over [start, end), redoing an
     /// entry while `body` asks `.again`. Return: the first `.stop`, else `.next`.
-    @inline(__always)
-    private func forEachEntry(_ tablePfn: UInt64, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64,
+    @inlinable @inline(__always)
+    func forEachEntry(_ tablePfn: UInt64, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64,
                               _ body: (EntryPointer, UInt64, UInt64) -> WalkStep) -> WalkStep {
         var addr = start
         while addr < end {
@@ -77,7 +80,8 @@ extension PageTable {
     }
 
     /// `walk_pgd_range`: holes at PGD level; every present entry is a PUD table.
-    private func walkPGDRange<W: PageWalker>(_ start: UInt64, _ end: UInt64, _ walker: inout W) -> WalkStep {
+    @inlinable
+    func walkPGDRange<W: PageWalker>(_ start: UInt64, _ end: UInt64, _ walker: inout W) -> WalkStep {
         forEachEntry(pgd.pfn, .pgd, start, end) { e, addr, next in
             let v = e.load()
             if v.isNone { return Self.holeStep(walker.hole(addr, next, level: .pgd)) }
@@ -88,7 +92,8 @@ extension PageTable {
 
     /// `walk_pud_range`: holes, 1 GiB leaves and non-present entries (`pudLeaf`), else the
     /// PMD table below.
-    private func walkPUDRange<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64,
+    @inlinable
+    func walkPUDRange<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64,
                                              _ walker: inout W) -> WalkStep {
         let table = memory.page(tablePfn)
         return forEachEntry(tablePfn, .pud, start, end) { e, addr, next in
@@ -101,7 +106,8 @@ extension PageTable {
 
     /// `walk_pmd_range`: holes, then `pmdEntry` for every other entry; descends into the PTE
     /// table only if the entry (re-read after the callback) still is one.
-    private func walkPMDRange<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64,
+    @inlinable
+    func walkPMDRange<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64,
                                              _ walker: inout W) -> WalkStep {
         let table = memory.page(tablePfn)
         return forEachEntry(tablePfn, .pmd, start, end) { e, addr, next in
@@ -114,11 +120,12 @@ extension PageTable {
     }
 
     /// A hole callback's `.next` means "nothing below to descend into".
-    @inline(__always) private static func holeStep(_ s: WalkStep) -> WalkStep { s == .next ? .skip : s }
+    @inlinable @inline(__always) static func holeStep(_ s: WalkStep) -> WalkStep { s == .next ? .skip : s }
 
     /// `walk_pte_range`: every PTE (empty runs coalesced into one hole unless the walker visits
     /// them), under the table's lock when the walker asks for it.
-    private func walkPTERange<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64, _ walker: inout W) -> WalkStep {
+    @inlinable
+    func walkPTERange<W: PageWalker>(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64, _ walker: inout W) -> WalkStep {
         let table = memory.page(tablePfn)
         let locks = walker.locksPTE
         if locks { table.ptl.lock() }

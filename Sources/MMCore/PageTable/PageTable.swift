@@ -13,7 +13,7 @@ public struct EntryPointer: Equatable {
     @inlinable @inline(__always) public func compareExchange(_ expected: PTE, _ desired: PTE) -> Bool {
         AtomicU64Ref(address).compareExchange(expected: expected.raw, desired: desired.raw).exchanged
     }
-    @inlinable public static func + (p: EntryPointer, i: Int) -> EntryPointer { EntryPointer(p.address + i * 8) }
+    @inlinable public static func + (p: EntryPointer, i: Int) -> EntryPointer { EntryPointer(p.address + i &* 8) }
     /// Replaces the entry with `transform(old)` atomically (`ptep_modify_prot_start/commit`):
     /// a CPU's lock-free walk may set the accessed or dirty bit at any moment, and a plain store
     /// of a value computed from an earlier load would lose it. Return: (old, new).

@@ -16,8 +16,9 @@ uint64_t nb_walk_many(uint8_t *frame_base, uint64_t pgd_pfn, const uint64_t *add
 /// The limit of a range snapshot (`hmm_range_fault` without faults): walks [start, end) of
 /// swift-hmm's page tables once, pgd → pud → pmd → one pass over each PTE table, and writes
 /// one entry per page into `out` in `hmm_pfns` format (pfn | HMM_PFN_VALID | HMM_PFN_WRITE,
-/// the PMD order for a huge leaf; 0 where nothing user-accessible is mapped). Returns the
-/// number of entries written ((end − start) / 4096).
+/// the PMD order for a huge leaf; 0 where nothing user-accessible is mapped). A PTE-mapped
+/// page's entry keeps its in/out flags, as hmm_range_fault must (so, like it, it reads the
+/// PTE and the entry and writes the entry). Returns the number of entries written.
 size_t nb_range_walk(uint8_t *frame_base, uint64_t pgd_pfn, uint64_t start, uint64_t end, uint64_t *out);
 
 /// Loads 8-byte words at `addrs` through a 256-entry direct-mapped software TLB of the same
