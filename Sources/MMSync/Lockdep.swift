@@ -37,14 +37,14 @@ public enum Lockdep {
     /// A lock class: kind and name. Each distinct class gets a small number when it is made
     /// (the kernel's lock_class index), so comparing and hashing classes on every acquisition
     /// never touches the name; make a class once per lock, not per acquisition.
+    /// A class is only its kind and number (copied on every acquisition without touching a
+    /// reference count); its name lives in lockdep's table, for reports.
     public struct LockClass: Hashable, Sendable, CustomStringConvertible {
         public let kind: Kind
-        public let name: String
         @usableFromInline let id: UInt32
-        public init(_ kind: Kind, _ name: String) { self.kind = kind; self.name = name; id = Lockdep.classID(kind, name) }
+        public init(_ kind: Kind, _ name: String) { self.kind = kind; id = Lockdep.classID(kind, name) }
+        public var name: String { Lockdep.className(id) }
         public var description: String { "\(kind.rawValue) \(name)" }
-        public static func == (a: LockClass, b: LockClass) -> Bool { a.id == b.id }
-        public func hash(into h: inout Hasher) { h.combine(id) }
     }
 
     /// Where a lock was taken or released. Kept as the static string the caller passed (no
@@ -104,18 +104,31 @@ public enum Lockdep {
     }()
     nonisolated(unsafe) static var after: [LockClass: [LockClass: Edge]] = [:]
     nonisolated(unsafe) static var reported: Set<String> = []
-    /// Class numbers by "kind name". Locking: `graphMutex`.
+    /// Class numbers by "kind name", and names by number − 1. Locking: `classMutex` (its own:
+    /// reports name classes while holding `graphMutex`).
+    nonisolated(unsafe) static let classMutex: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
     nonisolated(unsafe) static var classIDs: [String: UInt32] = [:]
+    nonisolated(unsafe) static var classNames: [String] = []
     /// Bumped when the graph is forgotten, so each thread drops its cache of known edges.
     static let graphGeneration = Atomic<Int>(0)
 
     static func classID(_ kind: Kind, _ name: String) -> UInt32 {
-        pthread_mutex_lock(graphMutex); defer { pthread_mutex_unlock(graphMutex) }
+        pthread_mutex_lock(classMutex); defer { pthread_mutex_unlock(classMutex) }
         let key = "\(kind.rawValue) \(name)"
         if let id = classIDs[key] { return id }
         let id = UInt32(classIDs.count + 1)
         classIDs[key] = id
+        classNames.append(name)
         return id
+    }
+
+    static func className(_ id: UInt32) -> String {
+        pthread_mutex_lock(classMutex); defer { pthread_mutex_unlock(classMutex) }
+        return id >= 1 && Int(id) <= classNames.count ? classNames[Int(id) - 1] : "?"
     }
 
     /// Turns lockdep on from now (before threads start) and forgets what it learnt before.
@@ -149,6 +162,14 @@ public enum Lockdep {
         }
         return k
     }()
+
+    /// Runs `body` with the calling thread's stack, without a reference-count round trip
+    /// (the thread's key keeps it alive).
+    @inline(__always)
+    static func withStack<R>(_ body: (HeldStack) -> R) -> R {
+        if let p = pthread_getspecific(key) { return Unmanaged<HeldStack>.fromOpaque(p)._withUnsafeGuaranteedRef(body) }
+        return body(stack)
+    }
 
     static var stack: HeldStack {
         if let p = pthread_getspecific(key) { return Unmanaged<HeldStack>.fromOpaque(p).takeUnretainedValue() }
@@ -202,7 +223,10 @@ public enum Lockdep {
     /// is held like any other lock but adds no order from the locks already held (a trylock
     /// cannot wait, so it cannot close a deadlock: the kernel's lockdep does the same).
     public static func acquire(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site, trylock: Bool = false) {
-        let s = stack
+        withStack { acquire(cls, instance, site, trylock: trylock, on: $0) }
+    }
+
+    static func acquire(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site, trylock: Bool, on s: HeldStack) {
         // (Class too: two bit locks in one word are one instance of two classes.)
         if !trylock, instance != nil, let h = heldEntry(s, instance), h.cls == cls {
             report(.recursiveLocking, "\(cls) taken at \(site) by a thread that already holds it (taken at \(h.site))",
@@ -230,7 +254,10 @@ public enum Lockdep {
 
     /// `lock_release`: the calling thread releases `instance` of `cls`.
     public static func release(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site) {
-        let s = stack
+        withStack { release(cls, instance, site, on: $0) }
+    }
+
+    static func release(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site, on s: HeldStack) {
         if cls.kind == .bitlock, var more = s.moreBitLocks[cls], !more.isEmpty {
             if more.remove(instance) != nil { s.moreBitLocks[cls] = more; return }
             if let i = s.items.lastIndex(where: { $0.cls == cls && $0.instance == instance }) {
