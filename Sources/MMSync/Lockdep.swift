@@ -185,12 +185,13 @@ public enum Lockdep {
     /// lock folded into its class's entry.
     public static func holds(_ instance: UnsafeRawPointer) -> Bool { heldEntry(stack, instance) != nil }
 
-    /// The held entry that accounts for `instance`: its own, or for a further bit lock of a
-    /// class already held, that class's entry.
-    static func heldEntry(_ s: HeldStack, _ instance: UnsafeRawPointer?) -> Held? {
-        if let h = s.items.last(where: { $0.instance == instance }) { return h }
-        for (cls, more) in s.moreBitLocks where more.contains(instance) {
-            return s.items.last { $0.cls == cls }
+    /// The held entry that accounts for `instance` (of class `cls`, if given): its own, or for
+    /// a further bit lock of a class already held, that class's entry. Two bit locks in one
+    /// word are one instance of two classes, so a recursion check names the class.
+    static func heldEntry(_ s: HeldStack, _ instance: UnsafeRawPointer?, of cls: LockClass? = nil) -> Held? {
+        if let h = s.items.last(where: { $0.instance == instance && (cls == nil || $0.cls == cls) }) { return h }
+        for (c, more) in s.moreBitLocks where (cls == nil || c == cls) && more.contains(instance) {
+            return s.items.last { $0.cls == c }
         }
         return nil
     }
@@ -228,7 +229,7 @@ public enum Lockdep {
 
     static func acquire(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site, trylock: Bool, on s: HeldStack) {
         // (Class too: two bit locks in one word are one instance of two classes.)
-        if !trylock, instance != nil, let h = heldEntry(s, instance), h.cls == cls {
+        if !trylock, instance != nil, let h = heldEntry(s, instance, of: cls) {
             report(.recursiveLocking, "\(cls) taken at \(site) by a thread that already holds it (taken at \(h.site))",
                    [site, h.site], key: "recursive \(site) \(h.site)")
         }

@@ -111,7 +111,7 @@ double nb_host_cow_fault(size_t bytes) {
     int fds[2];
     if (pipe(fds) != 0) { munmap(m, bytes); return -1; }
     pid_t pid = fork();
-    if (pid < 0) { munmap(m, bytes); return -1; }
+    if (pid < 0) { close(fds[0]); close(fds[1]); munmap(m, bytes); return -1; }
     if (pid == 0) { char c; close(fds[1]); (void)!read(fds[0], &c, 1); _exit(0); }
     close(fds[0]);
     double t0 = nb_now();
@@ -215,17 +215,20 @@ double nb_zero_fill(size_t bytes, int threads) {
     if (m == MAP_FAILED) return -1;
     madvise(m, bytes, MADV_HUGEPAGE);
     memset(m, 1, bytes); // resident and cold, as populated frames are
-    long words[8 * 8] = {0}; // one cache line per thread
+    long words[8 * 8] __attribute__((aligned(64))) = {0}; // one cache line per thread
     struct nb_fill_arg args[8];
     pthread_t tids[8];
     size_t per = bytes / (size_t)threads & ~(size_t)4095;
     double t0 = nb_now();
     for (int i = 0; i < threads; i++) {
         args[i] = (struct nb_fill_arg){ m + (size_t)i * per, per, &words[i * 8] };
-        if (i > 0) pthread_create(&tids[i], NULL, nb_fill_pages, &args[i]);
     }
+    int started = 1;
+    for (; started < threads; started++)
+        if (pthread_create(&tids[started], NULL, nb_fill_pages, &args[started]) != 0) break;
     nb_fill_pages(&args[0]);
-    for (int i = 1; i < threads; i++) pthread_join(tids[i], NULL);
+    for (int i = 1; i < started; i++) pthread_join(tids[i], NULL);
+    for (int i = started; i < threads; i++) nb_fill_pages(&args[i]); // a thread could not start
     double t = nb_now() - t0;
     munmap(m, bytes);
     return t;
@@ -278,7 +281,7 @@ size_t nb_range_walk(uint8_t *fb, uint64_t pgd_pfn, uint64_t start, uint64_t end
                 if (!(me & 1)) nb_fill(out, &k, n, 0, 0);
                 else if (me & 0x80) {
                     uint64_t v = (((me & PFN_MASK) >> 12) + ((addr >> 12) & 511)) | HMM_V | ((me & 2) ? HMM_W : 0) | HMM_ORDER_PMD;
-                    nb_fill(out, &k, n, (me & 4) ? v : 0, 1);
+                    nb_fill(out, &k, n, (me & 4) ? v : 0, (me & 4) != 0);
                 } else {
                     const uint64_t *pte = (const uint64_t *)(fb + (((me & PFN_MASK) >> 12) << 12));
                     unsigned first = (unsigned)((addr >> 12) & 511);
@@ -308,10 +311,13 @@ double nb_memcpy_parallel(void *dst, const void *src, size_t n, int copies, int 
     for (int i = 0; i < threads; i++) {
         size_t off = (size_t)i * per, len = i == threads - 1 ? n - off : per;
         args[i] = (struct nb_copy_arg){ (char *)dst + off, (const char *)src + off, len, copies };
-        if (i > 0) pthread_create(&tids[i], NULL, nb_copy_part, &args[i]);
     }
+    int started = 1;
+    for (; started < threads; started++)
+        if (pthread_create(&tids[started], NULL, nb_copy_part, &args[started]) != 0) break;
     nb_copy_part(&args[0]);
-    for (int i = 1; i < threads; i++) pthread_join(tids[i], NULL);
+    for (int i = 1; i < started; i++) pthread_join(tids[i], NULL);
+    for (int i = started; i < threads; i++) nb_copy_part(&args[i]);
     return nb_now() - t0;
 }
 
@@ -342,10 +348,13 @@ static void nb_lat_run(volatile uint8_t *m, size_t pages, int threads, uint32_t 
     for (int i = 0; i < threads; i++) {
         size_t first = (size_t)i * per, n = i == threads - 1 ? pages - first : per;
         args[i] = (struct nb_lat_arg){ m + (first << 12), n, out + first, value };
-        if (i > 0) pthread_create(&tids[i], NULL, nb_lat_part, &args[i]);
     }
+    int started = 1;
+    for (; started < threads; started++)
+        if (pthread_create(&tids[started], NULL, nb_lat_part, &args[started]) != 0) break;
     nb_lat_part(&args[0]);
-    for (int i = 1; i < threads; i++) pthread_join(tids[i], NULL);
+    for (int i = 1; i < started; i++) pthread_join(tids[i], NULL);
+    for (int i = started; i < threads; i++) nb_lat_part(&args[i]);
 }
 
 int nb_host_fault_latencies(size_t bytes, int threads, int cow, uint32_t *out) {
@@ -363,7 +372,7 @@ int nb_host_fault_latencies(size_t bytes, int threads, int cow, uint32_t *out) {
     int fds[2];
     if (pipe(fds) != 0) { munmap(m, bytes); return -1; }
     pid_t pid = fork();
-    if (pid < 0) { munmap(m, bytes); return -1; }
+    if (pid < 0) { close(fds[0]); close(fds[1]); munmap(m, bytes); return -1; }
     if (pid == 0) { char c; close(fds[1]); (void)!read(fds[0], &c, 1); _exit(0); }
     close(fds[0]);
     nb_lat_run(m, pages, threads, out, 2);

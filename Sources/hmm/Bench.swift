@@ -42,9 +42,13 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
-        // Read the old run first: a bad file fails before minutes of measuring.
+        // Read the old run and try the new file first: a bad path fails before minutes of
+        // measuring.
         let old = try compare.map { path in
             do { return try BenchRecord.load(path) } catch { throw ValidationError("--compare: \(error)") }
+        }
+        if let save {
+            do { try BenchRecord.checkWritable(save) } catch { throw ValidationError("--save: \(error)") }
         }
         var suite = BenchSuite(quick: quick, reps: reps)
         let figures = suite.figures.filter { f in filter.map { f.name.contains($0) } ?? true }
@@ -68,8 +72,11 @@ struct Bench: ParsableCommand {
         }
         if format == .table { print("\(missed == 0 ? "all targets met" : "\(missed) target(s) missed")") }
         if let old {
-            // In JSON output the comparison lines are comments a JSON Lines reader skips.
-            for line in BenchRecord.comparison(old: old, new: measured) { print(line.hasPrefix("#") ? line : "# " + line) }
+            // With --format json, stdout stays JSON Lines: the comparison goes to stderr.
+            for line in BenchRecord.comparison(old: old, new: measured) {
+                let text = line.hasPrefix("#") ? line : "# " + line
+                if format == .json { BenchRecord.printError(text) } else { print(text) }
+            }
         }
         if let save { try BenchRecord.save(save, header: BenchRecord.header(quick: quick, reps: suite.reps), rows: measured) }
     }

@@ -26,13 +26,25 @@ struct BenchRecord {
         guard fputs(text, f) >= 0 else { throw BenchError(description: "cannot write \(path)") }
     }
 
+    /// Whether `path` can be written (created if missing; an existing file is left as it is).
+    static func checkWritable(_ path: String) throws {
+        guard let f = fopen(path, "a") else { throw BenchError(description: "cannot write \(path): \(String(cString: strerror(errno)))") }
+        fclose(f)
+    }
+
+    /// One line to standard error.
+    static func printError(_ text: String) {
+        var t = text + "\n"
+        t.withUTF8 { b in _ = write(2, b.baseAddress, b.count) }
+    }
+
     /// Reads a file written by `save`. Lines that are not rows (the header, error lines) are
     /// skipped; a file with no row at all is an error.
     static func load(_ path: String) throws -> BenchRecord {
         guard let f = fopen(path, "r") else { throw BenchError(description: "cannot read \(path): \(String(cString: strerror(errno)))") }
         defer { fclose(f) }
         var lines: [String] = []
-        var buf = [CChar](repeating: 0, count: 4096)
+        var buf = [CChar](repeating: 0, count: 1 << 16) // a row is a few hundred bytes
         while fgets(&buf, Int32(buf.count), f) != nil {
             lines.append(cString(buf).trimmingSuffix("\n"))
         }

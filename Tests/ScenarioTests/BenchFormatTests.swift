@@ -37,19 +37,20 @@ final class BenchFormatTests: XCTestCase {
         guard FileManager.default.isExecutableFile(atPath: hmm.path) else { throw XCTSkip("hmm not built next to the tests") }
         let path = NSTemporaryDirectory() + "bench-\(getpid()).json"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        func run(_ args: [String]) throws -> (Int32, String) {
+        func run(_ args: [String]) throws -> (Int32, String, String) {
             let p = Foundation.Process()
             p.executableURL = hmm
             p.arguments = args
-            let out = Pipe()
+            let out = Pipe(), err = Pipe()
             p.standardOutput = out
-            p.standardError = out
+            p.standardError = err
             try p.run()
             let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             p.waitUntilExit()
-            return (p.terminationStatus, text)
+            return (p.terminationStatus, text, errText)
         }
-        let (rc1, _) = try run(["bench", "--quick", "--filter", "memory", "--save", path])
+        let (rc1, _, _) = try run(["bench", "--quick", "--filter", "memory", "--save", path])
         XCTAssertEqual(rc1, 0)
         let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.count, 3)
@@ -60,14 +61,19 @@ final class BenchFormatTests: XCTestCase {
         let row = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(lines[1].utf8)) as? [String: Any])
         XCTAssertEqual(row["name"] as? String, "page metadata per frame")
 
-        let (rc2, text) = try run(["bench", "--quick", "--filter", "memory", "--format", "json", "--compare", path])
+        let (rc2, json, text) = try run(["bench", "--quick", "--filter", "memory", "--format", "json", "--compare", path])
         XCTAssertEqual(rc2, 0)
+        // stdout stays JSON Lines; the comparison is on stderr.
+        for line in json.split(separator: "\n") { XCTAssertNotNil(try? JSONSerialization.jsonObject(with: Data(line.utf8)), String(line)) }
         XCTAssertTrue(text.contains("# page metadata per frame: 64 → 64 B (+0%), ratio 1 → 1"), text)
         XCTAssertTrue(text.contains("# compared with: {\"commit\""), text)
 
-        let (rc3, err) = try run(["bench", "--quick", "--compare", path + ".missing"])
+        let (rc3, _, err) = try run(["bench", "--quick", "--compare", path + ".missing"])
         XCTAssertNotEqual(rc3, 0)
         XCTAssertTrue(err.contains("--compare: cannot read"), err)
+        let (rc4, _, err4) = try run(["bench", "--quick", "--save", "/nonexistent-dir/run.json"])
+        XCTAssertNotEqual(rc4, 0)
+        XCTAssertTrue(err4.contains("--save: cannot write"), err4)
     }
 
     /// Where SwiftPM puts the products: next to the test bundle.

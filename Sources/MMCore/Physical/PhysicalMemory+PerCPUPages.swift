@@ -62,9 +62,12 @@ extension PhysicalMemory {
             pcp.lock.lock(); defer { pcp.lock.unlock() }
             if pcp.count == 0 {
                 zoneLock.lock()
-                // rmqueue_bulk: `pcpBatch` single frames. They are taken a block at a time (the
-                // largest that still fits the batch), so a refill touches one page's metadata
-                // per block, not per frame: the frames inside a free block are already clean.
+                // rmqueue_bulk: `pcpBatch` single frames, taken a block at a time (the largest
+                // that still fits the batch), so a refill touches one page's metadata per
+                // block, not per frame: the frames inside a free block are already clean.
+                // (The kernel takes order 0 first. Either way a refill leaves at most one
+                // buddy per order below the batch's, which the next refill uses; taking the
+                // small leftovers first measured 15% slower faults here.)
                 var n = 0
                 while n < pcpBatch {
                     var order = min(PhysicalMemory.maxOrder, Int.bitWidth - 1 - (pcpBatch - n).leadingZeroBitCount)

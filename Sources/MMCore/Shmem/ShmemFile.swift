@@ -34,6 +34,17 @@ public final class ShmemFile: @unchecked Sendable {
 
     func linkMapping(_ vma: VMA) { mappingLock.withWrite { mappings.append(vma) } }
     func unlinkMapping(_ vma: VMA) { mappingLock.withWrite { mappings.removeAll { $0 === vma } } }
+    /// `linkMapping` / `unlinkMapping` inside `withVMAPrepared` (vma_complete).
+    /// Locking: caller holds `mappingLock` for write.
+    func linkMappingLocked(_ vma: VMA) {
+        precondition(mappingLock.isWriteLockedByCurrentThread, "i_mmap not held")
+        mappings.append(vma)
+    }
+    /// Locking: caller holds `mappingLock` for write.
+    func unlinkMappingLocked(_ vma: VMA) {
+        precondition(mappingLock.isWriteLockedByCurrentThread, "i_mmap not held")
+        mappings.removeAll { $0 === vma }
+    }
 
     /// The cached pages of indices first...last inside the file that fault-around may map
     /// (`next_uptodate_folio`: uptodate and not locked), each with a reference taken.

@@ -36,7 +36,11 @@ extension AddressSpace {
             guard prev !== keepApart, next !== keepApart, canMerge(prev, next) else { i += 1; continue }
             vmaStartWrite(prev)
             if prev.anonVMA == nil && next.anonVMA != nil { anonVMAClone(dst: prev, src: next) }
-            withVMAPrepared(prev) { prev.end = next.end }
+            // vma_complete: `next` leaves i_mmap under the hold that grows `prev`.
+            withVMAPrepared(prev) {
+                prev.end = next.end
+                next.file?.unlinkMappingLocked(next)
+            }
             removeVMA(at: i + 1)
         }
     }

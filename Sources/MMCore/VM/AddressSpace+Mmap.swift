@@ -148,10 +148,14 @@ extension AddressSpace {
         tail.start = address
         tail.pgoff = vma.pgoff + ((address - vma.start) >> pageShift)
         anonVMAClone(dst: tail, src: vma)
-        withVMAPrepared(vma) { vma.end = address }
+        // vma_complete: the tail joins i_mmap under the same hold that shortens the head, so
+        // a file rmap walk never sees the range covered by neither.
+        withVMAPrepared(vma) {
+            vma.end = address
+            tail.file?.linkMappingLocked(tail)
+        }
         vmaList.insert(tail, at: i + 1)
         tail.isAttached = true
-        if let f = tail.file { f.linkMapping(tail) }
     }
 }
 
