@@ -52,8 +52,8 @@ final class PerCPUPagesTests: XCTestCase {
         XCTAssertEqual(mem.checkInvariants(), [])
     }
 
-    /// A refill takes whole buddy blocks (63 frames: 32 + 16 + 8 + 4 + 2 + 1), hands out
-    /// consecutive frames in ascending order, and after a mixed history (compound blocks
+    /// A refill takes whole buddy blocks (63 frames: 32 + 16 + 8 + 4 + 2 + 1), hands out each
+    /// block's frames consecutively in ascending order, and after a mixed history (compound blocks
     /// freed, blocks merged and split again) every frame it hands out is clean: the invariant
     /// check passes with frames sitting on the list.
     func testRefillTakesWholeBlocksOfCleanFrames() throws {
@@ -70,8 +70,16 @@ final class PerCPUPagesTests: XCTestCase {
         var pages = [first]
         for _ in 1..<63 { let p = try XCTUnwrap(mem.allocate(order: 0)); pfns.append(p.pfn); pages.append(p) }
         XCTAssertEqual(mem.checkInvariants(), [])
-        // One refill's worth, consecutive within each block and ascending.
-        XCTAssertEqual(pfns, pfns.sorted())
+        // One refill's worth, in pop order: whole aligned blocks of 32, 16, 8, 4, 2 and 1
+        // frames, each consecutive and ascending.
+        XCTAssertEqual(Set(pfns).count, 63)
+        var k = 0
+        for len in [32, 16, 8, 4, 2, 1] {
+            let block = Array(pfns[k..<(k + len)])
+            XCTAssertEqual(block, (0..<UInt64(len)).map { block[0] + $0 }, "block \(len) at \(k)")
+            XCTAssertEqual(block[0] % UInt64(len), 0, "block of \(len) at \(block[0]) is not aligned")
+            k += len
+        }
         XCTAssertTrue(pages.allSatisfy { $0.order == 0 && $0.refcount == 1 })
         for p in pages { mem.put(p) }
         mem.drainAllPCP()

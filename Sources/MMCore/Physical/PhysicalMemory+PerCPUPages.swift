@@ -79,11 +79,11 @@ extension PhysicalMemory {
                     n += 1 << order
                 }
                 buddyFreeFrames.add(-n)
-                // The list pops from its end: keep it in descending order, so consecutive
-                // faults get consecutive, ascending frames, as the kernel's rmqueue_bulk list
-                // order gives (the blocks came largest first, each ascending inside).
-                var batch = UnsafeMutableBufferPointer(start: pcp.pfns, count: n)
-                batch.sort(by: >)
+                // The list pops from its end: reverse it, so consecutive faults get each
+                // block's frames consecutively and ascending, the blocks in the order taken,
+                // as the kernel's rmqueue_bulk list order gives (no sort: it cost 3% of a fault).
+                var i = 0, j = n - 1
+                while i < j { let t = pcp.pfns[i]; pcp.pfns[i] = pcp.pfns[j]; pcp.pfns[j] = t; i += 1; j -= 1 }
                 pcp.count = n
                 zoneLock.unlock()
                 guard pcp.count > 0 else { return nil }
