@@ -187,6 +187,19 @@ double nb_mutex_pairs(int n) {
 #include <emmintrin.h>
 #endif
 
+/// Runs `fn` on each of `threads` argument blocks (`size` bytes apart from `args`): the calling
+/// thread takes the first, new threads the others; a block whose thread cannot start runs on
+/// the calling thread after the rest.
+static void nb_run_parallel(void *(*fn)(void *), void *args, size_t size, int threads) {
+    pthread_t tids[8];
+    int started = 1;
+    for (; started < threads; started++)
+        if (pthread_create(&tids[started], NULL, fn, (char *)args + (size_t)started * size) != 0) break;
+    fn(args);
+    for (int i = 1; i < started; i++) pthread_join(tids[i], NULL);
+    for (int i = started; i < threads; i++) fn((char *)args + (size_t)i * size);
+}
+
 struct nb_fill_arg { char *base; size_t bytes; long *word; };
 
 /// The memory work of one anonymous fault, page by page: zero 4 KiB with streaming stores,
@@ -217,18 +230,12 @@ double nb_zero_fill(size_t bytes, int threads) {
     memset(m, 1, bytes); // resident and cold, as populated frames are
     long words[8 * 8] __attribute__((aligned(64))) = {0}; // one cache line per thread
     struct nb_fill_arg args[8];
-    pthread_t tids[8];
     size_t per = bytes / (size_t)threads & ~(size_t)4095;
     double t0 = nb_now();
     for (int i = 0; i < threads; i++) {
         args[i] = (struct nb_fill_arg){ m + (size_t)i * per, per, &words[i * 8] };
     }
-    int started = 1;
-    for (; started < threads; started++)
-        if (pthread_create(&tids[started], NULL, nb_fill_pages, &args[started]) != 0) break;
-    nb_fill_pages(&args[0]);
-    for (int i = 1; i < started; i++) pthread_join(tids[i], NULL);
-    for (int i = started; i < threads; i++) nb_fill_pages(&args[i]); // a thread could not start
+    nb_run_parallel(nb_fill_pages, args, sizeof args[0], threads);
     double t = nb_now() - t0;
     munmap(m, bytes);
     return t;
@@ -305,19 +312,13 @@ static void *nb_copy_part(void *p) {
 double nb_memcpy_parallel(void *dst, const void *src, size_t n, int copies, int threads) {
     if (threads < 1 || threads > 8) return -1;
     struct nb_copy_arg args[8];
-    pthread_t tids[8];
     size_t per = (n / (size_t)threads) & ~(size_t)4095;
     double t0 = nb_now();
     for (int i = 0; i < threads; i++) {
         size_t off = (size_t)i * per, len = i == threads - 1 ? n - off : per;
         args[i] = (struct nb_copy_arg){ (char *)dst + off, (const char *)src + off, len, copies };
     }
-    int started = 1;
-    for (; started < threads; started++)
-        if (pthread_create(&tids[started], NULL, nb_copy_part, &args[started]) != 0) break;
-    nb_copy_part(&args[0]);
-    for (int i = 1; i < started; i++) pthread_join(tids[i], NULL);
-    for (int i = started; i < threads; i++) nb_copy_part(&args[i]);
+    nb_run_parallel(nb_copy_part, args, sizeof args[0], threads);
     return nb_now() - t0;
 }
 
@@ -343,18 +344,12 @@ static void *nb_lat_part(void *p) {
 /// Times each page's first write, split over `threads` threads, into out[0 … pages).
 static void nb_lat_run(volatile uint8_t *m, size_t pages, int threads, uint32_t *out, uint8_t value) {
     struct nb_lat_arg args[8];
-    pthread_t tids[8];
     size_t per = pages / (size_t)threads;
     for (int i = 0; i < threads; i++) {
         size_t first = (size_t)i * per, n = i == threads - 1 ? pages - first : per;
         args[i] = (struct nb_lat_arg){ m + (first << 12), n, out + first, value };
     }
-    int started = 1;
-    for (; started < threads; started++)
-        if (pthread_create(&tids[started], NULL, nb_lat_part, &args[started]) != 0) break;
-    nb_lat_part(&args[0]);
-    for (int i = 1; i < started; i++) pthread_join(tids[i], NULL);
-    for (int i = started; i < threads; i++) nb_lat_part(&args[i]);
+    nb_run_parallel(nb_lat_part, args, sizeof args[0], threads);
 }
 
 int nb_host_fault_latencies(size_t bytes, int threads, int cow, uint32_t *out) {

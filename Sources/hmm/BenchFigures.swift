@@ -288,24 +288,17 @@ struct BenchSuite {
 
     // MARK: device
 
-    func memcpyRate(_ bytes: UInt64, copies: Int) -> Double {
+    /// GB/s of `copies` copies of `bytes` by `threads` C threads, counting `useful` bytes
+    /// (default: every byte copied). Two threads are a device's limit (the driver and its
+    /// copy engine).
+    func memcpyRate(_ bytes: UInt64, copies: Int, threads: Int = 1, useful: UInt64? = nil) -> Double {
         let src = UnsafeMutableRawPointer.allocate(byteCount: Int(bytes), alignment: 4096)
         let dst = UnsafeMutableRawPointer.allocate(byteCount: Int(bytes), alignment: 4096)
         defer { src.deallocate(); dst.deallocate() }
         memset(src, 1, Int(bytes)); memset(dst, 2, Int(bytes))
-        let t = nb_memcpy(dst, src, Int(bytes), Int32(copies))
-        return Double(bytes) * Double(copies) / t / 1e9
-    }
-
-    /// The copy limit of a device figure: `copies` copies of `bytes` by two threads (the
-    /// driver and its copy engine), as a rate of `useful` bytes (what the figure counts).
-    func parallelCopyRate(_ bytes: UInt64, copies: Int, useful: UInt64) -> Double {
-        let src = UnsafeMutableRawPointer.allocate(byteCount: Int(bytes), alignment: 4096)
-        let dst = UnsafeMutableRawPointer.allocate(byteCount: Int(bytes), alignment: 4096)
-        defer { src.deallocate(); dst.deallocate() }
-        memset(src, 1, Int(bytes)); memset(dst, 2, Int(bytes))
-        let t = nb_memcpy_parallel(dst, src, Int(bytes), Int32(copies), 2)
-        return Double(useful) / t / 1e9
+        let t = threads == 1 ? nb_memcpy(dst, src, Int(bytes), Int32(copies))
+                             : nb_memcpy_parallel(dst, src, Int(bytes), Int32(copies), Int32(threads))
+        return Double(useful ?? bytes * UInt64(copies)) / t / 1e9
     }
 
     /// A populated region of `migrateBytes` with dmirror device 0 open on it.
@@ -333,7 +326,7 @@ struct BenchSuite {
         }, { () throws -> Double in memcpyRate(bytes, copies: 2) })
         // The limit: the three copies the contract makes (to the device, the read-back, back to
         // system memory) by two threads, as a rate of the two migrations' bytes.
-        let limit = spread((0..<reps).map { _ in parallelCopyRate(bytes, copies: 3, useful: 2 * bytes) })
+        let limit = spread((0..<reps).map { _ in memcpyRate(bytes, copies: 3, threads: 2, useful: 2 * bytes) })
         return [BenchRow(name: "dmirror MIGRATE_TO_DEV + MIGRATE_TO_SYS, \(bytes >> 20)MiB", unit: "GB/s", value: swift.median, baseline: base.median,
                          spread: (swift.min, swift.max), kind: .rate, target: 0.6),
                 BenchRow(name: "  the same vs its limit: 3 copies by 2 threads", unit: "GB/s", value: swift.median, baseline: limit.median,
@@ -353,7 +346,7 @@ struct BenchSuite {
             guard c.faults == 0 else { throw BenchError(description: "READ of a mirrored range faulted") }
             return Double(bytes) / t / 1e9
         }, { () throws -> Double in memcpyRate(bytes, copies: 1) })
-        let limit = spread((0..<reps).map { _ in parallelCopyRate(bytes, copies: 1, useful: bytes) })
+        let limit = spread((0..<reps).map { _ in memcpyRate(bytes, copies: 1, threads: 2) })
         return [BenchRow(name: "device READ of \(bytes >> 20)MiB already mirrored", unit: "GB/s", value: swift.median, baseline: base.median,
                          spread: (swift.min, swift.max), kind: .rate, target: 0.7),
                 BenchRow(name: "  the same vs its limit: 1 copy by 2 threads", unit: "GB/s", value: swift.median, baseline: limit.median,
@@ -410,11 +403,6 @@ struct BenchSuite {
     /// anonymous fault: the closest thing the host does).
     func latencyFigures() throws -> [BenchRow] {
         let bytes: UInt64 = quick ? 16 << 20 : 256 << 20
-        func fresh() throws -> (Machine, MMCore.Process, UInt64) {
-            let m = try Machine(memoryBytes: 2 * bytes + (64 << 20), devicePfnSpaceBytes: 1 << 30, populateRAM: true)
-            let p = try MMCore.Process(machine: m)
-            return (m, p, try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous]))
-        }
         func rows(_ label: String, _ swift: [UInt32], _ host: [UInt32], _ qs: [(String, Double, Double)]) -> [BenchRow] {
             qs.map { (name, q, target) in
                 let v = quantile(swift, q), h = quantile(host, q)
@@ -424,7 +412,9 @@ struct BenchSuite {
         var out: [BenchRow] = []
         // Anonymous, one thread and two.
         for threads in [1, 2] {
-            let (_, p, a) = try fresh()
+            let m = try Machine(memoryBytes: bytes + (64 << 20), devicePfnSpaceBytes: 0, populateRAM: true)
+            let p = try MMCore.Process(machine: m)
+            let a = try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
             let s = try swiftLatencies(p, a, bytes, threads: threads)
             p.exit()
             let h = try hostLatencies(bytes, threads: threads, cow: false)
@@ -435,12 +425,7 @@ struct BenchSuite {
         }
         // Copy-on-write after fork, one thread.
         do {
-            let (_, p, a) = try fresh()
-            let filler = p.makeCPU()
-            try filler.run { cpu in
-                var off: UInt64 = 0
-                while off < bytes { try cpu.store(a + off, UInt8(1)); off += pageSize }
-            }
+            let (_, p, filler, a) = try populated(bytes, extraMiB: 64 + bytes >> 20)
             filler.detach()
             let child = try p.fork()
             let s = try swiftLatencies(p, a, bytes, threads: 1)
@@ -450,12 +435,7 @@ struct BenchSuite {
         // A CPU load of a page in device-private memory: migrate_to_ram of one page.
         do {
             let devBytes = bytes / 4
-            let (m, p, a) = try fresh()
-            let filler = p.makeCPU()
-            try filler.run { cpu in
-                var off: UInt64 = 0
-                while off < devBytes { try cpu.store(a + off, UInt8(1)); off += pageSize }
-            }
+            let (m, p, filler, a) = try populated(devBytes)
             filler.detach()
             let d = try DmirrorModule(machine: m).open(minor: 0, mm: p.mm)
             var c = DmirrorCmd(addr: a, npages: devBytes / pageSize)

@@ -52,41 +52,6 @@ final class PerCPUPagesTests: XCTestCase {
         XCTAssertEqual(mem.checkInvariants(), [])
     }
 
-    /// A refill takes whole buddy blocks (63 frames: 32 + 16 + 8 + 4 + 2 + 1), hands out each
-    /// block's frames consecutively in ascending order, and after a mixed history (compound blocks
-    /// freed, blocks merged and split again) every frame it hands out is clean: the invariant
-    /// check passes with frames sitting on the list.
-    func testRefillTakesWholeBlocksOfCleanFrames() throws {
-        let mem = try PhysicalMemory(systemBytes: 1 << 30, devicePfnSpaceBytes: 0)
-        XCTAssertEqual(mem.pcpBatch, 63)
-        // A history: order-3 and order-5 blocks allocated and freed (their heads had orders,
-        // their tails flags), so merges leave former heads inside bigger blocks.
-        var blocks: [Page] = []
-        for o in [3, 5, 3, 5, 2] { blocks.append(try XCTUnwrap(mem.allocate(order: o))) }
-        for b in blocks.reversed() { mem.put(b) }
-        XCTAssertEqual(mem.checkInvariants(), [])
-        let first = try XCTUnwrap(mem.allocate(order: 0))
-        var pfns = [first.pfn]
-        var pages = [first]
-        for _ in 1..<63 { let p = try XCTUnwrap(mem.allocate(order: 0)); pfns.append(p.pfn); pages.append(p) }
-        XCTAssertEqual(mem.checkInvariants(), [])
-        // One refill's worth, in pop order: whole aligned blocks of 32, 16, 8, 4, 2 and 1
-        // frames, each consecutive and ascending.
-        XCTAssertEqual(Set(pfns).count, 63)
-        var k = 0
-        for len in [32, 16, 8, 4, 2, 1] {
-            let block = Array(pfns[k..<(k + len)])
-            XCTAssertEqual(block, (0..<UInt64(len)).map { block[0] + $0 }, "block \(len) at \(k)")
-            XCTAssertEqual(block[0] % UInt64(len), 0, "block of \(len) at \(block[0]) is not aligned")
-            k += len
-        }
-        XCTAssertTrue(pages.allSatisfy { $0.order == 0 && $0.refcount == 1 })
-        for p in pages { mem.put(p) }
-        mem.drainAllPCP()
-        XCTAssertEqual(mem.checkInvariants(), [])
-        XCTAssertEqual(mem.freeFrames, Int(mem.systemFrames) - 1)
-    }
-
     /// Threads allocating and freeing at once on their CPUs' lists: no frame is handed out
     /// twice and every frame comes back.
     func testConcurrentAllocationsNeverShareAFrame() throws {

@@ -28,8 +28,6 @@ extension AddressSpace {
     public func getUserPages(_ address: UInt64, count: Int, flags: FollFlags) throws(Errno) -> [Page] {
         mmapLock.assertNotHeld()
         defer { machine.operationDone("gup") }
-        guard isPageAligned(address), count > 0, UInt64(count) <= taskSize >> pageShift,
-              address.addingReportingOverflow(UInt64(count) << pageShift).overflow == false else { throw .EINVAL }
         return try getUserPagesLocked(address, count: count, flags: flags)
     }
 

@@ -1,13 +1,15 @@
 import XCTest
 @testable import Conformance
 
-/// One XCTest per kernel selftest and variant (generated from `SelftestSuite.all`).
-
-final class PrivateSelftests: XCTestCase {
+/// One XCTest per kernel selftest (as `SelftestSuite.all` lists them), each run on both
+/// variants, device-private and device-coherent, as the kernel's harness runs each fixture.
+final class SelftestTests: XCTestCase {
     func run(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let t = try XCTUnwrap(SelftestSuite.all.first { $0.name == name })
         if let needs = t.needs { throw XCTSkip("needs huge pages (\(needs))") }
-        if let failure = t.run(.devicePrivate) { XCTFail("\(t.fullName(.devicePrivate)): \(failure)", file: file, line: line) }
+        for variant in Variant.allCases {
+            if let failure = t.run(variant) { XCTFail("\(t.fullName(variant)): \(failure)", file: file, line: line) }
+        }
     }
     func test_T01_open_close() throws { try run("open_close") }
     func test_T02_anon_read() throws { try run("anon_read") }
