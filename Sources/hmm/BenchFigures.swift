@@ -539,17 +539,28 @@ struct BenchSuite {
                 let a = try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
                 starts = (0..<threads).map { a + UInt64($0) * per }
             }
-            let t = seconds {
-                let ts = starts.map { base in
-                    p.spawnThread { cpu in
-                        cpu.run { cpu in
-                            var off: UInt64 = 0
-                            while off < per { try? cpu.store(base + off, UInt8(1)); off += pageSize }
-                        }
+            // The threads start together from a barrier, and the time runs from the first one's
+            // start to the last one's end, as each records them (as will-it-scale's page_fault1
+            // counts): creating a thread and its stack, and waking the joiner, is not fault work.
+            let ready = AtomicCounter(0), go = AtomicCounter(0)
+            let times = UnsafeMutablePointer<Double>.allocate(capacity: 2 * threads)
+            defer { times.deallocate() }
+            let ts = starts.enumerated().map { (i, base) in
+                p.spawnThread { cpu in
+                    ready.add(1)
+                    while go.load() == 0 { sched_yield() }
+                    times[2 * i] = nb_now()
+                    cpu.run { cpu in
+                        var off: UInt64 = 0
+                        while off < per { try? cpu.store(base + off, UInt8(1)); off += pageSize }
                     }
+                    times[2 * i + 1] = nb_now()
                 }
-                ts.forEach { $0.join() }
             }
+            while ready.load() < threads { sched_yield() }
+            go.store(1)
+            ts.forEach { $0.join() }
+            let t = (0..<threads).map { times[2 * $0 + 1] }.max()! - (0..<threads).map { times[2 * $0] }.min()!
             return Double(bytes / pageSize) / t / 1e6
         }
         /// The zero-fill limit: the same pages' memory work in C, by 1 and by 2 threads.
