@@ -28,8 +28,8 @@ let package = Package(
         .target(name: "MMCore", dependencies: ["MMSync", "MMArch"], swiftSettings: fast),
         .target(name: "HMM", dependencies: ["MMSync", "MMCore"], swiftSettings: fast),
         .target(name: "Devices", dependencies: ["MMSync", "MMCore", "HMM"], swiftSettings: fast),
-        // The explorer (issue 13) names its module only; it imports nothing yet.
-        .target(name: "Explorer", swiftSettings: fast),
+        // The explorer (issue 13): deterministic interleavings of the model's threads.
+        .target(name: "Explorer", dependencies: ["MMSync"], swiftSettings: fast),
         .target(name: "Conformance", dependencies: ["MMSync", "MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "Scenario", dependencies: ["MMSync", "MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "NativeBaselines"),
@@ -43,6 +43,7 @@ let package = Package(
             ],
             swiftSettings: fast),
         .testTarget(name: "MMSyncTests", dependencies: ["MMSync"]),
+        .testTarget(name: "ExplorerTests", dependencies: ["Explorer", "MMSync", "MMCore"]),
         .testTarget(name: "MMCoreTests", dependencies: ["MMCore", "MMSync"]),
         .testTarget(name: "HMMTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices", "Conformance"]),
         // `hmm` is a dependency so the tests that run it as a subprocess find it built.

@@ -1,2 +1,146 @@
-// The Explorer layer is built by a later issue; this file only names the module.
-public enum ExplorerModule { public static let name = "Explorer" }
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import MMSync
+
+/// A failed execution: what went wrong, with the threads' states and last steps.
+public struct ExplorationFailure: Error, Sendable, CustomStringConvertible {
+    public let kind: FailureKind
+    public let message: String
+    public var description: String { "\(kind.rawValue): \(message)" }
+}
+
+/// One execution of a program under the explorer.
+public struct Execution: Sendable {
+    public let strategy: Strategy
+    public let seed: UInt64
+    /// Scheduling steps taken (synchronization points reached by all threads together).
+    public let steps: Int
+    /// The thread run after each step; `Strategy.replay(schedule)` runs the same execution.
+    public let schedule: Schedule
+    /// A hash of the steps taken: equal for equal executions.
+    public let traceHash: UInt64
+    public let threads: Int
+    public let failure: ExplorationFailure?
+}
+
+/// A campaign: many executions of one program.
+public struct ExplorationReport: Sendable {
+    public var executions = 0
+    public var steps = 0
+    public var seconds = 0.0
+    /// Distinct trace hashes seen: how many different executions the campaign covered.
+    public var distinctExecutions = 0
+    /// The first failed execution, if any.
+    public var failure: Execution?
+    public var longest = 0
+}
+
+/// Deterministic exploration of thread interleavings of the real code.
+///
+/// Every model thread of a run (the body itself, and every `ModelThread` it starts, directly
+/// or through the model: CPU threads, device threads) runs one at a time. At each
+/// synchronization point that MMSync reports — locks, rwsems, bit and page locks, seqcounts,
+/// atomics, waits and wake-ups, thread start and exit, sleeps — the strategy picks the next
+/// thread. The production code is unchanged: the same functions run here and in normal runs.
+///
+/// One exploration runs at a time in a process. When an execution fails (a deadlock, a bound
+/// passed, a failed check), its threads are left parked for good: stop after a failure or
+/// expect their memory to stay allocated.
+public enum Explorer {
+    /// Serializes explorations (the scheduler hook is process-wide).
+    nonisolated(unsafe) static let gate: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
+
+    /// Runs `body` once under the explorer. `expectedSteps` sizes PCT's change points (the
+    /// length of a typical execution). The body runs on a model thread of its own (thread 0);
+    /// it must join the threads it starts.
+    public static func run(strategy: Strategy, seed: UInt64, maxSteps: Int = 1_000_000, expectedSteps: Int = 1_000,
+                           _ body: @escaping () throws -> Void) -> Execution {
+        pthread_mutex_lock(gate); defer { pthread_mutex_unlock(gate) }
+        precondition(Sync.scheduler == nil, "Explorer.run: an explorer scheduler is already installed")
+        let picker: any Picker
+        switch strategy {
+        case .random: picker = RandomPicker(seed: seed)
+        case .pct(let d): picker = PCTPicker(seed: seed, depth: d, steps: expectedSteps)
+        case .replay(let s): picker = ReplayPicker(schedule: s)
+        }
+        let sched = ExplorerScheduler(picker: picker, maxSteps: maxSteps)
+        ModelThread.wrapBody = { name, inner in
+            let t = sched.register(name: name)
+            var box: (() -> Void)? = inner
+            return {
+                sched.waitForTurn(t)
+                box?()
+                box = nil // the body's captures go while the thread is still scheduled
+                sched.exit(t)
+            }
+        }
+        Sync.scheduler = sched
+        let main = sched.register(name: "main")
+        final class Controller: @unchecked Sendable {
+            let sched: ExplorerScheduler, main: ExplorerThread
+            var body: (() throws -> Void)?
+            init(_ s: ExplorerScheduler, _ m: ExplorerThread, _ b: @escaping () throws -> Void) { sched = s; main = m; body = b }
+            func run() {
+                sched.waitForTurn(main)
+                do { try body?() } catch {
+                    pthread_mutex_lock(sched.mutex); sched.fail(.check, "\(error)"); pthread_mutex_unlock(sched.mutex)
+                }
+                body = nil
+                sched.exit(main)
+            }
+        }
+        let controller = Controller(sched, main, body)
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        pthread_attr_setstacksize(&attr, 8 << 20)
+        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, &attr, { raw in
+            Unmanaged<Controller>.fromOpaque(raw!).takeRetainedValue().run()
+            return nil
+        }, Unmanaged.passRetained(controller).toOpaque())
+        pthread_attr_destroy(&attr)
+        precondition(rc == 0, "Explorer.run: pthread_create failed (\(rc))")
+
+        pthread_mutex_lock(sched.mutex)
+        while !sched.over { pthread_cond_wait(sched.overCond, sched.mutex) }
+        let execution = Execution(strategy: strategy, seed: seed, steps: sched.step, schedule: sched.schedule,
+                                  traceHash: sched.hash.value, threads: sched.threads.count,
+                                  failure: sched.failure.map { ExplorationFailure(kind: $0.kind, message: $0.message) })
+        pthread_mutex_unlock(sched.mutex)
+        Sync.scheduler = nil
+        ModelThread.wrapBody = nil
+        return execution
+    }
+
+    /// Runs `body` once per seed in `seeds`, stopping at the first failure (or after `seconds`).
+    /// `progress` is called after each execution with the report so far.
+    public static func explore(strategy: Strategy, seeds: Range<UInt64>, maxSteps: Int = 1_000_000,
+                               seconds limit: Double? = nil,
+                               progress: ((ExplorationReport) -> Void)? = nil,
+                               _ body: @escaping () throws -> Void) -> ExplorationReport {
+        var report = ExplorationReport()
+        var hashes = Set<UInt64>()
+        let t0 = monotonicNanoseconds()
+        for seed in seeds {
+            let e = run(strategy: strategy, seed: seed, maxSteps: maxSteps, expectedSteps: max(report.longest, 100), body)
+            report.executions += 1
+            report.steps += e.steps
+            report.longest = max(report.longest, e.steps)
+            hashes.insert(e.traceHash)
+            report.distinctExecutions = hashes.count
+            report.seconds = Double(monotonicNanoseconds() - t0) / 1e9
+            progress?(report)
+            if e.failure != nil { report.failure = e; break }
+            if let limit, report.seconds >= limit { break }
+        }
+        return report
+    }
+}

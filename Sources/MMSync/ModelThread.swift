@@ -10,20 +10,26 @@ public final class ModelThread: @unchecked Sendable {
     private var thread: pthread_t? = nil
     private let body: () -> Void
     public let name: String
-    private let finished = Completion()
+    private let finished: Completion
 
     /// Hook the explorer installs to wrap thread bodies (register/unregister with its scheduler).
+    /// Called on the spawning thread; the body it wraps ends by completing the thread's join.
     nonisolated(unsafe) public static var wrapBody: ((String, @escaping () -> Void) -> () -> Void)? = nil
 
     private init(name: String, body: @escaping () -> Void) {
         self.name = name
-        if let wrap = ModelThread.wrapBody { self.body = wrap(name, body) } else { self.body = body }
+        // The completion is part of the body, so that under the explorer a joiner is woken
+        // while the thread is still scheduled (the wrapper then releases the body's captures
+        // before the thread leaves the scheduler).
+        let done = Completion()
+        finished = done
+        let full = { body(); done.complete() }
+        if let wrap = ModelThread.wrapBody { self.body = wrap(name, full) } else { self.body = full }
     }
 
     /// Starts a thread running `body`.
     public static func spawn(name: String = "model", _ body: @escaping () -> Void) -> ModelThread {
         let t = ModelThread(name: name, body: body)
-        Sync.point(.threadStart)
         let box = Unmanaged.passRetained(t).toOpaque()
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
@@ -32,19 +38,24 @@ public final class ModelThread: @unchecked Sendable {
         let rc = pthread_create(&tid, &attr, { raw in
             let me = Unmanaged<ModelThread>.fromOpaque(raw!).takeRetainedValue()
             me.body()
-            me.finished.complete()
             return nil
         }, box)
         pthread_attr_destroy(&attr)
         precondition(rc == 0, "pthread_create failed: \(rc)")
         t.thread = tid
+        // After the OS thread exists: the explorer may run the new thread from here on.
+        Sync.point(.threadStart)
         return t
     }
 
     /// Waits for the thread to finish.
     public func join() {
         finished.wait()
-        if let t = thread { pthread_join(t, nil); thread = nil }
+        guard let t = thread else { return }
+        thread = nil
+        // Under the explorer the thread still has its exit step to take when its join
+        // completes, and takes it when scheduled: its OS thread ends on its own.
+        if Sync.scheduler != nil { pthread_detach(t) } else { pthread_join(t, nil) }
     }
 
     /// Lets the thread finish on its own: its resources go when it exits, and nobody may

@@ -15,7 +15,7 @@ public final class SeqCount: @unchecked Sendable {
 
     @inlinable public func writeBegin(file: StaticString = #fileID, line: UInt = #line) {
         if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
-        Sync.point(.seqWrite)
+        Sync.point(.seqWrite, instance)
         let old = seq.wrappingAdd(1, ordering: .sequentiallyConsistent).oldValue
         precondition(old & 1 == 0, "nested seqcount writer")
     }
@@ -23,6 +23,7 @@ public final class SeqCount: @unchecked Sendable {
         if Lockdep.enabled { Lockdep.release(lockClass, instance, Lockdep.Site(file, line)) }
         let old = seq.wrappingAdd(1, ordering: .sequentiallyConsistent).oldValue
         precondition(old & 1 == 1, "seqcount writeEnd without writeBegin")
+        Sync.point(.seqWrite, instance)
     }
     /// Waits until no writer is inside and returns the sequence.
     @inlinable public func readBegin(file: StaticString = #fileID, line: UInt = #line) -> UInt64 {
@@ -32,12 +33,12 @@ public final class SeqCount: @unchecked Sendable {
             Lockdep.acquire(lockClass, instance, site)
             Lockdep.release(lockClass, instance, site)
         }
-        Sync.point(.seqRead)
+        Sync.point(.seqRead, instance)
         var round = 0
         while true {
             let s = seq.load(ordering: .acquiring)
             if s & 1 == 0 { return s }
-            Sync.spinWait(&round, .seqRead)
+            Sync.spinWait(&round, .seqRead, instance)
         }
     }
     @inlinable public func readRetry(_ start: UInt64) -> Bool {

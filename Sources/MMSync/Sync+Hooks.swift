@@ -15,6 +15,10 @@ public protocol SyncScheduler: AnyObject {
     /// The calling thread cannot make progress until another thread acts (spinning on a lock,
     /// waiting for an event). The scheduler must run someone else.
     func blocked(_ kind: SyncPointKind, object: UnsafeRawPointer?)
+    /// As `blocked`, for a wait with a timeout. Time is the scheduler's: it returns true (the
+    /// wait timed out) only when no thread could make progress otherwise, so a timed wait
+    /// ends the same way in every replay of a schedule.
+    func blockedTimed(_ kind: SyncPointKind, object: UnsafeRawPointer?) -> Bool
 }
 
 public enum Sync {

@@ -30,10 +30,13 @@ public final class WaitQueue: @unchecked Sendable {
         if condition() { return true }
         if Lockdep.enabled { Lockdep.mayWait(Lockdep.Site(file, line)) }
         if let scheduler = Sync.scheduler {
-            let deadline = timeoutNanoseconds.map { monotonicNanoseconds() &+ $0 }
+            // The scheduler's time: a timed wait times out only when nothing else can run.
             while !condition() {
-                if let d = deadline, monotonicNanoseconds() >= d { return false }
-                scheduler.blocked(.wait, object: UnsafeRawPointer(mutex))
+                if timeoutNanoseconds != nil {
+                    if scheduler.blockedTimed(.wait, object: UnsafeRawPointer(mutex)) { return condition() }
+                } else {
+                    scheduler.blocked(.wait, object: UnsafeRawPointer(mutex))
+                }
             }
             return true
         }

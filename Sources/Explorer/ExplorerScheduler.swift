@@ -1,0 +1,257 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import MMSync
+
+/// One model thread as the scheduler sees it.
+final class ExplorerThread: @unchecked Sendable {
+    enum State: Equatable { case runnable, blocked, finished }
+    let id: Int
+    let name: String
+    var state = State.runnable
+    /// What it waits for while blocked: the kind of wait and the object (a lock, a wait queue).
+    var blockedKind = SyncPointKind.wait
+    var blockedObject: UnsafeRawPointer?
+    var timed = false
+    var timedOut = false
+    /// Re-enabled by the all-blocked retry round and not yet blocked again.
+    var retrying = false
+    /// Its last steps, newest last (for failure reports): step, kind, object, blocked.
+    var recent: [(step: Int, kind: SyncPointKind, object: UInt, blocked: Bool)] = []
+    let cond: UnsafeMutablePointer<pthread_cond_t>
+
+    init(id: Int, name: String) {
+        self.id = id; self.name = name
+        cond = .allocate(capacity: 1)
+        pthread_cond_init(cond, nil)
+    }
+    deinit { pthread_cond_destroy(cond); cond.deallocate() }
+
+    func note(_ step: Int, _ kind: SyncPointKind, _ object: UnsafeRawPointer?, _ blocked: Bool) {
+        if recent.count == ExplorerThread.recentLimit { recent.removeFirst() }
+        recent.append((step, kind, UInt(bitPattern: object), blocked))
+    }
+    static let recentLimit = 8
+}
+
+/// Why an execution failed.
+public enum FailureKind: String, Sendable, Codable {
+    /// Every live thread waits for another (who waits on what is in the message).
+    case deadlock
+    /// The execution passed its step bound: a livelock, or a run too long for the bound.
+    case livelock
+    /// A check failed: the body threw, or an invariant or expectation did not hold.
+    case check
+    /// The body returned while threads it started wait forever.
+    case threadsLeftRunning = "threads-left-running"
+    /// A replay could not follow its schedule.
+    case diverged
+}
+
+/// The scheduler of one execution: model threads run one at a time, and at every
+/// synchronization point (`Sync.point`, `Sync.spinWait`, waits) the picker chooses who runs
+/// next. A thread that reports itself blocked is not picked again until another thread acts
+/// on the object it waits for (or, when every thread is blocked, once more to re-check); when
+/// all are blocked after that, it is a deadlock.
+///
+/// Locking: `mutex` guards every field; a thread runs model code only while `current` is its
+/// id, and parks on its own condition otherwise.
+final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
+    let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    var threads: [ExplorerThread] = []
+    var current = 0
+    var step = 0
+    let maxSteps: Int
+    var picker: any Picker
+    var schedule = Schedule()
+    var hash = TraceHash()
+    var failure: (kind: FailureKind, message: String)?
+    /// Set when the execution is over (all threads finished, or a failure): the caller wakes.
+    var over = false
+    let overCond: UnsafeMutablePointer<pthread_cond_t>
+    /// Every thread's identity, for the OS thread that runs it.
+    let key: pthread_key_t
+    /// Steps at which a thread ran that could change what a blocked thread waits for.
+    var progressSinceAllBlocked = true
+
+    init(picker: any Picker, maxSteps: Int) {
+        self.picker = picker
+        self.maxSteps = maxSteps
+        mutex = .allocate(capacity: 1); pthread_mutex_init(mutex, nil)
+        overCond = .allocate(capacity: 1); pthread_cond_init(overCond, nil)
+        var k = pthread_key_t()
+        pthread_key_create(&k, nil)
+        key = k
+    }
+    deinit {
+        pthread_key_delete(key)
+        pthread_cond_destroy(overCond); overCond.deallocate()
+        pthread_mutex_destroy(mutex); mutex.deallocate()
+    }
+
+    /// The calling OS thread's model thread, or nil for a thread the scheduler does not run.
+    func me() -> ExplorerThread? {
+        guard let p = pthread_getspecific(key) else { return nil }
+        return Unmanaged<ExplorerThread>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    func bind(_ t: ExplorerThread) { pthread_setspecific(key, Unmanaged.passUnretained(t).toOpaque()) }
+
+    /// Registers a new thread (on the spawning thread, during its step: ids follow program order).
+    /// Locking: takes `mutex`.
+    func register(name: String) -> ExplorerThread {
+        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
+        let t = ExplorerThread(id: threads.count, name: name)
+        threads.append(t)
+        picker.threadCreated(t.id)
+        return t
+    }
+
+    /// Parks the caller until it is scheduled (or forever, once the execution failed: its
+    /// thread is abandoned). Locking: caller holds `mutex`.
+    func park(_ t: ExplorerThread) {
+        while current != t.id || over { pthread_cond_wait(t.cond, mutex) }
+    }
+
+    /// Waits for a newly started thread's first turn. Locking: takes `mutex`.
+    func waitForTurn(_ t: ExplorerThread) {
+        bind(t)
+        pthread_mutex_lock(mutex)
+        park(t)
+        pthread_mutex_unlock(mutex)
+    }
+
+    // MARK: SyncScheduler
+
+    func schedulingPoint(_ kind: SyncPointKind, object: UnsafeRawPointer?) {
+        guard let t = me() else { return }
+        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
+        guard !over else { park(t); return }
+        record(t, kind, object, blocked: false)
+        // Whoever waits on this object (or on nothing in particular) may re-check now.
+        for b in threads where b.state == .blocked && b !== t && (b.blockedObject == nil || b.blockedObject == object) {
+            b.state = .runnable
+        }
+        progressSinceAllBlocked = true
+        for b in threads where b.retrying { b.retrying = false }
+        next(after: t)
+    }
+
+    func blocked(_ kind: SyncPointKind, object: UnsafeRawPointer?) {
+        _ = block(kind, object, timed: false)
+    }
+
+    func blockedTimed(_ kind: SyncPointKind, object: UnsafeRawPointer?) -> Bool {
+        block(kind, object, timed: true)
+    }
+
+    private func block(_ kind: SyncPointKind, _ object: UnsafeRawPointer?, timed: Bool) -> Bool {
+        guard let t = me() else { return false }
+        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
+        guard !over else { park(t); return false }
+        record(t, kind, object, blocked: true)
+        t.state = .blocked
+        t.blockedKind = kind; t.blockedObject = object; t.timed = timed; t.timedOut = false
+        t.retrying = false
+        next(after: t)
+        let out = t.timedOut
+        t.timedOut = false
+        return out
+    }
+
+    /// The thread's body returned: it leaves the schedule. Locking: takes `mutex`.
+    func exit(_ t: ExplorerThread) {
+        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
+        guard !over else { return }
+        record(t, .threadExit, nil, blocked: false)
+        t.state = .finished
+        for b in threads where b.state == .blocked { b.state = .runnable }
+        progressSinceAllBlocked = true
+        if threads.allSatisfy({ $0.state == .finished }) {
+            finish()
+            return
+        }
+        next(after: t, leaving: true)
+    }
+
+    /// Ends the execution with a failure (the first one wins). Locking: caller holds `mutex`.
+    func fail(_ kind: FailureKind, _ message: String) {
+        if failure == nil { failure = (kind, message) }
+        finish()
+    }
+
+    private func finish() {
+        over = true
+        pthread_cond_broadcast(overCond)
+    }
+
+    // MARK: stepping
+
+    private func record(_ t: ExplorerThread, _ kind: SyncPointKind, _ object: UnsafeRawPointer?, blocked: Bool) {
+        step += 1
+        hash.add(thread: t.id, kind: kind.rawValue &+ (blocked ? 128 : 0))
+        t.note(step, kind, object, blocked)
+    }
+
+    /// Picks who runs after `t`'s step and hands over; returns when `t` runs again (or at once
+    /// if it is picked). `leaving`: `t` exited and never runs again.
+    /// Locking: caller holds `mutex`.
+    private func next(after t: ExplorerThread, leaving: Bool = false) {
+        if step >= maxSteps {
+            fail(.livelock, "no end within \(maxSteps) steps: a livelock, or a run longer than --max-steps\n" + describeThreads())
+            if !leaving { park(t) }
+            return
+        }
+        var enabled = threads.filter { $0.state == .runnable }.map(\.id)
+        if enabled.isEmpty {
+            // Every live thread is blocked. Let each re-check once (a wake-up the scheduler
+            // could not attribute to its object); if none made progress since, time out a timed
+            // wait; otherwise nobody can ever run: a deadlock.
+            if progressSinceAllBlocked {
+                progressSinceAllBlocked = false
+                for b in threads where b.state == .blocked { b.state = .runnable; b.retrying = true }
+            } else if let w = threads.first(where: { $0.state == .blocked && $0.timed }) {
+                w.state = .runnable; w.timedOut = true
+                progressSinceAllBlocked = true
+            } else if threads[0].state == .finished {
+                fail(.threadsLeftRunning, "the body returned, and threads it started wait forever:\n" + describeThreads())
+                if !leaving { park(t) }
+                return
+            } else {
+                fail(.deadlock, "every live thread waits:\n" + describeThreads())
+                if !leaving { park(t) }
+                return
+            }
+            enabled = threads.filter { $0.state == .runnable }.map(\.id)
+        }
+        guard let chosen = picker.pick(step: step, current: t.id, enabled: enabled) else {
+            fail(.diverged, "the schedule does not continue at step \(step + 1): runnable threads \(enabled)\n" + describeThreads())
+            if !leaving { park(t) }
+            return
+        }
+        schedule.append(chosen)
+        if chosen == t.id && !leaving { return }
+        current = chosen
+        pthread_cond_signal(threads[chosen].cond)
+        if !leaving { park(t) }
+    }
+
+    func describeThreads() -> String {
+        var lines: [String] = []
+        for t in threads {
+            let state: String
+            switch t.state {
+            case .finished: state = "finished"
+            case .runnable: state = "runnable"
+            case .blocked: state = "blocked on \(t.blockedKind)\(t.blockedObject.map { " @\($0)" } ?? "")\(t.timed ? " (timed)" : "")"
+            }
+            lines.append("  thread \(t.id) \(t.name): \(state)")
+            for r in t.recent {
+                lines.append("    step \(r.step): \(r.blocked ? "blocked on " : "")\(r.kind)\(r.object == 0 ? "" : " @0x" + String(r.object, radix: 16))")
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
