@@ -38,7 +38,7 @@ let package = Package(
         .executableTarget(
             name: "hmm",
             dependencies: [
-                "MMSync", "MMCore", "HMM", "Devices", "Conformance", "Scenario", "NativeBaselines",
+                "MMSync", "MMCore", "HMM", "Devices", "Conformance", "Scenario", "Explorer", "NativeBaselines",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fast),

@@ -24,6 +24,9 @@ public struct Execution: Sendable {
     public let traceHash: UInt64
     public let threads: Int
     public let failure: ExplorationFailure?
+    /// Steps by kind of point ("lockAcquire", "blocked wait", …), for profiling a program's
+    /// schedule space.
+    public let stepsByKind: [String: Int]
 }
 
 /// A campaign: many executions of one program.
@@ -35,7 +38,15 @@ public struct ExplorationReport: Sendable {
     public var distinctExecutions = 0
     /// The first failed execution, if any.
     public var failure: Execution?
+    /// The last execution run.
+    public var last: Execution?
     public var longest = 0
+    public init() {}
+    /// The report of one execution (a replay).
+    public init(_ e: Execution) {
+        executions = 1; steps = e.steps; distinctExecutions = 1; longest = e.steps; last = e
+        failure = e.failure == nil ? nil : e
+    }
 }
 
 /// Deterministic exploration of thread interleavings of the real code.
@@ -113,7 +124,11 @@ public enum Explorer {
         while !sched.over { pthread_cond_wait(sched.overCond, sched.mutex) }
         let execution = Execution(strategy: strategy, seed: seed, steps: sched.step, schedule: sched.schedule,
                                   traceHash: sched.hash.value, threads: sched.threads.count,
-                                  failure: sched.failure.map { ExplorationFailure(kind: $0.kind, message: $0.message) })
+                                  failure: sched.failure.map { ExplorationFailure(kind: $0.kind, message: $0.message) },
+                                  stepsByKind: Dictionary(uniqueKeysWithValues: sched.kindCounts.enumerated().compactMap { i, n in
+                                      guard n > 0, let k = SyncPointKind(rawValue: UInt8(i & 63)) else { return nil }
+                                      return ((i >= 64 ? "blocked " : "") + "\(k)", n)
+                                  }))
         pthread_mutex_unlock(sched.mutex)
         Sync.scheduler = nil
         ModelThread.wrapBody = nil
@@ -132,6 +147,7 @@ public enum Explorer {
         for seed in seeds {
             let e = run(strategy: strategy, seed: seed, maxSteps: maxSteps, expectedSteps: max(report.longest, 100), body)
             report.executions += 1
+            report.last = e
             report.steps += e.steps
             report.longest = max(report.longest, e.steps)
             hashes.insert(e.traceHash)

@@ -68,6 +68,8 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     var schedule = Schedule()
     var hash = TraceHash()
     var failure: (kind: FailureKind, message: String)?
+    /// Steps per `SyncPointKind` (raw value), blocked ones at +64.
+    var kindCounts = [Int](repeating: 0, count: 128)
     /// Set when the execution is over (all threads finished, or a failure): the caller wakes.
     var over = false
     let overCond: UnsafeMutablePointer<pthread_cond_t>
@@ -75,6 +77,10 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     let key: pthread_key_t
     /// Steps at which a thread ran that could change what a blocked thread waits for.
     var progressSinceAllBlocked = true
+    /// Threads registered and not finished. While it is 1 there is no choice to make and a
+    /// point costs nothing (a machine's set-up, before its threads start). Written only by
+    /// the running thread (register, exit), so that thread may read it without the mutex.
+    var live = 0
 
     init(picker: any Picker, maxSteps: Int) {
         self.picker = picker
@@ -105,6 +111,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
         let t = ExplorerThread(id: threads.count, name: name)
         threads.append(t)
+        live += 1
         picker.threadCreated(t.id)
         return t
     }
@@ -126,6 +133,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     // MARK: SyncScheduler
 
     func schedulingPoint(_ kind: SyncPointKind, object: UnsafeRawPointer?) {
+        if live == 1 { return } // one thread: nothing to choose (and no one to re-enable)
         guard let t = me() else { return }
         pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
         guard !over else { park(t); return }
@@ -167,6 +175,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         guard !over else { return }
         record(t, .threadExit, nil, blocked: false)
         t.state = .finished
+        live -= 1
         for b in threads where b.state == .blocked { b.state = .runnable }
         progressSinceAllBlocked = true
         if threads.allSatisfy({ $0.state == .finished }) {
@@ -191,6 +200,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
 
     private func record(_ t: ExplorerThread, _ kind: SyncPointKind, _ object: UnsafeRawPointer?, blocked: Bool) {
         step += 1
+        kindCounts[Int(kind.rawValue) + (blocked ? 64 : 0)] += 1
         hash.add(thread: t.id, kind: kind.rawValue &+ (blocked ? 128 : 0))
         t.note(step, kind, object, blocked)
     }

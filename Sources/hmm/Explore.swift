@@ -1,0 +1,247 @@
+import ArgumentParser
+import Explorer
+import MMSync
+import Scenario
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `hmm explore FILE…`: runs scenario scripts under the explorer, one schedule per seed.
+struct Explore: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Explore thread interleavings of scenario scripts (see docs/explorer.md).",
+        discussion: """
+            Every model thread of the script (the script itself and each thread of its \
+            'concurrent' blocks, and the threads the model starts) runs one at a time; at each \
+            synchronization point the strategy picks who runs next. Each seed is one execution; \
+            the same seed gives the same execution. The first failure stops the campaign and \
+            prints its seed, schedule and a replay command. \
+            Exit status: 0 when nothing was found, 1 when a check of the script failed, \
+            2 for a malformed script or bad options, 3 for a liveness failure (deadlock, \
+            livelock, threads left waiting), 4 when the model crashed (the seed is printed first).
+            """)
+
+    enum Format: String, ExpressibleByArgument, CaseIterable { case text, json }
+
+    @Argument(help: "Scenario files (.hmm).")
+    var files: [String]
+
+    @Option(help: "random, pct:D (probabilistic concurrency testing with depth D).")
+    var strategy: String = "random"
+
+    @Option(help: "Seeds to run, as A..B (B excluded) or one seed N.")
+    var seeds: String = "0..1000"
+
+    @Option(help: "Step bound of one execution (past it: a livelock).")
+    var maxSteps: Int = 2_000_000
+
+    @Option(help: "Time budget of each file's campaign, e.g. 60s, 5m (stops early, not a failure).")
+    var time: String?
+
+    @Option(help: "Replay one recorded schedule (as printed in a failure report) instead of seeds.")
+    var replay: String?
+
+    @Option(help: "Output format: text or json.")
+    var format: Format = .text
+
+    @Flag(help: "No progress line on standard error.")
+    var quiet = false
+
+    func parsedSeeds() throws -> Range<UInt64> {
+        if let n = UInt64(seeds) { return n..<(n &+ 1) }
+        let parts = seeds.split(separator: ".", omittingEmptySubsequences: true)
+        guard seeds.contains(".."), parts.count == 2, let a = UInt64(parts[0]), let b = UInt64(parts[1]), a < b else {
+            throw ValidationError("expected --seeds as A..B with A < B, or one seed N; found '\(seeds)'")
+        }
+        return a..<b
+    }
+
+    func parsedTime() throws -> Double? {
+        guard let time else { return nil }
+        var t = Substring(time), scale = 1.0
+        if t.hasSuffix("ms") { t = t.dropLast(2); scale = 0.001 } else if t.hasSuffix("s") { t = t.dropLast() }
+        else if t.hasSuffix("m") { t = t.dropLast(); scale = 60 } else if t.hasSuffix("h") { t = t.dropLast(); scale = 3600 }
+        guard let v = Double(t), v > 0, v * scale <= 86_400 * 7 else {
+            throw ValidationError("expected --time as a duration such as 60s or 5m, found '\(time)'")
+        }
+        return v * scale
+    }
+
+    func validate() throws {
+        guard !files.isEmpty else { throw ValidationError("expected at least one scenario file") }
+        guard Strategy(parsing: strategy) != nil else { throw ValidationError("expected --strategy random or pct:D (D from 1 to 64), found '\(strategy)'") }
+        guard maxSteps >= 1 else { throw ValidationError("expected --max-steps of at least 1") }
+        _ = try parsedSeeds()
+        _ = try parsedTime()
+        if let replay, Schedule(parsing: replay) == nil {
+            throw ValidationError("expected --replay as a printed schedule (runs such as 0x12.1x3.0), found '\(replay)'")
+        }
+    }
+
+    func run() throws {
+        ensureDeterministicHashing()
+        let strategy = Strategy(parsing: self.strategy)!
+        let seeds = try parsedSeeds(), limit = try parsedTime()
+        var worst: Int32 = 0
+        var results: [JSON] = []
+        for file in files {
+            // Malformed scripts are reported before any exploration.
+            let problems = ScenarioInterpreter().check(path: file)
+            if let first = problems.first {
+                if format == .text { out(problems.map(\.description).joined(separator: "\n")) }
+                results.append(.object([("file", .string(file)), ("result", .string("malformed")), ("message", .string(first.description))]))
+                worst = max(worst, 2)
+                continue
+            }
+            let body = scriptBody(file)
+            let report: ExplorationReport
+            var replayed: Execution? = nil
+            if let replay, let schedule = Schedule(parsing: replay) {
+                let e = Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, body)
+                replayed = e
+
+                report = ExplorationReport(e)
+            } else {
+                CrashReport.arm(file: file, strategy: self.strategy)
+                CrashReport.next(seed: seeds.lowerBound)
+                var lastShown = monotonicNanoseconds()
+                report = Explorer.explore(strategy: strategy, seeds: seeds, maxSteps: maxSteps, seconds: limit, progress: { r in
+                    let now = monotonicNanoseconds()
+                    if !quiet && now - lastShown > 1_000_000_000 {
+                        lastShown = now
+                        progressLine(file, r)
+                    }
+                    CrashReport.next(seed: seeds.lowerBound &+ UInt64(r.executions))
+                }, { [body] in try body() })
+                CrashReport.disarm()
+            }
+            if !quiet && replayed == nil { progressLine(file, report); errLine("") }
+            if !quiet, report.executions == 1, let e = report.last {
+                errLine("steps by kind: " + e.stepsByKind.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+            }
+            let code = exitCode(report.failure?.failure?.kind)
+            worst = max(worst, code)
+            results.append(json(file, report, replayed: replayed != nil))
+            if format == .text { printText(file, report, strategy: strategy, replayed: replayed != nil) }
+        }
+        if format == .json {
+            out(JSON.object([("files", .array(results))]).text())
+        }
+        if worst != 0 { throw ExitCode(worst) }
+    }
+
+    /// The body one execution runs: the script from scratch on a machine of its own.
+    func scriptBody(_ file: String) -> () throws -> Void {
+        return {
+            var o = ScenarioInterpreter.Options()
+            o.output = { _ in }
+            o.timeoutSeconds = 86_400 // the step bound, not the clock, ends a run
+            let outcome = ScenarioInterpreter(options: o).run(path: file)
+            switch outcome {
+            case .passed, .skipped: return
+            case .failed(let m), .malformed(let m): throw ScriptFailed(message: m)
+            }
+        }
+    }
+
+    struct ScriptFailed: Error, CustomStringConvertible { let message: String; var description: String { message } }
+
+    func exitCode(_ kind: FailureKind?) -> Int32 {
+        switch kind {
+        case nil: return 0
+        case .check?: return 1
+        case .deadlock?, .livelock?, .threadsLeftRunning?: return 3
+        case .diverged?: return 1
+        }
+    }
+
+    func replayCommand(_ file: String, _ e: Execution) -> String {
+        "hmm explore \(file) --replay \(e.schedule) --max-steps \(maxSteps)"
+    }
+
+    func progressLine(_ file: String, _ r: ExplorationReport) {
+        let s = max(r.seconds, 1e-9)
+        errLine("\r\(file): \(r.executions) schedules (\(Int(Double(r.executions) / s))/s), \(Int(Double(r.steps) / s)) steps/s, \(r.distinctExecutions) distinct", newline: false)
+    }
+
+    func printText(_ file: String, _ r: ExplorationReport, strategy: Strategy, replayed: Bool) {
+        guard let e = r.failure, let f = e.failure else {
+            out("\(file): \(replayed ? "replay ran clean" : "nothing found") in \(r.executions) execution\(r.executions == 1 ? "" : "s") (\(strategy), \(r.steps) steps, \(r.distinctExecutions) distinct, \(String(format2: r.seconds)) s)")
+            return
+        }
+        out("\(file): \(f.kind.rawValue) \(replayed ? "on replay" : "at seed \(e.seed) (\(strategy), execution \(r.executions))") after \(e.steps) steps")
+        out(f.message)
+        out("schedule: \(e.schedule)")
+        out("replay: \(replayCommand(file, e))")
+    }
+
+    func json(_ file: String, _ r: ExplorationReport, replayed: Bool) -> JSON {
+        var o: [(String, JSON)] = [
+            ("file", .string(file)), ("strategy", .string(replayed ? "replay" : strategy)),
+            ("executions", .int(r.executions)), ("steps", .int(r.steps)), ("seconds", .double(r.seconds)),
+            ("distinct", .int(r.distinctExecutions)),
+            ("result", .string(r.failure?.failure?.kind.rawValue ?? "clean")),
+        ]
+        if let e = r.failure, let f = e.failure {
+            o.append(("failure", .object([
+                ("kind", .string(f.kind.rawValue)), ("seed", .int(Int(truncatingIfNeeded: e.seed))), ("steps", .int(e.steps)),
+                ("message", .string(f.message)), ("schedule", .string(e.schedule.description)),
+                ("traceHash", .string(String(e.traceHash, radix: 16))), ("replay", .string(replayCommand(file, e))),
+            ])))
+        }
+        return .object(o)
+    }
+}
+
+extension String {
+    init(format2 v: Double) { self = String(Double(Int(v * 100)) / 100) }
+}
+
+/// Standard error, unbuffered.
+func errLine(_ s: String, newline: Bool = true) {
+    let t = newline ? s + "\n" : s
+    var u = t
+    u.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// Swift randomizes `Set` and `Dictionary` order per process unless
+/// `SWIFT_DETERMINISTIC_HASHING` is set at start: the explorer re-runs itself with it, so a
+/// schedule replays in another process as it ran in this one.
+func ensureDeterministicHashing() {
+    guard getenv("SWIFT_DETERMINISTIC_HASHING") == nil else { return }
+    setenv("SWIFT_DETERMINISTIC_HASHING", "1", 1)
+    var args = CommandLine.arguments.map { strdup($0) }
+    args.append(nil)
+    execv("/proc/self/exe", &args)
+    // exec failed: carry on (replays in this process are still exact)
+}
+
+/// Prints the running seed if the model crashes (a failed precondition in model code ends the
+/// process): the replay command comes first, then the crash's own message.
+enum CrashReport {
+    nonisolated(unsafe) static var buffer = UnsafeMutablePointer<CChar>.allocate(capacity: 4096)
+    nonisolated(unsafe) static var prefix = ""
+    nonisolated(unsafe) static var armed = false
+
+    static func arm(file: String, strategy: String) {
+        prefix = "hmm explore: the model crashed; replay with: hmm explore \(file) --strategy \(strategy) --seeds "
+        if !armed {
+            armed = true
+            for sig in [SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGABRT, SIGFPE] {
+                signal(sig) { s in
+                    let p = CrashReport.buffer
+                    _ = write(2, p, strlen(p))
+                    signal(s, SIG_DFL)
+                    _exit(4)
+                }
+            }
+        }
+    }
+    static func next(seed: UInt64) {
+        let line = prefix + "\(seed)\n"
+        _ = line.withCString { strncpy(buffer, $0, 4095) }
+        buffer[4095] = 0
+    }
+    static func disarm() { buffer[0] = 0 }
+}
