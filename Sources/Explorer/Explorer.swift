@@ -101,7 +101,7 @@ public enum Explorer {
             func run() {
                 sched.waitForTurn(main)
                 do { try body?() } catch {
-                    pthread_mutex_lock(sched.mutex); sched.fail(.check, "\(error)"); pthread_mutex_unlock(sched.mutex)
+                    sched.lock(); sched.fail(.check, "\(error)"); sched.unlock()
                 }
                 body = nil
                 sched.exit(main)
@@ -120,8 +120,8 @@ public enum Explorer {
         pthread_attr_destroy(&attr)
         precondition(rc == 0, "Explorer.run: pthread_create failed (\(rc))")
 
-        pthread_mutex_lock(sched.mutex)
-        while !sched.over { pthread_cond_wait(sched.overCond, sched.mutex) }
+        sched.lock()
+        while !sched.over { sched.wait(sched.overCond) }
         let execution = Execution(strategy: strategy, seed: seed, steps: sched.step, schedule: sched.schedule,
                                   traceHash: sched.hash.value, threads: sched.threads.count,
                                   failure: sched.failure.map { ExplorationFailure(kind: $0.kind, message: $0.message) },
@@ -129,7 +129,7 @@ public enum Explorer {
                                       guard n > 0, let k = SyncPointKind(rawValue: UInt8(i & 63)) else { return nil }
                                       return ((i >= 64 ? "blocked " : "") + "\(k)", n)
                                   }))
-        pthread_mutex_unlock(sched.mutex)
+        sched.unlock()
         Sync.scheduler = nil
         ModelThread.wrapBody = nil
         return execution

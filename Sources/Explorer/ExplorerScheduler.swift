@@ -75,6 +75,20 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     let overCond: UnsafeMutablePointer<pthread_cond_t>
     /// Every thread's identity, for the OS thread that runs it.
     let key: pthread_key_t
+    /// The OS thread holding `mutex` (0: none), for the locking assertions.
+    var holder: UInt64 = 0
+
+    func lock() { pthread_mutex_lock(mutex); holder = currentThreadID() }
+    func unlock() { holder = 0; pthread_mutex_unlock(mutex) }
+    /// Waits on `cond`, releasing `mutex` meanwhile. Locking: caller holds `mutex`.
+    func wait(_ cond: UnsafeMutablePointer<pthread_cond_t>) {
+        assertHeld()
+        holder = 0
+        pthread_cond_wait(cond, mutex)
+        holder = currentThreadID()
+    }
+    func assertHeld() { assert(holder == currentThreadID(), "explorer: scheduler mutex not held") }
+    func assertNotHeld() { assert(holder != currentThreadID(), "explorer: scheduler mutex already held") }
     /// Steps at which a thread ran that could change what a blocked thread waits for.
     var progressSinceAllBlocked = true
     /// Threads registered and not finished. While it is 1 there is no choice to make and a
@@ -108,7 +122,8 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// Registers a new thread (on the spawning thread, during its step: ids follow program order).
     /// Locking: takes `mutex`.
     func register(name: String) -> ExplorerThread {
-        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
+        assertNotHeld()
+        lock(); defer { unlock() }
         let t = ExplorerThread(id: threads.count, name: name)
         threads.append(t)
         live += 1
@@ -119,15 +134,17 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// Parks the caller until it is scheduled (or forever, once the execution failed: its
     /// thread is abandoned). Locking: caller holds `mutex`.
     func park(_ t: ExplorerThread) {
-        while current != t.id || over { pthread_cond_wait(t.cond, mutex) }
+        assertHeld()
+        while current != t.id || over { wait(t.cond) }
     }
 
     /// Waits for a newly started thread's first turn. Locking: takes `mutex`.
     func waitForTurn(_ t: ExplorerThread) {
+        assertNotHeld()
         bind(t)
-        pthread_mutex_lock(mutex)
+        lock()
         park(t)
-        pthread_mutex_unlock(mutex)
+        unlock()
     }
 
     // MARK: SyncScheduler
@@ -135,7 +152,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     func schedulingPoint(_ kind: SyncPointKind, object: UnsafeRawPointer?) {
         if live == 1 { return } // one thread: nothing to choose (and no one to re-enable)
         guard let t = me() else { return }
-        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
+        lock(); defer { unlock() }
         guard !over else { park(t); return }
         record(t, kind, object, blocked: false)
         // Whoever waits on this object (or on nothing in particular) may re-check now.
@@ -157,7 +174,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
 
     private func block(_ kind: SyncPointKind, _ object: UnsafeRawPointer?, timed: Bool) -> Bool {
         guard let t = me() else { return false }
-        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
+        lock(); defer { unlock() }
         guard !over else { park(t); return false }
         record(t, kind, object, blocked: true)
         t.state = .blocked
@@ -171,7 +188,8 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
 
     /// The thread's body returned: it leaves the schedule. Locking: takes `mutex`.
     func exit(_ t: ExplorerThread) {
-        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
+        assertNotHeld()
+        lock(); defer { unlock() }
         guard !over else { return }
         record(t, .threadExit, nil, blocked: false)
         t.state = .finished
@@ -187,6 +205,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
 
     /// Ends the execution with a failure (the first one wins). Locking: caller holds `mutex`.
     func fail(_ kind: FailureKind, _ message: String) {
+        assertHeld()
         if failure == nil { failure = (kind, message) }
         finish()
     }
@@ -209,6 +228,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// if it is picked). `leaving`: `t` exited and never runs again.
     /// Locking: caller holds `mutex`.
     private func next(after t: ExplorerThread, leaving: Bool = false) {
+        assertHeld()
         if step >= maxSteps {
             fail(.livelock, "no end within \(maxSteps) steps: a livelock, or a run longer than --max-steps\n" + describeThreads())
             if !leaving { park(t) }

@@ -49,7 +49,7 @@ public enum HMMMirror {
             }
             mm.mmapLock.unlockRead()
             driverLock.lock()
-            if range.notifier.readRetry(range.notifierSeq) {
+            if !Mutation.on(.mirrorWithoutReadRetry) && range.notifier.readRetry(range.notifierSeq) {
                 driverLock.unlock()
                 mm.machine.stats.count(.notifierRetries)
                 continue

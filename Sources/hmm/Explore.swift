@@ -48,6 +48,9 @@ struct Explore: ParsableCommand {
     @Flag(help: "No progress line on standard error.")
     var quiet = false
 
+    @Option(help: "Turn on a re-introduced bug from the catalogue (docs/explorer.md); repeatable.")
+    var mutation: [String] = []
+
     func parsedSeeds() throws -> Range<UInt64> {
         if let n = UInt64(seeds) { return n..<(n &+ 1) }
         let parts = seeds.split(separator: ".", omittingEmptySubsequences: true)
@@ -74,6 +77,9 @@ struct Explore: ParsableCommand {
         guard maxSteps >= 1 else { throw ValidationError("expected --max-steps of at least 1") }
         _ = try parsedSeeds()
         _ = try parsedTime()
+        for m in mutation where Mutation(name: m) == nil {
+            throw ValidationError("expected --mutation to name one of \(Mutation.allCases.map(\.description).joined(separator: ", ")); found '\(m)'")
+        }
         if let replay, Schedule(parsing: replay) == nil {
             throw ValidationError("expected --replay as a printed schedule (runs such as 0x12.1x3.0), found '\(replay)'")
         }
@@ -81,6 +87,7 @@ struct Explore: ParsableCommand {
 
     func run() throws {
         ensureDeterministicHashing()
+        Mutation.active = mutation.compactMap { Mutation(name: $0) }.reduce(0) { $0 | (1 << UInt64($1.rawValue)) }
         let strategy = Strategy(parsing: self.strategy)!
         let seeds = try parsedSeeds(), limit = try parsedTime()
         var worst: Int32 = 0
@@ -103,7 +110,7 @@ struct Explore: ParsableCommand {
 
                 report = ExplorationReport(e)
             } else {
-                CrashReport.arm(file: file, strategy: self.strategy)
+                CrashReport.arm(file: file, strategy: self.strategy, mutations: mutation)
                 CrashReport.next(seed: seeds.lowerBound)
                 var lastShown = monotonicNanoseconds()
                 report = Explorer.explore(strategy: strategy, seeds: seeds, maxSteps: maxSteps, seconds: limit, progress: { r in
@@ -157,7 +164,7 @@ struct Explore: ParsableCommand {
     }
 
     func replayCommand(_ file: String, _ e: Execution) -> String {
-        "hmm explore \(file) --replay \(e.schedule) --max-steps \(maxSteps)"
+        "hmm explore \(file)" + mutation.map { " --mutation \($0)" }.joined() + " --replay \(e.schedule) --max-steps \(maxSteps)"
     }
 
     func progressLine(_ file: String, _ r: ExplorationReport) {
@@ -182,6 +189,7 @@ struct Explore: ParsableCommand {
             ("executions", .int(r.executions)), ("steps", .int(r.steps)), ("seconds", .double(r.seconds)),
             ("distinct", .int(r.distinctExecutions)),
             ("result", .string(r.failure?.failure?.kind.rawValue ?? "clean")),
+            ("lastTraceHash", r.last.map { .string(String($0.traceHash, radix: 16)) } ?? .null),
         ]
         if let e = r.failure, let f = e.failure {
             o.append(("failure", .object([
@@ -224,8 +232,9 @@ enum CrashReport {
     nonisolated(unsafe) static var prefix = ""
     nonisolated(unsafe) static var armed = false
 
-    static func arm(file: String, strategy: String) {
-        prefix = "hmm explore: the model crashed; replay with: hmm explore \(file) --strategy \(strategy) --seeds "
+    static func arm(file: String, strategy: String, mutations: [String]) {
+        prefix = "hmm explore: the model crashed; replay with: hmm explore \(file)"
+            + mutations.map { " --mutation \($0)" }.joined() + " --strategy \(strategy) --seeds "
         if !armed {
             armed = true
             for sig in [SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGABRT, SIGFPE] {

@@ -117,10 +117,11 @@ extension AddressSpace {
         // Like the kernel, the invalidation fires whether permissions shrink or grow: mirrors
         // drop their entries and refault with the new permissions.
         let range = MMUNotifierRange(start: vma.start, end: vma.end, event: .protectionVMA)
-        notifiers.invalidateRangeStart(range)
+        let invalidate = !Mutation.on(.mprotectWithoutInvalidate)
+        if invalidate { notifiers.invalidateRangeStart(range) }
         var w = ChangeProtectionWalker(mm: self, vma: vma)
         _ = pageTable.walk(vma.start, vma.end, &w)
         if w.needsFlush { flushTLB() }
-        notifiers.invalidateRangeEnd(range)
+        if invalidate { notifiers.invalidateRangeEnd(range) }
     }
 }

@@ -1,0 +1,40 @@
+/// Re-introduced bugs for the explorer's catalogue (issue 13, docs/explorer.md): each named
+/// mutation, when on, makes one function behave as a historical kernel bug or review finding
+/// did, so that the explorer can show it finds it. All are off unless a test or
+/// `hmm explore --mutation NAME` turns one on; when off, the check is one load of a word that
+/// is zero.
+public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
+    /// The driver programs its page table from a `hmm_range_fault` snapshot without
+    /// `mmu_interval_read_retry` under its lock (the protocol of Documentation/mm/hmm.rst).
+    case mirrorWithoutReadRetry
+    /// `mprotect` changes the PTEs without invalidating secondary MMUs.
+    case mprotectWithoutInvalidate
+
+    public var description: String {
+        switch self {
+        case .mirrorWithoutReadRetry: return "mirror-without-read-retry"
+        case .mprotectWithoutInvalidate: return "mprotect-without-invalidate"
+        }
+    }
+
+    public init?(name: String) {
+        guard let m = Mutation.allCases.first(where: { $0.description == name }) else { return nil }
+        self = m
+    }
+
+    /// The mutations on, one bit each. Set before the machine's threads start.
+    nonisolated(unsafe) public static var active: UInt64 = 0
+
+    /// Whether `m` is on.
+    @inlinable @inline(__always) public static func on(_ m: Mutation) -> Bool {
+        _slowPath(active != 0) && active & (1 << UInt64(m.rawValue)) != 0
+    }
+
+    /// Runs `body` with exactly `mutations` on.
+    public static func with<T>(_ mutations: [Mutation], _ body: () throws -> T) rethrows -> T {
+        let saved = active
+        active = mutations.reduce(0) { $0 | (1 << UInt64($1.rawValue)) }
+        defer { active = saved }
+        return try body()
+    }
+}
