@@ -92,6 +92,16 @@ public enum Explorer {
                 sched.exit(t)
             }
         }
+        // Lockdep's reports (when it is on) are failed checks of the execution.
+        let savedReport = Lockdep.onReport
+        if Lockdep.enabled {
+            Lockdep.onReport = { r in
+                sched.lock()
+                if !sched.over { sched.fail(.check, "\(r)\n" + r.sites.map { "  at \($0)" }.joined(separator: "\n") + "\n" + sched.describeThreads()) }
+                sched.unlock()
+            }
+        }
+        defer { Lockdep.onReport = savedReport }
         Sync.scheduler = sched
         let main = sched.register(name: "main")
         final class Controller: @unchecked Sendable {

@@ -21,9 +21,11 @@ final class ExplorerThread: @unchecked Sendable {
     /// Its last steps, newest last (for failure reports): step, kind, object, blocked.
     var recent: [(step: Int, kind: SyncPointKind, object: UInt, blocked: Bool)] = []
     let cond: UnsafeMutablePointer<pthread_cond_t>
+    /// The execution it belongs to (kept alive by the thread's own wrapper while it runs).
+    unowned(unsafe) let scheduler: ExplorerScheduler
 
-    init(id: Int, name: String) {
-        self.id = id; self.name = name
+    init(id: Int, name: String, scheduler: ExplorerScheduler) {
+        self.id = id; self.name = name; self.scheduler = scheduler
         cond = .allocate(capacity: 1)
         pthread_cond_init(cond, nil)
     }
@@ -73,8 +75,13 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// Set when the execution is over (all threads finished, or a failure): the caller wakes.
     var over = false
     let overCond: UnsafeMutablePointer<pthread_cond_t>
-    /// Every thread's identity, for the OS thread that runs it.
-    let key: pthread_key_t
+    /// Every model thread's identity, for the OS thread that runs it (one key for all
+    /// executions: a thread left over from a failed execution is recognised as such).
+    static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k, nil)
+        return k
+    }()
     /// The OS thread holding `mutex` (0: none), for the locking assertions.
     var holder: UInt64 = 0
 
@@ -101,30 +108,38 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         self.maxSteps = maxSteps
         mutex = .allocate(capacity: 1); pthread_mutex_init(mutex, nil)
         overCond = .allocate(capacity: 1); pthread_cond_init(overCond, nil)
-        var k = pthread_key_t()
-        pthread_key_create(&k, nil)
-        key = k
     }
     deinit {
-        pthread_key_delete(key)
         pthread_cond_destroy(overCond); overCond.deallocate()
         pthread_mutex_destroy(mutex); mutex.deallocate()
     }
 
-    /// The calling OS thread's model thread, or nil for a thread the scheduler does not run.
+    /// The calling OS thread's model thread in this execution, or nil for a thread no
+    /// execution runs. A thread of an earlier, failed execution that is still running (it
+    /// took steps after the failure, before its next point) parks here for good.
     func me() -> ExplorerThread? {
-        guard let p = pthread_getspecific(key) else { return nil }
-        return Unmanaged<ExplorerThread>.fromOpaque(p).takeUnretainedValue()
+        guard let p = pthread_getspecific(ExplorerScheduler.key) else { return nil }
+        let t = Unmanaged<ExplorerThread>.fromOpaque(p).takeUnretainedValue()
+        if t.scheduler !== self { t.scheduler.abandon(t) }
+        return t
     }
 
-    func bind(_ t: ExplorerThread) { pthread_setspecific(key, Unmanaged.passUnretained(t).toOpaque()) }
+    /// Parks a thread of this (ended) execution for good. Locking: takes `mutex`.
+    func abandon(_ t: ExplorerThread) -> Never {
+        assertNotHeld()
+        lock()
+        precondition(over, "explorer: a thread of a running execution reached another's scheduler")
+        while true { wait(t.cond) }
+    }
+
+    func bind(_ t: ExplorerThread) { pthread_setspecific(ExplorerScheduler.key, Unmanaged.passUnretained(t).toOpaque()) }
 
     /// Registers a new thread (on the spawning thread, during its step: ids follow program order).
     /// Locking: takes `mutex`.
     func register(name: String) -> ExplorerThread {
         assertNotHeld()
         lock(); defer { unlock() }
-        let t = ExplorerThread(id: threads.count, name: name)
+        let t = ExplorerThread(id: threads.count, name: name, scheduler: self)
         threads.append(t)
         live += 1
         picker.threadCreated(t.id)

@@ -9,11 +9,23 @@ public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
     case mirrorWithoutReadRetry
     /// `mprotect` changes the PTEs without invalidating secondary MMUs.
     case mprotectWithoutInvalidate
+    /// The CPU fault on a device-exclusive entry sends its CLEAR invalidation while holding
+    /// the PTE lock: the notifier callbacks may sleep, so they must run outside it.
+    case notifierUnderPTL
+    /// The driver holds its own lock across `migrate_vma_setup` in `migrate_to_ram`, and its
+    /// invalidation callback takes the same lock.
+    case driverLockInMigrateToRAM
+    /// `fork` copies a device-exclusive entry, restored to a present PTE, without
+    /// write-protecting it in a copy-on-write mapping: parent and child share a writable page.
+    case forkExclusiveWithoutWrprotect
 
     public var description: String {
         switch self {
         case .mirrorWithoutReadRetry: return "mirror-without-read-retry"
         case .mprotectWithoutInvalidate: return "mprotect-without-invalidate"
+        case .notifierUnderPTL: return "notifier-under-ptl"
+        case .driverLockInMigrateToRAM: return "driver-lock-in-migrate-to-ram"
+        case .forkExclusiveWithoutWrprotect: return "fork-exclusive-without-wrprotect"
         }
     }
 

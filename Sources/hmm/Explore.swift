@@ -51,6 +51,9 @@ struct Explore: ParsableCommand {
     @Option(help: "Turn on a re-introduced bug from the catalogue (docs/explorer.md); repeatable.")
     var mutation: [String] = []
 
+    @Flag(help: "Check lock order and locking rules (lockdep); a report fails the execution.")
+    var lockdep = false
+
     func parsedSeeds() throws -> Range<UInt64> {
         if let n = UInt64(seeds) { return n..<(n &+ 1) }
         let parts = seeds.split(separator: ".", omittingEmptySubsequences: true)
@@ -87,6 +90,7 @@ struct Explore: ParsableCommand {
 
     func run() throws {
         ensureDeterministicHashing()
+        if lockdep { Lockdep.enable() }
         Mutation.active = mutation.compactMap { Mutation(name: $0) }.reduce(0) { $0 | (1 << UInt64($1.rawValue)) }
         let strategy = Strategy(parsing: self.strategy)!
         let seeds = try parsedSeeds(), limit = try parsedTime()
@@ -164,7 +168,7 @@ struct Explore: ParsableCommand {
     }
 
     func replayCommand(_ file: String, _ e: Execution) -> String {
-        "hmm explore \(file)" + mutation.map { " --mutation \($0)" }.joined() + " --replay \(e.schedule) --max-steps \(maxSteps)"
+        "hmm explore \(file)" + mutation.map { " --mutation \($0)" }.joined() + (lockdep ? " --lockdep" : "") + " --replay \(e.schedule) --max-steps \(maxSteps)"
     }
 
     func progressLine(_ file: String, _ r: ExplorationReport) {

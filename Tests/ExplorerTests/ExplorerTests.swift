@@ -15,18 +15,16 @@ final class ExplorerTests: XCTestCase {
     /// report names both threads blocked acquiring a lock, and replaying its schedule gives the
     /// same failure with the same trace.
     func testABBADeadlockIsFoundAndReplays() throws {
-        // Lockdep (on in debug builds) sees the inversion in the first execution that takes
-        // both orders, before any schedule deadlocks: collect its report instead of failing.
-        let reports = Shared<[Lockdep.Report]>([])
-        let saved = Lockdep.onReport
-        Lockdep.onReport = { reports.value.append($0) }
-        defer { Lockdep.onReport = saved }
         let body = {
             let a = Lock("A"), b = Lock("B")
             let t1 = ModelThread.spawn(name: "ab") { a.lock(); b.lock(); b.unlock(); a.unlock() }
             let t2 = ModelThread.spawn(name: "ba") { b.lock(); a.lock(); a.unlock(); b.unlock() }
             t1.join(); t2.join()
         }
+        // Lockdep off: the explorer must find the deadlock itself.
+        let lockdepWasOn = Lockdep.enabled
+        Lockdep.disable()
+        defer { if lockdepWasOn { Lockdep.enable() } else { Lockdep.disable() } }
         let report = Explorer.explore(strategy: .random, seeds: 0..<500, body)
         let failed = try XCTUnwrap(report.failure, "no deadlock in \(report.executions) executions")
         let failure = try XCTUnwrap(failed.failure)
@@ -40,7 +38,15 @@ final class ExplorerTests: XCTestCase {
         XCTAssertEqual(replay.traceHash, failed.traceHash)
         XCTAssertEqual(replay.steps, failed.steps)
         XCTAssertEqual(replay.schedule, failed.schedule)
-        if Lockdep.enabled { XCTAssertEqual(reports.value.map(\.kind), [.orderInversion]) }
+
+        // Lockdep on: its report of the inversion fails the first execution that takes both
+        // orders, deadlocked or not, naming both acquisition sites.
+        Lockdep.enable()
+        let withLockdep = Explorer.explore(strategy: .random, seeds: 0..<500, body)
+        let found = try XCTUnwrap(withLockdep.failure?.failure)
+        XCTAssertEqual(found.kind, .check)
+        XCTAssertTrue(found.message.hasPrefix("lockdep: orderInversion: mutex"), found.message)
+        XCTAssertLessThanOrEqual(withLockdep.executions, report.executions)
     }
 
     /// Taking the locks in one order never deadlocks: every schedule of 300 random and 100 PCT

@@ -6,10 +6,19 @@ import XCTest
 /// printed replay command reproduces the failure in a new process; with the mutation off, the
 /// same seeds run clean.
 final class ExplorerCatalogueTests: XCTestCase {
-    struct Entry { let file: String; let mutation: String; let strategy: String; let seeds: String }
+    struct Entry {
+        let name: String, strategy: String, seeds: String
+        var lockdep = false
+        /// What the failure report says.
+        let finding: String
+        var file: String { "scenarios/explore/\(name).hmm" }
+    }
     static let catalogue = [
-        Entry(file: "scenarios/explore/mirror-without-read-retry.hmm", mutation: "mirror-without-read-retry", strategy: "random", seeds: "0..400"),
-        Entry(file: "scenarios/explore/mprotect-without-invalidate.hmm", mutation: "mprotect-without-invalidate", strategy: "random", seeds: "0..50"),
+        Entry(name: "mirror-without-read-retry", strategy: "random", seeds: "0..400", finding: "expected every invariant to hold, got: dmirror0 entry"),
+        Entry(name: "mprotect-without-invalidate", strategy: "random", seeds: "0..50", finding: "WRITE but the CPU mapping is read-only"),
+        Entry(name: "notifier-under-ptl", strategy: "random", seeds: "0..50", lockdep: true, finding: "lockdep: waitUnderSpinLock"),
+        Entry(name: "driver-lock-in-migrate-to-ram", strategy: "random", seeds: "0..50", lockdep: true, finding: "lockdep: orderInversion"),
+        Entry(name: "fork-exclusive-without-wrprotect", strategy: "random", seeds: "0..50", finding: "expected IDX"),
     ]
 
     var root: String { String(#filePath).components(separatedBy: "/Tests/").first! }
@@ -17,18 +26,20 @@ final class ExplorerCatalogueTests: XCTestCase {
     func testEveryEntryIsFoundAndReplaysAndIsCleanWithoutItsMutation() throws {
         for e in Self.catalogue {
             let file = root + "/" + e.file
-            let found = HMMBinary.run(["explore", file, "--mutation", e.mutation, "--strategy", e.strategy, "--seeds", e.seeds, "--quiet"])
-            XCTAssertEqual(found.status, 1, "\(e.mutation): \(found.output)")
-            XCTAssertTrue(found.output.contains(": check at seed "), "\(e.mutation): \(found.output)")
-            XCTAssertTrue(found.output.contains("expected every invariant to hold"), "\(e.mutation): \(found.output)")
+            let flags = ["--strategy", e.strategy, "--seeds", e.seeds, "--quiet"] + (e.lockdep ? ["--lockdep"] : [])
+            let found = HMMBinary.run(["explore", file, "--mutation", e.name] + flags)
+            XCTAssertEqual(found.status, 1, "\(e.name): \(found.output)")
+            XCTAssertTrue(found.output.contains(": check at seed "), "\(e.name): \(found.output)")
+            XCTAssertTrue(found.output.contains(e.finding), "\(e.name): \(found.output)")
             let replayLine = try XCTUnwrap(found.output.split(separator: "\n").first { $0.hasPrefix("replay: hmm explore ") }, found.output)
             let args = replayLine.dropFirst("replay: hmm ".count).split(separator: " ").map(String.init)
             XCTAssertTrue(args.contains("--mutation"), String(replayLine))
             let replay = HMMBinary.run(args + ["--quiet"])
-            XCTAssertEqual(replay.status, 1, "\(e.mutation) replay: \(replay.output)")
-            XCTAssertTrue(replay.output.contains(": check on replay after "), "\(e.mutation) replay: \(replay.output)")
+            XCTAssertEqual(replay.status, 1, "\(e.name) replay: \(replay.output)")
+            XCTAssertTrue(replay.output.contains(": check on replay after "), "\(e.name) replay: \(replay.output)")
+            XCTAssertTrue(replay.output.contains(e.finding), "\(e.name) replay: \(replay.output)")
 
-            let clean = HMMBinary.run(["explore", file, "--strategy", e.strategy, "--seeds", e.seeds, "--quiet"])
+            let clean = HMMBinary.run(["explore", file] + flags)
             XCTAssertEqual(clean.status, 0, "\(e.file) without its mutation: \(clean.output)")
             XCTAssertTrue(clean.output.contains("nothing found in"), clean.output)
         }

@@ -208,7 +208,10 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         // MIGRATE invalidation (which would also drop the next page: the inclusive-end quirk).
         let m = MigrateVMA(vma: fault.vma, start: fault.address, end: fault.address + pageSize,
                            pgmapOwner: self, flags: selectDevice, faultPage: fault.page, notifierOwner: mirror ?? self)
-        do { try m.setup() } catch { return .sigbus }
+        let held = Mutation.on(.driverLockInMigrateToRAM) ? mirror?.mutex : nil
+        held?.lock()
+        do { try m.setup() } catch { held?.unlock(); return .sigbus }
+        held?.unlock()
         guard let copied = allocAndCopyToSystem(m, mirror: mirror, isFault: true) else { m.finalize(); return .oom }
         copied.wait()
         m.pages()

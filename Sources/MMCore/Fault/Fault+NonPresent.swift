@@ -70,8 +70,13 @@ extension AddressSpace {
         page.lock()
         defer { page.unlock() }
         let range = MMUNotifierRange(start: address, end: address + pageSize, event: .clear)
-        notifiers.invalidateRangeStart(range)
-        ptl.lock()
+        if Mutation.on(.notifierUnderPTL) {
+            ptl.lock()
+            notifiers.invalidateRangeStart(range)
+        } else {
+            notifiers.invalidateRangeStart(range)
+            ptl.lock()
+        }
         if ptep.load() == entry {
             restoreExclusivePTE(vma, page, ptep, entry)
             stats.count(.faultDeviceExclusive)

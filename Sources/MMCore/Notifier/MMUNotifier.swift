@@ -200,11 +200,13 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
 
     @discardableResult
     public func invalidateRangeStart(_ range: MMUNotifierRange) -> Bool {
-        Lockdep.assertNoSpinLockHeld()
+        // The kernel's might_sleep() here: a blockable invalidation's callbacks may sleep, so
+        // none may run under a spin lock (lockdep reports it).
+        let site = Lockdep.Site(#fileID, #line)
+        if Lockdep.enabled && range.blockable { Lockdep.mayWait(site) }
         // The kernel's __mmu_notifier_invalidate_range_start_map: the callbacks run "inside"
         // it, and a reader waiting in readBegin acquires it too, so a lock held around
         // readBegin that a callback takes is reported as the deadlock it can be.
-        let site = Lockdep.Site(#fileID, #line)
         if Lockdep.enabled { Lockdep.acquire(MMUNotifierSubscriptions.invalidateMapClass, nil, site) }
         defer { if Lockdep.enabled { Lockdep.release(MMUNotifierSubscriptions.invalidateMapClass, nil, site) } }
         lock.lock()

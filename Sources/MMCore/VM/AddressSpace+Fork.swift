@@ -105,6 +105,14 @@ struct ForkCopier: PageWalker {
             guard page.tryLock() else { return .stop(.ENOMEM) }
             parent.restoreExclusivePTE(vma, page, pte, v)
             page.unlock()
+            if Mutation.on(.forkExclusiveWithoutWrprotect) {
+                // The bug: the restored entry is copied as it is, writable in both.
+                let e = pte.load()
+                memory.get(page); memory.addRmap(page)
+                if page.test(.anonExclusive) { page.clear(.anonExclusive) }
+                dst.entry.store(e)
+                return .next
+            }
             return copyPresent(pte, pte.load(), addr, dst.entry)
         }
         copyNonPresent(pte, v, dst.entry)
