@@ -71,8 +71,8 @@ public enum Explorer {
     /// Runs `body` once under the explorer. `expectedSteps` sizes PCT's change points (the
     /// length of a typical execution). The body runs on a model thread of its own (thread 0);
     /// it must join the threads it starts.
-    public static func run(strategy: Strategy, seed: UInt64, maxSteps: Int = 1_000_000, expectedSteps: Int = 1_000,
-                           _ body: @escaping () throws -> Void) -> Execution {
+    public static func run(strategy: Strategy, seed: UInt64, maxSteps: Int = 1_000_000, retryBound: Int = 1_000,
+                           expectedSteps: Int = 1_000, _ body: @escaping () throws -> Void) -> Execution {
         pthread_mutex_lock(gate); defer { pthread_mutex_unlock(gate) }
         precondition(Sync.scheduler == nil, "Explorer.run: an explorer scheduler is already installed")
         let picker: any Picker
@@ -81,7 +81,7 @@ public enum Explorer {
         case .pct(let d): picker = PCTPicker(seed: seed, depth: d, steps: expectedSteps)
         case .replay(let s): picker = ReplayPicker(schedule: s)
         }
-        let sched = ExplorerScheduler(picker: picker, maxSteps: maxSteps)
+        let sched = ExplorerScheduler(picker: picker, maxSteps: maxSteps, retryBound: retryBound)
         ModelThread.wrapBody = { name, inner in
             let t = sched.register(name: name)
             var box: (() -> Void)? = inner
@@ -148,14 +148,15 @@ public enum Explorer {
     /// Runs `body` once per seed in `seeds`, stopping at the first failure (or after `seconds`).
     /// `progress` is called after each execution with the report so far.
     public static func explore(strategy: Strategy, seeds: Range<UInt64>, maxSteps: Int = 1_000_000,
-                               seconds limit: Double? = nil,
+                               retryBound: Int = 1_000, seconds limit: Double? = nil,
                                progress: ((ExplorationReport) -> Void)? = nil,
                                _ body: @escaping () throws -> Void) -> ExplorationReport {
         var report = ExplorationReport()
         var hashes = Set<UInt64>()
         let t0 = monotonicNanoseconds()
         for seed in seeds {
-            let e = run(strategy: strategy, seed: seed, maxSteps: maxSteps, expectedSteps: max(report.longest, 100), body)
+            let e = run(strategy: strategy, seed: seed, maxSteps: maxSteps, retryBound: retryBound,
+                        expectedSteps: max(report.longest, 100), body)
             report.executions += 1
             report.last = e
             report.steps += e.steps

@@ -103,9 +103,13 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// the running thread (register, exit), so that thread may read it without the mutex.
     var live = 0
 
-    init(picker: any Picker, maxSteps: Int) {
+    /// Rounds of one retry loop past which it is a livelock.
+    let retryBound: Int
+
+    init(picker: any Picker, maxSteps: Int, retryBound: Int) {
         self.picker = picker
         self.maxSteps = maxSteps
+        self.retryBound = retryBound
         mutex = .allocate(capacity: 1); pthread_mutex_init(mutex, nil)
         overCond = .allocate(capacity: 1); pthread_cond_init(overCond, nil)
     }
@@ -177,6 +181,14 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         progressSinceAllBlocked = true
         for b in threads where b.retrying { b.retrying = false }
         next(after: t)
+    }
+
+    func retrying(_ rounds: Int, _ what: @autoclosure () -> String) {
+        guard rounds > retryBound, let t = me() else { return }
+        lock(); defer { unlock() }
+        guard !over else { park(t); return }
+        fail(.livelock, "\(what()) \(rounds) times (a retry loop past --retry-bound \(retryBound)) in thread \(t.id) \(t.name)\n" + describeThreads())
+        park(t)
     }
 
     func blocked(_ kind: SyncPointKind, object: UnsafeRawPointer?) {

@@ -18,6 +18,13 @@ public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// `fork` copies a device-exclusive entry, restored to a present PTE, without
     /// write-protecting it in a copy-on-write mapping: parent and child share a writable page.
     case forkExclusiveWithoutWrprotect
+    /// `migrate_vma_collect` unmaps pages without flushing the TLB before they are copied: a
+    /// CPU writes through its stale translation into the old page after the copy.
+    case migrateCollectWithoutTLBFlush
+    /// The fault on a device-private entry takes its page reference before the page lock and
+    /// keeps it while it waits: the winner's migration sees the waiters' references and fails,
+    /// and threads faulting one page livelock (before commit 1afaeb8293c9, 2025).
+    case devicePrivateFaultReferenceFirst
 
     public var description: String {
         switch self {
@@ -26,6 +33,8 @@ public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .notifierUnderPTL: return "notifier-under-ptl"
         case .driverLockInMigrateToRAM: return "driver-lock-in-migrate-to-ram"
         case .forkExclusiveWithoutWrprotect: return "fork-exclusive-without-wrprotect"
+        case .migrateCollectWithoutTLBFlush: return "migrate-collect-without-tlb-flush"
+        case .devicePrivateFaultReferenceFirst: return "device-private-fault-reference-first"
         }
     }
 

@@ -19,6 +19,9 @@ public protocol SyncScheduler: AnyObject {
     /// wait timed out) only when no thread could make progress otherwise, so a timed wait
     /// ends the same way in every replay of a schedule.
     func blockedTimed(_ kind: SyncPointKind, object: UnsafeRawPointer?) -> Bool
+    /// A retry loop went round again (`rounds` so far): the scheduler reports a livelock past
+    /// its bound. `what` names the loop.
+    func retrying(_ rounds: Int, _ what: @autoclosure () -> String)
 }
 
 public enum Sync {
@@ -38,6 +41,13 @@ public enum Sync {
         if let scheduler = scheduler { scheduler.blocked(kind, object: object); return }
         round &+= 1
         if round > 64 { sched_yield_shim() } else { spinHint() }
+    }
+
+    /// A retry loop's round `rounds` (a fault retried, a range walk restarted): under the
+    /// explorer, past its retry bound it is a livelock. Free in real mode.
+    @inlinable
+    public static func retryLoop(_ rounds: Int, _ what: @autoclosure () -> String) {
+        if let scheduler = scheduler { scheduler.retrying(rounds, what()) }
     }
 
     /// A named yield point for code that wants to offer the scheduler a switch.

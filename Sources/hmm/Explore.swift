@@ -36,6 +36,9 @@ struct Explore: ParsableCommand {
     @Option(help: "Step bound of one execution (past it: a livelock).")
     var maxSteps: Int = 2_000_000
 
+    @Option(help: "Rounds of one retry loop (a fault retried) past which it is a livelock.")
+    var retryBound: Int = 1_000
+
     @Option(help: "Time budget of each file's campaign, e.g. 60s, 5m (stops early, not a failure).")
     var time: String?
 
@@ -78,6 +81,7 @@ struct Explore: ParsableCommand {
         guard !files.isEmpty else { throw ValidationError("expected at least one scenario file") }
         guard Strategy(parsing: strategy) != nil else { throw ValidationError("expected --strategy random or pct:D (D from 1 to 64), found '\(strategy)'") }
         guard maxSteps >= 1 else { throw ValidationError("expected --max-steps of at least 1") }
+        guard retryBound >= 1 else { throw ValidationError("expected --retry-bound of at least 1") }
         _ = try parsedSeeds()
         _ = try parsedTime()
         for m in mutation where Mutation(name: m) == nil {
@@ -109,7 +113,7 @@ struct Explore: ParsableCommand {
             let report: ExplorationReport
             var replayed: Execution? = nil
             if let replay, let schedule = Schedule(parsing: replay) {
-                let e = Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, body)
+                let e = Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, retryBound: retryBound, body)
                 replayed = e
 
                 report = ExplorationReport(e)
@@ -117,7 +121,8 @@ struct Explore: ParsableCommand {
                 CrashReport.arm(file: file, strategy: self.strategy, mutations: mutation)
                 CrashReport.next(seed: seeds.lowerBound)
                 var lastShown = monotonicNanoseconds()
-                report = Explorer.explore(strategy: strategy, seeds: seeds, maxSteps: maxSteps, seconds: limit, progress: { r in
+                report = Explorer.explore(strategy: strategy, seeds: seeds, maxSteps: maxSteps, retryBound: retryBound,
+                                          seconds: limit, progress: { r in
                     let now = monotonicNanoseconds()
                     if !quiet && now - lastShown > 1_000_000_000 {
                         lastShown = now
@@ -168,7 +173,7 @@ struct Explore: ParsableCommand {
     }
 
     func replayCommand(_ file: String, _ e: Execution) -> String {
-        "hmm explore \(file)" + mutation.map { " --mutation \($0)" }.joined() + (lockdep ? " --lockdep" : "") + " --replay \(e.schedule) --max-steps \(maxSteps)"
+        "hmm explore \(file)" + mutation.map { " --mutation \($0)" }.joined() + (lockdep ? " --lockdep" : "") + " --replay \(e.schedule) --max-steps \(maxSteps) --retry-bound \(retryBound)"
     }
 
     func progressLine(_ file: String, _ r: ExplorationReport) {

@@ -11,6 +11,8 @@ final class ExplorerCatalogueTests: XCTestCase {
         var lockdep = false
         /// What the failure report says.
         let finding: String
+        var status: Int32 = 1
+        var kind = "check"
         var file: String { "scenarios/explore/\(name).hmm" }
     }
     static let catalogue = [
@@ -19,6 +21,8 @@ final class ExplorerCatalogueTests: XCTestCase {
         Entry(name: "notifier-under-ptl", strategy: "random", seeds: "0..50", lockdep: true, finding: "lockdep: waitUnderSpinLock"),
         Entry(name: "driver-lock-in-migrate-to-ram", strategy: "random", seeds: "0..50", lockdep: true, finding: "lockdep: orderInversion"),
         Entry(name: "fork-exclusive-without-wrprotect", strategy: "random", seeds: "0..50", finding: "expected IDX"),
+        Entry(name: "migrate-collect-without-tlb-flush", strategy: "random", seeds: "0..50", finding: "stale TLB entry"),
+        Entry(name: "device-private-fault-reference-first", strategy: "pct:3", seeds: "0..50", finding: "faulted 1001 times (a retry loop past --retry-bound 1000)", status: 3, kind: "livelock"),
     ]
 
     var root: String { String(#filePath).components(separatedBy: "/Tests/").first! }
@@ -28,15 +32,15 @@ final class ExplorerCatalogueTests: XCTestCase {
             let file = root + "/" + e.file
             let flags = ["--strategy", e.strategy, "--seeds", e.seeds, "--quiet"] + (e.lockdep ? ["--lockdep"] : [])
             let found = HMMBinary.run(["explore", file, "--mutation", e.name] + flags)
-            XCTAssertEqual(found.status, 1, "\(e.name): \(found.output)")
-            XCTAssertTrue(found.output.contains(": check at seed "), "\(e.name): \(found.output)")
+            XCTAssertEqual(found.status, e.status, "\(e.name): \(found.output)")
+            XCTAssertTrue(found.output.contains(": \(e.kind) at seed "), "\(e.name): \(found.output)")
             XCTAssertTrue(found.output.contains(e.finding), "\(e.name): \(found.output)")
             let replayLine = try XCTUnwrap(found.output.split(separator: "\n").first { $0.hasPrefix("replay: hmm explore ") }, found.output)
             let args = replayLine.dropFirst("replay: hmm ".count).split(separator: " ").map(String.init)
             XCTAssertTrue(args.contains("--mutation"), String(replayLine))
             let replay = HMMBinary.run(args + ["--quiet"])
-            XCTAssertEqual(replay.status, 1, "\(e.name) replay: \(replay.output)")
-            XCTAssertTrue(replay.output.contains(": check on replay after "), "\(e.name) replay: \(replay.output)")
+            XCTAssertEqual(replay.status, e.status, "\(e.name) replay: \(replay.output)")
+            XCTAssertTrue(replay.output.contains(": \(e.kind) on replay after "), "\(e.name) replay: \(replay.output)")
             XCTAssertTrue(replay.output.contains(e.finding), "\(e.name) replay: \(replay.output)")
 
             let clean = HMMBinary.run(["explore", file] + flags)

@@ -109,7 +109,7 @@ extension MigrateVMA {
         var walker = MigrateCollectWalker(migrate: self, memory: memory, anonymous: vma.isAnonymous,
                                           src: [UInt64](repeating: 0, count: src.count))
         _ = mm.pageTable.walk(start, end, &walker)
-        if walker.unmapped > 0 { mm.flushTLB() }
+        if walker.unmapped > 0 && !Mutation.on(.migrateCollectWithoutTLBFlush) { mm.flushTLB() }
         mm.notifiers.invalidateRangeEnd(range)
         src = walker.src
         cpages = walker.cpages

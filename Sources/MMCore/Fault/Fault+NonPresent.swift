@@ -41,6 +41,17 @@ extension AddressSpace {
         let page = memory.page(entry.swapEntry.pfn)
         ptl.lock()
         guard ptep.load() == entry else { ptl.unlock(); return .retry }
+        if Mutation.on(.devicePrivateFaultReferenceFirst) {
+            // The bug: a reference first, then the page lock, waited for holding it.
+            memory.get(page)
+            ptl.unlock()
+            page.lock()
+            defer { page.unlock(); memory.put(page) }
+            guard let pgmap = memory.pagemap(of: page), let ops = pgmap.ops else { return .sigbus }
+            let r = ops.migrateToRAM(DevicePrivateFault(mm: self, vma: vma, address: address, page: page,
+                                                        isWrite: flags.contains(.write)))
+            return r == .ok ? .retry : r
+        }
         guard page.tryLock() else {
             ptl.unlock()
             page.waitUnlocked()
