@@ -80,6 +80,7 @@ public enum Explorer {
         case .random: picker = RandomPicker(seed: seed)
         case .pct(let d): picker = PCTPicker(seed: seed, depth: d, steps: expectedSteps)
         case .replay(let s): picker = ReplayPicker(schedule: s)
+        case .roundRobin: picker = RoundRobinPicker()
         }
         let sched = ExplorerScheduler(picker: picker, maxSteps: maxSteps, retryBound: retryBound)
         ModelThread.wrapBody = { name, inner in

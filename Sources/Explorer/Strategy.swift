@@ -11,12 +11,16 @@ public enum Strategy: Equatable, Sendable, CustomStringConvertible {
     case pct(depth: Int)
     /// Replays a recorded schedule step for step.
     case replay(Schedule)
+    /// Every step hands over to the next enabled thread (quantum one step): the most
+    /// switches, for measuring the scheduler's hand-off.
+    case roundRobin
 
     public var description: String {
         switch self {
         case .random: return "random"
         case .pct(let d): return "pct:\(d)"
         case .replay: return "replay"
+        case .roundRobin: return "round-robin"
         }
     }
 
@@ -83,5 +87,12 @@ struct ReplayPicker: Picker {
         guard step - 1 < schedule.count else { return nil }
         let t = Int(schedule.choices[step - 1])
         return enabled.contains(t) ? t : nil
+    }
+}
+
+struct RoundRobinPicker: Picker {
+    mutating func threadCreated(_ id: Int) {}
+    mutating func pick(step: Int, current: Int, enabled: [Int]) -> Int? {
+        enabled.first { $0 > current } ?? enabled[0]
     }
 }

@@ -3,6 +3,7 @@
 #include "NativeBaselines.h"
 #include <pthread.h>
 #include <sched.h>
+#include <ucontext.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -392,4 +393,27 @@ int nb_host_fault_latencies(size_t bytes, int threads, int cow, uint32_t *out) {
     waitpid(pid, NULL, 0);
     munmap(m, bytes);
     return 0;
+}
+
+static ucontext_t nb_uc_main, nb_uc_other;
+static long nb_uc_left;
+
+static void nb_uc_body(void) {
+    while (nb_uc_left > 0) { nb_uc_left--; swapcontext(&nb_uc_other, &nb_uc_main); }
+}
+
+double nb_swapcontext_ns(long switches) {
+    static char stack[64 << 10];
+    if (switches < 2) return -1;
+    if (getcontext(&nb_uc_other) != 0) return -1;
+    nb_uc_other.uc_stack.ss_sp = stack;
+    nb_uc_other.uc_stack.ss_size = sizeof stack;
+    nb_uc_other.uc_link = &nb_uc_main;
+    makecontext(&nb_uc_other, nb_uc_body, 0);
+    nb_uc_left = switches / 2;
+    double t0 = nb_now();
+    while (nb_uc_left > 0) swapcontext(&nb_uc_main, &nb_uc_other);
+    double t = nb_now() - t0;
+    swapcontext(&nb_uc_main, &nb_uc_other); // let the body return (uc_link)
+    return t * 1e9 / (double)(switches / 2 * 2);
 }

@@ -84,7 +84,8 @@ struct Bench: ParsableCommand {
 
 /// One measured figure.
 struct BenchRow {
-    enum Kind { case time, rate, memory }
+    /// `floor`: the value itself must reach the target (an absolute figure, such as steps/s).
+    enum Kind { case time, rate, memory, floor }
     let name: String
     let unit: String
     let value: Double
@@ -99,6 +100,7 @@ struct BenchRow {
         case .time: return ratio <= target
         case .rate: return ratio >= target
         case .memory: return value <= target
+        case .floor: return value >= target
         }
     }
     var targetText: String {
@@ -106,6 +108,7 @@ struct BenchRow {
         case .time: return "≤ \(fmt(target))"
         case .rate: return "≥ \(fmt(target))"
         case .memory: return "≤ \(fmt(target)) \(unit)"
+        case .floor: return "≥ \(fmt(target)) \(unit)"
         }
     }
 
@@ -117,7 +120,7 @@ struct BenchRow {
     var json: String {
         "{\"name\": \"\(name)\", \"unit\": \"\(unit)\", \"value\": \(fmt(value)), \"min\": \(fmt(spread.0)), \"max\": \(fmt(spread.1)), "
             + "\"baseline\": \(fmt(baseline)), \"ratio\": \(fmt(ratio)), \"target\": \(fmt(target)), "
-            + "\"test\": \"\(kind == .memory ? "value" : "ratio") \(kind == .rate ? ">=" : "<=") target\", \"met\": \(met)}"
+            + "\"test\": \"\(kind == .memory || kind == .floor ? "value" : "ratio") \(kind == .rate || kind == .floor ? ">=" : "<=") target\", \"met\": \(met)}"
     }
 }
 

@@ -38,6 +38,7 @@ struct BenchSuite {
             BenchFigure(name: "scaling", run: { try $0.scaling() }),
             BenchFigure(name: "fault-threads", run: { try $0.faultThreads() }),
             BenchFigure(name: "lockdep", run: { try $0.lockdepFigures() }),
+            BenchFigure(name: "explorer", run: { try $0.explorerFigures() }),
             BenchFigure(name: "latency", run: { try $0.latencyFigures() }),
         ]
     }

@@ -49,6 +49,19 @@ final class ExplorerCatalogueTests: XCTestCase {
         }
     }
 
+    /// The selftest scripts with `concurrent` blocks run clean under the explorer (a small
+    /// budget here; docs/explorer.md has the campaign of 500 random and 200 PCT executions).
+    func testSelftestConcurrentScenariosRunCleanUnderTheExplorer() throws {
+        for variant in ["hmm_device_private", "hmm_device_coherent"] {
+            let file = root + "/scenarios/selftests/\(variant).anon_teardown.hmm"
+            for (strategy, seeds) in [("random", "0..3"), ("pct:3", "0..2")] {
+                let r = HMMBinary.run(["explore", file, "--strategy", strategy, "--seeds", seeds, "--quiet"], timeout: 300)
+                XCTAssertEqual(r.status, 0, "\(variant) \(strategy): \(r.output)")
+                XCTAssertTrue(r.output.contains("nothing found in \(seeds == "0..3" ? 3 : 2) executions"), r.output)
+            }
+        }
+    }
+
     /// The same seed gives the same execution in two processes (the trace hash of the JSON
     /// report), and different seeds give different ones.
     func testTheSameSeedGivesTheSameTraceInTwoProcesses() throws {

@@ -49,6 +49,9 @@ double nb_mutex_pairs(int n);
 /// publication), and the faulting store; split over `threads` threads (1…8). Seconds, or a
 /// negative value if the host refused the memory. The physical limit of the fault figures.
 double nb_zero_fill(size_t bytes, int threads);
+/// Nanoseconds per switch of two contexts of one thread handing over to each other with
+/// swapcontext (a user-level scheduler's hand-off), over `switches` switches; -1 on error.
+double nb_swapcontext_ns(long switches);
 /// The monotonic clock in nanoseconds (the latency figures time each fault with it).
 uint64_t nb_ns(void);
 /// The host kernel's fault latencies: each page's first write (`cow`: after a fork, the
