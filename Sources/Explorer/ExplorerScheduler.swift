@@ -223,9 +223,11 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     }
 
     func retrying(_ rounds: Int, _ what: @autoclosure () -> String) {
-        guard rounds > retryBound, let t = me() else { return }
+        guard let t = me() else { return }
         lock(); defer { unlock() }
         guard !over else { park(t); return }
+        picker.yielded(t.id)
+        guard rounds > retryBound else { return }
         fail(.livelock, "\(what()) \(rounds) times (a retry loop past --retry-bound \(retryBound)) in thread \(t.id) \(t.name)\n" + describeThreads())
         park(t)
     }

@@ -40,6 +40,13 @@ protocol Picker {
     /// The thread to run at `step`, among `enabled` (ascending ids, never empty); nil when the
     /// picker cannot follow its plan (a replay whose recorded thread is not enabled).
     mutating func pick(step: Int, current: Int, enabled: [Int]) -> Int?
+    /// `thread` went round a retry loop: it waits for others to act. A fair strategy lets
+    /// them (the explorer reports livelocks under fair schedules only).
+    mutating func yielded(_ thread: Int)
+}
+
+extension Picker {
+    mutating func yielded(_ thread: Int) {}
 }
 
 struct RandomPicker: Picker {
@@ -71,6 +78,13 @@ struct PCTPicker: Picker {
         let rank = Int(rng.next() % UInt64(priority.count + 1))
         for i in priority.indices where priority[i] >= depth + rank { priority[i] += 1 }
         priority.append(depth + rank)
+    }
+    /// A thread retrying drops below every other (as CHESS treats a yield): strict priorities
+    /// would otherwise starve the thread it waits for, a livelock no fair scheduler makes.
+    mutating func yielded(_ thread: Int) {
+        guard thread < priority.count else { return }
+        let lowest = priority.min() ?? 0
+        priority[thread] = lowest - 1
     }
     mutating func pick(step: Int, current: Int, enabled: [Int]) -> Int? {
         if let low = changePoints[step], current < priority.count { priority[current] = low }
