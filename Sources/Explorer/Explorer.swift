@@ -38,6 +38,10 @@ public struct ExplorationReport: Sendable {
     public var distinctExecutions = 0
     /// The first failed execution, if any.
     public var failure: Execution?
+    /// PCT's expected execution length (its change points fall in 1…k): the length of one
+    /// round-robin execution, measured first, so a seed's execution does not depend on which
+    /// seeds ran before it.
+    public var pctSteps = 0
     /// The last execution run.
     public var last: Execution?
     public var longest = 0
@@ -73,6 +77,8 @@ public enum Explorer {
     /// it must join the threads it starts.
     public static func run(strategy: Strategy, seed: UInt64, maxSteps: Int = 1_000_000, retryBound: Int = 1_000,
                            expectedSteps: Int = 1_000, _ body: @escaping () throws -> Void) -> Execution {
+        precondition(pthread_getspecific(ExplorerScheduler.key) == nil || Sync.scheduler == nil,
+                     "Explorer.run called from a model thread of a running exploration")
         pthread_mutex_lock(gate); defer { pthread_mutex_unlock(gate) }
         precondition(Sync.scheduler == nil, "Explorer.run: an explorer scheduler is already installed")
         let picker: any Picker
@@ -93,9 +99,11 @@ public enum Explorer {
                 sched.exit(t)
             }
         }
-        // Lockdep's reports (when it is on) are failed checks of the execution.
+        // Lockdep's reports (when it is on) are failed checks of the execution. Each execution
+        // starts with an empty graph, so a report is this execution's and replays alone.
         let savedReport = Lockdep.onReport
         if Lockdep.enabled {
+            Lockdep.enable()
             Lockdep.onReport = { r in
                 sched.lock()
                 if !sched.over { sched.fail(.check, "\(r)\n" + r.sites.map { "  at \($0)" }.joined(separator: "\n") + "\n" + sched.describeThreads()) }
@@ -111,10 +119,10 @@ public enum Explorer {
             init(_ s: ExplorerScheduler, _ m: ExplorerThread, _ b: @escaping () throws -> Void) { sched = s; main = m; body = b }
             func run() {
                 sched.waitForTurn(main)
-                do { try body?() } catch {
-                    sched.lock(); sched.fail(.check, "\(error)"); sched.unlock()
-                }
-                body = nil
+                var thrown: Error?
+                do { try body?() } catch { thrown = error }
+                body = nil // the body's captures go while the thread is still scheduled
+                if let thrown { sched.lock(); sched.fail(.check, "\(thrown)"); sched.unlock() }
                 sched.exit(main)
             }
         }
@@ -132,7 +140,9 @@ public enum Explorer {
         precondition(rc == 0, "Explorer.run: pthread_create failed (\(rc))")
 
         sched.lock()
-        while !sched.over { sched.wait(sched.overCond) }
+        // Over, and nothing of the execution runs any more (a thread that failed a lockdep
+        // check runs on to its next point): only then may the hooks be uninstalled.
+        while !sched.over || !sched.quiescent { sched.wait(sched.overCond) }
         let execution = Execution(strategy: strategy, seed: seed, steps: sched.step, schedule: sched.schedule,
                                   traceHash: sched.hash.value, threads: sched.threads.count,
                                   failure: sched.failure.map { ExplorationFailure(kind: $0.kind, message: $0.message) },
@@ -155,9 +165,12 @@ public enum Explorer {
         var report = ExplorationReport()
         var hashes = Set<UInt64>()
         let t0 = monotonicNanoseconds()
+        if case .pct = strategy {
+            report.pctSteps = max(1, run(strategy: .roundRobin, seed: 0, maxSteps: maxSteps, retryBound: retryBound, body).steps)
+        }
         for seed in seeds {
             let e = run(strategy: strategy, seed: seed, maxSteps: maxSteps, retryBound: retryBound,
-                        expectedSteps: max(report.longest, 100), body)
+                        expectedSteps: report.pctSteps, body)
             report.executions += 1
             report.last = e
             report.steps += e.steps

@@ -17,8 +17,9 @@ final class ExplorerThread: @unchecked Sendable {
     var blockedObject: UnsafeRawPointer?
     var timed = false
     var timedOut = false
-    /// Re-enabled by the all-blocked retry round and not yet blocked again.
-    var retrying = false
+    /// Parked for good after the execution ended (the caller waits for every thread to be
+    /// finished or quiet before it uninstalls the scheduler).
+    var quiet = false
     /// Its last steps, newest last (for failure reports): step, kind, object, blocked.
     var recent: [(step: Int, kind: SyncPointKind, object: UInt, blocked: Bool)] = []
     /// Posted when it is this thread's turn (a hand-off wakes one thread, after the giver has
@@ -112,7 +113,12 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// `mutex`; holds it again on return.
     func sleep(_ t: ExplorerThread) {
         assertHeld()
-        let spin = live <= ExplorerScheduler.hostCPUs + 1
+        if over && !t.quiet {
+            // Parked for good: the caller may now uninstall the scheduler.
+            t.quiet = true
+            pthread_cond_broadcast(overCond)
+        }
+        let spin = !over && live <= ExplorerScheduler.hostCPUs + 1
         unlock()
         var spins = 0, deadline: UInt64 = 0
         while spin && turn.load(ordering: .acquiring) != t.id {
@@ -138,8 +144,9 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// Steps at which a thread ran that could change what a blocked thread waits for.
     var progressSinceAllBlocked = true
     /// Threads registered and not finished. While it is 1 there is no choice to make and a
-    /// point costs nothing (a machine's set-up, before its threads start). Written only by
-    /// the running thread (register, exit), so that thread may read it without the mutex.
+    /// point costs almost nothing (a machine's set-up, before its threads start). Written only
+    /// by the running thread (register, exit), so that thread may read it without the mutex;
+    /// only threads of this execution read it (`me()` comes first).
     var live = 0
 
     /// Rounds of one retry loop past which it is a livelock.
@@ -182,6 +189,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     func register(name: String) -> ExplorerThread {
         assertNotHeld()
         lock(); defer { unlock() }
+        precondition(threads.count < 256, "explorer: at most 256 threads in one execution (schedules record a byte per step)")
         let t = ExplorerThread(id: threads.count, name: name, scheduler: self)
         threads.append(t)
         live += 1
@@ -207,9 +215,16 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
 
     // MARK: SyncScheduler
 
+    var controlsCurrentThread: Bool {
+        guard let p = pthread_getspecific(ExplorerScheduler.key) else { return false }
+        return Unmanaged<ExplorerThread>.fromOpaque(p).takeUnretainedValue().scheduler === self
+    }
+
     func schedulingPoint(_ kind: SyncPointKind, object: UnsafeRawPointer?) {
-        if live == 1 { return } // one thread: nothing to choose (and no one to re-enable)
         guard let t = me() else { return }
+        // One live thread (the caller: `live` is written only by the running thread): nothing
+        // to choose and no one to re-enable.
+        if live == 1 && !over { return }
         lock(); defer { unlock() }
         guard !over else { park(t); return }
         record(t, kind, object, blocked: false)
@@ -218,7 +233,6 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
             b.state = .runnable
         }
         progressSinceAllBlocked = true
-        for b in threads where b.retrying { b.retrying = false }
         next(after: t)
     }
 
@@ -228,8 +242,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         guard !over else { park(t); return }
         picker.yielded(t.id)
         guard rounds > retryBound else { return }
-        fail(.livelock, "\(what()) \(rounds) times (a retry loop past --retry-bound \(retryBound)) in thread \(t.id) \(t.name)\n" + describeThreads())
-        park(t)
+        failAndPark(t, .livelock, "\(what()) \(rounds) times (a retry loop past --retry-bound \(retryBound)) in thread \(t.id) \(t.name)\n" + describeThreads())
     }
 
     func blocked(_ kind: SyncPointKind, object: UnsafeRawPointer?) {
@@ -247,7 +260,6 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         record(t, kind, object, blocked: true)
         t.state = .blocked
         t.blockedKind = kind; t.blockedObject = object; t.timed = timed; t.timedOut = false
-        t.retrying = false
         next(after: t)
         let out = t.timedOut
         t.timedOut = false
@@ -258,7 +270,11 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     func exit(_ t: ExplorerThread) {
         assertNotHeld()
         lock(); defer { unlock() }
-        guard !over else { return }
+        guard !over else {
+            t.state = .finished
+            pthread_cond_broadcast(overCond)
+            return
+        }
         record(t, .threadExit, nil, blocked: false)
         t.state = .finished
         live -= 1
@@ -280,7 +296,26 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
 
     private func finish() {
         over = true
+        turn.store(-1, ordering: .releasing) // no spinner takes a turn any more
+        // Every thread but the running one is parked (or not started, and will park): quiet.
+        // The running one becomes quiet when it parks or exits.
+        for t in threads where t.id != current && t.state != .finished { t.quiet = true }
         pthread_cond_broadcast(overCond)
+    }
+
+    /// Whether every thread has finished or is parked for good (after `over`): nothing of
+    /// this execution runs any more. Locking: caller holds `mutex`.
+    var quiescent: Bool {
+        assertHeld()
+        return threads.allSatisfy { $0.state == .finished || $0.quiet }
+    }
+
+    /// Fails the execution and parks the caller (unless it is leaving). Locking: caller holds
+    /// `mutex`.
+    private func failAndPark(_ t: ExplorerThread, _ kind: FailureKind, _ message: String, leaving: Bool = false) {
+        assertHeld()
+        fail(kind, message)
+        if !leaving { park(t) }
     }
 
     // MARK: stepping
@@ -298,8 +333,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     private func next(after t: ExplorerThread, leaving: Bool = false) {
         assertHeld()
         if step >= maxSteps {
-            fail(.livelock, "no end within \(maxSteps) steps: a livelock, or a run longer than --max-steps\n" + describeThreads())
-            if !leaving { park(t) }
+            failAndPark(t, .livelock, "no end within \(maxSteps) steps: a livelock, or a run longer than --max-steps\n" + describeThreads(), leaving: leaving)
             return
         }
         var enabled = threads.filter { $0.state == .runnable }.map(\.id)
@@ -309,24 +343,22 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
             // wait; otherwise nobody can ever run: a deadlock.
             if progressSinceAllBlocked {
                 progressSinceAllBlocked = false
-                for b in threads where b.state == .blocked { b.state = .runnable; b.retrying = true }
+                for b in threads where b.state == .blocked { b.state = .runnable }
             } else if let w = threads.first(where: { $0.state == .blocked && $0.timed }) {
                 w.state = .runnable; w.timedOut = true
                 progressSinceAllBlocked = true
             } else if threads[0].state == .finished {
-                fail(.threadsLeftRunning, "the body returned, and threads it started wait forever:\n" + describeThreads())
-                if !leaving { park(t) }
+                failAndPark(t, .threadsLeftRunning, "the body returned, and threads it started wait forever:\n" + describeThreads(), leaving: leaving)
                 return
             } else {
-                fail(.deadlock, "every live thread waits:\n" + describeThreads())
-                if !leaving { park(t) }
+                failAndPark(t, .deadlock, "every live thread waits:\n" + describeThreads(), leaving: leaving)
                 return
             }
             enabled = threads.filter { $0.state == .runnable }.map(\.id)
         }
         guard let chosen = picker.pick(step: step, current: t.id, enabled: enabled) else {
-            fail(.diverged, "the schedule does not continue at step \(step + 1): runnable threads \(enabled)\n" + describeThreads())
-            if !leaving { park(t) }
+            failAndPark(t, .diverged, "the schedule does not continue at choice \(step) (after step \(step)): runnable threads \(enabled)\n"
+                        + describeThreads(), leaving: leaving)
             return
         }
         schedule.append(chosen)

@@ -34,7 +34,7 @@ public final class Lock: @unchecked Sendable {
 
     @inlinable public func lock(file: StaticString = #fileID, line: UInt = #line) {
         if Lockdep.enabled { Lockdep.acquire(lockClass, UnsafeRawPointer(mutex), Lockdep.Site(file, line)) }
-        if let scheduler = Sync.scheduler {
+        if let scheduler = Sync.scheduler, scheduler.controlsCurrentThread {
             scheduler.schedulingPoint(.lockAcquire, object: UnsafeRawPointer(mutex))
             while pthread_mutex_trylock(mutex) != 0 { scheduler.blocked(.lockAcquire, object: UnsafeRawPointer(mutex)) }
         } else {

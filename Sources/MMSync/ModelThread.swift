@@ -55,7 +55,7 @@ public final class ModelThread: @unchecked Sendable {
         thread = nil
         // Under the explorer the thread still has its exit step to take when its join
         // completes, and takes it when scheduled: its OS thread ends on its own.
-        if Sync.scheduler != nil { pthread_detach(t) } else { pthread_join(t, nil) }
+        if Sync.scheduler?.controlsCurrentThread == true { pthread_detach(t) } else { pthread_join(t, nil) }
     }
 
     /// Lets the thread finish on its own: its resources go when it exits, and nobody may

@@ -44,7 +44,12 @@ public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
     }
 
     /// The mutations on, one bit each. Set before the machine's threads start.
-    nonisolated(unsafe) public static var active: UInt64 = 0
+    @exclusivity(unchecked) nonisolated(unsafe) public static var active: UInt64 = 0
+
+    /// The `active` word with exactly `mutations` on.
+    public static func mask(_ mutations: [Mutation]) -> UInt64 {
+        mutations.reduce(0) { $0 | (1 << UInt64($1.rawValue)) }
+    }
 
     /// Whether `m` is on.
     @inlinable @inline(__always) public static func on(_ m: Mutation) -> Bool {
@@ -54,7 +59,7 @@ public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// Runs `body` with exactly `mutations` on.
     public static func with<T>(_ mutations: [Mutation], _ body: () throws -> T) rethrows -> T {
         let saved = active
-        active = mutations.reduce(0) { $0 | (1 << UInt64($1.rawValue)) }
+        active = mask(mutations)
         defer { active = saved }
         return try body()
     }

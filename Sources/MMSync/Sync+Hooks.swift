@@ -11,6 +11,9 @@ public enum SyncPointKind: UInt8, Sendable {
 /// A controlled scheduler (explorer mode). Every method is called on the model thread that hit
 /// the point; the scheduler may park that thread and run another one before returning.
 public protocol SyncScheduler: AnyObject {
+    /// Whether the calling thread is one the scheduler runs (a thread it does not run, such
+    /// as a test's own thread, waits and blocks for real).
+    var controlsCurrentThread: Bool { get }
     func schedulingPoint(_ kind: SyncPointKind, object: UnsafeRawPointer?)
     /// The calling thread cannot make progress until another thread acts (spinning on a lock,
     /// waiting for an event). The scheduler must run someone else.
@@ -38,7 +41,7 @@ public enum Sync {
     @inlinable
     public static func spinWait(_ round: inout Int, _ kind: SyncPointKind = .spin,
                                 _ object: UnsafeRawPointer? = nil) {
-        if let scheduler = scheduler { scheduler.blocked(kind, object: object); return }
+        if let scheduler = scheduler, scheduler.controlsCurrentThread { scheduler.blocked(kind, object: object); return }
         round &+= 1
         if round > 64 { sched_yield_shim() } else { spinHint() }
     }

@@ -23,7 +23,7 @@ public func currentThreadID() -> UInt64 {
 /// Sleeps the calling OS thread. In explorer mode this is a yield to the scheduler.
 public func syncSleep(nanoseconds: UInt64, file: StaticString = #fileID, line: UInt = #line) {
     if Lockdep.enabled { Lockdep.mayWait(Lockdep.Site(file, line)) }
-    if let scheduler = Sync.scheduler { scheduler.blocked(.yield, object: nil); return }
+    if let scheduler = Sync.scheduler, scheduler.controlsCurrentThread { scheduler.blocked(.yield, object: nil); return }
     var ts = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
     var rem = timespec()
     while nanosleep(&ts, &rem) != 0 { ts = rem }

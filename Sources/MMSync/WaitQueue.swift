@@ -29,7 +29,7 @@ public final class WaitQueue: @unchecked Sendable {
                      until condition: () -> Bool) -> Bool {
         if condition() { return true }
         if Lockdep.enabled { Lockdep.mayWait(Lockdep.Site(file, line)) }
-        if let scheduler = Sync.scheduler {
+        if let scheduler = Sync.scheduler, scheduler.controlsCurrentThread {
             // The scheduler's time: a timed wait times out only when nothing else can run.
             while !condition() {
                 if timeoutNanoseconds != nil {

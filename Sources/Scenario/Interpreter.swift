@@ -70,6 +70,9 @@ public final class ScenarioInterpreter {
         public var memoryBudget: UInt64 = 4 << 30
         /// Print the final state (processes, VMAs, entries, devices, meminfo) before teardown.
         public var inspect = false
+        /// A progress line on a terminal every two seconds (off under the explorer: its lock
+        /// would add steps only when standard error is a terminal).
+        public var progress = true
         public init() {}
     }
 
@@ -496,7 +499,7 @@ public final class ScenarioInterpreter {
 
     /// On a terminal, long scripts show how far they got (every 2 s, on stderr).
     func showProgress(_ step: Int) {
-        guard isatty(2) != 0 else { return }
+        guard options.progress, isatty(2) != 0 else { return }
         let now = monotonicNanoseconds()
         let due = outputLock.withLock { () -> Bool in
             if lastProgress == 0 { lastProgress = now; return false }

@@ -1,7 +1,6 @@
 import Explorer
 import MMSync
 import NativeBaselines
-import Scenario
 
 extension BenchSuite {
     /// The selftest `hmm_device_private.anon_teardown` (munmap racing a device read, ten
@@ -34,15 +33,8 @@ extension BenchSuite {
     /// (two model threads, round-robin: a switch at every step) against a user-level switch of
     /// two contexts in one thread (`swapcontext`), target ≤ 5×.
     func explorerFigures() throws -> [BenchRow] {
-        struct Failed: Error, CustomStringConvertible { let description: String }
         let script = BenchSuite.anonTeardownScript
-        let body = {
-            var o = ScenarioInterpreter.Options()
-            o.output = { _ in }
-            o.timeoutSeconds = 86_400
-            let r = ScenarioInterpreter(options: o).run(source: script, file: "anon_teardown")
-            guard r == .passed else { throw Failed(description: "\(r)") }
-        }
+        let body = { try exploredScript(source: script, name: "anon_teardown") }
         let executions = quick ? 1 : 5
         var rates: [Double] = [], native: [Double] = []
         for rep in 0..<executions {

@@ -17,9 +17,10 @@ struct Explore: ParsableCommand {
             synchronization point the strategy picks who runs next. Each seed is one execution; \
             the same seed gives the same execution. The first failure stops the campaign and \
             prints its seed, schedule and a replay command. \
-            Exit status: 0 when nothing was found, 1 when a check of the script failed, \
-            2 for a malformed script or bad options, 3 for a liveness failure (deadlock, \
-            livelock, threads left waiting), 4 when the model crashed (the seed is printed first).
+            Exit status: 0 when nothing was found, 1 when a check of the script failed (or a \
+            replay diverged), 2 for a malformed script, 3 for a liveness failure (deadlock, \
+            livelock, threads left waiting), 4 when the model crashed (a replay command is \
+            printed after the crash's own message), 64 for bad options.
             """)
 
     enum Format: String, ExpressibleByArgument, CaseIterable { case text, json }
@@ -58,9 +59,12 @@ struct Explore: ParsableCommand {
     var lockdep = false
 
     func parsedSeeds() throws -> Range<UInt64> {
-        if let n = UInt64(seeds) { return n..<(n &+ 1) }
-        let parts = seeds.split(separator: ".", omittingEmptySubsequences: true)
-        guard seeds.contains(".."), parts.count == 2, let a = UInt64(parts[0]), let b = UInt64(parts[1]), a < b else {
+        if let n = UInt64(seeds) {
+            guard n < UInt64.max else { throw ValidationError("expected a seed below \(UInt64.max), found '\(seeds)'") }
+            return n..<(n + 1)
+        }
+        let parts = seeds.components(separatedBy: "..")
+        guard parts.count == 2, let a = UInt64(parts[0]), let b = UInt64(parts[1]), a < b else {
             throw ValidationError("expected --seeds as A..B with A < B, or one seed N; found '\(seeds)'")
         }
         return a..<b
@@ -81,7 +85,9 @@ struct Explore: ParsableCommand {
         guard !files.isEmpty else { throw ValidationError("expected at least one scenario file") }
         guard Strategy(parsing: strategy) != nil else { throw ValidationError("expected --strategy random or pct:D (D from 1 to 64), found '\(strategy)'") }
         guard maxSteps >= 1 else { throw ValidationError("expected --max-steps of at least 1") }
-        guard retryBound >= 1 else { throw ValidationError("expected --retry-bound of at least 1") }
+        guard retryBound >= 1, retryBound < 100_000 else {
+            throw ValidationError("expected --retry-bound from 1 to 99999 (a CPU's fault loop stops the process at 100000)")
+        }
         _ = try parsedSeeds()
         _ = try parsedTime()
         for m in mutation where Mutation(name: m) == nil {
@@ -95,7 +101,7 @@ struct Explore: ParsableCommand {
     func run() throws {
         ensureDeterministicHashing()
         if lockdep { Lockdep.enable() }
-        Mutation.active = mutation.compactMap { Mutation(name: $0) }.reduce(0) { $0 | (1 << UInt64($1.rawValue)) }
+        Mutation.active = Mutation.mask(mutation.compactMap { Mutation(name: $0) })
         let strategy = Strategy(parsing: self.strategy)!
         let seeds = try parsedSeeds(), limit = try parsedTime()
         var worst: Int32 = 0
@@ -113,13 +119,14 @@ struct Explore: ParsableCommand {
             let report: ExplorationReport
             var replayed: Execution? = nil
             if let replay, let schedule = Schedule(parsing: replay) {
+                CrashReport.arm(command(file, "--replay \(replay)"))
                 let e = Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, retryBound: retryBound, body)
+                CrashReport.disarm()
                 replayed = e
 
                 report = ExplorationReport(e)
             } else {
-                CrashReport.arm(file: file, strategy: self.strategy, mutations: mutation)
-                CrashReport.next(seed: seeds.lowerBound)
+                CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound)"))
                 var lastShown = monotonicNanoseconds()
                 report = Explorer.explore(strategy: strategy, seeds: seeds, maxSteps: maxSteps, retryBound: retryBound,
                                           seconds: limit, progress: { r in
@@ -128,7 +135,7 @@ struct Explore: ParsableCommand {
                         lastShown = now
                         progressLine(file, r)
                     }
-                    CrashReport.next(seed: seeds.lowerBound &+ UInt64(r.executions))
+                    CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound &+ UInt64(r.executions))"))
                 }, { [body] in try body() })
                 CrashReport.disarm()
             }
@@ -148,20 +155,7 @@ struct Explore: ParsableCommand {
     }
 
     /// The body one execution runs: the script from scratch on a machine of its own.
-    func scriptBody(_ file: String) -> () throws -> Void {
-        return {
-            var o = ScenarioInterpreter.Options()
-            o.output = { _ in }
-            o.timeoutSeconds = 86_400 // the step bound, not the clock, ends a run
-            let outcome = ScenarioInterpreter(options: o).run(path: file)
-            switch outcome {
-            case .passed, .skipped: return
-            case .failed(let m), .malformed(let m): throw ScriptFailed(message: m)
-            }
-        }
-    }
-
-    struct ScriptFailed: Error, CustomStringConvertible { let message: String; var description: String { message } }
+    func scriptBody(_ file: String) -> () throws -> Void { { try exploredScript(path: file) } }
 
     func exitCode(_ kind: FailureKind?) -> Int32 {
         switch kind {
@@ -172,9 +166,13 @@ struct Explore: ParsableCommand {
         }
     }
 
-    func replayCommand(_ file: String, _ e: Execution) -> String {
-        "hmm explore \(file)" + mutation.map { " --mutation \($0)" }.joined() + (lockdep ? " --lockdep" : "") + " --replay \(e.schedule) --max-steps \(maxSteps) --retry-bound \(retryBound)"
+    /// `hmm explore FILE` with this run's options and `how` (a replay or a seed).
+    func command(_ file: String, _ how: String) -> String {
+        "hmm explore \(file)" + mutation.map { " --mutation \($0)" }.joined() + (lockdep ? " --lockdep" : "")
+            + " \(how) --max-steps \(maxSteps) --retry-bound \(retryBound)"
     }
+
+    func replayCommand(_ file: String, _ e: Execution) -> String { command(file, "--replay \(e.schedule)") }
 
     func progressLine(_ file: String, _ r: ExplorationReport) {
         let s = max(r.seconds, 1e-9)
@@ -186,7 +184,8 @@ struct Explore: ParsableCommand {
             out("\(file): \(replayed ? "replay ran clean" : "nothing found") in \(r.executions) execution\(r.executions == 1 ? "" : "s") (\(strategy), \(r.steps) steps, \(r.distinctExecutions) distinct, \(String(format2: r.seconds)) s)")
             return
         }
-        out("\(file): \(f.kind.rawValue) \(replayed ? "on replay" : "at seed \(e.seed) (\(strategy), execution \(r.executions))") after \(e.steps) steps")
+        let pct = r.pctSteps > 0 ? ", k = \(r.pctSteps)" : ""
+        out("\(file): \(f.kind.rawValue) \(replayed ? "on replay" : "at seed \(e.seed) (\(strategy)\(pct), execution \(r.executions))") after \(e.steps) steps")
         out(f.message)
         out("schedule: \(e.schedule)")
         out("replay: \(replayCommand(file, e))")
@@ -202,7 +201,8 @@ struct Explore: ParsableCommand {
         ]
         if let e = r.failure, let f = e.failure {
             o.append(("failure", .object([
-                ("kind", .string(f.kind.rawValue)), ("seed", .int(Int(truncatingIfNeeded: e.seed))), ("steps", .int(e.steps)),
+                ("kind", .string(f.kind.rawValue)),
+                ("seed", e.seed <= UInt64(Int.max) ? .int(Int(e.seed)) : .string(String(e.seed))), ("steps", .int(e.steps)),
                 ("message", .string(f.message)), ("schedule", .string(e.schedule.description)),
                 ("traceHash", .string(String(e.traceHash, radix: 16))), ("replay", .string(replayCommand(file, e))),
             ])))
@@ -234,32 +234,45 @@ func ensureDeterministicHashing() {
     // exec failed: carry on (replays in this process are still exact)
 }
 
-/// Prints the running seed if the model crashes (a failed precondition in model code ends the
-/// process): the replay command comes first, then the crash's own message.
+/// Prints a replay command if the model crashes (a failed precondition in model code ends the
+/// process with the runtime's own message; this line follows it), then exits with status 4.
 enum CrashReport {
-    nonisolated(unsafe) static var buffer = UnsafeMutablePointer<CChar>.allocate(capacity: 4096)
-    nonisolated(unsafe) static var prefix = ""
-    nonisolated(unsafe) static var armed = false
+    nonisolated(unsafe) static let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: 4096)
+    static let signals = [SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGABRT, SIGFPE]
 
-    static func arm(file: String, strategy: String, mutations: [String]) {
-        prefix = "hmm explore: the model crashed; replay with: hmm explore \(file)"
-            + mutations.map { " --mutation \($0)" }.joined() + " --strategy \(strategy) --seeds "
-        if !armed {
-            armed = true
-            for sig in [SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGABRT, SIGFPE] {
-                signal(sig) { s in
-                    let p = CrashReport.buffer
-                    _ = write(2, p, strlen(p))
-                    signal(s, SIG_DFL)
-                    _exit(4)
-                }
+    /// From now until `disarm`, a crash prints `command`.
+    static func arm(_ command: String) {
+        let line = "hmm explore: the model crashed; replay with: \(command)\n"
+        _ = line.withCString { strncpy(buffer, $0, 4095) }
+        buffer[4095] = 0
+        for sig in signals {
+            signal(sig) { s in
+                let p = CrashReport.buffer
+                _ = write(2, p, strlen(p))
+                signal(s, SIG_DFL)
+                _exit(4)
             }
         }
     }
-    static func next(seed: UInt64) {
-        let line = prefix + "\(seed)\n"
-        _ = line.withCString { strncpy(buffer, $0, 4095) }
-        buffer[4095] = 0
+    static func disarm() {
+        for sig in signals { signal(sig, SIG_DFL) }
+        buffer[0] = 0
     }
-    static func disarm() { buffer[0] = 0 }
+}
+
+/// One execution of a scenario script for the explorer: the script from scratch on a machine
+/// of its own, quiet, with no clock deadline (the step bound ends a run) and no progress line.
+/// Throws the script's failure.
+func exploredScript(path: String? = nil, source: String? = nil, name: String = "script") throws {
+    struct ScriptFailed: Error, CustomStringConvertible { let description: String }
+    var o = ScenarioInterpreter.Options()
+    o.output = { _ in }
+    o.timeoutSeconds = 86_400
+    o.progress = false
+    let interpreter = ScenarioInterpreter(options: o)
+    let outcome = path.map { interpreter.run(path: $0) } ?? interpreter.run(source: source ?? "", file: name)
+    switch outcome {
+    case .passed, .skipped: return
+    case .failed(let m), .malformed(let m): throw ScriptFailed(description: m)
+    }
 }

@@ -62,7 +62,8 @@ final class ExplorerTests: XCTestCase {
                 ts.forEach { $0.join() }
             }
             XCTAssertNil(report.failure, "\(strategy): \(report.failure?.failure?.description ?? "")")
-            XCTAssertEqual(count.value, 3 * report.executions, "\(strategy)")
+            // (PCT measures its execution length with one round-robin execution first.)
+            XCTAssertEqual(count.value, 3 * (report.executions + (report.pctSteps > 0 ? 1 : 0)), "\(strategy)")
             XCTAssertGreaterThan(report.distinctExecutions, 10, "\(strategy) explored too few interleavings")
         }
     }
@@ -94,6 +95,51 @@ final class ExplorerTests: XCTestCase {
         }
         let hashes = Set((0..<40).map { Explorer.run(strategy: .random, seed: UInt64($0), body).traceHash })
         XCTAssertGreaterThan(hashes.count, 2, "different seeds should give different executions")
+    }
+
+    /// Under PCT a seed's execution does not depend on the seeds run before it in the campaign
+    /// (the change points are spread over a length measured once, by a round-robin run).
+    func testPCTSeedGivesTheSameExecutionInAnyCampaign() {
+        let body = {
+            let a = Lock("A")
+            let ts = (0..<3).map { i in ModelThread.spawn(name: "t\(i)") { for _ in 0..<3 { a.lock(); Sync.yieldPoint(); a.unlock() } } }
+            ts.forEach { $0.join() }
+        }
+        var inRange: [UInt64: UInt64] = [:]
+        var seed: UInt64 = 0
+        let whole = Explorer.explore(strategy: .pct(depth: 3), seeds: 0..<12, progress: { r in
+            if let e = r.last { inRange[seed] = e.traceHash }
+            seed += 1
+        }, body)
+        XCTAssertNil(whole.failure)
+        XCTAssertGreaterThan(whole.pctSteps, 10)
+        for s: UInt64 in [0, 5, 11] {
+            let alone = Explorer.explore(strategy: .pct(depth: 3), seeds: s..<(s + 1), body)
+            XCTAssertEqual(alone.pctSteps, whole.pctSteps)
+            XCTAssertEqual(alone.last?.traceHash, inRange[s], "seed \(s)")
+        }
+        XCTAssertGreaterThan(Set(inRange.values).count, 2)
+    }
+
+    /// After a failed execution nothing of it runs any more: the hooks are uninstalled and a
+    /// new execution runs normally.
+    func testAnExecutionAfterAFailureRunsNormally() {
+        let bad = Explorer.run(strategy: .random, seed: 1, maxSteps: 500) {
+            let flag = AtomicCounter(0)
+            let t = ModelThread.spawn(name: "spinner") { while flag.load() == 0 { flag.store(0) } }
+            t.join()
+        }
+        XCTAssertEqual(bad.failure?.kind, .livelock)
+        XCTAssertNil(Sync.scheduler)
+        let count = Shared(0)
+        let good = Explorer.run(strategy: .random, seed: 2) {
+            let a = Lock("A")
+            let ts = (0..<2).map { i in ModelThread.spawn(name: "t\(i)") { a.lock(); count.value += 1; a.unlock() } }
+            ts.forEach { $0.join() }
+        }
+        XCTAssertNil(good.failure)
+        XCTAssertEqual(count.value, 2)
+        XCTAssertEqual(good.threads, 3)
     }
 
     /// A thread that keeps taking steps without the program ending passes the step bound.
@@ -142,7 +188,7 @@ final class ExplorerTests: XCTestCase {
         }
         let f = try XCTUnwrap(e.failure)
         XCTAssertEqual(f.kind, .diverged)
-        XCTAssertTrue(f.message.contains("at step 3"), f.message)
+        XCTAssertTrue(f.message.contains("at choice 2 (after step 2): runnable threads [1]"), f.message)
     }
 
     /// The printed schedule reads back to the same schedule; malformed text is refused.

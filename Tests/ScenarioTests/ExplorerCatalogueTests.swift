@@ -39,7 +39,7 @@ final class ExplorerCatalogueTests: XCTestCase {
             XCTAssertTrue(found.output.contains(e.finding), "\(e.name): \(found.output)")
             let replayLine = try XCTUnwrap(found.output.split(separator: "\n").first { $0.hasPrefix("replay: hmm explore ") }, found.output)
             let args = replayLine.dropFirst("replay: hmm ".count).split(separator: " ").map(String.init)
-            XCTAssertTrue(args.contains("--mutation"), String(replayLine))
+            XCTAssertEqual(Array(args.prefix(4)), ["explore", file, "--mutation", e.name], String(replayLine))
             let replay = HMMBinary.run(args + ["--quiet"])
             XCTAssertEqual(replay.status, e.status, "\(e.name) replay: \(replay.output)")
             XCTAssertTrue(replay.output.contains(": \(e.kind) on replay after "), "\(e.name) replay: \(replay.output)")
@@ -84,7 +84,8 @@ final class ExplorerCatalogueTests: XCTestCase {
     /// Bad options and malformed scripts get their own exit status, before anything runs.
     func testUsageErrorsAndMalformedScripts() throws {
         let file = root + "/scenarios/explore/mirror-without-read-retry.hmm"
-        for bad in [["--strategy", "dfs"], ["--seeds", "5..5"], ["--mutation", "no-such-bug"], ["--replay", "0x"], ["--time", "-1s"]] {
+        for bad in [["--strategy", "dfs"], ["--seeds", "5..5"], ["--seeds", "18446744073709551615"], ["--seeds", "1....3"],
+                    ["--mutation", "no-such-bug"], ["--replay", "0x"], ["--time", "-1s"], ["--retry-bound", "100000"]] {
             let r = HMMBinary.run(["explore", file] + bad)
             XCTAssertEqual(r.status, 64, "\(bad): \(r.output)")
         }

@@ -307,7 +307,10 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         for chunk in list {
             let deadline = monotonicNanoseconds() + wait
             var pause: UInt64 = 10_000
-            while evict(chunk) != 0 && monotonicNanoseconds() < deadline {
+            var rounds = 0
+            // Under the explorer, a number of rounds instead of the clock (replays must match).
+            while evict(chunk) != 0 && (Sync.scheduler != nil ? rounds < 64 : monotonicNanoseconds() < deadline) {
+                rounds += 1
                 syncSleep(nanoseconds: pause)              // wait for memory or for the reference
                 pause = min(pause * 2, 10_000_000)
             }

@@ -137,7 +137,8 @@ public final class CPU: @unchecked Sendable {
         while true {
             if let f = walkAndFill(address, write: write) { return f + Int(address & 0xFFF) }
             rounds += 1
-            Sync.retryLoop(rounds, "the access at 0x\(String(address, radix: 16)) faulted")
+            // A second fault for one access is a retry (the explorer's livelock bound).
+            if rounds > 1 { Sync.retryLoop(rounds, "the access at 0x\(String(address, radix: 16)) faulted") }
             precondition(rounds < CPU.maxFaultRetries, "livelock: access at 0x\(String(address, radix: 16)) faulted \(rounds) times")
             faultCount += 1
             // Leave user mode: the fault handler takes locks and may wait for shootdowns.

@@ -46,20 +46,16 @@ extension AddressSpace {
             memory.get(page)
             ptl.unlock()
             page.lock()
-            defer { page.unlock(); memory.put(page) }
-            guard let pgmap = memory.pagemap(of: page), let ops = pgmap.ops else { return .sigbus }
-            let r = ops.migrateToRAM(DevicePrivateFault(mm: self, vma: vma, address: address, page: page,
-                                                        isWrite: flags.contains(.write)))
-            return r == .ok ? .retry : r
-        }
-        guard page.tryLock() else {
+        } else {
+            guard page.tryLock() else {
+                ptl.unlock()
+                page.waitUnlocked()
+                return .retry
+            }
+            // The entry maps the page and the PTE lock is held: it cannot be freed, get is safe.
+            memory.get(page)
             ptl.unlock()
-            page.waitUnlocked()
-            return .retry
         }
-        // The entry maps the page and the PTE lock is held: it cannot be freed, get is safe.
-        memory.get(page)
-        ptl.unlock()
         defer { page.unlock(); memory.put(page) }
         guard let pgmap = memory.pagemap(of: page), let ops = pgmap.ops else { return .sigbus }
         stats.count(.faultDevicePrivate)

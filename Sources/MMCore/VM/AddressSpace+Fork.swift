@@ -105,15 +105,8 @@ struct ForkCopier: PageWalker {
             guard page.tryLock() else { return .stop(.ENOMEM) }
             parent.restoreExclusivePTE(vma, page, pte, v)
             page.unlock()
-            if Mutation.on(.forkExclusiveWithoutWrprotect) {
-                // The bug: the restored entry is copied as it is, writable in both.
-                let e = pte.load()
-                memory.get(page); memory.addRmap(page)
-                if page.test(.anonExclusive) { page.clear(.anonExclusive) }
-                dst.entry.store(e)
-                return .next
-            }
-            return copyPresent(pte, pte.load(), addr, dst.entry)
+            // (The mutation: the restored entry is copied as it is, writable in both.)
+            return copyPresent(pte, pte.load(), addr, dst.entry, wrprotect: !Mutation.on(.forkExclusiveWithoutWrprotect))
         }
         copyNonPresent(pte, v, dst.entry)
         return .next
@@ -122,7 +115,10 @@ struct ForkCopier: PageWalker {
     /// How many entries ahead `copyPresent` prefetches page metadata.
     static let prefetchDistance = 6
 
-    private mutating func copyPresent(_ src: EntryPointer, _ v: PTE, _ addr: UInt64, _ dst: EntryPointer) -> WalkStep {
+    /// `wrprotect`: a copy-on-write mapping's writable entry is write-protected in both (off
+    /// only for the fork-exclusive-without-wrprotect mutation).
+    private mutating func copyPresent(_ src: EntryPointer, _ v: PTE, _ addr: UInt64, _ dst: EntryPointer,
+                                      wrprotect: Bool = true) -> WalkStep {
         // Every page's metadata line is cold in a large fork, and the reference, mapcount and
         // flag atomics below each wait for it: ask for the line of an entry a few ahead.
         if (addr >> pageShift) & 511 < UInt64(512 - ForkCopier.prefetchDistance) {
@@ -143,7 +139,7 @@ struct ForkCopier: PageWalker {
         memory.get(page)
         memory.addRmap(page)
         var e = v
-        if cow && v.isWrite {
+        if cow && v.isWrite && wrprotect {
             e = src.modify { $0.wrprotect() }.new   // keeps a dirty bit a CPU sets meanwhile
             parentChanged = true
         }
