@@ -9,6 +9,9 @@ struct MigrateCollectWalker: PageWalker {
     var src: [UInt64]
     var cpages = 0
     var unmapped = 0
+    /// Present entries this walk replaced in the current PTE table, flushed before its lock
+    /// is dropped.
+    var unmappedInTable = 0
     /// The registration of the last device page seen, and whether `pgmapOwner` owns it (a
     /// batch of device pages nearly always comes from one registration).
     var lastPagemap: DevicePagemap? = nil
@@ -46,7 +49,21 @@ struct MigrateCollectWalker: PageWalker {
         return .skip
     }
 
+    /// One entry, under the PTE table's lock. After the table's last entry in the range, the
+    /// TLB is flushed if any present entry was replaced, still under the lock (7.2's
+    /// `migrate_vma_collect_pmd`, since commit 60bae7370896: a zap that finds the migration
+    /// entry must not return while a CPU can still reach the page through its TLB).
     mutating func pteEntry(_ ptep: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
+        let step = collectPTE(ptep, addr, next)
+        if (next & (pmdSize - 1) == 0 || next >= migrate.end || step != .next) && unmappedInTable > 0 {
+            memory.tablePage(of: ptep).ptl.assertHeld()
+            if !Mutation.on(.migrateCollectWithoutTLBFlush) { migrate.mm.flushTLB() }
+            unmappedInTable = 0
+        }
+        return step
+    }
+
+    private mutating func collectPTE(_ ptep: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
         let i = index(addr)
         src[i] = 0
         let v = ptep.load()
@@ -93,7 +110,7 @@ struct MigrateCollectWalker: PageWalker {
         let entry = SwapEntry.migration(pfn: page.pfn, write: mpfn & MigratePfn.write != 0, exclusive: exclusive)
         ptep.store(entry.pte(softDirty: old.isSoftDirty))
         memory.removeRmap(page)
-        if old.isPresent { unmapped += 1 }
+        if old.isPresent { unmapped += 1; unmappedInTable += 1 }
         cpages += 1
         src[i] = mpfn
         return .next
@@ -109,7 +126,6 @@ extension MigrateVMA {
         var walker = MigrateCollectWalker(migrate: self, memory: memory, anonymous: vma.isAnonymous,
                                           src: [UInt64](repeating: 0, count: src.count))
         _ = mm.pageTable.walk(start, end, &walker)
-        if walker.unmapped > 0 && !Mutation.on(.migrateCollectWithoutTLBFlush) { mm.flushTLB() }
         mm.notifiers.invalidateRangeEnd(range)
         src = walker.src
         cpages = walker.cpages
