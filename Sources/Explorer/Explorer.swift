@@ -112,32 +112,15 @@ public enum Explorer {
         }
         defer { Lockdep.onReport = savedReport }
         Sync.scheduler = sched
-        let main = sched.register(name: "main")
-        final class Controller: @unchecked Sendable {
-            let sched: ExplorerScheduler, main: ExplorerThread
-            var body: (() throws -> Void)?
-            init(_ s: ExplorerScheduler, _ m: ExplorerThread, _ b: @escaping () throws -> Void) { sched = s; main = m; body = b }
-            func run() {
-                sched.waitForTurn(main)
-                var thrown: Error?
-                do { try body?() } catch { thrown = error }
-                body = nil // the body's captures go while the thread is still scheduled
-                if let thrown { sched.lock(); sched.fail(.check, "\(thrown)"); sched.unlock() }
-                sched.exit(main)
-            }
-        }
-        let controller = Controller(sched, main, body)
-        var attr = pthread_attr_t()
-        pthread_attr_init(&attr)
-        pthread_attr_setstacksize(&attr, 8 << 20)
-        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
-        var tid = pthread_t()
-        let rc = pthread_create(&tid, &attr, { raw in
-            Unmanaged<Controller>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, Unmanaged.passRetained(controller).toOpaque())
-        pthread_attr_destroy(&attr)
-        precondition(rc == 0, "Explorer.run: pthread_create failed (\(rc))")
+        // The body is thread 0: the first thread registered (through `wrapBody`, like any
+        // model thread). Its captures go while it is still scheduled.
+        var pending: (() throws -> Void)? = body
+        ModelThread.spawn(name: "main") {
+            var thrown: Error?
+            do { try pending?() } catch { thrown = error }
+            pending = nil
+            if let thrown { sched.lock(); sched.fail(.check, "\(thrown)"); sched.unlock() }
+        }.detach()
 
         sched.lock()
         // Over, and nothing of the execution runs any more (a thread that failed a lockdep

@@ -62,13 +62,13 @@ public enum FailureKind: String, Sendable, Codable {
 /// on the object it waits for (or, when every thread is blocked, once more to re-check); when
 /// all are blocked after that, it is a deadlock.
 ///
-/// Locking: `mutex` guards every field; a thread runs model code only while `current` is its
-/// id, and parks on its own condition otherwise.
+/// Locking: `mutex` guards every field (`turn` is also read without it, by spinners); a thread
+/// runs model code only while `turn` holds its id, and parks on its own semaphore otherwise.
 final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     let mutex: UnsafeMutablePointer<pthread_mutex_t>
     var threads: [ExplorerThread] = []
-    var current = 0
-    /// `current`, for a parked thread spinning for its turn without the mutex (written with it).
+    /// The id of the thread whose turn it is (-1 once the execution is over). Written under
+    /// the mutex; a parked thread may spin on it without the mutex.
     let turn = Atomic<Int>(0)
     /// How long a parked thread spins on `turn` before it sleeps: a hand-off to a spinning
     /// thread costs a cache-line transfer instead of a futex wake-up and a context switch.
@@ -127,6 +127,8 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
             let now = monotonicNanoseconds()
             if deadline == 0 { deadline = now &+ ExplorerScheduler.spinNanoseconds } else if now >= deadline { break }
         }
+        // A post that arrives after a successful spin stays counted: the next sleep returns
+        // at once, and its caller re-checks whose turn it is.
         if !spin || turn.load(ordering: .acquiring) != t.id {
             while sem_wait(t.sem) != 0 {} // EINTR
         }
@@ -201,7 +203,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// thread is abandoned). Locking: caller holds `mutex`.
     func park(_ t: ExplorerThread) {
         assertHeld()
-        while current != t.id || over { sleep(t) }
+        while turn.load(ordering: .relaxed) != t.id || over { sleep(t) }
     }
 
     /// Waits for a newly started thread's first turn. Locking: takes `mutex`.
@@ -296,10 +298,11 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
 
     private func finish() {
         over = true
-        turn.store(-1, ordering: .releasing) // no spinner takes a turn any more
         // Every thread but the running one is parked (or not started, and will park): quiet.
         // The running one becomes quiet when it parks or exits.
-        for t in threads where t.id != current && t.state != .finished { t.quiet = true }
+        let running = turn.load(ordering: .relaxed)
+        for t in threads where t.id != running && t.state != .finished { t.quiet = true }
+        turn.store(-1, ordering: .releasing) // no spinner takes a turn any more
         pthread_cond_broadcast(overCond)
     }
 
@@ -363,7 +366,6 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         }
         schedule.append(chosen)
         if chosen == t.id && !leaving { return }
-        current = chosen
         turn.store(chosen, ordering: .releasing)
         pendingWake = threads[chosen]
         if !leaving { park(t) }

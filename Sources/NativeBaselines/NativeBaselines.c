@@ -107,21 +107,35 @@ double nb_host_anon_fault(size_t bytes) {
     return t;
 }
 
+/// A forked child that keeps the parent's pages shared copy-on-write until released: returns
+/// its pid and the pipe end that releases it (`nb_release_child`), or -1.
+static pid_t nb_fork_holder(int *release) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    pid_t pid = fork();
+    if (pid < 0) { close(fds[0]); close(fds[1]); return -1; }
+    if (pid == 0) { char c; close(fds[1]); (void)!read(fds[0], &c, 1); _exit(0); }
+    close(fds[0]);
+    *release = fds[1];
+    return pid;
+}
+
+static void nb_release_child(pid_t pid, int release) {
+    (void)!write(release, "x", 1);
+    close(release);
+    waitpid(pid, NULL, 0);
+}
+
 double nb_host_cow_fault(size_t bytes) {
     uint8_t *m = nb_touched(bytes);
     if (!m) return -1;
-    int fds[2];
-    if (pipe(fds) != 0) { munmap(m, bytes); return -1; }
-    pid_t pid = fork();
-    if (pid < 0) { close(fds[0]); close(fds[1]); munmap(m, bytes); return -1; }
-    if (pid == 0) { char c; close(fds[1]); (void)!read(fds[0], &c, 1); _exit(0); }
-    close(fds[0]);
+    int release;
+    pid_t pid = nb_fork_holder(&release);
+    if (pid < 0) { munmap(m, bytes); return -1; }
     double t0 = nb_now();
     for (size_t off = 0; off < bytes; off += 4096) m[off] = 2;
     double t = nb_now() - t0;
-    (void)!write(fds[1], "x", 1);
-    close(fds[1]);
-    waitpid(pid, NULL, 0);
+    nb_release_child(pid, release);
     munmap(m, bytes);
     return t;
 }
@@ -381,16 +395,11 @@ int nb_host_fault_latencies(size_t bytes, int threads, int cow, uint32_t *out) {
         return 0;
     }
     for (size_t off = 0; off < bytes; off += 4096) m[off] = 1;
-    int fds[2];
-    if (pipe(fds) != 0) { munmap(m, bytes); return -1; }
-    pid_t pid = fork();
-    if (pid < 0) { close(fds[0]); close(fds[1]); munmap(m, bytes); return -1; }
-    if (pid == 0) { char c; close(fds[1]); (void)!read(fds[0], &c, 1); _exit(0); }
-    close(fds[0]);
+    int release;
+    pid_t pid = nb_fork_holder(&release);
+    if (pid < 0) { munmap(m, bytes); return -1; }
     nb_lat_run(m, pages, threads, out, 2);
-    (void)!write(fds[1], "x", 1);
-    close(fds[1]);
-    waitpid(pid, NULL, 0);
+    nb_release_child(pid, release);
     munmap(m, bytes);
     return 0;
 }

@@ -115,16 +115,14 @@ struct Explore: ParsableCommand {
                 worst = max(worst, 2)
                 continue
             }
-            let body = scriptBody(file)
+            // One execution: the script from scratch on a machine of its own.
+            let body = { try exploredScript(path: file) }
             let report: ExplorationReport
-            var replayed: Execution? = nil
+            let replayed = replay != nil
             if let replay, let schedule = Schedule(parsing: replay) {
                 CrashReport.arm(command(file, "--replay \(replay)"))
-                let e = Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, retryBound: retryBound, body)
+                report = ExplorationReport(Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, retryBound: retryBound, body))
                 CrashReport.disarm()
-                replayed = e
-
-                report = ExplorationReport(e)
             } else {
                 CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound)"))
                 var lastShown = monotonicNanoseconds()
@@ -136,17 +134,17 @@ struct Explore: ParsableCommand {
                         progressLine(file, r)
                     }
                     CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound &+ UInt64(r.executions))"))
-                }, { [body] in try body() })
+                }, body)
                 CrashReport.disarm()
             }
-            if !quiet && replayed == nil { progressLine(file, report); errLine("") }
+            if !quiet && !replayed { progressLine(file, report); errLine("") }
             if !quiet, report.executions == 1, let e = report.last {
                 errLine("steps by kind: " + e.stepsByKind.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
             }
             let code = exitCode(report.failure?.failure?.kind)
             worst = max(worst, code)
-            results.append(json(file, report, replayed: replayed != nil))
-            if format == .text { printText(file, report, strategy: strategy, replayed: replayed != nil) }
+            results.append(json(file, report, replayed: replayed))
+            if format == .text { printText(file, report, strategy: strategy, replayed: replayed) }
         }
         if format == .json {
             out(JSON.object([("files", .array(results))]).text())
@@ -154,15 +152,11 @@ struct Explore: ParsableCommand {
         if worst != 0 { throw ExitCode(worst) }
     }
 
-    /// The body one execution runs: the script from scratch on a machine of its own.
-    func scriptBody(_ file: String) -> () throws -> Void { { try exploredScript(path: file) } }
-
     func exitCode(_ kind: FailureKind?) -> Int32 {
         switch kind {
         case nil: return 0
-        case .check?: return 1
+        case .check?, .diverged?: return 1
         case .deadlock?, .livelock?, .threadsLeftRunning?: return 3
-        case .diverged?: return 1
         }
     }
 
@@ -181,7 +175,7 @@ struct Explore: ParsableCommand {
 
     func printText(_ file: String, _ r: ExplorationReport, strategy: Strategy, replayed: Bool) {
         guard let e = r.failure, let f = e.failure else {
-            out("\(file): \(replayed ? "replay ran clean" : "nothing found") in \(r.executions) execution\(r.executions == 1 ? "" : "s") (\(strategy), \(r.steps) steps, \(r.distinctExecutions) distinct, \(String(format2: r.seconds)) s)")
+            out("\(file): \(replayed ? "replay ran clean" : "nothing found") in \(r.executions) execution\(r.executions == 1 ? "" : "s") (\(strategy), \(r.steps) steps, \(r.distinctExecutions) distinct, \(fmt(r.seconds)) s)")
             return
         }
         let pct = r.pctSteps > 0 ? ", k = \(r.pctSteps)" : ""
@@ -211,9 +205,6 @@ struct Explore: ParsableCommand {
     }
 }
 
-extension String {
-    init(format2 v: Double) { self = String(Double(Int(v * 100)) / 100) }
-}
 
 /// Standard error, unbuffered.
 func errLine(_ s: String, newline: Bool = true) {
