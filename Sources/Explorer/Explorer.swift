@@ -29,6 +29,25 @@ public struct Execution: Sendable {
     public let stepsByKind: [String: Int]
 }
 
+/// One part of a campaign's seeds: every `count`-th seed from the `index`-th.
+public struct Shard: Equatable, Sendable {
+    public let index: Int, count: Int
+    public static let whole = Shard(0, 1)
+    /// nil unless 0 ≤ index < count.
+    public init?(index: Int, count: Int) {
+        guard count >= 1, index >= 0, index < count else { return nil }
+        self.index = index; self.count = count
+    }
+    private init(_ i: Int, _ n: Int) { index = i; count = n }
+    /// Parses `K/N`.
+    public init?(parsing text: String) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let k = Int(parts[0]), let n = Int(parts[1]), n <= 1_000_000 else { return nil }
+        self.init(index: k, count: n)
+    }
+    public var description: String { "\(index)/\(count)" }
+}
+
 /// A campaign: many executions of one program.
 public struct ExplorationReport: Sendable {
     public var executions = 0
@@ -36,6 +55,8 @@ public struct ExplorationReport: Sendable {
     public var seconds = 0.0
     /// Distinct trace hashes seen: how many different executions the campaign covered.
     public var distinctExecutions = 0
+    /// The trace hashes seen (shards of a campaign merge their sets).
+    public var traceHashes = Set<UInt64>()
     /// The first failed execution, if any.
     public var failure: Execution?
     /// PCT's expected execution length (its change points fall in 1…k): the length of one
@@ -45,6 +66,11 @@ public struct ExplorationReport: Sendable {
     /// The last execution run.
     public var last: Execution?
     public var longest = 0
+    /// A depth-first search explored every schedule within its preemption bound.
+    public var exhausted = false
+    /// Depth-first executions whose end repeated an explored interleaving in another order
+    /// (every enabled thread asleep at some step).
+    public var redundant = 0
     public init() {}
     /// The report of one execution (a replay).
     public init(_ e: Execution) {
@@ -77,6 +103,14 @@ public enum Explorer {
     /// it must join the threads it starts.
     public static func run(strategy: Strategy, seed: UInt64, maxSteps: Int = 1_000_000, retryBound: Int = 1_000,
                            expectedSteps: Int = 1_000, _ body: @escaping () throws -> Void) -> Execution {
+        run(strategy: strategy, seed: seed, maxSteps: maxSteps, retryBound: retryBound, expectedSteps: expectedSteps,
+            search: nil, body)
+    }
+
+    /// `run`, with the depth-first search a `.dfs` campaign carries from one execution to the
+    /// next (nil: a fresh one, whose first execution runs).
+    static func run(strategy: Strategy, seed: UInt64, maxSteps: Int, retryBound: Int, expectedSteps: Int,
+                    search: DepthFirstSearch?, _ body: @escaping () throws -> Void) -> Execution {
         precondition(pthread_getspecific(ExplorerScheduler.key) == nil || Sync.scheduler == nil,
                      "Explorer.run called from a model thread of a running exploration")
         pthread_mutex_lock(gate); defer { pthread_mutex_unlock(gate) }
@@ -87,6 +121,7 @@ public enum Explorer {
         case .pct(let d): picker = PCTPicker(seed: seed, depth: d, steps: expectedSteps)
         case .replay(let s): picker = ReplayPicker(schedule: s)
         case .roundRobin: picker = RoundRobinPicker()
+        case .dfs(let p, let r): picker = DFSPicker(search: search ?? DepthFirstSearch(bound: p, reduction: r))
         }
         let sched = ExplorerScheduler(picker: picker, maxSteps: maxSteps, retryBound: retryBound)
         ModelThread.wrapBody = { name, inner in
@@ -140,29 +175,42 @@ public enum Explorer {
     }
 
     /// Runs `body` once per seed in `seeds`, stopping at the first failure (or after `seconds`).
-    /// `progress` is called after each execution with the report so far.
-    public static func explore(strategy: Strategy, seeds: Range<UInt64>, maxSteps: Int = 1_000_000,
+    /// `progress` is called after each execution with the report so far. Under `.dfs` the
+    /// executions follow the search (at most one per seed, the seed naming it by index) and the
+    /// campaign also stops when the search space is exhausted (`report.exhausted`).
+    /// `shard` runs one part of the seeds (every `count`-th from the `index`-th): the shards of
+    /// a campaign together run its seeds, each seed's execution the same as in the whole.
+    public static func explore(strategy: Strategy, seeds: Range<UInt64>, shard: Shard = .whole, maxSteps: Int = 1_000_000,
                                retryBound: Int = 1_000, seconds limit: Double? = nil,
                                progress: ((ExplorationReport) -> Void)? = nil,
                                _ body: @escaping () throws -> Void) -> ExplorationReport {
         var report = ExplorationReport()
-        var hashes = Set<UInt64>()
         let t0 = monotonicNanoseconds()
         if case .pct = strategy {
             report.pctSteps = max(1, run(strategy: .roundRobin, seed: 0, maxSteps: maxSteps, retryBound: retryBound, body).steps)
         }
-        for seed in seeds {
+        var search: DepthFirstSearch?
+        if case .dfs(let p, let r) = strategy { search = DepthFirstSearch(bound: p, reduction: r) }
+        let first = seeds.lowerBound.addingReportingOverflow(UInt64(shard.index))
+        let shardSeeds = first.overflow ? stride(from: seeds.upperBound, to: seeds.upperBound, by: 1)
+            : stride(from: first.partialValue, to: seeds.upperBound, by: UInt64.Stride(shard.count))
+        for seed in shardSeeds {
             let e = run(strategy: strategy, seed: seed, maxSteps: maxSteps, retryBound: retryBound,
-                        expectedSteps: report.pctSteps, body)
+                        expectedSteps: report.pctSteps, search: search, body)
             report.executions += 1
             report.last = e
             report.steps += e.steps
             report.longest = max(report.longest, e.steps)
-            hashes.insert(e.traceHash)
-            report.distinctExecutions = hashes.count
+            report.traceHashes.insert(e.traceHash)
+            report.distinctExecutions = report.traceHashes.count
             report.seconds = Double(monotonicNanoseconds() - t0) / 1e9
             progress?(report)
             if e.failure != nil { report.failure = e; break }
+            if let search {
+                let more = search.advance()
+                report.redundant = search.redundant
+                if !more { report.exhausted = true; break }
+            }
             if let limit, report.seconds >= limit { break }
         }
         return report

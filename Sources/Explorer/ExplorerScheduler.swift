@@ -328,6 +328,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         kindCounts[Int(kind.rawValue) + (blocked ? 64 : 0)] += 1
         hash.add(thread: t.id, kind: kind.rawValue &+ (blocked ? 128 : 0))
         t.note(step, kind, object, blocked)
+        picker.observed(thread: t.id, kind: kind, object: object, blocked: blocked)
     }
 
     /// Picks who runs after `t`'s step and hands over; returns when `t` runs again (or at once

@@ -14,6 +14,11 @@ public enum Strategy: Equatable, Sendable, CustomStringConvertible {
     /// Every step hands over to the next enabled thread (quantum one step): the most
     /// switches, for measuring the scheduler's hand-off.
     case roundRobin
+    /// Bounded depth-first search (`DepthFirstSearch`): every schedule with at most
+    /// `preemptions` preemptions, each interleaving once up to the order of commuting steps
+    /// when `reduction` is on (sleep sets), until the space is exhausted. A campaign's seed
+    /// range bounds its executions; the seed names an execution by its index.
+    case dfs(preemptions: Int, reduction: Bool)
 
     public var description: String {
         switch self {
@@ -21,12 +26,21 @@ public enum Strategy: Equatable, Sendable, CustomStringConvertible {
         case .pct(let d): return "pct:\(d)"
         case .replay: return "replay"
         case .roundRobin: return "round-robin"
+        case .dfs(let p, let r): return "dfs:\(p)" + (r ? "" : ":full")
         }
     }
 
-    /// Parses `random`, `pct:D` (D ≥ 1; `pct` alone is depth 3).
+    /// Parses `random`, `pct:D` (D ≥ 1; `pct` alone is depth 3), `dfs:P` (P preemptions, 0…16;
+    /// `dfs` alone is 2) and `dfs:P:full` (no sleep-set reduction).
     public init?(parsing text: String) {
         if text == "random" { self = .random; return }
+        if text == "dfs" { self = .dfs(preemptions: 2, reduction: true); return }
+        if text.hasPrefix("dfs:") {
+            let parts = text.dropFirst(4).split(separator: ":", omittingEmptySubsequences: false)
+            guard let p = Int(parts[0]), p >= 0, p <= 16, parts.count == 1 || (parts.count == 2 && parts[1] == "full") else { return nil }
+            self = .dfs(preemptions: p, reduction: parts.count == 1)
+            return
+        }
         if text == "pct" { self = .pct(depth: 3); return }
         if text.hasPrefix("pct:"), let d = Int(text.dropFirst(4)), d >= 1, d <= 64 { self = .pct(depth: d); return }
         return nil
@@ -43,10 +57,14 @@ protocol Picker {
     /// `thread` went round a retry loop: it waits for others to act. A fair strategy lets
     /// them (the explorer reports livelocks under fair schedules only).
     mutating func yielded(_ thread: Int)
+    /// `thread` reached a point of `kind` on `object`, `blocked` there or not (each step ends
+    /// at one).
+    mutating func observed(thread: Int, kind: SyncPointKind, object: UnsafeRawPointer?, blocked: Bool)
 }
 
 extension Picker {
     mutating func yielded(_ thread: Int) {}
+    mutating func observed(thread: Int, kind: SyncPointKind, object: UnsafeRawPointer?, blocked: Bool) {}
 }
 
 struct RandomPicker: Picker {

@@ -20,7 +20,7 @@ public final class RWSem: @unchecked Sendable {
 
     public func lockRead(file: StaticString = #fileID, line: UInt = #line) {
         if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
-        Sync.point(.rwsemRead)
+        Sync.point(.rwsemRead, instance)
         if tryLockReadUntracked() { return }
         precondition(writer.load(ordering: .relaxed) != currentThreadID(), "\(name): read lock while holding write lock")
         queue.wait { self.tryLockReadUntracked() }
@@ -46,13 +46,13 @@ public final class RWSem: @unchecked Sendable {
         if Lockdep.enabled { Lockdep.release(lockClass, instance, Lockdep.Site(file, line)) }
         let old = state.wrappingSubtract(1, ordering: .releasing).oldValue
         precondition(old > 0, "\(name): read unlock without read lock")
-        Sync.point(.rwsemRelease)
+        Sync.point(.rwsemRelease, instance)
         if old == 1 { queue.wakeAll() }
     }
 
     public func lockWrite(file: StaticString = #fileID, line: UInt = #line) {
         if Lockdep.enabled { Lockdep.acquire(lockClass, instance, Lockdep.Site(file, line)) }
-        Sync.point(.rwsemWrite)
+        Sync.point(.rwsemWrite, instance)
         precondition(writer.load(ordering: .relaxed) != currentThreadID(), "\(name): recursive write lock")
         if tryLockWriteNoQueue() { return }
         writersWaiting.wrappingAdd(1, ordering: .sequentiallyConsistent)
@@ -80,7 +80,7 @@ public final class RWSem: @unchecked Sendable {
         precondition(writer.load(ordering: .relaxed) == currentThreadID(), "\(name): write unlock by non-owner")
         writer.store(0, ordering: .relaxed)
         state.store(0, ordering: .releasing)
-        Sync.point(.rwsemRelease)
+        Sync.point(.rwsemRelease, instance)
         queue.wakeAll()
     }
 

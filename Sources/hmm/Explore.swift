@@ -28,10 +28,10 @@ struct Explore: ParsableCommand {
     @Argument(help: "Scenario files (.hmm).")
     var files: [String]
 
-    @Option(help: "random, pct:D (probabilistic concurrency testing with depth D).")
+    @Option(help: "random, pct:D (probabilistic concurrency testing with depth D), dfs:P (depth-first search with at most P preemptions and sleep sets; dfs:P:full without them).")
     var strategy: String = "random"
 
-    @Option(help: "Seeds to run, as A..B (B excluded) or one seed N.")
+    @Option(help: "Seeds to run, as A..B (B excluded) or one seed N (dfs: at most B-A executions).")
     var seeds: String = "0..1000"
 
     @Option(help: "Step bound of one execution (past it: a livelock).")
@@ -58,6 +58,12 @@ struct Explore: ParsableCommand {
     @Flag(help: "Check lock order and locking rules (lockdep); a report fails the execution.")
     var lockdep = false
 
+    @Option(help: "Run shard K of N (K from 0): every N-th seed of --seeds from the K-th, for a campaign split over processes or machines. With --format json the results merge with --merge.")
+    var shard: String?
+
+    @Flag(help: "The files are JSON results of the shards of campaigns (--shard K/N --format json): print each campaign merged.")
+    var merge = false
+
     func parsedSeeds() throws -> Range<UInt64> {
         if let n = UInt64(seeds) {
             guard n < UInt64.max else { throw ValidationError("expected a seed below \(UInt64.max), found '\(seeds)'") }
@@ -82,8 +88,14 @@ struct Explore: ParsableCommand {
     }
 
     func validate() throws {
-        guard !files.isEmpty else { throw ValidationError("expected at least one scenario file") }
-        guard Strategy(parsing: strategy) != nil else { throw ValidationError("expected --strategy random or pct:D (D from 1 to 64), found '\(strategy)'") }
+        guard !files.isEmpty else { throw ValidationError(merge ? "expected the JSON results of shards to merge" : "expected at least one scenario file") }
+        if merge { return }
+        if let shard {
+            guard Shard(parsing: shard) != nil else { throw ValidationError("expected --shard as K/N with 0 <= K < N, found '\(shard)'") }
+            guard replay == nil else { throw ValidationError("--shard splits a campaign's seeds; a --replay runs one schedule") }
+            if case .dfs? = Strategy(parsing: strategy) { throw ValidationError("--shard splits seeds; a dfs search runs its executions in order and does not shard") }
+        }
+        guard Strategy(parsing: strategy) != nil else { throw ValidationError("expected --strategy random, pct:D (D from 1 to 64) or dfs:P[:full] (P from 0 to 16), found '\(strategy)'") }
         guard maxSteps >= 1 else { throw ValidationError("expected --max-steps of at least 1") }
         guard retryBound >= 1, retryBound < 100_000 else {
             throw ValidationError("expected --retry-bound from 1 to 99999 (a CPU's fault loop stops the process at 100000)")
@@ -99,11 +111,13 @@ struct Explore: ParsableCommand {
     }
 
     func run() throws {
+        if merge { try mergeResults(); return }
         ensureDeterministicHashing()
         if lockdep { Lockdep.enable() }
         Mutation.active = Mutation.mask(mutation.compactMap { Mutation(name: $0) })
         let strategy = Strategy(parsing: self.strategy)!
         let seeds = try parsedSeeds(), limit = try parsedTime()
+        let shard = self.shard.flatMap { Shard(parsing: $0) } ?? .whole
         var worst: Int32 = 0
         var results: [JSON] = []
         for file in files {
@@ -126,14 +140,17 @@ struct Explore: ParsableCommand {
             } else {
                 CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound)"))
                 var lastShown = monotonicNanoseconds()
-                report = Explorer.explore(strategy: strategy, seeds: seeds, maxSteps: maxSteps, retryBound: retryBound,
+                report = Explorer.explore(strategy: strategy, seeds: seeds, shard: shard, maxSteps: maxSteps, retryBound: retryBound,
                                           seconds: limit, progress: { r in
                     let now = monotonicNanoseconds()
                     if !quiet && now - lastShown > 1_000_000_000 {
                         lastShown = now
                         progressLine(file, r)
                     }
-                    CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound &+ UInt64(r.executions))"))
+                    let next = seeds.lowerBound &+ UInt64(shard.index) &+ UInt64(r.executions) &* UInt64(shard.count)
+                    // A search's execution is reached by running the search up to it.
+                    if case .dfs = strategy { CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound)..\(next &+ 1)")) }
+                    else { CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(next)")) }
                 }, body)
                 CrashReport.disarm()
             }
@@ -175,11 +192,15 @@ struct Explore: ParsableCommand {
 
     func printText(_ file: String, _ r: ExplorationReport, strategy: Strategy, replayed: Bool) {
         guard let e = r.failure, let f = e.failure else {
-            out("\(file): \(replayed ? "replay ran clean" : "nothing found") in \(r.executions) execution\(r.executions == 1 ? "" : "s") (\(strategy), \(r.steps) steps, \(r.distinctExecutions) distinct, \(fmt(r.seconds)) s)")
+            let space = r.exhausted ? ", every schedule within the bound" : ""
+            out("\(file): \(replayed ? "replay ran clean" : "nothing found") in \(r.executions) execution\(r.executions == 1 ? "" : "s") (\(strategy), \(r.steps) steps, \(r.distinctExecutions) distinct\(space), \(fmt(r.seconds)) s)")
             return
         }
         let pct = r.pctSteps > 0 ? ", k = \(r.pctSteps)" : ""
-        out("\(file): \(f.kind.rawValue) \(replayed ? "on replay" : "at seed \(e.seed) (\(strategy)\(pct), execution \(r.executions))") after \(e.steps) steps")
+        let at: String
+        if replayed { at = "on replay" } else if case .dfs = strategy { at = "in execution \(r.executions) of the search (\(strategy))" }
+        else { at = "at seed \(e.seed) (\(strategy)\(pct), execution \(r.executions))" }
+        out("\(file): \(f.kind.rawValue) \(at) after \(e.steps) steps")
         out(f.message)
         out("schedule: \(e.schedule)")
         out("replay: \(replayCommand(file, e))")
@@ -189,16 +210,22 @@ struct Explore: ParsableCommand {
         var o: [(String, JSON)] = [
             ("file", .string(file)), ("strategy", .string(replayed ? "replay" : strategy)),
             ("executions", .int(r.executions)), ("steps", .int(r.steps)), ("seconds", .double(r.seconds)),
-            ("distinct", .int(r.distinctExecutions)),
+            ("distinct", .int(r.distinctExecutions)), ("exhausted", .bool(r.exhausted)),
             ("result", .string(r.failure?.failure?.kind.rawValue ?? "clean")),
-            ("lastTraceHash", r.last.map { .string(String($0.traceHash, radix: 16)) } ?? .null),
+            ("lastTraceHash", r.last.map { .string(hex16($0.traceHash)) } ?? .null),
         ]
+        if let shard, !replayed {
+            // What the merge needs: the campaign (the same for every shard) and the traces seen.
+            o.append(("campaign", .string(command(file, "--strategy \(strategy) --seeds \(seeds)"))))
+            o.append(("shard", .string(shard)))
+            o.append(("traceHashes", .array(r.traceHashes.sorted().map { .string(hex16($0)) })))
+        }
         if let e = r.failure, let f = e.failure {
             o.append(("failure", .object([
                 ("kind", .string(f.kind.rawValue)),
                 ("seed", e.seed <= UInt64(Int.max) ? .int(Int(e.seed)) : .string(String(e.seed))), ("steps", .int(e.steps)),
                 ("message", .string(f.message)), ("schedule", .string(e.schedule.description)),
-                ("traceHash", .string(String(e.traceHash, radix: 16))), ("replay", .string(replayCommand(file, e))),
+                ("traceHash", .string(hex16(e.traceHash))), ("replay", .string(replayCommand(file, e))),
             ])))
         }
         return .object(o)
@@ -266,4 +293,10 @@ func exploredScript(path: String? = nil, source: String? = nil, name: String = "
     case .passed, .skipped: return
     case .failed(let m), .malformed(let m): throw ScriptFailed(description: m)
     }
+}
+
+/// A trace hash as 16 hex digits (so text order is numeric order).
+func hex16(_ v: UInt64) -> String {
+    let s = String(v, radix: 16)
+    return String(repeating: "0", count: 16 - s.count) + s
 }

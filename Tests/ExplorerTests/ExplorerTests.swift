@@ -201,6 +201,6 @@ final class ExplorerTests: XCTestCase {
         XCTAssertEqual(Strategy(parsing: "pct:2"), .pct(depth: 2))
         XCTAssertEqual(Strategy(parsing: "random"), .random)
         XCTAssertNil(Strategy(parsing: "pct:0"))
-        XCTAssertNil(Strategy(parsing: "dfs"))
+        XCTAssertNil(Strategy(parsing: "dfs:x"))
     }
 }

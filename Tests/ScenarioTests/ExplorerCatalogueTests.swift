@@ -64,6 +64,26 @@ final class ExplorerCatalogueTests: XCTestCase {
         }
     }
 
+    /// The depth-first search with one preemption finds the lost invalidation and, without the
+    /// mutation, explores every schedule of the scenario within the bound (469 executions on
+    /// this model) and finds nothing; its failure replays like any other.
+    func testDepthFirstSearchFindsTheMirrorRaceAndExhaustsTheCleanScenario() throws {
+        let file = root + "/scenarios/explore/mirror-without-read-retry.hmm"
+        let flags = ["--strategy", "dfs:1", "--seeds", "0..100000", "--quiet"]
+        let found = HMMBinary.run(["explore", file, "--mutation", "mirror-without-read-retry"] + flags)
+        XCTAssertEqual(found.status, 1, found.output)
+        XCTAssertTrue(found.output.contains(": check in execution "), found.output)
+        XCTAssertTrue(found.output.contains("of the search (dfs:1)"), found.output)
+        let replayLine = try XCTUnwrap(found.output.split(separator: "\n").first { $0.hasPrefix("replay: hmm explore ") }, found.output)
+        let replay = HMMBinary.run(replayLine.dropFirst("replay: hmm ".count).split(separator: " ").map(String.init) + ["--quiet"])
+        XCTAssertEqual(replay.status, 1, replay.output)
+        XCTAssertTrue(replay.output.contains("dmirror0 entry"), replay.output)
+
+        let clean = HMMBinary.run(["explore", file] + flags)
+        XCTAssertEqual(clean.status, 0, clean.output)
+        XCTAssertTrue(clean.output.contains("every schedule within the bound"), clean.output)
+    }
+
     /// The same seed gives the same execution in two processes (the trace hash of the JSON
     /// report), and different seeds give different ones.
     func testTheSameSeedGivesTheSameTraceInTwoProcesses() throws {
@@ -84,7 +104,7 @@ final class ExplorerCatalogueTests: XCTestCase {
     /// Bad options and malformed scripts get their own exit status, before anything runs.
     func testUsageErrorsAndMalformedScripts() throws {
         let file = root + "/scenarios/explore/mirror-without-read-retry.hmm"
-        for bad in [["--strategy", "dfs"], ["--seeds", "5..5"], ["--seeds", "18446744073709551615"], ["--seeds", "1....3"],
+        for bad in [["--strategy", "dfs:17"], ["--strategy", "dfs:1:all"], ["--seeds", "5..5"], ["--seeds", "18446744073709551615"], ["--seeds", "1....3"],
                     ["--mutation", "no-such-bug"], ["--replay", "0x"], ["--time", "-1s"], ["--retry-bound", "100000"]] {
             let r = HMMBinary.run(["explore", file] + bad)
             XCTAssertEqual(r.status, 64, "\(bad): \(r.output)")
