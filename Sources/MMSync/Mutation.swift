@@ -25,6 +25,16 @@ public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// keeps it while it waits: the winner's migration sees the waiters' references and fails,
     /// and threads faulting one page livelock (before commit 1afaeb8293c9, 2025).
     case devicePrivateFaultReferenceFirst
+    /// Kernel-thread migration (`migrate_pages` without the owning process) walks the rmap of
+    /// a page it unmapped without holding a reference on the page's anon_vma: a concurrent
+    /// munmap or exit frees the anon_vma under it (the 2007 race, fixed by taking the
+    /// reference: commit 3f6c82728f4e, "mm: migration: take a reference to the anon_vma
+    /// before migrating"; before it, commit dc386d4d1e98 held rcu_read_lock).
+    case migrateWithoutAnonVMAReference
+    /// The CPU fault on a device-exclusive entry restores the PTE without checking, under the
+    /// PTE lock, that it still holds the entry it read (`pte_same` in
+    /// `remove_device_exclusive_entry`): a zap that ran in between is undone.
+    case exclusiveRestoreWithoutRecheck
 
     public var description: String {
         switch self {
@@ -35,6 +45,8 @@ public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .forkExclusiveWithoutWrprotect: return "fork-exclusive-without-wrprotect"
         case .migrateCollectWithoutTLBFlush: return "migrate-collect-without-tlb-flush"
         case .devicePrivateFaultReferenceFirst: return "device-private-fault-reference-first"
+        case .migrateWithoutAnonVMAReference: return "migrate-without-anon-vma-reference"
+        case .exclusiveRestoreWithoutRecheck: return "exclusive-restore-without-recheck"
         }
     }
 

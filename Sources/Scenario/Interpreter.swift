@@ -73,6 +73,10 @@ public final class ScenarioInterpreter {
         /// A progress line on a terminal every two seconds (off under the explorer: its lock
         /// would add steps only when standard error is a terminal).
         public var progress = true
+        /// Called with a failed check's message as soon as it fails, before the teardown (a
+        /// model the failure left inconsistent may crash there: the explorer reports the
+        /// failure with the crash).
+        public var onFailure: ((String) -> Void)?
         public init() {}
     }
 
@@ -157,6 +161,7 @@ public final class ScenarioInterpreter {
             return .malformed(e.description)
         } catch let e as ScenarioFailure {
             diagnostics = [ScenarioDiagnostic(kind: .failure, file: e.location.file, line: e.location.line, column: e.location.column, message: e.message)]
+            options.onFailure?(e.description)
             if options.inspect { inspectFinalState() }
             return .failed(e.description)
         } catch let e as SkipScenario {

@@ -260,11 +260,14 @@ enum CrashReport {
 
     /// From now until `disarm`, a crash prints `command`.
     static func arm(_ command: String) {
+        failure[0] = 0
         let line = "hmm explore: the model crashed; replay with: \(command)\n"
         _ = line.withCString { strncpy(buffer, $0, 4095) }
         buffer[4095] = 0
         for sig in signals {
             signal(sig) { s in
+                let f = CrashReport.failure
+                _ = write(2, f, strlen(f))
                 let p = CrashReport.buffer
                 _ = write(2, p, strlen(p))
                 signal(s, SIG_DFL)
@@ -275,6 +278,20 @@ enum CrashReport {
     static func disarm() {
         for sig in signals { signal(sig, SIG_DFL) }
         buffer[0] = 0
+        failure[0] = 0
+    }
+
+    /// The script's failed check of the execution now running (printed if the model then
+    /// crashes, in the teardown the failure left inconsistent).
+    nonisolated(unsafe) static let failure: UnsafeMutablePointer<CChar> = {
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: 4096)
+        p[0] = 0
+        return p
+    }()
+    static func noteFailure(_ message: String) {
+        let line = "hmm explore: before the crash, the script failed: \(message)\n"
+        _ = line.withCString { strncpy(failure, $0, 4095) }
+        failure[4095] = 0
     }
 }
 
@@ -287,6 +304,7 @@ func exploredScript(path: String? = nil, source: String? = nil, name: String = "
     o.output = { _ in }
     o.timeoutSeconds = 86_400
     o.progress = false
+    o.onFailure = { CrashReport.noteFailure($0) }
     let interpreter = ScenarioInterpreter(options: o)
     let outcome = path.map { interpreter.run(path: $0) } ?? interpreter.run(source: source ?? "", file: name)
     switch outcome {

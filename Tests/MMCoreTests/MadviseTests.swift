@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import MMCore
 
@@ -12,6 +13,34 @@ final class MadviseTests: XCTestCase {
         XCTAssertErrno(.ENOMEM) { () throws(Errno) in try p.madvise(a, length: 8 * 4096, advice: .dontNeed) }
         let s = try env.anon(1, shared: true)
         XCTAssertErrno(.EINVAL) { () throws(Errno) in try p.madvise(s, length: 4096, advice: .free) }
+        env.teardown()
+    }
+
+    /// 7.2's `get_lock_mode`: MADV_DONTNEED and MADV_FREE run beside faults (the VMA's read
+    /// lock; here the mmap lock for read), advice that changes VMA flags waits for them (the
+    /// mmap lock for write). A thread holds the mmap lock for read, as a fault does: the zap
+    /// finishes while it holds it, MADV_DONTFORK only once it lets go.
+    func testZappingAdviceRunsBesideFaultsAndFlagAdviceWaits() throws {
+        let env = try Env(checkEveryOperation: false)
+        let a = try env.anon(2)
+        try env.cpu.store(a, UInt64(7))
+        let mm = env.mm, process = env.process
+        let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let holder = Thread { mm.mmapLock.lockRead(); held.signal(); release.wait(); mm.mmapLock.unlockRead() }
+        holder.start()
+        held.wait()
+        let zapped = DispatchSemaphore(value: 0), flagged = DispatchSemaphore(value: 0)
+        Thread { try? process.madvise(a, length: 8192, advice: .dontNeed); zapped.signal() }.start()
+        XCTAssertEqual(zapped.wait(timeout: .now() + 10), .success, "MADV_DONTNEED waited for a reader of the mmap lock")
+        Thread { try? process.madvise(a, length: 8192, advice: .dontFork); flagged.signal() }.start()
+        XCTAssertEqual(flagged.wait(timeout: .now() + 0.2), .timedOut, "MADV_DONTFORK ran beside a reader of the mmap lock")
+        release.signal()
+        XCTAssertEqual(flagged.wait(timeout: .now() + 10), .success)
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 0, "the zap dropped the page")
+        env.mm.mmapLock.lockRead()
+        XCTAssertTrue(env.mm.vmaLookup(a)?.flags.contains(.dontCopy) ?? false)
+        env.mm.mmapLock.unlockRead()
+        env.check()
         env.teardown()
     }
 

@@ -84,7 +84,7 @@ extension AddressSpace {
             notifiers.invalidateRangeStart(range)
             ptl.lock()
         }
-        if ptep.load() == entry {
+        if ptep.load() == entry || Mutation.on(.exclusiveRestoreWithoutRecheck) {
             restoreExclusivePTE(vma, page, ptep, entry)
             stats.count(.faultDeviceExclusive)
         }

@@ -41,7 +41,14 @@ extension Machine {
         guard old.isAnon, old.order == 0, !old.test(.tail), !old.isDevicePrivate else { return .failure(.EINVAL) }
         guard old.tryLock() else { return .failure(.EBUSY) }
         defer { old.unlock() }
-        guard let av = old.anonVMA else { return .failure(.EINVAL) } // strong: pinned until we return
+        guard old.anonVMA != nil else { return .failure(.EINVAL) }
+        // The anon_vma is pinned until we return (`folio_get_anon_vma`): a munmap or exit may
+        // unlink every VMA meanwhile, and our rmap walks still need it. The 2007 race
+        // re-introduced takes no reference: the walk after the unmap reads a freed anon_vma
+        // (an unowned reference traps).
+        let pin = Mutation.on(.migrateWithoutAnonVMAReference) ? nil : old.anonVMA
+        defer { withExtendedLifetime(pin) {} }
+        unowned let av = old.anonVMA!
         let index = old.index
         guard let new = memory.allocate(order: 0) else { return .failure(.ENOMEM) }
         // The new page is locked while it becomes the mapped page, as the kernel's dst folio is
@@ -98,7 +105,7 @@ extension Machine {
                 if exclusive { page.clear(.anonExclusive) }
                 ptep.store(SwapEntry.migration(pfn: page.pfn, write: write, exclusive: exclusive).pte(softDirty: softDirty))
                 if case .present = found { mm.flushTLB() }
-                memory.removeRmap(page)
+                memory.removeRmap(page, holdOwner: !Mutation.on(.migrateWithoutAnonVMAReference))
                 return true
             } ?? false
             mm.notifiers.invalidateRangeEnd(range)

@@ -22,12 +22,12 @@ extension PhysicalMemory {
 
     /// `folio_remove_rmap_pte`: one mapping fewer. The mapping's reference is dropped
     /// separately, after the TLB flush. Locking: PTE lock of the entry being cleared.
-    package func removeRmap(_ page: Page) {
+    package func removeRmap(_ page: Page, holdOwner: Bool = true) {
         let n = page.mapcountWord.add(-1)
         precondition(n >= 0, "mapcount underflow on \(page)")
         // The last mapping: the page may outlive the VMAs that kept its anon_vma alive (a pfn
         // walker may take a reference on it right after this), so it holds the anon_vma now.
-        if n == 0 && page.isAnon { page.holdAnonVMA() }
+        if n == 0 && page.isAnon && holdOwner { page.holdAnonVMA() }
     }
 }
 

@@ -46,13 +46,17 @@ extension AddressSpace {
         guard let len = pageAlignUp(length), address.addingReportingOverflow(len).overflow == false else { throw .EINVAL }
         guard len > 0 else { return }
         let end = address + len
-        mmapWriteLock(); defer { mmapWriteUnlock() }
+        // Advice that changes VMA flags splits the VMAs at the range's edges and merges what
+        // it can afterwards (madvise_update_vma): the mmap lock for write. The rest only zaps
+        // or marks pages and takes it for read, as 7.2's get_lock_mode (MADV_DONTNEED and
+        // MADV_FREE take the VMA's read lock there, which excludes the same writers): faults
+        // run concurrently with them.
+        let changesFlags = [.hugePage, .noHugePage, .dontFork, .doFork, .normal, .random, .sequential].contains(advice)
+        if changesFlags { mmapWriteLock() } else { mmapLock.lockRead() }
+        defer { if changesFlags { mmapWriteUnlock() } else { mmapLock.unlockRead() } }
         var i = vmaIndex(atOrAfter: address)
         var cursor = address
         var hole = false
-        // Advice that changes VMA flags splits the VMAs at the range's edges and merges what
-        // it can afterwards (madvise_update_vma).
-        let changesFlags = [.hugePage, .noHugePage, .dontFork, .doFork, .normal, .random, .sequential].contains(advice)
         if changesFlags {
             try splitAround(address, end)
             i = vmaIndex(atOrAfter: address)
