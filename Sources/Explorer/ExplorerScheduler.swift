@@ -20,6 +20,8 @@ final class ExplorerThread: @unchecked Sendable {
     /// Parked for good after the execution ended (the caller waits for every thread to be
     /// finished or quiet before it uninstalls the scheduler).
     var quiet = false
+    /// Its lockdep stack of held locks (when lockdep is on), for failure reports.
+    var lockdepStack: AnyObject?
     /// Its last steps, newest last (for failure reports): step, kind, object, blocked.
     var recent: [(step: Int, kind: SyncPointKind, object: UInt, blocked: Bool)] = []
     /// Posted when it is this thread's turn (a hand-off wakes one thread, after the giver has
@@ -210,6 +212,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     func waitForTurn(_ t: ExplorerThread) {
         assertNotHeld()
         bind(t)
+        if Lockdep.enabled { t.lockdepStack = Lockdep.currentStackHandle }
         lock()
         park(t)
         unlock()
@@ -372,16 +375,25 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         if !leaving { park(t) }
     }
 
+    /// Every thread's state: what it waits on (and who holds that lock, when lockdep knows),
+    /// the locks it holds (lockdep on) and its last steps.
     func describeThreads() -> String {
         var lines: [String] = []
+        let held = threads.map { t in t.state == .finished ? [] : t.lockdepStack.map(Lockdep.heldLocks) ?? [] }
         for t in threads {
             let state: String
             switch t.state {
             case .finished: state = "finished"
             case .runnable: state = "runnable"
-            case .blocked: state = "blocked on \(t.blockedKind)\(t.blockedObject.map { " @\($0)" } ?? "")\(t.timed ? " (timed)" : "")"
+            case .blocked:
+                var owner = ""
+                if let o = t.blockedObject, let u = threads.first(where: { u in u !== t && held[u.id].contains { $0.instance == o } }) {
+                    owner = " held by thread \(u.id) \(u.name): " + (held[u.id].first { $0.instance == o }?.description ?? "")
+                }
+                state = "blocked on \(t.blockedKind)\(t.blockedObject.map { " @\($0)" } ?? "")\(owner)\(t.timed ? " (timed)" : "")"
             }
             lines.append("  thread \(t.id) \(t.name): \(state)")
+            if !held[t.id].isEmpty { lines.append("    holds: " + held[t.id].map(\.description).joined(separator: "; ")) }
             for r in t.recent {
                 lines.append("    step \(r.step): \(r.blocked ? "blocked on " : "")\(r.kind)\(r.object == 0 ? "" : " @0x" + String(r.object, radix: 16))")
             }

@@ -181,6 +181,21 @@ public enum Lockdep {
     /// The classes the calling thread holds, innermost last (for tests and reports).
     public static var heldClasses: [LockClass] { stack.items.map(\.cls) }
 
+    /// The calling thread's stack of held locks, as a handle another thread may read later
+    /// (the explorer's failure reports, written while every other model thread is parked).
+    public static var currentStackHandle: AnyObject { stack }
+
+    /// The locks held on the stack `handle` names, outermost first: what (kind and class),
+    /// where it was taken, and the instance. Locking: the stack's thread is not running.
+    public static func heldLocks(_ handle: AnyObject) -> [(description: String, instance: UnsafeRawPointer?)] {
+        guard let s = handle as? HeldStack else { return [] }
+        var out = s.items.map { ("\($0.cls) (taken at \($0.site))", $0.instance) }
+        for (c, more) in s.moreBitLocks.sorted(by: { $0.key.id < $1.key.id }) {
+            out += more.map { ("\(c) (another of its class)", $0) }
+        }
+        return out
+    }
+
     /// Whether the calling thread holds the lock at `instance` (in any mode), including a page
     /// lock folded into its class's entry.
     public static func holds(_ instance: UnsafeRawPointer) -> Bool { heldEntry(stack, instance) != nil }

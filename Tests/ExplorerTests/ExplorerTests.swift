@@ -49,6 +49,30 @@ final class ExplorerTests: XCTestCase {
         XCTAssertLessThanOrEqual(withLockdep.executions, report.executions)
     }
 
+    /// A deadlock report names the owner of the lock a thread waits for, and (lockdep on) the
+    /// locks each thread holds with where it took them.
+    func testDeadlockReportNamesLockOwners() throws {
+        let lockdepWasOn = Lockdep.enabled
+        Lockdep.enable()
+        defer { if lockdepWasOn { Lockdep.enable() } else { Lockdep.disable() } }
+        let body = {
+            let a = Lock("A"), never = WaitQueue()
+            let t1 = ModelThread.spawn(name: "waiter") { a.lock(); never.wait { false }; a.unlock() }
+            let t2 = ModelThread.spawn(name: "taker") { a.lock(); a.unlock() }
+            t1.join(); t2.join()
+        }
+        var found: ExplorationFailure?
+        for seed: UInt64 in 0..<40 {
+            let e = Explorer.run(strategy: .random, seed: seed, body)
+            XCTAssertEqual(e.failure?.kind, .deadlock, "seed \(seed)")
+            if let f = e.failure, f.message.contains("taker: blocked on lockAcquire") { found = f; break }
+        }
+        let f = try XCTUnwrap(found, "no schedule where the taker waits for the waiter's lock")
+        XCTAssertTrue(f.message.contains("held by thread 1 waiter: mutex A (taken at ExplorerTests/ExplorerTests.swift:"), f.message)
+        XCTAssertTrue(f.message.contains("    holds: mutex A (taken at ExplorerTests/ExplorerTests.swift:"), f.message)
+        XCTAssertTrue(f.message.contains("thread 1 waiter: blocked on wait"), f.message)
+    }
+
     /// Taking the locks in one order never deadlocks: every schedule of 300 random and 100 PCT
     /// executions finishes, with both threads' critical sections counted.
     func testOrderedLocksRunCleanUnderEveryStrategy() {
