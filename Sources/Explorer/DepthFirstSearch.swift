@@ -19,8 +19,13 @@ import MMSync
 /// free at the granularity of its points). After a thread's step has been
 /// explored at a state, the sibling branches put it to sleep until a dependent step runs: the
 /// same interleaving in another order is not explored again. A step's objects are known once
-/// it ran (in the branch that explored it first), so the sleep set carries them. With
-/// `reduction` off every schedule within the bound runs.
+/// it ran (in the branch that explored it first), so the sleep set carries them.
+///
+/// Sleep sets are sound for an unbounded search, not under a preemption bound (Coons, Musuvathi
+/// & McKinley, OOPSLA 2013): the interleaving a sleeping thread stands for may cost more
+/// preemptions than the one it skips, and then no schedule of that class within the bound
+/// runs. So `reduction` is opt-in (`dfs:P:sleep`), and only without it does an exhausted search
+/// mean every schedule within the bound ran.
 ///
 /// Locking: used by one exploration at a time; its picker is called under the scheduler's mutex.
 final class DepthFirstSearch: @unchecked Sendable {
@@ -63,6 +68,9 @@ final class DepthFirstSearch: @unchecked Sendable {
     /// repeats an explored interleaving (they still run to the end, and their checks count).
     var redundant = 0
     var sawRedundant = false
+    /// Set when an execution ended before it reached the step its choices were replayed to: the
+    /// program did not repeat itself (the search reports it as diverged).
+    var ended: (reached: Int, expected: Int)?
 
     init(bound: Int, reduction: Bool) {
         self.bound = bound
@@ -74,7 +82,11 @@ final class DepthFirstSearch: @unchecked Sendable {
     func advance() -> Bool {
         if sawRedundant { redundant += 1 }
         sawRedundant = false
-        frames.removeSubrange(min(position, frames.count)...)
+        if position < frames.count {
+            ended = (position, frames.count)
+            return false
+        }
+        frames.removeSubrange(position...)
         position = 0
         var i = frames.count - 1
         while i >= 0 {
@@ -128,6 +140,16 @@ struct DFSPicker: Picker {
     /// The frame whose chosen step is running (its footprint completes at the next point).
     var running: Int?
     var yieldedThread = -1
+    /// The thread whose last point blocked it: switching away from it is free even when the
+    /// scheduler's re-check round made it runnable again.
+    var blockedThread = -1
+    /// Set when every enabled thread slept at a step: the rest of the execution repeats an
+    /// explored interleaving, and its steps get no alternatives.
+    var redundantTail = false
+    /// Set when objects were numbered differently than in the execution that recorded the
+    /// replayed frames (an address reused differently): footprints no longer compare, so no
+    /// thread sleeps from then on.
+    var identitiesDiverged = false
     /// Each object's identity in this execution (address → rank of first reach, from 1).
     var identities: [UInt: UInt] = [:]
 
@@ -157,16 +179,18 @@ struct DFSPicker: Picker {
             running = nil
         }
         pendingObject[thread] = identity(DepthFirstSearch.contribution(kind, object, blocked: blocked, start: true))
+        blockedThread = blocked ? thread : (blockedThread == thread ? -1 : blockedThread)
     }
 
     mutating func pick(step: Int, current: Int, enabled: [Int]) -> Int? {
-        let yielded = yieldedThread == current
+        let yielded = yieldedThread == current || blockedThread == current
         yieldedThread = -1
         let s = search
         if s.position < s.frames.count {
             // Replaying the prefix (and the branch point's new choice).
             let f = s.frames[s.position]
             guard f.enabled == enabled, f.current == current else { return nil }
+            if UInt(identities.count) != f.knownObjects { identitiesDiverged = true }
             running = s.position
             s.position += 1
             return f.chosen
@@ -176,7 +200,7 @@ struct DFSPicker: Picker {
         var preemptions = 0
         if let p = s.frames.last {
             preemptions = p.preemptions(choosing: p.chosen)
-            if s.reduction, let ran = p.done.last?.footprint {
+            if s.reduction, !identitiesDiverged, !redundantTail, let ran = p.done.last?.footprint {
                 for e in p.sleep where DepthFirstSearch.independent(e.footprint, ran) { sleep.append(e) }
                 for d in p.done.dropLast() {
                     if let fp = d.footprint, !fp.contains(where: { $0 > p.knownObjects }), DepthFirstSearch.independent(fp, ran),
@@ -193,6 +217,7 @@ struct DFSPicker: Picker {
             // Every enabled thread sleeps: this interleaving was explored in another order.
             // Finish the execution without adding choices.
             s.sawRedundant = true
+            redundantTail = true
             chosen = canContinue ? current : (enabled.first { $0 > current } ?? enabled[0])
             sleep = []
         } else if canContinue && awake.contains(current) {
@@ -203,8 +228,8 @@ struct DFSPicker: Picker {
         var f = DepthFirstSearch.Frame(enabled: enabled, current: current, currentCanContinue: canContinue,
                                        preemptionsBefore: preemptions, knownObjects: UInt(identities.count),
                                        done: [(chosen, nil)], sleep: sleep)
-        if awake.isEmpty || f.preemptions(choosing: chosen) > s.bound {
-            // No alternatives from here (redundant, or a forced preemption past the bound: only
+        if redundantTail || f.preemptions(choosing: chosen) > s.bound {
+            // No alternatives from here (a redundant tail, or a forced preemption past the bound: only
             // when the current thread sleeps): mark every thread explored.
             f.done = enabled.filter { $0 != chosen }.map { ($0, nil) } + [(chosen, nil)]
         }

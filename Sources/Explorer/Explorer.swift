@@ -46,6 +46,16 @@ public struct Shard: Equatable, Sendable {
         self.init(index: k, count: n)
     }
     public var description: String { "\(index)/\(count)" }
+    /// The seeds of `range` this shard runs, in order.
+    public func seeds(in range: Range<UInt64>) -> StrideTo<UInt64> {
+        let first = range.lowerBound.addingReportingOverflow(UInt64(index))
+        if first.overflow || first.partialValue >= range.upperBound { return stride(from: range.upperBound, to: range.upperBound, by: 1) }
+        return stride(from: first.partialValue, to: range.upperBound, by: UInt64.Stride(count))
+    }
+    /// The seed of this shard's `n`-th execution (from 0) in `range`.
+    public func seed(ofExecution n: Int, in range: Range<UInt64>) -> UInt64 {
+        range.lowerBound &+ UInt64(index) &+ UInt64(n) &* UInt64(count)
+    }
 }
 
 /// A campaign: many executions of one program.
@@ -66,8 +76,11 @@ public struct ExplorationReport: Sendable {
     /// The last execution run.
     public var last: Execution?
     public var longest = 0
-    /// A depth-first search explored every schedule within its preemption bound.
+    /// A depth-first search ran out of schedules (every one within its preemption bound,
+    /// unless its sleep sets skipped some).
     public var exhausted = false
+    /// The campaign stopped at its time budget before its last seed.
+    public var stoppedByTime = false
     /// Depth-first executions whose end repeated an explored interleaving in another order
     /// (every enabled thread asleep at some step).
     public var redundant = 0
@@ -190,11 +203,11 @@ public enum Explorer {
             report.pctSteps = max(1, run(strategy: .roundRobin, seed: 0, maxSteps: maxSteps, retryBound: retryBound, body).steps)
         }
         var search: DepthFirstSearch?
-        if case .dfs(let p, let r) = strategy { search = DepthFirstSearch(bound: p, reduction: r) }
-        let first = seeds.lowerBound.addingReportingOverflow(UInt64(shard.index))
-        let shardSeeds = first.overflow ? stride(from: seeds.upperBound, to: seeds.upperBound, by: 1)
-            : stride(from: first.partialValue, to: seeds.upperBound, by: UInt64.Stride(shard.count))
-        for seed in shardSeeds {
+        if case .dfs(let p, let r) = strategy {
+            precondition(shard == .whole, "Explorer.explore: a depth-first search runs its executions in order and does not shard")
+            search = DepthFirstSearch(bound: p, reduction: r)
+        }
+        for seed in shard.seeds(in: seeds) {
             let e = run(strategy: strategy, seed: seed, maxSteps: maxSteps, retryBound: retryBound,
                         expectedSteps: report.pctSteps, search: search, body)
             report.executions += 1
@@ -209,9 +222,18 @@ public enum Explorer {
             if let search {
                 let more = search.advance()
                 report.redundant = search.redundant
+                if let (reached, expected) = search.ended {
+                    // The program did not repeat the prefix it was given: not a search result.
+                    report.failure = Execution(strategy: e.strategy, seed: e.seed, steps: e.steps, schedule: e.schedule,
+                                               traceHash: e.traceHash, threads: e.threads,
+                                               failure: ExplorationFailure(kind: .diverged, message:
+                                                   "the execution ended after \(reached) choices, before the \(expected) the search replays: the program does not repeat itself"),
+                                               stepsByKind: e.stepsByKind)
+                    break
+                }
                 if !more { report.exhausted = true; break }
             }
-            if let limit, report.seconds >= limit { break }
+            if let limit, report.seconds >= limit { report.stoppedByTime = true; break }
         }
         return report
     }

@@ -212,8 +212,8 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     func waitForTurn(_ t: ExplorerThread) {
         assertNotHeld()
         bind(t)
-        if Lockdep.enabled { t.lockdepStack = Lockdep.currentStackHandle }
         lock()
+        if Lockdep.enabled { t.lockdepStack = Lockdep.currentStackHandle }
         park(t)
         unlock()
     }
@@ -379,7 +379,13 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// the locks it holds (lockdep on) and its last steps.
     func describeThreads() -> String {
         var lines: [String] = []
-        let held = threads.map { t in t.state == .finished ? [] : t.lockdepStack.map(Lockdep.heldLocks) ?? [] }
+        // Lockdep records a lock when its acquisition starts: a thread blocked acquiring a lock
+        // has it on its stack without holding it.
+        let held = threads.map { t in
+            let all = t.state == .finished ? [] : t.lockdepStack.map(Lockdep.heldLocks) ?? []
+            guard t.state == .blocked, let o = t.blockedObject, all.last?.instance == o else { return all }
+            return Array(all.dropLast())
+        }
         for t in threads {
             let state: String
             switch t.state {

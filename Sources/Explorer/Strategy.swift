@@ -15,9 +15,11 @@ public enum Strategy: Equatable, Sendable, CustomStringConvertible {
     /// switches, for measuring the scheduler's hand-off.
     case roundRobin
     /// Bounded depth-first search (`DepthFirstSearch`): every schedule with at most
-    /// `preemptions` preemptions, each interleaving once up to the order of commuting steps
-    /// when `reduction` is on (sleep sets), until the space is exhausted. A campaign's seed
-    /// range bounds its executions; the seed names an execution by its index.
+    /// `preemptions` preemptions, until the space is exhausted. With `reduction` (sleep sets)
+    /// schedules that only reorder commuting steps are skipped, which under a preemption bound
+    /// may skip a whole class of schedules within it: a reduced search that ends is not
+    /// exhaustive. A campaign's seed range bounds its executions; the seed names an execution
+    /// by its index.
     case dfs(preemptions: Int, reduction: Bool)
 
     public var description: String {
@@ -26,19 +28,19 @@ public enum Strategy: Equatable, Sendable, CustomStringConvertible {
         case .pct(let d): return "pct:\(d)"
         case .replay: return "replay"
         case .roundRobin: return "round-robin"
-        case .dfs(let p, let r): return "dfs:\(p)" + (r ? "" : ":full")
+        case .dfs(let p, let r): return "dfs:\(p)" + (r ? ":sleep" : "")
         }
     }
 
     /// Parses `random`, `pct:D` (D ≥ 1; `pct` alone is depth 3), `dfs:P` (P preemptions, 0…16;
-    /// `dfs` alone is 2) and `dfs:P:full` (no sleep-set reduction).
+    /// `dfs` alone is 2) and `dfs:P:sleep` (with the sleep-set reduction).
     public init?(parsing text: String) {
         if text == "random" { self = .random; return }
-        if text == "dfs" { self = .dfs(preemptions: 2, reduction: true); return }
+        if text == "dfs" { self = .dfs(preemptions: 2, reduction: false); return }
         if text.hasPrefix("dfs:") {
             let parts = text.dropFirst(4).split(separator: ":", omittingEmptySubsequences: false)
-            guard let p = Int(parts[0]), p >= 0, p <= 16, parts.count == 1 || (parts.count == 2 && parts[1] == "full") else { return nil }
-            self = .dfs(preemptions: p, reduction: parts.count == 1)
+            guard let p = Int(parts[0]), p >= 0, p <= 16, parts.count == 1 || (parts.count == 2 && parts[1] == "sleep") else { return nil }
+            self = .dfs(preemptions: p, reduction: parts.count == 2)
             return
         }
         if text == "pct" { self = .pct(depth: 3); return }

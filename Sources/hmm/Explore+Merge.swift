@@ -6,14 +6,16 @@ import Glibc
 #endif
 
 /// `hmm explore --merge SHARD.json…`: the shards of a campaign (`--shard K/N --format json`)
-/// merged into the campaign's result, as one unsharded run would give it: executions and
-/// steps add up, the distinct executions are the union of the shards' traces, and the failure
-/// is the one with the lowest seed (each shard stops at its own first failure, so the lowest
-/// is the first the whole campaign meets).
+/// merged into the campaign's result: executions and steps add up, the distinct executions
+/// are the union of the shards' traces, and the failure is the one with the lowest seed. Each
+/// shard stops at its own first failure, so the lowest is the first an unsharded run meets;
+/// the counts then include the seeds other shards ran past it. A shard stopped by its time
+/// budget may not have reached a lower failing seed: the merge says so (`incomplete`).
 extension Explore {
     struct ShardResult {
         let file: String, campaign: String, shard: Shard
         let executions: Int, steps: Int, seconds: Double
+        let stoppedByTime: Bool
         let result: String
         let traceHashes: [String]
         let failure: JSON?
@@ -52,12 +54,21 @@ extension Explore {
             }
             let shardText = try field("shard") { $0.stringValue }
             guard let shard = Shard(parsing: shardText) else { throw MergeError(description: "\(path): files[\(i)]: shard '\(shardText)' is not K/N") }
-            return ShardResult(file: try field("file") { $0.stringValue }, campaign: try field("campaign") { $0.stringValue },
-                               shard: shard, executions: try field("executions") { $0.intValue },
-                               steps: try field("steps") { $0.intValue }, seconds: try field("seconds") { $0.doubleValue },
-                               result: try field("result") { $0.stringValue },
-                               traceHashes: try field("traceHashes") { $0.arrayValue?.compactMap(\.stringValue) },
-                               failure: o["failure"])
+            let count: (JSON) -> Int? = { $0.intValue.flatMap { $0 >= 0 ? $0 : nil } }
+            let r = ShardResult(file: try field("file") { $0.stringValue }, campaign: try field("campaign") { $0.stringValue },
+                                shard: shard, executions: try field("executions", count),
+                                steps: try field("steps", count), seconds: try field("seconds") { $0.doubleValue.flatMap { $0 >= 0 ? $0 : nil } },
+                                stoppedByTime: o["stoppedByTime"].map { if case .bool(true) = $0 { return true } else { return false } } ?? false,
+                                result: try field("result") { $0.stringValue },
+                                traceHashes: try field("traceHashes") { $0.arrayValue?.compactMap(\.stringValue) },
+                                failure: o["failure"])
+            guard r.result == "clean" || FailureKind(rawValue: r.result) != nil else {
+                throw MergeError(description: "\(path): files[\(i)]: result '\(r.result)' is not clean or a failure kind (\(r.result == "malformed" ? "the script is malformed" : "unknown"))")
+            }
+            guard (r.result == "clean") == (r.failure == nil), r.failure == nil || r.failureSeed != nil else {
+                throw MergeError(description: "\(path): files[\(i)]: result '\(r.result)' and its failure object do not agree")
+            }
+            return r
         }
     }
 
@@ -85,12 +96,20 @@ extension Explore {
                                  + (missing.isEmpty ? "" : "missing \(missing.map { "\($0)/\(n)" }.joined(separator: ", ")) ")
                                  + (twice.isEmpty ? "" : "given twice \(twice.map { "\($0)/\(n)" }.joined(separator: ", "))"))
             }
+            var executions = 0, steps = 0
+            for r in shards {
+                let e = executions.addingReportingOverflow(r.executions), t = steps.addingReportingOverflow(r.steps)
+                guard !e.overflow, !t.overflow else { throw MergeError(description: "\(first.file): the shards' counts overflow") }
+                executions = e.partialValue; steps = t.partialValue
+            }
             let hashes = Set(shards.flatMap(\.traceHashes))
+            let stopped = shards.filter(\.stoppedByTime).map(\.shard.description)
             let failed = shards.filter { $0.failure != nil }.min { ($0.failureSeed ?? .max) < ($1.failureSeed ?? .max) }
             var o: [(String, JSON)] = [
                 ("file", .string(first.file)), ("campaign", .string(first.campaign)), ("shards", .int(n)),
-                ("executions", .int(shards.reduce(0) { $0 + $1.executions })), ("steps", .int(shards.reduce(0) { $0 + $1.steps })),
+                ("executions", .int(executions)), ("steps", .int(steps)),
                 ("seconds", .double(shards.map(\.seconds).max() ?? 0)), ("cpuSeconds", .double(shards.reduce(0) { $0 + $1.seconds })),
+                ("incomplete", .array(stopped.map { .string($0) })),
                 ("distinct", .int(hashes.count)), ("result", .string(failed?.result ?? "clean")),
                 ("traceHashes", .array(hashes.sorted().map { .string($0) })),
             ]
@@ -114,6 +133,9 @@ extension Explore {
             guard format == .text else { continue }
             let file = c["file"]?.stringValue ?? "?"
             let n = c["executions"]?.intValue ?? 0
+            if let stopped = c["incomplete"]?.arrayValue?.compactMap(\.stringValue), !stopped.isEmpty {
+                out("\(file): shards \(stopped.joined(separator: ", ")) stopped at their time budget: seeds they did not reach are not covered")
+            }
             if let f = c["failure"] {
                 out("\(file): \(result) at seed \(f["seed"].map { $0.intValue.map(String.init) ?? $0.stringValue ?? "?" } ?? "?") (merged from \(c["shards"]?.intValue ?? 0) shards, \(n) executions)")
                 out(f["message"]?.stringValue ?? "")

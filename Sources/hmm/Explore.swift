@@ -28,7 +28,7 @@ struct Explore: ParsableCommand {
     @Argument(help: "Scenario files (.hmm).")
     var files: [String]
 
-    @Option(help: "random, pct:D (probabilistic concurrency testing with depth D), dfs:P (depth-first search with at most P preemptions and sleep sets; dfs:P:full without them).")
+    @Option(help: "random, pct:D (probabilistic concurrency testing with depth D), dfs:P (depth-first search of every schedule with at most P preemptions; dfs:P:sleep with the sleep-set reduction, not exhaustive).")
     var strategy: String = "random"
 
     @Option(help: "Seeds to run, as A..B (B excluded) or one seed N (dfs: at most B-A executions).")
@@ -95,7 +95,7 @@ struct Explore: ParsableCommand {
             guard replay == nil else { throw ValidationError("--shard splits a campaign's seeds; a --replay runs one schedule") }
             if case .dfs? = Strategy(parsing: strategy) { throw ValidationError("--shard splits seeds; a dfs search runs its executions in order and does not shard") }
         }
-        guard Strategy(parsing: strategy) != nil else { throw ValidationError("expected --strategy random, pct:D (D from 1 to 64) or dfs:P[:full] (P from 0 to 16), found '\(strategy)'") }
+        guard Strategy(parsing: strategy) != nil else { throw ValidationError("expected --strategy random, pct:D (D from 1 to 64) or dfs:P[:sleep] (P from 0 to 16), found '\(strategy)'") }
         guard maxSteps >= 1 else { throw ValidationError("expected --max-steps of at least 1") }
         guard retryBound >= 1, retryBound < 100_000 else {
             throw ValidationError("expected --retry-bound from 1 to 99999 (a CPU's fault loop stops the process at 100000)")
@@ -138,7 +138,14 @@ struct Explore: ParsableCommand {
                 report = ExplorationReport(Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, retryBound: retryBound, body))
                 CrashReport.disarm()
             } else {
-                CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound)"))
+                // The replay command of the execution about to run (the shard's n-th).
+                func armCrash(_ n: Int) {
+                    let next = shard.seed(ofExecution: n, in: seeds)
+                    // A search's execution is reached by running the search up to it.
+                    if case .dfs = strategy { CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound)..\(next &+ 1)")) }
+                    else { CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(next)")) }
+                }
+                armCrash(0)
                 var lastShown = monotonicNanoseconds()
                 report = Explorer.explore(strategy: strategy, seeds: seeds, shard: shard, maxSteps: maxSteps, retryBound: retryBound,
                                           seconds: limit, progress: { r in
@@ -147,10 +154,7 @@ struct Explore: ParsableCommand {
                         lastShown = now
                         progressLine(file, r)
                     }
-                    let next = seeds.lowerBound &+ UInt64(shard.index) &+ UInt64(r.executions) &* UInt64(shard.count)
-                    // A search's execution is reached by running the search up to it.
-                    if case .dfs = strategy { CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(seeds.lowerBound)..\(next &+ 1)")) }
-                    else { CrashReport.arm(command(file, "--strategy \(self.strategy) --seeds \(next)")) }
+                    armCrash(r.executions)
                 }, body)
                 CrashReport.disarm()
             }
@@ -192,7 +196,9 @@ struct Explore: ParsableCommand {
 
     func printText(_ file: String, _ r: ExplorationReport, strategy: Strategy, replayed: Bool) {
         guard let e = r.failure, let f = e.failure else {
-            let space = r.exhausted ? ", every schedule within the bound" : ""
+            let space: String
+            if case .dfs(_, true) = strategy, r.exhausted { space = ", the search ended (sleep sets: not every schedule within the bound)" }
+            else { space = r.exhausted ? ", every schedule within the bound" : (r.stoppedByTime ? ", stopped at the time budget" : "") }
             out("\(file): \(replayed ? "replay ran clean" : "nothing found") in \(r.executions) execution\(r.executions == 1 ? "" : "s") (\(strategy), \(r.steps) steps, \(r.distinctExecutions) distinct\(space), \(fmt(r.seconds)) s)")
             return
         }
@@ -210,7 +216,7 @@ struct Explore: ParsableCommand {
         var o: [(String, JSON)] = [
             ("file", .string(file)), ("strategy", .string(replayed ? "replay" : strategy)),
             ("executions", .int(r.executions)), ("steps", .int(r.steps)), ("seconds", .double(r.seconds)),
-            ("distinct", .int(r.distinctExecutions)), ("exhausted", .bool(r.exhausted)),
+            ("distinct", .int(r.distinctExecutions)), ("exhausted", .bool(r.exhausted)), ("stoppedByTime", .bool(r.stoppedByTime)),
             ("result", .string(r.failure?.failure?.kind.rawValue ?? "clean")),
             ("lastTraceHash", r.last.map { .string(hex16($0.traceHash)) } ?? .null),
         ]

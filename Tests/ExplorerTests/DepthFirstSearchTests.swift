@@ -96,11 +96,12 @@ final class DepthFirstSearchTests: XCTestCase {
     }
 
     func testStrategyParsing() {
-        XCTAssertEqual(Strategy(parsing: "dfs"), .dfs(preemptions: 2, reduction: true))
-        XCTAssertEqual(Strategy(parsing: "dfs:0"), .dfs(preemptions: 0, reduction: true))
-        XCTAssertEqual(Strategy(parsing: "dfs:3:full"), .dfs(preemptions: 3, reduction: false))
-        XCTAssertEqual(Strategy(parsing: "dfs:3:full")?.description, "dfs:3:full")
-        for bad in ["dfs:", "dfs:-1", "dfs:17", "dfs:2:all", "dfs:2:full:x", "dfs2"] {
+        XCTAssertEqual(Strategy(parsing: "dfs"), .dfs(preemptions: 2, reduction: false))
+        XCTAssertEqual(Strategy(parsing: "dfs:0"), .dfs(preemptions: 0, reduction: false))
+        XCTAssertEqual(Strategy(parsing: "dfs:3:sleep"), .dfs(preemptions: 3, reduction: true))
+        XCTAssertEqual(Strategy(parsing: "dfs:3:sleep")?.description, "dfs:3:sleep")
+        XCTAssertEqual(Strategy(parsing: "dfs:3")?.description, "dfs:3")
+        for bad in ["dfs:", "dfs:-1", "dfs:17", "dfs:2:all", "dfs:2:full", "dfs:2:sleep:x", "dfs2"] {
             XCTAssertNil(Strategy(parsing: bad), bad)
         }
     }

@@ -71,6 +71,10 @@ final class ExplorerTests: XCTestCase {
         XCTAssertTrue(f.message.contains("held by thread 1 waiter: mutex A (taken at ExplorerTests/ExplorerTests.swift:"), f.message)
         XCTAssertTrue(f.message.contains("    holds: mutex A (taken at ExplorerTests/ExplorerTests.swift:"), f.message)
         XCTAssertTrue(f.message.contains("thread 1 waiter: blocked on wait"), f.message)
+        // The taker has the lock it waits for on lockdep's stack, but does not hold it.
+        let lines = f.message.split(separator: "\n").map(String.init)
+        let taker = try XCTUnwrap(lines.firstIndex { $0.contains("thread 2 taker:") })
+        XCTAssertFalse(lines[taker + 1].contains("holds:"), f.message)
     }
 
     /// Taking the locks in one order never deadlocks: every schedule of 300 random and 100 PCT
