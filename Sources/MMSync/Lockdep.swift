@@ -186,7 +186,7 @@ public enum Lockdep {
     public static var currentStackHandle: AnyObject { stack }
 
     /// The locks held on the stack `handle` names, outermost first: what (kind and class),
-    /// where it was taken, and the instance. Locking: the stack's thread is not running.
+    /// where it was taken, and the instance. Read it only while the stack's thread is parked.
     public static func heldLocks(_ handle: AnyObject) -> [(description: String, instance: UnsafeRawPointer?)] {
         guard let s = handle as? HeldStack else { return [] }
         var out = s.items.map { ("\($0.cls) (taken at \($0.site))", $0.instance) }
