@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 @testable import Conformance
 @testable import Devices
@@ -18,7 +19,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -254,5 +255,26 @@ final class DivergenceTests: XCTestCase {
         mem.drainAllPCP()
         XCTAssertEqual(mem.checkInvariants(), [])
         XCTAssertEqual(mem.freeFrames, Int(mem.systemFrames) - 1)
+    }
+
+    /// D12: MADV_DONTNEED takes the mmap lock for read (7.2: the VMA's read lock), so it waits
+    /// for a thread holding the mmap lock for write, and finishes once it lets go.
+    func testD12DontNeedWaitsForAnMmapWriter() throws {
+        let m = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 0)
+        let p = try MMCore.Process(machine: m)
+        let a = try p.mmap(length: 2 * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        let cpu = p.makeCPU()
+        try cpu.store(a, UInt64(5))
+        let mm = p.mm
+        let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0), zapped = DispatchSemaphore(value: 0)
+        Thread { mm.mmapLock.lockWrite(); held.signal(); release.wait(); mm.mmapLock.unlockWrite() }.start()
+        held.wait()
+        Thread { try? p.madvise(a, length: 2 * pageSize, advice: .dontNeed); zapped.signal() }.start()
+        XCTAssertEqual(zapped.wait(timeout: .now() + 0.2), .timedOut, "MADV_DONTNEED ran beside an mmap writer")
+        release.signal()
+        XCTAssertEqual(zapped.wait(timeout: .now() + 10), .success)
+        XCTAssertEqual(try cpu.load(a, as: UInt64.self), 0, "the zap dropped the page")
+        cpu.detach()
+        p.exit()
     }
 }
