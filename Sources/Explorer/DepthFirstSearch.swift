@@ -136,7 +136,7 @@ struct DFSPicker: Picker {
     /// What each thread's last point contributes to its next step's footprint (nothing before
     /// its first point: what its first step reads was written before the thread was created,
     /// or under a lock its end point names).
-    var pendingObject: [UInt?] = []
+    var pendingIdentity: [UInt?] = []
     /// The frame whose chosen step is running (its footprint completes at the next point).
     var running: Int?
     var yieldedThread = -1
@@ -164,21 +164,21 @@ struct DFSPicker: Picker {
 
     init(search: DepthFirstSearch) { self.search = search }
 
-    mutating func threadCreated(_ id: Int) { pendingObject.append(nil) }
+    mutating func threadCreated(_ id: Int) { pendingIdentity.append(nil) }
 
     mutating func yielded(_ thread: Int) { yieldedThread = thread }
 
     mutating func observed(thread: Int, kind: SyncPointKind, object: UnsafeRawPointer?, blocked: Bool) {
         if let r = running, search.frames[r].chosen == thread {
             var footprint: DepthFirstSearch.Footprint = []
-            if let s = pendingObject[thread] { footprint.append(s) }
+            if let s = pendingIdentity[thread] { footprint.append(s) }
             if let e = identity(DepthFirstSearch.contribution(kind, object, blocked: blocked, start: false)), !footprint.contains(e) {
                 footprint.append(e)
             }
             search.frames[r].done[search.frames[r].done.count - 1].footprint = footprint
             running = nil
         }
-        pendingObject[thread] = identity(DepthFirstSearch.contribution(kind, object, blocked: blocked, start: true))
+        pendingIdentity[thread] = identity(DepthFirstSearch.contribution(kind, object, blocked: blocked, start: true))
         blockedThread = blocked ? thread : (blockedThread == thread ? -1 : blockedThread)
     }
 

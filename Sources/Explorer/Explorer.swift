@@ -27,6 +27,12 @@ public struct Execution: Sendable {
     /// Steps by kind of point ("lockAcquire", "blocked wait", …), for profiling a program's
     /// schedule space.
     public let stepsByKind: [String: Int]
+
+    /// The same execution, judged failed after the fact (a search that could not follow it).
+    func failing(_ f: ExplorationFailure) -> Execution {
+        Execution(strategy: strategy, seed: seed, steps: steps, schedule: schedule, traceHash: traceHash,
+                  threads: threads, failure: f, stepsByKind: stepsByKind)
+    }
 }
 
 /// One part of a campaign's seeds: every `count`-th seed from the `index`-th.
@@ -63,10 +69,10 @@ public struct ExplorationReport: Sendable {
     public var executions = 0
     public var steps = 0
     public var seconds = 0.0
-    /// Distinct trace hashes seen: how many different executions the campaign covered.
-    public var distinctExecutions = 0
     /// The trace hashes seen (shards of a campaign merge their sets).
     public var traceHashes = Set<UInt64>()
+    /// Distinct trace hashes seen: how many different executions the campaign covered.
+    public var distinctExecutions: Int { traceHashes.count }
     /// The first failed execution, if any.
     public var failure: Execution?
     /// PCT's expected execution length (its change points fall in 1…k): the length of one
@@ -87,7 +93,7 @@ public struct ExplorationReport: Sendable {
     public init() {}
     /// The report of one execution (a replay).
     public init(_ e: Execution) {
-        executions = 1; steps = e.steps; distinctExecutions = 1; longest = e.steps; last = e
+        executions = 1; steps = e.steps; traceHashes = [e.traceHash]; longest = e.steps; last = e
         failure = e.failure == nil ? nil : e
     }
 }
@@ -215,7 +221,6 @@ public enum Explorer {
             report.steps += e.steps
             report.longest = max(report.longest, e.steps)
             report.traceHashes.insert(e.traceHash)
-            report.distinctExecutions = report.traceHashes.count
             report.seconds = Double(monotonicNanoseconds() - t0) / 1e9
             progress?(report)
             if e.failure != nil { report.failure = e; break }
@@ -224,11 +229,8 @@ public enum Explorer {
                 report.redundant = search.redundant
                 if let (reached, expected) = search.ended {
                     // The program did not repeat the prefix it was given: not a search result.
-                    report.failure = Execution(strategy: e.strategy, seed: e.seed, steps: e.steps, schedule: e.schedule,
-                                               traceHash: e.traceHash, threads: e.threads,
-                                               failure: ExplorationFailure(kind: .diverged, message:
-                                                   "the execution ended after \(reached) choices, before the \(expected) the search replays: the program does not repeat itself"),
-                                               stepsByKind: e.stepsByKind)
+                    report.failure = e.failing(ExplorationFailure(kind: .diverged, message:
+                        "the execution ended after \(reached) choices, before the \(expected) the search replays: the program does not repeat itself"))
                     break
                 }
                 if !more { report.exhausted = true; break }

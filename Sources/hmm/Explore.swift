@@ -267,9 +267,7 @@ enum CrashReport {
     /// From now until `disarm`, a crash prints `command`.
     static func arm(_ command: String) {
         failure[0] = 0
-        let line = "hmm explore: the model crashed; replay with: \(command)\n"
-        _ = line.withCString { strncpy(buffer, $0, 4095) }
-        buffer[4095] = 0
+        store("hmm explore: the model crashed; replay with: \(command)\n", in: buffer)
         for sig in signals {
             signal(sig) { s in
                 let f = CrashReport.failure
@@ -295,9 +293,12 @@ enum CrashReport {
         return p
     }()
     static func noteFailure(_ message: String) {
-        let line = "hmm explore: before the crash, the script failed: \(message)\n"
-        _ = line.withCString { strncpy(failure, $0, 4095) }
-        failure[4095] = 0
+        store("hmm explore: before the crash, the script failed: \(message)\n", in: failure)
+    }
+    /// `line` into one of the 4096-byte buffers the signal handler writes (cut if longer).
+    private static func store(_ line: String, in p: UnsafeMutablePointer<CChar>) {
+        _ = line.withCString { strncpy(p, $0, 4095) }
+        p[4095] = 0
     }
 }
 

@@ -8,7 +8,6 @@ struct MigrateCollectWalker: PageWalker {
     let anonymous: Bool
     var src: [UInt64]
     var cpages = 0
-    var unmapped = 0
     /// Present entries this walk replaced in the current PTE table, flushed before its lock
     /// is dropped.
     var unmappedInTable = 0
@@ -110,7 +109,7 @@ struct MigrateCollectWalker: PageWalker {
         let entry = SwapEntry.migration(pfn: page.pfn, write: mpfn & MigratePfn.write != 0, exclusive: exclusive)
         ptep.store(entry.pte(softDirty: old.isSoftDirty))
         memory.removeRmap(page)
-        if old.isPresent { unmapped += 1; unmappedInTable += 1 }
+        if old.isPresent { unmappedInTable += 1 }
         cpages += 1
         src[i] = mpfn
         return .next
