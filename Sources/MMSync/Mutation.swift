@@ -35,6 +35,11 @@ public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// PTE lock, that it still holds the entry it read (`pte_same` in
     /// `remove_device_exclusive_entry`): a zap that ran in between is undone.
     case exclusiveRestoreWithoutRecheck
+    /// Migration's rmap walk (`try_to_migrate`) passes over device-exclusive entries, as
+    /// migration did before the 2025 rework that kept the mapcount of those entries and taught
+    /// `try_to_migrate_one` to convert them: the entry keeps its mapping and reference, so the
+    /// page never migrates and memory offlining retries it forever.
+    case migrateSkipsDeviceExclusive
 
     public var description: String {
         switch self {
@@ -47,6 +52,7 @@ public enum Mutation: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .devicePrivateFaultReferenceFirst: return "device-private-fault-reference-first"
         case .migrateWithoutAnonVMAReference: return "migrate-without-anon-vma-reference"
         case .exclusiveRestoreWithoutRecheck: return "exclusive-restore-without-recheck"
+        case .migrateSkipsDeviceExclusive: return "migrate-skips-device-exclusive"
         }
     }
 

@@ -108,7 +108,7 @@ struct CommandSpec {
             "put": CommandSpec(positionals: [("a name bound by 'gup'", .name(.gup))], required: 1),
             "unpin": CommandSpec(positionals: [("a name bound by 'gup'", .name(.gup))], required: 1),
             "pagemap": CommandSpec(positionals: [("an address", .expr), ("a page count", .expr)], required: 1, keys: proc, expect: .pagemap),
-            "migrate_pages": CommandSpec(positionals: [("an address", .expr), ("a page count", .expr)], required: 1, keys: proc, expect: .migrated),
+            "migrate_pages": CommandSpec(positionals: [("an address", .expr), ("a page count", .expr)], required: 1, keys: proc, flags: ["offline"], expect: .migrated),
             "invariants": CommandSpec(positionals: [], required: 0),
             "sleep": CommandSpec(positionals: [("nanoseconds", .expr)], required: 1),
             "print": CommandSpec(positionals: [("words", .words)], required: 0),

@@ -242,11 +242,37 @@ extension ScenarioInterpreter {
         if cmd.bareExpectations.contains(where: { isOutcome($0.text) }) || cmd.expectation("errno") != nil { try checkErrno(cmd, nil) }
     }
 
+    /// `migrate_pages ADDR N [offline]`: a kernel thread migrates the system pages mapped at
+    /// ADDR (present PTEs and device-exclusive entries, which map their page in 7.2). With
+    /// `offline` it retries the pages that failed with EAGAIN or EBUSY until every one has
+    /// moved, as `offline_pages` does (it loops until a signal); each round is a retry for the
+    /// explorer's livelock bound, and the command gives up after `offlineRounds` rounds.
     func migratePagesCommand(_ cmd: Command, _ ctx: Context) throws {
         let (proc, a, n) = try pageRange(cmd, ctx)
-        let pfns: [UInt64]
-        do { pfns = try proc.mm.pagemap(a, count: Int(n)).filter(\.isPresent).map(\.pfn) } catch let e { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
-        let r = proc.machine.migratePages(pfns)
+        var pfns: [UInt64]
+        do {
+            pfns = try proc.mm.pagemap(a, count: Int(n)).compactMap { e in
+                if e.isPresent { return e.pfn }
+                if e.isSwap && UInt8(e.pfn & 0x1F) == SwapEntry.deviceExclusive { return e.pfn >> 5 }
+                return nil
+            }
+        } catch let e { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
+        var r = proc.machine.migratePages(pfns)
+        if cmd.flag("offline") {
+            var rounds = 1
+            while true {
+                pfns = r.failed.filter { $0.value == .EAGAIN || $0.value == .EBUSY }.map(\.key).sorted()
+                if pfns.isEmpty { break }
+                rounds += 1
+                Sync.retryLoop(rounds, "offlining retried the migration of pfn \(pfns.map(String.init).joined(separator: ","))")
+                if rounds > Self.offlineRounds {
+                    throw failure(cmd, "expected offlining to migrate every page, gave up after \(Self.offlineRounds) rounds with \(r.failed.map { "pfn \($0.key) \($0.value.name)" }.sorted().joined(separator: ", "))")
+                }
+                let again = proc.machine.migratePages(pfns)
+                for (old, new) in again.migrated { r.migrated[old] = new; r.failed[old] = nil }
+                for (old, e) in again.failed { r.failed[old] = e }
+            }
+        }
         trace(cmd, ctx, "\(r.migrated.count) migrated, \(r.failed.count) failed")
         if !cmd.bareExpectations.isEmpty || cmd.expectation("errno") != nil { try checkErrno(cmd, nil) }
         if let m = cmd.expectation("migrated") {
@@ -254,6 +280,10 @@ extension ScenarioInterpreter {
             if UInt64(r.migrated.count) != want { throw failure(cmd, "expected migrated=\(want), got migrated=\(r.migrated.count)") }
         }
     }
+
+    /// How many rounds `migrate_pages … offline` tries before it reports the pages it could not
+    /// move (above the explorer's default retry bound, so the explorer reports the livelock).
+    static let offlineRounds = 10_000
 
     func invariantsCommand(_ cmd: Command, _ ctx: Context) throws {
         let m = try theMachine(at: cmd.name.location)

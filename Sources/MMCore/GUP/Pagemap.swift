@@ -24,7 +24,7 @@ extension AddressSpace {
     /// The pagemap entries of `count` pages from `address` (`pagemap_read`, Linux 7.2's
     /// `pte_to_pagemap_entry`). Pages outside every VMA read as 0; empty pages inside one as
     /// soft-dirty only. EINVAL for an unaligned address.
-    /// Locking: takes the mmap lock for read.
+    /// Locking: takes the mmap lock for read, and each entry's page-table lock.
     public func pagemap(_ address: UInt64, count: Int) throws(Errno) -> [PagemapEntry] {
         mmapLock.assertNotHeld()
         guard isPageAligned(address), count >= 0 else { throw .EINVAL }
@@ -39,6 +39,10 @@ extension AddressSpace {
                 // page inside one reads soft-dirty, as pte_to_pagemap_entry reports it.
                 raw = PagemapEntry.softDirtyBit
                 if let f = pageTable.lookup(a, level: .pte) {
+                    // Under the table's lock, as pagemap_pmd_range reads: never an entry in the
+                    // middle of a change (cleared before it is replaced, as make_device_exclusive
+                    // and migration do).
+                    f.table.ptl.lock(); defer { f.table.ptl.unlock() }
                     let v = f.entry.load()
                     let sub = f.level == .pte ? 0 : (a & (f.level.size - 1)) >> pageShift
                     if v.isPresent && (f.level == .pte || v.isHuge) {

@@ -96,7 +96,7 @@ extension Machine {
                     write = v.isWrite; softDirty = v.isSoftDirty
                     if v.isDirty { page.set(.dirty) }
                 case .swap(let s):
-                    guard s.isDevicePrivate || s.isDeviceExclusive else { return false }
+                    guard s.isDevicePrivate || (s.isDeviceExclusive && !Mutation.on(.migrateSkipsDeviceExclusive)) else { return false }
                     write = s.isWrite; softDirty = ptep.load().isSoftDirty
                 }
                 // The exclusive bit moves into the entry (folio_try_share_anon_rmap); restoring
