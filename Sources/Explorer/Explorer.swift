@@ -120,16 +120,18 @@ public enum Explorer {
     /// Runs `body` once under the explorer. `expectedSteps` sizes PCT's change points (the
     /// length of a typical execution). The body runs on a model thread of its own (thread 0);
     /// it must join the threads it starts.
+    /// `checkEveryStep`: run the checks the body registers (`Sync.addStepCheck`) at every
+    /// scheduling decision.
     public static func run(strategy: Strategy, seed: UInt64, maxSteps: Int = 1_000_000, retryBound: Int = 1_000,
-                           expectedSteps: Int = 1_000, _ body: @escaping () throws -> Void) -> Execution {
+                           expectedSteps: Int = 1_000, checkEveryStep: Bool = false, _ body: @escaping () throws -> Void) -> Execution {
         run(strategy: strategy, seed: seed, maxSteps: maxSteps, retryBound: retryBound, expectedSteps: expectedSteps,
-            search: nil, body)
+            checkEveryStep: checkEveryStep, search: nil, body)
     }
 
     /// `run`, with the depth-first search a `.dfs` campaign carries from one execution to the
     /// next (nil: a fresh one, whose first execution runs).
     static func run(strategy: Strategy, seed: UInt64, maxSteps: Int, retryBound: Int, expectedSteps: Int,
-                    search: DepthFirstSearch?, _ body: @escaping () throws -> Void) -> Execution {
+                    checkEveryStep: Bool, search: DepthFirstSearch?, _ body: @escaping () throws -> Void) -> Execution {
         precondition(pthread_getspecific(ExplorerScheduler.key) == nil || Sync.scheduler == nil,
                      "Explorer.run called from a model thread of a running exploration")
         pthread_mutex_lock(gate); defer { pthread_mutex_unlock(gate) }
@@ -142,7 +144,7 @@ public enum Explorer {
         case .roundRobin: picker = RoundRobinPicker()
         case .dfs(let p, let r): picker = DFSPicker(search: search ?? DepthFirstSearch(bound: p, reduction: r))
         }
-        let sched = ExplorerScheduler(picker: picker, maxSteps: maxSteps, retryBound: retryBound)
+        let sched = ExplorerScheduler(picker: picker, maxSteps: maxSteps, retryBound: retryBound, checkEveryStep: checkEveryStep)
         ModelThread.wrapBody = { name, inner in
             let t = sched.register(name: name)
             var box: (() -> Void)? = inner
@@ -200,7 +202,7 @@ public enum Explorer {
     /// `shard` runs one part of the seeds (every `count`-th from the `index`-th): the shards of
     /// a campaign together run its seeds, each seed's execution the same as in the whole.
     public static func explore(strategy: Strategy, seeds: Range<UInt64>, shard: Shard = .whole, maxSteps: Int = 1_000_000,
-                               retryBound: Int = 1_000, seconds limit: Double? = nil,
+                               retryBound: Int = 1_000, seconds limit: Double? = nil, checkEveryStep: Bool = false,
                                progress: ((ExplorationReport) -> Void)? = nil,
                                _ body: @escaping () throws -> Void) -> ExplorationReport {
         var report = ExplorationReport()
@@ -215,7 +217,7 @@ public enum Explorer {
         }
         for seed in shard.seeds(in: seeds) {
             let e = run(strategy: strategy, seed: seed, maxSteps: maxSteps, retryBound: retryBound,
-                        expectedSteps: report.pctSteps, search: search, body)
+                        expectedSteps: report.pctSteps, checkEveryStep: checkEveryStep, search: search, body)
             report.executions += 1
             report.last = e
             report.steps += e.steps

@@ -37,11 +37,22 @@ final class ExplorerThread: @unchecked Sendable {
     }
     deinit { sem_destroy(sem); sem.deallocate() }
 
+    /// The objects of its last atomic steps (stores and read-modify-writes: loads are no
+    /// points), distinct, newest last: what it changed, for failure reports.
+    var changed: [UInt] = []
+
     func note(_ step: Int, _ kind: SyncPointKind, _ object: UnsafeRawPointer?, _ blocked: Bool) {
         if recent.count == ExplorerThread.recentLimit { recent.removeFirst() }
-        recent.append((step, kind, UInt(bitPattern: object), blocked))
+        let o = UInt(bitPattern: object)
+        recent.append((step, kind, o, blocked))
+        if kind == .atomic && o != 0 {
+            if let i = changed.lastIndex(of: o) { changed.remove(at: i) }
+            else if changed.count == ExplorerThread.changedLimit { changed.removeFirst() }
+            changed.append(o)
+        }
     }
     static let recentLimit = 8
+    static let changedLimit = 32
 }
 
 /// Why an execution failed.
@@ -56,6 +67,8 @@ public enum FailureKind: String, Sendable, Codable {
     case threadsLeftRunning = "threads-left-running"
     /// A replay could not follow its schedule.
     case diverged
+    /// The body did something the explorer cannot run (more threads than a schedule can name).
+    case unsupported
 }
 
 /// The scheduler of one execution: model threads run one at a time, and at every
@@ -156,10 +169,21 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// Rounds of one retry loop past which it is a livelock.
     let retryBound: Int
 
-    init(picker: any Picker, maxSteps: Int, retryBound: Int) {
+    /// Threads one execution may start: a schedule records each step's thread as a byte.
+    static let maxThreads = 256
+
+    /// Whether the step checks the execution registers run (`Sync.addStepCheck`).
+    let checkEveryStep: Bool
+    /// The registered step checks, run at every scheduling decision. Guarded by `mutex`.
+    var stepChecks: [() -> [String]] = []
+    /// The registered object describers, for failure reports. Guarded by `mutex`.
+    var describers: [(UnsafeRawPointer) -> String?] = []
+
+    init(picker: any Picker, maxSteps: Int, retryBound: Int, checkEveryStep: Bool = false) {
         self.picker = picker
         self.maxSteps = maxSteps
         self.retryBound = retryBound
+        self.checkEveryStep = checkEveryStep
         mutex = .allocate(capacity: 1); pthread_mutex_init(mutex, nil)
         overCond = .allocate(capacity: 1); pthread_cond_init(overCond, nil)
     }
@@ -193,10 +217,14 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     func register(name: String) -> ExplorerThread {
         assertNotHeld()
         lock(); defer { unlock() }
-        precondition(threads.count < 256, "explorer: at most 256 threads in one execution (schedules record a byte per step)")
         let t = ExplorerThread(id: threads.count, name: name, scheduler: self)
         threads.append(t)
         live += 1
+        guard t.id < Self.maxThreads else {
+            // Never scheduled: the execution is over, and the thread parks at its first turn.
+            if !over { fail(.unsupported, "a \(Self.maxThreads + 1)th thread (\(name)): the explorer runs at most \(Self.maxThreads) threads in one execution (a schedule names each with a byte); explore fewer rounds of a repeated concurrent block") }
+            return t
+        }
         picker.threadCreated(t.id)
         return t
     }
@@ -252,6 +280,21 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
 
     func blocked(_ kind: SyncPointKind, object: UnsafeRawPointer?) {
         _ = block(kind, object, timed: false)
+    }
+
+    /// Locking: takes `mutex`.
+    func addObjectDescriber(_ describe: @escaping (UnsafeRawPointer) -> String?) {
+        assertNotHeld()
+        lock(); defer { unlock() }
+        describers.append(describe)
+    }
+
+    /// Locking: takes `mutex`.
+    func addStepCheck(_ check: @escaping () -> [String]) {
+        assertNotHeld()
+        guard checkEveryStep else { return }
+        lock(); defer { unlock() }
+        stepChecks.append(check)
     }
 
     func blockedTimed(_ kind: SyncPointKind, object: UnsafeRawPointer?) -> Bool {
@@ -343,6 +386,15 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
             failAndPark(t, .livelock, "no end within \(maxSteps) steps: a livelock, or a run longer than --max-steps\n" + describeThreads(), leaving: leaving)
             return
         }
+        // Every other thread is stopped at a point: the step checks see no half-done change
+        // of a Swift structure, only the model's own intermediate states.
+        for check in stepChecks {
+            let problems = check()
+            guard problems.isEmpty else {
+                failAndPark(t, .check, "after step \(step), broken at a step: " + problems.prefix(5).joined(separator: "; ") + "\n" + describeThreads(), leaving: leaving)
+                return
+            }
+        }
         var enabled = threads.filter { $0.state == .runnable }.map(\.id)
         if enabled.isEmpty {
             // Every live thread is blocked. Let each re-check once (a wake-up the scheduler
@@ -376,7 +428,8 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     }
 
     /// Every thread's state: what it waits on (and who holds that lock, when lockdep knows),
-    /// the locks it holds (lockdep on) and its last steps.
+    /// the locks it holds (lockdep on), its last steps, and the objects it changed that a
+    /// registered describer names (the scenario's machine names page-table entries).
     func describeThreads() -> String {
         var lines: [String] = []
         // Lockdep records a lock when its acquisition starts: a thread blocked acquiring a lock
@@ -403,6 +456,13 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
             for r in t.recent {
                 lines.append("    step \(r.step): \(r.blocked ? "blocked on " : "")\(r.kind)\(r.object == 0 ? "" : " @0x" + String(r.object, radix: 16))")
             }
+            // What its atomic steps changed that a describer can name (page-table entries,
+            // with their values now), newest last.
+            let named = describers.isEmpty ? [] : t.changed.compactMap { o -> String? in
+                guard let p = UnsafeRawPointer(bitPattern: o) else { return nil }
+                return describers.lazy.compactMap { $0(p) }.first
+            }
+            if !named.isEmpty { lines.append("    changed: " + named.suffix(8).joined(separator: "; ")) }
         }
         return lines.joined(separator: "\n")
     }

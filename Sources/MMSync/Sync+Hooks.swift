@@ -25,6 +25,12 @@ public protocol SyncScheduler: AnyObject {
     /// A retry loop went round again (`rounds` so far): the scheduler reports a livelock past
     /// its bound. `what` names the loop.
     func retrying(_ rounds: Int, _ what: @autoclosure () -> String)
+    /// Adds a check to run at every scheduling decision of this execution, if the scheduler was
+    /// asked to (see `Sync.addStepCheck`).
+    func addStepCheck(_ check: @escaping () -> [String])
+    /// Adds a way to name the objects of this execution's steps in failure reports (see
+    /// `Sync.addObjectDescriber`).
+    func addObjectDescriber(_ describe: @escaping (UnsafeRawPointer) -> String?)
 }
 
 public enum Sync {
@@ -51,6 +57,21 @@ public enum Sync {
     @inlinable
     public static func retryLoop(_ rounds: Int, _ what: @autoclosure () -> String) {
         if let scheduler = scheduler { scheduler.retrying(rounds, what()) }
+    }
+
+    /// Registers `check` with the explorer running this execution: with `--check-every-step` it
+    /// runs at every scheduling decision, and the first problem it returns fails the execution.
+    /// It runs on the deciding model thread while every other one is stopped at a scheduling
+    /// point, so it must read the model without MMSync locks or atomics that are points
+    /// (`Machine.checkStepInvariants`). Nothing in real mode.
+    public static func addStepCheck(_ check: @escaping () -> [String]) { scheduler?.addStepCheck(check) }
+
+    /// Registers `describe` with the explorer running this execution: a failure report names
+    /// the objects each thread changed with an atomic step (a page-table entry's store or
+    /// exchange is one) through it, when it knows them (nil otherwise). It runs while the
+    /// execution is stopped, under the same rules as a step check. Nothing in real mode.
+    public static func addObjectDescriber(_ describe: @escaping (UnsafeRawPointer) -> String?) {
+        scheduler?.addObjectDescriber(describe)
     }
 
     /// A named yield point for code that wants to offer the scheduler a switch.

@@ -436,6 +436,11 @@ public final class ScenarioInterpreter {
                 m.maxMapCount = maxMapCount
                 machine = m
                 module = DmirrorModule(machine: m)
+                // Under `hmm explore --check-every-step`: the machine's step invariants at
+                // every scheduling decision.
+                Sync.addStepCheck { [weak m] in m?.checkStepInvariants() ?? [] }
+                // Failure reports name the page-table entries each thread changed.
+                Sync.addObjectDescriber { [weak m] p in m?.describePageTableEntry(at: p) }
                 return m
             } catch {
                 throw ScenarioFailure(location: loc, message: "expected a machine of \(machineMemory) bytes, got \(error)")

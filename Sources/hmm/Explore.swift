@@ -18,7 +18,8 @@ struct Explore: ParsableCommand {
             the same seed gives the same execution. The first failure stops the campaign and \
             prints its seed, schedule and a replay command. \
             Exit status: 0 when nothing was found, 1 when a check of the script failed (or a \
-            replay diverged), 2 for a malformed script, 3 for a liveness failure (deadlock, \
+            replay diverged), 2 for a malformed script or one the explorer cannot run \
+            (more than 256 threads in one execution), 3 for a liveness failure (deadlock, \
             livelock, threads left waiting), 4 when the model crashed (a replay command is \
             printed after the crash's own message), 64 for bad options.
             """)
@@ -57,6 +58,9 @@ struct Explore: ParsableCommand {
 
     @Flag(help: "Check lock order and locking rules (lockdep); a report fails the execution.")
     var lockdep = false
+
+    @Flag(help: "Check the machine's step invariants (no page-table or usable TLB entry maps a free frame, …) at every scheduling decision, besides the script's own checks: slower, for small scripts.")
+    var checkEveryStep = false
 
     @Option(help: "Run shard K of N (K from 0): every N-th seed of --seeds from the K-th, for a campaign split over processes or machines. With --format json the results merge with --merge.")
     var shard: String?
@@ -135,7 +139,8 @@ struct Explore: ParsableCommand {
             let replayed = replay != nil
             if let replay, let schedule = Schedule(parsing: replay) {
                 CrashReport.arm(command(file, "--replay \(replay)"))
-                report = ExplorationReport(Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, retryBound: retryBound, body))
+                report = ExplorationReport(Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, retryBound: retryBound,
+                                                        checkEveryStep: checkEveryStep, body))
                 CrashReport.disarm()
             } else {
                 // The replay command of the execution about to run (the shard's n-th).
@@ -148,7 +153,7 @@ struct Explore: ParsableCommand {
                 armCrash(0)
                 var lastShown = monotonicNanoseconds()
                 report = Explorer.explore(strategy: strategy, seeds: seeds, shard: shard, maxSteps: maxSteps, retryBound: retryBound,
-                                          seconds: limit, progress: { r in
+                                          seconds: limit, checkEveryStep: checkEveryStep, progress: { r in
                     let now = monotonicNanoseconds()
                     if !quiet && now - lastShown > 1_000_000_000 {
                         lastShown = now
@@ -177,6 +182,7 @@ struct Explore: ParsableCommand {
         switch kind {
         case nil: return 0
         case .check?, .diverged?: return 1
+        case .unsupported?: return 2
         case .deadlock?, .livelock?, .threadsLeftRunning?: return 3
         }
     }
@@ -184,10 +190,14 @@ struct Explore: ParsableCommand {
     /// `hmm explore FILE` with this run's options and `how` (a replay or a seed).
     func command(_ file: String, _ how: String) -> String {
         "hmm explore \(file)" + mutation.map { " --mutation \($0)" }.joined() + (lockdep ? " --lockdep" : "")
-            + " \(how) --max-steps \(maxSteps) --retry-bound \(retryBound)"
+            + (checkEveryStep ? " --check-every-step" : "") + " \(how) --max-steps \(maxSteps) --retry-bound \(retryBound)"
     }
 
-    func replayCommand(_ file: String, _ e: Execution) -> String { command(file, "--replay \(e.schedule)") }
+    /// (A failure before the first choice has an empty schedule, printed as '' for the shell.)
+    func replayCommand(_ file: String, _ e: Execution) -> String {
+        let schedule = e.schedule.description
+        return command(file, "--replay " + (schedule.isEmpty ? "''" : schedule))
+    }
 
     func progressLine(_ file: String, _ r: ExplorationReport) {
         let s = max(r.seconds, 1e-9)

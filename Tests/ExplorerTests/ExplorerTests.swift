@@ -11,6 +11,60 @@ final class Shared<T>: @unchecked Sendable {
 
 /// The explorer core (issue 13): scheduling, strategies, replay, deadlock and bound checks.
 final class ExplorerTests: XCTestCase {
+    /// Step checks (`Sync.addStepCheck`) run at every scheduling decision when the run asks
+    /// for them and never otherwise; the first problem one returns fails the execution at that
+    /// decision, and a replay of its schedule fails at the same one.
+    func testStepChecksRunAtEveryDecisionAndFailAtTheirStep() throws {
+        let calls = Shared(0)
+        func body(failAt: Int) -> () throws -> Void {
+            return {
+                calls.value = 0
+                Sync.addStepCheck {
+                    calls.value += 1
+                    return calls.value == failAt ? ["problem at call \(calls.value)"] : []
+                }
+                let l = Lock("L")
+                let ts = (0..<2).map { i in ModelThread.spawn(name: "t\(i)") { for _ in 0..<5 { l.lock(); l.unlock() } } }
+                ts.forEach { $0.join() }
+            }
+        }
+        let off = Explorer.run(strategy: .random, seed: 3, body(failAt: 1))
+        XCTAssertNil(off.failure)
+        XCTAssertEqual(calls.value, 0, "a run without checkEveryStep runs no step check")
+
+        let on = Explorer.run(strategy: .random, seed: 3, checkEveryStep: true, body(failAt: .max))
+        XCTAssertNil(on.failure)
+        XCTAssertEqual(calls.value, on.schedule.count, "one check per decision")
+        XCTAssertEqual(on.traceHash, off.traceHash, "checks that find nothing do not change the execution")
+
+        let failing = Explorer.run(strategy: .random, seed: 3, checkEveryStep: true, body(failAt: 7))
+        let failure = try XCTUnwrap(failing.failure)
+        XCTAssertEqual(failure.kind, .check)
+        XCTAssertTrue(failure.message.hasPrefix("after step \(failing.steps), broken at a step: problem at call 7\n"), failure.message)
+        XCTAssertEqual(failing.schedule.count, 6, "the seventh decision failed before it chose")
+        let replay = Explorer.run(strategy: .replay(failing.schedule), seed: 0, checkEveryStep: true, body(failAt: 7))
+        XCTAssertEqual(replay.failure?.message.split(separator: "\n").first, failure.message.split(separator: "\n").first)
+        XCTAssertEqual(replay.steps, failing.steps)
+        XCTAssertEqual(replay.traceHash, failing.traceHash)
+    }
+
+    /// A schedule names a thread with a byte: the 257th thread of one execution fails it as
+    /// unsupported (the tool reports it; the model does not crash), and the threads started
+    /// before are parked, not leaked into the next execution.
+    func testMoreThreadsThanAScheduleCanNameIsUnsupported() throws {
+        let report = Explorer.explore(strategy: .random, seeds: 0..<2) {
+            for round in 0..<300 {
+                ModelThread.spawn(name: "r\(round)") { Sync.yieldPoint() }.join()
+            }
+        }
+        let failure = try XCTUnwrap(report.failure?.failure)
+        XCTAssertEqual(failure.kind, .unsupported)
+        XCTAssertEqual(report.executions, 1)
+        XCTAssertTrue(failure.message.hasPrefix("a 257th thread (r255): the explorer runs at most 256 threads in one execution"), failure.message)
+        let next = Explorer.run(strategy: .random, seed: 0) { ModelThread.spawn(name: "after") { Sync.yieldPoint() }.join() }
+        XCTAssertNil(next.failure, "the next execution runs clean")
+    }
+
     /// Two threads take two locks in opposite orders. The random walk finds the deadlock; the
     /// report names both threads blocked acquiring a lock, and replaying its schedule gives the
     /// same failure with the same trace.

@@ -14,6 +14,8 @@ final class ExplorerCatalogueTests: XCTestCase {
         var status: Int32 = 1
         var kind = "check"
         var extra: [String] = []
+        /// More the report must say (each thread's state, the entries it changed).
+        var details: [String] = []
         var file: String { "scenarios/explore/\(name).hmm" }
     }
     static let catalogue = [
@@ -33,6 +35,11 @@ final class ExplorerCatalogueTests: XCTestCase {
               finding: "maps free frame", status: 4, kind: "crash"),
         Entry(name: "migrate-skips-device-exclusive", strategy: "random", seeds: "0..50",
               finding: "offlining retried the migration of pfn", status: 3, kind: "livelock"),
+        // With the step invariants checked at every decision, the page freed while mapped is
+        // a failed check at the step it happens, before the teardown crashes.
+        Entry(name: "exclusive-restore-without-recheck", strategy: "random", seeds: "0..50",
+              finding: "broken at a step: mm 1: 0x7efffffff000 maps free frame", extra: ["--check-every-step"],
+              details: ["changed: mm 1 pte 0x7efffffff000 = pfn 20 rw D A"]),
     ]
 
     var root: String { String(#filePath).components(separatedBy: "/Tests/").first! }
@@ -44,6 +51,7 @@ final class ExplorerCatalogueTests: XCTestCase {
             let found = HMMBinary.run(["explore", file, "--mutation", e.name] + flags)
             XCTAssertEqual(found.status, e.status, "\(e.name): \(found.output)")
             XCTAssertTrue(found.output.contains(e.finding), "\(e.name): \(found.output)")
+            for d in e.details { XCTAssertTrue(found.output.contains(d), "\(e.name): \(d) in \(found.output)") }
             let crashed = e.kind == "crash"
             if !crashed { XCTAssertTrue(found.output.contains(": \(e.kind) at seed "), "\(e.name): \(found.output)") }
             let prefix = crashed ? "hmm explore: the model crashed; replay with: hmm " : "replay: hmm "
@@ -54,6 +62,7 @@ final class ExplorerCatalogueTests: XCTestCase {
             XCTAssertEqual(replay.status, e.status, "\(e.name) replay: \(replay.output)")
             if !crashed { XCTAssertTrue(replay.output.contains(": \(e.kind) on replay after "), "\(e.name) replay: \(replay.output)") }
             XCTAssertTrue(replay.output.contains(e.finding), "\(e.name) replay: \(replay.output)")
+            for d in e.details { XCTAssertTrue(replay.output.contains(d), "\(e.name) replay: \(d) in \(replay.output)") }
 
             let clean = HMMBinary.run(["explore", file] + flags)
             XCTAssertEqual(clean.status, 0, "\(e.file) without its mutation: \(clean.output)")
