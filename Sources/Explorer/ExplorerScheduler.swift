@@ -146,8 +146,18 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         // at once, and its caller re-checks whose turn it is.
         if !spin || turn.load(ordering: .acquiring) != t.id {
             while sem_wait(t.sem) != 0 {} // EINTR
+            lock()
+        } else {
+            // The giver set `turn` under the mutex and is about to release it: spin for it
+            // rather than sleep in the kernel (a futex wait and wake-up cost more than the
+            // rest of the hand-off).
+            var tries = 0
+            while pthread_mutex_trylock(mutex) != 0 {
+                tries &+= 1
+                if tries == 4096 { pthread_mutex_lock(mutex); break }
+            }
+            holder = currentThreadID()
         }
-        lock()
     }
     /// Waits on `cond`, releasing `mutex` meanwhile. Locking: caller holds `mutex`.
     func wait(_ cond: UnsafeMutablePointer<pthread_cond_t>) {
@@ -178,6 +188,8 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     var stepChecks: [() -> [String]] = []
     /// The registered object describers, for failure reports. Guarded by `mutex`.
     var describers: [(UnsafeRawPointer) -> String?] = []
+    /// `runnableIDs`' buffer. Guarded by `mutex`.
+    var enabledBuffer: [Int] = []
 
     init(picker: any Picker, maxSteps: Int, retryBound: Int, checkEveryStep: Bool = false) {
         self.picker = picker
@@ -395,7 +407,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
                 return
             }
         }
-        var enabled = threads.filter { $0.state == .runnable }.map(\.id)
+        var enabled = runnableIDs()
         if enabled.isEmpty {
             // Every live thread is blocked. Let each re-check once (a wake-up the scheduler
             // could not attribute to its object); if none made progress since, time out a timed
@@ -413,7 +425,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
                 failAndPark(t, .deadlock, "every live thread waits:\n" + describeThreads(), leaving: leaving)
                 return
             }
-            enabled = threads.filter { $0.state == .runnable }.map(\.id)
+            enabled = runnableIDs()
         }
         guard let chosen = picker.pick(step: step, current: t.id, enabled: enabled) else {
             failAndPark(t, .diverged, "the schedule does not continue at choice \(step) (after step \(step)): runnable threads \(enabled)\n"
@@ -425,6 +437,19 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         turn.store(chosen, ordering: .releasing)
         pendingWake = threads[chosen]
         if !leaving { park(t) }
+    }
+
+    /// The runnable threads' ids, in a buffer kept from step to step (a step allocates
+    /// nothing: the hand-off's cost is the figure `hmm bench` compares with `swapcontext`).
+    /// Locking: caller holds `mutex`.
+    private func runnableIDs() -> [Int] {
+        assertHeld()
+        var ids = enabledBuffer
+        enabledBuffer = []
+        ids.removeAll(keepingCapacity: true)
+        for t in threads where t.state == .runnable { ids.append(t.id) }
+        enabledBuffer = ids
+        return ids
     }
 
     /// Every thread's state: what it waits on (and who holds that lock, when lockdep knows),
