@@ -140,16 +140,27 @@ public enum Lockdep {
 
     // MARK: per-thread held stacks
 
+    /// One thread's stack, used by that thread only (and read by the explorer's reports while
+    /// the thread is parked): its fields need no dynamic exclusivity checks, which cost a
+    /// thread-local lookup on every lock operation.
     final class HeldStack {
-        var items: [Held] = []
+        @exclusivity(unchecked) var items: [Held] = []
         /// Bit locks of a class already on the stack: a migration locks hundreds of pages at
         /// once, and they are one class, so they are one entry (its first instance and site)
         /// plus these further instances, not hundreds of entries.
-        var moreBitLocks: [LockClass: Set<UnsafeRawPointer?>] = [:]
+        @exclusivity(unchecked) var moreBitLocks: [LockClass: Set<UnsafeRawPointer?>] = [:]
         /// Edges (from << 32 | to) this thread already put in the graph, valid for
-        /// `generation`: the kernel's chain cache, so a known order costs no global lock.
-        var knownEdges: Set<UInt64> = []
-        var generation = -1
+        /// `generation`: the kernel's chain cache, so a known order costs no global lock. A
+        /// direct-mapped table (0: empty; class ids start at 1): a miss only costs a visit to
+        /// the graph, which keeps each edge once.
+        @exclusivity(unchecked) var knownEdges = [UInt64](repeating: 0, count: HeldStack.edgeSlots)
+        @exclusivity(unchecked) var generation = -1
+        static let edgeSlots = 512
+
+        @inline(__always) static func slot(_ key: UInt64) -> Int { Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 55) }
+        @inline(__always) func knows(_ key: UInt64) -> Bool { knownEdges[HeldStack.slot(key)] == key }
+        @inline(__always) func remember(_ key: UInt64) { knownEdges[HeldStack.slot(key)] = key }
+        func forgetEdges() { for i in knownEdges.indices { knownEdges[i] = 0 } }
     }
     static let key: pthread_key_t = {
         var k = pthread_key_t()
@@ -205,6 +216,7 @@ public enum Lockdep {
     /// word are one instance of two classes, so a recursion check names the class.
     static func heldEntry(_ s: HeldStack, _ instance: UnsafeRawPointer?, of cls: LockClass? = nil) -> Held? {
         if let h = s.items.last(where: { $0.instance == instance && (cls == nil || $0.cls == cls) }) { return h }
+        if s.moreBitLocks.isEmpty { return nil }
         for (c, more) in s.moreBitLocks where (cls == nil || c == cls) && more.contains(instance) {
             return s.items.last { $0.cls == c }
         }
@@ -253,12 +265,12 @@ public enum Lockdep {
         }
         if !trylock && !s.items.isEmpty {
             let gen = generationNow()
-            if s.generation != gen { s.knownEdges.removeAll(keepingCapacity: true); s.generation = gen }
+            if s.generation != gen { s.forgetEdges(); s.generation = gen }
             for h in s.items where h.cls != cls {
                 let key = UInt64(h.cls.id) << 32 | UInt64(cls.id)
-                if s.knownEdges.contains(key) { continue }
+                if s.knows(key) { continue }
                 addEdge(h, to: cls, at: site)
-                s.knownEdges.insert(key)
+                s.remember(key)
             }
         }
         if cls.kind == .bitlock, s.items.contains(where: { $0.cls == cls }) {
