@@ -37,15 +37,17 @@ final class ExplorerThread: @unchecked Sendable {
     }
     deinit { sem_destroy(sem); sem.deallocate() }
 
-    /// The objects of its last atomic steps (stores and read-modify-writes: loads are no
-    /// points), distinct, newest last: what it changed, for failure reports.
+    /// The objects of its last atomic steps (stores and read-modify-writes, including failed
+    /// compare-exchanges: loads are no points), distinct, newest last, kept only while a
+    /// describer is registered: what it changed, for failure reports. A step is recorded at
+    /// its point, before the operation: a parked thread's newest one is about to happen.
     var changed: [UInt] = []
 
-    func note(_ step: Int, _ kind: SyncPointKind, _ object: UnsafeRawPointer?, _ blocked: Bool) {
+    func note(_ step: Int, _ kind: SyncPointKind, _ object: UnsafeRawPointer?, _ blocked: Bool, changes: Bool) {
         if recent.count == ExplorerThread.recentLimit { recent.removeFirst() }
         let o = UInt(bitPattern: object)
         recent.append((step, kind, o, blocked))
-        if kind == .atomic && o != 0 {
+        if changes && kind == .atomic && o != 0 {
             if let i = changed.lastIndex(of: o) { changed.remove(at: i) }
             else if changed.count == ExplorerThread.changedLimit { changed.removeFirst() }
             changed.append(o)
@@ -297,6 +299,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// Locking: takes `mutex`.
     func addObjectDescriber(_ describe: @escaping (UnsafeRawPointer) -> String?) {
         assertNotHeld()
+        guard me() != nil else { return } // a thread this exploration does not run
         lock(); defer { unlock() }
         describers.append(describe)
     }
@@ -304,7 +307,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// Locking: takes `mutex`.
     func addStepCheck(_ check: @escaping () -> [String]) {
         assertNotHeld()
-        guard checkEveryStep else { return }
+        guard checkEveryStep, me() != nil else { return }
         lock(); defer { unlock() }
         stepChecks.append(check)
     }
@@ -385,7 +388,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         step += 1
         kindCounts[Int(kind.rawValue) + (blocked ? 64 : 0)] += 1
         hash.add(thread: t.id, kind: kind.rawValue &+ (blocked ? 128 : 0))
-        t.note(step, kind, object, blocked)
+        t.note(step, kind, object, blocked, changes: !describers.isEmpty)
         picker.observed(thread: t.id, kind: kind, object: object, blocked: blocked)
     }
 
@@ -439,8 +442,9 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         if !leaving { park(t) }
     }
 
-    /// The runnable threads' ids, in a buffer kept from step to step (a step allocates
-    /// nothing: the hand-off's cost is the figure `hmm bench` compares with `swapcontext`).
+    /// The runnable threads' ids, in a buffer kept from step to step: a step allocates nothing
+    /// (the hand-off's cost is the figure `hmm bench` compares with `swapcontext`) unless the
+    /// picker kept the previous list, which then is copied.
     /// Locking: caller holds `mutex`.
     private func runnableIDs() -> [Int] {
         assertHeld()
@@ -481,8 +485,8 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
             for r in t.recent {
                 lines.append("    step \(r.step): \(r.blocked ? "blocked on " : "")\(r.kind)\(r.object == 0 ? "" : " @0x" + String(r.object, radix: 16))")
             }
-            // What its atomic steps changed that a describer can name (page-table entries,
-            // with their values now), newest last.
+            // What its atomic steps changed (the newest perhaps about to) that a describer can
+            // name: page-table entries, with their values now, newest last.
             let named = describers.isEmpty ? [] : t.changed.compactMap { o -> String? in
                 guard let p = UnsafeRawPointer(bitPattern: o) else { return nil }
                 return describers.lazy.compactMap { $0(p) }.first

@@ -286,11 +286,16 @@ public enum Lockdep {
     }
 
     static func release(_ cls: LockClass, _ instance: UnsafeRawPointer?, _ site: Site, on s: HeldStack) {
-        if cls.kind == .bitlock, var more = s.moreBitLocks[cls], !more.isEmpty {
-            if more.remove(instance) != nil { s.moreBitLocks[cls] = more; return }
+        // (A class's set of folded instances is changed in place, and dropped when it empties,
+        // so a stack with nothing folded has an empty table: `heldEntry`'s shortcut.)
+        if cls.kind == .bitlock, s.moreBitLocks[cls] != nil {
+            if s.moreBitLocks[cls]!.remove(instance) != nil {
+                if s.moreBitLocks[cls]!.isEmpty { s.moreBitLocks[cls] = nil }
+                return
+            }
             if let i = s.items.lastIndex(where: { $0.cls == cls && $0.instance == instance }) {
-                s.items[i].instance = more.removeFirst()   // another instance keeps the entry
-                s.moreBitLocks[cls] = more
+                s.items[i].instance = s.moreBitLocks[cls]!.removeFirst()   // another instance keeps the entry
+                if s.moreBitLocks[cls]!.isEmpty { s.moreBitLocks[cls] = nil }
                 return
             }
             // Neither: a foreign unlock, reported below.

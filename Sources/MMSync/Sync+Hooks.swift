@@ -59,16 +59,19 @@ public enum Sync {
         if let scheduler = scheduler { scheduler.retrying(rounds, what()) }
     }
 
-    /// Registers `check` with the explorer running this execution: with `--check-every-step` it
-    /// runs at every scheduling decision, and the first problem it returns fails the execution.
+    /// Registers `check` with the explorer running this execution (called from one of its
+    /// threads; from any other thread it does nothing): with `--check-every-step` it runs at
+    /// every scheduling decision, and the first time it returns problems they fail the
+    /// execution (the report lists up to five).
     /// It runs on the deciding model thread while every other one is stopped at a scheduling
     /// point, so it must read the model without MMSync locks or atomics that are points
     /// (`Machine.checkStepInvariants`). Nothing in real mode.
     public static func addStepCheck(_ check: @escaping () -> [String]) { scheduler?.addStepCheck(check) }
 
-    /// Registers `describe` with the explorer running this execution: a failure report names
-    /// the objects each thread changed with an atomic step (a page-table entry's store or
-    /// exchange is one) through it, when it knows them (nil otherwise). It runs while the
+    /// Registers `describe` with the explorer running this execution (from one of its threads):
+    /// a failure report names the objects each thread changed, or is about to change, with an
+    /// atomic step (a page-table entry's store or exchange is one) through it, when it knows
+    /// them (nil otherwise). It runs while the
     /// execution is stopped, under the same rules as a step check. Nothing in real mode.
     public static func addObjectDescriber(_ describe: @escaping (UnsafeRawPointer) -> String?) {
         scheduler?.addObjectDescriber(describe)

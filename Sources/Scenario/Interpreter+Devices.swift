@@ -2,6 +2,9 @@ import Devices
 import HMM
 import MMCore
 import MMSync
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension ScenarioInterpreter {
     func device(_ t: Token, _ ctx: Context) throws -> Dmirror {
@@ -246,28 +249,35 @@ extension ScenarioInterpreter {
     /// ADDR (present PTEs and device-exclusive entries, which map their page in 7.2). With
     /// `offline` it retries the pages that failed with EAGAIN or EBUSY until every one has
     /// moved, as `offline_pages` does (it loops until a signal); each round is a retry for the
-    /// explorer's livelock bound, and the command gives up after `offlineRounds` rounds.
+    /// explorer's livelock bound, and the command gives up after `offlineRounds` rounds
+    /// (explored) or `offlineNanoseconds` (real threads, yielding between rounds).
     func migratePagesCommand(_ cmd: Command, _ ctx: Context) throws {
         let (proc, a, n) = try pageRange(cmd, ctx)
         var pfns: [UInt64]
         do {
             pfns = try proc.mm.pagemap(a, count: Int(n)).compactMap { e in
                 if e.isPresent { return e.pfn }
-                if e.isSwap && UInt8(e.pfn & 0x1F) == SwapEntry.deviceExclusive { return e.pfn >> 5 }
+                if e.isSwap && e.swapType == SwapEntry.deviceExclusive { return e.swapOffset }
                 return nil
             }
         } catch let e { trace(cmd, ctx, e.name); try checkErrno(cmd, e); return }
         var r = proc.machine.migratePages(pfns)
         if cmd.flag("offline") {
             var rounds = 1
+            let deadline = monotonicNanoseconds() &+ Self.offlineNanoseconds
             while true {
                 pfns = r.failed.filter { $0.value == .EAGAIN || $0.value == .EBUSY }.map(\.key).sorted()
                 if pfns.isEmpty { break }
                 rounds += 1
+                let explored = Sync.scheduler != nil
                 Sync.retryLoop(rounds, "offlining retried the migration of pfn \(pfns.map(String.init).joined(separator: ","))")
-                if rounds > Self.offlineRounds {
-                    throw failure(cmd, "expected offlining to migrate every page, gave up after \(Self.offlineRounds) rounds with \(r.failed.map { "pfn \($0.key) \($0.value.name)" }.sorted().joined(separator: ", "))")
+                // Under the explorer, rounds (a replay takes the same path); on real threads,
+                // time: the page's holder may be descheduled, so each round yields the CPU.
+                if explored ? rounds > Self.offlineRounds : monotonicNanoseconds() > deadline {
+                    let bound = explored ? "\(Self.offlineRounds) rounds" : "\(Self.offlineNanoseconds / 1_000_000_000) s (\(rounds) rounds)"
+                    throw failure(cmd, "expected offlining to migrate every page, gave up after \(bound) with \(r.failed.map { "pfn \($0.key) \($0.value.name)" }.sorted().joined(separator: ", "))")
                 }
+                if !explored { sched_yield() }
                 let again = proc.machine.migratePages(pfns)
                 for (old, new) in again.migrated { r.migrated[old] = new; r.failed[old] = nil }
                 for (old, e) in again.failed { r.failed[old] = e }
@@ -281,9 +291,11 @@ extension ScenarioInterpreter {
         }
     }
 
-    /// How many rounds `migrate_pages … offline` tries before it reports the pages it could not
-    /// move (above the explorer's default retry bound, so the explorer reports the livelock).
+    /// How many rounds `migrate_pages … offline` tries under the explorer before it reports the
+    /// pages it could not move (above the explorer's default retry bound, so the explorer
+    /// reports the livelock), and how long it tries on real threads.
     static let offlineRounds = 10_000
+    static let offlineNanoseconds: UInt64 = 10_000_000_000
 
     func invariantsCommand(_ cmd: Command, _ ctx: Context) throws {
         let m = try theMachine(at: cmd.name.location)

@@ -138,7 +138,7 @@ struct Explore: ParsableCommand {
             let report: ExplorationReport
             let replayed = replay != nil
             if let replay, let schedule = Schedule(parsing: replay) {
-                CrashReport.arm(command(file, "--replay \(replay)"))
+                CrashReport.arm(command(file, "--replay " + replayArgument(replay)))
                 report = ExplorationReport(Explorer.run(strategy: .replay(schedule), seed: 0, maxSteps: maxSteps, retryBound: retryBound,
                                                         checkEveryStep: checkEveryStep, body))
                 CrashReport.disarm()
@@ -193,11 +193,10 @@ struct Explore: ParsableCommand {
             + (checkEveryStep ? " --check-every-step" : "") + " \(how) --max-steps \(maxSteps) --retry-bound \(retryBound)"
     }
 
-    /// (A failure before the first choice has an empty schedule, printed as '' for the shell.)
-    func replayCommand(_ file: String, _ e: Execution) -> String {
-        let schedule = e.schedule.description
-        return command(file, "--replay " + (schedule.isEmpty ? "''" : schedule))
-    }
+    func replayCommand(_ file: String, _ e: Execution) -> String { command(file, "--replay " + replayArgument(e.schedule.description)) }
+
+    /// A schedule as a shell argument: a failure before the first choice has an empty one, ''.
+    func replayArgument(_ schedule: String) -> String { schedule.isEmpty ? "''" : schedule }
 
     func progressLine(_ file: String, _ r: ExplorationReport) {
         let s = max(r.seconds, 1e-9)

@@ -49,8 +49,9 @@ final class ExplorerTests: XCTestCase {
     }
 
     /// A schedule names a thread with a byte: the 257th thread of one execution fails it as
-    /// unsupported (the tool reports it; the model does not crash), and the threads started
-    /// before are parked, not leaked into the next execution.
+    /// unsupported (the tool reports it; the model does not crash), the campaign stops there,
+    /// and the next execution runs clean (the failed one's threads are parked, so
+    /// `Explorer.run` could uninstall its hooks).
     func testMoreThreadsThanAScheduleCanNameIsUnsupported() throws {
         let report = Explorer.explore(strategy: .random, seeds: 0..<2) {
             for round in 0..<300 {

@@ -15,6 +15,10 @@ public struct PagemapEntry: Equatable, Sendable, CustomStringConvertible {
     public var isExclusive: Bool { raw & PagemapEntry.exclusiveBit != 0 }
     /// Bits 0–54: the pfn when present; swap type (bits 0–4) and offset (5–54) when swapped.
     public var pfn: UInt64 { raw & ((1 << 55) - 1) }
+    /// A swapped entry's swap type (a device-exclusive entry's is `SwapEntry.deviceExclusive`).
+    public var swapType: UInt8 { UInt8(raw & 0x1F) }
+    /// A swapped entry's offset: the pfn for the entries that name a page.
+    public var swapOffset: UInt64 { pfn >> 5 }
     public var description: String {
         "pagemap(present: \(isPresent), swap: \(isSwap), pfn/swp: \(pfn))"
     }

@@ -16,7 +16,7 @@ extension Machine {
     /// are exiting (their top-level table may be gone) are skipped.
     public func checkStepInvariants() -> [String] {
         var problems: [String] = []
-        for mm in liveMMs.values.compactMap({ $0.value }).sorted(by: { $0.id < $1.id }) where !mm.isDead {
+        for mm in addressSpacesUnlocked where !mm.isDead {
             mm.pageTable.checkStepInvariants(mm: mm.id, into: &problems)
             let generation = mm.flushGeneration.load()
             for cpu in mm.cpus { cpu.checkStepInvariants(generation: generation, into: &problems) }
@@ -32,11 +32,12 @@ extension Machine {
     public func describePageTableEntry(at p: UnsafeRawPointer) -> String? {
         let base = UnsafeRawPointer(memory.frameBase)
         guard p >= base, p < base + memory.frameBytes else { return nil }
-        let pfn = UInt64(p - base) >> pageShift
-        guard memory.page(pfn).test(.pageTable), !memory.page(pfn).test(.buddy) else { return nil }
+        let table = memory.tablePage(of: EntryPointer(UnsafeMutableRawPointer(mutating: p)))
+        guard table.test(.pageTable), !table.test(.buddy) else { return nil }
+        let pfn = table.pfn
         let index = (Int(p - base) & Int(pageSize - 1)) / 8
         let value = EntryPointer(UnsafeMutableRawPointer(mutating: p)).load()
-        for mm in liveMMs.values.compactMap({ $0.value }).sorted(by: { $0.id < $1.id }) where !mm.isDead {
+        for mm in addressSpacesUnlocked where !mm.isDead {
             guard let (level, start) = mm.pageTable.locate(table: pfn) else { continue }
             return "mm \(mm.id) \(level) 0x\(String(start &+ UInt64(index) &* level.size, radix: 16)) = \(value)"
         }

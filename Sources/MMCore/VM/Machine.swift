@@ -37,8 +37,12 @@ public final class Machine: @unchecked Sendable {
     func unregister(_ mm: AddressSpace) { pidLock.withLock { liveMMs[ObjectIdentifier(mm)] = nil } }
     /// Address spaces that have not exited, in creation order.
     public var addressSpaces: [AddressSpace] {
-        pidLock.withLock { liveMMs.values.compactMap { $0.value }.sorted { $0.id < $1.id } }
+        pidLock.withLock { addressSpacesUnlocked }
     }
+    /// The live address spaces by id, read without `pidLock`: for the caller that holds it, or
+    /// for the explorer's step checks, which run while every other model thread is stopped at a
+    /// scheduling point (taking the lock would be a point of its own).
+    var addressSpacesUnlocked: [AddressSpace] { liveMMs.values.compactMap { $0.value }.sorted { $0.id < $1.id } }
 }
 
 final class Weak<T: AnyObject> { weak var value: T?; init(_ v: T) { value = v } }
