@@ -475,8 +475,10 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
             case .runnable: state = "runnable"
             case .blocked:
                 var owner = ""
-                if let o = t.blockedObject, let u = threads.first(where: { u in u !== t && held[u.id].contains { $0.instance == o } }) {
-                    owner = " held by thread \(u.id) \(u.name): " + (held[u.id].first { $0.instance == o }?.description ?? "")
+                if let o = t.blockedObject, let (u, lock) = threads.lazy.compactMap({ u in
+                    u === t ? nil : held[u.id].first { $0.instance == o }.map { (u, $0) }
+                }).first {
+                    owner = " held by thread \(u.id) \(u.name): \(lock.description)"
                 }
                 state = "blocked on \(t.blockedKind)\(t.blockedObject.map { " @\($0)" } ?? "")\(owner)\(t.timed ? " (timed)" : "")"
             }
@@ -487,7 +489,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
             }
             // What its atomic steps changed (the newest perhaps about to) that a describer can
             // name: page-table entries, with their values now, newest last.
-            let named = describers.isEmpty ? [] : t.changed.compactMap { o -> String? in
+            let named = t.changed.compactMap { o -> String? in
                 guard let p = UnsafeRawPointer(bitPattern: o) else { return nil }
                 return describers.lazy.compactMap { $0(p) }.first
             }

@@ -265,11 +265,11 @@ extension ScenarioInterpreter {
         if cmd.flag("offline") {
             var rounds = 1
             let deadline = monotonicNanoseconds() &+ Self.offlineNanoseconds
+            let explored = Sync.scheduler != nil
             while true {
                 pfns = r.failed.filter { $0.value == .EAGAIN || $0.value == .EBUSY }.map(\.key).sorted()
                 if pfns.isEmpty { break }
                 rounds += 1
-                let explored = Sync.scheduler != nil
                 Sync.retryLoop(rounds, "offlining retried the migration of pfn \(pfns.map(String.init).joined(separator: ","))")
                 // Under the explorer, rounds (a replay takes the same path); on real threads,
                 // time: the page's holder may be descheduled, so each round yields the CPU.

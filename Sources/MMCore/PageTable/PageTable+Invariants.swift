@@ -36,7 +36,7 @@ struct PageTableChecker: PageWalker {
             }
             guard memory.isValidPfn(v.pfn) else { problems.append("mm \(mm.id): \(hex) maps invalid pfn \(v.pfn)"); return .next }
             let p = memory.page(v.pfn)
-            if p.refcount <= 0 || p.test(.buddy) { problems.append("mm \(mm.id): \(hex) maps free frame \(v.pfn)") }
+            if p.isFreeFrame { problems.append("mm \(mm.id): \(hex) maps free frame \(v.pfn)") }
             if p.test(.pageTable) { problems.append("mm \(mm.id): \(hex) maps a page-table frame") }
             if p.isDevicePrivate { problems.append("mm \(mm.id): \(hex) maps device-private pfn \(v.pfn) with a present PTE") }
             if v.isWrite && !vma.flags.contains(.write) { problems.append("mm \(mm.id): \(hex) writable in a read-only VMA") }

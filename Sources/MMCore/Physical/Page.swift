@@ -81,6 +81,9 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         BitLock.unlock(flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
     }
     @inlinable public var isLocked: Bool { test(.locked) }
+    /// Whether the frame is free (no reference, or back in the buddy allocator): what the
+    /// invariant checkers look for under a mapping.
+    public var isFreeFrame: Bool { refcount <= 0 || test(.buddy) }
     /// Waits until the page is unlocked (migration_entry_wait). False on timeout.
     @inlinable @discardableResult
     public func waitUnlocked(timeoutNanoseconds: UInt64? = nil) -> Bool {

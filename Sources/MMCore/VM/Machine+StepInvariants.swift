@@ -92,7 +92,7 @@ extension PageTable {
                 if v.isSpecial { continue }
                 guard memory.isValidPfn(v.pfn) else { problems.append("mm \(mm): \(hex) maps invalid pfn \(v.pfn)"); continue }
                 let p = memory.page(v.pfn)
-                if p.refcount <= 0 || p.test(.buddy) { problems.append("mm \(mm): \(hex) maps free frame \(v.pfn) (PTE \(v))") }
+                if p.isFreeFrame { problems.append("mm \(mm): \(hex) maps free frame \(v.pfn) (PTE \(v))") }
                 else if p.test(.pageTable) { problems.append("mm \(mm): \(hex) maps page-table frame \(v.pfn)") }
                 else if p.isDevicePrivate { problems.append("mm \(mm): \(hex) maps device-private pfn \(v.pfn) with a present entry") }
             } else if v.isSwap {
@@ -100,7 +100,7 @@ extension PageTable {
                 guard s.hasPfn else { continue }
                 guard memory.isValidPfn(s.pfn) else { problems.append("mm \(mm): \(s) at \(hex) names an invalid pfn"); continue }
                 let p = memory.page(s.pfn)
-                if p.refcount <= 0 || p.test(.buddy) { problems.append("mm \(mm): \(s) at \(hex) names free frame \(s.pfn)") }
+                if p.isFreeFrame { problems.append("mm \(mm): \(s) at \(hex) names free frame \(s.pfn)") }
                 else if s.isMigration && !p.isLocked { problems.append("mm \(mm): \(s) at \(hex) names unlocked pfn \(s.pfn)") }
             }
         }
@@ -122,7 +122,7 @@ extension CPU {
             let address = (tag >> 2) << pageShift
             guard memory.isValidPfn(pfn) else { problems.append("mm \(mm.id) cpu \(index): TLB entry for 0x\(String(address, radix: 16)) outside memory"); continue }
             let p = memory.page(pfn)
-            if p.refcount <= 0 || p.test(.buddy) {
+            if p.isFreeFrame {
                 problems.append("mm \(mm.id) cpu \(index): TLB maps 0x\(String(address, radix: 16)) to free frame \(pfn)")
             }
         }
