@@ -36,6 +36,8 @@ public final class Fixture {
     public var checkAfterEveryCommand = true
     /// The first invariant violation seen after a command, reported at teardown.
     public private(set) var commandProblems: [String] = []
+    /// The default hugetlb pool's size before `setupHugetlbDefaultPages`, restored at teardown.
+    private var hugetlbPoolBefore: Int? = nil
     /// HMM_BUFFER_SIZE / page size.
     public var npg: Int { (4 << 20) / pageSize }
 
@@ -57,12 +59,26 @@ public final class Fixture {
         fd.close(); fd1?.close()
         cpu.detach()
         process.exit()
+        if let n = hugetlbPoolBefore { machine.memory.hugetlb.setPoolSize(machine.memory.hugetlb.defaultHState, n) }
         let problems = machine.checkInvariants() + module.checkInvariants()
         try expect(problems.isEmpty, "invariants after teardown: \(problems)")
         try expectEqual(machine.usedFrames - usedAtStart, 0, "frames leaked")
     }
 
     // MARK: the selftests' helpers
+
+    /// `HUGETLB_SETUP_DEFAULT_PAGES(n)`: at least `n` free default-size hugetlb pages for the
+    /// test (the pool is put back at teardown). Return: the default huge page size
+    /// (`/proc/meminfo`'s `Hugepagesize`). Throws a failure when the pool cannot grow.
+    public func setupHugetlbDefaultPages(_ n: Int, file: String = #fileID, line: Int = #line) throws -> UInt64 {
+        let pools = machine.memory.hugetlb, h = pools.defaultHState
+        let before = pools.counters(h)
+        if hugetlbPoolBefore == nil { hugetlbPoolBefore = before.total - before.surplus }
+        if before.free - before.reserved < n { pools.setPoolSize(h, before.total - before.surplus + n - (before.free - before.reserved)) }
+        let now = pools.counters(h)
+        try expect(now.free - now.reserved >= n, "Not enough huge pages (\(now))", file: file, line: line)
+        return h.size
+    }
 
     /// `struct hmm_buffer`: a mapping under test and a host "mirror" buffer.
     public final class Buffer {

@@ -48,7 +48,7 @@ public enum SelftestSuite {
         Selftest(number: 6, name: "anon_write_child", twoDevices: false, needs: nil, body: anonWriteChild),
         Selftest(number: 7, name: "anon_write_child_shared", twoDevices: false, needs: nil, body: anonWriteChildShared),
         Selftest(number: 8, name: "anon_write_huge", twoDevices: false, needs: "THP", body: { _ in }),
-        Selftest(number: 9, name: "anon_write_hugetlbfs", twoDevices: false, needs: "hugetlb", body: { _ in }),
+        Selftest(number: 9, name: "anon_write_hugetlbfs", twoDevices: false, needs: nil, body: anonWriteHugetlbfs),
         Selftest(number: 10, name: "file_read", twoDevices: false, needs: nil, body: fileRead),
         Selftest(number: 11, name: "file_write", twoDevices: false, needs: nil, body: fileWrite),
         Selftest(number: 12, name: "migrate", twoDevices: false, needs: nil, body: migrate),
@@ -60,7 +60,7 @@ public enum SelftestSuite {
         Selftest(number: 19, name: "anon_read_multiple", twoDevices: false, needs: nil, body: anonReadMultiple),
         Selftest(number: 20, name: "anon_teardown", twoDevices: false, needs: nil, body: { try anonTeardown($0, rounds: 10) }),
         Selftest(number: 21, name: "mixedmap", twoDevices: false, needs: nil, body: mixedmap),
-        Selftest(number: 23, name: "compound", twoDevices: false, needs: "hugetlb", body: { _ in }),
+        Selftest(number: 23, name: "compound", twoDevices: false, needs: nil, body: compound),
         Selftest(number: 25, name: "exclusive", twoDevices: false, needs: nil, body: exclusive),
         Selftest(number: 26, name: "exclusive_mprotect", twoDevices: false, needs: nil, body: exclusiveMprotect),
         Selftest(number: 28, name: "hmm_gup_test", twoDevices: false, needs: nil, body: gupTest),
@@ -122,6 +122,37 @@ public enum SelftestSuite {
         try f.expectCommand(f.fd, .write, b, npages, "WRITE after mprotect")
         try expectEqual(b.faults, 1, "faults")
         try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
+    }
+
+    /// T09: the device writes through a private hugetlb mapping of the default huge page
+    /// size (the file's `HUGETLB_SETUP_DEFAULT_PAGES(1)` gives the pool its page).
+    static func anonWriteHugetlbfs(_ f: Fixture) throws {
+        let hsize = try f.setupHugetlbDefaultPages(1)
+        let size = Int((UInt64(2 << 20) + hsize - 1) / hsize * hsize), npages = size / f.pageSize
+        let p = try f.process.mmap(length: UInt64(size), prot: .readWrite, flags: [.private, .anonymous, .hugetlb])
+        let b = Fixture.Buffer(ptr: p, size: size)
+        f.fillMirror(b, idx)
+        try f.expectCommand(f.fd, .write, b, npages, "WRITE")
+        try expectEqual(b.faults, 1, "faults")
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "ptr")
+        try f.process.munmap(b.ptr, length: UInt64(size))
+    }
+
+    /// T23: a snapshot of a hugetlb mapping reports every page at the leaf's level (PMD for
+    /// 2 MiB pages, PUD for 1 GiB ones), writable, then read-only after mprotect.
+    static func compound(_ f: Fixture) throws {
+        let hsize = try f.setupHugetlbDefaultPages(1)
+        let size = Int((UInt64(2 << 20) + hsize - 1) / hsize * hsize), npages = size / f.pageSize
+        let p = try f.process.mmap(length: UInt64(size), prot: .readWrite, flags: [.private, .anonymous, .hugetlb])
+        let b = Fixture.Buffer(ptr: p, size: size, mirrorSize: npages)
+        try f.fill(b, idx)
+        try f.expectCommand(f.fd, .snapshot, b, npages, "SNAPSHOT")
+        let level = b.mirror[byte: 0] & DmirrorProt.pud != 0 ? DmirrorProt.pud : DmirrorProt.pmd
+        try expectEqual((0..<npages).map { b.mirror[byte: $0] }, [UInt8](repeating: DmirrorProt.write | level, count: npages), "snapshot bytes")
+        try f.process.mprotect(b.ptr, length: UInt64(size), prot: .read)
+        try f.expectCommand(f.fd, .snapshot, b, npages, "SNAPSHOT after mprotect")
+        try expectEqual((0..<npages).map { b.mirror[byte: $0] }, [UInt8](repeating: DmirrorProt.read | level, count: npages), "snapshot bytes after mprotect")
+        try f.process.munmap(b.ptr, length: UInt64(size))
     }
 
     /// T06 without its THP rounds (those need huge pages).

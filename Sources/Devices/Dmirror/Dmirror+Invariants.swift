@@ -32,10 +32,13 @@ extension Dmirror {
             let pfn = e >> 2, tag = e & 3
             let hex = "0x" + String(address, radix: 16)
             let what = "dmirror\(device.minor) entry at \(hex) (pfn \(pfn), tag \(tag))"
-            guard let f = mm.pageTable.lookup(address, level: .pte), f.level == .pte else {
-                problems.append("\(what): no CPU mapping"); continue
+            guard let f = mm.pageTable.lookup(address, level: .pte) else { problems.append("\(what): no CPU mapping"); continue }
+            var v = f.entry.load()
+            if f.level != .pte {
+                // A huge leaf (hugetlb): the page inside it at this address.
+                guard v.isPresent && v.isHuge else { problems.append("\(what): no CPU mapping (\(f.level) entry \(v))"); continue }
+                v = PTE(raw: v.raw &+ ((address & (f.level.size - 1)) & pageMask))
             }
-            let v = f.entry.load()
             if tag == Dmirror.tagAtomic {
                 if !(v.isSwap && v.swapEntry.isDeviceExclusive && v.swapEntry.pfn == pfn) {
                     problems.append("\(what): CPU entry is \(v), not device-exclusive")

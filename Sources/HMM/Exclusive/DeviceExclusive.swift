@@ -21,7 +21,7 @@ extension AddressSpace {
         for _ in 0..<1000 {
             // get_user_page_vma_remote(FOLL_GET | FOLL_WRITE): faulted in writable, referenced.
             let page = try getUserPagesRemote(address, count: 1, flags: .write)[0]
-            guard page.isAnon else { memory.put(page); throw .EOPNOTSUPP }
+            guard page.isAnon, !page.folioHead.test(.hugetlb) else { putUserPages([page]); throw .EOPNOTSUPP }
             page.lock()
             let range = MMUNotifierRange(start: address, end: address + pageSize, event: .exclusive, owner: owner)
             notifiers.invalidateRangeStart(range)

@@ -111,15 +111,34 @@ struct HMMVMAWalker: PageWalker {
             fill(start, end, 0)
             return .skip
         }
-        // A PMD-level leaf: every page reports the PMD order.
+        return hmmHandleLeaf(v, .pmd, start, end)
+    }
+
+    /// `hmm_vma_walk_pud`: a 1 GiB leaf (hugetlb) answers as a PMD leaf does, with the PUD
+    /// order; a non-present PUD entry faults if asked (there are none such yet).
+    mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        let v = pud.load()
+        guard v.isPresent else {
+            let (f, w) = rangeNeedsFault(start, end, 0)
+            if f { stop = .fault(start: start, end: end, write: w); return .stop(nil) }
+            fill(start, end, 0)
+            return .skip
+        }
+        return hmmHandleLeaf(v, .pud, start, end)
+    }
+
+    /// A present PMD or PUD leaf (`hmm_vma_handle_pmd`, `hmm_vma_walk_pud`, and for hugetlb
+    /// VMAs `hmm_vma_walk_hugetlb_entry`): every page reports the leaf's pfn plus its offset,
+    /// valid (and write) as the entry allows, and the leaf's map order; or the range faults.
+    mutating func hmmHandleLeaf(_ v: PTE, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64) -> WalkStep {
         var cpu = v.isUser ? HMMPfn.valid : 0
         if v.isUser && v.isWrite { cpu |= HMMPfn.write }
         let (f, w) = rangeNeedsFault(start, end, cpu)
         if f { stop = .fault(start: start, end: end, write: w); return .stop(nil) }
-        let orderBits = UInt64(PageTableLevel.pmd.shift - pageShift) << HMMPfn.orderShift
+        let orderBits = UInt64(level.shift - pageShift) << HMMPfn.orderShift
         var a = start
         while a < end {
-            put(index(a), (v.pfn + ((a & (pmdSize - 1)) >> pageShift)) | cpu | orderBits)
+            put(index(a), (v.pfn + ((a & (level.size - 1)) >> pageShift)) | cpu | orderBits)
             a += pageSize
         }
         return .skip

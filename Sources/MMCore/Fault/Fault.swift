@@ -94,6 +94,7 @@ extension AddressSpace {
     public func handleMMFault(vma: VMA, address addressIn: UInt64, flags: FaultFlags) -> FaultResult {
         assertFaultLocked(vma, flags)
         let address = pageAlignDown(addressIn)
+        if vma.isHugetlb { return hugetlbFault(vma: vma, address: address, flags: flags) }
         let found: (entry: EntryPointer, table: Page, level: PageTableLevel)
         do { found = try pageTable.walkAllocating(address, level: .pte) } catch { return .oom }
         guard found.level == .pte else { return handleHugeEntry(vma: vma, address: address, found.entry, flags: flags) }

@@ -95,33 +95,40 @@ extension AddressSpace {
 
     private enum Follow { case page(Page), fault, migrateOut(UInt64) }
 
-    /// `follow_page_pte`: the page mapped at `a` if the entry allows the access, referenced.
+    /// `follow_page_pte` (and, for a PMD or PUD leaf of a hugetlb page, its huge form): the
+    /// page mapped at `a` if the entry allows the access, referenced. Inside a huge page it is
+    /// the base page at `a`; the reference and pin are taken on its folio (the head page).
     private func followPage(_ a: UInt64, write: Bool, unshare: Bool, flags: FollFlags) -> Follow {
-        guard let found = pageTable.lookup(a, level: .pte), found.level == .pte else { return .fault }
+        guard let found = pageTable.lookup(a, level: .pte) else { return .fault }
         found.table.ptl.lock(); defer { found.table.ptl.unlock() }
         let v = found.entry.load()
-        guard v.isPresent, v.isUser, !write || v.isWrite else { return .fault }
-        let page: Page
+        guard v.isPresent, found.level == .pte || v.isHuge, v.isUser, !write || v.isWrite else { return .fault }
+        let page: Page, folio: Page
         if v.isSpecial {
             guard !write && !flags.contains(.pin) && !unshare else { return .fault }
             page = memory.zeroPage
+            folio = page
         } else {
-            page = memory.page(v.pfn)
-            if unshare && page.isAnon && !page.test(.anonExclusive) { return .fault }
+            let sub = found.level == .pte ? 0 : (a & (found.level.size - 1)) >> pageShift
+            folio = memory.page(v.pfn)
+            page = memory.page(v.pfn + sub)
+            if unshare && folio.isAnon && !folio.test(.anonExclusive) { return .fault }
         }
-        if flags.contains(.longterm) && page.isDeviceCoherent { return .migrateOut(page.pfn) }
-        if !page.test(.reserved) { memory.get(page) }
-        if flags.contains(.pin) { page.pincountWord.add(1); machine.stats.count(.pins) }
+        if flags.contains(.longterm) && folio.isDeviceCoherent { return .migrateOut(folio.pfn) }
+        if !folio.test(.reserved) { memory.get(folio) }
+        if flags.contains(.pin) { folio.pincountWord.add(1); machine.stats.count(.pins) }
         return .page(page)
     }
 
+    /// Drops what `followPage` took: on the page's folio (`gup_put_folio`).
     func releaseUserPage(_ p: Page, flags: FollFlags) {
-        if flags.contains(.pin) { p.pincountWord.add(-1) }
-        memory.put(p)
+        let folio = p.folioHead
+        if flags.contains(.pin) { folio.pincountWord.add(-1) }
+        memory.put(folio)
     }
 
     /// `unpin_user_pages`.
     public func unpinUserPages(_ pages: [Page]) { for p in pages { releaseUserPage(p, flags: .pin) } }
     /// `put_page` for pages from `getUserPages` without `.pin`.
-    public func putUserPages(_ pages: [Page]) { for p in pages { memory.put(p) } }
+    public func putUserPages(_ pages: [Page]) { for p in pages { releaseUserPage(p, flags: []) } }
 }

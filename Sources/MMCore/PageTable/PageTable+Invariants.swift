@@ -22,6 +22,42 @@ struct PageTableChecker: PageWalker {
     var locksPTE: Bool { false }
     var memory: PhysicalMemory { mm.memory }
 
+    mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        let v = pmd.load()
+        guard v.isHuge || !v.isPresent else { return .next }
+        checkHugeLeaf(v, .pmd, start)
+        return .skip
+    }
+
+    mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        checkHugeLeaf(pud.load(), .pud, start)
+        return .skip
+    }
+
+    /// A PMD or PUD leaf maps the head page of a hugetlb folio of the VMA's huge page size,
+    /// inside one hugetlb VMA, with the rights the VMA gives.
+    private mutating func checkHugeLeaf(_ v: PTE, _ level: PageTableLevel, _ addr: UInt64) {
+        let hex = "0x" + String(addr, radix: 16)
+        guard v.isPresent else { problems.append("mm \(mm.id): non-present \(level) entry \(v) at \(hex)"); return }
+        guard let vma = mm.vmaLookup(addr) else { problems.append("mm \(mm.id): \(level) leaf \(v) at \(hex) outside every VMA"); return }
+        guard let h = vma.hstate, h.level == level else {
+            problems.append("mm \(mm.id): \(level) leaf at \(hex) in \(vma), which is not hugetlb of that size"); return
+        }
+        if addr < vma.start || addr + level.size > vma.end { problems.append("mm \(mm.id): \(level) leaf at \(hex) crosses the end of \(vma)") }
+        guard memory.isValidPfn(v.pfn) else { problems.append("mm \(mm.id): \(hex) maps invalid pfn \(v.pfn)"); return }
+        let p = memory.page(v.pfn)
+        if !p.test(.head) || !p.test(.hugetlb) || p.order != h.order {
+            problems.append("mm \(mm.id): \(level) leaf at \(hex) maps pfn \(v.pfn), not the head of a hugetlb folio of order \(h.order)")
+        }
+        if p.isFreeFrame { problems.append("mm \(mm.id): \(hex) maps free huge page \(v.pfn)") }
+        if v.isWrite && !vma.flags.contains(.write) { problems.append("mm \(mm.id): \(hex) writable in a read-only VMA") }
+        if v.isWrite && !vma.isShared && p.isAnon && p.mapcount > 1 {
+            problems.append("mm \(mm.id): \(hex) writable private huge page shared by \(p.mapcount) mappings")
+        }
+        checkRmap(p, vma, addr, hex)
+        mappings[v.pfn, default: 0] += 1
+    }
+
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
         let v = pte.load()
         let hex = "0x" + String(addr, radix: 16)

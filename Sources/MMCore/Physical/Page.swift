@@ -82,8 +82,17 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
     }
     @inlinable public var isLocked: Bool { test(.locked) }
     /// Whether the frame is free (no reference, or back in the buddy allocator): what the
-    /// invariant checkers look for under a mapping.
-    public var isFreeFrame: Bool { refcount <= 0 || test(.buddy) }
+    /// invariant checkers look for under a mapping. A tail page is as free as its folio.
+    public var isFreeFrame: Bool { let h = folioHead; return h.refcount <= 0 || h.test(.buddy) }
+    /// The head page of the folio this page belongs to (`page_folio`): itself unless it is a
+    /// tail page, whose private word names its head.
+    @inlinable public var folioHead: Page {
+        guard test(.tail) else { return self }
+        let head = privateWord
+        return Page(pfn: head, meta: meta - Int(pfn &- head) &* Page.metadataStride)
+    }
+    /// Pages in the folio headed by this page (`folio_nr_pages`).
+    @inlinable public var folioPages: UInt64 { UInt64(1) << order }
     /// Waits until the page is unlocked (migration_entry_wait). False on timeout.
     @inlinable @discardableResult
     public func waitUnlocked(timeoutNanoseconds: UInt64? = nil) -> Bool {

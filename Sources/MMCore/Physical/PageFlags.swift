@@ -37,6 +37,9 @@ public struct PageFlags: OptionSet, Sendable {
     /// page lives on (pinned, isolated for migration), dropped when it is freed or changes
     /// owner. A mapped page holds none (see `Page.setOwner(anon:)`).
     public static let anonVMARef = PageFlags(rawValue: 1 << 17)
+    /// The head of a hugetlb folio (`folio_test_hugetlb`): it belongs to a hugetlb pool and
+    /// goes back there, not to the buddy allocator, when its last reference is dropped.
+    public static let hugetlb = PageFlags(rawValue: 1 << 18)
 }
 
 /// The kind of memory a pfn names.

@@ -174,6 +174,60 @@ extension PhysicalMemory {
         freeCountByOrder[order] -= 1
     }
 
+    // MARK: gigantic blocks
+
+    /// `alloc_contig_pages` for a block above the largest buddy order (a 1 GiB huge page): the
+    /// lowest naturally aligned range of 2^order frames whose every maximal buddy block is
+    /// free, taken off the free lists at once. The head gets reference count 1 and the tails
+    /// point at it, as `allocate` does. Return: nil when no such range is free.
+    /// Locking: takes the per-CPU list locks (to drain them) and the zone lock.
+    func allocateContiguous(order: Int) -> Page? {
+        precondition(order > PhysicalMemory.maxOrder && order < 32)
+        if FaultInjection.shouldFail(.frameAllocation) { return nil }
+        let count = UInt64(1) << UInt64(order), block = UInt64(1) << UInt64(PhysicalMemory.maxOrder)
+        guard systemFrames >= count else { return nil }
+        drainAllPCP()
+        zoneLock.lock()
+        var base: UInt64 = 0
+        var found: UInt64? = nil
+        while base + count <= systemFrames {
+            let free = stride(from: base, to: base + count, by: Int(block)).allSatisfy { pfn in
+                let b = page(pfn)
+                return b.test(.buddy) && b.order == PhysicalMemory.maxOrder
+            }
+            if free { found = base; break }
+            base += count
+        }
+        guard let start = found else { zoneLock.unlock(); return nil }
+        for pfn in stride(from: start, to: start + count, by: Int(block)) { removeFromFreeList(page(pfn), order: PhysicalMemory.maxOrder) }
+        buddyFreeFrames.add(-Int(count))
+        zoneLock.unlock()
+        let head = page(start)
+        head.order = order
+        head.kind = .system
+        head.refcountWord.store(1)
+        head.set(.head)
+        for i in 1..<count {
+            let t = page(start + i); t.order = 0; t.set(.tail); t.privateWord = start
+        }
+        return head
+    }
+
+    /// Gives a block from `allocateContiguous` back, as maximal buddy blocks.
+    /// Precondition: no reference, mapping or pin left. Locking: takes the zone lock.
+    func freeContiguous(_ head: Page) {
+        let order = head.order
+        precondition(order > PhysicalMemory.maxOrder)
+        head.releaseOwner()
+        prepareFree(head)
+        head.order = 0
+        head.refcountWord.store(0)
+        let count = UInt64(1) << UInt64(order), block = UInt64(1) << UInt64(PhysicalMemory.maxOrder)
+        zoneLock.lock()
+        for pfn in stride(from: head.pfn, to: head.pfn + count, by: Int(block)) { freeBlockLocked(pfn, order: PhysicalMemory.maxOrder) }
+        zoneLock.unlock()
+    }
+
     // MARK: reference counting
 
     /// `folio_get`.
@@ -201,6 +255,7 @@ extension PhysicalMemory {
     }
 
     private func release(_ p: Page) {
+        if p.test(.hugetlb) { hugetlb.freeFolio(p); return }
         if p.isZoneDevice {
             prepareDeviceFree(p)
             if let pgmap = pagemap(of: p) { pgmap.pageFree(p) }
@@ -236,6 +291,7 @@ extension PhysicalMemory {
             let n = p.refcountWord.add(-1)
             precondition(n >= 0, "refcount underflow on \(p)")
             guard n == 0 else { continue }
+            if p.test(.hugetlb) { hugetlb.freeFolio(p); continue }
             if p.isZoneDevice {
                 prepareDeviceFree(p)
                 if !(devicePagemap?.contains(p.pfn) ?? false) {

@@ -32,6 +32,11 @@ public final class PhysicalMemory: @unchecked Sendable {
     let pcpLists: UnsafeMutablePointer<Unmanaged<PerCPUPages>>
     let pcpOwners: [PerCPUPages]
 
+    /// The hugetlb pools (set once, at the end of init).
+    private var hugetlbPools: HugeTLB? = nil
+    /// The hugetlb pools of this memory (`hstates`).
+    public var hugetlb: HugeTLB { hugetlbPools.unsafelyUnwrapped }
+
     /// Next unassigned device pfn.
     var nextDevicePfn: UInt64
     let deviceLock = Lock("device-pfn")
@@ -94,6 +99,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         zero.set([.reserved, .uptodate])
         zero.refcountWord.store(1)
         initFreeLists()
+        hugetlbPools = HugeTLB(memory: self)
     }
 
     /// Commits host memory: MADV_POPULATE_WRITE, or a write to every host page where the

@@ -16,6 +16,8 @@ public final class MMStats: @unchecked Sendable {
         case invalidateUnmap, invalidateClear, invalidateProtectionVMA, invalidateProtectionPage
         case invalidateSoftDirty, invalidateRelease, invalidateMigrate, invalidateExclusive
         case bytesCopied, forks, gupPages, pins
+        /// hugetlb faults: a new huge page mapped, a COW copy, a COW reuse.
+        case hugetlbFaultNewPage, hugetlbFaultCOWCopy, hugetlbFaultCOWReuse
     }
     @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}

@@ -26,6 +26,8 @@ extension AddressSpace {
             vmaStartWrite(vma)
             if vma.flags.contains(.dontCopy) { continue }
             let cv = vma.duplicate(into: child)
+            // hugetlb_dup_vma_private: a child's private hugetlb VMA owns no reservations.
+            if !vma.isShared { cv.hugetlbResv = nil }
             anonVMAFork(child: cv, parent: vma)
             child.vmaList.append(cv)
             cv.isAttached = true
@@ -76,9 +78,48 @@ struct ForkCopier: PageWalker {
 
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
-        // PMD leaves are created by the huge-page layer only; until then there are none.
-        precondition(!v.isHuge && v.isPresent, "fork of a PMD-level leaf is not supported yet")
-        return .next
+        if v.isPresent && !v.isHuge { return .next }
+        // A PMD leaf: a hugetlb page (THP is still to come, and makes none yet).
+        precondition(vma.isHugetlb, "fork of a PMD-level leaf outside hugetlb is not supported yet")
+        return copyHugetlbEntry(pmd, table: table, start)
+    }
+
+    mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        precondition(vma.isHugetlb, "fork of a PUD-level leaf outside hugetlb")
+        return copyHugetlbEntry(pud, table: table, start)
+    }
+
+    /// `copy_hugetlb_page_range` for one huge page: in a COW mapping the page becomes shared
+    /// copy-on-write (a reference and a mapping more, no longer exclusive, write-protected in
+    /// parent and child), unless it may be pinned for DMA: then the child gets its own copy
+    /// now, from a free huge page nobody reserved (ENOMEM without one).
+    /// Locking: parent's mmap lock held for write; takes the parent's leaf lock.
+    private mutating func copyHugetlbEntry(_ src: EntryPointer, table: Page, _ addr: UInt64) -> WalkStep {
+        finish()
+        guard let h = vma.hstate else { return .skip }
+        let dst: (entry: EntryPointer, table: Page)
+        do { dst = try child.hugePTEAlloc(h, addr) } catch { return .stop(.ENOMEM) }
+        table.ptl.lock(); defer { table.ptl.unlock() }
+        let v = src.load()
+        guard v.isPresent else { return .skip }   // (no hugetlb migration or swap entries here)
+        let folio = memory.page(v.pfn)
+        if cow && folio.isAnon && folio.pincount > 0 {
+            table.ptl.unlock(); defer { table.ptl.lock() }
+            guard let new = memory.hugetlb.allocateFolio(h, reserved: false) else { return .stop(.ENOMEM) }
+            memory.copyHugePage(to: new, from: folio)
+            memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: .passUnretained(parent.anonVMAPrepare(childVMA)))
+            dst.entry.store(.page(new.pfn, write: v.isWrite, dirty: true, huge: true))
+            return .skip
+        }
+        memory.get(folio)
+        memory.addRmap(folio)
+        var e = v
+        if cow {
+            if folio.test(.anonExclusive) { folio.clear(.anonExclusive) }
+            if v.isWrite { e = src.modify { $0.wrprotect() }.new; parentChanged = true }
+        }
+        dst.entry.store(e)
+        return .skip
     }
 
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {

@@ -12,6 +12,8 @@ extension AddressSpace {
         mmapLock.assertLocked()
         guard prev.end == next.start, prev.flags == next.flags, prev.file === next.file,
               !prev.isSpecialMapping, !next.isSpecialMapping,
+              // hugetlb VMAs are VM_DONTEXPAND (VM_SPECIAL): never merged.
+              !prev.isHugetlb, !next.isHugetlb,
               prev.pgoff &+ ((prev.end - prev.start) >> pageShift) == next.pgoff else { return false }
         switch (prev.anonVMA, next.anonVMA) {
         case (nil, nil): return true

@@ -14,17 +14,30 @@ extension AddressSpace {
         mmapLock.assertNotHeld()
         defer { machine.operationDone("mmap") }
         guard length > 0 else { throw .EINVAL }
-        guard let len = pageAlignUp(length), len <= taskSize else { throw .ENOMEM }
+        guard var len = pageAlignUp(length), len <= taskSize else { throw .ENOMEM }
         let shared = flags.contains(.shared), priv = flags.contains(.private)
         guard shared != priv else { throw .EINVAL }
         guard isPageAligned(offset) else { throw .EINVAL }
-        guard !flags.contains(.hugetlb) else { throw .ENOMEM } // no hugetlb pool yet
         let anonymous = flags.contains(.anonymous)
+        // MAP_HUGETLB (ksys_mmap_pgoff): the size from MAP_HUGE_SHIFT, the length rounded up
+        // to it, a hugetlbfs file behind the mapping (here: the VMA's hstate). Only private
+        // anonymous hugetlb mappings exist so far (see docs/linux-divergences.md).
+        var hstate: HState? = nil
+        if flags.contains(.hugetlb) && file == nil {
+            let h = try memory.hugetlb.hstate(mapFlags: flags)
+            guard let l = len.addingReportingOverflow(h.size - 1).overflow ? nil : (len + h.size - 1) & h.mask, l <= taskSize else { throw .ENOMEM }
+            guard !shared else { throw .EINVAL }
+            len = l
+            hstate = h
+        }
         guard anonymous || file != nil else { throw .EINVAL }
         guard offset.addingReportingOverflow(len).overflow == false else { throw .EOVERFLOW }
         let fixed = flags.contains(.fixed) || flags.contains(.fixedNoReplace)
         if fixed {
             guard isPageAligned(address) else { throw .EINVAL }
+            // hugetlb_get_unmapped_area → prepare_hugepage_range: a fixed address must be
+            // aligned to the huge page size.
+            if let h = hstate, address & (h.size - 1) != 0 { throw .EINVAL }
             guard address <= taskSize - len, address >= mmapMinAddress else { throw fixed && address < mmapMinAddress ? .EPERM : .ENOMEM }
         }
         mmapWriteLock(); defer { mmapWriteUnlock() }
@@ -41,8 +54,16 @@ extension AddressSpace {
             }
             start = address
         } else {
-            guard let a = unmappedArea(length: len, hint: address) else { throw .ENOMEM }
+            guard let a = unmappedArea(length: len, hint: address, align: hstate?.size ?? pageSize) else { throw .ENOMEM }
             start = a
+        }
+        // hugetlbfs_file_mmap → hugetlb_reserve_pages: a private mapping reserves one huge
+        // page per huge page of its range now (unless MAP_NORESERVE), so its faults cannot
+        // fail later; ENOMEM when the pool cannot promise them.
+        var resv: HugetlbResvMap? = nil
+        if let h = hstate, !flags.contains(.noReserve) {
+            try memory.hugetlb.reserve(h, Int(len / h.size))
+            resv = HugetlbResvMap()
         }
         var vmFlags: VMFlags = [.mayRead, .mayWrite, .mayExec]
         if prot.contains(.read) { vmFlags.insert(.read) }
@@ -50,18 +71,25 @@ extension AddressSpace {
         if prot.contains(.exec) { vmFlags.insert(.exec) }
         if shared { vmFlags.formUnion([.shared, .mayShare]) }
         if flags.contains(.noReserve) { vmFlags.insert(.noReserve) }
-        // accountable_mapping: private, writable, not MAP_NORESERVE.
-        if !shared && prot.contains(.write) && !flags.contains(.noReserve) { vmFlags.insert(.account) }
+        // accountable_mapping: private, writable, not MAP_NORESERVE (hugetlb pages are
+        // accounted by their pool instead).
+        if !shared && prot.contains(.write) && !flags.contains(.noReserve) && hstate == nil { vmFlags.insert(.account) }
+        if hstate != nil { vmFlags.insert(.hugetlb) }
         var backing = file
         var pgoff = offset >> pageShift
         if anonymous && shared {
             backing = ShmemFile(machine: machine, size: len, name: "dev/zero", anonymousShared: true)
             pgoff = 0
+        } else if hstate != nil {
+            backing = nil
+            pgoff = 0   // offset 0 of its own hugetlbfs file
         } else if anonymous {
             backing = nil
             pgoff = start >> pageShift
         }
         let vma = VMA(mm: self, start: start, end: start + len, flags: vmFlags, pgoff: pgoff, file: backing)
+        vma.hstate = hstate
+        vma.hugetlbResv = resv
         insertVMA(vma)
         mergeVMAs(around: start, start + len)
         if flags.contains(.populate) { populateLocked(start, start + len) }
@@ -79,7 +107,7 @@ extension AddressSpace {
             guard accessPermitted(vma, write: false) else { a = vma.end; continue }
             let write = vma.flags.contains(.write) && !vma.isShared
             if case .ok = handleMMFault(vma: vma, address: a, flags: write ? [.write] : []) {} else { break }
-            a += pageSize
+            a += vma.hstate?.size ?? pageSize
         }
     }
 

@@ -44,24 +44,37 @@ struct ChangeProtectionWalker: PageWalker {
         return .next
     }
 
-    /// PMD leaves (made only by the huge-page layer, still to come): write removed unless
-    /// the VMA is writable and shared; writable PMD-level entries become their read forms.
+    /// PMD leaves (hugetlb pages; THP still to come): write removed unless the VMA is
+    /// writable and shared (`hugetlb_change_protection` leaves a private page for its write
+    /// fault to make writable again); writable PMD-level entries become their read forms.
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
         guard v.isHuge || !v.isPresent else { return .next }
+        return changeHugeLeaf(pmd, table: table)
+    }
+
+    /// PUD leaves (1 GiB hugetlb pages): as PMD leaves.
+    mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        changeHugeLeaf(pud, table: table)
+    }
+
+    /// Under the leaf's table lock, with `modify`: a CPU's walk may set the accessed or
+    /// dirty bit meanwhile.
+    private mutating func changeHugeLeaf(_ e: EntryPointer, table: Page) -> WalkStep {
         table.ptl.lock(); defer { table.ptl.unlock() }
-        var r = v.raw
-        if v.isPresent {
-            r &= ~(PTE.write | PTE.user)
-            if vma.pageProtReadable { r |= PTE.user }
-            if vma.isShared && vma.flags.contains(.write) { r |= PTE.write }
-        } else if v.swapEntry.isWrite, !v.swapEntry.isDeviceExclusive {
-            r = v.swapEntry.readOnly().pte(softDirty: v.isSoftDirty, pmd: true).raw
+        let (old, new) = e.modify { v in
+            if v.isPresent {
+                var r = v.raw & ~(PTE.write | PTE.user)
+                if vma.pageProtReadable { r |= PTE.user }
+                if vma.isShared && vma.flags.contains(.write) { r |= PTE.write }
+                return PTE(raw: r)
+            }
+            if v.isSwap, v.swapEntry.isWrite, !v.swapEntry.isDeviceExclusive {
+                return v.swapEntry.readOnly().pte(softDirty: v.isSoftDirty, pmd: true)
+            }
+            return v
         }
-        if r != v.raw {
-            pmd.store(PTE(raw: r))
-            if ChangeProtectionWalker.losesPermission(v, PTE(raw: r)) { needsFlush = true }
-        }
+        if ChangeProtectionWalker.losesPermission(old, new) { needsFlush = true }
         return .skip
     }
 }

@@ -9,14 +9,24 @@ struct ZapWalker: PageWalker {
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
         guard v.isHuge || !v.isPresent else { return .next }
-        // PMD-level leaves are created only by the huge-page layer; a partial zap of one would
-        // need a split first. Full-range zaps clear it here.
-        precondition(start & (pmdSize - 1) == 0 && end - start == pmdSize, "partial zap of a PMD leaf")
-        table.ptl.lock()
-        let old = pmd.exchange(.none)
-        table.ptl.unlock()
-        zapLeaf(old, pages: 512)
+        zapHugeLeaf(pmd, table: table, .pmd, start, end)
         return .skip
+    }
+
+    mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        zapHugeLeaf(pud, table: table, .pud, start, end)
+        return .skip
+    }
+
+    /// A PMD or PUD leaf (a hugetlb page; THP is still to come) is cleared whole: hugetlb VMAs
+    /// split only at huge page boundaries, and their zaps are aligned to them
+    /// (`__unmap_hugepage_range`). A partial zap would need a split of the leaf first.
+    private mutating func zapHugeLeaf(_ e: EntryPointer, table: Page, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64) {
+        precondition(start & (level.size - 1) == 0 && end - start == level.size, "partial zap of a \(level) leaf")
+        table.ptl.lock()
+        let old = e.exchange(.none)
+        table.ptl.unlock()
+        zapLeaf(old, pages: 1 << (level.shift - pageShift))
     }
 
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {

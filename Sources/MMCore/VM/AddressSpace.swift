@@ -104,20 +104,26 @@ public final class AddressSpace: @unchecked Sendable {
         vmaStartWrite(vmaList[i])
         let vma = vmaList.remove(at: i)
         vma.isAttached = false
+        hugetlbVMAClose(vma)
         retireDetachedVMA(vma)
         if let f = vma.file { f.unlinkMapping(vma) }
         unlinkAnonVMAs(vma)
     }
 
-    /// Finds a free range of `length` bytes (top-down from mmapBase), honouring a hint.
-    func unmappedArea(length: UInt64, hint: UInt64) -> UInt64? {
-        let h = pageAlignDown(hint)
-        if hint != 0, h >= mmapMinAddress, h <= taskSize - length {
+    /// Finds a free range of `length` bytes starting at a multiple of `align` (top-down from
+    /// mmapBase), honouring a hint (a huge page mapping's rounded up to `align`, as
+    /// hugetlb_get_unmapped_area does).
+    func unmappedArea(length: UInt64, hint: UInt64, align: UInt64 = pageSize) -> UInt64? {
+        let h = align == pageSize ? pageAlignDown(hint) : hint.addingReportingOverflow(align - 1).overflow ? 0 : (hint + align - 1) & ~(align - 1)
+        if hint != 0, h >= mmapMinAddress, length <= taskSize, h <= taskSize - length {
             let i = vmaIndex(atOrAfter: h)
             if i == vmaList.count || vmaList[i].start >= h + length { return h }
         }
-        // Top-down below mmapBase: the highest gap that fits, found through the tree's gaps.
-        return vmaList.highestFreeRange(length: length, below: mmapBase)
+        // Top-down below mmapBase: the highest gap that fits, found through the tree's gaps
+        // (with room to align the start: the highest aligned start in the gap found).
+        guard align > pageSize else { return vmaList.highestFreeRange(length: length, below: mmapBase) }
+        guard let a = vmaList.highestFreeRange(length: length + align - pageSize, below: mmapBase) else { return nil }
+        return (a + align - pageSize) & ~(align - 1)
     }
 
     // MARK: CPUs and TLB

@@ -74,6 +74,11 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     public unowned let mm: AddressSpace
     /// Device-file mappings (dmirror's mmap) are "special": mixed maps with driver pages.
     @exclusivity(unchecked) public internal(set) var isSpecialMapping = false
+    /// The huge page size of a hugetlb mapping (`hstate_vma`); nil for every other.
+    @exclusivity(unchecked) public internal(set) var hstate: HState? = nil
+    /// The reservations of a private hugetlb mapping made by this process's mmap (shared by
+    /// the VMAs a split makes; none in a forked child).
+    @exclusivity(unchecked) var hugetlbResv: HugetlbResvMap? = nil
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, flags: VMFlags, pgoff: UInt64, file: ShmemFile?) {
         self.mm = mm; self.start = start; self.end = end; self.flags = flags; self.pgoff = pgoff; self.file = file
@@ -94,7 +99,8 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// `vma_is_anonymous`: no file behind it (shared anonymous memory is shmem, so not anonymous).
-    public var isAnonymous: Bool { file == nil && !isSpecialMapping }
+    /// A hugetlb mapping is not anonymous either: the kernel backs it with a hugetlbfs file.
+    public var isAnonymous: Bool { file == nil && !isSpecialMapping && !flags.contains(.hugetlb) }
     public var isShared: Bool { flags.contains(.shared) }
     /// `is_cow_mapping`: private and may become writable.
     public var isCOWMapping: Bool { !flags.contains(.shared) && flags.contains(.mayWrite) }
@@ -134,6 +140,8 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     func duplicate(into mm: AddressSpace) -> VMA {
         let v = VMA(mm: mm, start: start, end: end, flags: flags, pgoff: pgoff, file: file)
         v.isSpecialMapping = isSpecialMapping
+        v.hstate = hstate
+        v.hugetlbResv = hugetlbResv
         return v
     }
 }
@@ -162,4 +170,10 @@ public struct MapFlags: OptionSet, Sendable, Hashable {
     public static let populate = MapFlags(rawValue: 0x8000)
     public static let hugetlb = MapFlags(rawValue: 0x40000)
     public static let fixedNoReplace = MapFlags(rawValue: 0x100000)
+    /// `MAP_HUGE_SHIFT`, `MAP_HUGE_MASK`: with MAP_HUGETLB, log2 of the page size in bits 26…31.
+    public static let hugeShift: UInt32 = 26
+    public static let hugeMask: UInt32 = 0x3f
+    /// `MAP_HUGE_2MB`, `MAP_HUGE_1GB`.
+    public static let huge2MB = MapFlags(rawValue: 21 << 26)
+    public static let huge1GB = MapFlags(rawValue: 30 << 26)
 }
