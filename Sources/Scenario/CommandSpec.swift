@@ -71,7 +71,8 @@ struct CommandSpec {
             "fork": CommandSpec(positionals: [("a parent process", .name(.process))], required: 0, bind: .required, binds: .process, expect: .outcome),
             "exit": CommandSpec(positionals: [("a process", .name(.process))], required: 0),
             "mmap": CommandSpec(positionals: [("a size", .expr)], required: 1,
-                                keys: ["prot": .prot, "file": .name(.file), "offset": .expr, "fixed": .expr, "hint": .expr, "proc": .name(.process)],
+                                keys: ["prot": .prot, "file": .name(.file), "offset": .expr, "fixed": .expr, "hint": .expr, "proc": .name(.process),
+                                       "hugetlb": .expr],
                                 flags: ["shared", "private", "populate", "noreplace", "hugetlb"], bind: .optional, expect: .outcome),
             "munmap": CommandSpec(positionals: [("an address", .expr), ("a length", .expr)], required: 2, keys: proc, expect: .outcome),
             "mprotect": CommandSpec(positionals: [("an address", .expr), ("a length", .expr), ("a protection", .prot)], required: 3, keys: proc, expect: .outcome),
@@ -118,6 +119,9 @@ struct CommandSpec {
             "ptes": CommandSpec(positionals: [("an address", .expr), ("a page count", .expr)], required: 1, keys: proc, expect: .ptes),
             "device_pages": CommandSpec(positionals: [("a device", .name(.device))], required: 1, expect: .counters(["count", "owned", "mirrored"])),
             "meminfo": CommandSpec(positionals: [], required: 0, expect: .counters(Set(ScenarioInterpreter.meminfoKeys))),
+            // nr_hugepages of a hugetlb pool (the default 2 MiB one, or size=1GiB).
+            "hugepages": CommandSpec(positionals: [("a page count", .expr)], required: 1, keys: ["size": .expr],
+                                     expect: .counters(["total", "free", "rsvd", "surp"])),
         ]
         // Commands with a bounce buffer may keep it (`-> B`); the others have none to keep.
         for c in ["read", "write", "migrate_to_dev", "snapshot", "exclusive"] { t[c] = deviceCommandSpec }

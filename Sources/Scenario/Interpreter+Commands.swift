@@ -40,6 +40,7 @@ extension ScenarioInterpreter {
         case "ptes": try ptesCommand(cmd, ctx)
         case "device_pages": try devicePagesCommand(cmd, ctx)
         case "meminfo": try meminfoCommand(cmd, ctx)
+        case "hugepages": try hugepagesCommand(cmd, ctx)
         case "sleep":
             let ns = try eval(try cmd.arg(0, "nanoseconds"), ctx)
             guard ns <= 1_000_000_000 else { throw cmd.fail("expected a sleep of at most 1 s (1000000000 ns)") }
@@ -157,6 +158,14 @@ extension ScenarioInterpreter {
         if let h = cmd.option("hint") { address = try eval(h, ctx) }
         if cmd.flag("populate") { flags.insert(.populate) }
         if cmd.flag("hugetlb") { flags.insert(.hugetlb) }
+        if let h = cmd.option("hugetlb") {
+            // hugetlb=2MiB|1GiB: MAP_HUGETLB with the size in MAP_HUGE_SHIFT's bits (a size that
+            // is not a power of two is passed as 0, the default: mmap then decides).
+            let size = try eval(h, ctx)
+            guard size > 0, size & (size - 1) == 0 else { throw ScenarioSyntaxError(location: h.location, message: "expected a huge page size (2MiB or 1GiB)") }
+            flags.insert(.hugetlb)
+            flags.insert(MapFlags(rawValue: Int32(size.trailingZeroBitCount) << Int32(MapFlags.hugeShift)))
+        }
         let offset = try cmd.option("offset").map { try eval($0, ctx) } ?? 0
         try syscall(cmd, ctx, { try proc.mmap(address: address, length: size, prot: prot, flags: flags, file: file, offset: offset) }) { a in
             bindRegion(cmd, ctx, a, (size + pageSize - 1) & pageMask)

@@ -3,14 +3,23 @@ import HMM
 import MMCore
 import MMSync
 
-/// The kind of one CPU page-table entry, as `ptes` decodes it.
+/// The entry that maps one page: a PTE, or the PMD or PUD leaf covering the page (its pfn
+/// moved to the page's own frame inside the huge page).
+struct MappedEntry {
+    let pte: PTE
+    let level: PageTableLevel
+}
+
+/// The kind of one CPU page-table entry, as `ptes` decodes it: `pmd` and `pud` are present
+/// pages mapped by a PMD or PUD leaf (a huge page).
 enum PTEKind: String, CaseIterable {
-    case none, present, swap, migration, device_private, device_exclusive, hwpoison, marker
+    case none, present, pmd, pud, swap, migration, device_private, device_exclusive, hwpoison, marker
     static var names: [String] { allCases.map(\.rawValue) }
 
-    init(_ pte: PTE) {
+    init(_ e: MappedEntry) {
+        let pte = e.pte
         if pte.isNone { self = .none; return }
-        if pte.isPresent { self = .present; return }
+        if pte.isPresent { self = e.level == .pmd ? .pmd : e.level == .pud ? .pud : .present; return }
         let e = pte.swapEntry
         if e.isSwapSlot { self = .swap } else if e.isMigration { self = .migration } else if e.isDevicePrivate { self = .device_private }
         else if e.isDeviceExclusive { self = .device_exclusive } else if e.isHwPoison { self = .hwpoison } else { self = .marker }
@@ -20,18 +29,38 @@ enum PTEKind: String, CaseIterable {
 /// Reads the CPU page-table entries of [start, end), every page (an empty entry where no table is).
 struct PTEReader: PageWalker {
     let start: UInt64
-    var entries: [PTE]
-    init(start: UInt64, count: Int) { self.start = start; entries = Array(repeating: PTE(raw: 0), count: count) }
+    var entries: [MappedEntry]
+    init(start: UInt64, count: Int) { self.start = start; entries = Array(repeating: MappedEntry(pte: .none, level: .pte), count: count) }
     var locksPTE: Bool { true }
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
-        entries[Int((addr - start) >> pageShift)] = pte.load()
+        entries[Int((addr - start) >> pageShift)] = MappedEntry(pte: pte.load(), level: .pte)
         return .next
+    }
+    mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        let v = pmd.load()
+        guard v.isHuge || !v.isPresent else { return .next }
+        leaf(v, .pmd, start, end)
+        return .skip
+    }
+    mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        leaf(pud.load(), .pud, start, end)
+        return .skip
+    }
+    /// Every page under a huge leaf: the leaf, with the page's frame when present.
+    private mutating func leaf(_ v: PTE, _ level: PageTableLevel, _ from: UInt64, _ to: UInt64) {
+        var a = from
+        while a < to {
+            let e = v.isPresent ? PTE(raw: v.raw &+ ((a & (level.size - 1)) & pageMask)) : v
+            entries[Int((a - start) >> pageShift)] = MappedEntry(pte: e, level: level)
+            a += pageSize
+        }
     }
 }
 
 extension ScenarioInterpreter {
     static let meminfoKeys = ["total", "free", "used", "anon", "file", "pagetables", "device_backing", "other",
-                              "device_private", "device_coherent", "device_pages"]
+                              "device_private", "device_coherent", "device_pages",
+                              "hugetlb", "hugepages_total", "hugepages_free", "hugepages_rsvd", "hugepages_surp"]
     static let maxPTEsShown: UInt64 = 1 << 16
 
     func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
@@ -59,7 +88,7 @@ extension ScenarioInterpreter {
 
     /// The CPU page-table entries of `count` pages from `start`, read under the mmap lock.
     /// nil when the address space has exited (checked under the lock: an exit frees the tables).
-    func readPTEs(_ mm: AddressSpace, _ start: UInt64, _ count: Int) -> [PTE]? {
+    func readPTEs(_ mm: AddressSpace, _ start: UInt64, _ count: Int) -> [MappedEntry]? {
         var r = PTEReader(start: start, count: count)
         let live = mm.mmapLock.withRead { () -> Bool in
             guard !mm.isDead else { return false }
@@ -70,19 +99,20 @@ extension ScenarioInterpreter {
     }
 
     /// One entry decoded: kind, pfn, flags, and whose page it is.
-    func describe(_ pte: PTE, machine m: Machine) -> String {
+    func describe(_ entry: MappedEntry, machine m: Machine) -> String {
+        let pte = entry.pte
         guard !pte.isNone else { return "none" }
         let pfn = pte.isPresent ? pte.pfn : pte.swapEntry.offset
         var s: String
         if pte.isPresent {
-            s = "present pfn \(pfn)"
+            s = entry.level == .pte ? "present pfn \(pfn)" : "\(entry.level) pfn \(pfn)"
             s += pte.isUser ? (pte.isWrite ? " rw" : " ro") : " prot_none"
             if pte.isDirty { s += " dirty" }
             if pte.isAccessed { s += " young" }
             if pte.isSpecial { s += " special" }
         } else {
             let e = pte.swapEntry
-            switch PTEKind(pte) {
+            switch PTEKind(entry) {
             case .swap: return "swap type \(e.type) slot \(e.offset)"
             case .migration: s = "migration\(e.isWrite ? " write" : (e.type == SwapEntry.migrationReadExclusive ? " read-exclusive" : " read")) pfn \(pfn)"
             case .device_private: s = "device_private \(e.isWrite ? "write" : "read") pfn \(pfn)"
@@ -92,8 +122,11 @@ extension ScenarioInterpreter {
             }
         }
         guard m.memory.isValidPfn(pfn) else { return s }
-        let page = m.memory.page(pfn)
+        let page = m.memory.page(pfn).folioHead
         if pfn == 0 { return s + " (zero page)" }
+        if page.test(.hugetlb) {
+            return s + " (hugetlb\(page.isAnon ? " anon" : "") \(m.memory.hugetlb.hstates.first { $0.order == page.order }?.description ?? "?") page \(page.pfn), refcount \(page.refcount), mapcount \(page.mapcount))"
+        }
         switch page.kind {
         case .devicePrivate, .deviceCoherent:
             let dev = m.memory.pagemap(of: page).flatMap { pg in state.withLock { module }?.devices.first { $0 === pg.owner } }
@@ -153,7 +186,7 @@ extension ScenarioInterpreter {
         for pfn in 1..<mem.systemFrames {
             let p = mem.page(pfn)
             let f = p.flags
-            if f.contains(.buddy) || f.contains(.reserved) || p.refcount == 0 { continue }
+            if f.contains(.buddy) || f.contains(.reserved) || f.contains(.hugetlb) || p.refcount == 0 { continue }
             if f.contains(.pageTable) { tables += 1 } else if p.isAnon { anon += 1 } else if p.file != nil { file += 1 }
         }
         var devPrivate: UInt64 = 0, devCoherent: UInt64 = 0
@@ -162,10 +195,35 @@ extension ScenarioInterpreter {
             if d.memoryType == .devicePrivate { devPrivate += n } else { devCoherent += n }
         }
         let used = UInt64(mem.usedFrames)
-        let known = anon + file + tables + devPrivate
+        // /proc/meminfo's Hugetlb (here in base pages) and the default pool's HugePages_*.
+        let huge = Dictionary(uniqueKeysWithValues: mem.hugetlb.meminfo())
+        let hugetlb = huge["Hugetlb"]! * 1024 / pageSize
+        let known = anon + file + tables + devPrivate + hugetlb
         return ["total": mem.systemFrames - 1, "free": UInt64(mem.freeFrames), "used": used, "anon": anon, "file": file,
                 "pagetables": tables, "device_backing": devPrivate, "other": used > known ? used - known : 0,
-                "device_private": devPrivate, "device_coherent": devCoherent, "device_pages": devPrivate + devCoherent]
+                "device_private": devPrivate, "device_coherent": devCoherent, "device_pages": devPrivate + devCoherent,
+                "hugetlb": hugetlb, "hugepages_total": huge["HugePages_Total"]!, "hugepages_free": huge["HugePages_Free"]!,
+                "hugepages_rsvd": huge["HugePages_Rsvd"]!, "hugepages_surp": huge["HugePages_Surp"]!]
+    }
+
+    /// `hugepages N [size=2MiB|1GiB] [expect total=N free=N rsvd=N surp=N]`: writes the pool's
+    /// `nr_hugepages` (growing takes free memory, shrinking never frees pages in use or
+    /// reserved) and prints its counters.
+    func hugepagesCommand(_ cmd: Command, _ ctx: Context) throws {
+        let m = try theMachine(at: cmd.name.location)
+        let pools = m.memory.hugetlb
+        let count = try eval(try cmd.arg(0, "a page count"), ctx)
+        var h = pools.defaultHState
+        if let s = cmd.option("size") {
+            let size = try eval(s, ctx)
+            guard let found = pools.hstate(size: size) else { throw ScenarioSyntaxError(location: s.location, message: "expected a huge page size: 2MiB or 1GiB") }
+            h = found
+        }
+        guard count <= m.memory.systemFrames >> UInt64(h.order) else { throw cmd.fail("expected at most \(m.memory.systemFrames >> UInt64(h.order)) pages of \(h) (the machine's memory)") }
+        pools.setPoolSize(h, Int(count))
+        let c = pools.counters(h)
+        trace(cmd, ctx, "\(h.name): \(c)")
+        try checkCounters(cmd, ctx, ["total": UInt64(c.total), "free": UInt64(c.free), "rsvd": UInt64(c.reserved), "surp": UInt64(c.surplus)])
     }
 
     /// `meminfo [expect KEY=N…]`: system memory by kind and device memory in use, in pages.

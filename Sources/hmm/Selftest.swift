@@ -9,8 +9,8 @@ struct Selftest: ParsableCommand {
             Prints TAP version 14 (plan, 'ok N - name', '# SKIP reason', a YAML block with \
             message, expected and got under a failure, the summary 'N passed, N failed, N skipped' \
             as a comment), or with --format json one JSON document. Exit status 0 only if \
-            nothing failed. Tests that need huge pages (THP, hugetlb) are skipped until the \
-            huge-page layer exists.
+            nothing failed. Tests that need transparent huge pages (THP) are skipped until \
+            THP exists; hugetlb is modelled.
             """)
 
     enum VariantChoice: String, ExpressibleByArgument, CaseIterable {

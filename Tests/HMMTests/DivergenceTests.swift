@@ -19,7 +19,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -276,5 +276,31 @@ final class DivergenceTests: XCTestCase {
         XCTAssertEqual(try cpu.load(a, as: UInt64.self), 0, "the zap dropped the page")
         cpu.detach()
         p.exit()
+    }
+
+    /// D13: with no free huge page, the reservation owner's COW fault on a page its child
+    /// shares gets SIGBUS (7.2 would unmap the page from the child and reuse it), and the
+    /// child keeps its mapping and data.
+    func testD13HugetlbCOWWithoutAFreePageIsSIGBUSForTheOwnerToo() throws {
+        let m = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 0)
+        let h = m.memory.hugetlb.defaultHState
+        m.memory.hugetlb.setPoolSize(h, 1)
+        let p = try MMCore.Process(machine: m)
+        let a = try p.mmap(length: h.size, prot: .readWrite, flags: [.private, .anonymous, .hugetlb])
+        let cpu = p.makeCPU()
+        try cpu.store(a, UInt64(5))
+        let child = try p.fork()
+        XCTAssertThrowsError(try cpu.store(a, UInt64(6))) { XCTAssertEqual($0 as? AccessFault, .bus(address: a)) }
+        let ccpu = child.makeCPU()
+        XCTAssertEqual(try ccpu.load(a, as: UInt64.self), 5)
+        XCTAssertEqual(m.memory.hugetlb.counters(h), HugePoolCounters(total: 1, free: 0, reserved: 0, surplus: 0))
+        XCTAssertEqual(m.checkInvariants(), [])
+        ccpu.detach(); child.exit()
+        // Alone again, the owner's write reuses the page.
+        try cpu.store(a, UInt64(6))
+        XCTAssertEqual(try cpu.load(a, as: UInt64.self), 6)
+        cpu.detach()
+        p.exit()
+        XCTAssertEqual(m.memory.hugetlb.counters(h), HugePoolCounters(total: 1, free: 1, reserved: 0, surplus: 0))
     }
 }

@@ -115,4 +115,45 @@ final class RangeFaultTests: XCTestCase {
         XCTAssertEqual(dev0.pagesInUse, 0)
         env.finish([d0])
     }
+
+    /// hugetlb (hmm_vma_walk_hugetlb_entry): every page of a huge page reports its own frame
+    /// and the leaf's order (9 for 2 MiB, 18 for 1 GiB), even an empty entry (not valid then);
+    /// only the first page's request decides whether the huge page faults.
+    func testHugetlbPagesReportTheirOrder() throws {
+        let env = try HMMEnv(mib: 3 << 10)
+        let pools = env.memory.hugetlb
+        pools.setPoolSize(pools.defaultHState, 2)
+        pools.setPoolSize(pools.hstates[1], 1)
+        let h2 = try env.process.mmap(length: 4 << 20, prot: .readWrite, flags: [.private, .anonymous, .hugetlb])
+        try env.cpu.store(h2 + 8, UInt8(1))
+        let head = try XCTUnwrap(env.mm.pagemap(h2, count: 1).first?.pfn)
+        let order9 = UInt64(9) << HMMPfn.orderShift
+        let out = try snapshotRange(env, h2, 1024)
+        XCTAssertEqual(Array(out[0..<3]), (0..<3).map { (head + $0) | HMMPfn.valid | HMMPfn.write | order9 })
+        // The second huge page is not faulted; its PMD entry exists in the table, empty.
+        XCTAssertEqual(Array(out[512..<515]), [0 | order9, 1 | order9, 2 | order9])
+        // A fault request on a later page of an empty huge page alone does not fault it.
+        let sub = MMUIntervalNotifier(start: h2 + (2 << 20), end: h2 + (4 << 20)) { s, _, seq in s.setSeq(seq); return true }
+        try env.mm.notifiers.insert(sub)
+        var range = HMMRange(notifier: sub, notifierSeq: sub.readBegin(), start: h2 + (2 << 20), end: h2 + (4 << 20), pfnFlagsMask: HMMPfn.requestFault)
+        range.hmmPfns[1] = HMMPfn.requestFault
+        env.mm.mmapLock.lockRead()
+        let r = Result { () throws(Errno) in try env.mm.hmmRangeFault(&range) }
+        env.mm.mmapLock.unlockRead()
+        XCTAssertNoThrow(try r.get())
+        XCTAssertEqual(range.hmmPfns[1], 1 | order9)
+        XCTAssertEqual(try env.mm.pagemap(h2 + (2 << 20), count: 1).first?.isPresent, false)
+        env.mm.notifiers.remove(sub)
+        // 1 GiB: PUD order.
+        let h1 = try env.process.mmap(length: 1 << 30, prot: .readWrite, flags: [.private, .anonymous, .hugetlb, .huge1GB])
+        let g = try snapshotRange(env, h1 + (5 << 20), 2, flags: HMMPfn.requestFault)
+        let gHead = try XCTUnwrap(env.mm.pagemap(h1, count: 1).first?.pfn)
+        XCTAssertEqual(g, [(gHead + 1280) | HMMPfn.valid | (18 << HMMPfn.orderShift), (gHead + 1281) | HMMPfn.valid | (18 << HMMPfn.orderShift)])
+        XCTAssertEqual(env.problems(), [])
+        try env.process.munmap(h1, length: 1 << 30)
+        try env.process.munmap(h2, length: 4 << 20)
+        pools.setPoolSize(pools.defaultHState, 0)
+        pools.setPoolSize(pools.hstates[1], 0)
+        env.finish([])
+    }
 }

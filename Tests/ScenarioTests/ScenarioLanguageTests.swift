@@ -53,7 +53,7 @@ final class ScenarioLanguageTests: XCTestCase {
             ("print \"open\n", "m.hmm:1:7: expected a closing '\"'"),
             ("process p\nfill 0x1000 1page SOMETHING\n", "m.hmm:2:19: expected a pattern (IDX, IDX+c, NEG, ZERO, FF, INT(n), BYTE(n)), found 'SOMETHING'"),
             ("repeat 20000000 { }\n", "m.hmm:1:8: expected a repeat count of at most 16777216, got 20000000"),
-            ("process p\nmmap 1page foo=1 -> a\n", "m.hmm:2:12: expected one of file, fixed, hint, offset, proc, prot for 'mmap', found 'foo='"),
+            ("process p\nmmap 1page foo=1 -> a\n", "m.hmm:2:12: expected one of file, fixed, hint, hugetlb, offset, proc, prot for 'mmap', found 'foo='"),
             ("process p\nmmap 1page -> a\nfill a 4KiB IDX index=0xFFFFFFFFFFFFFFFF\n", "m.hmm:3:23: expected an index of at most 2^40"),
             ("process p\nopen 0 -> d\nbuffer b 1page\nsnapshot d 0x1000 0x4000000 buffer=b\n", "m.hmm:4:1: expected at most 1048576 pages for 'snapshot'"),
         ]

@@ -30,7 +30,7 @@ final class ScriptCheckTests: XCTestCase {
             e.hmm:4:15: expected a pattern (IDX, IDX+c, NEG, ZERO, FF, INT(n), BYTE(n)), found 'IDXX'
             e.hmm:6:10: unknown name 'unknown'
             e.hmm:7:9: expected a device opened with 'open', got 'nodev'
-            e.hmm:9:12: expected one of file, fixed, hint, offset, proc, prot for 'mmap', found 'foo='
+            e.hmm:9:12: expected one of file, fixed, hint, hugetlb, offset, proc, prot for 'mmap', found 'foo='
             e.hmm:10:8: unexpected flag 'shared' for 'load'
             e.hmm:11:6: expected a process created with 'process' or 'fork', got 'c'
             e.hmm:12:23: expected 'ok' or an errno name (alternatives separated by '|'), found 'ok|EINVAL|BOGUS'

@@ -62,7 +62,10 @@ struct HMMVMAWalker: PageWalker {
 
     // The `hmm_walk_ops` slots: each forwards to the function named as in mm/hmm.c.
     mutating func hole(_ start: UInt64, _ end: UInt64, level: PageTableLevel) -> WalkStep {
-        hmmVMAWalkHole(start, end)
+        // In a hugetlb VMA an empty entry at the huge page's own level goes to
+        // hmm_vma_walk_hugetlb_entry (the table holding it exists); above, to the hole.
+        if let h = vma.hstate, level == h.level { return hmmHandleLeaf(.none, level, start, end) }
+        return hmmVMAWalkHole(start, end)
     }
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         hmmVMAWalkPMD(pmd, start, end)
@@ -130,15 +133,20 @@ struct HMMVMAWalker: PageWalker {
     /// A present PMD or PUD leaf (`hmm_vma_handle_pmd`, `hmm_vma_walk_pud`, and for hugetlb
     /// VMAs `hmm_vma_walk_hugetlb_entry`): every page reports the leaf's pfn plus its offset,
     /// valid (and write) as the entry allows, and the leaf's map order; or the range faults.
+    /// In a hugetlb VMA, as `hmm_vma_walk_hugetlb_entry` does, the order is reported even for
+    /// an empty entry (with no valid bit), and only the first page's request decides whether
+    /// the range faults.
     mutating func hmmHandleLeaf(_ v: PTE, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64) -> WalkStep {
-        var cpu = v.isUser ? HMMPfn.valid : 0
-        if v.isUser && v.isWrite { cpu |= HMMPfn.write }
-        let (f, w) = rangeNeedsFault(start, end, cpu)
+        let present = v.isPresent && v.isUser
+        var cpu = present ? HMMPfn.valid : 0
+        if present && v.isWrite { cpu |= HMMPfn.write }
+        let (f, w) = vma.isHugetlb ? needFault(pfns[index(start)], cpu) : rangeNeedsFault(start, end, cpu)
         if f { stop = .fault(start: start, end: end, write: w); return .stop(nil) }
         let orderBits = UInt64(level.shift - pageShift) << HMMPfn.orderShift
+        let base = present ? v.pfn : 0
         var a = start
         while a < end {
-            put(index(a), (v.pfn + ((a & (level.size - 1)) >> pageShift)) | cpu | orderBits)
+            put(index(a), (base + ((a & (level.size - 1)) >> pageShift)) | cpu | orderBits)
             a += pageSize
         }
         return .skip

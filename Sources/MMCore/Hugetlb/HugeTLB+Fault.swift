@@ -7,6 +7,7 @@ extension AddressSpace {
     /// when a leaf of another size is in the way (cannot happen in a consistent table).
     /// Locking: caller holds the mmap lock, or the VMA's lock in a fault.
     func hugePTEAlloc(_ h: HState, _ haddr: UInt64) throws(Errno) -> (entry: EntryPointer, table: Page) {
+        Lockdep.assertSomeRWSemHeld()
         let found = try pageTable.walkAllocating(haddr, level: h.level)
         guard found.level == h.level else { throw .EFAULT }
         return (found.entry, found.table)
@@ -51,6 +52,7 @@ extension AddressSpace {
     /// Locking: fault lock and the hugetlb fault mutex held; takes the page-table lock.
     private func hugetlbNoPage(_ vma: VMA, _ h: HState, _ haddr: UInt64, _ entry: EntryPointer, _ ptl: SpinLockRef,
                                flags: FaultFlags) -> FaultResult {
+        assertFaultLocked(vma, flags)
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         let index = vma.hugePageIndex(haddr)
         let reserved = vma.hugetlbResv?.consume(index) ?? false

@@ -80,8 +80,9 @@ public final class HugeTLB: @unchecked Sendable {
             h.nrHugePages -= 1
             released.append(head)
         }
-        // What is still above the target is in use: it becomes surplus.
-        while count < h.persistentHugePages && h.surplusHugePages < h.nrHugePages - h.freeHugePages {
+        // What is still above the target is in use or reserved: it becomes surplus
+        // (adjust_pool_surplus(+1)), freed to the buddy allocator when it is.
+        while count < h.persistentHugePages && h.surplusHugePages < h.nrHugePages {
             h.surplusHugePages += 1
         }
         let reached = h.persistentHugePages
@@ -155,6 +156,7 @@ public final class HugeTLB: @unchecked Sendable {
     /// reservation it consumed (`restore_reserve_on_error`).
     /// Locking: takes the hugetlb lock; caller holds no spin lock.
     func abandonFolio(_ h: HState, _ head: Page, restoreReservation: Bool) {
+        Lockdep.assertNoSpinLockHeld()
         if restoreReservation { lock.withLock { h.resvHugePages += 1 } }
         head.refcountWord.store(0)
         freeFolio(head)
@@ -164,12 +166,15 @@ public final class HugeTLB: @unchecked Sendable {
     /// to the buddy allocator, the others to the pool's free list.
     /// Locking: takes the hugetlb lock; caller holds no spin lock.
     func freeFolio(_ head: Page) {
+        Lockdep.assertNoSpinLockHeld()
         guard let h = hstates.first(where: { $0.order == head.order }) else { preconditionFailure("\(head): hugetlb folio of order \(head.order)") }
         precondition(head.mapcount == 0 && head.pincount == 0, "freeing a mapped or pinned huge page \(head)")
         head.releaseOwner()
-        head.clear([.anon, .anonExclusive, .swapBacked, .dirty, .uptodate, .referenced, .lazyFree])
+        let restore = head.test(.hugetlbRestoreReserve)
+        head.clear([.anon, .anonExclusive, .swapBacked, .dirty, .uptodate, .referenced, .lazyFree, .hugetlbRestoreReserve])
         head.index = 0
         lock.lock()
+        if restore { h.resvHugePages += 1 }
         if h.surplusHugePages > 0 {
             h.surplusHugePages -= 1
             h.nrHugePages -= 1
@@ -188,18 +193,42 @@ public final class HugeTLB: @unchecked Sendable {
     /// `nr_overcommit_hugepages` is 0).
     /// Locking: takes the hugetlb lock.
     func reserve(_ h: HState, _ count: Int) throws(Errno) {
+        Lockdep.assertNoSpinLockHeld()
         lock.lock(); defer { lock.unlock() }
         guard h.resvHugePages + count <= h.freeHugePages else { throw .ENOMEM }
         h.resvHugePages += count
     }
 
-    /// Gives back `count` reservations (a mapping closed before faulting its pages).
-    /// Locking: takes the hugetlb lock.
+    /// Gives back `count` reservations (a mapping closed before faulting its pages), and
+    /// frees as many free surplus pages to the buddy allocator (`return_unused_surplus_pages`).
+    /// Locking: takes the hugetlb lock, then the zone lock without it.
     func unreserve(_ h: HState, _ count: Int) {
+        Lockdep.assertNoSpinLockHeld()
         guard count > 0 else { return }
-        lock.withLock {
-            precondition(h.resvHugePages >= count, "hugetlb reservation underflow")
-            h.resvHugePages -= count
+        lock.lock()
+        precondition(h.resvHugePages >= count, "hugetlb reservation underflow")
+        h.resvHugePages -= count
+        var released: [Page] = []
+        while released.count < min(count, h.surplusHugePages), h.freeHugePages > 0 {
+            released.append(dequeueLocked(h))
+        }
+        h.surplusHugePages -= released.count
+        h.nrHugePages -= released.count
+        lock.unlock()
+        for head in released { freeToBuddy(h, head) }
+    }
+
+    /// `__unmap_hugepage_range`'s restore: the reservation owner's last mapping of an
+    /// anonymous huge page went; unless the pool has surplus pages, the page gives its
+    /// reservation back to the pool when it is freed, and the caller gives it back to the
+    /// mapping. Return: whether it will.
+    /// Locking: takes the hugetlb lock; caller holds no spin lock.
+    func restoreReservationOnFree(_ h: HState, _ head: Page) -> Bool {
+        Lockdep.assertNoSpinLockHeld()
+        return lock.withLock {
+            guard h.surplusHugePages == 0 else { return false }
+            head.set(.hugetlbRestoreReserve)
+            return true
         }
     }
 

@@ -40,6 +40,9 @@ public struct PageFlags: OptionSet, Sendable {
     /// The head of a hugetlb folio (`folio_test_hugetlb`): it belongs to a hugetlb pool and
     /// goes back there, not to the buddy allocator, when its last reference is dropped.
     public static let hugetlb = PageFlags(rawValue: 1 << 18)
+    /// A hugetlb folio whose reservation goes back to its pool when it is freed
+    /// (`HPG_restore_reserve`): its owner's mapping dropped it and holds the reservation again.
+    public static let hugetlbRestoreReserve = PageFlags(rawValue: 1 << 19)
 }
 
 /// The kind of memory a pfn names.

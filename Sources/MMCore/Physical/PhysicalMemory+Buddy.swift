@@ -182,6 +182,7 @@ extension PhysicalMemory {
     /// point at it, as `allocate` does. Return: nil when no such range is free.
     /// Locking: takes the per-CPU list locks (to drain them) and the zone lock.
     func allocateContiguous(order: Int) -> Page? {
+        assert(!zoneLock.isHeldByCurrentThread, "allocateContiguous under the zone lock")
         precondition(order > PhysicalMemory.maxOrder && order < 32)
         if FaultInjection.shouldFail(.frameAllocation) { return nil }
         let count = UInt64(1) << UInt64(order), block = UInt64(1) << UInt64(PhysicalMemory.maxOrder)
@@ -216,6 +217,7 @@ extension PhysicalMemory {
     /// Gives a block from `allocateContiguous` back, as maximal buddy blocks.
     /// Precondition: no reference, mapping or pin left. Locking: takes the zone lock.
     func freeContiguous(_ head: Page) {
+        assert(!zoneLock.isHeldByCurrentThread, "freeContiguous under the zone lock")
         let order = head.order
         precondition(order > PhysicalMemory.maxOrder)
         head.releaseOwner()

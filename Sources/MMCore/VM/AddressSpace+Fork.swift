@@ -95,6 +95,7 @@ struct ForkCopier: PageWalker {
     /// now, from a free huge page nobody reserved (ENOMEM without one).
     /// Locking: parent's mmap lock held for write; takes the parent's leaf lock.
     private mutating func copyHugetlbEntry(_ src: EntryPointer, table: Page, _ addr: UInt64) -> WalkStep {
+        parent.mmapLock.assertWriteLocked()
         finish()
         guard let h = vma.hstate else { return .skip }
         let dst: (entry: EntryPointer, table: Page)
@@ -103,10 +104,11 @@ struct ForkCopier: PageWalker {
         let v = src.load()
         guard v.isPresent else { return .skip }   // (no hugetlb migration or swap entries here)
         let folio = memory.page(v.pfn)
-        if cow && folio.isAnon && folio.pincount > 0 {
+        if cow && folio.isAnon && folio.test(.anonExclusive) && folio.pincount > 0 {
             table.ptl.unlock(); defer { table.ptl.lock() }
             guard let new = memory.hugetlb.allocateFolio(h, reserved: false) else { return .stop(.ENOMEM) }
             memory.copyHugePage(to: new, from: folio)
+            parent.stats.count(.bytesCopied, Int(h.size))
             memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: .passUnretained(parent.anonVMAPrepare(childVMA)))
             dst.entry.store(.page(new.pfn, write: v.isWrite, dirty: true, huge: true))
             return .skip

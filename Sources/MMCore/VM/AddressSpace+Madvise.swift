@@ -36,7 +36,9 @@ struct LazyFreeWalker: PageWalker {
 
 extension AddressSpace {
     /// `madvise`. EINVAL for an unaligned start, unknown advice, a wrapping length, or
-    /// MADV_FREE on a non-anonymous mapping; ENOMEM if part of the range is unmapped (the
+    /// MADV_FREE on a non-anonymous mapping (hugetlb included); MADV_DONTNEED in a hugetlb
+    /// VMA must start on a huge page (EINVAL) and zaps whole huge pages only (its end rounds
+    /// down); ENOMEM if part of the range is unmapped (the
     /// mapped parts are still advised). Zero length succeeds.
     /// Locking: takes the mmap lock (write for advice that changes VMA flags, else read).
     public func madvise(_ address: UInt64, length: UInt64, advice: MadviseAdvice) throws(Errno) {
@@ -69,7 +71,15 @@ extension AddressSpace {
             if changesFlags { vmaStartWrite(vma) }   // madvise_update_vma
             switch advice {
             case .dontNeed:
-                zapRange(vma: vma, start: s, end: e, event: .clear)
+                if let h = vma.hstate {
+                    // madvise_dontneed_free_valid_vma: a hugetlb range starts on a huge page
+                    // (EINVAL) and its end rounds down to one (nothing left: nothing done).
+                    guard s & (h.size - 1) == 0 else { throw .EINVAL }
+                    let he = e & h.mask
+                    if s < he { zapRange(vma: vma, start: s, end: he, event: .clear) }
+                } else {
+                    zapRange(vma: vma, start: s, end: e, event: .clear)
+                }
             case .free:
                 guard vma.isAnonymous else { throw .EINVAL }
                 let range = MMUNotifierRange(start: s, end: e, event: .clear)

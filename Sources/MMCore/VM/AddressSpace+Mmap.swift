@@ -165,11 +165,14 @@ extension AddressSpace {
     }
 
     /// `split_vma` (`counted`) or `__split_vma`: vmaList[i] becomes [start, address) and a new
-    /// VMA [address, end) follows it. Errors: ENOMEM when `counted` and the address space
-    /// already has `max_map_count` VMAs. Locking: mmap lock held for write; write-locks the VMA.
+    /// VMA [address, end) follows it. Errors: EINVAL inside a huge page of a hugetlb VMA;
+    /// ENOMEM when `counted` and the address space already has `max_map_count` VMAs. Locking: mmap lock held for write; write-locks the VMA.
     func splitVMA(at i: Int, address: UInt64, counted: Bool = true) throws(Errno) {
-        guard !counted || vmaList.count < machine.maxMapCount else { throw .ENOMEM }
         let vma = vmaList[i]
+        // vm_ops->may_split (hugetlb_vm_op_split): a hugetlb VMA splits only at a huge page
+        // boundary.
+        if let h = vma.hstate, address & (h.size - 1) != 0 { throw .EINVAL }
+        guard !counted || vmaList.count < machine.maxMapCount else { throw .ENOMEM }
         precondition(vma.start < address && address < vma.end && isPageAligned(address))
         vmaStartWrite(vma)
         let tail = vma.duplicate(into: self)

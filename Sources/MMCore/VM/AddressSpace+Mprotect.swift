@@ -97,34 +97,48 @@ extension AddressSpace {
         // The range must start inside a VMA; each later VMA must follow without a gap.
         var i = vmaIndex(atOrAfter: address)
         guard i < vmaList.count, vmaList[i].start <= address else { throw .ENOMEM }
-        try splitAround(address, end)
+        // mprotect_fixup splits a VMA only when its flags change (so an unchanged hugetlb VMA
+        // is not split at an unaligned edge, which would be EINVAL).
+        if vmaList[i].start < address, mprotectFlags(vmaList[i], prot) != vmaList[i].flags {
+            try splitVMA(at: i, address: address)
+        }
+        let j = vmaIndex(atOrAfter: end - 1)
+        if j < vmaList.count, vmaList[j].start < end, vmaList[j].end > end, mprotectFlags(vmaList[j], prot) != vmaList[j].flags {
+            try splitVMA(at: j, address: end)
+        }
         defer { mergeVMAs(around: address, end) }   // also when a hole ends it early
         i = vmaIndex(atOrAfter: address)
         var cursor = address
         while cursor < end {
-            guard i < vmaList.count, vmaList[i].start == cursor else { throw .ENOMEM }
+            guard i < vmaList.count, vmaList[i].start <= cursor else { throw .ENOMEM }
             let vma = vmaList[i]
-            changeProtection(vma, prot: prot)
+            if mprotectFlags(vma, prot) != vma.flags { changeProtection(vma, prot: prot) }
             cursor = vma.end
             i += 1
         }
     }
 
-    /// `mprotect_fixup` + `change_protection` for one whole VMA.
-    func changeProtection(_ vma: VMA, prot: Protection) {
+    /// The flags `mprotect` gives `vma` for `prot` (`mprotect_fixup`'s `newflags`, with its
+    /// accounting: a mapping that turns writable is charged unless it already is, or is
+    /// shared, hugetlb or MAP_NORESERVE; one that turns read-only is uncharged only while it
+    /// has no anonymous pages).
+    func mprotectFlags(_ vma: VMA, _ prot: Protection) -> VMFlags {
         let old = vma.flags
         var flags = vma.flags.subtracting(.accessMask)
         if prot.contains(.read) { flags.insert(.read) }
         if prot.contains(.write) { flags.insert(.write) }
         if prot.contains(.exec) { flags.insert(.exec) }
-        // mprotect_fixup's accounting: a mapping that turns writable is charged unless it
-        // already is (or is shared, or MAP_NORESERVE); one that turns read-only is uncharged
-        // only while it has no anonymous pages.
         if flags.contains(.write) {
             if old.isDisjoint(with: [.account, .write, .hugetlb, .shared, .noReserve]) { flags.insert(.account) }
         } else if old.contains(.account) && vma.isAnonymous && vma.anonVMA == nil {
             flags.remove(.account)
         }
+        return flags
+    }
+
+    /// `mprotect_fixup` + `change_protection` for one whole VMA.
+    func changeProtection(_ vma: VMA, prot: Protection) {
+        let flags = mprotectFlags(vma, prot)
         vmaStartWrite(vma)
         vma.flags = flags
         // Like the kernel, the invalidation fires whether permissions shrink or grow: mirrors

@@ -14,7 +14,9 @@ extension AddressSpace {
     /// DONTUNMAP with a size change, an unaligned address, zero new length, an overlapping or
     /// out-of-range FIXED target; EFAULT when [old, old+oldLength) is not inside one VMA
     /// (for a shrink in place, [old, old+newLength): the rest is unmapped whatever it holds);
-    /// ENOMEM when growing in place is impossible without MAYMOVE. As in Linux, growing a
+    /// ENOMEM when growing in place is impossible without MAYMOVE. A hugetlb VMA cannot grow
+    /// or keep its source (EINVAL); its lengths round up to its huge page size and its
+    /// addresses must be aligned to it (EINVAL). As in Linux, growing a
     /// shared mapping does not grow the object behind it: pages beyond its size raise SIGBUS.
     /// Locking: takes the mmap lock for write.
     public func mremap(_ address: UInt64, oldLength: UInt64, newLength: UInt64, flags: MremapFlags,
@@ -25,7 +27,19 @@ extension AddressSpace {
         if flags.contains(.fixed) && !flags.contains(.mayMove) { throw .EINVAL }
         if flags.contains(.dontUnmap) && (!flags.contains(.mayMove) || oldLength != newLength) { throw .EINVAL }
         guard isPageAligned(address) else { throw .EINVAL }
-        guard let oldLen = pageAlignUp(oldLength), let newLen = pageAlignUp(newLength), newLen > 0, oldLen > 0 else { throw .EINVAL }
+        guard var oldLen = pageAlignUp(oldLength), var newLen = pageAlignUp(newLength), newLen > 0, oldLen > 0 else { throw .EINVAL }
+        let hstate = mmapLock.withRead { vmaLookup(address)?.hstate }
+        if let h = hstate {
+            // align_hugetlb (check_prep_vma): lengths round up to the huge page size; an
+            // unaligned address or target, growing, and MREMAP_DONTUNMAP (the VMA is
+            // VM_DONTEXPAND) are EINVAL.
+            guard address & (h.size - 1) == 0, !flags.contains(.fixed) || newAddress & (h.size - 1) == 0,
+                  !flags.contains(.dontUnmap) else { throw .EINVAL }
+            guard let o = oldLen.addingReportingOverflow(h.size - 1).overflow ? nil : (oldLen + h.size - 1) & h.mask,
+                  let n = newLen.addingReportingOverflow(h.size - 1).overflow ? nil : (newLen + h.size - 1) & h.mask,
+                  n <= o else { throw .EINVAL }
+            oldLen = o; newLen = n
+        }
         guard address <= taskSize, oldLen <= taskSize - address else { throw .EINVAL }
         guard newLen <= taskSize else { throw .ENOMEM } // can never fit
         if flags.contains(.fixed) {
@@ -37,6 +51,8 @@ extension AddressSpace {
         // (two for an unmap first, two for a move, one more when DONTUNMAP keeps the source).
         guard vmaList.count + 4 + (flags.contains(.dontUnmap) ? 1 : 0) <= machine.maxMapCount else { throw .ENOMEM }
         guard let vma = vmaLookup(address) else { throw .EFAULT }
+        // (A mapping changed between the size check above and here, by another thread.)
+        guard vma.hstate === hstate else { throw .EINVAL }
         // A shrink may cross VMA boundaries in the part it unmaps (check_prep_vma): only
         // [address, address + newLen) must lie in the VMA then.
         let shrinking = newLen < oldLen
@@ -44,7 +60,7 @@ extension AddressSpace {
 
         if flags.contains(.fixed) || flags.contains(.dontUnmap) {
             if !flags.contains(.fixed) {
-                guard let target = unmappedArea(length: newLen, hint: 0) else { throw .ENOMEM }
+                guard let target = unmappedArea(length: newLen, hint: 0, align: vma.hstate?.size ?? pageSize) else { throw .ENOMEM }
                 return try moveVMA(vma, address, oldLen, to: target, newLen, dontUnmap: true)
             }
             if shrinking {
@@ -72,7 +88,7 @@ extension AddressSpace {
             }
         }
         guard flags.contains(.mayMove) else { throw .ENOMEM }
-        guard let target = unmappedArea(length: newLen, hint: 0) else { throw .ENOMEM }
+        guard let target = unmappedArea(length: newLen, hint: 0, align: vma.hstate?.size ?? pageSize) else { throw .ENOMEM }
         return try moveVMA(vma, address, oldLen, to: target, newLen, dontUnmap: flags.contains(.dontUnmap))
     }
 
@@ -97,11 +113,14 @@ extension AddressSpace {
         anonVMAClone(dst: moved, src: old)
         insertVMA(moved)
         let moveLen = min(oldLen, newLen)
-        if let err = movePageTables(from: address, to: target, length: moveLen) {
+        if let err = movePageTables(from: address, to: target, length: moveLen, level: old.hstate?.level ?? .pte) {
             try? unmapLocked(target, target + newLen)   // exactly the new VMA: no split
             throw err
         }
         if !dontUnmap {
+            // fixup_hugetlb_reservations: the reservations moved with the new VMA; the old one
+            // gives none back when it goes.
+            if old.isHugetlb { old.hugetlbResv = nil }
             try unmapLocked(address, address + oldLen)
         } else if old.start == address && old.end == address + oldLen {
             // dontunmap_complete: the whole old VMA moved its pages away; it is unfaulted now.
@@ -116,16 +135,18 @@ extension AddressSpace {
         return target
     }
 
-    /// `move_page_tables`: moves every entry of [from, from+length) to [to, to+length), under
-    /// both PTE locks, bracketed by an UNMAP invalidation of the old range.
-    private func movePageTables(from: UInt64, to: UInt64, length: UInt64) -> Errno? {
+    /// `move_page_tables` (`move_hugetlb_page_tables` for a hugetlb VMA, whose leaves are at
+    /// `level`): moves every entry of [from, from+length) to [to, to+length), under both
+    /// tables' locks, bracketed by an UNMAP invalidation of the old range.
+    private func movePageTables(from: UInt64, to: UInt64, length: UInt64, level: PageTableLevel = .pte) -> Errno? {
+        let step = level.size
         // Allocate every destination table first, so a failure leaves nothing half-moved.
         var off: UInt64 = 0
         while off < length {
             let a = from + off
-            off += pageSize
-            guard let src = pageTable.lookup(a, level: .pte), src.level == .pte, !src.entry.load().isNone else { continue }
-            do { _ = try pageTable.walkAllocating(to + (a - from), level: .pte) } catch { return error }
+            off += step
+            guard let src = pageTable.lookup(a, level: level), src.level == level, !src.entry.load().isNone else { continue }
+            do { _ = try pageTable.walkAllocating(to + (a - from), level: level) } catch { return error }
         }
         let range = MMUNotifierRange(start: from, end: from + length, event: .unmap)
         notifiers.invalidateRangeStart(range)
@@ -134,10 +155,10 @@ extension AddressSpace {
         off = 0
         while off < length {
             let a = from + off
-            off += pageSize
-            guard let src = pageTable.lookup(a, level: .pte), src.level == .pte, !src.entry.load().isNone else { continue }
+            off += step
+            guard let src = pageTable.lookup(a, level: level), src.level == level, !src.entry.load().isNone else { continue }
             let dst: (entry: EntryPointer, table: Page, level: PageTableLevel)
-            do { dst = try pageTable.walkAllocating(to + (a - from), level: .pte) } catch { return error }
+            do { dst = try pageTable.walkAllocating(to + (a - from), level: level) } catch { return error }
             let same = src.table == dst.table
             src.table.ptl.lock()
             if !same { dst.table.ptl.lock() }

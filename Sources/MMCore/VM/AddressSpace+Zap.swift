@@ -4,6 +4,8 @@ import MMSync
 struct ZapWalker: PageWalker {
     let memory: PhysicalMemory
     var gather = TLBGather()
+    /// The VMA being zapped (for hugetlb reservations).
+    var vma: VMA? = nil
     var visitsEmptyPTEs: Bool { false }
 
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
@@ -27,6 +29,13 @@ struct ZapWalker: PageWalker {
         let old = e.exchange(.none)
         table.ptl.unlock()
         zapLeaf(old, pages: 1 << (level.shift - pageShift))
+        // The reservation owner's last mapping of an anonymous huge page is gone: the
+        // mapping holds the reservation for it again (so a refault cannot fail), and the page
+        // returns it to the pool when freed.
+        if old.isPresent, !old.isSpecial, let vma, let resv = vma.hugetlbResv, let h = vma.hstate {
+            let p = memory.page(old.pfn)
+            if p.isAnon && p.mapcount == 0 && memory.hugetlb.restoreReservationOnFree(h, p) { resv.restore(vma.hugePageIndex(start)) }
+        }
     }
 
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
@@ -77,6 +86,7 @@ extension AddressSpace {
         var zap = ZapWalker(memory: memory)
         for vma in vmas {
             let s = max(start, vma.start), e = min(end, vma.end)
+            zap.vma = vma
             if s < e { _ = pageTable.walk(s, e, &zap) }
         }
         zap.gather.finish(self)
