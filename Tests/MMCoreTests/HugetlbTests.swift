@@ -260,4 +260,54 @@ final class HugetlbTests: XCTestCase {
         XCTAssertEqual(pools.setPoolSize(g, 0), 0)
         env.teardown()
     }
+
+    func testSharedMappingIsOnePageCacheAcrossFork() throws {
+        let env = try Env()
+        let (pools, h) = pool(env)
+        pools.setPoolSize(h, 2)
+        let shared: MapFlags = [.shared, .anonymous, .hugetlb]
+        let a = try env.process.mmap(length: twoMiB, prot: .readWrite, flags: shared)
+        XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 2, reserved: 1, surplus: 0), "the file's reservation")
+        // A read fault of a shared writable mapping maps the page writable (make_huge_pte).
+        XCTAssertEqual(try env.cpu.load(a, as: UInt32.self), 0)
+        XCTAssertTrue(try XCTUnwrap(env.mm.pageTable.lookup(a, level: .pte)).entry.load().isWrite)
+        XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 1, reserved: 0, surplus: 0))
+        try env.cpu.store(a + 64, UInt32(0x5eed))
+        let head = try XCTUnwrap(try env.pfn(a))
+        let entry = try env.mm.pagemap(a, count: 1)[0]
+        XCTAssertTrue(entry.isFileOrSharedAnon)
+        XCTAssertEqual(env.memory.page(head).refcount, 2, "the mapping and the file's cache")
+        // Fork copies no entry of a shared mapping: the child faults the file's page in.
+        let child = try env.process.fork()
+        let ccpu = child.makeCPU()
+        XCTAssertEqual(try ccpu.load(a + 64, as: UInt32.self), 0x5eed)
+        try ccpu.store(a + 128, UInt32(0xc41d))
+        XCTAssertEqual(try env.cpu.load(a + 128, as: UInt32.self), 0xc41d, "one page for both")
+        XCTAssertEqual(try child.mm.pagemap(a, count: 1)[0].pfn, head)
+        XCTAssertEqual(env.memory.page(head).mapcount, 2)
+        XCTAssertEqual(env.machine.stats[.hugetlbFaultNewPage], 1)
+        XCTAssertEqual(env.machine.stats[.hugetlbFaultCOWCopy], 0)
+        env.check()
+        // The parent's unmap leaves the file (and its page) to the child's mapping.
+        try env.process.munmap(a, length: twoMiB)
+        XCTAssertEqual(pools.counters(h).free, 1)
+        XCTAssertEqual(try ccpu.load(a + 64, as: UInt32.self), 0x5eed)
+        env.check()
+        // The last mapping's exit drops the file: its page goes back to the pool.
+        ccpu.detach(); child.exit()
+        XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 2, reserved: 0, surplus: 0))
+        // Unfaulted reservations go with the file too; MAP_NORESERVE makes none.
+        let b = try env.process.mmap(length: 2 * twoMiB, prot: .readWrite, flags: shared)
+        XCTAssertEqual(pools.counters(h).reserved, 2)
+        XCTAssertThrowsError(try env.process.mmap(length: twoMiB, prot: .readWrite, flags: shared)) { XCTAssertEqual($0 as? Errno, .ENOMEM) }
+        let c = try env.process.mmap(length: twoMiB, prot: .readWrite, flags: shared.union(.noReserve))
+        XCTAssertThrowsError(try env.cpu.store(c, UInt8(1))) { XCTAssertEqual($0 as? AccessFault, .bus(address: c)) }
+        try env.cpu.store(b + twoMiB, UInt8(1))
+        XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 1, reserved: 1, surplus: 0))
+        env.check()
+        try env.process.munmap(b, length: 2 * twoMiB)
+        XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 2, reserved: 0, surplus: 0))
+        try env.process.munmap(c, length: twoMiB)
+        env.teardown(stillHeld: 2 * 512)
+    }
 }

@@ -53,6 +53,7 @@ extension AddressSpace {
     private func hugetlbNoPage(_ vma: VMA, _ h: HState, _ haddr: UInt64, _ entry: EntryPointer, _ ptl: SpinLockRef,
                                flags: FaultFlags) -> FaultResult {
         assertFaultLocked(vma, flags)
+        if let file = vma.hugetlbFile { return hugetlbNoPageShared(vma, file, haddr, entry, ptl, flags: flags) }
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         let index = vma.hugePageIndex(haddr)
         let reserved = vma.hugetlbResv?.consume(index) ?? false
@@ -72,6 +73,28 @@ extension AddressSpace {
         entry.store(.page(folio.pfn, write: write && vma.flags.contains(.write), dirty: write, huge: true))
         ptl.unlock()
         stats.count(.hugetlbFaultNewPage)
+        return .ok
+    }
+
+    /// `hugetlb_no_page` for a shared mapping: the file's page at this index, found in its cache
+    /// or allocated into it, mapped writable (and dirty) when the VMA is writable
+    /// (`make_huge_pte(vma, folio, VM_SHARED)`), read-only otherwise.
+    /// Locking: fault lock and the hugetlb fault mutex held; takes the page-table lock.
+    private func hugetlbNoPageShared(_ vma: VMA, _ file: HugetlbFile, _ haddr: UInt64, _ entry: EntryPointer, _ ptl: SpinLockRef,
+                                     flags: FaultFlags) -> FaultResult {
+        assertFaultLocked(vma, flags)
+        guard let (page, new) = file.findOrAllocate(vma.hugePageIndex(haddr), pageIndex: vma.linearPageIndex(haddr)) else { return .sigbus }
+        ptl.lock()
+        guard entry.load().isNone else {
+            ptl.unlock()
+            memory.put(page)
+            return .retry
+        }
+        memory.addRmap(page)
+        let writable = vma.flags.contains(.write)
+        entry.store(.page(page.pfn, write: writable, dirty: writable, huge: true))
+        ptl.unlock()
+        if new { stats.count(.hugetlbFaultNewPage) }
         return .ok
     }
 

@@ -42,9 +42,11 @@ extension VMA {
 
 extension AddressSpace {
     /// `hugetlb_vm_op_close`: a private hugetlb VMA that owns reservations gives back the ones
-    /// its range has not consumed. Locking: mmap lock held for write.
+    /// its range has not consumed; a shared one lets go of its file (the last VMA takes the
+    /// file's pages and reservations with it). Locking: mmap lock held for write.
     func hugetlbVMAClose(_ vma: VMA) {
         mmapLock.assertWriteLocked()
+        if let f = vma.hugetlbFile { f.detach() }
         guard let h = vma.hstate, let resv = vma.hugetlbResv else { return }
         let first = vma.hugePageIndex(vma.start)
         let count = (vma.end - vma.start) >> (pageShift + UInt64(h.order))

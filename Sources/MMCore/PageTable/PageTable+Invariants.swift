@@ -105,6 +105,9 @@ struct PageTableChecker: PageWalker {
         if let av = p.anonVMA {
             if vma.linearPageIndex(addr) != p.index { problems.append("mm \(mm.id): anon \(p) at \(hex) has index \(p.index), VMA says \(vma.linearPageIndex(addr))") }
             if !av.lock.withRead({ av.vmas.contains { $0 === vma } }) { problems.append("mm \(mm.id): anon \(p) at \(hex): VMA not in the page's anon_vma") }
+        } else if let f = p.hugetlbFile {
+            if vma.hugetlbFile !== f { problems.append("mm \(mm.id): hugetlb file \(p) at \(hex) mapped through another file's VMA") }
+            if vma.linearPageIndex(addr) != p.index { problems.append("mm \(mm.id): hugetlb file \(p) at \(hex) index mismatch") }
         } else if let f = p.file {
             if vma.file !== f { problems.append("mm \(mm.id): file \(p) at \(hex) mapped through another file's VMA") }
             if vma.linearPageIndex(addr) != p.index { problems.append("mm \(mm.id): file \(p) at \(hex) index mismatch") }

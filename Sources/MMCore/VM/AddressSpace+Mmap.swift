@@ -4,8 +4,11 @@ extension AddressSpace {
     /// `mmap`. Anonymous (private or shared) when `file` is nil and `.anonymous` is set;
     /// otherwise maps `file` at byte `offset`.
     ///
-    /// Errors as Linux: EINVAL for length 0, unaligned offset or fixed address, not exactly one
-    /// of MAP_SHARED/MAP_PRIVATE, MAP_HUGETLB without a hugetlb pool; EBADF (as EINVAL here:
+    /// MAP_HUGETLB maps huge pages of the size in its MAP_HUGE_SHIFT bits (2 MiB by default):
+    /// the length rounds up to it, and the mapping reserves its pages now unless MAP_NORESERVE.
+    /// Errors as Linux: EINVAL for length 0, unaligned offset or fixed address (for hugetlb:
+    /// aligned to the huge page), not exactly one of MAP_SHARED/MAP_PRIVATE, a huge page size
+    /// with no pool, MAP_HUGETLB of a (tmpfs) file; ENOMEM when the pool cannot reserve the pages; EBADF (as EINVAL here:
     /// there are no fds) for a file mapping without a file; ENOMEM when the range does not fit
     /// or no address is free; EEXIST for MAP_FIXED_NOREPLACE over an existing mapping.
     /// Locking: takes the mmap lock for write.
@@ -20,13 +23,14 @@ extension AddressSpace {
         guard isPageAligned(offset) else { throw .EINVAL }
         let anonymous = flags.contains(.anonymous)
         // MAP_HUGETLB (ksys_mmap_pgoff): the size from MAP_HUGE_SHIFT, the length rounded up
-        // to it, a hugetlbfs file behind the mapping (here: the VMA's hstate). Only private
-        // anonymous hugetlb mappings exist so far (see docs/linux-divergences.md).
+        // to it, a hugetlbfs file behind the mapping (the VMA's hstate, and for a shared
+        // mapping a `HugetlbFile` with its page cache).
         var hstate: HState? = nil
+        // A file that is not on hugetlbfs (every file here) cannot be mapped MAP_HUGETLB.
+        if flags.contains(.hugetlb) && file != nil && !anonymous { throw .EINVAL }
         if flags.contains(.hugetlb) && file == nil {
             let h = try memory.hugetlb.hstate(mapFlags: flags)
             guard let l = len.addingReportingOverflow(h.size - 1).overflow ? nil : (len + h.size - 1) & h.mask, l <= taskSize else { throw .ENOMEM }
-            guard !shared else { throw .EINVAL }
             len = l
             hstate = h
         }
@@ -61,9 +65,17 @@ extension AddressSpace {
         // page per huge page of its range now (unless MAP_NORESERVE), so its faults cannot
         // fail later; ENOMEM when the pool cannot promise them.
         var resv: HugetlbResvMap? = nil
-        if let h = hstate, !flags.contains(.noReserve) {
-            try memory.hugetlb.reserve(h, Int(len / h.size))
-            resv = HugetlbResvMap()
+        var hugeFile: HugetlbFile? = nil
+        if let h = hstate {
+            if shared { hugeFile = HugetlbFile(hstate: h, memory: memory) }
+            if !flags.contains(.noReserve) {
+                if let f = hugeFile {
+                    try f.reserve(0, count: len / h.size)   // the inode's resv_map
+                } else {
+                    try memory.hugetlb.reserve(h, Int(len / h.size))
+                    resv = HugetlbResvMap()
+                }
+            }
         }
         var vmFlags: VMFlags = [.mayRead, .mayWrite, .mayExec]
         if prot.contains(.read) { vmFlags.insert(.read) }
@@ -77,7 +89,7 @@ extension AddressSpace {
         if hstate != nil { vmFlags.insert(.hugetlb) }
         var backing = file
         var pgoff = offset >> pageShift
-        if anonymous && shared {
+        if anonymous && shared && hstate == nil {
             backing = ShmemFile(machine: machine, size: len, name: "dev/zero", anonymousShared: true)
             pgoff = 0
         } else if hstate != nil {
@@ -90,6 +102,8 @@ extension AddressSpace {
         let vma = VMA(mm: self, start: start, end: start + len, flags: vmFlags, pgoff: pgoff, file: backing)
         vma.hstate = hstate
         vma.hugetlbResv = resv
+        vma.hugetlbFile = hugeFile
+        hugeFile?.attach()
         insertVMA(vma)
         mergeVMAs(around: start, start + len)
         if flags.contains(.populate) { populateLocked(start, start + len) }

@@ -15,16 +15,22 @@ extension Machine {
         var fileRefs: [UInt64: Int32] = [:]
         var files: [ObjectIdentifier: ShmemFile] = [:]
         var hugeReservations = [Int](repeating: 0, count: memory.hugetlb.hstates.count)
+        var hugeFiles: [ObjectIdentifier: HugetlbFile] = [:]
         for mm in addressSpaces {
             mm.mmapLock.lockRead()
             problems += mm.checkInvariants(mappings: &mappings)
             for vma in mm.vmaList {
                 if let f = vma.file { files[ObjectIdentifier(f)] = f }
+                if let f = vma.hugetlbFile { hugeFiles[ObjectIdentifier(f)] = f }
                 if let h = vma.hstate, let resv = vma.hugetlbResv, let i = memory.hugetlb.hstates.firstIndex(where: { $0 === h }) {
                     hugeReservations[i] += resv.unconsumed(vma.hugePageIndex(vma.start), count: (vma.end - vma.start) / h.size)
                 }
             }
             mm.mmapLock.unlockRead()
+        }
+        for f in hugeFiles.values {
+            if let i = memory.hugetlb.hstates.firstIndex(where: { $0 === f.hstate }) { hugeReservations[i] += f.reservationsHeld() }
+            for pfn in f.cachedPfns() { fileRefs[pfn, default: 0] += 1 }
         }
         problems += memory.hugetlb.checkInvariants(reservationsHeld: hugeReservations)
         for (_, f) in files.sorted(by: { $0.value.name < $1.value.name }) {

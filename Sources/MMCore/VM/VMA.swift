@@ -79,6 +79,8 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     /// The reservations of a private hugetlb mapping made by this process's mmap (shared by
     /// the VMAs a split makes; none in a forked child).
     @exclusivity(unchecked) var hugetlbResv: HugetlbResvMap? = nil
+    /// The hugetlbfs file of a shared hugetlb mapping (its page cache and reservations).
+    @exclusivity(unchecked) public internal(set) var hugetlbFile: HugetlbFile? = nil
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, flags: VMFlags, pgoff: UInt64, file: ShmemFile?) {
         self.mm = mm; self.start = start; self.end = end; self.flags = flags; self.pgoff = pgoff; self.file = file
@@ -142,6 +144,8 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
         v.isSpecialMapping = isSpecialMapping
         v.hstate = hstate
         v.hugetlbResv = hugetlbResv
+        v.hugetlbFile = hugetlbFile
+        hugetlbFile?.attach()
         return v
     }
 }
