@@ -9,7 +9,7 @@ public struct Selftest: Sendable {
     public let name: String
     /// `hmm2` fixtures open two devices.
     public let twoDevices: Bool
-    /// Set when the test needs huge pages (THP or hugetlb), which the model does not have yet.
+    /// Set when the test needs transparent huge pages (THP), which the model does not have yet.
     public let needs: String?
     let body: @Sendable (Fixture) throws -> Void
 

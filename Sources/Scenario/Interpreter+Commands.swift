@@ -159,8 +159,8 @@ extension ScenarioInterpreter {
         if cmd.flag("populate") { flags.insert(.populate) }
         if cmd.flag("hugetlb") { flags.insert(.hugetlb) }
         if let h = cmd.option("hugetlb") {
-            // hugetlb=2MiB|1GiB: MAP_HUGETLB with the size in MAP_HUGE_SHIFT's bits (a size that
-            // is not a power of two is passed as 0, the default: mmap then decides).
+            // hugetlb=2MiB|1GiB: MAP_HUGETLB with log2 of the size in MAP_HUGE_SHIFT's bits (a
+            // power of two with no pool: mmap says EINVAL).
             let size = try eval(h, ctx)
             guard size > 0, size & (size - 1) == 0 else { throw ScenarioSyntaxError(location: h.location, message: "expected a huge page size (2MiB or 1GiB)") }
             flags.insert(.hugetlb)

@@ -310,4 +310,34 @@ final class HugetlbTests: XCTestCase {
         try env.process.munmap(c, length: twoMiB)
         env.teardown(stillHeld: 2 * 512)
     }
+
+    /// A zap gives the owner its reservation back, but the pool gets it only when the page is
+    /// freed: while a GUP reference holds the page, `resv` runs behind (as the kernel's counter
+    /// wraps), and nothing traps or is counted twice.
+    func testReservationComingBackWhileThePageIsHeld() throws {
+        let env = try Env()
+        let (pools, h) = pool(env)
+        pools.setPoolSize(h, 2)
+        let a = try env.process.mmap(length: twoMiB, prot: .readWrite, flags: hugeFlags)
+        try env.cpu.store(a, UInt8(1))
+        let held = try env.mm.getUserPages(a, count: 1, flags: [])
+        try env.process.madvise(a, length: twoMiB, advice: .dontNeed)
+        XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 1, reserved: 0, surplus: 0), "the reservation waits for the page")
+        env.check()
+        // The refault uses the mapping's restored reservation (the pool's counter runs behind).
+        XCTAssertEqual(try env.cpu.load(a, as: UInt8.self), 0)
+        XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 0, reserved: 0, surplus: 0))
+        env.check()
+        // No free page: a fork's COW copy gets SIGBUS, not a crash.
+        let child = try env.process.fork()
+        let ccpu = child.makeCPU()
+        XCTAssertThrowsError(try ccpu.store(a, UInt8(2))) { XCTAssertEqual($0 as? AccessFault, .bus(address: a)) }
+        ccpu.detach(); child.exit()
+        // Unmapping first, then dropping the held page, brings every counter back.
+        try env.process.munmap(a, length: twoMiB)
+        env.check()
+        env.mm.putUserPages(held)
+        XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 2, reserved: 0, surplus: 0))
+        env.teardown(stillHeld: 2 * 512)
+    }
 }

@@ -28,6 +28,11 @@ public final class HState: @unchecked Sendable, CustomStringConvertible {
     public var size: UInt64 { pageSize << UInt64(order) }
     /// `huge_page_mask`.
     public var mask: UInt64 { ~(size - 1) }
+    /// `a` rounded up to a whole number of huge pages; nil on overflow.
+    public func alignUp(_ a: UInt64) -> UInt64? {
+        let (s, o) = a.addingReportingOverflow(size - 1)
+        return o ? nil : s & mask
+    }
     /// Base pages per huge page (`pages_per_huge_page`).
     public var pagesPerHugePage: UInt64 { UInt64(1) << UInt64(order) }
     /// The pool's size as set by `nr_hugepages` (`persistent_huge_pages`).

@@ -26,11 +26,12 @@ extension AddressSpace {
         let haddr = address & h.mask
         let entry: EntryPointer, table: Page
         do { (entry, table) = try hugePTEAlloc(h, haddr) } catch { return error == .ENOMEM ? .oom : .sigbus }
-        let mutex = memory.hugetlb.faultMutex(key: ObjectIdentifier(self), index: vma.hugePageIndex(haddr))
+        // Keyed by the mapping's hugetlbfs file, which forked children share.
+        let mutex = memory.hugetlb.faultMutex(key: ObjectIdentifier(vma.hugetlbFile ?? vma), index: vma.hugePageIndex(haddr))
         mutex.lock(); defer { mutex.unlock() }
         let ptl = table.ptl
         let v = entry.load()
-        if v.isNone { return hugetlbNoPage(vma, h, haddr, entry, ptl, flags: flags) }
+        if v.isNone { return hugetlbNoPage(vma, h, haddr, entry, ptl, flags: flags, faultMutex: mutex) }
         // Neither migration nor swap entries are made for hugetlb pages here.
         guard v.isPresent else { return .sigbus }
         ptl.lock()
@@ -49,11 +50,15 @@ extension AddressSpace {
     /// the mapping's reservation for it if it still holds one — mapped exclusive; writable and
     /// dirty for a write fault (the kernel maps it read-only, then `hugetlb_wp` reuses it at
     /// once), read-only for a read fault.
-    /// Locking: fault lock and the hugetlb fault mutex held; takes the page-table lock.
+    /// Locking: fault lock and `faultMutex` (the hugetlb fault mutex) held; takes the
+    /// page-table lock.
     private func hugetlbNoPage(_ vma: VMA, _ h: HState, _ haddr: UInt64, _ entry: EntryPointer, _ ptl: SpinLockRef,
-                               flags: FaultFlags) -> FaultResult {
+                               flags: FaultFlags, faultMutex: Lock) -> FaultResult {
         assertFaultLocked(vma, flags)
-        if let file = vma.hugetlbFile { return hugetlbNoPageShared(vma, file, haddr, entry, ptl, flags: flags) }
+        faultMutex.assertHeld()
+        if vma.isShared, let file = vma.hugetlbFile {
+            return hugetlbNoPageShared(vma, file, haddr, entry, ptl, flags: flags, faultMutex: faultMutex)
+        }
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         let index = vma.hugePageIndex(haddr)
         let reserved = vma.hugetlbResv?.consume(index) ?? false
@@ -79,11 +84,13 @@ extension AddressSpace {
     /// `hugetlb_no_page` for a shared mapping: the file's page at this index, found in its cache
     /// or allocated into it, mapped writable (and dirty) when the VMA is writable
     /// (`make_huge_pte(vma, folio, VM_SHARED)`), read-only otherwise.
-    /// Locking: fault lock and the hugetlb fault mutex held; takes the page-table lock.
+    /// Locking: fault lock and `faultMutex` (the hugetlb fault mutex) held; takes the
+    /// page-table lock.
     private func hugetlbNoPageShared(_ vma: VMA, _ file: HugetlbFile, _ haddr: UInt64, _ entry: EntryPointer, _ ptl: SpinLockRef,
-                                     flags: FaultFlags) -> FaultResult {
+                                     flags: FaultFlags, faultMutex: Lock) -> FaultResult {
         assertFaultLocked(vma, flags)
-        guard let (page, new) = file.findOrAllocate(vma.hugePageIndex(haddr), pageIndex: vma.linearPageIndex(haddr)) else { return .sigbus }
+        guard let (page, new) = file.findOrAllocate(vma.hugePageIndex(haddr), pageIndex: vma.linearPageIndex(haddr),
+                                                    faultMutex: faultMutex) else { return .sigbus }
         ptl.lock()
         guard entry.load().isNone else {
             ptl.unlock()
@@ -129,7 +136,7 @@ extension AddressSpace {
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         let index = vma.hugePageIndex(haddr)
         let reserved = vma.hugetlbResv?.consume(index) ?? false
-        guard let new = memory.hugetlb.allocateFolio(h, reserved: reserved) else {
+        guard let new = memory.hugetlb.allocateFolio(h, reserved: reserved, zero: false) else {
             if reserved { vma.hugetlbResv?.restore(index) }
             return .sigbus
         }

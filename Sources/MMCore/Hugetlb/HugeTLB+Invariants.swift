@@ -11,19 +11,23 @@ extension HugeTLB {
         Lockdep.assertNoSpinLockHeld()
         lock.lock(); defer { lock.unlock() }
         var problems: [String] = []
+        let pendingRestores = pendingRestoresByOrder()
         for (i, h) in hstates.enumerated() {
             let name = h.name
             if h.freeList.count != h.freeHugePages { problems.append("\(name): free list holds \(h.freeList.count) pages, counter says \(h.freeHugePages)") }
             if Set(h.freeList).count != h.freeList.count { problems.append("\(name): a page is twice on the free list") }
             if h.resvHugePages > h.freeHugePages { problems.append("\(name): \(h.resvHugePages) reserved but \(h.freeHugePages) free") }
-            if h.resvHugePages < 0 || h.surplusHugePages < 0 { problems.append("\(name): negative counter (\(h.resvHugePages) reserved, \(h.surplusHugePages) surplus)") }
+            if h.resvHugePages + pendingRestores[h.order, default: 0] < 0 || h.surplusHugePages < 0 {
+                problems.append("\(name): negative counter (\(h.resvHugePages) reserved, \(h.surplusHugePages) surplus)")
+            }
             if h.surplusHugePages > h.nrHugePages {
                 problems.append("\(name): \(h.surplusHugePages) surplus of \(h.nrHugePages) pages")
             }
             // A page whose reservation went back to its mapping returns it to the pool when
             // it is freed (it may live on, pinned): until then the mapping holds one more.
-            if i < reservationsHeld.count, reservationsHeld[i] != h.resvHugePages + pendingRestores(h) {
-                problems.append("\(name): \(h.resvHugePages) reserved (\(pendingRestores(h)) more to come back), but mappings hold \(reservationsHeld[i]) reservations")
+            let pending = pendingRestores[h.order, default: 0]
+            if i < reservationsHeld.count, reservationsHeld[i] != h.resvHugePages + pending {
+                problems.append("\(name): \(h.resvHugePages) reserved (\(pending) more to come back), but mappings hold \(reservationsHeld[i]) reservations")
             }
             for pfn in h.freeList {
                 let p = memory.page(pfn)
@@ -37,14 +41,15 @@ extension HugeTLB {
         return problems
     }
 
-    /// Hugetlb folios in use of `h`'s order that will give a reservation back when freed.
-    private func pendingRestores(_ h: HState) -> Int {
-        var n = 0
+    /// Hugetlb folios in use that will give a reservation back when freed, by order (one pass
+    /// over memory).
+    private func pendingRestoresByOrder() -> [Int: Int] {
+        var n: [Int: Int] = [:]
         var pfn: UInt64 = 1
         while pfn < memory.systemFrames {
             let p = memory.page(pfn)
             if p.test(.head) {
-                if p.test(.hugetlb) && p.order == h.order && p.refcount > 0 && p.test(.hugetlbRestoreReserve) { n += 1 }
+                if p.test(.hugetlb) && p.refcount > 0 && p.test(.hugetlbRestoreReserve) { n[p.order, default: 0] += 1 }
                 pfn += p.folioPages
             } else {
                 pfn += 1

@@ -17,9 +17,9 @@ public final class HugeTLB: @unchecked Sendable {
     let lock = Lock("hugetlb")
     /// The sizes, smallest first: 2 MiB (PMD) and 1 GiB (PUD), as x86-64 with `pdpe1gb`.
     public let hstates: [HState] = [HState(order: 9, level: .pmd), HState(order: 18, level: .pud)]
-    /// `hugetlb_fault_mutex_table`: faults on one huge page of one mapping are serialised, so
-    /// two threads racing to fault it never both allocate (one would fail on an exactly sized
-    /// pool).
+    /// `hugetlb_fault_mutex_table`: faults on one huge page of one mapping (its hugetlbfs
+    /// file, shared by forked children) are serialised, so two threads racing to fault it never
+    /// both allocate (one would fail on an exactly sized pool).
     let faultMutexes: [Lock] = (0..<64).map { _ in Lock("hugetlb_fault_mutex") }
 
     init(memory: PhysicalMemory) { self.memory = memory }
@@ -42,7 +42,7 @@ public final class HugeTLB: @unchecked Sendable {
 
     /// The counters of `h`.
     public func counters(_ h: HState) -> HugePoolCounters {
-        lock.withLock { HugePoolCounters(total: h.nrHugePages, free: h.freeHugePages, reserved: h.resvHugePages, surplus: h.surplusHugePages) }
+        lock.withLock { HugePoolCounters(total: h.nrHugePages, free: h.freeHugePages, reserved: max(0, h.resvHugePages), surplus: h.surplusHugePages) }
     }
 
     // MARK: pool size (nr_hugepages)
@@ -59,7 +59,7 @@ public final class HugeTLB: @unchecked Sendable {
     @discardableResult
     public func setPoolSize(_ h: HState, _ count: Int) -> Int {
         Lockdep.assertNoSpinLockHeld()
-        precondition(count >= 0, "negative pool size")
+        let count = max(0, count)
         lock.lock()
         // Surplus pages count toward the new size first (adjust_pool_surplus(-1)).
         while h.surplusHugePages > 0 && count > h.persistentHugePages { h.surplusHugePages -= 1 }
@@ -72,7 +72,7 @@ public final class HugeTLB: @unchecked Sendable {
             enqueueLocked(h, head)
         }
         // Never below what is in use or promised (min_count).
-        let minCount = h.resvHugePages + h.nrHugePages - h.freeHugePages
+        let minCount = max(0, h.resvHugePages) + h.nrHugePages - h.freeHugePages
         let target = max(count, minCount)
         var released: [Page] = []
         while target < h.persistentHugePages, h.freeHugePages > 0 {
@@ -133,22 +133,25 @@ public final class HugeTLB: @unchecked Sendable {
 
     // MARK: allocation for faults
 
-    /// `alloc_hugetlb_folio`: a free huge page of `h` for a fault, with reference count 1 and
-    /// zeroed bytes. With `reserved` it consumes one of the pool's reservations (the mapping
-    /// holds one for this page); without, it needs a free page nobody reserved.
+    /// `alloc_hugetlb_folio`: a free huge page of `h` for a fault, with reference count 1,
+    /// zeroed unless the caller copies into it (`zero`). With `reserved` it consumes one of the
+    /// pool's reservations (the mapping holds one for this page); without, it needs a free page
+    /// nobody reserved.
     /// Return: nil when there is none (the fault gets SIGBUS), or when fault injection fails
     /// the allocation.
     /// Locking: takes the hugetlb lock; caller holds no spin lock.
-    func allocateFolio(_ h: HState, reserved: Bool) -> Page? {
+    func allocateFolio(_ h: HState, reserved: Bool, zero: Bool = true) -> Page? {
         Lockdep.assertNoSpinLockHeld()
         if FaultInjection.shouldFail(.frameAllocation) { return nil }
         lock.lock()
-        guard h.freeHugePages - (reserved ? 0 : h.resvHugePages) > 0 else { lock.unlock(); return nil }
+        // (`resv` may be below the reservations mappings hold while a page that gives one back
+        // when freed is still referenced, as in the kernel: a free page is needed either way.)
+        guard h.freeHugePages > 0, reserved || h.freeHugePages > h.resvHugePages else { lock.unlock(); return nil }
         if reserved { h.resvHugePages -= 1 }
         let head = dequeueLocked(h)
         head.refcountWord.store(1)
         lock.unlock()
-        memory.clearHugePage(head)
+        if zero { memory.clearHugePage(head) }
         return head
     }
 
@@ -201,12 +204,14 @@ public final class HugeTLB: @unchecked Sendable {
 
     /// Gives back `count` reservations (a mapping closed before faulting its pages), and
     /// frees as many free surplus pages to the buddy allocator (`return_unused_surplus_pages`).
+    /// The count may go below zero for a while: a reservation a zap gave back to its mapping
+    /// reaches the pool only when its page is freed, and the mapping may close first (the
+    /// kernel's counter wraps the same way).
     /// Locking: takes the hugetlb lock, then the zone lock without it.
     func unreserve(_ h: HState, _ count: Int) {
         Lockdep.assertNoSpinLockHeld()
         guard count > 0 else { return }
         lock.lock()
-        precondition(h.resvHugePages >= count, "hugetlb reservation underflow")
         h.resvHugePages -= count
         var released: [Page] = []
         while released.count < min(count, h.surplusHugePages), h.freeHugePages > 0 {
@@ -232,8 +237,8 @@ public final class HugeTLB: @unchecked Sendable {
         }
     }
 
-    /// The lock serialising faults on huge page `index` of a mapping identified by `key`
-    /// (`hugetlb_fault_mutex_hash`).
+    /// The lock serialising faults on huge page `index` of the mapping `key` (its hugetlbfs
+    /// file: `hugetlb_fault_mutex_hash(mapping, idx)`).
     func faultMutex(key: ObjectIdentifier, index: UInt64) -> Lock {
         var hasher = Hasher()
         hasher.combine(key); hasher.combine(index)
@@ -249,7 +254,7 @@ public final class HugeTLB: @unchecked Sendable {
             let d = defaultHState
             let bytes = hstates.reduce(UInt64(0)) { $0 + UInt64($1.nrHugePages) * $1.size }
             return [("HugePages_Total", UInt64(d.nrHugePages)), ("HugePages_Free", UInt64(d.freeHugePages)),
-                    ("HugePages_Rsvd", UInt64(d.resvHugePages)), ("HugePages_Surp", UInt64(d.surplusHugePages)),
+                    ("HugePages_Rsvd", UInt64(max(0, d.resvHugePages))), ("HugePages_Surp", UInt64(d.surplusHugePages)),
                     ("Hugepagesize", d.size >> 10), ("Hugetlb", bytes >> 10)]
         }
     }

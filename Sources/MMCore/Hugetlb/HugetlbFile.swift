@@ -31,10 +31,12 @@ public final class HugetlbFile: @unchecked Sendable {
     func reserve(_ first: UInt64, count: UInt64) throws(Errno) {
         Lockdep.assertNoSpinLockHeld()
         lock.lock(); defer { lock.unlock() }
-        let fresh = (first..<first + count).filter { !reservedEver.contains($0) }
-        try memory.hugetlb.reserve(hstate, fresh.count)
-        reservedEver.formUnion(fresh)
-        reservedUnconsumed.formUnion(fresh)
+        // Counted before any index is listed: a huge request fails at once (the indices already
+        // reserved are at most the pool's pages).
+        let already = reservedEver.filter { $0 >= first && $0 - first < count }.count
+        guard count - UInt64(already) <= UInt64(Int.max) else { throw .ENOMEM }
+        try memory.hugetlb.reserve(hstate, Int(count) - already)
+        for i in first..<first + count where reservedEver.insert(i).inserted { reservedUnconsumed.insert(i) }
     }
 
     /// One more VMA maps the file.
@@ -59,8 +61,9 @@ public final class HugetlbFile: @unchecked Sendable {
     /// `hugetlb_no_page` for a shared mapping: the cached page at `index`, referenced, or a new
     /// zeroed page (from the index's reservation if it holds one) put in the cache. Return:
     /// the page and whether it is new, or nil when no huge page is free (SIGBUS).
-    /// Locking: caller holds the hugetlb fault mutex of this index, no spin lock.
-    func findOrAllocate(_ index: UInt64, pageIndex: UInt64) -> (page: Page, new: Bool)? {
+    /// Locking: caller holds `faultMutex`, the hugetlb fault mutex of this index; no spin lock.
+    func findOrAllocate(_ index: UInt64, pageIndex: UInt64, faultMutex: Lock) -> (page: Page, new: Bool)? {
+        faultMutex.assertHeld()
         Lockdep.assertNoSpinLockHeld()
         lock.lock()
         if let pfn = pages[index] {
@@ -79,6 +82,7 @@ public final class HugetlbFile: @unchecked Sendable {
         p.set([.uptodate, .dirty])
         p.ownerBits = UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())) | Page.ownerTagHugetlbFile
         memory.get(p)   // the cache's reference; the caller's is the mapping's
+        // (The fault mutex keeps every other fault of this index out: the slot is still empty.)
         lock.withLock { pages[index] = p.pfn }
         return (p, true)
     }

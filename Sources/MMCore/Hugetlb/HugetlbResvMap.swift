@@ -15,11 +15,11 @@ final class HugetlbResvMap: @unchecked Sendable {
     /// reservation (`vma_needs_reservation` == 0).
     func consume(_ index: UInt64) -> Bool { lock.withLock { consumed.insert(index).inserted } }
 
-    /// Undoes `consume` for a page that was never mapped (`vma_end_reservation` on error).
-    func restore(_ index: UInt64) { _ = lock.withLock { consumed.remove(index) } }
-
-    /// Whether `index` still holds its reservation.
-    func isReserved(_ index: UInt64) -> Bool { lock.withLock { !consumed.contains(index) } }
+    /// Gives `index` its reservation back: undoes `consume` for a page that was never mapped
+    /// (`vma_end_reservation` on error), or a zap's restore (`vma_add_reservation`).
+    /// Return: whether the index had consumed it (else nothing changed).
+    @discardableResult
+    func restore(_ index: UInt64) -> Bool { lock.withLock { consumed.remove(index) != nil } }
 
     /// Reservations still held for indices [first, first + count) (`region_count` inverted):
     /// what closing that part of the mapping gives back.

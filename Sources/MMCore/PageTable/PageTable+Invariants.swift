@@ -50,9 +50,15 @@ struct PageTableChecker: PageWalker {
             problems.append("mm \(mm.id): \(level) leaf at \(hex) maps pfn \(v.pfn), not the head of a hugetlb folio of order \(h.order)")
         }
         if p.isFreeFrame { problems.append("mm \(mm.id): \(hex) maps free huge page \(v.pfn)") }
+        checkMapping(p, v, vma, addr, hex)
+    }
+
+    /// What holds for a present leaf of any level: writable only in a writable VMA, a
+    /// writable private page mapped once, the page's rmap finds this VMA; the mapping counts.
+    private mutating func checkMapping(_ p: Page, _ v: PTE, _ vma: VMA, _ addr: UInt64, _ hex: String) {
         if v.isWrite && !vma.flags.contains(.write) { problems.append("mm \(mm.id): \(hex) writable in a read-only VMA") }
         if v.isWrite && !vma.isShared && p.isAnon && p.mapcount > 1 {
-            problems.append("mm \(mm.id): \(hex) writable private huge page shared by \(p.mapcount) mappings")
+            problems.append("mm \(mm.id): \(hex) writable private page shared by \(p.mapcount) mappings")
         }
         checkRmap(p, vma, addr, hex)
         mappings[v.pfn, default: 0] += 1
@@ -75,12 +81,7 @@ struct PageTableChecker: PageWalker {
             if p.isFreeFrame { problems.append("mm \(mm.id): \(hex) maps free frame \(v.pfn)") }
             if p.test(.pageTable) { problems.append("mm \(mm.id): \(hex) maps a page-table frame") }
             if p.isDevicePrivate { problems.append("mm \(mm.id): \(hex) maps device-private pfn \(v.pfn) with a present PTE") }
-            if v.isWrite && !vma.flags.contains(.write) { problems.append("mm \(mm.id): \(hex) writable in a read-only VMA") }
-            if v.isWrite && !vma.isShared && p.isAnon && p.mapcount > 1 {
-                problems.append("mm \(mm.id): \(hex) writable private page shared by \(p.mapcount) mappings")
-            }
-            checkRmap(p, vma, addr, hex)
-            mappings[v.pfn, default: 0] += 1
+            checkMapping(p, v, vma, addr, hex)
         } else if v.isSwap {
             let s = v.swapEntry
             guard s.hasPfn else { return .next }

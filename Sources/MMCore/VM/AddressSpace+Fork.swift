@@ -33,7 +33,9 @@ extension AddressSpace {
             cv.isAttached = true
             if let f = cv.file { f.linkMapping(cv) }
             guard vma.anonVMA != nil || vma.isSpecialMapping else { continue }
-            let range = MMUNotifierRange(start: vma.start, end: vma.end, event: .protectionPage)
+            // copy_hugetlb_page_range's COW invalidation is a CLEAR, copy_page_range's a
+            // PROTECTION_PAGE.
+            let range = MMUNotifierRange(start: vma.start, end: vma.end, event: vma.isHugetlb ? .clear : .protectionPage)
             let cow = vma.isCOWMapping
             if cow { notifiers.invalidateRangeStart(range) }
             var copier = ForkCopier(parent: self, child: child, vma: vma, childVMA: cv, cow: cow)
@@ -106,11 +108,12 @@ struct ForkCopier: PageWalker {
         let folio = memory.page(v.pfn)
         if cow && folio.isAnon && folio.test(.anonExclusive) && folio.pincount > 0 {
             table.ptl.unlock(); defer { table.ptl.lock() }
-            guard let new = memory.hugetlb.allocateFolio(h, reserved: false) else { return .stop(.ENOMEM) }
+            guard let new = memory.hugetlb.allocateFolio(h, reserved: false, zero: false) else { return .stop(.ENOMEM) }
             memory.copyHugePage(to: new, from: folio)
             parent.stats.count(.bytesCopied, Int(h.size))
             memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: .passUnretained(parent.anonVMAPrepare(childVMA)))
-            dst.entry.store(.page(new.pfn, write: v.isWrite, dirty: true, huge: true))
+            // hugetlb_install_folio: writable whenever the VMA is (make_huge_pte(…, true)).
+            dst.entry.store(.page(new.pfn, write: childVMA.flags.contains(.write), dirty: true, huge: true))
             return .skip
         }
         memory.get(folio)

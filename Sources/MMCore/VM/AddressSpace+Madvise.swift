@@ -54,21 +54,38 @@ extension AddressSpace {
         // MADV_FREE take the VMA's read lock there, which excludes the same writers): faults
         // run concurrently with them.
         let changesFlags = [.hugePage, .noHugePage, .dontFork, .doFork, .normal, .random, .sequential].contains(advice)
-        if changesFlags { mmapWriteLock() } else { mmapLock.lockRead() }
-        defer { if changesFlags { mmapWriteUnlock() } else { mmapLock.unlockRead() } }
+        // A hugetlb zap excludes the VMA's faults (the kernel's hugetlb VMA lock, held for
+        // write by the zap until its pages are freed): the mmap lock for write and the VMA's.
+        let hugetlbZap = advice == .dontNeed && mmapLock.withRead {
+            var j = vmaIndex(atOrAfter: address)
+            while j < vmaList.count && vmaList[j].start < end { if vmaList[j].isHugetlb { return true }; j += 1 }
+            return false
+        }
+        let writer = changesFlags || hugetlbZap
+        if writer { mmapWriteLock() } else { mmapLock.lockRead() }
+        defer { if writer { mmapWriteUnlock() } else { mmapLock.unlockRead() } }
         var i = vmaIndex(atOrAfter: address)
         var cursor = address
         var hole = false
-        if changesFlags {
-            try splitAround(address, end)
-            i = vmaIndex(atOrAfter: address)
-        }
         defer { if changesFlags { mergeVMAs(around: address, end) } }
         while i < vmaList.count && vmaList[i].start < end {
-            let vma = vmaList[i]
+            var vma = vmaList[i]
             if vma.start > cursor { hole = true }
+            if changesFlags {
+                // madvise_update_vma: a VMA whose flags stay as they are is not split.
+                let flags = madviseFlags(vma, advice)
+                if flags != vma.flags {
+                    if vma.start < address { try splitVMA(at: i, address: address); i += 1; vma = vmaList[i] }
+                    if vma.end > end { try splitVMA(at: i, address: end); vma = vmaList[i] }
+                    vmaStartWrite(vma)
+                    vma.flags = flags
+                }
+                cursor = vma.end
+                i += 1
+                continue
+            }
             let s = max(address, vma.start), e = min(end, vma.end)
-            if changesFlags { vmaStartWrite(vma) }   // madvise_update_vma
+            if hugetlbZap && vma.isHugetlb { vmaStartWrite(vma) }
             switch advice {
             case .dontNeed:
                 if let h = vma.hstate {
@@ -88,18 +105,27 @@ extension AddressSpace {
                 _ = pageTable.walk(s, e, &w)
                 if w.changed { flushTLB() }
                 notifiers.invalidateRangeEnd(range)
-            case .hugePage: vma.flags.remove(.noHugePage); vma.flags.insert(.hugePage)
-            case .noHugePage: vma.flags.remove(.hugePage); vma.flags.insert(.noHugePage)
-            case .normal: vma.flags.subtract([.seqRead, .randRead])
-            case .random: vma.flags.remove(.seqRead); vma.flags.insert(.randRead)
-            case .sequential: vma.flags.remove(.randRead); vma.flags.insert(.seqRead)
-            case .dontFork: vma.flags.insert(.dontCopy)
-            case .doFork: vma.flags.remove(.dontCopy)
             default: break
             }
             cursor = vma.end
             i += 1
         }
         if hole || cursor < end { throw .ENOMEM }
+    }
+
+    /// The flags advice that changes VMA flags gives `vma` (`madvise_vma_behavior`).
+    func madviseFlags(_ vma: VMA, _ advice: MadviseAdvice) -> VMFlags {
+        var f = vma.flags
+        switch advice {
+        case .hugePage: f.remove(.noHugePage); f.insert(.hugePage)
+        case .noHugePage: f.remove(.hugePage); f.insert(.noHugePage)
+        case .normal: f.subtract([.seqRead, .randRead])
+        case .random: f.remove(.seqRead); f.insert(.randRead)
+        case .sequential: f.remove(.randRead); f.insert(.seqRead)
+        case .dontFork: f.insert(.dontCopy)
+        case .doFork: f.remove(.dontCopy)
+        default: break
+        }
+        return f
     }
 }

@@ -26,11 +26,14 @@ extension AddressSpace {
         // to it, a hugetlbfs file behind the mapping (the VMA's hstate, and for a shared
         // mapping a `HugetlbFile` with its page cache).
         var hstate: HState? = nil
-        // A file that is not on hugetlbfs (every file here) cannot be mapped MAP_HUGETLB.
-        if flags.contains(.hugetlb) && file != nil && !anonymous { throw .EINVAL }
-        if flags.contains(.hugetlb) && file == nil {
+        // A file that is not on hugetlbfs (every file here) cannot be mapped MAP_HUGETLB; with
+        // MAP_ANONYMOUS the file is ignored.
+        if flags.contains(.hugetlb) && !anonymous { throw .EINVAL }
+        if flags.contains(.hugetlb) {
             let h = try memory.hugetlb.hstate(mapFlags: flags)
-            guard let l = len.addingReportingOverflow(h.size - 1).overflow ? nil : (len + h.size - 1) & h.mask, l <= taskSize else { throw .ENOMEM }
+            guard let l = h.alignUp(len), l <= taskSize else { throw .ENOMEM }
+            // hugetlbfs_file_mmap: the offset must be a whole number of huge pages.
+            guard offset & (h.size - 1) == 0 else { throw .EINVAL }
             len = l
             hstate = h
         }
@@ -48,34 +51,49 @@ extension AddressSpace {
         guard !isDead else { throw .ENOMEM }
         // Too many mappings (do_mmap: map_count > sysctl_max_map_count).
         guard vmaList.count <= machine.maxMapCount else { throw .ENOMEM }
-        let start: UInt64
-        if fixed {
-            if flags.contains(.fixedNoReplace) {
-                let i = vmaIndex(atOrAfter: address)
-                if i < vmaList.count && vmaList[i].start < address + len { throw .EEXIST }
-            } else {
-                try unmapLocked(address, address + len)
-            }
-            start = address
-        } else {
-            guard let a = unmappedArea(length: len, hint: address, align: hstate?.size ?? pageSize) else { throw .ENOMEM }
-            start = a
-        }
         // hugetlbfs_file_mmap → hugetlb_reserve_pages: a private mapping reserves one huge
         // page per huge page of its range now (unless MAP_NORESERVE), so its faults cannot
-        // fail later; ENOMEM when the pool cannot promise them.
+        // fail later; ENOMEM when the pool cannot promise them. Before anything is unmapped:
+        // a MAP_FIXED mapping that cannot reserve leaves the old one in place (7.2 aborts the
+        // gathered unmap).
         var resv: HugetlbResvMap? = nil
         var hugeFile: HugetlbFile? = nil
         if let h = hstate {
-            if shared { hugeFile = HugetlbFile(hstate: h, memory: memory) }
+            // hugetlb_file_setup: every hugetlb mapping has its file (the fault mutex's key);
+            // a shared one keeps its pages and reservations there.
+            let f = HugetlbFile(hstate: h, memory: memory)
+            hugeFile = f
             if !flags.contains(.noReserve) {
-                if let f = hugeFile {
-                    try f.reserve(0, count: len / h.size)   // the inode's resv_map
+                if shared {
+                    try f.reserve(offset / h.size, count: len / h.size)   // the inode's resv_map
                 } else {
                     try memory.hugetlb.reserve(h, Int(len / h.size))
                     resv = HugetlbResvMap()
                 }
             }
+        }
+        /// Gives back the reservations if the mapping is not made after all.
+        func undoReservation() {
+            if let h = hstate, resv != nil { memory.hugetlb.unreserve(h, Int(len / h.size)) }
+            if let f = hugeFile { f.attach(); f.detach() }
+        }
+        let start: UInt64
+        do throws(Errno) {
+            if fixed {
+                if flags.contains(.fixedNoReplace) {
+                    let i = vmaIndex(atOrAfter: address)
+                    if i < vmaList.count && vmaList[i].start < address + len { throw .EEXIST }
+                } else {
+                    try unmapLocked(address, address + len)
+                }
+                start = address
+            } else {
+                guard let a = unmappedArea(length: len, hint: address, align: hstate?.size ?? pageSize) else { throw .ENOMEM }
+                start = a
+            }
+        } catch {
+            undoReservation()
+            throw error
         }
         var vmFlags: VMFlags = [.mayRead, .mayWrite, .mayExec]
         if prot.contains(.read) { vmFlags.insert(.read) }
@@ -89,12 +107,12 @@ extension AddressSpace {
         if hstate != nil { vmFlags.insert(.hugetlb) }
         var backing = file
         var pgoff = offset >> pageShift
-        if anonymous && shared && hstate == nil {
+        if hstate != nil {
+            backing = nil
+            pgoff = offset >> pageShift   // in its own hugetlbfs file
+        } else if anonymous && shared {
             backing = ShmemFile(machine: machine, size: len, name: "dev/zero", anonymousShared: true)
             pgoff = 0
-        } else if hstate != nil {
-            backing = nil
-            pgoff = 0   // offset 0 of its own hugetlbfs file
         } else if anonymous {
             backing = nil
             pgoff = start >> pageShift
@@ -183,10 +201,10 @@ extension AddressSpace {
     /// ENOMEM when `counted` and the address space already has `max_map_count` VMAs. Locking: mmap lock held for write; write-locks the VMA.
     func splitVMA(at i: Int, address: UInt64, counted: Bool = true) throws(Errno) {
         let vma = vmaList[i]
+        guard !counted || vmaList.count < machine.maxMapCount else { throw .ENOMEM }
         // vm_ops->may_split (hugetlb_vm_op_split): a hugetlb VMA splits only at a huge page
         // boundary.
         if let h = vma.hstate, address & (h.size - 1) != 0 { throw .EINVAL }
-        guard !counted || vmaList.count < machine.maxMapCount else { throw .ENOMEM }
         precondition(vma.start < address && address < vma.end && isPageAligned(address))
         vmaStartWrite(vma)
         let tail = vma.duplicate(into: self)

@@ -97,22 +97,20 @@ extension AddressSpace {
         // The range must start inside a VMA; each later VMA must follow without a gap.
         var i = vmaIndex(atOrAfter: address)
         guard i < vmaList.count, vmaList[i].start <= address else { throw .ENOMEM }
-        // mprotect_fixup splits a VMA only when its flags change (so an unchanged hugetlb VMA
-        // is not split at an unaligned edge, which would be EINVAL).
-        if vmaList[i].start < address, mprotectFlags(vmaList[i], prot) != vmaList[i].flags {
-            try splitVMA(at: i, address: address)
-        }
-        let j = vmaIndex(atOrAfter: end - 1)
-        if j < vmaList.count, vmaList[j].start < end, vmaList[j].end > end, mprotectFlags(vmaList[j], prot) != vmaList[j].flags {
-            try splitVMA(at: j, address: end)
-        }
-        defer { mergeVMAs(around: address, end) }   // also when a hole ends it early
-        i = vmaIndex(atOrAfter: address)
+        defer { mergeVMAs(around: address, end) }   // also when a hole or an error ends it early
+        // mprotect_fixup, VMA by VMA: one whose flags change is split at the range's edges
+        // and changed; one whose flags stay is left whole (an unchanged hugetlb VMA is not
+        // split at an unaligned edge, which would be EINVAL). An error stops the walk with the
+        // VMAs before it changed.
         var cursor = address
         while cursor < end {
             guard i < vmaList.count, vmaList[i].start <= cursor else { throw .ENOMEM }
-            let vma = vmaList[i]
-            if mprotectFlags(vma, prot) != vma.flags { changeProtection(vma, prot: prot) }
+            var vma = vmaList[i]
+            if mprotectFlags(vma, prot) != vma.flags {
+                if vma.start < address { try splitVMA(at: i, address: address); i += 1; vma = vmaList[i] }
+                if vma.end > end { try splitVMA(at: i, address: end); vma = vmaList[i] }
+                changeProtection(vma, prot: prot)
+            }
             cursor = vma.end
             i += 1
         }

@@ -35,9 +35,7 @@ extension AddressSpace {
             // VM_DONTEXPAND) are EINVAL.
             guard address & (h.size - 1) == 0, !flags.contains(.fixed) || newAddress & (h.size - 1) == 0,
                   !flags.contains(.dontUnmap) else { throw .EINVAL }
-            guard let o = oldLen.addingReportingOverflow(h.size - 1).overflow ? nil : (oldLen + h.size - 1) & h.mask,
-                  let n = newLen.addingReportingOverflow(h.size - 1).overflow ? nil : (newLen + h.size - 1) & h.mask,
-                  n <= o else { throw .EINVAL }
+            guard let o = h.alignUp(oldLen), let n = h.alignUp(newLen), n <= o else { throw .EINVAL }
             oldLen = o; newLen = n
         }
         guard address <= taskSize, oldLen <= taskSize - address else { throw .EINVAL }
@@ -114,6 +112,9 @@ extension AddressSpace {
         insertVMA(moved)
         let moveLen = min(oldLen, newLen)
         if let err = movePageTables(from: address, to: target, length: moveLen, level: old.hstate?.level ?? .pte) {
+            // move_vma's error path: fixup_hugetlb_reservations clears the old VMA's (the new
+            // one gives them back as it goes), so none is returned twice.
+            if old.isHugetlb { old.hugetlbResv = nil }
             try? unmapLocked(target, target + newLen)   // exactly the new VMA: no split
             throw err
         }

@@ -32,9 +32,13 @@ struct ZapWalker: PageWalker {
         // The reservation owner's last mapping of an anonymous huge page is gone: the
         // mapping holds the reservation for it again (so a refault cannot fail), and the page
         // returns it to the pool when freed.
+        // (Only when the index had consumed its reservation: a page mapped without one, after
+        // an earlier restore, gives none back — vma_needs_reservation in __unmap_hugepage_range.)
         if old.isPresent, !old.isSpecial, let vma, let resv = vma.hugetlbResv, let h = vma.hstate {
             let p = memory.page(old.pfn)
-            if p.isAnon && p.mapcount == 0 && memory.hugetlb.restoreReservationOnFree(h, p) { resv.restore(vma.hugePageIndex(start)) }
+            if p.isAnon && p.mapcount == 0 && memory.hugetlb.restoreReservationOnFree(h, p), !resv.restore(vma.hugePageIndex(start)) {
+                p.clear(.hugetlbRestoreReserve)
+            }
         }
     }
 

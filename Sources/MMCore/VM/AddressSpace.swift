@@ -114,7 +114,7 @@ public final class AddressSpace: @unchecked Sendable {
     /// mmapBase), honouring a hint (a huge page mapping's rounded up to `align`, as
     /// hugetlb_get_unmapped_area does).
     func unmappedArea(length: UInt64, hint: UInt64, align: UInt64 = pageSize) -> UInt64? {
-        let h = align == pageSize ? pageAlignDown(hint) : hint.addingReportingOverflow(align - 1).overflow ? 0 : (hint + align - 1) & ~(align - 1)
+        let h = align == pageSize ? pageAlignDown(hint) : hint.addingReportingOverflow(align - 1).overflow ? 0 : (hint &+ align &- 1) & ~(align - 1)
         if hint != 0, h >= mmapMinAddress, length <= taskSize, h <= taskSize - length {
             let i = vmaIndex(atOrAfter: h)
             if i == vmaList.count || vmaList[i].start >= h + length { return h }
