@@ -1,10 +1,12 @@
 import MMSync
 
-/// The hugetlbfs file behind a shared `MAP_HUGETLB` mapping (`hugetlb_file_setup`'s unlinked
-/// inode): its page cache of huge pages, and the reservations its mappings made (the inode's
-/// `resv_map`). Forked children and the VMAs a split or mremap makes share it; when the last
-/// VMA mapping it goes, the file goes (`hugetlbfs_evict_inode`): its pages are dropped and the
-/// reservations no fault consumed are given back.
+/// The hugetlbfs file behind a `MAP_HUGETLB` mapping (`hugetlb_file_setup`'s unlinked inode).
+/// Every hugetlb mapping has one: it keys the fault mutex (`hugetlb_fault_mutex_hash`). A shared
+/// mapping also keeps its page cache of huge pages there, and the reservations its mappings
+/// made (the inode's `resv_map`; a private mapping's are in its VMA's `HugetlbResvMap`).
+/// Forked children and the VMAs a split or mremap makes share it; when the last VMA mapping it
+/// goes, the file goes (`hugetlbfs_evict_inode`): its pages are dropped and the reservations
+/// no fault consumed are given back.
 ///
 /// Locking: `lock` (the mapping's `i_mmap`/cache lock here) guards every variable field.
 /// Page references: the cache holds one reference on each of its pages.

@@ -56,13 +56,16 @@ extension AddressSpace {
         let changesFlags = [.hugePage, .noHugePage, .dontFork, .doFork, .normal, .random, .sequential].contains(advice)
         // A hugetlb zap excludes the VMA's faults (the kernel's hugetlb VMA lock, held for
         // write by the zap until its pages are freed): the mmap lock for write and the VMA's.
-        let hugetlbZap = advice == .dontNeed && mmapLock.withRead {
-            var j = vmaIndex(atOrAfter: address)
-            while j < vmaList.count && vmaList[j].start < end { if vmaList[j].isHugetlb { return true }; j += 1 }
-            return false
-        }
-        let writer = changesFlags || hugetlbZap
+        // (Looked for under the read lock the other advice takes anyway, so that advice on
+        // other VMAs takes no lock more.)
+        var writer = changesFlags
         if writer { mmapWriteLock() } else { mmapLock.lockRead() }
+        var hugetlbZap = false
+        if advice == .dontNeed {
+            var j = vmaIndex(atOrAfter: address)
+            while j < vmaList.count && vmaList[j].start < end && !hugetlbZap { hugetlbZap = vmaList[j].isHugetlb; j += 1 }
+            if hugetlbZap { mmapLock.unlockRead(); mmapWriteLock(); writer = true }
+        }
         defer { if writer { mmapWriteUnlock() } else { mmapLock.unlockRead() } }
         var i = vmaIndex(atOrAfter: address)
         var cursor = address

@@ -79,7 +79,8 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     /// The reservations of a private hugetlb mapping made by this process's mmap (shared by
     /// the VMAs a split makes; none in a forked child).
     @exclusivity(unchecked) var hugetlbResv: HugetlbResvMap? = nil
-    /// The hugetlbfs file of a shared hugetlb mapping (its page cache and reservations).
+    /// The hugetlbfs file of a hugetlb mapping (the key of its fault mutex; for a shared
+    /// mapping also its page cache and reservations).
     @exclusivity(unchecked) public internal(set) var hugetlbFile: HugetlbFile? = nil
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, flags: VMFlags, pgoff: UInt64, file: ShmemFile?) {
@@ -134,7 +135,7 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
         s += flags.contains(.write) ? "w" : "-"
         s += flags.contains(.exec) ? "x" : "-"
         s += isShared ? "s" : "p"
-        s += file != nil ? " file@\(pgoff)" : " anon"
+        s += file != nil ? " file@\(pgoff)" : hstate.map { " hugetlb \($0)" } ?? " anon"
         return s
     }
 
