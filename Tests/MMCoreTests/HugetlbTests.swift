@@ -10,6 +10,15 @@ final class HugetlbTests: XCTestCase {
 
     func pool(_ env: Env) -> (HugeTLB, HState) { (env.memory.hugetlb, env.memory.hugetlb.defaultHState) }
 
+    /// A machine whose default (2 MiB) pool has exactly `pages` free pages.
+    func envWithPool(_ pages: Int, file: StaticString = #filePath, line: UInt = #line) throws -> (Env, HugeTLB, HState) {
+        let env = try Env()
+        let (pools, h) = pool(env)
+        XCTAssertEqual(pools.setPoolSize(h, pages), pages, file: file, line: line)
+        XCTAssertEqual(pools.counters(h), HugePoolCounters(total: pages, free: pages, reserved: 0, surplus: 0), file: file, line: line)
+        return (env, pools, h)
+    }
+
     func testPoolSizeAndMeminfo() throws {
         let env = try Env()
         let (pools, h) = pool(env)
@@ -30,9 +39,7 @@ final class HugetlbTests: XCTestCase {
     }
 
     func testMmapReservesAndFaultsConsume() throws {
-        let env = try Env()
-        let (pools, h) = pool(env)
-        pools.setPoolSize(h, 2)
+        let (env, pools, h) = try envWithPool(2)
         let a = try env.process.mmap(length: 2 * twoMiB, prot: .readWrite, flags: hugeFlags)
         XCTAssertEqual(a & (twoMiB - 1), 0, "huge-page aligned")
         XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 2, reserved: 2, surplus: 0))
@@ -69,9 +76,7 @@ final class HugetlbTests: XCTestCase {
     }
 
     func testUnmappedReservationsGoBackAndLengthsRoundUp() throws {
-        let env = try Env()
-        let (pools, h) = pool(env)
-        pools.setPoolSize(h, 3)
+        let (env, pools, h) = try envWithPool(3)
         // One byte maps a whole huge page.
         let a = try env.process.mmap(length: 1, prot: .readWrite, flags: hugeFlags)
         XCTAssertEqual(env.mm.mmapLock.withRead { env.mm.vmaLookup(a)?.length }, twoMiB)
@@ -105,9 +110,7 @@ final class HugetlbTests: XCTestCase {
     }
 
     func testForkSharesCopyOnWriteAndTheChildCopies() throws {
-        let env = try Env()
-        let (pools, h) = pool(env)
-        pools.setPoolSize(h, 2)
+        let (env, pools, h) = try envWithPool(2)
         let a = try env.process.mmap(length: twoMiB, prot: .readWrite, flags: hugeFlags)
         try fillIDX(env.cpu, a, bytes: twoMiB)
         let head = try XCTUnwrap(try env.pfn(a))
@@ -145,9 +148,7 @@ final class HugetlbTests: XCTestCase {
     }
 
     func testPinnedPageIsCopiedAtForkAndGUPReturnsTheBasePage() throws {
-        let env = try Env()
-        let (pools, h) = pool(env)
-        pools.setPoolSize(h, 2)
+        let (env, pools, h) = try envWithPool(2)
         let a = try env.process.mmap(length: twoMiB, prot: .readWrite, flags: hugeFlags)
         try env.cpu.store(a + 5 * pageSize, UInt32(0xabcd))
         let head = try XCTUnwrap(try env.pfn(a))
@@ -174,9 +175,7 @@ final class HugetlbTests: XCTestCase {
     }
 
     func testDontneedGivesTheReservationBack() throws {
-        let env = try Env()
-        let (pools, h) = pool(env)
-        pools.setPoolSize(h, 1)
+        let (env, pools, h) = try envWithPool(1)
         let a = try env.process.mmap(length: twoMiB, prot: .readWrite, flags: hugeFlags)
         try env.cpu.store(a, UInt8(1))
         XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 1, free: 0, reserved: 0, surplus: 0))
@@ -194,9 +193,7 @@ final class HugetlbTests: XCTestCase {
     }
 
     func testMremapMovesHugeLeaves() throws {
-        let env = try Env()
-        let (pools, h) = pool(env)
-        pools.setPoolSize(h, 3)
+        let (env, pools, h) = try envWithPool(3)
         let a = try env.process.mmap(length: 2 * twoMiB, prot: .readWrite, flags: hugeFlags)
         try fillIDX(env.cpu, a, bytes: twoMiB)
         XCTAssertThrowsError(try env.process.mremap(a, oldLength: 2 * twoMiB, newLength: 3 * twoMiB, flags: .mayMove)) { XCTAssertEqual($0 as? Errno, .EINVAL, "growing") }
@@ -217,9 +214,7 @@ final class HugetlbTests: XCTestCase {
     }
 
     func testShrinkingBelowUseMakesSurplusPages() throws {
-        let env = try Env()
-        let (pools, h) = pool(env)
-        pools.setPoolSize(h, 3)
+        let (env, pools, h) = try envWithPool(3)
         let a = try env.process.mmap(length: 2 * twoMiB, prot: .readWrite, flags: hugeFlags)
         try env.cpu.store(a, UInt8(1))
         let used = env.machine.usedFrames, tables = env.mm.pageTable.tableFrames
@@ -262,9 +257,7 @@ final class HugetlbTests: XCTestCase {
     }
 
     func testSharedMappingIsOnePageCacheAcrossFork() throws {
-        let env = try Env()
-        let (pools, h) = pool(env)
-        pools.setPoolSize(h, 2)
+        let (env, pools, h) = try envWithPool(2)
         let shared: MapFlags = [.shared, .anonymous, .hugetlb]
         let a = try env.process.mmap(length: twoMiB, prot: .readWrite, flags: shared)
         XCTAssertEqual(pools.counters(h), HugePoolCounters(total: 2, free: 2, reserved: 1, surplus: 0), "the file's reservation")
@@ -315,9 +308,7 @@ final class HugetlbTests: XCTestCase {
     /// freed: while a GUP reference holds the page, `resv` runs behind (as the kernel's counter
     /// wraps), and nothing traps or is counted twice.
     func testReservationComingBackWhileThePageIsHeld() throws {
-        let env = try Env()
-        let (pools, h) = pool(env)
-        pools.setPoolSize(h, 2)
+        let (env, pools, h) = try envWithPool(2)
         let a = try env.process.mmap(length: twoMiB, prot: .readWrite, flags: hugeFlags)
         try env.cpu.store(a, UInt8(1))
         let held = try env.mm.getUserPages(a, count: 1, flags: [])

@@ -89,7 +89,8 @@ public final class HugetlbFile: @unchecked Sendable {
         return (p, true)
     }
 
-    /// Pages in the cache with their reference counts' share (for the machine's checks).
+    /// The pfns of the cached pages (each holds one reference of the cache: the machine's
+    /// checks count it in the refcount floor).
     func cachedPfns() -> [UInt64] { lock.withLock { Array(pages.values) } }
     /// Reservations the file still holds.
     func reservationsHeld() -> Int { lock.withLock { reservedUnconsumed.count } }
