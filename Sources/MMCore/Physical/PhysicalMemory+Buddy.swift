@@ -204,13 +204,7 @@ extension PhysicalMemory {
         buddyFreeFrames.add(-Int(count))
         zoneLock.unlock()
         let head = page(start)
-        head.order = order
-        head.kind = .system
-        head.refcountWord.store(1)
-        head.set(.head)
-        for i in 1..<count {
-            let t = page(start + i); t.order = 0; t.set(.tail); t.privateWord = start
-        }
+        prepareAllocated(head, order: order)
         return head
     }
 
