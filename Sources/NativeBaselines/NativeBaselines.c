@@ -107,6 +107,43 @@ double nb_host_anon_fault(size_t bytes) {
     return t;
 }
 
+/// `bytes` (a multiple of 2 MiB) of anonymous memory on a 2 MiB boundary with MADV_HUGEPAGE;
+/// `*raw`/`*rawLen` receive the mapping to unmap. NULL on failure.
+static uint8_t *nb_thp_area(size_t bytes, uint8_t **raw, size_t *rawLen) {
+    size_t len = bytes + (2u << 20);
+    uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return NULL;
+    uint8_t *a = (uint8_t *)(((uintptr_t)m + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1));
+    madvise(a, bytes, MADV_HUGEPAGE);
+    *raw = m; *rawLen = len;
+    return a;
+}
+
+double nb_host_thp_fault(size_t bytes) {
+    uint8_t *raw; size_t len;
+    uint8_t *a = nb_thp_area(bytes, &raw, &len);
+    if (!a) return -1;
+    double t0 = nb_now();
+    for (size_t off = 0; off < bytes; off += 2u << 20) a[off] = 1;
+    double t = nb_now() - t0;
+    munmap(raw, len);
+    return t;
+}
+
+double nb_host_thp_fork(size_t bytes) {
+    uint8_t *raw; size_t len;
+    uint8_t *a = nb_thp_area(bytes, &raw, &len);
+    if (!a) return -1;
+    for (size_t off = 0; off < bytes; off += 2u << 20) a[off] = 1;
+    double t0 = nb_now();
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    double t = nb_now() - t0;
+    if (pid > 0) waitpid(pid, NULL, 0);
+    munmap(raw, len);
+    return pid < 0 ? -1 : t;
+}
+
 /// A forked child that keeps the parent's pages shared copy-on-write until released: returns
 /// its pid and the pipe end that releases it (`nb_release_child`), or -1.
 static pid_t nb_fork_holder(int *release) {

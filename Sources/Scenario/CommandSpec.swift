@@ -122,6 +122,8 @@ struct CommandSpec {
             // nr_hugepages of a hugetlb pool (the default 2 MiB one, or size=1GiB).
             "hugepages": CommandSpec(positionals: [("a page count", .expr)], required: 1, keys: ["size": .expr],
                                      expect: .counters(["total", "free", "rsvd", "surp"])),
+            // transparent_hugepage/enabled (always, madvise, never) and use_zero_page.
+            "thp": CommandSpec(positionals: [], required: 0, flags: ["always", "madvise", "never", "zero_page", "no_zero_page"]),
         ]
         // Commands with a bounce buffer may keep it (`-> B`); the others have none to keep.
         for c in ["read", "write", "migrate_to_dev", "snapshot", "exclusive"] { t[c] = deviceCommandSpec }

@@ -185,8 +185,8 @@ extension ScenarioInterpreter {
         var anon: UInt64 = 0, file: UInt64 = 0, tables: UInt64 = 0
         for pfn in 1..<mem.systemFrames {
             let p = mem.page(pfn)
-            let f = p.flags
-            if f.contains(.buddy) || f.contains(.reserved) || f.contains(.hugetlb) || p.refcount == 0 { continue }
+            let f = p.flags, h = p.folioHead, hf = h.flags   // a THP's tail counts as its folio
+            if f.contains(.buddy) || hf.contains(.reserved) || hf.contains(.hugetlb) || h.refcount == 0 { continue }
             if f.contains(.pageTable) { tables += 1 } else if p.isAnon { anon += 1 } else if p.file != nil { file += 1 }
         }
         var devPrivate: UInt64 = 0, devCoherent: UInt64 = 0
@@ -224,6 +224,19 @@ extension ScenarioInterpreter {
         let c = pools.counters(h)
         trace(cmd, ctx, "\(h.name): \(c)")
         try checkCounters(cmd, ctx, ["total": UInt64(c.total), "free": UInt64(c.free), "rsvd": UInt64(c.reserved), "surp": UInt64(c.surplus)])
+    }
+
+    /// `thp [always|madvise|never] [zero_page|no_zero_page]`: sets the machine's
+    /// `transparent_hugepage/enabled` and `use_zero_page` (at most one of each) and prints them.
+    func thpCommand(_ cmd: Command, _ ctx: Context) throws {
+        let m = try theMachine(at: cmd.name.location)
+        let modes = THPMode.allCases.filter { cmd.flag($0.description) }
+        guard modes.count <= 1 else { throw cmd.fail("expected one mode: always, madvise or never") }
+        let zero = ["zero_page", "no_zero_page"].filter { cmd.flag($0) }
+        guard zero.count <= 1 else { throw cmd.fail("expected zero_page or no_zero_page, not both") }
+        if let mode = modes.first { m.memory.thp.mode = mode }
+        if let z = zero.first { m.memory.thp.useZeroPage = z == "zero_page" }
+        trace(cmd, ctx, "transparent_hugepage: enabled \(m.memory.thp.mode), use_zero_page \(m.memory.thp.useZeroPage ? 1 : 0)")
     }
 
     /// `meminfo [expect KEY=N…]`: system memory by kind and device memory in use, in pages.

@@ -31,6 +31,7 @@ struct BenchSuite {
             BenchFigure(name: "mprotect", run: { try $0.mprotectFigure() }),
             BenchFigure(name: "map-count", run: { try $0.mapCountFigure() }),
             BenchFigure(name: "fork", run: { try $0.forkFigure() }),
+            BenchFigure(name: "thp", run: { try $0.thpFigures() }),
             BenchFigure(name: "range-fault", run: { try $0.rangeFault() }),
             BenchFigure(name: "migrate", run: { try $0.migrate() }),
             BenchFigure(name: "device-read", run: { try $0.deviceRead() }),
@@ -246,6 +247,65 @@ struct BenchSuite {
         })
         return [BenchRow(name: "fork with \(quick ? "16MiB" : "1GiB") touched", unit: "ms", value: swift.median, baseline: base.median,
                          spread: (swift.min, swift.max), kind: .time, target: 1.0)]
+    }
+
+    // MARK: transparent huge pages
+
+    /// A machine with `bytes` of THP-eligible anonymous memory (MADV_HUGEPAGE, 2 MiB-aligned)
+    /// in one process, not yet touched.
+    func thpArea(_ bytes: UInt64) throws -> (MMCore.Process, CPU, UInt64) {
+        let m = try Machine(memoryBytes: bytes + bytes / 16 + (64 << 20), devicePfnSpaceBytes: 0, populateRAM: true)
+        let p = try MMCore.Process(machine: m)
+        let cpu = p.makeCPU()
+        let raw = try p.mmap(length: bytes + pmdSize, prot: .readWrite, flags: [.private, .anonymous])
+        let a = (raw + pmdSize - 1) & pmdMask
+        try p.madvise(a, length: bytes, advice: .hugePage)
+        return (p, cpu, a)
+    }
+
+    /// Touches one byte per 2 MiB: every one a THP fault (checked).
+    func touchTHP(_ p: MMCore.Process, _ cpu: CPU, _ a: UInt64, _ bytes: UInt64) throws {
+        try cpu.run { cpu in
+            var off: UInt64 = 0
+            while off < bytes { try cpu.store(a + off, UInt8(1)); off += pmdSize }
+        }
+        guard p.machine.stats[.thpFaultAlloc] == Int(bytes / pmdSize) else {
+            throw BenchError(description: "THP faults: \(p.machine.stats[.thpFaultAlloc]) of \(bytes / pmdSize) (fallback \(p.machine.stats[.thpFaultFallback]))")
+        }
+    }
+
+    /// A 2 MiB anonymous THP write fault vs the host's own (MADV_HUGEPAGE on the host), and a
+    /// fork of 1 GiB of THP vs the host's.
+    func thpFigures() throws -> [BenchRow] {
+        let bytes = big
+        let label = quick ? "16MiB" : "1GiB"
+        let (fault, faultBase) = try measurePair(reps, { () throws -> Double in
+            let (p, cpu, a) = try thpArea(bytes)
+            defer { release(p, cpu) }
+            return try seconds { try touchTHP(p, cpu, a, bytes) } / Double(bytes / pmdSize) * 1e6
+        }, { () throws -> Double in
+            let t = nb_host_thp_fault(Int(bytes))
+            guard t >= 0 else { throw BenchError(description: "host mmap failed") }
+            return t / Double(bytes / pmdSize) * 1e6
+        })
+        let (fork, forkBase) = try measurePair(reps, { () throws -> Double in
+            let (p, cpu, a) = try thpArea(bytes)
+            try touchTHP(p, cpu, a, bytes)
+            var child: MMCore.Process? = nil
+            let t = try seconds { child = try p.fork() }
+            child?.exit(); release(p, cpu)
+            return t * 1e3
+        }, { () throws -> Double in
+            let t = nb_host_thp_fork(Int(bytes))
+            guard t >= 0 else { throw BenchError(description: "host fork failed") }
+            return t * 1e3
+        })
+        return [
+            BenchRow(name: "THP anonymous write fault (2 MiB), \(label)", unit: "us/fault", value: fault.median, baseline: faultBase.median,
+                     spread: (fault.min, fault.max), kind: .time, target: 0.5),
+            BenchRow(name: "fork with \(label) of THP touched", unit: "ms", value: fork.median, baseline: forkBase.median,
+                     spread: (fork.min, fork.max), kind: .time, target: 1.0),
+        ]
     }
 
     /// A snapshot (no fault) of `bytes` populated memory through the canonical loop: ns per page.

@@ -19,8 +19,9 @@ extension AddressSpace {
         mmapLock.assertLocked()
         guard isPageAligned(address) else { throw .EINVAL }
         for _ in 0..<1000 {
-            // get_user_page_vma_remote(FOLL_GET | FOLL_WRITE): faulted in writable, referenced.
-            let page = try getUserPagesRemote(address, count: 1, flags: .write)[0]
+            // get_user_page_vma_remote(FOLL_GET | FOLL_WRITE | FOLL_SPLIT_PMD): faulted in
+            // writable, referenced, a THP's PMD split (the folio stays whole).
+            let page = try getUserPagesRemote(address, count: 1, flags: [.write, .splitPMD])[0]
             guard page.isAnon, !page.folioHead.test(.hugetlb) else { putUserPages([page]); throw .EOPNOTSUPP }
             page.lock()
             let range = MMUNotifierRange(start: address, end: address + pageSize, event: .exclusive, owner: owner)

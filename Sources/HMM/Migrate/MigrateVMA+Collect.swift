@@ -41,8 +41,46 @@ struct MigrateCollectWalker: PageWalker {
 
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
-        guard v.isHuge || !v.isPresent else { return .next }
-        // PMD-level mappings (THP) are not selected until the huge-page layer exists.
+        guard migrate.mm.mayHoldTHP, !migrate.vma.isHugetlb else {
+            guard v.isHuge || !v.isPresent else { return .next }
+            return skip(start, end)
+        }
+        if v.isPresent && !v.isHuge {
+            // A PTE-mapped THP is split before its entries are collected (7.2 splits it when
+            // the PTE walk meets it, with the PTE lock dropped; here the walk holds the lock,
+            // so the split comes first; one made meanwhile is skipped below).
+            let ptes = EntryPointer(memory.frame(v.pfn))
+            var a = start
+            while a < end {
+                let e = (ptes + PageTableLevel.pte.index(a)).load()
+                a += pageSize
+                guard e.isPresent, !e.isSpecial, migrate.flags.contains(.system) else { continue }
+                let p = memory.page(e.pfn)
+                if p.isInLargeFolio { _ = splitLargeFolio(p) }
+            }
+            return .next
+        }
+        guard v.isPresent else { return skip(start, end) }
+        // A THP leaf (migrate_vma_collect_huge_pmd without MIGRATE_VMA_SELECT_COMPOUND): the
+        // huge zero folio is a hole; a THP is split (its PMD and the folio) and the walk looks
+        // again at the PTE table that took its place.
+        guard migrate.flags.contains(.system) else { return skip(start, end) }
+        if memory.thp.isHugeZero(v) { _ = hole(start, end, level: .pmd); return .skip }
+        return splitLargeFolio(memory.page(v.pfn)) ? .again : skip(start, end)
+    }
+
+    /// `migrate_vma_split_folio`: reference, trylock, split. Return: whether it was split.
+    private func splitLargeFolio(_ p: Page) -> Bool {
+        guard memory.tryGet(p) else { return false }
+        let folio = p.folioHead
+        defer { memory.put(folio) }
+        guard folio.isInLargeFolio, folio.tryLock() else { return false }
+        defer { folio.unlock() }
+        return migrate.mm.machine.splitFolio(folio) == nil
+    }
+
+    /// `migrate_vma_collect_skip`.
+    private mutating func skip(_ start: UInt64, _ end: UInt64) -> WalkStep {
         var a = start
         while a < end { src[index(a)] = 0; a += pageSize }
         return .skip
@@ -95,7 +133,7 @@ struct MigrateCollectWalker: PageWalker {
             page = p
             mpfn = MigratePfn.make(v.pfn) | MigratePfn.migrate | (v.isWrite ? MigratePfn.write : 0)
         }
-        guard page.ownerBits != 0, page.order == 0 else { return .next }
+        guard page.ownerBits != 0, page.order == 0, !page.isInLargeFolio else { return .next }
         // trylock only (best effort, no lock-order inversion between concurrent migrations);
         // the faulting page is already locked by the fault handler, which keeps that lock.
         // The PTE lock is held, so the mapping's reference keeps the page until it is ours.

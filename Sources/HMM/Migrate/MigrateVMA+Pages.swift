@@ -53,7 +53,13 @@ extension MigrateVMA {
     func insertPage(_ addr: UInt64, _ page: Page) -> Bool {
         guard vma.isAnonymous else { return false }
         let av = mm.anonVMAPrepare(vma)
-        guard let found = try? mm.pageTable.walkAllocating(addr, level: .pte), found.level == .pte else { return false }
+        var walk = try? mm.pageTable.walkAllocating(addr, level: .pte)
+        if let w = walk, w.level == .pmd, memory.thp.isHugeZero(w.entry.load()) {
+            // The huge zero folio (collected as a hole): split to PTEs of the zero page first.
+            mm.splitHugePMD(vma, addr)
+            walk = try? mm.pageTable.walkAllocating(addr, level: .pte)
+        }
+        guard let found = walk, found.level == .pte else { return false }
         let ptl = found.table.ptl
         ptl.lock()
         let old = found.entry.load()

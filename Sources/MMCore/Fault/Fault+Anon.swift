@@ -62,8 +62,10 @@ extension AddressSpace {
     func canReuseAnonPage(_ page: Page) -> Bool {
         Lockdep.assertSpinLockHeld()
         if page.test(.anonExclusive) { return true }
-        // The only reference is this one mapping: nobody else can see the page.
-        if page.refcount == 1 && page.mapcount == 1 {
+        // The only reference is this one mapping: nobody else can see the page. (For a page
+        // of a THP the count is the folio's: reused only if no other page of it is mapped.)
+        let folio = page.folioHead
+        if folio.refcount == 1 && page.mapcount == 1 && folio.entireMapcount == 0 {
             page.set(.anonExclusive)
             return true
         }

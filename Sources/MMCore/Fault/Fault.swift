@@ -95,6 +95,13 @@ extension AddressSpace {
         assertFaultLocked(vma, flags)
         let address = pageAlignDown(addressIn)
         if vma.isHugetlb { return hugetlbFault(vma: vma, address: address, flags: flags) }
+        if vma.isAnonymous, memory.thp.allowsFault(vma, address) || mayHoldTHP {
+            // The PMD first (`create_huge_pmd`, `wp_huge_pmd`); a fallback goes on below.
+            let pmd: (entry: EntryPointer, table: Page, level: PageTableLevel)
+            do { pmd = try pageTable.walkAllocating(address, level: .pmd) } catch { return .oom }
+            if pmd.level == .pmd, let r = handleHugePMDFault(vma, address, pmd.entry, table: pmd.table,
+                                                             flags: flags, realAddress: addressIn) { return r }
+        }
         let found: (entry: EntryPointer, table: Page, level: PageTableLevel)
         do { found = try pageTable.walkAllocating(address, level: .pte) } catch { return .oom }
         guard found.level == .pte else { return handleHugeEntry(vma: vma, address: address, found.entry, flags: flags) }
@@ -128,8 +135,8 @@ extension AddressSpace {
         return .ok
     }
 
-    /// PMD-level leaves (THP, device-private THP) are created only by the huge-page layer,
-    /// which is not built yet; reaching one means a caller created it by hand.
+    /// A PMD-level leaf met by a fault that did not look for one (none is made outside
+    /// hugetlb and THP VMAs); reaching one means a caller created it by hand.
     func handleHugeEntry(vma: VMA, address: UInt64, _ entry: EntryPointer, flags: FaultFlags) -> FaultResult {
         let v = entry.load()
         if v.isPresent && v.isUser && (v.isWrite || !flags.contains(.write)) { return .ok }

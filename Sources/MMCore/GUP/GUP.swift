@@ -9,6 +9,8 @@ public struct FollFlags: OptionSet, Sendable {
     public static let longterm = FollFlags(rawValue: 0x100)
     /// pin_user_pages (FOLL_PIN) instead of get_user_pages.
     public static let pin = FollFlags(rawValue: 0x4_0000)
+    /// `FOLL_SPLIT_PMD`: a THP mapped by a PMD is split to PTEs first (the folio stays whole).
+    public static let splitPMD = FollFlags(rawValue: 1 << 9)
 }
 
 /// Hook for the HMM layer: makes a page suitable for a long-term pin (migrates device-coherent
@@ -100,6 +102,11 @@ extension AddressSpace {
     /// the base page at `a`; the reference and pin are taken on its folio (the head page).
     private func followPage(_ a: UInt64, write: Bool, unshare: Bool, flags: FollFlags) -> Follow {
         guard let found = pageTable.lookup(a, level: .pte) else { return .fault }
+        if found.level == .pmd, flags.contains(.splitPMD), let vma = vmaLookup(a), !vma.isHugetlb,
+           PageTable.isTHPLeaf(found.entry.load()) {
+            splitHugePMD(vma, a)
+            return followPage(a, write: write, unshare: unshare, flags: flags)
+        }
         found.table.ptl.lock(); defer { found.table.ptl.unlock() }
         let v = found.entry.load()
         guard v.isPresent, found.level == .pte || v.isHuge, v.isUser, !write || v.isWrite else { return .fault }

@@ -37,6 +37,20 @@ extension Machine {
               pfn < memory.systemFrames || memory.pagemap(of: memory.page(pfn)) != nil else { return .failure(.EINVAL) }
         let old = memory.page(pfn)
         guard memory.tryGet(old) else { return .failure(.ENOENT) }
+        // A page of a THP: the folio is split first and the page moves alone (D14).
+        let folio = old.folioHead
+        if folio.isInLargeFolio {
+            guard folio.tryLock() else { memory.put(folio); return .failure(.EBUSY) }
+            let err = splitFolio(folio)
+            folio.unlock()
+            if err != nil { memory.put(folio); stats.count(.thpMigrationFail); return .failure(.EAGAIN) }
+            stats.count(.thpMigrationSplit)
+            if old != folio {
+                let held = memory.tryGet(old)
+                memory.put(folio)
+                guard held else { return .failure(.ENOENT) }
+            }
+        }
         defer { memory.put(old) }
         guard old.isAnon, old.order == 0, !old.test(.tail), !old.isDevicePrivate else { return .failure(.EINVAL) }
         guard old.tryLock() else { return .failure(.EBUSY) }
@@ -83,7 +97,7 @@ extension Machine {
     /// (outside PTE locks), PTE locks.
     /// Return: how many entries were converted.
     package func tryToMigrate(_ page: Page, av: AnonVMA, index: UInt64) -> Int {
-        assert(page.isLocked && page.refcount > 0, "tryToMigrate: page must be locked and referenced")
+        assert(page.isLocked && page.folioHead.refcount > 0, "tryToMigrate: page must be locked and referenced")
         var converted = 0
         memory.rmapWalkAnon(av, index: index) { hit in
             let mm = hit.vma.mm

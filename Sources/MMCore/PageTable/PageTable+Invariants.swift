@@ -11,6 +11,13 @@ extension PageTable {
         var checker = PageTableChecker(mm: mm)
         _ = walk(0, taskSize + pageSize, &checker)
         for (pfn, n) in checker.mappings { mappings[pfn, default: 0] += n }
+        // Every THP leaf has its deposited PTE table, and no table is deposited without one.
+        for (table, leaves) in checker.thpLeavesByTable.sorted(by: { $0.key < $1.key }) {
+            let deposited = depositedTables(in: memory.page(table))
+            if deposited != leaves {
+                checker.problems.append("mm \(mm.id): PMD table \(table) has \(leaves) THP leaves but \(deposited) deposited tables")
+            }
+        }
         return checker.problems
     }
 }
@@ -19,14 +26,52 @@ struct PageTableChecker: PageWalker {
     let mm: AddressSpace
     var problems: [String] = []
     var mappings: [UInt64: Int32] = [:]
+    /// THP leaves (huge zero included) seen in each PMD table (every PMD table is a key).
+    var thpLeavesByTable: [UInt64: Int] = [:]
+    /// A key of `mappings` with this bit counts PMD mappings of the THP at the pfn below it
+    /// (its entire mapcount), not PTE mappings of the page.
+    static let entireMappingBit: UInt64 = 1 << 63
     var locksPTE: Bool { false }
     var memory: PhysicalMemory { mm.memory }
 
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
+        thpLeavesByTable[table.pfn, default: 0] += 0
         guard v.isHuge || !v.isPresent else { return .next }
+        if v.isPresent, let vma = mm.vmaLookup(start), !vma.isHugetlb {
+            thpLeavesByTable[table.pfn, default: 0] += 1
+            checkTHPLeaf(v, vma, start)
+            return .skip
+        }
         checkHugeLeaf(v, .pmd, start)
         return .skip
+    }
+
+    /// A THP leaf lies whole inside an anonymous VMA, 2 MiB-aligned, and maps either the huge
+    /// zero folio (read-only) or the head of an anonymous order-9 folio that is not free; it
+    /// counts as a PMD mapping of the folio.
+    private mutating func checkTHPLeaf(_ v: PTE, _ vma: VMA, _ addr: UInt64) {
+        let hex = "0x" + String(addr, radix: 16)
+        if !vma.isAnonymous { problems.append("mm \(mm.id): THP leaf at \(hex) in non-anonymous \(vma)") }
+        if addr & (pmdSize - 1) != 0 || addr < vma.start || addr + pmdSize > vma.end {
+            problems.append("mm \(mm.id): THP leaf at \(hex) not inside \(vma) on a 2 MiB boundary")
+        }
+        if v.isSpecial {
+            if v.pfn != memory.thp.hugeZeroPfn { problems.append("mm \(mm.id): special PMD at \(hex) is not the huge zero folio") }
+            if v.isWrite { problems.append("mm \(mm.id): huge zero folio mapped writable at \(hex)") }
+            return
+        }
+        guard memory.isValidPfn(v.pfn) else { problems.append("mm \(mm.id): \(hex) maps invalid pfn \(v.pfn)"); return }
+        let p = memory.page(v.pfn)
+        if !p.test(.head) || p.test(.hugetlb) || p.order != pmdOrder {
+            problems.append("mm \(mm.id): THP leaf at \(hex) maps pfn \(v.pfn), not the head of an order-\(pmdOrder) folio")
+            return
+        }
+        if p.isFreeFrame { problems.append("mm \(mm.id): \(hex) maps free THP \(v.pfn)") }
+        if v.isWrite && !vma.flags.contains(.write) { problems.append("mm \(mm.id): \(hex) writable in a read-only VMA") }
+        if v.isWrite && p.entireMapcount > 1 { problems.append("mm \(mm.id): \(hex) writable THP mapped by \(p.entireMapcount) PMDs") }
+        checkRmap(p, vma, addr, hex)
+        mappings[v.pfn | PageTableChecker.entireMappingBit, default: 0] += 1
     }
 
     mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {

@@ -71,16 +71,24 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
     /// Locks the page (sleeping). Locking: must not hold a page-table lock (it may sleep).
     /// Every page lock is one lockdep class, as `PG_locked` is one wait bit for all folios.
     public static let lockClass = Lockdep.LockClass(.bitlock, "PG_locked")
+    /// A page's lock is its folio's (`lock_page` locks `page_folio(page)`): locking a tail page
+    /// locks the head. A caller that holds a reference keeps the folio from being split
+    /// meanwhile (a split needs every other reference gone).
     @inlinable public func lock(file: StaticString = #fileID, line: UInt = #line) {
-        BitLock.lock(flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
+        BitLock.lock(folioHead.flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
     }
     @inlinable public func tryLock(file: StaticString = #fileID, line: UInt = #line) -> Bool {
-        BitLock.tryLock(flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
+        BitLock.tryLock(folioHead.flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
     }
     @inlinable public func unlock(file: StaticString = #fileID, line: UInt = #line) {
-        BitLock.unlock(flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
+        BitLock.unlock(folioHead.flagsWord, bit: PageFlags.locked.rawValue, class: Page.lockClass, file: file, line: line)
     }
-    @inlinable public var isLocked: Bool { test(.locked) }
+    @inlinable public var isLocked: Bool { folioHead.test(.locked) }
+    /// Releases a lock this page got with its flags, not through `lock()`: a folio split's new
+    /// folios start locked (as their head was), and lockdep never saw them taken.
+    package func unlockInherited() {
+        BitLock.unlock(flagsWord, bit: PageFlags.locked.rawValue, class: nil)
+    }
     /// Whether the frame is free (no reference, or back in the buddy allocator): what the
     /// invariant checkers look for under a mapping. A tail page is as free as its folio.
     public var isFreeFrame: Bool { let h = folioHead; return h.refcount <= 0 || h.test(.buddy) }
@@ -97,7 +105,7 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
     @inlinable @discardableResult
     public func waitUnlocked(timeoutNanoseconds: UInt64? = nil) -> Bool {
         Lockdep.assertNoSpinLockHeld()
-        return BitLock.waitUnlocked(flagsWord, bit: PageFlags.locked.rawValue, timeoutNanoseconds: timeoutNanoseconds)
+        return BitLock.waitUnlocked(folioHead.flagsWord, bit: PageFlags.locked.rawValue, timeoutNanoseconds: timeoutNanoseconds)
     }
 
     // MARK: owner (page->mapping)

@@ -123,7 +123,9 @@ extension PhysicalMemory {
         if order > 0 {
             for i in 1..<(UInt64(1) << order) {
                 let t = page(head.pfn + i)
+                precondition(t.mapcount == 0 && (i != 1 || t.pincount == 0), "freeing a folio whose page \(t) is mapped")
                 t.flagsWord.store(0); t.privateWord = 0; t.mapcountWord.store(0)
+                t.ownerBits = 0; t.index = 0; t.refcountWord.store(0); t.pincountWord.store(0)
             }
         }
         head.flagsWord.store(0)
@@ -226,14 +228,16 @@ extension PhysicalMemory {
 
     // MARK: reference counting
 
-    /// `folio_get`.
-    @inlinable public func get(_ p: Page) {
+    /// `folio_get`: a page's reference is its folio's (a tail page has none of its own).
+    @inlinable public func get(_ page: Page) {
+        let p = page.folioHead
         let n = p.refcountWord.add(1)
         precondition(n > 1, "get on a free page \(p)")
     }
 
-    /// `folio_try_get`: takes a reference unless the count is already zero.
-    public func tryGet(_ p: Page) -> Bool {
+    /// `folio_try_get`: takes a reference on the page's folio unless its count is already zero.
+    public func tryGet(_ page: Page) -> Bool {
+        let p = page.folioHead
         while true {
             let c = p.refcount
             if c <= 0 { return false }
@@ -241,9 +245,10 @@ extension PhysicalMemory {
         }
     }
 
-    /// `folio_put`: drops a reference and frees the frame (or calls the device's page-free
-    /// callback) when it was the last.
-    public func put(_ p: Page) {
+    /// `folio_put`: drops a reference on the page's folio and frees it (or calls the device's
+    /// page-free callback) when it was the last.
+    public func put(_ page: Page) {
+        let p = page.folioHead
         if p.test(.reserved) { return }
         let n = p.refcountWord.add(-1)
         precondition(n >= 0, "refcount underflow on \(p)")
@@ -282,7 +287,8 @@ extension PhysicalMemory {
             if let g = devicePagemap, !device.isEmpty { g.pageFreeBatch(device) }
             device.removeAll(keepingCapacity: true)
         }
-        for p in pages {
+        for page in pages {
+            let p = page.folioHead
             if p.test(.reserved) { continue }
             let n = p.refcountWord.add(-1)
             precondition(n >= 0, "refcount underflow on \(p)")

@@ -36,6 +36,10 @@ public final class PhysicalMemory: @unchecked Sendable {
     private var hugetlbPools: HugeTLB? = nil
     /// The hugetlb pools of this memory (`hstates`).
     public var hugetlb: HugeTLB { hugetlbPools.unsafelyUnwrapped }
+    /// The transparent-huge-page settings and the huge zero folio (set once, at the end of init).
+    private var thpState: TransparentHugepage? = nil
+    /// The transparent-huge-page settings of this memory (`transparent_hugepage/*`).
+    public var thp: TransparentHugepage { thpState.unsafelyUnwrapped }
 
     /// Next unassigned device pfn.
     var nextDevicePfn: UInt64
@@ -100,6 +104,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         zero.refcountWord.store(1)
         initFreeLists()
         hugetlbPools = HugeTLB(memory: self)
+        thpState = TransparentHugepage(memory: self)
     }
 
     /// Commits host memory: MADV_POPULATE_WRITE, or a write to every host page where the

@@ -27,19 +27,23 @@ extension PhysicalMemory {
         precondition(n >= 0, "mapcount underflow on \(page)")
         // The last mapping: the page may outlive the VMAs that kept its anon_vma alive (a pfn
         // walker may take a reference on it right after this), so it holds the anon_vma now.
-        if n == 0 && page.isAnon && holdOwner { page.holdAnonVMA() }
+        // (A page of a large folio: the folio holds it, through its head.)
+        if n == 0 && page.isAnon && holdOwner { page.folioHead.holdAnonVMA() }
     }
 }
 
 /// Pages whose mapping references are dropped only after the TLB shootdown (`mmu_gather`).
 struct TLBGather {
     var pages: [Page] = []
+    /// Deposited PTE tables of zapped THP leaves, freed after the flush (`pte_free`).
+    var tables: [Page] = []
     var needsFlush = false
     mutating func add(_ p: Page) { pages.append(p); needsFlush = true }
     /// Flushes the TLB if any entry changed, then drops the gathered references.
     mutating func finish(_ mm: AddressSpace) {
         if needsFlush { mm.flushTLB() }
         for p in pages { mm.memory.put(p) }
-        pages.removeAll(); needsFlush = false
+        for t in tables { mm.pageTable.freeTable(t) }
+        pages.removeAll(); tables.removeAll(); needsFlush = false
     }
 }

@@ -18,6 +18,9 @@ public final class MMStats: @unchecked Sendable {
         case bytesCopied, forks, gupPages, pins
         /// hugetlb faults: a new huge page mapped, a COW copy, a COW reuse.
         case hugetlbFaultNewPage, hugetlbFaultCOWCopy, hugetlbFaultCOWReuse
+        /// Transparent huge pages, printed with their /proc/vmstat names (`thp_fault_alloc`, …).
+        case thpFaultAlloc, thpFaultFallback, thpZeroPageAlloc, thpSplitPMD, thpSplitPage, thpSplitPageFailed
+        case thpDeferredSplitPage, thpCollapseAlloc, thpMigrationSuccess, thpMigrationFail, thpMigrationSplit
     }
     @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}
@@ -37,5 +40,27 @@ public final class MMStats: @unchecked Sendable {
         case .exclusive: return .invalidateExclusive
         }
     }
-    public func snapshot() -> [(String, Int)] { Counter.allCases.map { ("\($0)", self[$0]) } }
+    public func snapshot() -> [(String, Int)] { Counter.allCases.map { ($0.name, self[$0]) } }
+}
+
+extension MMStats.Counter {
+    /// The counter's name in `--stats`: its Swift name, except the THP counters, which take
+    /// their /proc/vmstat names (`thpFaultAlloc` is `thp_fault_alloc`, `thpSplitPMD` is
+    /// `thp_split_pmd`).
+    public var name: String {
+        let s = "\(self)"
+        guard s.hasPrefix("thp") else { return s }
+        var out = ""
+        var previousUpper = false
+        for c in s {
+            if c.isUppercase {
+                if !previousUpper { out += "_" }
+                out += c.lowercased()
+                previousUpper = true
+            } else {
+                out.append(c); previousUpper = false
+            }
+        }
+        return out
+    }
 }

@@ -18,6 +18,7 @@ extension AddressSpace {
         while !vmaList.isEmpty { removeVMA(at: vmaList.count - 1) }
         freePageTables(0, taskSize + pageSize, floor: 0, ceiling: taskSize + pageSize)
         markDeadAndFreePGD()
+        memory.thp.putHugeZeroFolio(for: self)
         machine.unregister(self)
     }
 }

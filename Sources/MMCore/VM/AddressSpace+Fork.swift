@@ -81,9 +81,51 @@ struct ForkCopier: PageWalker {
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
         if v.isPresent && !v.isHuge { return .next }
-        // A PMD leaf: a hugetlb page (THP is still to come, and makes none yet).
-        precondition(vma.isHugetlb, "fork of a PMD-level leaf outside hugetlb is not supported yet")
+        if !vma.isHugetlb { return copyHugePMD(pmd, table: table, start) }
         return copyHugetlbEntry(pmd, table: table, start)
+    }
+
+    /// `copy_huge_pmd`: a THP leaf is shared with the child copy-on-write (a reference and a
+    /// PMD mapping more, no longer exclusive, write-protected in both), each side with its
+    /// own deposited table; the huge zero folio is shared as it is. A folio that may be
+    /// pinned for DMA is not shared: the parent's PMD is split and its pages copied at the
+    /// PTE level (`copy_present_page` gives the child its own copies).
+    /// Locking: parent's mmap lock held for write; takes the parent's PMD lock.
+    private mutating func copyHugePMD(_ src: EntryPointer, table: Page, _ addr: UInt64) -> WalkStep {
+        parent.mmapLock.assertWriteLocked()
+        finish()
+        let dst: (entry: EntryPointer, table: Page, level: PageTableLevel)
+        do { dst = try childTables.walkAllocating(addr, level: .pmd) } catch { return .stop(.ENOMEM) }
+        guard let pgtable = childTables.allocateDepositTable() else { return .stop(.ENOMEM) }
+        table.ptl.lock()
+        let v = src.load()
+        guard PageTable.isTHPLeaf(v) else { table.ptl.unlock(); childTables.freeTable(pgtable); return .next }
+        if v.isSpecial {
+            table.ptl.unlock()
+            guard memory.thp.getHugeZeroFolio(for: child) != nil else { childTables.freeTable(pgtable); return .stop(.ENOMEM) }
+            table.ptl.lock()
+        } else {
+            let folio = memory.page(v.pfn)
+            if cow && folio.test(.anonExclusive) && folio.pincount > 0 {
+                table.ptl.unlock()
+                childTables.freeTable(pgtable)
+                parent.splitHugePMD(vma, addr)
+                return .next
+            }
+            memory.get(folio)
+            memory.addRmapPMD(folio)
+            if cow { folio.clear(.anonExclusive) }
+        }
+        var e = src.load()
+        if cow && e.isWrite { e = src.modify { $0.wrprotect() }.new; parentChanged = true }
+        table.ptl.unlock()
+        // The child is not visible to anyone yet: its PMD lock is taken only for the deposit.
+        child.thpMapped.storeRelease(1)
+        dst.table.ptl.lock()
+        childTables.deposit(pgtable, in: dst.table)
+        dst.entry.store(e)
+        dst.table.ptl.unlock()
+        return .skip
     }
 
     mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
@@ -173,7 +215,7 @@ struct ForkCopier: PageWalker {
         }
         if v.isSpecial { dst.store(v); return .next }
         let page = memory.page(v.pfn)
-        if page.isAnon && page.pincount > 0 {
+        if page.isAnon && page.folioHead.pincount > 0 {   // folio_maybe_dma_pinned (a THP's pins are its head's)
             // copy_present_page: a page that may be pinned for DMA keeps its identity in the
             // parent; the child gets a private copy now.
             guard let new = memory.allocate(order: 0) else { return .stop(.ENOMEM) }

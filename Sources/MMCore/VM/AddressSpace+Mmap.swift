@@ -207,6 +207,7 @@ extension AddressSpace {
         if let h = vma.hstate, address & (h.size - 1) != 0 { throw .EINVAL }
         precondition(vma.start < address && address < vma.end && isPageAligned(address))
         vmaStartWrite(vma)
+        if mayHoldTHP && vma.isAnonymous { splitHugePMDAtBoundary(vma, address) }
         let tail = vma.duplicate(into: self)
         tail.start = address
         tail.pgoff = vma.pgoff + ((address - vma.start) >> pageShift)

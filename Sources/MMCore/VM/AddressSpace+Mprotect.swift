@@ -50,7 +50,33 @@ struct ChangeProtectionWalker: PageWalker {
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
         guard v.isHuge || !v.isPresent else { return .next }
+        if !vma.isHugetlb {
+            // A THP leaf: changed whole (`change_huge_pmd`) when the range covers it, else
+            // split and changed PTE by PTE.
+            guard start & (pmdSize - 1) == 0 && end - start == pmdSize else {
+                mm.splitHugePMD(vma, start)
+                return .next
+            }
+            return changeHugePMD(pmd, table: table)
+        }
         return changeHugeLeaf(pmd, table: table)
+    }
+
+    /// `change_huge_pmd`: a THP leaf takes the VMA's protection as a PTE does; writable in a
+    /// private writable VMA only for an exclusive folio (`can_change_pmd_writable`), never for
+    /// the huge zero folio. Return: `.next` if a split raced (the walk goes below).
+    private mutating func changeHugePMD(_ pmd: EntryPointer, table: Page) -> WalkStep {
+        table.ptl.lock(); defer { table.ptl.unlock() }
+        guard PageTable.isTHPLeaf(pmd.load()) else { return .next }
+        let (old, new) = pmd.modify { v in
+            var r = v.raw & ~(PTE.write | PTE.user)
+            if vma.pageProtReadable { r |= PTE.user }
+            if !v.isSpecial, vma.wantsManualPTEWriteUpgrade, vma.pageProtReadable,
+               mm.memory.page(v.pfn).test(.anonExclusive) { r |= PTE.write }
+            return PTE(raw: r)
+        }
+        if ChangeProtectionWalker.losesPermission(old, new) { needsFlush = true }
+        return .skip
     }
 
     /// PUD leaves (1 GiB hugetlb pages): as PMD leaves.

@@ -153,6 +153,12 @@ extension AddressSpace {
         notifiers.invalidateRangeStart(range)
         defer { notifiers.invalidateRangeEnd(range) }
         var moved = false
+        if level == .pte && mayHoldTHP {
+            switch moveHugePMDs(from: from, to: to, length: length) {
+            case .failure(let e): return e
+            case .success(let m): moved = m
+            }
+        }
         off = 0
         while off < length {
             let a = from + off
@@ -171,5 +177,46 @@ extension AddressSpace {
         }
         if moved { flushTLB() }
         return nil
+    }
+}
+
+extension AddressSpace {
+    /// The THP leaves of [from, from+length) before `move_page_tables` moves PTEs: a leaf
+    /// whose whole 2 MiB moves to a 2 MiB-aligned empty PMD goes there as it is, with its
+    /// deposited table (`move_huge_pmd`); any other is split, and its PTEs move with the rest.
+    /// Return: whether a leaf moved (the caller flushes), or ENOMEM.
+    /// Locking: mmap lock held for write; inside the move's UNMAP invalidation.
+    fileprivate func moveHugePMDs(from: UInt64, to: UInt64, length: UInt64) -> Result<Bool, Errno> {
+        mmapLock.assertWriteLocked()
+        var moved = false
+        var a = from & pmdMask
+        while a < from + length {
+            defer { a += pmdSize }
+            guard let src = pageTable.lookup(a, level: .pmd), src.level == .pmd,
+                  PageTable.isTHPLeaf(src.entry.load()), let vma = vmaLookup(max(a, from)) else { continue }
+            let target = to + (a - from)
+            let whole = a >= from && a + pmdSize <= from + length && target & (pmdSize - 1) == 0
+            if whole {
+                let dst: (entry: EntryPointer, table: Page, level: PageTableLevel)
+                do { dst = try pageTable.walkAllocating(target, level: .pmd) } catch { return .failure(error) }
+                if dst.level == .pmd {
+                    src.table.ptl.lock()
+                    if dst.table != src.table { dst.table.ptl.lock() }
+                    var done = false
+                    if dst.entry.load().isNone, PageTable.isTHPLeaf(src.entry.load()) {
+                        let e = src.entry.exchange(.none)
+                        let pgtable = pageTable.withdraw(from: src.table)
+                        pageTable.deposit(pgtable, in: dst.table)
+                        dst.entry.store(e)
+                        done = true
+                    }
+                    if dst.table != src.table { dst.table.ptl.unlock() }
+                    src.table.ptl.unlock()
+                    if done { moved = true; continue }
+                }
+            }
+            splitHugePMD(vma, a)
+        }
+        return .success(moved)
     }
 }

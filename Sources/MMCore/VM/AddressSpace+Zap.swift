@@ -11,8 +11,37 @@ struct ZapWalker: PageWalker {
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
         guard v.isHuge || !v.isPresent else { return .next }
+        if let vma, !vma.isHugetlb {
+            // A THP leaf (`zap_huge_pmd`): cleared whole when the range covers it, else split
+            // first and zapped PTE by PTE (the folio stays, partly mapped).
+            if start & (pmdSize - 1) == 0 && end - start == pmdSize {
+                return zapHugePMD(pmd, table: table, vma: vma) ? .skip : .next
+            }
+            vma.mm.splitHugePMD(vma, start)
+            return .next
+        }
         zapHugeLeaf(pmd, table: table, .pmd, start, end)
         return .skip
+    }
+
+    /// `zap_huge_pmd`: the leaf goes with its deposited table; a THP loses a PMD mapping and
+    /// its reference is dropped after the flush, as a PTE's.
+    /// Return: false if the entry is no leaf anymore (a split raced: the walk goes below).
+    private mutating func zapHugePMD(_ pmd: EntryPointer, table: Page, vma: VMA) -> Bool {
+        table.ptl.lock()
+        guard PageTable.isTHPLeaf(pmd.load()) else { table.ptl.unlock(); return false }
+        let old = pmd.exchange(.none)
+        let pgtable = vma.mm.pageTable.withdraw(from: table)
+        gather.needsFlush = true
+        if !old.isSpecial {
+            let folio = memory.page(old.pfn)
+            if old.isDirty { folio.set(.dirty) }
+            memory.removeRmapPMD(folio)
+            gather.add(folio)
+        }
+        table.ptl.unlock()
+        gather.tables.append(pgtable)
+        return true
     }
 
     mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {

@@ -31,6 +31,12 @@ public final class AddressSpace: @unchecked Sendable {
     /// for devices, as a dead mm does in the kernel.
     public var isDead: Bool { deadFlag.load() != 0 }
     @usableFromInline let deadFlag = AtomicWord(0)
+    /// 1 while this address space holds the huge zero folio (`MMF_HUGE_ZERO_FOLIO`).
+    let holdsHugeZeroFolio = AtomicWord(0)
+    /// 1 once a THP or huge zero PMD leaf was mapped here: faults then look at the PMD level
+    /// even where new THPs are not allowed (an address space that never had one skips it).
+    let thpMapped = AtomicWord(0)
+    @inline(__always) public var mayHoldTHP: Bool { thpMapped.loadRelaxed() != 0 }
     var pgdFreed = false
     /// `mm_users`-like count of holders that keep the address space usable.
     let users = AtomicCounter(1)

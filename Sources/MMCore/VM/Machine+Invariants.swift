@@ -36,16 +36,32 @@ extension Machine {
         for (_, f) in files.sorted(by: { $0.value.name < $1.value.name }) {
             for (_, pfn) in f.cacheLock.withLock({ f.pages }) { fileRefs[pfn, default: 0] += 1 }
         }
-        for (pfn, count) in mappings.sorted(by: { $0.key < $1.key }) {
-            let p = memory.page(pfn)
-            if p.mapcount != count {
-                problems.append("pfn \(pfn): mapcount \(p.mapcount) but \(count) page-table entries map it")
+        // Mapcounts per page (PMD mappings per THP); references per folio, on its head.
+        var folioFloor: [UInt64: Int32] = [:]
+        for (key, count) in mappings.sorted(by: { $0.key < $1.key }) {
+            if key & PageTableChecker.entireMappingBit != 0 {
+                let pfn = key & ~PageTableChecker.entireMappingBit
+                let p = memory.page(pfn)
+                if p.entireMapcount != count {
+                    problems.append("pfn \(pfn): entire mapcount \(p.entireMapcount) but \(count) PMD leaves map the folio")
+                }
+                folioFloor[pfn, default: 0] += count
+                continue
             }
-            let floor = count + p.pincount + (fileRefs[pfn] ?? 0)
-            if p.refcount < floor {
-                problems.append("pfn \(pfn): refcount \(p.refcount) below mappings+pins+cache \(floor)")
+            let p = memory.page(key)
+            if p.mapcount != count {
+                problems.append("pfn \(key): mapcount \(p.mapcount) but \(count) page-table entries map it")
+            }
+            folioFloor[p.folioHead.pfn, default: 0] += count + (fileRefs[key] ?? 0)
+        }
+        for (pfn, mapped) in folioFloor.sorted(by: { $0.key < $1.key }) {
+            let h = memory.page(pfn)
+            let floor = mapped + h.pincount
+            if h.refcount < floor {
+                problems.append("pfn \(pfn): refcount \(h.refcount) below mappings+pins+cache \(floor)")
             }
         }
+        problems += memory.checkLargeFolios()
         return problems
     }
 

@@ -36,6 +36,8 @@ double nb_host_cow_fault(size_t bytes);           /// touch, fork, then the pare
 double nb_host_mprotect(int iterations);
 double nb_host_mmap(int count);                   /// `count` one-page mmaps (alternating protections), total seconds          /// mprotect of one page, alternating RO/RW
 double nb_host_fork(size_t bytes);                /// fork of a process with `bytes` touched
+double nb_host_thp_fault(size_t bytes);        /// MADV_HUGEPAGE'd, 2 MiB-aligned: one write per 2 MiB (THP faults)
+double nb_host_thp_fork(size_t bytes);         /// fork of a process with `bytes` of THP touched
 double nb_memcpy(void *dst, const void *src, size_t n, int reps);
 /// `copies` copies of `n` bytes split over `threads` threads (1…8), each copying its slice:
 /// the limit for a figure that copies the same bytes as many times with as many threads (a

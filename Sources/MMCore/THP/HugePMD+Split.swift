@@ -1,0 +1,85 @@
+import MMSync
+
+extension AddressSpace {
+    /// `split_huge_pmd_address` / `__split_huge_pmd`: if the PMD covering `address` is a THP
+    /// leaf (or maps the huge zero folio), replace it by its deposited PTE table mapping the
+    /// same pages, bracketed by a CLEAR invalidation of its 2 MiB (mirrors drop the huge
+    /// mapping). The folio stays whole, now mapped by 512 PTEs (`split_huge_page` divides it).
+    /// Return: whether a leaf was split.
+    /// Locking: the mmap lock (or the VMA's lock, or the folio's rmap lock) held; no
+    /// page-table lock held; takes the PMD's lock.
+    /// With `pfn`, only a leaf mapping that folio is split (an rmap walk's target).
+    @discardableResult
+    public func splitHugePMD(_ vma: VMA, _ address: UInt64, pfn: UInt64? = nil) -> Bool {
+        Lockdep.assertNoSpinLockHeld()
+        let haddr = address & pmdMask
+        guard !vma.isHugetlb, let found = pageTable.lookup(haddr, level: .pmd), found.level == .pmd,
+              PageTable.isTHPLeaf(found.entry.load()) else { return false }
+        if let pfn, found.entry.load().pfn != pfn { return false }
+        let range = MMUNotifierRange(start: haddr, end: haddr + pmdSize, event: .clear)
+        notifiers.invalidateRangeStart(range)
+        found.table.ptl.lock()
+        let done = (pfn == nil || found.entry.load().pfn == pfn) && splitHugePMDLocked(vma, found.entry, table: found.table, haddr)
+        found.table.ptl.unlock()
+        notifiers.invalidateRangeEnd(range)
+        return done
+    }
+
+    /// `__split_huge_pmd_locked`: the deposited table is filled with one PTE per page
+    /// carrying the leaf's bits (write, user, dirty, accessed, soft-dirty); each page gains a
+    /// PTE mapping and keeps the folio's exclusivity, the folio loses its PMD mapping and gains
+    /// a reference per extra PTE. The huge zero folio's PTEs map the ordinary zero page. A CPU
+    /// may set the accessed or dirty bit on the leaf meanwhile: the table is installed with a
+    /// compare-and-swap and refilled if it lost. The TLB is flushed before the lock is dropped.
+    /// Locking: the PMD table's lock held. Return: false if the entry is no THP leaf (anymore).
+    func splitHugePMDLocked(_ vma: VMA, _ pmd: EntryPointer, table: Page, _ haddr: UInt64) -> Bool {
+        table.ptl.assertHeld()
+        var old = pmd.load()
+        guard PageTable.isTHPLeaf(old) else { return false }
+        precondition(!vma.isHugetlb, "splitting a hugetlb PMD")
+        let pgtable = pageTable.withdraw(from: table)
+        let ptes = EntryPointer(memory.frame(pgtable.pfn))
+        let zero = old.isSpecial
+        while true {
+            let keep = old.raw & ~(PTE.huge | PTE.pfnMask)
+            for i in 0..<ptrsPerTable {
+                let pfn = zero ? PhysicalMemory.zeroPfn : old.pfn + UInt64(i)
+                (ptes + i).store(PTE(raw: keep | (pfn << pageShift)))
+            }
+            if pmd.compareExchange(old, .table(pgtable.pfn)) { break }
+            old = pmd.load()
+        }
+        flushTLB()
+        if !zero {
+            let folio = memory.page(old.pfn)
+            let exclusive = folio.test(.anonExclusive)
+            if old.isDirty { folio.set(.dirty) }
+            for i in 0..<folio.folioPages {
+                let p = memory.page(folio.pfn + i)
+                memory.addRmap(p)
+                if exclusive && i > 0 { p.set(.anonExclusive) }
+            }
+            folio.refcountWord.add(Int32(folio.folioPages) - 1)
+            memory.removeRmapPMD(folio)
+        }
+        stats.count(.thpSplitPMD)
+        return true
+    }
+
+    /// `vma_adjust_trans_huge` for a VMA boundary moving to `address`: a THP leaf that would
+    /// straddle it is split first (a PMD leaf never crosses a VMA's edge).
+    /// Locking: mmap lock held for write; no page-table lock held.
+    func splitHugePMDAtBoundary(_ vma: VMA, _ address: UInt64) {
+        mmapLock.assertWriteLocked()
+        guard address & (pmdSize - 1) != 0 else { return }
+        splitHugePMD(vma, address)
+    }
+}
+
+extension PageTable {
+    /// A present PMD leaf of a transparent huge page or the huge zero folio (not hugetlb:
+    /// those are told apart by their VMA, and their leaves carry no `special` bit; a THP leaf
+    /// never maps a hugetlb folio).
+    @inlinable
+    static func isTHPLeaf(_ v: PTE) -> Bool { v.isPresent && v.isHuge }
+}

@@ -1,0 +1,33 @@
+import MMSync
+
+extension PhysicalMemory {
+    /// Every THP in system memory is whole, never half-split: its head is of order 9 and not
+    /// free; every tail points at it, is no head itself, has order 0 and (for an anonymous
+    /// folio) the head's owner and the next linear index; no page of a free folio is mapped.
+    /// Only after the first THP was made (a scan of every frame otherwise costs every check).
+    /// Contract not checkable here: it takes no lock and must run while no other thread
+    /// changes memory.
+    public func checkLargeFolios() -> [String] {
+        guard thp.foliosMade else { return [] }
+        var problems: [String] = []
+        var pfn: UInt64 = 1
+        while pfn < systemFrames {
+            let h = page(pfn)
+            guard h.test(.head), !h.test(.hugetlb), !h.test(.buddy) else { pfn += 1; continue }
+            let n = h.folioPages
+            if h.order != pmdOrder { problems.append("large folio \(h) has order \(h.order)") }
+            if h.refcount <= 0 { problems.append("large folio \(h) has reference count \(h.refcount)") }
+            for i in 1..<n where pfn + i < systemFrames {
+                let t = page(pfn + i)
+                if !t.test(.tail) || t.test(.head) || t.privateWord != pfn || t.order != 0 {
+                    problems.append("large folio \(h): page \(t.pfn) is not its tail (half-split?)"); break
+                }
+                if h.isAnon && (t.ownerBits & ~Page.ownerTagMask != h.ownerBits & ~Page.ownerTagMask || t.index != h.index + i) {
+                    problems.append("large folio \(h): tail \(t.pfn) has another owner or index"); break
+                }
+            }
+            pfn += n
+        }
+        return problems
+    }
+}

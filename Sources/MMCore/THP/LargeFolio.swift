@@ -1,0 +1,68 @@
+import MMSync
+
+/// Large anonymous folios (THP): a head page of order 9 and its tail pages, 64 B of metadata
+/// each as every frame. The folio's reference count, pin count, lock and owner are the head's;
+/// each page keeps its own PTE mapcount and anon-exclusive bit; the number of PMD mappings of
+/// the whole folio (`_entire_mapcount`) lives in the first tail page's pin-count word, which a
+/// tail does not otherwise use (pins are the folio's, on its head), as the kernel keeps folio
+/// fields in its first tails. (Not its reference-count word: code that reads a page's own
+/// count must find 0 in every tail.)
+extension Page {
+    /// `folio->_entire_mapcount` of a large folio's head: its PMD mappings.
+    @inlinable public var entireMapcountWord: AtomicI32Ref { AtomicI32Ref(meta + Page.metadataStride + 16) }
+    /// PMD mappings of the folio this head page starts (0 for a small or hugetlb folio, whose
+    /// mappings are counted in `mapcount`).
+    public var entireMapcount: Int32 { test(.head) && !test(.hugetlb) ? entireMapcountWord.load() : 0 }
+    /// A transparent huge page's head or tail (`folio_test_large`, hugetlb excluded).
+    @inlinable public var isInLargeFolio: Bool {
+        let f = flagsWord.load(.acquire)
+        if f & PageFlags.tail.rawValue != 0 { return !folioHead.test(.hugetlb) }
+        return f & PageFlags.head.rawValue != 0 && f & PageFlags.hugetlb.rawValue == 0
+    }
+    /// The page's mappings (`page_mapcount`): by PTE, plus its folio's PMD mappings.
+    public var totalMapcount: Int32 {
+        let h = folioHead
+        return mapcount + (h.test(.hugetlb) ? 0 : h.entireMapcount)
+    }
+    /// Whether any page of the folio this head starts is mapped (`folio_mapped`).
+    public var folioMapped: Bool {
+        if entireMapcount > 0 { return true }
+        guard test(.head) else { return mapcount > 0 }
+        for i in 0..<folioPages where Page(pfn: pfn + i, meta: meta + Int(i) &* Page.metadataStride).mapcount > 0 { return true }
+        return false
+    }
+}
+
+extension PhysicalMemory {
+    /// `folio_add_new_anon_rmap(folio, vma, haddr, RMAP_EXCLUSIVE)` for a new PMD-mapped folio:
+    /// every page gets the owner and its linear index, the folio is exclusive, mapped once by
+    /// the PMD. The allocation reference becomes the mapping's.
+    /// Locking: the folio is not yet visible to others.
+    package func addNewAnonRmapPMD(_ folio: Page, vma: VMA, address haddr: UInt64, anonVMA: Unmanaged<AnonVMA>) {
+        assert(folio.test(.head) && folio.order == pmdOrder && folio.entireMapcount == 0 && !folio.isAnon,
+               "addNewAnonRmapPMD: not a new order-9 folio")
+        let bits = UInt64(UInt(bitPattern: anonVMA.toOpaque())) | Page.ownerTagAnon
+        let index = vma.linearPageIndex(haddr)
+        for i in 1..<folio.folioPages {
+            let t = page(folio.pfn + i)
+            t.index = index + i
+            t.ownerBits = bits
+        }
+        folio.index = index
+        folio.set([.anon, .anonExclusive, .swapBacked, .uptodate, .dirty])
+        folio.entireMapcountWord.store(1)
+        folio.ownerBits = bits
+    }
+
+    /// `folio_add_anon_rmap_pmd`: one more PMD mapping of the folio (fork). The caller took
+    /// the mapping's reference. Locking: the PMD's lock.
+    package func addRmapPMD(_ folio: Page) { folio.entireMapcountWord.add(1) }
+
+    /// `folio_remove_rmap_pmd`: one PMD mapping fewer; the reference is dropped by the caller
+    /// after the TLB flush. Locking: the PMD's lock.
+    package func removeRmapPMD(_ folio: Page) {
+        let n = folio.entireMapcountWord.add(-1)
+        precondition(n >= 0, "entire mapcount underflow on \(folio)")
+        if n == 0 && folio.isAnon && !folio.folioMapped { folio.holdAnonVMA() }
+    }
+}

@@ -1,0 +1,294 @@
+import XCTest
+@testable import MMCore
+import MMSync
+
+/// Transparent huge pages, anonymous: PMD faults, the huge zero folio, fallback, PMD splits on
+/// partial munmap / mprotect / mremap, fork and COW, folio splits for migration and pins,
+/// with the counts Linux 7.2 gives (`mm/huge_memory.c`).
+final class THPTests: XCTestCase {
+    let twoMiB: UInt64 = 2 << 20
+
+    /// A machine with THP enabled as `mode` and a 2 MiB-aligned THP-eligible range of
+    /// `huge` huge pages inside a larger anonymous mapping (MADV_HUGEPAGE on it).
+    func setUpTHP(mode: THPMode = .madvise, huge: UInt64 = 1, file: StaticString = #filePath, line: UInt = #line) throws -> (Env, UInt64) {
+        let env = try Env()
+        env.memory.thp.mode = mode
+        let raw = try env.process.mmap(length: (huge + 1) * twoMiB, prot: .readWrite, flags: [.private, .anonymous])
+        let a = (raw + twoMiB - 1) & ~(twoMiB - 1)
+        try env.process.madvise(a, length: huge * twoMiB, advice: .hugePage)
+        return (env, a)
+    }
+
+    func leaf(_ env: Env, _ a: UInt64, in mm: AddressSpace? = nil) throws -> (level: PageTableLevel, entry: PTE) {
+        let found = try XCTUnwrap((mm ?? env.mm).pageTable.lookup(a, level: .pte))
+        return (found.level, found.entry.load())
+    }
+
+    func testWriteFaultMapsOneFolioByPMD() throws {
+        let (env, a) = try setUpTHP()
+        let used = env.machine.usedFrames, tables = env.mm.pageTable.tableFrames
+        try env.cpu.store(a + 4096 * 7 + 8, UInt64(0xfeed))
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 1)
+        XCTAssertEqual(env.machine.stats[.faultAnonNewPage], 0)
+        let (level, pmd) = try leaf(env, a)
+        XCTAssertEqual(level, .pmd)
+        XCTAssertTrue(pmd.isHuge && pmd.isWrite && pmd.isDirty)
+        let folio = env.memory.page(pmd.pfn)
+        XCTAssertEqual(folio.order, 9)
+        XCTAssertEqual(folio.entireMapcount, 1)
+        XCTAssertEqual(folio.refcount, 1)
+        XCTAssertTrue(folio.test(.anonExclusive))
+        // 512 frames for the folio; the tables the walk made down to the PMD, plus the
+        // deposited PTE table (and no PTE table in use).
+        XCTAssertEqual(env.machine.usedFrames - used, 512 + (env.mm.pageTable.tableFrames - tables))
+        XCTAssertEqual(env.mm.pageTable.tableFrames - tables, 3, "PUD and PMD tables, one deposited PTE table")
+        // Every page of the 2 MiB is there, zeroed but for the write; no further fault.
+        XCTAssertEqual(try env.cpu.load(a + 4096 * 7 + 8, as: UInt64.self), 0xfeed)
+        XCTAssertEqual(try env.cpu.load(a + twoMiB - 8, as: UInt64.self), 0)
+        try env.cpu.store(a + twoMiB - 8, UInt64(1))
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 1)
+        // Outside the madvised 2 MiB: ordinary 4 KiB pages.
+        try env.cpu.store(a + twoMiB, UInt64(2))
+        XCTAssertEqual(env.machine.stats[.faultAnonNewPage], 1)
+        let e = try env.mm.pagemap(a + 4096 * 3, count: 1)[0]
+        XCTAssertTrue(e.isPresent)
+        XCTAssertEqual(e.pfn, pmd.pfn + 3)
+        env.check()
+        env.teardown()
+    }
+
+    func testReadFaultMapsHugeZeroFolioAndWriteReplacesIt() throws {
+        let (env, a) = try setUpTHP()
+        XCTAssertEqual(try env.cpu.load(a + 12345 * 8, as: UInt64.self), 0)
+        XCTAssertEqual(env.machine.stats[.thpZeroPageAlloc], 1)
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 0)
+        let (level, pmd) = try leaf(env, a)
+        XCTAssertEqual(level, .pmd)
+        XCTAssertTrue(pmd.isSpecial && !pmd.isWrite)
+        XCTAssertEqual(pmd.pfn, env.memory.thp.hugeZeroPfn)
+        XCTAssertFalse(try env.mm.pagemap(a, count: 1)[0].isPresent == false)
+        // The write: do_huge_zero_wp_pmd maps a new THP in its place.
+        try env.cpu.store(a + 64, UInt32(7))
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 1)
+        let (_, now) = try leaf(env, a)
+        XCTAssertTrue(now.isHuge && now.isWrite && !now.isSpecial)
+        XCTAssertEqual(try env.cpu.load(a + 64, as: UInt32.self), 7)
+        XCTAssertEqual(try env.cpu.load(a + 12345 * 8, as: UInt64.self), 0)
+        env.check()
+        env.teardown()
+        XCTAssertEqual(env.memory.thp.hugeZeroPfn, 0, "the last user's exit freed the huge zero folio")
+    }
+
+    func testModesAndNoHugePage() throws {
+        for (mode, advice, expectTHP) in [(THPMode.never, MadviseAdvice.hugePage, false), (.always, .noHugePage, false),
+                                          (.always, .normal, true), (.madvise, .normal, false)] {
+            let env = try Env()
+            env.memory.thp.mode = mode
+            let raw = try env.process.mmap(length: 2 * twoMiB, prot: .readWrite, flags: [.private, .anonymous])
+            let a = (raw + twoMiB - 1) & ~(twoMiB - 1)
+            if advice != .normal { try env.process.madvise(a, length: twoMiB, advice: advice) }
+            try env.cpu.store(a, UInt8(1))
+            XCTAssertEqual(env.machine.stats[.thpFaultAlloc], expectTHP ? 1 : 0, "\(mode) \(advice)")
+            XCTAssertEqual(try leaf(env, a).level, expectTHP ? .pmd : .pte, "\(mode) \(advice)")
+            env.teardown()
+        }
+    }
+
+    func testFallbackWhenNoOrder9BlockIsFree() throws {
+        let (env, a) = try setUpTHP()
+        var held: [Page] = []
+        while let p = env.memory.allocate(order: 9) { held.append(p) }
+        try env.cpu.store(a, UInt64(5))
+        XCTAssertEqual(env.machine.stats[.thpFaultFallback], 1)
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 0)
+        XCTAssertEqual(env.machine.stats[.faultAnonNewPage], 1)
+        XCTAssertEqual(try leaf(env, a).level, .pte)
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 5)
+        for p in held { env.memory.put(p) }
+        env.teardown()
+    }
+
+    /// A partial munmap splits the PMD (`thp_split_pmd`); the folio stays whole and mapped
+    /// by the PTEs left, each holding a reference; its bytes are kept.
+    func testPartialMunmapSplitsThePMD() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let head = try XCTUnwrap(try env.pfn(a))
+        try env.process.munmap(a + 4096 * 10, length: 4096)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
+        XCTAssertEqual(try leaf(env, a).level, .pte)
+        let folio = env.memory.page(head)
+        XCTAssertEqual(folio.order, 9, "the folio is not split (deferred, as Linux)")
+        XCTAssertEqual(folio.entireMapcount, 0)
+        XCTAssertEqual(folio.refcount, 511)
+        XCTAssertEqual(env.memory.page(head + 10).mapcount, 0)
+        XCTAssertEqual(env.memory.page(head + 11).mapcount, 1)
+        XCTAssertTrue(env.memory.page(head + 11).test(.anonExclusive), "exclusivity carries to the PTEs")
+        XCTAssertEqual(try env.pfn(a + 4096 * 11), head + 11)
+        // The bytes stay; a write to a PTE-mapped page of the folio reuses it (exclusive).
+        try checkIDX(env.cpu, a, bytes: 4096 * 10)
+        try checkIDX(env.cpu, a + 4096 * 11, bytes: twoMiB - 4096 * 11, plus: 4096 * 11 / 4)
+        try env.cpu.store(a + 4096 * 11, UInt32(99))
+        XCTAssertEqual(env.machine.stats[.faultCOWCopy], 0)
+        env.check()
+        // Unmapping the rest frees the whole folio.
+        let used = env.machine.usedFrames
+        try env.process.munmap(a, length: twoMiB)
+        XCTAssertLessThanOrEqual(env.machine.usedFrames, used - 512)
+        env.teardown()
+    }
+
+    func testMprotectWholeKeepsThePMDAndPartialSplitsIt() throws {
+        let (env, a) = try setUpTHP(huge: 2)
+        try env.cpu.store(a, UInt64(1))
+        try env.cpu.store(a + twoMiB, UInt64(2))
+        try env.process.mprotect(a, length: twoMiB, prot: .read)
+        let (level, pmd) = try leaf(env, a)
+        XCTAssertEqual(level, .pmd)
+        XCTAssertFalse(pmd.isWrite)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 0)
+        // Back to read/write: the exclusive folio is writable again at once (no fault).
+        try env.process.mprotect(a, length: twoMiB, prot: .readWrite)
+        XCTAssertTrue(try leaf(env, a).entry.isWrite)
+        // Half of the second huge page: the VMA split at 3 MiB splits that PMD.
+        try env.process.mprotect(a + twoMiB, length: twoMiB / 2, prot: .read)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
+        XCTAssertEqual(try leaf(env, a + twoMiB).level, .pte)
+        XCTAssertFalse(try leaf(env, a + twoMiB).entry.isWrite)
+        XCTAssertTrue(try leaf(env, a + twoMiB + twoMiB / 2).entry.isWrite)
+        XCTAssertEqual(try env.cpu.load(a + twoMiB, as: UInt64.self), 2)
+        env.check()
+        env.teardown()
+    }
+
+    /// fork shares the PMD copy-on-write; a write in either splits its PMD and copies one
+    /// 4 KiB page (Linux since 5.8 does not copy 2 MiB on a COW fault).
+    func testForkSharesThePMDAndCOWSplits() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let head = try XCTUnwrap(try env.pfn(a))
+        let child = try env.process.fork()
+        let ccpu = child.makeCPU()
+        let folio = env.memory.page(head)
+        XCTAssertEqual(folio.entireMapcount, 2)
+        XCTAssertEqual(folio.refcount, 2)
+        XCTAssertFalse(folio.test(.anonExclusive))
+        XCTAssertEqual(try leaf(env, a, in: child.mm).level, .pmd)
+        XCTAssertFalse(try leaf(env, a).entry.isWrite)
+        XCTAssertFalse(try leaf(env, a, in: child.mm).entry.isWrite)
+        env.check()
+        try ccpu.store(a + 4096 * 5, Int32(-1))
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
+        XCTAssertEqual(env.machine.stats[.faultCOWCopy], 1)
+        XCTAssertEqual(try leaf(env, a, in: child.mm).level, .pte)
+        XCTAssertEqual(try leaf(env, a).level, .pmd, "the parent keeps its PMD")
+        XCTAssertNotEqual(try child.mm.pagemap(a + 4096 * 5, count: 1)[0].pfn, head + 5)
+        XCTAssertEqual(try child.mm.pagemap(a + 4096 * 6, count: 1)[0].pfn, head + 6)
+        // The parent's write: shared with the child's PTEs, so split and copy too.
+        try env.cpu.store(a + 4096 * 6, Int32(-2))
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 2)
+        XCTAssertEqual(env.machine.stats[.faultCOWCopy], 2)
+        XCTAssertEqual(try ccpu.load(a + 4096 * 6, as: Int32.self), Int32(4096 * 6 / 4))
+        XCTAssertEqual(try env.cpu.load(a + 4096 * 5, as: Int32.self), Int32(4096 * 5 / 4))
+        XCTAssertEqual(try ccpu.load(a + 4096 * 5, as: Int32.self), -1)
+        XCTAssertEqual(try env.cpu.load(a + 4096 * 6, as: Int32.self), -2)
+        // The first tail page too (its metadata word next to the folio's PMD mapcount).
+        try ccpu.store(a + 4096, Int32(-3))
+        XCTAssertEqual(env.machine.stats[.faultCOWCopy], 3)
+        XCTAssertEqual(try env.cpu.load(a + 4096, as: Int32.self), 1024)
+        env.check()
+        ccpu.detach(); child.exit()
+        env.check()
+        env.teardown()
+    }
+
+    /// mremap of a whole, aligned THP to an aligned address moves the PMD (`move_huge_pmd`);
+    /// to an unaligned one it splits it first.
+    func testMremapMovesOrSplitsThePMD() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let head = try XCTUnwrap(try env.pfn(a))
+        let dst = try env.process.mmap(length: 4 * twoMiB, prot: .none, flags: [.private, .anonymous])
+        let target = (dst + twoMiB - 1) & ~(twoMiB - 1)
+        let b = try env.process.mremap(a, oldLength: twoMiB, newLength: twoMiB, flags: [.mayMove, .fixed], newAddress: target)
+        XCTAssertEqual(b, target)
+        XCTAssertEqual(try leaf(env, b).level, .pmd)
+        XCTAssertEqual(try leaf(env, b).entry.pfn, head)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 0)
+        try checkIDX(env.cpu, b, bytes: twoMiB)
+        env.check()
+        let c = try env.process.mremap(b, oldLength: twoMiB, newLength: twoMiB, flags: [.mayMove, .fixed], newAddress: target + twoMiB + 4096)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
+        XCTAssertEqual(try leaf(env, c).level, .pte)
+        XCTAssertEqual(try env.pfn(c + 4096), head + 1)
+        try checkIDX(env.cpu, c, bytes: twoMiB)
+        env.check()
+        env.teardown()
+    }
+
+    /// Migrating a page of a THP splits the folio first (`split_folio`), then moves the page.
+    func testMigratePagesSplitsTheFolio() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let head = try XCTUnwrap(try env.pfn(a))
+        let r = env.machine.migratePages([head + 3])
+        XCTAssertEqual(r.failed, [:])
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1)
+        XCTAssertEqual(env.machine.stats[.thpMigrationSplit], 1)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
+        let new = try XCTUnwrap(r.migrated[head + 3])
+        XCTAssertEqual(try env.pfn(a + 4096 * 3), new)
+        XCTAssertEqual(try env.pfn(a + 4096 * 4), head + 4)
+        for i: UInt64 in [0, 4, 511] {
+            let p = env.memory.page(head + i)
+            XCTAssertEqual(p.order, 0)
+            XCTAssertFalse(p.test(.tail) || p.test(.head))
+            XCTAssertEqual(p.refcount, 1)
+            XCTAssertEqual(p.mapcount, 1)
+            XCTAssertTrue(p.test(.anonExclusive))
+        }
+        try checkIDX(env.cpu, a, bytes: twoMiB)
+        env.check()
+        env.teardown()
+    }
+
+    /// A pinned THP is not split (EBUSY, everything as it was); fork gives the child copies of
+    /// its pages rather than sharing it.
+    func testPinnedFolioIsNotSplitAndForkCopies() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let head = try XCTUnwrap(try env.pfn(a))
+        let pinned = try env.mm.getUserPages(a + 4096, count: 1, flags: [.pin, .write])
+        XCTAssertEqual(pinned[0].pfn, head + 1)
+        let folio = env.memory.page(head)
+        XCTAssertEqual(folio.pincount, 1)
+        XCTAssertEqual(folio.refcount, 2)
+        folio.lock()
+        memory(env).get(folio)
+        XCTAssertEqual(env.machine.splitFolio(folio), .EBUSY)
+        memory(env).put(folio)
+        folio.unlock()
+        XCTAssertEqual(env.machine.stats[.thpSplitPageFailed], 1)
+        XCTAssertEqual(try leaf(env, a).level, .pte, "the PMD was split before the freeze failed")
+        XCTAssertEqual(folio.order, 9)
+        env.check()
+        let child = try env.process.fork()
+        let ccpu = child.makeCPU()
+        XCTAssertNotEqual(try child.mm.pagemap(a + 4096, count: 1)[0].pfn, head + 1, "a pinned folio's pages are copied")
+        try checkIDX(ccpu, a, bytes: twoMiB)
+        env.check()
+        ccpu.detach(); child.exit()
+        env.mm.unpinUserPages(pinned)
+        env.check()
+        env.teardown()
+    }
+
+    private func memory(_ env: Env) -> PhysicalMemory { env.memory }
+
+    func testVmstatNames() {
+        XCTAssertEqual(MMStats.Counter.thpFaultAlloc.name, "thp_fault_alloc")
+        XCTAssertEqual(MMStats.Counter.thpSplitPMD.name, "thp_split_pmd")
+        XCTAssertEqual(MMStats.Counter.thpZeroPageAlloc.name, "thp_zero_page_alloc")
+        XCTAssertEqual(MMStats.Counter.faultCOWCopy.name, "faultCOWCopy")
+    }
+}
