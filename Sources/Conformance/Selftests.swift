@@ -9,7 +9,8 @@ public struct Selftest: Sendable {
     public let name: String
     /// `hmm2` fixtures open two devices.
     public let twoDevices: Bool
-    /// Set when the test needs transparent huge pages (THP), which the model does not have yet.
+    /// Set when the test needs a huge-page feature the model does not have yet (device THP,
+    /// MADV_COLLAPSE): the test is skipped, naming it.
     public let needs: String?
     let body: @Sendable (Fixture) throws -> Void
 
@@ -47,7 +48,7 @@ public enum SelftestSuite {
         Selftest(number: 5, name: "anon_write_prot", twoDevices: false, needs: nil, body: anonWriteProt),
         Selftest(number: 6, name: "anon_write_child", twoDevices: false, needs: nil, body: anonWriteChild),
         Selftest(number: 7, name: "anon_write_child_shared", twoDevices: false, needs: nil, body: anonWriteChildShared),
-        Selftest(number: 8, name: "anon_write_huge", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 8, name: "anon_write_huge", twoDevices: false, needs: nil, body: anonWriteHuge),
         Selftest(number: 9, name: "anon_write_hugetlbfs", twoDevices: false, needs: nil, body: anonWriteHugetlbfs),
         Selftest(number: 10, name: "file_read", twoDevices: false, needs: nil, body: fileRead),
         Selftest(number: 11, name: "file_write", twoDevices: false, needs: nil, body: fileWrite),
@@ -64,15 +65,15 @@ public enum SelftestSuite {
         Selftest(number: 25, name: "exclusive", twoDevices: false, needs: nil, body: exclusive),
         Selftest(number: 26, name: "exclusive_mprotect", twoDevices: false, needs: nil, body: exclusiveMprotect),
         Selftest(number: 28, name: "hmm_gup_test", twoDevices: false, needs: nil, body: gupTest),
-        Selftest(number: 30, name: "migrate_anon_huge_empty", twoDevices: false, needs: "THP", body: { _ in }),
-        Selftest(number: 31, name: "migrate_anon_huge_zero", twoDevices: false, needs: "THP", body: { _ in }),
-        Selftest(number: 32, name: "migrate_anon_huge_free", twoDevices: false, needs: "THP", body: { _ in }),
-        Selftest(number: 33, name: "migrate_anon_huge_fault", twoDevices: false, needs: "THP", body: { _ in }),
-        Selftest(number: 34, name: "migrate_partial_unmap_fault", twoDevices: false, needs: "THP", body: { _ in }),
-        Selftest(number: 35, name: "migrate_remap_fault", twoDevices: false, needs: "THP", body: { _ in }),
-        Selftest(number: 36, name: "migrate_anon_huge_err", twoDevices: false, needs: "THP", body: { _ in }),
-        Selftest(number: 37, name: "migrate_anon_huge_zero_err", twoDevices: false, needs: "THP", body: { _ in }),
-        Selftest(number: 38, name: "benchmark_thp_migration", twoDevices: false, needs: "THP", body: { _ in }),
+        Selftest(number: 30, name: "migrate_anon_huge_empty", twoDevices: false, needs: nil, body: migrateAnonHugeEmpty),
+        Selftest(number: 31, name: "migrate_anon_huge_zero", twoDevices: false, needs: nil, body: migrateAnonHugeZero),
+        Selftest(number: 32, name: "migrate_anon_huge_free", twoDevices: false, needs: nil, body: migrateAnonHugeFree),
+        Selftest(number: 33, name: "migrate_anon_huge_fault", twoDevices: false, needs: "MADV_COLLAPSE and device THP", body: { _ in }),
+        Selftest(number: 34, name: "migrate_partial_unmap_fault", twoDevices: false, needs: nil, body: migratePartialUnmapFault),
+        Selftest(number: 35, name: "migrate_remap_fault", twoDevices: false, needs: nil, body: migrateRemapFault),
+        Selftest(number: 36, name: "migrate_anon_huge_err", twoDevices: false, needs: "device THP: MIGRATE_VMA_SELECT_COMPOUND", body: migrateAnonHugeErr),
+        Selftest(number: 37, name: "migrate_anon_huge_zero_err", twoDevices: false, needs: "device THP: MIGRATE_VMA_SELECT_COMPOUND", body: migrateAnonHugeZeroErr),
+        Selftest(number: 38, name: "benchmark_thp_migration", twoDevices: false, needs: nil, body: benchmarkTHPMigration),
     ]
 
     // MARK: T02–T07
@@ -155,11 +156,15 @@ public enum SelftestSuite {
         try f.process.munmap(b.ptr, length: UInt64(size))
     }
 
-    /// T06 without its THP rounds (those need huge pages).
+    /// T06: four rounds, with and without migration, with and without THP (a PMD-sized,
+    /// PMD-aligned range advised MADV_HUGEPAGE inside a mapping twice its size; without THP,
+    /// 4 MiB at the start of a mapping twice that).
     static func anonWriteChild(_ f: Fixture) throws {
-        for migrate in [false, true] {
-            let npages = f.npg, size = npages * f.pageSize
-            let b = try f.anonBuffer(size: size)
+        for migrate in [false, true] { for useTHP in [false, true] {
+            let size = useTHP ? pmd : 4 << 20, npages = size / f.pageSize
+            // mmap 2*size; with THP the size-aligned size inside, advised; else its start.
+            let t = try thpBuffer(f, size: size, advice: useTHP ? .hugePage : nil, align: useTHP)
+            let b = t.buffer
             try f.fill(b, idx)
             f.fillMirror(b, neg)
             if migrate {
@@ -179,9 +184,9 @@ public enum SelftestSuite {
             }
             child.exit()
             if case .failure(let e) = childResult { throw SelftestFailure(message: "child did not exit normally: \(e)", file: #fileID, line: #line) }
-            try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "parent ptr (migrate \(migrate))")
-            try f.process.munmap(b.ptr, length: UInt64(size))
-        }
+            try f.expectInts(try f.ints(f.cpu, b.ptr, count: size / 4), idx, "parent ptr (migrate \(migrate), thp \(useTHP))")
+            try unmap(f, t)
+        } }
     }
 
     static func anonWriteChildShared(_ f: Fixture) throws {

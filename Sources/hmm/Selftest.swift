@@ -9,8 +9,9 @@ struct Selftest: ParsableCommand {
             Prints TAP version 14 (plan, 'ok N - name', '# SKIP reason', a YAML block with \
             message, expected and got under a failure, the summary 'N passed, N failed, N skipped' \
             as a comment), or with --format json one JSON document. Exit status 0 only if \
-            nothing failed. Tests that need transparent huge pages (THP) are skipped until \
-            THP exists; hugetlb is modelled.
+            nothing failed. hugetlb and anonymous THP are modelled; the tests that need device \
+            THP (MIGRATE_VMA_SELECT_COMPOUND) or MADV_COLLAPSE are skipped, naming what they need. \
+            benchmark_thp_migration prints its table (TAP comments; standard error with --format json).
             """)
 
     enum VariantChoice: String, ExpressibleByArgument, CaseIterable {
@@ -29,12 +30,22 @@ struct Selftest: ParsableCommand {
     @Flag(help: "Check lock order and locking rules while running (lockdep); any report fails the run.")
     var lockdep = false
 
+    @Option(help: "Largest size benchmark_thp_migration runs, in MiB (the kernel's list ends at 256).")
+    var benchmarkMaxMib: Int = 256
+
     func run() throws {
         let variants: [Variant]
         switch variant {
         case .private: variants = [.devicePrivate]
         case .coherent: variants = [.deviceCoherent]
         case .all: variants = Variant.allCases
+        }
+        guard benchmarkMaxMib > 0 else { throw ValidationError("--benchmark-max-mib must be positive") }
+        SelftestSuite.benchmarkMaxBytes = benchmarkMaxMib << 20
+        let json = format == .json
+        SelftestSuite.benchmarkReport = { rows in
+            let text = (["benchmark_thp_migration: round trip (to device and back), mean of 5"] + rows).map { "# " + $0 }
+            for line in text { if json { BenchRecord.printError(line) } else { out(line) } }
         }
         let runner = SelftestRunner(variants: variants, filter: filter, format: format)
         if runner.selected.isEmpty {
