@@ -19,7 +19,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D14", "D15"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D14", "D15", "D16"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -338,6 +338,31 @@ final class DivergenceTests: XCTestCase {
         let big = try p.mmap(length: 4 << 20, prot: .readWrite, flags: [.private, .anonymous])
         XCTAssertEqual(big, first - (4 << 20), "right below the previous mapping")
         XCTAssertNotEqual(big & (pmdSize - 1), 0, "not on a 2 MiB boundary (7.2 would align it)")
+        p.exit()
+    }
+
+    /// D16: after the forked child is gone, a write to a shared page of a PTE-mapped THP is
+    /// copied (7.2 would reuse it: every reference is a mapping in this mm).
+    func testD16SharedPageOfAPTEMappedTHPIsCopied() throws {
+        let m = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 0)
+        let p = try MMCore.Process(machine: m)
+        let raw = try p.mmap(length: 4 << 20, prot: .readWrite, flags: [.private, .anonymous])
+        let a = (raw + pmdSize - 1) & pmdMask
+        try p.madvise(a, length: pmdSize, advice: .hugePage)
+        let cpu = p.makeCPU()
+        try cpu.store(a, UInt64(1))
+        let head = try p.mm.pagemap(a, count: 1)[0].pfn
+        let child = try p.fork()
+        child.exit()
+        try p.mprotect(a + pmdSize / 2, length: pmdSize / 2, prot: .read)   // splits the PMD
+        XCTAssertEqual(m.stats[.thpSplitPMD], 1)
+        XCTAssertEqual(m.memory.page(head).refcount, 512, "every reference is one of this mm's PTEs")
+        try cpu.store(a + 8, UInt64(2))
+        XCTAssertEqual(m.stats[.faultCOWCopy], 1)
+        XCTAssertNotEqual(try p.mm.pagemap(a, count: 1)[0].pfn, head, "copied, not reused")
+        XCTAssertEqual(try cpu.load(a, as: UInt64.self), 1)
+        XCTAssertEqual(m.checkInvariants(), [])
+        cpu.detach()
         p.exit()
     }
 }

@@ -119,4 +119,95 @@ final class StressTests: XCTestCase {
         env.check()
         env.teardown()
     }
+
+    /// THP under the same kind of race: two CPU writers and a reader on two THPs while the
+    /// mutator migrates pages (splitting folios), mprotects half a THP and back (splitting
+    /// PMDs), forks (sharing PMDs), zaps one page (MADV_DONTNEED) and now and then maps the
+    /// region afresh (new THPs on the writers' next faults). Same checks as above.
+    func testCPUsRaceTHPSplitsMigrationForkMprotect() throws {
+        let env = try Env(mib: 128, checkEveryOperation: false)
+        env.memory.thp.mode = .madvise
+        let huge: UInt64 = 2, stride: UInt64 = 8
+        let raw = try env.anon(Int((huge + 1) * pmdSize / pageSize))
+        let region = (raw + pmdSize - 1) & pmdMask
+        try env.process.madvise(region, length: huge * pmdSize, advice: .hugePage)
+        let slots = huge * pmdSize / pageSize / stride
+        let stop = AtomicCounter(0)
+        let lost = AtomicCounter(0), torn = AtomicCounter(0)
+        var lastWritten = [UInt64](repeating: 0, count: 2)
+        func slot(_ k: UInt64, _ t: Int) -> UInt64 { region + k * stride * pageSize + UInt64(t) * 8 }
+        let writers = (0..<2).map { t in
+            env.process.spawnThread(name: "writer\(t)") { cpu in
+                let tag = UInt64(t + 1) << 48
+                var i: UInt64 = 0
+                while stop.load() == 0 {
+                    i += 1
+                    cpu.run { cpu in for k in 0..<slots { try? cpu.store(slot(k, t), tag | i) } }
+                }
+                lastWritten[t] = i
+            }
+        }
+        let reader = env.process.spawnThread(name: "reader") { cpu in
+            var seen = [UInt64](repeating: 0, count: Int(slots) * 2)
+            while stop.load() == 0 {
+                for k in 0..<slots {
+                    for t in 0..<2 {
+                        guard let v = try? cpu.load(slot(k, t), as: UInt64.self), v != 0 else { continue }
+                        if v >> 48 != UInt64(t + 1) { torn.add(1); continue }
+                        let c = v & 0xFFFF_FFFF_FFFF
+                        let i = Int(k) * 2 + t
+                        if c < seen[i] { lost.add(1) }
+                        seen[i] = max(seen[i], c)
+                    }
+                }
+            }
+        }
+        var rng = SeededRNG(seed: 11)
+        for round in 1...1200 {
+            let pick = (0..<3).map { _ in region + UInt64.random(in: 0..<(huge * pmdSize / pageSize), using: &rng) * pageSize }
+            let pfns = pick.compactMap { (try? env.mm.pagemap($0, count: 1))?.first }.filter(\.isPresent).map(\.pfn)
+            _ = env.machine.migratePages(pfns)
+            if round % 4 == 0 {
+                let h = region + UInt64(round / 4 % Int(huge)) * pmdSize
+                try env.process.mprotect(h + pmdSize / 2, length: pmdSize / 2, prot: .read)
+                try env.process.mprotect(h + pmdSize / 2, length: pmdSize / 2, prot: .readWrite)
+            }
+            if round % 10 == 0 {
+                let child = try env.process.fork()
+                let ccpu = child.makeCPU()
+                for k in 0..<slots {
+                    if let v = try? ccpu.load(slot(k, 0), as: UInt64.self), v != 0, v >> 48 != 1 { torn.add(1) }
+                }
+                try? ccpu.store(slot(0, 0) + 16, UInt64(0xdead))   // a COW write in the child
+                ccpu.detach()
+                child.exit()
+            }
+            if round % 20 == 0 {
+                // A fresh mapping: the writers' next faults make new THPs.
+                try env.process.munmap(region, length: huge * pmdSize)
+                _ = try env.process.mmap(address: region, length: huge * pmdSize, prot: .readWrite, flags: [.private, .anonymous, .fixed])
+                try env.process.madvise(region, length: huge * pmdSize, advice: .hugePage)
+            }
+        }
+        stop.store(1)
+        writers.forEach { $0.join() }
+        reader.join()
+        XCTAssertEqual(torn.load(), 0, "torn values")
+        XCTAssertEqual(lost.load(), 0, "values went backwards")
+        XCTAssertGreaterThan(env.machine.stats[.thpFaultAlloc], 20, "new THPs after each fresh mapping")
+        XCTAssertGreaterThan(env.machine.stats[.thpSplitPMD], 0)
+        XCTAssertGreaterThan(env.machine.stats[.thpSplitPage], 0)
+        let check = env.process.makeCPU()
+        for k in 0..<slots {
+            for t in 0..<2 {
+                let v: UInt64 = try check.load(slot(k, t))
+                if v != 0 { XCTAssertEqual(v, UInt64(t + 1) << 48 | lastWritten[t], "slot \(k) word \(t)") }
+            }
+        }
+        check.detach()
+        XCTAssertTrue(lastWritten.allSatisfy { $0 >= 20 }, "writer passes: \(lastWritten)")
+        print("thp stress: \(lastWritten) writer passes, \(env.machine.stats[.thpFaultAlloc]) THP faults, \(env.machine.stats[.thpSplitPMD]) PMD splits, \(env.machine.stats[.thpSplitPage]) folio splits, \(env.machine.stats[.pagesMigrated]) migrations")
+        env.check()
+        env.teardown()
+    }
 }

@@ -252,7 +252,7 @@ final class THPTests: XCTestCase {
         env.teardown()
     }
 
-    /// A pinned THP is not split (EBUSY, everything as it was); fork gives the child copies of
+    /// A pinned THP is not split (EAGAIN before anything is unmapped); fork gives the child copies of
     /// its pages rather than sharing it.
     func testPinnedFolioIsNotSplitAndForkCopies() throws {
         let (env, a) = try setUpTHP()
@@ -265,11 +265,12 @@ final class THPTests: XCTestCase {
         XCTAssertEqual(folio.refcount, 2)
         folio.lock()
         memory(env).get(folio)
-        XCTAssertEqual(env.machine.splitFolio(folio), .EBUSY)
+        XCTAssertEqual(env.machine.splitFolio(folio), .EAGAIN)
         memory(env).put(folio)
         folio.unlock()
         XCTAssertEqual(env.machine.stats[.thpSplitPageFailed], 1)
-        XCTAssertEqual(try leaf(env, a).level, .pte, "the PMD was split before the freeze failed")
+        XCTAssertEqual(try leaf(env, a).level, .pmd, "can_split_folio fails first: the PMD stays")
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 0)
         XCTAssertEqual(folio.order, 9)
         env.check()
         let child = try env.process.fork()
@@ -284,6 +285,43 @@ final class THPTests: XCTestCase {
     }
 
     private func memory(_ env: Env) -> PhysicalMemory { env.memory }
+
+    /// A pin of a page of a PTE-mapped THP is the folio's (its head's pin count), and fork
+    /// copies that page rather than sharing it; unpinning leaves every count as it was.
+    func testPinOfAPTEMappedTHPPageIsTheFolios() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let head = try XCTUnwrap(try env.pfn(a))
+        try env.process.mprotect(a + twoMiB / 2, length: twoMiB / 2, prot: .read)   // split the PMD
+        XCTAssertEqual(try leaf(env, a).level, .pte)
+        let folio = env.memory.page(head)
+        let pinned = try env.mm.getUserPages(a + 4096 * 3, count: 1, flags: [.pin, .write])
+        XCTAssertEqual(pinned[0].pfn, head + 3)
+        XCTAssertEqual(folio.pincount, 1)
+        XCTAssertEqual(folio.refcount, 513)
+        XCTAssertEqual(folio.entireMapcount, 0)
+        XCTAssertEqual(env.memory.page(head + 3).pincount, 0)
+        let child = try env.process.fork()
+        XCTAssertNotEqual(try child.mm.pagemap(a + 4096 * 3, count: 1)[0].pfn, head + 3, "a pinned folio's page is copied")
+        child.exit()
+        env.mm.unpinUserPages(pinned)
+        XCTAssertEqual(folio.pincount, 0)
+        XCTAssertEqual(folio.refcount, 512)
+        env.check()
+        env.teardown()
+    }
+
+    /// An unaligned MREMAP_DONTUNMAP source inside a THP: the leaf is split, nothing traps.
+    func testMremapDontUnmapOfAPageInsideATHP() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let b = try env.process.mremap(a + 4096, oldLength: 4096, newLength: 4096, flags: [.mayMove, .dontUnmap])
+        XCTAssertEqual(try env.cpu.load(b, as: Int32.self), 1024)
+        XCTAssertEqual(try env.cpu.load(a + 4096, as: Int32.self), 0, "DONTUNMAP leaves the source empty")
+        try checkIDX(env.cpu, a + 8192, bytes: 4096, plus: 2048)
+        env.check()
+        env.teardown()
+    }
 
     func testVmstatNames() {
         XCTAssertEqual(MMStats.Counter.thpFaultAlloc.name, "thp_fault_alloc")

@@ -62,10 +62,13 @@ extension AddressSpace {
     func canReuseAnonPage(_ page: Page) -> Bool {
         Lockdep.assertSpinLockHeld()
         if page.test(.anonExclusive) { return true }
-        // The only reference is this one mapping: nobody else can see the page. (For a page
-        // of a THP the count is the folio's: reused only if no other page of it is mapped.)
-        let folio = page.folioHead
-        if folio.refcount == 1 && page.mapcount == 1 && folio.entireMapcount == 0 {
+        // A page of a PTE-mapped THP that is not exclusive: 7.2 copies when at most one page
+        // of the folio is mapped (to free the large folio) and reuses when every reference is
+        // a mapping in this mm, which needs per-folio mm ids the model does not keep: it
+        // copies (D16).
+        if page.test(.tail) || page.test(.head) { return false }
+        // The only reference is this one mapping: nobody else can see the page.
+        if page.refcount == 1 && page.mapcount == 1 {
             page.set(.anonExclusive)
             return true
         }

@@ -104,7 +104,12 @@ extension AddressSpace {
         }
         let found: (entry: EntryPointer, table: Page, level: PageTableLevel)
         do { found = try pageTable.walkAllocating(address, level: .pte) } catch { return .oom }
-        guard found.level == .pte else { return handleHugeEntry(vma: vma, address: address, found.entry, flags: flags) }
+        guard found.level == .pte else {
+            // A THP leaf went in after this fault fell back (another thread's huge zero
+            // folio): the access is simply taken again (7.2: pte_offset_map_lock fails, 0).
+            if !vma.isHugetlb && found.level == .pmd && PageTable.isTHPLeaf(found.entry.load()) { return .ok }
+            return handleHugeEntry(vma: vma, address: address, found.entry, flags: flags)
+        }
         let ptep = found.entry, ptl = found.table.ptl
         let entry = ptep.load()
         if entry.isNone {

@@ -117,9 +117,11 @@ extension AddressSpace {
             folio = page
         } else {
             let sub = found.level == .pte ? 0 : (a & (found.level.size - 1)) >> pageShift
-            folio = memory.page(v.pfn)
             page = memory.page(v.pfn + sub)
-            if unshare && folio.isAnon && !folio.test(.anonExclusive) { return .fault }
+            folio = page.folioHead   // a PTE-mapped THP's page: its folio is the head
+            // The exclusive bit is the page's (PTE) or the folio head's (PMD leaf).
+            let exclusive = found.level == .pte ? page.test(.anonExclusive) : folio.test(.anonExclusive)
+            if unshare && folio.isAnon && !exclusive { return .fault }
         }
         if flags.contains(.longterm) && folio.isDeviceCoherent { return .migrateOut(folio.pfn) }
         if !folio.test(.reserved) { memory.get(folio) }

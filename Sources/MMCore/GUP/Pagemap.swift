@@ -52,9 +52,12 @@ extension AddressSpace {
                     if v.isPresent && (f.level == .pte || v.isHuge) {
                         raw |= PagemapEntry.presentBit | ((v.pfn + sub) & ((1 << 55) - 1))
                         if !v.isSpecial {
-                            let p = memory.page(v.pfn)
-                            if !p.isAnon { raw |= PagemapEntry.fileBit }
-                            if p.mapcount == 1 { raw |= PagemapEntry.exclusiveBit }
+                            // The page's own mappings, its folio's PMD mappings included.
+                            let p = memory.page(v.pfn + sub)
+                            if !p.folioHead.isAnon { raw |= PagemapEntry.fileBit }
+                            if p.totalMapcount == 1 { raw |= PagemapEntry.exclusiveBit }
+                        } else if f.level == .pmd {
+                            raw |= PagemapEntry.fileBit   // the huge zero folio: pmd_page, not anonymous
                         }
                     } else if v.isSwap {
                         let s = v.swapEntry

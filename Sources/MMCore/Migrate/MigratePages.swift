@@ -39,7 +39,7 @@ extension Machine {
         guard memory.tryGet(old) else { return .failure(.ENOENT) }
         // A page of a THP: the folio is split first and the page moves alone (D14).
         let folio = old.folioHead
-        if folio.isInLargeFolio {
+        if folio.isInLargeFolio && folio.isAnon {
             guard folio.tryLock() else { memory.put(folio); return .failure(.EBUSY) }
             let err = splitFolio(folio)
             folio.unlock()

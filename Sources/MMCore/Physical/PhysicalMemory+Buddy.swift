@@ -236,12 +236,18 @@ extension PhysicalMemory {
     }
 
     /// `folio_try_get`: takes a reference on the page's folio unless its count is already zero.
+    /// The folio is looked up again after the increment (a split may have made the page a
+    /// folio of its own meanwhile: the reference then goes back and the page's own is tried).
+    /// A reserved page (the zero pages) is never freed and takes no count, as `put` drops none.
     public func tryGet(_ page: Page) -> Bool {
-        let p = page.folioHead
         while true {
+            let p = page.folioHead
+            if p.test(.reserved) { return true }
             let c = p.refcount
             if c <= 0 { return false }
-            if p.refcountWord.compareExchange(expected: c, desired: c + 1).exchanged { return true }
+            guard p.refcountWord.compareExchange(expected: c, desired: c + 1).exchanged else { continue }
+            if page.folioHead == p { return true }
+            put(p)
         }
     }
 

@@ -113,8 +113,8 @@ extension AddressSpace {
                 table.ptl.unlock()
                 folio.lock()
                 table.ptl.lock()
-                memory.put(folio)
-                guard pmd.load() == orig else { table.ptl.unlock(); folio.unlock(); return .ok }
+                guard pmd.load() == orig else { table.ptl.unlock(); folio.unlock(); memory.put(folio); return .ok }
+                memory.put(folio)   // the PMD still maps it: not the last reference
             }
             if folio.test(.anonExclusive) {
                 reuse = true

@@ -40,6 +40,19 @@ extension AddressSpace {
         let pgtable = pageTable.withdraw(from: table)
         let ptes = EntryPointer(memory.frame(pgtable.pfn))
         let zero = old.isSpecial
+        if !zero {
+            // The accounting comes first: once the table is in, a PTE-level walker (a zap, a
+            // COW fault) holding only its PTE lock may drop a mapping at once. The PMD lock
+            // and the PMD mapping's reference keep the folio meanwhile.
+            let folio = memory.page(old.pfn)
+            let exclusive = folio.test(.anonExclusive)
+            folio.refcountWord.add(Int32(folio.folioPages) - 1)
+            for i in 0..<folio.folioPages {
+                let p = memory.page(folio.pfn + i)
+                memory.addRmap(p)
+                if exclusive && i > 0 { p.set(.anonExclusive) }
+            }
+        }
         while true {
             let keep = old.raw & ~(PTE.huge | PTE.pfnMask)
             for i in 0..<ptrsPerTable {
@@ -52,14 +65,7 @@ extension AddressSpace {
         flushTLB()
         if !zero {
             let folio = memory.page(old.pfn)
-            let exclusive = folio.test(.anonExclusive)
             if old.isDirty { folio.set(.dirty) }
-            for i in 0..<folio.folioPages {
-                let p = memory.page(folio.pfn + i)
-                memory.addRmap(p)
-                if exclusive && i > 0 { p.set(.anonExclusive) }
-            }
-            folio.refcountWord.add(Int32(folio.folioPages) - 1)
             memory.removeRmapPMD(folio)
         }
         stats.count(.thpSplitPMD)

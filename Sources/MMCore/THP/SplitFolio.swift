@@ -8,8 +8,9 @@ extension Machine {
     /// flags, owner and index), and every migration entry becomes a mapping of its page again
     /// (`remove_migration_ptes`). Pages left unmapped are freed; the caller keeps its reference
     /// and lock on the first page. A folio someone else also references (a pin, a GUP, a
-    /// racing walker) is not split: its mappings come back as they were (EBUSY).
-    /// Return: nil on success (also for a folio that is not large), EBUSY, or EINVAL for a
+    /// racing walker) is not split: checked first, and again once it is unmapped (its mappings
+    /// then come back as they were); EAGAIN, as `split_folio`.
+    /// Return: nil on success (also for a folio that is not large), EAGAIN, or EINVAL for a
     /// folio that is not anonymous.
     /// Locking: caller holds the folio's lock and one reference on it, and no page-table
     /// lock; takes the anon_vma lock, notifiers, PMD and PTE locks.
@@ -24,6 +25,14 @@ extension Machine {
             unowned let av = anon
             let index = head.index
             let n = Int(head.folioPages)
+            // can_split_folio, before anything is unmapped: every reference but the caller's
+            // must be a mapping (a pin or a walker's reference: EAGAIN, the folio untouched).
+            var mapped = Int(head.entireMapcount)
+            for i in 0..<n { mapped += Int(memory.page(head.pfn + UInt64(i)).mapcount) }
+            guard head.pincount == 0, Int(head.refcount) == mapped + 1 else {
+                stats.count(.thpSplitPageFailed)
+                return .EAGAIN
+            }
             memory.rmapWalkAnon(av, index: index) { hit in
                 hit.vma.mm.splitHugePMD(hit.vma, hit.address, pfn: head.pfn)
                 return true
@@ -36,20 +45,22 @@ extension Machine {
                     removeMigrationPTEs(from: p, to: p, av: av, index: index + UInt64(i), entries: entries[i])
                 }
                 stats.count(.thpSplitPageFailed)
-                return .EBUSY
+                return .EAGAIN
             }
-            // Frozen: nobody can take a reference; every page is unmapped.
+            // Frozen: nobody can take a reference; every page is unmapped. Each tail stops
+            // being one (its flags first: until then it names the head, whose count is 0) and
+            // stays at count 0 until every page is whole; then the counts are set.
             let common = head.flags.intersection([.anon, .swapBacked, .uptodate, .dirty, .referenced])
             for i in 1..<n {
                 let t = memory.page(head.pfn + UInt64(i))
+                t.flagsWord.store(common.union(.locked).rawValue)
                 t.privateWord = 0
                 t.order = 0
                 t.kind = .system
-                t.refcountWord.store(1)
-                t.flagsWord.store(common.union(.locked).rawValue)
             }
             head.order = 0
             head.clear(.head)
+            for i in 1..<n { memory.page(head.pfn + UInt64(i)).refcountWord.store(1) }
             head.refcountWord.store(1)
             for i in 0..<n where entries[i] > 0 {
                 let p = memory.page(head.pfn + UInt64(i))

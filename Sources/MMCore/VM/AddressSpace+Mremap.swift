@@ -141,6 +141,10 @@ extension AddressSpace {
     /// tables' locks, bracketed by an UNMAP invalidation of the old range.
     private func movePageTables(from: UInt64, to: UInt64, length: UInt64, level: PageTableLevel = .pte) -> Errno? {
         let step = level.size
+        // THP leaves first: those that will not move whole are split now, and the
+        // destination PMDs of those that will are allocated, so the tables below are all
+        // allocated before anything moves.
+        if level == .pte && mayHoldTHP, let err = prepareHugePMDMoves(from: from, to: to, length: length) { return err }
         // Allocate every destination table first, so a failure leaves nothing half-moved.
         var off: UInt64 = 0
         while off < length {
@@ -181,6 +185,26 @@ extension AddressSpace {
 }
 
 extension AddressSpace {
+    /// Before anything moves: a THP leaf of [from, from+length) that cannot move whole (not
+    /// all inside, or to an unaligned address) is split; one that can gets its destination
+    /// PMD allocated. Return: ENOMEM, or nil. Locking: mmap lock held for write.
+    fileprivate func prepareHugePMDMoves(from: UInt64, to: UInt64, length: UInt64) -> Errno? {
+        mmapLock.assertWriteLocked()
+        var a = from & pmdMask
+        while a < from + length {
+            defer { a += pmdSize }
+            guard let src = pageTable.lookup(a, level: .pmd), src.level == .pmd,
+                  PageTable.isTHPLeaf(src.entry.load()), let vma = vmaLookup(max(a, from)) else { continue }
+            let whole = a >= from && a + pmdSize <= from + length && (to + (a &- from)) & (pmdSize - 1) == 0
+            if whole {
+                do { _ = try pageTable.walkAllocating(to + (a - from), level: .pmd) } catch { return error }
+            } else {
+                splitHugePMD(vma, a)
+            }
+        }
+        return nil
+    }
+
     /// The THP leaves of [from, from+length) before `move_page_tables` moves PTEs: a leaf
     /// whose whole 2 MiB moves to a 2 MiB-aligned empty PMD goes there as it is, with its
     /// deposited table (`move_huge_pmd`); any other is split, and its PTEs move with the rest.
@@ -194,9 +218,9 @@ extension AddressSpace {
             defer { a += pmdSize }
             guard let src = pageTable.lookup(a, level: .pmd), src.level == .pmd,
                   PageTable.isTHPLeaf(src.entry.load()), let vma = vmaLookup(max(a, from)) else { continue }
-            let target = to + (a - from)
-            let whole = a >= from && a + pmdSize <= from + length && target & (pmdSize - 1) == 0
+            let whole = a >= from && a + pmdSize <= from + length && (to + (a &- from)) & (pmdSize - 1) == 0
             if whole {
+                let target = to + (a - from)
                 let dst: (entry: EntryPointer, table: Page, level: PageTableLevel)
                 do { dst = try pageTable.walkAllocating(target, level: .pmd) } catch { return .failure(error) }
                 if dst.level == .pmd {
