@@ -185,21 +185,33 @@ extension AddressSpace {
 }
 
 extension AddressSpace {
-    /// Before anything moves: a THP leaf of [from, from+length) that cannot move whole (not
-    /// all inside, or to an unaligned address) is split; one that can gets its destination
-    /// PMD allocated. Return: ENOMEM, or nil. Locking: mmap lock held for write.
-    fileprivate func prepareHugePMDMoves(from: UInt64, to: UInt64, length: UInt64) -> Errno? {
-        mmapLock.assertWriteLocked()
+    /// The THP leaves of [from, from+length) (2 MiB starts), each with its VMA and whether it
+    /// can move whole: all of it inside the range, to a 2 MiB-aligned address.
+    /// Locking: mmap lock held.
+    fileprivate func thpLeaves(from: UInt64, to: UInt64, length: UInt64) -> [(address: UInt64, vma: VMA, whole: Bool)] {
+        mmapLock.assertLocked()
+        var leaves: [(address: UInt64, vma: VMA, whole: Bool)] = []
         var a = from & pmdMask
         while a < from + length {
             defer { a += pmdSize }
             guard let src = pageTable.lookup(a, level: .pmd), src.level == .pmd,
                   PageTable.isTHPLeaf(src.entry.load()), let vma = vmaLookup(max(a, from)) else { continue }
             let whole = a >= from && a + pmdSize <= from + length && (to + (a &- from)) & (pmdSize - 1) == 0
-            if whole {
-                do { _ = try pageTable.walkAllocating(to + (a - from), level: .pmd) } catch { return error }
+            leaves.append((a, vma, whole))
+        }
+        return leaves
+    }
+
+    /// Before anything moves: a THP leaf of [from, from+length) that cannot move whole is
+    /// split; one that can gets its destination PMD allocated. Return: ENOMEM, or nil.
+    /// Locking: mmap lock held for write.
+    fileprivate func prepareHugePMDMoves(from: UInt64, to: UInt64, length: UInt64) -> Errno? {
+        mmapLock.assertWriteLocked()
+        for leaf in thpLeaves(from: from, to: to, length: length) {
+            if leaf.whole {
+                do { _ = try pageTable.walkAllocating(to + (leaf.address - from), level: .pmd) } catch { return error }
             } else {
-                splitHugePMD(vma, a)
+                splitHugePMD(leaf.vma, leaf.address)
             }
         }
         return nil
@@ -213,16 +225,11 @@ extension AddressSpace {
     fileprivate func moveHugePMDs(from: UInt64, to: UInt64, length: UInt64) -> Result<Bool, Errno> {
         mmapLock.assertWriteLocked()
         var moved = false
-        var a = from & pmdMask
-        while a < from + length {
-            defer { a += pmdSize }
-            guard let src = pageTable.lookup(a, level: .pmd), src.level == .pmd,
-                  PageTable.isTHPLeaf(src.entry.load()), let vma = vmaLookup(max(a, from)) else { continue }
-            let whole = a >= from && a + pmdSize <= from + length && (to + (a &- from)) & (pmdSize - 1) == 0
-            if whole {
-                let target = to + (a - from)
+        for leaf in thpLeaves(from: from, to: to, length: length) {
+            let a = leaf.address
+            if leaf.whole, let src = pageTable.lookup(a, level: .pmd), src.level == .pmd {
                 let dst: (entry: EntryPointer, table: Page, level: PageTableLevel)
-                do { dst = try pageTable.walkAllocating(target, level: .pmd) } catch { return .failure(error) }
+                do { dst = try pageTable.walkAllocating(to + (a - from), level: .pmd) } catch { return .failure(error) }
                 if dst.level == .pmd {
                     src.table.ptl.lock()
                     if dst.table != src.table { dst.table.ptl.lock() }
@@ -239,7 +246,7 @@ extension AddressSpace {
                     if done { moved = true; continue }
                 }
             }
-            splitHugePMD(vma, a)
+            splitHugePMD(leaf.vma, a)
         }
         return .success(moved)
     }
