@@ -286,6 +286,30 @@ final class THPTests: XCTestCase {
 
     private func memory(_ env: Env) -> PhysicalMemory { env.memory }
 
+    /// MADV_FREE of a whole THP makes it clean, old and lazily freeable at the PMD; of part
+    /// of one, splits the folio and marks only those pages (`madvise_free_huge_pmd`).
+    func testMadvFreeWholeAndPartTHP() throws {
+        let (env, a) = try setUpTHP(huge: 2)
+        try fillIDX(env.cpu, a, bytes: 2 * twoMiB)
+        let h0 = try XCTUnwrap(try env.pfn(a)), h1 = try XCTUnwrap(try env.pfn(a + twoMiB))
+        try env.process.madvise(a, length: twoMiB, advice: .free)
+        let (level, pmd) = try leaf(env, a)
+        XCTAssertEqual(level, .pmd)
+        XCTAssertFalse(pmd.isDirty || pmd.isAccessed)
+        XCTAssertTrue(env.memory.page(h0).test(.lazyFree))
+        XCTAssertFalse(env.memory.page(h0).test(.dirty))
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
+        try env.process.madvise(a + twoMiB, length: 4096 * 4, advice: .free)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1)
+        XCTAssertEqual(try leaf(env, a + twoMiB).level, .pte)
+        XCTAssertEqual(env.memory.page(h1).order, 0)
+        XCTAssertTrue(env.memory.page(h1 + 3).test(.lazyFree))
+        XCTAssertFalse(env.memory.page(h1 + 4).test(.lazyFree))
+        try checkIDX(env.cpu, a, bytes: 2 * twoMiB)   // nothing is reclaimed yet: the bytes stay
+        env.check()
+        env.teardown()
+    }
+
     /// A pin of a page of a PTE-mapped THP is the folio's (its head's pin count), and fork
     /// copies that page rather than sharing it; unpinning leaves every count as it was.
     func testPinOfAPTEMappedTHPPageIsTheFolios() throws {
