@@ -326,10 +326,27 @@ public enum SelftestSuite {
         let npages = f.npg, size = npages * f.pageSize
         var rng = SeededRNG(seed: seed)
         var ok = 0, efault = 0
+        // The unmapper's delay is drawn log-uniformly from 1 µs to twice the fastest of three
+        // uncontested READs in this build on this machine, so that both interleavings occur in
+        // debug and release builds, on idle and busy machines: the unmap lands before, during and
+        // after the READ's range fault.
+        let calibration = try f.anonBuffer(size: size)
+        try f.fill(calibration, idx)
+        var fastest = UInt64.max
+        for _ in 0..<3 {
+            let start = monotonicNanoseconds()
+            try f.expectCommand(f.fd, .read, calibration, npages, "calibration READ")
+            fastest = min(fastest, monotonicNanoseconds() - start)
+        }
+        try f.process.munmap(calibration.ptr, length: UInt64(size))
+        let span = max(32_000, 2 * fastest) / 1_000
+        let octaves = Double(UInt64.bitWidth - span.leadingZeroBitCount - 1) // log2 of the window in µs
         for c in 0..<rounds {
             let b = try f.anonBuffer(size: size)
             try f.fill(b) { Int32($0 + c) }
-            let delay = rng.next() % 32_000
+            let u = Double(rng.next() >> 11) / Double(1 << 53)
+            let x = u * octaves, k = Int(x) // 2^x µs, the fraction interpolated linearly
+            let delay = UInt64(1_000 * Double(1 << k) * (1 + x - Double(k)))
             let half = b.ptr + UInt64(size / 2)
             let t = ModelThread.spawn(name: "unmapper") {
                 syncSleep(nanoseconds: delay)
