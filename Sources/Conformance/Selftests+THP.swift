@@ -5,7 +5,8 @@ import MMSync
 
 /// The selftests that need transparent huge pages (T08, T30–T38, and T06's THP rounds).
 /// The device has no THP of its own yet: a THP migrated to it moves as 512 base pages (the
-/// folio is split on the way, D14), which the tests cannot tell apart except T33, which looks
+/// folio is split on the way, as 7.2's `migrate_vma` does without
+/// `MIGRATE_VMA_SELECT_COMPOUND`), which the tests cannot tell apart except T33, which looks
 /// at the device's PMD entries.
 extension SelftestSuite {
     /// `read_pmd_pagesize()`: the PMD size the tests align to.

@@ -177,6 +177,7 @@ extension ScenarioInterpreter {
     static let adviceNames: [String: MadviseAdvice] = [
         "normal": .normal, "random": .random, "sequential": .sequential, "willneed": .willNeed, "dontneed": .dontNeed,
         "free": .free, "dontfork": .dontFork, "dofork": .doFork, "hugepage": .hugePage, "nohugepage": .noHugePage,
+        "collapse": .collapse,
     ]
 
     func rangeSyscall(_ cmd: Command, _ ctx: Context) throws {

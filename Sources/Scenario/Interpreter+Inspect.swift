@@ -133,7 +133,8 @@ extension ScenarioInterpreter {
             s += " (\(page.kind == .devicePrivate ? "device-private" : "device-coherent") page of \(dev.map { "dmirror\($0.minor)" } ?? "a device"))"
         default:
             s += page.isAnon ? " (anon" : (page.file != nil ? " (file" : " (system")
-            s += ", refcount \(page.refcount), mapcount \(page.mapcount))"
+            // The folio's references; the page's own mappings (its folio's PMD mappings included).
+            s += ", refcount \(page.refcount), mapcount \(m.memory.page(pfn).totalMapcount))"
         }
         return s
     }

@@ -226,28 +226,243 @@ final class THPTests: XCTestCase {
         env.teardown()
     }
 
-    /// Migrating a page of a THP splits the folio first (`split_folio`), then moves the page.
-    func testMigratePagesSplitsTheFolio() throws {
+    /// Migrating a page of a PMD-mapped THP that a fork shares moves the folio whole: both
+    /// PMDs become migration entries and then leaves of the new folio (`thp_migration_success`,
+    /// 512 pages counted), nothing is split, the old folio is freed.
+    func testMigratePagesMovesATHPWhole() throws {
         let (env, a) = try setUpTHP()
         try fillIDX(env.cpu, a, bytes: twoMiB)
         let head = try XCTUnwrap(try env.pfn(a))
+        let child = try env.process.fork()
+        let ccpu = child.makeCPU()
+        let used = env.machine.usedFrames
         let r = env.machine.migratePages([head + 3])
         XCTAssertEqual(r.failed, [:])
-        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1)
+        let new = try XCTUnwrap(r.migrated[head + 3]) - 3
+        XCTAssertNotEqual(new, head)
+        XCTAssertEqual(env.machine.stats[.thpMigrationSuccess], 1)
+        XCTAssertEqual(env.machine.stats[.thpMigrationSplit], 0)
+        XCTAssertEqual(env.machine.stats[.thpMigrationFail], 0)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 0)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
+        XCTAssertEqual(env.machine.stats[.pagesMigrated], 512)
+        XCTAssertEqual(env.machine.usedFrames, used, "the old folio is freed")
+        for mm in [env.mm, child.mm] {
+            let (level, pmd) = try leaf(env, a, in: mm)
+            XCTAssertEqual(level, .pmd)
+            XCTAssertEqual(pmd.pfn, new)
+            XCTAssertFalse(pmd.isWrite, "shared copy-on-write: read-only in both")
+        }
+        let folio = env.memory.page(new)
+        XCTAssertEqual(folio.order, 9)
+        XCTAssertEqual(folio.entireMapcount, 2)
+        XCTAssertEqual(folio.refcount, 2)
+        XCTAssertFalse(folio.test(.anonExclusive))
+        XCTAssertTrue(env.memory.page(head).isFreeFrame)
+        try checkIDX(env.cpu, a, bytes: twoMiB)
+        try checkIDX(ccpu, a, bytes: twoMiB)
+        try ccpu.store(a, Int32(-1))
+        XCTAssertEqual(try env.cpu.load(a, as: Int32.self), 0)
+        env.check()
+        ccpu.detach(); child.exit()
+        env.check()
+        env.teardown()
+    }
+
+    /// A THP mapped by PTEs in two VMAs (an mprotect of its first page split the PMD and the
+    /// VMA) moves whole too: every PTE of every page becomes a migration entry and then a
+    /// mapping of the same page of the new folio, each with its own protection.
+    func testMigratePagesMovesAPTEMappedTHPWhole() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let head = try XCTUnwrap(try env.pfn(a))
+        try env.process.mprotect(a, length: 4096, prot: .read)
+        XCTAssertEqual(try leaf(env, a).level, .pte)
+        let r = env.machine.migratePages([head + 511])
+        XCTAssertEqual(r.failed, [:])
+        let new = try XCTUnwrap(r.migrated[head + 511]) - 511
+        XCTAssertEqual(env.machine.stats[.thpMigrationSuccess], 1)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
+        for i: UInt64 in [0, 1, 2, 300, 511] { XCTAssertEqual(try env.pfn(a + 4096 * i), new + i) }
+        let folio = env.memory.page(new)
+        XCTAssertEqual(folio.order, 9)
+        XCTAssertEqual(folio.entireMapcount, 0)
+        XCTAssertEqual(folio.refcount, 512)
+        XCTAssertEqual(env.memory.page(new + 7).mapcount, 1)
+        XCTAssertTrue(env.memory.page(new + 7).test(.anonExclusive), "exclusive through its migration entry")
+        XCTAssertFalse(try leaf(env, a).entry.isWrite, "the read-only page stays read-only")
+        XCTAssertTrue(try leaf(env, a + 4096).entry.isWrite)
+        try checkIDX(env.cpu, a, bytes: twoMiB)
+        XCTAssertThrowsError(try env.cpu.store(a, Int32(1)))
+        try env.cpu.store(a + 4096, Int32(-1))
+        XCTAssertEqual(env.machine.stats[.faultCOWCopy], 0)
+        env.check()
+        env.teardown()
+    }
+
+    /// No order-9 block for the new folio: 7.2 counts the THP as failed, splits it and
+    /// migrates its 512 pages as base pages (`thp_migration_fail`, `thp_migration_split`).
+    func testTHPMigrationWithoutAnOrder9BlockSplitsAndMovesEveryPage() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let head = try XCTUnwrap(try env.pfn(a))
+        FaultInjection.arm(.frameAllocation, count: 1)
+        defer { FaultInjection.disarmAll() }
+        let r = env.machine.migratePages([head + 3])
+        XCTAssertEqual(r.failed, [:])
+        XCTAssertEqual(env.machine.stats[.thpMigrationSuccess], 0)
+        XCTAssertEqual(env.machine.stats[.thpMigrationFail], 1)
         XCTAssertEqual(env.machine.stats[.thpMigrationSplit], 1)
-        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
-        let new = try XCTUnwrap(r.migrated[head + 3])
-        XCTAssertEqual(try env.pfn(a + 4096 * 3), new)
-        XCTAssertEqual(try env.pfn(a + 4096 * 4), head + 4)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1)
+        XCTAssertEqual(env.machine.stats[.pagesMigrated], 512)
+        XCTAssertEqual(try env.pfn(a + 4096 * 3), r.migrated[head + 3])
         for i: UInt64 in [0, 4, 511] {
-            let p = env.memory.page(head + i)
-            XCTAssertEqual(p.order, 0)
-            XCTAssertFalse(p.test(.tail) || p.test(.head))
-            XCTAssertEqual(p.refcount, 1)
-            XCTAssertEqual(p.mapcount, 1)
-            XCTAssertTrue(p.test(.anonExclusive))
+            let pfn = try XCTUnwrap(try env.pfn(a + 4096 * i))
+            XCTAssertNotEqual(pfn, head + i)
+            XCTAssertEqual(env.memory.page(pfn).order, 0)
         }
         try checkIDX(env.cpu, a, bytes: twoMiB)
+        env.check()
+        env.teardown()
+    }
+
+    /// PMD migration entries, held by hand (the folio locked, as migration holds it): pagemap
+    /// reports swap entries; mprotect makes the write entry read-exclusive; fork copies it as
+    /// plain read into both; a partial munmap splits the child's into 512 PTE migration
+    /// entries and zaps one; a fault waits for the unlock; the restore walk finds the parent's
+    /// PMD entry and the child's PTE entries.
+    func testPMDMigrationEntries() throws {
+        let (env, a) = try setUpTHP()
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let head = try XCTUnwrap(try env.pfn(a))
+        let folio = env.memory.page(head)
+        env.memory.get(folio)
+        folio.lock()
+        let av = try XCTUnwrap(folio.anonVMA)
+        XCTAssertEqual(env.machine.tryToMigratePMDs(folio, av: av, index: folio.index), 1)
+        XCTAssertEqual(folio.entireMapcount, 0)
+        XCTAssertEqual(folio.refcount, 1)
+        XCTAssertFalse(folio.test(.anonExclusive), "the exclusive bit moved into the entry")
+        var (level, e) = try leaf(env, a)
+        XCTAssertEqual(level, .pmd)
+        XCTAssertEqual(e.swapEntry.type, SwapEntry.migrationWrite)
+        XCTAssertTrue(PageTable.isTHPMigration(e))
+        let pm = try env.mm.pagemap(a + 4096 * 5, count: 1)[0]
+        XCTAssertFalse(pm.isPresent)
+        XCTAssertTrue(pm.isSwap)
+        env.check()
+
+        try env.process.mprotect(a, length: twoMiB, prot: .read)
+        (level, e) = try leaf(env, a)
+        XCTAssertEqual(e.swapEntry.type, SwapEntry.migrationReadExclusive)
+        try env.process.mprotect(a, length: twoMiB, prot: .readWrite)
+        XCTAssertEqual(try leaf(env, a).entry.swapEntry.type, SwapEntry.migrationReadExclusive)
+        let child = try env.process.fork()
+        XCTAssertEqual(try leaf(env, a).entry.swapEntry.type, SwapEntry.migrationRead)
+        XCTAssertEqual(try leaf(env, a, in: child.mm).entry.swapEntry.type, SwapEntry.migrationRead)
+        XCTAssertTrue(try leaf(env, a, in: child.mm).entry.isHuge)
+        try child.munmap(a, length: 4096)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
+        XCTAssertEqual(try leaf(env, a + 4096, in: child.mm).level, .pte)
+        XCTAssertEqual(try leaf(env, a + 4096, in: child.mm).entry.swapEntry, SwapEntry.migration(pfn: head + 1, write: false))
+        env.check()
+
+        // A CPU access waits for the unlock (holding its mmap or VMA lock: no mmap writer now).
+        let done = AtomicCounter(0)
+        let reader = env.process.spawnThread(name: "reader") { cpu in
+            if (try? cpu.load(a + 8, as: Int32.self)) == 2 { done.add(1) }
+        }
+        syncSleep(nanoseconds: 20_000_000)
+        XCTAssertEqual(done.load(), 0, "the access waits while the folio is locked")
+        env.machine.removeFolioMigrationEntries(from: folio, to: folio, av: av, index: folio.index)
+        XCTAssertEqual(folio.entireMapcount, 1)
+        XCTAssertEqual(env.memory.page(head + 1).mapcount, 1)
+        XCTAssertEqual(env.memory.page(head).mapcount, 0)
+        XCTAssertEqual(folio.refcount, 1 + 1 + 511)
+        XCTAssertFalse(try leaf(env, a).entry.isWrite)
+        folio.unlock()
+        env.memory.put(folio)
+        reader.join()
+        XCTAssertEqual(done.load(), 1)
+        XCTAssertEqual(env.machine.stats[.faultMigrationWait], 1)
+        let ccpu = child.makeCPU()
+        try checkIDX(ccpu, a + 4096, bytes: twoMiB - 4096, plus: 1024)
+        try env.cpu.store(a, Int32(-1))
+        XCTAssertEqual(env.machine.stats[.faultCOWCopy], 1, "not exclusive after the fork: copied")
+        try checkIDX(env.cpu, a + 4096, bytes: twoMiB - 4096, plus: 1024)
+        env.check()
+        ccpu.detach(); child.exit()
+        env.teardown()
+    }
+
+    /// MADV_COLLAPSE (even with THP `never`) turns 2 MiB of 4 KiB pages, empty entries and
+    /// zero-page entries into one PMD-mapped THP: the bytes copied, the rest zero, the old
+    /// pages freed, the emptied PTE table deposited (`thp_collapse_alloc`). A child that shares
+    /// some of the pages keeps them.
+    func testMadvCollapseMakesATHP() throws {
+        let (env, a) = try setUpTHP(mode: .never)
+        for i: UInt64 in stride(from: 0, to: 300, by: 1) { try env.cpu.store(a + i * 4096 + 8, i + 1) }
+        for i: UInt64 in 300..<310 { XCTAssertEqual(try env.cpu.load(a + i * 4096, as: UInt64.self), 0) }   // zero-page entries
+        XCTAssertEqual(try leaf(env, a).level, .pte)
+        let child = try env.process.fork()
+        let ccpu = child.makeCPU()
+        let shared = try XCTUnwrap(try env.pfn(a + 5 * 4096))
+        let used = env.machine.usedFrames, tables = env.mm.pageTable.tableFrames
+        try env.process.madvise(a, length: twoMiB, advice: .collapse)
+        XCTAssertEqual(env.machine.stats[.thpCollapseAlloc], 1)
+        let (level, pmd) = try leaf(env, a)
+        XCTAssertEqual(level, .pmd)
+        XCTAssertTrue(pmd.isWrite && pmd.isDirty)
+        let folio = env.memory.page(pmd.pfn)
+        XCTAssertEqual(folio.order, 9)
+        XCTAssertEqual(folio.entireMapcount, 1)
+        XCTAssertEqual(folio.refcount, 1)
+        XCTAssertTrue(folio.test(.anonExclusive))
+        XCTAssertEqual(env.mm.pageTable.tableFrames, tables, "the PTE table is deposited, not freed")
+        // The 300 pages were shared with the child: none is freed; the THP is new.
+        XCTAssertEqual(env.machine.usedFrames - used, 512)
+        for i: UInt64 in [0, 5, 299] { XCTAssertEqual(try env.cpu.load(a + i * 4096 + 8, as: UInt64.self), i + 1) }
+        for i: UInt64 in [300, 305, 511] { XCTAssertEqual(try env.cpu.load(a + i * 4096 + 8, as: UInt64.self), 0) }
+        XCTAssertEqual(try child.mm.pagemap(a + 5 * 4096, count: 1)[0].pfn, shared, "the child keeps its page")
+        XCTAssertEqual(env.memory.page(shared).mapcount, 1)
+        try env.cpu.store(a + 5 * 4096 + 8, UInt64(0xAB))
+        XCTAssertEqual(try ccpu.load(a + 5 * 4096 + 8, as: UInt64.self), 6)
+        env.check()
+        ccpu.detach(); child.exit()
+        // Once the child is gone, collapsing again is a no-op: the 2 MiB is a THP already.
+        let before = env.machine.usedFrames
+        try env.process.madvise(a, length: twoMiB, advice: .collapse)
+        XCTAssertEqual(env.machine.stats[.thpCollapseAlloc], 1)
+        XCTAssertEqual(env.machine.usedFrames, before)
+        env.check()
+        env.teardown()
+    }
+
+    /// MADV_COLLAPSE's errors, as `madvise_collapse_errno` gives them: EINVAL for a range
+    /// never touched (no PTE table) or a MADV_NOHUGEPAGE VMA, EAGAIN for a pinned page
+    /// (references beyond its mappings; nothing changes), ENOMEM without an order-9 block;
+    /// a range with no whole aligned 2 MiB is left alone (0).
+    func testMadvCollapseErrors() throws {
+        let (env, a) = try setUpTHP(mode: .never, huge: 2)
+        let b = a + twoMiB
+        XCTAssertThrowsError(try env.process.madvise(a, length: twoMiB, advice: .collapse)) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        try env.process.madvise(a, length: twoMiB - 4096, advice: .collapse)
+        try fillIDX(env.cpu, a, bytes: 2 * twoMiB)
+        let pinned = try env.mm.getUserPages(a + 4096, count: 1, flags: [.pin, .write])
+        XCTAssertThrowsError(try env.process.madvise(a, length: twoMiB, advice: .collapse)) { XCTAssertEqual($0 as? Errno, .EAGAIN) }
+        XCTAssertEqual(try leaf(env, a).level, .pte)
+        XCTAssertEqual(try env.pfn(a + 4096), pinned[0].pfn, "the table went back unchanged")
+        env.mm.unpinUserPages(pinned)
+        FaultInjection.arm(.frameAllocation, count: 1)
+        XCTAssertThrowsError(try env.process.madvise(a, length: twoMiB, advice: .collapse)) { XCTAssertEqual($0 as? Errno, .ENOMEM) }
+        FaultInjection.disarmAll()
+        XCTAssertEqual(env.machine.stats[.thpCollapseAllocFailed], 1)
+        try env.process.madvise(b, length: twoMiB, advice: .noHugePage)
+        XCTAssertThrowsError(try env.process.madvise(b, length: twoMiB, advice: .collapse)) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        try env.process.madvise(a, length: twoMiB, advice: .collapse)
+        XCTAssertEqual(try leaf(env, a).level, .pmd)
+        XCTAssertEqual(env.machine.stats[.thpCollapseAlloc], 1)
+        try checkIDX(env.cpu, a, bytes: 2 * twoMiB)
         env.check()
         env.teardown()
     }

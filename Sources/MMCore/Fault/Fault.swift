@@ -107,7 +107,11 @@ extension AddressSpace {
         guard found.level == .pte else {
             // A THP leaf went in after this fault fell back (another thread's huge zero
             // folio): the access is simply taken again (7.2: pte_offset_map_lock fails, 0).
-            if !vma.isHugetlb && found.level == .pmd && PageTable.isTHPLeaf(found.entry.load()) { return .ok }
+            if !vma.isHugetlb && found.level == .pmd {
+                let v = found.entry.load()
+                if PageTable.isTHPLeaf(v) { return .ok }
+                if PageTable.isTHPMigration(v) { return pmdMigrationEntryWait(found.entry, table: found.table, v) }
+            }
             return handleHugeEntry(vma: vma, address: address, found.entry, flags: flags)
         }
         let ptep = found.entry, ptl = found.table.ptl

@@ -37,20 +37,57 @@ extension Machine {
               pfn < memory.systemFrames || memory.pagemap(of: memory.page(pfn)) != nil else { return .failure(.EINVAL) }
         let old = memory.page(pfn)
         guard memory.tryGet(old) else { return .failure(.ENOENT) }
-        // A page of a THP: the folio is split first and the page moves alone (D14).
         let folio = old.folioHead
-        if folio.isInLargeFolio && folio.isAnon {
-            guard folio.tryLock() else { memory.put(folio); return .failure(.EBUSY) }
+        if folio.isInLargeFolio && folio.isAnon { return migrateTHP(folio, page: old) }
+        return migrateBasePage(old)
+    }
+
+    /// A page of an anonymous THP: the folio moves whole (its other 511 pages count as
+    /// migrated too, `thp_migration_success`); with no order-9 block free, it is split
+    /// (`thp_migration_fail` and `thp_migration_split`, as 7.2's ENOMEM path counts) and every
+    /// page of it moves as a base page, as the kernel retries the split folios.
+    /// Locking: the caller holds a reference on the folio, which this drops.
+    private func migrateTHP(_ folio: Page, page old: Page) -> Result<UInt64, Errno> {
+        assert(folio.refcount > 0 && old.folioHead == folio, "migrateTHP: the caller holds a reference on the folio")
+        guard folio.tryLock() else { memory.put(folio); return .failure(.EBUSY) }
+        guard let anon = folio.anonVMA, folio.isInLargeFolio else { folio.unlock(); memory.put(folio); return .failure(.EINVAL) }
+        let pin = Mutation.on(.migrateWithoutAnonVMAReference) ? nil : anon
+        let moved = withExtendedLifetime(pin) { () -> Result<Page, Errno> in
+            unowned let av = anon
+            return migrateLargeFolio(folio, av: av)
+        }
+        switch moved {
+        case .success(let new):
+            folio.unlock()
+            memory.put(folio)
+            stats.count(.thpMigrationSuccess)
+            stats.count(.pagesMigrated, Int(new.folioPages) - 1)
+            return .success(new.pfn + (old.pfn - folio.pfn))
+        case .failure(.ENOMEM):
+            stats.count(.thpMigrationFail)
             let err = splitFolio(folio)
             folio.unlock()
-            if err != nil { memory.put(folio); stats.count(.thpMigrationFail); return .failure(.EAGAIN) }
+            memory.put(folio)
+            guard err == nil else { return .failure(.EAGAIN) }
             stats.count(.thpMigrationSplit)
-            if old != folio {
-                let held = memory.tryGet(old)
-                memory.put(folio)
-                guard held else { return .failure(.ENOENT) }
+            var result: Result<UInt64, Errno> = .failure(.ENOENT)
+            for i in 0..<UInt64(pmdPages) {
+                let p = memory.page(folio.pfn + i)
+                guard memory.tryGet(p) else { continue }
+                let r = migrateBasePage(p)
+                if p == old { result = r } else if case .success = r { stats.count(.pagesMigrated) }
             }
+            return result
+        case .failure(let e):
+            folio.unlock()
+            memory.put(folio)
+            stats.count(.thpMigrationFail)
+            return .failure(e)
         }
+    }
+
+    /// One base page (its reference taken by the caller, dropped here).
+    private func migrateBasePage(_ old: Page) -> Result<UInt64, Errno> {
         defer { memory.put(old) }
         guard old.isAnon, old.order == 0, !old.test(.tail), !old.isDevicePrivate else { return .failure(.EINVAL) }
         guard old.tryLock() else { return .failure(.EBUSY) }
@@ -104,22 +141,8 @@ extension Machine {
             let range = MMUNotifierRange(start: hit.address, end: hit.address + pageSize, event: .clear)
             mm.notifiers.invalidateRangeStart(range)
             let done = mm.withMappedPTE(hit.address, pfn: page.pfn) { ptep, found -> Bool in
-                let write: Bool, softDirty: Bool
-                switch found {
-                case .present(let v):
-                    write = v.isWrite; softDirty = v.isSoftDirty
-                    if v.isDirty { page.set(.dirty) }
-                case .swap(let s):
-                    guard s.isDevicePrivate || (s.isDeviceExclusive && !Mutation.on(.migrateSkipsDeviceExclusive)) else { return false }
-                    write = s.isWrite; softDirty = ptep.load().isSoftDirty
-                }
-                // The exclusive bit moves into the entry (folio_try_share_anon_rmap); restoring
-                // a write or read-exclusive entry makes the page exclusive again.
-                let exclusive = page.isAnon && page.test(.anonExclusive)
-                if exclusive { page.clear(.anonExclusive) }
-                ptep.store(SwapEntry.migration(pfn: page.pfn, write: write, exclusive: exclusive).pte(softDirty: softDirty))
+                guard setMigrationEntry(ptep, found, page) else { return false }
                 if case .present = found { mm.flushTLB() }
-                memory.removeRmap(page, holdOwner: !Mutation.on(.migrateWithoutAnonVMAReference))
                 return true
             } ?? false
             mm.notifiers.invalidateRangeEnd(range)
@@ -127,6 +150,31 @@ extension Machine {
             return true
         }
         return converted
+    }
+
+    /// One PTE of `try_to_migrate_one`: a present entry, or a device-private or
+    /// device-exclusive one, naming `page` becomes a migration entry (write as the entry was;
+    /// the exclusive bit moves into it, `folio_try_share_anon_rmap`, so that restoring a write
+    /// or read-exclusive entry makes the page exclusive again), soft-dirty as it was; the page
+    /// becomes dirty if the PTE was, and loses the mapping (its reference is the caller's to
+    /// drop, after the TLB flush a present entry needs). Return: false for another entry.
+    /// Locking: the PTE table's lock held; `page` locked.
+    package func setMigrationEntry(_ ptep: EntryPointer, _ found: MappedEntry, _ page: Page) -> Bool {
+        Lockdep.assertSpinLockHeld()
+        let write: Bool, softDirty: Bool
+        switch found {
+        case .present(let v):
+            write = v.isWrite; softDirty = v.isSoftDirty
+            if v.isDirty { page.set(.dirty) }
+        case .swap(let s):
+            guard s.isDevicePrivate || (s.isDeviceExclusive && !Mutation.on(.migrateSkipsDeviceExclusive)) else { return false }
+            write = s.isWrite; softDirty = ptep.load().isSoftDirty
+        }
+        let exclusive = page.isAnon && page.test(.anonExclusive)
+        if exclusive { page.clear(.anonExclusive) }
+        ptep.store(SwapEntry.migration(pfn: page.pfn, write: write, exclusive: exclusive).pte(softDirty: softDirty))
+        memory.removeRmap(page, holdOwner: !Mutation.on(.migrateWithoutAnonVMAReference))
+        return true
     }
 
     /// `remove_migration_ptes`: migration entries naming `from` become present entries of `to`.

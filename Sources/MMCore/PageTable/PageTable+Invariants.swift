@@ -43,6 +43,11 @@ struct PageTableChecker: PageWalker {
             checkTHPLeaf(v, vma, start)
             return .skip
         }
+        if PageTable.isTHPMigration(v), let vma = mm.vmaLookup(start), !vma.isHugetlb {
+            thpLeavesByTable[table.pfn, default: 0] += 1
+            checkTHPMigration(v, vma, start)
+            return .skip
+        }
         checkHugeLeaf(v, .pmd, start)
         return .skip
     }
@@ -72,6 +77,26 @@ struct PageTableChecker: PageWalker {
         if v.isWrite && p.entireMapcount > 1 { problems.append("mm \(mm.id): \(hex) writable THP mapped by \(p.entireMapcount) PMDs") }
         checkRmap(p, vma, addr, hex)
         mappings[v.pfn | PageTableChecker.entireMappingBit, default: 0] += 1
+    }
+
+    /// A PMD migration entry lies whole inside an anonymous VMA, 2 MiB-aligned, and names the
+    /// head of an order-9 folio that is not free; it counts as no mapping. (That the folio is
+    /// locked is a step invariant: `checkStepInvariants`.)
+    private mutating func checkTHPMigration(_ v: PTE, _ vma: VMA, _ addr: UInt64) {
+        let hex = "0x" + String(addr, radix: 16)
+        if !vma.isAnonymous { problems.append("mm \(mm.id): PMD migration entry at \(hex) in non-anonymous \(vma)") }
+        if addr & (pmdSize - 1) != 0 || addr < vma.start || addr + pmdSize > vma.end {
+            problems.append("mm \(mm.id): PMD migration entry at \(hex) not inside \(vma) on a 2 MiB boundary")
+        }
+        let pfn = v.swapEntry.pfn
+        guard memory.isValidPfn(pfn) else { problems.append("mm \(mm.id): \(hex) names invalid pfn \(pfn)"); return }
+        let p = memory.page(pfn)
+        if !p.test(.head) || p.test(.hugetlb) || p.order != pmdOrder || p.isFreeFrame {
+            problems.append("mm \(mm.id): PMD migration entry at \(hex) names pfn \(pfn), not the head of an order-\(pmdOrder) folio in use")
+        }
+        if v.swapEntry.isWritableMigration && !vma.flags.contains(.write) {
+            problems.append("mm \(mm.id): writable PMD migration entry at \(hex) in a read-only VMA")
+        }
     }
 
     mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {

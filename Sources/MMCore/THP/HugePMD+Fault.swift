@@ -15,6 +15,7 @@ extension AddressSpace {
             guard memory.thp.allowsFault(vma, address) else { return nil }
             return doHugePMDAnonymousPage(vma, address, pmd, table: table, flags: flags, realAddress: realAddress)
         }
+        if PageTable.isTHPMigration(v) { return pmdMigrationEntryWait(pmd, table: table, v) }
         guard PageTable.isTHPLeaf(v) else { return nil }
         if (flags.contains(.write) || flags.contains(.unshare)) && !v.isWrite {
             return doHugePMDWPPage(vma, address, pmd, table: table, v, flags: flags, realAddress: realAddress)
@@ -26,6 +27,21 @@ extension AddressSpace {
             return flags.contains(.write) ? now.mkyoung().mkdirty() : now.mkyoung()
         }
         table.ptl.unlock()
+        return .ok
+    }
+
+    /// `pmd_migration_entry_wait`: the migrating thread holds the folio's lock until the entry
+    /// is replaced; the fault waits for the unlock holding no reference (so the migration's
+    /// count check cannot fail because of it), and the access is simply taken again (0).
+    /// Locking: no page-table lock held; takes the PMD's lock to read the entry.
+    func pmdMigrationEntryWait(_ pmd: EntryPointer, table: Page, _ v: PTE) -> FaultResult {
+        Lockdep.assertNoSpinLockHeld()
+        table.ptl.lock()
+        guard pmd.load() == v else { table.ptl.unlock(); return .ok }
+        let folio = memory.page(v.swapEntry.pfn)
+        table.ptl.unlock()
+        folio.waitUnlocked()
+        stats.count(.faultMigrationWait)
         return .ok
     }
 

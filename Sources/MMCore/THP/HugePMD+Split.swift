@@ -2,9 +2,10 @@ import MMSync
 
 extension AddressSpace {
     /// `split_huge_pmd_address` / `__split_huge_pmd`: if the PMD covering `address` is a THP
-    /// leaf (or maps the huge zero folio), replace it by its deposited PTE table mapping the
-    /// same pages, bracketed by a CLEAR invalidation of its 2 MiB (mirrors drop the huge
-    /// mapping). The folio stays whole, now mapped by 512 PTEs (`split_huge_page` divides it).
+    /// leaf (or maps the huge zero folio, or is a PMD migration entry), replace it by its
+    /// deposited PTE table mapping the same pages (or holding 512 PTE migration entries),
+    /// bracketed by a CLEAR invalidation of its 2 MiB (mirrors drop the huge mapping). The
+    /// folio stays whole, now mapped by 512 PTEs (`split_huge_page` divides it).
     /// Return: whether a leaf was split.
     /// Locking: the mmap lock (or the VMA's lock, or the folio's rmap lock) held; no
     /// page-table lock held; takes the PMD's lock.
@@ -14,12 +15,13 @@ extension AddressSpace {
         Lockdep.assertNoSpinLockHeld()
         let haddr = address & pmdMask
         guard !vma.isHugetlb, let found = pageTable.lookup(haddr, level: .pmd), found.level == .pmd,
-              PageTable.isTHPLeaf(found.entry.load()) else { return false }
-        if let pfn, found.entry.load().pfn != pfn { return false }
+              PageTable.isTHPEntry(found.entry.load()) else { return false }
+        if let pfn, PageTable.thpEntryPfn(found.entry.load()) != pfn { return false }
         let range = MMUNotifierRange(start: haddr, end: haddr + pmdSize, event: .clear)
         notifiers.invalidateRangeStart(range)
         found.table.ptl.lock()
-        let done = (pfn == nil || found.entry.load().pfn == pfn) && splitHugePMDLocked(vma, found.entry, table: found.table, haddr)
+        let done = (pfn == nil || PageTable.thpEntryPfn(found.entry.load()) == pfn)
+            && splitHugePMDLocked(vma, found.entry, table: found.table, haddr)
         found.table.ptl.unlock()
         notifiers.invalidateRangeEnd(range)
         return done
@@ -31,14 +33,27 @@ extension AddressSpace {
     /// a reference per extra PTE. The huge zero folio's PTEs map the ordinary zero page. A CPU
     /// may set the accessed or dirty bit on the leaf meanwhile: the table is installed with a
     /// compare-and-swap and refilled if it lost. The TLB is flushed before the lock is dropped.
+    /// A PMD migration entry becomes 512 PTE migration entries of the same kind (write,
+    /// read-exclusive or read) and soft-dirty bit, one per page; it holds no mapping or
+    /// reference, so none changes.
     /// Locking: the PMD table's lock held. Return: false if the entry is no THP leaf (anymore).
     func splitHugePMDLocked(_ vma: VMA, _ pmd: EntryPointer, table: Page, _ haddr: UInt64) -> Bool {
         table.ptl.assertHeld()
         var old = pmd.load()
-        guard PageTable.isTHPLeaf(old) else { return false }
+        guard PageTable.isTHPEntry(old) else { return false }
         precondition(!vma.isHugetlb, "splitting a hugetlb PMD")
         let pgtable = pageTable.withdraw(from: table)
         let ptes = EntryPointer(memory.frame(pgtable.pfn))
+        if PageTable.isTHPMigration(old) {
+            // Nothing else changes a non-present PMD under its lock: a plain store will do.
+            let s = old.swapEntry
+            for i in 0..<ptrsPerTable {
+                (ptes + i).store(SwapEntry(type: s.type, offset: s.offset + UInt64(i)).pte(softDirty: old.isSoftDirty))
+            }
+            pmd.store(.table(pgtable.pfn))
+            stats.count(.thpSplitPMD)
+            return true
+        }
         let zero = old.isSpecial
         if !zero {
             // The accounting comes first: once the table is in, a PTE-level walker (a zap, a
@@ -88,4 +103,18 @@ extension PageTable {
     /// never maps a hugetlb folio).
     @inlinable
     static func isTHPLeaf(_ v: PTE) -> Bool { v.isPresent && v.isHuge }
+
+    /// A PMD migration entry (`pmd_is_migration_entry`) in a THP's place: its offset is the
+    /// folio's head pfn.
+    @inlinable
+    static func isTHPMigration(_ v: PTE) -> Bool { v.isSwap && v.isHuge && v.swapEntry.isMigration }
+
+    /// A THP leaf or a PMD migration entry (`pmd_trans_huge || is_swap_pmd` outside hugetlb):
+    /// what the PMD-level paths (zap, mprotect, fork, mremap, split) take whole or split.
+    @inlinable
+    static func isTHPEntry(_ v: PTE) -> Bool { isTHPLeaf(v) || isTHPMigration(v) }
+
+    /// The head pfn a THP entry names (the huge zero folio's for its leaf).
+    @inlinable
+    static func thpEntryPfn(_ v: PTE) -> UInt64 { v.isPresent ? v.pfn : v.swapEntry.pfn }
 }

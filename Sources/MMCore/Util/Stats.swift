@@ -20,7 +20,7 @@ public final class MMStats: @unchecked Sendable {
         case hugetlbFaultNewPage, hugetlbFaultCOWCopy, hugetlbFaultCOWReuse
         /// Transparent huge pages, printed with their /proc/vmstat names (`thp_fault_alloc`, …).
         case thpFaultAlloc, thpFaultFallback, thpZeroPageAlloc, thpSplitPMD, thpSplitPage, thpSplitPageFailed
-        case thpDeferredSplitPage, thpCollapseAlloc, thpMigrationSuccess, thpMigrationFail, thpMigrationSplit
+        case thpDeferredSplitPage, thpCollapseAlloc, thpCollapseAllocFailed, thpMigrationSuccess, thpMigrationFail, thpMigrationSplit
     }
     @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}

@@ -99,6 +99,22 @@ struct ForkCopier: PageWalker {
         guard let pgtable = childTables.allocateDepositTable() else { return .stop(.ENOMEM) }
         table.ptl.lock()
         let v = src.load()
+        if PageTable.isTHPMigration(v) {
+            // copy_huge_non_present_pmd: a write or read-exclusive entry becomes read in both
+            // (the folio is now shared copy-on-write); the entry holds no mapping or reference.
+            var e = v
+            if cow && v.swapEntry.type != SwapEntry.migrationRead {
+                e = SwapEntry.migration(pfn: v.swapEntry.pfn, write: false).pte(softDirty: v.isSoftDirty, pmd: true)
+                src.store(e)
+            }
+            table.ptl.unlock()
+            child.thpMapped.storeRelease(1)
+            dst.table.ptl.lock()
+            childTables.deposit(pgtable, in: dst.table)
+            dst.entry.store(e)
+            dst.table.ptl.unlock()
+            return .skip
+        }
         guard PageTable.isTHPLeaf(v) else { table.ptl.unlock(); childTables.freeTable(pgtable); return .next }
         if v.isSpecial {
             table.ptl.unlock()

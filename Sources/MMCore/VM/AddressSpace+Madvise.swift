@@ -14,7 +14,9 @@ public struct MadviseAdvice: RawRepresentable, Hashable, Sendable {
     public static let doFork = MadviseAdvice(rawValue: 11)
     public static let hugePage = MadviseAdvice(rawValue: 14)
     public static let noHugePage = MadviseAdvice(rawValue: 15)
-    static let known: Set<Int32> = [0, 1, 2, 3, 4, 8, 10, 11, 14, 15]
+    /// `MADV_COLLAPSE`: make THPs of the range now (see `madviseCollapse`).
+    public static let collapse = MadviseAdvice(rawValue: 25)
+    static let known: Set<Int32> = [0, 1, 2, 3, 4, 8, 10, 11, 14, 15, 25]
 }
 
 /// `madvise_free_pte_range`: clean and old, marked lazily freeable.
@@ -70,7 +72,8 @@ struct LazyFreeWalker: PageWalker {
 
 extension AddressSpace {
     /// `madvise`. EINVAL for an unaligned start, unknown advice, a wrapping length, or
-    /// MADV_FREE on a non-anonymous mapping (hugetlb included); MADV_DONTNEED in a hugetlb
+    /// MADV_FREE on a non-anonymous mapping (hugetlb included); MADV_COLLAPSE fails as
+    /// `madviseCollapse` says (EINVAL, EAGAIN, ENOMEM); MADV_DONTNEED in a hugetlb
     /// VMA must start on a huge page (EINVAL) and zaps whole huge pages only (its end rounds
     /// down); ENOMEM if part of the range is unmapped (the
     /// mapped parts are still advised). Zero length succeeds.
@@ -142,6 +145,13 @@ extension AddressSpace {
                 _ = pageTable.walk(s, e, &w)
                 if w.changed { flushTLB() }
                 notifiers.invalidateRangeEnd(range)
+            case .collapse:
+                // The mmap lock is dropped inside: the VMA list is looked at afresh after it.
+                if let err = madviseCollapse(vma, s, e) { throw err }
+                cursor = e
+                if e >= end { break }
+                i = vmaIndex(atOrAfter: e)
+                continue
             default: break
             }
             cursor = vma.end

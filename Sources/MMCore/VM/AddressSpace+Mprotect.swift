@@ -65,9 +65,19 @@ struct ChangeProtectionWalker: PageWalker {
     /// `change_huge_pmd`: a THP leaf takes the VMA's protection as a PTE does; writable in a
     /// private writable VMA only for an exclusive folio (`can_change_pmd_writable`), never for
     /// the huge zero folio. Return: `.next` if a split raced (the walk goes below).
+    /// A writable PMD migration entry becomes read-exclusive (`change_non_present_huge_pmd`:
+    /// the folio is anonymous; the fault after the migration makes it writable again).
     private mutating func changeHugePMD(_ pmd: EntryPointer, table: Page) -> WalkStep {
         table.ptl.lock(); defer { table.ptl.unlock() }
-        guard PageTable.isTHPLeaf(pmd.load()) else { return .next }
+        let v = pmd.load()
+        if PageTable.isTHPMigration(v) {
+            let s = v.swapEntry
+            if s.isWritableMigration {
+                pmd.store(SwapEntry.migration(pfn: s.pfn, write: false, exclusive: true).pte(softDirty: v.isSoftDirty, pmd: true))
+            }
+            return .skip
+        }
+        guard PageTable.isTHPLeaf(v) else { return .next }
         let (old, new) = pmd.modify { v in
             var r = v.raw & ~(PTE.write | PTE.user)
             if vma.pageProtReadable { r |= PTE.user }

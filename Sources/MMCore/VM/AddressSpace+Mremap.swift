@@ -195,7 +195,7 @@ extension AddressSpace {
         while a < from + length {
             defer { a += pmdSize }
             guard let src = pageTable.lookup(a, level: .pmd), src.level == .pmd,
-                  PageTable.isTHPLeaf(src.entry.load()), let vma = vmaLookup(max(a, from)) else { continue }
+                  PageTable.isTHPEntry(src.entry.load()), let vma = vmaLookup(max(a, from)) else { continue }
             let whole = a >= from && a + pmdSize <= from + length && (to + (a &- from)) & (pmdSize - 1) == 0
             leaves.append((a, vma, whole))
         }
@@ -234,7 +234,7 @@ extension AddressSpace {
                     src.table.ptl.lock()
                     if dst.table != src.table { dst.table.ptl.lock() }
                     var done = false
-                    if dst.entry.load().isNone, PageTable.isTHPLeaf(src.entry.load()) {
+                    if dst.entry.load().isNone, PageTable.isTHPEntry(src.entry.load()) {
                         let e = src.entry.exchange(.none)
                         let pgtable = pageTable.withdraw(from: src.table)
                         pageTable.deposit(pgtable, in: dst.table)

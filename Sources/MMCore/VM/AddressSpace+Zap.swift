@@ -25,15 +25,16 @@ struct ZapWalker: PageWalker {
     }
 
     /// `zap_huge_pmd`: the leaf goes with its deposited table; a THP loses a PMD mapping and
-    /// its reference is dropped after the flush, as a PTE's.
+    /// its reference is dropped after the flush, as a PTE's. A PMD migration entry goes with
+    /// its table alone: it holds no mapping or reference.
     /// Return: false if the entry is no leaf anymore (a split raced: the walk goes below).
     private mutating func zapHugePMD(_ pmd: EntryPointer, table: Page, vma: VMA) -> Bool {
         table.ptl.lock()
-        guard PageTable.isTHPLeaf(pmd.load()) else { table.ptl.unlock(); return false }
+        guard PageTable.isTHPEntry(pmd.load()) else { table.ptl.unlock(); return false }
         let old = pmd.exchange(.none)
         let pgtable = vma.mm.pageTable.withdraw(from: table)
-        gather.needsFlush = true
-        if !old.isSpecial {
+        if old.isPresent { gather.needsFlush = true }
+        if old.isPresent && !old.isSpecial {
             let folio = memory.page(old.pfn)
             if old.isDirty { folio.set(.dirty) }
             memory.removeRmapPMD(folio)
