@@ -143,6 +143,34 @@ extension SelftestSuite {
         }
     }
 
+    /// T33: a THP made by MADV_COLLAPSE migrates to the device whole; on the private
+    /// device the snapshot reports its PMD order and pagemap a swap entry for every page; the
+    /// CPU's read brings the whole folio back.
+    static func migrateAnonHugeFault(_ f: Fixture) throws {
+        let npages = pmd / f.pageSize
+        let t = try thpBuffer(f, advice: nil, mirrorSize: pmd)
+        let b = t.buffer
+        f.fillMirror(b) { _ in -1 }
+        try f.fill(b, idx)
+        do { try f.process.madvise(b.ptr, length: UInt64(pmd), advice: .collapse) } catch {
+            throw SelftestFailure(message: "MADV_COLLAPSE returned \(error)", file: #fileID, line: #line)
+        }
+        try f.expectCommand(f.fd, .migrateToDevice, b, npages, "MIGRATE_TO_DEV")
+        try f.expectMirror(b, count: pmd / 4, idx)
+        if f.variant == .devicePrivate {
+            try f.expectCommand(f.fd, .snapshot, b, npages, "SNAPSHOT")
+            for i in 0..<npages where b.mirror[byte: i] != 0x26 {
+                try expectEqual(b.mirror[byte: i], 0x26, "snapshot byte \(i) (DEV_PRIVATE_LOCAL|WRITE|PMD)")
+            }
+            let entries = try f.process.mm.pagemap(b.ptr, count: npages)
+            for (i, e) in entries.enumerated() where !e.isSwap || e.isPresent {
+                throw SelftestFailure(message: "pagemap of page \(i): \(e), expected swap and not present", file: #fileID, line: #line)
+            }
+        }
+        try f.expectInts(try f.ints(f.cpu, b.ptr, count: pmd / 4), idx, "ptr after the fault back")
+        try unmap(f, t)
+    }
+
     /// T36: FAIL_ALLOC during THP migration to the device and back.
     static func migrateAnonHugeErr(_ f: Fixture) throws {
         let npages = pmd / f.pageSize

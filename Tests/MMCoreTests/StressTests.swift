@@ -121,9 +121,10 @@ final class StressTests: XCTestCase {
     }
 
     /// THP under the same kind of race: two CPU writers and a reader on two THPs while the
-    /// mutator migrates pages (splitting folios), mprotects half a THP and back (splitting
-    /// PMDs), forks (sharing PMDs), zaps one page (MADV_DONTNEED) and now and then maps the
-    /// region afresh (new THPs on the writers' next faults). Same checks as above.
+    /// mutator migrates pages (whole THPs, through PMD migration entries), mprotects half a
+    /// THP and back (splitting PMDs, migration entries too), collapses 2 MiB (MADV_COLLAPSE),
+    /// forks (sharing PMDs), zaps one page (MADV_DONTNEED) and now and then maps the region
+    /// afresh (new THPs on the writers' next faults). Same checks as above.
     func testCPUsRaceTHPSplitsMigrationForkMprotect() throws {
         let env = try Env(mib: 128, checkEveryOperation: false)
         env.memory.thp.mode = .madvise
@@ -163,6 +164,7 @@ final class StressTests: XCTestCase {
             }
         }
         var rng = SeededRNG(seed: 11)
+        var collapseErrors: [Errno] = []
         for round in 1...1200 {
             let pick = (0..<3).map { _ in region + UInt64.random(in: 0..<(huge * pmdSize / pageSize), using: &rng) * pageSize }
             let pfns = pick.compactMap { (try? env.mm.pagemap($0, count: 1))?.first }.filter(\.isPresent).map(\.pfn)
@@ -171,6 +173,18 @@ final class StressTests: XCTestCase {
                 let h = region + UInt64(round / 4 % Int(huge)) * pmdSize
                 try env.process.mprotect(h + pmdSize / 2, length: pmdSize / 2, prot: .read)
                 try env.process.mprotect(h + pmdSize / 2, length: pmdSize / 2, prot: .readWrite)
+            }
+            if round % 7 == 0 {
+                // MADV_COLLAPSE of one 2 MiB: EAGAIN (a page locked by a migration, or a
+                // reference of a racing walker) and EINVAL (a migration entry met) are answers.
+                let h = region + UInt64(round / 7 % Int(huge)) * pmdSize
+                do { try env.process.madvise(h, length: pmdSize, advice: .collapse) } catch {
+                    if error != .EAGAIN && error != .EINVAL { collapseErrors.append(error) }
+                }
+            }
+            if round % 13 == 0 {
+                // A page nobody writes (slots are 8 pages apart): the PMD splits around it.
+                try env.process.madvise(region + UInt64(round / 13 % Int(huge)) * pmdSize + pageSize, length: pageSize, advice: .dontNeed)
             }
             if round % 10 == 0 {
                 let child = try env.process.fork()
@@ -197,6 +211,8 @@ final class StressTests: XCTestCase {
         XCTAssertGreaterThan(env.machine.stats[.thpFaultAlloc], 20, "new THPs after each fresh mapping")
         XCTAssertGreaterThan(env.machine.stats[.thpSplitPMD], 0)
         XCTAssertGreaterThan(env.machine.stats[.thpMigrationSuccess], 0, "THPs migrated whole, through PMD migration entries")
+        XCTAssertGreaterThan(env.machine.stats[.thpCollapseAlloc], 0, "2 MiB collapsed while the CPUs wrote")
+        XCTAssertEqual(collapseErrors, [])
         let check = env.process.makeCPU()
         for k in 0..<slots {
             for t in 0..<2 {

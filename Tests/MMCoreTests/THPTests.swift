@@ -343,29 +343,35 @@ final class THPTests: XCTestCase {
         XCTAssertEqual(folio.entireMapcount, 0)
         XCTAssertEqual(folio.refcount, 1)
         XCTAssertFalse(folio.test(.anonExclusive), "the exclusive bit moved into the entry")
-        var (level, e) = try leaf(env, a)
+        let (level, e) = try leaf(env, a)
         XCTAssertEqual(level, .pmd)
         XCTAssertEqual(e.swapEntry.type, SwapEntry.migrationWrite)
         XCTAssertTrue(PageTable.isTHPMigration(e))
-        let pm = try env.mm.pagemap(a + 4096 * 5, count: 1)[0]
-        XCTAssertFalse(pm.isPresent)
-        XCTAssertTrue(pm.isSwap)
-        env.check()
-
-        try env.process.mprotect(a, length: twoMiB, prot: .read)
-        (level, e) = try leaf(env, a)
-        XCTAssertEqual(e.swapEntry.type, SwapEntry.migrationReadExclusive)
-        try env.process.mprotect(a, length: twoMiB, prot: .readWrite)
-        XCTAssertEqual(try leaf(env, a).entry.swapEntry.type, SwapEntry.migrationReadExclusive)
-        let child = try env.process.fork()
-        XCTAssertEqual(try leaf(env, a).entry.swapEntry.type, SwapEntry.migrationRead)
-        XCTAssertEqual(try leaf(env, a, in: child.mm).entry.swapEntry.type, SwapEntry.migrationRead)
-        XCTAssertTrue(try leaf(env, a, in: child.mm).entry.isHuge)
-        try child.munmap(a, length: 4096)
-        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
-        XCTAssertEqual(try leaf(env, a + 4096, in: child.mm).level, .pte)
-        XCTAssertEqual(try leaf(env, a + 4096, in: child.mm).entry.swapEntry, SwapEntry.migration(pfn: head + 1, write: false))
-        env.check()
+        // The system calls run on another thread: this one holds the folio lock, as a
+        // migration does, and must not take an mmap lock under it (lockdep would see the
+        // inversion with the fault path's mmap lock → folio lock).
+        var childOut: MMCore.Process?
+        try onAnotherThread { [self] in
+            let pm = try env.mm.pagemap(a + 4096 * 5, count: 1)[0]
+            XCTAssertFalse(pm.isPresent)
+            XCTAssertTrue(pm.isSwap)
+            env.check()
+            try env.process.mprotect(a, length: twoMiB, prot: .read)
+            XCTAssertEqual(try leaf(env, a).entry.swapEntry.type, SwapEntry.migrationReadExclusive)
+            try env.process.mprotect(a, length: twoMiB, prot: .readWrite)
+            XCTAssertEqual(try leaf(env, a).entry.swapEntry.type, SwapEntry.migrationReadExclusive)
+            let child = try env.process.fork()
+            childOut = child
+            XCTAssertEqual(try leaf(env, a).entry.swapEntry.type, SwapEntry.migrationRead)
+            XCTAssertEqual(try leaf(env, a, in: child.mm).entry.swapEntry.type, SwapEntry.migrationRead)
+            XCTAssertTrue(try leaf(env, a, in: child.mm).entry.isHuge)
+            try child.munmap(a, length: 4096)
+            XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
+            XCTAssertEqual(try leaf(env, a + 4096, in: child.mm).level, .pte)
+            XCTAssertEqual(try leaf(env, a + 4096, in: child.mm).entry.swapEntry, SwapEntry.migration(pfn: head + 1, write: false))
+            env.check()
+        }
+        let child = try XCTUnwrap(childOut)
 
         // A CPU access waits for the unlock (holding its mmap or VMA lock: no mmap writer now).
         let done = AtomicCounter(0)
@@ -500,6 +506,13 @@ final class THPTests: XCTestCase {
     }
 
     private func memory(_ env: Env) -> PhysicalMemory { env.memory }
+
+    /// Runs `body` on a new thread and waits for it; its error is rethrown here.
+    private func onAnotherThread(_ body: @escaping () throws -> Void) throws {
+        var failure: Error?
+        ModelThread.spawn(name: "syscalls") { do { try body() } catch { failure = error } }.join()
+        if let failure { throw failure }
+    }
 
     /// MADV_FREE of a whole THP makes it clean, old and lazily freeable at the PMD; of part
     /// of one, splits the folio and marks only those pages (`madvise_free_huge_pmd`).
