@@ -9,8 +9,8 @@ public struct Selftest: Sendable {
     public let name: String
     /// `hmm2` fixtures open two devices.
     public let twoDevices: Bool
-    /// Set when the test needs a huge-page feature the model does not have yet (device THP,
-    /// MADV_COLLAPSE): the test is skipped, naming it.
+    /// Set when the test needs a huge-page feature the model does not have yet (device THP):
+    /// the test is skipped, naming it. (Its body is written, and runs once the feature lands.)
     public let needs: String?
     let body: @Sendable (Fixture) throws -> Void
 

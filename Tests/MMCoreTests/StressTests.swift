@@ -163,12 +163,18 @@ final class StressTests: XCTestCase {
                 }
             }
         }
-        var rng = SeededRNG(seed: 11)
+        // The migrator runs on its own thread, so that migrations (PMD and PTE migration
+        // entries) overlap the mprotects, collapses, zaps, forks and remaps below.
+        let migrator = ModelThread.spawn(name: "migrator") {
+            var rng = SeededRNG(seed: 12)
+            while stop.load() == 0 {
+                let pick = (0..<3).map { _ in region + UInt64.random(in: 0..<(huge * pmdSize / pageSize), using: &rng) * pageSize }
+                let pfns = pick.compactMap { (try? env.mm.pagemap($0, count: 1))?.first }.filter(\.isPresent).map(\.pfn)
+                _ = env.machine.migratePages(pfns)
+            }
+        }
         var collapseErrors: [Errno] = []
         for round in 1...1200 {
-            let pick = (0..<3).map { _ in region + UInt64.random(in: 0..<(huge * pmdSize / pageSize), using: &rng) * pageSize }
-            let pfns = pick.compactMap { (try? env.mm.pagemap($0, count: 1))?.first }.filter(\.isPresent).map(\.pfn)
-            _ = env.machine.migratePages(pfns)
             if round % 4 == 0 {
                 let h = region + UInt64(round / 4 % Int(huge)) * pmdSize
                 try env.process.mprotect(h + pmdSize / 2, length: pmdSize / 2, prot: .read)
@@ -206,6 +212,7 @@ final class StressTests: XCTestCase {
         stop.store(1)
         writers.forEach { $0.join() }
         reader.join()
+        migrator.join()
         XCTAssertEqual(torn.load(), 0, "torn values")
         XCTAssertEqual(lost.load(), 0, "values went backwards")
         XCTAssertGreaterThan(env.machine.stats[.thpFaultAlloc], 20, "new THPs after each fresh mapping")

@@ -444,15 +444,21 @@ final class THPTests: XCTestCase {
         env.teardown()
     }
 
-    /// MADV_COLLAPSE's errors, as `madvise_collapse_errno` gives them: EINVAL for a range
-    /// never touched (no PTE table) or a MADV_NOHUGEPAGE VMA, EAGAIN for a pinned page
+    /// MADV_COLLAPSE's errors, as `madvise_collapse_errno` gives them: EINVAL for a VMA never
+    /// written (no anon_vma), a range never touched (no PTE table) or a MADV_NOHUGEPAGE VMA,
+    /// EAGAIN for a pinned page
     /// (references beyond its mappings; nothing changes), ENOMEM without an order-9 block;
     /// a range with no whole aligned 2 MiB is left alone (0).
     func testMadvCollapseErrors() throws {
         let (env, a) = try setUpTHP(mode: .never, huge: 2)
         let b = a + twoMiB
+        // Never written: no anon_vma yet, EINVAL whatever the range (collapse_possible).
         XCTAssertThrowsError(try env.process.madvise(a, length: twoMiB, advice: .collapse)) { XCTAssertEqual($0 as? Errno, .EINVAL) }
-        try env.process.madvise(a, length: twoMiB - 4096, advice: .collapse)
+        XCTAssertThrowsError(try env.process.madvise(a, length: twoMiB - 4096, advice: .collapse)) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        try env.cpu.store(b, UInt64(1))
+        // Written elsewhere in the VMA, but this 2 MiB has no PTE table: EINVAL (SCAN_NO_PTE_TABLE).
+        XCTAssertThrowsError(try env.process.madvise(a, length: twoMiB, advice: .collapse)) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        try env.process.madvise(a, length: twoMiB - 4096, advice: .collapse)   // no whole aligned 2 MiB: 0
         try fillIDX(env.cpu, a, bytes: 2 * twoMiB)
         let pinned = try env.mm.getUserPages(a + 4096, count: 1, flags: [.pin, .write])
         XCTAssertThrowsError(try env.process.madvise(a, length: twoMiB, advice: .collapse)) { XCTAssertEqual($0 as? Errno, .EAGAIN) }

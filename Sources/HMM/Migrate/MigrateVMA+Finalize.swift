@@ -55,7 +55,6 @@ extension MigrateVMA {
     func restoreLocalEntries(_ target: (Int) -> Page?) {
         mm.mmapLock.assertLocked()
         let machine = mm.machine
-        let writable = vma.flags.contains(.write)
         var addr = start
         while addr < end {
             let tableEnd = min(end, (addr | (pmdSize - 1)) + 1)
@@ -70,7 +69,7 @@ extension MigrateVMA {
                 if !remote[i], let from = MigratePfn.pfn(src[i]), let to = target(i) {
                     let v = ptep.load()
                     if v.isSwap, case let s = v.swapEntry, s.isMigration, s.pfn == from {
-                        machine.restoreMigrationEntry(ptep, s, to: to, vmaWritable: writable)
+                        machine.restoreMigrationEntry(ptep, s, to: to, vma: vma)
                     }
                 }
                 ptep = ptep + 1

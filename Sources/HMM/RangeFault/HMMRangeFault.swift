@@ -244,7 +244,10 @@ extension AddressSpace {
             switch stop {
             case .error(let e): throw e
             case .waitMigration(let page, let at):
-                if memory.tryGet(page) { page.waitUnlocked(); memory.put(page) }
+                // pmd/migration_entry_wait holds no reference (one would make the migration's
+                // count check fail); page metadata outlives the page, so a freed one only
+                // wakes the wait early.
+                page.waitUnlocked()
                 last = at
             case .fault(let start, let end, let write):
                 guard let vma = vmaLookup(start) else { throw .EFAULT }

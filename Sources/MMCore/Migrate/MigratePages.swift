@@ -61,7 +61,7 @@ extension Machine {
             folio.unlock()
             memory.put(folio)
             stats.count(.thpMigrationSuccess)
-            stats.count(.pagesMigrated, Int(new.folioPages) - 1)
+            stats.count(.pagesMigrated, Int(folio.folioPages) - 1)   // (the new folio may be gone already)
             return .success(new.pfn + (old.pfn - folio.pfn))
         case .failure(.ENOMEM):
             stats.count(.thpMigrationFail)
@@ -193,7 +193,7 @@ extension Machine {
     private func restoreMigrationEntry(_ hit: RmapHit, from: Page, to: Page) -> Bool {
         _ = hit.vma.mm.withMappedPTE(hit.address, pfn: from.pfn) { ptep, found in
             guard case .swap(let s) = found, s.isMigration else { return }
-            restoreMigrationEntry(ptep, s, to: to, vmaWritable: hit.vma.flags.contains(.write))
+            restoreMigrationEntry(ptep, s, to: to, vma: hit.vma)
         }
         return true
     }
@@ -201,18 +201,22 @@ extension Machine {
     /// One step of `remove_migration_pte`: the migration entry `s` at `ptep` becomes a mapping
     /// of `to` (present, or device-private for a device-private page), with its reference and
     /// rmap. Locking: the PTE table's lock held; `to` locked.
-    package func restoreMigrationEntry(_ ptep: EntryPointer, _ s: SwapEntry, to: Page, vmaWritable: Bool) {
+    package func restoreMigrationEntry(_ ptep: EntryPointer, _ s: SwapEntry, to: Page, vma: VMA) {
         Lockdep.assertSpinLockHeld(); assert(to.isLocked, "restoreMigrationEntry: the new page must be locked")
-        let write = s.isWrite && vmaWritable
+        let write = s.isWrite && vma.flags.contains(.write)
+        let softDirty = ptep.load().isSoftDirty
         memory.get(to)
         memory.addRmap(to)
         if to.isAnon && (s.type == SwapEntry.migrationWrite || s.type == SwapEntry.migrationReadExclusive) {
             to.set(.anonExclusive)
         }
         if to.isDevicePrivate {
-            ptep.store(SwapEntry.devicePrivate(pfn: to.pfn, write: s.isWrite).pte(softDirty: ptep.load().isSoftDirty))
+            ptep.store(SwapEntry.devicePrivate(pfn: to.pfn, write: s.isWrite).pte(softDirty: softDirty))
         } else {
-            ptep.store(.page(to.pfn, write: write, dirty: write))
+            // The VMA's protection now (PROT_NONE if an mprotect came meanwhile), soft-dirty
+            // as the entry was.
+            let e = PTE.page(to.pfn, write: write, user: vma.pageProtReadable, dirty: write)
+            ptep.store(softDirty ? PTE(raw: e.raw | PTE.softDirty) : e)
         }
     }
 }

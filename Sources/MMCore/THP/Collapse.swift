@@ -14,9 +14,12 @@ enum CollapseResult: Equatable {
     case allocHugePageFail
     /// The VMA changed while the mmap lock was dropped.
     case vmaCheck
+    /// A fault that bringing in a non-present entry needed failed (`SCAN_FAIL`).
+    case fail
 
     /// Results after which the next 2 MiB is still tried (the whitelist in `madvise_collapse`).
     var goesOn: Bool { [.noPTETable, .pteNonPresent, .pageNull, .pageCount, .pageLock].contains(self) }
+
 
     var errno: Errno {
         switch self {
@@ -33,16 +36,21 @@ extension AddressSpace {
     /// (`TVA_FORCED_COLLAPSE`) and with no limit on empty, zero-page, shared or non-present
     /// entries. An entry that is not present (a migration, device-private or device-exclusive
     /// entry) is faulted in first, as `__collapse_huge_page_swapin` does with `do_swap_page`.
-    /// A 2 MiB already mapped by a PMD counts as done. Return: nil if every 2 MiB is (now) a
+    /// A 2 MiB already mapped by a PMD counts as done. A VMA with no anon_vma yet (never
+    /// written) or with no whole aligned 2 MiB is EINVAL at once (`collapse_possible`). Each
+    /// 2 MiB is scanned (anonymous pages, lock free, no reference beyond the mappings) before
+    /// its order-9 folio is allocated (`thp_collapse_alloc` counts the allocation), and the
+    /// VMA is looked up again after every collapse. Return: nil if every 2 MiB is (now) a
     /// THP; else the errno of the last failure: ENOMEM (no order-9 block), EAGAIN (a page
     /// locked or referenced beyond its mappings: trying again may work), EINVAL (the rest:
-    /// nothing to collapse, a page that cannot go into a THP).
+    /// nothing to collapse, a page that cannot go into a THP, a failed fault).
     /// Locking: caller holds the mmap lock for read; it is dropped and taken for write around
     /// each collapse (as the kernel does), and held for read again on return. The VMA is looked
     /// up again each time.
     func madviseCollapse(_ vmaIn: VMA, _ start: UInt64, _ end: UInt64) -> Errno? {
         mmapLock.assertLocked()
-        guard vmaIn.isAnonymous, !vmaIn.isHugetlb, !vmaIn.flags.contains(.noHugePage) else { return .EINVAL }
+        guard vmaIn.isAnonymous, !vmaIn.isHugetlb, !vmaIn.flags.contains(.noHugePage), vmaIn.anonVMA != nil,
+              ((vmaIn.start + pmdSize - 1) & pmdMask) + pmdSize <= vmaIn.end else { return .EINVAL }
         let hstart = (start + pmdSize - 1) & pmdMask, hend = end & pmdMask
         guard hstart < hend else { return nil }
         var thps = 0
@@ -50,6 +58,9 @@ extension AddressSpace {
         var haddr = hstart
         while haddr < hend {
             defer { haddr += pmdSize }
+            // hugepage_vma_revalidate: the lock was dropped for the last collapse.
+            guard let v = vmaLookup(haddr), v.isAnonymous, !v.isHugetlb, !v.flags.contains(.noHugePage),
+                  v.start <= haddr, v.end >= haddr + pmdSize else { lastFail = .vmaCheck; break }
             let r = collapseOnePMD(haddr)
             if r == .succeed || r == .pmdMapped { thps += 1; continue }
             lastFail = r
@@ -82,10 +93,14 @@ extension AddressSpace {
             switch handleMMFault(vma: vma, address: a, flags: []) {
             case .ok: a += pageSize; tries = 0
             case .retry where tries < 3: tries += 1
-            default: return .pageCount
+            case .retry: return .pageLock
+            default: return .fail
             }
         }
+        let scan = collapseScan(haddr)
+        guard scan == .succeed else { return scan }
         guard let folio = memory.allocate(order: pmdOrder) else { stats.count(.thpCollapseAllocFailed); return .allocHugePageFail }
+        stats.count(.thpCollapseAlloc)
         mmapLock.unlockRead()
         mmapWriteLock()
         let r = collapseHugePage(haddr, folio)
@@ -110,8 +125,8 @@ extension AddressSpace {
               !vma.isHugetlb, !vma.flags.contains(.noHugePage) else { return .vmaCheck }
         let state = collapsePMDState(haddr)
         guard state == .succeed, let pmd = pageTable.lookup(haddr, level: .pmd), pmd.level == .pmd else { return state }
+        guard let av = vma.anonVMA else { return .pageAnon }
         vmaStartWrite(vma)
-        let av = anonVMAPrepare(vma)
         av.lock.lockWrite(); defer { av.lock.unlockWrite() }
         let range = MMUNotifierRange(start: haddr, end: haddr + pmdSize, event: .clear)
         notifiers.invalidateRangeStart(range)
@@ -131,15 +146,9 @@ extension AddressSpace {
             let v = (ptes + i).load()
             if v.isNone || (v.isPresent && v.isSpecial && v.pfn == PhysicalMemory.zeroPfn) { continue }
             guard v.isPresent else { result = .pteNonPresent; break }
-            guard !v.isSpecial, memory.isValidPfn(v.pfn), !memory.page(v.pfn).isZoneDevice else { result = .pageNull; break }
-            let head = memory.page(v.pfn).folioHead
-            guard head.isAnon else { result = .pageAnon; break }
-            if locked.contains(head) { continue }
-            guard head.tryLock() else { result = .pageLock; break }
-            locked.append(head)
-            var mappings = Int(head.entireMapcount)
-            for k in 0..<head.folioPages { mappings += Int(memory.page(head.pfn + k).mapcount) }
-            guard head.pincount == 0, Int(head.refcount) == mappings else { result = .pageCount; break }
+            if !v.isSpecial, memory.isValidPfn(v.pfn), locked.contains(memory.page(v.pfn).folioHead) { continue }
+            if let r = collapseCheck(v, lockIt: true) { result = r; break }
+            locked.append(memory.page(v.pfn).folioHead)
         }
         guard result == .succeed else {
             pgtable.ptl.unlock()
@@ -183,7 +192,40 @@ extension AddressSpace {
         pageTable.deposit(pgtable, in: pmd.table)
         pmd.entry.store(.page(folio.pfn, write: write, user: vma.pageProtReadable, dirty: true, huge: true))
         pmd.table.ptl.unlock()
-        stats.count(.thpCollapseAlloc)
         return .succeed
+    }
+
+    /// The checks of `collapse_scan_pmd` before anything is allocated: every present entry
+    /// maps an anonymous page (not special, not zone-device) whose folio is not locked and has
+    /// no reference beyond its mappings; a non-present entry left is `.pteNonPresent`.
+    /// Locking: mmap lock held; takes the PTE table's lock.
+    private func collapseScan(_ haddr: UInt64) -> CollapseResult {
+        mmapLock.assertLocked()
+        guard let f = pageTable.lookup(haddr, level: .pte), f.level == .pte else { return collapsePMDState(haddr) }
+        f.table.ptl.lock(); defer { f.table.ptl.unlock() }
+        for i in 0..<ptrsPerTable {
+            let v = (f.entry + i).load()
+            if v.isNone || (v.isPresent && v.isSpecial && v.pfn == PhysicalMemory.zeroPfn) { continue }
+            guard v.isPresent else { return .pteNonPresent }
+            if let r = collapseCheck(v, lockIt: false) { return r }
+        }
+        return .succeed
+    }
+
+    /// One present entry's page for a collapse: `.pageNull` (special or zone-device),
+    /// `.pageAnon`, `.pageLock`, `.pageCount` (references beyond the folio's mappings, or a
+    /// pin), or nil if it may go in. With `lockIt`, the folio is left locked when nil.
+    private func collapseCheck(_ v: PTE, lockIt: Bool) -> CollapseResult? {
+        guard !v.isSpecial, memory.isValidPfn(v.pfn), !memory.page(v.pfn).isZoneDevice else { return .pageNull }
+        let head = memory.page(v.pfn).folioHead
+        guard head.isAnon else { return .pageAnon }
+        if lockIt { guard head.tryLock() else { return .pageLock } } else if head.isLocked { return .pageLock }
+        var mappings = Int(head.entireMapcount)
+        for k in 0..<head.folioPages { mappings += Int(memory.page(head.pfn + k).mapcount) }
+        guard head.pincount == 0, Int(head.refcount) == mappings else {
+            if lockIt { head.unlock() }
+            return .pageCount
+        }
+        return nil
     }
 }

@@ -3,7 +3,8 @@ import MMSync
 extension AddressSpace {
     /// The PMD half of `__handle_mm_fault` for an anonymous VMA: an empty PMD where a THP is
     /// allowed gets one (`create_huge_pmd`); a THP leaf takes a write or unshare fault
-    /// (`wp_huge_pmd`) or is marked young (`huge_pmd_set_accessed`).
+    /// (`wp_huge_pmd`) or is marked young (`huge_pmd_set_accessed`); a PMD migration entry is
+    /// waited out (`pmd_migration_entry_wait`, then `.ok`: the access is taken again).
     /// Return: the fault's result, or nil to go on at the PTE level (`VM_FAULT_FALLBACK`: no
     /// huge page, or the leaf was split).
     /// Locking: as `handleMMFault`; no page-table lock held.

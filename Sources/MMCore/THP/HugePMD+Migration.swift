@@ -11,7 +11,7 @@ extension AddressSpace {
         guard let found = pageTable.lookup(haddr, level: .pmd), found.level == .pmd else { return nil }
         found.table.ptl.lock(); defer { found.table.ptl.unlock() }
         let v = found.entry.load()
-        guard PageTable.isTHPEntry(v), !v.isSpecial, PageTable.thpEntryPfn(v) == pfn else { return nil }
+        guard PageTable.isTHPEntry(v), !(v.isPresent && v.isSpecial), PageTable.thpEntryPfn(v) == pfn else { return nil }
         return body(found.entry, v)
     }
 }
@@ -40,12 +40,18 @@ extension Machine {
                 guard v.isPresent else { return false }
                 let exclusive = folio.test(.anonExclusive)
                 if exclusive && folio.pincount > 0 { return nil }
-                let old = pmd.exchange(.none)   // pmdp_invalidate: no CPU sets A/D bits from here on
+                // The leaf becomes the migration entry in one step, never empty: walkers read
+                // PMDs without the lock (an empty one is a hole to them, and a fault may put a
+                // PTE table into it). A CPU may set the accessed or dirty bit meanwhile: the
+                // entry is built from the value it replaces.
+                var old = v
+                while !pmd.compareExchange(old, SwapEntry.migration(pfn: folio.pfn, write: old.isWrite, exclusive: exclusive)
+                                                .pte(softDirty: old.isSoftDirty, pmd: true)) {
+                    old = pmd.load()
+                }
                 mm.flushTLB()
                 if exclusive { folio.clear(.anonExclusive) }
                 if old.isDirty { folio.set(.dirty) }
-                let entry = SwapEntry.migration(pfn: folio.pfn, write: old.isWrite, exclusive: exclusive)
-                pmd.store(entry.pte(softDirty: old.isSoftDirty, pmd: true))
                 memory.removeRmapPMD(folio)
                 return true
             } ?? false
@@ -57,12 +63,13 @@ extension Machine {
         return converted
     }
 
-    /// `try_to_migrate` of a large folio's PTE mappings, with the TLB flushes batched
-    /// (`TTU_BATCH_FLUSH`, as `migrate_pages_batch` asks in async mode): one walk over the
-    /// VMAs that may map a page of the folio; in each, every PTE mapping a page of it (present
-    /// or device-exclusive) becomes a migration entry as `tryToMigrate` makes them (the
-    /// exclusive bit moves into the entry, the mapping and its reference go), under one CLEAR
-    /// invalidation of the folio's span there, and the TLB is flushed once for the VMA.
+    /// `try_to_migrate` of a large folio's PTE mappings: one walk over the VMAs that may map a
+    /// page of the folio; in each, under one CLEAR invalidation of the folio's span there, the
+    /// PTEs of each page table (at most two: the folio's pages are contiguous in a VMA) are
+    /// converted under that table's lock, every PTE mapping a page of the folio (present or
+    /// device-exclusive) becoming a migration entry as `setMigrationEntry` makes it, and the
+    /// TLB is flushed once per table before its lock is dropped (so a zap or mprotect that
+    /// then meets only migration entries, and flushes nothing, leaves no stale translation).
     /// Locking: folio locked and referenced by the caller; takes the anon_vma lock, notifiers
     /// (outside page-table locks) and PTE locks.
     /// Return: how many PTEs became migration entries.
@@ -76,22 +83,34 @@ extension Machine {
             let pages = (0..<n).filter { vma.address(ofPageIndex: index + $0) != nil }
             guard let first = pages.first, let last = pages.last else { continue }
             let mm = vma.mm
-            let range = MMUNotifierRange(start: vma.address(ofPageIndex: index + first)!,
-                                         end: vma.address(ofPageIndex: index + last)! + pageSize, event: .clear)
+            let start = vma.address(ofPageIndex: index + first)!, end = vma.address(ofPageIndex: index + last)! + pageSize
+            let range = MMUNotifierRange(start: start, end: end, event: .clear)
             mm.notifiers.invalidateRangeStart(range)
             var dropped: [Page] = []
-            var flush = false
-            for i in pages {
-                let page = memory.page(folio.pfn + i)
-                guard page.mapcount > 0 else { continue }
-                let done = mm.withMappedPTE(vma.address(ofPageIndex: index + i)!, pfn: page.pfn) { ptep, found -> Bool in
-                    guard setMigrationEntry(ptep, found, page) else { return false }
-                    if case .present = found { flush = true }
-                    return true
-                } ?? false
-                if done { converted += 1; dropped.append(page) }
+            var a = start
+            while a < end {
+                let tableEnd = min(end, (a | (pmdSize - 1)) + 1)
+                defer { a = tableEnd }
+                guard let found = mm.pageTable.lookup(a, level: .pte), found.level == .pte else { continue }
+                found.table.ptl.lock()
+                var flush = false
+                var ptep = found.entry
+                for addr in stride(from: a, to: tableEnd, by: Int(pageSize)) {
+                    defer { ptep = ptep + 1 }
+                    let page = memory.page(folio.pfn + vma.linearPageIndex(addr) - index)
+                    let v = ptep.load()
+                    let mapped: MappedEntry
+                    if v.isPresent, !v.isSpecial, v.pfn == page.pfn { mapped = .present(v) }
+                    else if v.isSwap, v.swapEntry.hasPfn, v.swapEntry.pfn == page.pfn { mapped = .swap(v.swapEntry) }
+                    else { continue }
+                    guard setMigrationEntry(ptep, mapped, page) else { continue }
+                    if case .present = mapped { flush = true }
+                    converted += 1
+                    dropped.append(page)
+                }
+                if flush { mm.flushTLB() }
+                found.table.ptl.unlock()
             }
-            if flush { mm.flushTLB() }
             for p in dropped { memory.put(p) }
             mm.notifiers.invalidateRangeEnd(range)
         }
@@ -125,7 +144,7 @@ extension Machine {
                 guard let a = vma.address(ofPageIndex: index + i) else { continue }
                 _ = mm.withMappedPTE(a, pfn: from.pfn + i) { ptep, found in
                     guard case .swap(let s) = found, s.isMigration else { return }
-                    restoreMigrationEntry(ptep, s, to: memory.page(to.pfn + i), vmaWritable: vma.flags.contains(.write))
+                    restoreMigrationEntry(ptep, s, to: memory.page(to.pfn + i), vma: vma)
                 }
             }
         }
@@ -184,7 +203,7 @@ extension Machine {
         }
         new.setOwner(sameAnonAs: folio)
         new.index = index
-        new.set(folio.flags.intersection([.swapBacked, .uptodate, .dirty, .referenced]))
+        new.set(folio.flags.intersection([.swapBacked, .uptodate, .dirty, .referenced, .lazyFree]))
         if entries > 0 { removeFolioMigrationEntries(from: folio, to: new, av: av, index: index) }
         for i in 0..<n { memory.page(folio.pfn + UInt64(i)).clear(.anonExclusive) }
         folio.clear(.dirty)

@@ -108,11 +108,7 @@ struct ForkCopier: PageWalker {
                 src.store(e)
             }
             table.ptl.unlock()
-            child.thpMapped.storeRelease(1)
-            dst.table.ptl.lock()
-            childTables.deposit(pgtable, in: dst.table)
-            dst.entry.store(e)
-            dst.table.ptl.unlock()
+            installChildPMD(e, pgtable, dst.entry, dst.table)
             return .skip
         }
         guard PageTable.isTHPLeaf(v) else { table.ptl.unlock(); childTables.freeTable(pgtable); return .next }
@@ -135,13 +131,18 @@ struct ForkCopier: PageWalker {
         var e = src.load()
         if cow && e.isWrite { e = src.modify { $0.wrprotect() }.new; parentChanged = true }
         table.ptl.unlock()
-        // The child is not visible to anyone yet: its PMD lock is taken only for the deposit.
-        child.thpMapped.storeRelease(1)
-        dst.table.ptl.lock()
-        childTables.deposit(pgtable, in: dst.table)
-        dst.entry.store(e)
-        dst.table.ptl.unlock()
+        installChildPMD(e, pgtable, dst.entry, dst.table)
         return .skip
+    }
+
+    /// The child's side of `copy_huge_pmd`: the entry with its deposited table. The child is
+    /// not visible to anyone yet: its PMD lock is taken only for the deposit.
+    private func installChildPMD(_ e: PTE, _ pgtable: Page, _ entry: EntryPointer, _ table: Page) {
+        child.thpMapped.storeRelease(1)
+        table.ptl.lock()
+        childTables.deposit(pgtable, in: table)
+        entry.store(e)
+        table.ptl.unlock()
     }
 
     mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {

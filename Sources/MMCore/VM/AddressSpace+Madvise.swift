@@ -108,7 +108,7 @@ extension AddressSpace {
         var cursor = address
         var hole = false
         defer { if changesFlags { mergeVMAs(around: address, end) } }
-        while i < vmaList.count && vmaList[i].start < end {
+        vmaLoop: while i < vmaList.count && vmaList[i].start < end {
             var vma = vmaList[i]
             if vma.start > cursor { hole = true }
             if changesFlags {
@@ -149,7 +149,7 @@ extension AddressSpace {
                 // The mmap lock is dropped inside: the VMA list is looked at afresh after it.
                 if let err = madviseCollapse(vma, s, e) { throw err }
                 cursor = e
-                if e >= end { break }
+                if e >= end { break vmaLoop }
                 i = vmaIndex(atOrAfter: e)
                 continue
             default: break

@@ -44,7 +44,8 @@ struct ChangeProtectionWalker: PageWalker {
         return .next
     }
 
-    /// PMD leaves (hugetlb pages; THP still to come): write removed unless the VMA is
+    /// PMD entries: THP leaves and PMD migration entries go to `changeHugePMD` (split first
+    /// when the range covers part of one); hugetlb leaves: write removed unless the VMA is
     /// writable and shared (`hugetlb_change_protection` leaves a private page for its write
     /// fault to make writable again); writable PMD-level entries become their read forms.
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {

@@ -50,7 +50,7 @@ struct ZapWalker: PageWalker {
         return .skip
     }
 
-    /// A PMD or PUD leaf (a hugetlb page; THP is still to come) is cleared whole: hugetlb VMAs
+    /// A hugetlb PMD or PUD leaf (THP leaves go through `zapHugePMD`) is cleared whole: hugetlb VMAs
     /// split only at huge page boundaries, and their zaps are aligned to them
     /// (`__unmap_hugepage_range`). A partial zap would need a split of the leaf first.
     private mutating func zapHugeLeaf(_ e: EntryPointer, table: Page, _ level: PageTableLevel, _ start: UInt64, _ end: UInt64) {
