@@ -44,7 +44,7 @@ let package = Package(
             swiftSettings: fast),
         .testTarget(name: "MMSyncTests", dependencies: ["MMSync"]),
         .testTarget(name: "ExplorerTests", dependencies: ["Explorer", "MMSync", "MMCore"]),
-        .testTarget(name: "MMCoreTests", dependencies: ["MMCore", "MMSync"]),
+        .testTarget(name: "MMCoreTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices"]),
         .testTarget(name: "HMMTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices", "Conformance"]),
         // `hmm` is a dependency so the tests that run it as a subprocess find it built.
         .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore", "MMSync", "hmm"]),

@@ -4,10 +4,10 @@ import MMCore
 import MMSync
 
 /// The selftests that need transparent huge pages (T08, T30–T38, and T06's THP rounds).
-/// The device has no THP of its own yet: a THP migrated to it moves as 512 base pages (the
-/// folio is split on the way, as 7.2's `migrate_vma` does without
-/// `MIGRATE_VMA_SELECT_COMPOUND`), which the tests cannot tell apart except T33, which looks
-/// at the device's PMD entries.
+/// dmirror migrates with `MIGRATE_VMA_SELECT_COMPOUND`: a THP (or an aligned 2 MiB hole)
+/// moves whole into an order-9 device folio mapped by a device-private PMD, and back; with
+/// FAIL_ALLOC (or no 2 MiB free) it falls back to 512 base pages and the folio is split on the
+/// way (T36, T37).
 extension SelftestSuite {
     /// `read_pmd_pagesize()`: the PMD size the tests align to.
     static let pmd = Int(pmdSize)

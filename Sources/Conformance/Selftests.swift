@@ -68,11 +68,11 @@ public enum SelftestSuite {
         Selftest(number: 30, name: "migrate_anon_huge_empty", twoDevices: false, needs: nil, body: migrateAnonHugeEmpty),
         Selftest(number: 31, name: "migrate_anon_huge_zero", twoDevices: false, needs: nil, body: migrateAnonHugeZero),
         Selftest(number: 32, name: "migrate_anon_huge_free", twoDevices: false, needs: nil, body: migrateAnonHugeFree),
-        Selftest(number: 33, name: "migrate_anon_huge_fault", twoDevices: false, needs: "device THP: MIGRATE_VMA_SELECT_COMPOUND", body: migrateAnonHugeFault),
+        Selftest(number: 33, name: "migrate_anon_huge_fault", twoDevices: false, needs: nil, body: migrateAnonHugeFault),
         Selftest(number: 34, name: "migrate_partial_unmap_fault", twoDevices: false, needs: nil, body: migratePartialUnmapFault),
         Selftest(number: 35, name: "migrate_remap_fault", twoDevices: false, needs: nil, body: migrateRemapFault),
-        Selftest(number: 36, name: "migrate_anon_huge_err", twoDevices: false, needs: "device THP: MIGRATE_VMA_SELECT_COMPOUND", body: migrateAnonHugeErr),
-        Selftest(number: 37, name: "migrate_anon_huge_zero_err", twoDevices: false, needs: "device THP: MIGRATE_VMA_SELECT_COMPOUND", body: migrateAnonHugeZeroErr),
+        Selftest(number: 36, name: "migrate_anon_huge_err", twoDevices: false, needs: nil, body: migrateAnonHugeErr),
+        Selftest(number: 37, name: "migrate_anon_huge_zero_err", twoDevices: false, needs: nil, body: migrateAnonHugeZeroErr),
         Selftest(number: 38, name: "benchmark_thp_migration", twoDevices: false, needs: nil, body: benchmarkTHPMigration),
     ]
 

@@ -34,6 +34,7 @@ struct BenchSuite {
             BenchFigure(name: "thp", run: { try $0.thpFigures() }),
             BenchFigure(name: "range-fault", run: { try $0.rangeFault() }),
             BenchFigure(name: "migrate", run: { try $0.migrate() }),
+            BenchFigure(name: "thp-migrate", run: { try $0.thpMigrate() }),
             BenchFigure(name: "device-read", run: { try $0.deviceRead() }),
             BenchFigure(name: "memory", run: { try $0.memoryFigures() }),
             BenchFigure(name: "scaling", run: { try $0.scaling() }),
@@ -392,6 +393,46 @@ struct BenchSuite {
                          spread: (swift.min, swift.max), kind: .rate, target: 0.6),
                 BenchRow(name: "  the same vs its limit: 3 copies by 2 threads", unit: "GB/s", value: swift.median, baseline: limit.median,
                          spread: (swift.min, swift.max), kind: .rate, target: 0.5)]
+    }
+
+    /// T38's comparison: the same bytes of THP (whole 2 MiB folios, device-private PMDs) and
+    /// of 4 KiB pages, each migrated to dmirror device 0 and back; the figure is the THP round
+    /// trip's rate, its baseline the 4 KiB round trip's, measured in the same run.
+    func thpMigrate() throws -> [BenchRow] {
+        let bytes = migrateBytes
+        let m = try Machine(memoryBytes: 3 * bytes + bytes / 16 + (96 << 20), devicePfnSpaceBytes: 2 << 30, populateRAM: true)
+        let p = try MMCore.Process(machine: m)
+        let cpu = p.makeCPU()
+        defer { release(p, cpu) }
+        let raw = try p.mmap(length: bytes + pmdSize, prot: .readWrite, flags: [.private, .anonymous])
+        let huge = (raw + pmdSize - 1) & pmdMask
+        try p.madvise(huge, length: bytes, advice: .hugePage)
+        let small = try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
+        try p.madvise(small, length: bytes, advice: .noHugePage)
+        try cpu.run { cpu in
+            var off: UInt64 = 0
+            while off < bytes { try cpu.store(huge + off, off); try cpu.store(small + off, off); off += pageSize }
+        }
+        guard m.stats[.thpFaultAlloc] == Int(bytes / pmdSize) else { throw BenchError(description: "THP faults: \(m.stats[.thpFaultAlloc])") }
+        let d = try DmirrorModule(machine: m).open(minor: 0, mm: p.mm)
+        defer { d.close() }
+        let buf = DmirrorBuffer(size: Int(bytes))
+        let npages = bytes / pageSize
+        func roundTrip(_ a: UInt64, entries: UInt64) throws -> Double {
+            let t = try seconds {
+                var c = DmirrorCmd(addr: a, npages: npages)
+                try d.ioctl(.migrateToDevice, &c, buffer: buf)
+                guard c.cpages == npages else { throw BenchError(description: "migrated \(c.cpages) of \(npages)") }
+                c = DmirrorCmd(addr: a, npages: npages)
+                try d.ioctl(.migrateToSystem, &c)
+                guard c.cpages == entries else { throw BenchError(description: "migrated back \(c.cpages) entries of \(entries)") }
+            }
+            return Double(2 * bytes) / t / 1e9
+        }
+        let (thp, base) = try measurePair(reps, { try roundTrip(huge, entries: bytes / pmdSize) },
+                                          { try roundTrip(small, entries: npages) })
+        return [BenchRow(name: "THP migration to the device and back vs 4 KiB pages, \(bytes >> 20)MiB", unit: "GB/s",
+                         value: thp.median, baseline: base.median, spread: (thp.min, thp.max), kind: .rate, target: 2.0)]
     }
 
     func deviceRead() throws -> [BenchRow] {

@@ -9,8 +9,8 @@ struct Selftest: ParsableCommand {
             Prints TAP version 14 (plan, 'ok N - name', '# SKIP reason', a YAML block with \
             message, expected and got under a failure, the summary 'N passed, N failed, N skipped' \
             as a comment), or with --format json one JSON document. Exit status 0 only if \
-            nothing failed. hugetlb and anonymous THP are modelled; the tests that need device \
-            THP (MIGRATE_VMA_SELECT_COMPOUND) or MADV_COLLAPSE are skipped, naming what they need. \
+            nothing failed. hugetlb, anonymous THP and device THP (MIGRATE_VMA_SELECT_COMPOUND) are \
+            modelled: every case runs. \
             benchmark_thp_migration prints its table (TAP comments; standard error with --format json).
             """)
 

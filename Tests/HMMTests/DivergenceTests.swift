@@ -19,7 +19,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -314,6 +314,56 @@ final class DivergenceTests: XCTestCase {
         XCTAssertEqual(big, first - (4 << 20), "right below the previous mapping")
         XCTAssertNotEqual(big & (pmdSize - 1), 0, "not on a 2 MiB boundary (7.2 would align it)")
         p.exit()
+    }
+
+    /// D17: a range that starts inside a device PMD of the caller's device gets the pfn of the
+    /// page at each address (7.2 would give the head's pfn, and the next ones, from the start).
+    func testD17DevicePMDRangeStartingInsideGetsEachPagesPfn() throws {
+        let env = try HMMEnv()
+        let (a, d0) = try DeviceTHPTests.deviceTHP(env)
+        let head = try XCTUnwrap(env.mm.mmapLock.withRead { env.mm.pageTable.lookup(a, level: .pmd) }).entry.load().swapEntry.pfn
+        let start = a + 10 * pageSize
+        let sub = MMUIntervalNotifier(start: start, end: start + 4 * pageSize) { s, _, seq in s.setSeq(seq); return true }
+        try env.mm.notifiers.insert(sub)
+        var range = HMMRange(notifier: sub, notifierSeq: sub.readBegin(), start: start, end: start + 4 * pageSize,
+                             devPrivateOwner: d0.device)
+        env.mm.mmapLock.lockRead()
+        let r = Result { () throws(Errno) in try env.mm.hmmRangeFault(&range) }
+        env.mm.mmapLock.unlockRead()
+        env.mm.notifiers.remove(sub)
+        XCTAssertNoThrow(try r.get())
+        XCTAssertEqual(range.hmmPfns.map { HMMPfn.pfn($0) }, (10..<14).map { head + UInt64($0) }, "7.2: head + 0…3")
+        XCTAssertTrue(range.hmmPfns.allSatisfy { HMMPfn.isWrite($0) && HMMPfn.order($0) == 9 })
+        env.finish([d0])
+    }
+
+    /// D18: a THP shared with a forked child, migrated by the parent with FAIL_ALLOC: the folio
+    /// is collected whole, then split for the 512 small device pages; the child's PMD migration
+    /// entry is split too, so both end with device-private PTEs of the new pages and read their
+    /// data (7.2 leaves the child's PMD entry naming the split head).
+    func testD18SplitOfACollectedTHPSplitsTheChildsPMDToo() throws {
+        let env = try HMMEnv()
+        let (a, d0) = try DeviceTHPTests.deviceTHP(env, migrate: false)
+        let child = try env.process.fork()
+        var f = DmirrorCmd(addr: a, npages: DmirrorFlag.failAlloc)
+        try d0.ioctl(.flags, &f)
+        var cmd = DmirrorCmd(addr: a, npages: 512)
+        try d0.ioctl(.migrateToDevice, &cmd, buffer: DmirrorBuffer(size: Int(pmdSize)))
+        XCTAssertEqual(cmd.cpages, 512)
+        for mm in [env.mm, child.mm] {
+            let found = try XCTUnwrap(mm.mmapLock.withRead { mm.pageTable.lookup(a + 3 * pageSize, level: .pte) })
+            XCTAssertEqual(found.level, .pte)
+            let e = found.entry.load()
+            XCTAssertTrue(e.isSwap && e.swapEntry.isDevicePrivate, "\(e)")
+        }
+        XCTAssertEqual(env.problems(), [])
+        let ccpu = child.makeCPU()
+        XCTAssertEqual(try ccpu.load(a + 3 * pageSize, as: UInt64.self), 3)
+        try ccpu.store(a + 3 * pageSize, UInt64(33))
+        XCTAssertEqual(try env.cpu.load(a + 3 * pageSize, as: UInt64.self), 3)
+        XCTAssertEqual(try env.cpu.load(a + 400 * pageSize, as: UInt64.self), 400)
+        ccpu.detach(); child.exit()
+        env.finish([d0])
     }
 
     /// D16: after the forked child is gone, a write to a shared page of a PTE-mapped THP is

@@ -128,4 +128,76 @@ final class HMMConcurrencyTests: XCTestCase {
         print("hmm concurrency: \(env.machine.stats[.pagesMigrated]) pages migrated, \(env.machine.stats[.faultDevicePrivate]) device-private faults, \(env.machine.stats[.faultDeviceExclusive]) exclusive restores, \(env.machine.stats[.notifierRetries]) notifier retries")
         env.finish([devWriter, migrator, exclusive])
     }
+
+    /// Device THP under races (issue 14): four CPU threads store and load their own pages of
+    /// two THPs; one thread migrates the 4 MiB to device 0 and back (whole folios through
+    /// device-private PMDs; the CPUs' faults bring them back too); one zaps unowned pages
+    /// (MADV_DONTNEED: PMD splits, partial zaps of device PMDs) and collapses the 2 MiB again
+    /// (MADV_COLLAPSE). Bounded by iterations. Every load sees the thread's own last store, and
+    /// at the end every page holds its writer's last value (unowned pages: 0 or their index).
+    func testCPUsWriteTHPsWhileADeviceMigratesAndAThreadSplitsAndCollapses() throws {
+        let env = try HMMEnv(mib: 256)
+        env.memory.thp.mode = .madvise
+        let raw = try env.process.mmap(length: 3 * pmdSize, prot: .readWrite, flags: [.private, .anonymous])
+        let a = (raw + pmdSize - 1) & pmdMask
+        try env.process.madvise(a, length: 2 * pmdSize, advice: .hugePage)
+        let pages = 1024, ps = Int(pageSize), iterations = 300
+        for p in 0..<pages { try env.cpu.store(a + UInt64(p * ps), UInt64(p)) }
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 2)
+        // Writer w owns pages w, w+16, w+32, …; pages ≡ 4…15 (mod 16) belong to nobody.
+        func owned(_ w: Int) -> [Int] { Array(stride(from: w, to: pages, by: 16)) }
+        let migrator = try env.module.open(minor: 0, mm: env.mm)
+        let unexpected = AtomicCounter(0), stale = AtomicCounter(0)
+        let notes = Lock("notes"); var noteList: [String] = []
+        func note(_ s: String) { unexpected.add(1); notes.withLock { noteList.append(s) } }
+        var threads: [ModelThread] = []
+        for w in 0..<4 {
+            threads.append(env.process.spawnThread(name: "cpu\(w)") { cpu in
+                for v in 1...UInt64(iterations) {
+                    for p in owned(w) {
+                        let addr = a + UInt64(p * ps)
+                        do { try cpu.store(addr, v << 32 | UInt64(p)) } catch { note("cpu\(w) store: \(error)") }
+                        if let r = try? cpu.load(addr, as: UInt64.self), r != v << 32 | UInt64(p) {
+                            stale.add(1)
+                            notes.withLock { noteList.append("cpu\(w) page \(p): stored \(v), loaded \(r >> 32)") }
+                        }
+                    }
+                }
+            })
+        }
+        threads.append(ModelThread.spawn(name: "device") {
+            let buf = DmirrorBuffer(size: pages * ps)
+            for _ in 0..<(iterations / 4) {
+                var cmd = DmirrorCmd(addr: a, npages: UInt64(pages))
+                // A page busy elsewhere (locked by a fault, a collapse) may stay behind: ENOENT.
+                do { try migrator.ioctl(.migrateToDevice, &cmd, buffer: buf) } catch let e as Errno where e == .ENOENT {} catch { note("TO_DEV: \(error)") }
+                cmd = DmirrorCmd(addr: a, npages: UInt64(pages))
+                do { try migrator.ioctl(.migrateToSystem, &cmd) } catch { note("TO_SYS: \(error)") }
+            }
+        })
+        threads.append(env.process.spawnThread(name: "splitter") { _ in
+            var rng = SeededRNG(seed: 14)
+            for round in 0..<(iterations / 2) {
+                let h = a + UInt64(round % 2) * pmdSize
+                let p = Int(rng.next() % 64) * 16 + 4 + Int(rng.next() % 12)   // an unowned page
+                do { try env.process.madvise(h + UInt64(p % 512 * ps), length: pageSize, advice: .dontNeed) } catch { note("DONTNEED: \(error)") }
+                // EAGAIN (a page locked or referenced by a migration or a fault) and EINVAL (a
+                // migration or device-private entry met) are answers, as in 7.2.
+                do { try env.process.madvise(h, length: pmdSize, advice: .collapse) } catch let e as Errno where e == .EAGAIN || e == .EINVAL {} catch { note("COLLAPSE: \(error)") }
+            }
+        })
+        threads.forEach { $0.join() }
+        XCTAssertEqual(unexpected.load(), 0, "unexpected errors: \(noteList)")
+        XCTAssertEqual(stale.load(), 0, "CPU read-after-write mismatches: \(noteList)")
+        for p in 0..<pages {
+            let v = try env.cpu.load(a + UInt64(p * ps), as: UInt64.self)
+            if p % 16 < 4 {
+                XCTAssertEqual(v, UInt64(iterations) << 32 | UInt64(p), "page \(p)")
+            } else {
+                XCTAssertTrue(v == UInt64(p) || v == 0, "unowned page \(p): \(v)")
+            }
+        }
+        print("device THP race: \(env.machine.stats[.thpFaultAlloc]) THP allocations, \(env.machine.stats[.thpSplitPMD]) PMD splits, \(env.machine.stats[.thpSplitPage]) folio splits, \(env.machine.stats[.thpCollapseAlloc]) collapses, \(env.machine.stats[.pagesMigrated]) pages migrated, \(env.machine.stats[.faultDevicePrivate]) device-private faults")
+        env.finish([migrator])
+    }
 }

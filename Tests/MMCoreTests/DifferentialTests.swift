@@ -1,4 +1,6 @@
 import XCTest
+@testable import Devices
+@testable import HMM
 @testable import MMCore
 import MMSync
 
@@ -34,12 +36,68 @@ final class DifferentialTests: XCTestCase {
         }
     }
 
-    var coverage: [String: Int] = [:]
-    func cover(_ key: String) { coverage[key, default: 0] += 1 }
+    /// The same with transparent huge pages (`always`) in a 4 MiB window where mappings and
+    /// ranges are often 2 MiB-aligned and 2 MiB long: THP faults, fork sharing PMDs and COW,
+    /// PMD splits by partial munmap/mprotect/mremap/MADV_DONTNEED, MADV_COLLAPSE, and
+    /// migration to a device and back (device THP; CPU faults bring pages back). Collapse and
+    /// migration results are not compared (they depend on what is mapped where, which the
+    /// model does not track); every load, store and the final sweep are, and every invariant
+    /// after every operation. 200 sequences of 500 operations (`DIFF_THP_SEQUENCES`).
+    func testTHPRandomSequencesAgainstReferenceModel() throws {
+        if let s = ProcessInfoSeed.value {
+            try runSequence(seed: s, steps: 500, thp: true)
+            return
+        }
+        let sequences = ProcessInfoSeed.getenvString("DIFF_THP_SEQUENCES").flatMap { Int($0) } ?? 200
+        // Two runners (one machine per sequence, nothing shared but the tallies): the check
+        // after every operation is most of the time, and the machines have two cores.
+        let tally = Lock("tally")
+        var stats: [MMStats.Counter: Int] = [:]
+        var errors: [String] = []
+        let runners = (0..<2).map { r in
+            ModelThread.spawn(name: "diff\(r)") {
+                var mine: [MMStats.Counter: Int] = [:]
+                for seed in stride(from: UInt64(1 + r), through: UInt64(sequences), by: 2) {
+                    do { try self.runSequence(seed: seed, steps: 500, thp: true, stats: &mine) } catch {
+                        tally.withLock { errors.append("seed \(seed): \(error)") }
+                    }
+                }
+                tally.withLock { for (k, v) in mine { stats[k, default: 0] += v } }
+            }
+        }
+        runners.forEach { $0.join() }
+        XCTAssertEqual(errors, [])
+        print("THP differential: \(sequences * 500) operations, \(stats.sorted { "\($0.key)" < "\($1.key)" }.map { "\($0.key) \($0.value)" })")
+        for stat in [MMStats.Counter.thpFaultAlloc, .thpSplitPMD, .thpSplitPage, .thpCollapseAlloc, .faultDevicePrivate, .pagesMigratedToDevice] {
+            XCTAssertGreaterThan(stats[stat] ?? 0, 0, "never exercised: \(stat)")
+        }
+        print("THP differential coverage: \(coverage.filter { $0.key.hasPrefix("collapse") || $0.key.hasPrefix("device") || $0.key.hasPrefix("MIGRATE") })")
+        XCTAssertGreaterThan(coverage["device PMD"] ?? 0, 0, "never a device-private PMD")
+        XCTAssertGreaterThan(coverage["collapse ok"] ?? 0, 0, "never a successful collapse")
+    }
 
-    func runSequence(seed: UInt64, steps: Int) throws {
+    private let coverageLock = Lock("coverage")
+    private var _coverage: [String: Int] = [:]
+    var coverage: [String: Int] { coverageLock.withLock { _coverage } }
+    func cover(_ key: String, _ n: Int = 1) { coverageLock.withLock { _coverage[key, default: 0] += n } }
+
+    func runSequence(seed: UInt64, steps: Int, thp: Bool = false) throws {
+        var stats: [MMStats.Counter: Int] = [:]
+        try runSequence(seed: seed, steps: steps, thp: thp, stats: &stats)
+    }
+
+    func runSequence(seed: UInt64, steps: Int, thp: Bool, stats: inout [MMStats.Counter: Int]) throws {
         var rng = SeededRNG(seed: seed)
-        let machine = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        let machine = try Machine(memoryBytes: thp ? 32 << 20 : 16 << 20, devicePfnSpaceBytes: thp ? 1 << 30 : 0)
+        if thp { machine.memory.thp.mode = .always }
+        let module = thp ? DmirrorModule(machine: machine) : nil
+        var mirrors: [Int32: Dmirror] = [:]
+        func mirror(_ p: Process) throws(Errno) -> Dmirror {
+            if let d = mirrors[p.pid] { return d }
+            let d = try module!.open(minor: 0, mm: p.mm)
+            mirrors[p.pid] = d
+            return d
+        }
         let startUsed = machine.usedFrames
         var procs: [Proc] = []
         func spawn(_ p: Process, _ m: RefProcess) {
@@ -50,9 +108,21 @@ final class DifferentialTests: XCTestCase {
         func fail(_ msg: String, file: StaticString = #filePath, line: UInt = #line) {
             XCTFail("seed \(seed) step \(log.count): \(msg)\nlast steps:\n" + log.suffix(12).joined(separator: "\n"), file: file, line: line)
         }
-        let W = DifferentialTests.window, N = DifferentialTests.windowPages
-        func page() -> UInt64 { W + UInt64.random(in: 0..<N, using: &rng) * pageSize }
-        func pages() -> UInt64 { UInt64.random(in: 1...8, using: &rng) * pageSize }
+        let W = DifferentialTests.window, N = thp ? 1024 : DifferentialTests.windowPages
+        func page() -> UInt64 {
+            if thp && Bool.random(using: &rng) { return W + UInt64.random(in: 0..<(N / 512), using: &rng) * pmdSize }
+            return W + UInt64.random(in: 0..<N, using: &rng) * pageSize
+        }
+        func pages() -> UInt64 {
+            if thp {
+                switch Int.random(in: 0..<10, using: &rng) {
+                case 0..<4: return UInt64.random(in: 1...2, using: &rng) * pmdSize
+                case 4..<6: return UInt64.random(in: 1...1024, using: &rng) * pageSize
+                default: break
+                }
+            }
+            return UInt64.random(in: 1...8, using: &rng) * pageSize
+        }
         /// An address inside a VMA the model knows of (most of the time), else anywhere.
         func mappedPage(_ m: RefProcess) -> UInt64 {
             if !m.vmas.isEmpty && Int.random(in: 0..<5, using: &rng) > 0 {
@@ -120,6 +190,27 @@ final class DifferentialTests: XCTestCase {
                 if case .success(let to) = got, to != a { cover("mremap moved") }
                 log.append("p\(p.pid) mremap(\(hex(a)), \(oldLen), \(newLen), \(flags.rawValue), \(hex(target))) = \(got)")
                 if !same(got, want) { fail("mremap: got \(got), model \(want)") }
+            case 36..<42 where thp && roll >= 38: // MADV_COLLAPSE, or migration to the device or back
+                // Mostly the 2 MiB around a mapped page: where THPs are.
+                let a = Int.random(in: 0..<4, using: &rng) > 0 ? mappedPage(m) & pmdMask : page()
+                let len = Int.random(in: 0..<4, using: &rng) > 0 ? pmdSize : pages()
+                switch Int.random(in: 0..<3, using: &rng) {
+                case 0:
+                    let got = errno { () throws(Errno) in try p.madvise(a, length: len, advice: .collapse) }
+                    cover(got == nil ? "collapse ok" : "collapse \(got!)")
+                    log.append("p\(p.pid) madvise(\(hex(a)), \(len), collapse) = \(String(describing: got))")
+                case 1:
+                    var cmd = DmirrorCmd(addr: a, npages: len / pageSize)
+                    let got = errno { () throws(Errno) in try mirror(p).ioctl(.migrateToDevice, &cmd, buffer: DmirrorBuffer(size: Int(len))) }
+                    log.append("p\(p.pid) MIGRATE_TO_DEV(\(hex(a)), \(len / pageSize)) = \(String(describing: got)) cpages \(cmd.cpages)")
+                    cover("MIGRATE_TO_DEV \(got.map { "\($0)" } ?? "ok")")
+                    if let f = p.mm.mmapLock.withRead({ p.mm.pageTable.lookup(a & pmdMask, level: .pmd) }),
+                       PageTable.isTHPDevicePrivate(f.entry.load()) { cover("device PMD") }
+                default:
+                    var cmd = DmirrorCmd(addr: a, npages: len / pageSize)
+                    let got = errno { () throws(Errno) in try mirror(p).ioctl(.migrateToSystem, &cmd) }
+                    log.append("p\(p.pid) MIGRATE_TO_SYS(\(hex(a)), \(len / pageSize)) = \(String(describing: got)) cpages \(cmd.cpages)")
+                }
             case 36..<42: // madvise
                 let a = page(), len = pages()
                 let adv = [MadviseAdvice.dontNeed, .dontNeed, .free, .normal, MadviseAdvice(rawValue: 77)][Int.random(in: 0..<5, using: &rng)]
@@ -139,6 +230,7 @@ final class DifferentialTests: XCTestCase {
                 cover("exit")
                 log.append("p\(p.pid) exit")
                 pr.workers.forEach { $0.stop() }
+                mirrors.removeValue(forKey: p.pid)?.close()
                 p.exit()
                 procs.remove(at: pi)
             case 48..<75: // store
@@ -163,7 +255,7 @@ final class DifferentialTests: XCTestCase {
                 let want = m.load(a)
                 if got != want { fail("load at \(hex(a)): got \(got), model \(want)") }
             }
-            let problems = machine.checkInvariants()
+            let problems = machine.checkInvariants() + (module?.checkInvariants() ?? [])
             if !problems.isEmpty { fail("invariants: \(problems)"); break }
         }
         // A full sweep of every word the model knows, from every process.
@@ -179,7 +271,10 @@ final class DifferentialTests: XCTestCase {
                 if got != want { fail("final sweep p\(pr.process.pid) at \(hex(a)): got \(got), model \(want)"); break }
             }
         }
-        coverage["cow copy", default: 0] += machine.stats[.faultCOWCopy]
+        cover("cow copy", machine.stats[.faultCOWCopy])
+        for stat in MMStats.Counter.allCases { stats[stat, default: 0] += machine.stats[stat] }
+        for d in mirrors.values { d.close() }
+        mirrors.removeAll()
         for pr in procs { pr.workers.forEach { $0.stop() }; pr.process.exit() }
         procs.removeAll()
         XCTAssertEqual(machine.checkInvariants(), [], "seed \(seed)")

@@ -35,9 +35,15 @@ extension Dmirror {
             guard let f = mm.pageTable.lookup(address, level: .pte) else { problems.append("\(what): no CPU mapping"); continue }
             var v = f.entry.load()
             if f.level != .pte {
-                // A huge leaf (hugetlb): the page inside it at this address.
-                guard v.isPresent && v.isHuge else { problems.append("\(what): no CPU mapping (\(f.level) entry \(v))"); continue }
-                v = PTE(raw: v.raw &+ ((address & (f.level.size - 1)) & pageMask))
+                // A huge leaf (hugetlb, THP) or a device-private PMD: the page inside it at
+                // this address.
+                let offset = (address & (f.level.size - 1)) >> pageShift
+                if v.isSwap && v.isHuge && v.swapEntry.isDevicePrivate {
+                    v = SwapEntry.devicePrivate(pfn: v.swapEntry.pfn + offset, write: v.swapEntry.isWrite).pte()
+                } else {
+                    guard v.isPresent && v.isHuge else { problems.append("\(what): no CPU mapping (\(f.level) entry \(v))"); continue }
+                    v = PTE(raw: v.raw &+ (offset << pageShift))
+                }
             }
             if tag == Dmirror.tagAtomic {
                 if !(v.isSwap && v.swapEntry.isDeviceExclusive && v.swapEntry.pfn == pfn) {
@@ -53,7 +59,7 @@ extension Dmirror {
                 let g = memory.pagemap(of: dpage)
                 if g?.isOwned(by: device) != true {
                     problems.append("\(what): CPU entry names another device's page")
-                } else if dpage.privateWord != pfn {
+                } else if device.backingPage(dpage).pfn != pfn {
                     problems.append("\(what): not the backing page of device pfn \(dpage.pfn)")
                 }
                 if tag == Dmirror.tagWrite && !v.swapEntry.isWrite { problems.append("\(what): WRITE but the device-private entry is read-only") }

@@ -75,15 +75,41 @@ extension Dmirror {
                 flags &= ~DmirrorFlag.failAlloc
             }
             for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.src[i]) != nil {
-                pt[(m.start >> pageShift) + UInt64(i)] = nil
+                let n = m.src[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
+                for k in 0..<n { pt[(m.start >> pageShift) + UInt64(i + k)] = nil }
             }
         }
-        var wanted: [Int] = []
+        // A COMPOUND source (a THP, or an aligned 2 MiB hole) gets an order-9 device folio;
+        // when none can be had (FAIL_ALLOC, or no 2 MiB on either side) its 512 pages get
+        // small device pages, without COMPOUND (migrate_vma_pages then splits the source).
+        var wanted: [(index: Int, from: UInt64, write: UInt64)] = []
         wanted.reserveCapacity(m.src.count)
+        var to: [UInt64] = [], from: [UInt64] = []
+        var copied = 0
         for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
-            if let s = MigratePfn.pfn(m.src[i]), memory.page(s).isZoneDevice { continue } // already device memory
-            if failAlloc { failAlloc = false; continue } // the injected allocation failure, once
-            wanted.append(i)
+            let spfn = MigratePfn.pfn(m.src[i])
+            if let s = spfn, memory.page(s).isZoneDevice { continue } // already device memory
+            let write = m.src[i] & MigratePfn.write
+            let large = m.src[i] & MigratePfn.compound != 0
+            var injected = false
+            if failAlloc { failAlloc = false; injected = true } // the injected allocation failure, once
+            if !large {
+                if !injected { wanted.append((i, spfn ?? PhysicalMemory.zeroPfn, write)) }
+                continue
+            }
+            let n = spfn.map { Int(memory.page($0).folioPages) } ?? ptrsPerTable
+            if !injected, let d = device.allocateLarge() {
+                let backing = device.backingPage(d)
+                device.recordOwner(backing: backing, mirror: self)
+                m.dst[i] = MigratePfn.make(d.pfn) | write | MigratePfn.compound
+                for k in 0..<UInt64(n) {
+                    to.append(backing.pfn + k)
+                    from.append(spfn.map { $0 + k } ?? PhysicalMemory.zeroPfn)
+                }
+                if spfn != nil { copied += n }
+                continue
+            }
+            for k in 0..<n { wanted.append((i + k, spfn.map { $0 + UInt64(k) } ?? PhysicalMemory.zeroPfn, write)) }
         }
         var dpages = device.allocatePages(wanted.count)
         if dpages.count < wanted.count && memory.freeFrames < wanted.count - dpages.count {
@@ -92,29 +118,34 @@ extension Dmirror {
         }
         // One bulk copy for the batch; an empty source (no page, or the zero page) copies the
         // zero page.
-        let sources = dpages.indices.map { MigratePfn.pfn(m.src[wanted[$0]]) ?? PhysicalMemory.zeroPfn }
-        let fence = memory.copyFramesAsync(on: device.copyEngine, to: dpages.map { device.backingPage($0).pfn }, from: sources)
-        let copied = sources.filter { $0 != PhysicalMemory.zeroPfn }.count
         for k in dpages.indices {
-            let i = wanted[k]
-            device.recordOwner(backing: device.backingPage(dpages[k]), mirror: self)
-            m.dst[i] = MigratePfn.make(dpages[k].pfn) | (m.src[i] & MigratePfn.write)
+            let (i, f, write) = wanted[k]
+            let backing = device.backingPage(dpages[k])
+            device.recordOwner(backing: backing, mirror: self)
+            to.append(backing.pfn); from.append(f)
+            if f != PhysicalMemory.zeroPfn { copied += 1 }
+            m.dst[i] = MigratePfn.make(dpages[k].pfn) | write
         }
+        let fence = memory.copyFramesAsync(on: device.copyEngine, to: to, from: from)
         machine.stats.count(.bytesCopied, copied * Int(pageSize))
         return fence
     }
 
     /// `dmirror_migrate_finalize_and_map`: every migrated page enters the device table.
     private func finalizeAndMap(_ m: MigrateVMA) {
+        var n = 0
         mutex.withLock {
             for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
                 guard let dpfn = MigratePfn.pfn(m.dst[i]) else { continue }
                 let backing = device.backingPage(memory.page(dpfn))
-                let vpn = (m.start >> pageShift) + UInt64(i)
-                pt[vpn] = backing.pfn << 2 | (m.dst[i] & MigratePfn.write != 0 ? Dmirror.tagWrite : Dmirror.tagRead)
+                let tag = m.dst[i] & MigratePfn.write != 0 ? Dmirror.tagWrite : Dmirror.tagRead
+                let pages = m.dst[i] & MigratePfn.compound != 0 ? UInt64(ptrsPerTable) : 1
+                for k in 0..<pages {
+                    pt[(m.start >> pageShift) + UInt64(i) + k] = (backing.pfn + k) << 2 | tag
+                }
+                n += Int(pages)
             }
         }
-        let n = m.migratedCount
         machine.stats.count(.pagesMigrated, n)
         machine.stats.count(.pagesMigratedToDevice, n)
     }

@@ -26,6 +26,10 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     @exclusivity(unchecked) var chunks: [DmirrorChunk] = []
     /// Free device pages ready for allocation (each carries `.deviceFree` while listed).
     @exclusivity(unchecked) var freePages: [UInt64] = []
+    /// Free order-9 device folios (head pfns; each head carries `.deviceFree` while listed):
+    /// the kernel's `free_folios`, filled by chunks made for a large allocation and by large
+    /// folios freed whole.
+    @exclusivity(unchecked) var freeFolios: [UInt64] = []
     /// Pages freed while their chunk was being removed (not on the free list).
     @exclusivity(unchecked) var released: Set<UInt64> = []
     @exclusivity(unchecked) public private(set) var calloc = 0
@@ -72,10 +76,11 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             for c in chunks {
                 for pfn in c.pagemap.startPfn..<(c.pagemap.startPfn + c.pagemap.pageCount) {
                     let page = memory.page(pfn)
-                    guard !page.test(.deviceFree), !released.contains(pfn), page.refcount > 0 else { continue }
+                    let head = page.folioHead
+                    guard !head.test(.deviceFree), !released.contains(head.pfn), head.refcount > 0 else { continue }
                     inUse += 1
-                    let backing = memoryType == .devicePrivate ? page.privateWord : pfn
-                    byMirror[backing == 0 ? 0 : memory.page(backing).privateWord, default: 0] += 1
+                    let backing = memoryType == .devicePrivate ? (head.privateWord == 0 ? 0 : backingPage(page).pfn) : pfn
+                    byMirror[backing == 0 ? 0 : memory.page(backing).folioHead.privateWord, default: 0] += 1
                 }
             }
             return (inUse, chunks.count, byMirror)
@@ -104,15 +109,51 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     // MARK: memory
 
-    /// `dmirror_allocate_chunk`. Locking: `lock` held.
-    private func allocateChunkLocked() throws(Errno) {
+    /// `dmirror_allocate_chunk`: a chunk of small pages, or (`large`) of free order-9 folios.
+    /// Locking: `lock` held.
+    private func allocateChunkLocked(large: Bool = false) throws(Errno) {
         lock.assertHeld()
         if memoryType == .deviceCoherent && chunks.count >= DmirrorDevice.maxCoherentChunks { throw .ENOMEM }
         let pgmap = try memory.registerDeviceMemory(kind: pageKind, pageCount: PhysicalMemory.deviceChunkPages,
                                                     owner: self, ops: self)
         chunks.append(DmirrorChunk(pagemap: pgmap))
         // Free list order: lowest pfn handed out first.
-        for pfn in (pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)).reversed() { pushFree(pfn) }
+        if large {
+            for pfn in stride(from: pgmap.startPfn, to: pgmap.startPfn + pgmap.pageCount, by: ptrsPerTable).reversed() {
+                pushFreeFolio(pfn)
+            }
+        } else {
+            for pfn in (pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)).reversed() { pushFree(pfn) }
+        }
+    }
+
+    /// `dmirror_devmem_alloc_page(dmirror, true)`: an order-9 device folio, referenced and
+    /// locked, backed (private memory) by an order-9 system folio. Nil when either side has
+    /// no 2 MiB: the caller falls back to small pages. As the kernel's driver, the first
+    /// chunk is always one of small pages (made at module load there; on first use here).
+    func allocateLarge() -> Page? {
+        var backing: Page? = nil
+        if memoryType == .devicePrivate {
+            guard let b = memory.allocate(order: pmdOrder) else { return nil }
+            backing = b
+        }
+        lock.lock()
+        if freeFolios.isEmpty {
+            if chunks.isEmpty { try? allocateChunkLocked() }
+            if (try? allocateChunkLocked(large: true)) == nil {
+                lock.unlock()
+                if let b = backing { memory.put(b) }
+                return nil
+            }
+        }
+        let pfn = freeFolios.removeLast()
+        memory.page(pfn).clear(.deviceFree)
+        calloc += ptrsPerTable
+        lock.unlock()
+        let head = memory.page(pfn)
+        memory.zoneDevicePageInit(head, order: pmdOrder)
+        head.privateWord = backing?.pfn ?? 0
+        return head
     }
 
     /// `dmirror_devmem_alloc_page`, for up to `count` pages at once (one round on the device
@@ -147,23 +188,50 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         }
     }
 
-    /// `BACKING_PAGE`: where a device page's bytes live.
+    /// `BACKING_PAGE`: where a device page's bytes live. A device folio's backing is a
+    /// system folio of its order, named by the head: a tail's bytes are at its offset.
     func backingPage(_ page: Page) -> Page {
-        memoryType == .devicePrivate ? memory.page(page.privateWord) : page
+        guard memoryType == .devicePrivate else { return page }
+        let head = page.folioHead
+        return memory.page(head.privateWord + (page.pfn - head.pfn))
     }
 
     func chunk(of page: Page) -> DmirrorChunk? { chunks.first { $0.pagemap.contains(page.pfn) } }
 
-    /// `dmirror_devmem_free` (the pagemap's `page_free`).
+    /// `dmirror_devmem_free` (the pagemap's `page_free`): the backing goes back to the
+    /// system, the device page (or whole order-9 folio) to its free list.
     public func pageFree(_ page: Page) {
         let backing = memoryType == .devicePrivate ? page.privateWord : page.pfn
         page.privateWord = 0
+        let large = page.test(.head)
         lock.lock()
-        cfree += 1
+        cfree += large ? Int(page.folioPages) : 1
         let keep = !(chunk(of: page)?.remove ?? true)
-        if keep { pushFree(page.pfn) } else { released.insert(page.pfn) }
+        if keep { if large { pushFreeFolio(page.pfn) } else { pushFree(page.pfn) } } else { released.insert(page.pfn) }
         lock.unlock()
         if memoryType == .devicePrivate, backing != 0 { memory.put(memory.page(backing)) }
+    }
+
+    /// `dmirror_devmem_folio_split` (the pagemap's `folio_split`): the backing folio is split
+    /// with the device folio, each new device folio naming its own backing page, which records
+    /// the same mirror; with `tail == nil`, the backing head becomes a small page.
+    /// Locking: the device folio is frozen and unmapped; its backing is this driver's alone.
+    public func folioSplit(head: Page, tail: Page?) {
+        assert(head.refcount == 0 && head.isLocked, "folioSplit: the folio must be frozen and locked")
+        guard memoryType == .devicePrivate, head.privateWord != 0 else { tail?.privateWord = 0; return }
+        let rhead = memory.page(head.privateWord)
+        guard let tail else {
+            rhead.order = 0
+            rhead.clear(.head)
+            return
+        }
+        let rtail = memory.page(rhead.pfn + (tail.pfn - head.pfn))
+        rtail.clear(.tail)
+        rtail.order = 0
+        rtail.ownerBits = 0
+        rtail.privateWord = rhead.privateWord   // the mirror that migrated the data
+        rtail.refcountWord.store(1)
+        tail.privateWord = rtail.pfn
     }
 
     /// `pageFree` for a batch: one round on the device lock, the backing pages freed together.
@@ -174,12 +242,24 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         for page in pages {
             if memoryType == .devicePrivate, page.privateWord != 0 { backing.append(memory.page(page.privateWord)) }
             page.privateWord = 0
-            cfree += 1
+            let large = page.test(.head)
+            cfree += large ? Int(page.folioPages) : 1
             if !(lastChunk?.pagemap.contains(page.pfn) ?? false) { lastChunk = chunk(of: page) }
-            if !(lastChunk?.remove ?? true) { pushFree(page.pfn) } else { released.insert(page.pfn) }
+            if !(lastChunk?.remove ?? true) {
+                if large { pushFreeFolio(page.pfn) } else { pushFree(page.pfn) }
+            } else { released.insert(page.pfn) }
         }
         lock.unlock()
         memory.putBatch(backing)
+    }
+
+    /// Locking: `lock` held. A folio is on the free list at most once.
+    private func pushFreeFolio(_ pfn: UInt64) {
+        lock.assertHeld()
+        let p = memory.page(pfn)
+        guard !p.test(.deviceFree) else { return }
+        p.set(.deviceFree)
+        freeFolios.append(pfn)
     }
 
     /// Locking: `lock` held. A page is on the free list at most once.
@@ -193,21 +273,26 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     /// Records which mirror migrated the data in `backing` (private: the system backing page,
     /// whose private word is otherwise unused; coherent: the device page, whose is not either).
-    func recordOwner(backing: Page, mirror: Dmirror) { backing.privateWord = mirror.mirrorID }
+    /// A backing folio records it in its head.
+    func recordOwner(backing: Page, mirror: Dmirror) { backing.folioHead.privateWord = mirror.mirrorID }
     func owner(ofBacking pfn: UInt64) -> Dmirror? {
-        let id = memory.page(pfn).privateWord
+        let id = memory.page(pfn).folioHead.privateWord
         return lock.withLock { mirrors[id]?.mirror }
     }
 
     // MARK: CPU fault on a device-private entry
 
-    /// `dmirror_devmem_fault`: migrates the faulting page back to system memory.
+    /// `dmirror_devmem_fault`: migrates the faulting page back to system memory; a large
+    /// folio mapped by a PMD moves whole (its 2 MiB, COMPOUND), one mapped by PTEs page by page.
     public func migrateToRAM(_ fault: DevicePrivateFault) -> FaultResult {
-        let mirror = owner(ofBacking: fault.page.privateWord)
+        let mirror = owner(ofBacking: fault.page.folioHead.privateWord)
         // The mirror that migrated the page erases its own entry below, so it may skip the
         // MIGRATE invalidation (which would also drop the next page: the inclusive-end quirk).
-        let m = MigrateVMA(vma: fault.vma, start: fault.address, end: fault.address + pageSize,
-                           pgmapOwner: self, flags: selectDevice, faultPage: fault.page, notifierOwner: mirror ?? self)
+        let whole = fault.pmdMapped && fault.page.folioHead.order > 0
+        let start = whole ? fault.address & pmdMask : fault.address
+        let m = MigrateVMA(vma: fault.vma, start: start, end: start + (whole ? pmdSize : pageSize),
+                           pgmapOwner: self, flags: whole ? selectDevice.union(.compound) : selectDevice,
+                           faultPage: fault.page, notifierOwner: mirror ?? self)
         let held = Mutation.on(.driverLockInMigrateToRAM) ? mirror?.mutex : nil
         held?.lock()
         do { try m.setup() } catch { held?.unlock(); return .sigbus }
@@ -228,30 +313,63 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// Return: nil if a single-page allocation failed during a CPU fault (VM_FAULT_OOM).
     /// `makeRoom` as for `Dmirror.allocAndCopyToDevice`.
     func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool, makeRoom: () -> Void = {}) -> CopyFence? {
-        // One round on the mirror's lock for the batch: FAIL_ALLOC only makes a large (THP)
-        // allocation fail, so for single pages it is just consumed; the entries of the pages
+        // One round on the mirror's lock for the batch: FAIL_ALLOC makes the first large
+        // allocation fail (for single pages it is just consumed); the entries of the pages
         // that move are erased before their data is copied.
         let selected = m.src.indices.filter { i in
             m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.src[i]).map { memory.page($0).isZoneDevice } == true
         }
         guard !selected.isEmpty else { return .signalled() }
         let owner = mirror ?? owner(ofBacking: backingPage(memory.page(MigratePfn.pfn(m.src[selected[0]])!)).pfn)
+        var failAlloc = false
         owner?.mutex.withLock {
+            failAlloc = owner!.flags & DmirrorFlag.failAlloc != 0
             owner!.flags &= ~DmirrorFlag.failAlloc
-            for i in selected { owner!.pt[(m.start >> pageShift) + UInt64(i)] = nil }
+            for i in selected {
+                let n = m.src[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
+                for k in 0..<n { owner!.pt[(m.start >> pageShift) + UInt64(i + k)] = nil }
+            }
         }
-        var dpages = memory.allocateBatch(selected.count)
-        if dpages.count < selected.count && memory.freeFrames < selected.count - dpages.count {
+        // Large sources first: an order-9 folio each, or (FAIL_ALLOC once, or no 2 MiB free)
+        // 512 small pages, without COMPOUND (the folio is then split by migrate_vma_pages).
+        var smallWanted: [(index: Int, from: UInt64, write: UInt64)] = []
+        var to: [UInt64] = [], from: [UInt64] = []
+        var allocated: [Page] = []
+        for i in selected {
+            let spage = memory.page(MigratePfn.pfn(m.src[i])!)
+            let write = m.src[i] & MigratePfn.write
+            guard m.src[i] & MigratePfn.compound != 0 else {
+                smallWanted.append((i, backingPage(spage).pfn, write)); continue
+            }
+            let backing = backingPage(spage)
+            let n = Int(spage.folioPages)
+            if !failAlloc, let d = memory.allocate(order: pmdOrder) {
+                d.lock()
+                allocated.append(d)
+                m.dst[i] = MigratePfn.make(d.pfn) | write | MigratePfn.compound
+                for k in 0..<UInt64(n) { to.append(d.pfn + k); from.append(backing.pfn + k) }
+            } else {
+                failAlloc = false
+                for k in 0..<n { smallWanted.append((i + k, backing.pfn + UInt64(k), write)) }
+            }
+        }
+        var dpages = memory.allocateBatch(smallWanted.count)
+        if dpages.count < smallWanted.count && memory.freeFrames < smallWanted.count - dpages.count {
             makeRoom()
-            dpages += memory.allocateBatch(selected.count - dpages.count)
+            dpages += memory.allocateBatch(smallWanted.count - dpages.count)
         }
-        if isFault && dpages.count < selected.count {
+        if isFault && dpages.count < smallWanted.count {
             for d in dpages { memory.put(d) }
+            for d in allocated { d.unlock(); memory.put(d) }
+            for i in m.dst.indices { m.dst[i] = 0 }
             return nil
         }
         for d in dpages { d.lock() }
-        let to = dpages.map(\.pfn)
-        let from = dpages.indices.map { backingPage(memory.page(MigratePfn.pfn(m.src[selected[$0]])!)).pfn }
+        for k in dpages.indices {
+            let (i, f, write) = smallWanted[k]
+            to.append(dpages[k].pfn); from.append(f)
+            m.dst[i] = MigratePfn.make(dpages[k].pfn) | write
+        }
         let fence: CopyFence
         if isFault {
             memory.copyFramesBulk(to: to, from: from)
@@ -259,11 +377,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         } else {
             fence = memory.copyFramesAsync(on: copyEngine, to: to, from: from)
         }
-        for k in dpages.indices {
-            let i = selected[k]
-            m.dst[i] = MigratePfn.make(dpages[k].pfn) | (m.src[i] & MigratePfn.write)
-        }
-        machine.stats.count(.bytesCopied, dpages.count * Int(pageSize))
+        machine.stats.count(.bytesCopied, to.count * Int(pageSize))
         return fence
     }
 
@@ -294,12 +408,13 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             for c in chunks {
                 c.remove = true
                 // Free pages of a chunk being removed leave the free list.
-                for pfn in freePages where c.pagemap.contains(pfn) {
+                for pfn in freePages + freeFolios where c.pagemap.contains(pfn) {
                     memory.page(pfn).clear(.deviceFree)
                     released.insert(pfn)
                 }
             }
             freePages.removeAll { !memory.page($0).test(.deviceFree) }
+            freeFolios.removeAll { !memory.page($0).test(.deviceFree) }
             return chunks
         }
         var busy = false
@@ -320,7 +435,10 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
                 busy = true
                 lock.withLock {
                     chunk.remove = false
-                    for pfn in released.filter({ chunk.pagemap.contains($0) }).sorted(by: >) { released.remove(pfn); pushFree(pfn) }
+                    for pfn in released.filter({ chunk.pagemap.contains($0) }).sorted(by: >) {
+                        released.remove(pfn)
+                        if memory.page(pfn).test(.head) { pushFreeFolio(pfn) } else { pushFree(pfn) }
+                    }
                 }
                 continue
             }
@@ -341,10 +459,14 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         for i in src.indices {
             guard src[i] & MigratePfn.migrate != 0, let spfn = MigratePfn.pfn(src[i]) else { continue }
             let spage = memory.page(spfn)
-            guard let dpage = memory.allocate(order: 0) else { continue }
+            // A large folio moves whole into an order-9 system folio (none free: it stays,
+            // and the RELEASE loop tries again).
+            let order = src[i] & MigratePfn.compound != 0 ? pmdOrder : 0
+            guard let dpage = memory.allocate(order: order) else { continue }
             dpage.lock()
-            to.append(dpage.pfn); from.append(backingPage(spage).pfn)
-            dst[i] = MigratePfn.make(dpage.pfn) | (src[i] & MigratePfn.write)
+            let backing = backingPage(spage)
+            for k in 0..<(UInt64(1) << order) { to.append(dpage.pfn + k); from.append(backing.pfn + k) }
+            dst[i] = MigratePfn.make(dpage.pfn) | (src[i] & MigratePfn.write) | (order > 0 ? MigratePfn.compound : 0)
         }
         memory.copyFramesBulk(to: to, from: from)
         machine.stats.count(.bytesCopied, to.count * Int(pageSize))

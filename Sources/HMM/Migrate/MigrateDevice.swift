@@ -16,7 +16,9 @@ extension Machine {
         for (i, pfn) in pfns.enumerated() {
             guard memory.isValidPfn(pfn) else { continue }
             let page = memory.page(pfn)
-            guard page.isZoneDevice, memory.tryGet(page) else { continue }
+            // A tail page is taken with its head (`folio_get_nontail_page`): the head's entry
+            // stands for the whole folio (COMPOUND).
+            guard page.isZoneDevice, !page.test(.tail), memory.tryGet(page) else { continue }
             guard page.tryLock() else { memory.put(page); continue }
             src[i] = MigratePfn.make(pfn) | MigratePfn.migrate
         }

@@ -29,9 +29,20 @@ struct MigrateCollectWalker: PageWalker {
 
     func index(_ a: UInt64) -> Int { Int((a - migrate.start) >> pageShift) }
 
+    /// `migrate_vma_collect_hole`: every page of an anonymous VMA's hole can be populated. With
+    /// `.compound`, each 2 MiB-aligned 2 MiB of it is one COMPOUND entry (a huge page may be
+    /// inserted there), the other 511 entries empty. (The kernel marks only the first entry of
+    /// an aligned hole of any size; dmirror's batches never exceed 2 MiB.)
     mutating func hole(_ start: UInt64, _ end: UInt64, level: PageTableLevel) -> WalkStep {
         var a = start
         while a < end {
+            if anonymous && migrate.flags.contains(.compound) && a & (pmdSize - 1) == 0 && a + pmdSize <= end {
+                src[index(a)] = MigratePfn.migrate | MigratePfn.compound
+                cpages += 1
+                for k in 1..<UInt64(ptrsPerTable) { src[index(a + k * pageSize)] = 0 }
+                a += pmdSize
+                continue
+            }
             src[index(a)] = anonymous ? MigratePfn.migrate : 0
             if anonymous { cpages += 1 }
             a += pageSize
@@ -46,31 +57,107 @@ struct MigrateCollectWalker: PageWalker {
             return skip(start, end)
         }
         if v.isPresent && !v.isHuge {
-            // A PTE-mapped THP is split before its entries are collected (7.2 splits it when
-            // the PTE walk meets it, with the PTE lock dropped; here the walk holds the lock,
-            // so the split comes first; one made meanwhile is skipped below).
+            // A PTE-mapped large folio (system, or this device's private memory) is split
+            // before its entries are collected (7.2 splits it when the PTE walk meets it, with
+            // the PTE lock dropped; here the walk holds the lock, so the split comes first; one
+            // made meanwhile is skipped below).
             let ptes = EntryPointer(memory.frame(v.pfn))
             var a = start
             while a < end {
                 let e = (ptes + PageTableLevel.pte.index(a)).load()
                 a += pageSize
-                guard e.isPresent, !e.isSpecial, migrate.flags.contains(.system) else { continue }
-                let p = memory.page(e.pfn)
+                var p: Page
+                if e.isPresent && !e.isSpecial && migrate.flags.contains(.system) {
+                    p = memory.page(e.pfn)
+                } else if e.isSwap && e.swapEntry.isDevicePrivate && migrate.flags.contains(.devicePrivate) {
+                    p = memory.page(e.swapEntry.pfn)
+                    guard ownedDevicePage(p) else { continue }
+                } else { continue }
                 if p.isInLargeFolio { _ = splitLargeFolio(p) }
             }
             return .next
         }
-        guard v.isPresent else { return skip(start, end) }
-        // A THP leaf (migrate_vma_collect_huge_pmd without MIGRATE_VMA_SELECT_COMPOUND): the
-        // huge zero folio is a hole; a THP is split (its PMD and the folio) and the walk looks
-        // again at the PTE table that took its place.
-        guard migrate.flags.contains(.system) else { return skip(start, end) }
-        if memory.thp.isHugeZero(v) { _ = hole(start, end, level: .pmd); return .skip }
-        return splitLargeFolio(memory.page(v.pfn)) ? .again : skip(start, end)
+        return collectHugePMD(pmd, table: table, start, end)
     }
 
-    /// `migrate_vma_split_folio`: reference, trylock, split. Return: whether it was split.
+    /// `migrate_vma_collect_huge_pmd`: under the PMD lock, a THP leaf (with `.system`) or a
+    /// device-private PMD of this owner's memory (with `.devicePrivate`) is referenced and
+    /// trylocked (the fault's own folio is locked already); with `.compound` and the whole
+    /// 2 MiB in range it is collected as one COMPOUND entry, its PMD becoming a migration entry
+    /// (`set_pmd_migration_entry`: the mapping's reference becomes collect's); otherwise, or
+    /// if the folio may be pinned, it is split and the walk goes on at the PTE level. The huge
+    /// zero folio and an empty PMD are holes; anything else is skipped.
+    private mutating func collectHugePMD(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        table.ptl.lock()
+        let v = pmd.load()
+        if v.isNone { table.ptl.unlock(); _ = hole(start, end, level: .pmd); return .skip }
+        let folio: Page
+        var write: UInt64 = 0
+        if v.isPresent && v.isHuge {
+            guard migrate.flags.contains(.system) else { table.ptl.unlock(); return skip(start, end) }
+            if memory.thp.isHugeZero(v) { table.ptl.unlock(); _ = hole(start, end, level: .pmd); return .skip }
+            folio = memory.page(v.pfn)
+            if v.isWrite { write = MigratePfn.write }
+        } else if !v.isPresent {
+            let s = v.swapEntry
+            guard v.isHuge, s.isDevicePrivate, migrate.flags.contains(.devicePrivate), ownedDevicePage(memory.page(s.pfn)) else {
+                table.ptl.unlock(); return skip(start, end)
+            }
+            folio = memory.page(s.pfn)
+            if s.isWrite { write = MigratePfn.write }
+        } else {
+            table.ptl.unlock()
+            return .again
+        }
+        let isFault = migrate.faultPage?.folioHead == folio
+        guard isFault || folio.tryLock() else { table.ptl.unlock(); return skip(start, end) }
+        let exclusive = folio.test(.anonExclusive)
+        if migrate.flags.contains(.compound) && start & (pmdSize - 1) == 0 && end - start == pmdSize
+            && !(v.isPresent && exclusive && folio.pincount > 0) {
+            var old = v
+            while true {
+                let entry = SwapEntry.migration(pfn: folio.pfn, write: write != 0, exclusive: exclusive)
+                    .pte(softDirty: old.isSoftDirty, pmd: true)
+                if pmd.compareExchange(old, entry) { break }
+                old = pmd.load()   // a CPU set the accessed or dirty bit
+            }
+            if v.isPresent { migrate.mm.flushTLB() }
+            if exclusive { folio.clear(.anonExclusive) }
+            if old.isPresent && old.isDirty { folio.set(.dirty) }
+            memory.removeRmapPMD(folio)   // the mapping's reference is now collect's
+            table.ptl.unlock()
+            src[index(start)] = MigratePfn.make(folio.pfn) | write | MigratePfn.migrate | MigratePfn.compound
+            for k in 1..<UInt64(ptrsPerTable) { src[index(start + k * pageSize)] = 0 }
+            cpages += 1
+            return .skip
+        }
+        // The fallback: split the folio (its PMD first), then look again at the PTE table.
+        memory.get(folio)
+        table.ptl.unlock()
+        let split = migrate.mm.machine.splitFolio(folio) == nil
+        if !isFault { folio.unlock() }
+        memory.put(folio)
+        guard split else { return skip(start, end) }
+        if pmd.load().isNone { _ = hole(start, end, level: .pmd); return .skip }
+        return .again
+    }
+
+    /// `migrate_vma_split_folio`: reference, lock, split (the fault's own folio is referenced
+    /// and locked by the fault already; after the split, the lock and the reference move to
+    /// the fault page's new folio). Return: whether it was split.
     private func splitLargeFolio(_ p: Page) -> Bool {
+        let fault = migrate.faultPage
+        if let fault, fault.folioHead == p.folioHead {
+            let folio = p.folioHead
+            guard folio.isInLargeFolio, migrate.mm.machine.splitFolio(folio) == nil else { return false }
+            if fault != folio {
+                memory.get(fault)
+                fault.lock()
+                folio.unlock()
+                memory.put(folio)
+            }
+            return true
+        }
         guard memory.tryGet(p) else { return false }
         let folio = p.folioHead
         defer { memory.put(folio) }

@@ -7,7 +7,8 @@ extension MigratePhases {
     /// With `local` (the VMA migration, whose caller holds the mmap lock from setup to here, so
     /// no fork or mremap copied or moved an entry), the entry of each page without remote
     /// mappings is restored where collect put it: one lookup and one PTE-lock hold per table
-    /// instead of an rmap walk per page.
+    /// instead of an rmap walk per page. A COMPOUND entry (a folio moved whole) always goes
+    /// through the rmap.
     static func finalize(_ machine: Machine, _ src: [UInt64], _ dst: [UInt64], faultPage: Page?, local: MigrateVMA? = nil) {
         let memory = machine.memory
         func target(_ i: Int) -> Page? {
@@ -28,8 +29,19 @@ extension MigratePhases {
             }
             let page = memory.page(pfn)
             if target == page, let d = newPage { d.unlock(); puts.append(d) } // destination unused
-            if remote?[i] ?? true { machine.removeMigrationPTEs(from: page, to: target) }
+            // A folio that moved whole is restored through its rmap: its PMD migration entry
+            // may have been split meanwhile (MADV_DONTNEED of part of it, under the read lock).
+            if (remote?[i] ?? true) || src[i] & MigratePfn.compound != 0 {
+                if page.isInLargeFolio, let av = page.anonVMA {
+                    machine.removeFolioMigrationEntries(from: page, to: target, av: av, index: page.index)
+                } else {
+                    machine.removeMigrationPTEs(from: page, to: target)
+                }
+            }
             if target != page {
+                if page.test(.head) {
+                    for k in 1..<page.folioPages { memory.page(page.pfn + k).clear(.anonExclusive) }
+                }
                 page.clear([.anonExclusive, .dirty])
             }
             if page != faultPage { page.unlock() } // the fault handler unlocks its own page

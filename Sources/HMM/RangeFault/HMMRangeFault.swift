@@ -104,17 +104,42 @@ struct HMMVMAWalker: PageWalker {
             return .skip
         }
         if !v.isPresent {
-            let (f, w) = rangeNeedsFault(start, end, 0)
-            if f {
-                if v.swapEntry.isMigration {
-                    stop = .waitMigration(page: memory.page(v.swapEntry.pfn), at: start); return .stop(nil)
-                }
-                stop = .fault(start: start, end: end, write: w); return .stop(nil)
+            if v.swapEntry.isMigration {
+                let (f, _) = rangeNeedsFault(start, end, 0)
+                if f { stop = .waitMigration(page: memory.page(v.swapEntry.pfn), at: start); return .stop(nil) }
+                fill(start, end, 0)
+                return .skip
             }
-            fill(start, end, 0)
-            return .skip
+            return hmmVMAHandleAbsentPMD(v, start, end)
         }
         return hmmHandleLeaf(v, .pmd, start, end)
+    }
+
+    /// `hmm_vma_handle_absent_pmd`: a device-private PMD of the caller's own device memory
+    /// answers every page with its device pfn, valid, write if the entry is, and order 9
+    /// (the pfn of the page at each address: the kernel starts every range at the head's,
+    /// wrong for a range that begins inside the 2 MiB; docs/linux-divergences.md, D17). Any
+    /// other absent PMD faults if asked (a device-private one: through the CPU fault, which
+    /// migrates it back; anything else is EFAULT), else is HMM_PFN_ERROR.
+    mutating func hmmVMAHandleAbsentPMD(_ v: PTE, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        let s = v.swapEntry
+        if s.isDevicePrivate, let owner, let pgmap = memory.pagemap(of: memory.page(s.pfn)), pgmap.isOwned(by: owner) {
+            let cpu = HMMPfn.valid | (s.isWrite ? HMMPfn.write : 0) | UInt64(pmdOrder) << HMMPfn.orderShift
+            var a = start
+            while a < end {
+                put(index(a), (s.pfn + ((a & (pmdSize - 1)) >> pageShift)) | cpu)
+                a += pageSize
+            }
+            return .skip
+        }
+        let (f, w) = rangeNeedsFault(start, end, 0)
+        if f {
+            if s.isDevicePrivate { stop = .fault(start: start, end: end, write: w); return .stop(nil) }
+            stop = .error(.EFAULT)
+            return .stop(nil)
+        }
+        fill(start, end, HMMPfn.error)
+        return .skip
     }
 
     /// `hmm_vma_walk_pud`: a 1 GiB leaf (hugetlb) answers as a PMD leaf does, with the PUD

@@ -111,6 +111,9 @@ extension AddressSpace {
                 let v = found.entry.load()
                 if PageTable.isTHPLeaf(v) { return .ok }
                 if PageTable.isTHPMigration(v) { return pmdMigrationEntryWait(found.entry, table: found.table, v) }
+                if PageTable.isTHPDevicePrivate(v) {
+                    return doHugePMDDevicePrivate(vma, address, found.entry, table: found.table, v, flags: flags)
+                }
             }
             return handleHugeEntry(vma: vma, address: address, found.entry, flags: flags)
         }

@@ -11,7 +11,8 @@ extension HugeTLB {
         Lockdep.assertNoSpinLockHeld()
         lock.lock(); defer { lock.unlock() }
         var problems: [String] = []
-        let pendingRestores = pendingRestoresByOrder()
+        // No pool ever had a page: no hugetlb folio exists, nothing to scan memory for.
+        let pendingRestores = hstates.contains { $0.nrHugePages > 0 || $0.surplusHugePages > 0 } ? pendingRestoresByOrder() : [:]
         for (i, h) in hstates.enumerated() {
             let name = h.name
             if h.freeList.count != h.freeHugePages { problems.append("\(name): free list holds \(h.freeList.count) pages, counter says \(h.freeHugePages)") }

@@ -48,6 +48,11 @@ struct PageTableChecker: PageWalker {
             checkTHPMigration(v, vma, start)
             return .skip
         }
+        if PageTable.isTHPDevicePrivate(v), let vma = mm.vmaLookup(start), !vma.isHugetlb {
+            thpLeavesByTable[table.pfn, default: 0] += 1
+            checkTHPDevicePrivate(v, vma, start)
+            return .skip
+        }
         checkHugeLeaf(v, .pmd, start)
         return .skip
     }
@@ -97,6 +102,29 @@ struct PageTableChecker: PageWalker {
         if v.swapEntry.isWritableMigration && !vma.flags.contains(.write) {
             problems.append("mm \(mm.id): writable PMD migration entry at \(hex) in a read-only VMA")
         }
+    }
+
+    /// A device-private PMD lies whole inside an anonymous VMA, 2 MiB-aligned, and names the
+    /// head of an order-9 device-private folio in use; writable only in a writable VMA and
+    /// then mapped by this PMD alone; the folio's rmap finds this VMA; it counts as a PMD
+    /// mapping of the folio.
+    private mutating func checkTHPDevicePrivate(_ v: PTE, _ vma: VMA, _ addr: UInt64) {
+        let hex = "0x" + String(addr, radix: 16)
+        if !vma.isAnonymous { problems.append("mm \(mm.id): device-private PMD at \(hex) in non-anonymous \(vma)") }
+        if addr & (pmdSize - 1) != 0 || addr < vma.start || addr + pmdSize > vma.end {
+            problems.append("mm \(mm.id): device-private PMD at \(hex) not inside \(vma) on a 2 MiB boundary")
+        }
+        let pfn = v.swapEntry.pfn
+        guard memory.isValidPfn(pfn) else { problems.append("mm \(mm.id): \(hex) names invalid pfn \(pfn)"); return }
+        let p = memory.page(pfn)
+        guard p.test(.head), p.isDevicePrivate, p.order == pmdOrder, !p.isFreeFrame else {
+            problems.append("mm \(mm.id): device-private PMD at \(hex) names pfn \(pfn), not the head of an order-\(pmdOrder) device-private folio in use")
+            return
+        }
+        if v.swapEntry.isWrite && !vma.flags.contains(.write) { problems.append("mm \(mm.id): \(hex) writable device-private PMD in a read-only VMA") }
+        if v.swapEntry.isWrite && p.entireMapcount > 1 { problems.append("mm \(mm.id): \(hex) writable device THP mapped by \(p.entireMapcount) PMDs") }
+        checkRmap(p, vma, addr, hex)
+        mappings[pfn | PageTableChecker.entireMappingBit, default: 0] += 1
     }
 
     mutating func pudLeaf(_ pud: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {

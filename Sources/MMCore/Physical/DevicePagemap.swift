@@ -12,10 +12,16 @@ public protocol DevicePagemapOps: AnyObject {
     func migrateToRAM(_ fault: DevicePrivateFault) -> FaultResult
     /// `page_free` for several pages at once (from `putBatch`); by default one `pageFree` each.
     func pageFreeBatch(_ pages: [Page])
+    /// `folio_split` (device-private only, from a split of a large device folio): `tail` has
+    /// just become a folio of its own, split off `head` (the driver moves its per-page data,
+    /// e.g. the backing of `tail`, into it); a last call with `tail == nil` says the head is
+    /// now small too. Locking: the folio is frozen (no references) and unmapped.
+    func folioSplit(head: Page, tail: Page?)
 }
 
 extension DevicePagemapOps {
     public func pageFreeBatch(_ pages: [Page]) { for p in pages { pageFree(p) } }
+    public func folioSplit(head: Page, tail: Page?) {}
 }
 
 /// A CPU fault on a device-private entry, handed to the owner's `migrateToRAM`.
@@ -25,6 +31,11 @@ public struct DevicePrivateFault {
     public let address: UInt64
     public let page: Page
     public let isWrite: Bool
+    /// The entry is a device-private PMD (`vmf->pte == NULL`): the whole folio may move.
+    public let pmdMapped: Bool
+    public init(mm: AddressSpace, vma: VMA, address: UInt64, page: Page, isWrite: Bool, pmdMapped: Bool = false) {
+        self.mm = mm; self.vma = vma; self.address = address; self.page = page; self.isWrite = isWrite; self.pmdMapped = pmdMapped
+    }
 }
 
 /// A registration of device memory (`struct dev_pagemap`): a pfn range of one kind, an owner
@@ -53,6 +64,7 @@ public final class DevicePagemap: @unchecked Sendable {
 
     func pageFree(_ page: Page) { ops?.pageFree(page) }
     func pageFreeBatch(_ pages: [Page]) { ops?.pageFreeBatch(pages) }
+    func folioSplit(head: Page, tail: Page?) { ops?.folioSplit(head: head, tail: tail) }
 }
 
 extension PhysicalMemory {
@@ -94,7 +106,7 @@ extension PhysicalMemory {
         let range = pgmap.startPfn..<(pgmap.startPfn + pgmap.pageCount)
         for pfn in range {
             let p = page(pfn)
-            if p.refcount != 0 || p.mapcount != 0 { throw .EBUSY }
+            if p.refcount != 0 || p.mapcount != 0 || p.entireMapcount != 0 { throw .EBUSY }
         }
         for pfn in range {
             let p = page(pfn)
@@ -104,6 +116,12 @@ extension PhysicalMemory {
         for i in 0..<pagemapSlotCount where pagemapSlot(i).load() == bits(pgmap) { pagemapSlot(i).store(0, .release) }
         releasedDeviceRanges.append((pgmap.startPfn, pgmap.pageCount))
         deviceLock.unlock()
+    }
+
+    /// The registrations in place now. Locking: takes deviceLock.
+    package func livePagemaps() -> [DevicePagemap] {
+        deviceLock.assertNotHeld()
+        return deviceLock.withLock { pagemaps.filter { registered($0) } }
     }
 
     /// The registration a device pfn belongs to (`page_pgmap`).

@@ -272,8 +272,19 @@ extension PhysicalMemory {
         freeBlock(p)
     }
 
+    /// `free_zone_device_folio`: the folio loses its anonymous identity on every page (the
+    /// exclusive bits, the tails' owner and index); a large device folio stays large, as the
+    /// kernel keeps it compound: its driver recycles it whole (or splits it itself).
     private func prepareDeviceFree(_ p: Page) {
-        precondition(p.mapcount == 0, "freeing a mapped device page \(p)")
+        precondition(!p.folioMapped && p.entireMapcount == 0, "freeing a mapped device page \(p)")
+        if p.test(.head) {
+            for i in 1..<p.folioPages {
+                let t = page(p.pfn + i)
+                t.clear([.anonExclusive])
+                t.ownerBits = 0
+                t.index = 0
+            }
+        }
         p.clear([.anon, .anonExclusive, .dirty, .lazyFree, .referenced])
         p.releaseOwner()
         p.index = 0

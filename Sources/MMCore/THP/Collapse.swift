@@ -73,7 +73,9 @@ extension AddressSpace {
     private func collapsePMDState(_ haddr: UInt64) -> CollapseResult {
         guard let f = pageTable.lookup(haddr, level: .pmd), f.level == .pmd else { return .noPTETable }
         let v = f.entry.load()
-        if PageTable.isTHPEntry(v) { return .pmdMapped }   // a leaf, or one under migration
+        // A leaf, or one under migration; a device-private PMD is no table to collapse
+        // (`check_pmd_state`: SCAN_NO_PTE_TABLE for a non-present, non-migration PMD).
+        if PageTable.isTHPLeaf(v) || PageTable.isTHPMigration(v) { return .pmdMapped }
         return v.isPresent ? .succeed : .noPTETable
     }
 

@@ -17,6 +17,9 @@ extension AddressSpace {
             return doHugePMDAnonymousPage(vma, address, pmd, table: table, flags: flags, realAddress: realAddress)
         }
         if PageTable.isTHPMigration(v) { return pmdMigrationEntryWait(pmd, table: table, v) }
+        if PageTable.isTHPDevicePrivate(v) {
+            return doHugePMDDevicePrivate(vma, address, pmd, table: table, v, flags: flags)
+        }
         guard PageTable.isTHPLeaf(v) else { return nil }
         if (flags.contains(.write) || flags.contains(.unshare)) && !v.isWrite {
             return doHugePMDWPPage(vma, address, pmd, table: table, v, flags: flags, realAddress: realAddress)
@@ -29,6 +32,35 @@ extension AddressSpace {
         }
         table.ptl.unlock()
         return .ok
+    }
+
+    /// `do_huge_pmd_device_private`: a CPU access to a device-private PMD. Under the VMA lock
+    /// the fault is retried under the mmap lock (as for a device-private PTE); otherwise,
+    /// under the PMD lock, the folio is trylocked and only then referenced, and the owner's
+    /// `migrateToRAM` is told the entry is a PMD (it may move the whole folio back). A thread
+    /// that loses the trylock waits for the unlock holding nothing and refaults (the kernel
+    /// refaults at once; the wait only saves the spinning).
+    /// Locking: as `handleMMFault`; no page-table lock held.
+    func doHugePMDDevicePrivate(_ vma: VMA, _ address: UInt64, _ pmd: EntryPointer, table: Page, _ orig: PTE,
+                                flags: FaultFlags) -> FaultResult {
+        assertFaultLocked(vma, flags); Lockdep.assertNoSpinLockHeld()
+        if flags.contains(.vmaLock) { return .retry }
+        table.ptl.lock()
+        guard pmd.load() == orig else { table.ptl.unlock(); return .ok }
+        let folio = memory.page(orig.swapEntry.pfn)
+        guard folio.tryLock() else {
+            table.ptl.unlock()
+            folio.waitUnlocked()
+            return .ok
+        }
+        memory.get(folio)
+        table.ptl.unlock()
+        defer { folio.unlock(); memory.put(folio) }
+        guard let pgmap = memory.pagemap(of: folio), let ops = pgmap.ops else { return .sigbus }
+        stats.count(.faultDevicePrivate)
+        let r = ops.migrateToRAM(DevicePrivateFault(mm: self, vma: vma, address: address, page: folio,
+                                                    isWrite: flags.contains(.write), pmdMapped: true))
+        return r == .ok ? .retry : r
     }
 
     /// `pmd_migration_entry_wait`: the migrating thread holds the folio's lock until the entry

@@ -37,6 +37,16 @@ extension Machine {
             let range = MMUNotifierRange(start: hit.address, end: hit.address + pmdSize, event: .clear)
             mm.notifiers.invalidateRangeStart(range)
             let r = mm.withMappedPMD(hit.address, pfn: folio.pfn) { pmd, v -> Bool? in
+                if PageTable.isTHPDevicePrivate(v) {
+                    // A device-private PMD: nothing can reach it meanwhile (not present, no
+                    // TLB entry); it cannot be pinned.
+                    let exclusive = folio.test(.anonExclusive)
+                    pmd.store(SwapEntry.migration(pfn: folio.pfn, write: v.swapEntry.isWrite, exclusive: exclusive)
+                                .pte(softDirty: v.isSoftDirty, pmd: true))
+                    if exclusive { folio.clear(.anonExclusive) }
+                    memory.removeRmapPMD(folio)
+                    return true
+                }
                 guard v.isPresent else { return false }
                 let exclusive = folio.test(.anonExclusive)
                 if exclusive && folio.pincount > 0 { return nil }
@@ -151,9 +161,11 @@ extension Machine {
         av.lock.unlockRead()
     }
 
-    /// One `remove_migration_pmd`. Return: false if the entry is no migration entry.
+    /// One `remove_migration_pmd`: the entry becomes a leaf of `to`, or, for a device-private
+    /// folio, a device-private PMD (writable iff the entry was), soft-dirty as the entry was.
+    /// Return: false if the entry is no migration entry.
     /// Locking: the PMD's lock held; `to` locked.
-    private func restoreMigrationPMD(_ pmd: EntryPointer, _ v: PTE, to: Page, vma: VMA) -> Bool {
+    package func restoreMigrationPMD(_ pmd: EntryPointer, _ v: PTE, to: Page, vma: VMA) -> Bool {
         Lockdep.assertSpinLockHeld()
         guard PageTable.isTHPMigration(v) else { return false }
         let s = v.swapEntry
@@ -161,6 +173,10 @@ extension Machine {
         memory.get(to)
         memory.addRmapPMD(to)
         if s.type != SwapEntry.migrationRead { to.set(.anonExclusive) }
+        if to.isDevicePrivate {
+            pmd.store(SwapEntry.devicePrivate(pfn: to.pfn, write: write).pte(softDirty: v.isSoftDirty, pmd: true))
+            return true
+        }
         var e = PTE.page(to.pfn, write: write, user: vma.pageProtReadable, dirty: write, huge: true)
         if v.isSoftDirty { e = PTE(raw: e.raw | PTE.softDirty) }
         pmd.store(e)

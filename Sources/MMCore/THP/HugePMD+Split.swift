@@ -35,7 +35,8 @@ extension AddressSpace {
     /// compare-and-swap and refilled if it lost. The TLB is flushed before the lock is dropped.
     /// A PMD migration entry becomes 512 PTE migration entries of the same kind (write,
     /// read-exclusive or read) and soft-dirty bit, one per page; it holds no mapping or
-    /// reference, so none changes.
+    /// reference, so none changes. A device-private PMD becomes 512 device-private PTEs,
+    /// mapped as a leaf's PTEs are.
     /// Locking: the PMD table's lock held. Return: false if the entry is no THP leaf (anymore).
     func splitHugePMDLocked(_ vma: VMA, _ pmd: EntryPointer, table: Page, _ haddr: UInt64) -> Bool {
         table.ptl.assertHeld()
@@ -51,6 +52,26 @@ extension AddressSpace {
                 (ptes + i).store(SwapEntry(type: s.type, offset: s.offset + UInt64(i)).pte(softDirty: old.isSoftDirty))
             }
             pmd.store(.table(pgtable.pfn))
+            stats.count(.thpSplitPMD)
+            return true
+        }
+        if PageTable.isTHPDevicePrivate(old) {
+            // `__split_huge_pmd_locked` without freeze on a device-private PMD: 512
+            // device-private PTEs of the same write bit and soft-dirty bit; each page gains a
+            // PTE mapping (and the folio's exclusivity), the folio loses its PMD mapping and
+            // gains a reference per extra PTE. Not present: no TLB flush.
+            let s = old.swapEntry
+            let folio = memory.page(s.pfn)
+            let exclusive = folio.test(.anonExclusive)
+            folio.refcountWord.add(Int32(folio.folioPages) - 1)
+            for i in 0..<folio.folioPages {
+                let p = memory.page(folio.pfn + i)
+                memory.addRmap(p)
+                if exclusive && i > 0 { p.set(.anonExclusive) }
+                (ptes + Int(i)).store(SwapEntry.devicePrivate(pfn: folio.pfn + i, write: s.isWrite).pte(softDirty: old.isSoftDirty))
+            }
+            pmd.store(.table(pgtable.pfn))
+            memory.removeRmapPMD(folio)
             stats.count(.thpSplitPMD)
             return true
         }
@@ -109,10 +130,17 @@ extension PageTable {
     @inlinable
     static func isTHPMigration(_ v: PTE) -> Bool { v.isSwap && v.isHuge && v.swapEntry.isMigration }
 
-    /// A THP leaf or a PMD migration entry (`pmd_trans_huge || is_swap_pmd` outside hugetlb):
-    /// what the PMD-level paths (zap, mprotect, fork, mremap, split) take whole or split.
+    /// A device-private PMD entry (`pmd_is_device_private_entry`): a large device-private
+    /// folio mapped whole; its offset is the folio's head pfn. It holds a PMD mapping and a
+    /// reference, as a leaf does.
     @inlinable
-    static func isTHPEntry(_ v: PTE) -> Bool { isTHPLeaf(v) || isTHPMigration(v) }
+    static func isTHPDevicePrivate(_ v: PTE) -> Bool { v.isSwap && v.isHuge && v.swapEntry.isDevicePrivate }
+
+    /// A THP leaf, a PMD migration entry or a device-private PMD (`pmd_trans_huge ||
+    /// is_swap_pmd` outside hugetlb): what the PMD-level paths (zap, mprotect, fork, mremap,
+    /// split) take whole or split.
+    @inlinable
+    static func isTHPEntry(_ v: PTE) -> Bool { isTHPLeaf(v) || isTHPMigration(v) || isTHPDevicePrivate(v) }
 
     /// The head pfn a THP entry names (the huge zero folio's for its leaf).
     @inlinable

@@ -28,6 +28,38 @@ extension PhysicalMemory {
             }
             pfn += n
         }
+        for g in livePagemaps() { problems += checkDeviceFolios(g) }
+        return problems
+    }
+
+    /// Large device folios (device THP): a head of order 9, aligned, whose tails name it and
+    /// are of its kind. A free one (reference count 0) stays whole: its driver recycles it.
+    /// Device folios are 2 MiB-aligned, so only each 2 MiB's first two pages are looked at
+    /// unless a head is found (a tail at +1 with no head at +0 is a half-split folio).
+    private func checkDeviceFolios(_ g: DevicePagemap) -> [String] {
+        var problems: [String] = []
+        let n = UInt64(1) << pmdOrder
+        var pfn = g.startPfn
+        let end = g.startPfn + g.pageCount
+        while pfn + n <= end {
+            defer { pfn += n }
+            let h = page(pfn)
+            guard h.test(.head) else {
+                if page(pfn + 1).test(.tail) { problems.append("device page \(pfn + 1) is a tail with no head at \(pfn) (half-split?)") }
+                continue
+            }
+            if h.order != pmdOrder { problems.append("device folio \(h) has order \(h.order)"); continue }
+            for i in 1..<n {
+                let t = page(pfn + i)
+                if !t.test(.tail) || t.test(.head) || t.privateWord != pfn || t.order != 0 || t.kind != h.kind {
+                    problems.append("device folio \(h): page \(t.pfn) is not its tail (half-split?)"); break
+                }
+                if t.refcount != 0 { problems.append("device folio \(h): tail \(t.pfn) has its own reference count"); break }
+                if h.isAnon && h.refcount > 0 && (t.ownerBits & ~Page.ownerTagMask != h.ownerBits & ~Page.ownerTagMask || t.index != h.index + i) {
+                    problems.append("device folio \(h): tail \(t.pfn) has another owner or index"); break
+                }
+            }
+        }
         return problems
     }
 }

@@ -24,6 +24,14 @@ extension Page {
         let h = folioHead
         return mapcount + (h.test(.hugetlb) ? 0 : h.entireMapcount)
     }
+    /// The mappings of the folio this head starts (`folio_mapcount`): its PMD mappings plus
+    /// every page's PTE mappings.
+    public var folioMapcount: Int32 {
+        guard test(.head) else { return mapcount }
+        var n = entireMapcount
+        for i in 0..<folioPages { n += Page(pfn: pfn + i, meta: meta + Int(i) &* Page.metadataStride).mapcount }
+        return n
+    }
     /// Whether any page of the folio this head starts is mapped (`folio_mapped`).
     public var folioMapped: Bool {
         if entireMapcount > 0 { return true }

@@ -47,21 +47,7 @@ extension Machine {
                 stats.count(.thpSplitPageFailed)
                 return .EAGAIN
             }
-            // Frozen: nobody can take a reference; every page is unmapped. Each tail stops
-            // being one (its flags first: until then it names the head, whose count is 0) and
-            // stays at count 0 until every page is whole; then the counts are set.
-            let common = head.flags.intersection([.anon, .swapBacked, .uptodate, .dirty, .referenced])
-            for i in 1..<n {
-                let t = memory.page(head.pfn + UInt64(i))
-                t.flagsWord.store(common.union(.locked).rawValue)
-                t.privateWord = 0
-                t.order = 0
-                t.kind = .system
-            }
-            head.order = 0
-            head.clear(.head)
-            for i in 1..<n { memory.page(head.pfn + UInt64(i)).refcountWord.store(1) }
-            head.refcountWord.store(1)
+            splitFrozenFolio(head, tailsLocked: .inherited)
             for i in 0..<n where entries[i] > 0 {
                 let p = memory.page(head.pfn + UInt64(i))
                 removeMigrationPTEs(from: p, to: p, av: av, index: index + UInt64(i), entries: entries[i])
@@ -74,5 +60,58 @@ extension Machine {
             stats.count(.thpSplitPage)
             return nil
         }
+    }
+
+    /// How the new folios of a split hold their lock: inherited in their flags (the splitter
+    /// unlocks them itself), or taken through the page lock (someone else unlocks them).
+    enum SplitTailLock { case inherited, taken }
+
+    /// `__split_unmapped_folio` on a frozen folio (count 0, unmapped): each tail stops being
+    /// one (its flags first: until then it names the head, whose count is 0) with the head's
+    /// anonymous flags, kind and device membership, and stays at count 0 until every page is
+    /// whole; a device-private folio's driver is told of each new folio and then of the head
+    /// (`zone_device_private_split_cb`); then every new folio gets one reference (the head
+    /// the caller's) and is locked.
+    /// Locking: `head` locked and frozen by the caller.
+    private func splitFrozenFolio(_ head: Page, tailsLocked: SplitTailLock) {
+        assert(head.isLocked && head.refcount == 0, "splitFrozenFolio: the folio must be locked and frozen")
+        let n = head.folioPages
+        var common = head.flags.intersection([.anon, .swapBacked, .uptodate, .dirty, .referenced, .zoneDevice])
+        if tailsLocked == .inherited { common.insert(.locked) }
+        let kind = head.kind
+        for i in 1..<n {
+            let t = memory.page(head.pfn + i)
+            t.flagsWord.store(common.rawValue)
+            t.privateWord = 0
+            t.order = 0
+            t.kind = kind
+        }
+        head.order = 0
+        head.clear(.head)
+        if head.isDevicePrivate, let g = memory.pagemap(of: head) {
+            for i in 1..<n { g.folioSplit(head: head, tail: memory.page(head.pfn + i)) }
+            g.folioSplit(head: head, tail: nil)
+        }
+        for i in 1..<n {
+            let t = memory.page(head.pfn + i)
+            if tailsLocked == .taken { let locked = t.tryLock(); precondition(locked, "a new folio of a split is locked by someone") }
+            t.refcountWord.store(1)
+        }
+        head.refcountWord.store(1)
+    }
+
+    /// `folio_split_unmapped` (to order 0): splits a locked, unmapped large anonymous folio
+    /// (its mappings are migration entries the caller turns into per-page ones itself) whose
+    /// only reference is the caller's. The new folios are locked and referenced once each
+    /// (the head keeps the caller's lock and reference).
+    /// Return: false (EAGAIN, nothing changed) if anyone else holds a reference.
+    /// Locking: caller holds the folio's lock and one reference; no page-table lock held.
+    package func splitUnmappedFolio(_ head: Page) -> Bool {
+        Lockdep.assertNoSpinLockHeld()
+        assert(head.isLocked && head.test(.head) && head.isAnon && !head.folioMapped, "splitUnmappedFolio: a locked, unmapped anonymous large folio")
+        guard head.refcountWord.compareExchange(expected: 1, desired: 0).exchanged else { return false }
+        splitFrozenFolio(head, tailsLocked: .taken)
+        stats.count(.thpSplitPage)
+        return true
     }
 }

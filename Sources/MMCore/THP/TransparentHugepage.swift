@@ -72,7 +72,7 @@ public final class TransparentHugepage: @unchecked Sendable {
     /// checkers scan for large folios only then.
     public var foliosMade: Bool { madeWord.loadRelaxed() != 0 }
     /// Notes that a THP is being made (before it can be seen).
-    @inline(__always) func noteFolioMade() { if madeWord.loadRelaxed() == 0 { madeWord.storeRelease(1) } }
+    @inline(__always) package func noteFolioMade() { if madeWord.loadRelaxed() == 0 { madeWord.storeRelease(1) } }
 
     // MARK: the huge zero folio
 

@@ -111,6 +111,25 @@ struct ForkCopier: PageWalker {
             installChildPMD(e, pgtable, dst.entry, dst.table)
             return .skip
         }
+        if PageTable.isTHPDevicePrivate(v) {
+            // copy_huge_non_present_pmd: a writable device-private PMD becomes read in both
+            // (there is no read-exclusive device-private entry); the folio gains a reference
+            // and a PMD mapping and is no longer exclusive (it cannot be pinned: the CPU has
+            // no access to it).
+            var e = v
+            let s = v.swapEntry
+            if s.isWrite {
+                e = SwapEntry.devicePrivate(pfn: s.pfn, write: false).pte(softDirty: v.isSoftDirty, pmd: true)
+                src.store(e)
+            }
+            let folio = memory.page(s.pfn)
+            memory.get(folio)
+            memory.addRmapPMD(folio)
+            folio.clear(.anonExclusive)
+            table.ptl.unlock()
+            installChildPMD(e, pgtable, dst.entry, dst.table)
+            return .skip
+        }
         guard PageTable.isTHPLeaf(v) else { table.ptl.unlock(); childTables.freeTable(pgtable); return .next }
         if v.isSpecial {
             table.ptl.unlock()

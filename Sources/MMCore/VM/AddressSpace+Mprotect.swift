@@ -78,6 +78,13 @@ struct ChangeProtectionWalker: PageWalker {
             }
             return .skip
         }
+        if PageTable.isTHPDevicePrivate(v) {
+            // A writable device-private PMD becomes read (its soft-dirty bit is not kept, as
+            // the kernel's change_non_present_huge_pmd builds the new entry without it).
+            let s = v.swapEntry
+            if s.isWrite { pmd.store(SwapEntry.devicePrivate(pfn: s.pfn, write: false).pte(pmd: true)) }
+            return .skip
+        }
         guard PageTable.isTHPLeaf(v) else { return .next }
         let (old, new) = pmd.modify { v in
             var r = v.raw & ~(PTE.write | PTE.user)

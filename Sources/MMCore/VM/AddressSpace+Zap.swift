@@ -26,7 +26,8 @@ struct ZapWalker: PageWalker {
 
     /// `zap_huge_pmd`: the leaf goes with its deposited table; a THP loses a PMD mapping and
     /// its reference is dropped after the flush, as a PTE's. A PMD migration entry goes with
-    /// its table alone: it holds no mapping or reference.
+    /// its table alone: it holds no mapping or reference. A device-private PMD loses the
+    /// folio's PMD mapping and reference, as a leaf.
     /// Return: false if the entry is no leaf anymore (a split raced: the walk goes below).
     private mutating func zapHugePMD(_ pmd: EntryPointer, table: Page, vma: VMA) -> Bool {
         table.ptl.lock()
@@ -37,6 +38,12 @@ struct ZapWalker: PageWalker {
         if old.isPresent && !old.isSpecial {
             let folio = memory.page(old.pfn)
             if old.isDirty { folio.set(.dirty) }
+            memory.removeRmapPMD(folio)
+            gather.add(folio)
+        } else if PageTable.isTHPDevicePrivate(old) {
+            // zap_huge_pmd_folio: a device-private folio is rmapped and holds the mapping's
+            // reference too; nothing to flush (not present).
+            let folio = memory.page(old.swapEntry.pfn)
             memory.removeRmapPMD(folio)
             gather.add(folio)
         }
