@@ -204,3 +204,57 @@ final class DeviceTHPTests: XCTestCase {
         env.finish([d0])
     }
 }
+
+extension DeviceTHPTests {
+    /// Found by the THP differential (seed 125): the huge zero folio migrated (a read-only
+    /// device PMD), split by a fixed mapping over part of it, shared by fork (the child gets
+    /// PTEs of the large device folio, and had to learn from its parent that it may hold
+    /// large folios: its collect skipped the split, the fault looped), then split again by a
+    /// partial mprotect; loads in both processes complete.
+    func testReadOnlyDevicePMDSharedByForkThenSplitByMprotect() throws {
+        let env = try HMMEnv()
+        env.memory.thp.mode = .always
+        let raw = try env.process.mmap(length: 3 * pmdSize, prot: .read, flags: [.private, .anonymous])
+        let a = (raw + pmdSize - 1) & pmdMask
+        XCTAssertEqual(try env.cpu.load(a + 8, as: UInt64.self), 0)
+        let d0 = try env.module.open(minor: 0, mm: env.mm)
+        var cmd = DmirrorCmd(addr: a, npages: 512)
+        try d0.ioctl(.migrateToDevice, &cmd, buffer: DmirrorBuffer(size: Int(pmdSize)))
+        XCTAssertTrue(PageTable.isTHPDevicePrivate(try pmdEntry(env.mm, a)))
+        // A fixed mapping over three pages inside it: the device PMD is split, 3 pages zapped.
+        _ = try env.process.mmap(address: a + 0x21000, length: 8623, prot: .readWrite, flags: [.private, .anonymous, .fixed])
+        let child = try env.process.fork()
+        try env.process.mprotect(a, length: 32768, prot: .readWrite)
+        XCTAssertEqual(env.problems(), [])
+        // The child first: it mapped no THP itself, but its PTEs map the large device folio.
+        let ccpu = child.makeCPU()
+        XCTAssertEqual(try ccpu.load(a + 0x7ff8, as: UInt64.self), 0)
+        XCTAssertEqual(try env.cpu.load(a + 0x7ff8, as: UInt64.self), 0)
+        XCTAssertEqual(env.problems(), [])
+        ccpu.detach(); child.exit()
+        env.finish([d0])
+    }
+}
+
+extension DeviceTHPTests {
+    /// A CPU fault on a device PMD with FAIL_ALLOC: the folio comes back as 512 small pages,
+    /// which the fault's own reference keeps it from being split into, so nothing moves, every
+    /// entry is restored (as 512 device PTEs: its PMD migration entry was split), and the
+    /// refault takes the PTE path, splitting the device folio and moving one page (7.2: the
+    /// same, as `folio_split_unmapped` fails with the fault's reference).
+    func testPMDFaultWithFailAllocRefaultsThroughThePTEPath() throws {
+        let env = try HMMEnv()
+        let (a, d0) = try DeviceTHPTests.deviceTHP(env)
+        var f = DmirrorCmd(addr: a, npages: DmirrorFlag.failAlloc)
+        try d0.ioctl(.flags, &f)
+        XCTAssertEqual(try env.cpu.load(a + 10 * pageSize, as: UInt64.self), 10)
+        XCTAssertTrue(try entry(env.mm, a + 10 * pageSize).pte.isPresent)
+        let e = try entry(env.mm, a + 11 * pageSize)
+        XCTAssertEqual(e.level, .pte)
+        XCTAssertTrue(e.pte.isSwap && e.pte.swapEntry.isDevicePrivate)
+        XCTAssertEqual(d0.device.pagesInUse, 511)
+        XCTAssertEqual(env.problems(), [])
+        for i in stride(from: 0, to: 512, by: 29) { XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt64.self), UInt64(i)) }
+        env.finish([d0])
+    }
+}

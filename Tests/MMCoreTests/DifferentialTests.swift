@@ -58,6 +58,7 @@ final class DifferentialTests: XCTestCase {
             ModelThread.spawn(name: "diff\(r)") {
                 var mine: [MMStats.Counter: Int] = [:]
                 for seed in stride(from: UInt64(1 + r), through: UInt64(sequences), by: 2) {
+                    if ProcessInfoSeed.getenvString("DIFF_VERBOSE") != nil { let line = "THP differential: seed \(seed)\n"; _ = line.withCString { write(2, $0, strlen($0)) } }
                     do { try self.runSequence(seed: seed, steps: 500, thp: true, stats: &mine) } catch {
                         tally.withLock { errors.append("seed \(seed): \(error)") }
                     }
@@ -254,6 +255,9 @@ final class DifferentialTests: XCTestCase {
                 log.append("p\(p.pid) cpu\(w.cpu.index) load(\(hex(a))) = \(got)")
                 let want = m.load(a)
                 if got != want { fail("load at \(hex(a)): got \(got), model \(want)") }
+            }
+            if ProcessInfoSeed.value != nil, ProcessInfoSeed.getenvString("DIFF_VERBOSE") != nil, let l = log.last {
+                let line = l + "\n"; _ = line.withCString { write(2, $0, strlen($0)) }
             }
             let problems = machine.checkInvariants() + (module?.checkInvariants() ?? [])
             if !problems.isEmpty { fail("invariants: \(problems)"); break }

@@ -19,6 +19,8 @@ extension Machine {
             // A tail page is taken with its head (`folio_get_nontail_page`): the head's entry
             // stands for the whole folio (COMPOUND).
             guard page.isZoneDevice, !page.test(.tail), memory.tryGet(page) else { continue }
+            // Made a tail meanwhile (a new large folio): its head's entry stands for it.
+            guard !page.test(.tail) else { memory.put(page); continue }
             guard page.tryLock() else { memory.put(page); continue }
             src[i] = MigratePfn.make(pfn) | MigratePfn.migrate
         }

@@ -51,10 +51,12 @@ extension MigratePhases {
             }
             let page = memory.page(pfn)
             if src[i] & MigratePfn.migrate != 0 && srcCompound && !dstCompound {
-                // A folio that moves to small pages: split first (its entries split too).
-                guard let m = migrate, m.splitUnmappedFolio(i, page, &src) else {
-                    src[i] &= ~(MigratePfn.migrate | MigratePfn.compound); continue
-                }
+                // A folio that moves to small pages: split first (its entries split too). If it
+                // cannot be (another reference: a CPU fault's), it stays and keeps COMPOUND, so
+                // finalize restores it through the rmap: its PMD migration entries may already
+                // be 512 PTE migration entries each.
+                guard let m = migrate else { src[i] &= ~(MigratePfn.migrate | MigratePfn.compound); continue }
+                guard m.splitUnmappedFolio(i, page, &src) else { src[i] &= ~MigratePfn.migrate; continue }
             } else if src[i] & MigratePfn.migrate != 0 && dstCompound && !srcCompound {
                 src[i] &= ~MigratePfn.migrate
             }

@@ -103,6 +103,8 @@ struct HMMVMAWalker: PageWalker {
             }
             return .skip
         }
+        // Emptied since the walk looked (a zap under the read lock): a hole, as pmd_none.
+        if v.isNone { return hmmVMAWalkHole(start, end) }
         if !v.isPresent {
             if v.swapEntry.isMigration {
                 let (f, _) = rangeNeedsFault(start, end, 0)

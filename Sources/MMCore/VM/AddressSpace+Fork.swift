@@ -18,6 +18,10 @@ extension AddressSpace {
         mmapWriteLock(); defer { mmapWriteUnlock() }
         guard !isDead else { child.exitMMap(); throw .EINVAL }
         child.mmapWriteLock()
+        // A parent that mapped a THP may hold large folios mapped by PTEs (a split PMD): the
+        // child's copies of those PTEs map them too, and the PMD-level paths (collect's split
+        // of a PTE-mapped large folio, the fault's PMD look) must not skip the child.
+        if mayHoldTHP { child.thpMapped.storeRelease(1) }
         var failure: Errno?
         var parentChanged = false
         for vma in vmaList {
