@@ -544,6 +544,34 @@ final class THPTests: XCTestCase {
         env.teardown()
     }
 
+    /// MADV_FREE of a PTE-mapped THP (`madvise_free_pte_range`): a range covering part of the
+    /// folio splits it and marks those pages; one covering all of it keeps it large, clean,
+    /// old and lazily freeable; a folio shared with a fork is left alone.
+    func testMadvFreeOfAPTEMappedTHP() throws {
+        let (env, a) = try setUpTHP(huge: 2)
+        try fillIDX(env.cpu, a, bytes: 2 * twoMiB)
+        let h0 = try XCTUnwrap(try env.pfn(a)), h1 = try XCTUnwrap(try env.pfn(a + twoMiB))
+        // Split both PMDs (the folios stay large, mapped by PTEs).
+        try env.process.mprotect(a + twoMiB - 4096, length: 8192, prot: .read)
+        try env.process.mprotect(a + twoMiB - 4096, length: 8192, prot: .readWrite)
+        XCTAssertEqual(try leaf(env, a).level, .pte)
+        XCTAssertEqual(env.memory.page(h0).order, 9)
+        try env.process.madvise(a, length: twoMiB, advice: .free)          // all of folio 0
+        XCTAssertEqual(env.memory.page(h0).order, 9)
+        XCTAssertTrue(env.memory.page(h0).test(.lazyFree))
+        XCTAssertFalse(env.memory.page(h0).test(.dirty))
+        XCTAssertFalse(try leaf(env, a + 4096 * 100).entry.isDirty)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
+        try env.process.madvise(a + twoMiB + 4096 * 8, length: 4096 * 2, advice: .free)   // part of folio 1
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1)
+        XCTAssertEqual(env.memory.page(h1).order, 0)
+        XCTAssertTrue(env.memory.page(h1 + 8).test(.lazyFree))
+        XCTAssertFalse(env.memory.page(h1 + 10).test(.lazyFree))
+        try checkIDX(env.cpu, a, bytes: 2 * twoMiB)
+        env.check()
+        env.teardown()
+    }
+
     /// A pin of a page of a PTE-mapped THP is the folio's (its head's pin count), and fork
     /// copies that page rather than sharing it; unpinning leaves every count as it was.
     func testPinOfAPTEMappedTHPPageIsTheFolios() throws {

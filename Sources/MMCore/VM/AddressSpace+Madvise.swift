@@ -28,9 +28,11 @@ struct LazyFreeWalker: PageWalker {
     /// `madvise_free_huge_pmd`: a THP mapped by this PMD alone, covered whole, becomes clean,
     /// old and lazily freeable; covered in part, it is split (`split_folio`) and its pages
     /// are then taken one by one. The huge zero folio, a folio mapped elsewhere too, or one
-    /// whose lock is taken, is left as it is.
+    /// whose lock is taken, is left as it is. A PTE table: large folios it maps in part are
+    /// split first (`splitPartlyCoveredFolios`).
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
+        if v.isPresent && !v.isHuge { return splitPartlyCoveredFolios(v.pfn, start, end) }
         guard v.isPresent && v.isHuge else { return .next }
         guard !v.isSpecial else { return .skip }
         table.ptl.lock()
@@ -55,15 +57,73 @@ struct LazyFreeWalker: PageWalker {
         return .skip
     }
 
+    /// The large-folio half of `madvise_free_pte_range`, before the PTE walk (which holds the
+    /// table's lock; 7.2 drops it around the split): a PTE-mapped large folio that the range
+    /// does not cover whole (all its pages, mapped in order, inside [start, end)) is split
+    /// (`split_folio`) unless it may be mapped by another process or its lock is taken; one
+    /// covered whole stays large and is marked lazily freeable below.
+    /// Locking: mmap lock held (read); no page-table lock held; takes folio locks.
+    private func splitPartlyCoveredFolios(_ tablePfn: UInt64, _ start: UInt64, _ end: UInt64) -> WalkStep {
+        Lockdep.assertNoSpinLockHeld()
+        let ptes = EntryPointer(memory.frame(tablePfn))
+        var a = start
+        while a < end {
+            let e = (ptes + PageTableLevel.pte.index(a)).load()
+            let here = a
+            a += pageSize
+            guard e.isPresent, !e.isSpecial else { continue }
+            let page = memory.page(e.pfn)
+            guard page.isInLargeFolio, page.isAnon, !page.isZoneDevice else { continue }
+            let head = page.folioHead
+            if coversWhole(head, page, here, ptes, start, end) { a = here + (head.folioPages - (page.pfn - head.pfn)) * pageSize; continue }
+            // folio_maybe_mapped_shared: more mappings than pages, or a PMD mapping too.
+            guard head.entireMapcount == 0, head.folioMapcount <= Int32(head.folioPages) else { continue }
+            guard memory.tryGet(head) else { continue }
+            defer { memory.put(head) }
+            guard head.folioHead == head, head.tryLock() else { continue }
+            _ = machine.splitFolio(head)
+            head.unlock()
+        }
+        return .next
+    }
+
+    /// Whether every page of `head`'s folio is mapped, in order, by the PTEs of [start, end)
+    /// around `page` at `addr` (`madvise_folio_pte_batch` reaching `folio_nr_pages`).
+    private func coversWhole(_ head: Page, _ page: Page, _ addr: UInt64, _ ptes: EntryPointer, _ start: UInt64, _ end: UInt64) -> Bool {
+        let offset = page.pfn - head.pfn
+        guard addr >= start + offset * pageSize else { return false }
+        let first = addr - offset * pageSize
+        guard first + head.folioPages * pageSize <= end, first & ~(pmdSize - 1) == (first + head.folioPages * pageSize - 1) & ~(pmdSize - 1) else { return false }
+        for k in 0..<head.folioPages {
+            let e = (ptes + PageTableLevel.pte.index(first + k * pageSize)).load()
+            guard e.isPresent, !e.isSpecial, e.pfn == head.pfn + k else { return false }
+        }
+        return true
+    }
+
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
         let v = pte.load()
         guard v.isPresent, !v.isSpecial else { return .next }
         let page = memory.page(v.pfn)
-        // A page of a PTE-mapped THP: 7.2 splits the folio first (not under the PTE lock
-        // this walk holds); here it is left as it is (MADV_FREE is only advice).
-        guard page.isAnon, page.mapcount == 1, !page.isInLargeFolio else { return .next }
-        page.clear(.dirty)
-        page.set(.lazyFree)
+        guard page.isAnon, !page.isZoneDevice else { return .next }
+        if page.isInLargeFolio {
+            // A large folio the range covers whole (the others were split, or left because
+            // they may be shared or were locked): if dirty, made clean while every mapping is
+            // one of its pages' here (`folio_mapcount == folio_nr_pages`: exclusive); then
+            // each PTE is made clean and old and the folio lazily freeable.
+            let head = page.folioHead
+            guard head.entireMapcount == 0, head.folioMapcount == Int32(head.folioPages) else { return .next }
+            if head.test(.dirty) {
+                guard head.tryLock() else { return .next }
+                head.clear(.dirty)
+                head.unlock()
+            }
+            head.set(.lazyFree)
+        } else {
+            guard page.mapcount == 1 else { return .next }
+            page.clear(.dirty)
+            page.set(.lazyFree)
+        }
         pte.modify { $0.mkclean().mkold() }   // atomically: a concurrent accessed/dirty update retries
         changed = true
         return .next
