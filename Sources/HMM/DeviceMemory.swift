@@ -13,14 +13,16 @@ extension PhysicalMemory {
         precondition(order == 0 || order == pmdOrder, "device folio of order \(order)")
         let n = UInt64(1) << order
         precondition(page.pfn & (n - 1) == 0, "device folio at pfn \(page.pfn) not aligned to its order")
+        // Reset what a previous use left (a free page usually has none of it: reads first,
+        // writes only where needed, as this runs for every page a migration allocates).
         for i in 0..<n {
             let p = self.page(page.pfn + i)
             precondition(p.isZoneDevice && p.refcount == 0 && p.mapcount == 0, "device page \(p) is not free")
-            p.clear([.head, .tail])
-            p.order = 0
-            p.ownerBits = 0
-            p.index = 0
-            if i > 0 { p.privateWord = 0 }
+            if p.test([.head, .tail]) { p.clear([.head, .tail]) }
+            if p.order != 0 { p.order = 0 }
+            if p.ownerBits != 0 { p.ownerBits = 0 }
+            if p.index != 0 { p.index = 0 }
+            if i > 0 && p.privateWord != 0 { p.privateWord = 0 }
         }
         if order > 0 {
             page.entireMapcountWord.store(0)

@@ -66,14 +66,15 @@ struct MigrateCollectWalker: PageWalker {
             while a < end {
                 let e = (ptes + PageTableLevel.pte.index(a)).load()
                 a += pageSize
-                var p: Page
+                let p: Page
                 if e.isPresent && !e.isSpecial && migrate.flags.contains(.system) {
                     p = memory.page(e.pfn)
+                    guard p.isInLargeFolio else { continue }
                 } else if e.isSwap && e.swapEntry.isDevicePrivate && migrate.flags.contains(.devicePrivate) {
                     p = memory.page(e.swapEntry.pfn)
-                    guard ownedDevicePage(p) else { continue }
+                    guard p.isInLargeFolio, ownedDevicePage(p) else { continue }
                 } else { continue }
-                if p.isInLargeFolio { _ = splitLargeFolio(p) }
+                _ = splitLargeFolio(p)
             }
             return .next
         }
