@@ -116,17 +116,18 @@ extension Dmirror {
             makeRoom()
             dpages += device.allocatePages(wanted.count - dpages.count)
         }
-        // One bulk copy for the batch; an empty source (no page, or the zero page) copies the
-        // zero page.
+        // One bulk copy for the batch, started before the entries are filled in (the engine
+        // copies meanwhile); an empty source (no page, or the zero page) copies the zero page.
+        let first = to.count
+        to.reserveCapacity(first + dpages.count); from.reserveCapacity(first + dpages.count)
+        for k in dpages.indices { to.append(device.backingPage(dpages[k]).pfn); from.append(wanted[k].from) }
+        let fence = memory.copyFramesAsync(on: device.copyEngine, to: to, from: from)
         for k in dpages.indices {
             let (i, f, write) = wanted[k]
-            let backing = device.backingPage(dpages[k])
-            device.recordOwner(backing: backing, mirror: self)
-            to.append(backing.pfn); from.append(f)
+            device.recordOwner(backing: memory.page(to[first + k]), mirror: self)
             if f != PhysicalMemory.zeroPfn { copied += 1 }
             m.dst[i] = MigratePfn.make(dpages[k].pfn) | write
         }
-        let fence = memory.copyFramesAsync(on: device.copyEngine, to: to, from: from)
         machine.stats.count(.bytesCopied, copied * Int(pageSize))
         return fence
     }

@@ -365,17 +365,19 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             return nil
         }
         for d in dpages { d.lock() }
-        for k in dpages.indices {
-            let (i, f, write) = smallWanted[k]
-            to.append(dpages[k].pfn); from.append(f)
-            m.dst[i] = MigratePfn.make(dpages[k].pfn) | write
-        }
+        to.reserveCapacity(to.count + dpages.count); from.reserveCapacity(from.count + dpages.count)
+        for k in dpages.indices { to.append(dpages[k].pfn); from.append(smallWanted[k].from) }
         let fence: CopyFence
         if isFault {
             memory.copyFramesBulk(to: to, from: from)
             fence = .signalled()
         } else {
             fence = memory.copyFramesAsync(on: copyEngine, to: to, from: from)
+        }
+        // The entries after the copy started (the engine copies meanwhile).
+        for k in dpages.indices {
+            let (i, _, write) = smallWanted[k]
+            m.dst[i] = MigratePfn.make(dpages[k].pfn) | write
         }
         machine.stats.count(.bytesCopied, to.count * Int(pageSize))
         return fence
