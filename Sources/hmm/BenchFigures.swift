@@ -370,21 +370,28 @@ struct BenchSuite {
         return (p, cpu, a, d, DmirrorBuffer(size: Int(migrateBytes)))
     }
 
+    /// One MIGRATE_TO_DEV + MIGRATE_TO_SYS of [a, a + bytes), checked (every page to the
+    /// device; `entriesBack` entries back: a THP counts once), as GB/s of both migrations.
+    func migrationRoundTrip(_ d: Dmirror, _ buf: DmirrorBuffer, _ a: UInt64, bytes: UInt64, entriesBack: UInt64) throws -> Double {
+        let npages = bytes / pageSize
+        let t = try seconds {
+            var c = DmirrorCmd(addr: a, npages: npages)
+            try d.ioctl(.migrateToDevice, &c, buffer: buf)
+            guard c.cpages == npages else { throw BenchError(description: "migrated \(c.cpages) of \(npages)") }
+            c = DmirrorCmd(addr: a, npages: npages)
+            try d.ioctl(.migrateToSystem, &c)
+            guard c.cpages == entriesBack else { throw BenchError(description: "migrated back \(c.cpages) entries of \(entriesBack)") }
+        }
+        return Double(2 * bytes) / t / 1e9
+    }
+
     func migrate() throws -> [BenchRow] {
         let bytes = migrateBytes
         let (p, cpu, a, d, buf) = try deviceSetup(extraMiB: 64 + 2 * (bytes >> 20))
         defer { d.close(); release(p, cpu) }
         let npages = bytes / pageSize
         let (swift, base) = try measurePair(reps, { () throws -> Double in
-            let t = try seconds {
-                var c = DmirrorCmd(addr: a, npages: npages)
-                try d.ioctl(.migrateToDevice, &c, buffer: buf)
-                guard c.cpages == npages else { throw BenchError(description: "migrated \(c.cpages) of \(npages)") }
-                c = DmirrorCmd(addr: a, npages: npages)
-                try d.ioctl(.migrateToSystem, &c)
-                guard c.cpages == npages else { throw BenchError(description: "migrated back \(c.cpages) of \(npages)") }
-            }
-            return Double(2 * bytes) / t / 1e9
+            try migrationRoundTrip(d, buf, a, bytes: bytes, entriesBack: npages)
         }, { () throws -> Double in memcpyRate(bytes, copies: 2) })
         // The limit: the three copies the contract makes (to the device, the read-back, back to
         // system memory) by two threads, as a rate of the two migrations' bytes.
@@ -417,20 +424,8 @@ struct BenchSuite {
         let d = try DmirrorModule(machine: m).open(minor: 0, mm: p.mm)
         defer { d.close() }
         let buf = DmirrorBuffer(size: Int(bytes))
-        let npages = bytes / pageSize
-        func roundTrip(_ a: UInt64, entries: UInt64) throws -> Double {
-            let t = try seconds {
-                var c = DmirrorCmd(addr: a, npages: npages)
-                try d.ioctl(.migrateToDevice, &c, buffer: buf)
-                guard c.cpages == npages else { throw BenchError(description: "migrated \(c.cpages) of \(npages)") }
-                c = DmirrorCmd(addr: a, npages: npages)
-                try d.ioctl(.migrateToSystem, &c)
-                guard c.cpages == entries else { throw BenchError(description: "migrated back \(c.cpages) entries of \(entries)") }
-            }
-            return Double(2 * bytes) / t / 1e9
-        }
-        let (thp, base) = try measurePair(reps, { try roundTrip(huge, entries: bytes / pmdSize) },
-                                          { try roundTrip(small, entries: npages) })
+        let (thp, base) = try measurePair(reps, { try migrationRoundTrip(d, buf, huge, bytes: bytes, entriesBack: bytes / pmdSize) },
+                                          { try migrationRoundTrip(d, buf, small, bytes: bytes, entriesBack: bytes / pageSize) })
         return [BenchRow(name: "THP migration to the device and back vs 4 KiB pages, \(bytes >> 20)MiB", unit: "GB/s",
                          value: thp.median, baseline: base.median, spread: (thp.min, thp.max), kind: .rate, target: 2.0)]
     }

@@ -253,22 +253,26 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         memory.putBatch(backing)
     }
 
-    /// Locking: `lock` held. A folio is on the free list at most once.
+    /// A free order-9 folio (its head's pfn) onto `freeFolios`.
+    /// Locking: `lock` held.
     private func pushFreeFolio(_ pfn: UInt64) {
         lock.assertHeld()
-        let p = memory.page(pfn)
-        guard !p.test(.deviceFree) else { return }
-        p.set(.deviceFree)
-        freeFolios.append(pfn)
+        pushFree(pfn, onto: &freeFolios)
     }
 
-    /// Locking: `lock` held. A page is on the free list at most once.
-    private func pushFree(_ pfn: UInt64) {
+    /// Locking: `lock` held. A page (or folio) is on a free list at most once.
+    private func pushFree(_ pfn: UInt64, onto list: inout [UInt64]) {
         lock.assertHeld()
         let p = memory.page(pfn)
         guard !p.test(.deviceFree) else { return }
         p.set(.deviceFree)
-        freePages.append(pfn)
+        list.append(pfn)
+    }
+
+    /// A free small page onto `freePages`. Locking: `lock` held.
+    private func pushFree(_ pfn: UInt64) {
+        lock.assertHeld()
+        pushFree(pfn, onto: &freePages)
     }
 
     /// Records which mirror migrated the data in `backing` (private: the system backing page,

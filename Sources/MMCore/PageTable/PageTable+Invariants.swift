@@ -62,10 +62,7 @@ struct PageTableChecker: PageWalker {
     /// counts as a PMD mapping of the folio.
     private mutating func checkTHPLeaf(_ v: PTE, _ vma: VMA, _ addr: UInt64) {
         let hex = "0x" + String(addr, radix: 16)
-        if !vma.isAnonymous { problems.append("mm \(mm.id): THP leaf at \(hex) in non-anonymous \(vma)") }
-        if addr & (pmdSize - 1) != 0 || addr < vma.start || addr + pmdSize > vma.end {
-            problems.append("mm \(mm.id): THP leaf at \(hex) not inside \(vma) on a 2 MiB boundary")
-        }
+        checkPMDPlacement("THP leaf", vma, addr, hex)
         if v.isSpecial {
             if v.pfn != memory.thp.hugeZeroPfn { problems.append("mm \(mm.id): special PMD at \(hex) is not the huge zero folio") }
             if v.isWrite { problems.append("mm \(mm.id): huge zero folio mapped writable at \(hex)") }
@@ -84,15 +81,20 @@ struct PageTableChecker: PageWalker {
         mappings[v.pfn | PageTableChecker.entireMappingBit, default: 0] += 1
     }
 
+    /// A THP entry of any kind lies whole inside an anonymous VMA, on a 2 MiB boundary.
+    private mutating func checkPMDPlacement(_ what: String, _ vma: VMA, _ addr: UInt64, _ hex: String) {
+        if !vma.isAnonymous { problems.append("mm \(mm.id): \(what) at \(hex) in non-anonymous \(vma)") }
+        if addr & (pmdSize - 1) != 0 || addr < vma.start || addr + pmdSize > vma.end {
+            problems.append("mm \(mm.id): \(what) at \(hex) not inside \(vma) on a 2 MiB boundary")
+        }
+    }
+
     /// A PMD migration entry lies whole inside an anonymous VMA, 2 MiB-aligned, and names the
     /// head of an order-9 folio that is not free; it counts as no mapping. (That the folio is
     /// locked is a step invariant: `checkStepInvariants`.)
     private mutating func checkTHPMigration(_ v: PTE, _ vma: VMA, _ addr: UInt64) {
         let hex = "0x" + String(addr, radix: 16)
-        if !vma.isAnonymous { problems.append("mm \(mm.id): PMD migration entry at \(hex) in non-anonymous \(vma)") }
-        if addr & (pmdSize - 1) != 0 || addr < vma.start || addr + pmdSize > vma.end {
-            problems.append("mm \(mm.id): PMD migration entry at \(hex) not inside \(vma) on a 2 MiB boundary")
-        }
+        checkPMDPlacement("PMD migration entry", vma, addr, hex)
         let pfn = v.swapEntry.pfn
         guard memory.isValidPfn(pfn) else { problems.append("mm \(mm.id): \(hex) names invalid pfn \(pfn)"); return }
         let p = memory.page(pfn)
@@ -110,10 +112,7 @@ struct PageTableChecker: PageWalker {
     /// mapping of the folio.
     private mutating func checkTHPDevicePrivate(_ v: PTE, _ vma: VMA, _ addr: UInt64) {
         let hex = "0x" + String(addr, radix: 16)
-        if !vma.isAnonymous { problems.append("mm \(mm.id): device-private PMD at \(hex) in non-anonymous \(vma)") }
-        if addr & (pmdSize - 1) != 0 || addr < vma.start || addr + pmdSize > vma.end {
-            problems.append("mm \(mm.id): device-private PMD at \(hex) not inside \(vma) on a 2 MiB boundary")
-        }
+        checkPMDPlacement("device-private PMD", vma, addr, hex)
         let pfn = v.swapEntry.pfn
         guard memory.isValidPfn(pfn) else { problems.append("mm \(mm.id): \(hex) names invalid pfn \(pfn)"); return }
         let p = memory.page(pfn)

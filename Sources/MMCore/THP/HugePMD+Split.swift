@@ -62,12 +62,8 @@ extension AddressSpace {
             // gains a reference per extra PTE. Not present: no TLB flush.
             let s = old.swapEntry
             let folio = memory.page(s.pfn)
-            let exclusive = folio.test(.anonExclusive)
-            folio.refcountWord.add(Int32(folio.folioPages) - 1)
+            addPTEMappingsOfSplitFolio(folio)
             for i in 0..<folio.folioPages {
-                let p = memory.page(folio.pfn + i)
-                memory.addRmap(p)
-                if exclusive && i > 0 { p.set(.anonExclusive) }
                 (ptes + Int(i)).store(SwapEntry.devicePrivate(pfn: folio.pfn + i, write: s.isWrite).pte(softDirty: old.isSoftDirty))
             }
             pmd.store(.table(pgtable.pfn))
@@ -80,14 +76,7 @@ extension AddressSpace {
             // The accounting comes first: once the table is in, a PTE-level walker (a zap, a
             // COW fault) holding only its PTE lock may drop a mapping at once. The PMD lock
             // and the PMD mapping's reference keep the folio meanwhile.
-            let folio = memory.page(old.pfn)
-            let exclusive = folio.test(.anonExclusive)
-            folio.refcountWord.add(Int32(folio.folioPages) - 1)
-            for i in 0..<folio.folioPages {
-                let p = memory.page(folio.pfn + i)
-                memory.addRmap(p)
-                if exclusive && i > 0 { p.set(.anonExclusive) }
-            }
+            addPTEMappingsOfSplitFolio(memory.page(old.pfn))
         }
         while true {
             let keep = old.raw & ~(PTE.huge | PTE.pfnMask)
@@ -106,6 +95,20 @@ extension AddressSpace {
         }
         stats.count(.thpSplitPMD)
         return true
+    }
+
+    /// The accounting of a PMD split (`folio_add_anon_rmap_ptes` + `folio_ref_add`): each page
+    /// of the folio gains a PTE mapping and the folio's exclusivity, the folio a reference per
+    /// PTE beyond the PMD mapping's one. Locking: the PMD table's lock held.
+    private func addPTEMappingsOfSplitFolio(_ folio: Page) {
+        Lockdep.assertSpinLockHeld()
+        let exclusive = folio.test(.anonExclusive)
+        folio.refcountWord.add(Int32(folio.folioPages) - 1)
+        for i in 0..<folio.folioPages {
+            let p = memory.page(folio.pfn + i)
+            memory.addRmap(p)
+            if exclusive && i > 0 { p.set(.anonExclusive) }
+        }
     }
 
     /// `vma_adjust_trans_huge` for a VMA boundary moving to `address`: a THP leaf that would
