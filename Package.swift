@@ -33,12 +33,14 @@ let package = Package(
         .target(name: "Conformance", dependencies: ["MMSync", "MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "Scenario", dependencies: ["MMSync", "MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "NativeBaselines"),
+        // The real Linux 7.2 beside the model (issue 18): runs tools/kernel-oracle and compares.
+        .target(name: "KernelOracle"),
         // The host kernel's side of the differential test (issue 9.9): plays system calls.
         .executableTarget(name: "HostOracle"),
         .executableTarget(
             name: "hmm",
             dependencies: [
-                "MMSync", "MMCore", "HMM", "Devices", "Conformance", "Scenario", "Explorer", "NativeBaselines",
+                "MMSync", "MMCore", "HMM", "Devices", "Conformance", "Scenario", "Explorer", "NativeBaselines", "KernelOracle",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fast),
@@ -47,7 +49,7 @@ let package = Package(
         .testTarget(name: "MMCoreTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices"]),
         .testTarget(name: "HMMTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices", "Conformance"]),
         // `hmm` is a dependency so the tests that run it as a subprocess find it built.
-        .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore", "MMSync", "hmm"]),
+        .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore", "MMSync", "KernelOracle", "hmm"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Conformance
+import KernelOracle
 
 /// `hmm selftest`: the kernel's HMM selftests against the model.
 struct Selftest: ParsableCommand {
@@ -33,6 +34,19 @@ struct Selftest: ParsableCommand {
     @Option(help: "Largest size benchmark_thp_migration runs, in MiB (the kernel's list ends at 256).")
     var benchmarkMaxMib: Int = 256
 
+    @Flag(help: ArgumentHelp("Also run the kernel's own hmm-tests on Linux 7.2 under QEMU (tools/kernel-oracle/oracle.sh, prepared beforehand) and print both results side by side per case.",
+                             discussion: "Exit status 1 when a case differs or swift-hmm fails one, 2 when the oracle cannot run."))
+    var oracle = false
+
+    @Option(help: ArgumentHelp("With --oracle: read the kernel's results from this file (what 'oracle.sh selftests' printed) instead of booting the VM.", valueName: "file"))
+    var oracleOutput: String?
+
+    @Option(help: ArgumentHelp("With --oracle: save what the kernel printed to this file.", valueName: "file"))
+    var saveOracleOutput: String?
+
+    @Flag(help: "With --oracle: run the coherent variant on the kernel too (test_hmm gets special-purpose memory carved out of the VM's RAM; see docs/kernel-oracle.md for how far to trust it).")
+    var oracleCoherent = false
+
     func run() throws {
         let variants: [Variant]
         switch variant {
@@ -42,15 +56,17 @@ struct Selftest: ParsableCommand {
         }
         guard benchmarkMaxMib > 0 else { throw ValidationError("--benchmark-max-mib must be positive") }
         SelftestSuite.benchmarkMaxBytes = benchmarkMaxMib << 20
-        let json = format == .json
+        let json = format == .json || oracle || oracleOutput != nil  // the table goes to standard error then
         SelftestSuite.benchmarkReport = { rows in
             let text = (["benchmark_thp_migration: round trip (to device and back), mean of 5"] + rows).map { "# " + $0 }
             for line in text { if json { BenchRecord.printError(line) } else { out(line) } }
         }
-        let runner = SelftestRunner(variants: variants, filter: filter, format: format)
+        let withOracle = oracle || oracleOutput != nil
+        let runner = SelftestRunner(variants: variants, filter: filter, format: withOracle ? .json : format)
         if runner.selected.isEmpty {
             throw ValidationError("--filter '\(filter ?? "")' matches no test")
         }
+        if withOracle { return try runWithOracle(runner, variants: variants) }
         let lockdepReports = LockdepSession(on: lockdep)
         let results = runner.run { out($0) }
         if format == .json {
@@ -61,7 +77,8 @@ struct Selftest: ParsableCommand {
                     .object([("number", .int(i + 1)), ("name", .string(r.name)), ("result", .string(r.outcome.rawValue)),
                              ("seconds", .double((r.seconds * 1000).rounded() / 1000)), ("message", r.message.map { .string($0) } ?? .null)])
                 })),
-                ("summary", .object([("passed", .int(count(.pass))), ("failed", .int(count(.fail))), ("skipped", .int(count(.skip)))])),
+                ("summary", .object([("passed", .int(count(.pass))), ("failed", .int(count(.fail))), ("skipped", .int(count(.skip))),
+                                     ("expectedFailures", .int(count(.xfail)))])),
             ]).text())
         }
         if lockdepReports.finish() > 0 || results.contains(where: { $0.outcome == .fail }) { throw ExitCode(1) }
@@ -73,3 +90,63 @@ extension SelftestRunner.Format: ExpressibleByArgument {}
 #if canImport(Glibc)
 import Glibc
 #endif
+
+extension Selftest {
+    /// `--oracle`: the kernel's results (from the VM, or a recorded run) beside the model's.
+    func runWithOracle(_ runner: SelftestRunner, variants: [Variant]) throws {
+        let kernelText: String
+        if let file = oracleOutput {
+            guard let text = BenchRecord.readFile(file) else { throw ValidationError("--oracle-output: cannot read \(file)") }
+            kernelText = text
+        } else {
+            var args = ["selftests"]
+            if oracleCoherent && variants.contains(.deviceCoherent) { args.append("--coherent") }
+            if let filter { args += ["--filter", filter] }
+            do { kernelText = try OracleScript.locate().run(args) } catch {
+                if case .failed(_, let output) = error, !output.isEmpty { BenchRecord.printError(output) }
+                BenchRecord.printError("hmm selftest --oracle: \(error)")
+                throw ExitCode(2)
+            }
+        }
+        if let save = saveOracleOutput {
+            guard let f = fopen(save, "w") else { throw ValidationError("--save-oracle-output: cannot write \(save)") }
+            fputs(kernelText, f); fclose(f)
+        }
+        let kernel: KernelSelftestRun
+        do { kernel = try KernelSelftestRun.parse(kernelText) } catch {
+            BenchRecord.printError("hmm selftest --oracle: \(error)")
+            throw ExitCode(2)
+        }
+        let kernelVariants = Set(kernel.cases.map { String($0.name.split(separator: ".")[1]) })
+        let lockdepReports = LockdepSession(on: lockdep)
+        let results = runner.run { _ in }
+        let model = results.map { SelftestComparison.ModelCase(name: $0.name, outcome: $0.outcome.rawValue, seconds: $0.seconds, message: $0.message) }
+        let comparison = SelftestComparison(kernel: kernel, model: model) { name in
+            let variant = name.split(separator: ".").dropFirst().first.map(String.init) ?? ""
+            if variant.hasSuffix("coherent") && !kernelVariants.contains(variant) {
+                return "not run (the coherent devices need special-purpose memory: --oracle-coherent)"
+            }
+            return "no result in the kernel's output"
+        }
+        if format == .json {
+            out(JSON.object([
+                ("format", .string("hmm-selftest-oracle")), ("version", .int(1)),
+                ("kernel", kernel.kernelRelease.map { .string($0) } ?? .null),
+                ("cases", .array(comparison.rows.map { r in
+                    .object([("name", .string(r.name)),
+                             ("kernel", r.kernel.map { .string($0.outcome.rawValue) } ?? .null),
+                             ("kernelSeconds", r.kernel.map { .double($0.seconds) } ?? .null),
+                             ("kernelDetail", r.kernel?.detail.map { .string($0) } ?? .null),
+                             ("model", r.model.map { .string($0.outcome) } ?? .null),
+                             ("modelSeconds", r.model.map { .double(($0.seconds * 1000).rounded() / 1000) } ?? .null),
+                             ("verdict", .string(r.verdict.rawValue)), ("note", r.note.map { .string($0) } ?? .null)])
+                })),
+                ("summary", .object([("same", .int(comparison.count(.same))), ("different", .int(comparison.count(.different))),
+                                     ("notCompared", .int(comparison.count(.notCompared)))])),
+            ]).text())
+        } else {
+            for line in comparison.text() { out(line) }
+        }
+        if lockdepReports.finish() > 0 || comparison.count(.different) > 0 { throw ExitCode(1) }
+    }
+}

@@ -117,7 +117,8 @@ unpack_sources() {
     dpkg-deb -x "$src" "$CACHE/src/deb"
     local tarball; tarball=$(ls "$CACHE"/src/deb/usr/src/linux-source-*.tar.xz | head -1)
     tar -xJf "$tarball" -C "$CACHE/src" --strip-components=1 --wildcards \
-        '*/lib/test_hmm.c' '*/lib/test_hmm_uapi.h' '*/tools/testing/selftests/*' '*/tools/include/*' '*/tools/arch/x86/*' '*/mm/gup_test.h'
+        '*/lib/test_hmm.c' '*/lib/test_hmm_uapi.h' '*/tools/testing/selftests/*' '*/tools/include/*' '*/tools/arch/x86/*' \
+        '*/mm/gup_test.h' '*/mm/gup_test.c'
     rm -rf "$CACHE/src/deb"
     touch "$stamp"
 }
@@ -141,6 +142,27 @@ build_module() {
     in_root "make -C /usr/src/linux-headers-$KVER M=/build/test_hmm CC=gcc-14 HOSTCC=gcc-14 CONFIG_DEBUG_INFO_BTF_MODULES= modules" \
         > "$CACHE/module.log" 2>&1 || { tail -30 "$CACHE/module.log" >&2; die "test_hmm.ko did not build (log: $CACHE/module.log)"; }
     cp "$ROOT/build/test_hmm/test_hmm.ko" "$OUT/"
+    # mm/gup_test.c as a module (Debian's kernel has no CONFIG_GUP_TEST): hmm_gup_test needs
+    # /sys/kernel/debug/gup_test. linux/module.h makes its late_initcall a module_init; a
+    # second file gives the module its license and get_pfnblock_migratetype, which the kernel
+    # does not export: gup_test's only use of it is the WARN that a long-term pinned page is
+    # not in a CMA pageblock, and this VM has no CMA area, so every block is MIGRATE_MOVABLE.
+    rm -rf "$ROOT/build/gup_test" && mkdir -p "$ROOT/build/gup_test"
+    cp "$CACHE/src/mm/gup_test.c" "$CACHE/src/mm/gup_test.h" "$ROOT/build/gup_test/"
+    cat > "$ROOT/build/gup_test/gup_test_license.c" <<'EOF'
+#include <linux/module.h>
+#include <linux/mmzone.h>
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("mm/gup_test.c for the swift-hmm kernel oracle");
+enum migratetype get_pfnblock_migratetype(const struct page *page, unsigned long pfn)
+{
+	return MIGRATE_MOVABLE;
+}
+EOF
+    printf 'obj-m := gup_test_oracle.o\ngup_test_oracle-y := gup_test.o gup_test_license.o\nCFLAGS_gup_test.o := -include linux/module.h\n' > "$ROOT/build/gup_test/Kbuild"
+    in_root "make -C /usr/src/linux-headers-$KVER M=/build/gup_test CC=gcc-14 HOSTCC=gcc-14 CONFIG_DEBUG_INFO_BTF_MODULES= modules" \
+        > "$CACHE/gup_test.log" 2>&1 || { tail -30 "$CACHE/gup_test.log" >&2; die "gup_test_oracle.ko did not build (log: $CACHE/gup_test.log)"; }
+    cp "$ROOT/build/gup_test/gup_test_oracle.ko" "$OUT/"
     touch "$stamp"
 }
 
@@ -174,13 +196,17 @@ build_runner() {
 
 make_initramfs() {
     local stamp=$CACHE/stamps/initramfs
-    [ -f "$stamp" ] && [ "$stamp" -nt "$HERE/init" ] && return 0
+    if [ -f "$stamp" ] && [ "$stamp" -nt "$HERE/init" ]; then
+        local f newer=0
+        for f in "$OUT"/*.ko "$OUT"/hmm-tests "$OUT"/hmm-oracle-runner; do [ -f "$f" ] && [ "$f" -nt "$stamp" ] && newer=1; done
+        [ $newer = 0 ] && return 0
+    fi
     say "making the busybox initramfs"
     local d=$CACHE/initramfs; rm -rf "$d"; mkdir -p "$d"/{bin,sbin,proc,sys,dev,tmp,oracle,lib,mnt/huge}
     cp /bin/busybox "$d/bin/busybox"
     for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$d/bin/$a"; done
     cp "$HERE/init" "$d/init" && chmod +x "$d/init"
-    cp "$OUT/test_hmm.ko" "$d/lib/"
+    cp "$OUT/test_hmm.ko" "$OUT/gup_test_oracle.ko" "$d/lib/"
     cp "$OUT/hmm-tests" "$d/bin/"
     [ -f "$OUT/hmm-oracle-runner" ] && cp "$OUT/hmm-oracle-runner" "$d/bin/"
     (cd "$d" && find . | cpio -o -H newc --quiet | gzip -1 > "$OUT/initramfs.cpio.gz")

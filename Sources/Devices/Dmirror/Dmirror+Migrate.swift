@@ -162,7 +162,13 @@ extension Dmirror {
             let m = MigrateVMA(vma: vma, start: start, end: next, pgmapOwner: device, flags: device.selectDevice.union(.compound),
                                notifierOwner: self)
             try m.setup()
-            return (m, device.allocAndCopyToSystem(m, mirror: self, isFault: false, makeRoom: makeRoom) ?? .signalled())
+            // dmirror_migrate_to_system: a failed alloc-and-copy finalizes the batch (nothing
+            // moved) and the command fails with ENOMEM.
+            guard let fence = device.allocAndCopyToSystem(m, mirror: self, isFault: false, makeRoom: makeRoom) else {
+                m.finalize()
+                throw .ENOMEM
+            }
+            return (m, fence)
         }, finish: { [self] m in
             m.pages()
             let n = m.migratedCount

@@ -314,11 +314,14 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// `dmirror_devmem_fault_alloc_and_copy`: for each selected device page, a system page with
     /// its data; the mirror's entry for the address is erased. A CPU fault copies here; a
     /// command's batch copies on the copy engine (wait on the fence before `pages`).
-    /// Return: nil if a single-page allocation failed during a CPU fault (VM_FAULT_OOM).
+    /// Return: nil (VM_FAULT_OOM) if FAIL_ALLOC hit a small page, or if a single-page
+    /// allocation failed during a CPU fault.
     /// `makeRoom` as for `Dmirror.allocAndCopyToDevice`.
     func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool, makeRoom: () -> Void = {}) -> CopyFence? {
-        // One round on the mirror's lock for the batch: FAIL_ALLOC makes the first large
-        // allocation fail (for single pages it is just consumed); the entries of the pages
+        // One round on the mirror's lock for the batch: FAIL_ALLOC makes the allocation for
+        // the first selected page fail. For a large one the driver falls back to small pages;
+        // for a small one it is VM_FAULT_OOM (Linux 7.2's dmirror_devmem_fault_alloc_and_copy:
+        // `!dpage && !order`), before any entry is erased. Otherwise the entries of the pages
         // that move are erased before their data is copied.
         let selected = m.src.indices.filter { i in
             m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.src[i]).map { memory.page($0).isZoneDevice } == true
@@ -326,13 +329,19 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         guard !selected.isEmpty else { return .signalled() }
         let owner = mirror ?? owner(ofBacking: backingPage(memory.page(MigratePfn.pfn(m.src[selected[0]])!)).pfn)
         var failAlloc = false
+        var injectedOOM = false
         owner?.mutex.withLock {
             failAlloc = owner!.flags & DmirrorFlag.failAlloc != 0
             owner!.flags &= ~DmirrorFlag.failAlloc
+            if failAlloc && m.src[selected[0]] & MigratePfn.compound == 0 { injectedOOM = true; return }
             for i in selected {
                 let n = m.src[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
                 for k in 0..<n { owner!.pt[(m.start >> pageShift) + UInt64(i + k)] = nil }
             }
+        }
+        if injectedOOM {
+            for i in m.dst.indices { m.dst[i] = 0 }
+            return nil
         }
         // Large sources first: an order-9 folio each, or (FAIL_ALLOC once, or no 2 MiB free)
         // 512 small pages, without COMPOUND (the folio is then split by migrate_vma_pages).

@@ -1,0 +1,105 @@
+import Foundation
+import XCTest
+import KernelOracle
+
+/// The kernel oracle's comparison logic, on output recorded from a real run of Linux 7.2's
+/// hmm-tests under QEMU (`tools/kernel-oracle/fixtures/`), and on hand-made cases for every
+/// verdict. The VM itself runs only when HMM_ORACLE=1 (`.ci/run`).
+final class KernelOracleTests: XCTestCase {
+    static let fixture = "\(packageRoot)/tools/kernel-oracle/fixtures/hmm-tests-private-7.2.12+deb13.txt"
+
+    func testTheRecordedKernelRunParsesToItsExactResults() throws {
+        let text = try String(contentsOfFile: Self.fixture, encoding: .utf8)
+        let run = try KernelSelftestRun.parse(text)
+        XCTAssertEqual(run.kernelRelease, "7.2.12+deb13-amd64")
+        XCTAssertEqual(run.cases.count, 38)
+        // Every case passes, hmm_gup_test too (the oracle builds mm/gup_test.c as a module).
+        XCTAssertEqual(run.cases.filter { $0.outcome == .pass }.count, 38)
+        XCTAssertEqual(run.outcome(of: "hmm.hmm_device_private.hmm_gup_test")?.outcome, .pass)
+        XCTAssertEqual(run.cases.first?.name, "hmm.hmm_device_private.open_close")
+        XCTAssertEqual(run.outcome(of: "hmm.hmm_device_private.benchmark_thp_migration")?.seconds, 78.05)
+        XCTAssertEqual(Set(run.cases.filter { $0.name.hasPrefix("hmm2.") }.map(\.name)),
+                       ["hmm2.hmm2_device_private.migrate_mixed", "hmm2.hmm2_device_private.snapshot", "hmm2.hmm2_device_private.double_map"])
+    }
+
+    func testEveryVerdict() throws {
+        let text = """
+            ok 1 hmm.v.a
+            @@CASE hmm.v.a 0 1.00 1.25
+            # hmm-tests.c:99:b:Expected 0 (0) == ret (-14)
+            # b: Test failed
+            #          FAIL  hmm.v.b
+            not ok 1 hmm.v.b
+            @@CASE hmm.v.b 1 2.00 2.50
+            ok 1 hmm.v.c # SKIP no driver
+            @@CASE hmm.v.c 0 3.00 3.00
+            Segmentation fault
+            @@CASE hmm.v.d 139 4.00 4.10
+            ok 1 hmm.v.e
+            @@CASE hmm.v.e 0 5.00 5.01
+            ok 1 hmm.v.k
+            @@CASE hmm.v.k 0 6.00 6.01
+            @@KERNEL 7.2.12-test
+            """
+        let kernel = try KernelSelftestRun.parse(text)
+        XCTAssertEqual(kernel.cases.map(\.outcome), [.pass, .fail, .skip, .error, .pass, .pass])
+        XCTAssertEqual(kernel.outcome(of: "hmm.v.b")?.detail, "hmm-tests.c:99:b:Expected 0 (0) == ret (-14); b: Test failed")
+        XCTAssertEqual(kernel.outcome(of: "hmm.v.d")?.detail, "no result line (exit status 139): Segmentation fault")
+        XCTAssertEqual(kernel.outcome(of: "hmm.v.b")?.seconds, 0.5)
+        let model: [SelftestComparison.ModelCase] = [
+            .init(name: "hmm.v.a", outcome: "pass", seconds: 0.01, message: nil),
+            .init(name: "hmm.v.b", outcome: "pass", seconds: 0.01, message: nil),
+            .init(name: "hmm.v.c", outcome: "pass", seconds: 0.01, message: nil),
+            .init(name: "hmm.v.d", outcome: "pass", seconds: 0.01, message: nil),
+            .init(name: "hmm.v.e", outcome: "fail", seconds: 0.01, message: "x.swift:1: cpages: got 1, expected 2"),
+            .init(name: "hmm.w.f", outcome: "pass", seconds: 0.01, message: nil),
+            .init(name: "hmm.w.g", outcome: "fail", seconds: 0.01, message: "boom"),
+        ]
+        let c = SelftestComparison(kernel: kernel, model: model) { _ in "not run here" }
+        XCTAssertEqual(c.rows.map(\.name), ["hmm.v.a", "hmm.v.b", "hmm.v.c", "hmm.v.d", "hmm.v.e", "hmm.w.f", "hmm.w.g", "hmm.v.k"])
+        XCTAssertEqual(c.rows.map(\.verdict), [.same, .different, .notCompared, .different, .different, .notCompared, .different, .notCompared])
+        XCTAssertEqual(c.rows[1].note, "the kernel fails (hmm-tests.c:99:b:Expected 0 (0) == ret (-14); b: Test failed); swift-hmm passes")
+        XCTAssertEqual(c.rows[2].note, "the kernel skipped it: no driver")
+        XCTAssertEqual(c.rows[4].note, "the kernel passes; swift-hmm fails (x.swift:1: cpages: got 1, expected 2)")
+        XCTAssertEqual(c.rows[5].note, "kernel: not run here")
+        XCTAssertEqual(c.rows[7].note, "swift-hmm did not run it (filtered out, or not in its suite)")
+        XCTAssertEqual([c.count(.same), c.count(.different), c.count(.notCompared)], [1, 4, 3])
+        XCTAssertEqual(c.text().last, "# 1 same, 4 different, 3 not compared; kernel 0.870 s, swift-hmm 0.070 s")
+    }
+
+    func testMalformedOracleOutputIsAnErrorWithItsLine() {
+        XCTAssertThrowsError(try KernelSelftestRun.parse("ok 1 x\n@@CASE hmm.v.a zero 1 2\n")) { e in
+            XCTAssertEqual((e as? KernelSelftestRun.ParseError)?.line, 2)
+        }
+        XCTAssertThrowsError(try KernelSelftestRun.parse("@@CASE a 0 1 2\n")) { e in
+            XCTAssertEqual((e as? KernelSelftestRun.ParseError)?.message, "expected a FIXTURE.VARIANT.TEST name, got 'a'")
+        }
+        XCTAssertThrowsError(try KernelSelftestRun.parse("@@CASE hmm.v.a 0 1 2\n@@CASE hmm.v.a 0 2 3\n")) { e in
+            XCTAssertEqual((e as? KernelSelftestRun.ParseError)?.message, "case hmm.v.a reported twice")
+        }
+        XCTAssertThrowsError(try KernelSelftestRun.parse("@@CASE hmm.v.a 0 5 2\n"))
+    }
+
+    /// `hmm selftest --oracle-output FIXTURE`: the whole command on the recorded kernel run;
+    /// every private case agrees with the kernel.
+    func testTheSelftestCommandComparesWithTheRecordedKernelRun() throws {
+        let r = HMMBinary.run(["selftest", "--variant", "private", "--oracle-output", Self.fixture, "--benchmark-max-mib", "1"], timeout: 600)
+        XCTAssertEqual(r.status, 0, r.output)
+        let lines = r.output.split(separator: "\n").map(String.init)
+        XCTAssertTrue(lines.last?.hasPrefix("# 38 same, 0 different, 0 not compared;") == true, lines.last ?? "")
+        XCTAssertTrue(lines.contains("kernel: Linux 7.2.12+deb13-amd64 under QEMU; swift-hmm: this build"), r.output)
+        for name in ["hmm2.hmm2_device_private.snapshot", "hmm.hmm_device_private.hmm_gup_test", "hmm.hmm_device_private.exclusive_cow"] {
+            let row = lines.first { $0.hasPrefix(name + " ") } ?? ""
+            XCTAssertTrue(row.contains(" pass ") && row.hasSuffix(" same"), row)
+        }
+        let bad = HMMBinary.run(["selftest", "--oracle-output", "/nonexistent/oracle.txt"])
+        XCTAssertEqual(bad.status, 64, bad.output)
+        XCTAssertTrue(bad.output.contains("--oracle-output: cannot read /nonexistent/oracle.txt"), bad.output)
+        let garbage = "/tmp/hmm-oracle-garbage-\(getpid()).txt"
+        defer { unlink(garbage) }
+        XCTAssertTrue(FileManager.default.createFile(atPath: garbage, contents: Data("@@CASE hmm.x.y 0 2 1\n".utf8)))
+        let g = HMMBinary.run(["selftest", "--filter", "open_close", "--oracle-output", garbage])
+        XCTAssertEqual(g.status, 2, g.output)
+        XCTAssertTrue(g.output.contains("kernel oracle output, line 1: expected '@@CASE NAME STATUS T0 T1'"), g.output)
+    }
+}
