@@ -17,6 +17,9 @@ public struct Selftest: Sendable {
     /// and the failure the model must report: the case is an expected failure (TAP `# TODO`);
     /// passing it, or failing elsewhere, is a failure.
     public var expectedFailure: [Variant: ExpectedFailure] = [:]
+    /// Variants in which the kernel's result differs from the model's for a reason listed in
+    /// docs/linux-divergences.md: the divergence's id (the kernel oracle reports it as such).
+    public var divergence: [Variant: String] = [:]
 
     /// The kselftest name, `hmm.hmm_device_private.anon_read`.
     public func fullName(_ v: Variant) -> String {
@@ -95,7 +98,8 @@ public enum SelftestSuite {
                         + "4 KiB page is VM_FAULT_OOM",
                     failure: "MIGRATE_TO_SYS with FAIL_ALLOC: got -12, expected 0")]),
         Selftest(number: 37, name: "migrate_anon_huge_zero_err", twoDevices: false, needs: nil, body: migrateAnonHugeZeroErr),
-        Selftest(number: 38, name: "benchmark_thp_migration", twoDevices: false, needs: nil, body: benchmarkTHPMigration),
+        Selftest(number: 38, name: "benchmark_thp_migration", twoDevices: false, needs: nil, body: benchmarkTHPMigration,
+                 divergence: [.deviceCoherent: "D19"]),
     ]
 
     // MARK: T02–T07

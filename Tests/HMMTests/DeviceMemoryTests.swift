@@ -34,6 +34,26 @@ final class DeviceMemoryTests: XCTestCase {
         env.finish([d0])
     }
 
+    /// FAIL_ALLOC towards system memory, as Linux 7.2's dmirror_devmem_fault_alloc_and_copy:
+    /// on a 4 KiB device page it is VM_FAULT_OOM, so MIGRATE_TO_SYS fails with ENOMEM, moves
+    /// nothing and leaves the mirror's entries; the flag is consumed, so the next one moves all.
+    func testFailAllocTowardsSystemMemoryOnASmallPageIsENOMEM() throws {
+        let env = try HMMEnv()
+        let (a, d0) = try env.migratedRegion(4)
+        var f = DmirrorCmd(addr: a, npages: DmirrorFlag.failAlloc)
+        try d0.ioctl(.flags, &f)
+        var m = DmirrorCmd(addr: a, npages: 4)
+        XCTAssertThrowsError(try d0.ioctl(.migrateToSystem, &m)) { XCTAssertEqual($0 as? Errno, .ENOMEM) }
+        XCTAssertEqual(d0.mutex.withLock { d0.flags }, 0, "the flag is consumed")
+        XCTAssertEqual(try env.mm.pagemap(a, count: 4).filter(\.isPresent).count, 0, "still on the device")
+        XCTAssertEqual(d0.mutex.withLock { (0..<4).filter { d0.pt[(a >> pageShift) + UInt64($0)] != nil }.count }, 4, "entries kept")
+        var again = DmirrorCmd(addr: a, npages: 4)
+        try d0.ioctl(.migrateToSystem, &again)
+        XCTAssertEqual(again.cpages, 4)
+        XCTAssertEqual(try env.mm.pagemap(a, count: 4).filter(\.isPresent).count, 4)
+        env.finish([d0])
+    }
+
     /// Two batches in flight must not need more memory than one at a time: with free RAM for
     /// one batch but not two, the whole range still migrates both ways.
     func testMigrationWithRoomForOneBatchOnly() throws {

@@ -281,7 +281,10 @@ run_vm() {
     tr -d '\r' < "$w/out" > "$w/out.txt" 2>/dev/null || : > "$w/out.txt"
     local rc; rc=$(sed -n 's/^@@ORACLE-EXIT \([0-9]*\)$/\1/p' "$w/out.txt" | tail -1)
     sed '/^@@ORACLE-EXIT /,$d' "$w/out.txt"
-    if grep -qE "BUG:|Oops:|WARNING:|Kernel panic" "$w/console" 2>/dev/null; then
+    if grep -q "^@@ORACLE-DMESG " "$w/out.txt"; then
+        say "the kernel log has warnings (console: $CACHE/last-console.log; 'dmesg' inside the VM for all of it):"
+        sed -n 's/^@@ORACLE-DMESG /  /p' "$w/out.txt" | sort | uniq -c | head -10 >&2
+    elif grep -qE "BUG:|Oops:|WARNING:|Kernel panic" "$w/console" 2>/dev/null; then
         say "the kernel log has a BUG/Oops/WARNING (console: $CACHE/last-console.log):"
         grep -E "BUG:|Oops:|WARNING:|Kernel panic" "$w/console" | head -5 >&2
     fi
