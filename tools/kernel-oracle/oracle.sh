@@ -94,7 +94,7 @@ make_root() {
     [ -f "$stamp" ] && return 0
     [ "$(id -u)" = 0 ] || die "debootstrap needs root (run prepare as root once; later runs reuse the cache)"
     rm -rf "$ROOT"
-    say "debootstrap trixie (gcc-14, make, libc6-dev, linux-libc-dev) into $ROOT — a few minutes"
+    say "debootstrap trixie (gcc-14, make, libc6-dev, linux-libc-dev) into $ROOT (about a minute)"
     debootstrap --variant=minbase --include=gcc-14,make,libc6-dev,linux-libc-dev,bc,kmod,libelf-dev \
         trixie "$ROOT" "$MIRROR" > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
     touch "$stamp"
@@ -283,7 +283,7 @@ run_vm() {
     sed '/^@@ORACLE-EXIT /,$d' "$w/out.txt"
     if grep -q "^@@ORACLE-DMESG " "$w/out.txt"; then
         say "the kernel log has warnings (console: $CACHE/last-console.log; 'dmesg' inside the VM for all of it):"
-        sed -n 's/^@@ORACLE-DMESG /  /p' "$w/out.txt" | sort | uniq -c | head -10 >&2
+        sed -n 's/^@@ORACLE-DMESG \[ *[0-9.]*\] /  /p' "$w/out.txt" | sort | uniq -c | sort -rn | head -10 >&2
     elif grep -qE "BUG:|Oops:|WARNING:|Kernel panic" "$w/console" 2>/dev/null; then
         say "the kernel log has a BUG/Oops/WARNING (console: $CACHE/last-console.log):"
         grep -E "BUG:|Oops:|WARNING:|Kernel panic" "$w/console" | head -5 >&2
