@@ -37,16 +37,9 @@ public struct SelftestRunner {
             let r: Result
             if let needs = test.needs {
                 r = Result(name: name, outcome: .skip, message: "needs huge pages (\(needs))", seconds: 0)
-            } else if let failure = test.run(variant) {
-                if let x = test.expectedFailure[variant], failure.message.contains(x.failure) {
-                    r = Result(name: name, outcome: .xfail, message: "\(x.reason); got \(failure.description)", seconds: elapsed(t0))
-                } else {
-                    r = Result(name: name, outcome: .fail, message: failure.description, seconds: elapsed(t0))
-                }
-            } else if let x = test.expectedFailure[variant] {
-                r = Result(name: name, outcome: .fail, message: "passed, but Linux 7.2 fails it (\(x.failure)): \(x.reason)", seconds: elapsed(t0))
             } else {
-                r = Result(name: name, outcome: .pass, message: nil, seconds: elapsed(t0))
+                let (outcome, message) = test.classify(variant, test.run(variant))
+                r = Result(name: name, outcome: outcome, message: message, seconds: elapsed(t0))
             }
             results.append(r)
             guard format == .tap else { continue }

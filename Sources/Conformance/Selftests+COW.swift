@@ -25,15 +25,21 @@ extension SelftestSuite {
         let b = try f.anonBuffer(size: size)
         try f.fill(b, idx)
         try f.expectCommand(f.fd, .exclusive, b, npages, "EXCLUSIVE")
+        // Both processes alive, as in the kernel's test: the child increments, then the
+        // parent, then the child sees its own copy still (each write copied its page).
         let child = try f.process.fork()
-        let childResult: Result<Void, Error> = Result {
-            let ccpu = child.makeCPU()
-            defer { ccpu.detach() }
-            try incrementAll(f, ccpu, b.ptr, size: size, "child")
+        let ccpu = child.makeCPU()
+        let childResult: Result<Void, Error> = Result { try incrementAll(f, ccpu, b.ptr, size: size, "child") }
+        let parentResult: Result<Void, Error> = Result { try incrementAll(f, f.cpu, b.ptr, size: size, "parent") }
+        let childAgain: Result<Void, Error> = Result {
+            try f.expectInts(try f.ints(ccpu, b.ptr, count: size / 4), { Int32($0 + 1) }, "child after the parent's increment")
         }
+        ccpu.detach()
         child.exit()
-        if case .failure(let e) = childResult { throw SelftestFailure(message: "child did not exit normally: \(e)", file: #fileID, line: #line) }
-        try incrementAll(f, f.cpu, b.ptr, size: size, "parent")
+        for case .failure(let e) in [childResult, childAgain] {
+            throw SelftestFailure(message: "child did not exit normally: \(e)", file: #fileID, line: #line)
+        }
+        try parentResult.get()
         try f.process.munmap(b.ptr, length: UInt64(size))
     }
 

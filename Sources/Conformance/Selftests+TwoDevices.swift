@@ -7,6 +7,12 @@ import MMCore
 /// out; they are ported from Linux 7.2's `tools/testing/selftests/mm/hmm-tests.c` so that the
 /// kernel oracle compares every case of the real suite.
 extension SelftestSuite {
+    /// The `hmm2` fixture's second device (`self->fd1`).
+    private static func secondDevice(_ f: Fixture) throws -> Dmirror {
+        guard let fd1 = f.fd1 else { throw SelftestFailure(message: "hmm2 fixture without a second device", file: #fileID, line: #line) }
+        return fd1
+    }
+
     /// A PROT_NONE anonymous mapping of `npages`, as the two tests below start.
     private static func reserve(_ f: Fixture, npages: Int, mirrorSize: Int? = nil) throws -> Fixture.Buffer {
         let p = try f.process.mmap(length: UInt64(npages * f.pageSize), prot: .none, flags: [.private, .anonymous])
@@ -32,7 +38,7 @@ extension SelftestSuite {
     /// with a hole are EINVAL; pages 2–5 (zero page, read-only, writable) migrate to device 1;
     /// page 5, now on device 1, is not migrated to device 0 (ENOENT).
     static func migrateMixed(_ f: Fixture) throws {
-        guard let fd1 = f.fd1 else { throw SelftestFailure(message: "hmm2 fixture without a second device", file: #fileID, line: #line) }
+        let fd1 = try secondDevice(f)
         let npages = 6, ps = UInt64(f.pageSize)
         let b = try reserve(f, npages: npages)
         let p = b.ptr
@@ -55,7 +61,7 @@ extension SelftestSuite {
     /// T22: a snapshot (no faults) by device 0 of: a PROT_NONE page, a hole, the zero page, a
     /// read-only page, a writable page, a page on device 0 and a page on device 1.
     static func snapshot(_ f: Fixture) throws {
-        guard let fd1 = f.fd1 else { throw SelftestFailure(message: "hmm2 fixture without a second device", file: #fileID, line: #line) }
+        let fd1 = try secondDevice(f)
         let npages = 7, ps = UInt64(f.pageSize)
         // The kernel's test mallocs npages bytes for the mirror, and the two migrations copy a
         // page back into it (dmirror's read-back): copy_to_user succeeds there because the heap
@@ -89,7 +95,7 @@ extension SelftestSuite {
     /// T24: two devices read the same read-only memory, each with one fault; after a
     /// migration to device 1, device 0 still reads it (faulting it back), with one fault.
     static func doubleMap(_ f: Fixture) throws {
-        guard let fd1 = f.fd1 else { throw SelftestFailure(message: "hmm2 fixture without a second device", file: #fileID, line: #line) }
+        let fd1 = try secondDevice(f)
         let npages = 6, size = npages * f.pageSize
         let b = try f.anonBuffer(size: size)
         try f.fill(b, idx)

@@ -18,12 +18,24 @@ public struct Selftest: Sendable {
     /// passing it, or failing elsewhere, is a failure.
     public var expectedFailure: [Variant: ExpectedFailure] = [:]
     /// Variants in which the kernel's result differs from the model's for a reason listed in
-    /// docs/linux-divergences.md: the divergence's id (the kernel oracle reports it as such).
-    public var divergence: [Variant: String] = [:]
+    /// docs/linux-divergences.md (the kernel oracle reports it as such, and only that result).
+    public var divergence: [Variant: KnownDivergence] = [:]
 
     /// The kselftest name, `hmm.hmm_device_private.anon_read`.
     public func fullName(_ v: Variant) -> String {
         twoDevices ? "hmm2.hmm2_\(v.rawValue.dropFirst(4)).\(name)" : "hmm.\(v.rawValue).\(name)"
+    }
+
+    /// The outcome of a run that ended with `failure` (nil: it passed): an expected failure
+    /// (`expectedFailure`) must fail with its message; passing it is a failure. Return: the
+    /// outcome and its message.
+    public func classify(_ v: Variant, _ failure: SelftestFailure?) -> (SelftestRunner.Outcome, String?) {
+        switch (failure, expectedFailure[v]) {
+        case (nil, nil): return (.pass, nil)
+        case (nil, let x?): return (.fail, "passed, but Linux 7.2 fails it (\(x.failure)): \(x.reason)")
+        case (let f?, let x?) where f.message.contains(x.failure): return (.xfail, "\(x.reason); got \(f.description)")
+        case (let f?, _): return (.fail, f.description)
+        }
     }
 
     /// Runs the test on a fresh fixture. Return: nil on success, the failure otherwise.
@@ -51,6 +63,17 @@ public struct ExpectedFailure: Sendable {
     public let reason: String
     /// Text the model's failure message must contain (the same assertion as the kernel's).
     public let failure: String
+    /// Where the kernel's test fails (`hmm-tests.c:LINE`): the kernel oracle checks it.
+    public let kernelFailure: String
+}
+
+/// A selftest result that differs from the kernel's for a reason in
+/// docs/linux-divergences.md: the id, and the outcomes it explains (kernel's and model's:
+/// "pass", "fail", "skip").
+public struct KnownDivergence: Sendable {
+    public let id: String
+    public let kernel: String
+    public let model: String
 }
 
 /// The suite (`tools/testing/selftests/mm/hmm-tests.c`), in the kernel's order.
@@ -96,10 +119,10 @@ public enum SelftestSuite {
                     reason: "fails on Linux 7.2 too (hmm-tests.c:2664, -ENOMEM): test_hmm's coherent device has one chunk, "
                         + "laid out in 4 KiB pages when the module loads, so no device THP is ever made; FAIL_ALLOC on a "
                         + "4 KiB page is VM_FAULT_OOM",
-                    failure: "MIGRATE_TO_SYS with FAIL_ALLOC: got -12, expected 0")]),
+                    failure: "MIGRATE_TO_SYS with FAIL_ALLOC: got -12, expected 0", kernelFailure: "hmm-tests.c:2664")]),
         Selftest(number: 37, name: "migrate_anon_huge_zero_err", twoDevices: false, needs: nil, body: migrateAnonHugeZeroErr),
         Selftest(number: 38, name: "benchmark_thp_migration", twoDevices: false, needs: nil, body: benchmarkTHPMigration,
-                 divergence: [.deviceCoherent: "D19"]),
+                 divergence: [.deviceCoherent: KnownDivergence(id: "D19", kernel: "fail", model: "pass")]),
     ]
 
     // MARK: T02–T07

@@ -38,7 +38,7 @@ struct Selftest: ParsableCommand {
                              discussion: "Exit status 1 when a case differs or swift-hmm fails one, 2 when the oracle cannot run."))
     var oracle = false
 
-    @Option(help: ArgumentHelp("With --oracle: read the kernel's results from this file (what 'oracle.sh selftests' printed) instead of booting the VM; repeat it for several files.", valueName: "file"))
+    @Option(help: ArgumentHelp("Compare with the kernel's results kept in this file (what 'oracle.sh selftests' printed, or --save-oracle-output saved) instead of booting the VM; repeat it for several files.", valueName: "file"))
     var oracleOutput: [String] = []
 
     @Option(help: ArgumentHelp("With --oracle: save what the kernel printed to this file.", valueName: "file"))
@@ -62,6 +62,10 @@ struct Selftest: ParsableCommand {
             for line in text { if json { BenchRecord.printError(line) } else { out(line) } }
         }
         let withOracle = oracle || !oracleOutput.isEmpty
+        if !withOracle && (oracleCoherent || saveOracleOutput != nil) {
+            throw ValidationError("--oracle-coherent and --save-oracle-output need --oracle (or --oracle-output)")
+        }
+        if oracle && !oracleOutput.isEmpty { throw ValidationError("--oracle boots the kernel, --oracle-output reads a kept run: give one") }
         let runner = SelftestRunner(variants: variants, filter: filter, format: withOracle ? .json : format)
         if runner.selected.isEmpty {
             throw ValidationError("--filter '\(filter ?? "")' matches no test")
@@ -107,7 +111,11 @@ extension Selftest {
             if oracleCoherent && variants.contains(.deviceCoherent) { args.append("--coherent") }
             if let filter { args += ["--filter", filter] }
             do { kernelText = try OracleScript.locate().run(args) } catch {
-                if case .failed(_, let output) = error, !output.isEmpty { BenchRecord.printError(output) }
+                if case .failed(_, let output) = error, !output.isEmpty {
+                    // What the kernel printed before the run broke is the most interesting part.
+                    BenchRecord.printError(output)
+                    if let save = saveOracleOutput, let f = fopen(save, "w") { fputs(output, f); fclose(f) }
+                }
                 BenchRecord.printError("hmm selftest --oracle: \(error)")
                 throw ExitCode(2)
             }
@@ -124,10 +132,16 @@ extension Selftest {
         let kernelVariants = Set(kernel.cases.map { String($0.name.split(separator: ".")[1]) })
         let lockdepReports = LockdepSession(on: lockdep)
         let results = runner.run { _ in }
-        let divergences = Dictionary(runner.selected.compactMap { t, v in t.divergence[v].map { (t.fullName(v), $0) } }, uniquingKeysWith: { a, _ in a })
+        var known: [String: (SelftestComparison.Divergence?, String?)] = [:]
+        for (t, v) in runner.selected {
+            let d = t.divergence[v].flatMap { d in
+                KernelSelftestRun.Outcome(rawValue: d.kernel).map { SelftestComparison.Divergence(id: d.id, kernel: $0, model: d.model) }
+            }
+            known[t.fullName(v)] = (d, t.expectedFailure[v]?.kernelFailure)
+        }
         let model = results.map {
             SelftestComparison.ModelCase(name: $0.name, outcome: $0.outcome.rawValue, seconds: $0.seconds, message: $0.message,
-                                         divergence: divergences[$0.name])
+                                         divergence: known[$0.name]?.0, kernelFailure: known[$0.name]?.1)
         }
         let comparison = SelftestComparison(kernel: kernel, model: model) { name in
             let variant = name.split(separator: ".").dropFirst().first.map(String.init) ?? ""
@@ -136,6 +150,7 @@ extension Selftest {
             }
             return "no result in the kernel's output"
         }
+        for note in kernel.notes { BenchRecord.printError("hmm selftest --oracle: the VM reported: \(note)") }
         if format == .json {
             out(JSON.object([
                 ("format", .string("hmm-selftest-oracle")), ("version", .int(1)),

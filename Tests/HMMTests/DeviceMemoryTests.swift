@@ -54,6 +54,22 @@ final class DeviceMemoryTests: XCTestCase {
         env.finish([d0])
     }
 
+    /// FAIL_ALLOC and a CPU fault on a 4 KiB device page: 7.2's dmirror_devmem_fault returns
+    /// VM_FAULT_OOM, which x86's #PF handler retries (pagefault_out_of_memory); the flag is
+    /// consumed, so the retried access succeeds and reads the page's data.
+    func testFailAllocOnACPUFaultIsRetriedAndTheAccessSucceeds() throws {
+        let env = try HMMEnv()
+        let (a, d0) = try env.migratedRegion(4)
+        var f = DmirrorCmd(addr: a, npages: DmirrorFlag.failAlloc)
+        try d0.ioctl(.flags, &f)
+        let before = env.machine.stats[.faultDevicePrivate]
+        XCTAssertEqual(try env.cpu.load(a + pageSize, as: UInt64.self), 1)
+        XCTAssertEqual(env.machine.stats[.faultDevicePrivate] - before, 2, "the first fault failed and was retried")
+        XCTAssertEqual(d0.mutex.withLock { d0.flags }, 0, "the flag is consumed")
+        XCTAssertEqual(try env.mm.pagemap(a + pageSize, count: 1).first?.isPresent, true)
+        env.finish([d0])
+    }
+
     /// Two batches in flight must not need more memory than one at a time: with free RAM for
     /// one batch but not two, the whole range still migrates both ways.
     func testMigrationWithRoomForOneBatchOnly() throws {

@@ -44,23 +44,92 @@ final class HostDifferentialTests: XCTestCase {
         }
         XCTAssertEqual(run.played, ops)
     }
+
+    /// The same differential against Linux 7.2 itself: the results that HostOracle printed in
+    /// the kernel oracle's VM (Debian's 7.2.12 under QEMU) for the commands of this seed,
+    /// recorded in `tools/kernel-oracle/fixtures/` (its first line names the kernel, seed and
+    /// length). To record anew: `HMM_HOST_DIFF_RECORD=cmds.txt` makes this test write the
+    /// commands instead, and `tools/kernel-oracle/oracle.sh host-diff cmds.txt` prints the
+    /// kernel's results (docs/kernel-oracle.md).
+    func testSeededSequenceAgreesWithLinux72() throws {
+        let env = ProcessInfo.processInfo.environment
+        let fixture = "\(hostDiffPackageRoot)/tools/kernel-oracle/fixtures/host-diff-7.2.12+deb13.txt"
+        if let path = env["HMM_HOST_DIFF_RECORD"] {
+            let ops = env["HMM_HOST_DIFF_OPS"].flatMap { Int($0) } ?? 100_000
+            let seed = env["HMM_HOST_DIFF_SEED"].flatMap { UInt64($0) } ?? 9
+            let oracle = try HostOracle(.record(path))
+            let run = try DifferentialRun(seed: seed, oracle: oracle)
+            try run.play(ops)
+            oracle.close()
+            XCTAssertEqual(run.played, ops)
+            return
+        }
+        let text = try String(contentsOfFile: fixture, encoding: .utf8)
+        let header = try XCTUnwrap(text.split(separator: "\n").first).split(separator: " ")
+        // "# kernel 7.2.12+deb13-amd64 seed 9 operations 100000"
+        XCTAssertEqual(header.count, 7, "fixture header: \(header)")
+        XCTAssertEqual(header[2], "7.2.12+deb13-amd64")
+        let seed = try XCTUnwrap(UInt64(header[4])), ops = try XCTUnwrap(Int(header[6]))
+        let results = "/tmp/hmm-host-diff-72-\(getpid()).txt"
+        defer { unlink(results) }
+        try text.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("#") }.joined(separator: "\n")
+            .write(toFile: results, atomically: true, encoding: .utf8)
+        let oracle = try HostOracle(.replay(results))
+        XCTAssertTrue(oracle.hostHasSoftDirty, "Debian's 7.2 has CONFIG_MEM_SOFT_DIRTY")
+        let run = try DifferentialRun(seed: seed, oracle: oracle)
+        try run.play(ops)
+        XCTAssertEqual(run.mismatches, [], "first mismatches against Linux 7.2 (seed \(seed))")
+        XCTAssertEqual(run.played, ops)
+        XCTAssertEqual(oracle.used, oracle.results.count, "every recorded result compared")
+    }
 }
 
-/// The host side: the HostOracle program as a child process, fed commands in batches.
+/// The package root, found from this file's path.
+let hostDiffPackageRoot: String = {
+    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3) // Tests/MMCoreTests/HostDifferentialTests.swift
+    return parts.joined(separator: "/")
+}()
+
+/// The kernel side: the HostOracle program, either as a child process on this machine's kernel
+/// fed commands in batches (live), or in two steps for a kernel elsewhere (the kernel oracle's
+/// Linux 7.2 VM): `record` plays swift-hmm alone and writes every command to a file, the VM
+/// runs HostOracle on that file, and `replay` compares swift-hmm with the results it printed.
+/// The generator depends on swift-hmm's state only, so the commands are the same each time.
 final class HostOracle {
-    let process = Foundation.Process()
+    enum Mode { case live, record(String), replay(String) }
+    let mode: Mode
+    var process: Foundation.Process?
     let input = Pipe(), output = Pipe()
     var pending = Data()
     /// Whether the host kernel reports soft-dirty bits (CONFIG_MEM_SOFT_DIRTY).
     var hostHasSoftDirty = false
+    /// record: the commands so far.
+    var recorded: [String] = []
+    /// replay: the recorded results, and how many were used.
+    var results: [Substring] = []
+    var used = 0
 
-    init() throws {
-        process.executableURL = try HostOracle.binary()
-        process.arguments = [String(HostDifferentialTests.window), String(1 << 30)]
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
-        // Probe: does the host report soft-dirty? (One page, unmapped again: no trace left.)
+    var recording: Bool { if case .record = mode { return true } else { return false } }
+
+    init(_ mode: Mode = .live) throws {
+        self.mode = mode
+        switch mode {
+        case .live:
+            let p = Foundation.Process()
+            p.executableURL = try HostOracle.binary()
+            p.arguments = [String(HostDifferentialTests.window), String(1 << 30)]
+            p.standardInput = input
+            p.standardOutput = output
+            try p.run()
+            process = p
+        case .record: break
+        case .replay(let path):
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            results = text.split(separator: "\n", omittingEmptySubsequences: false)
+            if results.last == "" { results.removeLast() }
+        }
+        // Probe: does the kernel report soft-dirty? (One page, unmapped again: no trace left.)
         let w = HostDifferentialTests.window
         let probe = run(["M \(w) 4096 3 \(0x100022) -1 0", "W \(w) 1", "G \(w) 1", "U \(w) 4096"], results: 4)
         if probe.count == 4, let flags = UInt64(probe[2].dropFirst(2), radix: 16) {
@@ -88,12 +157,23 @@ final class HostOracle {
     }
 
     /// Sends the commands (a child block is one command with its lines) and returns one
-    /// result line per result.
-    func run(_ lines: [String], results: Int) -> [String] {
+    /// result line per result (record: none; replay: the next recorded ones).
+    func run(_ lines: [String], results n: Int) -> [String] {
+        switch mode {
+        case .record:
+            recorded.append(contentsOf: lines + ["Y"])
+            return []
+        case .replay:
+            let got = results[min(used, results.count)..<min(used + n, results.count)].map(String.init)
+            used += n
+            return got
+        case .live:
+            break
+        }
         let text = lines.joined(separator: "\n") + "\nY\n"
         input.fileHandleForWriting.write(text.data(using: .utf8)!)
         var out: [String] = []
-        while out.count < results {
+        while out.count < n {
             if let nl = pending.firstIndex(of: 0x0A) {
                 out.append(String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
                 pending.removeSubrange(pending.startIndex...nl)
@@ -107,9 +187,15 @@ final class HostOracle {
     }
 
     func close() {
-        input.fileHandleForWriting.write("Q\n".data(using: .utf8)!)
-        try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
+        switch mode {
+        case .record(let path):
+            try? (recorded + ["Q"]).joined(separator: "\n").appending("\n").write(toFile: path, atomically: true, encoding: .utf8)
+        case .replay: break
+        case .live:
+            input.fileHandleForWriting.write("Q\n".data(using: .utf8)!)
+            try? input.fileHandleForWriting.close()
+            process?.waitUntilExit()
+        }
     }
 }
 
@@ -202,6 +288,7 @@ final class DifferentialRun {
     }
 
     func compare(_ lines: [String], _ expected: [String], _ got: [String]) {
+        if oracle.recording { return }
         // Which results are pagemap results: one per line, except a fork's "K n" line, whose
         // n child lines come next and whose own result comes after theirs.
         var owner: [String] = []

@@ -43,6 +43,14 @@ final class CLIOutputTests: XCTestCase {
         XCTAssertEqual(doc.points.map(\.description), ["hmm.hmm_device_private.anon_read_multiple", "hmm.hmm_device_coherent.anon_read_multiple"])
         XCTAssertTrue(doc.points.allSatisfy(\.ok))
         XCTAssertEqual(doc.comments.last, "# 2 passed, 0 failed, 0 skipped")
+        // An expected failure (Linux 7.2 fails it too) is `not ok … # TODO`, and exit status 0.
+        let x = HMMBinary.run(["selftest", "--filter", "migrate_anon_huge_err"])
+        XCTAssertEqual(x.status, 0, x.output)
+        let xdoc = try TAPDocument.parse(x.output)
+        XCTAssertEqual(xdoc.points.map(\.ok), [true, false])
+        XCTAssertTrue(xdoc.points[1].directive?.hasPrefix("TODO expected failure: fails on Linux 7.2 too (hmm-tests.c:2664") == true,
+                      xdoc.points[1].directive ?? "")
+        XCTAssertEqual(xdoc.comments.last, "# 1 passed, 0 failed, 0 skipped, 1 failed as on Linux 7.2")
     }
 
     func testJSONIsOneDocument() throws {
@@ -70,7 +78,13 @@ final class CLIOutputTests: XCTestCase {
         XCTAssertEqual(s.status, 0)
         let sdoc = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(s.output.utf8)) as? [String: Any], s.output)
         XCTAssertEqual((sdoc["tests"] as? [[String: Any]])?.map { $0["result"] as? String }, ["pass", "pass"])
-        XCTAssertEqual(sdoc["summary"] as? [String: Int], ["passed": 2, "failed": 0, "skipped": 0])
+        XCTAssertEqual(sdoc["summary"] as? [String: Int], ["passed": 2, "failed": 0, "skipped": 0, "expectedFailures": 0])
+        // A test that Linux 7.2 fails too is an expected failure in its variant, not a failure.
+        let x = HMMBinary.run(["selftest", "--filter", "migrate_anon_huge_err", "--format", "json"])
+        XCTAssertEqual(x.status, 0, x.output)
+        let xdoc = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(x.output.utf8)) as? [String: Any], x.output)
+        XCTAssertEqual((xdoc["tests"] as? [[String: Any]])?.map { $0["result"] as? String }, ["pass", "xfail"])
+        XCTAssertEqual(xdoc["summary"] as? [String: Int], ["passed": 1, "failed": 0, "skipped": 0, "expectedFailures": 1])
     }
 
     func testCheckAndInspectCommands() {

@@ -10,9 +10,12 @@
 #       --file HOST[:GUEST]    copy a host file into the VM (GUEST relative to /oracle)
 #       --timeout SECONDS      give up after this long (default 900); exit 124
 #       --coherent             give test_hmm special-purpose memory for the coherent devices
-#   oracle.sh selftests [--coherent] [-- hmm-tests options]
+#   oracle.sh selftests [--coherent] [--filter TEXT]
 #                              run the kernel's hmm-tests, one case at a time, and print each
-#                              case's TAP lines and "@@CASE name rc seconds"
+#                              case's TAP lines, "@@CASE NAME STATUS T0 T1" (uptime before and
+#                              after) and at the end "@@KERNEL RELEASE"
+#   oracle.sh host-diff CMDS   play swift-hmm's host differential commands (HostDifferentialTests,
+#                              HMM_HOST_DIFF_RECORD=CMDS) on the kernel, print its results
 #   oracle.sh clean            delete the cache
 #
 # Cache: $HMM_ORACLE_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/swift-hmm/kernel-oracle.
@@ -26,6 +29,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${HMM_ORACLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/swift-hmm/kernel-oracle}
 KVER=${HMM_ORACLE_KVER:-7.2.12+deb13-amd64}
+case "$KVER" in *[!0-9A-Za-z.+~-]*|"") echo "kernel-oracle: HMM_ORACLE_KVER: not a kernel version: $KVER" >&2; exit 2 ;; esac
 KREL=${KVER%-amd64}                 # 7.2.12+deb13
 KSRC_PKG=linux-source-7.2
 MIRROR=${HMM_ORACLE_MIRROR:-http://deb.debian.org/debian}
@@ -86,7 +90,7 @@ EOF
     touch "$stamp"
 }
 
-deb_of() { ls "$CACHE"/debs/"$1"_*.deb 2>/dev/null | head -1; }
+deb_of() { ls "$CACHE"/debs/"$1"_*.deb 2>/dev/null | head -1 || true; }
 
 # --- the build root ----------------------------------------------------------------------------
 make_root() {
@@ -115,7 +119,8 @@ unpack_sources() {
     local src; src=$(deb_of "$KSRC_PKG"); [ -n "$src" ] || die "missing $KSRC_PKG package file"
     rm -rf "$CACHE/src" && mkdir -p "$CACHE/src"
     dpkg-deb -x "$src" "$CACHE/src/deb"
-    local tarball; tarball=$(ls "$CACHE"/src/deb/usr/src/linux-source-*.tar.xz | head -1)
+    local tarball; tarball=$(ls "$CACHE"/src/deb/usr/src/linux-source-*.tar.xz 2>/dev/null | head -1 || true)
+    [ -n "$tarball" ] || die "no linux-source-*.tar.xz in $KSRC_PKG"
     tar -xJf "$tarball" -C "$CACHE/src" --strip-components=1 --wildcards \
         '*/lib/test_hmm.c' '*/lib/test_hmm_uapi.h' '*/tools/testing/selftests/*' '*/tools/include/*' '*/tools/arch/x86/*' \
         '*/mm/gup_test.h' '*/mm/gup_test.c'
@@ -180,6 +185,21 @@ build_selftests() {
     touch "$stamp"
 }
 
+build_host_oracle() {
+    # Sources/HostOracle/main.c, the kernel side of swift-hmm's host differential test, so that
+    # the same command stream can be played on Linux 7.2 (see host-diff).
+    local src=$REPO/Sources/HostOracle/main.c
+    [ -f "$src" ] || return 0
+    local sum; sum=$(sha256sum < "$src" | cut -c1-16)
+    [ -f "$CACHE/stamps/host-oracle-$sum" ] && return 0
+    say "building hmm-host-oracle (static) from Sources/HostOracle/main.c"
+    mkdir -p "$ROOT/build/host-oracle" && cp "$src" "$ROOT/build/host-oracle/main.c"
+    in_root "cd /build/host-oracle && gcc-14 -static -O2 -Wall -o /build/hmm-host-oracle main.c" \
+        > "$CACHE/host-oracle.log" 2>&1 || { tail -30 "$CACHE/host-oracle.log" >&2; die "hmm-host-oracle did not build (log: $CACHE/host-oracle.log)"; }
+    cp "$ROOT/build/hmm-host-oracle" "$OUT/"
+    rm -f "$CACHE"/stamps/host-oracle-*; touch "$CACHE/stamps/host-oracle-$sum"
+}
+
 build_runner() {
     # swift-hmm's native scenario runner, if the tree has one (built in the trixie root, static).
     local src=$REPO/tools/kernel-oracle/runner
@@ -198,7 +218,7 @@ make_initramfs() {
     local stamp=$CACHE/stamps/initramfs
     if [ -f "$stamp" ] && [ "$stamp" -nt "$HERE/init" ]; then
         local f newer=0
-        for f in "$OUT"/*.ko "$OUT"/hmm-tests "$OUT"/hmm-oracle-runner; do [ -f "$f" ] && [ "$f" -nt "$stamp" ] && newer=1; done
+        for f in "$OUT"/*.ko "$OUT"/hmm-tests "$OUT"/hmm-host-oracle "$OUT"/hmm-oracle-runner; do [ -f "$f" ] && [ "$f" -nt "$stamp" ] && newer=1; done
         [ $newer = 0 ] && return 0
     fi
     say "making the busybox initramfs"
@@ -208,6 +228,7 @@ make_initramfs() {
     cp "$HERE/init" "$d/init" && chmod +x "$d/init"
     cp "$OUT/test_hmm.ko" "$OUT/gup_test_oracle.ko" "$d/lib/"
     cp "$OUT/hmm-tests" "$d/bin/"
+    [ -f "$OUT/hmm-host-oracle" ] && cp "$OUT/hmm-host-oracle" "$d/bin/"
     [ -f "$OUT/hmm-oracle-runner" ] && cp "$OUT/hmm-oracle-runner" "$d/bin/"
     (cd "$d" && find . | cpio -o -H newc --quiet | gzip -1 > "$OUT/initramfs.cpio.gz")
     touch "$stamp"
@@ -222,6 +243,7 @@ prepare() {
     unpack_sources
     build_module
     build_selftests
+    build_host_oracle
     build_runner
     make_initramfs
     say "ready in $((SECONDS - t0)) s: $OUT (kernel $KVER)"
@@ -269,10 +291,12 @@ run_vm() {
     for f in ${files[@]+"${files[@]}"}; do
         local host=${f%%:*} guest=${f#*:}; [ "$guest" = "$f" ] && guest=$(basename "$host")
         [ -f "$host" ] || die "--file $host: no such file"
+        case "/$guest/" in */../*|//*) die "--file $f: the guest path must stay inside /oracle" ;; esac
         mkdir -p "$(dirname "$w/extra/oracle/$guest")"; cp "$host" "$w/extra/oracle/$guest"
     done
-    (cd "$w/extra" && find . | cpio -o -H newc --quiet | gzip -1 > "$w/extra.cpio.gz")
-    cat "$OUT/initramfs.cpio.gz" "$w/extra.cpio.gz" > "$w/initramfs.cpio.gz"
+    # (Called as `run_vm … || status=$?`, so set -e is off in here: check each step.)
+    (cd "$w/extra" && find . | cpio -o -H newc --quiet | gzip -1 > "$w/extra.cpio.gz") || die "cannot pack the command's files"
+    cat "$OUT/initramfs.cpio.gz" "$w/extra.cpio.gz" > "$w/initramfs.cpio.gz" || die "cannot write the initramfs"
     local status=0
     timeout "$timeout" qemu-system-x86_64 -accel tcg -cpu max -m "$mem" -smp 2 -nographic -no-reboot \
         -kernel "$OUT/vmlinuz" -initrd "$w/initramfs.cpio.gz" -append "$append" \
@@ -280,7 +304,8 @@ run_vm() {
     cp "$w/console" "$CACHE/last-console.log" 2>/dev/null || true
     tr -d '\r' < "$w/out" > "$w/out.txt" 2>/dev/null || : > "$w/out.txt"
     local rc; rc=$(sed -n 's/^@@ORACLE-EXIT \([0-9]*\)$/\1/p' "$w/out.txt" | tail -1)
-    sed '/^@@ORACLE-EXIT /,$d' "$w/out.txt"
+    # The output without the marker and the newline init put before it.
+    sed '/^@@ORACLE-EXIT /,$d' "$w/out.txt" | sed '${/^$/d;}'
     if grep -q "^@@ORACLE-DMESG " "$w/out.txt"; then
         say "the kernel log has warnings (console: $CACHE/last-console.log; 'dmesg' inside the VM for all of it):"
         sed -n 's/^@@ORACLE-DMESG \[ *[0-9.]*\] /  /p' "$w/out.txt" | sort | uniq -c | sort -rn | head -10 >&2
@@ -299,8 +324,9 @@ run_vm() {
     return "$rc"
 }
 
-# The cases of hmm-tests.c, FIXTURE.VARIANT.TEST, in the harness's order (fixtures and tests as
-# declared, each test with every variant of its fixture).
+# The cases of hmm-tests.c, FIXTURE.VARIANT.TEST: tests in the order declared, each with every
+# variant of its fixture (the harness itself runs fixture by fixture, then variant by variant;
+# each case runs alone here, so the order does not matter).
 selftest_cases() {
     local src=$CACHE/src/tools/testing/selftests/mm/hmm-tests.c
     [ -f "$src" ] || die "missing $src — run: $0 prepare"
@@ -317,15 +343,18 @@ selftests() {
         case "$1" in
             --coherent) coherent=(--coherent); shift ;;
             --filter) only=$2; shift 2 ;;
-            --) shift; break ;;
-            *) die "selftests: unknown option $1" ;;
+            *) die "selftests: unknown option $1 (options: --coherent, --filter TEXT)" ;;
         esac
     done
     local w; w=$(mktemp -d "${TMPDIR:-/tmp}/hmm-oracle-cases.XXXXXX")
     # Without special-purpose memory the coherent variants can only skip: leave them out.
-    selftest_cases | { if [ ${#coherent[@]} -eq 0 ]; then grep -v _coherent; else cat; fi; } \
-        | { if [ -n "$only" ]; then grep -F -- "$only"; else cat; fi; } > "$w/cases"
-    [ -s "$w/cases" ] || die "selftests: no case matches"
+    selftest_cases | { if [ ${#coherent[@]} -eq 0 ]; then grep -v _coherent || true; else cat; fi; } \
+        | { if [ -n "$only" ]; then grep -F -- "$only" || true; else cat; fi; } > "$w/cases"
+    if [ ! -s "$w/cases" ]; then
+        rm -rf "$w"
+        local hint=""; [ ${#coherent[@]} -eq 0 ] && hint=" (the coherent cases need --coherent)"
+        die "selftests: no case matches${only:+ '$only'}$hint"
+    fi
     # Each case in turn (the harness's -r), timed with /proc/uptime's centiseconds.
     local status=0
     run_vm "${coherent[@]}" --timeout 3600 --file "$w/cases:cases" -- '
@@ -334,15 +363,27 @@ selftests() {
             hmm-tests -r "$c" > /tmp/case.out 2>&1; rc=$?
             t1=$(cut -d" " -f1 /proc/uptime)
             cat /tmp/case.out
-            echo "@@CASE $c $rc $t0 $t1"
+            printf "\n@@CASE %s %s %s %s\n" "$c" "$rc" "$t0" "$t1"
         done < cases
         echo "@@KERNEL $(uname -r)"' || status=$?
     rm -rf "$w"
     return $status
 }
 
+# The host differential's commands (recorded by HostDifferentialTests with
+# HMM_HOST_DIFF_RECORD=FILE) played by hmm-host-oracle on the kernel; prints a header line
+# ("# kernel RELEASE seed S operations N", from HMM_HOST_DIFF_SEED/OPS) and its results.
+host_diff() {
+    local cmds=${1:-}; [ -f "$cmds" ] || die "host-diff: give the commands file (HostDifferentialTests with HMM_HOST_DIFF_RECORD=FILE)"
+    [ -f "$OUT/hmm-host-oracle" ] || die "missing $OUT/hmm-host-oracle — run: $0 prepare"
+    run_vm --timeout 1800 --file "$cmds:cmds" -- '
+        echo "# kernel $(uname -r) seed '"${HMM_HOST_DIFF_SEED:-9}"' operations '"${HMM_HOST_DIFF_OPS:-100000}"'"
+        hmm-host-oracle 0x500000000000 0x40000000 < cmds'
+}
+
 case "${1:-}" in
     prepare) shift; prepare "$@" ;;
+    host-diff) shift; host_diff "$@" ;;
     status) status ;;
     run) shift; run_vm "$@" ;;
     selftests) shift; selftests "$@" ;;

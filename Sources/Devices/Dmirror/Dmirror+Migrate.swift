@@ -164,7 +164,8 @@ extension Dmirror {
             try m.setup()
             // dmirror_migrate_to_system: a failed alloc-and-copy finalizes the batch (nothing
             // moved) and the command fails with ENOMEM.
-            guard let fence = device.allocAndCopyToSystem(m, mirror: self, isFault: false, makeRoom: makeRoom) else {
+            var injected = false
+            guard let fence = device.allocAndCopyToSystem(m, mirror: self, isFault: false, injected: &injected, makeRoom: makeRoom) else {
                 m.finalize()
                 throw .ENOMEM
             }

@@ -301,7 +301,15 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         held?.lock()
         do { try m.setup() } catch { held?.unlock(); return .sigbus }
         held?.unlock()
-        guard let copied = allocAndCopyToSystem(m, mirror: mirror, isFault: true) else { m.finalize(); return .oom }
+        var injected = false
+        guard let copied = allocAndCopyToSystem(m, mirror: mirror, isFault: true, injected: &injected) else {
+            m.finalize()
+            // VM_FAULT_OOM from FAIL_ALLOC: a user fault's OOM reaches x86's #PF handler, whose
+            // pagefault_out_of_memory only logs "VM_FAULT_OOM leaked out" and retries; the flag
+            // is consumed, so the retry succeeds. A real allocation failure stays OOM (no OOM
+            // killer yet: docs/linux-divergences.md).
+            return injected ? .retry : .oom
+        }
         copied.wait()
         m.pages()
         let n = m.migratedCount
@@ -314,10 +322,11 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// `dmirror_devmem_fault_alloc_and_copy`: for each selected device page, a system page with
     /// its data; the mirror's entry for the address is erased. A CPU fault copies here; a
     /// command's batch copies on the copy engine (wait on the fence before `pages`).
-    /// Return: nil (VM_FAULT_OOM) if FAIL_ALLOC hit a small page, or if a single-page
-    /// allocation failed during a CPU fault.
+    /// Return: nil (VM_FAULT_OOM) if FAIL_ALLOC hit a small page (`injected` is then set), or
+    /// if a single-page allocation failed during a CPU fault.
     /// `makeRoom` as for `Dmirror.allocAndCopyToDevice`.
-    func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool, makeRoom: () -> Void = {}) -> CopyFence? {
+    func allocAndCopyToSystem(_ m: MigrateVMA, mirror: Dmirror?, isFault: Bool, injected: inout Bool,
+                              makeRoom: () -> Void = {}) -> CopyFence? {
         // One round on the mirror's lock for the batch: FAIL_ALLOC makes the allocation for
         // the first selected page fail. For a large one the driver falls back to small pages;
         // for a small one it is VM_FAULT_OOM (Linux 7.2's dmirror_devmem_fault_alloc_and_copy:
@@ -341,6 +350,7 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         }
         if injectedOOM {
             for i in m.dst.indices { m.dst[i] = 0 }
+            injected = true
             return nil
         }
         // Large sources first: an order-9 folio each, or (FAIL_ALLOC once, or no 2 MiB free)
