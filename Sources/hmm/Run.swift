@@ -58,13 +58,29 @@ struct Run: ParsableCommand {
 
     @OptionGroup var limits: ScenarioLimits
 
+    @Flag(help: ArgumentHelp("Also run each script on Linux 7.2 (the kernel oracle's VM: tools/kernel-oracle/oracle.sh, prepared beforehand) and compare the two command by command.",
+                             discussion: "Exit status 1 when a script differs, 2 when the oracle cannot run."))
+    var oracle = false
+
+    @Option(help: ArgumentHelp("Compare with the kernel's run kept in this file (--save-oracle-output) instead of booting the VM.", valueName: "file"))
+    var oracleOutput: String?
+
+    @Option(help: ArgumentHelp("With --oracle: save what the kernel's run printed to this file.", valueName: "file"))
+    var saveOracleOutput: String?
+
     func validate() throws {
         guard !files.isEmpty else { throw ValidationError("expected at least one scenario file") }
+        if saveOracleOutput != nil && !oracle { throw ValidationError("--save-oracle-output needs --oracle") }
+        if oracle && oracleOutput != nil { throw ValidationError("--oracle boots the kernel, --oracle-output reads a kept run: give one") }
+        if (oracle || oracleOutput != nil) && (format == .json || trace || stats || lockdep) {
+            throw ValidationError("--oracle prints its own comparison: without --format json, --trace, --stats or --lockdep")
+        }
         var o = ScenarioInterpreter.Options()
         try limits.apply(&o)   // bad limits are reported before any output
     }
 
     func run() throws {
+        if oracle || oracleOutput != nil { return try runWithOracle() }
         var worst: Int32 = 0
         var passed = 0, failed = 0, skipped = 0
         var reports: [JSON] = []

@@ -218,6 +218,10 @@ final class DifferentialRun {
     /// as they were at a mismatch).
     let batch = ProcessInfo.processInfo.environment["HMM_HOST_DIFF_BATCH"].flatMap { Int($0) } ?? 200
 
+    /// The other side is Linux 7.2 itself (record/replay through the kernel oracle), not the
+    /// host's 6.18: the generator need not steer around where the two kernels differ.
+    var kernelIs72: Bool { if case .live = oracle.mode { return false } else { return true } }
+
     init(seed: UInt64, oracle: HostOracle) throws {
         rng = SeededRNG(seed: seed)
         self.oracle = oracle
@@ -415,12 +419,13 @@ final class DifferentialRun {
         if let end = vma?.end, a + old > end { old = end - a }
         // Linux 7.2 gives an anonymous VMA that MREMAP_DONTUNMAP emptied whole the page offset
         // of its address again (dontunmap_complete); the host's 6.18 does not, which only
-        // shows when that VMA had been moved before. Leave those out (linux-divergences.md).
-        if flags.contains(.dontUnmap), let v = vma, v.isAnonymous, v.pgoff != v.start >> pageShift,
+        // shows when that VMA had been moved before. Leave those out against 6.18
+        // (linux-divergences.md); against 7.2 itself they are compared.
+        if !kernelIs72, flags.contains(.dontUnmap), let v = vma, v.isAnonymous, v.pgoff != v.start >> pageShift,
            a == v.start, a + old == v.end { flags.remove(.dontUnmap) }
         // 7.2's copy_vma never merges the target with an unfaulted anonymous source that
-        // DONTUNMAP keeps; 6.18 may. Leave those out too.
-        if flags.contains(.dontUnmap), let v = vma, v.isAnonymous, v.anonVMA == nil { flags.remove(.dontUnmap) }
+        // DONTUNMAP keeps; 6.18 may. Leave those out too (against 6.18 only).
+        if !kernelIs72, flags.contains(.dontUnmap), let v = vma, v.isAnonymous, v.anonVMA == nil { flags.remove(.dontUnmap) }
         let newLen = flags.contains(.fixed) && new == old ? old : new
         return ("R \(a) \(old) \(newLen) \(flags.rawValue) \(to)", result("mremap") { () throws(Errno) -> String in
             "= 0x" + String(try p.mremap(a, oldLength: old, newLength: newLen, flags: flags, newAddress: to), radix: 16) })

@@ -165,3 +165,108 @@ final class KernelOracleTests: XCTestCase {
         XCTAssertTrue(g.output.contains("kernel oracle output, line 1: expected '@@CASE NAME STATUS T0 T1'"), g.output)
     }
 }
+
+/// `hmm run --oracle`: scenario scripts on the model and on a kernel through
+/// `tools/kernel-oracle/runner` (hmm-oracle-runner), compared command by command.
+final class ScenarioOracleTests: XCTestCase {
+    func testTraceLinesAreComparedWithoutAddressesAndPids() {
+        let m = ScenarioComparison.traceLine("scenarios/selftests/../lib/selftest-common.hmm:6 t0: process main = pid 1")
+        let k = ScenarioComparison.traceLine("# selftest-common.hmm:6 t0: process = pid 57")
+        XCTAssertEqual(m, k)
+        XCTAssertEqual(m?.location, "selftest-common.hmm:6")
+        XCTAssertEqual(ScenarioComparison.traceLine("a.hmm:17 t0: store 0x7effffff2000 u32 5 expect segv = SIGSEGV at 0x7effffff2000")?.result, "SIGSEGV at ADDR")
+        XCTAssertEqual(ScenarioComparison.traceLine("a.hmm:9 t0: exclusive fd 0x7eff0000 16 = ret 0 cpages 16 faults 0")?.result, "ret 0 cpages 16 faults 0")
+        XCTAssertEqual(ScenarioComparison.traceLine("a.hmm:3 t0: load 0x10000 = 65536")?.result, "65536", "a decimal value is kept")
+        XCTAssertNil(ScenarioComparison.traceLine("    cpu pt main: present 1 (+1), writable 0 (+0), non-present 0 (+0)"))
+    }
+
+    func testVerdicts() {
+        let l = { (loc: String, r: String) in ScenarioComparison.TraceLine(location: loc, result: r) }
+        let model = [l("a:1", "0"), l("a:2", "ret 0 cpages 4 faults 0"), l("a:3", "PPPP")]
+        func k(_ lines: [ScenarioComparison.TraceLine], _ end: ScenarioComparison.End) -> ScenarioComparison.KernelScript {
+            var s = ScenarioComparison.KernelScript(); s.lines = lines; s.end = end; return s
+        }
+        let same = ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: k(model, .done))
+        XCTAssertEqual(same.verdict, .same); XCTAssertEqual(same.compared, 3)
+        let diff = ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: k([model[0], l("a:2", "ret 0 cpages 3 faults 0")], .done))
+        XCTAssertEqual(diff.verdict, .different)
+        XCTAssertEqual(diff.note, "at a:2: swift-hmm ret 0 cpages 4 faults 0, kernel ret 0 cpages 3 faults 0")
+        let part = ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: k([model[0]], .unsupported("a:2: fork")))
+        XCTAssertEqual(part.verdict, .partial); XCTAssertEqual(part.note, "then not run on the kernel: a:2: fork")
+        XCTAssertEqual(ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: k(model, .expectationFailed("a:3: expected present"))).verdict, .different)
+        XCTAssertEqual(ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: k(Array(model.prefix(2)), .done)).note,
+                       "swift-hmm ran 1 more commands, from a:3")
+        XCTAssertEqual(ScenarioComparison.compare(file: "a", model: model, modelFailure: "x", kernel: k(model, .done)).verdict, .different)
+        XCTAssertEqual(ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: nil).verdict, .different)
+        let parsed = ScenarioComparison.parseRunner("@@SCRIPT s/a.hmm\n# a.hmm:1 t0: mmap = 0x7f0000000000\n@@UNSUPPORTED s/a.hmm:2: fork\n@@SCRIPT s/b.hmm\n@@ERROR boom\n")
+        XCTAssertEqual(parsed["s/a.hmm"]?.lines, [l("a.hmm:1", "ADDR")])
+        XCTAssertEqual(parsed["s/a.hmm"]?.end, .unsupported("s/a.hmm:2: fork"))
+        XCTAssertEqual(parsed["s/b.hmm"]?.end, .broken("boom"))
+    }
+
+    /// The runner built for this machine and run on its kernel, on a script without devices:
+    /// mappings, faults, protections, pagemap. Its trace must be the model's, command by
+    /// command (this checks the runner and the comparison end to end; the VM adds dmirror).
+    func testTheRunnerOnThisMachinesKernelAgreesWithTheModel() throws {
+        let dir = "/tmp/hmm-runner-test-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let runner = "\(dir)/hmm-oracle-runner"
+        let cc = Foundation.Process()
+        cc.executableURL = URL(fileURLWithPath: "/usr/bin/cc")
+        cc.arguments = ["-O2", "-Wall", "-Werror", "-o", runner, "\(packageRoot)/tools/kernel-oracle/runner/runner.c"]
+        try cc.run(); cc.waitUntilExit()
+        XCTAssertEqual(cc.terminationStatus, 0, "the runner builds without warnings")
+        let script = """
+            process main
+            mmap 16pages prot=rw -> buf
+            fill buf 8pages IDX
+            check buf 8pages IDX
+            load buf+4pages u32 expect 4096
+            pagemap buf 8 expect present
+            mprotect buf+8pages 8pages r
+            load buf+9pages expect 0
+            store buf+9pages 1 expect segv
+            mprotect buf 1page none
+            load buf expect segv
+            munmap buf+2pages 2pages
+            load buf+2pages u32 expect segv
+            repeat 3 as i {
+              store buf+4pages+i*4 u32 i+7
+              load buf+4pages+i*4 u32 expect i+7
+            }
+            madvise buf+4pages 1page dontneed
+            load buf+4pages u32 expect 0
+            munmap buf 16pages
+            mprotect buf 1page rw expect ENOMEM
+            """
+        try script.write(toFile: "\(dir)/host.hmm", atomically: true, encoding: .utf8)
+        let run = Foundation.Process()
+        run.executableURL = URL(fileURLWithPath: runner)
+        run.arguments = ["\(dir)/host.hmm"]
+        let pipe = Pipe()
+        run.standardOutput = pipe
+        try run.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        run.waitUntilExit()
+        XCTAssertTrue(output.hasSuffix("@@DONE\n"), output)
+        try ("@@SCRIPT host.hmm\n" + output).write(toFile: "\(dir)/kernel.txt", atomically: true, encoding: .utf8)
+        let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/host.hmm"])
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("host.hmm: same (23 commands compared)"), r.output)
+    }
+
+    /// The selftest scenarios (device-private) and the oracle scenarios, compared with the
+    /// recorded run of hmm-oracle-runner on Linux 7.2.12 (`hmm run --oracle
+    /// --save-oracle-output`): every command the kernel ran agrees.
+    func testScenariosAgreeWithTheRecordedKernelRun() throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: "\(packageRoot)/scenarios/selftests")
+            .filter { $0.hasPrefix("hmm_device_private.") }.sorted().map { "\(packageRoot)/scenarios/selftests/\($0)" }
+            + ["exclusive-fork-mprotect", "fault-back-during-migration", "migrate-shared-by-fork"].map { "\(packageRoot)/scenarios/oracle/\($0).hmm" }
+        let r = HMMBinary.run(["run", "--oracle-output", "\(packageRoot)/tools/kernel-oracle/fixtures/scenarios-7.2.12+deb13.txt"] + files, timeout: 900)
+        XCTAssertEqual(r.status, 0, r.output)
+        let summary = r.output.split(separator: "\n").last.map(String.init) ?? ""
+        XCTAssertTrue(summary.hasPrefix("# 29 same, 0 different, 12 compared in part, 0 skipped;"), summary)
+        XCTAssertTrue(r.output.contains("hmm_device_private.migrate_mixed.hmm: same"), r.output)
+    }
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real Linux 7.2 beside the model: Debian's kernel under QEMU with lib/test_hmm.c loaded,
-# the kernel's own hmm-tests, and swift-hmm's native scenario runner inside the VM.
+# the kernel's own hmm-tests, and swift-hmm's native scenario runner (hmm-oracle-runner) inside
+# the VM.
 #
 #   oracle.sh prepare          fetch and build everything into the cache (idempotent)
 #   oracle.sh status           what the cache holds, what is missing
@@ -8,6 +9,7 @@
 #                              boot the VM, run CMD (a shell command line) in /oracle inside it,
 #                              print its output, exit with its status
 #       --file HOST[:GUEST]    copy a host file into the VM (GUEST relative to /oracle)
+#       --dir HOST[:GUEST]     copy a host directory into the VM
 #       --timeout SECONDS      give up after this long (default 900); exit 124
 #       --coherent             give test_hmm special-purpose memory for the coherent devices
 #   oracle.sh selftests [--coherent] [--filter TEXT]
@@ -204,7 +206,7 @@ build_runner() {
     # swift-hmm's native scenario runner, if the tree has one (built in the trixie root, static).
     local src=$REPO/tools/kernel-oracle/runner
     [ -d "$src" ] || return 0
-    local sum; sum=$(cat "$src"/*.c "$src"/*.h 2>/dev/null | sha256sum | cut -c1-16)
+    local sum; sum=$(find "$src" -name '*.[ch]' | sort | xargs cat | sha256sum | cut -c1-16)
     [ -f "$CACHE/stamps/runner-$sum" ] && return 0
     say "building hmm-oracle-runner (static)"
     rm -rf "$ROOT/build/runner" && cp -a "$src" "$ROOT/build/runner" && cp "$CACHE/src/lib/test_hmm_uapi.h" "$ROOT/build/runner/"
@@ -262,10 +264,11 @@ status() {
 
 # --- running ----------------------------------------------------------------------------------
 run_vm() {
-    local timeout=900 coherent=0 files=()
+    local timeout=900 coherent=0 files=() dirs=()
     while [ $# -gt 0 ]; do
         case "$1" in
             --file) files+=("$2"); shift 2 ;;
+            --dir) dirs+=("$2"); shift 2 ;;
             --timeout) timeout=$2; shift 2 ;;
             --coherent) coherent=1; shift ;;
             --) shift; break ;;
@@ -295,6 +298,12 @@ run_vm() {
         mkdir -p "$(dirname "$w/extra/oracle/$guest")"; cp "$host" "$w/extra/oracle/$guest"
     done
     # (Called as `run_vm … || status=$?`, so set -e is off in here: check each step.)
+    for f in ${dirs[@]+"${dirs[@]}"}; do
+        local host=${f%%:*} guest=${f#*:}; [ "$guest" = "$f" ] && guest=$(basename "$host")
+        [ -d "$host" ] || die "--dir $host: no such directory"
+        case "/$guest/" in */../*|//*) die "--dir $f: the guest path must stay inside /oracle" ;; esac
+        mkdir -p "$w/extra/oracle/$guest" && cp -r "$host"/. "$w/extra/oracle/$guest/" || die "--dir $f: cannot copy"
+    done
     (cd "$w/extra" && find . | cpio -o -H newc --quiet | gzip -1 > "$w/extra.cpio.gz") || die "cannot pack the command's files"
     cat "$OUT/initramfs.cpio.gz" "$w/extra.cpio.gz" > "$w/initramfs.cpio.gz" || die "cannot write the initramfs"
     local status=0

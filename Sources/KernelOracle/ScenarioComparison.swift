@@ -1,0 +1,134 @@
+/// A scenario script run on the model and on the kernel (`hmm-oracle-runner` in the kernel
+/// oracle's VM), compared command by command.
+///
+/// Both sides print one trace line per command, `FILE:LINE tN: COMMAND = RESULT`. The
+/// comparison takes, in order, each command's `FILE:LINE` (file name only) and its result with
+/// addresses and pids left out (they differ between the two machines): return values and
+/// errnos, `cpages` and `faults`, loaded values, signals, pagemap states. The runner also checks
+/// the script's expectations and reports the first that fails on the kernel.
+public enum ScenarioComparison {
+    /// One command's trace: where, and what it returned (normalized).
+    public struct TraceLine: Sendable, Equatable, CustomStringConvertible {
+        public let location: String
+        public let result: String
+        public init(location: String, result: String) { self.location = location; self.result = result }
+        public var description: String { "\(location) = \(result)" }
+    }
+
+    /// How the kernel's run of a script ended.
+    public enum End: Sendable, Equatable {
+        case done
+        /// An expectation of the script failed on the kernel.
+        case expectationFailed(String)
+        /// A command the runner cannot run on a kernel (yet): where, and which.
+        case unsupported(String)
+        case skipped(String)
+        /// The runner stopped on an error of its own, or printed nothing for the script.
+        case broken(String)
+    }
+
+    public struct KernelScript: Sendable, Equatable {
+        public var lines: [TraceLine] = []
+        public var end: End = .broken("no end line")
+        public init(lines: [TraceLine] = [], end: End = .broken("no end line")) { self.lines = lines; self.end = end }
+    }
+
+    public enum Verdict: String, Sendable { case same, different, partial, skipped }
+
+    public struct Result: Sendable, Equatable {
+        public let file: String
+        public let verdict: Verdict
+        /// Commands compared.
+        public let compared: Int
+        public let note: String?
+    }
+
+    /// Parses `FILE:LINE tN: TEXT = RESULT` (with or without the leading `# `). Return: nil for
+    /// anything else (the model's page-table lines, output of `print`, …).
+    public static func traceLine(_ raw: String) -> TraceLine? {
+        var s = Substring(raw)
+        if s.hasPrefix("# ") { s = s.dropFirst(2) }
+        guard let sep = s.firstRange(" = "), let colonT = s.firstRange(": ") else { return nil }
+        let head = s[s.startIndex..<colonT.lowerBound]            // FILE:LINE tN
+        guard let space = head.lastIndex(of: " "), head[head.index(after: space)...].hasPrefix("t") else { return nil }
+        let where_ = head[head.startIndex..<space]                  // FILE:LINE
+        guard let colon = where_.lastIndex(of: ":"), Int(where_[where_.index(after: colon)...]) != nil else { return nil }
+        let file = where_[where_.startIndex..<colon]
+        let base = file.lastIndex(of: "/").map { file[file.index(after: $0)...] } ?? file
+        return TraceLine(location: "\(base):\(where_[where_.index(after: colon)...])", result: normalize(String(s[sep.upperBound...])))
+    }
+
+    /// Addresses (hex numbers of 0x10000 and more) and pids are left out.
+    static func normalize(_ result: String) -> String {
+        var words = result.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        for i in words.indices {
+            let w = words[i]
+            if w.hasPrefix("0x"), let v = UInt64(w.dropFirst(2), radix: 16), v >= 0x10000 { words[i] = "ADDR" }
+            if i > 0, words[i - 1] == "pid", Int(w) != nil { words[i] = "N" }
+        }
+        return words.joined(separator: " ")
+    }
+
+    /// The runner's output for several scripts, each after `@@SCRIPT NAME`.
+    public static func parseRunner(_ text: String) -> [String: KernelScript] {
+        var scripts: [String: KernelScript] = [:]
+        var current: String? = nil
+        for raw in text.utf8.split(separator: 0x0A, omittingEmptySubsequences: false) {
+            let line = String(decoding: raw.last == 0x0D ? raw.dropLast() : raw, as: UTF8.self)
+            if line.hasPrefix("@@SCRIPT ") { current = String(line.dropFirst(9)); scripts[current!] = KernelScript(); continue }
+            guard let name = current else { continue }
+            func after(_ p: String) -> String { String(line.dropFirst(p.count)) }
+            if line == "@@DONE" { scripts[name]!.end = .done }
+            else if line.hasPrefix("@@EXPECT ") { scripts[name]!.end = .expectationFailed(after("@@EXPECT ")) }
+            else if line.hasPrefix("@@UNSUPPORTED ") { scripts[name]!.end = .unsupported(after("@@UNSUPPORTED ")) }
+            else if line.hasPrefix("@@SKIP ") { scripts[name]!.end = .skipped(after("@@SKIP ")) }
+            else if line.hasPrefix("@@ERROR ") { scripts[name]!.end = .broken(after("@@ERROR ")) }
+            else if let t = traceLine(line) { scripts[name]!.lines.append(t) }
+        }
+        return scripts
+    }
+
+    /// Compares a script's model trace (`modelFailure`: nil when every expectation held) with
+    /// the kernel's run of it.
+    public static func compare(file: String, model: [TraceLine], modelFailure: String?, kernel: KernelScript?) -> Result {
+        if let m = modelFailure { return Result(file: file, verdict: .different, compared: 0, note: "swift-hmm fails: \(m)") }
+        guard let k = kernel else { return Result(file: file, verdict: .different, compared: 0, note: "no output from the kernel's run") }
+        for (i, kl) in k.lines.enumerated() {
+            guard i < model.count else {
+                return Result(file: file, verdict: .different, compared: i, note: "the kernel ran \(kl.location) after swift-hmm's last command")
+            }
+            if model[i] != kl {
+                return Result(file: file, verdict: .different, compared: i,
+                              note: "at \(kl.location): swift-hmm \(model[i].location == kl.location ? "" : "(\(model[i].location)) ")\(model[i].result), kernel \(kl.result)")
+            }
+        }
+        let n = k.lines.count
+        switch k.end {
+        case .done:
+            if model.count != n {
+                return Result(file: file, verdict: .different, compared: n, note: "swift-hmm ran \(model.count - n) more commands, from \(model[n].location)")
+            }
+            return Result(file: file, verdict: .same, compared: n, note: nil)
+        case .expectationFailed(let m):
+            return Result(file: file, verdict: .different, compared: n, note: "on the kernel, \(m)")
+        case .unsupported(let what):
+            return Result(file: file, verdict: .partial, compared: n, note: "then not run on the kernel: \(what)")
+        case .skipped(let at):
+            return Result(file: file, verdict: .skipped, compared: n, note: "skipped at \(at)")
+        case .broken(let m):
+            return Result(file: file, verdict: .different, compared: n, note: "the kernel's run broke: \(m)")
+        }
+    }
+}
+
+extension Substring {
+    func firstRange(_ s: String) -> Range<Substring.Index>? {
+        let n = s.count
+        var i = startIndex
+        while i < endIndex {
+            if self[i...].hasPrefix(s) { return i..<index(i, offsetBy: n) }
+            i = index(after: i)
+        }
+        return nil
+    }
+}

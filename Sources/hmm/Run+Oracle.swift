@@ -1,0 +1,109 @@
+import ArgumentParser
+import KernelOracle
+import Scenario
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `hmm run --oracle FILE…`: each script on swift-hmm and on Linux 7.2 (the kernel oracle's VM,
+/// `hmm-oracle-runner`), compared command by command (docs/kernel-oracle.md).
+extension Run {
+    func runWithOracle() throws {
+        // The kernel's side first: one VM for every script.
+        let kernelText: String
+        if let file = oracleOutput {
+            guard let text = BenchRecord.readFile(file) else { throw ValidationError("--oracle-output: cannot read \(file)") }
+            kernelText = text
+        } else {
+            let (copies, names) = try Self.filesForTheVM(files)
+            let script = names.map { "echo '@@SCRIPT \($0)'; hmm-oracle-runner '\($0)'" }.joined(separator: "; ")
+            do {
+                kernelText = try OracleScript.locate().run(["run", "--timeout", "3600"] + copies.flatMap { ["--file", $0] } + ["--", script])
+            } catch {
+                if case .failed(_, let output) = error, !output.isEmpty {
+                    BenchRecord.printError(output)
+                    if let save = saveOracleOutput, let f = fopen(save, "w") { fputs(output, f); fclose(f) }
+                }
+                BenchRecord.printError("hmm run --oracle: \(error)")
+                throw ExitCode(2)
+            }
+        }
+        if let save = saveOracleOutput {
+            guard let f = fopen(save, "w") else { throw ValidationError("--save-oracle-output: cannot write \(save)") }
+            fputs(kernelText, f); fclose(f)
+        }
+        let kernel = ScenarioComparison.parseRunner(kernelText)
+        let names = (try? Self.filesForTheVM(files).names) ?? files
+        var results: [ScenarioComparison.Result] = []
+        for (file, name) in zip(files, names) {
+            var options = ScenarioInterpreter.Options()
+            try limits.apply(&options)
+            options.trace = true
+            options.maxSteps = max(1, maxSteps)
+            let collected = TraceCollector()
+            options.output = { collected.add($0) }
+            let outcome = ScenarioInterpreter(options: options).run(path: file)
+            var failure: String? = nil
+            switch outcome {
+            case .passed, .skipped: break
+            case .failed(let m), .malformed(let m): failure = m
+            }
+            let r = ScenarioComparison.compare(file: file, model: collected.lines.compactMap(ScenarioComparison.traceLine),
+                                               modelFailure: failure, kernel: kernel[name])
+            results.append(r)
+            out("\(file): \(r.verdict.rawValue) (\(r.compared) commands compared)\(r.note.map { ": " + $0 } ?? "")")
+        }
+        let count = { (v: ScenarioComparison.Verdict) in results.filter { $0.verdict == v }.count }
+        out("# \(count(.same)) same, \(count(.different)) different, \(count(.partial)) compared in part, \(count(.skipped)) skipped; "
+            + "\(results.map(\.compared).reduce(0, +)) commands compared")
+        if count(.different) > 0 { throw ExitCode(1) }
+    }
+
+    /// The scripts and the files they include, as `--file HOST:GUEST` copies below their common
+    /// directory, and each script's path there.
+    static func filesForTheVM(_ scripts: [String]) throws -> (copies: [String], names: [String]) {
+        var all: [String] = []
+        var scriptPaths: [String] = []
+        func visit(_ path: String, depth: Int) throws {
+            guard depth < 16 else { throw ValidationError("\(path): includes nested too deep") }
+            guard let real = realPath(path) else { throw ValidationError("\(path): no such file") }
+            if all.contains(real) { return }
+            all.append(real)
+            guard let text = BenchRecord.readFile(real) else { throw ValidationError("\(path): cannot read") }
+            let dir = String(real[..<(real.lastIndex(of: "/") ?? real.startIndex)])
+            for line in text.split(separator: "\n") {
+                let t = line.drop { $0 == " " || $0 == "\t" }
+                guard t.hasPrefix("include "), let q1 = t.firstIndex(of: "\"") else { continue }
+                let rest = t[t.index(after: q1)...]
+                guard let q2 = rest.firstIndex(of: "\"") else { continue }
+                let inc = String(rest[..<q2])
+                try visit(inc.hasPrefix("/") ? inc : dir + "/" + inc, depth: depth + 1)
+            }
+        }
+        for s in scripts {
+            try visit(s, depth: 0)
+            scriptPaths.append(realPath(s) ?? s)
+        }
+        // The common directory of every file.
+        var common = all.first.map { String($0[..<($0.lastIndex(of: "/") ?? $0.startIndex)]) } ?? "/"
+        for p in all {
+            while !common.isEmpty && !p.hasPrefix(common + "/") { common = String(common[..<(common.lastIndex(of: "/") ?? common.startIndex)]) }
+        }
+        let rel = { (p: String) in String(p.dropFirst(common.count + 1)) }
+        return (all.map { "\($0):\(rel($0))" }, scriptPaths.map(rel))
+    }
+
+    static func realPath(_ p: String) -> String? {
+        guard let r = realpath(p, nil) else { return nil }
+        defer { free(r) }
+        return String(cString: r)
+    }
+}
+
+/// Trace lines of one script (the interpreter's threads may emit concurrently).
+final class TraceCollector: @unchecked Sendable {
+    private let lock = NSLockLite()
+    private(set) var lines: [String] = []
+    func add(_ l: String) { lock.withLock { lines.append(l) } }
+}
