@@ -17,9 +17,12 @@ extension Run {
             kernelText = text
         } else {
             let (copies, names) = try Self.filesForTheVM(files)
-            let script = names.map { "echo '@@SCRIPT \($0)'; hmm-oracle-runner '\($0)'" }.joined(separator: "; ")
+            // `; true`: a script whose runner fails is reported from its output, not by the
+            // exit status of the last one.
+            let script = names.map { "echo '@@SCRIPT \($0)'; hmm-oracle-runner '\($0)'" }.joined(separator: "; ") + "; true"
             do {
-                kernelText = try OracleScript.locate().run(["run", "--timeout", "3600"] + copies.flatMap { ["--file", $0] } + ["--", script])
+                kernelText = try OracleScript.locate().run(["run", "--timeout", "3600"] + (oracleCoherent ? ["--coherent"] : [])
+                                                           + copies.flatMap { ["--file", $0] } + ["--", script])
             } catch {
                 if case .failed(_, let output) = error, !output.isEmpty {
                     BenchRecord.printError(output)
@@ -49,8 +52,11 @@ extension Run {
             case .passed, .skipped: break
             case .failed(let m), .malformed(let m): failure = m
             }
+            // A kept run may name the script by a longer or shorter path than this set of files
+            // gives it: then the one key that ends the same way.
+            let k = kernel[name] ?? kernel.first { key, _ in key.hasSuffix("/" + name) || name.hasSuffix("/" + key) }?.value
             let r = ScenarioComparison.compare(file: file, model: collected.lines.compactMap(ScenarioComparison.traceLine),
-                                               modelFailure: failure, kernel: kernel[name])
+                                               modelFailure: failure, kernel: k)
             results.append(r)
             out("\(file): \(r.verdict.rawValue) (\(r.compared) commands compared)\(r.note.map { ": " + $0 } ?? "")")
         }

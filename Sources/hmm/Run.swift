@@ -68,9 +68,12 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("With --oracle: save what the kernel's run printed to this file.", valueName: "file"))
     var saveOracleOutput: String?
 
+    @Flag(help: "With --oracle: give test_hmm's coherent devices (2 and 3) their special-purpose memory in the VM, for scripts that open them.")
+    var oracleCoherent = false
+
     func validate() throws {
         guard !files.isEmpty else { throw ValidationError("expected at least one scenario file") }
-        if saveOracleOutput != nil && !oracle { throw ValidationError("--save-oracle-output needs --oracle") }
+        if (saveOracleOutput != nil || oracleCoherent) && !oracle { throw ValidationError("--save-oracle-output and --oracle-coherent need --oracle") }
         if oracle && oracleOutput != nil { throw ValidationError("--oracle boots the kernel, --oracle-output reads a kept run: give one") }
         if (oracle || oracleOutput != nil) && (format == .json || trace || stats || lockdep) {
             throw ValidationError("--oracle prints its own comparison: without --format json, --trace, --stats or --lockdep")

@@ -268,5 +268,13 @@ final class ScenarioOracleTests: XCTestCase {
         let summary = r.output.split(separator: "\n").last.map(String.init) ?? ""
         XCTAssertTrue(summary.hasPrefix("# 29 same, 0 different, 12 compared in part, 0 skipped;"), summary)
         XCTAssertTrue(r.output.contains("hmm_device_private.migrate_mixed.hmm: same"), r.output)
+        // The coherent variant (`--oracle-coherent`): the same, and its migrate_anon_huge_err
+        // scenario, which states the kernel's ENOMEM, agrees to the end.
+        let coherent = try FileManager.default.contentsOfDirectory(atPath: "\(packageRoot)/scenarios/selftests")
+            .filter { $0.hasPrefix("hmm_device_coherent.") }.sorted().map { "\(packageRoot)/scenarios/selftests/\($0)" }
+        let c = HMMBinary.run(["run", "--oracle-output", "\(packageRoot)/tools/kernel-oracle/fixtures/scenarios-coherent-7.2.12+deb13.txt"] + coherent, timeout: 900)
+        XCTAssertEqual(c.status, 0, c.output)
+        XCTAssertTrue(c.output.split(separator: "\n").last?.hasPrefix("# 29 same, 0 different, 9 compared in part, 0 skipped;") == true, c.output)
+        XCTAssertTrue(c.output.contains("hmm_device_coherent.migrate_anon_huge_err.hmm: same"), c.output)
     }
 }

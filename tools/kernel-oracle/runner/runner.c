@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <malloc.h>
 #ifdef HAVE_KERNEL_UAPI
 #include "test_hmm_uapi.h"
 #else
@@ -244,7 +245,12 @@ static void checkErrno(Cmd *c, int err) {
 
 // ---- memory accesses with fault capture --------------------------------------------------------
 static sigjmp_buf faultJump; static volatile int faultSig; static volatile uintptr_t faultAddr;
-static void onFault(int sig, siginfo_t *si, void *uc) { (void)uc; faultSig = sig; faultAddr = (uintptr_t)si->si_addr; siglongjmp(faultJump, 1); }
+static volatile sig_atomic_t inAccess;   // set only around the script's own accesses
+static void onFault(int sig, siginfo_t *si, void *uc) {
+    (void)uc;
+    if (!inAccess) { signal(sig, SIG_DFL); return; }   // the runner's own fault: crash (re-executes with the default action)
+    inAccess = 0; faultSig = sig; faultAddr = (uintptr_t)si->si_addr; siglongjmp(faultJump, 1);
+}
 
 static char faultText[64];
 static const char *faultString(void) {
@@ -279,11 +285,12 @@ static Pattern pattern(const char *t) {
     fatal("%s:%d: expected a pattern, found '%s'", curFile, curLine, t);
     return p;
 }
+// Over whole 32-bit ints, as the model: bytes past the last whole int are 0 (and not compared).
 static void fillPattern(unsigned char *dst, uint64_t len, Pattern p, uint64_t index) {
-    if (p.kind == 3) { memset(dst, p.b, len); return; }
+    memset(dst, 0, len);
     for (uint64_t i = 0; i + 4 <= len; i += 4) {
         uint64_t k = index + i / 4;
-        uint32_t v = p.kind == 0 ? (uint32_t)(k + p.c) : p.kind == 1 ? (uint32_t)(-(int64_t)k) : p.v;
+        uint32_t v = p.kind == 0 ? (uint32_t)(k + p.c) : p.kind == 1 ? (uint32_t)(-(int64_t)k) : p.kind == 2 ? p.v : 0x01010101u * p.b;
         memcpy(dst + i, &v, 4);
     }
 }
@@ -291,7 +298,7 @@ static void fillPattern(unsigned char *dst, uint64_t len, Pattern p, uint64_t in
 static int64_t comparePattern(const unsigned char *got, uint64_t len, Pattern p, uint64_t index) {
     unsigned char *want = malloc(len ? len : 1); fillPattern(want, len, p, index);
     int64_t at = -1;
-    for (uint64_t i = 0; i < len; i++) if (got[i] != want[i]) { at = p.kind == 3 ? (int64_t)i : (int64_t)(i / 4); break; }
+    for (uint64_t i = 0; i < len - len % 4; i++) if (got[i] != want[i]) { at = (int64_t)(i / 4); break; }
     free(want); return at;
 }
 
@@ -316,7 +323,8 @@ static void cmdMmap(Cmd *c) {
     if (opt(c, "fixed")) { addr = eval(opt(c, "fixed")); flags |= flag(c, "noreplace") ? MAP_FIXED_NOREPLACE : MAP_FIXED; }
     else if (opt(c, "hint")) addr = eval(opt(c, "hint"));
     if (flag(c, "populate")) flags |= MAP_POPULATE;
-    if (flag(c, "hugetlb") || opt(c, "hugetlb")) {
+    if (flag(c, "hugetlb") || opt(c, "hugetlb")) unsupported("mmap hugetlb (the VM's hugetlb pool is not the model's)");
+    if (0) {
         flags |= MAP_HUGETLB;
         const char *h = opt(c, "hugetlb");
         if (h) { uint64_t hs = eval(h); flags |= (hs == (1ULL << 30) ? 30 : 21) << MAP_HUGE_SHIFT; size = (size + hs - 1) / hs * hs; }
@@ -375,7 +383,14 @@ static void cmdFillCheck(Cmd *c) {
     if (isFill) fillPattern(b, len, p, index);
     faultSig = 0;
     if (sigsetjmp(faultJump, 1) == 0) {
-        if (isFill) memcpy((void *)a, b, len); else memcpy(b, (const void *)a, len);
+        // Page by page, as the model's CPU does: a fault leaves the pages before it written whole.
+        inAccess = 1;
+        for (uint64_t o = 0; o < len; ) {
+            uint64_t n = PAGE - ((a + o) & (PAGE - 1)); if (n > len - o) n = len - o;
+            if (isFill) memcpy((void *)(a + o), b + o, n); else memcpy(b + o, (const void *)(a + o), n);
+            o += n;
+        }
+        inAccess = 0;
     }
     if (faultSig) { trace(c, "%s", faultString()); free(b); checkSignal(c, 1); return; }
     trace(c, "ok");
@@ -393,8 +408,10 @@ static void cmdAccess(Cmd *c) {
     faultSig = 0;
     if (sigsetjmp(faultJump, 1) == 0) {
         volatile void *p = (volatile void *)a;
+        inAccess = 1;
         if (isLoad) got = w == 1 ? *(volatile uint8_t *)p : w == 2 ? *(volatile uint16_t *)p : w == 4 ? *(volatile uint32_t *)p : *(volatile uint64_t *)p;
         else if (w == 1) *(volatile uint8_t *)p = v; else if (w == 2) *(volatile uint16_t *)p = v; else if (w == 4) *(volatile uint32_t *)p = v; else *(volatile uint64_t *)p = v;
+        inAccess = 0;
     }
     const char *e0 = expectBare(c, 0);
     if (faultSig) {
@@ -425,7 +442,7 @@ static void cmdBuffer(Cmd *c) {
     trace(c, "ok");
     if (off + len > v->size) expectFailed("past the buffer's end");
     Pattern p = pattern(pt);
-    int64_t at = comparePattern(v->buf + off, len, p, off / 4);
+    int64_t at = comparePattern(v->buf + off, len, p, opt(c, "index") ? eval(opt(c, "index")) : 0);
     if (at >= 0) expectFailed("buffer: expected %s, differs at %lld", pt, (long long)at);
 }
 
@@ -476,7 +493,7 @@ static void cmdDevice(Cmd *c) {
             char list[1024]; snprintf(list, sizeof list, "%s", v); uint64_t at = 0;
             for (char *x = strtok(list, ","); x; x = strtok(NULL, ",")) {
                 char *star = strchr(x, '*'); uint64_t n = 1; if (star) { *star = 0; n = eval(star + 1); }
-                uint64_t b = eval(x);
+                uint64_t b = strtoull(x, NULL, 16);   // hex, 0x optional (as the model)
                 for (uint64_t j = 0; j < n; j++, at++) if (at >= bufSize || buf[at] != b) expectFailed("expected byte %llu = 0x%llx, got 0x%x", (unsigned long long)at, (unsigned long long)b, at < bufSize ? buf[at] : 0);
             }
         }
@@ -484,12 +501,12 @@ static void cmdDevice(Cmd *c) {
 }
 
 static void cmdPagemap(Cmd *c) {
-    uint64_t a = eval(need(c, 0, "an address")), n = eval(need(c, 1, "a page count"));
+    uint64_t a = eval(need(c, 0, "an address")), n = pos(c, 1) ? eval(pos(c, 1)) : 1;
     int fd = open("/proc/self/pagemap", O_RDONLY);
     uint64_t *e = calloc(n ? n : 1, 8);
     ssize_t r = pread(fd, e, n * 8, (a / PAGE) * 8);
     close(fd);
-    if (r != (ssize_t)(n * 8)) { int err = errno; trace(c, "%s", errname(err)); free(e); checkErrno(c, err); return; }
+    if (r != (ssize_t)(n * 8)) { int err = r < 0 ? errno : EINVAL; trace(c, "%s", errname(err)); free(e); checkErrno(c, err); return; }
     char *s = malloc(n + 1);
     for (uint64_t i = 0; i < n; i++) s[i] = (e[i] >> 63) & 1 ? 'P' : ((e[i] >> 62) & 1 ? 'S' : '-');
     s[n] = 0;
@@ -533,6 +550,8 @@ static int processes;
 
 static void runCommand(Cmd *c) {
     curFile = c->file; curLine = c->line;
+    if (c->bindName && strchr(c->bindName, '[')) unsupported("indexed names");
+    for (int i = 0; i < c->nargs; i++) if (strchr(c->args[i].value, '[')) unsupported("indexed names");
     if (opt(c, "proc")) unsupported("proc= (more than one process)");
     const char *n = c->name;
     if (!strcmp(n, "process")) {
@@ -544,7 +563,7 @@ static void runCommand(Cmd *c) {
         if (!strcmp(n, "thp")) unsupported("thp (the VM's THP setting is madvise)");
         if (!strcmp(n, "machine")) unsupported("machine");
         if (!strcmp(n, "sleep")) { usleep(eval(need(c, 0, "a time")) / 1000); trace(c, "ok"); return; }
-        trace(c, "ok"); return;
+        return;   // print: output only, no trace line (as the model)
     }
     if (!strcmp(n, "skip")) { printf("@@SKIP %s:%d\n", c->file, c->line); longjmp(stopJump, 1); }
     if (!strcmp(n, "open")) {
@@ -634,7 +653,8 @@ static void statement(int execute) {
         Arg a = { NULL, w };
         char *eq = toks[ti].string ? NULL : strchr(w, '=');
         if (eq && eq != w) { a.key = strndup(w, eq - w); a.value = eq + 1; }
-        if (inExpect) { if (c.nexpects < 16) c.expects[c.nexpects++] = a; } else if (c.nargs < 32) c.args[c.nargs++] = a;
+        if (inExpect) { if (c.nexpects == 16) fatal("%s:%d: too many expectations", t->file, t->line); c.expects[c.nexpects++] = a; }
+        else { if (c.nargs == 32) fatal("%s:%d: too many arguments", t->file, t->line); c.args[c.nargs++] = a; }
         ti++;
     }
     runCommand(&c);
@@ -653,6 +673,9 @@ static void runBlock(int untilBrace) {
 int main(int argc, char **argv) {
     if (argc != 2) { fprintf(stderr, "usage: hmm-oracle-runner SCRIPT.hmm\n"); return 2; }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    // The runner's own memory from the brk heap only: no malloc'd buffer lands in a hole the
+    // script unmapped (which would change what its later mmaps and mremaps get).
+    mallopt(M_MMAP_MAX, 0);
     struct sigaction sa = {0}; sa.sa_sigaction = onFault; sa.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigaction(SIGSEGV, &sa, NULL); sigaction(SIGBUS, &sa, NULL);
     tokenize(argv[1], 0);
