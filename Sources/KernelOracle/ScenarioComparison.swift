@@ -7,12 +7,45 @@
 /// errnos, `cpages` and `faults`, loaded values, signals, pagemap states. The runner also checks
 /// the script's expectations and reports the first that fails on the kernel.
 public enum ScenarioComparison {
-    /// One command's trace: where, and what it returned (normalized).
+    /// One command's trace: where, and what it returned (normalized); `thread`: the `tN` of
+    /// a thread of a `concurrent` block (0 outside), not compared.
     public struct TraceLine: Sendable, Equatable, CustomStringConvertible {
         public let location: String
         public let result: String
-        public init(location: String, result: String) { self.location = location; self.result = result }
+        public let thread: Int
+        public init(location: String, result: String, thread: Int = 0) { self.location = location; self.result = result; self.thread = thread }
         public var description: String { "\(location) = \(result)" }
+        public static func == (a: TraceLine, b: TraceLine) -> Bool { a.location == b.location && a.result == b.result }
+    }
+
+    /// A trace as compared: each command outside `concurrent` blocks by itself, in order; the
+    /// commands of a block's threads (consecutive lines with N ≠ 0) as one group, compared as the
+    /// set of their locations with repeats, whatever the order the threads ran them in and
+    /// whatever they returned (that depends on the interleaving; each side checked the script's
+    /// expectations of them).
+    enum Item: Equatable {
+        case line(TraceLine)
+        case group([String])
+
+        var location: String {
+            switch self { case .line(let l): return l.location; case .group(let g): return g.first.map { "the threads at \($0)" } ?? "threads" }
+        }
+        var commands: Int { if case .group(let g) = self { return g.count }; return 1 }
+        var result: String {
+            switch self { case .line(let l): return l.result; case .group(let g): return "threads ran " + g.joined(separator: ", ") }
+        }
+    }
+
+    static func items(_ lines: [TraceLine]) -> [Item] {
+        var out: [Item] = []
+        var group: [String] = []
+        for l in lines {
+            if l.thread != 0 { group.append(l.location); continue }
+            if !group.isEmpty { out.append(.group(group.sorted())); group = [] }
+            out.append(.line(l))
+        }
+        if !group.isEmpty { out.append(.group(group.sorted())) }
+        return out
     }
 
     /// How the kernel's run of a script ended.
@@ -29,8 +62,12 @@ public enum ScenarioComparison {
 
     public struct KernelScript: Sendable, Equatable {
         public var lines: [TraceLine] = []
-        public var end: End = .broken("no end line")
-        public init(lines: [TraceLine] = [], end: End = .broken("no end line")) { self.lines = lines; self.end = end }
+        public var end: End = .broken(KernelScript.noEnd)
+        var sawError = false
+        /// A script whose run printed no end: the VM stopped in it (a kernel oops or panic
+        /// ends the VM), or the runner died.
+        public static let noEnd = "its run ended without an end line (the VM stopped here: a kernel oops or panic? see the kernel's console)"
+        public init(lines: [TraceLine] = [], end: End = .broken(KernelScript.noEnd)) { self.lines = lines; self.end = end }
     }
 
     public enum Verdict: String, Sendable { case same, different, partial, skipped }
@@ -50,12 +87,13 @@ public enum ScenarioComparison {
         if s.hasPrefix("# ") { s = s.dropFirst(2) }
         guard let sep = s.firstRange(" = "), let colonT = s.firstRange(": ") else { return nil }
         let head = s[s.startIndex..<colonT.lowerBound]            // FILE:LINE tN
-        guard let space = head.lastIndex(of: " "), head[head.index(after: space)...].hasPrefix("t") else { return nil }
+        guard let space = head.lastIndex(of: " "), head[head.index(after: space)...].hasPrefix("t"),
+              let thread = Int(head[head.index(after: space)...].dropFirst()) else { return nil }
         let where_ = head[head.startIndex..<space]                  // FILE:LINE
         guard let colon = where_.lastIndex(of: ":"), Int(where_[where_.index(after: colon)...]) != nil else { return nil }
         let file = where_[where_.startIndex..<colon]
         let base = file.lastIndex(of: "/").map { file[file.index(after: $0)...] } ?? file
-        return TraceLine(location: "\(base):\(where_[where_.index(after: colon)...])", result: normalize(String(s[sep.upperBound...])))
+        return TraceLine(location: "\(base):\(where_[where_.index(after: colon)...])", result: normalize(String(s[sep.upperBound...])), thread: thread)
     }
 
     /// Addresses (hex numbers of 0x10000 and more) and pids are left out.
@@ -82,7 +120,11 @@ public enum ScenarioComparison {
             else if line.hasPrefix("@@EXPECT ") { scripts[name]!.end = .expectationFailed(after("@@EXPECT ")) }
             else if line.hasPrefix("@@UNSUPPORTED ") { scripts[name]!.end = .unsupported(after("@@UNSUPPORTED ")) }
             else if line.hasPrefix("@@SKIP ") { scripts[name]!.end = .skipped(after("@@SKIP ")) }
-            else if line.hasPrefix("@@ERROR ") { scripts[name]!.end = .broken(after("@@ERROR ")) }
+            else if line.hasPrefix("@@ERROR ") {
+                // The first error is the cause (a process's own, before the runner's "it ended").
+                if case .broken = scripts[name]!.end, scripts[name]!.sawError { continue }
+                scripts[name]!.end = .broken(after("@@ERROR ")); scripts[name]!.sawError = true
+            }
             else if let t = traceLine(line) { scripts[name]!.lines.append(t) }
         }
         return scripts
@@ -93,31 +135,44 @@ public enum ScenarioComparison {
     public static func compare(file: String, model: [TraceLine], modelFailure: String?, kernel: KernelScript?) -> Result {
         if let m = modelFailure { return Result(file: file, verdict: .different, compared: 0, note: "swift-hmm fails: \(m)") }
         guard let k = kernel else { return Result(file: file, verdict: .different, compared: 0, note: "no output from the kernel's run") }
-        for (i, kl) in k.lines.enumerated() {
-            guard i < model.count else {
-                return Result(file: file, verdict: .different, compared: i, note: "the kernel ran \(kl.location) after swift-hmm's last command")
+        let modelItems = items(model), kernelItems = items(k.lines)
+        func done(_ i: Int) -> Int { kernelItems[..<i].reduce(0) { $0 + $1.commands } }
+        for (i, kl) in kernelItems.enumerated() {
+            guard i < modelItems.count else {
+                return Result(file: file, verdict: .different, compared: done(i), note: "the kernel ran \(kl.location) after swift-hmm's last command")
             }
-            if model[i] != kl {
-                return Result(file: file, verdict: .different, compared: i,
-                              note: "at \(kl.location): swift-hmm \(model[i].location == kl.location ? "" : "(\(model[i].location)) ")\(model[i].result), kernel \(kl.result)")
-            }
+            let m = modelItems[i]
+            if m == kl { continue }
+            // A run that stopped inside a concurrent block ran part of the model's group.
+            if i == kernelItems.count - 1, k.end != .done, case .group(let kg) = kl, case .group(let mg) = m, isSubmultiset(kg, of: mg) { continue }
+            return Result(file: file, verdict: .different, compared: done(i),
+                          note: "at \(kl.location): swift-hmm \(m.location == kl.location ? "" : "(\(m.location)) ")\(m.result), kernel \(kl.result)")
         }
-        let n = k.lines.count
+        let n = kernelItems.count, compared = done(n)
         switch k.end {
         case .done:
-            if model.count != n {
-                return Result(file: file, verdict: .different, compared: n, note: "swift-hmm ran \(model.count - n) more commands, from \(model[n].location)")
+            if modelItems.count != n {
+                return Result(file: file, verdict: .different, compared: compared, note: "swift-hmm ran \(modelItems.count - n) more commands, from \(modelItems[n].location)")
             }
-            return Result(file: file, verdict: .same, compared: n, note: nil)
+            return Result(file: file, verdict: .same, compared: compared, note: nil)
         case .expectationFailed(let m):
-            return Result(file: file, verdict: .different, compared: n, note: "on the kernel, \(m)")
+            return Result(file: file, verdict: .different, compared: compared, note: "on the kernel, \(m)")
         case .unsupported(let what):
-            return Result(file: file, verdict: .partial, compared: n, note: "then not run on the kernel: \(what)")
+            return Result(file: file, verdict: .partial, compared: compared, note: "then not run on the kernel: \(what)")
         case .skipped(let at):
-            return Result(file: file, verdict: .skipped, compared: n, note: "skipped at \(at)")
+            return Result(file: file, verdict: .skipped, compared: compared, note: "skipped at \(at)")
         case .broken(let m):
-            return Result(file: file, verdict: .different, compared: n, note: "the kernel's run broke: \(m)")
+            return Result(file: file, verdict: .different, compared: compared, note: "the kernel's run broke: \(m)")
         }
+    }
+}
+
+extension ScenarioComparison {
+    static func isSubmultiset(_ a: [String], of b: [String]) -> Bool {
+        var counts: [String: Int] = [:]
+        for x in b { counts[x, default: 0] += 1 }
+        for x in a { counts[x, default: 0] -= 1; if counts[x]! < 0 { return false } }
+        return true
     }
 }
 

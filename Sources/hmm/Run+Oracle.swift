@@ -12,32 +12,22 @@ extension Run {
     func runWithOracle() throws {
         // The kernel's side first: one VM for every script.
         let kernelText: String
+        // The scripts and what they include, copied for the VM below their common directory.
+        let (copies, vmNames) = try Self.filesForTheVM(files)
         if let file = oracleOutput {
             guard let text = BenchRecord.readFile(file) else { throw ValidationError("--oracle-output: cannot read \(file)") }
             kernelText = text
         } else {
-            let (copies, names) = try Self.filesForTheVM(files)
             // `; true`: a script whose runner fails is reported from its output, not by the
             // exit status of the last one.
-            let script = names.map { "echo '@@SCRIPT \($0)'; hmm-oracle-runner '\($0)'" }.joined(separator: "; ") + "; true"
-            do {
-                kernelText = try OracleScript.locate().run(["run", "--timeout", "3600"] + (oracleCoherent ? ["--coherent"] : [])
-                                                           + copies.flatMap { ["--file", $0] } + ["--", script])
-            } catch {
-                if case .failed(_, let output) = error, !output.isEmpty {
-                    BenchRecord.printError(output)
-                    if let save = saveOracleOutput, let f = fopen(save, "w") { fputs(output, f); fclose(f) }
-                }
-                BenchRecord.printError("hmm run --oracle: \(error)")
-                throw ExitCode(2)
-            }
+            let script = vmNames.map { "echo '@@SCRIPT \($0)'; hmm-oracle-runner '\($0)'" }.joined(separator: "; ") + "; true"
+            kernelText = try KernelOracleRun.output(["run", "--timeout", "3600"] + (oracleCoherent ? ["--coherent"] : [])
+                                                    + copies.flatMap { ["--file", $0] } + ["--", script],
+                                                    command: "hmm run --oracle", save: saveOracleOutput, keepPartial: true)
         }
-        if let save = saveOracleOutput {
-            guard let f = fopen(save, "w") else { throw ValidationError("--save-oracle-output: cannot write \(save)") }
-            fputs(kernelText, f); fclose(f)
-        }
+        try KernelOracleRun.keep(kernelText, in: saveOracleOutput)
         let kernel = ScenarioComparison.parseRunner(kernelText)
-        let names = (try? Self.filesForTheVM(files).names) ?? files
+        let names = vmNames
         var results: [ScenarioComparison.Result] = []
         for (file, name) in zip(files, names) {
             var options = ScenarioInterpreter.Options()

@@ -110,20 +110,9 @@ extension Selftest {
             var args = ["selftests"]
             if oracleCoherent && variants.contains(.deviceCoherent) { args.append("--coherent") }
             if let filter { args += ["--filter", filter] }
-            do { kernelText = try OracleScript.locate().run(args) } catch {
-                if case .failed(_, let output) = error, !output.isEmpty {
-                    // What the kernel printed before the run broke is the most interesting part.
-                    BenchRecord.printError(output)
-                    if let save = saveOracleOutput, let f = fopen(save, "w") { fputs(output, f); fclose(f) }
-                }
-                BenchRecord.printError("hmm selftest --oracle: \(error)")
-                throw ExitCode(2)
-            }
+            kernelText = try KernelOracleRun.output(args, command: "hmm selftest --oracle", save: saveOracleOutput)
         }
-        if let save = saveOracleOutput {
-            guard let f = fopen(save, "w") else { throw ValidationError("--save-oracle-output: cannot write \(save)") }
-            fputs(kernelText, f); fclose(f)
-        }
+        try KernelOracleRun.keep(kernelText, in: saveOracleOutput)
         let kernel: KernelSelftestRun
         do { kernel = try KernelSelftestRun.parse(kernelText) } catch {
             BenchRecord.printError("hmm selftest --oracle: \(error)")

@@ -19,7 +19,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -397,6 +397,23 @@ final class DivergenceTests: XCTestCase {
         }
         try f.expectInts(try f.ints(f.cpu, a, count: Int(size) / 4), { Int32($0 & 0xff) }, "data after six round trips")
         try f.process.munmap(raw, length: 2 * size)
+        try f.teardown()
+    }
+
+    /// D20: the CPU faults back one of two device-private pages; a device READ of both faults
+    /// the first in again and reads the second — on the device — through its backing page
+    /// (Linux 7.2.12's test_hmm copies from the device-private page itself and oopses).
+    func testD20ADeviceReadOfItsOwnPageAfterAFaultBackReadsTheBackingPage() throws {
+        let f = try Fixture(variant: .devicePrivate)
+        let b = try f.anonBuffer(size: 2 * f.pageSize)
+        try f.fill(b, { Int32($0) })
+        try f.expectCommand(f.fd, .migrateToDevice, b, 2, "MIGRATE_TO_DEV")
+        XCTAssertEqual(try f.cpu.load(b.ptr, as: Int32.self), 0, "the CPU faults page 0 back")
+        XCTAssertEqual(try f.process.mm.pagemap(b.ptr, count: 2).map(\.isPresent), [true, false])
+        try f.expectCommand(f.fd, .read, b, 2, "READ")
+        XCTAssertEqual(b.faults, 1)
+        try f.expectMirror(b, { Int32($0) })
+        XCTAssertEqual(try f.process.mm.pagemap(b.ptr, count: 2).map(\.isPresent), [true, false], "page 1 stays on the device")
         try f.teardown()
     }
 

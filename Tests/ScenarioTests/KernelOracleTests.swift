@@ -202,21 +202,38 @@ final class ScenarioOracleTests: XCTestCase {
         XCTAssertEqual(parsed["s/a.hmm"]?.lines, [l("a.hmm:1", "ADDR")])
         XCTAssertEqual(parsed["s/a.hmm"]?.end, .unsupported("s/a.hmm:2: fork"))
         XCTAssertEqual(parsed["s/b.hmm"]?.end, .broken("boom"))
+        // The first error is the cause: a process's own, then the runner's "it ended".
+        XCTAssertEqual(ScenarioComparison.parseRunner("@@SCRIPT c\n@@ERROR cannot read x\n@@ERROR c:4: the script's process 9 ended\n")["c"]?.end, .broken("cannot read x"))
+    }
+
+    /// The threads of a `concurrent` block run in any order and return what the interleaving
+    /// gives: their lines are compared as one set of locations; the lines around it in order.
+    func testConcurrentThreadsAreComparedAsOneSetOfLocations() {
+        let t = { (loc: String, r: String, n: Int) in ScenarioComparison.TraceLine(location: loc, result: r, thread: n) }
+        XCTAssertEqual(ScenarioComparison.traceLine("a.hmm:8 t3: check 0x7f0000 8192 IDX = ok")?.thread, 3)
+        let model = [t("a:1", "0", 0), t("a:3", "ret 0 cpages 4 faults 0", 1), t("a:4", "ok", 2), t("a:4", "ok", 3), t("a:6", "PPPP", 0)]
+        func k(_ lines: [ScenarioComparison.TraceLine], _ end: ScenarioComparison.End = .done) -> ScenarioComparison.KernelScript {
+            ScenarioComparison.KernelScript(lines: lines, end: end)
+        }
+        // Another order, another result inside the block: the same.
+        let reordered = [t("a:1", "0", 0), t("a:4", "ok", 5), t("a:3", "ret -ENOENT cpages 0 faults 0", 4), t("a:4", "ok", 6), t("a:6", "PPPP", 0)]
+        let same = ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: k(reordered))
+        XCTAssertEqual(same.verdict, .same); XCTAssertEqual(same.compared, 5)
+        // A thread that ran another command (or one command fewer) differs; so does a line after the block.
+        let missing = ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: k([reordered[0], reordered[1], reordered[2], reordered[4]]))
+        XCTAssertEqual(missing.verdict, .different)
+        XCTAssertEqual(missing.note, "at the threads at a:3: swift-hmm threads ran a:3, a:4, a:4, kernel threads ran a:3, a:4")
+        let after = ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: k(Array(reordered.prefix(4)) + [t("a:6", "PPP-", 0)]))
+        XCTAssertEqual(after.note, "at a:6: swift-hmm PPPP, kernel PPP-")
+        // A kernel run that stopped inside the block (a command it cannot run) ran part of it.
+        let part = ScenarioComparison.compare(file: "a", model: model, modelFailure: nil, kernel: k([reordered[0], reordered[1]], .unsupported("a:5: gup")))
+        XCTAssertEqual(part.verdict, .partial); XCTAssertEqual(part.compared, 2)
     }
 
     /// The runner built for this machine and run on its kernel, on a script without devices:
     /// mappings, faults, protections, pagemap. Its trace must be the model's, command by
     /// command (this checks the runner and the comparison end to end; the VM adds dmirror).
     func testTheRunnerOnThisMachinesKernelAgreesWithTheModel() throws {
-        let dir = "/tmp/hmm-runner-test-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let runner = "\(dir)/hmm-oracle-runner"
-        let cc = Foundation.Process()
-        cc.executableURL = URL(fileURLWithPath: "/usr/bin/cc")
-        cc.arguments = ["-O2", "-Wall", "-Werror", "-o", runner, "\(packageRoot)/tools/kernel-oracle/runner/runner.c"]
-        try cc.run(); cc.waitUntilExit()
-        XCTAssertEqual(cc.terminationStatus, 0, "the runner builds without warnings")
         let script = """
             process main
             mmap 16pages prot=rw -> buf
@@ -240,20 +257,85 @@ final class ScenarioOracleTests: XCTestCase {
             munmap buf 16pages
             mprotect buf 1page rw expect ENOMEM
             """
-        try script.write(toFile: "\(dir)/host.hmm", atomically: true, encoding: .utf8)
+        let (output, dir) = try runTheRunnerOnThisMachine(script, name: "host.hmm")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertTrue(output.hasSuffix("@@DONE\n"), output)
+        let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/host.hmm"])
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("host.hmm: same (23 commands compared)"), r.output)
+    }
+
+    /// The runner's processes and threads on this machine's kernel: fork (also from a forked
+    /// process), commands in another process (`proc=`, `use`), a host buffer every process
+    /// sees, `concurrent` threads in three processes at once, exit; the trace is the model's.
+    func testTheRunnersProcessesAndThreadsOnThisMachinesKernel() throws {
+        let script = """
+            process main
+            mmap 16pages prot=rw -> buf
+            fill buf 16pages IDX
+            buffer m 4pages fill=NEG
+            fork main -> child
+            check buf 16pages IDX proc=child
+            store buf u32 100 proc=child
+            load buf u32 expect 0
+            load buf u32 proc=child expect 100
+            mmap 2pages proc=child -> cbuf
+            fill cbuf 2pages IDX+3 proc=child
+            fork child -> grand
+            check cbuf 2pages IDX+3 proc=grand
+            pagemap buf 16 proc=grand expect present
+            repeat 3 as i {
+              concurrent {
+                thread { fill buf 8pages IDX+i }
+                thread { check buf+8pages 8pages IDX index=8192 }
+                thread proc=child { check buf+1page 15pages IDX index=1024 }
+                thread proc=grand { load cbuf u32 expect 3 }
+              }
+              check buf 8pages IDX+i
+            }
+            use child
+            load buf u32 expect 100
+            exit grand
+            use main
+            exit child
+            load buf u32 expect 2
+            check_buffer m 0 4pages NEG
+            """
+        let (output, dir) = try runTheRunnerOnThisMachine(script, name: "procs.hmm")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertTrue(output.hasSuffix("@@DONE\n"), output)
+        XCTAssertEqual(output.components(separatedBy: "concurrent (4 threads)").count, 4, output)
+        let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/procs.hmm"])
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("procs.hmm: same (36 commands compared)"), r.output)
+        // No process of the script outlives the runner.
+        let pids = output.split(separator: "\n").filter { $0.contains(": fork = pid ") }.compactMap { Int32($0.split(separator: " ").last!) }
+        XCTAssertEqual(pids.count, 2)
+        for p in pids { XCTAssertEqual(kill(p, 0), -1, "process \(p) is gone") }
+    }
+
+    /// Builds the runner for this machine, runs `script` with it, keeps its output as a kept
+    /// kernel run (`kernel.txt`) next to the script. Return: the output and the directory.
+    func runTheRunnerOnThisMachine(_ script: String, name: String) throws -> (String, String) {
+        let dir = "/tmp/hmm-runner-test-\(getpid())-\(name)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let runner = "\(dir)/hmm-oracle-runner"
+        let cc = Foundation.Process()
+        cc.executableURL = URL(fileURLWithPath: "/usr/bin/cc")
+        cc.arguments = ["-O2", "-Wall", "-Werror", "-o", runner, "\(packageRoot)/tools/kernel-oracle/runner/runner.c"]
+        try cc.run(); cc.waitUntilExit()
+        XCTAssertEqual(cc.terminationStatus, 0, "the runner builds without warnings")
+        try script.write(toFile: "\(dir)/\(name)", atomically: true, encoding: .utf8)
         let run = Foundation.Process()
         run.executableURL = URL(fileURLWithPath: runner)
-        run.arguments = ["\(dir)/host.hmm"]
+        run.arguments = ["\(dir)/\(name)"]
         let pipe = Pipe()
         run.standardOutput = pipe
         try run.run()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         run.waitUntilExit()
-        XCTAssertTrue(output.hasSuffix("@@DONE\n"), output)
-        try ("@@SCRIPT host.hmm\n" + output).write(toFile: "\(dir)/kernel.txt", atomically: true, encoding: .utf8)
-        let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/host.hmm"])
-        XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.output.contains("host.hmm: same (23 commands compared)"), r.output)
+        try ("@@SCRIPT \(name)\n" + output).write(toFile: "\(dir)/kernel.txt", atomically: true, encoding: .utf8)
+        return (output, dir)
     }
 
     /// The selftest scenarios (device-private) and the oracle scenarios, compared with the
@@ -266,7 +348,11 @@ final class ScenarioOracleTests: XCTestCase {
         let r = HMMBinary.run(["run", "--oracle-output", "\(packageRoot)/tools/kernel-oracle/fixtures/scenarios-7.2.12+deb13.txt"] + files, timeout: 900)
         XCTAssertEqual(r.status, 0, r.output)
         let summary = r.output.split(separator: "\n").last.map(String.init) ?? ""
-        XCTAssertTrue(summary.hasPrefix("# 29 same, 0 different, 12 compared in part, 0 skipped;"), summary)
+        XCTAssertTrue(summary.hasPrefix("# 41 same, 0 different, 0 compared in part, 0 skipped;"), summary)
+        for forking in ["hmm_device_private.anon_write_child.hmm", "hmm_device_private.exclusive_cow.hmm", "oracle/exclusive-fork-mprotect.hmm",
+                        "oracle/fault-back-during-migration.hmm", "oracle/migrate-shared-by-fork.hmm", "hmm_device_private.hmm_gup_test.hmm"] {
+            XCTAssertTrue(r.output.contains("\(forking): same"), "\(forking) runs to its end on both: \(r.output)")
+        }
         XCTAssertTrue(r.output.contains("hmm_device_private.migrate_mixed.hmm: same"), r.output)
         // The coherent variant (`--oracle-coherent`): the same, and its migrate_anon_huge_err
         // scenario, which states the kernel's ENOMEM, agrees to the end.
@@ -274,7 +360,7 @@ final class ScenarioOracleTests: XCTestCase {
             .filter { $0.hasPrefix("hmm_device_coherent.") }.sorted().map { "\(packageRoot)/scenarios/selftests/\($0)" }
         let c = HMMBinary.run(["run", "--oracle-output", "\(packageRoot)/tools/kernel-oracle/fixtures/scenarios-coherent-7.2.12+deb13.txt"] + coherent, timeout: 900)
         XCTAssertEqual(c.status, 0, c.output)
-        XCTAssertTrue(c.output.split(separator: "\n").last?.hasPrefix("# 29 same, 0 different, 9 compared in part, 0 skipped;") == true, c.output)
+        XCTAssertTrue(c.output.split(separator: "\n").last?.hasPrefix("# 38 same, 0 different, 0 compared in part, 0 skipped;") == true, c.output)
         XCTAssertTrue(c.output.contains("hmm_device_coherent.migrate_anon_huge_err.hmm: same"), c.output)
     }
 }

@@ -61,7 +61,9 @@ need_host_tools() {
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" = 0 ]; then
         say "installing host tools: ${missing[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        # A fresh machine may have no package lists yet: update them once if the install fails.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } \
             || die "could not install ${missing[*]} (apt-get install ${missing[*]})"
     else
         die "missing host tools: ${missing[*]} — install them: sudo apt-get install ${missing[*]}"
@@ -277,7 +279,9 @@ run_vm() {
     done
     [ $# -gt 0 ] || die "run: no command given (oracle.sh run -- CMD...)"
     for f in vmlinuz initramfs.cpio.gz; do [ -f "$OUT/$f" ] || die "missing $OUT/$f — run: $0 prepare"; done
-    [ "$HERE/init" -nt "$CACHE/stamps/initramfs" ] && make_initramfs
+    # A changed runner or init is rebuilt into the initramfs (each a no-op when up to date).
+    [ -d "$ROOT/build" ] && build_runner
+    make_initramfs
     local w; w=$(mktemp -d "${TMPDIR:-/tmp}/hmm-oracle.XXXXXX")
     mkdir -p "$w/extra/oracle"
     printf '%s\n' "$*" > "$w/extra/oracle/cmd"
@@ -306,10 +310,17 @@ run_vm() {
     done
     (cd "$w/extra" && find . | cpio -o -H newc --quiet | gzip -1 > "$w/extra.cpio.gz") || die "cannot pack the command's files"
     cat "$OUT/initramfs.cpio.gz" "$w/extra.cpio.gz" > "$w/initramfs.cpio.gz" || die "cannot write the initramfs"
-    local status=0
-    timeout "$timeout" qemu-system-x86_64 -accel tcg -cpu max -m "$mem" -smp 2 -nographic -no-reboot \
-        -kernel "$OUT/vmlinuz" -initrd "$w/initramfs.cpio.gz" -append "$append" \
-        -serial "file:$w/console" -serial "file:$w/out" -monitor none </dev/null >/dev/null 2>"$w/qemu.err" || status=$?
+    local status attempt
+    for attempt in 1 2 3; do
+        status=0
+        timeout "$timeout" qemu-system-x86_64 -accel tcg -cpu max -m "$mem" -smp 2 -nographic -no-reboot \
+            -kernel "$OUT/vmlinuz" -initrd "$w/initramfs.cpio.gz" -append "$append" \
+            -serial "file:$w/console" -serial "file:$w/out" -monitor none </dev/null >/dev/null 2>"$w/qemu.err" || status=$?
+        # Under TCG the kernel sometimes oopses while booting ("Oops: int3" as it patches its
+        # text, before init runs): nothing reached the command's port. Boot again.
+        [ -s "$w/out" ] || [ $status = 124 ] || ! grep -q "Kernel panic" "$w/console" 2>/dev/null || [ $attempt = 3 ] && break
+        say "the kernel panicked before the command printed anything (attempt $attempt: $(grep -m1 -oE 'Oops: [^[]*|BUG: .*' "$w/console" | head -1)); booting again"
+    done
     cp "$w/console" "$CACHE/last-console.log" 2>/dev/null || true
     tr -d '\r' < "$w/out" > "$w/out.txt" 2>/dev/null || : > "$w/out.txt"
     local rc; rc=$(sed -n 's/^@@ORACLE-EXIT \([0-9]*\)$/\1/p' "$w/out.txt" | tail -1)
