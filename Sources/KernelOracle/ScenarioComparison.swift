@@ -58,12 +58,21 @@ public enum ScenarioComparison {
         case skipped(String)
         /// The runner stopped on an error of its own, or printed nothing for the script.
         case broken(String)
+
+        /// Which end line stands when a run printed several.
+        var rank: Int {
+            switch self {
+            case .done: return 0
+            case .skipped, .unsupported: return 1
+            case .expectationFailed, .broken: return 2
+            }
+        }
     }
 
     public struct KernelScript: Sendable, Equatable {
         public var lines: [TraceLine] = []
         public var end: End = .broken(KernelScript.noEnd)
-        var sawError = false
+        var sawEnd = false
         /// A script whose run printed no end: the VM stopped in it (a kernel oops or panic
         /// ends the VM), or the runner died.
         public static let noEnd = "its run ended without an end line (the VM stopped here: a kernel oops or panic? see the kernel's console)"
@@ -116,14 +125,19 @@ public enum ScenarioComparison {
             if line.hasPrefix("@@SCRIPT ") { current = String(line.dropFirst(9)); scripts[current!] = KernelScript(); continue }
             guard let name = current else { continue }
             func after(_ p: String) -> String { String(line.dropFirst(p.count)) }
-            if line == "@@DONE" { scripts[name]!.end = .done }
-            else if line.hasPrefix("@@EXPECT ") { scripts[name]!.end = .expectationFailed(after("@@EXPECT ")) }
-            else if line.hasPrefix("@@UNSUPPORTED ") { scripts[name]!.end = .unsupported(after("@@UNSUPPORTED ")) }
-            else if line.hasPrefix("@@SKIP ") { scripts[name]!.end = .skipped(after("@@SKIP ")) }
-            else if line.hasPrefix("@@ERROR ") {
-                // The first error is the cause (a process's own, before the runner's "it ended").
-                if case .broken = scripts[name]!.end, scripts[name]!.sawError { continue }
-                scripts[name]!.end = .broken(after("@@ERROR ")); scripts[name]!.sawError = true
+            // The first end line of the highest rank stands: threads go on after one of them
+            // fails, so an unsupported command may follow the failed expectation that ended
+            // the script; a process's own error comes before the runner's "it ended".
+            var end: End? = nil
+            if line == "@@DONE" { end = .done }
+            else if line.hasPrefix("@@EXPECT ") { end = .expectationFailed(after("@@EXPECT ")) }
+            else if line.hasPrefix("@@UNSUPPORTED ") { end = .unsupported(after("@@UNSUPPORTED ")) }
+            else if line.hasPrefix("@@SKIP ") { end = .skipped(after("@@SKIP ")) }
+            else if line.hasPrefix("@@ERROR ") { end = .broken(after("@@ERROR ")) }
+            if let e = end {
+                if !scripts[name]!.sawEnd || e.rank > scripts[name]!.end.rank { scripts[name]!.end = e }
+                scripts[name]!.sawEnd = true
+                continue
             }
             else if let t = traceLine(line) { scripts[name]!.lines.append(t) }
         }

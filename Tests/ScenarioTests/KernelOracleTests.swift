@@ -204,6 +204,9 @@ final class ScenarioOracleTests: XCTestCase {
         XCTAssertEqual(parsed["s/b.hmm"]?.end, .broken("boom"))
         // The first error is the cause: a process's own, then the runner's "it ended".
         XCTAssertEqual(ScenarioComparison.parseRunner("@@SCRIPT c\n@@ERROR cannot read x\n@@ERROR c:4: the script's process 9 ended\n")["c"]?.end, .broken("cannot read x"))
+        // A thread's failed expectation stands over another thread's unsupported command after it.
+        XCTAssertEqual(ScenarioComparison.parseRunner("@@SCRIPT d\n@@EXPECT d:5: expected 1, got 2\n@@UNSUPPORTED d:6: gup\n")["d"]?.end, .expectationFailed("d:5: expected 1, got 2"))
+        XCTAssertEqual(ScenarioComparison.parseRunner("@@SCRIPT e\n@@UNSUPPORTED e:6: gup\n@@EXPECT e:5: expected 1, got 2\n")["e"]?.end, .expectationFailed("e:5: expected 1, got 2"))
     }
 
     /// The threads of a `concurrent` block run in any order and return what the interleaving
@@ -300,6 +303,17 @@ final class ScenarioOracleTests: XCTestCase {
             exit child
             load buf u32 expect 2
             check_buffer m 0 4pages NEG
+            concurrent {
+              thread { repeat 4 as i { load buf+(i+8)*4096 u32 expect (i+8)*1024 } }
+              thread { repeat 4 as i { load buf+(i+12)*4096 u32 expect (i+12)*1024 } }
+            }
+            fork main -> a
+            exit a
+            fork main -> b
+            fork main -> a
+            load buf+8pages u32 proc=a expect 8192
+            exit b
+            exit a
             """
         let (output, dir) = try runTheRunnerOnThisMachine(script, name: "procs.hmm")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -307,16 +321,30 @@ final class ScenarioOracleTests: XCTestCase {
         XCTAssertEqual(output.components(separatedBy: "concurrent (4 threads)").count, 4, output)
         let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/procs.hmm"])
         XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.output.contains("procs.hmm: same (36 commands compared)"), r.output)
+        XCTAssertTrue(r.output.contains("procs.hmm: same (51 commands compared)"), r.output)
         // No process of the script outlives the runner.
         let pids = output.split(separator: "\n").filter { $0.contains(": fork = pid ") }.compactMap { Int32($0.split(separator: " ").last!) }
-        XCTAssertEqual(pids.count, 2)
+        XCTAssertEqual(pids.count, 5)
         for p in pids { XCTAssertEqual(kill(p, 0), -1, "process \(p) is gone") }
+    }
+
+    /// A script that runs too long ends with an error after HMM_ORACLE_SCRIPT_TIMEOUT seconds,
+    /// its forked processes killed.
+    func testTheRunnerStopsAScriptThatRunsTooLong() throws {
+        let (output, dir) = try runTheRunnerOnThisMachine("process main\nfork main -> child\nrepeat 100 { sleep 1000000000 }\n",
+                                                          name: "hang.hmm", environment: ["HMM_ORACLE_SCRIPT_TIMEOUT": "2"])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertTrue(output.contains("@@ERROR the script ran longer than 2 s (a livelock or a hang?)"), output)
+        XCTAssertEqual(ScenarioComparison.parseRunner("@@SCRIPT hang.hmm\n" + output)["hang.hmm"]?.end, .broken("the script ran longer than 2 s (a livelock or a hang?)"))
+        let child = output.split(separator: "\n").first { $0.contains(": fork = pid ") }.flatMap { Int32($0.split(separator: " ").last!) }
+        XCTAssertNotNil(child)
+        usleep(200_000)
+        if let child { XCTAssertEqual(kill(child, 0), -1, "the script's process is gone") }
     }
 
     /// Builds the runner for this machine, runs `script` with it, keeps its output as a kept
     /// kernel run (`kernel.txt`) next to the script. Return: the output and the directory.
-    func runTheRunnerOnThisMachine(_ script: String, name: String) throws -> (String, String) {
+    func runTheRunnerOnThisMachine(_ script: String, name: String, environment: [String: String] = [:]) throws -> (String, String) {
         let dir = "/tmp/hmm-runner-test-\(getpid())-\(name)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let runner = "\(dir)/hmm-oracle-runner"
@@ -329,6 +357,7 @@ final class ScenarioOracleTests: XCTestCase {
         let run = Foundation.Process()
         run.executableURL = URL(fileURLWithPath: runner)
         run.arguments = ["\(dir)/\(name)"]
+        run.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let pipe = Pipe()
         run.standardOutput = pipe
         try run.run()
