@@ -328,6 +328,31 @@ final class ScenarioOracleTests: XCTestCase {
         for p in pids { XCTAssertEqual(kill(p, 0), -1, "process \(p) is gone") }
     }
 
+    /// Indexed names (`child[i]`, `own[i].size`, `b[2]`) name processes, regions and buffers
+    /// on the kernel as in the model: ten children, each with its own mapping.
+    func testIndexedNamesOnThisMachinesKernel() throws {
+        let script = """
+            process main
+            repeat 10 as i {
+              fork main -> child[i]
+              mmap 1page hint=0x10000000 proc=child[i] -> own[i]
+              store own[i] i+1 proc=child[i]
+            }
+            repeat 10 as i { load own[i] proc=child[i] expect i+1 }
+            buffer b[2] 1page fill=IDX
+            check_buffer b[2] 0 1page IDX
+            munmap own[3] own[3].size proc=child[3]
+            load own[3] proc=child[3] expect segv
+            repeat 10 as i { exit child[i] }
+            """
+        let (output, dir) = try runTheRunnerOnThisMachine(script, name: "indexed.hmm")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertTrue(output.hasSuffix("@@DONE\n"), output)
+        let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/indexed.hmm"])
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("indexed.hmm: same (55 commands compared)"), r.output)
+    }
+
     /// A script that runs too long ends with an error after HMM_ORACLE_SCRIPT_TIMEOUT seconds,
     /// its forked processes killed.
     func testTheRunnerStopsAScriptThatRunsTooLong() throws {

@@ -7,7 +7,7 @@
 // the script's expectations as `hmm run` does and, at the first that fails,
 //   @@EXPECT FILE:LINE: MESSAGE
 // and stops. A command it cannot run on a kernel (model-only inspection, or one it does not
-// support yet: GUP, hugetlb pools, indexed names, …) ends the run with
+// support: `migrate_pages`, the model-only inspection commands, …) ends the run with
 //   @@UNSUPPORTED FILE:LINE: NAME
 // and a finished script with `@@DONE`. Exit status 0 unless the runner itself fails.
 //
@@ -289,7 +289,15 @@ static uint64_t eatom(void) {
     char name[128]; int k = 0;
     while ((*ep >= 'a' && *ep <= 'z') || (*ep >= 'A' && *ep <= 'Z') || (*ep >= '0' && *ep <= '9') || *ep == '_' || *ep == '.') { if (k < 127) name[k++] = *ep; ep++; }
     name[k] = 0;
-    if (*ep == '[') unsupported("indexed names");
+    if (*ep == '[' && k) {   // an indexed name: NAME[expression], then .size and the like
+        ep++;
+        uint64_t index = esum();
+        if (*ep != ']') fatal("%s:%d: expected ']'", curFile, curLine);
+        ep++;
+        k += snprintf(name + k, sizeof name - k, "[%llu]", (unsigned long long)index);
+        while (k < 127 && ((*ep >= 'a' && *ep <= 'z') || (*ep >= 'A' && *ep <= 'Z') || *ep == '.')) name[k++] = *ep++;
+        name[k] = 0;
+    }
     if (!k) fatal("%s:%d: expected a number or a name at '%s'", curFile, curLine, ep);
     uint64_t lv; if (inThreadLocals && localValue(name, &lv)) return lv;
     Var *v = lookup(name);
@@ -315,10 +323,25 @@ static uint64_t esum(void) {
     while (*ep == '+' || *ep == '-') { char op = *ep++; uint64_t r = eprod(); v = op == '+' ? v + r : v - r; }
     return v;
 }
+// A word that is an indexed name, `child[i]`, as the name it stands for now, `child[3]`;
+// any other word as it is.
+static const char *resolveName(const char *w);
 __attribute__((noinline)) static uint64_t eval(const char *s) {
     ep = s; uint64_t v = esum();
     if (*ep) fatal("%s:%d: expected an operator or end of value at '%s'", curFile, curLine, ep);
     return v;
+}
+static const char *resolveName(const char *w) {
+    const char *open = strchr(w, '[');
+    if (!open || open == w || w[strlen(w) - 1] != ']') return w;
+    for (const char *p = w; p < open; p++) if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_')) return w;
+    char inner[256]; snprintf(inner, sizeof inner, "%.*s", (int)(strlen(open) - 2), open + 1);
+    const char *saved = ep;
+    uint64_t index = eval(inner);
+    ep = saved;
+    char *r = NULL;
+    if (asprintf(&r, "%.*s[%llu]", (int)(open - w), w, (unsigned long long)index) < 0) fatal("out of memory");
+    return r;   // kept for the command's life (a few bytes per indexed command)
 }
 
 // ---- a command's arguments -------------------------------------------------------------------
@@ -1021,7 +1044,6 @@ static void killProcesses(void) {
 }
 
 static int slotOfName(const char *name) {
-    if (strchr(name, '[')) unsupported("indexed names");
     Var *v = lookup(name);
     if (!v || v->kind != V_PROC) fatal("%s:%d: expected a known process, got '%s'", curFile, curLine, name);
     return v->slot;
@@ -1067,7 +1089,6 @@ static void runCommand(Cmd *c);
 // The runner's commands that create, switch and end processes.
 static void ctlProcess(Cmd *c) {
     const char *name = need(c, 0, "a process name");
-    if (strchr(name, '[')) unsupported("indexed names");
     Var *v = lookup(name);
     if (v && v->kind == V_PROC) { curSlot = liveSlot(name); curPid = procs[curSlot].pid; trace(c, "pid %d", (int)curPid); return; }
     if (procs[0].alive) unsupported("a second process that is not a fork (the runner has one fresh address space to give)");
@@ -1079,7 +1100,6 @@ static void ctlProcess(Cmd *c) {
 static void ctlFork(Cmd *c, int at) {
     int parent = pos(c, 0) ? liveSlot(pos(c, 0)) : currentSlot();
     if (!c->bindName) fatal("%s:%d: expected '-> NAME' to name the child", c->file, c->line);
-    if (strchr(c->bindName, '[')) unsupported("indexed names");
     Var *old = lookup(c->bindName);
     if (old && old->kind == V_PROC && procs[old->slot].alive && (uint64_t)procs[old->slot].pid == old->value) fatal("%s:%d: expected a new process name, '%s' is still running", c->file, c->line, c->bindName);
     int k = 0;
@@ -1233,8 +1253,6 @@ static void runConcurrent(int at) {
 // ---- statements --------------------------------------------------------------------------------
 static void runCommand(Cmd *c) {
     curFile = c->file; curLine = c->line;
-    if (c->bindName && strchr(c->bindName, '[')) unsupported("indexed names");
-    for (int i = 0; i < c->nargs; i++) if (strchr(c->args[i].value, '[')) unsupported("indexed names");
     const char *n = c->name;
     if (inThread && opt(c, "proc") && slotOfName(opt(c, "proc")) != mySlot) unsupported("a command for another process inside a thread");
     if (!strcmp(n, "process") || !strcmp(n, "use")) unsupported("process or use inside a thread");
@@ -1359,6 +1377,9 @@ static void statement(int execute) {
         else { if (c.nargs == 32) fatal("%s:%d: too many arguments", t->file, t->line); c.args[c.nargs++] = a; }
         ti++;
     }
+    // Indexed names stand for the name their index gives now.
+    if (c.bindName) c.bindName = (char *)resolveName(c.bindName);
+    for (int i = 0; i < c.nargs; i++) c.args[i].value = (char *)resolveName(c.args[i].value);
     if (localOnly || mySlot != 0) runCommand(&c); else dispatch(&c, at);
     for (int i = 0; i < c.nargs; i++) free(c.args[i].key);
     for (int i = 0; i < c.nexpects; i++) free(c.expects[i].key);
