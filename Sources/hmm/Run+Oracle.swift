@@ -27,9 +27,8 @@ extension Run {
         }
         try KernelOracleRun.keep(kernelText, in: saveOracleOutput)
         let kernel = ScenarioComparison.parseRunner(kernelText)
-        let names = vmNames
         var results: [ScenarioComparison.Result] = []
-        for (file, name) in zip(files, names) {
+        for (file, name) in zip(files, vmNames) {
             var options = ScenarioInterpreter.Options()
             try limits.apply(&options)
             options.trace = true

@@ -260,12 +260,7 @@ final class ScenarioOracleTests: XCTestCase {
             munmap buf 16pages
             mprotect buf 1page rw expect ENOMEM
             """
-        let (output, dir) = try runTheRunnerOnThisMachine(script, name: "host.hmm")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        XCTAssertTrue(output.hasSuffix("@@DONE\n"), output)
-        let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/host.hmm"])
-        XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.output.contains("host.hmm: same (23 commands compared)"), r.output)
+        let output = try assertTheModelAgreesWithThisMachinesKernel(script, name: "host.hmm", commands: 23)
     }
 
     /// The runner's processes and threads on this machine's kernel: fork (also from a forked
@@ -315,13 +310,8 @@ final class ScenarioOracleTests: XCTestCase {
             exit b
             exit a
             """
-        let (output, dir) = try runTheRunnerOnThisMachine(script, name: "procs.hmm")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        XCTAssertTrue(output.hasSuffix("@@DONE\n"), output)
+        let output = try assertTheModelAgreesWithThisMachinesKernel(script, name: "procs.hmm", commands: 51)
         XCTAssertEqual(output.components(separatedBy: "concurrent (4 threads)").count, 4, output)
-        let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/procs.hmm"])
-        XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.output.contains("procs.hmm: same (51 commands compared)"), r.output)
         // No process of the script outlives the runner.
         let pids = output.split(separator: "\n").filter { $0.contains(": fork = pid ") }.compactMap { Int32($0.split(separator: " ").last!) }
         XCTAssertEqual(pids.count, 5)
@@ -345,12 +335,7 @@ final class ScenarioOracleTests: XCTestCase {
             load own[3] proc=child[3] expect segv
             repeat 10 as i { exit child[i] }
             """
-        let (output, dir) = try runTheRunnerOnThisMachine(script, name: "indexed.hmm")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        XCTAssertTrue(output.hasSuffix("@@DONE\n"), output)
-        let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/indexed.hmm"])
-        XCTAssertEqual(r.status, 0, r.output)
-        XCTAssertTrue(r.output.contains("indexed.hmm: same (55 commands compared)"), r.output)
+        let output = try assertTheModelAgreesWithThisMachinesKernel(script, name: "indexed.hmm", commands: 55)
     }
 
     /// A script that runs too long ends with an error after HMM_ORACLE_SCRIPT_TIMEOUT seconds,
@@ -365,6 +350,20 @@ final class ScenarioOracleTests: XCTestCase {
         XCTAssertNotNil(child)
         usleep(200_000)
         if let child { XCTAssertEqual(kill(child, 0), -1, "the script's process is gone") }
+    }
+
+    /// Runs `script` with the runner on this machine's kernel to its end, then `hmm run
+    /// --oracle-output` with that run: every one of `commands` commands is the model's.
+    /// Return: the runner's output.
+    func assertTheModelAgreesWithThisMachinesKernel(_ script: String, name: String, commands: Int,
+                                                    file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let (output, dir) = try runTheRunnerOnThisMachine(script, name: name)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertTrue(output.hasSuffix("@@DONE\n"), output, file: file, line: line)
+        let r = HMMBinary.run(["run", "--oracle-output", "\(dir)/kernel.txt", "\(dir)/\(name)"])
+        XCTAssertEqual(r.status, 0, r.output, file: file, line: line)
+        XCTAssertTrue(r.output.contains("\(name): same (\(commands) commands compared)"), r.output, file: file, line: line)
+        return output
     }
 
     /// Builds the runner for this machine, runs `script` with it, keeps its output as a kept

@@ -1059,6 +1059,16 @@ static int currentSlot(void) {
     return curSlot < 0 ? 0 : curSlot;
 }
 
+// Every device and file that process `from` holds: held by `slot` too (`hold`), or no longer
+// by `slot`.
+static void holdersChange(int from, int slot, int hold) {
+    for (int i = 0; i < nvars; i++) {
+        if ((vars[i].kind != V_DEV && vars[i].kind != V_FILE) || !(vars[i].mask & (1u << from))) continue;
+        if (hold) vars[i].mask |= 1u << slot; else vars[i].mask &= ~(1u << slot);
+        touchVar(&vars[i]);
+    }
+}
+
 // The runner's record of a forked process (its pidfd: to wait for its exit, to see it die).
 static void registerProcess(int k, pid_t pid, int parent) {
     int pidfd = (int)syscall(434 /* SYS_pidfd_open */, pid, 0);
@@ -1075,8 +1085,7 @@ static void cmdForkHere(Cmd *c) {
     pid_t pid = fork();
     if (pid < 0) { int e = errno; trace(c, "%s", errname(e)); checkErrno(c, e); return; }
     if (pid == 0) { mySlot = k; prctl(PR_SET_PDEATHSIG, SIGKILL); serverLoop(); }
-    for (int i = 0; i < nvars; i++)
-        if ((vars[i].kind == V_DEV || vars[i].kind == V_FILE) && (vars[i].mask & (1u << mySlot))) { vars[i].mask |= 1u << k; touchVar(&vars[i]); }
+    holdersChange(mySlot, k, 1);   // the child holds what this process holds
     Var *v = bindVar(c->bindName, V_PROC); v->slot = k; v->value = pid; v->mask = 0;
     lastForkPid = pid;
     if (mySlot == 0) registerProcess(k, pid, 0);   // before an expectation can stop the script
@@ -1131,8 +1140,7 @@ static void ctlExit(Cmd *c, int at) {
     while (poll(&p, 1, 10000) < 0 && errno == EINTR) {}
     if (!(p.revents & POLLIN)) fatal("%s:%d: process %d did not exit", c->file, c->line, (int)procs[slot].pid);
     close(procs[slot].pidfd); procs[slot].alive = 0;
-    for (int i = 0; i < nvars; i++)
-        if ((vars[i].kind == V_DEV || vars[i].kind == V_FILE) && (vars[i].mask & (1u << slot))) { vars[i].mask &= ~(1u << slot); touchVar(&vars[i]); }
+    holdersChange(slot, slot, 0);   // its files are closed
 }
 
 static int isDeviceCommand(const char *n) {
