@@ -132,7 +132,7 @@ struct ScriptChecker {
             report(cmd.name.location, "expected 'machine' once, at the top level, before anything that uses the machine")
         }
         // The commands that create the machine (everything else needs something they made).
-        if ["process", "file", "open", "invariants", "meminfo", "machine"].contains(n) { machineUsed = true }
+        if ["process", "file", "open", "invariants", "meminfo", "vmstat", "machine"].contains(n) { machineUsed = true }
 
         // Options, flags and positional values.
         var positional: [Token] = []
@@ -175,6 +175,9 @@ struct ScriptChecker {
         }
         if n == "machine", let m = cmd.option("memory"), let v = expr(m), !(v >= 8 << 20 && v <= 16 << 30 && v % pageSize == 0) {
             report(m.location, "expected memory between 8MiB and 16GiB, a page multiple")
+        }
+        if n == "machine", let m = cmd.option("swap"), let v = expr(m), !ScenarioInterpreter.isValidSwapSize(v) {
+            report(m.location, "expected swap of 0 or between 8KiB and 16GiB, a page multiple")
         }
         if n == "machine", let c = cmd.option("max_map_count"), let v = expr(c), !(v >= 1 && v <= 1 << 24) {
             report(c.location, "expected max_map_count between 1 and 16777216")

@@ -1,3 +1,5 @@
+import MMCore
+
 /// What a command accepts: the one table that `hmm check` and the interpreter both read.
 struct CommandSpec {
     /// The kinds of names a script declares.
@@ -65,7 +67,7 @@ struct CommandSpec {
 
     static let table: [String: CommandSpec] = {
         var t: [String: CommandSpec] = [
-            "machine": CommandSpec(positionals: [], required: 0, keys: ["memory": .constant, "max_map_count": .constant]),
+            "machine": CommandSpec(positionals: [], required: 0, keys: ["memory": .constant, "swap": .constant, "max_map_count": .constant]),
             "process": CommandSpec(positionals: [("a process name", .newName(.process))], required: 1),
             "use": CommandSpec(positionals: [("a process name", .name(.process))], required: 1),
             "fork": CommandSpec(positionals: [("a parent process", .name(.process))], required: 0, bind: .required, binds: .process, expect: .outcome),
@@ -119,6 +121,8 @@ struct CommandSpec {
             "ptes": CommandSpec(positionals: [("an address", .expr), ("a page count", .expr)], required: 1, keys: proc, expect: .ptes),
             "device_pages": CommandSpec(positionals: [("a device", .name(.device))], required: 1, expect: .counters(["count", "owned", "mirrored"])),
             "meminfo": CommandSpec(positionals: [], required: 0, expect: .counters(Set(ScenarioInterpreter.meminfoKeys))),
+            // The machine's event counters, named as in /proc/vmstat (pswpin, pswpout, ...).
+            "vmstat": CommandSpec(positionals: [], required: 0, expect: .counters(Set(MMStats.Counter.allCases.map(\.name)))),
             // nr_hugepages of a hugetlb pool (the default 2 MiB one, or size=1GiB).
             "hugepages": CommandSpec(positionals: [("a page count", .expr)], required: 1, keys: ["size": .expr],
                                      expect: .counters(["total", "free", "rsvd", "surp"])),

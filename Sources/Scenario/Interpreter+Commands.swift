@@ -40,6 +40,7 @@ extension ScenarioInterpreter {
         case "ptes": try ptesCommand(cmd, ctx)
         case "device_pages": try devicePagesCommand(cmd, ctx)
         case "meminfo": try meminfoCommand(cmd, ctx)
+        case "vmstat": try vmstatCommand(cmd, ctx)
         case "hugepages": try hugepagesCommand(cmd, ctx)
         case "thp": try thpCommand(cmd, ctx)
         case "sleep":
@@ -60,6 +61,9 @@ extension ScenarioInterpreter {
 
     // MARK: machine and processes
 
+    /// A `machine swap=` size: none, or one swap area of a header page and at least one slot.
+    static func isValidSwapSize(_ v: UInt64) -> Bool { v == 0 || (v >= 2 * pageSize && v <= 16 << 30 && v % pageSize == 0) }
+
     func machineCommand(_ cmd: Command, _ ctx: Context) throws {
         guard state.withLock({ machine == nil }) else { throw cmd.fail("expected 'machine' before anything that uses the machine") }
         if let m = cmd.option("memory") {
@@ -67,6 +71,12 @@ extension ScenarioInterpreter {
             guard v >= 8 << 20, v <= 16 << 30, v % pageSize == 0 else { throw ScenarioSyntaxError(location: m.location, message: "expected memory between 8MiB and 16GiB, a page multiple") }
             try reserveHostMemory(v, at: cmd, releasing: machineMemory)
             machineMemory = v
+        }
+        if let s = cmd.option("swap") {
+            let v = try Expression.evaluate(s) { _ in nil }
+            guard ScenarioInterpreter.isValidSwapSize(v) else { throw ScenarioSyntaxError(location: s.location, message: "expected swap of 0 or between 8KiB and 16GiB, a page multiple") }
+            try reserveHostMemory(v, at: cmd, releasing: machineSwap)
+            machineSwap = v
         }
         if let c = cmd.option("max_map_count") {
             let v = try Expression.evaluate(c) { _ in nil }
@@ -177,7 +187,7 @@ extension ScenarioInterpreter {
     static let adviceNames: [String: MadviseAdvice] = [
         "normal": .normal, "random": .random, "sequential": .sequential, "willneed": .willNeed, "dontneed": .dontNeed,
         "free": .free, "dontfork": .dontFork, "dofork": .doFork, "hugepage": .hugePage, "nohugepage": .noHugePage,
-        "collapse": .collapse,
+        "collapse": .collapse, "cold": .cold, "pageout": .pageout,
     ]
 
     func rangeSyscall(_ cmd: Command, _ ctx: Context) throws {

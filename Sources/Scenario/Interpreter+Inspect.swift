@@ -60,7 +60,8 @@ struct PTEReader: PageWalker {
 extension ScenarioInterpreter {
     static let meminfoKeys = ["total", "free", "used", "anon", "file", "pagetables", "device_backing", "other",
                               "device_private", "device_coherent", "device_pages",
-                              "hugetlb", "hugepages_total", "hugepages_free", "hugepages_rsvd", "hugepages_surp"]
+                              "hugetlb", "hugepages_total", "hugepages_free", "hugepages_rsvd", "hugepages_surp",
+                              "swap_total", "swap_free", "swap_cached"]
     static let maxPTEsShown: UInt64 = 1 << 16
 
     func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
@@ -183,11 +184,12 @@ extension ScenarioInterpreter {
     /// The machine's memory by kind, in pages.
     func meminfo(_ m: Machine) -> [String: UInt64] {
         let mem = m.memory
-        var anon: UInt64 = 0, file: UInt64 = 0, tables: UInt64 = 0
+        var anon: UInt64 = 0, file: UInt64 = 0, tables: UInt64 = 0, swapCached: UInt64 = 0
         for pfn in 1..<mem.systemFrames {
             let p = mem.page(pfn)
             let f = p.flags, h = p.folioHead, hf = h.flags   // a THP's tail counts as its folio
             if f.contains(.buddy) || hf.contains(.reserved) || hf.contains(.hugetlb) || h.refcount == 0 { continue }
+            if f.contains(.swapCache) { swapCached += 1 }
             if f.contains(.pageTable) { tables += 1 } else if p.isAnon { anon += 1 } else if p.file != nil { file += 1 }
         }
         var devPrivate: UInt64 = 0, devCoherent: UInt64 = 0
@@ -204,7 +206,8 @@ extension ScenarioInterpreter {
                 "pagetables": tables, "device_backing": devPrivate, "other": used > known ? used - known : 0,
                 "device_private": devPrivate, "device_coherent": devCoherent, "device_pages": devPrivate + devCoherent,
                 "hugetlb": hugetlb, "hugepages_total": huge["HugePages_Total"]!, "hugepages_free": huge["HugePages_Free"]!,
-                "hugepages_rsvd": huge["HugePages_Rsvd"]!, "hugepages_surp": huge["HugePages_Surp"]!]
+                "hugepages_rsvd": huge["HugePages_Rsvd"]!, "hugepages_surp": huge["HugePages_Surp"]!,
+                "swap_total": UInt64(mem.swap.totalSlots), "swap_free": UInt64(mem.swap.freeSlots), "swap_cached": swapCached]
     }
 
     /// `hugepages N [size=2MiB|1GiB] [expect total=N free=N rsvd=N surp=N]`: writes the pool's
@@ -245,6 +248,17 @@ extension ScenarioInterpreter {
         let info = meminfo(try theMachine(at: cmd.name.location))
         emit("meminfo: " + ScenarioInterpreter.meminfoKeys.map { "\($0) \(info[$0]!)" }.joined(separator: ", ") + " (pages)")
         try checkCounters(cmd, ctx, info)
+    }
+
+    /// `vmstat [expect KEY=N…]`: the machine's event counters since it was made (the ones
+    /// asked for, or every one that is not zero).
+    func vmstatCommand(_ cmd: Command, _ ctx: Context) throws {
+        let stats = try theMachine(at: cmd.name.location).stats
+        let got = Dictionary(uniqueKeysWithValues: MMStats.Counter.allCases.map { ($0.name, UInt64(max(0, stats[$0]))) })
+        let asked = Set(cmd.expects.compactMap { $0.key?.text })
+        let shown = MMStats.Counter.allCases.map(\.name).filter { asked.isEmpty ? got[$0]! != 0 : asked.contains($0) }
+        emit("vmstat: " + shown.map { "\($0) \(got[$0]!)" }.joined(separator: ", "))
+        try checkCounters(cmd, ctx, got)
     }
 
     func checkCounters(_ cmd: Command, _ ctx: Context, _ got: [String: UInt64]) throws {

@@ -116,6 +116,8 @@ public final class ScenarioInterpreter {
     var includeDepth = 0
     var skipReason: String?
     var machineMemory: UInt64 = 512 << 20
+    /// Bytes of the machine's swap area (`machine swap=`; none by default).
+    var machineSwap: UInt64 = 0
     var maxMapCount = 65_530
 
     public init(options: Options = Options()) { self.options = options }
@@ -432,7 +434,7 @@ public final class ScenarioInterpreter {
                 throw ScenarioFailure(location: loc, message: "expected at most \(options.memoryBudget) bytes of host memory for the machine and buffers (--memory-budget), got \(hostMemory)")
             }
             do {
-                let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30)
+                let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30, swapBytes: machineSwap)
                 m.maxMapCount = maxMapCount
                 machine = m
                 module = DmirrorModule(machine: m)

@@ -19,12 +19,39 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20", "D21"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
             XCTAssertTrue(doc.contains("Test: `test\(id)"), "\(id) names no test")
         }
+    }
+
+    /// D21: a swap area is synchronous (the page leaves the swap cache at swap-in when no entry
+    /// names its slot), and a swap PTE naming no slot in use is SIGBUS, not a fault for ever.
+    func testD21AnEntryNamingNoSlotIsSIGBUS() throws {
+        let env = try HMMEnv(swapPages: 8)
+        let a = try env.anon(1)
+        try env.cpu.store(a, UInt8(3))
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        XCTAssertEqual(env.memory.swap.freeSlots, 7)
+        XCTAssertEqual(try env.cpu.load(a, as: UInt8.self), 3)
+        XCTAssertEqual(env.memory.swap.freeSlots, 8, "the slot is free at once: no swap-cache page is left behind")
+        env.mm.mmapLock.lockRead()
+        let f = try XCTUnwrap(env.mm.pageTable.lookup(a, level: .pte))
+        let old = f.entry.exchange(SwapEntry(type: 3, offset: 5).pte())
+        env.mm.mmapLock.unlockRead()
+        env.mm.flushTLB()
+        XCTAssertThrowsError(try env.cpu.load(a, as: UInt8.self)) { XCTAssertEqual($0 as? AccessFault, .bus(address: a)) }
+        env.mm.mmapLock.lockRead()
+        f.entry.store(SwapEntry(type: 0, offset: 5).pte())   // an area that exists, a free slot
+        env.mm.mmapLock.unlockRead()
+        XCTAssertThrowsError(try env.cpu.load(a, as: UInt8.self)) { XCTAssertEqual($0 as? AccessFault, .bus(address: a)) }
+        env.mm.mmapLock.lockRead()
+        f.entry.store(old)
+        env.mm.mmapLock.unlockRead()
+        XCTAssertEqual(try env.cpu.load(a, as: UInt8.self), 3)
+        env.finish([])
     }
 
     /// D1: a second mirror of the same device and mm loses its entries on the first mirror's

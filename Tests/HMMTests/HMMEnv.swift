@@ -15,8 +15,9 @@ final class HMMEnv {
     var mm: AddressSpace { process.mm }
     var memory: PhysicalMemory { machine.memory }
 
-    init(mib: UInt64 = 128) throws {
-        machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 2 << 30)
+    init(mib: UInt64 = 128, swapPages: UInt64 = 0) throws {
+        machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 2 << 30,
+                              swapBytes: swapPages == 0 ? 0 : (swapPages + 1) * pageSize)
         module = DmirrorModule(machine: machine)
         used = machine.usedFrames
         process = try MMCore.Process(machine: machine)

@@ -19,8 +19,9 @@ final class Env {
 
     /// With `checkEveryOperation`, every invariant runs after every system call, fault, GUP and
     /// migration (single-threaded tests only: the checkers need a quiescent machine).
-    init(mib: UInt64 = 64, checkEveryOperation: Bool = true) throws {
-        machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 1 << 30)
+    init(mib: UInt64 = 64, swapPages: UInt64 = 0, checkEveryOperation: Bool = true) throws {
+        machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 1 << 30,
+                              swapBytes: swapPages == 0 ? 0 : (swapPages + 1) * pageSize)
         usedAtStart = machine.usedFrames
         process = try Process(machine: machine)
         cpu = process.makeCPU()
@@ -53,6 +54,7 @@ final class Env {
         process.exit()
         check(file: file, line: line)
         XCTAssertEqual(machine.usedFrames - usedAtStart, stillHeld, "frames leaked after exit", file: file, line: line)
+        XCTAssertEqual(memory.swap.freeSlots, memory.swap.totalSlots, "swap slots leaked after exit", file: file, line: line)
     }
 
     func pfn(_ address: UInt64) throws -> UInt64? {

@@ -260,7 +260,7 @@ final class ScenarioOracleTests: XCTestCase {
             munmap buf 16pages
             mprotect buf 1page rw expect ENOMEM
             """
-        let output = try assertTheModelAgreesWithThisMachinesKernel(script, name: "host.hmm", commands: 23)
+        _ = try assertTheModelAgreesWithThisMachinesKernel(script, name: "host.hmm", commands: 23)
     }
 
     /// The runner's processes and threads on this machine's kernel: fork (also from a forked
@@ -335,7 +335,7 @@ final class ScenarioOracleTests: XCTestCase {
             load own[3] proc=child[3] expect segv
             repeat 10 as i { exit child[i] }
             """
-        let output = try assertTheModelAgreesWithThisMachinesKernel(script, name: "indexed.hmm", commands: 55)
+        _ = try assertTheModelAgreesWithThisMachinesKernel(script, name: "indexed.hmm", commands: 55)
     }
 
     /// A script that runs too long ends with an error after HMM_ORACLE_SCRIPT_TIMEOUT seconds,

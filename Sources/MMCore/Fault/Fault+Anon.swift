@@ -67,6 +67,12 @@ extension AddressSpace {
         // a mapping in this mm, which needs per-folio mm ids the model does not keep: it
         // copies (D16).
         if page.test(.tail) || page.test(.head) { return false }
+        // wp_can_reuse_anon_folio: a page the swap cache holds too leaves it first when no
+        // swap entry names its slot any more (folio_free_swap, under a trylock).
+        if page.test(.swapCache), page.refcount == 2, page.mapcount == 1, page.tryLock() {
+            memory.swap.folioFreeSwap(page)
+            page.unlock()
+        }
         // The only reference is this one mapping: nobody else can see the page.
         if page.refcount == 1 && page.mapcount == 1 {
             page.set(.anonExclusive)

@@ -1,7 +1,8 @@
 import MMSync
 
 extension AddressSpace {
-    /// `do_swap_page`: a non-present, non-empty entry. Migration entries are waited out;
+    /// `do_swap_page`: a non-present, non-empty entry. Swap slots are read in (`doSwapPage`);
+    /// migration entries are waited out;
     /// device-private entries go to the owner's `migrateToRAM`; device-exclusive entries are
     /// restored to ordinary PTEs after a CLEAR invalidation.
     /// Locking: mmap lock held for read, or the VMA's lock (`.vmaLock`: not for device-private
@@ -25,7 +26,8 @@ extension AddressSpace {
         }
         if swp.isDevicePrivate { return doDevicePrivateFault(vma, address, ptep, ptl, entry, flags: flags) }
         if swp.isDeviceExclusive { return removeDeviceExclusiveEntry(vma, address, ptep, ptl, entry) }
-        // Swap slots need the swap layer (not built yet); hwpoison and markers are SIGBUS.
+        if swp.isSwapSlot { return doSwapPage(vma, address, ptep, ptl, entry, flags: flags, realAddress: address) }
+        // Hwpoison and markers are SIGBUS.
         return .sigbus
     }
 

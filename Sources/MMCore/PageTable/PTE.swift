@@ -22,6 +22,9 @@ public struct PTE: Equatable, Hashable, CustomStringConvertible {
     public static let pfnMask: UInt64 = 0x000F_FFFF_FFFF_F000
     /// In a non-present entry: the swap entry's soft-dirty bit.
     public static let swapSoftDirty: UInt64 = 1 << 1
+    /// In a swap-slot entry: the page was exclusive to this mapping when it was swapped out
+    /// (`_PAGE_SWP_EXCLUSIVE`, bit 3 on x86-64), so the swap-in may map it writable at once.
+    public static let swapExclusive: UInt64 = 1 << 3
 
     public static let none = PTE(raw: 0)
 
@@ -38,6 +41,8 @@ public struct PTE: Equatable, Hashable, CustomStringConvertible {
     @inlinable public var isSwap: Bool { raw != 0 && raw & PTE.present == 0 }
     @inlinable public var pfn: UInt64 { (raw & PTE.pfnMask) >> pageShift }
     @inlinable public var swapEntry: SwapEntry { SwapEntry(pte: self) }
+    /// `pte_swp_exclusive`.
+    @inlinable public var isSwapExclusive: Bool { !isPresent && raw & PTE.swapExclusive != 0 }
 
     /// A present leaf entry mapping `pfn`.
     @inlinable public static func page(_ pfn: UInt64, write: Bool, user: Bool = true, dirty: Bool = false,
@@ -64,7 +69,7 @@ public struct PTE: Equatable, Hashable, CustomStringConvertible {
 
     public var description: String {
         if isNone { return "none" }
-        if !isPresent { return swapEntry.description + (isHuge ? "(pmd)" : "") }
+        if !isPresent { return swapEntry.description + (isHuge ? "(pmd)" : "") + (isSwapExclusive ? " exclusive" : "") }
         var s = "pfn \(pfn)"
         s += isUser ? (isWrite ? " rw" : " ro") : " prot_none"
         if isDirty { s += " D" }

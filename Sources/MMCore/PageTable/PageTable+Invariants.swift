@@ -31,6 +31,9 @@ struct PageTableChecker: PageWalker {
     /// A key of `mappings` with this bit counts PMD mappings of the THP at the pfn below it
     /// (its entire mapcount), not PTE mappings of the page.
     static let entireMappingBit: UInt64 = 1 << 63
+    /// A key of `mappings` with this bit counts swap entries naming a swap slot
+    /// (`SwapSpace.invariantKey`), not mappings of a pfn.
+    static let swapSlotBit: UInt64 = 1 << 62
     var locksPTE: Bool { false }
     var memory: PhysicalMemory { mm.memory }
 
@@ -181,6 +184,13 @@ struct PageTableChecker: PageWalker {
             checkMapping(p, v, vma, addr, hex)
         } else if v.isSwap {
             let s = v.swapEntry
+            if s.isSwapSlot {
+                // A swapped-out anonymous page: private mappings only (shared ones are in the
+                // page cache), counted for the slot's swap count.
+                mappings[SwapSpace.invariantKey(s), default: 0] += 1
+                if vma.isShared { problems.append("mm \(mm.id): swap entry \(s) at \(hex) in a shared VMA") }
+                return .next
+            }
             guard s.hasPfn else { return .next }
             let p = memory.page(s.pfn)
             if s.isMigration {

@@ -35,10 +35,12 @@ public struct SwapEntry: Equatable, Hashable, CustomStringConvertible {
         offset = (pte.raw >> SwapEntry.offsetShift) & SwapEntry.offsetMask
     }
 
-    /// The entry as a PTE (PMD-level when `pmd`), carrying the soft-dirty bit if asked.
-    @inlinable public func pte(softDirty: Bool = false, pmd: Bool = false) -> PTE {
+    /// The entry as a PTE (PMD-level when `pmd`), carrying the soft-dirty bit and (for a swap
+    /// slot) the exclusive bit if asked.
+    @inlinable public func pte(softDirty: Bool = false, pmd: Bool = false, exclusive: Bool = false) -> PTE {
         var r = (UInt64(type) << SwapEntry.typeShift) | (offset << SwapEntry.offsetShift)
         if softDirty { r |= PTE.swapSoftDirty }
+        if exclusive { r |= PTE.swapExclusive }
         if pmd { r |= PTE.huge }
         return PTE(raw: r)
     }

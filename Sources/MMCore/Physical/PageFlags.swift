@@ -43,6 +43,9 @@ public struct PageFlags: OptionSet, Sendable {
     /// A hugetlb folio whose reservation goes back to its pool when it is freed
     /// (`HPG_restore_reserve`): its owner's mapping dropped it and holds the reservation again.
     public static let hugetlbRestoreReserve = PageFlags(rawValue: 1 << 19)
+    /// PG_swapcache: the folio is in the swap cache; its private word is its swap entry
+    /// (`folio->swap`), and the cache holds one reference on it.
+    public static let swapCache = PageFlags(rawValue: 1 << 20)
 }
 
 /// The kind of memory a pfn names.

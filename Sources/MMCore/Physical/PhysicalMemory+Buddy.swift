@@ -261,6 +261,13 @@ extension PhysicalMemory {
         if n == 0 { release(p) }
     }
 
+    /// Frees a page whose reference count a caller froze at 0 (`folio_ref_freeze`, then
+    /// `free_folio`): nobody can take a reference any more. Precondition: not mapped.
+    package func freeFrozen(_ p: Page) {
+        precondition(p.refcount == 0 && p.mapcount == 0 && !p.isZoneDevice, "freeFrozen: \(p)")
+        release(p)
+    }
+
     private func release(_ p: Page) {
         if p.test(.hugetlb) { hugetlb.freeFolio(p); return }
         if p.isZoneDevice {

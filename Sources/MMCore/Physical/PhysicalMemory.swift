@@ -36,6 +36,10 @@ public final class PhysicalMemory: @unchecked Sendable {
     private var hugetlbPools: HugeTLB? = nil
     /// The hugetlb pools of this memory (`hstates`).
     public var hugetlb: HugeTLB { hugetlbPools.unsafelyUnwrapped }
+    /// The swap areas and the swap cache (set once, at the end of init).
+    private var swapState: SwapSpace? = nil
+    /// The swap areas of this machine and their swap cache.
+    public var swap: SwapSpace { swapState.unsafelyUnwrapped }
     /// The transparent-huge-page settings and the huge zero folio (set once, at the end of init).
     private var thpState: TransparentHugepage? = nil
     /// The transparent-huge-page settings of this memory (`transparent_hugepage/*`).
@@ -105,6 +109,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         initFreeLists()
         hugetlbPools = HugeTLB(memory: self)
         thpState = TransparentHugepage(memory: self)
+        swapState = SwapSpace(memory: self)
     }
 
     /// Commits host memory: MADV_POPULATE_WRITE, or a write to every host page where the

@@ -21,6 +21,10 @@ public final class MMStats: @unchecked Sendable {
         /// Transparent huge pages, printed with their /proc/vmstat names (`thp_fault_alloc`, …).
         case thpFaultAlloc, thpFaultFallback, thpZeroPageAlloc, thpSplitPMD, thpSplitPage, thpSplitPageFailed
         case thpDeferredSplitPage, thpCollapseAlloc, thpCollapseAllocFailed, thpMigrationSuccess, thpMigrationFail, thpMigrationSplit
+        /// Swap and reclaim, named as in /proc/vmstat: pages read from and written to swap,
+        /// swap-ins that had to read (major faults), pages reclaim gave back to the active
+        /// list or MADV_COLD moved to the inactive one, MADV_FREE pages discarded.
+        case pswpin, pswpout, pgmajfault, pgactivate, pgdeactivate, pglazyfreed
     }
     @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}

@@ -236,6 +236,15 @@ struct ForkCopier: PageWalker {
             // (The mutation: the restored entry is copied as it is, writable in both.)
             return copyPresent(pte, pte.load(), addr, dst.entry, wrprotect: !Mutation.on(.forkExclusiveWithoutWrprotect))
         }
+        if v.swapEntry.isSwapSlot {
+            // copy_nonpresent_pte: one more entry names the slot; the page is no longer
+            // exclusive to the parent (pte_swp_clear_exclusive in both).
+            guard memory.swap.dupEntryDirect(v.swapEntry) else { return .stop(.ENOMEM) }
+            var e = v
+            if v.isSwapExclusive { e = PTE(raw: v.raw & ~PTE.swapExclusive); pte.store(e) }
+            dst.entry.store(e)
+            return .next
+        }
         copyNonPresent(pte, v, dst.entry)
         return .next
     }

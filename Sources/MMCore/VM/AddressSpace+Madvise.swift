@@ -16,7 +16,11 @@ public struct MadviseAdvice: RawRepresentable, Hashable, Sendable {
     public static let noHugePage = MadviseAdvice(rawValue: 15)
     /// `MADV_COLLAPSE`: make THPs of the range now (see `madviseCollapse`).
     public static let collapse = MadviseAdvice(rawValue: 25)
-    static let known: Set<Int32> = [0, 1, 2, 3, 4, 8, 10, 11, 14, 15, 25]
+    /// `MADV_COLD`: the pages are old (their referenced bits go).
+    public static let cold = MadviseAdvice(rawValue: 20)
+    /// `MADV_PAGEOUT`: reclaim the pages now (anonymous ones are swapped out).
+    public static let pageout = MadviseAdvice(rawValue: 21)
+    static let known: Set<Int32> = [0, 1, 2, 3, 4, 8, 10, 11, 14, 15, 20, 21, 25]
 }
 
 /// `madvise_free_pte_range`: clean and old, marked lazily freeable.
@@ -205,6 +209,8 @@ extension AddressSpace {
                 _ = pageTable.walk(s, e, &w)
                 if w.changed { flushTLB() }
                 notifiers.invalidateRangeEnd(range)
+            case .cold, .pageout:
+                try madviseColdOrPageout(vma, s, e, pageout: advice == .pageout)
             case .collapse:
                 // The mmap lock is dropped inside: the VMA list is looked at afresh after it.
                 if let err = madviseCollapse(vma, s, e) { throw err }

@@ -36,9 +36,11 @@ extension Machine {
         for (_, f) in files.sorted(by: { $0.value.name < $1.value.name }) {
             for (_, pfn) in f.cacheLock.withLock({ f.pages }) { fileRefs[pfn, default: 0] += 1 }
         }
+        // Swap slots against the entries naming them; each swap-cache page holds a reference.
+        problems += memory.swap.checkInvariants(refs: mappings, cacheRefs: &fileRefs)
         // Mapcounts per page (PMD mappings per THP); references per folio, on its head.
         var folioFloor: [UInt64: Int32] = [:]
-        for (key, count) in mappings.sorted(by: { $0.key < $1.key }) {
+        for (key, count) in mappings.sorted(by: { $0.key < $1.key }) where key & PageTableChecker.swapSlotBit == 0 {
             if key & PageTableChecker.entireMappingBit != 0 {
                 let pfn = key & ~PageTableChecker.entireMappingBit
                 let p = memory.page(pfn)

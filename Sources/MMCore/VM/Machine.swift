@@ -12,10 +12,13 @@ public final class Machine: @unchecked Sendable {
     var liveMMs: [ObjectIdentifier: Weak<AddressSpace>] = [:]
 
     /// Creates a machine with `memoryBytes` of RAM (page multiple, ≥ 8 MiB) and room for
-    /// `devicePfnSpaceBytes` of device memory registrations. With `populateRAM` the host backs
+    /// `devicePfnSpaceBytes` of device memory registrations, and a swap area of `swapBytes`
+    /// (none when 0; more with `memory.swap.swapOn`). With `populateRAM` the host backs
     /// all of RAM before this returns (see `PhysicalMemory.init`).
-    public init(memoryBytes: UInt64 = 256 << 20, devicePfnSpaceBytes: UInt64 = 16 << 30, populateRAM: Bool = false) throws(Errno) {
+    public init(memoryBytes: UInt64 = 256 << 20, devicePfnSpaceBytes: UInt64 = 16 << 30, swapBytes: UInt64 = 0,
+                populateRAM: Bool = false) throws(Errno) {
         memory = try PhysicalMemory(systemBytes: memoryBytes, devicePfnSpaceBytes: devicePfnSpaceBytes, populateRAM: populateRAM)
+        if swapBytes > 0 { try memory.swap.swapOn(bytes: swapBytes) }
     }
 
     /// Called at the end of every public operation (system calls, faults, GUP, migration), with

@@ -1,0 +1,84 @@
+import MMSync
+
+extension AddressSpace {
+    /// `do_swap_page` for a swap-slot entry (Linux 7.2): the page comes from the swap cache,
+    /// or is allocated, put in the cache and read from the slot (a major fault, `pswpin`).
+    /// Under its lock and the PTE lock, with the entry unchanged, the page is mapped; an
+    /// exclusive entry maps it writable (when the VMA is) even for a read, as the swap count
+    /// was 1. The slot loses this entry's count (`folio_put_swap`), and since areas are
+    /// synchronous the page then leaves the swap cache if no other entry names the slot. A
+    /// write the mapping could not grant goes on as a write-protect fault (`do_wp_page`).
+    /// An entry naming no slot in use is SIGBUS (D21).
+    /// Locking: mmap lock held for read, or the VMA's lock; no PTE lock held on entry or return.
+    func doSwapPage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ entry: PTE,
+                    flags: FaultFlags, realAddress: UInt64) -> FaultResult {
+        assertFaultLocked(vma, flags); Lockdep.assertNoSpinLockHeld()
+        let swp = entry.swapEntry
+        let swap = memory.swap
+        guard let area = swap.resolve(swp), area.isInUse(swp.offset) else {
+            return ptep.load() == entry ? .sigbus : .retry
+        }
+        guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
+        let page: Page
+        if let cached = swap.lookup(swp) {
+            page = cached
+            page.lock()
+        } else {
+            guard let new = memory.allocate(order: 0) else { return ptep.load() == entry ? .oom : .retry }
+            new.lock()
+            switch swap.addForSwapIn(new, swp) {
+            case .added:
+                swap.readIn(new)
+                stats.count(.pswpin)
+                stats.count(.pgmajfault)
+                page = new
+            case .raced, .slotFree:
+                new.unlock()
+                memory.put(new)
+                return .retry
+            }
+        }
+        // The reference taken above becomes the mapping's; every path that does not map drops it.
+        guard swap.matches(page, swp) else { page.unlock(); memory.put(page); return .retry }
+        ptl.lock()
+        guard ptep.load() == entry else {
+            ptl.unlock()
+            swap.folioFreeSwap(page)
+            page.unlock()
+            memory.put(page)
+            return .retry
+        }
+        guard page.test(.uptodate) else { ptl.unlock(); page.unlock(); memory.put(page); return .sigbus }
+        let exclusive = entry.isSwapExclusive
+        let write = flags.contains(.write)
+        var writeDone = false
+        var pte = PTE.page(page.pfn, write: false)
+        if exclusive && vma.flags.contains(.write) {
+            pte = pte.mkwrite()
+            if write { pte = pte.mkdirty(); writeDone = true }
+        }
+        if entry.isSoftDirty { pte.raw |= PTE.softDirty }
+        if page.isAnon {
+            memory.addRmap(page)
+            if exclusive { page.set(.anonExclusive) }
+        } else {
+            // __folio_set_anon: a page shared with other processes takes the root anon_vma,
+            // which every VMA of the fork tree is linked into.
+            let owner: Unmanaged<AnonVMA> = exclusive ? av : .passUnretained(av.takeUnretainedValue().root)
+            memory.addNewAnonRmap(page, vma: vma, address: address, anonVMA: owner)
+            if !exclusive { page.clear(.anonExclusive) }
+            page.clear(.dirty)
+        }
+        swap.folioPutSwap(page, swp)
+        ptep.store(pte)
+        ptl.unlock()
+        // should_try_to_free_swap: always, on a synchronous device.
+        swap.folioFreeSwap(page)
+        page.unlock()
+        guard write && !writeDone else { return .ok }
+        ptl.lock()
+        let now = ptep.load()
+        guard now.isPresent, now.pfn == page.pfn, !now.isWrite else { ptl.unlock(); return .ok }
+        return doWPPage(vma, address, ptep, ptl, now, flags: flags, realAddress: realAddress)
+    }
+}

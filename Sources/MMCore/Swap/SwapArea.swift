@@ -1,0 +1,171 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MMSync
+
+/// One swap area (`swap_info_struct`): `slots` page-sized slots backed by host memory, and
+/// one table word per slot as Linux 7.2's swap table keeps it (`mm/swap_table.h`):
+///
+/// - 0: the slot is free;
+/// - `SwapArea.shadow` (1): in use, not in the swap cache (swapped out);
+/// - `pfn << 2 | 2`: in use and in the swap cache, whose folio is at `pfn`;
+/// - `SwapArea.bad`: slot 0, the swap header, never handed out.
+///
+/// Beside it, each slot's swap count: the swap PTEs that name it (7.2 keeps it in the table
+/// word's top bits and an extension table; the swap cache adds nothing to it, it holds folio
+/// references instead). A slot is free again when its count drops to 0 while it is not
+/// cached, or when a cached slot with count 0 leaves the swap cache.
+///
+/// Sendable: the table words are atomics (the swap cache is read without a lock, as
+/// `swap_cache_get_folio` reads the table); counts, the cursor and every table change are
+/// guarded by `lock`.
+public final class SwapArea: @unchecked Sendable {
+    /// The swap type: the index of this area in the machine's list (`si->type`).
+    public let type: UInt8
+    /// Slots, the header included (`si->max`).
+    public let slots: UInt64
+    @usableFromInline let storage: UnsafeMutableRawPointer
+    @usableFromInline let table: UnsafeMutablePointer<UInt64>
+    let counts: UnsafeMutablePointer<UInt32>
+    /// The area's lock (`si->lock` with the cluster locks folded in). Innermost: taken under
+    /// page-table locks (unmap, zap) and page locks (swap-in, swap cache removal).
+    let lock = Lock("swap_info")
+    /// Where the next allocation starts looking (`si->cluster_next`). Locking: `lock`.
+    var cursor: UInt64 = 1
+    /// Free slots (`si->pages - si->inuse_pages`).
+    let freeSlotCount: AtomicCounter
+
+    @usableFromInline static let shadow: UInt64 = 1
+    @usableFromInline static let cachedTag: UInt64 = 2
+    @usableFromInline static let bad: UInt64 = ~UInt64(0) << 3
+
+    /// Creates an area of `bytes` (a page multiple of at least two pages: the header and one
+    /// slot). Throws EINVAL for a bad size, ENOMEM if the host refuses the reservation.
+    init(type: UInt8, bytes: UInt64) throws(Errno) {
+        guard bytes >= 2 * pageSize, bytes % pageSize == 0, bytes <= 1 << 40 else { throw .EINVAL }
+        self.type = type
+        slots = bytes >> pageShift
+        guard let s = mmap(nil, Int(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              s != MAP_FAILED else { throw .ENOMEM }
+        storage = s
+        table = .allocate(capacity: Int(slots))
+        table.initialize(repeating: 0, count: Int(slots))
+        table[0] = SwapArea.bad
+        counts = .allocate(capacity: Int(slots))
+        counts.initialize(repeating: 0, count: Int(slots))
+        freeSlotCount = AtomicCounter(Int(slots) - 1)
+    }
+
+    deinit { munmap(storage, Int(slots << pageShift)); table.deallocate(); counts.deallocate() }
+
+    /// Usable slots (the header is not one).
+    public var totalSlots: Int { Int(slots) - 1 }
+    /// Slots not in use.
+    public var freeSlots: Int { freeSlotCount.load() }
+
+    @inlinable func tableWord(_ offset: UInt64) -> AtomicU64Ref {
+        AtomicU64Ref(UnsafeMutableRawPointer(table + Int(offset)))
+    }
+    /// The host bytes of slot `offset`.
+    @inlinable func slotBytes(_ offset: UInt64) -> UnsafeMutableRawPointer { storage + Int(offset << pageShift) }
+
+    /// Whether `offset` names a slot of this area that can be in use (`get_swap_device`'s check).
+    func isValidOffset(_ offset: UInt64) -> Bool { offset > 0 && offset < slots }
+
+    /// The swap count of slot `offset` (`swap_count`). Locking: takes the area's lock.
+    public func count(_ offset: UInt64) -> Int {
+        lock.withLock { isValidOffset(offset) ? Int(counts[Int(offset)]) : 0 }
+    }
+    /// Whether slot `offset` is in use (counted or cached).
+    public func isInUse(_ offset: UInt64) -> Bool {
+        isValidOffset(offset) && tableWord(offset).load() != 0
+    }
+
+    /// Takes a free slot for a folio entering the swap cache: the slot's word names the pfn,
+    /// its count is 0 (`__swap_cluster_alloc_entries` with `__swap_cache_add_folio`).
+    /// Return: the slot, or nil when the area is full.
+    /// Locking: caller holds the area's lock.
+    func allocateLocked(cachedPfn pfn: UInt64) -> UInt64? {
+        lock.assertHeld()
+        guard freeSlotCount.load() > 0 else { return nil }
+        var off = cursor
+        for _ in 1..<slots {
+            if off >= slots { off = 1 }
+            if table[Int(off)] == 0 {
+                tableWord(off).store(pfn << 2 | SwapArea.cachedTag)
+                counts[Int(off)] = 0
+                freeSlotCount.add(-1)
+                cursor = off + 1
+                return off
+            }
+            off += 1
+        }
+        return nil
+    }
+
+    /// Frees slot `offset` (`__swap_cluster_free_entries`). Locking: caller holds the lock.
+    func freeLocked(_ offset: UInt64) {
+        lock.assertHeld()
+        precondition(counts[Int(offset)] == 0, "freeing swap slot \(offset) with count \(counts[Int(offset)])")
+        tableWord(offset).store(0)
+        freeSlotCount.add(1)
+    }
+
+    /// The pfn of the folio caching slot `offset`, or nil. Read without the lock.
+    @inlinable func cachedPfn(_ offset: UInt64) -> UInt64? {
+        let w = tableWord(offset).load()
+        guard w & 3 == SwapArea.cachedTag, w != SwapArea.bad else { return nil }
+        return w >> 2
+    }
+}
+
+extension SwapSpace {
+    /// The key of a swap slot in the invariant checkers' entry counts (beside pfn keys).
+    static func invariantKey(_ e: SwapEntry) -> UInt64 { PageTableChecker.swapSlotBit | UInt64(e.type) << 49 | e.offset }
+
+    /// Every violated swap invariant: each slot's count equals the swap entries naming it
+    /// (`refs`, keyed by `invariantKey`); a free slot has neither; a slot in use has a count or
+    /// a cached page; a cached page is a small system page flagged as caching that very slot;
+    /// the free-slot count matches. Adds one reference per cached page to `cacheRefs`.
+    /// Locking: takes each area's lock; run while no other thread changes memory.
+    func checkInvariants(refs: [UInt64: Int32], cacheRefs: inout [UInt64: Int32]) -> [String] {
+        var problems: [String] = []
+        var seen = 0
+        for area in allAreas {
+            area.lock.assertNotHeld()
+            area.lock.lock()
+            var free = 0
+            for off in 1..<area.slots {
+                let e = SwapEntry(type: area.type, offset: off)
+                let w = area.table[Int(off)], c = Int32(area.counts[Int(off)])
+                let r = refs[SwapSpace.invariantKey(e)] ?? 0
+                if r != 0 { seen += 1 }
+                if w == 0 {
+                    free += 1
+                    if c != 0 { problems.append("\(e): free slot with swap count \(c)") }
+                    if r != 0 { problems.append("\(e): free slot named by \(r) swap entries") }
+                    continue
+                }
+                if c != r { problems.append("\(e): swap count \(c) but \(r) swap entries name it") }
+                if w == SwapArea.shadow {
+                    if c == 0 { problems.append("\(e): slot in use with no swap entry and no cached page (leaked)") }
+                    continue
+                }
+                let pfn = w >> 2
+                guard w & 3 == SwapArea.cachedTag, pfn < memory.systemFrames else {
+                    problems.append("\(e): bad table word \(String(w, radix: 16))"); continue
+                }
+                let p = memory.page(pfn)
+                if !p.test(.swapCache) || p.privateWord != e.pte().raw { problems.append("\(e): cached pfn \(pfn) is not flagged as caching it") }
+                if p.isFreeFrame { problems.append("\(e): cached pfn \(pfn) is a free frame") }
+                if p.order != 0 { problems.append("\(e): cached pfn \(pfn) is a large folio") }
+                cacheRefs[pfn, default: 0] += 1
+            }
+            if free != area.freeSlots { problems.append("swap area \(area.type): \(area.freeSlots) free slots counted, \(free) found") }
+            area.lock.unlock()
+        }
+        let named = refs.keys.filter { $0 & PageTableChecker.swapSlotBit != 0 }.count
+        if named != seen { problems.append("\(named - seen) swap entries name slots outside every swap area") }
+        return problems
+    }
+}

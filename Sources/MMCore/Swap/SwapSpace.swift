@@ -1,0 +1,279 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MMSync
+
+/// The machine's swap areas (`swap_info[]`) and the swap cache over them, following Linux
+/// 7.2's `mm/swapfile.c` and `mm/swap_state.c`.
+///
+/// Areas are ramdisks in host memory: synchronous I/O (`SWP_SYNCHRONOUS_IO`, as zram or brd),
+/// so a swap-in reads the slot at once and drops the swap cache when no swap PTE names the
+/// slot any more (`should_try_to_free_swap`).
+///
+/// Sendable: areas are published through `areaSlots` (an unretained pointer per type, written
+/// under `swaponLock` and kept alive by `areas`); each area guards its own slots.
+public final class SwapSpace: @unchecked Sendable {
+    unowned let memory: PhysicalMemory
+    let swaponLock = Lock("swapon")
+    /// Locking: swaponLock.
+    var areas: [SwapArea] = []
+    @usableFromInline let areaSlots: UnsafeMutablePointer<UInt64>
+
+    init(memory: PhysicalMemory) {
+        self.memory = memory
+        areaSlots = .allocate(capacity: Int(SwapEntry.maxSwapFiles))
+        areaSlots.initialize(repeating: 0, count: Int(SwapEntry.maxSwapFiles))
+    }
+    deinit { areaSlots.deallocate() }
+
+    /// `swapon`: adds an area of `bytes` backed by host memory.
+    /// Return: the new area. Throws EINVAL for a bad size, EPERM when all 24 swap types are
+    /// taken (`MAX_SWAPFILES`), ENOMEM if the host refuses the memory.
+    @discardableResult
+    public func swapOn(bytes: UInt64) throws(Errno) -> SwapArea {
+        swaponLock.lock(); defer { swaponLock.unlock() }
+        guard areas.count < Int(SwapEntry.maxSwapFiles) else { throw .EPERM }
+        let area = try SwapArea(type: UInt8(areas.count), bytes: bytes)
+        areas.append(area)
+        AtomicU64Ref(UnsafeMutableRawPointer(areaSlots + Int(area.type)))
+            .store(UInt64(UInt(bitPattern: Unmanaged.passUnretained(area).toOpaque())))
+        return area
+    }
+
+    /// The area of swap type `type`, if it exists (read without a lock: `get_swap_device`).
+    @inlinable public func area(_ type: UInt8) -> SwapArea? {
+        guard type < SwapEntry.maxSwapFiles else { return nil }
+        let bits = AtomicU64Ref(UnsafeMutableRawPointer(areaSlots + Int(type))).load()
+        guard bits != 0 else { return nil }
+        return Unmanaged<SwapArea>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!).takeUnretainedValue()
+    }
+
+    /// Every area, in swap-type order.
+    public var allAreas: [SwapArea] { swaponLock.withLock { areas } }
+    /// Usable slots in all areas (`SwapTotal`, in pages).
+    public var totalSlots: Int { allAreas.reduce(0) { $0 + $1.totalSlots } }
+    /// Free slots in all areas (`SwapFree`, in pages).
+    public var freeSlots: Int { allAreas.reduce(0) { $0 + $1.freeSlots } }
+
+    /// The area and slot an entry names, if the area exists and the slot is inside it
+    /// (`get_swap_device`; 7.2 logs "Bad swap file entry" / "Bad swap offset entry" otherwise).
+    func resolve(_ e: SwapEntry) -> SwapArea? {
+        guard e.isSwapSlot, let a = area(e.type), a.isValidOffset(e.offset) else { return nil }
+        return a
+    }
+
+    // MARK: the swap cache
+
+    /// `folio_alloc_swap`: gives a locked anonymous page a slot and puts it in the swap cache
+    /// with swap count 0; the cache takes a reference. The first area with a free slot is used
+    /// (7.2 goes by priority; every area here has the default one, so swapon order).
+    /// Return: the entry, or nil when every area is full.
+    /// Locking: caller holds the page lock and a reference; takes area locks.
+    func folioAllocSwap(_ page: Page) -> SwapEntry? {
+        precondition(page.isLocked && !page.test(.swapCache) && page.order == 0, "folioAllocSwap: \(page)")
+        for area in allAreas where area.freeSlots > 0 {
+            area.lock.lock()
+            guard let off = area.allocateLocked(cachedPfn: page.pfn) else { area.lock.unlock(); continue }
+            let e = SwapEntry(type: area.type, offset: off)
+            attach(page, e)
+            area.lock.unlock()
+            return e
+        }
+        return nil
+    }
+
+    /// `__swap_cache_add_folio`'s page side: the flag, the entry, the cache's reference.
+    private func attach(_ page: Page, _ e: SwapEntry) {
+        memory.get(page)
+        page.privateWord = e.pte().raw
+        page.set(.swapCache)
+    }
+
+    /// The swap entry of a page in the swap cache (`folio->swap`).
+    public func entry(of page: Page) -> SwapEntry? {
+        guard page.test(.swapCache) else { return nil }
+        return PTE(raw: page.privateWord).swapEntry
+    }
+
+    /// `swap_cache_get_folio`: the page caching `e`, with a reference taken, unlocked; nil if
+    /// none. The caller must lock it and check that it still caches `e`
+    /// (`folio_matches_swap_entry`). Takes no lock (reads the table word).
+    func lookup(_ e: SwapEntry) -> Page? {
+        guard let area = resolve(e) else { return nil }
+        while true {
+            guard let pfn = area.cachedPfn(e.offset) else { return nil }
+            let page = memory.page(pfn)
+            guard memory.tryGet(page) else { continue }
+            if area.cachedPfn(e.offset) == pfn { return page }
+            memory.put(page)
+        }
+    }
+
+    /// Whether `page` (locked) still caches `e` (`folio_matches_swap_entry`).
+    func matches(_ page: Page, _ e: SwapEntry) -> Bool {
+        page.test(.swapCache) && page.privateWord == e.pte().raw
+    }
+
+    /// The outcome of putting a new page into the swap cache for a swap-in.
+    enum CacheAdd { case added, raced, slotFree }
+
+    /// `swap_cache_alloc_folio`'s insert: the new, locked page caches `e` if the slot is still
+    /// in use (count ≥ 1) and no other page caches it. `.raced`: another page caches it (look
+    /// it up again); `.slotFree`: the slot was freed meanwhile (the PTE changed).
+    /// Locking: caller holds the page lock; takes the area's lock.
+    func addForSwapIn(_ page: Page, _ e: SwapEntry) -> CacheAdd {
+        precondition(page.isLocked, "addForSwapIn: page not locked")
+        guard let area = resolve(e) else { return .slotFree }
+        area.lock.lock(); defer { area.lock.unlock() }
+        let w = area.tableWord(e.offset).load()
+        if w == 0 || area.counts[Int(e.offset)] == 0 { return .slotFree }
+        if w != SwapArea.shadow { return .raced }
+        area.tableWord(e.offset).store(page.pfn << 2 | SwapArea.cachedTag)
+        attach(page, e)
+        return .added
+    }
+
+    /// `swap_cache_del_folio`: the page leaves the swap cache; its slot keeps its count (and is
+    /// freed when that is 0); the cache's reference is dropped.
+    /// Locking: caller holds the page lock and a reference of its own; takes the area's lock.
+    func delete(_ page: Page) {
+        precondition(page.isLocked, "swap cache delete: page not locked")
+        guard let e = entry(of: page), let area = resolve(e) else { return }
+        area.lock.lock()
+        detachLocked(page, e, area)
+        area.lock.unlock()
+        memory.put(page)
+    }
+
+    /// `__swap_cache_del_folio` without the reference drop. Locking: area lock held.
+    private func detachLocked(_ page: Page, _ e: SwapEntry, _ area: SwapArea) {
+        area.lock.assertHeld()
+        page.clear(.swapCache)
+        page.privateWord = 0
+        if area.counts[Int(e.offset)] == 0 { area.freeLocked(e.offset) } else { area.tableWord(e.offset).store(SwapArea.shadow) }
+    }
+
+    /// `folio_free_swap`: drops a locked page from the swap cache if no swap PTE names its
+    /// slot any more (`folio_maybe_swapped` false), and marks it dirty (its only copy is now in
+    /// memory). Return: whether it left the cache.
+    /// Locking: caller holds the page lock and a reference; takes the area's lock.
+    @discardableResult
+    func folioFreeSwap(_ page: Page) -> Bool {
+        precondition(page.isLocked, "folioFreeSwap: page not locked")
+        guard let e = entry(of: page), let area = resolve(e) else { return false }
+        area.lock.lock()
+        guard area.counts[Int(e.offset)] == 0 else { area.lock.unlock(); return false }
+        detachLocked(page, e, area)
+        area.lock.unlock()
+        page.set(.dirty)
+        memory.put(page)
+        return true
+    }
+
+    /// `__remove_mapping` for a swap-cache page that reclaim isolated: freezes the reference
+    /// count at the cache's and the caller's (so no lookup can take one meanwhile), drops the
+    /// page from the swap cache and frees it. Fails if the page is dirty or anybody else holds
+    /// a reference. On success the page is unlocked and freed.
+    /// Locking: caller holds the page lock and one reference, which this consumes on success;
+    /// takes the area's lock.
+    func removeMapping(_ page: Page) -> Bool {
+        precondition(page.isLocked, "removeMapping: page not locked")
+        guard let e = entry(of: page), let area = resolve(e) else { return false }
+        area.lock.lock()
+        guard page.refcountWord.compareExchange(expected: 2, desired: 0).exchanged else { area.lock.unlock(); return false }
+        if page.test(.dirty) { page.refcountWord.store(2); area.lock.unlock(); return false }
+        detachLocked(page, e, area)
+        area.lock.unlock()
+        page.unlock()
+        memory.freeFrozen(page)
+        return true
+    }
+
+    // MARK: swap counts
+
+    /// `folio_dup_swap` for an order-0 page: one more swap PTE will name its slot (the unmap).
+    /// Locking: caller holds the page lock (the page is in the swap cache); takes the area's lock.
+    func folioDupSwap(_ page: Page) -> SwapEntry {
+        precondition(page.isLocked, "folioDupSwap: page not locked")
+        let e = entry(of: page)!
+        let area = resolve(e)!
+        area.lock.withLock { area.counts[Int(e.offset)] += 1 }
+        return e
+    }
+
+    /// `folio_put_swap`: one swap PTE fewer names the slot of a page in the swap cache (the
+    /// swap-in that replaced it, an unmap that backed out). Never frees: the cache holds it.
+    /// Locking: caller holds the page lock; takes the area's lock.
+    func folioPutSwap(_ page: Page, _ e: SwapEntry) {
+        precondition(page.isLocked, "folioPutSwap: page not locked")
+        guard let area = resolve(e) else { return }
+        area.lock.withLock {
+            precondition(area.counts[Int(e.offset)] > 0, "swap count underflow on \(e)")
+            area.counts[Int(e.offset)] -= 1
+        }
+    }
+
+    /// `swap_dup_entry_direct` (fork): one more PTE names a slot already named by one.
+    /// Return: false for an entry that names no slot in use (-EINVAL in 7.2).
+    /// Locking: may be called under page-table locks; takes the area's lock.
+    func dupEntryDirect(_ e: SwapEntry) -> Bool {
+        guard let area = resolve(e) else { return false }
+        area.lock.assertNotHeld()
+        return area.lock.withLock {
+            guard area.counts[Int(e.offset)] > 0 else { return false }
+            area.counts[Int(e.offset)] += 1
+            return true
+        }
+    }
+
+    /// `swap_put_entries_direct` for one entry (zap): one PTE fewer names the slot. A slot
+    /// left with count 0 is freed if no page caches it; if one does, the page is dropped from
+    /// the cache when its lock can be taken (`__try_to_reclaim_swap` with TTRS_UNMAPPED).
+    /// Return: a page whose last reference the caller must drop (after its TLB flush, outside
+    /// page-table locks), or nil.
+    /// Locking: may be called under page-table locks; takes the area's lock, trylocks the page.
+    func putEntryDirect(_ e: SwapEntry) -> Page? {
+        guard let area = resolve(e) else { return nil }
+        area.lock.lock()
+        let c = area.counts[Int(e.offset)]
+        precondition(c > 0, "swap count underflow on \(e)")
+        area.counts[Int(e.offset)] = c - 1
+        let cached = c == 1 ? area.cachedPfn(e.offset) : nil
+        if c == 1 && cached == nil { area.freeLocked(e.offset) }
+        area.lock.unlock()
+        guard cached != nil, let page = lookup(e) else { return nil }
+        // Only a page no process maps and nobody else uses is dropped here (TTRS_UNMAPPED).
+        guard page.mapcount == 0, page.tryLock() else { return page }
+        if matches(page, e) {
+            area.lock.lock()
+            if area.counts[Int(e.offset)] == 0 {
+                detachLocked(page, e, area)
+                area.lock.unlock()
+                memory.put(page)   // the cache's reference (the lookup's is the caller's)
+            } else {
+                area.lock.unlock()
+            }
+        }
+        page.unlock()
+        return page
+    }
+
+    // MARK: I/O
+
+    /// `swap_writeout` to a ramdisk: the page's bytes into its slot.
+    /// Locking: caller holds the page lock (the page is in the swap cache).
+    func writeOut(_ page: Page) {
+        precondition(page.isLocked, "writeOut: page not locked")
+        let e = entry(of: page)!
+        memcpy(resolve(e)!.slotBytes(e.offset), memory.frame(page.pfn), Int(pageSize))
+    }
+
+    /// `swap_read_folio` from a ramdisk: the slot's bytes into the page.
+    /// Locking: caller holds the page lock (the page is in the swap cache).
+    func readIn(_ page: Page) {
+        precondition(page.isLocked, "readIn: page not locked")
+        let e = entry(of: page)!
+        memcpy(memory.frame(page.pfn), resolve(e)!.slotBytes(e.offset), Int(pageSize))
+        page.set(.uptodate)
+    }
+}

@@ -1,0 +1,71 @@
+import MMSync
+
+extension Machine {
+    /// `reclaim_pages` (MADV_PAGEOUT): reclaims each page, ignoring its referenced bits, and
+    /// drops the caller's reference on every page it could not free.
+    /// Return: how many pages were freed.
+    /// Locking: caller holds one reference per page and no page-table or page lock (the mmap
+    /// lock may be held for read).
+    @discardableResult
+    public func reclaimPages(_ pages: [Page]) -> Int {
+        Lockdep.assertNoSpinLockHeld()
+        var freed = 0
+        for p in pages {
+            if reclaimPage(p) { freed += 1 } else { memory.put(p) }
+        }
+        return freed
+    }
+
+    /// `shrink_folio_list` for one isolated, order-0 page, references ignored (Linux 7.2,
+    /// `mm/vmscan.c`):
+    /// 1. a lazily freed (MADV_FREE) page that is clean and unused elsewhere is unmapped and
+    ///    freed without I/O (`pglazyfreed`);
+    /// 2. an anonymous page outside the swap cache gets a slot (`folio_alloc_swap`) and is
+    ///    marked dirty; no slot free: the page stays (`pgactivate`);
+    /// 3. its mappings become swap entries (`try_to_unmap`); one that must stay keeps it;
+    /// 4. a dirty page is written to its slot (`pageout` → `swap_writeout`, `pswpout`) when
+    ///    only the cache and the caller hold it;
+    /// 5. the page leaves the swap cache and is freed (`__remove_mapping`).
+    /// Pinned pages, device pages, large folios and page-cache pages are not reclaimed here.
+    /// Return: true if the page was freed (the caller's reference with it); false leaves the
+    /// caller's reference.
+    /// Locking: caller holds a reference and no page-table or page lock; takes the page lock
+    /// (trylock), the rmap, notifier and PTE locks, and swap area locks.
+    public func reclaimPage(_ page: Page) -> Bool {
+        Lockdep.assertNoSpinLockHeld()
+        guard page.order == 0, !page.isZoneDevice, page.isAnon, page.tryLock() else { return false }
+        let swap = memory.swap
+        func keep(activate: Bool) -> Bool {
+            if activate { stats.count(.pgactivate) }
+            page.unlock()
+            return false
+        }
+        // A page that may be pinned for DMA stays (folio_maybe_dma_pinned).
+        if page.pincount > 0 { return keep(activate: true) }
+        if page.test(.lazyFree) && !page.test(.swapCache) && !page.test(.dirty) {
+            guard tryToUnmap(page) else { return keep(activate: true) }
+            // The discard of a clean, unused lazily freed page (folio_ref_freeze(folio, 1)).
+            guard page.refcountWord.compareExchange(expected: 1, desired: 0).exchanged else { return keep(activate: true) }
+            if page.test(.dirty) { page.refcountWord.store(1); return keep(activate: true) }
+            page.unlock()
+            memory.freeFrozen(page)
+            stats.count(.pglazyfreed)
+            return true
+        }
+        if !page.test(.swapCache) {
+            page.clear(.lazyFree)
+            guard swap.folioAllocSwap(page) != nil else { return keep(activate: true) }
+            page.set(.dirty)
+        }
+        if page.mapcount > 0 && !tryToUnmap(page) { return keep(activate: true) }
+        if page.test(.dirty) {
+            // pageout: only the isolation's and the swap cache's references may be left.
+            guard page.refcount == 2 else { return keep(activate: false) }
+            page.clear(.dirty)
+            swap.writeOut(page)
+            stats.count(.pswpout)
+        }
+        guard swap.removeMapping(page) else { return keep(activate: true) }
+        return true
+    }
+}

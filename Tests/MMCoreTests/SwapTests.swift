@@ -1,0 +1,193 @@
+import XCTest
+@testable import MMCore
+import MMSync
+
+/// Swap-out through MADV_PAGEOUT and swap-in through faults, against Linux 7.2's
+/// `shrink_folio_list`, `try_to_unmap_one`, `do_swap_page`, `copy_nonpresent_pte` and
+/// `zap_nonpresent_ptes`, with every invariant (swap counts included) after every operation.
+final class SwapTests: XCTestCase {
+    /// The swap entry at `address`, if the PTE holds one.
+    private func swapPTE(_ env: Env, _ address: UInt64) -> PTE? {
+        env.mm.mmapLock.lockRead(); defer { env.mm.mmapLock.unlockRead() }
+        guard let f = env.mm.pageTable.lookup(address, level: .pte), f.level == .pte else { return nil }
+        let v = f.entry.load()
+        return v.isSwap && v.swapEntry.isSwapSlot ? v : nil
+    }
+    private func pte(_ env: Env, _ address: UInt64) -> PTE {
+        env.mm.mmapLock.lockRead(); defer { env.mm.mmapLock.unlockRead() }
+        return env.mm.pageTable.lookup(address, level: .pte)?.entry.load() ?? .none
+    }
+
+    func testPageoutSwapsOutAndAReadMapsTheExclusivePageWritable() throws {
+        let env = try Env(swapPages: 64)
+        let a = try env.anon(4)
+        try fillIDX(env.cpu, a, bytes: 4 * pageSize)
+        let used = env.machine.usedFrames
+        try env.process.madvise(a, length: 4 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 4)
+        XCTAssertEqual(env.machine.usedFrames, used - 4, "the four pages are freed")
+        XCTAssertEqual(env.memory.swap.freeSlots, 60)
+        let pm = try env.mm.pagemap(a, count: 4)
+        var offsets: [UInt64] = []
+        for (i, e) in pm.enumerated() {
+            XCTAssertTrue(e.isSwap && !e.isPresent, "page \(i): \(e)")
+            // PM_SWAP, frame = type | offset << 5, soft-dirty from the entry; never exclusive.
+            XCTAssertEqual(e.raw & 0x1F, 0)
+            XCTAssertEqual(e.raw & PagemapEntry.exclusiveBit, 0)
+            offsets.append((e.raw & ((1 << 55) - 1)) >> 5)
+            let v = try XCTUnwrap(swapPTE(env, a + UInt64(i) * pageSize))
+            XCTAssertTrue(v.isSwapExclusive, "an exclusive page's entry carries the exclusive bit")
+            XCTAssertEqual(env.memory.swap.area(0)!.count(v.swapEntry.offset), 1)
+        }
+        XCTAssertEqual(offsets, [1, 2, 3, 4])
+        // A read of each page reads its slot (a major fault) and maps it writable: no further
+        // fault for the write that follows.
+        try checkIDX(env.cpu, a, bytes: 4 * pageSize)
+        XCTAssertEqual(env.machine.stats[.pswpin], 4)
+        XCTAssertEqual(env.machine.stats[.pgmajfault], 4)
+        for i in 0..<4 {
+            let v = pte(env, a + UInt64(i) * pageSize)
+            XCTAssertTrue(v.isPresent && v.isWrite && !v.isDirty, "page \(i): \(v)")
+        }
+        XCTAssertEqual(env.memory.swap.freeSlots, 64, "the synchronous area drops each slot at swap-in")
+        let cow = env.machine.stats[.faultCOWReuse] + env.machine.stats[.faultCOWCopy]
+        try env.cpu.store(a, Int32(-1))
+        XCTAssertEqual(env.machine.stats[.faultCOWReuse] + env.machine.stats[.faultCOWCopy], cow)
+        env.check()
+        env.teardown()
+    }
+
+    func testAWriteFaultSwapsInDirtyAndASecondPageoutWritesAgain() throws {
+        let env = try Env(swapPages: 8)
+        let a = try env.anon(1)
+        try env.cpu.store(a, UInt64(0x1234))
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        try env.cpu.store(a + 8, UInt64(0x5678))
+        let v = pte(env, a)
+        XCTAssertTrue(v.isPresent && v.isWrite && v.isDirty)
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 0x1234)
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 2)
+        XCTAssertEqual(try env.cpu.load(a + 8, as: UInt64.self), 0x5678)
+        XCTAssertEqual(env.machine.stats[.pswpin], 2)
+        env.check()
+        env.teardown()
+    }
+
+    func testForkSharesTheSlotAndEachSideSwapsInOnce() throws {
+        let env = try Env(swapPages: 8)
+        let a = try env.anon(1)
+        try env.cpu.store(a, UInt64(41))
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        let e = try XCTUnwrap(swapPTE(env, a)).swapEntry
+        let child = try env.process.fork()
+        let area = env.memory.swap.area(0)!
+        XCTAssertEqual(area.count(e.offset), 2, "fork duplicates the entry")
+        XCTAssertFalse(try XCTUnwrap(swapPTE(env, a)).isSwapExclusive, "the parent's entry is no longer exclusive")
+        let childCPU = child.makeCPU()
+        XCTAssertEqual(try childCPU.load(a, as: UInt64.self), 41)
+        XCTAssertEqual(env.machine.stats[.pswpin], 1)
+        XCTAssertEqual(area.count(e.offset), 1)
+        XCTAssertEqual(env.memory.swap.freeSlots, 7, "the page stays in the swap cache while the parent's entry names it")
+        XCTAssertFalse(pteOf(child, a).isWrite, "a shared page is mapped read-only")
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 41)
+        XCTAssertEqual(env.machine.stats[.pswpin], 1, "the parent finds the page in the swap cache")
+        XCTAssertEqual(env.memory.swap.freeSlots, 8)
+        let page = env.memory.page(try XCTUnwrap(try env.pfn(a)))
+        XCTAssertEqual(page.mapcount, 2)
+        XCTAssertEqual(page.refcount, 2)
+        try env.cpu.store(a, UInt64(42))
+        XCTAssertEqual(env.machine.stats[.faultCOWCopy], 1)
+        XCTAssertEqual(try childCPU.load(a, as: UInt64.self), 41)
+        env.check()
+        childCPU.detach()
+        child.exit()
+        env.teardown()
+    }
+
+    private func pteOf(_ p: Process, _ address: UInt64) -> PTE {
+        p.mm.mmapLock.lockRead(); defer { p.mm.mmapLock.unlockRead() }
+        return p.mm.pageTable.lookup(address, level: .pte)?.entry.load() ?? .none
+    }
+
+    func testUnmapAndExitFreeTheSlots() throws {
+        let env = try Env(swapPages: 8)
+        let a = try env.anon(3)
+        for i in 0..<3 { try env.cpu.store(a + UInt64(i) * pageSize, UInt8(i + 1)) }
+        try env.process.madvise(a, length: 3 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.memory.swap.freeSlots, 5)
+        try env.process.munmap(a, length: pageSize)
+        XCTAssertEqual(env.memory.swap.freeSlots, 6)
+        let child = try env.process.fork()
+        child.exit()
+        XCTAssertEqual(env.memory.swap.freeSlots, 6, "the child's exit gives back only its own counts")
+        env.check()
+        env.teardown()   // checks that every slot is free again
+    }
+
+    func testAFullSwapAreaKeepsTheRestMapped() throws {
+        let env = try Env(swapPages: 2)
+        let a = try env.anon(4)
+        try fillIDX(env.cpu, a, bytes: 4 * pageSize)
+        try env.process.madvise(a, length: 4 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 2)
+        XCTAssertEqual(env.machine.stats[.pgactivate], 2)
+        XCTAssertEqual(env.memory.swap.freeSlots, 0)
+        let pm = try env.mm.pagemap(a, count: 4)
+        XCTAssertEqual(pm.map(\.isSwap), [true, true, false, false])
+        try checkIDX(env.cpu, a, bytes: 4 * pageSize)
+        env.check()
+        env.teardown()
+    }
+
+    func testPinnedAndSharedPagesAreNotPagedOut() throws {
+        let env = try Env(swapPages: 8)
+        let a = try env.anon(2)
+        try env.cpu.store(a, UInt8(1)); try env.cpu.store(a + pageSize, UInt8(2))
+        let pinned = try env.mm.getUserPages(a, count: 1, flags: [.write, .pin, .longterm])
+        let child = try env.process.fork()   // the second page is now mapped twice
+        try env.process.madvise(a, length: 2 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0)
+        XCTAssertEqual(env.machine.stats[.pgactivate], 1, "the pinned page goes back to the active list")
+        XCTAssertEqual(try env.mm.pagemap(a, count: 2).map(\.isPresent), [true, true])
+        XCTAssertEqual(env.memory.swap.freeSlots, 8)
+        env.mm.unpinUserPages(pinned)
+        child.exit()
+        env.check()
+        env.teardown()
+    }
+
+    func testACleanLazyFreePageIsDiscardedWithoutSwap() throws {
+        let env = try Env(swapPages: 8)
+        let a = try env.anon(2)
+        try env.cpu.store(a, UInt64(5)); try env.cpu.store(a + pageSize, UInt64(6))
+        try env.process.madvise(a, length: 2 * pageSize, advice: .free)
+        try env.cpu.store(a + pageSize, UInt64(7))   // written again: swap-backed again, kept
+        try env.process.madvise(a, length: 2 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pglazyfreed], 1)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0, "try_to_unmap backs out of a dirty lazily freed page")
+        XCTAssertEqual(env.machine.stats[.pgactivate], 1)
+        XCTAssertEqual(try env.mm.pagemap(a, count: 2).map(\.isPresent), [false, true])
+        try env.process.madvise(a, length: 2 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 1, "now an ordinary anonymous page, it is swapped")
+        XCTAssertEqual(try env.mm.pagemap(a, count: 2).map(\.isSwap), [false, true])
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 0, "a discarded lazily freed page reads zero")
+        XCTAssertEqual(try env.cpu.load(a + pageSize, as: UInt64.self), 7)
+        env.check()
+        env.teardown()
+    }
+
+    func testColdClearsTheAccessedBitAndSwapsNothing() throws {
+        let env = try Env(swapPages: 8)
+        let a = try env.anon(1)
+        try env.cpu.store(a, UInt8(3))
+        XCTAssertTrue(pte(env, a).isAccessed)
+        try env.process.madvise(a, length: pageSize, advice: .cold)
+        XCTAssertFalse(pte(env, a).isAccessed)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0)
+        XCTAssertErrno(.ENOMEM) { () throws(Errno) in try env.process.madvise(a, length: 2 * pageSize, advice: .pageout) }
+        XCTAssertEqual(env.machine.stats[.pswpout], 1, "the mapped part is paged out before the hole fails the call")
+        env.check()
+        env.teardown()
+    }
+}
