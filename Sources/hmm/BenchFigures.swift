@@ -42,6 +42,7 @@ struct BenchSuite {
             BenchFigure(name: "lockdep", run: { try $0.lockdepFigures() }),
             BenchFigure(name: "explorer", run: { try $0.explorerFigures() }),
             BenchFigure(name: "latency", run: { try $0.latencyFigures() }),
+            BenchFigure(name: "swap", run: { try $0.swapFigures() }),
         ]
     }
 

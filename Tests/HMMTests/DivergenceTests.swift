@@ -19,7 +19,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20", "D21"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20", "D21", "D22"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -52,6 +52,38 @@ final class DivergenceTests: XCTestCase {
         env.mm.mmapLock.unlockRead()
         XCTAssertEqual(try env.cpu.load(a, as: UInt8.self), 3)
         env.finish([])
+    }
+
+    /// D22: new anonymous pages reach the inactive list through add batches that hold no
+    /// reference; reclaim looks twice before freeing a page used once (the classic LRU); and
+    /// allocations run memory down to no free frame without any watermark stopping them.
+    func testD22ClassicLRUAndUngatedAllocation() throws {
+        let env = try HMMEnv(mib: 16, swapPages: 64)
+        let a = try env.anon(4)
+        for i in 0..<4 { try env.cpu.store(a + UInt64(i) * pageSize, UInt8(i + 1)) }
+        let p = env.memory.page(try XCTUnwrap(env.mm.pagemap(a, count: 1).first).pfn)
+        XCTAssertTrue(p.test(.lruBatched))
+        XCTAssertEqual(p.refcount, 1, "the add batch holds no reference")
+        env.memory.lru.drainAll()
+        XCTAssertEqual(env.memory.lru.count(.inactiveAnon), 4)
+        XCTAssertEqual(env.memory.lru.count(.activeAnon), 0)
+        XCTAssertEqual(env.machine.shrinkInactiveList(4, reclaimer: .direct).freed, 0, "used once since the fault: kept and marked")
+        XCTAssertEqual(env.machine.stats[.pgscanDirect], 4)
+        XCTAssertEqual(env.memory.lru.count(.inactiveAnon), 4)
+        XCTAssertEqual(env.machine.shrinkInactiveList(4, reclaimer: .direct).freed, 4, "not used since: reclaimed")
+        XCTAssertEqual(env.machine.stats[.pswpout], 4)
+        XCTAssertEqual(env.machine.stats[.pgstealDirect], 4)
+        for i in 0..<4 { XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt8.self), UInt8(i + 1)) }
+        env.finish([])
+        let bare = try HMMEnv(mib: 16)
+        let hog = try bare.exhaustSystemMemory()   // asserts that no frame is left free
+        XCTAssertGreaterThan(hog, 0)
+        XCTAssertEqual(bare.machine.stats[.allocstall], 0, "no watermark sent an allocation to reclaim before the last frame")
+        let extra = try bare.anon(1)
+        XCTAssertThrowsError(try bare.cpu.store(extra, UInt8(1))) { XCTAssertEqual($0 as? AccessFault, .oom(address: extra)) }
+        XCTAssertEqual(bare.machine.stats[.allocstall], 16, "16 rounds of direct reclaim without progress (no swap), then OOM")
+        try bare.process.munmap(hog, length: 64 << 20)
+        bare.finish([])
     }
 
     /// D1: a second mirror of the same device and mm loses its entries on the first mirror's

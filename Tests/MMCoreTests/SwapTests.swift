@@ -191,3 +191,55 @@ final class SwapTests: XCTestCase {
         env.teardown()
     }
 }
+
+/// Reclaim from the LRU lists: an allocation that finds no free frame reclaims (direct
+/// reclaim), kswapd keeps the free frames above the high watermark.
+final class ReclaimTests: XCTestCase {
+    /// A working set four times the machine's RAM, written and read back with the IDX
+    /// pattern; a fork in the middle shares half of it. Every byte comes back, the invariants
+    /// hold, and once both processes exit every frame and every slot is free again.
+    func testAWorkingSetFourTimesRAMIsWrittenAndReadBack() throws {
+        let env = try Env(mib: 16, swapPages: 20_000, checkEveryOperation: false)
+        let bytes: UInt64 = 64 << 20
+        let a = try env.process.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
+        // The first 8 MiB fit; the fork shares them (its page tables need free frames: fork's
+        // table allocations do not reclaim here), then the rest is written past RAM.
+        try fillIDX(env.cpu, a, bytes: 8 << 20)
+        let child = try env.process.fork()
+        try fillIDX(env.cpu, a + (8 << 20), bytes: bytes - (8 << 20), plus: 7)
+        XCTAssertGreaterThan(env.machine.stats[.pswpout], Int((bytes - (16 << 20)) / pageSize))
+        XCTAssertGreaterThan(env.machine.stats[.allocstall], 0)
+        XCTAssertGreaterThan(env.machine.stats[.pgstealDirect], 0)
+        try checkIDX(env.cpu, a, bytes: 8 << 20)
+        try checkIDX(env.cpu, a + (8 << 20), bytes: bytes - (8 << 20), plus: 7)
+        let childCPU = child.makeCPU()
+        try checkIDX(childCPU, a, bytes: 8 << 20)
+        try childCPU.store(a, Int32(-5))   // the child's copy-on-write after a swap-in
+        XCTAssertEqual(try env.cpu.load(a, as: Int32.self), 0)
+        XCTAssertEqual(env.machine.checkInvariants(), [])
+        childCPU.detach()
+        child.exit()
+        env.teardown()
+    }
+
+    /// kswapd, once started, brings the free frames back above the high watermark after
+    /// allocations took them below the low one.
+    func testKswapdRestoresTheHighWatermark() throws {
+        let env = try Env(mib: 16, swapPages: 8192, checkEveryOperation: false)
+        env.machine.startKswapd()
+        let wm = env.memory.watermarks
+        XCTAssertEqual(wm, Watermarks(managedPages: Int(env.memory.systemFrames) - 1))
+        XCTAssertEqual([wm.min, wm.low, wm.high], [127, 158, 189], "√(16 × 16,380 KiB) = 511 KiB; steps of 511 / 4 pages")
+        let free = UInt64(env.memory.freeFrames)
+        let a = try env.process.mmap(length: (free - UInt64(wm.min)) * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        try fillIDX(env.cpu, a, bytes: (free - UInt64(wm.min)) * pageSize)
+        let deadline = Date().addingTimeInterval(20)
+        while env.memory.freeFrames < wm.high && Date() < deadline { usleep(1000) }
+        XCTAssertGreaterThanOrEqual(env.memory.freeFrames, wm.high)
+        XCTAssertGreaterThan(env.machine.stats[.pgstealKswapd], 0)
+        env.machine.stopKswapd()
+        XCTAssertFalse(env.machine.kswapdRunning)
+        try checkIDX(env.cpu, a, bytes: (free - UInt64(wm.min)) * pageSize)
+        env.teardown()
+    }
+}

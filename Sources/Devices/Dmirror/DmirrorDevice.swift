@@ -379,7 +379,8 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         var dpages = memory.allocateBatch(smallWanted.count)
         if dpages.count < smallWanted.count && memory.freeFrames < smallWanted.count - dpages.count {
             makeRoom()
-            dpages += memory.allocateBatch(smallWanted.count - dpages.count)
+            // alloc_page_vma(GFP_HIGHUSER_MOVABLE): what is still missing may be reclaimed for.
+            dpages += memory.allocateBatch(smallWanted.count - dpages.count, mayReclaim: true)
         }
         if isFault && dpages.count < smallWanted.count {
             for d in dpages { memory.put(d) }

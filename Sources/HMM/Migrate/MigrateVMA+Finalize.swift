@@ -46,7 +46,11 @@ extension MigratePhases {
             }
             if page != faultPage { page.unlock() } // the fault handler unlocks its own page
             puts.append(page)
-            if target != page { target.unlock(); puts.append(target) }
+            if target != page {
+                // A new system page goes on the LRU (`folio_add_lru` of a destination).
+                memory.lru.add(target)
+                target.unlock(); puts.append(target)
+            }
         }
         memory.putBatch(puts)
     }

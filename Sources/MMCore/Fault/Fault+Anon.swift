@@ -15,7 +15,9 @@ extension AddressSpace {
             return .ok
         }
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
-        guard let page = memory.allocate(order: 0) else { return .oom }
+        // On the LRU from its allocation, before the entry is published (folio_add_lru_vma):
+        // once mapped, another thread may zap and free it at once.
+        guard let page = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return .oom }
         memory.clearUserPage(page, address: realAddress)
         ptl.lock()
         guard ptep.load().isNone else {
@@ -90,7 +92,7 @@ extension AddressSpace {
         let oldPage: Page? = old.isSpecial ? nil : memory.page(old.pfn)
         defer { if let p = oldPage { memory.put(p) } }
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
-        guard let new = memory.allocate(order: 0) else { return .oom }
+        guard let new = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return .oom }
         if let src = oldPage {
             memory.copyUserPage(to: new, from: src, address: realAddress)
             stats.count(.bytesCopied, Int(pageSize))

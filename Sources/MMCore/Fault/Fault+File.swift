@@ -75,7 +75,7 @@ extension AddressSpace {
                                     source: Page, flags: FaultFlags, realAddress: UInt64) -> FaultResult {
         defer { memory.put(source) }
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
-        guard let new = memory.allocate(order: 0) else { return .oom }
+        guard let new = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return .oom }
         memory.copyUserPage(to: new, from: source, address: realAddress)
         ptl.lock()
         guard ptep.load().isNone else { ptl.unlock(); memory.put(new); return .retry }

@@ -24,7 +24,7 @@ extension AddressSpace {
             page = cached
             page.lock()
         } else {
-            guard let new = memory.allocate(order: 0) else { return ptep.load() == entry ? .oom : .retry }
+            guard let new = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return ptep.load() == entry ? .oom : .retry }
             new.lock()
             switch swap.addForSwapIn(new, swp) {
             case .added:

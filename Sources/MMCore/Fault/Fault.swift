@@ -98,12 +98,12 @@ extension AddressSpace {
         if vma.isAnonymous, memory.thp.allowsFault(vma, address) || mayHoldTHP {
             // The PMD first (`create_huge_pmd`, `wp_huge_pmd`); a fallback goes on below.
             let pmd: (entry: EntryPointer, table: Page, level: PageTableLevel)
-            do { pmd = try pageTable.walkAllocating(address, level: .pmd) } catch { return .oom }
+            do { pmd = try pageTable.walkAllocating(address, level: .pmd, mayReclaim: true) } catch { return .oom }
             if pmd.level == .pmd, let r = handleHugePMDFault(vma, address, pmd.entry, table: pmd.table,
                                                              flags: flags, realAddress: addressIn) { return r }
         }
         let found: (entry: EntryPointer, table: Page, level: PageTableLevel)
-        do { found = try pageTable.walkAllocating(address, level: .pte) } catch { return .oom }
+        do { found = try pageTable.walkAllocating(address, level: .pte, mayReclaim: true) } catch { return .oom }
         guard found.level == .pte else {
             // A THP leaf went in after this fault fell back (another thread's huge zero
             // folio): the access is simply taken again (7.2: pte_offset_map_lock fails, 0).

@@ -101,14 +101,14 @@ extension Machine {
         defer { withExtendedLifetime(pin) {} }
         unowned let av = old.anonVMA!
         let index = old.index
-        guard let new = memory.allocate(order: 0) else { return .failure(.ENOMEM) }
+        guard let new = memory.allocate(order: 0, lru: true) else { return .failure(.ENOMEM) }
         // The new page is locked while it becomes the mapped page, as the kernel's dst folio is
         // (a fault or rmap walk that finds it waits until its owner and index are set).
         new.lock()
 
         let unmapped = tryToMigrate(old, av: av, index: index)
-        // Expected references: ours only (the caller's is ours; mappings were dropped).
-        guard old.mapcount == 0, old.refcount == 1 else {
+        // Expected references: ours (the caller's) and the swap cache's; mappings were dropped.
+        guard old.mapcount == 0, old.refcount == (old.test(.swapCache) ? 2 : 1) else {
             removeMigrationPTEs(from: old, to: old, av: av, index: index, entries: unmapped)
             new.unlock()
             memory.put(new)
@@ -119,6 +119,8 @@ extension Machine {
         new.setOwner(anon: .passUnretained(av))
         new.index = index
         new.set([.uptodate, .swapBacked, .dirty])
+        // folio_migrate_mapping of a swap-cache page: the new page takes its slot.
+        if old.test(.swapCache) { memory.swap.migrateCache(from: old, to: new) }
         removeMigrationPTEs(from: old, to: new, av: av, index: index, entries: unmapped)
         old.clear([.anonExclusive, .dirty])
         old.releaseOwner()

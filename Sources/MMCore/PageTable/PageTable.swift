@@ -50,9 +50,9 @@ public final class PageTable: @unchecked Sendable {
     /// Number of table frames in use (for accounting and benchmarks).
     public var tableFrames: Int { tablePages.load() }
 
-    static func allocateTable(_ memory: PhysicalMemory) -> Page? {
+    static func allocateTable(_ memory: PhysicalMemory, mayReclaim: Bool = false) -> Page? {
         if FaultInjection.shouldFail(.pageTableAllocation) { return nil }
-        guard let p = memory.allocate(order: 0, zeroed: true) else { return nil }
+        guard let p = memory.allocate(order: 0, zeroed: true, mayReclaim: mayReclaim) else { return nil }
         p.set(.pageTable)
         p.ptl.word.store(0)
         return p
@@ -84,8 +84,10 @@ public final class PageTable: @unchecked Sendable {
     /// The entry for `address` at `level`, allocating missing tables above it
     /// (`pte_alloc`/`pmd_alloc`). Returns nil with ENOMEM if a table frame cannot be allocated.
     /// If a leaf (huge or non-present) entry is met above `level`, that entry is returned.
+    /// With `mayReclaim` (a fault's `pte_alloc`, which may enter direct reclaim) the caller
+    /// holds no page-table lock.
     /// Locking: caller holds the mmap lock (read or write).
-    public func walkAllocating(_ address: UInt64, level: PageTableLevel) throws(Errno) -> (entry: EntryPointer, table: Page, level: PageTableLevel) {
+    public func walkAllocating(_ address: UInt64, level: PageTableLevel, mayReclaim: Bool = false) throws(Errno) -> (entry: EntryPointer, table: Page, level: PageTableLevel) {
         Lockdep.assertSomeRWSemHeld()
         var tablePfn = pgd.pfn
         var l = PageTableLevel.pgd
@@ -94,7 +96,7 @@ public final class PageTable: @unchecked Sendable {
             if l == level { return (e, memory.page(tablePfn), l) }
             var v = e.load()
             if v.isNone {
-                guard let t = PageTable.allocateTable(memory) else { throw .ENOMEM }
+                guard let t = PageTable.allocateTable(memory, mayReclaim: mayReclaim) else { throw .ENOMEM }
                 if e.compareExchange(.none, .table(t.pfn)) {
                     tablePages.add(1)
                     v = .table(t.pfn)

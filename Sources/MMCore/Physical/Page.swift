@@ -3,7 +3,7 @@ import MMSync
 /// A handle on one frame's metadata (the `struct page` analogue): 64 bytes in a flat array
 /// indexed by pfn. No object per page; this struct is two words and lives in registers.
 ///
-/// Layout (byte offsets): 0 flags, 8 refcount, 12 mapcount, 16 pincount, 20 order, 21 kind,
+/// Layout (byte offsets): 0 flags, 8 refcount, 12 mapcount, 16 pincount, 20 order, 21 kind, 22 LRU batch,
 /// 24 page-table lock word, 32 owner (mapping), 40 index, 48 private, 56 lru next, 60 lru prev.
 @frozen
 public struct Page: Equatable, Hashable, CustomStringConvertible {
@@ -30,6 +30,16 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
     @inlinable public func test(_ f: PageFlags) -> Bool { flagsWord.load(.acquire) & f.rawValue != 0 }
     @inlinable public func set(_ f: PageFlags) { flagsWord.fetchOr(f.rawValue) }
     @inlinable public func clear(_ f: PageFlags) { flagsWord.fetchAnd(~f.rawValue) }
+    /// Sets `set` and clears `clear` in one atomic step (one compare-and-swap when nobody
+    /// changes the word meanwhile, instead of one locked operation per flag).
+    @inlinable public func changeFlags(set: PageFlags, clear: PageFlags) {
+        var old = flagsWord.load(.relaxed)
+        while true {
+            let (done, seen) = flagsWord.compareExchange(expected: old, desired: (old & ~clear.rawValue) | set.rawValue)
+            if done { return }
+            old = seen
+        }
+    }
 
     @inlinable public var refcount: Int32 { refcountWord.load() }
     @inlinable public var mapcount: Int32 { mapcountWord.load() }
@@ -39,6 +49,11 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
     @inlinable public var order: Int {
         get { Int(meta.load(fromByteOffset: 20, as: UInt8.self)) }
         nonmutating set { meta.storeBytes(of: UInt8(newValue), toByteOffset: 20, as: UInt8.self) }
+    }
+    /// The LRU add batch holding the page while `.lruBatched` (byte 22).
+    var lruSlot: UInt8 {
+        get { meta.load(fromByteOffset: 22, as: UInt8.self) }
+        nonmutating set { meta.storeBytes(of: newValue, toByteOffset: 22, as: UInt8.self) }
     }
     @inlinable public var kind: MemoryKind {
         get { MemoryKind(rawValue: meta.load(fromByteOffset: 21, as: UInt8.self)) ?? .none }

@@ -46,6 +46,12 @@ public struct PageFlags: OptionSet, Sendable {
     /// PG_swapcache: the folio is in the swap cache; its private word is its swap entry
     /// (`folio->swap`), and the cache holds one reference on it.
     public static let swapCache = PageFlags(rawValue: 1 << 20)
+    /// PG_lru: the page is on an LRU list (`LRULists`).
+    public static let lru = PageFlags(rawValue: 1 << 21)
+    /// PG_active: on the active list rather than the inactive one.
+    public static let active = PageFlags(rawValue: 1 << 22)
+    /// In a CPU's LRU add batch, on its way to a list (the batch is named by `lruSlot`).
+    public static let lruBatched = PageFlags(rawValue: 1 << 23)
 }
 
 /// The kind of memory a pfn names.

@@ -24,25 +24,64 @@ extension PhysicalMemory {
     /// Allocates a block of 2^order frames. Returns nil when no block is free (ENOMEM) or when
     /// fault injection fails the allocation. Contents are not cleared; the caller zeroes or
     /// copies. The head page starts with refcount 1; tail pages are marked `.tail`.
-    public func allocate(order: Int = 0, zeroed: Bool = false) -> Page? {
+    /// With `mayReclaim` (a user page: `GFP_HIGHUSER_MOVABLE`), a single frame that cannot be
+    /// had is reclaimed for (`__alloc_pages_direct_reclaim`) until it can, or until 16 rounds in
+    /// a row freed nothing anywhere (`MAX_RECLAIM_RETRIES`; a round whose own reclaim freed
+    /// nothing still counts as progress when other reclaimers freed pages meanwhile, as the
+    /// free pages `should_reclaim_retry` looks at grow; and one that found nothing to take while
+    /// other reclaimers held isolated pages waits for them, up to 1 ms, as `reclaim_throttle`
+    /// does); at most 4,096 rounds. The caller must then hold no page-table lock.
+    /// With `lru` (a new anonymous page: `folio_add_lru`), a single frame goes on the LRU too
+    /// (through the per-CPU add batch; see `LRULists`).
+    public func allocate(order: Int = 0, zeroed: Bool = false, mayReclaim: Bool = false, lru: Bool = false) -> Page? {
         precondition(order >= 0 && order <= PhysicalMemory.maxOrder)
         if FaultInjection.shouldFail(.frameAllocation) { return nil }
-        let pfn: UInt64
-        if order == 0 && pcpBatch > 0 {
-            guard let p = allocateFromPCP() ?? { drainAllPCP(); return allocateFromPCP() }() else { return nil }
-            pfn = p
+        if kswapdWake != nil && buddyFreeFrames.load() < watermarks.low { kswapdWake?() }
+        var got: UInt64?
+        var prepared = false
+        if lru && order == 0 && pcpBatch > 0 {
+            got = allocateFromPCP(lru: true) ?? { drainAllPCP(); return allocateFromPCP(lru: true) }()
+            prepared = got != nil
         } else {
-            guard let p = takeBlock(order: order) ?? { () -> UInt64? in
-                guard pcpBatch > 0 else { return nil }
-                drainAllPCP()
-                return takeBlock(order: order)
-            }() else { return nil }
-            pfn = p
+            got = takeFrames(order: order)
         }
+        if got == nil && mayReclaim && order == 0, let reclaim = directReclaimHook {
+            var idle = 0, rounds = 0
+            var seen = self.lru.reclaimedTotal.load()
+            while got == nil && idle < 16 && rounds < 4096 {
+                rounds += 1
+                let mine = reclaim()
+                let now = self.lru.reclaimedTotal.load()
+                defer { seen = now }
+                if mine > 0 || now != seen {
+                    idle = 0
+                } else if self.lru.isolatedCount.load() > 0 {
+                    self.lru.throttle.wait(timeoutNanoseconds: 1_000_000) { self.lru.isolatedCount.load() == 0 }
+                } else {
+                    idle += 1
+                }
+                got = takeFrames(order: order)
+            }
+        }
+        guard let pfn = got else { return nil }
         let head = page(pfn)
-        prepareAllocated(head, order: order)
+        if !prepared {
+            prepareAllocated(head, order: order)
+            if lru && order == 0 { self.lru.add(head) }
+        }
         if zeroed { clearFrames(pfn, order: order) }
         return head
+    }
+
+    /// A block of 2^order frames from the per-CPU lists or the buddy lists (draining the
+    /// per-CPU lists once when the buddy lists are empty), or nil.
+    private func takeFrames(order: Int) -> UInt64? {
+        if order == 0 && pcpBatch > 0 { return allocateFromPCP() ?? { drainAllPCP(); return allocateFromPCP() }() }
+        return takeBlock(order: order) ?? { () -> UInt64? in
+            guard pcpBatch > 0 else { return nil }
+            drainAllPCP()
+            return takeBlock(order: order)
+        }()
     }
 
     /// Allocates up to `count` single frames under one hold of the zone lock (as the kernel
@@ -50,6 +89,15 @@ extension PhysicalMemory {
     /// memory runs out or when fault injection fails some of the allocations (each slot is one
     /// allocation attempt; a failed one is skipped, the others still happen).
     /// Locking: takes the zone lock; the caller must not hold it.
+    /// With `mayReclaim` (user pages, as a driver's `alloc_page_vma(GFP_HIGHUSER_MOVABLE)`),
+    /// frames the batch could not get are then allocated one by one with direct reclaim.
+    public func allocateBatch(_ count: Int, mayReclaim: Bool) -> [Page] {
+        assert(!zoneLock.isHeldByCurrentThread, "allocateBatch under the zone lock")
+        var pages = allocateBatch(count)
+        while mayReclaim && pages.count < count, let p = allocate(order: 0, mayReclaim: true) { pages.append(p) }
+        return pages
+    }
+
     public func allocateBatch(_ count: Int) -> [Page] {
         assert(!zoneLock.isHeldByCurrentThread, "allocateBatch under the zone lock")
         var want = 0
@@ -91,7 +139,7 @@ extension PhysicalMemory {
         return pfn
     }
 
-    private func prepareAllocated(_ head: Page, order: Int) {
+    func prepareAllocated(_ head: Page, order: Int) {
         precondition(head.flags.isEmpty && head.refcount == 0 && head.mapcount == 0,
                      "allocating a frame that is in use: \(head)")
         head.order = order
@@ -270,6 +318,7 @@ extension PhysicalMemory {
 
     private func release(_ p: Page) {
         if p.test(.hugetlb) { hugetlb.freeFolio(p); return }
+        if p.flagsWord.load(.relaxed) & (PageFlags.lru.rawValue | PageFlags.lruBatched.rawValue) != 0 { lru.removeFreed(p) }
         if p.isZoneDevice {
             prepareDeviceFree(p)
             if let pgmap = pagemap(of: p) { pgmap.pageFree(p) }
@@ -326,6 +375,7 @@ extension PhysicalMemory {
                 }
                 if devicePagemap != nil { device.append(p) }
             } else {
+                if p.flagsWord.load(.relaxed) & (PageFlags.lru.rawValue | PageFlags.lruBatched.rawValue) != 0 { lru.removeFreed(p) }
                 p.releaseOwner()
                 prepareFree(p)
                 frames.append(p)

@@ -48,17 +48,22 @@ extension PhysicalMemory {
     }
 
     /// The calling thread's list.
-    @inline(__always) func pcpList() -> Unmanaged<PerCPUPages> {
-        let slot = Sync.scheduler == nil ? Int(mm_current_cpu()) & (PhysicalMemory.pcpSlots - 1) : 0
-        return pcpLists[slot]
+    @inline(__always) func pcpList() -> Unmanaged<PerCPUPages> { pcpLists[pcpSlot()] }
+    /// The calling thread's slot (its host CPU's; always 0 under the explorer).
+    @inline(__always) func pcpSlot() -> Int {
+        Sync.scheduler == nil ? Int(mm_current_cpu()) & (PhysicalMemory.pcpSlots - 1) : 0
     }
 
     /// `rmqueue_pcplist`: one frame from the calling CPU's list, refilled with `pcpBatch`
     /// frames when empty. Return: its pfn, or nil when the buddy lists are empty too.
     /// Locking: takes the list's lock, then the zone lock to refill.
-    func allocateFromPCP() -> UInt64? {
+    /// With `lru`, the frame is also made an allocated page and put in the slot's LRU add
+    /// batch under the same hold of the list's lock (which guards that batch too), so a new
+    /// user page costs no lock of its own to reach the LRU.
+    func allocateFromPCP(lru: Bool = false) -> UInt64? {
         assert(!zoneLock.isHeldByCurrentThread, "allocation under the zone lock")
-        return pcpList()._withUnsafeGuaranteedRef { pcp -> UInt64? in
+        let slot = pcpSlot()
+        return pcpLists[slot]._withUnsafeGuaranteedRef { pcp -> UInt64? in
             pcp.lock.lock(); defer { pcp.lock.unlock() }
             if pcp.count == 0 {
                 zoneLock.lock()
@@ -90,7 +95,13 @@ extension PhysicalMemory {
             }
             let n = pcp.count - 1
             pcp.count = n
-            return UInt64(pcp.pfns[n])
+            let pfn = UInt64(pcp.pfns[n])
+            if lru {
+                let p = page(pfn)
+                prepareAllocated(p, order: 0)
+                lruUnmanaged.unsafelyUnwrapped._withUnsafeGuaranteedRef { $0.addLocked(p, slot: slot) }
+            }
+            return pfn
         }
     }
 

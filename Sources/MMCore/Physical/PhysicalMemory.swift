@@ -36,6 +36,18 @@ public final class PhysicalMemory: @unchecked Sendable {
     private var hugetlbPools: HugeTLB? = nil
     /// The hugetlb pools of this memory (`hstates`).
     public var hugetlb: HugeTLB { hugetlbPools.unsafelyUnwrapped }
+    /// `__alloc_pages_direct_reclaim`'s way to its machine's reclaim (set by the machine).
+    @exclusivity(unchecked) nonisolated(unsafe) var directReclaimHook: (() -> Int)? = nil
+    /// Wakes the machine's kswapd (set while one runs).
+    @exclusivity(unchecked) nonisolated(unsafe) var kswapdWake: (() -> Void)? = nil
+    /// The zone's watermarks in pages (`__setup_per_zone_wmarks`).
+    public let watermarks: Watermarks
+    /// The LRU lists (set once, at the end of init).
+    private var lruState: LRULists? = nil
+    /// The LRU lists of this memory (`lruvec`).
+    public var lru: LRULists { lruState.unsafelyUnwrapped }
+    /// The same, for the allocation path without reference counting (the memory owns it).
+    private(set) var lruUnmanaged: Unmanaged<LRULists>? = nil
     /// The swap areas and the swap cache (set once, at the end of init).
     private var swapState: SwapSpace? = nil
     /// The swap areas of this machine and their swap cache.
@@ -98,6 +110,7 @@ public final class PhysicalMemory: @unchecked Sendable {
             PhysicalMemory.populate(m, Int(systemFrames) * Page.metadataStride)
         }
         nextDevicePfn = deviceStart
+        watermarks = Watermarks(managedPages: Int(systemFrames) - 1)
         pcpBatch = PhysicalMemory.pcpBatch(systemFrames: systemFrames)
         let batch = pcpBatch
         pcpOwners = (0..<PhysicalMemory.pcpSlots).map { _ in PerCPUPages(capacity: 4 * batch) }
@@ -110,6 +123,9 @@ public final class PhysicalMemory: @unchecked Sendable {
         hugetlbPools = HugeTLB(memory: self)
         thpState = TransparentHugepage(memory: self)
         swapState = SwapSpace(memory: self)
+        let lists = LRULists(memory: self, batchLocks: pcpBatch > 0 ? pcpOwners.map(\.lock) : nil)
+        lruState = lists
+        lruUnmanaged = .passUnretained(lists)
     }
 
     /// Commits host memory: MADV_POPULATE_WRITE, or a write to every host page where the
@@ -163,5 +179,20 @@ public final class PhysicalMemory: @unchecked Sendable {
         guard count > 0, start + count <= totalPfns else { throw .ENOMEM }
         nextDevicePfn = (start + count + PhysicalMemory.deviceChunkPages - 1) & ~(PhysicalMemory.deviceChunkPages - 1)
         return start
+    }
+}
+
+/// A zone's free-page watermarks (Linux 7.2, `__setup_per_zone_wmarks` with the default
+/// `watermark_scale_factor` of 10): `min` from `min_free_kbytes` = √(16 × memory in KiB),
+/// between 128 KiB and 256 MiB; `low` and `high` one step of max(min / 4, 0.1 % of the zone)
+/// above each other. kswapd wakes below `low` and sleeps again above `high`.
+public struct Watermarks: Sendable, Equatable {
+    public let min: Int, low: Int, high: Int
+    init(managedPages: Int) {
+        let kib = managedPages * Int(pageSize / 1024)
+        let minFreeKiB = Swift.min(Swift.max(Int(Double(kib * 16).squareRoot()), 128), 262_144)
+        let m = minFreeKiB / Int(pageSize / 1024)
+        let step = Swift.max(m / 4, managedPages * 10 / 10_000)
+        min = m; low = m + step; high = m + 2 * step
     }
 }

@@ -13,7 +13,7 @@ import MMSync
 /// Sendable: areas are published through `areaSlots` (an unretained pointer per type, written
 /// under `swaponLock` and kept alive by `areas`); each area guards its own slots.
 public final class SwapSpace: @unchecked Sendable {
-    unowned let memory: PhysicalMemory
+    unowned(unsafe) let memory: PhysicalMemory
     let swaponLock = Lock("swapon")
     /// Locking: swaponLock.
     var areas: [SwapArea] = []
@@ -187,6 +187,23 @@ public final class SwapSpace: @unchecked Sendable {
         page.unlock()
         memory.freeFrozen(page)
         return true
+    }
+
+    /// `folio_migrate_mapping` for a swap-cache page: `new` caches the slot instead of `old`,
+    /// and the cache's reference moves with it (the caller drops `old`'s).
+    /// Locking: caller holds both pages' locks; takes the area's lock.
+    func migrateCache(from old: Page, to new: Page) {
+        precondition(old.isLocked && new.isLocked && !new.test(.swapCache), "migrateCache: \(old) → \(new)")
+        guard let e = entry(of: old), let area = resolve(e) else { return }
+        memory.get(new)
+        area.lock.lock()
+        area.tableWord(e.offset).store(new.pfn << 2 | SwapArea.cachedTag)
+        new.privateWord = old.privateWord
+        new.set(.swapCache)
+        old.clear(.swapCache)
+        old.privateWord = 0
+        area.lock.unlock()
+        memory.put(old)
     }
 
     // MARK: swap counts

@@ -16,8 +16,23 @@ extension Machine {
         return freed
     }
 
-    /// `shrink_folio_list` for one isolated, order-0 page, references ignored (Linux 7.2,
-    /// `mm/vmscan.c`):
+    /// What reclaim decided for one page it could not free (`FOLIOREF_*` / `activate_locked`).
+    public enum ReclaimOutcome: Equatable, Sendable { case freed, keep, activate }
+
+    /// `shrink_folio_list` for one isolated, order-0 page, references ignored (MADV_PAGEOUT).
+    /// Return: true if the page was freed (the caller's reference with it); false leaves the
+    /// caller's reference. See `shrinkFolio`.
+    /// Locking: caller holds a reference and no page-table or page lock; takes the page lock
+    /// (trylock), the rmap, notifier and PTE locks, and swap area locks.
+    public func reclaimPage(_ page: Page) -> Bool {
+        Lockdep.assertNoSpinLockHeld()
+        return shrinkFolio(page, checkReferences: false) == .freed
+    }
+
+    /// `shrink_folio_list` for one isolated, order-0 page (Linux 7.2, `mm/vmscan.c`):
+    /// 0. unless references are ignored, `folio_check_references`: a page whose entries were
+    ///    used since the last look goes back (`keep`: used once; `activate`: used more, or
+    ///    already marked referenced);
     /// 1. a lazily freed (MADV_FREE) page that is clean and unused elsewhere is unmapped and
     ///    freed without I/O (`pglazyfreed`);
     /// 2. an anonymous page outside the swap cache gets a slot (`folio_alloc_swap`) and is
@@ -27,45 +42,72 @@ extension Machine {
     ///    only the cache and the caller hold it;
     /// 5. the page leaves the swap cache and is freed (`__remove_mapping`).
     /// Pinned pages, device pages, large folios and page-cache pages are not reclaimed here.
-    /// Return: true if the page was freed (the caller's reference with it); false leaves the
-    /// caller's reference.
+    /// Return: `.freed` (the caller's reference went with the page) or what to do with it.
     /// Locking: caller holds a reference and no page-table or page lock; takes the page lock
     /// (trylock), the rmap, notifier and PTE locks, and swap area locks.
-    public func reclaimPage(_ page: Page) -> Bool {
+    func shrinkFolio(_ page: Page, checkReferences: Bool) -> ReclaimOutcome {
         Lockdep.assertNoSpinLockHeld()
-        guard page.order == 0, !page.isZoneDevice, page.isAnon, page.tryLock() else { return false }
+        guard page.order == 0, !page.isZoneDevice, page.isAnon else { return .activate }
+        guard page.tryLock() else { return .keep }
         let swap = memory.swap
-        func keep(activate: Bool) -> Bool {
-            if activate { stats.count(.pgactivate) }
+        func keep(_ outcome: ReclaimOutcome) -> ReclaimOutcome {
+            if outcome == .activate { stats.count(.pgactivate) }
             page.unlock()
-            return false
+            return outcome
+        }
+        if checkReferences {
+            let used = folioReferenced(page)
+            let marked = page.test(.referenced)
+            page.clear(.referenced)
+            if used > 0 {
+                page.set(.referenced)
+                return keep(marked || used > 1 ? .activate : .keep)
+            }
         }
         // A page that may be pinned for DMA stays (folio_maybe_dma_pinned).
-        if page.pincount > 0 { return keep(activate: true) }
+        if page.pincount > 0 { return keep(.activate) }
         if page.test(.lazyFree) && !page.test(.swapCache) && !page.test(.dirty) {
-            guard tryToUnmap(page) else { return keep(activate: true) }
+            guard tryToUnmap(page) else { return keep(.activate) }
             // The discard of a clean, unused lazily freed page (folio_ref_freeze(folio, 1)).
-            guard page.refcountWord.compareExchange(expected: 1, desired: 0).exchanged else { return keep(activate: true) }
-            if page.test(.dirty) { page.refcountWord.store(1); return keep(activate: true) }
+            guard page.refcountWord.compareExchange(expected: 1, desired: 0).exchanged else { return keep(.activate) }
+            if page.test(.dirty) { page.refcountWord.store(1); return keep(.activate) }
             page.unlock()
             memory.freeFrozen(page)
             stats.count(.pglazyfreed)
-            return true
+            return .freed
         }
         if !page.test(.swapCache) {
             page.clear(.lazyFree)
-            guard swap.folioAllocSwap(page) != nil else { return keep(activate: true) }
+            guard swap.folioAllocSwap(page) != nil else { return keep(.activate) }
             page.set(.dirty)
         }
-        if page.mapcount > 0 && !tryToUnmap(page) { return keep(activate: true) }
+        if page.mapcount > 0 && !tryToUnmap(page) { return keep(.activate) }
         if page.test(.dirty) {
             // pageout: only the isolation's and the swap cache's references may be left.
-            guard page.refcount == 2 else { return keep(activate: false) }
+            guard page.refcount == 2 else { return keep(.keep) }
             page.clear(.dirty)
             swap.writeOut(page)
             stats.count(.pswpout)
         }
-        guard swap.removeMapping(page) else { return keep(activate: true) }
-        return true
+        guard swap.removeMapping(page) else { return keep(.activate) }
+        return .freed
+    }
+
+    /// `folio_referenced`: how many of the page's mappings were used since the last look; each
+    /// one's accessed bit is cleared (no TLB flush, as x86's `ptep_clear_flush_young`).
+    /// Locking: caller holds the page lock; takes the rmap and PTE locks.
+    func folioReferenced(_ page: Page) -> Int {
+        precondition(page.isLocked, "folioReferenced: page not locked")
+        var referenced = 0
+        memory.rmapWalk(page) { hit in
+            _ = hit.vma.mm.withMappedPTE(hit.address, pfn: page.pfn) { ptep, found in
+                if case .present(let v) = found, v.isAccessed {
+                    ptep.modify { $0.mkold() }
+                    referenced += 1
+                }
+            }
+            return true
+        }
+        return referenced
     }
 }

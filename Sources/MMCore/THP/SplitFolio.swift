@@ -98,6 +98,8 @@ extension Machine {
             t.refcountWord.store(1)
         }
         head.refcountWord.store(1)
+        // lru_add_split_folio: the new small system folios go on the LRU.
+        if !head.isZoneDevice { for i in 0..<n { memory.lru.add(memory.page(head.pfn + i)) } }
     }
 
     /// `folio_split_unmapped` (to order 0): splits a locked, unmapped large anonymous folio

@@ -25,6 +25,11 @@ public final class MMStats: @unchecked Sendable {
         /// swap-ins that had to read (major faults), pages reclaim gave back to the active
         /// list or MADV_COLD moved to the inactive one, MADV_FREE pages discarded.
         case pswpin, pswpout, pgmajfault, pgactivate, pgdeactivate, pglazyfreed
+        /// LRU reclaim: pages isolated from the inactive list by kswapd and by allocating
+        /// threads (`pgscan_kswapd`, `pgscan_direct`, `pgscan_anon`), freed by each
+        /// (`pgsteal_*`), taken off the active list to be aged (`pgrefill`), direct reclaims
+        /// entered (`allocstall`), kswapd wake-ups (`pageoutrun`).
+        case pgscanKswapd, pgscanDirect, pgscanAnon, pgstealKswapd, pgstealDirect, pgstealAnon, pgrefill, allocstall, pageoutrun
     }
     @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}
@@ -48,12 +53,12 @@ public final class MMStats: @unchecked Sendable {
 }
 
 extension MMStats.Counter {
-    /// The counter's name in `--stats`: its Swift name, except the THP counters, which take
-    /// their /proc/vmstat names (`thpFaultAlloc` is `thp_fault_alloc`, `thpSplitPMD` is
-    /// `thp_split_pmd`).
+    /// The counter's name in `--stats`: its Swift name, except the THP and reclaim-scan
+    /// counters, which take their /proc/vmstat names (`thpFaultAlloc` is `thp_fault_alloc`,
+    /// `thpSplitPMD` is `thp_split_pmd`, `pgscanKswapd` is `pgscan_kswapd`).
     public var name: String {
         let s = "\(self)"
-        guard s.hasPrefix("thp") else { return s }
+        guard s.hasPrefix("thp") || s.hasPrefix("pgscan") || s.hasPrefix("pgsteal") else { return s }
         var out = ""
         var previousUpper = false
         for c in s {

@@ -267,7 +267,7 @@ struct ForkCopier: PageWalker {
         if page.isAnon && page.folioHead.pincount > 0 {   // folio_maybe_dma_pinned (a THP's pins are its head's)
             // copy_present_page: a page that may be pinned for DMA keeps its identity in the
             // parent; the child gets a private copy now.
-            guard let new = memory.allocate(order: 0) else { return .stop(.ENOMEM) }
+            guard let new = memory.allocate(order: 0, lru: true) else { return .stop(.ENOMEM) }
             memory.copyPage(to: new, from: page)
             memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: .passUnretained(parent.anonVMAPrepare(childVMA)))
             dst.store(.page(new.pfn, write: v.isWrite, dirty: true))

@@ -64,6 +64,15 @@ extension Machine {
             }
         }
         problems += memory.checkLargeFolios()
+        problems += memory.lru.checkInvariants()
+        // Every small anonymous system page that is mapped is on the LRU (or on its way there).
+        for (key, _) in mappings where key & (PageTableChecker.swapSlotBit | PageTableChecker.entireMappingBit) == 0 {
+            let p = memory.page(key)
+            if p.isAnon && !p.isZoneDevice && p.order == 0 && !p.test(.tail) && !p.test(.head)
+                && !p.test(.lru) && !p.test(.lruBatched) && !p.test(.isolated) && p.pfn < memory.systemFrames {
+                problems.append("pfn \(key): a mapped anonymous page on no LRU list")
+            }
+        }
         return problems
     }
 

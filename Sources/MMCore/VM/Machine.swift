@@ -6,6 +6,7 @@ import MMSync
 public final class Machine: @unchecked Sendable {
     public let memory: PhysicalMemory
     public let stats = MMStats()
+    let kswapd = Kswapd()
     let pidLock = Lock("pid")
     var nextPid: Int32 = 1
     /// Address spaces alive (for invariant checks and device eviction).
@@ -19,7 +20,10 @@ public final class Machine: @unchecked Sendable {
                 populateRAM: Bool = false) throws(Errno) {
         memory = try PhysicalMemory(systemBytes: memoryBytes, devicePfnSpaceBytes: devicePfnSpaceBytes, populateRAM: populateRAM)
         if swapBytes > 0 { try memory.swap.swapOn(bytes: swapBytes) }
+        memory.directReclaimHook = { [weak self] in self?.directReclaim() ?? 0 }
     }
+
+    deinit { stopKswapd() }
 
     /// Called at the end of every public operation (system calls, faults, GUP, migration), with
     /// no lock held. Tests install a checker here to run the invariant checks after each one.

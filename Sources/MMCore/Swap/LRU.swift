@@ -1,0 +1,249 @@
+import MMArch
+import MMSync
+
+/// The LRU lists of the machine's one node (`struct lruvec`, classic two-list LRU of Linux 7.2's
+/// `mm/vmscan.c` without MGLRU): inactive and active lists of anonymous pages, threaded through
+/// the page metadata (`lruNext`/`lruPrev`, free while a page is allocated), new pages at the
+/// head, reclaim from the tail.
+///
+/// New pages come through per-CPU add batches (`cpu_fbatches.lru_add`, 31 pages), moved to the
+/// lists under one hold of the LRU lock, so faulting CPUs do not share that lock per fault.
+/// Unlike the kernel's, a batch holds no page reference (the model's migration and reuse
+/// checks count references exactly): a page freed while batched is taken out of its batch.
+///
+/// Only small anonymous pages are on the lists (large folios, page-cache, zone-device and
+/// page-table pages are not: their reclaim is not built yet).
+///
+/// Sendable: the lists are guarded by `lock`; each batch by its own lock (taken first).
+public final class LRULists: @unchecked Sendable {
+    public enum List: Int, CaseIterable, Sendable { case inactiveAnon = 0, activeAnon = 1 }
+
+    /// Unowned without reference counting: the memory owns these lists (the fault path adds
+    /// every new page here, and a counted reference would cost a retain per fault).
+    unowned(unsafe) let memory: PhysicalMemory
+    /// `lruvec->lru_lock`.
+    let lock = Lock("lru_lock")
+    /// Each list's head, tail and length, by `List` (raw memory: no copy-on-write checks).
+    /// Locking: lock.
+    let heads: UnsafeMutablePointer<UInt32>
+    let tails: UnsafeMutablePointer<UInt32>
+    let counts: UnsafeMutablePointer<Int>
+    static let nilLink: UInt32 = .max
+    static let batchSize = 31
+    /// The add batches, by CPU slot (kept alive by `batchOwners`).
+    let batches: UnsafeMutablePointer<Unmanaged<LRUAddBatch>>
+    let batchOwners: [LRUAddBatch]
+    /// Pages reclaim has taken off the lists and not yet freed or put back (`NR_ISOLATED_ANON`).
+    let isolatedCount = AtomicCounter(0)
+    /// Pages any reclaimer has freed so far: an allocation whose own reclaim freed nothing
+    /// keeps trying while this grows (others' reclaim is making frames free).
+    let reclaimedTotal = AtomicCounter(0)
+    /// Allocations that found nothing to reclaim while others held isolated pages wait here
+    /// for those to be dealt with (`reclaim_throttle` on `VMSCAN_THROTTLE_ISOLATED`).
+    let throttle = WaitQueue()
+
+    /// `batchLocks`: the lock guarding each slot's batch (the per-CPU page list's own, so the
+    /// allocation that adds a page holds it already), or nil for a lock per batch.
+    init(memory: PhysicalMemory, batchLocks: [Lock]?) {
+        self.memory = memory
+        heads = .allocate(capacity: List.allCases.count); heads.initialize(repeating: LRULists.nilLink, count: List.allCases.count)
+        tails = .allocate(capacity: List.allCases.count); tails.initialize(repeating: LRULists.nilLink, count: List.allCases.count)
+        counts = .allocate(capacity: List.allCases.count); counts.initialize(repeating: 0, count: List.allCases.count)
+        batchOwners = (0..<PhysicalMemory.pcpSlots).map { LRUAddBatch(capacity: LRULists.batchSize, lock: batchLocks?[$0] ?? Lock("lru_add_batch")) }
+        batches = .allocate(capacity: batchOwners.count)
+        for (i, b) in batchOwners.enumerated() { (batches + i).initialize(to: .passUnretained(b)) }
+    }
+    deinit { heads.deallocate(); tails.deallocate(); counts.deallocate(); batches.deallocate() }
+
+    /// Pages on `list`. Locking: takes the LRU lock.
+    public func count(_ list: List) -> Int { lock.withLock { counts[list.rawValue] } }
+
+    // MARK: adding (folio_add_lru)
+
+    /// `folio_add_lru`: a new small anonymous page will go on the inactive list, through the
+    /// calling CPU's batch. Large folios and zone-device pages are not added.
+    /// Locking: takes the batch's lock (then the LRU lock when the batch is full); no spin
+    /// lock may be held by a caller that could be freeing this page meanwhile.
+    public func add(_ page: Page) {
+        guard page.order == 0, !page.test(.head), !page.test(.tail), !page.isZoneDevice else { return }
+        assert(!page.test(.lru) && !page.test(.lruBatched), "lru add: \(page) is already on the LRU")
+        let slot = memory.pcpSlot()
+        batches[slot]._withUnsafeGuaranteedRef { b in
+            b.lock.lock()
+            addLocked(page, slot: slot)
+            b.lock.unlock()
+        }
+    }
+
+    /// `add` for a caller that holds the lock of batch `slot` (the allocation path, holding the
+    /// per-CPU list's lock) and a page nobody else can see yet (its flags are stored, not
+    /// changed atomically: no other thread can hold its lock or test its bits yet).
+    @inline(__always)
+    func addLocked(_ page: Page, slot: Int) {
+        batches[slot]._withUnsafeGuaranteedRef { b in
+            page.lruSlot = UInt8(slot)
+            page.flagsWord.store(page.flagsWord.load(.relaxed) | PageFlags.lruBatched.rawValue, .relaxed)
+            b.pfns[b.count] = UInt32(page.pfn)
+            b.count += 1
+            if b.count == LRULists.batchSize { drainLocked(b) }
+        }
+    }
+
+    /// Moves a batch's pages to the inactive list. Locking: caller holds the batch's lock.
+    private func drainLocked(_ b: LRUAddBatch) {
+        b.lock.assertHeld()
+        guard b.count > 0 else { return }
+        lock.lock()
+        for i in 0..<b.count where b.pfns[i] != LRULists.nilLink {
+            let p = memory.page(UInt64(b.pfns[i]))
+            p.changeFlags(set: .lru, clear: [.lruBatched, .active])
+            linkHeadLocked(p, .inactiveAnon, flagged: true)
+        }
+        lock.unlock()
+        b.count = 0
+    }
+
+    /// `lru_add_drain_all`: every batch onto the lists (reclaim starts with it here).
+    /// Locking: takes each batch's lock, then the LRU lock; the caller holds neither.
+    public func drainAll() {
+        lock.assertNotHeld()
+        for b in batchOwners where b.count > 0 { b.lock.lock(); drainLocked(b); b.lock.unlock() }
+    }
+
+    // MARK: the lists
+
+    /// Locking: LRU lock held. `flagged`: the caller set PG_active as the list wants.
+    private func linkHeadLocked(_ p: Page, _ list: List, flagged: Bool = false) {
+        lock.assertHeld()
+        let l = list.rawValue
+        p.lruPrev = LRULists.nilLink
+        p.lruNext = heads[l]
+        if heads[l] != LRULists.nilLink { memory.page(UInt64(heads[l])).lruPrev = UInt32(p.pfn) } else { tails[l] = UInt32(p.pfn) }
+        heads[l] = UInt32(p.pfn)
+        counts[l] += 1
+        if !flagged { if list == .activeAnon { p.set(.active) } else { p.clear(.active) } }
+    }
+
+    /// Locking: LRU lock held.
+    private func unlinkLocked(_ p: Page) {
+        lock.assertHeld()
+        let l = p.test(.active) ? List.activeAnon.rawValue : List.inactiveAnon.rawValue
+        let next = p.lruNext, prev = p.lruPrev
+        if prev != LRULists.nilLink { memory.page(UInt64(prev)).lruNext = next } else { heads[l] = next }
+        if next != LRULists.nilLink { memory.page(UInt64(next)).lruPrev = prev } else { tails[l] = prev }
+        p.lruNext = 0; p.lruPrev = 0
+        counts[l] -= 1
+    }
+
+    /// `__page_cache_release` / `lruvec_del_folio`: a page whose last reference went leaves
+    /// its list or batch. Locking: the caller holds no LRU or batch lock; takes them.
+    func removeFreed(_ p: Page) {
+        lock.assertNotHeld()
+        if p.test(.lruBatched) {
+            let b = batchOwners[Int(p.lruSlot)]
+            b.lock.lock()
+            if p.test(.lruBatched) {
+                for i in 0..<b.count where b.pfns[i] == UInt32(p.pfn) { b.pfns[i] = LRULists.nilLink }
+                p.clear(.lruBatched)
+                b.lock.unlock()
+                return
+            }
+            b.lock.unlock()   // drained meanwhile: on a list now
+        }
+        guard p.test(.lru) else { return }
+        lock.lock()
+        unlinkLocked(p)
+        p.clear([.lru, .active])
+        lock.unlock()
+    }
+
+    /// `isolate_lru_folios`: takes up to `max` pages from the tail of `list`, each with a
+    /// reference and off the list (PG_lru clear). Pages being freed (no reference left) stay.
+    /// Locking: takes the LRU lock.
+    func isolate(_ list: List, max: Int) -> [Page] {
+        lock.assertNotHeld()
+        var out: [Page] = []
+        lock.lock()
+        var link = tails[list.rawValue]
+        var looked = 0
+        while link != LRULists.nilLink && out.count < max && looked < 4 * max {
+            let p = memory.page(UInt64(link))
+            link = p.lruPrev
+            looked += 1
+            guard memory.tryGet(p) else { continue }
+            unlinkLocked(p)
+            p.clear(.lru)
+            out.append(p)
+        }
+        lock.unlock()
+        isolatedCount.add(out.count)
+        return out
+    }
+
+    /// Isolated pages that reclaim freed or put back: throttled allocations may go on.
+    func isolationDone(_ n: Int) {
+        guard n > 0 else { return }
+        if isolatedCount.add(-n) == 0 { throttle.wakeAll() }
+    }
+
+    /// `folio_putback_lru` / `move_folios_to_lru`: isolated pages go back (to the active list
+    /// when `active`), and the isolation's reference is dropped.
+    /// Locking: takes the LRU lock; the caller holds none.
+    func putBack(_ pages: [Page], active: Bool) {
+        lock.assertNotHeld()
+        guard !pages.isEmpty else { return }
+        lock.lock()
+        for p in pages {
+            p.set(.lru)
+            linkHeadLocked(p, active ? .activeAnon : .inactiveAnon)
+        }
+        lock.unlock()
+        memory.putBatch(pages)
+    }
+
+    /// Every violated LRU invariant: each list's links agree both ways and with its count, its
+    /// pages are allocated small anonymous or swap-cache pages flagged for that list; batched
+    /// pages are allocated and flagged.
+    /// Locking: takes every batch's lock and the LRU lock; run while memory is quiescent.
+    func checkInvariants() -> [String] {
+        lock.assertNotHeld()
+        var problems: [String] = []
+        for b in batchOwners { b.lock.lock() }
+        defer { for b in batchOwners.reversed() { b.lock.unlock() } }
+        for b in batchOwners {
+            for i in 0..<b.count where b.pfns[i] != LRULists.nilLink {
+                let p = memory.page(UInt64(b.pfns[i]))
+                if !p.test(.lruBatched) || p.isFreeFrame { problems.append("lru batch: \(p) not a batched page in use") }
+            }
+        }
+        lock.lock(); defer { lock.unlock() }
+        for list in List.allCases {
+            var link = heads[list.rawValue], prev = LRULists.nilLink, n = 0
+            while link != LRULists.nilLink {
+                let p = memory.page(UInt64(link))
+                if !p.test(.lru) || p.test(.active) != (list == .activeAnon) || p.isFreeFrame || p.order != 0 {
+                    problems.append("\(list): \(p) is not a page in use flagged for it (flags \(String(p.flags.rawValue, radix: 16)))")
+                }
+                if p.lruPrev != prev { problems.append("\(list): \(p) links back to \(p.lruPrev), not \(prev)") }
+                prev = link; link = p.lruNext; n += 1
+                if n > Int(memory.systemFrames) { problems.append("\(list) loops"); break }
+            }
+            if prev != tails[list.rawValue] { problems.append("\(list): tail \(tails[list.rawValue]) but the walk ends at \(prev)") }
+            if n != counts[list.rawValue] { problems.append("\(list): \(n) pages, counter says \(counts[list.rawValue])") }
+        }
+        return problems
+    }
+}
+
+/// One CPU's batch of pages on their way to the LRU lists.
+/// Sendable: `lock` guards `pfns` and `count`.
+final class LRUAddBatch: @unchecked Sendable {
+    /// Its own lock, or the per-CPU page list's of the same slot.
+    let lock: Lock
+    let pfns: UnsafeMutablePointer<UInt32>
+    /// Pages in `pfns`, guarded by `lock`.
+    @exclusivity(unchecked) var count = 0
+
+    init(capacity: Int, lock: Lock) { pfns = .allocate(capacity: capacity); self.lock = lock }
+    deinit { pfns.deallocate() }
+}
