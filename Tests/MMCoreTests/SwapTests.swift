@@ -125,6 +125,67 @@ final class SwapTests: XCTestCase {
         env.teardown()   // checks that every slot is free again
     }
 
+    /// The last unmap of a page that stayed in the swap cache (the child's entry named the slot
+    /// when the parent swapped it in) frees the page and its slot (`free_swap_cache` in
+    /// `free_pages_and_swap_cache`), not just the mapping.
+    func testTheLastUnmapOfASwapCachePageFreesPageAndSlot() throws {
+        let env = try Env(swapPages: 8)
+        let a = try env.anon(1)
+        let used = env.machine.usedFrames
+        try env.cpu.store(a, UInt64(7))
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        let child = try env.process.fork()
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 7)
+        XCTAssertEqual(env.memory.swap.freeSlots, 7, "the child's entry keeps the page in the swap cache")
+        child.exit()
+        let page = env.memory.page(try XCTUnwrap(try env.pfn(a)))
+        XCTAssertTrue(page.test(.swapCache), "still mapped by the parent: zap leaves it in the cache")
+        XCTAssertEqual(env.memory.swap.freeSlots, 7)
+        XCTAssertEqual(page.refcount, 2, "the parent's mapping and the swap cache")
+        try env.process.munmap(a, length: pageSize)
+        XCTAssertEqual(env.memory.swap.freeSlots, 8)
+        XCTAssertEqual(env.machine.usedFrames, used, "the page (and the page tables) are freed, not left in the swap cache")
+        env.check()
+        env.teardown()
+    }
+
+    /// MADV_FREE puts swap entries and clears their PTEs (`madvise_free_pte_range`: dropping is
+    /// cheaper than a swap-in), and marks a swap-cache page lazily freeable only once it could
+    /// leave the swap cache (`folio_free_swap` under the page lock).
+    func testMadvFreeDropsSwapEntriesAndFreesTheSwapCacheFirst() throws {
+        let env = try Env(swapPages: 8)
+        let a = try env.anon(1)
+        try env.cpu.store(a, UInt64(5))
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        let child = try env.process.fork()
+        let childCPU = child.makeCPU()
+        XCTAssertEqual(try childCPU.load(a, as: UInt64.self), 5)
+        let page = env.memory.page(try XCTUnwrap(pfnOf(child, a)))
+        XCTAssertTrue(page.test(.swapCache))
+        // The parent's entry still names the slot: the child's page stays cached and dirty.
+        try child.madvise(a, length: pageSize, advice: .free)
+        XCTAssertTrue(page.test(.swapCache) && !page.test(.lazyFree))
+        XCTAssertEqual(env.memory.swap.freeSlots, 7)
+        try env.process.madvise(a, length: pageSize, advice: .free)
+        XCTAssertTrue(pte(env, a).isNone, "the parent's swap entry is cleared")
+        XCTAssertEqual(env.memory.swap.freeSlots, 7, "the child still maps the cached page")
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 0, "a later touch of the parent reads zeros")
+        XCTAssertEqual(env.machine.stats[.pswpin], 1)
+        try child.madvise(a, length: pageSize, advice: .free)
+        XCTAssertTrue(!page.test(.swapCache) && page.test(.lazyFree) && !page.test(.dirty))
+        XCTAssertEqual(env.memory.swap.freeSlots, 8)
+        XCTAssertEqual(try childCPU.load(a, as: UInt64.self), 5, "until reclaim, the bytes stay")
+        env.check()
+        childCPU.detach()
+        child.exit()
+        env.teardown()
+    }
+
+    private func pfnOf(_ p: Process, _ address: UInt64) -> UInt64? {
+        let v = pteOf(p, address)
+        return v.isPresent ? v.pfn : nil
+    }
+
     func testAFullSwapAreaKeepsTheRestMapped() throws {
         let env = try Env(swapPages: 2)
         let a = try env.anon(4)

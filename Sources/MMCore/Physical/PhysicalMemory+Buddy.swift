@@ -36,7 +36,7 @@ extension PhysicalMemory {
     public func allocate(order: Int = 0, zeroed: Bool = false, mayReclaim: Bool = false, lru: Bool = false) -> Page? {
         precondition(order >= 0 && order <= PhysicalMemory.maxOrder)
         if FaultInjection.shouldFail(.frameAllocation) { return nil }
-        if kswapdWake != nil && buddyFreeFrames.load() < watermarks.low { kswapdWake?() }
+        if kswapd.running.loadRelaxed() != 0 && buddyFreeFrames.load() < watermarks.low { kswapd.wakeIfBelowLow(self) }
         var got: UInt64?
         var prepared = false
         if lru && order == 0 && pcpBatch > 0 {

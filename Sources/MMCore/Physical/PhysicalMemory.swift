@@ -38,8 +38,8 @@ public final class PhysicalMemory: @unchecked Sendable {
     public var hugetlb: HugeTLB { hugetlbPools.unsafelyUnwrapped }
     /// `__alloc_pages_direct_reclaim`'s way to its machine's reclaim (set by the machine).
     @exclusivity(unchecked) nonisolated(unsafe) var directReclaimHook: (() -> Int)? = nil
-    /// Wakes the machine's kswapd (set while one runs).
-    @exclusivity(unchecked) nonisolated(unsafe) var kswapdWake: (() -> Void)? = nil
+    /// The machine's background reclaim thread's state; an allocation wakes it while it runs.
+    let kswapd = Kswapd()
     /// The zone's watermarks in pages (`__setup_per_zone_wmarks`).
     public let watermarks: Watermarks
     /// The LRU lists (set once, at the end of init).

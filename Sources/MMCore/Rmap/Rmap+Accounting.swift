@@ -39,10 +39,19 @@ struct TLBGather {
     var tables: [Page] = []
     var needsFlush = false
     mutating func add(_ p: Page) { pages.append(p); needsFlush = true }
-    /// Flushes the TLB if any entry changed, then drops the gathered references.
+    /// Flushes the TLB if any entry changed, then drops the gathered references
+    /// (`free_pages_and_swap_cache`): a swap-cache page that nothing maps any more leaves the
+    /// swap cache first if no swap PTE names its slot and its lock is free (`free_swap_cache`),
+    /// so the last unmap of a swapped-in page frees both the page and its slot.
     mutating func finish(_ mm: AddressSpace) {
         if needsFlush { mm.flushTLB() }
-        for p in pages { mm.memory.put(p) }
+        for p in pages {
+            if p.test(.swapCache) && p.mapcount == 0 && p.tryLock() {
+                mm.memory.swap.folioFreeSwap(p)
+                p.unlock()
+            }
+            mm.memory.put(p)
+        }
         for t in tables { mm.pageTable.freeTable(t) }
         pages.removeAll(); tables.removeAll(); needsFlush = false
     }

@@ -4,18 +4,27 @@ import MMSync
 /// frames than the low watermark wakes it; it reclaims in batches (`shrinkNode`, counted as
 /// `pgscan_kswapd`/`pgsteal_kswapd`) until the high watermark is free again or a batch frees
 /// nothing, then sleeps. Off until `startKswapd` (tests that check invariants after each
-/// operation need a machine nothing else changes).
-/// Sendable: the wake and stop flags are atomics; `lock` guards the thread handle.
+/// operation need a machine nothing else changes). Free frames are counted the same way for
+/// the wake-up and the balancing: the buddy allocator's and the per-CPU lists' together.
+/// Sendable: the flags are atomics; `lock` guards the thread handle.
 final class Kswapd: @unchecked Sendable {
     let lock = Lock("kswapd")
     /// Locking: lock.
     var thread: ModelThread? = nil
+    /// 1 while the thread runs (allocations look at it without a lock).
+    let running = AtomicWord(0)
     let wakeFlag = AtomicWord(0)
     let stopping = AtomicWord(0)
     let threadID = AtomicWord(0)
     let queue = WaitQueue()
 
-    /// `wakeup_kswapd`: cheap when it is already awake.
+    /// `wakeup_kswapd` from an allocation that saw the buddy allocator below the low
+    /// watermark: wakes the thread if all free frames are (cheap when it is already awake).
+    func wakeIfBelowLow(_ memory: PhysicalMemory) {
+        guard wakeFlag.loadRelaxed() == 0, memory.freeFrames < memory.watermarks.low else { return }
+        wake()
+    }
+
     func wake() {
         guard wakeFlag.loadRelaxed() == 0 else { return }
         wakeFlag.store(1)
@@ -31,7 +40,7 @@ extension Machine {
             kswapd.stopping.store(0)
             let k = kswapd, me = Weak(self)
             kswapd.thread = ModelThread.spawn(name: "kswapd0") { Machine.kswapdLoop(k, me) }
-            memory.kswapdWake = { [weak k] in k?.wake() }
+            kswapd.running.store(1)
         }
     }
 
@@ -40,7 +49,7 @@ extension Machine {
     public func stopKswapd() {
         Lockdep.assertNoSpinLockHeld()
         let t = kswapd.lock.withLock { () -> ModelThread? in
-            memory.kswapdWake = nil
+            kswapd.running.store(0)
             kswapd.stopping.store(1)
             defer { kswapd.thread = nil }
             return kswapd.thread
@@ -62,8 +71,9 @@ extension Machine {
             k.queue.wait { k.wakeFlag.load() != 0 || k.stopping.load() != 0 }
             if k.stopping.load() != 0 { return }
             guard let m = machine.value else { return }
-            m.balanceNode()
+            // Cleared before balancing: a wake-up while it balances runs it once more.
             k.wakeFlag.store(0)
+            m.balanceNode()
         }
     }
 

@@ -28,6 +28,9 @@ struct LazyFreeWalker: PageWalker {
     let memory: PhysicalMemory
     let machine: Machine
     var changed = false
+    /// Pages that swap entries' puts dropped from the swap cache, released after the walk
+    /// (outside the page-table lock).
+    var released: [Page] = []
 
     /// `madvise_free_huge_pmd`: a THP mapped by this PMD alone, covered whole, becomes clean,
     /// old and lazily freeable; covered in part, it is split (`split_folio`) and its pages
@@ -107,6 +110,13 @@ struct LazyFreeWalker: PageWalker {
 
     mutating func pteEntry(_ pte: EntryPointer, _ addr: UInt64, _ next: UInt64) -> WalkStep {
         let v = pte.load()
+        if v.isSwap && v.swapEntry.isSwapSlot {
+            // A swapped-out page is dropped rather than read back later: its entry is put and
+            // the PTE cleared (a later touch faults in a zero page).
+            pte.store(.none)
+            if let p = memory.swap.putEntryDirect(v.swapEntry) { released.append(p) }
+            return .next
+        }
         guard v.isPresent, !v.isSpecial else { return .next }
         let page = memory.page(v.pfn)
         guard page.isAnon, !page.isZoneDevice else { return .next }
@@ -125,7 +135,14 @@ struct LazyFreeWalker: PageWalker {
             head.set(.lazyFree)
         } else {
             guard page.mapcount == 1 else { return .next }
-            page.clear(.dirty)
+            if page.test(.swapCache) || page.test(.dirty) {
+                // Under the page lock: an exclusive page leaves the swap cache (its slot would
+                // otherwise keep stale bytes that reclaim could skip writing) and becomes clean.
+                guard page.tryLock() else { return .next }
+                guard page.mapcount == 1, !page.test(.swapCache) || memory.swap.folioFreeSwap(page) else { page.unlock(); return .next }
+                page.clear(.dirty)
+                page.unlock()
+            }
             page.set(.lazyFree)
         }
         pte.modify { $0.mkclean().mkold() }   // atomically: a concurrent accessed/dirty update retries
@@ -208,6 +225,7 @@ extension AddressSpace {
                 var w = LazyFreeWalker(memory: memory, machine: machine)
                 _ = pageTable.walk(s, e, &w)
                 if w.changed { flushTLB() }
+                for p in w.released { memory.put(p) }
                 notifiers.invalidateRangeEnd(range)
             case .cold, .pageout:
                 try madviseColdOrPageout(vma, s, e, pageout: advice == .pageout)

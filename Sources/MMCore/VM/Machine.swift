@@ -6,7 +6,7 @@ import MMSync
 public final class Machine: @unchecked Sendable {
     public let memory: PhysicalMemory
     public let stats = MMStats()
-    let kswapd = Kswapd()
+    var kswapd: Kswapd { memory.kswapd }
     let pidLock = Lock("pid")
     var nextPid: Int32 = 1
     /// Address spaces alive (for invariant checks and device eviction).
