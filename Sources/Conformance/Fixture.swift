@@ -41,9 +41,12 @@ public final class Fixture {
     /// HMM_BUFFER_SIZE / page size.
     public var npg: Int { (4 << 20) / pageSize }
 
-    public init(variant: Variant, twoDevices: Bool = false, memoryBytes: UInt64 = 512 << 20) throws {
+    /// A fixture on a machine of `memoryBytes` of RAM and `swapBytes` of swap (by default
+    /// the suite's, `SelftestSuite.machineMemoryBytes` and `machineSwapBytes`).
+    public init(variant: Variant, twoDevices: Bool = false, memoryBytes: UInt64? = nil, swapBytes: UInt64? = nil) throws {
         self.variant = variant
-        machine = try Machine(memoryBytes: memoryBytes, devicePfnSpaceBytes: 4 << 30)
+        machine = try Machine(memoryBytes: memoryBytes ?? SelftestSuite.machineMemoryBytes, devicePfnSpaceBytes: 4 << 30,
+                              swapBytes: swapBytes ?? SelftestSuite.machineSwapBytes)
         module = DmirrorModule(machine: machine)
         usedAtStart = machine.usedFrames
         process = try MMCore.Process(machine: machine)

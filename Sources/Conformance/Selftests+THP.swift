@@ -259,6 +259,24 @@ extension SelftestSuite {
     /// The largest size T38 runs (`hmm selftest` sets it to the kernel's 256 MiB; the test
     /// suite's debug build keeps it small).
     nonisolated(unsafe) public static var benchmarkMaxBytes = 8 * pmd
+    /// RAM of each test's machine (`hmm selftest --memory`; 512 MiB unless set).
+    nonisolated(unsafe) public static var machineMemoryBytes: UInt64 = 512 << 20
+    /// Swap of each test's machine (`hmm selftest --swap`; none unless set).
+    nonisolated(unsafe) public static var machineSwapBytes: UInt64 = 0
+    /// Swap and reclaim counters summed over every fixture torn down so far (what
+    /// `hmm selftest --memory` reports: whether the cases ran under memory pressure).
+    public static var reclaimTotals: [(String, Int)] { reclaimTotalsLock.withLock { reclaimSums.map { ($0.name, $1) } } }
+    static let reclaimTotalsLock = Lock("selftest reclaim totals")
+    /// Locking: reclaimTotalsLock.
+    nonisolated(unsafe) static var reclaimSums: [(MMStats.Counter, Int)] =
+        [MMStats.Counter.pswpout, .pswpin, .pgscanKswapd, .pgscanDirect, .pgstealKswapd, .pgstealDirect, .allocstall].map { ($0, 0) }
+    /// Adds one machine's counters to `reclaimTotals`. Locking: takes reclaimTotalsLock.
+    static func addReclaimTotals(_ stats: MMStats) {
+        reclaimTotalsLock.assertNotHeld()
+        reclaimTotalsLock.withLock {
+            for i in reclaimSums.indices { reclaimSums[i].1 += stats[reclaimSums[i].0] }
+        }
+    }
     /// Where T38 prints its table (standard output unless replaced).
     nonisolated(unsafe) public static var benchmarkReport: ([String]) -> Void = { rows in
         print("# benchmark_thp_migration: round trip (to device and back), mean of 5")

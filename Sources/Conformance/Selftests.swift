@@ -42,6 +42,7 @@ public struct Selftest: Sendable {
     public func run(_ v: Variant) -> SelftestFailure? {
         do {
             let f = try Fixture(variant: v, twoDevices: twoDevices)
+            defer { SelftestSuite.addReclaimTotals(f.machine.stats) }
             try body(f)
             try f.teardown()
             return nil

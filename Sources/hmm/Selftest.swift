@@ -34,6 +34,12 @@ struct Selftest: ParsableCommand {
     @Option(help: "Largest size benchmark_thp_migration runs, in MiB (the kernel's list ends at 256).")
     var benchmarkMaxMib: Int = 256
 
+    @Option(help: ArgumentHelp("RAM of each test's machine, in MiB (at least 8; default 512). Below what a test touches, pages are swapped out to --swap and reclaimed.", valueName: "MiB"))
+    var memory: Int?
+
+    @Option(help: ArgumentHelp("Swap of each test's machine, in MiB (default: none, or 1024 with --memory).", valueName: "MiB"))
+    var swap: Int?
+
     @Flag(help: ArgumentHelp("Also run the kernel's own hmm-tests on Linux 7.2 under QEMU (tools/kernel-oracle/oracle.sh, prepared beforehand) and print both results side by side per case.",
                              discussion: "Exit status 1 when a case differs or swift-hmm fails one, 2 when the oracle cannot run."))
     var oracle = false
@@ -56,6 +62,14 @@ struct Selftest: ParsableCommand {
         }
         guard benchmarkMaxMib > 0 else { throw ValidationError("--benchmark-max-mib must be positive") }
         SelftestSuite.benchmarkMaxBytes = benchmarkMaxMib << 20
+        if let memory {
+            guard memory >= 8, memory <= 1 << 20 else { throw ValidationError("--memory must be between 8 and 1048576 MiB") }
+            SelftestSuite.machineMemoryBytes = UInt64(memory) << 20
+        }
+        if let swap = swap ?? (memory != nil ? 1024 : nil) {
+            guard swap >= 0, swap <= 1 << 20 else { throw ValidationError("--swap must be between 0 and 1048576 MiB") }
+            SelftestSuite.machineSwapBytes = UInt64(swap) << 20
+        }
         let json = format == .json || oracle || !oracleOutput.isEmpty  // the table goes to standard error then
         SelftestSuite.benchmarkReport = { rows in
             let text = (["benchmark_thp_migration: round trip (to device and back), mean of 5"] + rows).map { "# " + $0 }
@@ -73,6 +87,11 @@ struct Selftest: ParsableCommand {
         if withOracle { return try runWithOracle(runner, variants: variants) }
         let lockdepReports = LockdepSession(on: lockdep)
         let results = runner.run { out($0) }
+        if memory != nil || swap != nil {
+            let line = "# machine of each case: \(SelftestSuite.machineMemoryBytes >> 20) MiB RAM, \(SelftestSuite.machineSwapBytes >> 20) MiB swap; summed over the cases: "
+                + SelftestSuite.reclaimTotals.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
+            if format == .json { BenchRecord.printError(line) } else { out(line) }
+        }
         if format == .json {
             let count = { (o: SelftestRunner.Outcome) in results.filter { $0.outcome == o }.count }
             out(JSON.object([

@@ -12,6 +12,7 @@
 #       --dir HOST[:GUEST]     copy a host directory into the VM
 #       --timeout SECONDS      give up after this long (default 900); exit 124
 #       --coherent             give test_hmm special-purpose memory for the coherent devices
+#       --mem MIB              the VM's RAM in MiB (default 3072; --coherent makes it 5120)
 #   oracle.sh selftests [--coherent] [--filter TEXT]
 #                              run the kernel's hmm-tests, one case at a time, and print each
 #                              case's TAP lines, "@@CASE NAME STATUS T0 T1" (uptime before and
@@ -266,13 +267,14 @@ status() {
 
 # --- running ----------------------------------------------------------------------------------
 run_vm() {
-    local timeout=900 coherent=0 files=() dirs=()
+    local timeout=900 coherent=0 files=() dirs=() mem_opt=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --file) files+=("$2"); shift 2 ;;
             --dir) dirs+=("$2"); shift 2 ;;
             --timeout) timeout=$2; shift 2 ;;
             --coherent) coherent=1; shift ;;
+            --mem) mem_opt=$2; shift 2 ;;
             --) shift; break ;;
             *) break ;;
         esac
@@ -286,7 +288,8 @@ run_vm() {
     mkdir -p "$w/extra/oracle"
     printf '%s\n' "$*" > "$w/extra/oracle/cmd"
     local insmod_args="" append="console=ttyS0 loglevel=4 panic=-1 oops=panic"
-    local mem=3072
+    local mem=${mem_opt:-3072}
+    case "$mem" in *[!0-9]*|"") die "--mem $mem: not a number of MiB" ;; esac
     if [ $coherent = 1 ]; then
         # Special-purpose memory for the coherent devices: reserve 4 GiB–4.5 GiB (no longer System
         # RAM) and hand two 256 MiB halves to test_hmm (kernel-oracle-notes.md).

@@ -114,7 +114,7 @@ extension Dmirror {
         var dpages = device.allocatePages(wanted.count)
         if dpages.count < wanted.count && memory.freeFrames < wanted.count - dpages.count {
             makeRoom()
-            dpages += device.allocatePages(wanted.count - dpages.count)
+            dpages += device.allocatePages(wanted.count - dpages.count, mayReclaim: true)
         }
         // One bulk copy for the batch, started before the entries are filled in (the engine
         // copies meanwhile); an empty source (no page, or the zero page) copies the zero page.

@@ -167,7 +167,7 @@ extension Dmirror {
         var pages: [Page] = []
         defer { for p in pages { memory.put(p) } } // the mappings keep their own references
         for _ in 0..<(len >> pageShift) {
-            guard let p = memory.allocate(order: 0, zeroed: true) else { throw .ENOMEM }
+            guard let p = memory.allocate(order: 0, zeroed: true, mayReclaim: true) else { throw .ENOMEM }
             pages.append(p)
         }
         return try mm.mmapDriverPages(length: len, prot: prot, flags: flags, pages: pages)

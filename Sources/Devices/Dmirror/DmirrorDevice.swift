@@ -160,11 +160,13 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// lock and one on the zone lock): device pages, referenced and locked. For private memory
     /// a system page is allocated as each one's backing store (the simulated device memory).
     /// Return: fewer pages (possibly none) when device or backing memory runs out.
-    func allocatePages(_ count: Int) -> [Page] {
+    /// With `mayReclaim` the backing pages may be reclaimed for (test_hmm allocates them with
+    /// `GFP_HIGHUSER`); the caller then holds no spin lock.
+    func allocatePages(_ count: Int, mayReclaim: Bool = false) -> [Page] {
         guard count > 0 else { return [] }
         var backing: [Page] = []
         if memoryType == .devicePrivate {
-            backing = memory.allocateBatch(count)
+            backing = memory.allocateBatch(count, mayReclaim: mayReclaim)
             if backing.isEmpty { return [] }
         }
         let want = memoryType == .devicePrivate ? backing.count : count

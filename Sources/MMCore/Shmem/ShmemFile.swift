@@ -64,6 +64,17 @@ public final class ShmemFile: @unchecked Sendable {
         }
     }
 
+    /// The cached page at `index` with a reference taken, nil if absent; EFAULT beyond the end.
+    private func cachedPage(_ index: UInt64) throws(Errno) -> Page? {
+        cacheLock.lock()
+        defer { cacheLock.unlock() }
+        guard index < (size + pageSize - 1) >> pageShift else { throw .EFAULT }
+        guard let pfn = pages[index] else { return nil }
+        let p = memory.page(pfn)
+        memory.get(p)
+        return p
+    }
+
     /// Whether the page cache holds page `index` (`mincore_page`).
     public func isCached(_ index: UInt64) -> Bool { cacheLock.withLock { pages[index] != nil } }
 
@@ -71,18 +82,24 @@ public final class ShmemFile: @unchecked Sendable {
     public var cachedPages: Int { cacheLock.withLock { pages.count } }
 
     /// `shmem_get_folio`: the page at `index`, created zero-filled if absent, with a reference
-    /// taken for the caller. Returns nil with EFAULT-like meaning (SIGBUS) beyond end of file,
-    /// ENOMEM if no frame is free.
+    /// taken for the caller. Throws EFAULT (SIGBUS) beyond end of file, ENOMEM if no frame is
+    /// free even after direct reclaim (the new page is allocated outside the cache's lock, as
+    /// `shmem_alloc_and_add_folio` does, so reclaim may run; a racing creator wins).
+    /// Locking: no spin lock held (may reclaim); takes cacheLock.
     public func getPage(_ index: UInt64) throws(Errno) -> Page {
+        Lockdep.assertNoSpinLockHeld()
+        if let p = try cachedPage(index) { return p }
+        guard let new = memory.allocate(order: 0, zeroed: true, mayReclaim: true) else { throw .ENOMEM }
         cacheLock.lock()
         defer { cacheLock.unlock() }
-        guard index < (size + pageSize - 1) >> pageShift else { throw .EFAULT }
+        guard index < (size + pageSize - 1) >> pageShift else { memory.put(new); throw .EFAULT }
         if let pfn = pages[index] {
+            memory.put(new)
             let p = memory.page(pfn)
             memory.get(p)
             return p
         }
-        guard let p = memory.allocate(order: 0, zeroed: true) else { throw .ENOMEM }
+        let p = new
         p.setOwner(file: self)
         p.index = index
         p.set([.uptodate, .swapBacked])
