@@ -11,6 +11,8 @@ import MMSync
 final class DifferentialTests: XCTestCase {
     static let window: UInt64 = 0x2000_0000
     static let windowPages: UInt64 = 48
+    /// Frames left free for the processes of the swap variant (the rest of RAM is held).
+    static let swapFreeFrames = 96
 
     struct Proc {
         let process: Process
@@ -77,20 +79,57 @@ final class DifferentialTests: XCTestCase {
         XCTAssertGreaterThan(coverage["collapse ok"] ?? 0, 0, "never a successful collapse")
     }
 
+    /// The same under memory pressure: an 8 MiB machine whose hugetlb pool and held frames
+    /// leave 256 frames (1 MiB) for the processes: page tables, per-CPU lists and a working set
+    /// of up to four processes over a 3 MiB window, with 16 MiB of swap. Ranges are up to 64
+    /// pages, a `fill` operation stores one word in every page of a range, and MADV_PAGEOUT and
+    /// MADV_COLD join the advice (MADV_FREE leaves: reclaim may discard a lazily freed page,
+    /// which the reference model does not follow). Direct reclaim swaps pages out under every
+    /// operation; every load, store and the final sweep must still match the model, every
+    /// invariant hold after every operation, and at the end every frame and swap slot be free.
+    /// 100 sequences of 400 operations (`DIFF_SWAP_SEQUENCES`).
+    func testSwapRandomSequencesAgainstReferenceModel() throws {
+        if let s = ProcessInfoSeed.value {
+            try runSequence(seed: s, steps: 400, swap: true)
+            return
+        }
+        let sequences = ProcessInfoSeed.getenvString("DIFF_SWAP_SEQUENCES").flatMap { Int($0) } ?? 100
+        var stats: [MMStats.Counter: Int] = [:]
+        for seed in 1...UInt64(sequences) {
+            do { try runSequence(seed: seed, steps: 400, thp: false, swap: true, stats: &stats) } catch {
+                XCTFail("seed \(seed): \(error)")
+            }
+        }
+        print("swap differential: \(sequences * 400) operations, \([MMStats.Counter.pswpout, .pswpin, .pgmajfault, .pgscanDirect, .pgstealDirect, .allocstall, .faultCOWCopy].map { "\($0.name) \(stats[$0] ?? 0)" })")
+        for stat in [MMStats.Counter.pswpout, .pswpin, .pgstealDirect, .allocstall] {
+            XCTAssertGreaterThan(stats[stat] ?? 0, 0, "never exercised: \(stat)")
+        }
+        XCTAssertGreaterThan(stats[.pswpin] ?? 0, sequences * 10, "swap-ins should be routine under this pressure")
+    }
+
     private let coverageLock = Lock("coverage")
     private var _coverage: [String: Int] = [:]
     var coverage: [String: Int] { coverageLock.withLock { _coverage } }
     func cover(_ key: String, _ n: Int = 1) { coverageLock.withLock { _coverage[key, default: 0] += n } }
 
-    func runSequence(seed: UInt64, steps: Int, thp: Bool = false) throws {
+    func runSequence(seed: UInt64, steps: Int, thp: Bool = false, swap: Bool = false) throws {
         var stats: [MMStats.Counter: Int] = [:]
-        try runSequence(seed: seed, steps: steps, thp: thp, stats: &stats)
+        try runSequence(seed: seed, steps: steps, thp: thp, swap: swap, stats: &stats)
     }
 
-    func runSequence(seed: UInt64, steps: Int, thp: Bool, stats: inout [MMStats.Counter: Int]) throws {
+    func runSequence(seed: UInt64, steps: Int, thp: Bool, swap: Bool = false, stats: inout [MMStats.Counter: Int]) throws {
         var rng = SeededRNG(seed: seed)
-        let machine = try Machine(memoryBytes: thp ? 32 << 20 : 16 << 20, devicePfnSpaceBytes: thp ? 1 << 30 : 0)
+        var ballast: [Page] = []
+        let machine = try Machine(memoryBytes: thp ? 32 << 20 : swap ? 8 << 20 : 16 << 20, devicePfnSpaceBytes: thp ? 1 << 30 : 0,
+                                  swapBytes: swap ? 16 << 20 : 0)
         if thp { machine.memory.thp.mode = .always }
+        if swap {
+            let pools = machine.memory.hugetlb
+            XCTAssertEqual(pools.setPoolSize(pools.defaultHState, 3), 3, "the ballast")
+            while machine.memory.freeFrames > DifferentialTests.swapFreeFrames, let b = machine.memory.allocate() { ballast.append(b) }
+        }
+        defer { for b in ballast { machine.memory.put(b) } }
+        let startFreeSlots = machine.memory.swap.freeSlots
         let module = thp ? DmirrorModule(machine: machine) : nil
         var mirrors: [Int32: Dmirror] = [:]
         func mirror(_ p: Process) throws(Errno) -> Dmirror {
@@ -109,7 +148,7 @@ final class DifferentialTests: XCTestCase {
         func fail(_ msg: String, file: StaticString = #filePath, line: UInt = #line) {
             XCTFail("seed \(seed) step \(log.count): \(msg)\nlast steps:\n" + log.suffix(12).joined(separator: "\n"), file: file, line: line)
         }
-        let W = DifferentialTests.window, N = thp ? 1024 : DifferentialTests.windowPages
+        let W = DifferentialTests.window, N = thp ? 1024 : swap ? 768 : DifferentialTests.windowPages
         func page() -> UInt64 {
             if thp && Bool.random(using: &rng) { return W + UInt64.random(in: 0..<(N / 512), using: &rng) * pmdSize }
             return W + UInt64.random(in: 0..<N, using: &rng) * pageSize
@@ -122,6 +161,7 @@ final class DifferentialTests: XCTestCase {
                 default: break
                 }
             }
+            if swap && Bool.random(using: &rng) { return UInt64.random(in: 1...64, using: &rng) * pageSize }
             return UInt64.random(in: 1...8, using: &rng) * pageSize
         }
         /// An address inside a VMA the model knows of (most of the time), else anywhere.
@@ -213,8 +253,9 @@ final class DifferentialTests: XCTestCase {
                     log.append("p\(p.pid) MIGRATE_TO_SYS(\(hex(a)), \(len / pageSize)) = \(String(describing: got)) cpages \(cmd.cpages)")
                 }
             case 36..<42: // madvise
-                let a = page(), len = pages()
-                let adv = [MadviseAdvice.dontNeed, .dontNeed, .free, .normal, MadviseAdvice(rawValue: 77)][Int.random(in: 0..<5, using: &rng)]
+                let a = Int.random(in: 0..<3, using: &rng) == 0 ? page() : mappedPage(m), len = pages()
+                let adv = (swap ? [MadviseAdvice.dontNeed, .pageout, .pageout, .cold, .normal, MadviseAdvice(rawValue: 77)]
+                                : [MadviseAdvice.dontNeed, .dontNeed, .free, .normal, MadviseAdvice(rawValue: 77)])[Int.random(in: 0..<(swap ? 6 : 5), using: &rng)]
                 let got = errno { () throws(Errno) in try p.madvise(a, length: len, advice: adv) }
                 if let e = got { cover("errno \(e)") }
                 log.append("p\(p.pid) madvise(\(hex(a)), \(len), \(adv.rawValue)) = \(String(describing: got))")
@@ -234,6 +275,23 @@ final class DifferentialTests: XCTestCase {
                 mirrors.removeValue(forKey: p.pid)?.close()
                 p.exit()
                 procs.remove(at: pi)
+            case 48..<56 where swap: // fill: one word in every page of a range, in order
+                let a = mappedPage(m) + word(), n = Int(pages() / pageSize)
+                let base = rng.next()
+                let w = pr.workers[Int.random(in: 0..<2, using: &rng)]
+                var done = 0
+                while done < n {
+                    let at = a + UInt64(done) * pageSize, v = base &+ UInt64(done)
+                    let got = w.run { cpu -> RefProcess.Access in
+                        do throws(AccessFault) { try cpu.store(at, v); return .value(v) } catch { return error.refAccess }
+                    }
+                    let want = m.store(at, v)
+                    if got != want { fail("fill at \(hex(at)): got \(got), model \(want)"); break }
+                    done += 1
+                    if got != .value(v) { break }
+                }
+                cover("fill")
+                log.append("p\(p.pid) cpu\(w.cpu.index) fill(\(hex(a)), \(n) pages) stored \(done)")
             case 48..<75: // store
                 let a = mappedPage(m) + word()
                 let v = rng.next()
@@ -283,6 +341,7 @@ final class DifferentialTests: XCTestCase {
         procs.removeAll()
         XCTAssertEqual(machine.checkInvariants(), [], "seed \(seed)")
         XCTAssertEqual(machine.usedFrames, startUsed, "seed \(seed): frames leaked")
+        XCTAssertEqual(machine.memory.swap.freeSlots, startFreeSlots, "seed \(seed): swap slots leaked")
     }
 }
 

@@ -115,7 +115,8 @@ final class RefProcess {
     }
 
     func madvise(_ a: UInt64, _ length: UInt64, _ advice: MadviseAdvice) -> Errno? {
-        if a & 4095 != 0 || ![MadviseAdvice.dontNeed, .free, .normal].contains(advice) { return .EINVAL }
+        // MADV_PAGEOUT and MADV_COLD change no contents (the pages come back on a touch).
+        if a & 4095 != 0 || ![MadviseAdvice.dontNeed, .free, .normal, .pageout, .cold].contains(advice) { return .EINVAL }
         if length == 0 { return nil }
         let e = a + ((length + 4095) & ~4095)
         var cursor = a

@@ -186,6 +186,48 @@ final class SwapTests: XCTestCase {
         return v.isPresent ? v.pfn : nil
     }
 
+    /// Shmem pages swap through their page cache (`shmem_writeout`, `shmem_swapin_folio`): a
+    /// shared anonymous mapping's written pages are unmapped and become swap entries in the
+    /// file; a never-written one (clean zeros) just leaves it; a touch, pread or pwrite reads
+    /// them back; truncation and the last unmap free the slots.
+    func testShmemPagesSwapThroughThePageCache() throws {
+        let env = try Env(swapPages: 16)
+        let a = try env.anon(4, shared: true)
+        try env.cpu.store(a, UInt64(11))
+        try env.cpu.store(a + pageSize, UInt64(22))
+        XCTAssertEqual(try env.cpu.load(a + 2 * pageSize, as: UInt64.self), 0, "read: a clean page in the cache")
+        let file = try XCTUnwrap(env.mm.mmapLock.withRead { env.mm.vmaList.first { $0.start == a }?.file })
+        let used = env.machine.usedFrames
+        try env.process.madvise(a, length: 4 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 2, "the two written pages are written out")
+        XCTAssertEqual(file.swappedPages, 2)
+        XCTAssertEqual(file.cachedPages, 0, "the clean one is dropped")
+        XCTAssertEqual(env.machine.usedFrames, used - 3)
+        XCTAssertEqual(env.memory.swap.freeSlots, 14)
+        env.check()
+        XCTAssertTrue(pte(env, a).isNone, "unmapped: a shmem page's PTE is cleared, not a swap entry")
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 11, "a fault reads the page back into the cache")
+        XCTAssertEqual(env.machine.stats[.pswpin], 1)
+        XCTAssertEqual(file.swappedPages, 1)
+        XCTAssertEqual(env.memory.swap.freeSlots, 15, "the slot goes at once")
+        XCTAssertEqual(try file.pread(offset: pageSize, count: 8), [22, 0, 0, 0, 0, 0, 0, 0], "pread reads back the other one")
+        XCTAssertEqual(env.machine.stats[.pswpin], 2)
+        // Only the mapped page is paged out; a page read back is dirty (its slot was freed).
+        try env.process.madvise(a, length: 4 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 3)
+        XCTAssertEqual(file.swappedPages, 1)
+        XCTAssertEqual(try env.cpu.load(a + pageSize, as: UInt64.self), 22, "from the page cache")
+        XCTAssertEqual(env.machine.stats[.pswpin], 2)
+        try file.ftruncate(pageSize)
+        XCTAssertEqual(file.cachedPages, 0, "truncation drops the cached page beyond the end")
+        XCTAssertEqual(file.swappedPages, 1)
+        try file.ftruncate(0)
+        XCTAssertEqual(file.swappedPages, 0, "…and frees the swap entries")
+        XCTAssertEqual(env.memory.swap.freeSlots, 16)
+        env.check()
+        env.teardown()
+    }
+
     func testAFullSwapAreaKeepsTheRestMapped() throws {
         let env = try Env(swapPages: 2)
         let a = try env.anon(4)

@@ -41,9 +41,12 @@ public final class PageTable: @unchecked Sendable {
     public let pgd: Page
     let tablePages = AtomicCounter(1)
 
+    /// A new, empty page table: its PGD may be reclaimed for (`pgd_alloc`, GFP_PGTABLE_USER).
+    /// Locking: no spin lock held.
     init(memory: PhysicalMemory) throws(Errno) {
+        Lockdep.assertNoSpinLockHeld()
         self.memory = memory
-        guard let p = PageTable.allocateTable(memory) else { throw .ENOMEM }
+        guard let p = PageTable.allocateTable(memory, mayReclaim: true) else { throw .ENOMEM }
         pgd = p
     }
 

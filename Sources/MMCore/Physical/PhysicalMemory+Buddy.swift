@@ -47,6 +47,7 @@ extension PhysicalMemory {
         }
         if got == nil && mayReclaim && order == 0, let reclaim = directReclaimHook {
             var idle = 0, rounds = 0
+            Lockdep.assertNoSpinLockHeld()
             var seen = self.lru.reclaimedTotal.load()
             while got == nil && idle < 16 && rounds < 4096 {
                 rounds += 1

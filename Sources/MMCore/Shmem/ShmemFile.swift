@@ -10,6 +10,9 @@ public final class ShmemFile: @unchecked Sendable {
     /// Locking: `cacheLock` guards `pages` and `size`.
     let cacheLock = Lock("i_pages")
     var pages: [UInt64: UInt64] = [:]
+    /// Pages swapped out: the swap entry in place of the page (the page cache's value entries,
+    /// `swp_to_radix_entry`); each holds one swap count. Locking: cacheLock.
+    var swapped: [UInt64: SwapEntry] = [:]
     public private(set) var size: UInt64
     /// Locking: `mappingLock` (i_mmap_rwsem) guards `mappings`.
     let mappingLock = RWSem("i_mmap")
@@ -21,11 +24,19 @@ public final class ShmemFile: @unchecked Sendable {
     /// Creates a file of `size` bytes (like `O_TMPFILE` + `ftruncate`).
     public init(machine: Machine, size: UInt64 = 0, name: String = "tmpfile", anonymousShared: Bool = false) {
         self.machine = machine; self.size = size; self.name = name; self.isAnonymousShared = anonymousShared
+        machine.register(self)
     }
 
     deinit {
+        machine.unregister(self)
         for (_, pfn) in pages { drop(memory.page(pfn)) }
+        for (_, e) in swapped { if let p = memory.swap.putEntryDirect(e) { memory.put(p) } }
     }
+
+    /// Pages of the file now in swap (`info->swapped`).
+    public var swappedPages: Int { cacheLock.withLock { swapped.count } }
+    /// The swap entries in the page cache (for the invariant checkers).
+    func swapEntries() -> [SwapEntry] { cacheLock.withLock { Array(swapped.values) } }
 
     private func drop(_ page: Page) {
         page.releaseOwner()
@@ -64,15 +75,93 @@ public final class ShmemFile: @unchecked Sendable {
         }
     }
 
-    /// The cached page at `index` with a reference taken, nil if absent; EFAULT beyond the end.
-    private func cachedPage(_ index: UInt64) throws(Errno) -> Page? {
+    private enum Slot { case page(Page), swapped(SwapEntry), none }
+
+    /// What the page cache holds at `index`: a page (with a reference taken), a swap entry, or
+    /// nothing; EFAULT beyond the end.
+    private func cachedPage(_ index: UInt64) throws(Errno) -> Slot {
         cacheLock.lock()
         defer { cacheLock.unlock() }
         guard index < (size + pageSize - 1) >> pageShift else { throw .EFAULT }
-        guard let pfn = pages[index] else { return nil }
+        if let e = swapped[index] { return .swapped(e) }
+        guard let pfn = pages[index] else { return .none }
         let p = memory.page(pfn)
         memory.get(p)
-        return p
+        return .page(p)
+    }
+
+    /// `shmem_swapin_folio`: the page swapped out at `index` as `e` comes back — from the swap
+    /// cache if reclaim has not freed it yet, else read into a new page — and takes the swap
+    /// entry's place in the page cache, dirty; the slot is freed. Racing callers meet on the
+    /// swap-cache page's lock. Return: the page with a reference for the caller, or nil when
+    /// the entry changed meanwhile (look again). Throws ENOMEM.
+    /// Locking: no spin lock held; takes the page lock, the swap area's and cacheLock.
+    private func swapIn(_ index: UInt64, _ e: SwapEntry) throws(Errno) -> Page? {
+        Lockdep.assertNoSpinLockHeld()
+        let swap = memory.swap
+        let page: Page
+        if let cached = swap.lookup(e) {
+            cached.lock()
+            guard swap.matches(cached, e) else { cached.unlock(); memory.put(cached); return nil }
+            page = cached
+        } else {
+            guard let new = memory.allocate(order: 0, mayReclaim: true, lru: true) else { throw .ENOMEM }
+            new.lock()
+            guard swap.addForSwapIn(new, e) == .added else { new.unlock(); memory.put(new); return nil }
+            swap.readIn(new)
+            machine.stats.count(.pswpin)
+            page = new
+        }
+        cacheLock.lock()
+        guard swapped[index] == e else { cacheLock.unlock(); page.unlock(); memory.put(page); return nil }
+        swapped[index] = nil
+        pages[index] = page.pfn
+        page.setOwner(file: self)
+        page.index = index
+        page.set([.uptodate, .swapBacked])
+        memory.get(page)   // the page cache's reference; the caller keeps the lookup's
+        cacheLock.unlock()
+        swap.folioPutSwap(page, e)
+        swap.folioFreeSwap(page)   // the slot goes; the page is dirty: its only copy
+        page.unlock()
+        return page
+    }
+
+    /// `shmem_writeout` for reclaim: a locked, unmapped page of this file that only the page
+    /// cache and the caller hold gets a swap slot, gives its place in the page cache to the
+    /// swap entry, and is written out; it stays in the swap cache for `__remove_mapping`. A
+    /// clean page (never written: zeros) simply leaves the page cache. Return: false when the
+    /// page must stay (no slot, not the file's page any more, or someone took a reference).
+    /// Locking: caller holds the page lock and its reference; takes the swap area's lock and
+    /// cacheLock.
+    func writeOutForReclaim(_ page: Page) -> Bool {
+        precondition(page.isLocked && page.order == 0, "writeOutForReclaim: \(page)")
+        let swap = memory.swap
+        let dirty = page.test(.dirty)
+        if dirty {
+            guard swap.folioAllocSwap(page) != nil else { return false }
+        }
+        cacheLock.lock()
+        // Only the page cache's reference and the caller's (plus the swap cache's, just taken).
+        guard pages[page.index] == page.pfn, page.mapcount == 0, page.refcount == (dirty ? 3 : 2) else {
+            cacheLock.unlock()
+            if dirty { swap.delete(page) }
+            return false
+        }
+        pages[page.index] = nil
+        if dirty {
+            let e = swap.folioDupSwap(page)
+            swapped[page.index] = e
+        }
+        page.releaseOwner()
+        cacheLock.unlock()
+        memory.put(page)   // the page cache's reference
+        if dirty {
+            page.clear(.dirty)
+            swap.writeOut(page)
+            machine.stats.count(.pswpout)
+        }
+        return true
     }
 
     /// Whether the page cache holds page `index` (`mincore_page`).
@@ -86,19 +175,26 @@ public final class ShmemFile: @unchecked Sendable {
     /// free even after direct reclaim (the new page is allocated outside the cache's lock, as
     /// `shmem_alloc_and_add_folio` does, so reclaim may run; a racing creator wins).
     /// Locking: no spin lock held (may reclaim); takes cacheLock.
+    /// A page that was swapped out is read back first (`shmem_swapin_folio`).
     public func getPage(_ index: UInt64) throws(Errno) -> Page {
         Lockdep.assertNoSpinLockHeld()
-        if let p = try cachedPage(index) { return p }
-        guard let new = memory.allocate(order: 0, zeroed: true, mayReclaim: true) else { throw .ENOMEM }
+        while true {
+            switch try cachedPage(index) {
+            case .page(let p): return p
+            case .swapped(let e): if let p = try swapIn(index, e) { return p }
+            case .none: if let p = try addNewPage(index) { return p }
+            }
+        }
+    }
+
+    /// A new zero-filled page at `index`, unless another thread put one (or a swap entry) there
+    /// meanwhile (nil: look again).
+    private func addNewPage(_ index: UInt64) throws(Errno) -> Page? {
+        guard let new = memory.allocate(order: 0, zeroed: true, mayReclaim: true, lru: true) else { throw .ENOMEM }
         cacheLock.lock()
         defer { cacheLock.unlock() }
         guard index < (size + pageSize - 1) >> pageShift else { memory.put(new); throw .EFAULT }
-        if let pfn = pages[index] {
-            memory.put(new)
-            let p = memory.page(pfn)
-            memory.get(p)
-            return p
-        }
+        if pages[index] != nil || swapped[index] != nil { memory.put(new); return nil }
         let p = new
         p.setOwner(file: self)
         p.index = index
@@ -109,7 +205,8 @@ public final class ShmemFile: @unchecked Sendable {
     }
 
     /// `pread`: reads up to `count` bytes at `offset`; short at end of file. EINVAL for a
-    /// negative-equivalent (overflowing) range.
+    /// negative-equivalent (overflowing) range, ENOMEM when a swapped-out page cannot be read
+    /// back.
     public func pread(offset: UInt64, count: Int) throws(Errno) -> [UInt8] {
         guard count >= 0 else { throw .EINVAL }
         let (endOff, o) = offset.addingReportingOverflow(UInt64(count))
@@ -122,11 +219,22 @@ public final class ShmemFile: @unchecked Sendable {
             let idx = pos >> pageShift
             let inPage = Int(pos & (pageSize - 1))
             let n = min(Int(limit - pos), Int(pageSize) - inPage)
-            let pfn = cacheLock.withLock { pages[idx] }
-            if let pfn {
-                out.withUnsafeMutableBytes { b in
-                    (b.baseAddress! + Int(pos - offset)).copyMemory(from: memory.frame(pfn) + inPage, byteCount: n)
+            // A hole reads as zeros; a swapped-out page is read back (SGP_READ).
+            let page: Page?
+            do throws(Errno) {
+                switch try cachedPage(idx) {
+                case .page(let p): page = p
+                case .swapped: page = try getPage(idx)
+                case .none: page = nil
                 }
+            } catch .EFAULT {
+                break   // truncated meanwhile: a short read
+            }
+            if let page {
+                out.withUnsafeMutableBytes { b in
+                    (b.baseAddress! + Int(pos - offset)).copyMemory(from: memory.frame(page.pfn) + inPage, byteCount: n)
+                }
+                memory.put(page)
             }
             pos += UInt64(n)
         }
@@ -165,12 +273,14 @@ public final class ShmemFile: @unchecked Sendable {
         // in between) — both only if whole pages go.
         let wholePagesGo = old > firstGone << pageShift
         if wholePagesGo { unmapMappingRange(fromIndex: firstGone) }
-        let gone: [UInt64] = cacheLock.withLock {
+        let (gone, goneSwap): ([UInt64], [SwapEntry]) = cacheLock.withLock {
             let keys = pages.keys.filter { $0 >= firstGone }.sorted()
-            return keys.map { pages.removeValue(forKey: $0)! }
+            let swapKeys = swapped.keys.filter { $0 >= firstGone }.sorted()
+            return (keys.map { pages.removeValue(forKey: $0)! }, swapKeys.map { swapped.removeValue(forKey: $0)! })
         }
         if wholePagesGo { unmapMappingRange(fromIndex: firstGone) }
         for pfn in gone { drop(memory.page(pfn)) }
+        for e in goneSwap { if let p = memory.swap.putEntryDirect(e) { memory.put(p) } }
         // A partial last page is zeroed beyond the new end, as tmpfs does.
         if newSize & (pageSize - 1) != 0, let pfn = cacheLock.withLock({ pages[newSize >> pageShift] }) {
             let inPage = Int(newSize & (pageSize - 1))

@@ -41,19 +41,28 @@ extension Machine {
     /// 4. a dirty page is written to its slot (`pageout` → `swap_writeout`, `pswpout`) when
     ///    only the cache and the caller hold it;
     /// 5. the page leaves the swap cache and is freed (`__remove_mapping`).
-    /// Pinned pages, device pages, large folios and page-cache pages are not reclaimed here.
+    /// A shmem page is unmapped and handed to `shmem_writeout` (`ShmemFile.writeOutForReclaim`)
+    /// instead of steps 1–4. Pinned pages, device pages and large folios are not reclaimed here.
     /// Return: `.freed` (the caller's reference went with the page) or what to do with it.
     /// Locking: caller holds a reference and no page-table or page lock; takes the page lock
     /// (trylock), the rmap, notifier and PTE locks, and swap area locks.
     func shrinkFolio(_ page: Page, checkReferences: Bool) -> ReclaimOutcome {
         Lockdep.assertNoSpinLockHeld()
-        guard page.order == 0, !page.isZoneDevice, page.isAnon else { return .activate }
+        guard page.order == 0, !page.isZoneDevice else { return .activate }
         guard page.tryLock() else { return .keep }
         let swap = memory.swap
         func keep(_ outcome: ReclaimOutcome) -> ReclaimOutcome {
             if outcome == .activate { stats.count(.pgactivate) }
             page.unlock()
             return outcome
+        }
+        // A shmem page (swap-backed, on the anonymous lists as in 7.2): its file, held while
+        // reclaim works on the page. A page that is neither anonymous, nor a live file's, nor
+        // in the swap cache (dropped from its file meanwhile) is left to its last holder.
+        var shmem: ShmemFile? = nil
+        if !page.isAnon && !page.test(.swapCache) {
+            guard let f = shmemFile(owning: page) else { return keep(.activate) }
+            shmem = f
         }
         if checkReferences {
             let used = folioReferenced(page)
@@ -74,6 +83,19 @@ extension Machine {
             page.unlock()
             memory.freeFrozen(page)
             stats.count(.pglazyfreed)
+            return .freed
+        }
+        if let shmem {
+            // shmem_writeout: unmapped, the page gives its place in the file to a swap entry
+            // (or, clean, simply leaves it) and goes on as a swap-cache page.
+            if page.mapcount > 0 && !tryToUnmap(page) { return keep(.activate) }
+            guard shmem.writeOutForReclaim(page) else { return keep(.activate) }
+            if !page.test(.swapCache) {
+                page.unlock()
+                memory.put(page)
+                return .freed
+            }
+            guard swap.removeMapping(page) else { return keep(.activate) }
             return .freed
         }
         if !page.test(.swapCache) {

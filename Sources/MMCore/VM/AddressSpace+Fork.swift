@@ -84,7 +84,16 @@ struct ForkCopier: PageWalker {
 
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
-        if v.isPresent && !v.isHuge { return .next }
+        if v.isPresent && !v.isHuge {
+            // The child's PTE table (and the tables above it) are allocated here, where no lock
+            // is held, so that the allocation may reclaim (GFP_KERNEL, as `pte_alloc_map_lock`
+            // in copy_pte_range); `pteEntry`, under the parent's PTE lock, then finds it.
+            if dstTable?.base != start & ~(pmdSize - 1) {
+                finish()
+                do { _ = try childTables.walkAllocating(start, level: .pte, mayReclaim: true) } catch { return .stop(.ENOMEM) }
+            }
+            return .next
+        }
         if !vma.isHugetlb { return copyHugePMD(pmd, table: table, start) }
         return copyHugetlbEntry(pmd, table: table, start)
     }

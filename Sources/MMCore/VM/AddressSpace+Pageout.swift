@@ -2,7 +2,7 @@ import MMSync
 
 /// `madvise_cold_or_pageout_pte_range` (Linux 7.2): each present, small page mapped by this
 /// entry alone (`folio_mapcount == folio_nr_pages`) loses its referenced bit; MADV_COLD also
-/// makes the entry old, MADV_PAGEOUT takes a reference on anonymous pages for
+/// makes the entry old, MADV_PAGEOUT takes a reference on anonymous and shmem pages for
 /// `reclaim_pages`. Non-present entries (swap ones included), zone-device pages, the zero page
 /// and pages mapped more than once are passed over. Large folios are not paged out yet.
 struct ColdPageoutWalker: PageWalker {
@@ -26,8 +26,8 @@ struct ColdPageoutWalker: PageWalker {
             madeOld = true
         }
         page.clear(.referenced)
-        // Page-cache pages would go through shmem's swap-out, which is not built yet.
-        if pageout && page.isAnon && memory.tryGet(page) { pages.append(page) }
+        // Shmem page-cache pages too: the process owns its files (`can_do_file_pageout`).
+        if pageout && (page.isAnon || page.file != nil) && memory.tryGet(page) { pages.append(page) }
         return .next
     }
 }

@@ -33,8 +33,15 @@ extension Machine {
             for pfn in f.cachedPfns() { fileRefs[pfn, default: 0] += 1 }
         }
         problems += memory.hugetlb.checkInvariants(reservationsHeld: hugeReservations)
+        for f in liveShmemFiles { files[ObjectIdentifier(f)] = f }
         for (_, f) in files.sorted(by: { $0.value.name < $1.value.name }) {
-            for (_, pfn) in f.cacheLock.withLock({ f.pages }) { fileRefs[pfn, default: 0] += 1 }
+            for (index, pfn) in f.cacheLock.withLock({ f.pages }) {
+                fileRefs[pfn, default: 0] += 1
+                let p = memory.page(pfn)
+                if p.file !== f || p.index != index { problems.append("\(f.name): page \(index) is pfn \(pfn), which is not flagged as that page") }
+            }
+            // A swapped-out page's entry holds one swap count, as a swap PTE does.
+            for e in f.swapEntries() { mappings[SwapSpace.invariantKey(e), default: 0] += 1 }
         }
         // Swap slots against the entries naming them; each swap-cache page holds a reference.
         problems += memory.swap.checkInvariants(refs: mappings, cacheRefs: &fileRefs)

@@ -40,6 +40,23 @@ public final class Machine: @unchecked Sendable {
 
     func allocatePid() -> Int32 { pidLock.withLock { defer { nextPid += 1 }; return nextPid } }
 
+    /// Shmem files alive, weakly: reclaim finds a page's file through here (a weak load gives
+    /// nil for a file being torn down, never a dangling one), invariants find unmapped files.
+    /// Locking: shmemLock.
+    var liveShmem: [UInt: Weak<ShmemFile>] = [:]
+    let shmemLock = Lock("shmem files")
+    private static func key(_ file: ShmemFile) -> UInt { UInt(bitPattern: Unmanaged.passUnretained(file).toOpaque()) }
+    func register(_ file: ShmemFile) { shmemLock.withLock { liveShmem[Machine.key(file)] = Weak(file) } }
+    func unregister(_ file: ShmemFile) { shmemLock.withLock { liveShmem[Machine.key(file)] = nil } }
+    /// Every shmem file alive.
+    var liveShmemFiles: [ShmemFile] { shmemLock.withLock { liveShmem.values.compactMap { $0.value } } }
+    /// The file that owns `page` as one of its cached pages, with a strong reference, or nil
+    /// (not a shmem page, or its file is going away).
+    func shmemFile(owning page: Page) -> ShmemFile? {
+        let bits = page.ownerBits
+        guard bits != 0, bits & Page.ownerTagMask == 0 else { return nil }
+        return shmemLock.withLock { liveShmem[UInt(bits)]?.value }
+    }
     func register(_ mm: AddressSpace) { pidLock.withLock { liveMMs[ObjectIdentifier(mm)] = Weak(mm) } }
     func unregister(_ mm: AddressSpace) { pidLock.withLock { liveMMs[ObjectIdentifier(mm)] = nil } }
     /// Address spaces that have not exited, in creation order.
