@@ -132,7 +132,7 @@ struct ScriptChecker {
             report(cmd.name.location, "expected 'machine' once, at the top level, before anything that uses the machine")
         }
         // The commands that create the machine (everything else needs something they made).
-        if ["process", "file", "open", "invariants", "meminfo", "vmstat", "machine"].contains(n) { machineUsed = true }
+        if ["process", "file", "open", "invariants", "meminfo", "vmstat", "kswapd", "machine"].contains(n) { machineUsed = true }
 
         // Options, flags and positional values.
         var positional: [Token] = []

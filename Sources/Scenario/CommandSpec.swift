@@ -128,6 +128,7 @@ struct CommandSpec {
                                      expect: .counters(["total", "free", "rsvd", "surp"])),
             // transparent_hugepage/enabled (always, madvise, never) and use_zero_page.
             "thp": CommandSpec(positionals: [], required: 0, flags: ["always", "madvise", "never", "zero_page", "no_zero_page"]),
+            "kswapd": CommandSpec(positionals: [], required: 0, flags: ["start", "stop"]),
         ]
         // Commands with a bounce buffer may keep it (`-> B`); the others have none to keep.
         for c in ["read", "write", "migrate_to_dev", "snapshot", "exclusive"] { t[c] = deviceCommandSpec }

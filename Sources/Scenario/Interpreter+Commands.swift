@@ -43,6 +43,7 @@ extension ScenarioInterpreter {
         case "vmstat": try vmstatCommand(cmd, ctx)
         case "hugepages": try hugepagesCommand(cmd, ctx)
         case "thp": try thpCommand(cmd, ctx)
+        case "kswapd": try kswapdCommand(cmd, ctx)
         case "sleep":
             let ns = try eval(try cmd.arg(0, "nanoseconds"), ctx)
             guard ns <= 1_000_000_000 else { throw cmd.fail("expected a sleep of at most 1 s (1000000000 ns)") }

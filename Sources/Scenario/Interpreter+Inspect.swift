@@ -243,6 +243,17 @@ extension ScenarioInterpreter {
         trace(cmd, ctx, "transparent_hugepage: enabled \(m.memory.thp.mode), use_zero_page \(m.memory.thp.useZeroPage ? 1 : 0)")
     }
 
+    /// `kswapd [start|stop]`: starts or stops the machine's background reclaim thread (off
+    /// until started: a scenario's page counts stay exact unless it asks for one) and prints
+    /// whether it runs.
+    func kswapdCommand(_ cmd: Command, _ ctx: Context) throws {
+        let m = try theMachine(at: cmd.name.location)
+        guard !(cmd.flag("start") && cmd.flag("stop")) else { throw cmd.fail("expected start or stop, not both") }
+        if cmd.flag("start") { m.startKswapd() }
+        if cmd.flag("stop") { m.stopKswapd() }
+        trace(cmd, ctx, "kswapd: \(m.kswapdRunning ? "running" : "stopped")")
+    }
+
     /// `meminfo [expect KEY=N…]`: system memory by kind and device memory in use, in pages.
     func meminfoCommand(_ cmd: Command, _ ctx: Context) throws {
         let info = meminfo(try theMachine(at: cmd.name.location))

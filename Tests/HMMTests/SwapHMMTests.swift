@@ -68,6 +68,33 @@ final class SwapHMMTests: XCTestCase {
         env.finish([d0])
     }
 
+    /// `migrate_vma_pages` (7.2): a page in the swap cache moves to the device only if it can
+    /// leave the cache (`folio_free_swap`: no swap entry names its slot any more).
+    func testMigrateMovesASwapCachePageOnlyOnceItCanLeaveTheCache() throws {
+        let env = try HMMEnv(swapPages: 16)
+        let a = try pagedOut(env, 1)
+        let child = try env.process.fork()
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 100, "swapped in; the child's entry keeps the page cached")
+        let pfn = try XCTUnwrap(try env.mm.pagemap(a, count: 1).first?.pfn)
+        let page = env.memory.page(pfn)
+        XCTAssertTrue(page.test(.swapCache))
+        let d0 = try env.module.open(minor: 0, mm: env.mm)
+        var m = DmirrorCmd(addr: a, npages: 1)
+        XCTAssertThrowsError(try d0.ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: Int(pageSize)))) {
+            XCTAssertEqual($0 as? Errno, .ENOENT, "not moved: the read-back finds no device page")
+        }
+        XCTAssertEqual(try env.mm.pagemap(a, count: 1).first?.pfn, pfn, "restored where it was")
+        XCTAssertTrue(page.test(.swapCache))
+        child.exit()
+        XCTAssertEqual(env.memory.swap.freeSlots, 15, "the child's exit leaves the mapped page cached")
+        var m2 = DmirrorCmd(addr: a, npages: 1)
+        try d0.ioctl(.migrateToDevice, &m2, buffer: DmirrorBuffer(size: Int(pageSize)))
+        XCTAssertEqual(m2.cpages, 1)
+        XCTAssertEqual(env.memory.swap.freeSlots, 16, "it left the swap cache on its way to the device")
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 100, "and comes back with its bytes")
+        env.finish([d0])
+    }
+
     func testReclaimOfADeviceExclusivePageRevokesTheDeviceFirst() throws {
         let env = try HMMEnv(swapPages: 16)
         let a = try env.anon(1)

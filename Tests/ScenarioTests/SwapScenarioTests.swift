@@ -31,6 +31,14 @@ final class SwapScenarioTests: XCTestCase {
         XCTAssertEqual(ScenarioInterpreter().run(source: script, file: "s.hmm"), .failed("s.hmm:7: expected pswpout=3, got pswpout=2"))
     }
 
+    /// `kswapd start|stop` runs and stops the machine's background reclaim thread.
+    func testKswapdStartsAndStops() throws {
+        let interp = ScenarioInterpreter()
+        XCTAssertEqual(interp.run(source: "machine memory=8MiB swap=1MiB\nkswapd start\nprocess main\nkswapd stop\nkswapd\n", file: "k.hmm"), .passed)
+        XCTAssertEqual(ScenarioInterpreter().run(source: "machine memory=8MiB\nkswapd start stop\n", file: "k.hmm"),
+                       .malformed("k.hmm:2:1: expected start or stop, not both"))
+    }
+
     /// `machine swap=` takes 0 or at least two pages (a header and a slot), a page multiple.
     func testSwapSizeIsChecked() throws {
         for (bad, col) in [("4KiB", 14), ("6KiB", 14), ("32GiB", 14)] {

@@ -60,8 +60,12 @@ extension MigratePhases {
             } else if src[i] & MigratePfn.migrate != 0 && dstCompound && !srcCompound {
                 src[i] &= ~MigratePfn.migrate
             }
-            // Only anonymous memory moves (to device or back); page-cache pages stay.
+            // Only anonymous memory moves (to device or back); page-cache pages stay. A page in
+            // the swap cache moves only if it can leave it (no swap entry names its slot).
             guard page.isAnon else { src[i] &= ~MigratePfn.migrate; continue }
+            if src[i] & MigratePfn.migrate != 0 && page.test(.swapCache) && !memory.swap.folioFreeSwap(page) {
+                src[i] &= ~MigratePfn.migrate; continue
+            }
             // folio_migrate_mapping: no reference may remain but ours (and the fault's).
             let expected: Int32 = 1 + (migrate?.faultPage == page ? 1 : 0)
             guard !page.folioMapped, page.refcount == expected else { src[i] &= ~MigratePfn.migrate; continue }

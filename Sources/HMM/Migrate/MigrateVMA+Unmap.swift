@@ -7,10 +7,11 @@ enum MigratePhases {}
 
 extension MigratePhases {
     /// `migrate_vma_check_page`: only the references we expect (ours from collect, plus the
-    /// fault's for the faulting page) may remain once every mapping is gone. For a large
-    /// folio, its reference count against all its mappings (PMD and PTE).
+    /// fault's for the faulting page, plus the swap cache's for a page in it) may remain once
+    /// every mapping is gone. For a large folio, its reference count against all its mappings
+    /// (PMD and PTE).
     static func checkPage(_ page: Page, faultPage: Page?) -> Bool {
-        let extra: Int32 = 1 + (faultPage == page ? 1 : 0)
+        let extra: Int32 = 1 + (faultPage == page ? 1 : 0) + (page.test(.swapCache) ? 1 : 0)
         return page.refcount - extra <= page.folioMapcount
     }
 

@@ -158,7 +158,7 @@ public final class SwapSpace: @unchecked Sendable {
     /// memory). Return: whether it left the cache.
     /// Locking: caller holds the page lock and a reference; takes the area's lock.
     @discardableResult
-    func folioFreeSwap(_ page: Page) -> Bool {
+    package func folioFreeSwap(_ page: Page) -> Bool {
         precondition(page.isLocked, "folioFreeSwap: page not locked")
         guard let e = entry(of: page), let area = resolve(e) else { return false }
         area.lock.lock()

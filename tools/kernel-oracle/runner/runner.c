@@ -1149,7 +1149,7 @@ static int isDeviceCommand(const char *n) {
     return 0;
 }
 static int actsInNoProcess(const char *n) {
-    static const char *t[] = { "buffer", "check_buffer", "file", "pwrite", "pread", "ftruncate", "print", "sleep", "skip", "machine", "thp", "invariants", "hugepages", "meminfo", "vmstat", "put", "unpin", NULL };
+    static const char *t[] = { "buffer", "check_buffer", "file", "pwrite", "pread", "ftruncate", "print", "sleep", "skip", "machine", "thp", "invariants", "hugepages", "meminfo", "vmstat", "kswapd", "put", "unpin", NULL };
     for (int i = 0; t[i]; i++) if (!strcmp(n, t[i])) return 1;
     return 0;
 }
@@ -1288,6 +1288,7 @@ static void runCommand(Cmd *c) {
     if (!strcmp(n, "hugepages")) { cmdHugepages(c); return; }
     if (!strcmp(n, "meminfo")) { cmdMeminfo(c); return; }
     if (!strcmp(n, "vmstat")) { unsupported("vmstat (the model's event counters)"); return; }
+    if (!strcmp(n, "kswapd")) { unsupported("kswapd (the kernel's runs always; the VM has no swap area)"); return; }
     if (!strcmp(n, "gup")) { cmdGup(c); return; }
     if (!strcmp(n, "put") || !strcmp(n, "unpin")) { cmdPut(c); return; }
     if (!strcmp(n, "skip")) { emitLine("@@SKIP %s:%d", c->file, c->line); longjmp(stopJump, 1); }
