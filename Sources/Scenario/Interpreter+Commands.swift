@@ -79,6 +79,11 @@ extension ScenarioInterpreter {
             try reserveHostMemory(v, at: cmd, releasing: machineSwap)
             machineSwap = v
         }
+        if let o = cmd.option("oom_killer") {
+            let v = try Expression.evaluate(o) { _ in nil }
+            guard v <= 1 else { throw ScenarioSyntaxError(location: o.location, message: "expected oom_killer=0 or 1") }
+            machineOOMKiller = v == 1
+        }
         if let c = cmd.option("max_map_count") {
             let v = try Expression.evaluate(c) { _ in nil }
             guard v >= 1, v <= 1 << 24 else { throw ScenarioSyntaxError(location: c.location, message: "expected max_map_count between 1 and 16777216") }

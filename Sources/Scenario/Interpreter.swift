@@ -119,6 +119,10 @@ public final class ScenarioInterpreter {
     /// Bytes of the machine's swap area (`machine swap=`; none by default).
     var machineSwap: UInt64 = 0
     var maxMapCount = 65_530
+    /// Whether the machine gets the OOM killer (`machine oom_killer=1`).
+    var machineOOMKiller = false
+    /// Processes whose OOM kill was reported.
+    var oomReported: Set<String> = []
 
     public init(options: Options = Options()) { self.options = options }
 
@@ -352,6 +356,7 @@ public final class ScenarioInterpreter {
             }
         case .command(let name, let args, let bind, let expects):
             let cmd = Command(name: name, args: args, bind: bind, expects: expects)
+            defer { reportOOMKills() }
             if options.trace && !ctx.concurrent {
                 let before = pageTableCensus()
                 defer { traceChanges(before, pageTableCensus()) }
@@ -436,6 +441,7 @@ public final class ScenarioInterpreter {
             do {
                 let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30, swapBytes: machineSwap)
                 m.maxMapCount = maxMapCount
+                m.oomKillerEnabled = machineOOMKiller
                 machine = m
                 module = DmirrorModule(machine: m)
                 // Under `hmm explore --check-every-step`: the machine's step invariants at
@@ -527,6 +533,18 @@ public final class ScenarioInterpreter {
 
     /// Output from any thread, one line at a time.
     func emit(_ line: String) { outputLock.withLock { options.output(line) } }
+
+    /// Prints, once each, the processes the OOM killer killed (as the kernel log's "Out of
+    /// memory: Killed process …").
+    func reportOOMKills() {
+        let killed: [(String, MMCore.Process)] = state.withLock {
+            guard let m = machine, m.oomKillerEnabled else { return [] }
+            let new = processOrder.compactMap { n in processes[n].flatMap { $0.mm.isOOMKilled && !oomReported.contains(n) ? (n, $0) : nil } }
+            for (n, _) in new { oomReported.insert(n) }
+            return new
+        }
+        for (n, p) in killed { emit("oom-kill: killed process \(n) (pid \(p.pid)), badness \(p.mm.oomBadnessWhenKilled) pages") }
+    }
 }
 
 #if canImport(Glibc)

@@ -19,11 +19,47 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20", "D21", "D22"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20", "D21", "D22", "D23"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
             XCTAssertTrue(doc.contains("Test: `test\(id)"), "\(id) names no test")
+        }
+    }
+
+    /// D23: without `oomKillerEnabled` an allocation reclaim cannot satisfy fails the fault
+    /// (no kill); with it, the largest process is killed and reaped, and it dies at its next
+    /// fault: a TLB entry of its shared memory, which the reaper leaves, still works until then.
+    func testD23OOMKillerIsOptInAndAVictimDiesAtItsNextFault() throws {
+        for enabled in [false, true] {
+            let env = try HMMEnv(mib: 16)
+            env.machine.oomKillerEnabled = enabled
+            let shared = try env.process.mmap(length: pageSize, prot: .readWrite, flags: [.shared, .anonymous])
+            try env.cpu.store(shared, UInt64(9))
+            let big = try env.anon(2560)
+            for i in 0..<2560 { try env.cpu.store(big + UInt64(i) * pageSize, UInt8(1)) }
+            let other = try MMCore.Process(machine: env.machine)
+            let cpu2 = other.makeCPU()
+            let a = try other.mmap(length: 8 << 20, prot: .readWrite, flags: [.private, .anonymous])
+            var failed: AccessFault? = nil
+            for i in 0..<2048 {
+                do { try cpu2.store(a + UInt64(i) * pageSize, UInt8(2)) } catch { failed = error; break }
+            }
+            if enabled {
+                XCTAssertNil(failed)
+                XCTAssertEqual(env.machine.stats[.oomKill], 1)
+                XCTAssertTrue(env.mm.isOOMKilled)
+                XCTAssertEqual(try env.cpu.load(shared, as: UInt64.self), 9, "a TLB hit: not dead yet")
+                XCTAssertThrowsError(try env.cpu.load(big, as: UInt8.self)) { XCTAssertEqual($0 as? AccessFault, .oom(address: big)) }
+            } else {
+                guard case .oom = failed else { return XCTFail("expected OOM, got \(String(describing: failed))") }
+                XCTAssertEqual(env.machine.stats[.oomKill], 0)
+                XCTAssertFalse(env.mm.isOOMKilled)
+                XCTAssertEqual(try env.cpu.load(big, as: UInt8.self), 1)
+            }
+            cpu2.detach()
+            other.exit()
+            env.finish([])
         }
     }
 

@@ -42,6 +42,8 @@ extension AddressSpace {
     func handleUserFault(_ address: UInt64, write: Bool, cache: Unmanaged<VMACache>?) -> FaultResult {
         Lockdep.assertNoLocksHeld()
         defer { machine.operationDone("fault") }
+        // A process the OOM killer chose dies at its next fault (its SIGKILL).
+        if oomState.loadRelaxed() != AddressSpace.oomAlive { return .oom }
         let flags: FaultFlags = write ? [.write] : []
         if let cache, let locked = cache._withUnsafeGuaranteedRef({ lockVMAUnderRCU(address, $0) }) {
             // The VMA is used borrowed: its lock keeps it in the tree, so no reference is taken

@@ -63,6 +63,14 @@ extension PhysicalMemory {
                 }
                 got = takeFrames(order: order)
             }
+            // __alloc_pages_may_oom: reclaim gave up; the OOM killer frees a victim's memory
+            // (when the machine has it on) and the allocation tries again, a few victims at most.
+            var kills = 0
+            while got == nil && kills < 8, let oom = oomHook, oom() {
+                kills += 1
+                drainAllPCP()
+                got = takeFrames(order: order)
+            }
         }
         guard let pfn = got else { return nil }
         let head = page(pfn)

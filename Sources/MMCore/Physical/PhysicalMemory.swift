@@ -38,6 +38,9 @@ public final class PhysicalMemory: @unchecked Sendable {
     public var hugetlb: HugeTLB { hugetlbPools.unsafelyUnwrapped }
     /// `__alloc_pages_direct_reclaim`'s way to its machine's reclaim (set by the machine).
     @exclusivity(unchecked) nonisolated(unsafe) var directReclaimHook: (() -> Int)? = nil
+    /// `__alloc_pages_may_oom`'s way to its machine's OOM killer (set by the machine): true
+    /// when memory may have come back.
+    @exclusivity(unchecked) nonisolated(unsafe) var oomHook: (() -> Bool)? = nil
     /// The machine's background reclaim thread's state; an allocation wakes it while it runs.
     let kswapd = Kswapd()
     /// The zone's watermarks in pages (`__setup_per_zone_wmarks`).

@@ -30,6 +30,8 @@ public final class MMStats: @unchecked Sendable {
         /// (`pgsteal_*`), taken off the active list to be aged (`pgrefill`), direct reclaims
         /// entered (`allocstall`), kswapd wake-ups (`pageoutrun`).
         case pgscanKswapd, pgscanDirect, pgscanAnon, pgstealKswapd, pgstealDirect, pgstealAnon, pgrefill, allocstall, pageoutrun
+        /// Processes the OOM killer killed (`oom_kill`).
+        case oomKill
     }
     @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}
@@ -53,12 +55,13 @@ public final class MMStats: @unchecked Sendable {
 }
 
 extension MMStats.Counter {
-    /// The counter's name in `--stats`: its Swift name, except the THP and reclaim-scan
+    /// The counter's name in `--stats`: its Swift name, except the THP, reclaim-scan and OOM
     /// counters, which take their /proc/vmstat names (`thpFaultAlloc` is `thp_fault_alloc`,
-    /// `thpSplitPMD` is `thp_split_pmd`, `pgscanKswapd` is `pgscan_kswapd`).
+    /// `thpSplitPMD` is `thp_split_pmd`, `pgscanKswapd` is `pgscan_kswapd`, `oomKill` is
+    /// `oom_kill`).
     public var name: String {
         let s = "\(self)"
-        guard s.hasPrefix("thp") || s.hasPrefix("pgscan") || s.hasPrefix("pgsteal") else { return s }
+        guard s.hasPrefix("thp") || s.hasPrefix("pgscan") || s.hasPrefix("pgsteal") || s.hasPrefix("oom") else { return s }
         var out = ""
         var previousUpper = false
         for c in s {

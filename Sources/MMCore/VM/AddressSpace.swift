@@ -31,6 +31,9 @@ public final class AddressSpace: @unchecked Sendable {
     /// for devices, as a dead mm does in the kernel.
     public var isDead: Bool { deadFlag.load() != 0 }
     @usableFromInline let deadFlag = AtomicWord(0)
+    /// The OOM killer's mark: alive, killed (being reaped) or reaped (see `OOMKill.swift`).
+    @usableFromInline let oomState = AtomicWord(0)
+    let oomBadnessAtKill = AtomicWord(0)
     /// 1 while this address space holds the huge zero folio (`MMF_HUGE_ZERO_FOLIO`).
     let holdsHugeZeroFolio = AtomicWord(0)
     /// 1 once a THP or huge zero PMD leaf was mapped here: faults then look at the PMD level

@@ -21,7 +21,16 @@ public final class Machine: @unchecked Sendable {
         memory = try PhysicalMemory(systemBytes: memoryBytes, devicePfnSpaceBytes: devicePfnSpaceBytes, populateRAM: populateRAM)
         if swapBytes > 0 { try memory.swap.swapOn(bytes: swapBytes) }
         memory.directReclaimHook = { [weak self] in self?.directReclaim() ?? 0 }
+        memory.oomHook = { [weak self] in self?.outOfMemory() ?? false }
     }
+
+    /// Whether an allocation that reclaim cannot satisfy invokes the OOM killer (off by
+    /// default: the allocation then fails, and the fault with it). Set before threads start.
+    @exclusivity(unchecked) nonisolated(unsafe) public var oomKillerEnabled = false
+    /// Serializes the OOM killer's selection (`oom_lock`).
+    let oomLock = Lock("oom_lock")
+    /// Where allocations wait for the OOM reaper.
+    let oomWait = WaitQueue()
 
     deinit { stopKswapd() }
 

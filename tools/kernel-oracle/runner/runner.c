@@ -1279,6 +1279,8 @@ static void runCommand(Cmd *c) {
             // The VM has no swap area: a script that pages out to one is not compared.
             const char *sw = opt(c, "swap");
             if (sw && eval(sw) != 0) { unsupported("machine swap= (the VM has no swap area)"); return; }
+            const char *ok = opt(c, "oom_killer");
+            if (ok && eval(ok) == 0) { unsupported("machine oom_killer=0 (the kernel's OOM killer is always on)"); return; }
             trace(c, "ok"); return;
         }
         if (!strcmp(n, "sleep")) { usleep(eval(need(c, 0, "a time")) / 1000); trace(c, "ok"); return; }
