@@ -133,7 +133,7 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// Commits host memory: MADV_POPULATE_WRITE, or a write to every host page where the
     /// host lacks it. The bytes stay zero.
-    private static func populate(_ base: UnsafeMutableRawPointer, _ bytes: Int) {
+    static func populate(_ base: UnsafeMutableRawPointer, _ bytes: Int) {
         #if os(Linux)
         if madvise(base, bytes, 23 /* MADV_POPULATE_WRITE */) == 0 { return }
         #endif

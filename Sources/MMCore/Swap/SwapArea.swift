@@ -40,14 +40,17 @@ public final class SwapArea: @unchecked Sendable {
     @usableFromInline static let bad: UInt64 = ~UInt64(0) << 3
 
     /// Creates an area of `bytes` (a page multiple of at least two pages: the header and one
-    /// slot). Throws EINVAL for a bad size, ENOMEM if the host refuses the reservation.
-    init(type: UInt8, bytes: UInt64) throws(Errno) {
+    /// slot), its slots committed by the host now with `populate` (as the machine's RAM with
+    /// `populateRAM`), else on first write. Throws EINVAL for a bad size, ENOMEM if the host
+    /// refuses the reservation.
+    init(type: UInt8, bytes: UInt64, populate: Bool = false) throws(Errno) {
         guard bytes >= 2 * pageSize, bytes % pageSize == 0, bytes <= 1 << 40 else { throw .EINVAL }
         self.type = type
         slots = bytes >> pageShift
         guard let s = mmap(nil, Int(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               s != MAP_FAILED else { throw .ENOMEM }
         storage = s
+        if populate { PhysicalMemory.populate(s, Int(bytes)) }
         table = .allocate(capacity: Int(slots))
         table.initialize(repeating: 0, count: Int(slots))
         table[0] = SwapArea.bad

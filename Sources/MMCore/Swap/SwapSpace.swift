@@ -26,14 +26,14 @@ public final class SwapSpace: @unchecked Sendable {
     }
     deinit { areaSlots.deallocate() }
 
-    /// `swapon`: adds an area of `bytes` backed by host memory.
+    /// `swapon`: adds an area of `bytes` backed by host memory (committed now with `populate`).
     /// Return: the new area. Throws EINVAL for a bad size, EPERM when all 24 swap types are
     /// taken (`MAX_SWAPFILES`), ENOMEM if the host refuses the memory.
     @discardableResult
-    public func swapOn(bytes: UInt64) throws(Errno) -> SwapArea {
+    public func swapOn(bytes: UInt64, populate: Bool = false) throws(Errno) -> SwapArea {
         swaponLock.lock(); defer { swaponLock.unlock() }
         guard areas.count < Int(SwapEntry.maxSwapFiles) else { throw .EPERM }
-        let area = try SwapArea(type: UInt8(areas.count), bytes: bytes)
+        let area = try SwapArea(type: UInt8(areas.count), bytes: bytes, populate: populate)
         areas.append(area)
         AtomicU64Ref(UnsafeMutableRawPointer(areaSlots + Int(area.type)))
             .store(UInt64(UInt(bitPattern: Unmanaged.passUnretained(area).toOpaque())))
