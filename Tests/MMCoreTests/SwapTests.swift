@@ -188,8 +188,8 @@ final class SwapTests: XCTestCase {
 
     /// Shmem pages swap through their page cache (`shmem_writeout`, `shmem_swapin_folio`): a
     /// shared anonymous mapping's written pages are unmapped and become swap entries in the
-    /// file; a never-written one (clean zeros) just leaves it; a touch, pread or pwrite reads
-    /// them back; truncation and the last unmap free the slots.
+    /// file; a never-written one (clean zeros) just leaves it; a fault (a major one), pread or
+    /// pwrite reads them back; truncation frees the slots.
     func testShmemPagesSwapThroughThePageCache() throws {
         let env = try Env(swapPages: 16)
         let a = try env.anon(4, shared: true)
@@ -206,8 +206,10 @@ final class SwapTests: XCTestCase {
         XCTAssertEqual(env.memory.swap.freeSlots, 14)
         env.check()
         XCTAssertTrue(pte(env, a).isNone, "unmapped: a shmem page's PTE is cleared, not a swap entry")
+        let majors = env.machine.stats[.pgmajfault]
         XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 11, "a fault reads the page back into the cache")
         XCTAssertEqual(env.machine.stats[.pswpin], 1)
+        XCTAssertEqual(env.machine.stats[.pgmajfault], majors + 1)
         XCTAssertEqual(file.swappedPages, 1)
         XCTAssertEqual(env.memory.swap.freeSlots, 15, "the slot goes at once")
         XCTAssertEqual(try file.pread(offset: pageSize, count: 8), [22, 0, 0, 0, 0, 0, 0, 0], "pread reads back the other one")
@@ -221,9 +223,37 @@ final class SwapTests: XCTestCase {
         try file.ftruncate(pageSize)
         XCTAssertEqual(file.cachedPages, 0, "truncation drops the cached page beyond the end")
         XCTAssertEqual(file.swappedPages, 1)
+        try file.pwrite(offset: 16, bytes: [5])
+        XCTAssertEqual(env.machine.stats[.pswpin], 3, "pwrite reads the page back before writing into it")
+        XCTAssertEqual(try file.pread(offset: 0, count: 17), [11, 0, 0, 0, 0, 0, 0, 0] + [UInt8](repeating: 0, count: 8) + [5])
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        XCTAssertEqual(file.swappedPages, 0, "not mapped any more by this process: MADV_PAGEOUT does not see it")
         try file.ftruncate(0)
         XCTAssertEqual(file.swappedPages, 0, "…and frees the swap entries")
         XCTAssertEqual(env.memory.swap.freeSlots, 16)
+        env.check()
+        env.teardown()
+    }
+
+    /// A partial truncation zeroes the rest of the last page even when that page is in swap:
+    /// it is read back first (`shmem_get_partial_folio`), so the old bytes do not come back
+    /// when the file grows again.
+    func testPartialTruncationOfASwappedPageZeroesItsTail() throws {
+        let env = try Env(swapPages: 8)
+        let file = ShmemFile(machine: env.machine, size: pageSize)
+        try file.pwrite(offset: 0, bytes: [UInt8](repeating: 0xAB, count: Int(pageSize)))
+        let a = try env.process.mmap(length: pageSize, prot: .readWrite, flags: .shared, file: file)
+        XCTAssertEqual(try env.cpu.load(a, as: UInt8.self), 0xAB)
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        XCTAssertEqual(file.swappedPages, 1)
+        try file.ftruncate(100)
+        XCTAssertEqual(env.machine.stats[.pswpin], 1, "read back to be zeroed")
+        XCTAssertEqual(file.swappedPages, 0)
+        try file.ftruncate(pageSize)
+        XCTAssertEqual(try file.pread(offset: 0, count: Int(pageSize)), [UInt8](repeating: 0xAB, count: 100) + [UInt8](repeating: 0, count: Int(pageSize) - 100))
+        XCTAssertEqual(try env.cpu.load(a + 200, as: UInt8.self), 0)
+        try env.process.munmap(a, length: pageSize)
+        try file.ftruncate(0)
         env.check()
         env.teardown()
     }

@@ -18,7 +18,7 @@ extension AddressSpace {
         // fails (past the end of the file) still leaves the VMA with one.
         if write && !vma.isShared && vmfAnonPrepare(vma, flags) == nil { return .retry }
         let page: Page
-        do { page = try file.getPage(vma.linearPageIndex(address)) } catch {
+        do { page = try file.getPage(vma.linearPageIndex(address), fault: true) } catch {
             return error == .ENOMEM ? .oom : .sigbus
         }
         if write && !vma.isShared {

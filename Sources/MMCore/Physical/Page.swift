@@ -133,6 +133,9 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
         guard bits & Page.ownerTagMask == Page.ownerTagAnon else { return nil }
         return Unmanaged<AnonVMA>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits & ~Page.ownerTagMask))!).takeUnretainedValue()
     }
+    /// Whether the owner is a file (its page cache), without touching the file object: a
+    /// walker that does not hold the file uses `Machine.shmemFile(owning:)` to get it safely.
+    @inlinable public var hasFileOwner: Bool { let bits = ownerBits; return bits != 0 && bits & Page.ownerTagMask == 0 }
     /// The file (page cache) a file page belongs to.
     public var file: ShmemFile? {
         let bits = ownerBits

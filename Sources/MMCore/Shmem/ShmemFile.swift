@@ -96,7 +96,7 @@ public final class ShmemFile: @unchecked Sendable {
     /// swap-cache page's lock. Return: the page with a reference for the caller, or nil when
     /// the entry changed meanwhile (look again). Throws ENOMEM.
     /// Locking: no spin lock held; takes the page lock, the swap area's and cacheLock.
-    private func swapIn(_ index: UInt64, _ e: SwapEntry) throws(Errno) -> Page? {
+    private func swapIn(_ index: UInt64, _ e: SwapEntry, fault: Bool) throws(Errno) -> Page? {
         Lockdep.assertNoSpinLockHeld()
         let swap = memory.swap
         let page: Page
@@ -110,6 +110,7 @@ public final class ShmemFile: @unchecked Sendable {
             guard swap.addForSwapIn(new, e) == .added else { new.unlock(); memory.put(new); return nil }
             swap.readIn(new)
             machine.stats.count(.pswpin)
+            if fault { machine.stats.count(.pgmajfault) }
             page = new
         }
         cacheLock.lock()
@@ -122,7 +123,9 @@ public final class ShmemFile: @unchecked Sendable {
         memory.get(page)   // the page cache's reference; the caller keeps the lookup's
         cacheLock.unlock()
         swap.folioPutSwap(page, e)
-        swap.folioFreeSwap(page)   // the slot goes; the page is dirty: its only copy
+        // The slot goes (nothing else counts on a file's slot); the page is dirty: its only copy.
+        let freed = swap.folioFreeSwap(page)
+        precondition(freed, "shmem swap-in: \(e) still counted after the file's entry was put")
         page.unlock()
         return page
     }
@@ -142,12 +145,20 @@ public final class ShmemFile: @unchecked Sendable {
             guard swap.folioAllocSwap(page) != nil else { return false }
         }
         cacheLock.lock()
-        // Only the page cache's reference and the caller's (plus the swap cache's, just taken).
-        guard pages[page.index] == page.pfn, page.mapcount == 0, page.refcount == (dirty ? 3 : 2) else {
+        // Only the page cache's reference and the caller's (plus the swap cache's, just taken):
+        // frozen for the look at the dirty bit, as `__remove_mapping` does, so that a writer
+        // who held the page meanwhile (pwrite) has both dirtied it and let it go, or still
+        // holds it. A page that became dirty goes round again.
+        let expected: Int32 = dirty ? 3 : 2
+        guard pages[page.index] == page.pfn, page.mapcount == 0,
+              page.refcountWord.compareExchange(expected: expected, desired: 0).exchanged else {
             cacheLock.unlock()
             if dirty { swap.delete(page) }
             return false
         }
+        let dirtied = !dirty && page.test(.dirty)
+        page.refcountWord.store(expected)
+        guard !dirtied else { cacheLock.unlock(); return false }
         pages[page.index] = nil
         if dirty {
             let e = swap.folioDupSwap(page)
@@ -175,13 +186,14 @@ public final class ShmemFile: @unchecked Sendable {
     /// free even after direct reclaim (the new page is allocated outside the cache's lock, as
     /// `shmem_alloc_and_add_folio` does, so reclaim may run; a racing creator wins).
     /// Locking: no spin lock held (may reclaim); takes cacheLock.
-    /// A page that was swapped out is read back first (`shmem_swapin_folio`).
-    public func getPage(_ index: UInt64) throws(Errno) -> Page {
+    /// A page that was swapped out is read back first (`shmem_swapin_folio`; a major fault
+    /// when `fault`).
+    public func getPage(_ index: UInt64, fault: Bool = false) throws(Errno) -> Page {
         Lockdep.assertNoSpinLockHeld()
         while true {
             switch try cachedPage(index) {
             case .page(let p): return p
-            case .swapped(let e): if let p = try swapIn(index, e) { return p }
+            case .swapped(let e): if let p = try swapIn(index, e, fault: fault) { return p }
             case .none: if let p = try addNewPage(index) { return p }
             }
         }
@@ -228,7 +240,7 @@ public final class ShmemFile: @unchecked Sendable {
                 case .none: page = nil
                 }
             } catch .EFAULT {
-                break   // truncated meanwhile: a short read
+                return Array(out.prefix(Int(pos - offset)))   // truncated meanwhile: a short read
             }
             if let page {
                 out.withUnsafeMutableBytes { b in
@@ -281,10 +293,25 @@ public final class ShmemFile: @unchecked Sendable {
         if wholePagesGo { unmapMappingRange(fromIndex: firstGone) }
         for pfn in gone { drop(memory.page(pfn)) }
         for e in goneSwap { if let p = memory.swap.putEntryDirect(e) { memory.put(p) } }
-        // A partial last page is zeroed beyond the new end, as tmpfs does.
-        if newSize & (pageSize - 1) != 0, let pfn = cacheLock.withLock({ pages[newSize >> pageShift] }) {
-            let inPage = Int(newSize & (pageSize - 1))
-            memset(memory.frame(pfn) + inPage, 0, Int(pageSize) - inPage)
+        // A partial last page is zeroed beyond the new end, as tmpfs does
+        // (`shmem_get_partial_folio`: a swapped-out one is read back first; a hole stays one),
+        // under its lock and a reference, and dirtied.
+        if newSize & (pageSize - 1) != 0 {
+            let idx = newSize >> pageShift
+            let page: Page?
+            switch try cachedPage(idx) {
+            case .page(let p): page = p
+            case .swapped: page = try getPage(idx)
+            case .none: page = nil
+            }
+            if let page {
+                page.lock()
+                let inPage = Int(newSize & (pageSize - 1))
+                memset(memory.frame(page.pfn) + inPage, 0, Int(pageSize) - inPage)
+                page.set(.dirty)
+                page.unlock()
+                memory.put(page)
+            }
         }
     }
 

@@ -11,8 +11,9 @@ import MMSync
 /// Unlike the kernel's, a batch holds no page reference (the model's migration and reuse
 /// checks count references exactly): a page freed while batched is taken out of its batch.
 ///
-/// Only small anonymous pages are on the lists (large folios, page-cache, zone-device and
-/// page-table pages are not: their reclaim is not built yet).
+/// Small anonymous and shmem pages are on the lists (shmem is swap-backed: on the anonymous
+/// lists, as in 7.2); large folios, zone-device and page-table pages are not (THP reclaim is
+/// not built).
 ///
 /// Sendable: the lists are guarded by `lock`; each batch by its own lock (taken first).
 public final class LRULists: @unchecked Sendable {
@@ -60,7 +61,7 @@ public final class LRULists: @unchecked Sendable {
 
     // MARK: adding (folio_add_lru)
 
-    /// `folio_add_lru`: a new small anonymous page will go on the inactive list, through the
+    /// `folio_add_lru`: a new small anonymous or shmem page will go on the inactive list, through the
     /// calling CPU's batch. Large folios and zone-device pages are not added.
     /// Locking: takes the batch's lock (then the LRU lock when the batch is full); no spin
     /// lock may be held by a caller that could be freeing this page meanwhile.

@@ -60,9 +60,11 @@ extension Machine {
         // reclaim works on the page. A page that is neither anonymous, nor a live file's, nor
         // in the swap cache (dropped from its file meanwhile) is left to its last holder.
         var shmem: ShmemFile? = nil
-        if !page.isAnon && !page.test(.swapCache) {
-            guard let f = shmemFile(owning: page) else { return keep(.activate) }
+        if page.hasFileOwner {
+            guard let f = shmemFile(owning: page), !page.test(.swapCache) else { return keep(.activate) }
             shmem = f
+        } else if !page.isAnon && !page.test(.swapCache) {
+            return keep(.activate)
         }
         if checkReferences {
             let used = folioReferenced(page)
@@ -120,6 +122,10 @@ extension Machine {
     /// Locking: caller holds the page lock; takes the rmap and PTE locks.
     func folioReferenced(_ page: Page) -> Int {
         precondition(page.isLocked, "folioReferenced: page not locked")
+        // A shmem page's file, held for the walk (nil: it is being torn down; nothing maps it).
+        let file = page.hasFileOwner ? shmemFile(owning: page) : nil
+        if page.hasFileOwner && file == nil { return 0 }
+        defer { withExtendedLifetime(file) {} }
         var referenced = 0
         memory.rmapWalk(page) { hit in
             _ = hit.vma.mm.withMappedPTE(hit.address, pfn: page.pfn) { ptep, found in
