@@ -13,6 +13,15 @@ final class SwapTests: XCTestCase {
         let v = f.entry.load()
         return v.isSwap && v.swapEntry.isSwapSlot ? v : nil
     }
+    /// One page holding `value` at its start, paged out (a machine with 8 swap slots).
+    private func pagedOutPage(_ value: UInt64) throws -> (Env, UInt64) {
+        let env = try Env(swapPages: 8)
+        let a = try env.anon(1)
+        try env.cpu.store(a, value)
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        XCTAssertEqual(env.memory.swap.freeSlots, 7)
+        return (env, a)
+    }
     private func pte(_ env: Env, _ address: UInt64) -> PTE {
         env.mm.mmapLock.lockRead(); defer { env.mm.mmapLock.unlockRead() }
         return env.mm.pageTable.lookup(address, level: .pte)?.entry.load() ?? .none
@@ -45,6 +54,8 @@ final class SwapTests: XCTestCase {
         try checkIDX(env.cpu, a, bytes: 4 * pageSize)
         XCTAssertEqual(env.machine.stats[.pswpin], 4)
         XCTAssertEqual(env.machine.stats[.pgmajfault], 4)
+        XCTAssertEqual(env.machine.stats[.workingsetRefaultAnon], 4)
+        XCTAssertEqual(MMStats.Counter.workingsetRefaultAnon.name, "workingset_refault_anon")
         for i in 0..<4 {
             let v = pte(env, a + UInt64(i) * pageSize)
             XCTAssertTrue(v.isPresent && v.isWrite && !v.isDirty, "page \(i): \(v)")
@@ -58,10 +69,7 @@ final class SwapTests: XCTestCase {
     }
 
     func testAWriteFaultSwapsInDirtyAndASecondPageoutWritesAgain() throws {
-        let env = try Env(swapPages: 8)
-        let a = try env.anon(1)
-        try env.cpu.store(a, UInt64(0x1234))
-        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        let (env, a) = try pagedOutPage(UInt64(0x1234))
         try env.cpu.store(a + 8, UInt64(0x5678))
         let v = pte(env, a)
         XCTAssertTrue(v.isPresent && v.isWrite && v.isDirty)
@@ -75,10 +83,7 @@ final class SwapTests: XCTestCase {
     }
 
     func testForkSharesTheSlotAndEachSideSwapsInOnce() throws {
-        let env = try Env(swapPages: 8)
-        let a = try env.anon(1)
-        try env.cpu.store(a, UInt64(41))
-        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        let (env, a) = try pagedOutPage(UInt64(41))
         let e = try XCTUnwrap(swapPTE(env, a)).swapEntry
         let child = try env.process.fork()
         let area = env.memory.swap.area(0)!
@@ -153,10 +158,7 @@ final class SwapTests: XCTestCase {
     /// cheaper than a swap-in), and marks a swap-cache page lazily freeable only once it could
     /// leave the swap cache (`folio_free_swap` under the page lock).
     func testMadvFreeDropsSwapEntriesAndFreesTheSwapCacheFirst() throws {
-        let env = try Env(swapPages: 8)
-        let a = try env.anon(1)
-        try env.cpu.store(a, UInt64(5))
-        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        let (env, a) = try pagedOutPage(UInt64(5))
         let child = try env.process.fork()
         let childCPU = child.makeCPU()
         XCTAssertEqual(try childCPU.load(a, as: UInt64.self), 5)

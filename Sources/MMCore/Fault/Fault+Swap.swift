@@ -30,6 +30,7 @@ extension AddressSpace {
             case .added:
                 swap.readIn(new)
                 stats.count(.pswpin)
+                stats.count(.workingsetRefaultAnon)   // the slot held the page's shadow: a refault
                 stats.count(.pgmajfault)
                 page = new
             case .raced, .slotFree:

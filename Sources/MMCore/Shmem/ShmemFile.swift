@@ -110,6 +110,7 @@ public final class ShmemFile: @unchecked Sendable {
             guard swap.addForSwapIn(new, e) == .added else { new.unlock(); memory.put(new); return nil }
             swap.readIn(new)
             machine.stats.count(.pswpin)
+            machine.stats.count(.workingsetRefaultAnon)   // shmem is on the anonymous lists
             if fault { machine.stats.count(.pgmajfault) }
             page = new
         }

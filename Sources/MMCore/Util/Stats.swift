@@ -32,6 +32,10 @@ public final class MMStats: @unchecked Sendable {
         case pgscanKswapd, pgscanDirect, pgscanAnon, pgstealKswapd, pgstealDirect, pgstealAnon, pgrefill, allocstall, pageoutrun
         /// Processes the OOM killer killed (`oom_kill`).
         case oomKill
+        /// Pages read back from a slot that held their shadow since reclaim evicted them
+        /// (`workingset_refault_anon`; every swap-in read here: the activation test on the
+        /// refault distance, `workingset_activate_anon`, is not modelled).
+        case workingsetRefaultAnon
     }
     @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}
@@ -58,10 +62,10 @@ extension MMStats.Counter {
     /// The counter's name in `--stats`: its Swift name, except the THP, reclaim-scan and OOM
     /// counters, which take their /proc/vmstat names (`thpFaultAlloc` is `thp_fault_alloc`,
     /// `thpSplitPMD` is `thp_split_pmd`, `pgscanKswapd` is `pgscan_kswapd`, `oomKill` is
-    /// `oom_kill`).
+    /// `oom_kill`, `workingsetRefaultAnon` is `workingset_refault_anon`).
     public var name: String {
         let s = "\(self)"
-        guard s.hasPrefix("thp") || s.hasPrefix("pgscan") || s.hasPrefix("pgsteal") || s.hasPrefix("oom") else { return s }
+        guard s.hasPrefix("thp") || s.hasPrefix("pgscan") || s.hasPrefix("pgsteal") || s.hasPrefix("oom") || s.hasPrefix("workingset") else { return s }
         var out = ""
         var previousUpper = false
         for c in s {
