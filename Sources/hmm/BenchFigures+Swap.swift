@@ -1,3 +1,4 @@
+import Devices
 import MMCore
 import MMSync
 import NativeBaselines
@@ -60,11 +61,80 @@ extension BenchSuite {
         }
         let (tight, roomy) = try measurePair(reps, { () throws -> Double in try stream(memory: ram, swap: set) },
                                              { () throws -> Double in try stream(memory: set + set / 32 + (64 << 20), swap: 0) })
+        let (loaded, roomyLoaded) = try measurePair(reps, { () throws -> Double in try reclaimUnderLoad(memory: ram, set: 3 * ram, swap: 4 * ram) },
+                                                    { () throws -> Double in try reclaimUnderLoad(memory: 4 * ram + (64 << 20), set: 3 * ram, swap: 0) })
         return [
             BenchRow(name: "MADV_PAGEOUT + swap-in of \(bytes >> 20)MiB vs memcpy twice", unit: "GB/s", value: round.median,
                      baseline: copy.median, spread: (round.min, round.max), kind: .rate, target: 0.5),
             BenchRow(name: "write + read of 4x RAM (\(set >> 20)MiB on \(ram >> 20)MiB) vs enough RAM", unit: "ns/page", value: tight.median,
                      baseline: roomy.median, spread: (tight.min, tight.max), kind: .time, target: 3.0),
+            BenchRow(name: "2 CPU threads over 3x RAM beside a migrating device vs enough RAM", unit: "ns/page", value: loaded.median,
+                     baseline: roomyLoaded.median, spread: (loaded.min, loaded.max), kind: .time, target: 3.0),
         ]
+    }
+
+    /// Two CPU threads each write and read back their half of `set` bytes (one access per
+    /// page, checked) while a device thread reads an 8 MiB region of its own (faulting it in),
+    /// migrates it to the device and back, again and again; reclaim keeps up on a machine of
+    /// `memory` with `swap`. The region's bytes are checked at the end. Return: ns per CPU
+    /// page access.
+    func reclaimUnderLoad(memory: UInt64, set: UInt64, swap: UInt64) throws -> Double {
+        let m = try Machine(memoryBytes: memory, devicePfnSpaceBytes: 1 << 30, swapBytes: swap, populateRAM: true)
+        let p = try MMCore.Process(machine: m)
+        let cpu = p.makeCPU()
+        defer { cpu.detach(); p.exit() }
+        let region: UInt64 = 8 << 20, rpages = region / pageSize
+        let r = try p.mmap(length: region, prot: .readWrite, flags: [.private, .anonymous])
+        try cpu.run { cpu in
+            var off: UInt64 = 0
+            while off < region { try cpu.store(r + off, UInt64(off) | 1); off += pageSize }
+        }
+        let d = try DmirrorModule(machine: m).open(minor: 0, mm: p.mm)
+        defer { d.close() }
+        let a = try p.mmap(length: set, prot: .readWrite, flags: [.private, .anonymous])
+        let stop = AtomicWord(0), failures = AtomicWord(0), rounds = AtomicWord(0)
+        let device = ModelThread.spawn(name: "device") {
+            let buf = DmirrorBuffer(size: Int(region))
+            while stop.load() == 0 {
+                var c = DmirrorCmd(addr: r, npages: rpages)
+                do { try d.ioctl(.read, &c, buffer: buf) } catch { failures.add(1) }
+                c = DmirrorCmd(addr: r, npages: rpages)
+                // Pages reclaim swapped out meanwhile are passed over: ENOENT from the read-back.
+                do { try d.ioctl(.migrateToDevice, &c, buffer: buf) } catch { if (error as? Errno) != .ENOENT { failures.add(1) } }
+                c = DmirrorCmd(addr: r, npages: rpages)
+                do { try d.ioctl(.migrateToSystem, &c) } catch { failures.add(1) }
+                rounds.add(1)
+            }
+        }
+        let half = set / 2
+        let t = seconds {
+            let threads = (0..<2).map { k in
+                p.spawnThread(name: "cpu\(k)") { cpu in
+                    let base = a + UInt64(k) * half
+                    do {
+                        var off: UInt64 = 0
+                        while off < half { try cpu.store(base + off, UInt64(off) ^ UInt64(k)); off += pageSize }
+                        off = 0
+                        while off < half {
+                            if try cpu.load(base + off, as: UInt64.self) != UInt64(off) ^ UInt64(k) { failures.add(1) }
+                            off += pageSize
+                        }
+                    } catch { failures.add(1) }
+                }
+            }
+            threads.forEach { $0.join() }
+        }
+        stop.store(1)
+        device.join()
+        try cpu.run { cpu in
+            var off: UInt64 = 0
+            while off < region {
+                guard try cpu.load(r + off, as: UInt64.self) == UInt64(off) | 1 else { throw BenchError(description: "bad device-region bytes at \(off)") }
+                off += pageSize
+            }
+        }
+        guard failures.load() == 0 else { throw BenchError(description: "\(failures.load()) failed accesses or device commands") }
+        guard rounds.load() > 0 else { throw BenchError(description: "the device never completed a round") }
+        return t / Double(2 * set / pageSize) * 1e9
     }
 }
