@@ -97,6 +97,30 @@ EOF
 
 deb_of() { ls "$CACHE"/debs/"$1"_*.deb 2>/dev/null | head -1 || true; }
 
+# zram (and the compressor it depends on) from Debian's module package, for the swap scenarios:
+# the runner makes /dev/zram0 a swap area of the size a script's `machine swap=` asks for.
+fetch_zram() {
+    local stamp=$CACHE/stamps/zram-$KVER
+    [ -f "$stamp" ] && [ -f "$OUT/zram.ko" ] && return 0
+    local -a A; mapfile -t A < <(apt_opts)
+    local pkg=linux-modules-$KVER
+    if [ -z "$(deb_of "$pkg")" ]; then
+        say "downloading $pkg (zram for the swap scenarios)"
+        (cd "$CACHE/debs" && apt-get "${A[@]}" download -qq "$pkg" >/dev/null) || die "apt-get download $pkg failed"
+    fi
+    local tmp; tmp=$(mktemp -d)
+    dpkg-deb --fsys-tarfile "$(deb_of "$pkg")" | tar -x -C "$tmp" --wildcards '*/zram.ko*' '*/lz4hc_compress.ko*' \
+        || die "no zram.ko or lz4hc_compress.ko in $pkg"
+    mkdir -p "$OUT"
+    local m f
+    for m in zram lz4hc_compress; do
+        f=$(find "$tmp" -name "$m.ko*" | head -1); [ -n "$f" ] || die "no $m.ko in $pkg"
+        case "$f" in *.xz) xz -dc "$f" ;; *.zst) zstd -dc "$f" ;; *) cat "$f" ;; esac > "$OUT/$m.ko" || die "cannot unpack $f"
+    done
+    rm -rf "$tmp"
+    touch "$stamp"
+}
+
 # --- the build root ----------------------------------------------------------------------------
 make_root() {
     local stamp=$CACHE/stamps/root
@@ -232,6 +256,7 @@ make_initramfs() {
     for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$d/bin/$a"; done
     cp "$HERE/init" "$d/init" && chmod +x "$d/init"
     cp "$OUT/test_hmm.ko" "$OUT/gup_test_oracle.ko" "$d/lib/"
+    for f in zram.ko lz4hc_compress.ko; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$d/lib/"; done
     cp "$OUT/hmm-tests" "$d/bin/"
     [ -f "$OUT/hmm-host-oracle" ] && cp "$OUT/hmm-host-oracle" "$d/bin/"
     [ -f "$OUT/hmm-oracle-runner" ] && cp "$OUT/hmm-oracle-runner" "$d/bin/"
@@ -250,6 +275,7 @@ prepare() {
     build_selftests
     build_host_oracle
     build_runner
+    fetch_zram
     make_initramfs
     say "ready in $((SECONDS - t0)) s: $OUT (kernel $KVER)"
 }

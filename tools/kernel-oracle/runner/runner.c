@@ -85,8 +85,9 @@ static char *slurp(const char *path) {
 // A small file read whole (sysfs and procfs files have no size to seek to).
 static char *readText(const char *path) {
     int fd = open(path, O_RDONLY); if (fd < 0) return NULL;
-    char *b = malloc(4097); ssize_t n = 0, r;
-    while (n < 4096 && (r = read(fd, b + n, 4096 - n)) > 0) n += r;
+    enum { cap = 65536 };
+    char *b = malloc(cap + 1); ssize_t n = 0, r;
+    while (n < cap && (r = read(fd, b + n, cap - n)) > 0) n += r;
     close(fd);
     if (r < 0 && n == 0) { free(b); return NULL; }
     b[n] = 0; return b;
@@ -817,19 +818,24 @@ static void cmdPut(Cmd *c) {
 // keys count its own machine. No trace line (as the model): the expectations are what compares.
 static void cmdMeminfo(Cmd *c) {
     static const struct { const char *key, *field; } t[] = { {"hugepages_total", "HugePages_Total:"}, {"hugepages_free", "HugePages_Free:"},
-        {"hugepages_rsvd", "HugePages_Rsvd:"}, {"hugepages_surp", "HugePages_Surp:"}, {"hugetlb", "Hugetlb:"}, {NULL, NULL} };
+        {"hugepages_rsvd", "HugePages_Rsvd:"}, {"hugepages_surp", "HugePages_Surp:"}, {"hugetlb", "Hugetlb:"},
+        {"swap_total", "SwapTotal:"}, {"swap_free", "SwapFree:"}, {"swap_cached", "SwapCached:"}, {NULL, NULL} };
+    // Page-state counters (SwapCached is NR_SWAPCACHE) are per-CPU deltas folded into the
+    // global value past a threshold: fold them now (vm.stat_refresh) so small counts are exact.
+    int fd = open("/proc/sys/vm/stat_refresh", O_WRONLY);
+    if (fd >= 0) { if (write(fd, "1", 1) < 0) { /* not root: the counts may lag */ } close(fd); }
     char *text = readText("/proc/meminfo");
     if (!text) fatal("cannot read /proc/meminfo");
-    uint64_t got[8] = {0}; char line[512] = "meminfo:";
+    uint64_t got[16] = {0}; char line[512] = "meminfo:";
     for (int i = 0; t[i].key; i++) {
         const char *f = strstr(text, t[i].field);
         if (!f) fatal("/proc/meminfo has no %s", t[i].field);
         got[i] = strtoull(f + strlen(t[i].field), NULL, 10);
-        if (!strcmp(t[i].key, "hugetlb")) got[i] /= 4;   // kB
+        if (!strcmp(t[i].key, "hugetlb") || !strncmp(t[i].key, "swap_", 5)) got[i] /= 4;   // kB
         snprintf(line + strlen(line), sizeof line - strlen(line), "%s %s %llu", i ? "," : "", t[i].key, (unsigned long long)got[i]);
     }
     free(text);
-    emitLine("%s (pages; the kernel's hugetlb keys only)", line);
+    emitLine("%s (pages; the kernel's hugetlb and swap keys only)", line);
     for (int j = 0; j < c->nexpects; j++) {
         const char *k = c->expects[j].key; if (!k) continue;
         int i = 0; while (t[i].key && strcmp(t[i].key, k)) i++;
@@ -839,7 +845,61 @@ static void cmdMeminfo(Cmd *c) {
     }
 }
 
+// /proc/vmstat's counter `name`, or -1 if the kernel has none by that name.
+static long long vmstatValue(const char *text, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (!strncmp(p, name, n) && p[n] == ' ') return strtoll(p + n + 1, NULL, 10);
+    return -1;
+}
+static char *vmstatAtMachine;   // /proc/vmstat when `machine` ran: vmstat reports what changed since
+
+// `vmstat [expect KEY=N…]`: the kernel's event counters since `machine`, by their /proc/vmstat
+// names (the model's own counters, camel-case, have none: unsupported). Global counters: the
+// VM runs nothing else.
+static void cmdVmstat(Cmd *c) {
+    char *now = readText("/proc/vmstat");
+    if (!now || !vmstatAtMachine) unsupported("vmstat without a 'machine' line (nothing to count from)");
+    char line[1024] = "vmstat:";
+    for (int j = 0; j < c->nexpects; j++) {
+        const char *k = c->expects[j].key; if (!k) continue;
+        long long a = vmstatValue(now, k), b = vmstatValue(vmstatAtMachine, k);
+        if (a < 0 || b < 0) { char w[128]; snprintf(w, sizeof w, "vmstat %s (the model's own counter)", k); unsupported(w); }
+        snprintf(line + strlen(line), sizeof line - strlen(line), "%s %s %lld", j ? "," : "", k, a - b);
+    }
+    emitLine("%s", line);
+    for (int j = 0; j < c->nexpects; j++) {
+        const char *k = c->expects[j].key; if (!k) continue;
+        long long got = vmstatValue(now, k) - vmstatValue(vmstatAtMachine, k);
+        uint64_t want = eval(c->expects[j].value);
+        if ((long long)want != got) expectFailed("expected %s=%llu, got %s=%lld", k, (unsigned long long)want, k, got);
+    }
+    free(now);
+}
+
 static void writeFile(const char *path, const char *text);
+// `machine swap=N` in the VM: zram0 (loaded by the VM's init) becomes a swap area of N bytes,
+// the first page its header as the model's; 0 turns swap off. Outside the VM: unsupported.
+static void setupSwap(uint64_t bytes) {
+    extern int inVM;
+    if (!inVM) unsupported("machine swap= outside the oracle's VM (it would change this machine's swap)");
+    if (access("/sys/block/zram0/disksize", W_OK) != 0) unsupported("machine swap= (no zram device in the VM)");
+    // system() needs its child reaped by wait: SIGCHLD is ignored otherwise (`machine` comes
+    // first, so no script process can exit meanwhile).
+    signal(SIGCHLD, SIG_DFL);
+    int off = system("swapoff /dev/zram0 2>/dev/null; true");
+    writeFile("/sys/block/zram0/reset", "1");
+    int on = 0;
+    if (bytes != 0) {
+        char num[32]; snprintf(num, sizeof num, "%llu", (unsigned long long)bytes);
+        writeFile("/sys/block/zram0/disksize", num);
+        on = system("mkswap /dev/zram0 >/dev/null 2>&1 && swapon /dev/zram0");
+    }
+    signal(SIGCHLD, SIG_IGN);
+    if (off < 0) fatal("swapoff: cannot run a shell");
+    if (on != 0) unsupported("machine swap= (mkswap/swapon of zram0 failed)");
+}
+
 static void cmdHugepages(Cmd *c) {
     extern int inVM;
     if (!inVM) unsupported("hugepages outside the oracle's VM (it would change this machine's pool)");
@@ -1276,9 +1336,10 @@ static void runCommand(Cmd *c) {
         // The model's machine size; the kernel's is the VM's (3 GiB): a script whose outcome
         // depends on it differs, and shows so.
         if (!strcmp(n, "machine")) {
-            // The VM has no swap area: a script that pages out to one is not compared.
+            // A swap area: zram0 of that size (the VM's swap is off otherwise).
             const char *sw = opt(c, "swap");
-            if (sw && eval(sw) != 0) { unsupported("machine swap= (the VM has no swap area)"); return; }
+            if (sw) setupSwap(eval(sw));
+            free(vmstatAtMachine); vmstatAtMachine = readText("/proc/vmstat");
             const char *ok = opt(c, "oom_killer");
             if (ok && eval(ok) == 0) { unsupported("machine oom_killer=0 (the kernel's OOM killer is always on)"); return; }
             trace(c, "ok"); return;
@@ -1289,8 +1350,12 @@ static void runCommand(Cmd *c) {
     if (!strcmp(n, "invariants")) { cmdInvariants(c); return; }
     if (!strcmp(n, "hugepages")) { cmdHugepages(c); return; }
     if (!strcmp(n, "meminfo")) { cmdMeminfo(c); return; }
-    if (!strcmp(n, "vmstat")) { unsupported("vmstat (the model's event counters)"); return; }
-    if (!strcmp(n, "kswapd")) { unsupported("kswapd (the kernel's runs always; the VM has no swap area)"); return; }
+    if (!strcmp(n, "vmstat")) { cmdVmstat(c); return; }
+    if (!strcmp(n, "kswapd")) {
+        // The kernel's kswapd always runs: `kswapd` and `kswapd start` say so; it cannot stop.
+        if (flag(c, "stop")) unsupported("kswapd stop (the kernel's kswapd always runs)");
+        trace(c, "kswapd: running"); return;
+    }
     if (!strcmp(n, "gup")) { cmdGup(c); return; }
     if (!strcmp(n, "put") || !strcmp(n, "unpin")) { cmdPut(c); return; }
     if (!strcmp(n, "skip")) { emitLine("@@SKIP %s:%d", c->file, c->line); longjmp(stopJump, 1); }
