@@ -308,8 +308,8 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             m.finalize()
             // VM_FAULT_OOM from FAIL_ALLOC: a user fault's OOM reaches x86's #PF handler, whose
             // pagefault_out_of_memory only logs "VM_FAULT_OOM leaked out" and retries; the flag
-            // is consumed, so the retry succeeds. A real allocation failure stays OOM (no OOM
-            // killer yet: docs/linux-divergences.md).
+            // is consumed, so the retry succeeds. A real allocation failure stays OOM (the OOM
+            // killer, when the machine has it on, ran inside the allocation already: D23).
             return injected ? .retry : .oom
         }
         copied.wait()

@@ -42,8 +42,6 @@ extension AddressSpace {
     func handleUserFault(_ address: UInt64, write: Bool, cache: Unmanaged<VMACache>?) -> FaultResult {
         Lockdep.assertNoLocksHeld()
         defer { machine.operationDone("fault") }
-        // A process the OOM killer chose dies at its next fault (its SIGKILL).
-        if oomState.loadRelaxed() != AddressSpace.oomAlive { return .oom }
         let flags: FaultFlags = write ? [.write] : []
         if let cache, let locked = cache._withUnsafeGuaranteedRef({ lockVMAUnderRCU(address, $0) }) {
             // The VMA is used borrowed: its lock keeps it in the tree, so no reference is taken
@@ -95,6 +93,9 @@ extension AddressSpace {
     /// the VMA lock also: this fault needs the mmap lock), `.sigbus`, or `.oom`.
     public func handleMMFault(vma: VMA, address addressIn: UInt64, flags: FaultFlags) -> FaultResult {
         assertFaultLocked(vma, flags)
+        // A process the OOM killer chose dies at its next fault (its SIGKILL), whoever faults
+        // for it (CPU, GUP, hmm_range_fault): 7.2's MMF_UNSTABLE check.
+        if oomState.loadRelaxed() != AddressSpace.oomAlive { return .oom }
         let address = pageAlignDown(addressIn)
         if vma.isHugetlb { return hugetlbFault(vma: vma, address: address, flags: flags) }
         if vma.isAnonymous, memory.thp.allowsFault(vma, address) || mayHoldTHP {

@@ -7,7 +7,7 @@ import MMSync
 /// every `oom_score_adj` is 0, and of equal scores the newest wins, as `select_bad_process`
 /// keeps the last of a tie), kills it (`oom_kill`) and has the OOM reaper take its private
 /// memory (`__oom_reap_task_mm`: every anonymous or private, non-hugetlb, non-pfn-mapped VMA is
-/// zapped under the mmap lock taken for read, with UNMAP invalidations). The allocation then
+/// zapped under the mmap lock taken for read, with CLEAR invalidations). The allocation then
 /// tries again. A killed process's CPUs get OOM at their next fault; its page tables, shared
 /// memory and device mappings go when it exits.
 /// Sendable: the state is atomics on each address space; `oomLock` serializes selection.
@@ -93,9 +93,9 @@ extension AddressSpace {
     /// Its `oom_badness` when it was killed (pages), 0 if it was not.
     public var oomBadnessWhenKilled: Int { Int(oomBadnessAtKill.load()) }
 
-    /// `oom_reap_task_mm`: up to 10 tries (`MAX_OOM_REAP_RETRIES`, 1 ms apart) to take the mmap
+    /// `oom_reap_task_mm`: up to 10 tries (`MAX_OOM_REAP_RETRIES`, 100 ms apart as `HZ/10`) to take the mmap
     /// lock for read; then every anonymous or private VMA that is not hugetlb or pfn-mapped is
-    /// zapped (UNMAP invalidations). Marked reaped either way (`MMF_OOM_SKIP`).
+    /// zapped (CLEAR invalidations, as `zap_vma_for_reaping`). Marked reaped either way (`MMF_OOM_SKIP`).
     /// Locking: caller holds no lock; takes the mmap lock (trylock) and what zapping takes.
     func oomReap() {
         Lockdep.assertNoLocksHeld()
@@ -105,11 +105,11 @@ extension AddressSpace {
                 defer { mmapLock.unlockRead() }
                 guard !isDead else { return }
                 for vma in Array(vmaList) where !vma.isHugetlb && !vma.flags.contains(.pfnMap) && (vma.isAnonymous || !vma.isShared) {
-                    zapRange(vma: vma, start: vma.start, end: vma.end, event: .unmap)
+                    zapRange(vma: vma, start: vma.start, end: vma.end, event: .clear)
                 }
                 return
             }
-            machine.oomWait.wait(timeoutNanoseconds: 1_000_000) { false }
+            machine.oomWait.wait(timeoutNanoseconds: 100_000_000) { false }
         }
     }
 }

@@ -883,7 +883,10 @@ static void writeFile(const char *path, const char *text);
 static void setupSwap(uint64_t bytes) {
     extern int inVM;
     if (!inVM) unsupported("machine swap= outside the oracle's VM (it would change this machine's swap)");
-    if (access("/sys/block/zram0/disksize", W_OK) != 0) unsupported("machine swap= (no zram device in the VM)");
+    if (access("/sys/block/zram0/disksize", W_OK) != 0) {
+        if (bytes == 0) return;   // no swap asked, none there
+        unsupported("machine swap= (no zram device in the VM)");
+    }
     // system() needs its child reaped by wait: SIGCHLD is ignored otherwise (`machine` comes
     // first, so no script process can exit meanwhile).
     signal(SIGCHLD, SIG_DFL);
@@ -1337,8 +1340,9 @@ static void runCommand(Cmd *c) {
         // depends on it differs, and shows so.
         if (!strcmp(n, "machine")) {
             // A swap area: zram0 of that size (the VM's swap is off otherwise).
+            // Swap is off unless a script asks (one VM runs every script: none inherits another's).
             const char *sw = opt(c, "swap");
-            if (sw) setupSwap(eval(sw));
+            if (sw || inVM) setupSwap(sw ? eval(sw) : 0);
             free(vmstatAtMachine); vmstatAtMachine = readText("/proc/vmstat");
             const char *ok = opt(c, "oom_killer");
             if (ok && eval(ok) == 0) { unsupported("machine oom_killer=0 (the kernel's OOM killer is always on)"); return; }
@@ -1352,8 +1356,10 @@ static void runCommand(Cmd *c) {
     if (!strcmp(n, "meminfo")) { cmdMeminfo(c); return; }
     if (!strcmp(n, "vmstat")) { cmdVmstat(c); return; }
     if (!strcmp(n, "kswapd")) {
-        // The kernel's kswapd always runs: `kswapd` and `kswapd start` say so; it cannot stop.
+        // The kernel's kswapd always runs: `kswapd start` says so; it cannot stop, and a plain
+        // `kswapd` would print what the model's (off until started) does not.
         if (flag(c, "stop")) unsupported("kswapd stop (the kernel's kswapd always runs)");
+        if (!flag(c, "start")) unsupported("kswapd without start (the kernel's always runs; the model's is off until started)");
         trace(c, "kswapd: running"); return;
     }
     if (!strcmp(n, "gup")) { cmdGup(c); return; }
