@@ -58,11 +58,9 @@ final class HMMConcurrencyTests: XCTestCase {
                 // A device-written page is never torn: all its ints carry one version.
                 for p in 0..<4 {
                     let first = buf[int: p * ps / 4]
-                    for k in 0..<(ps / 4) where buf[int: p * ps / 4 + k] != first {
+                    if let (k, got) = firstWrongInt(buf, page: p, pageInts: ps / 4, want: first) {
                         torn.add(1)
-                        let got = buf[int: p * ps / 4 + k]
                         notes.withLock { noteList.append("device read page \(p): int 0 = \(first), int \(k) = \(got)") }
-                        break
                     }
                 }
             }

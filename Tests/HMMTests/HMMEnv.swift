@@ -5,6 +5,13 @@ import XCTest
 @testable import MMCore
 import MMSync
 
+/// The first int of page `page` in `buf` (pages of `pageInts` ints) that differs from `want`,
+/// as (index in the page, value), or nil: a device READ that saw a torn page.
+func firstWrongInt(_ buf: DmirrorBuffer, page: Int, pageInts: Int, want: Int32) -> (k: Int, got: Int32)? {
+    for k in 0..<pageInts where buf[int: page * pageInts + k] != want { return (k, buf[int: page * pageInts + k]) }
+    return nil
+}
+
 /// A process, the four dmirror devices, and helpers.
 final class HMMEnv {
     let machine: Machine

@@ -40,11 +40,9 @@ final class ReclaimConcurrencyTests: XCTestCase {
                 do { try dev.ioctl(.read, &r, buffer: rbuf) } catch { note("device READ: \(error)"); continue }
                 for p in 0..<4 {
                     let want = Int32(bitPattern: v << 8 | UInt32(p))
-                    for k in 0..<(ps / 4) where rbuf[int: p * ps / 4 + k] != want {
+                    if let (k, got) = firstWrongInt(rbuf, page: p, pageInts: ps / 4, want: want) {
                         torn.add(1)
-                        let got = rbuf[int: p * ps / 4 + k]
                         notes.withLock { noteList.append("device read page \(p) int \(k): \(got), wrote \(want)") }
-                        break
                     }
                 }
             }

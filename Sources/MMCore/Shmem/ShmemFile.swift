@@ -200,6 +200,18 @@ public final class ShmemFile: @unchecked Sendable {
         }
     }
 
+    /// `SGP_READ`: the page at `index` with a reference taken, a swapped-out one read back
+    /// first; nil for a hole (none is made). Throws EFAULT beyond the end, ENOMEM.
+    /// Locking: no spin lock held (a swap-in may reclaim).
+    private func existingPage(_ index: UInt64) throws(Errno) -> Page? {
+        Lockdep.assertNoSpinLockHeld()
+        switch try cachedPage(index) {
+        case .page(let p): return p
+        case .swapped: return try getPage(index)
+        case .none: return nil
+        }
+    }
+
     /// A new zero-filled page at `index`, unless another thread put one (or a swap entry) there
     /// meanwhile (nil: look again).
     private func addNewPage(_ index: UInt64) throws(Errno) -> Page? {
@@ -235,11 +247,7 @@ public final class ShmemFile: @unchecked Sendable {
             // A hole reads as zeros; a swapped-out page is read back (SGP_READ).
             let page: Page?
             do throws(Errno) {
-                switch try cachedPage(idx) {
-                case .page(let p): page = p
-                case .swapped: page = try getPage(idx)
-                case .none: page = nil
-                }
+                page = try existingPage(idx)
             } catch .EFAULT {
                 return Array(out.prefix(Int(pos - offset)))   // truncated meanwhile: a short read
             }
@@ -299,13 +307,7 @@ public final class ShmemFile: @unchecked Sendable {
         // under its lock and a reference, and dirtied.
         if newSize & (pageSize - 1) != 0 {
             let idx = newSize >> pageShift
-            let page: Page?
-            switch try cachedPage(idx) {
-            case .page(let p): page = p
-            case .swapped: page = try getPage(idx)
-            case .none: page = nil
-            }
-            if let page {
+            if let page = try existingPage(idx) {
                 page.lock()
                 let inPage = Int(newSize & (pageSize - 1))
                 memset(memory.frame(page.pfn) + inPage, 0, Int(pageSize) - inPage)
