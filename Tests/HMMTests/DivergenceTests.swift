@@ -19,12 +19,35 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20", "D21", "D22", "D23"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20", "D21", "D22", "D23", "D24"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
             XCTAssertTrue(doc.contains("Test: `test\(id)"), "\(id) names no test")
         }
+    }
+
+    /// D24: MADV_PAGEOUT of a PMD-mapped THP splits it (7.2 would write it out whole into a
+    /// 512-slot cluster, `thp_swpout` 1, `thp_split_page` 0); the process sees 512 PTE swap
+    /// entries either way.
+    func testD24ATHPIsSplitToBeSwappedOut() throws {
+        let env = try HMMEnv(mib: 64, swapPages: 1024)
+        env.memory.thp.mode = .always
+        let twoMiB: UInt64 = 2 << 20
+        let raw = try env.process.mmap(length: 2 * twoMiB, prot: .readWrite, flags: [.private, .anonymous])
+        let a = (raw + twoMiB - 1) & ~(twoMiB - 1)
+        for i in 0..<512 { try env.cpu.store(a + UInt64(i) * MMCore.pageSize, UInt64(i)) }
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 1)
+        try env.process.madvise(a, length: twoMiB, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1)
+        XCTAssertEqual(env.machine.stats[.thpSwpoutFallback], 1)
+        XCTAssertEqual(env.machine.stats[.pswpout], 512)
+        let pm = try env.mm.pagemap(a, count: 512)
+        XCTAssertEqual(pm.filter { $0.isSwap && !$0.isPresent }.count, 512)
+        XCTAssertEqual(Set(pm.map { ($0.raw & ((1 << 55) - 1)) >> 5 }).count, 512, "a slot per page")
+        for i in 0..<512 { XCTAssertEqual(try env.cpu.load(a + UInt64(i) * MMCore.pageSize, as: UInt64.self), UInt64(i)) }
+        XCTAssertEqual(env.machine.stats[.pswpin], 512)
+        env.finish([])
     }
 
     /// D23: without `oomKillerEnabled` an allocation reclaim cannot satisfy fails the fault

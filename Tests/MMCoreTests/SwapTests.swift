@@ -357,6 +357,64 @@ final class ReclaimTests: XCTestCase {
         env.teardown()
     }
 
+    /// The working set (`mm/workingset.c`): reclaim's eviction leaves the LRU's non-resident
+    /// age in the slot; a refault within the active list's size of evictions and activations
+    /// since comes back active (`workingset_activate_anon`), a later one inactive; a page
+    /// that had been deactivated (PG_workingset) is restored as such (`workingset_restore_anon`).
+    func testARefaultWithinTheWorkingSetIsActivated() throws {
+        let env = try Env(swapPages: 64)
+        let lru = env.memory.lru
+        func page(_ a: UInt64) throws -> Page { env.memory.page(try XCTUnwrap(env.pfn(a))) }
+        // b: eight pages made active (used at the first scan and again before the second,
+        // through a second CPU's TLB fill): move_folios_to_lru ages the non-resident set by 8.
+        let b = try env.anon(8)
+        try fillIDX(env.cpu, b, bytes: 8 * pageSize)
+        lru.drainAll()
+        XCTAssertEqual(env.machine.shrinkInactiveList(8, reclaimer: .direct).freed, 0)
+        let cpu2 = env.process.makeCPU()
+        for i in 0..<8 { _ = try cpu2.load(b + UInt64(i) * pageSize, as: UInt8.self) }
+        XCTAssertEqual(env.machine.shrinkInactiveList(8, reclaimer: .direct).freed, 0)
+        XCTAssertEqual(lru.count(.activeAnon), 8)
+        XCTAssertEqual(lru.nonresidentAge.load(), 8)
+        // a: four pages paged out at ages 8…11.
+        let a = try env.anon(4)
+        try fillIDX(env.cpu, a, bytes: 4 * pageSize)
+        try env.process.madvise(a, length: 4 * pageSize, advice: .pageout)
+        XCTAssertEqual(lru.nonresidentAge.load(), 12)
+        // a[3] comes back 1 eviction later (≤ 8 active pages): active.
+        XCTAssertEqual(try env.cpu.load(a + 3 * pageSize, as: Int32.self), 3 * 1024)
+        XCTAssertEqual(env.machine.stats[.workingsetRefaultAnon], 1)
+        XCTAssertEqual(env.machine.stats[.workingsetActivateAnon], 1)
+        XCTAssertEqual(lru.nonresidentAge.load(), 13, "the activation ages the set too")
+        lru.drainAll()
+        XCTAssertTrue(try page(a + 3 * pageSize).test(.active))
+        XCTAssertEqual(lru.count(.activeAnon), 9)
+        // Sixteen more evictions: a[0] (evicted at 8, now 29: 21 > 9) comes back inactive.
+        let c = try env.anon(16)
+        try fillIDX(env.cpu, c, bytes: 16 * pageSize)
+        try env.process.madvise(c, length: 16 * pageSize, advice: .pageout)
+        XCTAssertEqual(try env.cpu.load(a, as: Int32.self), 0)
+        XCTAssertEqual(env.machine.stats[.workingsetRefaultAnon], 2)
+        XCTAssertEqual(env.machine.stats[.workingsetActivateAnon], 1)
+        lru.drainAll()
+        XCTAssertFalse(try page(a).test(.active))
+        // b deactivated (the oldest eight of the active list: PG_workingset), a[3] still
+        // active; b[0] evicted and refaulted at once (distance 1 ≤ 1): activated and restored.
+        env.machine.shrinkActiveList(8, reclaimer: .direct)
+        XCTAssertEqual(lru.count(.activeAnon), 1)
+        XCTAssertTrue(try page(b).test(.workingset))
+        XCTAssertFalse(try page(a + 3 * pageSize).test(.workingset))
+        try env.process.madvise(b, length: pageSize, advice: .pageout)
+        XCTAssertEqual(try env.cpu.load(b, as: Int32.self), 0)
+        XCTAssertEqual(env.machine.stats[.workingsetRefaultAnon], 3)
+        XCTAssertEqual(env.machine.stats[.workingsetActivateAnon], 2)
+        XCTAssertEqual(env.machine.stats[.workingsetRestoreAnon], 1)
+        XCTAssertTrue(try page(b).test(.workingset))
+        cpu2.detach()
+        env.check()
+        env.teardown()
+    }
+
     /// kswapd, once started, brings the free frames back above the high watermark after
     /// allocations took them below the low one.
     func testKswapdRestoresTheHighWatermark() throws {

@@ -27,10 +27,10 @@ extension AddressSpace {
             guard let new = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return ptep.load() == entry ? .oom : .retry }
             new.lock()
             switch swap.addForSwapIn(new, swp) {
-            case .added:
+            case .added(let shadow):
+                memory.lru.workingsetRefault(new, shadow: shadow, stats: stats)
                 swap.readIn(new)
                 stats.count(.pswpin)
-                stats.count(.workingsetRefaultAnon)   // the slot held the page's shadow: a refault
                 stats.count(.pgmajfault)
                 page = new
             case .raced, .slotFree:

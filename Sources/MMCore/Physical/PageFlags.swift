@@ -52,6 +52,9 @@ public struct PageFlags: OptionSet, Sendable {
     public static let active = PageFlags(rawValue: 1 << 22)
     /// In a CPU's LRU add batch, on its way to a list (the batch is named by `lruSlot`).
     public static let lruBatched = PageFlags(rawValue: 1 << 23)
+    /// PG_workingset: the page was on the active list before reclaim deactivated it, or came
+    /// back from swap soon enough to be activated (`workingset_refault`).
+    public static let workingset = PageFlags(rawValue: 1 << 24)
 }
 
 /// The kind of memory a pfn names.

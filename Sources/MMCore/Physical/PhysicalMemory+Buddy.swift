@@ -31,8 +31,8 @@ extension PhysicalMemory {
     /// free pages `should_reclaim_retry` looks at grow; and one that found nothing to take while
     /// other reclaimers held isolated pages waits for them, up to 1 ms, as `reclaim_throttle`
     /// does); at most 4,096 rounds. The caller must then hold no page-table lock.
-    /// With `lru` (a new anonymous page: `folio_add_lru`), a single frame goes on the LRU too
-    /// (through the per-CPU add batch; see `LRULists`).
+    /// With `lru` (a new anonymous page or THP: `folio_add_lru`), a single frame goes on the LRU too
+    /// (through the per-CPU add batch; see `LRULists`), or a large folio by its head.
     public func allocate(order: Int = 0, zeroed: Bool = false, mayReclaim: Bool = false, lru: Bool = false) -> Page? {
         precondition(order >= 0 && order <= PhysicalMemory.maxOrder)
         if FaultInjection.shouldFail(.frameAllocation) { return nil }
@@ -76,7 +76,7 @@ extension PhysicalMemory {
         let head = page(pfn)
         if !prepared {
             prepareAllocated(head, order: order)
-            if lru && order == 0 { self.lru.add(head) }
+            if lru { self.lru.add(head) }
         }
         if zeroed { clearFrames(pfn, order: order) }
         return head

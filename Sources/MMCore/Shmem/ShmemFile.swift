@@ -107,10 +107,10 @@ public final class ShmemFile: @unchecked Sendable {
         } else {
             guard let new = memory.allocate(order: 0, mayReclaim: true, lru: true) else { throw .ENOMEM }
             new.lock()
-            guard swap.addForSwapIn(new, e) == .added else { new.unlock(); memory.put(new); return nil }
+            guard case .added(let shadow) = swap.addForSwapIn(new, e) else { new.unlock(); memory.put(new); return nil }
+            memory.lru.workingsetRefault(new, shadow: shadow, stats: machine.stats)   // shmem is on the anonymous lists
             swap.readIn(new)
             machine.stats.count(.pswpin)
-            machine.stats.count(.workingsetRefaultAnon)   // shmem is on the anonymous lists
             if fault { machine.stats.count(.pgmajfault) }
             page = new
         }

@@ -11,9 +11,10 @@ import MMSync
 /// Unlike the kernel's, a batch holds no page reference (the model's migration and reuse
 /// checks count references exactly): a page freed while batched is taken out of its batch.
 ///
-/// Small anonymous and shmem pages are on the lists (shmem is swap-backed: on the anonymous
-/// lists, as in 7.2); large folios, zone-device and page-table pages are not (THP reclaim is
-/// not built).
+/// Small anonymous and shmem pages and anonymous THPs (by their head) are on the lists (shmem
+/// is swap-backed: on the anonymous lists, as in 7.2); hugetlb folios, zone-device and
+/// page-table pages are not. The counts are in pages (`lru_zone_size`): a THP counts 512. A
+/// THP that is split (`lru_add_split_folio`) leaves its pages beside its head on the same list.
 ///
 /// Sendable: the lists are guarded by `lock`; each batch by its own lock (taken first).
 public final class LRULists: @unchecked Sendable {
@@ -36,6 +37,10 @@ public final class LRULists: @unchecked Sendable {
     let batchOwners: [LRUAddBatch]
     /// Pages reclaim has taken off the lists and not yet freed or put back (`NR_ISOLATED_ANON`).
     let isolatedCount = AtomicCounter(0)
+    /// `lruvec->nonresident_age`: grows with every eviction and every activation; an evicted
+    /// page's shadow keeps its value, and a refault compares the distance since with the
+    /// working set (`mm/workingset.c`).
+    let nonresidentAge = AtomicCounter(0)
     /// Pages any reclaimer has freed so far: an allocation whose own reclaim freed nothing
     /// keeps trying while this grows (others' reclaim is making frames free).
     let reclaimedTotal = AtomicCounter(0)
@@ -61,12 +66,13 @@ public final class LRULists: @unchecked Sendable {
 
     // MARK: adding (folio_add_lru)
 
-    /// `folio_add_lru`: a new small anonymous or shmem page will go on the inactive list, through the
-    /// calling CPU's batch. Large folios and zone-device pages are not added.
+    /// `folio_add_lru`: a new small anonymous or shmem page, or a new anonymous THP's head, will
+    /// go on the inactive list, through the calling CPU's batch. Tail pages, hugetlb folios and
+    /// zone-device pages are not added.
     /// Locking: takes the batch's lock (then the LRU lock when the batch is full); no spin
     /// lock may be held by a caller that could be freeing this page meanwhile.
     public func add(_ page: Page) {
-        guard page.order == 0, !page.test(.head), !page.test(.tail), !page.isZoneDevice else { return }
+        guard !page.test(.tail), !page.test(.hugetlb), !page.isZoneDevice, page.order == 0 || page.test(.head) else { return }
         assert(!page.test(.lru) && !page.test(.lruBatched), "lru add: \(page) is already on the LRU")
         let slot = memory.pcpSlot()
         batches[slot]._withUnsafeGuaranteedRef { b in
@@ -97,8 +103,10 @@ public final class LRULists: @unchecked Sendable {
         lock.lock()
         for i in 0..<b.count where b.pfns[i] != LRULists.nilLink {
             let p = memory.page(UInt64(b.pfns[i]))
-            p.changeFlags(set: .lru, clear: [.lruBatched, .active])
-            linkHeadLocked(p, .inactiveAnon, flagged: true)
+            // lru_add: an activated refault goes on the active list, any other page inactive.
+            let active = p.test(.active)
+            p.changeFlags(set: .lru, clear: .lruBatched)
+            linkHeadLocked(p, active ? .activeAnon : .inactiveAnon, flagged: true)
         }
         lock.unlock()
         b.count = 0
@@ -111,6 +119,63 @@ public final class LRULists: @unchecked Sendable {
         for b in batchOwners where b.count > 0 { b.lock.lock(); drainLocked(b); b.lock.unlock() }
     }
 
+    // MARK: the working set (mm/workingset.c without MGLRU and memcg)
+
+    /// `workingset_eviction` for a page reclaim is freeing: the shadow its slot keeps (the
+    /// age now, and its PG_workingset), and the age grows by the page.
+    /// Locking: the caller holds the page lock and froze its count.
+    func workingsetEviction(_ page: Page) -> UInt64 {
+        assert(page.isLocked && page.refcount == 0, "workingsetEviction: \(page) not locked and frozen")
+        let age = UInt64(nonresidentAge.add(Int(page.folioPages)) - Int(page.folioPages))
+        return SwapArea.evictionShadow(age: age, workingset: page.test(.workingset))
+    }
+
+    /// `workingset_refault` for a page just read back from a slot with `shadow` (new, locked,
+    /// in an add batch or on the inactive list): counted as a refault when the shadow is an
+    /// eviction record; activated (`workingset_activate_anon`) when it was evicted less than
+    /// the working set ago — the pages evicted since (the refault distance) are no more than
+    /// the active list (`workingset_test_recent` for anonymous pages with swap: the model has
+    /// no file lists) — and then PG_workingset again if it had it (`workingset_restore_anon`).
+    /// Return: whether the page was activated.
+    /// Locking: caller holds the page lock; takes the batch and LRU locks.
+    @discardableResult
+    func workingsetRefault(_ page: Page, shadow: UInt64, stats: MMStats) -> Bool {
+        assert(page.isLocked, "workingsetRefault: \(page) not locked")
+        guard shadow & SwapArea.shadowRecord != 0 else { return false }
+        stats.count(.workingsetRefaultAnon)
+        let eviction = shadow >> 4, now = UInt64(nonresidentAge.load())
+        let distance = (now &- eviction) & (~UInt64(0) >> 4)
+        let workingsetSize = memory.swap.freeSlots > 0 ? UInt64(count(.activeAnon)) : 0
+        guard distance <= workingsetSize else { return false }
+        activateNew(page)
+        nonresidentAge.add(Int(page.folioPages))
+        stats.count(.workingsetActivateAnon)
+        if shadow & SwapArea.shadowWorkingset != 0 {
+            page.set(.workingset)
+            stats.count(.workingsetRestoreAnon)
+        }
+        return true
+    }
+
+    /// `folio_set_active` before `folio_add_lru` for a page that the allocation already
+    /// added: in its batch it is only flagged (the drain puts it on the active list); already
+    /// drained, it moves from the inactive list to the active one.
+    /// Locking: takes the page's batch lock, then the LRU lock.
+    private func activateNew(_ page: Page) {
+        lock.assertNotHeld()
+        if page.test(.lruBatched) {
+            let b = batchOwners[Int(page.lruSlot)]
+            b.lock.lock()
+            if page.test(.lruBatched) { page.set(.active); b.lock.unlock(); return }
+            b.lock.unlock()
+        }
+        lock.lock(); defer { lock.unlock() }
+        guard page.test(.lru), !page.test(.active) else { return }
+        unlinkLocked(page)
+        page.set(.active)
+        linkHeadLocked(page, .activeAnon, flagged: true)
+    }
+
     // MARK: the lists
 
     /// Locking: LRU lock held. `flagged`: the caller set PG_active as the list wants.
@@ -121,7 +186,7 @@ public final class LRULists: @unchecked Sendable {
         p.lruNext = heads[l]
         if heads[l] != LRULists.nilLink { memory.page(UInt64(heads[l])).lruPrev = UInt32(p.pfn) } else { tails[l] = UInt32(p.pfn) }
         heads[l] = UInt32(p.pfn)
-        counts[l] += 1
+        counts[l] += Int(p.folioPages)
         if !flagged { if list == .activeAnon { p.set(.active) } else { p.clear(.active) } }
     }
 
@@ -133,7 +198,38 @@ public final class LRULists: @unchecked Sendable {
         if prev != LRULists.nilLink { memory.page(UInt64(prev)).lruNext = next } else { heads[l] = next }
         if next != LRULists.nilLink { memory.page(UInt64(next)).lruPrev = prev } else { tails[l] = prev }
         p.lruNext = 0; p.lruPrev = 0
-        counts[l] -= 1
+        counts[l] -= Int(p.folioPages)
+    }
+
+    /// `lru_add_split_folio` for a THP being split to order 0 (`pages` pages): a head on a list
+    /// stays there and counts one page; its other pages are linked right after it, in order,
+    /// flagged for that list. A head that is not on a list (isolated, or still in an add
+    /// batch) leaves its other pages to the caller, which adds them (`add`) or keeps them for
+    /// itself (reclaim's list).
+    /// Return: whether the other pages were put on a list here.
+    /// Locking: the caller froze the folio (count 0: nobody isolates or frees it) and holds its
+    /// lock; takes the LRU lock.
+    func splitFolio(_ head: Page, pages: UInt64) -> Bool {
+        lock.assertNotHeld()
+        guard head.test(.lru) else { return false }
+        lock.lock(); defer { lock.unlock() }
+        guard head.test(.lru) else { return false }
+        let active = head.test(.active)
+        let l = active ? List.activeAnon.rawValue : List.inactiveAnon.rawValue
+        counts[l] -= Int(pages) - 1
+        var prev = head
+        for i in 1..<pages {
+            let t = memory.page(head.pfn + i)
+            let next = prev.lruNext
+            t.lruPrev = UInt32(prev.pfn)
+            t.lruNext = next
+            prev.lruNext = UInt32(t.pfn)
+            if next != LRULists.nilLink { memory.page(UInt64(next)).lruPrev = UInt32(t.pfn) } else { tails[l] = UInt32(t.pfn) }
+            counts[l] += 1
+            t.set(active ? [.lru, .active] : [.lru])
+            prev = t
+        }
+        return true
     }
 
     /// `__page_cache_release` / `lruvec_del_folio`: a page whose last reference went leaves
@@ -158,7 +254,7 @@ public final class LRULists: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// `isolate_lru_folios`: takes up to `max` pages from the tail of `list`, each with a
+    /// `isolate_lru_folios`: takes up to `max` folios from the tail of `list`, each with a
     /// reference and off the list (PG_lru clear). Pages being freed (no reference left) stay.
     /// Locking: takes the LRU lock.
     func isolate(_ list: List, max: Int) -> [Page] {
@@ -194,16 +290,20 @@ public final class LRULists: @unchecked Sendable {
         lock.assertNotHeld()
         guard !pages.isEmpty else { return }
         lock.lock()
+        var activated = 0
         for p in pages {
             p.set(.lru)
             linkHeadLocked(p, active ? .activeAnon : .inactiveAnon)
+            if active { activated += Int(p.folioPages) }
         }
         lock.unlock()
+        // move_folios_to_lru: an activation ages the non-resident pages too.
+        if activated > 0 { nonresidentAge.add(activated) }
         memory.putBatch(pages)
     }
 
-    /// Every violated LRU invariant: each list's links agree both ways and with its count, its
-    /// pages are allocated small anonymous or swap-cache pages flagged for that list; batched
+    /// Every violated LRU invariant: each list's links agree both ways and with its count (in
+    /// pages), its pages are allocated small pages or anonymous THP heads flagged for that list; batched
     /// pages are allocated and flagged.
     /// Locking: takes every batch's lock and the LRU lock; run while memory is quiescent.
     func checkInvariants() -> [String] {
@@ -222,11 +322,12 @@ public final class LRULists: @unchecked Sendable {
             var link = heads[list.rawValue], prev = LRULists.nilLink, n = 0
             while link != LRULists.nilLink {
                 let p = memory.page(UInt64(link))
-                if !p.test(.lru) || p.test(.active) != (list == .activeAnon) || p.isFreeFrame || p.order != 0 {
+                if !p.test(.lru) || p.test(.active) != (list == .activeAnon) || p.isFreeFrame || p.test(.tail)
+                    || (p.order != 0 && !(p.test(.head) && !p.test(.hugetlb) && !p.isZoneDevice)) {
                     problems.append("\(list): \(p) is not a page in use flagged for it (flags \(String(p.flags.rawValue, radix: 16)))")
                 }
                 if p.lruPrev != prev { problems.append("\(list): \(p) links back to \(p.lruPrev), not \(prev)") }
-                prev = link; link = p.lruNext; n += 1
+                prev = link; link = p.lruNext; n += Int(p.folioPages)
                 if n > Int(memory.systemFrames) { problems.append("\(list) loops"); break }
             }
             if prev != tails[list.rawValue] { problems.append("\(list): tail \(tails[list.rawValue]) but the walk ends at \(prev)") }

@@ -7,7 +7,9 @@ import MMSync
 /// one table word per slot as Linux 7.2's swap table keeps it (`mm/swap_table.h`):
 ///
 /// - 0: the slot is free;
-/// - `SwapArea.shadow` (1): in use, not in the swap cache (swapped out);
+/// - a shadow (low bits `01`): in use, not in the swap cache (swapped out); reclaim's eviction
+///   leaves a record there (`workingset_eviction`): `eviction << 4 | workingset << 3 | 1 << 2 | 1`,
+///   other removals the plain `SwapArea.shadow` (1);
 /// - `pfn << 2 | 2`: in use and in the swap cache, whose folio is at `pfn`;
 /// - `SwapArea.bad`: slot 0, the swap header, never handed out.
 ///
@@ -36,6 +38,16 @@ public final class SwapArea: @unchecked Sendable {
     let freeSlotCount: AtomicCounter
 
     @usableFromInline static let shadow: UInt64 = 1
+    /// A shadow that records an eviction (its age and the page's PG_workingset).
+    static let shadowRecord: UInt64 = 1 << 2
+    static let shadowWorkingset: UInt64 = 1 << 3
+    /// Whether a table word is a shadow (plain or with an eviction record).
+    @inlinable static func isShadow(_ w: UInt64) -> Bool { w & 3 == shadow }
+    /// The shadow reclaim leaves: the LRU's non-resident age at the eviction and whether the
+    /// page was part of the working set (`pack_shadow`, without memcg and node).
+    static func evictionShadow(age: UInt64, workingset: Bool) -> UInt64 {
+        (age & (~UInt64(0) >> 4)) << 4 | (workingset ? shadowWorkingset : 0) | shadowRecord | shadow
+    }
     @usableFromInline static let cachedTag: UInt64 = 2
     @usableFromInline static let bad: UInt64 = ~UInt64(0) << 3
 
@@ -150,7 +162,7 @@ extension SwapSpace {
                     continue
                 }
                 if c != r { problems.append("\(e): swap count \(c) but \(r) swap entries name it") }
-                if w == SwapArea.shadow {
+                if SwapArea.isShadow(w) {
                     if c == 0 { problems.append("\(e): slot in use with no swap entry and no cached page (leaked)") }
                     continue
                 }

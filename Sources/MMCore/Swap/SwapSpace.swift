@@ -114,8 +114,9 @@ public final class SwapSpace: @unchecked Sendable {
         page.test(.swapCache) && page.privateWord == e.pte().raw
     }
 
-    /// The outcome of putting a new page into the swap cache for a swap-in.
-    enum CacheAdd { case added, raced, slotFree }
+    /// The outcome of putting a new page into the swap cache for a swap-in: `added` with the
+    /// slot's shadow (`SwapArea.evictionShadow`, or the plain one).
+    enum CacheAdd: Equatable { case added(shadow: UInt64), raced, slotFree }
 
     /// `swap_cache_alloc_folio`'s insert: the new, locked page caches `e` if the slot is still
     /// in use (count ≥ 1) and no other page caches it. `.raced`: another page caches it (look
@@ -127,10 +128,10 @@ public final class SwapSpace: @unchecked Sendable {
         area.lock.lock(); defer { area.lock.unlock() }
         let w = area.tableWord(e.offset).load()
         if w == 0 || area.counts[Int(e.offset)] == 0 { return .slotFree }
-        if w != SwapArea.shadow { return .raced }
+        if !SwapArea.isShadow(w) { return .raced }
         area.tableWord(e.offset).store(page.pfn << 2 | SwapArea.cachedTag)
         attach(page, e)
-        return .added
+        return .added(shadow: w)
     }
 
     /// `swap_cache_del_folio`: the page leaves the swap cache; its slot keeps its count (and is
@@ -145,12 +146,13 @@ public final class SwapSpace: @unchecked Sendable {
         memory.put(page)
     }
 
-    /// `__swap_cache_del_folio` without the reference drop. Locking: area lock held.
-    private func detachLocked(_ page: Page, _ e: SwapEntry, _ area: SwapArea) {
+    /// `__swap_cache_del_folio` without the reference drop: a slot still in use keeps
+    /// `shadow`. Locking: area lock held.
+    private func detachLocked(_ page: Page, _ e: SwapEntry, _ area: SwapArea, shadow: UInt64 = SwapArea.shadow) {
         area.lock.assertHeld()
         page.clear(.swapCache)
         page.privateWord = 0
-        if area.counts[Int(e.offset)] == 0 { area.freeLocked(e.offset) } else { area.tableWord(e.offset).store(SwapArea.shadow) }
+        if area.counts[Int(e.offset)] == 0 { area.freeLocked(e.offset) } else { area.tableWord(e.offset).store(shadow) }
     }
 
     /// `folio_free_swap`: drops a locked page from the swap cache if no swap PTE names its
@@ -172,7 +174,7 @@ public final class SwapSpace: @unchecked Sendable {
 
     /// `__remove_mapping` for a swap-cache page that reclaim isolated: freezes the reference
     /// count at the cache's and the caller's (so no lookup can take one meanwhile), drops the
-    /// page from the swap cache and frees it. Fails if the page is dirty or anybody else holds
+    /// page from the swap cache (its slot keeps an eviction shadow) and frees it. Fails if the page is dirty or anybody else holds
     /// a reference. On success the page is unlocked and freed.
     /// Locking: caller holds the page lock and one reference, which this consumes on success;
     /// takes the area's lock.
@@ -182,7 +184,8 @@ public final class SwapSpace: @unchecked Sendable {
         area.lock.lock()
         guard page.refcountWord.compareExchange(expected: 2, desired: 0).exchanged else { area.lock.unlock(); return false }
         if page.test(.dirty) { page.refcountWord.store(2); area.lock.unlock(); return false }
-        detachLocked(page, e, area)
+        // workingset_eviction: the slot records how old the LRU was when the page left.
+        detachLocked(page, e, area, shadow: memory.lru.workingsetEviction(page))
         area.lock.unlock()
         page.unlock()
         memory.freeFrozen(page)

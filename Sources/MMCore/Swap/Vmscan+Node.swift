@@ -61,12 +61,18 @@ extension Machine {
         Lockdep.assertNoSpinLockHeld()
         let pages = memory.lru.isolate(.inactiveAnon, max: n)
         guard !pages.isEmpty else { return (0, 0) }
-        stats.count(reclaimer == .kswapd ? .pgscanKswapd : .pgscanDirect, pages.count)
-        stats.count(.pgscanAnon, pages.count)
+        // Scanned pages, a THP counting all of its own (nr_scanned).
+        let scanned = pages.reduce(0) { $0 + Int($1.folioPages) }
+        stats.count(reclaimer == .kswapd ? .pgscanKswapd : .pgscanDirect, scanned)
+        stats.count(.pgscanAnon, scanned)
         var keep: [Page] = [], activate: [Page] = []
         var freed = 0
-        for p in pages {
-            switch shrinkFolio(p, checkReferences: true) {
+        // The pages of a THP split on the way join the list (split_folio_to_list).
+        var work = pages, next = 0
+        while next < work.count {
+            let p = work[next]
+            next += 1
+            switch shrinkFolio(p, checkReferences: true, splitTo: { work.append($0) }) {
             case .freed: freed += 1
             case .keep: keep.append(p)
             case .activate: activate.append(p)
@@ -78,21 +84,25 @@ extension Machine {
         if freed > 0 { memory.lru.reclaimedTotal.add(freed) }
         stats.count(reclaimer == .kswapd ? .pgstealKswapd : .pgstealDirect, freed)
         stats.count(.pgstealAnon, freed)
-        return (pages.count, freed)
+        return (scanned, freed)
     }
 
     /// `shrink_active_list`: isolates up to `n` pages from the active tail (`pgrefill`),
     /// clears their entries' accessed bits (`folio_referenced`) and moves them to the inactive
-    /// list (`pgdeactivate`): anonymous pages are never kept active for being used.
+    /// list (`pgdeactivate`) with PG_workingset: anonymous pages are never kept active for
+    /// being used.
     /// Locking: caller holds no page-table or page lock.
     func shrinkActiveList(_ n: Int, reclaimer: Reclaimer) {
         Lockdep.assertNoSpinLockHeld()
         let pages = memory.lru.isolate(.activeAnon, max: n)
         guard !pages.isEmpty else { return }
         stats.count(.pgrefill, pages.count)
-        for p in pages where p.tryLock() {
-            _ = folioReferenced(p)
-            p.unlock()
+        for p in pages {
+            if p.tryLock() {
+                _ = folioReferenced(p)
+                p.unlock()
+            }
+            p.set(.workingset)   // de-activated: it was in the working set
         }
         memory.lru.putBack(pages, active: false)
         memory.lru.isolationDone(pages.count)

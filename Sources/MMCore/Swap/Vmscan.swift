@@ -42,13 +42,16 @@ extension Machine {
     ///    only the cache and the caller hold it;
     /// 5. the page leaves the swap cache and is freed (`__remove_mapping`).
     /// A shmem page is unmapped and handed to `shmem_writeout` (`ShmemFile.writeOutForReclaim`)
-    /// instead of steps 1–4. Pinned pages, device pages and large folios are not reclaimed here.
+    /// instead of steps 1–4. An anonymous THP is split first (see below; its other pages go to
+    /// `splitTo` with a reference each, or are reclaimed here at once). Pinned pages, device
+    /// pages and hugetlb folios are not reclaimed here.
     /// Return: `.freed` (the caller's reference went with the page) or what to do with it.
     /// Locking: caller holds a reference and no page-table or page lock; takes the page lock
     /// (trylock), the rmap, notifier and PTE locks, and swap area locks.
-    func shrinkFolio(_ page: Page, checkReferences: Bool) -> ReclaimOutcome {
+    func shrinkFolio(_ page: Page, checkReferences: Bool, splitTo: ((Page) -> Void)? = nil) -> ReclaimOutcome {
         Lockdep.assertNoSpinLockHeld()
-        guard page.order == 0, !page.isZoneDevice else { return .activate }
+        guard !page.isZoneDevice, !page.test(.tail), !page.test(.hugetlb) else { return .activate }
+        guard page.order == 0 || (page.test(.head) && page.isAnon) else { return .activate }
         guard page.tryLock() else { return .keep }
         let swap = memory.swap
         func keep(_ outcome: ReclaimOutcome) -> ReclaimOutcome {
@@ -77,6 +80,18 @@ extension Machine {
         }
         // A page that may be pinned for DMA stays (folio_maybe_dma_pinned).
         if page.pincount > 0 { return keep(.activate) }
+        if page.test(.head) {
+            // An anonymous THP: swap slots do not come in clusters of 512 here (no THP_SWAP), so
+            // it is split first (split_folio_to_list) and reclaimed page by page; its other
+            // pages go to the caller's list (or, from MADV_PAGEOUT, are reclaimed right away).
+            // A folio someone else holds stays (folio_expected_ref_count).
+            var others: [Page] = []
+            guard splitFolio(page, toList: { others.append($0) }) == nil else { return keep(.activate) }
+            stats.count(.thpSwpoutFallback)
+            if let splitTo { others.forEach(splitTo) } else {
+                for t in others where shrinkFolio(t, checkReferences: false) != .freed { memory.put(t) }
+            }
+        }
         if page.test(.lazyFree) && !page.test(.swapCache) && !page.test(.dirty) {
             guard tryToUnmap(page) else { return keep(.activate) }
             // The discard of a clean, unused lazily freed page (folio_ref_freeze(folio, 1)).
@@ -117,11 +132,52 @@ extension Machine {
         return .freed
     }
 
+    /// `folio_referenced` of an anonymous THP: every VMA of its anon_vma that may map part of
+    /// it is looked at, a PMD mapping of the whole folio counting once and each page's PTE
+    /// once, as `page_vma_mapped_walk` visits them; each accessed bit found is cleared.
+    /// Locking: caller holds the folio's lock; takes the rmap, PMD and PTE locks.
+    private func largeFolioReferenced(_ head: Page) -> Int {
+        assert(head.isLocked, "largeFolioReferenced: folio not locked")
+        guard let av = head.anonVMA else { return 0 }
+        let n = head.folioPages, index = head.index
+        var referenced = 0
+        av.lock.lockRead()
+        let list = av.vmas
+        for vma in list {
+            let mm = vma.mm
+            // A PMD leaf mapping the folio whole, at its aligned address in this VMA.
+            if let a = vma.address(ofPageIndex: index), a & ~pmdMask == 0, a + pmdSize <= vma.end,
+               let found = mm.pageTable.lookup(a, level: .pmd), found.level == .pmd {
+                found.table.ptl.lock()
+                let v = found.entry.load()
+                let isLeaf = PageTable.isTHPEntry(v) && v.isPresent && PageTable.thpEntryPfn(v) == head.pfn
+                if isLeaf && v.isAccessed {
+                    found.entry.modify { $0.mkold() }
+                    referenced += 1
+                }
+                found.table.ptl.unlock()
+                if isLeaf { continue }
+            }
+            for i in 0..<n {
+                guard let a = vma.address(ofPageIndex: index + i) else { continue }
+                _ = mm.withMappedPTE(a, pfn: head.pfn + i) { ptep, found in
+                    if case .present(let v) = found, v.isAccessed {
+                        ptep.modify { $0.mkold() }
+                        referenced += 1
+                    }
+                }
+            }
+        }
+        av.lock.unlockRead()
+        return referenced
+    }
+
     /// `folio_referenced`: how many of the page's mappings were used since the last look; each
     /// one's accessed bit is cleared (no TLB flush, as x86's `ptep_clear_flush_young`).
     /// Locking: caller holds the page lock; takes the rmap and PTE locks.
     func folioReferenced(_ page: Page) -> Int {
         precondition(page.isLocked, "folioReferenced: page not locked")
+        if page.test(.head) { return largeFolioReferenced(page) }
         // A shmem page's file, held for the walk (nil: it is being torn down; nothing maps it).
         let file = page.hasFileOwner ? shmemFile(owning: page) : nil
         if page.hasFileOwner && file == nil { return 0 }

@@ -101,7 +101,7 @@ extension AddressSpace {
         }
         let scan = collapseScan(haddr)
         guard scan == .succeed else { return scan }
-        guard let folio = memory.allocate(order: pmdOrder) else { stats.count(.thpCollapseAllocFailed); return .allocHugePageFail }
+        guard let folio = memory.allocate(order: pmdOrder, lru: true) else { stats.count(.thpCollapseAllocFailed); return .allocHugePageFail }
         stats.count(.thpCollapseAlloc)
         mmapLock.unlockRead()
         mmapWriteLock()

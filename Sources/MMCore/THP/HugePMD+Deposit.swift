@@ -34,9 +34,10 @@ extension PageTable {
         return n
     }
 
-    /// A fresh table to deposit, counted as the mm's (`pte_alloc_one`). Nil when no frame is free.
-    func allocateDepositTable() -> Page? {
-        guard let t = PageTable.allocateTable(memory) else { return nil }
+    /// A fresh table to deposit, counted as the mm's (`pte_alloc_one`). Nil when no frame is
+    /// free (after reclaim, with `mayReclaim`: the caller then holds no spin lock).
+    func allocateDepositTable(mayReclaim: Bool = false) -> Page? {
+        guard let t = PageTable.allocateTable(memory, mayReclaim: mayReclaim) else { return nil }
         tablePages.add(1)
         return t
     }

@@ -89,7 +89,7 @@ extension AddressSpace {
         thpMapped.storeRelease(1)   // before any leaf can be seen
         memory.thp.noteFolioMade()
         if !flags.contains(.write) && memory.thp.useZeroPage {
-            guard let pgtable = pageTable.allocateDepositTable() else { return .oom }
+            guard let pgtable = pageTable.allocateDepositTable(mayReclaim: true) else { return .oom }
             guard let zero = memory.thp.getHugeZeroFolio(for: self) else {
                 pageTable.freeTable(pgtable)
                 stats.count(.thpFaultFallback)
@@ -105,9 +105,9 @@ extension AddressSpace {
             table.ptl.unlock()
             return .ok
         }
-        guard let folio = memory.allocate(order: pmdOrder) else { stats.count(.thpFaultFallback); return nil }
+        guard let folio = memory.allocate(order: pmdOrder, lru: true) else { stats.count(.thpFaultFallback); return nil }
         clearHugeFolio(folio, realAddress)
-        guard let pgtable = pageTable.allocateDepositTable() else { memory.put(folio); return .oom }
+        guard let pgtable = pageTable.allocateDepositTable(mayReclaim: true) else { memory.put(folio); return .oom }
         table.ptl.lock()
         guard pmd.load().isNone else {
             table.ptl.unlock()
@@ -193,7 +193,7 @@ extension AddressSpace {
                                  flags: FaultFlags, realAddress: UInt64) -> FaultResult? {
         let haddr = address & pmdMask
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
-        guard let folio = memory.allocate(order: pmdOrder) else { stats.count(.thpFaultFallback); return nil }
+        guard let folio = memory.allocate(order: pmdOrder, lru: true) else { stats.count(.thpFaultFallback); return nil }
         clearHugeFolio(folio, realAddress)
         let range = MMUNotifierRange(start: haddr, end: haddr + pmdSize, event: .clear)
         notifiers.invalidateRangeStart(range)

@@ -195,7 +195,7 @@ extension Machine {
     package func migrateLargeFolio(_ folio: Page, av: AnonVMA) -> Result<Page, Errno> {
         assert(folio.isLocked && folio.test(.head) && folio.isAnon, "migrateLargeFolio: a locked anonymous THP")
         let n = Int(folio.folioPages), index = folio.index
-        guard let new = memory.allocate(order: folio.order) else { return .failure(.ENOMEM) }
+        guard let new = memory.allocate(order: folio.order, lru: true) else { return .failure(.ENOMEM) }
         new.lock()
         var entries = tryToMigratePMDs(folio, av: av, index: index)
         var perPage = 0

@@ -14,7 +14,14 @@ extension Machine {
     /// folio that is not anonymous.
     /// Locking: caller holds the folio's lock and one reference on it, and no page-table
     /// lock; takes the anon_vma lock, notifiers, PMD and PTE locks.
-    public func splitFolio(_ folio: Page) -> Errno? {
+    public func splitFolio(_ folio: Page) -> Errno? { splitFolio(folio, toList: nil) }
+
+    /// `split_folio_to_list`: `splitFolio`, and every new folio but the caller's goes to
+    /// `toList` with a reference of its own (reclaim's list: the new folios make their own pass
+    /// through it). A folio that was isolated from the LRU leaves its new folios isolated too
+    /// (they are not added to a list); one on a list leaves them beside it there.
+    /// Locking: as `splitFolio`.
+    func splitFolio(_ folio: Page, toList: ((Page) -> Void)?) -> Errno? {
         Lockdep.assertNoSpinLockHeld()
         assert(folio.isLocked && folio.folioHead.refcount > 0, "splitFolio: the folio must be locked and referenced")
         let head = folio.folioHead
@@ -47,7 +54,7 @@ extension Machine {
                 stats.count(.thpSplitPageFailed)
                 return .EAGAIN
             }
-            splitFrozenFolio(head, tailsLocked: .inherited)
+            splitFrozenFolio(head, tailsLocked: .inherited, isolated: toList != nil)
             for i in 0..<n where entries[i] > 0 {
                 let p = memory.page(head.pfn + UInt64(i))
                 removeMigrationPTEs(from: p, to: p, av: av, index: index + UInt64(i), entries: entries[i])
@@ -55,7 +62,7 @@ extension Machine {
             for i in 1..<n {
                 let t = memory.page(head.pfn + UInt64(i))
                 t.unlockInherited()
-                memory.put(t)
+                if let toList { toList(t) } else { memory.put(t) }
             }
             stats.count(.thpSplitPage)
             return nil
@@ -71,12 +78,14 @@ extension Machine {
     /// anonymous flags, kind and device membership, and stays at count 0 until every page is
     /// whole; a device-private folio's driver is told of each new folio and then of the head
     /// (`zone_device_private_split_cb`); then every new folio gets one reference (the head
-    /// the caller's) and is locked.
+    /// the caller's) and is locked. The new folios' LRU places: see `LRULists.splitFolio`; a
+    /// head off every list leaves the others to be added, unless `isolated` (the caller took
+    /// the head off its list and keeps the new folios off theirs too).
     /// Locking: `head` locked and frozen by the caller.
-    private func splitFrozenFolio(_ head: Page, tailsLocked: SplitTailLock) {
+    private func splitFrozenFolio(_ head: Page, tailsLocked: SplitTailLock, isolated: Bool = false) {
         assert(head.isLocked && head.refcount == 0, "splitFrozenFolio: the folio must be locked and frozen")
         let n = head.folioPages
-        var common = head.flags.intersection([.anon, .swapBacked, .uptodate, .dirty, .referenced, .zoneDevice])
+        var common = head.flags.intersection([.anon, .swapBacked, .uptodate, .dirty, .referenced, .workingset, .zoneDevice])
         if tailsLocked == .inherited { common.insert(.locked) }
         let kind = head.kind
         for i in 1..<n {
@@ -86,6 +95,8 @@ extension Machine {
             t.order = 0
             t.kind = kind
         }
+        // lru_add_split_folio, while the folio is frozen (nobody isolates or frees it).
+        let linked = !head.isZoneDevice && memory.lru.splitFolio(head, pages: n)
         head.order = 0
         head.clear(.head)
         if head.isDevicePrivate, let g = memory.pagemap(of: head) {
@@ -98,8 +109,13 @@ extension Machine {
             t.refcountWord.store(1)
         }
         head.refcountWord.store(1)
-        // lru_add_split_folio: the new small system folios go on the LRU.
-        if !head.isZoneDevice { for i in 0..<n { memory.lru.add(memory.page(head.pfn + i)) } }
+        // The new small system folios of a head that was on no list go on the LRU now (the
+        // head too unless it is isolated or batched: its isolator or batch places it).
+        let headPlaced = head.test(.lruBatched) || head.test(.lru)
+        if !head.isZoneDevice && !linked && (headPlaced || !isolated) {
+            if !headPlaced { memory.lru.add(head) }
+            for i in 1..<n { memory.lru.add(memory.page(head.pfn + i)) }
+        }
     }
 
     /// `folio_split_unmapped` (to order 0): splits a locked, unmapped large anonymous folio

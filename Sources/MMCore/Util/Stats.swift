@@ -21,6 +21,8 @@ public final class MMStats: @unchecked Sendable {
         /// Transparent huge pages, printed with their /proc/vmstat names (`thp_fault_alloc`, …).
         case thpFaultAlloc, thpFaultFallback, thpZeroPageAlloc, thpSplitPMD, thpSplitPage, thpSplitPageFailed
         case thpDeferredSplitPage, thpCollapseAlloc, thpCollapseAllocFailed, thpMigrationSuccess, thpMigrationFail, thpMigrationSplit
+        /// THPs reclaim split to swap them page by page (`thp_swpout_fallback`).
+        case thpSwpoutFallback
         /// Swap and reclaim, named as in /proc/vmstat: pages read from and written to swap,
         /// swap-ins that had to read (major faults), pages reclaim gave back to the active
         /// list or MADV_COLD moved to the inactive one, MADV_FREE pages discarded.
@@ -33,9 +35,10 @@ public final class MMStats: @unchecked Sendable {
         /// Processes the OOM killer killed (`oom_kill`).
         case oomKill
         /// Pages read back from a slot that held their shadow since reclaim evicted them
-        /// (`workingset_refault_anon`; every swap-in read here: the activation test on the
-        /// refault distance, `workingset_activate_anon`, is not modelled).
-        case workingsetRefaultAnon
+        /// (`workingset_refault_anon`), those of them activated because they came back within
+        /// the working set's size (`workingset_activate_anon`), and those that were in the
+        /// working set when evicted (`workingset_restore_anon`).
+        case workingsetRefaultAnon, workingsetActivateAnon, workingsetRestoreAnon
     }
     @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}

@@ -108,8 +108,9 @@ struct ForkCopier: PageWalker {
         parent.mmapLock.assertWriteLocked()
         finish()
         let dst: (entry: EntryPointer, table: Page, level: PageTableLevel)
-        do { dst = try childTables.walkAllocating(addr, level: .pmd) } catch { return .stop(.ENOMEM) }
-        guard let pgtable = childTables.allocateDepositTable() else { return .stop(.ENOMEM) }
+        // pte_alloc_one (GFP_KERNEL) before any lock: it may reclaim.
+        do { dst = try childTables.walkAllocating(addr, level: .pmd, mayReclaim: true) } catch { return .stop(.ENOMEM) }
+        guard let pgtable = childTables.allocateDepositTable(mayReclaim: true) else { return .stop(.ENOMEM) }
         table.ptl.lock()
         let v = src.load()
         if PageTable.isTHPMigration(v) {

@@ -72,12 +72,14 @@ extension Machine {
         }
         problems += memory.checkLargeFolios()
         problems += memory.lru.checkInvariants()
-        // Every small anonymous system page that is mapped is on the LRU (or on its way there).
-        for (key, _) in mappings where key & (PageTableChecker.swapSlotBit | PageTableChecker.entireMappingBit) == 0 {
-            let p = memory.page(key)
-            if p.isAnon && !p.isZoneDevice && p.order == 0 && !p.test(.tail) && !p.test(.head)
-                && !p.test(.lru) && !p.test(.lruBatched) && !p.test(.isolated) && p.pfn < memory.systemFrames {
-                problems.append("pfn \(key): a mapped anonymous page on no LRU list")
+        // Every anonymous system folio that is mapped (small, or a THP by PMD or PTEs) is on
+        // the LRU (or on its way there), by its head.
+        var seenHeads = Set<UInt64>()
+        for (key, _) in mappings where key & PageTableChecker.swapSlotBit == 0 {
+            let h = memory.page(key & ~PageTableChecker.entireMappingBit).folioHead
+            guard h.pfn < memory.systemFrames, h.isAnon, !h.isZoneDevice, !h.test(.hugetlb), seenHeads.insert(h.pfn).inserted else { continue }
+            if !h.test(.lru) && !h.test(.lruBatched) && !h.test(.isolated) {
+                problems.append("pfn \(h.pfn): a mapped anonymous folio (order \(h.order)) on no LRU list")
             }
         }
         return problems

@@ -1,0 +1,168 @@
+import XCTest
+@testable import MMCore
+import MMSync
+
+/// Anonymous THPs under reclaim (Linux 7.2's `shrink_folio_list` without a 512-slot swap
+/// cluster: `split_folio_to_list`, `thp_swpout_fallback`), MADV_PAGEOUT and MADV_COLD on a
+/// PMD-mapped THP (`madvise_cold_or_pageout_pte_range`), and THPs on the LRU lists.
+final class THPReclaimTests: XCTestCase {
+    let twoMiB: UInt64 = 2 << 20
+
+    /// A 2 MiB-aligned range of `huge` huge pages, THP-eligible through MADV_HUGEPAGE.
+    private func hugeRange(_ env: Env, huge: UInt64 = 1) throws -> UInt64 {
+        env.memory.thp.mode = .madvise
+        let raw = try env.process.mmap(length: (huge + 1) * twoMiB, prot: .readWrite, flags: [.private, .anonymous])
+        let a = (raw + twoMiB - 1) & ~(twoMiB - 1)
+        try env.process.madvise(a, length: huge * twoMiB, advice: .hugePage)
+        return a
+    }
+
+    private func pmdLeaf(_ env: Env, _ a: UInt64) -> PTE? {
+        env.mm.mmapLock.lockRead(); defer { env.mm.mmapLock.unlockRead() }
+        guard let f = env.mm.pageTable.lookup(a, level: .pte), f.level == .pmd else { return nil }
+        return f.entry.load()
+    }
+
+    func testANewTHPIsOnTheInactiveListCountingItsPages() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env)
+        try env.cpu.store(a, UInt64(1))
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 1)
+        let head = env.memory.page(try XCTUnwrap(pmdLeaf(env, a)).pfn)
+        XCTAssertTrue(head.test(.lruBatched) || head.test(.lru))
+        env.memory.lru.drainAll()
+        XCTAssertTrue(head.test(.lru) && !head.test(.active))
+        XCTAssertEqual(env.memory.lru.count(.inactiveAnon), 512, "a THP counts its 512 pages (lru_zone_size)")
+        env.check()
+        env.teardown()
+        XCTAssertEqual(env.memory.lru.count(.inactiveAnon), 0)
+    }
+
+    func testPageoutOfAWholeTHPSplitsItAndSwapsEveryPage() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env)
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 1)
+        let used = env.machine.usedFrames
+        try env.process.madvise(a, length: twoMiB, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1)
+        XCTAssertEqual(env.machine.stats[.thpSwpoutFallback], 1)
+        XCTAssertEqual(env.machine.stats[.pswpout], 512)
+        XCTAssertEqual(env.machine.usedFrames, used - 512, "every page of the folio is freed; the deposited table maps the entries")
+        XCTAssertEqual(env.memory.swap.freeSlots, 512)
+        XCTAssertNil(pmdLeaf(env, a))
+        let pm = try env.mm.pagemap(a, count: 512)
+        XCTAssertEqual(pm.filter { $0.isSwap && !$0.isPresent }.count, 512)
+        env.check()
+        try checkIDX(env.cpu, a, bytes: twoMiB)
+        XCTAssertEqual(env.machine.stats[.pswpin], 512)
+        XCTAssertEqual(env.machine.stats[.pgmajfault], 512)
+        env.check()
+        env.teardown()
+    }
+
+    func testPageoutOfPartOfATHPSplitsItAndSwapsOnlyThatPart() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env)
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        try env.process.madvise(a + twoMiB / 2, length: twoMiB / 4, advice: .pageout)
+        // split_folio in the madvise walk itself, then 128 small pages reclaimed.
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1)
+        XCTAssertEqual(env.machine.stats[.thpSwpoutFallback], 0)
+        XCTAssertEqual(env.machine.stats[.pswpout], 128)
+        let pm = try env.mm.pagemap(a, count: 512)
+        XCTAssertEqual(pm.indices.filter { pm[$0].isSwap }, Array(256..<384))
+        XCTAssertEqual(pm.filter(\.isPresent).count, 384)
+        env.check()
+        try checkIDX(env.cpu, a, bytes: twoMiB)
+        XCTAssertEqual(env.machine.stats[.pswpin], 128)
+        env.check()
+        env.teardown()
+    }
+
+    /// A THP whose PMD was split (mprotect of one page, then back: one VMA again) is mapped by
+    /// 512 PTEs: PAGEOUT of all of it takes the folio whole for reclaim, which splits it;
+    /// PAGEOUT of part of another splits that folio in the walk first.
+    func testPageoutOfAPTEMappedTHP() throws {
+        let env = try Env(swapPages: 2048)
+        let a = try hugeRange(env, huge: 2)
+        try fillIDX(env.cpu, a, bytes: 2 * twoMiB)
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 2)
+        for b in [a, a + twoMiB] {
+            try env.process.mprotect(b, length: pageSize, prot: .read)
+            try env.process.mprotect(b, length: pageSize, prot: .readWrite)
+        }
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 2)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
+        XCTAssertNil(pmdLeaf(env, a))
+        try env.process.madvise(a, length: twoMiB, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.thpSwpoutFallback], 1, "taken whole, split by reclaim")
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1)
+        XCTAssertEqual(env.machine.stats[.pswpout], 512)
+        try env.process.madvise(a + twoMiB, length: 8 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.thpSwpoutFallback], 1, "split in the walk")
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 2)
+        XCTAssertEqual(env.machine.stats[.pswpout], 520)
+        env.check()
+        try checkIDX(env.cpu, a, bytes: 2 * twoMiB)
+        XCTAssertEqual(env.machine.stats[.pswpin], 520)
+        env.check()
+        env.teardown()
+    }
+
+    func testColdMakesTheHugeLeafOldAndSwapsNothing() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env)
+        try env.cpu.store(a, UInt64(7))
+        XCTAssertTrue(try XCTUnwrap(pmdLeaf(env, a)).isAccessed)
+        try env.process.madvise(a, length: twoMiB, advice: .cold)
+        let leaf = try XCTUnwrap(pmdLeaf(env, a), "COLD keeps the folio whole")
+        XCTAssertFalse(leaf.isAccessed)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 7)
+        env.check()
+        env.teardown()
+    }
+
+    func testAPinnedTHPIsNotPagedOut() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env)
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        let pinned = try env.mm.getUserPages(a, count: 1, flags: [.write, .pin])
+        try env.process.madvise(a, length: twoMiB, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
+        XCTAssertNotNil(pmdLeaf(env, a))
+        env.mm.unpinUserPages(pinned)
+        env.check()
+        env.teardown()
+    }
+
+    /// With THP `always`, a working set twice RAM is written in THPs until no order-9 block
+    /// is left, then in small pages; reclaim has to split and swap the THPs to go on (THPs
+    /// reclaim could not take would fill RAM). A fork shares the first THPs: their split and
+    /// swap-out reach both processes' PMDs; both read everything back.
+    func testReclaimSplitsAndSwapsTHPsUnderPressure() throws {
+        let env = try Env(mib: 16, swapPages: 16_384, checkEveryOperation: false)
+        env.memory.thp.mode = .always
+        let bytes: UInt64 = 32 << 20
+        let raw = try env.process.mmap(length: bytes + twoMiB, prot: .readWrite, flags: [.private, .anonymous])
+        let a = (raw + twoMiB - 1) & ~(twoMiB - 1)
+        try fillIDX(env.cpu, a, bytes: 4 << 20)
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 2)
+        let child = try env.process.fork()
+        try fillIDX(env.cpu, a + (4 << 20), bytes: bytes - (4 << 20), plus: 3)
+        XCTAssertGreaterThan(env.machine.stats[.thpSwpoutFallback], 0)
+        XCTAssertGreaterThan(env.machine.stats[.pswpout], Int((bytes - (16 << 20)) / pageSize))
+        try checkIDX(env.cpu, a, bytes: 4 << 20)
+        try checkIDX(env.cpu, a + (4 << 20), bytes: bytes - (4 << 20), plus: 3)
+        let childCPU = child.makeCPU()
+        try checkIDX(childCPU, a, bytes: 4 << 20)
+        XCTAssertEqual(env.machine.checkInvariants(), [])
+        childCPU.detach()
+        child.exit()
+        env.teardown()
+    }
+}
