@@ -415,6 +415,39 @@ final class ReclaimTests: XCTestCase {
         env.teardown()
     }
 
+    /// Fork under memory pressure: with no frame free, the child's page tables and the copy a
+    /// pinned page needs (`copy_present_page`) are allocated where reclaim may run (before the
+    /// PTE lock, as copy_pte_range's `folio_prealloc` round), so fork succeeds by swapping.
+    func testForkWithNoFreeFrameReclaimsForTablesAndAPinnedPagesCopy() throws {
+        let env = try Env(mib: 16, swapPages: 8192, checkEveryOperation: false)
+        // More pinned pages than one direct reclaim frees (32): copies made only from what
+        // the table allocations' reclaim left would run out.
+        let pins = 200
+        let a = try env.anon(pins)
+        try fillIDX(env.cpu, a, bytes: UInt64(pins) * pageSize, plus: 5)
+        let pinned = try env.mm.getUserPages(a, count: pins, flags: [.write, .pin])
+        let n = env.memory.freeFrames / 2
+        let b = try env.anon(n)
+        try fillIDX(env.cpu, b, bytes: UInt64(n) * pageSize)
+        var ballast: [Page] = []
+        while let p = env.memory.allocate() { ballast.append(p) }
+        XCTAssertEqual(env.memory.freeFrames, 0)
+        let child = try env.process.fork()
+        XCTAssertGreaterThan(env.machine.stats[.pswpout], 0, "fork's allocations reclaimed")
+        let childCPU = child.makeCPU()
+        let mine = try env.mm.pagemap(a, count: pins).map(\.pfn), theirs = try child.mm.pagemap(a, count: pins)
+        XCTAssertTrue(theirs.allSatisfy(\.isPresent))
+        XCTAssertTrue(zip(mine, theirs).allSatisfy { $0 != $1.pfn }, "each pinned page stays the parent's; the child has copies")
+        try checkIDX(childCPU, a, bytes: UInt64(pins) * pageSize, plus: 5)
+        for p in ballast { env.memory.put(p) }
+        try checkIDX(childCPU, b, bytes: UInt64(n) * pageSize)
+        env.mm.unpinUserPages(pinned)
+        childCPU.detach()
+        child.exit()
+        XCTAssertEqual(env.machine.checkInvariants(), [])
+        env.teardown()
+    }
+
     /// kswapd, once started, brings the free frames back above the high watermark after
     /// allocations took them below the low one.
     func testKswapdRestoresTheHighWatermark() throws {

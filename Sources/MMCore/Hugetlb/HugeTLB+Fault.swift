@@ -8,7 +8,7 @@ extension AddressSpace {
     /// Locking: caller holds the mmap lock, or the VMA's lock in a fault.
     func hugePTEAlloc(_ h: HState, _ haddr: UInt64) throws(Errno) -> (entry: EntryPointer, table: Page) {
         Lockdep.assertSomeRWSemHeld()
-        let found = try pageTable.walkAllocating(haddr, level: h.level)
+        let found = try pageTable.walkAllocating(haddr, level: h.level, mayReclaim: true)
         guard found.level == h.level else { throw .EFAULT }
         return (found.entry, found.table)
     }

@@ -45,6 +45,7 @@ extension AddressSpace {
             var copier = ForkCopier(parent: self, child: child, vma: vma, childVMA: cv, cow: cow)
             let err = pageTable.walk(vma.start, vma.end, &copier)
             copier.finish()
+            copier.releasePrealloc()
             parentChanged = parentChanged || copier.parentChanged
             if cow { notifiers.invalidateRangeEnd(range) }
             if let err { failure = err; break }
@@ -71,10 +72,20 @@ struct ForkCopier: PageWalker {
     /// The child's PTE table for the 2 MiB being copied: allocated once per table, as
     /// copy_pte_range does (`pte_alloc_map_lock`), not walked down to for every entry.
     var dstTable: (base: UInt64, page: Page)? = nil
+    /// Pages allocated (with reclaim, no lock held) for the copies that pinned pages need in
+    /// the PTE table being copied (`folio_prealloc` before `copy_present_page`).
+    var prealloc: [Page] = []
 
     /// Unlocks the child's current PTE table (after the walk, or before the next table).
     mutating func finish() {
         if let t = dstTable { t.page.ptl.unlock(); dstTable = nil }
+    }
+
+    /// Frees the preallocated pages nothing used. Locking: no page-table lock held.
+    mutating func releasePrealloc() {
+        Lockdep.assertNoSpinLockHeld()
+        for p in prealloc { memory.put(p) }
+        prealloc.removeAll()
     }
 
     init(parent: AddressSpace, child: AddressSpace, vma: VMA, childVMA: VMA, cow: Bool) {
@@ -91,6 +102,24 @@ struct ForkCopier: PageWalker {
             if dstTable?.base != start & ~(pmdSize - 1) {
                 finish()
                 do { _ = try childTables.walkAllocating(start, level: .pte, mayReclaim: true) } catch { return .stop(.ENOMEM) }
+                // copy_pte_range's -EAGAIN round: a page that may be pinned gets its child's
+                // copy from a page allocated here, where it may reclaim (the table is read
+                // without its lock: a pin taken meanwhile is copied into a page allocated
+                // without reclaim under the lock).
+                let ptes = EntryPointer(memory.frame(v.pfn))
+                var pinned = 0
+                var a = start
+                while a < end {
+                    let e = (ptes + PageTableLevel.pte.index(a)).load()
+                    a += pageSize
+                    guard e.isPresent, !e.isSpecial, memory.isValidPfn(e.pfn) else { continue }
+                    let p = memory.page(e.pfn)
+                    if p.isAnon && p.folioHead.pincount > 0 { pinned += 1 }
+                }
+                while prealloc.count < pinned {
+                    guard let p = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return .stop(.ENOMEM) }
+                    prealloc.append(p)
+                }
             }
             return .next
         }
@@ -277,7 +306,7 @@ struct ForkCopier: PageWalker {
         if page.isAnon && page.folioHead.pincount > 0 {   // folio_maybe_dma_pinned (a THP's pins are its head's)
             // copy_present_page: a page that may be pinned for DMA keeps its identity in the
             // parent; the child gets a private copy now.
-            guard let new = memory.allocate(order: 0, lru: true) else { return .stop(.ENOMEM) }
+            guard let new = prealloc.popLast() ?? memory.allocate(order: 0, lru: true) else { return .stop(.ENOMEM) }
             memory.copyPage(to: new, from: page)
             memory.addNewAnonRmap(new, vma: childVMA, address: addr, anonVMA: .passUnretained(parent.anonVMAPrepare(childVMA)))
             dst.store(.page(new.pfn, write: v.isWrite, dirty: true))

@@ -151,7 +151,8 @@ extension AddressSpace {
             let a = from + off
             off += step
             guard let src = pageTable.lookup(a, level: level), src.level == level, !src.entry.load().isNone else { continue }
-            do { _ = try pageTable.walkAllocating(to + (a - from), level: level) } catch { return error }
+            // Before any lock (mmap write lock aside): the tables may reclaim (GFP_KERNEL).
+            do { _ = try pageTable.walkAllocating(to + (a - from), level: level, mayReclaim: true) } catch { return error }
         }
         let range = MMUNotifierRange(start: from, end: from + length, event: .unmap)
         notifiers.invalidateRangeStart(range)
@@ -209,7 +210,7 @@ extension AddressSpace {
         mmapLock.assertWriteLocked()
         for leaf in thpLeaves(from: from, to: to, length: length) {
             if leaf.whole {
-                do { _ = try pageTable.walkAllocating(to + (leaf.address - from), level: .pmd) } catch { return error }
+                do { _ = try pageTable.walkAllocating(to + (leaf.address - from), level: .pmd, mayReclaim: true) } catch { return error }
             } else {
                 splitHugePMD(leaf.vma, leaf.address)
             }
