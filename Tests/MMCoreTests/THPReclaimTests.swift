@@ -111,6 +111,87 @@ final class THPReclaimTests: XCTestCase {
         env.teardown()
     }
 
+    /// A lazily freed THP (MADV_FREE, clean since) mapped by its PMD alone, that reclaim
+    /// takes, is discarded whole, unsplit, with its deposited table (7.2's
+    /// `__discard_anon_folio_pmd_locked`); one written to since is swapped.
+    func testALazilyFreedTHPIsDiscardedNotSwapped() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env)
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        try env.process.madvise(a, length: twoMiB, advice: .free)
+        let used = env.machine.usedFrames
+        try env.process.madvise(a, length: twoMiB, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pglazyfreed], 512)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0)
+        XCTAssertEqual(env.machine.stats[.thpSwpoutFallback], 0)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
+        XCTAssertEqual(env.machine.usedFrames, used - 513, "the folio and its deposited table")
+        XCTAssertEqual(env.memory.swap.freeSlots, 1024)
+        XCTAssertEqual(try env.cpu.load(a + twoMiB - 8, as: UInt64.self), 0, "discarded: a fresh zero page")
+        env.check()
+        // Written to after MADV_FREE: the leaf is dirty, so the folio is swap-backed again.
+        let b = a
+        try fillIDX(env.cpu, b, bytes: twoMiB)
+        try env.process.madvise(b, length: twoMiB, advice: .free)
+        try env.cpu.store(b + 8, Int32(-1))
+        try env.process.madvise(b, length: twoMiB, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pglazyfreed], 512)
+        XCTAssertEqual(env.machine.stats[.pswpout], 512)
+        XCTAssertEqual(try env.cpu.load(b + 8, as: Int32.self), -1)
+        XCTAssertEqual(try env.cpu.load(b + twoMiB - 4, as: Int32.self), Int32(twoMiB / 4 - 1))
+        env.check()
+        env.teardown()
+    }
+
+    /// PAGEOUT of part of a PTE-mapped THP whose split fails (a pinned page: EAGAIN) takes
+    /// nothing: the walk passes over a folio the range does not cover whole.
+    func testPageoutOfPartOfAPinnedPTEMappedTHPTakesNothing() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env)
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        try env.process.mprotect(a, length: pageSize, prot: .read)
+        try env.process.mprotect(a, length: pageSize, prot: .readWrite)
+        let pinned = try env.mm.getUserPages(a + twoMiB - pageSize, count: 1, flags: [.write, .pin])
+        try env.process.madvise(a, length: 8 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
+        XCTAssertEqual(env.machine.stats[.thpSplitPageFailed], 1)
+        XCTAssertTrue(try env.mm.pagemap(a, count: 512).allSatisfy(\.isPresent))
+        env.mm.unpinUserPages(pinned)
+        env.check()
+        try checkIDX(env.cpu, a, bytes: twoMiB)
+        env.teardown()
+    }
+
+    /// New THPs are split (partial MADV_PAGEOUT) while another thread drains the LRU add
+    /// batches: the head becomes small under its batch's lock or the LRU lock, so the lists'
+    /// page counts stay exact whichever wins.
+    func testSplittingBatchedTHPsWhileBatchesDrain() throws {
+        let env = try Env(mib: 128, swapPages: 32_768, checkEveryOperation: false)
+        env.memory.thp.mode = .always
+        let rounds = 60
+        let raw = try env.process.mmap(length: UInt64(rounds + 1) * twoMiB, prot: .readWrite, flags: [.private, .anonymous])
+        let base = (raw + twoMiB - 1) & ~(twoMiB - 1)
+        let stop = AtomicWord(0)
+        let drainer = ModelThread.spawn(name: "drainer") {
+            while stop.load() == 0 { env.memory.lru.drainAll() }
+        }
+        for r in 0..<rounds {
+            let a = base + UInt64(r) * twoMiB
+            try env.cpu.store(a, UInt64(r))
+            try env.process.madvise(a + twoMiB / 2, length: pageSize, advice: .pageout)
+        }
+        stop.store(1)
+        drainer.join()
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], rounds)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], rounds)
+        env.memory.lru.drainAll()
+        XCTAssertEqual(env.memory.lru.count(.inactiveAnon) + env.memory.lru.count(.activeAnon), rounds * 511)
+        XCTAssertEqual(env.machine.checkInvariants(), [])
+        for r in 0..<rounds { XCTAssertEqual(try env.cpu.load(base + UInt64(r) * twoMiB, as: UInt64.self), UInt64(r)) }
+        env.teardown()
+    }
+
     func testColdMakesTheHugeLeafOldAndSwapsNothing() throws {
         let env = try Env(swapPages: 1024)
         let a = try hugeRange(env)

@@ -150,6 +150,8 @@ extension MigrateVMA {
         }
         if replacingZero { mm.flushTLB() }
         ptl.unlock()
+        // folio_add_lru_vma for a system destination (device pages are never on the LRU).
+        if !page.isZoneDevice { memory.lru.add(page) }
         return true
     }
 }

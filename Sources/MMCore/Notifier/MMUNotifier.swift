@@ -116,6 +116,9 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     /// Locking: lock. Whole-address-space subscribers (the kernel's hlist).
     @exclusivity(unchecked) var subscribers: [MMUNotifier] = []
     weak var mm: AddressSpace?
+    /// The machine's counters, held strongly (set with `mm`): an invalidation counts in them
+    /// without a weak load of `mm` each time.
+    var machineStats: MMStats?
     let stats = AtomicCounter(0)
     /// Test hook: runs inside `invalidateRangeStart` after the range is counted as active and
     /// before any callback, with no lock held (forces the insert-during-invalidation window).
@@ -211,7 +214,7 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
         defer { if Lockdep.enabled { Lockdep.release(MMUNotifierSubscriptions.invalidateMapClass, nil, site) } }
         lock.lock()
         activeInvalidateRanges += 1
-        if let stats = mm?.machine.stats {
+        if let stats = machineStats {
             stats.count(.notifierInvalidations)
             stats.count(MMStats.invalidationCounter(range.event))
         }
@@ -244,18 +247,21 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
 
     /// Ends an invalidation whose `invalidateRangeStart` returned true.
     public func invalidateRangeEnd(_ range: MMUNotifierRange) {
-        itreeInvalidateEnd()
-        let subs = lock.withLock { subscribers }
+        let subs = itreeInvalidateEnd()
         for s in subs { s.invalidateRangeEnd(range) }
     }
 
     /// `mn_itree_inv_end`: the last invalidation to end makes the sequence even, applies the
     /// deferred inserts and removals and wakes `readBegin` and `remove` waiters.
-    private func itreeInvalidateEnd() {
+    /// Return: the whole-address-space subscribers, read under the same hold of the lock (for
+    /// `invalidateRangeEnd`, which calls their ends next).
+    @discardableResult
+    private func itreeInvalidateEnd() -> [MMUNotifier] {
         lock.lock()
         activeInvalidateRanges -= 1
         precondition(activeInvalidateRanges >= 0, "unbalanced invalidateRangeEnd")
-        guard activeInvalidateRanges == 0, invalidateSeq & 1 == 1 else { lock.unlock(); return }
+        let subs = subscribers
+        guard activeInvalidateRanges == 0, invalidateSeq & 1 == 1 else { lock.unlock(); return subs }
         invalidateSeq += 1
         for (sub, insert) in deferred {
             if insert { addInterval(sub) } else { intervals.removeAll { $0 === sub } }
@@ -263,6 +269,7 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
         deferred.removeAll()
         lock.unlock()
         waitQueue.wakeAll()
+        return subs
     }
 
     /// Runs `body` between start and end of an invalidation of `range`.

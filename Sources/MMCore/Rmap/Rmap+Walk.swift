@@ -1,8 +1,10 @@
 import MMSync
 
-/// One place a page is mapped, as found by an rmap walk.
+/// One place a page is mapped, as found by an rmap walk. Valid only inside the walk's body:
+/// the VMA is borrowed without a reference (the walk's rmap lock keeps it linked and alive),
+/// so a hit must not be kept.
 public struct RmapHit {
-    public let vma: VMA
+    public unowned(unsafe) let vma: VMA
     public let address: UInt64
 }
 

@@ -145,8 +145,8 @@ public final class LRULists: @unchecked Sendable {
         stats.count(.workingsetRefaultAnon)
         let eviction = shadow >> 4, now = UInt64(nonresidentAge.load())
         let distance = (now &- eviction) & (~UInt64(0) >> 4)
-        let workingsetSize = memory.swap.freeSlots > 0 ? UInt64(count(.activeAnon)) : 0
-        guard distance <= workingsetSize else { return false }
+        // The active list counts only while swap has room (a distance is at least 1).
+        guard distance <= UInt64(count(.activeAnon)), memory.swap.freeSlots > 0 else { return false }
         activateNew(page)
         nonresidentAge.add(Int(page.folioPages))
         stats.count(.workingsetActivateAnon)
@@ -201,33 +201,40 @@ public final class LRULists: @unchecked Sendable {
         counts[l] -= Int(p.folioPages)
     }
 
-    /// `lru_add_split_folio` for a THP being split to order 0 (`pages` pages): a head on a list
-    /// stays there and counts one page; its other pages are linked right after it, in order,
-    /// flagged for that list. A head that is not on a list (isolated, or still in an add
-    /// batch) leaves its other pages to the caller, which adds them (`add`) or keeps them for
-    /// itself (reclaim's list).
+    /// `lru_add_split_folio` for a THP being split to order 0 (`pages` pages): `becomeSmall`
+    /// (which makes the head a small page) runs where no drain or list change can see the head
+    /// half-way: under its batch's lock while it is batched (the drain then links it as one
+    /// page), else under the LRU lock. A head on a list stays there and counts one page; its
+    /// other pages are linked on its newer side, in order (7.2's `list_add_tail` before the
+    /// head: the head is reclaimed first), flagged for that list. A head that is batched or on
+    /// no list (isolated) leaves its other pages to the caller, which adds them (`add`) or
+    /// keeps them for itself (reclaim's list).
     /// Return: whether the other pages were put on a list here.
     /// Locking: the caller froze the folio (count 0: nobody isolates or frees it) and holds its
-    /// lock; takes the LRU lock.
-    func splitFolio(_ head: Page, pages: UInt64) -> Bool {
+    /// lock; takes the head's batch lock, then the LRU lock.
+    func splitFolio(_ head: Page, pages: UInt64, becomeSmall: () -> Void) -> Bool {
         lock.assertNotHeld()
-        guard head.test(.lru) else { return false }
+        if head.test(.lruBatched) {
+            let b = batchOwners[Int(head.lruSlot)]
+            b.lock.lock()
+            if head.test(.lruBatched) { becomeSmall(); b.lock.unlock(); return false }
+            b.lock.unlock()   // drained meanwhile: on a list now
+        }
         lock.lock(); defer { lock.unlock() }
-        guard head.test(.lru) else { return false }
+        guard head.test(.lru) else { becomeSmall(); return false }
         let active = head.test(.active)
         let l = active ? List.activeAnon.rawValue : List.inactiveAnon.rawValue
         counts[l] -= Int(pages) - 1
-        var prev = head
+        becomeSmall()
         for i in 1..<pages {
             let t = memory.page(head.pfn + i)
-            let next = prev.lruNext
-            t.lruPrev = UInt32(prev.pfn)
-            t.lruNext = next
-            prev.lruNext = UInt32(t.pfn)
-            if next != LRULists.nilLink { memory.page(UInt64(next)).lruPrev = UInt32(t.pfn) } else { tails[l] = UInt32(t.pfn) }
+            let prev = head.lruPrev
+            t.lruPrev = prev
+            t.lruNext = UInt32(head.pfn)
+            if prev != LRULists.nilLink { memory.page(UInt64(prev)).lruNext = UInt32(t.pfn) } else { heads[l] = UInt32(t.pfn) }
+            head.lruPrev = UInt32(t.pfn)
             counts[l] += 1
             t.set(active ? [.lru, .active] : [.lru])
-            prev = t
         }
         return true
     }
@@ -254,8 +261,9 @@ public final class LRULists: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// `isolate_lru_folios`: takes up to `max` folios from the tail of `list`, each with a
-    /// reference and off the list (PG_lru clear). Pages being freed (no reference left) stay.
+    /// `isolate_lru_folios`: takes folios from the tail of `list` until `max` pages are taken
+    /// (a THP counts all of its own: one THP may take the whole budget), each with a reference
+    /// and off the list (PG_lru clear). Pages being freed (no reference left) stay.
     /// Locking: takes the LRU lock.
     func isolate(_ list: List, max: Int) -> [Page] {
         lock.assertNotHeld()
@@ -263,7 +271,8 @@ public final class LRULists: @unchecked Sendable {
         lock.lock()
         var link = tails[list.rawValue]
         var looked = 0
-        while link != LRULists.nilLink && out.count < max && looked < 4 * max {
+        var taken = 0
+        while link != LRULists.nilLink && taken < max && looked < 4 * max {
             let p = memory.page(UInt64(link))
             link = p.lruPrev
             looked += 1
@@ -271,6 +280,7 @@ public final class LRULists: @unchecked Sendable {
             unlinkLocked(p)
             p.clear(.lru)
             out.append(p)
+            taken += Int(p.folioPages)   // a THP uses 512 of the budget (scan += nr_pages)
         }
         lock.unlock()
         isolatedCount.add(out.count)

@@ -85,9 +85,19 @@ extension Machine {
             // it is split first (split_folio_to_list) and reclaimed page by page; its other
             // pages go to the caller's list (or, from MADV_PAGEOUT, are reclaimed right away).
             // A folio someone else holds stays (folio_expected_ref_count).
+            // A lazily freed one mapped whole by one PMD is discarded whole, as 7.2 does; any
+            // other is split, its pages keeping the mark (those mapped by PTEs come back dirty
+            // from the split's migration entries, which carry no dirty bit: they are swapped).
+            let lazy = page.test(.lazyFree) && !page.test(.swapCache)
+            if lazy && discardLazyFreeTHP(page) {
+                page.unlock()
+                stats.count(.pglazyfreed, Int(page.folioPages))
+                memory.put(page)
+                return .freed
+            }
             var others: [Page] = []
             guard splitFolio(page, toList: { others.append($0) }) == nil else { return keep(.activate) }
-            stats.count(.thpSwpoutFallback)
+            if !lazy { stats.count(.thpSwpoutFallback) }
             if let splitTo { others.forEach(splitTo) } else {
                 for t in others where shrinkFolio(t, checkReferences: false) != .freed { memory.put(t) }
             }
@@ -132,9 +142,53 @@ extension Machine {
         return .freed
     }
 
+    /// `unmap_huge_pmd_locked` → `__discard_anon_folio_pmd_locked` for a lazily freed THP
+    /// mapped by one PMD and nothing else: the PMD is cleared under a CLEAR invalidation and
+    /// the TLB flushed; written to since (the leaf or the folio dirty: it becomes swap-backed
+    /// again) or held by anybody but the caller, the leaf goes back; else the deposited table
+    /// is freed and the mapping's reference dropped (the caller's is the last).
+    /// Return: whether the folio is no longer mapped.
+    /// Locking: caller holds the folio's lock and one reference; takes the rmap lock,
+    /// notifiers, the PMD lock.
+    private func discardLazyFreeTHP(_ head: Page) -> Bool {
+        assert(head.isLocked && head.test(.head), "discardLazyFreeTHP: a locked THP")
+        guard head.entireMapcount == 1, head.folioMapcount == 1, head.pincount == 0, !head.test(.dirty),
+              let av = head.anonVMA else { return false }
+        var discarded = false
+        memory.rmapWalkAnon(av, index: head.index) { hit in
+            let mm = hit.vma.mm, a = hit.address
+            guard a & ~pmdMask == 0 else { return true }
+            let range = MMUNotifierRange(start: a, end: a + pmdSize, event: .clear)
+            mm.notifiers.invalidateRangeStart(range)
+            defer { mm.notifiers.invalidateRangeEnd(range) }
+            guard let found = mm.pageTable.lookup(a, level: .pmd), found.level == .pmd else { return true }
+            found.table.ptl.lock()
+            let v = found.entry.load()
+            guard PageTable.isTHPLeaf(v), !v.isSpecial, v.pfn == head.pfn else { found.table.ptl.unlock(); return true }
+            let old = found.entry.exchange(.none)
+            mm.flushTLB()
+            atomicFence()
+            if old.isDirty || head.test(.dirty) || head.refcount != 2 {
+                found.entry.store(old)
+                if old.isDirty || head.test(.dirty) { head.clear(.lazyFree) }
+                found.table.ptl.unlock()
+                return false
+            }
+            let pgtable = mm.pageTable.withdraw(from: found.table)
+            memory.removeRmapPMD(head)
+            found.table.ptl.unlock()
+            mm.pageTable.freeTable(pgtable)
+            memory.put(head)
+            discarded = true
+            return false
+        }
+        return discarded
+    }
+
     /// `folio_referenced` of an anonymous THP: every VMA of its anon_vma that may map part of
-    /// it is looked at, a PMD mapping of the whole folio counting once and each page's PTE
-    /// once, as `page_vma_mapped_walk` visits them; each accessed bit found is cleared.
+    /// it is looked at; a PMD mapping of the whole folio counts once, and so do its PTEs in one
+    /// VMA (`folio_pte_batch`: one young batch, one reference); each accessed bit found is
+    /// cleared.
     /// Locking: caller holds the folio's lock; takes the rmap, PMD and PTE locks.
     private func largeFolioReferenced(_ head: Page) -> Int {
         assert(head.isLocked, "largeFolioReferenced: folio not locked")
@@ -158,15 +212,17 @@ extension Machine {
                 found.table.ptl.unlock()
                 if isLeaf { continue }
             }
+            var young = false
             for i in 0..<n {
                 guard let a = vma.address(ofPageIndex: index + i) else { continue }
                 _ = mm.withMappedPTE(a, pfn: head.pfn + i) { ptep, found in
                     if case .present(let v) = found, v.isAccessed {
                         ptep.modify { $0.mkold() }
-                        referenced += 1
+                        young = true
                     }
                 }
             }
+            if young { referenced += 1 }
         }
         av.lock.unlockRead()
         return referenced

@@ -65,6 +65,8 @@ extension AddressSpace {
         }
         ptl.unlock()
         if replacingZero { pageTable.freeTable(pgtable) }
+        // folio_add_lru_vma (7.2 under the lock; the batch lock is not a spin lock here).
+        if !folio.isZoneDevice { memory.lru.add(folio) }
         stats.count(.thpFaultAlloc)
         return true
     }

@@ -22,6 +22,9 @@ extension Machine {
             let head = page.folioHead
             if coversWhole(head, page, here, ptes, start, end) { a = here + (head.folioPages - (page.pfn - head.pfn)) * pageSize; continue }
             // folio_maybe_mapped_shared: more mappings than pages, or a PMD mapping too.
+            // One attempt per folio (7.2's walk batches the folio's PTEs): its other pages in
+            // the range are passed over whatever the outcome.
+            a = here + (head.folioPages - (page.pfn - head.pfn)) * pageSize
             guard head.entireMapcount == 0, head.folioMapcount <= Int32(head.folioPages) else { continue }
             guard memory.tryGet(head) else { continue }
             defer { memory.put(head) }

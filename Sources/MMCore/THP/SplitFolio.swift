@@ -85,7 +85,7 @@ extension Machine {
     private func splitFrozenFolio(_ head: Page, tailsLocked: SplitTailLock, isolated: Bool = false) {
         assert(head.isLocked && head.refcount == 0, "splitFrozenFolio: the folio must be locked and frozen")
         let n = head.folioPages
-        var common = head.flags.intersection([.anon, .swapBacked, .uptodate, .dirty, .referenced, .workingset, .zoneDevice])
+        var common = head.flags.intersection([.anon, .swapBacked, .uptodate, .dirty, .referenced, .workingset, .lazyFree, .zoneDevice])
         if tailsLocked == .inherited { common.insert(.locked) }
         let kind = head.kind
         for i in 1..<n {
@@ -95,10 +95,11 @@ extension Machine {
             t.order = 0
             t.kind = kind
         }
-        // lru_add_split_folio, while the folio is frozen (nobody isolates or frees it).
-        let linked = !head.isZoneDevice && memory.lru.splitFolio(head, pages: n)
-        head.order = 0
-        head.clear(.head)
+        // lru_add_split_folio, while the folio is frozen (nobody isolates or frees it); the
+        // head becomes small where the LRU sees it change (see `LRULists.splitFolio`).
+        let becomeSmall = { head.order = 0; head.clear(.head) }
+        let linked: Bool
+        if head.isZoneDevice { becomeSmall(); linked = false } else { linked = memory.lru.splitFolio(head, pages: n, becomeSmall: becomeSmall) }
         if head.isDevicePrivate, let g = memory.pagemap(of: head) {
             for i in 1..<n { g.folioSplit(head: head, tail: memory.page(head.pfn + i)) }
             g.folioSplit(head: head, tail: nil)

@@ -12,6 +12,11 @@ struct ColdPageoutWalker: PageWalker {
     let pageout: Bool
     var pages: [Page] = []
     var madeOld = false
+    /// The PTE table being walked and the part of the range inside it (set by `pmdEntry`).
+    var ptTable: (ptes: EntryPointer, start: UInt64, end: UInt64)? = nil
+    /// The last large folio looked at and whether the range covers it whole (asked once per
+    /// folio, not once per page).
+    var lastFolio: (head: UInt64, covered: Bool)? = nil
 
     /// The PMD half (`madvise_cold_or_pageout_pte_range` on a THP leaf): a THP mapped by this
     /// PMD alone (`folio_maybe_mapped_shared`), covered whole, loses its referenced bit; COLD
@@ -20,7 +25,10 @@ struct ColdPageoutWalker: PageWalker {
     /// The huge zero folio, migration and device entries are passed over.
     mutating func pmdEntry(_ pmd: EntryPointer, table: Page, _ start: UInt64, _ end: UInt64) -> WalkStep {
         let v = pmd.load()
-        if v.isPresent && !v.isHuge { return machine.splitPartlyCoveredFolios(v.pfn, start, end) }
+        if v.isPresent && !v.isHuge {
+            ptTable = (EntryPointer(memory.frame(v.pfn)), start, end)
+            return machine.splitPartlyCoveredFolios(v.pfn, start, end)
+        }
         guard v.isPresent && v.isHuge else { return v.isHuge || (!v.isPresent && !v.isNone) ? .skip : .next }
         guard !v.isSpecial else { return .skip }
         table.ptl.lock()
@@ -58,8 +66,14 @@ struct ColdPageoutWalker: PageWalker {
             // the walk, or left because they may be shared or were locked), mapped here alone:
             // each PTE loses its accessed bit (COLD), the folio its referenced bit, and
             // PAGEOUT takes it whole, at its first page, for reclaim (which splits it).
+            // One the split before the walk left (shared, locked, or held by someone) and that
+            // the range does not cover whole is passed over, as 7.2's walk skips it.
             let head = page.folioHead
-            guard page.isAnon, head.entireMapcount == 0, head.folioMapcount == Int32(head.folioPages) else { return .next }
+            guard page.isAnon, head.entireMapcount == 0, head.folioMapcount == Int32(head.folioPages), let t = ptTable else { return .next }
+            if lastFolio?.head != head.pfn {
+                lastFolio = (head.pfn, machine.coversWhole(head, page, addr, t.ptes, t.start, t.end))
+            }
+            guard lastFolio!.covered else { return .next }
             if !pageout && v.isAccessed {
                 pte.modify { $0.mkold() }
                 madeOld = true

@@ -68,6 +68,7 @@ public final class AddressSpace: @unchecked Sendable {
         pageTable = try PageTable(memory: machine.memory)
         notifiers = MMUNotifierSubscriptions()
         notifiers.mm = self
+        notifiers.machineStats = machine.stats
         machine.register(self)
     }
 
