@@ -60,4 +60,65 @@ final class OOMKillTests: XCTestCase {
         XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 0, "the process lives on")
         env.teardown()
     }
+
+    /// Of two address spaces with the same `oom_badness`, the newer is killed (7.2's
+    /// `oom_evaluate_task` replaces the chosen task on a tie); the older lives on.
+    func testOfEqualScoresTheNewestIsKilled() throws {
+        let env = try Env(mib: 16, checkEveryOperation: false)
+        env.machine.oomKillerEnabled = true
+        var idle: [(Process, CPU, UInt64)] = []
+        for k in 0..<2 {
+            let p = try Process(machine: env.machine)
+            let cpu = p.makeCPU()
+            let a = try p.mmap(length: 1500 * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+            try touch(cpu, a, pages: 1500, plus: UInt64(k) << 32)
+            idle.append((p, cpu, a))
+        }
+        XCTAssertEqual(env.machine.oomBadness(idle[0].0.mm), env.machine.oomBadness(idle[1].0.mm))
+        let want = env.memory.freeFrames + 1000
+        let a = try env.anon(want)
+        try touch(env.cpu, a, pages: want, plus: 9)
+        XCTAssertEqual(env.machine.stats[.oomKill], 1)
+        XCTAssertFalse(idle[0].0.mm.isOOMKilled)
+        XCTAssertTrue(idle[1].0.mm.isOOMKilled)
+        XCTAssertFalse(env.mm.isOOMKilled)
+        XCTAssertEqual(try idle[0].1.load(idle[0].2 + 1499 * pageSize, as: UInt64.self), 1499)
+        for i in stride(from: 0, to: want, by: 97) { XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt64.self), UInt64(i) + 9) }
+        XCTAssertEqual(env.machine.checkInvariants(), [])
+        for (p, cpu, _) in idle { cpu.detach(); p.exit() }
+        env.teardown()
+    }
+
+    /// Two processes allocate past RAM at once, each on its own thread: the first to find no
+    /// frame kills the largest (idle) process, the other waits for that victim's reaping
+    /// instead of choosing a second one (`oom_lock`, and a victim not yet reaped aborts the
+    /// selection), and both allocations complete with their bytes right.
+    func testTwoAllocatorsAtOnceShareOneVictim() throws {
+        let env = try Env(mib: 16, checkEveryOperation: false)
+        env.machine.oomKillerEnabled = true
+        let big = try env.anon(2560)
+        try touch(env.cpu, big, pages: 2560)
+        let each = env.memory.freeFrames / 2 + 600   // 1,200 pages more than are free
+        let procs = try (0..<2).map { _ in try Process(machine: env.machine) }
+        let bases = try procs.map { try $0.mmap(length: UInt64(each) * pageSize, prot: .readWrite, flags: [.private, .anonymous]) }
+        let failures = AtomicWord(0)
+        let threads = (0..<2).map { k in
+            procs[k].spawnThread(name: "alloc\(k)") { cpu in
+                do {
+                    for i in 0..<each { try cpu.store(bases[k] + UInt64(i) * pageSize, UInt64(i) + UInt64(k + 1) << 40) }
+                    for i in 0..<each where try cpu.load(bases[k] + UInt64(i) * pageSize, as: UInt64.self) != UInt64(i) + UInt64(k + 1) << 40 {
+                        failures.add(1)
+                    }
+                } catch { failures.add(1) }
+            }
+        }
+        threads.forEach { $0.join() }
+        XCTAssertEqual(failures.load(), 0)
+        XCTAssertEqual(env.machine.stats[.oomKill], 1)
+        XCTAssertTrue(env.mm.isOOMKilled)
+        XCTAssertFalse(procs[0].mm.isOOMKilled || procs[1].mm.isOOMKilled)
+        XCTAssertEqual(env.machine.checkInvariants(), [])
+        for p in procs { p.exit() }
+        env.teardown()
+    }
 }
