@@ -129,17 +129,52 @@ final class THPReclaimTests: XCTestCase {
         XCTAssertEqual(env.memory.swap.freeSlots, 1024)
         XCTAssertEqual(try env.cpu.load(a + twoMiB - 8, as: UInt64.self), 0, "discarded: a fresh zero page")
         env.check()
-        // Written to after MADV_FREE: the leaf is dirty, so the folio is swap-backed again.
+        // Written to after MADV_FREE: the leaf is dirty, so the folio is swap-backed again and
+        // stays (walk_abort: activated); the next pageout swaps it (split, D24).
         let b = a
         try fillIDX(env.cpu, b, bytes: twoMiB)
         try env.process.madvise(b, length: twoMiB, advice: .free)
         try env.cpu.store(b + 8, Int32(-1))
         try env.process.madvise(b, length: twoMiB, advice: .pageout)
         XCTAssertEqual(env.machine.stats[.pglazyfreed], 512)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0)
+        let leaf = try XCTUnwrap(pmdLeaf(env, b), "restored whole")
+        XCTAssertTrue(leaf.isDirty)
+        XCTAssertFalse(env.memory.page(leaf.pfn).test(.lazyFree))
+        try env.process.madvise(b, length: twoMiB, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pglazyfreed], 512)
         XCTAssertEqual(env.machine.stats[.pswpout], 512)
         XCTAssertEqual(try env.cpu.load(b + 8, as: Int32.self), -1)
         XCTAssertEqual(try env.cpu.load(b + twoMiB - 4, as: Int32.self), Int32(twoMiB / 4 - 1))
         env.check()
+        env.teardown()
+    }
+
+    /// Fork of a pinned PMD-mapped THP with no frame free: the parent's PMD is split and the
+    /// child's 512 copies are allocated where reclaim may run (copy_huge_pmd's -EAGAIN, then
+    /// the PTE table's prealloc round), so fork succeeds by swapping other pages.
+    func testForkOfAPinnedTHPWithNoFreeFrameReclaims() throws {
+        let env = try Env(mib: 16, swapPages: 8192, checkEveryOperation: false)
+        let a = try hugeRange(env)
+        try fillIDX(env.cpu, a, bytes: twoMiB, plus: 3)
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 1)
+        let pinned = try env.mm.getUserPages(a, count: 1, flags: [.write, .pin])
+        let n = env.memory.freeFrames / 2
+        let b = try env.anon(n)
+        try fillIDX(env.cpu, b, bytes: UInt64(n) * pageSize)
+        var ballast: [Page] = []
+        while let p = env.memory.allocate() { ballast.append(p) }
+        let child = try env.process.fork()
+        XCTAssertGreaterThan(env.machine.stats[.pswpout], 0)
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
+        for p in ballast { env.memory.put(p) }
+        let childCPU = child.makeCPU()
+        try checkIDX(childCPU, a, bytes: twoMiB, plus: 3)
+        XCTAssertNotEqual(try child.mm.pagemap(a, count: 1)[0].pfn, try env.mm.pagemap(a, count: 1)[0].pfn)
+        env.mm.unpinUserPages(pinned)
+        childCPU.detach()
+        child.exit()
+        XCTAssertEqual(env.machine.checkInvariants(), [])
         env.teardown()
     }
 

@@ -89,11 +89,16 @@ extension Machine {
             // other is split, its pages keeping the mark (those mapped by PTEs come back dirty
             // from the split's migration entries, which carry no dirty bit: they are swapped).
             let lazy = page.test(.lazyFree) && !page.test(.swapCache)
-            if lazy && discardLazyFreeTHP(page) {
-                page.unlock()
-                stats.count(.pglazyfreed, Int(page.folioPages))
-                memory.put(page)
-                return .freed
+            if lazy {
+                switch discardLazyFreeTHP(page) {
+                case .discarded:
+                    page.unlock()
+                    stats.count(.pglazyfreed, Int(page.folioPages))
+                    memory.put(page)
+                    return .freed
+                case .restored: return keep(.activate)   // walk_abort: used since, it stays
+                case .notMappedByOnePMD: break
+                }
             }
             var others: [Page] = []
             guard splitFolio(page, toList: { others.append($0) }) == nil else { return keep(.activate) }
@@ -142,19 +147,25 @@ extension Machine {
         return .freed
     }
 
+    /// What `discardLazyFreeTHP` did.
+    enum LazyTHPDiscard { case discarded, restored, notMappedByOnePMD }
+
     /// `unmap_huge_pmd_locked` → `__discard_anon_folio_pmd_locked` for a lazily freed THP
     /// mapped by one PMD and nothing else: the PMD is cleared under a CLEAR invalidation and
     /// the TLB flushed; written to since (the leaf or the folio dirty: it becomes swap-backed
     /// again) or held by anybody but the caller, the leaf goes back; else the deposited table
     /// is freed and the mapping's reference dropped (the caller's is the last).
-    /// Return: whether the folio is no longer mapped.
+    /// While it looks, the leaf is a PMD migration entry, never empty: a fault meanwhile waits
+    /// on the folio's lock instead of installing a PTE table in its place (7.2 clears the PMD
+    /// under its lock, which `pmd_install` also takes; the model's table install does not).
+    /// Return: discarded, restored (used since: it stays), or not mapped by one PMD alone.
     /// Locking: caller holds the folio's lock and one reference; takes the rmap lock,
     /// notifiers, the PMD lock.
-    private func discardLazyFreeTHP(_ head: Page) -> Bool {
+    private func discardLazyFreeTHP(_ head: Page) -> LazyTHPDiscard {
         assert(head.isLocked && head.test(.head), "discardLazyFreeTHP: a locked THP")
         guard head.entireMapcount == 1, head.folioMapcount == 1, head.pincount == 0, !head.test(.dirty),
-              let av = head.anonVMA else { return false }
-        var discarded = false
+              let av = head.anonVMA else { return .notMappedByOnePMD }
+        var outcome = LazyTHPDiscard.notMappedByOnePMD
         memory.rmapWalkAnon(av, index: head.index) { hit in
             let mm = hit.vma.mm, a = hit.address
             guard a & ~pmdMask == 0 else { return true }
@@ -165,24 +176,28 @@ extension Machine {
             found.table.ptl.lock()
             let v = found.entry.load()
             guard PageTable.isTHPLeaf(v), !v.isSpecial, v.pfn == head.pfn else { found.table.ptl.unlock(); return true }
-            let old = found.entry.exchange(.none)
+            // pmdp_huge_clear_flush: no CPU can set the leaf's bits or use it any more.
+            let hold = SwapEntry.migration(pfn: head.pfn, write: false, exclusive: true).pte(softDirty: v.isSoftDirty, pmd: true)
+            let old = found.entry.exchange(hold)
             mm.flushTLB()
             atomicFence()
             if old.isDirty || head.test(.dirty) || head.refcount != 2 {
                 found.entry.store(old)
                 if old.isDirty || head.test(.dirty) { head.clear(.lazyFree) }
                 found.table.ptl.unlock()
+                outcome = .restored
                 return false
             }
             let pgtable = mm.pageTable.withdraw(from: found.table)
             memory.removeRmapPMD(head)
+            found.entry.store(.none)
             found.table.ptl.unlock()
             mm.pageTable.freeTable(pgtable)
             memory.put(head)
-            discarded = true
+            outcome = .discarded
             return false
         }
-        return discarded
+        return outcome
     }
 
     /// `folio_referenced` of an anonymous THP: every VMA of its anon_vma that may map part of

@@ -100,6 +100,9 @@ extension Machine {
         let becomeSmall = { head.order = 0; head.clear(.head) }
         let linked: Bool
         if head.isZoneDevice { becomeSmall(); linked = false } else { linked = memory.lru.splitFolio(head, pages: n, becomeSmall: becomeSmall) }
+        // Whether the head is on a list or in a batch, read while it is frozen (once it has a
+        // reference again, reclaim may isolate it).
+        let headPlaced = head.test(.lruBatched) || head.test(.lru)
         if head.isDevicePrivate, let g = memory.pagemap(of: head) {
             for i in 1..<n { g.folioSplit(head: head, tail: memory.page(head.pfn + i)) }
             g.folioSplit(head: head, tail: nil)
@@ -112,7 +115,6 @@ extension Machine {
         head.refcountWord.store(1)
         // The new small system folios of a head that was on no list go on the LRU now (the
         // head too unless it is isolated or batched: its isolator or batch places it).
-        let headPlaced = head.test(.lruBatched) || head.test(.lru)
         if !head.isZoneDevice && !linked && (headPlaced || !isolated) {
             if !headPlaced { memory.lru.add(head) }
             for i in 1..<n { memory.lru.add(memory.page(head.pfn + i)) }

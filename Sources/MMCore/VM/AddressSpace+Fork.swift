@@ -184,7 +184,9 @@ struct ForkCopier: PageWalker {
                 table.ptl.unlock()
                 childTables.freeTable(pgtable)
                 parent.splitHugePMD(vma, addr)
-                return .next
+                // copy_huge_pmd's -EAGAIN: the PTE table is copied as any other, with its
+                // pinned pages' copies allocated first (pmdEntry again).
+                return .again
             }
             memory.get(folio)
             memory.addRmapPMD(folio)
