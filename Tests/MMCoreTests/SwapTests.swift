@@ -426,11 +426,7 @@ final class ReclaimTests: XCTestCase {
         let a = try env.anon(pins)
         try fillIDX(env.cpu, a, bytes: UInt64(pins) * pageSize, plus: 5)
         let pinned = try env.mm.getUserPages(a, count: pins, flags: [.write, .pin])
-        let n = env.memory.freeFrames / 2
-        let b = try env.anon(n)
-        try fillIDX(env.cpu, b, bytes: UInt64(n) * pageSize)
-        var ballast: [Page] = []
-        while let p = env.memory.allocate() { ballast.append(p) }
+        let (b, n, ballast) = try env.fillHalfAndTakeTheRest()
         XCTAssertEqual(env.memory.freeFrames, 0)
         let child = try env.process.fork()
         XCTAssertGreaterThan(env.machine.stats[.pswpout], 0, "fork's allocations reclaimed")

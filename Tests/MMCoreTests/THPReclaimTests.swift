@@ -159,18 +159,17 @@ final class THPReclaimTests: XCTestCase {
         try fillIDX(env.cpu, a, bytes: twoMiB, plus: 3)
         XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 1)
         let pinned = try env.mm.getUserPages(a, count: 1, flags: [.write, .pin])
-        let n = env.memory.freeFrames / 2
-        let b = try env.anon(n)
-        try fillIDX(env.cpu, b, bytes: UInt64(n) * pageSize)
-        var ballast: [Page] = []
-        while let p = env.memory.allocate() { ballast.append(p) }
+        let (b, n, ballast) = try env.fillHalfAndTakeTheRest()
+        XCTAssertEqual(env.memory.freeFrames, 0)
         let child = try env.process.fork()
         XCTAssertGreaterThan(env.machine.stats[.pswpout], 0)
         XCTAssertEqual(env.machine.stats[.thpSplitPMD], 1)
         for p in ballast { env.memory.put(p) }
         let childCPU = child.makeCPU()
         try checkIDX(childCPU, a, bytes: twoMiB, plus: 3)
-        XCTAssertNotEqual(try child.mm.pagemap(a, count: 1)[0].pfn, try env.mm.pagemap(a, count: 1)[0].pfn)
+        try checkIDX(childCPU, b, bytes: UInt64(n) * pageSize)
+        let mine = try env.mm.pagemap(a, count: 512).map(\.pfn), theirs = try child.mm.pagemap(a, count: 512)
+        XCTAssertTrue(zip(mine, theirs).allSatisfy { $0 != $1.pfn }, "the pinned folio stays the parent's; the child has 512 copies")
         env.mm.unpinUserPages(pinned)
         childCPU.detach()
         child.exit()

@@ -57,6 +57,18 @@ final class Env {
         XCTAssertEqual(memory.swap.freeSlots, memory.swap.totalSlots, "swap slots leaked after exit", file: file, line: line)
     }
 
+    /// Memory pressure: half the free frames become written anonymous pages (swappable; at
+    /// `base`, IDX) and every frame still free is taken, so the next allocation must reclaim.
+    /// Give `taken` back with `memory.put`.
+    func fillHalfAndTakeTheRest() throws -> (base: UInt64, pages: Int, taken: [Page]) {
+        let n = memory.freeFrames / 2
+        let base = try anon(n)
+        try fillIDX(cpu, base, bytes: UInt64(n) * pageSize)
+        var taken: [Page] = []
+        while let p = memory.allocate() { taken.append(p) }
+        return (base, n, taken)
+    }
+
     func pfn(_ address: UInt64) throws -> UInt64? {
         let e = try mm.pagemap(address, count: 1)[0]
         return e.isPresent ? e.pfn : nil

@@ -163,12 +163,7 @@ public final class LRULists: @unchecked Sendable {
     /// Locking: takes the page's batch lock, then the LRU lock.
     private func activateNew(_ page: Page) {
         lock.assertNotHeld()
-        if page.test(.lruBatched) {
-            let b = batchOwners[Int(page.lruSlot)]
-            b.lock.lock()
-            if page.test(.lruBatched) { page.set(.active); b.lock.unlock(); return }
-            b.lock.unlock()
-        }
+        if whileBatched(page, { _ in page.set(.active) }) { return }
         lock.lock(); defer { lock.unlock() }
         guard page.test(.lru), !page.test(.active) else { return }
         unlinkLocked(page)
@@ -214,12 +209,7 @@ public final class LRULists: @unchecked Sendable {
     /// lock; takes the head's batch lock, then the LRU lock.
     func splitFolio(_ head: Page, pages: UInt64, becomeSmall: () -> Void) -> Bool {
         lock.assertNotHeld()
-        if head.test(.lruBatched) {
-            let b = batchOwners[Int(head.lruSlot)]
-            b.lock.lock()
-            if head.test(.lruBatched) { becomeSmall(); b.lock.unlock(); return false }
-            b.lock.unlock()   // drained meanwhile: on a list now
-        }
+        if whileBatched(head, { _ in becomeSmall() }) { return false }
         lock.lock(); defer { lock.unlock() }
         guard head.test(.lru) else { becomeSmall(); return false }
         let active = head.test(.active)
@@ -239,21 +229,30 @@ public final class LRULists: @unchecked Sendable {
         return true
     }
 
+    /// Runs `body` with the batch that holds `page`, under that batch's lock, if the page is
+    /// in one (a drain cannot move it meanwhile).
+    /// Return: false if the page is not batched (never was, or drained meanwhile: then it is on
+    /// a list, or isolated).
+    /// Locking: takes the page's batch lock; the caller holds neither it nor the LRU lock.
+    private func whileBatched(_ page: Page, _ body: (LRUAddBatch) -> Void) -> Bool {
+        lock.assertNotHeld()
+        guard page.test(.lruBatched) else { return false }
+        let b = batchOwners[Int(page.lruSlot)]
+        b.lock.lock(); defer { b.lock.unlock() }
+        guard page.test(.lruBatched) else { return false }
+        body(b)
+        return true
+    }
+
     /// `__page_cache_release` / `lruvec_del_folio`: a page whose last reference went leaves
     /// its list or batch. Locking: the caller holds no LRU or batch lock; takes them.
     func removeFreed(_ p: Page) {
         lock.assertNotHeld()
-        if p.test(.lruBatched) {
-            let b = batchOwners[Int(p.lruSlot)]
-            b.lock.lock()
-            if p.test(.lruBatched) {
-                for i in 0..<b.count where b.pfns[i] == UInt32(p.pfn) { b.pfns[i] = LRULists.nilLink }
-                p.clear(.lruBatched)
-                b.lock.unlock()
-                return
-            }
-            b.lock.unlock()   // drained meanwhile: on a list now
+        let taken = whileBatched(p) { b in
+            for i in 0..<b.count where b.pfns[i] == UInt32(p.pfn) { b.pfns[i] = LRULists.nilLink }
+            p.clear(.lruBatched)
         }
+        if taken { return }
         guard p.test(.lru) else { return }
         lock.lock()
         unlinkLocked(p)

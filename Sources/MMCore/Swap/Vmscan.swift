@@ -81,13 +81,13 @@ extension Machine {
         // A page that may be pinned for DMA stays (folio_maybe_dma_pinned).
         if page.pincount > 0 { return keep(.activate) }
         if page.test(.head) {
-            // An anonymous THP: swap slots do not come in clusters of 512 here (no THP_SWAP), so
-            // it is split first (split_folio_to_list) and reclaimed page by page; its other
-            // pages go to the caller's list (or, from MADV_PAGEOUT, are reclaimed right away).
-            // A folio someone else holds stays (folio_expected_ref_count).
-            // A lazily freed one mapped whole by one PMD is discarded whole, as 7.2 does; any
-            // other is split, its pages keeping the mark (those mapped by PTEs come back dirty
-            // from the split's migration entries, which carry no dirty bit: they are swapped).
+            // An anonymous THP. A lazily freed one mapped by one PMD alone is discarded whole,
+            // as 7.2 does. Any other is split (split_folio_to_list: swap slots do not come in
+            // clusters of 512 here, D24) and reclaimed page by page, its other pages going to
+            // the caller's list (from MADV_PAGEOUT: reclaimed right away); a folio someone else
+            // holds stays (folio_expected_ref_count). Split lazily freed pages keep the mark,
+            // but those mapped by PTEs come back dirty (the split's migration entries carry no
+            // dirty bit) and are swapped.
             let lazy = page.test(.lazyFree) && !page.test(.swapCache)
             if lazy {
                 switch discardLazyFreeTHP(page) {
@@ -151,7 +151,7 @@ extension Machine {
     enum LazyTHPDiscard { case discarded, restored, notMappedByOnePMD }
 
     /// `unmap_huge_pmd_locked` → `__discard_anon_folio_pmd_locked` for a lazily freed THP
-    /// mapped by one PMD and nothing else: the PMD is cleared under a CLEAR invalidation and
+    /// mapped by one PMD and nothing else: the PMD is taken away under a CLEAR invalidation and
     /// the TLB flushed; written to since (the leaf or the folio dirty: it becomes swap-backed
     /// again) or held by anybody but the caller, the leaf goes back; else the deposited table
     /// is freed and the mapping's reference dropped (the caller's is the last).
