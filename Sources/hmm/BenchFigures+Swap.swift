@@ -9,8 +9,9 @@ extension BenchSuite {
     ///   a major fault each), against `memcpy` of the same bytes twice — the copies swap-out and
     ///   swap-in make to and from a ramdisk area, the physical limit of this round trip;
     /// - one CPU thread writing and then reading a working set four times RAM (one access per
-    ///   page), against the same two passes on a machine with enough RAM: what reclaim (direct,
-    ///   from the faulting thread) and swap-in cost on top of the faults themselves.
+    ///   page), against the same two passes on a machine with enough RAM: what reclaim (kswapd,
+    ///   running as in every kernel, and direct reclaim from the faulting thread when kswapd
+    ///   falls behind) and swap-in cost on top of the faults themselves.
     func swapFigures() throws -> [BenchRow] {
         let bytes: UInt64 = quick ? 16 << 20 : 1 << 30
         let pages = bytes / pageSize
@@ -42,6 +43,8 @@ extension BenchSuite {
         let set = 4 * ram
         func stream(memory: UInt64, swap: UInt64) throws -> Double {
             let m = try Machine(memoryBytes: memory, devicePfnSpaceBytes: 0, swapBytes: swap, populateRAM: true)
+            if swap > 0 { m.startKswapd() }
+            defer { m.stopKswapd() }
             let p = try MMCore.Process(machine: m)
             let cpu = p.makeCPU()
             defer { cpu.detach(); p.exit() }
@@ -80,6 +83,8 @@ extension BenchSuite {
     /// page access.
     func reclaimUnderLoad(memory: UInt64, set: UInt64, swap: UInt64) throws -> Double {
         let m = try Machine(memoryBytes: memory, devicePfnSpaceBytes: 1 << 30, swapBytes: swap, populateRAM: true)
+        if swap > 0 { m.startKswapd() }
+        defer { m.stopKswapd() }
         let p = try MMCore.Process(machine: m)
         let cpu = p.makeCPU()
         defer { cpu.detach(); p.exit() }

@@ -127,6 +127,13 @@ public struct Page: Equatable, Hashable, CustomStringConvertible {
     @usableFromInline static let ownerTagAnon: UInt64 = 1
     @usableFromInline static let ownerTagMask: UInt64 = 3
 
+    /// The anon_vma of an anonymous page, uncounted (`_withUnsafeGuaranteedRef` borrows it
+    /// without a retain; valid while the page's lock or its pinned anon_vma keeps it).
+    @inlinable var anonVMARef: Unmanaged<AnonVMA>? {
+        let bits = ownerBits
+        guard bits & Page.ownerTagMask == Page.ownerTagAnon else { return nil }
+        return Unmanaged<AnonVMA>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits & ~Page.ownerTagMask))!)
+    }
     /// The anon_vma of an anonymous page.
     public var anonVMA: AnonVMA? {
         let bits = ownerBits

@@ -5,19 +5,19 @@ import MMSync
 /// split from it, and every forked copy) is linked into that anon_vma, so an rmap walk finds
 /// all of them. All anon_vmas of one fork tree share the root's lock.
 public final class AnonVMA: @unchecked Sendable {
-    /// Locking: `root.rwsem` (write to link/unlink, read to walk).
+    /// Locking: `lock` (write to link/unlink, read to walk).
     @exclusivity(unchecked) var vmas: [VMA] = []
     let parent: AnonVMA?
     private let rootRef: AnonVMA?
-    let rwsem: RWSem?
 
     var root: AnonVMA { rootRef ?? self }
-    /// The lock of the whole tree (`anon_vma->root->rwsem`).
-    public var lock: RWSem { root.rwsem! }
+    /// The lock of the whole tree (`anon_vma->root->rwsem`): the root's, stored in every
+    /// anon_vma of the tree so that an rmap walk reaches it without going through the root.
+    public let lock: RWSem
 
     init(parent: AnonVMA?) {
         self.parent = parent
-        if let p = parent { rootRef = p.root; rwsem = nil } else { rootRef = nil; rwsem = RWSem("anon_vma") }
+        if let p = parent { rootRef = p.root; lock = p.lock } else { rootRef = nil; lock = RWSem("anon_vma") }
     }
 
     func link(_ vma: VMA) {

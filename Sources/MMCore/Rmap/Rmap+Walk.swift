@@ -4,8 +4,16 @@ import MMSync
 /// the VMA is borrowed without a reference (the walk's rmap lock keeps it linked and alive),
 /// so a hit must not be kept.
 public struct RmapHit {
-    public unowned(unsafe) let vma: VMA
+    @usableFromInline let vmaRef: Unmanaged<VMA>
     public let address: UInt64
+    @inlinable init(vma: VMA, address: UInt64) { vmaRef = .passUnretained(vma); self.address = address }
+    /// The VMA (a counted reference: hot paths borrow it with `withVMA` instead).
+    public var vma: VMA { vmaRef.takeUnretainedValue() }
+    /// Calls `body` with the VMA and its mm borrowed, without reference counting.
+    @inlinable @inline(__always)
+    public func withVMA<R>(_ body: (VMA, AddressSpace) throws -> R) rethrows -> R {
+        try vmaRef._withUnsafeGuaranteedRef { vma in try vma.mmRef._withUnsafeGuaranteedRef { try body(vma, $0) } }
+    }
 }
 
 extension PhysicalMemory {
@@ -17,8 +25,8 @@ extension PhysicalMemory {
     /// It does not take any mmap lock: the VMAs it visits cannot be freed while linked.
     public func rmapWalk(_ page: Page, _ body: (RmapHit) -> Bool) {
         assert(page.isLocked || page.refcount > 0, "rmapWalk: the page must be locked or referenced")
-        if let av = page.anonVMA {
-            rmapWalkAnon(av, index: page.index, body)
+        if let av = page.anonVMARef {
+            av._withUnsafeGuaranteedRef { rmapWalkAnon($0, index: page.index, body) }
         } else if let file = page.file {
             file.mappingLock.lockRead()
             let list = file.mappings

@@ -22,14 +22,15 @@ extension Machine {
         let lazy = anon && page.test(.lazyFree) && !page.test(.swapCache)
         guard page.file != nil || page.test(.swapCache) || lazy else { return page.mapcount == 0 }
         memory.rmapWalk(page) { hit in
-            let mm = hit.vma.mm
-            let range = MMUNotifierRange(start: hit.address, end: hit.address + pageSize, event: .clear)
-            mm.notifiers.invalidateRangeStart(range)
-            let go = mm.withMappedPTE(hit.address, pfn: page.pfn) { ptep, found -> Bool in
-                mm.unmapOne(page, ptep, found, anon: anon, lazy: lazy)
-            } ?? true
-            mm.notifiers.invalidateRangeEnd(range)
-            return go
+            hit.withVMA { _, mm in
+                let range = MMUNotifierRange(start: hit.address, end: hit.address + pageSize, event: .clear)
+                mm.notifiers.invalidateRangeStart(range)
+                let go = mm.withMappedPTE(hit.address, pfn: page.pfn) { ptep, found -> Bool in
+                    mm.unmapOne(page, ptep, found, anon: anon, lazy: lazy)
+                } ?? true
+                mm.notifiers.invalidateRangeEnd(range)
+                return go
+            }
         }
         return page.mapcount == 0
     }

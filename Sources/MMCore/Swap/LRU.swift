@@ -20,9 +20,12 @@ import MMSync
 public final class LRULists: @unchecked Sendable {
     public enum List: Int, CaseIterable, Sendable { case inactiveAnon = 0, activeAnon = 1 }
 
-    /// Unowned without reference counting: the memory owns these lists (the fault path adds
-    /// every new page here, and a counted reference would cost a retain per fault).
-    unowned(unsafe) let memory: PhysicalMemory
+    /// The memory, uncounted: it owns these lists (the fault path adds every new page here,
+    /// and a counted or `unowned` reference costs a retain and a release per use). Borrowed
+    /// with `withMemory`; page handles come from the copied metadata base (`pageAt`).
+    let memoryRef: Unmanaged<PhysicalMemory>
+    private let metaBase: UnsafeMutableRawPointer
+    private let totalPfns: UInt64
     /// `lruvec->lru_lock`.
     let lock = Lock("lru_lock")
     /// Each list's head, tail and length, by `List` (raw memory: no copy-on-write checks).
@@ -51,13 +54,25 @@ public final class LRULists: @unchecked Sendable {
     /// `batchLocks`: the lock guarding each slot's batch (the per-CPU page list's own, so the
     /// allocation that adds a page holds it already), or nil for a lock per batch.
     init(memory: PhysicalMemory, batchLocks: [Lock]?) {
-        self.memory = memory
+        memoryRef = .passUnretained(memory)
+        metaBase = memory.metaBase
+        totalPfns = memory.totalPfns
         heads = .allocate(capacity: List.allCases.count); heads.initialize(repeating: LRULists.nilLink, count: List.allCases.count)
         tails = .allocate(capacity: List.allCases.count); tails.initialize(repeating: LRULists.nilLink, count: List.allCases.count)
         counts = .allocate(capacity: List.allCases.count); counts.initialize(repeating: 0, count: List.allCases.count)
         batchOwners = (0..<PhysicalMemory.pcpSlots).map { LRUAddBatch(capacity: LRULists.batchSize, lock: batchLocks?[$0] ?? Lock("lru_add_batch")) }
         batches = .allocate(capacity: batchOwners.count)
         for (i, b) in batchOwners.enumerated() { (batches + i).initialize(to: .passUnretained(b)) }
+    }
+
+    /// Calls `body` with the memory borrowed (no reference counting).
+    @inline(__always) func withMemory<R>(_ body: (PhysicalMemory) throws -> R) rethrows -> R {
+        try memoryRef._withUnsafeGuaranteedRef(body)
+    }
+    /// The metadata handle of `pfn` (as `PhysicalMemory.page`).
+    @inline(__always) func pageAt(_ pfn: UInt64) -> Page {
+        precondition(pfn < totalPfns, "pfn out of range")
+        return Page(pfn: pfn, meta: metaBase + Int(pfn) &* Page.metadataStride)
     }
     deinit { heads.deallocate(); tails.deallocate(); counts.deallocate(); batches.deallocate() }
 
@@ -74,7 +89,7 @@ public final class LRULists: @unchecked Sendable {
     public func add(_ page: Page) {
         guard !page.test(.tail), !page.test(.hugetlb), !page.isZoneDevice, page.order == 0 || page.test(.head) else { return }
         assert(!page.test(.lru) && !page.test(.lruBatched), "lru add: \(page) is already on the LRU")
-        let slot = memory.pcpSlot()
+        let slot = withMemory { $0.pcpSlot() }
         batches[slot]._withUnsafeGuaranteedRef { b in
             b.lock.lock()
             addLocked(page, slot: slot)
@@ -102,7 +117,7 @@ public final class LRULists: @unchecked Sendable {
         guard b.count > 0 else { return }
         lock.lock()
         for i in 0..<b.count where b.pfns[i] != LRULists.nilLink {
-            let p = memory.page(UInt64(b.pfns[i]))
+            let p = pageAt(UInt64(b.pfns[i]))
             // lru_add: an activated refault goes on the active list, any other page inactive.
             let active = p.test(.active)
             p.changeFlags(set: .lru, clear: .lruBatched)
@@ -146,7 +161,7 @@ public final class LRULists: @unchecked Sendable {
         let eviction = shadow >> 4, now = UInt64(nonresidentAge.load())
         let distance = (now &- eviction) & (~UInt64(0) >> 4)
         // The active list counts only while swap has room (a distance is at least 1).
-        guard distance <= UInt64(count(.activeAnon)), memory.swap.freeSlots > 0 else { return false }
+        guard distance <= UInt64(count(.activeAnon)), withMemory({ $0.swap.freeSlots > 0 }) else { return false }
         activateNew(page)
         nonresidentAge.add(Int(page.folioPages))
         stats.count(.workingsetActivateAnon)
@@ -179,7 +194,7 @@ public final class LRULists: @unchecked Sendable {
         let l = list.rawValue
         p.lruPrev = LRULists.nilLink
         p.lruNext = heads[l]
-        if heads[l] != LRULists.nilLink { memory.page(UInt64(heads[l])).lruPrev = UInt32(p.pfn) } else { tails[l] = UInt32(p.pfn) }
+        if heads[l] != LRULists.nilLink { pageAt(UInt64(heads[l])).lruPrev = UInt32(p.pfn) } else { tails[l] = UInt32(p.pfn) }
         heads[l] = UInt32(p.pfn)
         counts[l] += Int(p.folioPages)
         if !flagged { if list == .activeAnon { p.set(.active) } else { p.clear(.active) } }
@@ -190,8 +205,8 @@ public final class LRULists: @unchecked Sendable {
         lock.assertHeld()
         let l = p.test(.active) ? List.activeAnon.rawValue : List.inactiveAnon.rawValue
         let next = p.lruNext, prev = p.lruPrev
-        if prev != LRULists.nilLink { memory.page(UInt64(prev)).lruNext = next } else { heads[l] = next }
-        if next != LRULists.nilLink { memory.page(UInt64(next)).lruPrev = prev } else { tails[l] = prev }
+        if prev != LRULists.nilLink { pageAt(UInt64(prev)).lruNext = next } else { heads[l] = next }
+        if next != LRULists.nilLink { pageAt(UInt64(next)).lruPrev = prev } else { tails[l] = prev }
         p.lruNext = 0; p.lruPrev = 0
         counts[l] -= Int(p.folioPages)
     }
@@ -217,11 +232,11 @@ public final class LRULists: @unchecked Sendable {
         counts[l] -= Int(pages) - 1
         becomeSmall()
         for i in 1..<pages {
-            let t = memory.page(head.pfn + i)
+            let t = pageAt(head.pfn + i)
             let prev = head.lruPrev
             t.lruPrev = prev
             t.lruNext = UInt32(head.pfn)
-            if prev != LRULists.nilLink { memory.page(UInt64(prev)).lruNext = UInt32(t.pfn) } else { heads[l] = UInt32(t.pfn) }
+            if prev != LRULists.nilLink { pageAt(UInt64(prev)).lruNext = UInt32(t.pfn) } else { heads[l] = UInt32(t.pfn) }
             head.lruPrev = UInt32(t.pfn)
             counts[l] += 1
             t.set(active ? [.lru, .active] : [.lru])
@@ -272,10 +287,10 @@ public final class LRULists: @unchecked Sendable {
         var looked = 0
         var taken = 0
         while link != LRULists.nilLink && taken < max && looked < 4 * max {
-            let p = memory.page(UInt64(link))
+            let p = pageAt(UInt64(link))
             link = p.lruPrev
             looked += 1
-            guard memory.tryGet(p) else { continue }
+            guard withMemory({ $0.tryGet(p) }) else { continue }
             unlinkLocked(p)
             p.clear(.lru)
             out.append(p)
@@ -308,7 +323,7 @@ public final class LRULists: @unchecked Sendable {
         lock.unlock()
         // move_folios_to_lru: an activation ages the non-resident pages too.
         if activated > 0 { nonresidentAge.add(activated) }
-        memory.putBatch(pages)
+        withMemory { $0.putBatch(pages) }
     }
 
     /// Every violated LRU invariant: each list's links agree both ways and with its count (in
@@ -322,7 +337,7 @@ public final class LRULists: @unchecked Sendable {
         defer { for b in batchOwners.reversed() { b.lock.unlock() } }
         for b in batchOwners {
             for i in 0..<b.count where b.pfns[i] != LRULists.nilLink {
-                let p = memory.page(UInt64(b.pfns[i]))
+                let p = pageAt(UInt64(b.pfns[i]))
                 if !p.test(.lruBatched) || p.isFreeFrame { problems.append("lru batch: \(p) not a batched page in use") }
             }
         }
@@ -330,14 +345,14 @@ public final class LRULists: @unchecked Sendable {
         for list in List.allCases {
             var link = heads[list.rawValue], prev = LRULists.nilLink, n = 0
             while link != LRULists.nilLink {
-                let p = memory.page(UInt64(link))
+                let p = pageAt(UInt64(link))
                 if !p.test(.lru) || p.test(.active) != (list == .activeAnon) || p.isFreeFrame || p.test(.tail)
                     || (p.order != 0 && !(p.test(.head) && !p.test(.hugetlb) && !p.isZoneDevice)) {
                     problems.append("\(list): \(p) is not a page in use flagged for it (flags \(String(p.flags.rawValue, radix: 16)))")
                 }
                 if p.lruPrev != prev { problems.append("\(list): \(p) links back to \(p.lruPrev), not \(prev)") }
                 prev = link; link = p.lruNext; n += Int(p.folioPages)
-                if n > Int(memory.systemFrames) { problems.append("\(list) loops"); break }
+                if n > Int(withMemory { $0.systemFrames }) { problems.append("\(list) loops"); break }
             }
             if prev != tails[list.rawValue] { problems.append("\(list): tail \(tails[list.rawValue]) but the walk ends at \(prev)") }
             if n != counts[list.rawValue] { problems.append("\(list): \(n) pages, counter says \(counts[list.rawValue])") }

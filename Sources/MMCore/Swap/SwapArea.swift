@@ -62,6 +62,9 @@ public final class SwapArea: @unchecked Sendable {
         guard let s = mmap(nil, Int(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               s != MAP_FAILED else { throw .ENOMEM }
         storage = s
+        // Backed by host huge pages where the host allows, as the frame arena is: a slot
+        // copy then misses the host TLB once per 2 MiB instead of once per slot.
+        _ = madvise(s, Int(bytes), MADV_HUGEPAGE)
         if populate { PhysicalMemory.populate(s, Int(bytes)) }
         table = .allocate(capacity: Int(slots))
         table.initialize(repeating: 0, count: Int(slots))
@@ -167,10 +170,10 @@ extension SwapSpace {
                     continue
                 }
                 let pfn = w >> 2
-                guard w & 3 == SwapArea.cachedTag, pfn < memory.systemFrames else {
+                guard w & 3 == SwapArea.cachedTag, pfn < withMemory({ $0.systemFrames }) else {
                     problems.append("\(e): bad table word \(String(w, radix: 16))"); continue
                 }
-                let p = memory.page(pfn)
+                let p = withMemory { $0.page(pfn) }
                 if !p.test(.swapCache) || p.privateWord != e.pte().raw { problems.append("\(e): cached pfn \(pfn) is not flagged as caching it") }
                 if p.isFreeFrame { problems.append("\(e): cached pfn \(pfn) is a free frame") }
                 if p.order != 0 { problems.append("\(e): cached pfn \(pfn) is a large folio") }

@@ -13,18 +13,24 @@ import MMSync
 /// Sendable: areas are published through `areaSlots` (an unretained pointer per type, written
 /// under `swaponLock` and kept alive by `areas`); each area guards its own slots.
 public final class SwapSpace: @unchecked Sendable {
-    unowned(unsafe) let memory: PhysicalMemory
+    /// The memory these areas serve, uncounted (it owns this object): borrowed per call with
+    /// `withMemory`, as an `unowned` load would count it twice per use.
+    @usableFromInline let memoryRef: Unmanaged<PhysicalMemory>
     let swaponLock = Lock("swapon")
     /// Locking: swaponLock.
     var areas: [SwapArea] = []
     @usableFromInline let areaSlots: UnsafeMutablePointer<UInt64>
 
     init(memory: PhysicalMemory) {
-        self.memory = memory
+        memoryRef = .passUnretained(memory)
         areaSlots = .allocate(capacity: Int(SwapEntry.maxSwapFiles))
         areaSlots.initialize(repeating: 0, count: Int(SwapEntry.maxSwapFiles))
     }
     deinit { areaSlots.deallocate() }
+
+    /// Calls `body` with the memory borrowed (no reference counting).
+    @inlinable @inline(__always)
+    func withMemory<R>(_ body: (PhysicalMemory) throws -> R) rethrows -> R { try memoryRef._withUnsafeGuaranteedRef(body) }
 
     /// `swapon`: adds an area of `bytes` backed by host memory (committed now with `populate`).
     /// Return: the new area. Throws EINVAL for a bad size, EPERM when all 24 swap types are
@@ -41,11 +47,13 @@ public final class SwapSpace: @unchecked Sendable {
     }
 
     /// The area of swap type `type`, if it exists (read without a lock: `get_swap_device`).
-    @inlinable public func area(_ type: UInt8) -> SwapArea? {
+    @inlinable public func area(_ type: UInt8) -> SwapArea? { areaRef(type)?.takeUnretainedValue() }
+    /// The same, uncounted (areas live as long as the machine).
+    @inlinable func areaRef(_ type: UInt8) -> Unmanaged<SwapArea>? {
         guard type < SwapEntry.maxSwapFiles else { return nil }
         let bits = AtomicU64Ref(UnsafeMutableRawPointer(areaSlots + Int(type))).load()
         guard bits != 0 else { return nil }
-        return Unmanaged<SwapArea>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!).takeUnretainedValue()
+        return Unmanaged<SwapArea>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!)
     }
 
     /// Every area, in swap-type order.
@@ -58,8 +66,15 @@ public final class SwapSpace: @unchecked Sendable {
     /// The area and slot an entry names, if the area exists and the slot is inside it
     /// (`get_swap_device`; 7.2 logs "Bad swap file entry" / "Bad swap offset entry" otherwise).
     func resolve(_ e: SwapEntry) -> SwapArea? {
-        guard e.isSwapSlot, let a = area(e.type), a.isValidOffset(e.offset) else { return nil }
-        return a
+        withArea(e) { $0 }
+    }
+
+    /// Calls `body` with the area `e` names, borrowed (no reference counting), if the area
+    /// exists and the slot is inside it; nil otherwise.
+    @inline(__always)
+    func withArea<R>(_ e: SwapEntry, _ body: (SwapArea) throws -> R) rethrows -> R? {
+        guard e.isSwapSlot, let ref = areaRef(e.type) else { return nil }
+        return try ref._withUnsafeGuaranteedRef { a in a.isValidOffset(e.offset) ? try body(a) : nil }
     }
 
     // MARK: the swap cache
@@ -71,20 +86,26 @@ public final class SwapSpace: @unchecked Sendable {
     /// Locking: caller holds the page lock and a reference; takes area locks.
     func folioAllocSwap(_ page: Page) -> SwapEntry? {
         precondition(page.isLocked && !page.test(.swapCache) && page.order == 0, "folioAllocSwap: \(page)")
-        for area in allAreas where area.freeSlots > 0 {
-            area.lock.lock()
-            guard let off = area.allocateLocked(cachedPfn: page.pfn) else { area.lock.unlock(); continue }
-            let e = SwapEntry(type: area.type, offset: off)
-            attach(page, e)
-            area.lock.unlock()
-            return e
+        // The published areas in swap-type order (swapon only adds), without the swapon lock.
+        var type: UInt8 = 0
+        while let ref = areaRef(type) {
+            type += 1
+            let e: SwapEntry? = ref._withUnsafeGuaranteedRef { area in
+                guard area.freeSlots > 0 else { return nil }
+                area.lock.lock(); defer { area.lock.unlock() }
+                guard let off = area.allocateLocked(cachedPfn: page.pfn) else { return nil }
+                let e = SwapEntry(type: area.type, offset: off)
+                attach(page, e)
+                return e
+            }
+            if let e { return e }
         }
         return nil
     }
 
     /// `__swap_cache_add_folio`'s page side: the flag, the entry, the cache's reference.
     private func attach(_ page: Page, _ e: SwapEntry) {
-        memory.get(page)
+        withMemory { $0.get(page) }
         page.privateWord = e.pte().raw
         page.set(.swapCache)
     }
@@ -99,14 +120,17 @@ public final class SwapSpace: @unchecked Sendable {
     /// none. The caller must lock it and check that it still caches `e`
     /// (`folio_matches_swap_entry`). Takes no lock (reads the table word).
     func lookup(_ e: SwapEntry) -> Page? {
-        guard let area = resolve(e) else { return nil }
-        while true {
-            guard let pfn = area.cachedPfn(e.offset) else { return nil }
-            let page = memory.page(pfn)
-            guard memory.tryGet(page) else { continue }
-            if area.cachedPfn(e.offset) == pfn { return page }
-            memory.put(page)
-        }
+        withArea(e) { area in
+            withMemory { memory -> Page? in
+                while true {
+                    guard let pfn = area.cachedPfn(e.offset) else { return nil }
+                    let page = memory.page(pfn)
+                    guard memory.tryGet(page) else { continue }
+                    if area.cachedPfn(e.offset) == pfn { return page }
+                    memory.put(page)
+                }
+            }
+        } ?? nil
     }
 
     /// Whether `page` (locked) still caches `e` (`folio_matches_swap_entry`).
@@ -124,14 +148,15 @@ public final class SwapSpace: @unchecked Sendable {
     /// Locking: caller holds the page lock; takes the area's lock.
     func addForSwapIn(_ page: Page, _ e: SwapEntry) -> CacheAdd {
         precondition(page.isLocked, "addForSwapIn: page not locked")
-        guard let area = resolve(e) else { return .slotFree }
-        area.lock.lock(); defer { area.lock.unlock() }
-        let w = area.tableWord(e.offset).load()
-        if w == 0 || area.counts[Int(e.offset)] == 0 { return .slotFree }
-        if !SwapArea.isShadow(w) { return .raced }
-        area.tableWord(e.offset).store(page.pfn << 2 | SwapArea.cachedTag)
-        attach(page, e)
-        return .added(shadow: w)
+        return withArea(e) { area -> CacheAdd in
+            area.lock.lock(); defer { area.lock.unlock() }
+            let w = area.tableWord(e.offset).load()
+            if w == 0 || area.counts[Int(e.offset)] == 0 { return .slotFree }
+            if !SwapArea.isShadow(w) { return .raced }
+            area.tableWord(e.offset).store(page.pfn << 2 | SwapArea.cachedTag)
+            attach(page, e)
+            return .added(shadow: w)
+        } ?? .slotFree
     }
 
     /// `swap_cache_del_folio`: the page leaves the swap cache; its slot keeps its count (and is
@@ -139,11 +164,13 @@ public final class SwapSpace: @unchecked Sendable {
     /// Locking: caller holds the page lock and a reference of its own; takes the area's lock.
     func delete(_ page: Page) {
         precondition(page.isLocked, "swap cache delete: page not locked")
-        guard let e = entry(of: page), let area = resolve(e) else { return }
-        area.lock.lock()
-        detachLocked(page, e, area)
-        area.lock.unlock()
-        memory.put(page)
+        guard let e = entry(of: page), withArea(e, { area -> Bool in
+            area.lock.lock()
+            detachLocked(page, e, area)
+            area.lock.unlock()
+            return true
+        }) == true else { return }
+        withMemory { $0.put(page) }
     }
 
     /// `__swap_cache_del_folio` without the reference drop: a slot still in use keeps
@@ -162,13 +189,14 @@ public final class SwapSpace: @unchecked Sendable {
     @discardableResult
     package func folioFreeSwap(_ page: Page) -> Bool {
         precondition(page.isLocked, "folioFreeSwap: page not locked")
-        guard let e = entry(of: page), let area = resolve(e) else { return false }
-        area.lock.lock()
-        guard area.counts[Int(e.offset)] == 0 else { area.lock.unlock(); return false }
-        detachLocked(page, e, area)
-        area.lock.unlock()
+        guard let e = entry(of: page), withArea(e, { area -> Bool in
+            area.lock.lock(); defer { area.lock.unlock() }
+            guard area.counts[Int(e.offset)] == 0 else { return false }
+            detachLocked(page, e, area)
+            return true
+        }) == true else { return false }
         page.set(.dirty)
-        memory.put(page)
+        withMemory { $0.put(page) }
         return true
     }
 
@@ -180,16 +208,20 @@ public final class SwapSpace: @unchecked Sendable {
     /// takes the area's lock.
     func removeMapping(_ page: Page) -> Bool {
         precondition(page.isLocked, "removeMapping: page not locked")
-        guard let e = entry(of: page), let area = resolve(e) else { return false }
-        area.lock.lock()
-        guard page.refcountWord.compareExchange(expected: 2, desired: 0).exchanged else { area.lock.unlock(); return false }
-        if page.test(.dirty) { page.refcountWord.store(2); area.lock.unlock(); return false }
-        // workingset_eviction: the slot records how old the LRU was when the page left.
-        detachLocked(page, e, area, shadow: memory.lru.workingsetEviction(page))
-        area.lock.unlock()
-        page.unlock()
-        memory.freeFrozen(page)
-        return true
+        guard let e = entry(of: page) else { return false }
+        return withMemory { memory in
+            guard withArea(e, { area -> Bool in
+                area.lock.lock(); defer { area.lock.unlock() }
+                guard page.refcountWord.compareExchange(expected: 2, desired: 0).exchanged else { return false }
+                if page.test(.dirty) { page.refcountWord.store(2); return false }
+                // workingset_eviction: the slot records how old the LRU was when the page left.
+                detachLocked(page, e, area, shadow: memory.lru.workingsetEviction(page))
+                return true
+            }) == true else { return false }
+            page.unlock()
+            memory.freeFrozen(page)
+            return true
+        }
     }
 
     /// `folio_migrate_mapping` for a swap-cache page: `new` caches the slot instead of `old`,
@@ -197,16 +229,20 @@ public final class SwapSpace: @unchecked Sendable {
     /// Locking: caller holds both pages' locks; takes the area's lock.
     func migrateCache(from old: Page, to new: Page) {
         precondition(old.isLocked && new.isLocked && !new.test(.swapCache), "migrateCache: \(old) → \(new)")
-        guard let e = entry(of: old), let area = resolve(e) else { return }
-        memory.get(new)
-        area.lock.lock()
-        area.tableWord(e.offset).store(new.pfn << 2 | SwapArea.cachedTag)
-        new.privateWord = old.privateWord
-        new.set(.swapCache)
-        old.clear(.swapCache)
-        old.privateWord = 0
-        area.lock.unlock()
-        memory.put(old)
+        guard let e = entry(of: old) else { return }
+        withMemory { memory in
+            _ = withArea(e) { area in
+                memory.get(new)
+                area.lock.lock()
+                area.tableWord(e.offset).store(new.pfn << 2 | SwapArea.cachedTag)
+                new.privateWord = old.privateWord
+                new.set(.swapCache)
+                old.clear(.swapCache)
+                old.privateWord = 0
+                area.lock.unlock()
+                memory.put(old)
+            }
+        }
     }
 
     // MARK: swap counts
@@ -216,8 +252,7 @@ public final class SwapSpace: @unchecked Sendable {
     func folioDupSwap(_ page: Page) -> SwapEntry {
         precondition(page.isLocked, "folioDupSwap: page not locked")
         let e = entry(of: page)!
-        let area = resolve(e)!
-        area.lock.withLock { area.counts[Int(e.offset)] += 1 }
+        withArea(e) { area in area.lock.withLock { area.counts[Int(e.offset)] += 1 } }!
         return e
     }
 
@@ -226,10 +261,11 @@ public final class SwapSpace: @unchecked Sendable {
     /// Locking: caller holds the page lock; takes the area's lock.
     func folioPutSwap(_ page: Page, _ e: SwapEntry) {
         precondition(page.isLocked, "folioPutSwap: page not locked")
-        guard let area = resolve(e) else { return }
-        area.lock.withLock {
-            precondition(area.counts[Int(e.offset)] > 0, "swap count underflow on \(e)")
-            area.counts[Int(e.offset)] -= 1
+        withArea(e) { area in
+            area.lock.withLock {
+                precondition(area.counts[Int(e.offset)] > 0, "swap count underflow on \(e)")
+                area.counts[Int(e.offset)] -= 1
+            }
         }
     }
 
@@ -269,7 +305,7 @@ public final class SwapSpace: @unchecked Sendable {
             if area.counts[Int(e.offset)] == 0 {
                 detachLocked(page, e, area)
                 area.lock.unlock()
-                memory.put(page)   // the cache's reference (the lookup's is the caller's)
+                withMemory { $0.put(page) }   // the cache's reference (the lookup's is the caller's)
             } else {
                 area.lock.unlock()
             }
@@ -285,7 +321,8 @@ public final class SwapSpace: @unchecked Sendable {
     func writeOut(_ page: Page) {
         precondition(page.isLocked, "writeOut: page not locked")
         let e = entry(of: page)!
-        memcpy(resolve(e)!.slotBytes(e.offset), memory.frame(page.pfn), Int(pageSize))
+        let frame = withMemory { $0.frame(page.pfn) }
+        withArea(e) { memcpy($0.slotBytes(e.offset), frame, Int(pageSize)) }!
     }
 
     /// `swap_read_folio` from a ramdisk: the slot's bytes into the page.
@@ -293,7 +330,8 @@ public final class SwapSpace: @unchecked Sendable {
     func readIn(_ page: Page) {
         precondition(page.isLocked, "readIn: page not locked")
         let e = entry(of: page)!
-        memcpy(memory.frame(page.pfn), resolve(e)!.slotBytes(e.offset), Int(pageSize))
+        let frame = withMemory { $0.frame(page.pfn) }
+        withArea(e) { memcpy(frame, $0.slotBytes(e.offset), Int(pageSize)) }!
         page.set(.uptodate)
     }
 }

@@ -255,10 +255,12 @@ extension Machine {
         defer { withExtendedLifetime(file) {} }
         var referenced = 0
         memory.rmapWalk(page) { hit in
-            _ = hit.vma.mm.withMappedPTE(hit.address, pfn: page.pfn) { ptep, found in
-                if case .present(let v) = found, v.isAccessed {
-                    ptep.modify { $0.mkold() }
-                    referenced += 1
+            hit.withVMA { _, mm in
+                _ = mm.withMappedPTE(hit.address, pfn: page.pfn) { ptep, found in
+                    if case .present(let v) = found, v.isAccessed {
+                        ptep.modify { $0.mkold() }
+                        referenced += 1
+                    }
                 }
             }
             return true

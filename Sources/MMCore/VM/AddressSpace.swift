@@ -162,16 +162,24 @@ public final class AddressSpace: @unchecked Sendable {
         // state, not the thread's (the shootdown would wait for itself and hang, loudly).
         let gen = flushGeneration.fetchAdd(1) &+ 1
         stats.count(.tlbShootdown)
-        let list = cpusLock.withLock { cpus }
-        for cpu in list {
-            var round = 0
-            var waited = false
-            while cpu.inUser.load() != 0 && cpu.ackGeneration.load() < gen {
-                waited = true
-                Sync.spinWait(&round, .wait, nil)
+        // The CPU list is walked under its lock (no copy of it, no count on each CPU): an
+        // acknowledgement never takes that lock, and attaching or detaching a CPU waits.
+        cpusLock.lock(); defer { cpusLock.unlock() }
+        var waits = 0
+        cpus.withUnsafeBufferPointer { list in
+            for i in list.indices {
+                Unmanaged.passUnretained(list[i])._withUnsafeGuaranteedRef { cpu in
+                    var round = 0
+                    var waited = false
+                    while cpu.inUser.load() != 0 && cpu.ackGeneration.load() < gen {
+                        waited = true
+                        Sync.spinWait(&round, .wait, nil)
+                    }
+                    if waited { waits += 1 }
+                }
             }
-            if waited { stats.count(.tlbShootdownWaits) }
         }
+        if waits > 0 { stats.count(.tlbShootdownWaits, waits) }
     }
 
     /// Marks the address space dead and frees its top-level table once no CPU can be walking

@@ -72,6 +72,9 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     /// Every anon_vma this VMA is linked into (`anon_vma_chain`).
     @exclusivity(unchecked) var anonVMAChain: [AnonVMA] = []
     public unowned let mm: AddressSpace
+    /// The same mm, uncounted: rmap walks borrow it (`RmapHit.withVMA`) without touching its
+    /// reference count (an unowned load counts twice, and the mm's count lives in a side table).
+    @usableFromInline let mmRef: Unmanaged<AddressSpace>
     /// Device-file mappings (dmirror's mmap) are "special": mixed maps with driver pages.
     @exclusivity(unchecked) public internal(set) var isSpecialMapping = false
     /// The huge page size of a hugetlb mapping (`hstate_vma`); nil for every other.
@@ -84,7 +87,7 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     @exclusivity(unchecked) public internal(set) var hugetlbFile: HugetlbFile? = nil
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, flags: VMFlags, pgoff: UInt64, file: ShmemFile?) {
-        self.mm = mm; self.start = start; self.end = end; self.flags = flags; self.pgoff = pgoff; self.file = file
+        self.mm = mm; mmRef = .passUnretained(mm); self.start = start; self.end = end; self.flags = flags; self.pgoff = pgoff; self.file = file
     }
 
     /// A change to a VMA in the tree needs its write lock (`vma_assert_write_locked`).
