@@ -19,8 +19,9 @@ import MMSync
 /// cached, or when a cached slot with count 0 leaves the swap cache.
 ///
 /// Sendable: the table words are atomics (the swap cache is read without a lock, as
-/// `swap_cache_get_folio` reads the table); counts, the cursor and every table change are
-/// guarded by `lock`.
+/// `swap_cache_get_folio` reads the table); a slot's count and every change of its table word
+/// are guarded by its cluster's lock (512 slots each, `swap_cluster_info.lock`), the
+/// allocation cursor by `lock`.
 public final class SwapArea: @unchecked Sendable {
     /// The swap type: the index of this area in the machine's list (`si->type`).
     public let type: UInt8
@@ -29,11 +30,19 @@ public final class SwapArea: @unchecked Sendable {
     @usableFromInline let storage: UnsafeMutableRawPointer
     @usableFromInline let table: UnsafeMutablePointer<UInt64>
     let counts: UnsafeMutablePointer<UInt32>
-    /// The area's lock (`si->lock` with the cluster locks folded in). Innermost: taken under
-    /// page-table locks (unmap, zap) and page locks (swap-in, swap cache removal).
+    /// The allocator's lock (`si->lock` / `si->global_cluster_lock`): guards the cursor.
+    /// Taken before a cluster lock.
     let lock = Lock("swap_info")
     /// Where the next allocation starts looking (`si->cluster_next`). Locking: `lock`.
     var cursor: UInt64 = 1
+    /// Slots per cluster (`SWAPFILE_CLUSTER`, 512 with 4 KiB pages): each cluster has a lock.
+    static let clusterShift: UInt64 = 9
+    /// The cluster locks, one per 512 slots (`swap_cluster_info.lock`): a slot's count and
+    /// table word change under its cluster's lock, so reclaim writing new slots and faults
+    /// swapping in old ones rarely meet. Innermost: taken under page-table locks (unmap, zap),
+    /// page locks (swap-in, swap cache removal) and the allocator's lock.
+    private let clusterLocks: [Lock]
+    private let clusterRefs: UnsafeMutablePointer<Unmanaged<Lock>>
     /// Free slots (`si->pages - si->inuse_pages`).
     let freeSlotCount: AtomicCounter
 
@@ -72,9 +81,41 @@ public final class SwapArea: @unchecked Sendable {
         counts = .allocate(capacity: Int(slots))
         counts.initialize(repeating: 0, count: Int(slots))
         freeSlotCount = AtomicCounter(Int(slots) - 1)
+        let clusters = Int((slots + (1 << SwapArea.clusterShift) - 1) >> SwapArea.clusterShift)
+        clusterLocks = (0..<clusters).map { _ in Lock("swap_cluster") }
+        clusterRefs = .allocate(capacity: clusters)
+        for (i, l) in clusterLocks.enumerated() { (clusterRefs + i).initialize(to: .passUnretained(l)) }
     }
 
-    deinit { munmap(storage, Int(slots << pageShift)); table.deallocate(); counts.deallocate() }
+    deinit {
+        munmap(storage, Int(slots << pageShift)); table.deallocate(); counts.deallocate(); clusterRefs.deallocate()
+    }
+
+    /// Takes the lock of the cluster holding slot `offset` (`swap_cluster_lock`).
+    @inline(__always) func lockCluster(_ offset: UInt64, file: StaticString = #fileID, line: UInt = #line) {
+        clusterRefs[Int(offset >> SwapArea.clusterShift)]._withUnsafeGuaranteedRef { $0.lock(file: file, line: line) }
+    }
+    /// Releases the lock of the cluster holding slot `offset`.
+    @inline(__always) func unlockCluster(_ offset: UInt64, file: StaticString = #fileID, line: UInt = #line) {
+        clusterRefs[Int(offset >> SwapArea.clusterShift)]._withUnsafeGuaranteedRef { $0.unlock(file: file, line: line) }
+    }
+    /// Runs `body` under the lock of the cluster holding slot `offset`.
+    @inline(__always)
+    func withCluster<R>(_ offset: UInt64, file: StaticString = #fileID, line: UInt = #line, _ body: () throws -> R) rethrows -> R {
+        lockCluster(offset, file: file, line: line); defer { unlockCluster(offset, file: file, line: line) }
+        return try body()
+    }
+    /// Debug-build assertion that the caller holds the lock of slot `offset`'s cluster.
+    @inline(__always) func assertClusterHeld(_ offset: UInt64, file: StaticString = #file, line: UInt = #line) {
+        clusterRefs[Int(offset >> SwapArea.clusterShift)]._withUnsafeGuaranteedRef { $0.assertHeld(file: file, line: line) }
+    }
+    /// Debug-build assertion that the caller holds no lock of this area.
+    func assertNoLockHeld(file: StaticString = #file, line: UInt = #line) {
+        lock.assertNotHeld(file: file, line: line)
+        #if DEBUG
+        for l in clusterLocks { l.assertNotHeld(file: file, line: line) }
+        #endif
+    }
 
     /// Usable slots (the header is not one).
     public var totalSlots: Int { Int(slots) - 1 }
@@ -90,9 +131,10 @@ public final class SwapArea: @unchecked Sendable {
     /// Whether `offset` names a slot of this area that can be in use (`get_swap_device`'s check).
     func isValidOffset(_ offset: UInt64) -> Bool { offset > 0 && offset < slots }
 
-    /// The swap count of slot `offset` (`swap_count`). Locking: takes the area's lock.
+    /// The swap count of slot `offset` (`swap_count`). Locking: takes the slot's cluster lock.
     public func count(_ offset: UInt64) -> Int {
-        lock.withLock { isValidOffset(offset) ? Int(counts[Int(offset)]) : 0 }
+        guard isValidOffset(offset) else { return 0 }
+        return withCluster(offset) { Int(counts[Int(offset)]) }
     }
     /// Whether slot `offset` is in use (counted or cached).
     public func isInUse(_ offset: UInt64) -> Bool {
@@ -100,30 +142,39 @@ public final class SwapArea: @unchecked Sendable {
     }
 
     /// Takes a free slot for a folio entering the swap cache: the slot's word names the pfn,
-    /// its count is 0 (`__swap_cluster_alloc_entries` with `__swap_cache_add_folio`).
+    /// its count is 0 (`__swap_cluster_alloc_entries` with `__swap_cache_add_folio`), and
+    /// `claimed` runs with the slot under its cluster lock.
     /// Return: the slot, or nil when the area is full.
-    /// Locking: caller holds the area's lock.
-    func allocateLocked(cachedPfn pfn: UInt64) -> UInt64? {
+    /// Locking: caller holds the area's lock; takes cluster locks.
+    func allocateLocked(cachedPfn pfn: UInt64, _ claimed: (UInt64) -> Void) -> UInt64? {
         lock.assertHeld()
         guard freeSlotCount.load() > 0 else { return nil }
         var off = cursor
         for _ in 1..<slots {
             if off >= slots { off = 1 }
-            if table[Int(off)] == 0 {
-                tableWord(off).store(pfn << 2 | SwapArea.cachedTag)
-                counts[Int(off)] = 0
-                freeSlotCount.add(-1)
-                cursor = off + 1
-                return off
+            // Free words are read without the cluster lock and claimed under it.
+            if tableWord(off).load(.relaxed) == 0 {
+                lockCluster(off)
+                if tableWord(off).load(.relaxed) == 0 {
+                    tableWord(off).store(pfn << 2 | SwapArea.cachedTag)
+                    counts[Int(off)] = 0
+                    freeSlotCount.add(-1)
+                    cursor = off + 1
+                    claimed(off)
+                    unlockCluster(off)
+                    return off
+                }
+                unlockCluster(off)
             }
             off += 1
         }
         return nil
     }
 
-    /// Frees slot `offset` (`__swap_cluster_free_entries`). Locking: caller holds the lock.
+    /// Frees slot `offset` (`__swap_cluster_free_entries`). Locking: caller holds the slot's
+    /// cluster lock.
     func freeLocked(_ offset: UInt64) {
-        lock.assertHeld()
+        assertClusterHeld(offset)
         precondition(counts[Int(offset)] == 0, "freeing swap slot \(offset) with count \(counts[Int(offset)])")
         tableWord(offset).store(0)
         freeSlotCount.add(1)
@@ -150,10 +201,13 @@ extension SwapSpace {
         var problems: [String] = []
         var seen = 0
         for area in allAreas {
-            area.lock.assertNotHeld()
+            area.assertNoLockHeld()
             area.lock.lock()
             var free = 0
             for off in 1..<area.slots {
+                // One cluster at a time, under its lock.
+                if off == 1 || off & ((1 << SwapArea.clusterShift) - 1) == 0 { area.lockCluster(off) }
+                defer { if off == area.slots - 1 || (off + 1) & ((1 << SwapArea.clusterShift) - 1) == 0 { area.unlockCluster(off) } }
                 let e = SwapEntry(type: area.type, offset: off)
                 let w = area.table[Int(off)], c = Int32(area.counts[Int(off)])
                 let r = refs[SwapSpace.invariantKey(e)] ?? 0

@@ -83,7 +83,7 @@ public final class SwapSpace: @unchecked Sendable {
     /// with swap count 0; the cache takes a reference. The first area with a free slot is used
     /// (7.2 goes by priority; every area here has the default one, so swapon order).
     /// Return: the entry, or nil when every area is full.
-    /// Locking: caller holds the page lock and a reference; takes area locks.
+    /// Locking: caller holds the page lock and a reference; takes area and cluster locks.
     func folioAllocSwap(_ page: Page) -> SwapEntry? {
         precondition(page.isLocked && !page.test(.swapCache) && page.order == 0, "folioAllocSwap: \(page)")
         // The published areas in swap-type order (swapon only adds), without the swapon lock.
@@ -93,10 +93,9 @@ public final class SwapSpace: @unchecked Sendable {
             let e: SwapEntry? = ref._withUnsafeGuaranteedRef { area in
                 guard area.freeSlots > 0 else { return nil }
                 area.lock.lock(); defer { area.lock.unlock() }
-                guard let off = area.allocateLocked(cachedPfn: page.pfn) else { return nil }
-                let e = SwapEntry(type: area.type, offset: off)
-                attach(page, e)
-                return e
+                guard let off = area.allocateLocked(cachedPfn: page.pfn, { attach(page, SwapEntry(type: area.type, offset: $0)) })
+                else { return nil }
+                return SwapEntry(type: area.type, offset: off)
             }
             if let e { return e }
         }
@@ -145,11 +144,11 @@ public final class SwapSpace: @unchecked Sendable {
     /// `swap_cache_alloc_folio`'s insert: the new, locked page caches `e` if the slot is still
     /// in use (count ≥ 1) and no other page caches it. `.raced`: another page caches it (look
     /// it up again); `.slotFree`: the slot was freed meanwhile (the PTE changed).
-    /// Locking: caller holds the page lock; takes the area's lock.
+    /// Locking: caller holds the page lock; takes the slot's cluster lock.
     func addForSwapIn(_ page: Page, _ e: SwapEntry) -> CacheAdd {
         precondition(page.isLocked, "addForSwapIn: page not locked")
         return withArea(e) { area -> CacheAdd in
-            area.lock.lock(); defer { area.lock.unlock() }
+            area.lockCluster(e.offset); defer { area.unlockCluster(e.offset) }
             let w = area.tableWord(e.offset).load()
             if w == 0 || area.counts[Int(e.offset)] == 0 { return .slotFree }
             if !SwapArea.isShadow(w) { return .raced }
@@ -161,22 +160,20 @@ public final class SwapSpace: @unchecked Sendable {
 
     /// `swap_cache_del_folio`: the page leaves the swap cache; its slot keeps its count (and is
     /// freed when that is 0); the cache's reference is dropped.
-    /// Locking: caller holds the page lock and a reference of its own; takes the area's lock.
+    /// Locking: caller holds the page lock and a reference of its own; takes the slot's cluster lock.
     func delete(_ page: Page) {
         precondition(page.isLocked, "swap cache delete: page not locked")
         guard let e = entry(of: page), withArea(e, { area -> Bool in
-            area.lock.lock()
-            detachLocked(page, e, area)
-            area.lock.unlock()
+            area.withCluster(e.offset) { detachLocked(page, e, area) }
             return true
         }) == true else { return }
         withMemory { $0.put(page) }
     }
 
     /// `__swap_cache_del_folio` without the reference drop: a slot still in use keeps
-    /// `shadow`. Locking: area lock held.
+    /// `shadow`. Locking: the slot's cluster lock held.
     private func detachLocked(_ page: Page, _ e: SwapEntry, _ area: SwapArea, shadow: UInt64 = SwapArea.shadow) {
-        area.lock.assertHeld()
+        area.assertClusterHeld(e.offset)
         page.clear(.swapCache)
         page.privateWord = 0
         if area.counts[Int(e.offset)] == 0 { area.freeLocked(e.offset) } else { area.tableWord(e.offset).store(shadow) }
@@ -185,12 +182,12 @@ public final class SwapSpace: @unchecked Sendable {
     /// `folio_free_swap`: drops a locked page from the swap cache if no swap PTE names its
     /// slot any more (`folio_maybe_swapped` false), and marks it dirty (its only copy is now in
     /// memory). Return: whether it left the cache.
-    /// Locking: caller holds the page lock and a reference; takes the area's lock.
+    /// Locking: caller holds the page lock and a reference; takes the slot's cluster lock.
     @discardableResult
     package func folioFreeSwap(_ page: Page) -> Bool {
         precondition(page.isLocked, "folioFreeSwap: page not locked")
         guard let e = entry(of: page), withArea(e, { area -> Bool in
-            area.lock.lock(); defer { area.lock.unlock() }
+            area.lockCluster(e.offset); defer { area.unlockCluster(e.offset) }
             guard area.counts[Int(e.offset)] == 0 else { return false }
             detachLocked(page, e, area)
             return true
@@ -205,13 +202,13 @@ public final class SwapSpace: @unchecked Sendable {
     /// page from the swap cache (its slot keeps an eviction shadow) and frees it. Fails if the page is dirty or anybody else holds
     /// a reference. On success the page is unlocked and freed.
     /// Locking: caller holds the page lock and one reference, which this consumes on success;
-    /// takes the area's lock.
+    /// takes the slot's cluster lock.
     func removeMapping(_ page: Page) -> Bool {
         precondition(page.isLocked, "removeMapping: page not locked")
         guard let e = entry(of: page) else { return false }
         return withMemory { memory in
             guard withArea(e, { area -> Bool in
-                area.lock.lock(); defer { area.lock.unlock() }
+                area.lockCluster(e.offset); defer { area.unlockCluster(e.offset) }
                 guard page.refcountWord.compareExchange(expected: 2, desired: 0).exchanged else { return false }
                 if page.test(.dirty) { page.refcountWord.store(2); return false }
                 // workingset_eviction: the slot records how old the LRU was when the page left.
@@ -226,20 +223,20 @@ public final class SwapSpace: @unchecked Sendable {
 
     /// `folio_migrate_mapping` for a swap-cache page: `new` caches the slot instead of `old`,
     /// and the cache's reference moves with it (the caller drops `old`'s).
-    /// Locking: caller holds both pages' locks; takes the area's lock.
+    /// Locking: caller holds both pages' locks; takes the slot's cluster lock.
     func migrateCache(from old: Page, to new: Page) {
         precondition(old.isLocked && new.isLocked && !new.test(.swapCache), "migrateCache: \(old) → \(new)")
         guard let e = entry(of: old) else { return }
         withMemory { memory in
             _ = withArea(e) { area in
                 memory.get(new)
-                area.lock.lock()
+                area.lockCluster(e.offset)
                 area.tableWord(e.offset).store(new.pfn << 2 | SwapArea.cachedTag)
                 new.privateWord = old.privateWord
                 new.set(.swapCache)
                 old.clear(.swapCache)
                 old.privateWord = 0
-                area.lock.unlock()
+                area.unlockCluster(e.offset)
                 memory.put(old)
             }
         }
@@ -248,21 +245,21 @@ public final class SwapSpace: @unchecked Sendable {
     // MARK: swap counts
 
     /// `folio_dup_swap` for an order-0 page: one more swap PTE will name its slot (the unmap).
-    /// Locking: caller holds the page lock (the page is in the swap cache); takes the area's lock.
+    /// Locking: caller holds the page lock (the page is in the swap cache); takes the slot's cluster lock.
     func folioDupSwap(_ page: Page) -> SwapEntry {
         precondition(page.isLocked, "folioDupSwap: page not locked")
         let e = entry(of: page)!
-        withArea(e) { area in area.lock.withLock { area.counts[Int(e.offset)] += 1 } }!
+        withArea(e) { area in area.withCluster(e.offset) { area.counts[Int(e.offset)] += 1 } }!
         return e
     }
 
     /// `folio_put_swap`: one swap PTE fewer names the slot of a page in the swap cache (the
     /// swap-in that replaced it, an unmap that backed out). Never frees: the cache holds it.
-    /// Locking: caller holds the page lock; takes the area's lock.
+    /// Locking: caller holds the page lock; takes the slot's cluster lock.
     func folioPutSwap(_ page: Page, _ e: SwapEntry) {
         precondition(page.isLocked, "folioPutSwap: page not locked")
         withArea(e) { area in
-            area.lock.withLock {
+            area.withCluster(e.offset) {
                 precondition(area.counts[Int(e.offset)] > 0, "swap count underflow on \(e)")
                 area.counts[Int(e.offset)] -= 1
             }
@@ -271,11 +268,11 @@ public final class SwapSpace: @unchecked Sendable {
 
     /// `swap_dup_entry_direct` (fork): one more PTE names a slot already named by one.
     /// Return: false for an entry that names no slot in use (-EINVAL in 7.2).
-    /// Locking: may be called under page-table locks; takes the area's lock.
+    /// Locking: may be called under page-table locks; takes the slot's cluster lock.
     func dupEntryDirect(_ e: SwapEntry) -> Bool {
         guard let area = resolve(e) else { return false }
-        area.lock.assertNotHeld()
-        return area.lock.withLock {
+        area.assertNoLockHeld()
+        return area.withCluster(e.offset) {
             guard area.counts[Int(e.offset)] > 0 else { return false }
             area.counts[Int(e.offset)] += 1
             return true
@@ -287,27 +284,27 @@ public final class SwapSpace: @unchecked Sendable {
     /// the cache when its lock can be taken (`__try_to_reclaim_swap` with TTRS_UNMAPPED).
     /// Return: a page whose last reference the caller must drop (after its TLB flush, outside
     /// page-table locks), or nil.
-    /// Locking: may be called under page-table locks; takes the area's lock, trylocks the page.
+    /// Locking: may be called under page-table locks; takes the slot's cluster lock, trylocks the page.
     func putEntryDirect(_ e: SwapEntry) -> Page? {
         guard let area = resolve(e) else { return nil }
-        area.lock.lock()
+        area.lockCluster(e.offset)
         let c = area.counts[Int(e.offset)]
         precondition(c > 0, "swap count underflow on \(e)")
         area.counts[Int(e.offset)] = c - 1
         let cached = c == 1 ? area.cachedPfn(e.offset) : nil
         if c == 1 && cached == nil { area.freeLocked(e.offset) }
-        area.lock.unlock()
+        area.unlockCluster(e.offset)
         guard cached != nil, let page = lookup(e) else { return nil }
         // Only a page no process maps and nobody else uses is dropped here (TTRS_UNMAPPED).
         guard page.mapcount == 0, page.tryLock() else { return page }
         if matches(page, e) {
-            area.lock.lock()
+            area.lockCluster(e.offset)
             if area.counts[Int(e.offset)] == 0 {
                 detachLocked(page, e, area)
-                area.lock.unlock()
+                area.unlockCluster(e.offset)
                 withMemory { $0.put(page) }   // the cache's reference (the lookup's is the caller's)
             } else {
-                area.lock.unlock()
+                area.unlockCluster(e.offset)
             }
         }
         page.unlock()
