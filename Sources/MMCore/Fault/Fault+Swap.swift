@@ -29,7 +29,7 @@ extension AddressSpace {
             switch swap.addForSwapIn(new, swp) {
             case .added(let shadow):
                 memory.lru.workingsetRefault(new, shadow: shadow, stats: stats)
-                swap.readIn(new)
+                swap.readIn(new, hot: realAddress)
                 stats.count(.pswpin)
                 stats.count(.pgmajfault)
                 page = new

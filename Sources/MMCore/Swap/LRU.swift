@@ -78,6 +78,11 @@ public final class LRULists: @unchecked Sendable {
 
     /// Pages on `list`. Locking: takes the LRU lock.
     public func count(_ list: List) -> Int { lock.withLock { counts[list.rawValue] } }
+    /// The same read without the lock, as the kernel reads `lruvec_page_state` (a value that
+    /// may be a moment old; for heuristics such as the refault distance).
+    func countUnlocked(_ list: List) -> Int {
+        Int(bitPattern: UInt(AtomicU64Ref(UnsafeMutableRawPointer(counts + list.rawValue)).load(.relaxed)))
+    }
 
     // MARK: adding (folio_add_lru)
 
@@ -161,7 +166,7 @@ public final class LRULists: @unchecked Sendable {
         let eviction = shadow >> 4, now = UInt64(nonresidentAge.load())
         let distance = (now &- eviction) & (~UInt64(0) >> 4)
         // The active list counts only while swap has room (a distance is at least 1).
-        guard distance <= UInt64(count(.activeAnon)), withMemory({ $0.swap.freeSlots > 0 }) else { return false }
+        guard distance <= UInt64(max(0, countUnlocked(.activeAnon))), withMemory({ $0.swap.freeSlots > 0 }) else { return false }
         activateNew(page)
         nonresidentAge.add(Int(page.folioPages))
         stats.count(.workingsetActivateAnon)

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MMArch
 import MMSync
 
 /// The machine's swap areas (`swap_info[]`) and the swap cache over them, following Linux
@@ -313,22 +314,25 @@ public final class SwapSpace: @unchecked Sendable {
 
     // MARK: I/O
 
-    /// `swap_writeout` to a ramdisk: the page's bytes into its slot.
+    /// `swap_writeout` to a ramdisk: the page's bytes into its slot, with streaming stores (the
+    /// slot is not read again until a swap-in, so it should not push the cache out).
     /// Locking: caller holds the page lock (the page is in the swap cache).
     func writeOut(_ page: Page) {
         precondition(page.isLocked, "writeOut: page not locked")
         let e = entry(of: page)!
         let frame = withMemory { $0.frame(page.pfn) }
-        withArea(e) { memcpy($0.slotBytes(e.offset), frame, Int(pageSize)) }!
+        withArea(e) { mm_copy_page_nocache($0.slotBytes(e.offset), frame) }!
     }
 
-    /// `swap_read_folio` from a ramdisk: the slot's bytes into the page.
+    /// `swap_read_folio` from a ramdisk: the slot's bytes into the page, streamed but for the
+    /// line at `hot` (the faulting access's offset in the page), which stays in the cache as
+    /// the copy-on-write copy leaves it.
     /// Locking: caller holds the page lock (the page is in the swap cache).
-    func readIn(_ page: Page) {
+    func readIn(_ page: Page, hot: UInt64 = 0) {
         precondition(page.isLocked, "readIn: page not locked")
         let e = entry(of: page)!
         let frame = withMemory { $0.frame(page.pfn) }
-        withArea(e) { memcpy(frame, $0.slotBytes(e.offset), Int(pageSize)) }!
+        withArea(e) { mm_copy_user_page(frame, $0.slotBytes(e.offset), UInt(hot & (pageSize - 1))) }!
         page.set(.uptodate)
     }
 }
