@@ -80,6 +80,68 @@ final class MigrateTests: XCTestCase {
         env.teardown()
     }
 
+    /// The PTE at `a` as the page table holds it.
+    private func pte(_ env: Env, _ a: UInt64) throws -> PTE {
+        let found = try XCTUnwrap(env.mm.pageTable.lookup(a, level: .pte))
+        return found.entry.load()
+    }
+
+    /// Migration entries keep the replaced mapping's accessed and dirty bits (x86-64 has room
+    /// for them: `make_migration_entry_young` / `_dirty`), and `remove_migration_pte` gives
+    /// them back: an old, clean PTE of a dirty page comes back old and clean (dirty only if
+    /// the entry and the page both are), a young, dirty one young and dirty.
+    func testMigrationEntriesKeepAccessedAndDirtyBits() throws {
+        let env = try Env(swapPages: 64)
+        let a = try env.anon(2)
+        try env.cpu.store(a, UInt64(7))
+        try env.cpu.store(a + pageSize, UInt64(8))
+        // Page 0: out to swap and read back: a clean PTE; the swap-in left the page dirty
+        // (its only copy is in memory now). MADV_COLD then makes the PTE old.
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 7)
+        try env.process.madvise(a, length: pageSize, advice: .cold)
+        var p0 = try pte(env, a), p1 = try pte(env, a + pageSize)
+        XCTAssertTrue(p0.isPresent && !p0.isDirty && !p0.isAccessed, "\(p0)")
+        XCTAssertTrue(p1.isPresent && p1.isDirty && p1.isAccessed, "\(p1)")
+        let old0 = env.memory.page(p0.pfn), old1 = env.memory.page(p1.pfn)
+        XCTAssertTrue(old0.test(.dirty))
+
+        // While the pages are being migrated, their entries say what the PTEs were.
+        for (page, young, dirty) in [(old0, false, false), (old1, true, true)] {
+            page.lock()
+            let av = try XCTUnwrap(page.anonVMA)
+            env.memory.get(page)
+            XCTAssertEqual(env.machine.tryToMigrate(page, av: av, index: page.index), 1)
+            let s = try pte(env, page == old0 ? a : a + pageSize).swapEntry
+            XCTAssertTrue(s.isMigration)
+            XCTAssertEqual(s.pfn, page.pfn)
+            XCTAssertEqual(s.isMigrationYoung, young)
+            XCTAssertEqual(s.isMigrationDirty, dirty)
+            env.machine.removeMigrationPTEs(from: page, to: page, av: av, index: page.index, entries: 1)
+            page.unlock()
+            env.memory.put(page)
+        }
+        p0 = try pte(env, a); p1 = try pte(env, a + pageSize)
+        XCTAssertTrue(!p0.isDirty && !p0.isAccessed, "restored in place: \(p0)")
+        XCTAssertTrue(p1.isDirty && p1.isAccessed, "restored in place: \(p1)")
+
+        // Moved to new frames: the same bits, the page's dirty flag moved with its data.
+        let r = env.machine.migratePages([old0.pfn, old1.pfn])
+        XCTAssertEqual(r.failed, [:])
+        p0 = try pte(env, a); p1 = try pte(env, a + pageSize)
+        XCTAssertEqual(p0.pfn, r.migrated[old0.pfn])
+        XCTAssertEqual(p1.pfn, r.migrated[old1.pfn])
+        XCTAssertTrue(!p0.isDirty && !p0.isAccessed, "migrated: \(p0)")
+        XCTAssertTrue(p1.isDirty && p1.isAccessed, "migrated: \(p1)")
+        XCTAssertTrue(env.memory.page(p0.pfn).test(.dirty))
+        // A write through the clean PTE dirties it again (the MMU sets the bits).
+        try env.cpu.store(a, UInt64(9))
+        XCTAssertTrue(try pte(env, a).isDirty)
+        XCTAssertEqual(try env.cpu.load(a + pageSize, as: UInt64.self), 8)
+        env.check()
+        env.teardown()
+    }
+
     private func memoryBarrierTryToMigrate(_ env: Env, _ page: Page, _ av: AnonVMA) {
         env.memory.get(page) // held by the "migrating thread" until the entries are restored
         XCTAssertEqual(env.machine.tryToMigrate(page, av: av, index: page.index), 1)

@@ -150,6 +150,46 @@ final class THPReclaimTests: XCTestCase {
         env.teardown()
     }
 
+    /// A lazily freed THP mapped by PTEs (its PMD split by an mprotect): clean since, reclaim
+    /// splits it and its pages come back as clean and old as MADV_FREE left their PTEs (the
+    /// split's migration entries keep the bits), so every one is discarded and none swapped;
+    /// written to since (one PTE dirty), it is swap-backed again and stays whole, as 7.2's
+    /// try_to_unmap of the folio aborts at the dirty PTE.
+    func testALazilyFreedPTEMappedTHPIsDiscardedCleanAndKeptDirty() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env, huge: 2)
+        try fillIDX(env.cpu, a, bytes: 2 * twoMiB)
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 2)
+        for b in [a, a + twoMiB] {
+            try env.process.mprotect(b, length: pageSize, prot: .read)
+            try env.process.mprotect(b, length: pageSize, prot: .readWrite)
+            XCTAssertNil(pmdLeaf(env, b), "mapped by PTEs now")
+        }
+        try env.process.madvise(a, length: 2 * twoMiB, advice: .free)
+        let written = a + twoMiB + 5 * pageSize
+        try env.cpu.store(written, Int32(-5))
+        let kept = try XCTUnwrap(try env.pfn(a + twoMiB))
+        try env.process.madvise(a, length: 2 * twoMiB, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.thpSplitPage], 1, "only the clean folio")
+        XCTAssertEqual(env.machine.stats[.pglazyfreed], 512)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0)
+        XCTAssertEqual(env.memory.swap.freeSlots, 1024)
+        let head = env.memory.page(kept)
+        XCTAssertTrue(head.test(.head), "the written folio stays whole")
+        XCTAssertFalse(head.test(.lazyFree), "swap-backed again")
+        XCTAssertEqual(try env.pfn(a + twoMiB), kept)
+        XCTAssertEqual(try env.cpu.load(written, as: Int32.self), -5)
+        XCTAssertEqual(try env.cpu.load(a + twoMiB + 6 * pageSize, as: Int32.self), Int32((twoMiB + 6 * pageSize) / 4))
+        XCTAssertEqual(try env.cpu.load(a + 6 * pageSize, as: Int32.self), 0, "discarded: a fresh zero page")
+        env.check()
+        // Swap-backed now: the next pageout swaps it (split, D24).
+        try env.process.madvise(a + twoMiB, length: twoMiB, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 512)
+        XCTAssertEqual(try env.cpu.load(written, as: Int32.self), -5)
+        env.check()
+        env.teardown()
+    }
+
     /// Fork of a pinned PMD-mapped THP with no frame free: the parent's PMD is split and the
     /// child's 512 copies are allocated where reclaim may run (copy_huge_pmd's -EAGAIN, then
     /// the PTE table's prealloc round), so fork succeeds by swapping other pages.

@@ -118,6 +118,7 @@ struct MigrateCollectWalker: PageWalker {
             var old = v
             while true {
                 let entry = SwapEntry.migration(pfn: folio.pfn, write: write != 0, exclusive: exclusive)
+                    .carrying(young: old.isPresent && old.isAccessed, dirty: old.isPresent && old.isDirty)
                     .pte(softDirty: old.isSoftDirty, pmd: true)
                 if pmd.compareExchange(old, entry) { break }
                 old = pmd.load()   // a CPU set the accessed or dirty bit
@@ -233,6 +234,7 @@ struct MigrateCollectWalker: PageWalker {
         let old = ptep.exchange(.none)
         if old.isPresent && old.isDirty { page.set(.dirty) }
         let entry = SwapEntry.migration(pfn: page.pfn, write: mpfn & MigratePfn.write != 0, exclusive: exclusive)
+            .carrying(young: old.isPresent && old.isAccessed, dirty: old.isPresent && old.isDirty)
         ptep.store(entry.pte(softDirty: old.isSoftDirty))
         memory.removeRmap(page)
         if old.isPresent { unmappedInTable += 1 }

@@ -118,7 +118,9 @@ extension Machine {
         stats.count(.bytesCopied, Int(pageSize))
         new.setOwner(anon: .passUnretained(av))
         new.index = index
-        new.set([.uptodate, .swapBacked, .dirty])
+        // folio_migrate_flags: the dirty bit moves with the data (set at the unmap if a
+        // mapping had written it).
+        new.set(old.test(.dirty) ? [.uptodate, .swapBacked, .dirty] : [.uptodate, .swapBacked])
         // folio_migrate_mapping of a swap-cache page: the new page takes its slot.
         if old.test(.swapCache) { memory.swap.migrateCache(from: old, to: new) }
         removeMigrationPTEs(from: old, to: new, av: av, index: index, entries: unmapped)
@@ -163,18 +165,20 @@ extension Machine {
     /// Locking: the PTE table's lock held; `page` locked.
     package func setMigrationEntry(_ ptep: EntryPointer, _ found: MappedEntry, _ page: Page) -> Bool {
         Lockdep.assertSpinLockHeld()
-        let write: Bool, softDirty: Bool
+        let write: Bool, softDirty: Bool, young: Bool, dirty: Bool
         switch found {
         case .present(let v):
-            write = v.isWrite; softDirty = v.isSoftDirty
-            if v.isDirty { page.set(.dirty) }
+            write = v.isWrite; softDirty = v.isSoftDirty; young = v.isAccessed; dirty = v.isDirty
+            // folio_mark_dirty: the folio's flag (a THP's head, which a split hands down).
+            if v.isDirty { page.folioHead.set(.dirty) }
         case .swap(let s):
             guard s.isDevicePrivate || (s.isDeviceExclusive && !Mutation.on(.migrateSkipsDeviceExclusive)) else { return false }
-            write = s.isWrite; softDirty = ptep.load().isSoftDirty
+            write = s.isWrite; softDirty = ptep.load().isSoftDirty; young = false; dirty = false
         }
         let exclusive = page.isAnon && page.test(.anonExclusive)
         if exclusive { page.clear(.anonExclusive) }
-        ptep.store(SwapEntry.migration(pfn: page.pfn, write: write, exclusive: exclusive).pte(softDirty: softDirty))
+        ptep.store(SwapEntry.migration(pfn: page.pfn, write: write, exclusive: exclusive)
+                    .carrying(young: young, dirty: dirty).pte(softDirty: softDirty))
         memory.removeRmap(page, holdOwner: !Mutation.on(.migrateWithoutAnonVMAReference))
         return true
     }
@@ -217,7 +221,10 @@ extension Machine {
         } else {
             // The VMA's protection now (PROT_NONE if an mprotect came meanwhile), soft-dirty
             // as the entry was.
-            let e = PTE.page(to.pfn, write: write, user: vma.pageProtReadable, dirty: write)
+            // Young and dirty as the mapping was when it became the entry (dirty only if the
+            // page still is: `remove_migration_pte`).
+            var e = PTE.page(to.pfn, write: write, user: vma.pageProtReadable, dirty: s.isMigrationDirty && to.test(.dirty))
+            if !s.isMigrationYoung { e = e.mkold() }
             ptep.store(softDirty ? PTE(raw: e.raw | PTE.softDirty) : e)
         }
     }

@@ -57,7 +57,36 @@ public struct SwapEntry: Equatable, Hashable, CustomStringConvertible {
     }
     /// Entries whose offset is a pfn with a struct page behind it.
     @inlinable public var hasPfn: Bool { isMigration || isDevicePrivate || isDeviceExclusive || isHwPoison }
-    @inlinable public var pfn: UInt64 { offset }
+    /// The pfn of such an entry: the offset's low bits (a migration entry keeps the accessed
+    /// and dirty bits of the mapping it replaced above them, as x86's, `SWP_MIG_YOUNG_BIT`).
+    @inlinable public var pfn: UInt64 { offset & SwapEntry.pfnMask }
+
+    /// Bits of the offset that hold a pfn (`SWP_PFN_BITS`); a migration entry's young and
+    /// dirty bits come right above (`migration_entry_supports_ad()` is true, as on x86-64).
+    public static let pfnBits: UInt64 = 40
+    public static let pfnMask: UInt64 = (1 << pfnBits) - 1
+    @usableFromInline static let migrationYoungBit: UInt64 = 1 << pfnBits
+    @usableFromInline static let migrationDirtyBit: UInt64 = 1 << (pfnBits + 1)
+
+    /// A migration entry that remembers the replaced mapping's accessed (`young`) and dirty
+    /// bits (`make_migration_entry_young` / `_dirty`); any other entry is returned unchanged.
+    @inlinable public func carrying(young: Bool, dirty: Bool) -> SwapEntry {
+        guard isMigration else { return self }
+        return SwapEntry(type: type, offset: offset | (young ? SwapEntry.migrationYoungBit : 0)
+                                                  | (dirty ? SwapEntry.migrationDirtyBit : 0))
+    }
+    /// A migration entry made from a present mapping `v`: its accessed and dirty bits carried.
+    @inlinable public func carrying(_ v: PTE) -> SwapEntry { carrying(young: v.isAccessed, dirty: v.isDirty) }
+    /// Whether the mapping a migration entry replaced was young (`softleaf_is_migration_young`).
+    @inlinable public var isMigrationYoung: Bool { isMigration && offset & SwapEntry.migrationYoungBit != 0 }
+    /// Whether it was dirty (`softleaf_is_migration_dirty`).
+    @inlinable public var isMigrationDirty: Bool { isMigration && offset & SwapEntry.migrationDirtyBit != 0 }
+    /// The read-only form of a migration entry, exclusive or not, its young and dirty bits kept
+    /// (mprotect and fork make it from `swp_offset`, which holds them).
+    @inlinable public func readableMigration(exclusive: Bool) -> SwapEntry {
+        precondition(isMigration, "readableMigration of \(self)")
+        return SwapEntry(type: exclusive ? SwapEntry.migrationReadExclusive : SwapEntry.migrationRead, offset: offset)
+    }
 
     @inlinable public static func migration(pfn: UInt64, write: Bool, exclusive: Bool = false) -> SwapEntry {
         SwapEntry(type: write ? migrationWrite : (exclusive ? migrationReadExclusive : migrationRead), offset: pfn)
@@ -79,12 +108,14 @@ public struct SwapEntry: Equatable, Hashable, CustomStringConvertible {
         }
     }
 
+    private var adText: String { (isMigrationYoung ? " A" : "") + (isMigrationDirty ? " D" : "") }
+
     public var description: String {
         switch type {
         case 0..<SwapEntry.maxSwapFiles: return "swap(\(type):\(offset))"
-        case SwapEntry.migrationRead: return "migration-r(pfn \(offset))"
-        case SwapEntry.migrationReadExclusive: return "migration-rx(pfn \(offset))"
-        case SwapEntry.migrationWrite: return "migration-w(pfn \(offset))"
+        case SwapEntry.migrationRead: return "migration-r(pfn \(pfn)\(adText))"
+        case SwapEntry.migrationReadExclusive: return "migration-rx(pfn \(pfn)\(adText))"
+        case SwapEntry.migrationWrite: return "migration-w(pfn \(pfn)\(adText))"
         case SwapEntry.devicePrivateRead: return "device-private-r(pfn \(offset))"
         case SwapEntry.devicePrivateWrite: return "device-private-w(pfn \(offset))"
         case SwapEntry.deviceExclusive: return "device-exclusive(pfn \(offset))"

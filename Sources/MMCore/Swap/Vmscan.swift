@@ -85,9 +85,11 @@ extension Machine {
             // as 7.2 does. Any other is split (split_folio_to_list: swap slots do not come in
             // clusters of 512 here, D24) and reclaimed page by page, its other pages going to
             // the caller's list (from MADV_PAGEOUT: reclaimed right away); a folio someone else
-            // holds stays (folio_expected_ref_count). Split lazily freed pages keep the mark,
-            // but those mapped by PTEs come back dirty (the split's migration entries carry no
-            // dirty bit) and are swapped.
+            // holds stays (folio_expected_ref_count). A lazily freed one mapped by PTEs that
+            // was written to since is swap-backed again and stays whole (7.2's try_to_unmap of
+            // the whole folio meets the dirty PTE: walk_abort); a clean one is split, its pages
+            // come back as clean as their PTEs were (the split's migration entries keep the
+            // dirty bit) and are discarded one by one (7.2 discards the folio whole: D24).
             let lazy = page.test(.lazyFree) && !page.test(.swapCache)
             if lazy {
                 switch discardLazyFreeTHP(page) {
@@ -97,7 +99,11 @@ extension Machine {
                     memory.put(page)
                     return .freed
                 case .restored: return keep(.activate)   // walk_abort: used since, it stays
-                case .notMappedByOnePMD: break
+                case .notMappedByOnePMD:
+                    if page.test(.dirty) || largeFolioMappedDirty(page) {
+                        page.clear(.lazyFree)
+                        return keep(.activate)
+                    }
                 }
             }
             var others: [Page] = []
@@ -198,6 +204,31 @@ extension Machine {
             return false
         }
         return outcome
+    }
+
+    /// Whether any PTE mapping a page of the anonymous THP `head` is dirty (the check 7.2's
+    /// try_to_unmap of a lazily freed large folio makes PTE batch by PTE batch). Bits are only
+    /// read; a PMD leaf is left to `discardLazyFreeTHP`.
+    /// Locking: caller holds the folio's lock; takes the rmap and PTE locks.
+    private func largeFolioMappedDirty(_ head: Page) -> Bool {
+        assert(head.isLocked, "largeFolioMappedDirty: folio not locked")
+        guard let av = head.anonVMA else { return false }
+        let n = head.folioPages, index = head.index
+        var dirty = false
+        // Every VMA of the anon_vma that may map part of it (not only the head's page).
+        av.lock.lockRead()
+        let list = av.vmas
+        for vma in list where !dirty {
+            let mm = vma.mm
+            for i in 0..<n where !dirty {
+                guard let a = vma.address(ofPageIndex: index + i) else { continue }
+                _ = mm.withMappedPTE(a, pfn: head.pfn + i) { _, found in
+                    if case .present(let v) = found, v.isDirty { dirty = true }
+                }
+            }
+        }
+        av.lock.unlockRead()
+        return dirty
     }
 
     /// `folio_referenced` of an anonymous THP: every VMA of its anon_vma that may map part of

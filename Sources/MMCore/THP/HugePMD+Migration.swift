@@ -56,7 +56,7 @@ extension Machine {
                 // entry is built from the value it replaces.
                 var old = v
                 while !pmd.compareExchange(old, SwapEntry.migration(pfn: folio.pfn, write: old.isWrite, exclusive: exclusive)
-                                                .pte(softDirty: old.isSoftDirty, pmd: true)) {
+                                                .carrying(old).pte(softDirty: old.isSoftDirty, pmd: true)) {
                     old = pmd.load()
                 }
                 mm.flushTLB()
@@ -135,8 +135,8 @@ extension Machine {
     /// a mapping of the same page of `to`. So entries made by a split of a PMD migration entry
     /// meanwhile (a partial munmap or mprotect), or copied by a fork, are found too.
     /// A restored leaf has the VMA's protection, is writable if the entry was (and the VMA
-    /// still is), soft-dirty as the entry was; the model's entries carry no young or dirty
-    /// bit, so the leaf is young, and dirty when writable, as a restored PTE is. The folio
+    /// still is), soft-dirty as the entry was, young if the entry remembers a young mapping and
+    /// dirty if it remembers a dirty one and the folio is still dirty, as a restored PTE. The folio
     /// gains the PMD mapping and its reference, exclusive unless the entry was plain read.
     /// Locking: both folios locked; takes the anon_vma lock, PMD and PTE locks.
     package func removeFolioMigrationEntries(from: Page, to: Page, av: AnonVMA, index: UInt64) {
@@ -177,7 +177,9 @@ extension Machine {
             pmd.store(SwapEntry.devicePrivate(pfn: to.pfn, write: write).pte(softDirty: v.isSoftDirty, pmd: true))
             return true
         }
-        var e = PTE.page(to.pfn, write: write, user: vma.pageProtReadable, dirty: write, huge: true)
+        // Young and dirty as the leaf was (`remove_migration_pmd`).
+        var e = PTE.page(to.pfn, write: write, user: vma.pageProtReadable, dirty: s.isMigrationDirty && to.test(.dirty), huge: true)
+        if !s.isMigrationYoung { e = e.mkold() }
         if v.isSoftDirty { e = PTE(raw: e.raw | PTE.softDirty) }
         pmd.store(e)
         return true

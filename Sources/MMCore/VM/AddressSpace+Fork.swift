@@ -147,7 +147,7 @@ struct ForkCopier: PageWalker {
             // (the folio is now shared copy-on-write); the entry holds no mapping or reference.
             var e = v
             if cow && v.swapEntry.type != SwapEntry.migrationRead {
-                e = SwapEntry.migration(pfn: v.swapEntry.pfn, write: false).pte(softDirty: v.isSoftDirty, pmd: true)
+                e = v.swapEntry.readableMigration(exclusive: false).pte(softDirty: v.isSoftDirty, pmd: true)
                 src.store(e)
             }
             table.ptl.unlock()
@@ -335,7 +335,7 @@ struct ForkCopier: PageWalker {
             // is now shared copy-on-write, so it must not be restored as exclusive.
             if cow && s.type != SwapEntry.migrationRead {
                 // (copy_nonpresent_pte makes the parent's read-exclusive entry readable too.)
-                e = SwapEntry.migration(pfn: s.pfn, write: false).pte(softDirty: v.isSoftDirty)
+                e = s.readableMigration(exclusive: false).pte(softDirty: v.isSoftDirty)
                 src.store(e)
             }
         } else if s.isDevicePrivate {

@@ -33,7 +33,7 @@ struct ChangeProtectionWalker: PageWalker {
                 let s = old.swapEntry
                 if s.type == SwapEntry.migrationWrite {
                     let anon = mm.memory.page(s.pfn).isAnon
-                    new = SwapEntry.migration(pfn: s.pfn, write: false, exclusive: anon).pte(softDirty: old.isSoftDirty)
+                    new = s.readableMigration(exclusive: anon).pte(softDirty: old.isSoftDirty)
                 } else if s.type == SwapEntry.devicePrivateWrite {
                     new = s.readOnly().pte()
                 }
@@ -74,7 +74,7 @@ struct ChangeProtectionWalker: PageWalker {
         if PageTable.isTHPMigration(v) {
             let s = v.swapEntry
             if s.isWritableMigration {
-                pmd.store(SwapEntry.migration(pfn: s.pfn, write: false, exclusive: true).pte(softDirty: v.isSoftDirty, pmd: true))
+                pmd.store(s.readableMigration(exclusive: true).pte(softDirty: v.isSoftDirty, pmd: true))
             }
             return .skip
         }
