@@ -150,6 +150,27 @@ final class THPReclaimTests: XCTestCase {
         env.teardown()
     }
 
+    /// Reclaim from the LRU that discards a lazily freed THP whole counts all of its pages as
+    /// reclaimed (`nr_reclaimed += nr_pages`: `pgsteal_direct` 512, not 1).
+    func testALazilyFreedTHPDiscardedByLRUReclaimCountsItsPages() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env)
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        try env.process.madvise(a, length: twoMiB, advice: .free)
+        env.memory.lru.drainAll()
+        XCTAssertEqual(env.memory.lru.count(.inactiveAnon), 512)
+        let r = env.machine.shrinkInactiveList(32, reclaimer: .direct)
+        XCTAssertEqual(r.scanned, 512)
+        XCTAssertEqual(r.freed, 512)
+        XCTAssertEqual(env.machine.stats[.pglazyfreed], 512)
+        XCTAssertEqual(env.machine.stats[.pgstealDirect], 512)
+        XCTAssertEqual(env.machine.stats[.pswpout], 0)
+        XCTAssertEqual(env.memory.lru.count(.inactiveAnon), 0)
+        XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), 0, "discarded: a fresh zero page")
+        env.check()
+        env.teardown()
+    }
+
     /// A lazily freed THP mapped by PTEs (its PMD split by an mprotect): clean since, reclaim
     /// splits it and its pages come back as clean and old as MADV_FREE left their PTEs (the
     /// split's migration entries keep the bits), so every one is discarded and none swapped;

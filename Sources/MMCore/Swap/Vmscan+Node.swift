@@ -72,8 +72,11 @@ extension Machine {
         while next < work.count {
             let p = work[next]
             next += 1
+            // A THP freed whole (a lazily freed one discarded unsplit) counts all of its pages
+            // (nr_reclaimed += nr_pages); a split one's pages count as each is freed.
+            let pagesBefore = Int(p.folioPages), queued = work.count
             switch shrinkFolio(p, checkReferences: true, splitTo: { work.append($0) }) {
-            case .freed: freed += 1
+            case .freed: freed += work.count == queued ? pagesBefore : 1
             case .keep: keep.append(p)
             case .activate: activate.append(p)
             }
