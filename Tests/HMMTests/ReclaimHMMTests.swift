@@ -36,6 +36,46 @@ final class ReclaimHMMTests: XCTestCase {
         return bad
     }
 
+    /// The OOM reaper zaps without blocking (`zap_vma_for_reaping`): a device whose lock is
+    /// held refuses the non-blockable CLEAR invalidation, so the VMA is left as it is (nothing
+    /// cleared behind the device's back) and the reaper tries again 100 ms later (7.2's
+    /// `oom_reap_task`, up to 10 tries); once the lock is free, the next try reaps it and the
+    /// device's entries go with the pages.
+    func testTheOOMReaperLeavesAVMAWhoseDeviceWouldBlockAndTriesAgain() throws {
+        let env = try HMMEnv(mib: 64)
+        let n = 64
+        let a = try env.anon(n)
+        for i in 0..<n { try env.cpu.store(a + UInt64(i) * pageSize, UInt64(i) + 1) }
+        let d0 = try env.module.open(minor: 0, mm: env.mm)
+        var r = DmirrorCmd(addr: a, npages: UInt64(n))
+        try d0.ioctl(.read, &r, buffer: DmirrorBuffer(size: n * Int(pageSize)))
+        XCTAssertEqual(r.cpages, UInt64(n))
+        XCTAssertEqual(d0.entryCount, n)
+        let used = env.machine.usedFrames
+        // Another thread holds the device's lock for 250 ms (a device fault in progress).
+        let held = AtomicWord(0)
+        let holder = ModelThread.spawn(name: "device-fault") {
+            d0.mutex.lock()
+            held.store(1)
+            syncSleep(nanoseconds: 250_000_000)
+            d0.mutex.unlock()
+        }
+        while held.load() == 0 { syncSleep(nanoseconds: 1_000_000) }
+        XCTAssertEqual(try env.mm.pagemap(a, count: 1)[0].isPresent, true)
+        let tries = env.mm.oomReap()
+        holder.join()
+        XCTAssertGreaterThanOrEqual(tries, 2, "the first try was refused")
+        XCTAssertLessThanOrEqual(tries, AddressSpace.maxOOMReapRetries)
+        XCTAssertEqual(d0.entryCount, 0, "the device lost its entries before the pages went")
+        XCTAssertEqual(env.machine.usedFrames, used - n, "every page reaped")
+        XCTAssertTrue(try env.mm.pagemap(a, count: n).allSatisfy { !$0.isPresent })
+        XCTAssertEqual(env.problems(), [])
+        d0.close()
+        env.cpu.detach()
+        env.process.exit()
+        XCTAssertEqual(env.problems(), [])
+    }
+
     func testAWorkingSetFourTimesRAMWithDevicePagesAndAFork() throws {
         let env = try HMMEnv(mib: 16, swapPages: 30_000)   // 64 MiB, and the child's 32 MiB of copies
         let slots = env.memory.swap.freeSlots

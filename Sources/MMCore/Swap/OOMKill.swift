@@ -93,23 +93,40 @@ extension AddressSpace {
     /// Its `oom_badness` when it was killed (pages), 0 if it was not.
     public var oomBadnessWhenKilled: Int { Int(oomBadnessAtKill.load()) }
 
-    /// `oom_reap_task_mm`: up to 10 tries (`MAX_OOM_REAP_RETRIES`, 100 ms apart as `HZ/10`) to take the mmap
-    /// lock for read; then every anonymous or private VMA that is not hugetlb or pfn-mapped is
-    /// zapped (CLEAR invalidations, as `zap_vma_for_reaping`). Marked reaped either way (`MMF_OOM_SKIP`).
+    /// `oom_reap_task`: up to 10 tries (`MAX_OOM_REAP_RETRIES`, 100 ms apart as `HZ/10`) of
+    /// `oom_reap_task_mm`, which fails when the mmap lock cannot be had for read or when part
+    /// of the space could not be reaped. Marked reaped either way (`MMF_OOM_SKIP`).
+    /// Return: how many tries it took (11: it gave up).
     /// Locking: caller holds no lock; takes the mmap lock (trylock) and what zapping takes.
-    func oomReap() {
+    @discardableResult
+    func oomReap() -> Int {
         Lockdep.assertNoLocksHeld()
         defer { oomState.store(AddressSpace.oomReaped) }
-        for _ in 0..<10 {
-            if mmapLock.tryLockRead() {
-                defer { mmapLock.unlockRead() }
-                guard !isDead else { return }
-                for vma in Array(vmaList) where !vma.isHugetlb && !vma.flags.contains(.pfnMap) && (vma.isAnonymous || !vma.isShared) {
-                    zapRange(vma: vma, start: vma.start, end: vma.end, event: .clear)
-                }
-                return
-            }
+        var attempts = 0
+        while attempts < AddressSpace.maxOOMReapRetries {
+            attempts += 1
+            if oomReapOnce() { return attempts }
             machine.oomWait.wait(timeoutNanoseconds: 100_000_000) { false }
         }
+        return attempts + 1
+    }
+
+    static let maxOOMReapRetries = 10
+
+    /// `oom_reap_task_mm` + `__oom_reap_task_mm`: with the mmap lock taken for read (trylock),
+    /// every anonymous or private VMA that is not hugetlb or pfn-mapped is zapped without
+    /// blocking (`zap_vma_for_reaping`), from the top of the space down; one whose invalidation
+    /// a subscriber refused (a device that would have to wait for its lock) is left for the
+    /// next try. Return: whether the whole space was reaped (or was gone already).
+    /// Locking: caller holds no lock; takes the mmap lock (trylock) and what zapping takes.
+    private func oomReapOnce() -> Bool {
+        guard mmapLock.tryLockRead() else { return false }
+        defer { mmapLock.unlockRead() }
+        guard !isDead else { return true }
+        var reaped = true
+        for vma in vmaList.reversed() where !vma.isHugetlb && !vma.flags.contains(.pfnMap) && (vma.isAnonymous || !vma.isShared) {
+            if !zapVMAForReaping(vma) { reaped = false }
+        }
+        return reaped
     }
 }

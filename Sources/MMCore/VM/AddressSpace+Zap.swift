@@ -119,6 +119,23 @@ extension AddressSpace {
         zapVMAs([vma], start: start, end: end, event: event)
     }
 
+    /// `zap_vma_for_reaping`: the whole of `vma` cleared as `zapRange` does, but under a
+    /// non-blocking CLEAR invalidation (`mmu_notifier_invalidate_range_start_nonblock`): a
+    /// subscriber that would have to sleep refuses it, and then nothing is cleared.
+    /// Return: false (7.2's -EBUSY) if the invalidation was refused.
+    /// Locking: mmap lock held for read; no PTE lock held; sleeps nowhere.
+    func zapVMAForReaping(_ vma: VMA) -> Bool {
+        Lockdep.assertNoSpinLockHeld(); mmapLock.assertLocked()
+        let range = MMUNotifierRange(start: vma.start, end: vma.end, event: .clear, blockable: false)
+        guard notifiers.invalidateRangeStart(range) else { return false }
+        var zap = ZapWalker(memory: memory)
+        zap.vma = vma
+        _ = pageTable.walk(vma.start, vma.end, &zap)
+        zap.gather.finish(self)
+        notifiers.invalidateRangeEnd(range)
+        return true
+    }
+
     /// `unmap_vmas`: one invalidation with `event` over [start, end), then every VMA's part of
     /// it cleared, one TLB flush, the page references dropped. munmap passes the unmapped range,
     /// exit_mmap the whole space ([0, ULONG_MAX) as the kernel does).
