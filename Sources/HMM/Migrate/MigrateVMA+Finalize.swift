@@ -60,9 +60,9 @@ extension MigrateVMA {
     /// `migrate_vma_finalize`: points every entry at its final page and releases the phase's
     /// locks and references. Locking: mmap lock held for read.
     public func finalize() {
-        vma.mm.mmapLock.assertLocked()
+        mm.mmapLock.assertLocked()
         if remote.count != src.count { remote = [Bool](repeating: false, count: src.count) }
-        MigratePhases.finalize(vma.mm.machine, src, dst, faultPage: faultPage, local: self)
+        MigratePhases.finalize(mm.machine, src, dst, faultPage: faultPage, local: self)
     }
 
     /// Restores the migration entries of pages without remote mappings at the addresses

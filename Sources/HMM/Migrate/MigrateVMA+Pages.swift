@@ -95,8 +95,8 @@ extension MigrateVMA {
     /// `migrate_vma_pages`: moves each selected page whose destination the driver provided.
     /// Locking: caller holds the mmap lock for read; source and destination pages are locked.
     public func pages() {
-        vma.mm.mmapLock.assertLocked()
-        MigratePhases.pages(vma.mm.machine, &src, dst, migrate: self)
+        mm.mmapLock.assertLocked()
+        MigratePhases.pages(mm.machine, &src, dst, migrate: self)
     }
 
     /// `migrate_vma_split_unmapped_folio`: the collected (unmapped) large folio at entry `i`

@@ -60,13 +60,18 @@ public final class MigrateVMA {
     /// The owner named in this migration's MIGRATE invalidations (default: `pgmapOwner`). A
     /// driver passes the context that keeps its own table up to date, so only it may skip them.
     public let notifierOwner: AnyObject?
-    var mm: AddressSpace { vma.mm }
-    var memory: PhysicalMemory { vma.mm.memory }
+    /// The VMA's address space and memory, held for the migration's life: read once here
+    /// (a `vma.mm` load is an unowned one, counted through the mm's side table, and the
+    /// phases use them per page).
+    let mm: AddressSpace
+    let memory: PhysicalMemory
 
     public init(vma: VMA, start: UInt64, end: UInt64, pgmapOwner: AnyObject?, flags: MigrateSelect, faultPage: Page? = nil,
                 notifierOwner: AnyObject? = nil) {
         self.notifierOwner = notifierOwner ?? pgmapOwner
         self.vma = vma
+        mm = vma.mm
+        memory = mm.memory
         self.start = start & pageMask
         self.end = end & pageMask
         self.pgmapOwner = pgmapOwner
