@@ -103,7 +103,7 @@ extension ScenarioInterpreter {
     func describe(_ entry: MappedEntry, machine m: Machine) -> String {
         let pte = entry.pte
         guard !pte.isNone else { return "none" }
-        let pfn = pte.isPresent ? pte.pfn : pte.swapEntry.offset
+        let pfn = pte.isPresent ? pte.pfn : (pte.swapEntry.hasPfn ? pte.swapEntry.pfn : pte.swapEntry.offset)
         var s: String
         if pte.isPresent {
             s = entry.level == .pte ? "present pfn \(pfn)" : "\(entry.level) pfn \(pfn)"
@@ -116,6 +116,8 @@ extension ScenarioInterpreter {
             switch PTEKind(entry) {
             case .swap: return "swap type \(e.type) slot \(e.offset)"
             case .migration: s = "migration\(e.isWrite ? " write" : (e.type == SwapEntry.migrationReadExclusive ? " read-exclusive" : " read")) pfn \(pfn)"
+                if e.isMigrationDirty { s += " dirty" }
+                if e.isMigrationYoung { s += " young" }
             case .device_private: s = "device_private \(e.isWrite ? "write" : "read") pfn \(pfn)"
             case .device_exclusive: s = "device_exclusive pfn \(pfn)"
             case .hwpoison: return "hwpoison pfn \(pfn)"

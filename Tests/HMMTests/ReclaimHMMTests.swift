@@ -52,16 +52,21 @@ final class ReclaimHMMTests: XCTestCase {
         XCTAssertEqual(r.cpages, UInt64(n))
         XCTAssertEqual(d0.entryCount, n)
         let used = env.machine.usedFrames
-        // Another thread holds the device's lock for 250 ms (a device fault in progress).
+        // Another thread holds the device's lock for 500 ms (a device fault in progress).
         let held = AtomicWord(0)
         let holder = ModelThread.spawn(name: "device-fault") {
             d0.mutex.lock()
             held.store(1)
-            syncSleep(nanoseconds: 250_000_000)
+            syncSleep(nanoseconds: 500_000_000)
             d0.mutex.unlock()
         }
         while held.load() == 0 { syncSleep(nanoseconds: 1_000_000) }
-        XCTAssertEqual(try env.mm.pagemap(a, count: 1)[0].isPresent, true)
+        // One try while the lock is held: refused, nothing cleared.
+        let vma = try XCTUnwrap(env.mm.mmapLock.withRead { env.mm.findVMA(a) })
+        XCTAssertFalse(env.mm.mmapLock.withRead { env.mm.zapVMAForReaping(vma) })
+        // (The device's entries cannot be counted now: that takes its lock.)
+        XCTAssertTrue(try env.mm.pagemap(a, count: n).allSatisfy { $0.isPresent }, "refused: every page still mapped")
+        XCTAssertEqual(env.machine.usedFrames, used)
         let tries = env.mm.oomReap()
         holder.join()
         XCTAssertGreaterThanOrEqual(tries, 2, "the first try was refused")

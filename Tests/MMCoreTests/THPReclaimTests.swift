@@ -211,6 +211,39 @@ final class THPReclaimTests: XCTestCase {
         env.teardown()
     }
 
+    /// Migration of a PTE-mapped THP whole (migrate_pages): each page's PTE comes back as
+    /// clean or dirty as it was, the tails' too — the dirty flag is the folio's (its head's),
+    /// as 7.2's `folio_test_dirty` in remove_migration_pte.
+    func testMigratingAPTEMappedTHPKeepsEachPTEsDirtyBit() throws {
+        let env = try Env(swapPages: 1024)
+        let a = try hugeRange(env)
+        try fillIDX(env.cpu, a, bytes: twoMiB)
+        try env.process.mprotect(a, length: pageSize, prot: .read)
+        try env.process.mprotect(a, length: pageSize, prot: .readWrite)
+        XCTAssertNil(pmdLeaf(env, a))
+        // MADV_FREE leaves every PTE clean and old; then page 5 is written again.
+        try env.process.madvise(a, length: twoMiB, advice: .free)
+        try env.cpu.store(a + 5 * pageSize, Int32(-5))
+        func pte(_ i: UInt64) throws -> PTE {
+            try XCTUnwrap(env.mm.mmapLock.withRead { env.mm.pageTable.lookup(a + i * pageSize, level: .pte) }).entry.load()
+        }
+        XCTAssertTrue(try pte(5).isDirty)
+        XCTAssertFalse(try pte(6).isDirty)
+        let head = try XCTUnwrap(try env.pfn(a))
+        let r = env.machine.migratePages([head])
+        XCTAssertEqual(r.failed, [:])
+        let moved = try XCTUnwrap(r.migrated[head])
+        XCTAssertEqual(try env.pfn(a), moved)
+        XCTAssertTrue(env.memory.page(moved).test(.head), "moved whole")
+        XCTAssertTrue(try pte(5).isDirty, "a tail's dirty PTE comes back dirty")
+        XCTAssertFalse(try pte(6).isDirty)
+        XCTAssertFalse(try pte(0).isDirty)
+        XCTAssertEqual(try env.cpu.load(a + 5 * pageSize, as: Int32.self), -5)
+        XCTAssertEqual(try env.cpu.load(a + 6 * pageSize, as: Int32.self), Int32(6 * pageSize / 4))
+        env.check()
+        env.teardown()
+    }
+
     /// Fork of a pinned PMD-mapped THP with no frame free: the parent's PMD is split and the
     /// child's 512 copies are allocated where reclaim may run (copy_huge_pmd's -EAGAIN, then
     /// the PTE table's prealloc round), so fork succeeds by swapping other pages.

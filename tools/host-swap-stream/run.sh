@@ -16,6 +16,8 @@ cc -O2 -o "$work/stream" "$here/stream.c"
 [ -e /sys/block/zram0 ] || modprobe zram 2>/dev/null || true
 [ -e /sys/block/zram0 ] || { echo "run.sh: no /sys/block/zram0" >&2; exit 2; }
 grep -q '^/dev/zram0 ' /proc/swaps && { echo "run.sh: zram0 is already a swap device" >&2; exit 2; }
+# An unused device only (disksize 0): one set up for something else is never touched.
+[ "$(cat /sys/block/zram0/disksize)" = 0 ] || { echo "run.sh: zram0 is in use (disksize set)" >&2; exit 2; }
 
 if [ -d /sys/fs/cgroup/memory ]; then
     cg=/sys/fs/cgroup/memory/hmm-host-swap-stream
@@ -25,14 +27,18 @@ else
     echo +memory > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
     mkdir -p "$cg"; echo $((RAM_MIB << 20)) > "$cg/memory.max"
 fi
+claimed=0
 cleanup() {
-    swapoff /dev/zram0 2>/dev/null || true
-    echo 1 > /sys/block/zram0/reset 2>/dev/null || true
+    if [ "$claimed" = 1 ]; then
+        swapoff /dev/zram0 2>/dev/null || true
+        echo 1 > /sys/block/zram0/reset 2>/dev/null || true
+    fi
     rmdir "$cg" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 echo $((2 * SET_MIB))M > /sys/block/zram0/disksize
+claimed=1
 mkswap /dev/zram0 > /dev/null
 swapon /dev/zram0
 

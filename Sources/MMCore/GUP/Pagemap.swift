@@ -61,7 +61,7 @@ extension AddressSpace {
                         }
                     } else if v.isSwap {
                         let s = v.swapEntry
-                        let off = s.hasPfn ? s.offset + sub : s.offset
+                        let off = s.hasPfn ? s.pfn + sub : s.offset
                         raw |= PagemapEntry.swapBit | UInt64(s.type) | (off << 5) & ((1 << 55) - 1)
                         if s.hasPfn && !memory.page(s.pfn).isAnon { raw |= PagemapEntry.fileBit }
                     }

@@ -165,20 +165,24 @@ extension Machine {
     /// Locking: the PTE table's lock held; `page` locked.
     package func setMigrationEntry(_ ptep: EntryPointer, _ found: MappedEntry, _ page: Page) -> Bool {
         Lockdep.assertSpinLockHeld()
-        let write: Bool, softDirty: Bool, young: Bool, dirty: Bool
+        let exclusive = page.isAnon && page.test(.anonExclusive)
         switch found {
-        case .present(let v):
-            write = v.isWrite; softDirty = v.isSoftDirty; young = v.isAccessed; dirty = v.isDirty
+        case .present:
+            // The entry replaces the PTE in one step, built from the value it replaces
+            // (ptep_clear_flush): a CPU's walk may set the accessed or dirty bit until then.
+            var old = ptep.load()
+            while true {
+                let e = SwapEntry.migration(pfn: page.pfn, write: old.isWrite, exclusive: exclusive).carrying(old)
+                if ptep.compareExchange(old, e.pte(softDirty: old.isSoftDirty)) { break }
+                old = ptep.load()
+            }
             // folio_mark_dirty: the folio's flag (a THP's head, which a split hands down).
-            if v.isDirty { page.folioHead.set(.dirty) }
+            if old.isDirty { page.folioHead.set(.dirty) }
         case .swap(let s):
             guard s.isDevicePrivate || (s.isDeviceExclusive && !Mutation.on(.migrateSkipsDeviceExclusive)) else { return false }
-            write = s.isWrite; softDirty = ptep.load().isSoftDirty; young = false; dirty = false
+            ptep.store(SwapEntry.migration(pfn: page.pfn, write: s.isWrite, exclusive: exclusive).pte(softDirty: ptep.load().isSoftDirty))
         }
-        let exclusive = page.isAnon && page.test(.anonExclusive)
         if exclusive { page.clear(.anonExclusive) }
-        ptep.store(SwapEntry.migration(pfn: page.pfn, write: write, exclusive: exclusive)
-                    .carrying(young: young, dirty: dirty).pte(softDirty: softDirty))
         memory.removeRmap(page, holdOwner: !Mutation.on(.migrateWithoutAnonVMAReference))
         return true
     }
@@ -223,7 +227,7 @@ extension Machine {
             // as the entry was.
             // Young and dirty as the mapping was when it became the entry (dirty only if the
             // page still is: `remove_migration_pte`).
-            var e = PTE.page(to.pfn, write: write, user: vma.pageProtReadable, dirty: s.isMigrationDirty && to.test(.dirty))
+            var e = PTE.page(to.pfn, write: write, user: vma.pageProtReadable, dirty: s.isMigrationDirty && to.folioHead.test(.dirty))
             if !s.isMigrationYoung { e = e.mkold() }
             ptep.store(softDirty ? PTE(raw: e.raw | PTE.softDirty) : e)
         }

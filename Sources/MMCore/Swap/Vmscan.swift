@@ -206,10 +206,11 @@ extension Machine {
         return outcome
     }
 
-    /// Whether any PTE mapping a page of the anonymous THP `head` is dirty (the check 7.2's
-    /// try_to_unmap of a lazily freed large folio makes PTE batch by PTE batch). Bits are only
-    /// read; a PMD leaf is left to `discardLazyFreeTHP`.
-    /// Locking: caller holds the folio's lock; takes the rmap and PTE locks.
+    /// Whether any mapping of the anonymous THP `head` is dirty: a PMD leaf mapping it whole
+    /// (in a process that shares it after a fork) or a PTE mapping one of its pages (the check
+    /// 7.2's try_to_unmap of a lazily freed large folio makes entry by entry). Bits are only
+    /// read.
+    /// Locking: caller holds the folio's lock; takes the rmap, PMD and PTE locks.
     private func largeFolioMappedDirty(_ head: Page) -> Bool {
         assert(head.isLocked, "largeFolioMappedDirty: folio not locked")
         guard let av = head.anonVMA else { return false }
@@ -220,6 +221,15 @@ extension Machine {
         let list = av.vmas
         for vma in list where !dirty {
             let mm = vma.mm
+            if let a = vma.address(ofPageIndex: index), a & ~pmdMask == 0, a + pmdSize <= vma.end,
+               let found = mm.pageTable.lookup(a, level: .pmd), found.level == .pmd {
+                found.table.ptl.lock()
+                let v = found.entry.load()
+                let isLeaf = PageTable.isTHPEntry(v) && v.isPresent && PageTable.thpEntryPfn(v) == head.pfn
+                if isLeaf && v.isDirty { dirty = true }
+                found.table.ptl.unlock()
+                if isLeaf { continue }
+            }
             for i in 0..<n where !dirty {
                 guard let a = vma.address(ofPageIndex: index + i) else { continue }
                 _ = mm.withMappedPTE(a, pfn: head.pfn + i) { _, found in
