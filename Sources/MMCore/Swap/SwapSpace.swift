@@ -122,10 +122,14 @@ public final class SwapSpace: @unchecked Sendable {
     func lookup(_ e: SwapEntry) -> Page? {
         withArea(e) { area in
             withMemory { memory -> Page? in
+                var round = 0
                 while true {
                     guard let pfn = area.cachedPfn(e.offset) else { return nil }
                     let page = memory.page(pfn)
-                    guard memory.tryGet(page) else { continue }
+                    // A count of 0: the page is being removed from the cache (frozen) or freed;
+                    // its slot's word changes next. Wait for it (a yield under the explorer:
+                    // the remover may be the thread that has to run).
+                    guard memory.tryGet(page) else { Sync.spinWait(&round); continue }
                     if area.cachedPfn(e.offset) == pfn { return page }
                     memory.put(page)
                 }
