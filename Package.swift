@@ -26,7 +26,7 @@ let package = Package(
         .target(name: "MMSync", dependencies: ["MMArch"], swiftSettings: fast),
         .target(name: "MMArch"),
         .target(name: "MMCore", dependencies: ["MMSync", "MMArch"], swiftSettings: fast),
-        .target(name: "HMM", dependencies: ["MMSync", "MMCore"], swiftSettings: fast),
+        .target(name: "HMM", dependencies: ["MMSync", "MMArch", "MMCore"], swiftSettings: fast),
         .target(name: "Devices", dependencies: ["MMSync", "MMCore", "HMM"], swiftSettings: fast),
         // The explorer (issue 13): deterministic interleavings of the model's threads.
         .target(name: "Explorer", dependencies: ["MMSync"], swiftSettings: fast),

@@ -1,3 +1,4 @@
+import MMArch
 import MMCore
 import MMSync
 
@@ -183,21 +184,13 @@ struct HMMVMAWalker: PageWalker {
     /// PTE maps a user page (not special) and the request does not ask for a write it lacks,
     /// `out[k]` keeps its in/out flags and gets pfn | valid (| write). Return: the index of the
     /// first other entry, or `n`.
-    @inline(never)
+    @inline(__always)
     static func handlePlainPTEs(_ first: EntryPointer, _ out: UnsafeMutablePointer<UInt64>, from k0: Int, to n: Int,
                                 mask: UInt64, defaults: UInt64) -> Int {
-        let writeRequest = HMMPfn.requestFault | HMMPfn.requestWrite
-        var k = k0
-        while k < n {
-            let raw = (first + k).load().raw
-            guard raw & (PTE.present | PTE.user | PTE.special) == PTE.present | PTE.user else { return k }
-            let writable = raw & PTE.write != 0
-            let o = out[k]
-            guard writable || ((o & mask) | defaults) & writeRequest != writeRequest else { return k }
-            out[k] = o & HMMPfn.inoutFlags | ((raw & PTE.pfnMask) >> pageShift) | HMMPfn.valid | (writable ? HMMPfn.write : 0)
-            k += 1
-        }
-        return n
+        mm_hmm_plain_ptes(first.address.assumingMemoryBound(to: UInt64.self), out, k0, n, mask, defaults,
+                          PTE.present | PTE.user | PTE.special, PTE.present | PTE.user, PTE.write,
+                          PTE.pfnMask, HMMPfn.valid, HMMPfn.write, HMMPfn.inoutFlags,
+                          HMMPfn.requestFault | HMMPfn.requestWrite)
     }
 
     /// `hmm_vma_handle_pte`: one PTE to an output entry, or the reason to stop (fault, wait for

@@ -43,6 +43,21 @@ void mm_copy_user_page(void *dst, const void *src, unsigned long hot);
 /// for the lines a few entries ahead, so their atomics do not each wait on memory.
 static inline void mm_prefetchw(const void *p) { __builtin_prefetch(p, 1, 3); }
 
+/// The plain entries of one PTE table for `hmm_vma_handle_pte` (the loop `hmm_vma_walk_pmd`
+/// runs over a table): from index k0 while entry k maps a present user page that is not
+/// special (`(pte & present_user_special) == present_user`) and no write is asked of a
+/// read-only one (`((out[k] & mask) | defaults) & write_request == write_request` needs
+/// `pte & pte_write`), out[k] keeps its `inout` bits and gets the pfn (`(pte & pfn_mask) >> 12`)
+/// | `valid` (| `write` if writable). Returns the first index it did not answer, or n. Each
+/// entry is read once with an 8-byte load (READ_ONCE: a CPU's walk may set its accessed or
+/// dirty bit meanwhile, which this does not look at). The bit values are the caller's (PTE and
+/// HMM flags), passed in so that each keeps one definition, on the Swift side. In C so that the
+/// loop's speed does not move with the layout of the Swift code around it.
+long mm_hmm_plain_ptes(const uint64_t *ptes, uint64_t *out, long k0, long n, uint64_t mask, uint64_t defaults,
+                       uint64_t present_user_special, uint64_t present_user, uint64_t pte_write,
+                       uint64_t pfn_mask, uint64_t valid, uint64_t write, uint64_t inout,
+                       uint64_t write_request);
+
 /// The host CPU the calling thread runs on (`raw_smp_processor_id`); glibc answers from the
 /// thread's rseq area, without a system call. 0 where unknown.
 #if defined(__linux__)
