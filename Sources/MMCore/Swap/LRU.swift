@@ -77,7 +77,10 @@ public final class LRULists: @unchecked Sendable {
     deinit { heads.deallocate(); tails.deallocate(); counts.deallocate(); batches.deallocate() }
 
     /// Pages on `list`. Locking: takes the LRU lock.
-    public func count(_ list: List) -> Int { lock.withLock { counts[list.rawValue] } }
+    public func count(_ list: List) -> Int {
+        lock.assertNotHeld()
+        return lock.withLock { counts[list.rawValue] }
+    }
     /// The same read without the lock, as the kernel reads `lruvec_page_state` (a value that
     /// may be a moment old; for heuristics such as the refault distance).
     func countUnlocked(_ list: List) -> Int {

@@ -120,6 +120,7 @@ extension AddressSpace {
     /// next try. Return: whether the whole space was reaped (or was gone already).
     /// Locking: caller holds no lock; takes the mmap lock (trylock) and what zapping takes.
     private func oomReapOnce() -> Bool {
+        Lockdep.assertNoLocksHeld()
         guard mmapLock.tryLockRead() else { return false }
         defer { mmapLock.unlockRead() }
         guard !isDead else { return true }

@@ -133,6 +133,7 @@ public final class SwapArea: @unchecked Sendable {
 
     /// The swap count of slot `offset` (`swap_count`). Locking: takes the slot's cluster lock.
     public func count(_ offset: UInt64) -> Int {
+        assertNoLockHeld()
         guard isValidOffset(offset) else { return 0 }
         return withCluster(offset) { Int(counts[Int(offset)]) }
     }
