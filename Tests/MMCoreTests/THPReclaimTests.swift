@@ -17,6 +17,22 @@ final class THPReclaimTests: XCTestCase {
         return a
     }
 
+    /// `huge` THPs holding IDX, each mapped by 512 PTEs: its PMD split by an mprotect of one
+    /// page and back (one VMA again). Return: the first one's address.
+    private func pteMappedTHPs(_ env: Env, huge: UInt64) throws -> UInt64 {
+        let a = try hugeRange(env, huge: huge)
+        try fillIDX(env.cpu, a, bytes: huge * twoMiB)
+        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], Int(huge))
+        for k in 0..<huge {
+            let b = a + k * twoMiB
+            try env.process.mprotect(b, length: pageSize, prot: .read)
+            try env.process.mprotect(b, length: pageSize, prot: .readWrite)
+            XCTAssertNil(pmdLeaf(env, b), "mapped by PTEs now")
+        }
+        XCTAssertEqual(env.machine.stats[.thpSplitPMD], Int(huge))
+        return a
+    }
+
     private func pmdLeaf(_ env: Env, _ a: UInt64) -> PTE? {
         env.mm.mmapLock.lockRead(); defer { env.mm.mmapLock.unlockRead() }
         guard let f = env.mm.pageTable.lookup(a, level: .pte), f.level == .pmd else { return nil }
@@ -86,14 +102,7 @@ final class THPReclaimTests: XCTestCase {
     /// PAGEOUT of part of another splits that folio in the walk first.
     func testPageoutOfAPTEMappedTHP() throws {
         let env = try Env(swapPages: 2048)
-        let a = try hugeRange(env, huge: 2)
-        try fillIDX(env.cpu, a, bytes: 2 * twoMiB)
-        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 2)
-        for b in [a, a + twoMiB] {
-            try env.process.mprotect(b, length: pageSize, prot: .read)
-            try env.process.mprotect(b, length: pageSize, prot: .readWrite)
-        }
-        XCTAssertEqual(env.machine.stats[.thpSplitPMD], 2)
+        let a = try pteMappedTHPs(env, huge: 2)
         XCTAssertEqual(env.machine.stats[.thpSplitPage], 0)
         XCTAssertNil(pmdLeaf(env, a))
         try env.process.madvise(a, length: twoMiB, advice: .pageout)
@@ -178,14 +187,7 @@ final class THPReclaimTests: XCTestCase {
     /// try_to_unmap of the folio aborts at the dirty PTE.
     func testALazilyFreedPTEMappedTHPIsDiscardedCleanAndKeptDirty() throws {
         let env = try Env(swapPages: 1024)
-        let a = try hugeRange(env, huge: 2)
-        try fillIDX(env.cpu, a, bytes: 2 * twoMiB)
-        XCTAssertEqual(env.machine.stats[.thpFaultAlloc], 2)
-        for b in [a, a + twoMiB] {
-            try env.process.mprotect(b, length: pageSize, prot: .read)
-            try env.process.mprotect(b, length: pageSize, prot: .readWrite)
-            XCTAssertNil(pmdLeaf(env, b), "mapped by PTEs now")
-        }
+        let a = try pteMappedTHPs(env, huge: 2)
         try env.process.madvise(a, length: 2 * twoMiB, advice: .free)
         let written = a + twoMiB + 5 * pageSize
         try env.cpu.store(written, Int32(-5))
@@ -216,11 +218,7 @@ final class THPReclaimTests: XCTestCase {
     /// as 7.2's `folio_test_dirty` in remove_migration_pte.
     func testMigratingAPTEMappedTHPKeepsEachPTEsDirtyBit() throws {
         let env = try Env(swapPages: 1024)
-        let a = try hugeRange(env)
-        try fillIDX(env.cpu, a, bytes: twoMiB)
-        try env.process.mprotect(a, length: pageSize, prot: .read)
-        try env.process.mprotect(a, length: pageSize, prot: .readWrite)
-        XCTAssertNil(pmdLeaf(env, a))
+        let a = try pteMappedTHPs(env, huge: 1)
         // MADV_FREE leaves every PTE clean and old; then page 5 is written again.
         try env.process.madvise(a, length: twoMiB, advice: .free)
         try env.cpu.store(a + 5 * pageSize, Int32(-5))

@@ -206,6 +206,43 @@ extension Machine {
         return outcome
     }
 
+    /// Every mapping of the anonymous THP `head`, VMA by VMA of its anon_vma (every VMA that may
+    /// map part of it, not only the head's page): a PMD leaf mapping it whole goes to `leaf`
+    /// (under the PMD lock); otherwise each present PTE mapping one of its pages goes to `pte`
+    /// (under its PTE lock), and `endOfVMA` runs after the VMA's PTEs. A closure that returns
+    /// false ends the walk.
+    /// Locking: caller holds the folio's lock; takes the rmap, PMD and PTE locks.
+    private func forEachMapping(ofTHP head: Page, leaf: (EntryPointer, PTE) -> Bool, pte: (EntryPointer, PTE) -> Bool,
+                                endOfVMA: () -> Void = {}) {
+        assert(head.isLocked && head.test(.head), "forEachMapping: a locked THP")
+        guard let av = head.anonVMA else { return }
+        let n = head.folioPages, index = head.index
+        var going = true
+        av.lock.lockRead()
+        let list = av.vmas
+        for vma in list where going {
+            let mm = vma.mm
+            // A PMD leaf mapping the folio whole, at its aligned address in this VMA.
+            if let a = vma.address(ofPageIndex: index), a & ~pmdMask == 0, a + pmdSize <= vma.end,
+               let found = mm.pageTable.lookup(a, level: .pmd), found.level == .pmd {
+                found.table.ptl.lock()
+                let v = found.entry.load()
+                let isLeaf = PageTable.isTHPEntry(v) && v.isPresent && PageTable.thpEntryPfn(v) == head.pfn
+                if isLeaf { going = leaf(found.entry, v) }
+                found.table.ptl.unlock()
+                if isLeaf { continue }
+            }
+            for i in 0..<n where going {
+                guard let a = vma.address(ofPageIndex: index + i) else { continue }
+                _ = mm.withMappedPTE(a, pfn: head.pfn + i) { ptep, found in
+                    if case .present(let v) = found { going = pte(ptep, v) }
+                }
+            }
+            endOfVMA()
+        }
+        av.lock.unlockRead()
+    }
+
     /// Whether any mapping of the anonymous THP `head` is dirty: a PMD leaf mapping it whole
     /// (in a process that shares it after a fork) or a PTE mapping one of its pages (the check
     /// 7.2's try_to_unmap of a lazily freed large folio makes entry by entry). Bits are only
@@ -213,31 +250,9 @@ extension Machine {
     /// Locking: caller holds the folio's lock; takes the rmap, PMD and PTE locks.
     private func largeFolioMappedDirty(_ head: Page) -> Bool {
         assert(head.isLocked, "largeFolioMappedDirty: folio not locked")
-        guard let av = head.anonVMA else { return false }
-        let n = head.folioPages, index = head.index
         var dirty = false
-        // Every VMA of the anon_vma that may map part of it (not only the head's page).
-        av.lock.lockRead()
-        let list = av.vmas
-        for vma in list where !dirty {
-            let mm = vma.mm
-            if let a = vma.address(ofPageIndex: index), a & ~pmdMask == 0, a + pmdSize <= vma.end,
-               let found = mm.pageTable.lookup(a, level: .pmd), found.level == .pmd {
-                found.table.ptl.lock()
-                let v = found.entry.load()
-                let isLeaf = PageTable.isTHPEntry(v) && v.isPresent && PageTable.thpEntryPfn(v) == head.pfn
-                if isLeaf && v.isDirty { dirty = true }
-                found.table.ptl.unlock()
-                if isLeaf { continue }
-            }
-            for i in 0..<n where !dirty {
-                guard let a = vma.address(ofPageIndex: index + i) else { continue }
-                _ = mm.withMappedPTE(a, pfn: head.pfn + i) { _, found in
-                    if case .present(let v) = found, v.isDirty { dirty = true }
-                }
-            }
-        }
-        av.lock.unlockRead()
+        forEachMapping(ofTHP: head, leaf: { _, v in dirty = v.isDirty; return !dirty },
+                       pte: { _, v in dirty = v.isDirty; return !dirty })
         return dirty
     }
 
@@ -248,39 +263,17 @@ extension Machine {
     /// Locking: caller holds the folio's lock; takes the rmap, PMD and PTE locks.
     private func largeFolioReferenced(_ head: Page) -> Int {
         assert(head.isLocked, "largeFolioReferenced: folio not locked")
-        guard let av = head.anonVMA else { return 0 }
-        let n = head.folioPages, index = head.index
-        var referenced = 0
-        av.lock.lockRead()
-        let list = av.vmas
-        for vma in list {
-            let mm = vma.mm
-            // A PMD leaf mapping the folio whole, at its aligned address in this VMA.
-            if let a = vma.address(ofPageIndex: index), a & ~pmdMask == 0, a + pmdSize <= vma.end,
-               let found = mm.pageTable.lookup(a, level: .pmd), found.level == .pmd {
-                found.table.ptl.lock()
-                let v = found.entry.load()
-                let isLeaf = PageTable.isTHPEntry(v) && v.isPresent && PageTable.thpEntryPfn(v) == head.pfn
-                if isLeaf && v.isAccessed {
-                    found.entry.modify { $0.mkold() }
-                    referenced += 1
-                }
-                found.table.ptl.unlock()
-                if isLeaf { continue }
-            }
-            var young = false
-            for i in 0..<n {
-                guard let a = vma.address(ofPageIndex: index + i) else { continue }
-                _ = mm.withMappedPTE(a, pfn: head.pfn + i) { ptep, found in
-                    if case .present(let v) = found, v.isAccessed {
-                        ptep.modify { $0.mkold() }
-                        young = true
-                    }
-                }
-            }
+        var referenced = 0, young = false
+        forEachMapping(ofTHP: head, leaf: { e, v in
+            if v.isAccessed { e.modify { $0.mkold() }; referenced += 1 }
+            return true
+        }, pte: { e, v in
+            if v.isAccessed { e.modify { $0.mkold() }; young = true }
+            return true
+        }, endOfVMA: {
             if young { referenced += 1 }
-        }
-        av.lock.unlockRead()
+            young = false
+        })
         return referenced
     }
 
