@@ -35,6 +35,44 @@ final class RangeFaultTests: XCTestCase {
         env.finish([])
     }
 
+    /// The snapshot's loop over plain entries goes eight at a time and falls back to one by
+    /// one at any other entry: zero-page and empty entries at a block's first, last and middle
+    /// places, a read-only block, a read-only page inside a writable block, a tail shorter than
+    /// a block; every driver in/out flag survives. Each output as hmm_vma_handle_pte gives it.
+    func testSnapshotOfMixedEntriesInEveryPlaceOfABlock() throws {
+        let env = try HMMEnv()
+        let pages = 61
+        let a = try env.anon(pages)
+        let zero: Set = [0, 8, 13, 15, 60], holes: Set = [7, 30, 31], readOnly = Set(16..<24).union([41])
+        for i in 0..<pages where !holes.contains(i) {
+            let addr = a + UInt64(i) * pageSize
+            if zero.contains(i) { _ = try env.cpu.load(addr, as: UInt8.self) } else { try env.cpu.store(addr, UInt8(i)) }
+        }
+        try env.process.mprotect(a + 16 * pageSize, length: 8 * pageSize, prot: .read)
+        try env.process.mprotect(a + 41 * pageSize, length: pageSize, prot: .read)
+        let pfns = try env.mm.pagemap(a, count: pages).map(\.pfn)
+        let sub = MMUIntervalNotifier(start: a, end: a + UInt64(pages) * pageSize) { s, _, seq in s.setSeq(seq); return true }
+        try env.mm.notifiers.insert(sub)
+        defer { env.mm.notifiers.remove(sub) }
+        var range = HMMRange(notifier: sub, notifierSeq: 0, start: a, end: a + UInt64(pages) * pageSize)
+        for i in stride(from: 0, to: pages, by: 3) { range.hmmPfns[i] = HMMPfn.dmaMapped }
+        range.hmmPfns[5] |= HMMPfn.p2pdma | HMMPfn.p2pdmaBus
+        var out: [UInt64] = []
+        try HMMMirror.faultAndProgram(&range, driverLock: Lock("test")) { (r: HMMRange) throws(Errno) in out = r.hmmPfns }
+        let want = (0..<pages).map { i -> UInt64 in
+            var sticky: UInt64 = i % 3 == 0 ? HMMPfn.dmaMapped : 0
+            if i == 5 { sticky |= HMMPfn.p2pdma | HMMPfn.p2pdmaBus }
+            if holes.contains(i) { return sticky }
+            if zero.contains(i) { return sticky | HMMPfn.valid }
+            return sticky | pfns[i] | HMMPfn.valid | (readOnly.contains(i) ? 0 : HMMPfn.write)
+        }
+        XCTAssertEqual(out.count, pages)
+        for i in 0..<pages { XCTAssertEqual(out[i], want[i], "page \(i)") }
+        XCTAssertEqual(Set(pfns.enumerated().filter { !zero.contains($0.offset) && !holes.contains($0.offset) }.map(\.element)).count,
+                       pages - zero.count - holes.count)
+        env.finish([])
+    }
+
     func testFaultRequestsAndErrors() throws {
         let env = try HMMEnv()
         let a = try env.anon(2)

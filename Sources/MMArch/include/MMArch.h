@@ -49,10 +49,14 @@ static inline void mm_prefetchw(const void *p) { __builtin_prefetch(p, 1, 3); }
 /// read-only one (`((out[k] & mask) | defaults) & write_request == write_request` needs
 /// `pte & pte_write`), out[k] keeps its `inout` bits and gets the pfn (`(pte & pfn_mask) >> 12`)
 /// | `valid` (| `write` if writable). Returns the first index it did not answer, or n. Each
-/// entry is read once with an 8-byte load (READ_ONCE: a CPU's walk may set its accessed or
-/// dirty bit meanwhile, which this does not look at). The bit values are the caller's (PTE and
-/// HMM flags), passed in so that each keeps one definition, on the Swift side. In C so that the
-/// loop's speed does not move with the layout of the Swift code around it.
+/// entry is read once (READ_ONCE: a CPU's walk may set its accessed or dirty bit meanwhile,
+/// which this does not look at). When no entry can ask for a write (a snapshot or a read
+/// fault) the entries go eight at a time: read once into a local block (vector loads, each
+/// 8-byte entry whole), one test for the eight, eight branch-free outputs (vector code); a
+/// block holding any other entry goes one by one up to it. `pte_write` and `write` are single
+/// bits. The bit values are the caller's (PTE and HMM flags), passed in so that each keeps one
+/// definition, on the Swift side. In C so that the loop's speed does not move with the layout
+/// of the Swift code around it.
 long mm_hmm_plain_ptes(const uint64_t *ptes, uint64_t *out, long k0, long n, uint64_t mask, uint64_t defaults,
                        uint64_t present_user_special, uint64_t present_user, uint64_t pte_write,
                        uint64_t pfn_mask, uint64_t valid, uint64_t write, uint64_t inout,
