@@ -1,0 +1,184 @@
+import HMM
+import MMCore
+import MMSync
+
+/// Faults on consecutive pages of one space with the same access, serviced together (UVM
+/// services a batch by VA block, nouveau by range).
+public struct SVMFaultGroup: Sendable {
+    public let start: UInt64
+    public let end: UInt64
+    public let access: SVMAccess
+    /// The VMA holding the group: a policy's migration range must stay inside it.
+    public let vmaStart: UInt64
+    public let vmaEnd: UInt64
+    public var pages: Int { Int((end - start) >> pageShift) }
+}
+
+extension SVMDevice {
+    /// The fault thread (UVM's bottom half, `nouveau_svm_fault`): drain a batch, service it,
+    /// replay; until the device shuts down.
+    func faultLoop() {
+        while let batch = faults.drain(max: SVMDevice.batchSize) {
+            serviceBatch(batch)
+        }
+    }
+
+    /// One batch: duplicates dropped (same space and page: the strongest access stands for
+    /// them), the rest sorted by space and address and cut into groups of consecutive pages
+    /// with one access, within one 2 MiB region; each group serviced; then every engine that
+    /// faulted is replayed, no earlier in virtual time than the batch's end. A group that
+    /// fails (no VMA, no permission) cancels the kernels whose engines faulted in it.
+    func serviceBatch(_ batch: [SVMFault]) {
+        stats.count(.batches)
+        stats.count(.faults, batch.count)
+        struct Key: Hashable { let space: ObjectIdentifier; let page: UInt64 }
+        var strongest: [Key: SVMFault] = [:]
+        for f in batch {
+            let k = Key(space: ObjectIdentifier(f.space), page: f.address)
+            if let seen = strongest[k], seen.access >= f.access { continue }
+            strongest[k] = f
+        }
+        stats.count(.duplicates, batch.count - strongest.count)
+        let latest = batch.map(\.time).max() ?? 0
+        faultClock.advance(to: max(faultClock.now, latest) + costs.faultBatchNs + UInt64(strongest.count) * costs.perFaultNs)
+        let unique = strongest.values.sorted { a, b in a.space.id != b.space.id ? a.space.id < b.space.id : a.address < b.address }
+        var i = 0
+        while i < unique.count {
+            var j = i + 1
+            while j < unique.count, unique[j].space === unique[i].space, unique[j].access == unique[i].access,
+                  unique[j].address == unique[j - 1].address + pageSize,
+                  unique[j].address & pmdMask == unique[i].address & pmdMask { j += 1 }
+            let failed = serviceGroup(unique[i].space, unique[i].address, unique[j - 1].address + pageSize, unique[i].access)
+            for (addr, err) in failed {
+                for f in batch where f.space === unique[i].space && f.address == addr {
+                    f.engine.launch.cancel(SVMFatalFault(address: addr, access: f.access, errno: err))
+                }
+            }
+            i = j
+        }
+        faultClock.advance(to: faultClock.now + costs.replayNs)
+        let resume = faultClock.now
+        var replayed = Set<ObjectIdentifier>()
+        for f in batch {
+            f.engine.replay(through: f.ticket, at: resume)
+            replayed.insert(ObjectIdentifier(f.engine))
+        }
+        stats.count(.replays, replayed.count)
+        replayQueue.wakeAll()
+    }
+
+    /// Services one group: the policy chooses whether (and how much) to migrate into device
+    /// memory; the group is then mapped where its pages are (`hmmRangeFault` under the
+    /// notifier protocol, this device's pages reported as they are); an atomic fault on a page
+    /// left in system memory takes it device-exclusive. Return: pages that cannot be serviced,
+    /// with the error (EFAULT: no VMA or no read permission; EPERM: a write the VMA forbids).
+    func serviceGroup(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, _ access: SVMAccess) -> [(UInt64, Errno)] {
+        let mm = space.mm
+        let vmaRange: (UInt64, UInt64, VMFlags)? = {
+            mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
+            guard let vma = mm.vmaLookup(start), vma.start <= start, end <= vma.end else { return nil }
+            return (vma.start, vma.end, vma.flags)
+        }()
+        guard let (vs, ve, flags) = vmaRange else {
+            // No VMA holds the whole group: page by page, to find the pages outside any VMA.
+            return end - start == pageSize ? [(start, .EFAULT)] : servicePageByPage(space, start, end, access)
+        }
+        // The access against the VMA's protection first, as UVM checks it before any
+        // migration: a device write to read-only memory is fatal, wherever the page is.
+        let denied: Errno? = !flags.contains(.read) ? .EFAULT : access >= .write && !flags.contains(.write) ? .EPERM : nil
+        if let denied { return stride(from: start, to: end, by: Int(pageSize)).map { ($0, denied) } }
+        let group = SVMFaultGroup(start: start, end: end, access: access, vmaStart: vs, vmaEnd: ve)
+        if let r = policy.placement(for: group, device: self) {
+            let s = max(r.lowerBound & ~(pageSize - 1), vs), e = min(r.upperBound, ve)
+            if s < e { migrateToDevice(space, s, e) }
+        }
+        if let err = map(space, start, end, write: access >= .write) {
+            return end - start == pageSize ? [(start, err)] : servicePageByPage(space, start, end, access)
+        }
+        if access >= .write, let err = breakReadOnlyLocal(space, start, end) { return [(start, err)] }
+        if access == .atomic {
+            for a in stride(from: start, to: end, by: Int(pageSize)) where !space.lock.withLock({ space.table[a >> pageShift]?.local ?? false }) {
+                if let err = grabExclusive(space, a) { return [(a, err)] }
+            }
+        }
+        return []
+    }
+
+    /// A group that failed as a whole, one page at a time, to name the pages at fault.
+    private func servicePageByPage(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, _ access: SVMAccess) -> [(UInt64, Errno)] {
+        var failed: [(UInt64, Errno)] = []
+        var a = start
+        while a < end {
+            failed += serviceGroup(space, a, a + pageSize, access)
+            a += pageSize
+        }
+        return failed
+    }
+
+    /// Maps [start, end) on the device where the pages are (`nouveau_range_fault`): the
+    /// driver loop of the notifier protocol, faulting pages in (writable if `write`), and
+    /// programming the device table under its lock only if no invalidation overtook the walk.
+    /// Return: nil, or the error of the range fault.
+    func map(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, write: Bool) -> Errno? {
+        var range = HMMRange(notifier: space.notifier, notifierSeq: 0, start: start, end: end,
+                             defaultFlags: HMMPfn.valid | (write ? HMMPfn.write : 0), devPrivateOwner: self)
+        var local: [UInt64] = []
+        var remote = 0
+        do {
+            try HMMMirror.faultAndProgram(&range, driverLock: space.lock) { (r: HMMRange) throws(Errno) in
+                local.removeAll(); remote = 0
+                for (k, e) in r.hmmPfns.enumerated() where HMMPfn.isValid(e) {
+                    let pfn = HMMPfn.pfn(e)
+                    let isLocal = isLocal(pfn)
+                    space.table[(r.start >> pageShift) + UInt64(k)] = SVMEntry(pfn: pfn, write: HMMPfn.isWrite(e), atomic: false, local: isLocal)
+                    if isLocal { local.append(pfn) } else { remote += 1 }
+                }
+            }
+        } catch {
+            return error
+        }
+        touchChunks(local)
+        stats.count(.remoteMaps, remote)
+        return nil
+    }
+
+    /// A write fault on pages this device holds read-only (a fork made them copy-on-write):
+    /// they go back to system memory, where the CPU's fault breaks the sharing, and are mapped
+    /// again writable (remotely; the policy may bring them back on a later fault).
+    /// Return: nil, or the error of mapping them again.
+    private func breakReadOnlyLocal(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> Errno? {
+        let readOnly = space.lock.withLock {
+            stride(from: start, to: end, by: Int(pageSize)).filter { a in
+                guard let e = space.table[a >> pageShift] else { return false }
+                return e.local && !e.write
+            }
+        }
+        guard !readOnly.isEmpty else { return nil }
+        for a in readOnly { migrateToSystem(space, a, a + pageSize) }
+        return map(space, start, end, write: true)
+    }
+
+    /// Exclusive access for an atomic on a system page (`nouveau_atomic_range_fault`): the
+    /// page is made device-exclusive, then mapped atomic under the table lock if no
+    /// invalidation came in between (else the engine faults again).
+    /// Return: nil, or the error of `makeDeviceExclusive`.
+    func grabExclusive(_ space: SVMSpace, _ address: UInt64) -> Errno? {
+        let mm = space.mm
+        let seq = space.notifier.readBegin()
+        mm.mmapLock.lockRead()
+        let page: Page
+        do { page = try mm.makeDeviceExclusive(address, owner: self) } catch {
+            mm.mmapLock.unlockRead()
+            return error == .EBUSY ? nil : error
+        }
+        space.lock.withLock {
+            guard !space.notifier.readRetry(seq) else { return }
+            space.table[address >> pageShift] = SVMEntry(pfn: page.pfn, write: true, atomic: true, local: false)
+        }
+        mm.mmapLock.unlockRead()
+        page.unlock()
+        memory.put(page)
+        stats.count(.exclusiveGrabs)
+        return nil
+    }
+}

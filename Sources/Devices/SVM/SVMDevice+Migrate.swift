@@ -1,0 +1,117 @@
+import HMM
+import MMCore
+import MMSync
+
+extension SVMDevice {
+    /// Migrates the anonymous pages of [start, end) in `space` into device memory
+    /// (`nouveau_dmem_migrate_vma`): room is made first by evicting the least recently used
+    /// chunks, then `MigrateVMA` setup, a device page for each selected page holding its bytes
+    /// (zeroes for an empty one), pages, finalize. Pages that cannot move (busy, or device
+    /// memory still short) stay where they are. The range is clipped to its VMA.
+    /// Return: pages moved. Locking: none held; takes the mmap lock for read.
+    @discardableResult
+    func migrateToDevice(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> Int {
+        space.mm.mmapLock.assertNotHeld(); space.lock.assertNotHeld()
+        let mm = space.mm
+        makeRoom(Int((end - start) >> pageShift))
+        mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
+        guard let vma = mm.vmaLookup(start), vma.flags.contains(.read) else { return 0 }
+        let m = MigrateVMA(vma: vma, start: start, end: min(end, vma.end), pgmapOwner: self, flags: .system)
+        do { try m.setup() } catch { return 0 }
+        var copied = 0
+        for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
+            let from = MigratePfn.pfn(m.src[i])
+            if let from, memory.page(from).isZoneDevice { continue }
+            guard let d = allocatePage() else { break }
+            memory.zoneDevicePageInit(memory.page(d))
+            if let from, from != PhysicalMemory.zeroPfn {
+                bytes(of: d).copyMemory(from: memory.frame(from), byteCount: Int(pageSize))
+                copied += 1
+            } else {
+                bytes(of: d).initializeMemory(as: UInt8.self, repeating: 0, count: Int(pageSize))
+            }
+            m.dst[i] = MigratePfn.make(d) | (m.src[i] & MigratePfn.write)
+        }
+        m.pages()
+        let moved = m.migratedCount
+        m.finalize()
+        stats.count(.migratedToDevice, moved)
+        stats.count(.bytesToDevice, copied * Int(pageSize))
+        chargeCopy(copied)
+        return moved
+    }
+
+    /// Migrates this device's pages in [start, end) of `space` back to system memory (a write
+    /// to a page the device holds read-only: after a fork, the CPU's copy-on-write must break
+    /// it). Return: pages moved. Locking: none held; takes the mmap lock for read.
+    @discardableResult
+    func migrateToSystem(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> Int {
+        space.mm.mmapLock.assertNotHeld(); space.lock.assertNotHeld()
+        let mm = space.mm
+        mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
+        guard let vma = mm.vmaLookup(start) else { return 0 }
+        let m = MigrateVMA(vma: vma, start: start, end: min(end, vma.end), pgmapOwner: self, flags: .devicePrivate)
+        do { try m.setup() } catch { return 0 }
+        guard copyBackToSystem(m) else { m.finalize(); return 0 }
+        m.pages()
+        let moved = m.migratedCount
+        m.finalize()
+        stats.count(.migratedToSystem, moved)
+        stats.count(.bytesToSystem, moved * Int(pageSize))
+        chargeCopy(moved)
+        return moved
+    }
+
+    /// Evicts least recently used chunks until `pages` pages are free or nothing more can go.
+    /// Locking: none held.
+    func makeRoom(_ pages: Int) {
+        lock.assertNotHeld()
+        var tried = Set<Int>()
+        while true {
+            let victim: [UInt64]? = lock.withLock {
+                guard freePfns.count < pages else { return nil }
+                var best: Int? = nil
+                for c in chunkLastUse.indices where !tried.contains(c) {
+                    let base = c * SVMDevice.chunkPages
+                    guard allocated[base..<(base + SVMDevice.chunkPages)].contains(true) else { continue }
+                    if best == nil || chunkLastUse[c] < chunkLastUse[best!] { best = c }
+                }
+                guard let c = best else { return nil }
+                tried.insert(c)
+                let base = c * SVMDevice.chunkPages
+                return (base..<(base + SVMDevice.chunkPages)).filter { allocated[$0] }.map { pagemap.startPfn + UInt64($0) }
+            }
+            guard let victim else { return }
+            if evict(victim) > 0 { stats.count(.evictions) }
+        }
+    }
+
+    /// Moves the given device pages back to system memory wherever they are mapped
+    /// (`migrate_device_pfns`, as nouveau's and dmirror's eviction do), with their bytes.
+    /// Return: pages moved. Locking: none held.
+    @discardableResult
+    func evict(_ pfns: [UInt64]) -> Int {
+        lock.assertNotHeld()
+        var src = machine.migrateDevicePfns(pfns)
+        var dst = [UInt64](repeating: 0, count: src.count)
+        for i in src.indices where src[i] & MigratePfn.migrate != 0 {
+            guard let from = MigratePfn.pfn(src[i]), let page = memory.allocate(mayReclaim: true) else { continue }
+            page.lock()
+            memory.frame(page.pfn).copyMemory(from: bytes(of: from), byteCount: Int(pageSize))
+            dst[i] = MigratePfn.make(page.pfn)
+        }
+        machine.migrateDevicePages(&src, dst)
+        let moved = src.indices.reduce(0) { $0 + (src[$1] & MigratePfn.migrate != 0 && dst[$1] != 0 ? 1 : 0) }
+        machine.migrateDeviceFinalize(src, dst)
+        stats.count(.migratedToSystem, moved)
+        stats.count(.bytesToSystem, moved * Int(pageSize))
+        chargeCopy(moved)
+        return moved
+    }
+
+    /// Adds the link time of copying `pages` pages to the fault thread's clock.
+    func chargeCopy(_ pages: Int) {
+        guard pages > 0 else { return }
+        faultClock.advance(to: faultClock.now + costs.copyNs(pages * Int(pageSize)))
+    }
+}

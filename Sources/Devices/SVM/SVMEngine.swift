@@ -1,0 +1,187 @@
+import MMCore
+import MMSync
+
+/// A fatal device fault: the kernel that made it is cancelled (the others run on).
+public struct SVMFatalFault: Error, Equatable, CustomStringConvertible {
+    public let address: UInt64
+    public let access: SVMAccess
+    public let errno: Errno
+    public var description: String { "fatal \(access) fault at 0x\(String(address, radix: 16)): \(errno)" }
+}
+
+/// A device kernel: the code each engine runs, given its engine (index, count, and the
+/// access functions). Accesses are 8-byte words at 8-byte aligned user addresses.
+public struct SVMKernel: Sendable {
+    public let name: String
+    public let body: @Sendable (SVMEngine) throws(SVMFatalFault) -> Void
+    public init(name: String, body: @escaping @Sendable (SVMEngine) throws(SVMFatalFault) -> Void) {
+        self.name = name; self.body = body
+    }
+}
+
+/// One compute engine running one kernel. Its accesses go through the device page table;
+/// a miss writes a fault into the device's buffer and stalls until the fault thread replays
+/// it (or cancels the kernel).
+public final class SVMEngine: @unchecked Sendable {
+    public let index: Int
+    public let count: Int
+    public let space: SVMSpace
+    let launch: SVMLaunch
+    var device: SVMDevice { space.device }
+    /// This engine's virtual time. Only its own thread writes it, except that a replay's
+    /// resume time is taken in when it wakes.
+    @exclusivity(unchecked) public private(set) var virtualNanoseconds: UInt64
+    /// The last fault ticket this engine raised. Its thread only.
+    @exclusivity(unchecked) private var ticket: UInt64 = 0
+    /// The last ticket replayed, and the virtual time to resume at (set by the fault thread).
+    private let replayed = AtomicCounter(0)
+    private let resumeAt = AtomicCounter(0)
+    /// Accesses that hit, in device memory and over the link. Its thread only.
+    @exclusivity(unchecked) public private(set) var localAccesses = 0
+    @exclusivity(unchecked) public private(set) var remoteAccesses = 0
+    @exclusivity(unchecked) public private(set) var faultsRaised = 0
+
+    init(index: Int, count: Int, space: SVMSpace, launch: SVMLaunch, start: UInt64) {
+        self.index = index; self.count = count; self.space = space; self.launch = launch
+        virtualNanoseconds = start
+    }
+
+    /// Called by the fault thread after the batch that held this engine's fault `ticket`.
+    func replay(through ticket: UInt64, at time: UInt64) {
+        if UInt64(resumeAt.load()) < time { resumeAt.store(Int(time)) }
+        if UInt64(replayed.load()) < ticket { replayed.store(Int(ticket)) }
+    }
+
+    /// Loads the word at `address`.
+    public func load(_ address: UInt64) throws(SVMFatalFault) -> UInt64 {
+        try access(address, .read) { p in AtomicU64Ref(p).load(.relaxed) }
+    }
+
+    /// Stores `value` to the word at `address`.
+    public func store(_ address: UInt64, _ value: UInt64) throws(SVMFatalFault) {
+        _ = try access(address, .write) { p in AtomicU64Ref(p).store(value, .relaxed); return 0 }
+    }
+
+    /// Adds `delta` to the word at `address` atomically (device memory, or a system page held
+    /// device-exclusive). Return: the old value.
+    @discardableResult
+    public func atomicAdd(_ address: UInt64, _ delta: UInt64) throws(SVMFatalFault) -> UInt64 {
+        try access(address, .atomic) { p in AtomicU64Ref(p).fetchAdd(delta) }
+    }
+
+    /// The access loop: look the page up under the table lock and act on its bytes there (an
+    /// invalidation waits for the lock, so the page cannot go while it is used); on a miss,
+    /// raise a fault and wait for the replay.
+    private func access(_ address: UInt64, _ kind: SVMAccess,
+                        _ act: (UnsafeMutableRawPointer) -> UInt64) throws(SVMFatalFault) -> UInt64 {
+        guard address & 7 == 0 else { throw SVMFatalFault(address: address, access: kind, errno: .EINVAL) }
+        let page = address & ~(pageSize - 1), offset = Int(address - page)
+        let costs = device.costs
+        while true {
+            if let fatal = launch.fatal { throw fatal }
+            let result: (UInt64, Bool)? = space.lock.withLock {
+                guard let e = space.table[page >> pageShift] else { return nil }
+                switch kind {
+                case .read: break
+                case .write: guard e.write else { return nil }
+                case .atomic: guard e.write && (e.local || e.atomic) else { return nil }
+                }
+                let p = e.local ? device.bytes(of: e.pfn) : device.memory.frame(e.pfn)
+                return (act(p + offset), e.local)
+            }
+            if let (value, local) = result {
+                if local { localAccesses += 1; virtualNanoseconds += costs.localAccessNs }
+                else { remoteAccesses += 1; virtualNanoseconds += costs.remoteAccessNs }
+                return value
+            }
+            ticket += 1
+            faultsRaised += 1
+            let mine = ticket
+            let f = SVMFault(space: space, address: page, access: kind, engine: self, ticket: mine, time: virtualNanoseconds)
+            guard device.faults.push(f) else { throw SVMFatalFault(address: address, access: kind, errno: .ENODEV) }
+            device.replayQueue.wait { UInt64(replayed.load()) >= mine || launch.fatal != nil }
+            virtualNanoseconds = max(virtualNanoseconds, UInt64(resumeAt.load()))
+        }
+    }
+}
+
+/// A kernel launched on some engines: wait for it, read its result.
+public final class SVMLaunch: @unchecked Sendable {
+    public let kernel: SVMKernel
+    let device: SVMDevice
+    private let lock = Lock("svm-launch")
+    /// Locking: `lock` (read without it through `fatal`).
+    private var fatalStorage: SVMFatalFault? = nil
+    private let cancelled = AtomicCounter(0)
+    @exclusivity(unchecked) private(set) var engines: [SVMEngine] = []
+    private var threads: [ModelThread] = []
+    let startVirtual: UInt64
+    let startWall: UInt64
+    private var endWall: UInt64 = 0
+
+    init(kernel: SVMKernel, space: SVMSpace, engines n: Int) {
+        self.kernel = kernel
+        device = space.device
+        startVirtual = space.device.faultClock.now
+        startWall = monotonicNanoseconds()
+        engines = (0..<n).map { SVMEngine(index: $0, count: n, space: space, launch: self, start: startVirtual) }
+        threads = engines.map { e in
+            ModelThread.spawn(name: "svm-engine-\(e.index)") { [kernel] in
+                do throws(SVMFatalFault) { try kernel.body(e) } catch { self.cancel(error) }
+            }
+        }
+    }
+
+    /// The fatal fault that cancelled this kernel, if one did.
+    public var fatal: SVMFatalFault? {
+        guard cancelled.load() != 0 else { return nil }
+        return lock.withLock { fatalStorage }
+    }
+
+    /// Cancels the kernel with `fault` (the first fatal fault stands).
+    func cancel(_ fault: SVMFatalFault) {
+        let first: Bool = lock.withLock {
+            guard fatalStorage == nil else { return false }
+            fatalStorage = fault
+            return true
+        }
+        cancelled.store(1)
+        if first { device.stats.count(.fatalFaults) }
+        device.replayQueue.wakeAll()
+    }
+
+    /// Waits for every engine. Throws the fatal fault that cancelled the kernel.
+    /// Return: the run's virtual and wall time.
+    @discardableResult
+    public func wait() throws(SVMFatalFault) -> SVMRunTime {
+        for t in threads { t.join() }
+        threads = []
+        if endWall == 0 { endWall = monotonicNanoseconds() }
+        if let f = fatal { throw f }
+        return time
+    }
+
+    /// Virtual time: from launch to the last engine's end. Wall time: launch to `wait`'s end.
+    public var time: SVMRunTime {
+        let end = engines.map(\.virtualNanoseconds).max() ?? startVirtual
+        return SVMRunTime(virtualNanoseconds: end - startVirtual, wallNanoseconds: endWall &- startWall)
+    }
+    /// Accesses that hit, in device memory and over the link, and faults raised, all engines.
+    public var localAccesses: Int { engines.reduce(0) { $0 + $1.localAccesses } }
+    public var remoteAccesses: Int { engines.reduce(0) { $0 + $1.remoteAccesses } }
+    public var faultsRaised: Int { engines.reduce(0) { $0 + $1.faultsRaised } }
+}
+
+public struct SVMRunTime: Sendable {
+    public let virtualNanoseconds: UInt64
+    public let wallNanoseconds: UInt64
+}
+
+extension SVMDevice {
+    /// Runs `kernel` on `engines` engines over `space`. Return: the launch; `wait()` for it.
+    /// Errors: EINVAL for no engines or a space of another device.
+    public func launch(_ kernel: SVMKernel, on space: SVMSpace, engines: Int) throws(Errno) -> SVMLaunch {
+        guard engines > 0, engines <= 64, space.device === self else { throw .EINVAL }
+        return SVMLaunch(kernel: kernel, space: space, engines: engines)
+    }
+}

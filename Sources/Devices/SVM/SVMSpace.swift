@@ -1,0 +1,127 @@
+import HMM
+import MMCore
+import MMSync
+
+/// One device page-table entry: a page the device may access at a virtual page.
+struct SVMEntry: Equatable {
+    /// The page: a system frame, or a device-private pfn of this device (`local`).
+    let pfn: UInt64
+    let write: Bool
+    /// Exclusive access to a system page (a device-exclusive entry in the CPU's table):
+    /// atomics allowed.
+    let atomic: Bool
+    /// In this device's own memory.
+    let local: Bool
+}
+
+/// A process address space bound to an SVM device (nouveau's `nouveau_svmm`): the device's
+/// page table for it, kept coherent by an interval notifier over the whole address space.
+public final class SVMSpace: @unchecked Sendable {
+    public let device: SVMDevice
+    public let mm: AddressSpace
+    /// The device page table's lock (the driver lock of the notifier protocol): the notifier
+    /// callback, the fault thread's programming and every engine access take it, so a page
+    /// cannot be freed or moved while an engine reads or writes it.
+    let lock = Lock("svm-space")
+    /// Virtual page number → entry. Locking: `lock`.
+    @exclusivity(unchecked) var table: [UInt64: SVMEntry] = [:]
+    private(set) var notifier: MMUIntervalNotifier!
+    let id: Int
+
+    init(device: SVMDevice, mm: AddressSpace, id: Int) throws(Errno) {
+        self.device = device
+        self.mm = mm
+        self.id = id
+        guard !mm.isDead else { throw .EINVAL }
+        notifier = MMUIntervalNotifier(start: 0, end: UInt64.max & pageMask) { [weak self] sub, range, seq in
+            guard let self else { sub.setSeq(seq); return true }
+            return self.invalidate(sub, range, seq)
+        }
+        try mm.notifiers.insert(notifier)
+    }
+
+    /// The notifier callback (`nouveau_svm_range_invalidate`): drops the device's entries in
+    /// the range under the table lock and publishes the new sequence. The device's own
+    /// EXCLUSIVE invalidation is skipped, as nouveau skips it: the page stays the same, and
+    /// the fault thread maps it atomic right after (with its own sequence check).
+    /// Locking: called by the core with no device lock held; takes `lock` (or tries, for a
+    /// non-blockable range).
+    private func invalidate(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> Bool {
+        lock.assertNotHeld()
+        if range.event == .exclusive && range.isOwned(by: device) { return true }
+        if range.blockable { lock.lock() } else if !lock.tryLock() { return false }
+        sub.setSeq(seq)
+        let dropped = dropEntries(range.start, range.end)
+        lock.unlock()
+        if dropped > 0 {
+            device.stats.count(.invalidations)
+            device.faultClock.advance(to: device.faultClock.now + device.costs.tlbInvalidateNs)
+        }
+        return true
+    }
+
+    /// Removes the entries of [start, end). Return: how many. Locking: `lock` held.
+    func dropEntries(_ start: UInt64, _ end: UInt64) -> Int {
+        lock.assertHeld()
+        guard !table.isEmpty else { return 0 }
+        let first = start >> pageShift, last = (end - 1) >> pageShift
+        var n = 0
+        if last - first < UInt64(table.count) {
+            for vpn in first...last where table.removeValue(forKey: vpn) != nil { n += 1 }
+        } else {
+            let before = table.count
+            table = table.filter { $0.key < first || $0.key > last }
+            n = before - table.count
+        }
+        return n
+    }
+
+    /// Device page-table entries now (for tests and reports).
+    public var mappedPages: Int { lock.withLock { table.count } }
+    /// Entries that point into the device's own memory.
+    public var localPages: Int { lock.withLock { table.values.reduce(0) { $0 + ($1.local ? 1 : 0) } } }
+
+    /// Stops mirroring: the notifier goes, and with it every entry.
+    func unbind() {
+        mm.notifiers.remove(notifier)
+        lock.withLock { table.removeAll() }
+    }
+
+    /// Every device entry agrees with the CPU's page table: a local entry's address holds a
+    /// device-private entry of that pfn, an atomic one a device-exclusive entry of that pfn,
+    /// any other a present PTE of that pfn, writable if the device entry is. Return: the
+    /// problems found. Locking: takes the mmap lock for read and `lock`; run it when no
+    /// engine, fault thread or CPU is changing the range (a quiescent point).
+    public func checkInvariants() -> [String] {
+        mm.mmapLock.assertNotHeld(); lock.assertNotHeld()
+        mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
+        return lock.withLock {
+            var problems: [String] = []
+            for (vpn, e) in table.sorted(by: { $0.key < $1.key }) {
+                let addr = vpn << pageShift
+                let what = "svm space \(id) page \(String(addr, radix: 16))"
+                guard let found = mm.pageTable.lookup(addr, level: .pte) else {
+                    problems.append("\(what): mapped by the device, not by the CPU"); continue
+                }
+                var v = found.entry.load()
+                if found.level != .pte {
+                    // A huge leaf (a THP or hugetlb page): the device maps its subpage.
+                    guard v.isPresent && v.isHuge else { problems.append("\(what): CPU entry \(v) at \(found.level)"); continue }
+                    v = PTE(raw: (v.raw & ~PTE.pfnMask) | (v.pfn + ((addr & (found.level.size - 1)) >> pageShift)) << pageShift)
+                }
+                if e.local {
+                    let s = v.swapEntry
+                    if !(v.isSwap && s.isDevicePrivate && s.pfn == e.pfn) { problems.append("\(what): local pfn \(e.pfn), CPU entry \(v)") }
+                    if e.write && !s.isWrite { problems.append("\(what): writable on the device, read-only device-private entry") }
+                } else if e.atomic {
+                    let s = v.swapEntry
+                    if !(v.isSwap && s.isDeviceExclusive && s.pfn == e.pfn) { problems.append("\(what): atomic pfn \(e.pfn), CPU entry \(v)") }
+                } else {
+                    if !(v.isPresent && v.pfn == e.pfn) { problems.append("\(what): pfn \(e.pfn), CPU entry \(v)") }
+                    else if e.write && !v.isWrite { problems.append("\(what): writable on the device, read-only for the CPU") }
+                }
+            }
+            return problems
+        }
+    }
+}

@@ -1,0 +1,243 @@
+import XCTest
+@testable import Devices
+@testable import HMM
+@testable import MMCore
+import MMSync
+
+/// The GPU-like SVM device (issue 16): kernels over shared memory under each policy, checked
+/// word by word against a reference model, with the device's counters exact where the
+/// policy makes them so.
+final class SVMTests: XCTestCase {
+    final class Env {
+        let machine: Machine
+        let process: MMCore.Process
+        let cpu: CPU
+        let device: SVMDevice
+        let space: SVMSpace
+        let used: Int
+        init(mib: UInt64 = 64, deviceMiB: UInt64 = 16, policy: SVMPolicy) throws {
+            machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 1 << 30)
+            used = machine.usedFrames
+            process = try MMCore.Process(machine: machine)
+            cpu = process.makeCPU()
+            device = try SVMDevice(machine: machine, capacityBytes: deviceMiB << 20, policy: policy)
+            space = try device.bind(process.mm)
+        }
+        func anon(_ pages: Int) throws -> UInt64 {
+            try process.mmap(length: UInt64(pages) * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        }
+        /// Word i of the region holds `seed + i`.
+        func fill(_ a: UInt64, words: Int, seed: UInt64) throws {
+            for i in 0..<words { try cpu.store(a + UInt64(i) * 8, seed &+ UInt64(i)) }
+        }
+        func finish(file: StaticString = #filePath, line: UInt = #line) throws {
+            XCTAssertEqual(space.checkInvariants(), [], file: file, line: line)
+            XCTAssertEqual(machine.checkInvariants(), [], file: file, line: line)
+            try device.shutdown()
+            XCTAssertEqual(device.freePages, device.capacityPages, "device pages leaked", file: file, line: line)
+            cpu.detach()
+            process.exit()
+            XCTAssertEqual(machine.checkInvariants(), [], file: file, line: line)
+            XCTAssertEqual(machine.usedFrames - used, 0, "frames leaked", file: file, line: line)
+        }
+    }
+
+    /// Stream over 2 MiB on 4 engines: every word right afterwards, read by the CPU, under each
+    /// policy. First touch moves each page once (512 pages, 2 MiB over the link) and the
+    /// CPU's reads bring each back; remote mapping moves nothing; density prefetch moves whole
+    /// 2 MiB regions.
+    func testStreamUnderEachPolicyMatchesTheReference() throws {
+        let pages = 512, words = pages * 512
+        for policy in [SVMFirstTouchPolicy(), SVMRemoteMapPolicy(), SVMDensityPrefetchPolicy()] as [SVMPolicy] {
+            let env = try Env(policy: policy)
+            let a = try env.anon(pages)
+            try env.fill(a, words: words, seed: 7)
+            let run = try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4)
+            let t = try run.wait()
+            XCTAssertEqual(env.space.checkInvariants(), [], policy.name)
+            let s = env.device.stats
+            switch policy.name {
+            case "remote-map":
+                XCTAssertEqual(s[.migratedToDevice], 0)
+                XCTAssertEqual(env.space.localPages, 0)
+                XCTAssertEqual(env.space.mappedPages, pages)
+                XCTAssertEqual(run.localAccesses, 0)
+                XCTAssertEqual(run.remoteAccesses, 2 * words)
+            default:
+                XCTAssertEqual(s[.migratedToDevice], pages, policy.name)
+                XCTAssertEqual(s[.bytesToDevice], pages * Int(pageSize), policy.name)
+                XCTAssertEqual(env.device.capacityPages - env.device.freePages, pages, policy.name) // resident
+                // First touch maps every page as it moves; the prefetch's region migration
+                // drops the device's entries mapped before it (its MIGRATE invalidation).
+                if policy.name == "first-touch" { XCTAssertEqual(env.space.localPages, pages) }
+                XCTAssertEqual(run.remoteAccesses, 0, policy.name)
+                XCTAssertEqual(run.localAccesses, 2 * words, policy.name)
+            }
+            XCTAssertEqual(s[.faults], run.faultsRaised, policy.name)
+            XCTAssertGreaterThan(t.virtualNanoseconds, 0)
+            for i in 0..<words {
+                let got = try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self)
+                if got != SVMWorkload.stream(7 &+ UInt64(i)) { XCTFail("\(policy.name): word \(i) = \(got)"); break }
+            }
+            XCTAssertEqual(s[.cpuFaultsBack], policy.name == "remote-map" ? 0 : pages, policy.name)
+            XCTAssertEqual(env.space.localPages, 0, policy.name)
+            try env.finish()
+        }
+    }
+
+    /// Density prefetch: touching 300 pages (more than half) of a 2 MiB region, one page at a
+    /// time, migrates the region's other 212 pages with the fault that crosses the threshold;
+    /// first touch migrates only the 300 touched.
+    func testDensityPrefetchMigratesTheWholeRegionPastItsThreshold() throws {
+        for (policy, moved) in [(SVMDensityPrefetchPolicy() as SVMPolicy, 512), (SVMFirstTouchPolicy(), 300)] {
+            let env = try Env(policy: policy)
+            let a = try env.anon(1024) // two 2 MiB regions at most; the first aligned one is used
+            let region = (a + pmdSize - 1) & pmdMask
+            for p in 0..<300 {
+                let run = try env.device.launch(SVMWorkload.touch(base: region + UInt64(p) * pageSize, pages: 1, write: false),
+                                                on: env.space, engines: 1)
+                try run.wait()
+            }
+            XCTAssertEqual(env.device.stats[.migratedToDevice], moved, policy.name)
+            XCTAssertEqual(env.device.stats[.faults], 300, policy.name)
+            try env.finish()
+        }
+    }
+
+    /// A counter hammered by four engines' atomics and two CPU threads' atomic adds at once:
+    /// the final value is exact, under both placements (device memory, where each CPU add
+    /// brings the page back; system memory held device-exclusive, where each CPU add takes the
+    /// exclusivity away).
+    func testAtomicCounterSharedWithCPUAtomicsIsExact() throws {
+        for policy in [SVMFirstTouchPolicy(), SVMRemoteMapPolicy()] as [SVMPolicy] {
+            let env = try Env(policy: policy)
+            let a = try env.anon(1)
+            try env.cpu.store(a, UInt64(1000))
+            let deviceAdds = 3000, cpuAdds = 2000
+            let run = try env.device.launch(SVMWorkload.counter(address: a, adds: deviceAdds), on: env.space, engines: 4)
+            let cpus = (0..<2).map { _ in env.process.makeCPU() }
+            let threads = cpus.map { c in
+                ModelThread.spawn(name: "cpu-adds") { for _ in 0..<cpuAdds { _ = try! c.fetchAdd(a, 1) } }
+            }
+            try run.wait()
+            threads.forEach { $0.join() }
+            cpus.forEach { $0.detach() }
+            XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), UInt64(1000 + 4 * deviceAdds + 2 * cpuAdds), policy.name)
+            if policy.name == "remote-map" {
+                XCTAssertGreaterThan(env.device.stats[.exclusiveGrabs], 0)
+                XCTAssertEqual(env.device.stats[.migratedToDevice], 0)
+            } else {
+                XCTAssertGreaterThan(env.device.stats[.migratedToDevice], 0)
+            }
+            try env.finish()
+        }
+    }
+
+    /// A kernel that touches an address no VMA holds is cancelled with EFAULT at that address;
+    /// a kernel running beside it finishes with every word right; a write to a read-only
+    /// mapping is EPERM.
+    func testAFatalFaultCancelsOnlyItsKernel() throws {
+        let env = try Env(policy: SVMFirstTouchPolicy())
+        let a = try env.anon(64)
+        try env.fill(a, words: 64 * 512, seed: 1)
+        let hole = try env.anon(4)
+        try env.process.munmap(hole, length: 4 * pageSize)
+        let good = try env.device.launch(SVMWorkload.stream(base: a, words: 64 * 512), on: env.space, engines: 2)
+        let bad = try env.device.launch(SVMWorkload.touch(base: hole, pages: 4, write: false), on: env.space, engines: 1)
+        XCTAssertThrowsError(try bad.wait()) { e in
+            XCTAssertEqual(e as? SVMFatalFault, SVMFatalFault(address: hole, access: .read, errno: .EFAULT))
+        }
+        try good.wait()
+        for i in 0..<(64 * 512) where try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self) != SVMWorkload.stream(1 &+ UInt64(i)) {
+            XCTFail("word \(i)"); break
+        }
+        let ro = try env.process.mmap(length: pageSize, prot: .read, flags: [.private, .anonymous])
+        let w = try env.device.launch(SVMWorkload.touch(base: ro, pages: 1, write: true, value: 5), on: env.space, engines: 1)
+        XCTAssertThrowsError(try w.wait()) { e in XCTAssertEqual((e as? SVMFatalFault)?.errno, .EPERM) }
+        XCTAssertEqual(env.device.stats[.fatalFaults], 2)
+        XCTAssertEqual(try env.cpu.load(ro, as: UInt64.self), 0)
+        try env.finish()
+    }
+
+    /// Three times the device's memory streamed under first touch: chunks are evicted to make
+    /// room, every word comes back right, and nothing is left on the device after shutdown.
+    func testOversubscriptionEvictsAndLosesNothing() throws {
+        let env = try Env(deviceMiB: 2, policy: SVMFirstTouchPolicy())
+        let pages = 3 * 512, words = pages * 512
+        let a = try env.anon(pages)
+        try env.fill(a, words: words, seed: 99)
+        try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4).wait()
+        XCTAssertGreaterThan(env.device.stats[.evictions], 0)
+        XCTAssertLessThanOrEqual(env.space.localPages, 512)
+        XCTAssertEqual(env.device.stats[.migratedToDevice] - env.device.stats[.migratedToSystem], env.space.localPages)
+        for i in 0..<words where try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self) != SVMWorkload.stream(99 &+ UInt64(i)) {
+            XCTFail("word \(i)"); break
+        }
+        try env.finish()
+    }
+
+    /// A fork while the device holds the pages: the child reads the parent's data (its CPU
+    /// faults bring the pages back); a device write in the parent afterwards breaks the
+    /// sharing; the child keeps the old values, the parent sees the new ones.
+    func testForkWhileTheDeviceHoldsThePages() throws {
+        let env = try Env(policy: SVMFirstTouchPolicy())
+        let pages = 16, words = pages * 512
+        let a = try env.anon(pages)
+        try env.fill(a, words: words, seed: 3)
+        try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 2).wait()
+        XCTAssertEqual(env.space.localPages, pages)
+        let child = try env.process.fork()
+        let ccpu = child.makeCPU()
+        XCTAssertEqual(try ccpu.load(a + 8 * 100, as: UInt64.self), SVMWorkload.stream(3 + 100))
+        try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 2).wait()
+        for i in stride(from: 0, to: words, by: 97) {
+            XCTAssertEqual(try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self), SVMWorkload.stream(SVMWorkload.stream(3 &+ UInt64(i))))
+            XCTAssertEqual(try ccpu.load(a + UInt64(i) * 8, as: UInt64.self), SVMWorkload.stream(3 &+ UInt64(i)))
+        }
+        XCTAssertEqual(env.space.checkInvariants(), [])
+        ccpu.detach()
+        child.exit()
+        try env.finish()
+    }
+
+    /// CPU threads write the second half of every page while the engines stream over the
+    /// first half of the same pages; both halves are right afterwards, under each policy.
+    func testCPUWritesDuringAKernelOnTheSamePages() throws {
+        for policy in [SVMFirstTouchPolicy(), SVMRemoteMapPolicy(), SVMDensityPrefetchPolicy()] as [SVMPolicy] {
+            let env = try Env(policy: policy)
+            let pages = 256
+            let a = try env.anon(pages)
+            try env.fill(a, words: pages * 512, seed: 11)
+            // The device's half: words 0..<256 of each page, as one stream per page.
+            let kernel = SVMKernel(name: "half-stream") { (e: SVMEngine) throws(SVMFatalFault) in
+                for p in stride(from: e.index, to: pages, by: e.count) {
+                    for w in 0..<256 {
+                        let addr = a + UInt64(p) * pageSize + UInt64(w) * 8
+                        try e.store(addr, SVMWorkload.stream(try e.load(addr)))
+                    }
+                }
+            }
+            let run = try env.device.launch(kernel, on: env.space, engines: 4)
+            let cpus = (0..<2).map { _ in env.process.makeCPU() }
+            let threads = cpus.enumerated().map { (k, c) in
+                ModelThread.spawn(name: "cpu-writer") {
+                    for p in stride(from: k, to: pages, by: 2) {
+                        for w in 256..<512 { try! c.store(a + UInt64(p) * pageSize + UInt64(w) * 8, UInt64(p * 512 + w) ^ 0xABCD) }
+                    }
+                }
+            }
+            try run.wait()
+            threads.forEach { $0.join() }
+            cpus.forEach { $0.detach() }
+            for p in 0..<pages {
+                for w in 0..<512 {
+                    let i = p * 512 + w
+                    let want = w < 256 ? SVMWorkload.stream(11 &+ UInt64(i)) : UInt64(i) ^ 0xABCD
+                    let got = try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self)
+                    if got != want { XCTFail("\(policy.name): page \(p) word \(w) = \(got), want \(want)"); return }
+                }
+            }
+            try env.finish()
+        }
+    }
+}
