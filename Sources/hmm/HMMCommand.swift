@@ -10,6 +10,6 @@ struct HMMCommand: ParsableCommand {
             swift-hmm runs a faithful model of the Linux core memory manager (frames, 4-level page \
             tables, VMAs, faults, COW, fork, rmap, migration, MMU notifiers) with real threads.
             """,
-        subcommands: [Selftest.self, Run.self, Check.self, Inspect.self, Explore.self, Bench.self, Demo.self],
+        subcommands: [Selftest.self, Run.self, Check.self, Inspect.self, Explore.self, Bench.self, Demo.self, SVM.self],
         defaultSubcommand: nil)
 }

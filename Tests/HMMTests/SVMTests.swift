@@ -85,11 +85,14 @@ final class SVMTests: XCTestCase {
         }
     }
 
-    /// Density prefetch: touching 300 pages (more than half) of a 2 MiB region, one page at a
-    /// time, migrates the region's other 212 pages with the fault that crosses the threshold;
-    /// first touch migrates only the 300 touched.
+    /// Density prefetch: touching the first 300 pages of a 2 MiB region in order, one kernel
+    /// per page, faults at 17 pages: 0, 1, 2, 4, 8, 16, 32, 64, 65, 128, 129, 130, 256, 257,
+    /// 258, 260, 264. At each, every node holding the page that is more than 51 % marked
+    /// (counted before this fault's prefetch) has its unmarked rest migrated and mapped; at
+    /// 264 the whole region qualifies (265 of 512), so the other touches hit. First touch
+    /// faults and migrates the 300 touched pages one by one.
     func testDensityPrefetchMigratesTheWholeRegionPastItsThreshold() throws {
-        for (policy, moved) in [(SVMDensityPrefetchPolicy() as SVMPolicy, 512), (SVMFirstTouchPolicy(), 300)] {
+        for (policy, moved, faults) in [(SVMDensityPrefetchPolicy() as SVMPolicy, 512, 17), (SVMFirstTouchPolicy(), 300, 300)] {
             let env = try Env(policy: policy)
             let a = try env.anon(1024) // two 2 MiB regions at most; the first aligned one is used
             let region = (a + pmdSize - 1) & pmdMask
@@ -99,7 +102,8 @@ final class SVMTests: XCTestCase {
                 try run.wait()
             }
             XCTAssertEqual(env.device.stats[.migratedToDevice], moved, policy.name)
-            XCTAssertEqual(env.device.stats[.faults], 300, policy.name)
+            XCTAssertEqual(env.device.stats[.faults], faults, policy.name)
+            XCTAssertEqual(env.device.stats[.batches], faults, policy.name)
             try env.finish()
         }
     }
@@ -239,5 +243,34 @@ final class SVMTests: XCTestCase {
             }
             try env.finish()
         }
+    }
+
+    /// Every workload under every policy through `SVMRunner`: every word right, the device's
+    /// table in agreement with the CPU's, and the counts each policy implies. Ping-pong under
+    /// first touch moves every page to the device and back in every round (3 × 256 each way);
+    /// remote mapping moves none; the prefetch streams with far fewer faults than first touch.
+    func testEveryWorkloadUnderEveryPolicyMatchesTheReference() throws {
+        var results: [String: SVMRunResult] = [:]
+        for kind in SVMWorkloadKind.allCases {
+            for name in SVMRunner.policyNames {
+                let r = try SVMRunner.run(kind, policy: SVMRunner.policy(named: name)!, pages: 256, engines: 4, rounds: 3,
+                                          machineMiB: 64, deviceMiB: 16)
+                XCTAssertEqual(r.mismatches, 0, "\(kind) \(name)")
+                XCTAssertEqual(r.invariantProblems, [], "\(kind) \(name)")
+                if name == "remote-map" { XCTAssertEqual(r.counter("migrated_to_device"), 0, "\(kind)") }
+                results["\(kind.rawValue)/\(name)"] = r
+            }
+        }
+        let pp = try XCTUnwrap(results["pingpong/first-touch"])
+        XCTAssertEqual(pp.counter("migrated_to_device"), 3 * 256)
+        XCTAssertEqual(pp.counter("migrated_to_system"), 3 * 256)
+        XCTAssertEqual(pp.counter("cpu_faults_back"), 3 * 256)
+        XCTAssertEqual(results["pingpong/remote-map"]?.counter("remote_maps"), 256)
+        let ft = try XCTUnwrap(results["stream/first-touch"]), pf = try XCTUnwrap(results["stream/density-prefetch"])
+        XCTAssertEqual(ft.counter("migrated_to_device"), 256)
+        XCTAssertEqual(pf.counter("migrated_to_device"), 256)
+        XCTAssertLessThan(pf.counter("faults") * 4, ft.counter("faults"), "prefetch \(pf.counter("faults")), first touch \(ft.counter("faults"))")
+        XCTAssertLessThan(pf.virtualNanoseconds, ft.virtualNanoseconds)
+        XCTAssertLessThan(results["pingpong/remote-map"]!.virtualNanoseconds, pp.virtualNanoseconds)
     }
 }

@@ -88,11 +88,15 @@ extension SVMDevice {
         let denied: Errno? = !flags.contains(.read) ? .EFAULT : access >= .write && !flags.contains(.write) ? .EPERM : nil
         if let denied { return stride(from: start, to: end, by: Int(pageSize)).map { ($0, denied) } }
         let group = SVMFaultGroup(start: start, end: end, access: access, vmaStart: vs, vmaEnd: ve)
+        // A migration larger than the group (a prefetch) is mapped whole, as UVM maps the
+        // pages it prefetched: the engines would otherwise fault on each of them.
+        var mapStart = start, mapEnd = end
         if let r = policy.placement(for: group, device: self) {
-            let s = max(r.lowerBound & ~(pageSize - 1), vs), e = min(r.upperBound, ve)
-            if s < e { migrateToDevice(space, s, e) }
+            let s = max(r.lowerBound & ~(pageSize - 1), vs), e = min((r.upperBound + pageSize - 1) & ~(pageSize - 1), ve)
+            if s < e, migrateToDevice(space, s, e) > 0 { mapStart = min(start, s); mapEnd = max(end, e) }
         }
-        if let err = map(space, start, end, write: access >= .write) {
+        let prefetchMapped = (mapStart < start || mapEnd > end) && map(space, mapStart, mapEnd, write: access >= .write) == nil
+        if !prefetchMapped, let err = map(space, start, end, write: access >= .write) {
             return end - start == pageSize ? [(start, err)] : servicePageByPage(space, start, end, access)
         }
         if access >= .write, let err = breakReadOnlyLocal(space, start, end) { return [(start, err)] }

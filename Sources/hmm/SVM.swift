@@ -1,0 +1,88 @@
+import ArgumentParser
+import Devices
+import MMCore
+
+/// `hmm svm`: runs workloads on the GPU-like SVM device under each placement policy and prints
+/// what the device did, in virtual and wall time, with every word checked.
+struct SVM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run workloads on the GPU-like SVM device under its policies and compare them.",
+        discussion: """
+        Each run starts a fresh machine, fills the working set from the CPU, runs the workload's \
+        kernels on the device's engines, then checks every word against a reference model and \
+        the device's page table against the CPU's. Virtual time comes from the device's cost \
+        table (fault batches, link copies, remote accesses), so policies compare the same way \
+        on a busy machine as on an idle one. Exit status 1 if any run's data or invariants are wrong.
+        """)
+
+    @Option(help: "Workload: \(SVMWorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")), or all.")
+    var workload: String = "all"
+    @Option(help: "Policy: \(SVMRunner.policyNames.joined(separator: ", ")), or all.")
+    var policy: String = "all"
+    @Option(help: "Working set in 4 KiB pages (2...65536).")
+    var pages: Int = 2048
+    @Option(name: .customLong("device-mib"), help: "Device memory in MiB, a multiple of 2 (2...1024).")
+    var deviceMiB: UInt64 = 64
+    @Option(name: .customLong("machine-mib"), help: "System memory in MiB (16...16384).")
+    var machineMiB: UInt64 = 256
+    @Option(help: "Engines running each kernel (1...64).")
+    var engines: Int = 4
+    @Option(help: "Rounds of the ping-pong workload (1...1000).")
+    var rounds: Int = 4
+
+    func validate() throws {
+        guard workload == "all" || SVMWorkloadKind(rawValue: workload) != nil else { throw ValidationError("unknown --workload \(workload)") }
+        guard policy == "all" || SVMRunner.policy(named: policy) != nil else { throw ValidationError("unknown --policy \(policy)") }
+        guard (2...65536).contains(pages) else { throw ValidationError("--pages must be between 2 and 65536") }
+        guard (2...1024).contains(deviceMiB), deviceMiB % 2 == 0 else { throw ValidationError("--device-mib must be an even number between 2 and 1024") }
+        guard (16...16384).contains(machineMiB) else { throw ValidationError("--machine-mib must be between 16 and 16384") }
+        guard (1...64).contains(engines) else { throw ValidationError("--engines must be between 1 and 64") }
+        guard (1...1000).contains(rounds) else { throw ValidationError("--rounds must be between 1 and 1000") }
+    }
+
+    func run() throws {
+        let kinds = workload == "all" ? SVMWorkloadKind.allCases : [SVMWorkloadKind(rawValue: workload)!]
+        let policies = policy == "all" ? SVMRunner.policyNames : [policy]
+        print("\(pages) pages (\(pages * 4 / 1024) MiB) on a \(deviceMiB) MiB device, \(engines) engines, \(machineMiB) MiB of RAM")
+        let head = ["workload", "policy", "faults", "batches", "dups", "to dev", "to sys", "MiB moved", "evictions", "remote", "excl",
+                    "virtual ms", "wall ms", "data"]
+        var rows: [[String]] = []
+        var bad = false
+        for k in kinds {
+            for p in policies {
+                let r: SVMRunResult
+                do {
+                    r = try SVMRunner.run(k, policy: SVMRunner.policy(named: p)!, pages: pages, engines: engines, rounds: rounds,
+                                          machineMiB: machineMiB, deviceMiB: deviceMiB)
+                } catch let e as Errno {
+                    throw ValidationError("\(k.rawValue) under \(p) failed with \(e.name) (\(e.message)): try a larger --machine-mib")
+                }
+                let ok = r.mismatches == 0 && r.invariantProblems.isEmpty
+                bad = bad || !ok
+                let moved = Double(r.counter("bytes_to_device") + r.counter("bytes_to_system")) / Double(1 << 20)
+                var row = [k.rawValue, p]
+                for name in ["faults", "batches", "duplicates", "migrated_to_device", "migrated_to_system"] { row.append(String(r.counter(name))) }
+                row.append(fmt(moved))
+                for name in ["evictions", "remote_maps", "exclusive_grabs"] { row.append(String(r.counter(name))) }
+                row.append(fmt(Double(r.virtualNanoseconds) / 1e6))
+                row.append(fmt(Double(r.wallNanoseconds) / 1e6))
+                row.append(ok ? "ok" : "WRONG: \(r.mismatches) words, \(r.invariantProblems.prefix(2))")
+                rows.append(row)
+            }
+        }
+        let widths = head.indices.map { c in ([head[c]] + rows.map { $0[c] }).map(\.count).max()! }
+        func line(_ cells: [String]) -> String {
+            var parts: [String] = []
+            for c in cells.indices {
+                let pad = String(repeating: " ", count: widths[c] - cells[c].count)
+                let leftAligned = c < 2 || c == cells.count - 1
+                parts.append(leftAligned ? cells[c] + pad : pad + cells[c])
+            }
+            return parts.joined(separator: "  ")
+        }
+        print(line(head))
+        for r in rows { print(line(r)) }
+        if bad { throw ExitCode(1) }
+    }
+}
+
