@@ -273,4 +273,124 @@ final class SVMTests: XCTestCase {
         XCTAssertLessThan(pf.virtualNanoseconds, ft.virtualNanoseconds)
         XCTAssertLessThan(results["pingpong/remote-map"]!.virtualNanoseconds, pp.virtualNanoseconds)
     }
+
+    // MARK: the device conformance suite
+
+    /// mprotect to read-only while a kernel streams over the range: the kernel either finished
+    /// first, or is cancelled with EPERM at a write; either way every word is its old value or
+    /// its new one, and no device entry is left writable (the invariant check).
+    func testMprotectWhileAKernelRuns() throws {
+        for delayMicros in [0, 200, 2_000] {
+            let env = try Env(policy: SVMFirstTouchPolicy())
+            let pages = 64, words = pages * 512
+            let a = try env.anon(pages)
+            try env.fill(a, words: words, seed: 5)
+            let run = try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4)
+            syncSleep(nanoseconds: UInt64(delayMicros) * 1000)
+            try env.process.mprotect(a, length: UInt64(pages) * pageSize, prot: .read)
+            do { try run.wait() } catch { XCTAssertEqual(error.errno, .EPERM, "\(error)") }
+            XCTAssertEqual(env.space.checkInvariants(), [])
+            for i in 0..<words {
+                let got = try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self), old = 5 &+ UInt64(i)
+                if got != old && got != SVMWorkload.stream(old) { XCTFail("word \(i) = \(got)"); break }
+            }
+            try env.finish()
+        }
+    }
+
+    /// fork while a kernel streams over the range: the parent ends with every word new (the
+    /// device's writes after the fork land in the parent's pages, COW broken for it), the child
+    /// with each word old or new (what it held when it forked), and both tables agree.
+    func testForkWhileAKernelRuns() throws {
+        let env = try Env(policy: SVMFirstTouchPolicy())
+        let pages = 64, words = pages * 512
+        let a = try env.anon(pages)
+        try env.fill(a, words: words, seed: 9)
+        let run = try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4)
+        syncSleep(nanoseconds: 300_000)
+        let child = try env.process.fork()
+        try run.wait()
+        let ccpu = child.makeCPU()
+        for i in 0..<words {
+            let old = 9 &+ UInt64(i)
+            let p = try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self), c = try ccpu.load(a + UInt64(i) * 8, as: UInt64.self)
+            if p != SVMWorkload.stream(old) { XCTFail("parent word \(i) = \(p)"); break }
+            if c != old && c != SVMWorkload.stream(old) { XCTFail("child word \(i) = \(c)"); break }
+        }
+        XCTAssertEqual(env.space.checkInvariants(), [])
+        ccpu.detach()
+        child.exit()
+        try env.finish()
+    }
+
+    /// The process exits while a kernel runs: the kernel is cancelled with EFAULT (or had
+    /// finished), the device keeps nothing of the address space, and every frame and device
+    /// page comes back.
+    func testProcessExitWhileAKernelRuns() throws {
+        let machine = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 1 << 30)
+        let used = machine.usedFrames
+        let process = try MMCore.Process(machine: machine)
+        let device = try SVMDevice(machine: machine, capacityBytes: 16 << 20, policy: SVMFirstTouchPolicy())
+        let space = try device.bind(process.mm)
+        let pages = 256
+        let a = try process.mmap(length: UInt64(pages) * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        let run = try device.launch(SVMWorkload.stream(base: a, words: pages * 512), on: space, engines: 4)
+        syncSleep(nanoseconds: 500_000)
+        process.exit()
+        do { try run.wait() } catch { XCTAssertEqual(error.errno, .EFAULT, "\(error)") }
+        XCTAssertEqual(space.mappedPages, 0)
+        XCTAssertEqual(device.freePages, device.capacityPages)
+        try device.shutdown()
+        XCTAssertEqual(machine.checkInvariants(), [])
+        XCTAssertEqual(machine.usedFrames - used, 0, "frames leaked")
+    }
+
+    /// Device removal with pages resident: shutdown evicts them to system memory with their
+    /// bytes (`migrate_device_pfns`), the CPU reads every word afterwards without a device
+    /// fault, and the device memory is unregistered.
+    func testDeviceRemovalWithPagesResident() throws {
+        let env = try Env(policy: SVMFirstTouchPolicy())
+        let pages = 128, words = pages * 512
+        let a = try env.anon(pages)
+        try env.fill(a, words: words, seed: 21)
+        try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4).wait()
+        XCTAssertEqual(env.device.capacityPages - env.device.freePages, pages)
+        try env.device.shutdown()
+        XCTAssertEqual(env.device.stats[.migratedToSystem], pages)
+        XCTAssertEqual(env.device.freePages, env.device.capacityPages)
+        XCTAssertNil(env.machine.memory.pagemap(of: env.machine.memory.page(env.device.pagemap.startPfn)))
+        for i in 0..<words where try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self) != SVMWorkload.stream(21 &+ UInt64(i)) {
+            XCTFail("word \(i)"); break
+        }
+        XCTAssertEqual(env.device.stats[.cpuFaultsBack], 0)
+        env.cpu.detach()
+        env.process.exit()
+        XCTAssertEqual(env.machine.checkInvariants(), [])
+        XCTAssertEqual(env.machine.usedFrames - env.used, 0)
+    }
+
+    /// Replay after an invalidation: a second kernel over pages whose device entries an
+    /// munmap and an mprotect dropped faults again, exactly on those pages (the others hit).
+    func testAKernelRefaultsExactlyThePagesAnInvalidationDropped() throws {
+        let env = try Env(policy: SVMRemoteMapPolicy())
+        let pages = 32
+        let a = try env.anon(pages)
+        try env.fill(a, words: pages * 512, seed: 2)
+        try env.device.launch(SVMWorkload.touch(base: a, pages: pages, write: true, value: 1), on: env.space, engines: 1).wait()
+        XCTAssertEqual(env.space.mappedPages, pages)
+        try env.process.mprotect(a + 4 * pageSize, length: 4 * pageSize, prot: .read)
+        try env.process.mprotect(a + 4 * pageSize, length: 4 * pageSize, prot: .readWrite)
+        try env.process.munmap(a + 20 * pageSize, length: 2 * pageSize)
+        XCTAssertEqual(env.space.mappedPages, pages - 6)
+        let before = env.device.stats[.faults]
+        let k = SVMKernel(name: "touch-mapped") { (e: SVMEngine) throws(SVMFatalFault) in
+            for p in 0..<pages where p != 20 && p != 21 { try e.store(a + UInt64(p) * pageSize, 2) }
+        }
+        let run = try env.device.launch(k, on: env.space, engines: 1)
+        try run.wait()
+        XCTAssertEqual(env.device.stats[.faults] - before, 4)
+        XCTAssertEqual(run.faultsRaised, 4)
+        XCTAssertEqual(env.space.mappedPages, pages - 2)
+        try env.finish()
+    }
 }
