@@ -248,7 +248,8 @@ final class SVMTests: XCTestCase {
     /// Every workload under every policy through `SVMRunner`: every word right, the device's
     /// table in agreement with the CPU's, and the counts each policy implies. Ping-pong under
     /// first touch moves every page to the device and back in every round (3 × 256 each way);
-    /// remote mapping moves none; the prefetch streams with far fewer faults than first touch.
+    /// remote mapping moves none; thrashing detection pins each page after two round trips;
+    /// the prefetch streams with far fewer faults than first touch.
     func testEveryWorkloadUnderEveryPolicyMatchesTheReference() throws {
         var results: [String: SVMRunResult] = [:]
         for kind in SVMWorkloadKind.allCases {
@@ -266,6 +267,14 @@ final class SVMTests: XCTestCase {
         XCTAssertEqual(pp.counter("migrated_to_system"), 3 * 256)
         XCTAssertEqual(pp.counter("cpu_faults_back"), 3 * 256)
         XCTAssertEqual(results["pingpong/remote-map"]?.counter("remote_maps"), 256)
+        // Thrashing detection: two round trips per page, the third device fault pins it to
+        // system memory (mapped remotely from then on).
+        let th = try XCTUnwrap(results["pingpong/thrashing-aware"])
+        XCTAssertEqual(th.counter("migrated_to_device"), 2 * 256)
+        XCTAssertEqual(th.counter("migrated_to_system"), 2 * 256)
+        XCTAssertEqual(th.counter("thrashing"), 256)
+        XCTAssertEqual(th.counter("remote_maps"), 256)
+        XCTAssertEqual(th.counter("faults") - th.counter("duplicates"), 3 * 256)
         let ft = try XCTUnwrap(results["stream/first-touch"]), pf = try XCTUnwrap(results["stream/density-prefetch"])
         XCTAssertEqual(ft.counter("migrated_to_device"), 256)
         XCTAssertEqual(pf.counter("migrated_to_device"), 256)

@@ -24,7 +24,7 @@ extension SVMDevice {
     }
 
     /// One batch: duplicates dropped (same space and page: the strongest access stands for
-    /// them), the rest sorted by space and address and cut into groups of consecutive pages
+    /// them; and faults on pages mapped since with the access they need), the rest sorted by space and address and cut into groups of consecutive pages
     /// with one access, within one 2 MiB region; each group serviced; then every engine that
     /// faulted is replayed, no earlier in virtual time than the batch's end. A group that
     /// fails (no VMA, no permission) cancels the kernels whose engines faulted in it.
@@ -38,10 +38,15 @@ extension SVMDevice {
             if let seen = strongest[k], seen.access >= f.access { continue }
             strongest[k] = f
         }
-        stats.count(.duplicates, batch.count - strongest.count)
+        // A fault whose page an earlier batch has mapped since, with the access it needs, is
+        // already serviced (UVM drops these too): a duplicate across batches.
+        let pending = strongest.values.filter { f in
+            f.space.lock.withLock { f.space.table[f.address >> pageShift].map { !SVMEngine.permits($0, f.access) } ?? true }
+        }
+        stats.count(.duplicates, batch.count - pending.count)
         let latest = batch.map(\.time).max() ?? 0
-        faultClock.advance(to: max(faultClock.now, latest) + costs.faultBatchNs + UInt64(strongest.count) * costs.perFaultNs)
-        let unique = strongest.values.sorted { a, b in a.space.id != b.space.id ? a.space.id < b.space.id : a.address < b.address }
+        faultClock.advance(to: max(faultClock.now, latest) + costs.faultBatchNs + UInt64(pending.count) * costs.perFaultNs)
+        let unique = pending.sorted { a, b in a.space.id != b.space.id ? a.space.id < b.space.id : a.address < b.address }
         var i = 0
         while i < unique.count {
             var j = i + 1

@@ -52,6 +52,16 @@ public final class SVMEngine: @unchecked Sendable {
         if UInt64(replayed.load()) < ticket { replayed.store(Int(ticket)) }
     }
 
+    /// Whether a device entry allows an access: any for a read; a writable one for a write; for
+    /// an atomic, a writable page in device memory or one held device-exclusive.
+    @inline(__always) static func permits(_ e: SVMEntry, _ kind: SVMAccess) -> Bool {
+        switch kind {
+        case .read: true
+        case .write: e.write
+        case .atomic: e.write && (e.local || e.atomic)
+        }
+    }
+
     /// Loads the word at `address`.
     public func load(_ address: UInt64) throws(SVMFatalFault) -> UInt64 {
         try access(address, .read) { p in AtomicU64Ref(p).load(.relaxed) }
@@ -80,12 +90,7 @@ public final class SVMEngine: @unchecked Sendable {
         while true {
             if let fatal = launch.fatal { throw fatal }
             let result: (UInt64, Bool)? = space.lock.withLock {
-                guard let e = space.table[page >> pageShift] else { return nil }
-                switch kind {
-                case .read: break
-                case .write: guard e.write else { return nil }
-                case .atomic: guard e.write && (e.local || e.atomic) else { return nil }
-                }
+                guard let e = space.table[page >> pageShift], SVMEngine.permits(e, kind) else { return nil }
                 let p = e.local ? device.bytes(of: e.pfn) : device.memory.frame(e.pfn)
                 return (act(p + offset), e.local)
             }

@@ -68,3 +68,42 @@ public final class SVMDensityPrefetchPolicy: SVMPolicy, @unchecked Sendable {
         return s < e ? s..<e : group.start..<group.end
     }
 }
+
+/// Thrashing detection (after UVM's `uvm_perf_thrashing.c`): a page that faults on the device
+/// `threshold` times within `windowNs` of virtual time keeps being taken away (by the CPU, or
+/// by eviction) and brought back; it is pinned to system memory and mapped remotely for
+/// `pinNs`, after which it may migrate again. Other pages follow `base`.
+public final class SVMThrashingPolicy: SVMPolicy, @unchecked Sendable {
+    public let name: String
+    public let base: SVMPolicy
+    public let threshold: Int
+    public let windowNs: UInt64
+    public let pinNs: UInt64
+    private let lock = Lock("svm-thrashing")
+    /// Page → (faults in the current window, the window's start, pinned until). Locking: `lock`.
+    private var pages: [UInt64: (count: Int, since: UInt64, pinnedUntil: UInt64)] = [:]
+
+    public init(base: SVMPolicy = SVMFirstTouchPolicy(), threshold: Int = 3, windowNs: UInt64 = 500_000_000,
+                pinNs: UInt64 = 2_000_000_000) {
+        self.base = base; self.threshold = threshold; self.windowNs = windowNs; self.pinNs = pinNs
+        name = "thrashing-aware"
+    }
+
+    public func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? {
+        let now = device.virtualNanoseconds
+        let (pinned, newlyPinned): (Bool, Int) = lock.withLock {
+            var pinned = false, newly = 0
+            for a in stride(from: group.start, to: group.end, by: Int(pageSize)) {
+                var e = pages[a] ?? (0, now, 0)
+                if now < e.pinnedUntil { pinned = true; continue }
+                if now - e.since > windowNs { e = (0, now, 0) }
+                e.count += 1
+                if e.count >= threshold { e = (0, now, now + pinNs); pinned = true; newly += 1 }
+                pages[a] = e
+            }
+            return (pinned, newly)
+        }
+        if newlyPinned > 0 { device.stats.count(.thrashing, newlyPinned) }
+        return pinned ? nil : base.placement(for: group, device: device)
+    }
+}

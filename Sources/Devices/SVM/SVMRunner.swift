@@ -97,14 +97,15 @@ public enum SVMRunner {
                             virtualNanoseconds: virtual, wallNanoseconds: wall, invariantProblems: problems)
     }
 
-    /// The built-in policies by name (`first-touch`, `remote-map`, `density-prefetch`).
+    /// The built-in policies by name.
     public static func policy(named name: String) -> SVMPolicy? {
         switch name {
         case "first-touch": SVMFirstTouchPolicy()
         case "remote-map": SVMRemoteMapPolicy()
         case "density-prefetch": SVMDensityPrefetchPolicy()
+        case "thrashing-aware": SVMThrashingPolicy()
         default: nil
         }
     }
-    public static let policyNames = ["first-touch", "remote-map", "density-prefetch"]
+    public static let policyNames = ["first-touch", "remote-map", "density-prefetch", "thrashing-aware"]
 }

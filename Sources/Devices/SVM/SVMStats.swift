@@ -27,11 +27,13 @@ public final class SVMStats: @unchecked Sendable {
         case fatalFaults
         /// Device-private pages the CPU took back (migrate_to_ram).
         case cpuFaultsBack
+        /// Pages a policy found thrashing (bouncing between CPU and device) and pinned.
+        case thrashing
 
         public var description: String {
             ["faults", "duplicates", "batches", "migrated_to_device", "migrated_to_system", "bytes_to_device",
              "bytes_to_system", "evictions", "remote_maps", "exclusive_grabs", "invalidations", "replays",
-             "fatal_faults", "cpu_faults_back"][rawValue]
+             "fatal_faults", "cpu_faults_back", "thrashing"][rawValue]
         }
     }
 
