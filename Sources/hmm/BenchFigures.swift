@@ -43,6 +43,7 @@ struct BenchSuite {
             BenchFigure(name: "explorer", run: { try $0.explorerFigures() }),
             BenchFigure(name: "latency", run: { try $0.latencyFigures() }),
             BenchFigure(name: "swap", run: { try $0.swapFigures() }),
+            BenchFigure(name: "svm", run: { try $0.svmFigures() }),
         ]
     }
 

@@ -108,30 +108,45 @@ final class SVMTests: XCTestCase {
         }
     }
 
-    /// A counter hammered by four engines' atomics and two CPU threads' atomic adds at once:
-    /// the final value is exact, under both placements (device memory, where each CPU add
-    /// brings the page back; system memory held device-exclusive, where each CPU add takes the
-    /// exclusivity away).
+    /// A counter shared by four engines' atomics and two CPU threads' atomic adds, the two
+    /// sides made to meet: the engines add, then wait for a flag; the CPU threads wait to see
+    /// the engines' first adds (their loads take the page from the device), set the flag and
+    /// add while the engines add again. The final value is exact under both placements, and
+    /// the page changed hands: under first touch it went back to system memory and to the
+    /// device again; under remote mapping the device took it exclusive twice.
     func testAtomicCounterSharedWithCPUAtomicsIsExact() throws {
         for policy in [SVMFirstTouchPolicy(), SVMRemoteMapPolicy()] as [SVMPolicy] {
             let env = try Env(policy: policy)
-            let a = try env.anon(1)
+            let a = try env.anon(2)
+            let flag = a + pageSize
             try env.cpu.store(a, UInt64(1000))
-            let deviceAdds = 3000, cpuAdds = 2000
-            let run = try env.device.launch(SVMWorkload.counter(address: a, adds: deviceAdds), on: env.space, engines: 4)
+            let engines = 4, deviceAdds = 1500, cpuAdds = 2000
+            let kernel = SVMKernel(name: "counter-meet") { (e: SVMEngine) throws(SVMFatalFault) in
+                for _ in 0..<deviceAdds { try e.atomicAdd(a, 1) }
+                while try e.load(flag) == 0 {}
+                for _ in 0..<deviceAdds { try e.atomicAdd(a, 1) }
+            }
+            let run = try env.device.launch(kernel, on: env.space, engines: engines)
             let cpus = (0..<2).map { _ in env.process.makeCPU() }
-            let threads = cpus.map { c in
-                ModelThread.spawn(name: "cpu-adds") { for _ in 0..<cpuAdds { _ = try! c.fetchAdd(a, 1) } }
+            let firstHalf = UInt64(1000 + engines * deviceAdds)
+            let threads = cpus.enumerated().map { (k, c) in
+                ModelThread.spawn(name: "cpu-adds") {
+                    while (try! c.load(a, as: UInt64.self)) < firstHalf { syncSleep(nanoseconds: 50_000) }
+                    if k == 0 { try! c.store(flag, UInt64(1)) }
+                    for _ in 0..<cpuAdds { _ = try! c.fetchAdd(a, 1) }
+                }
             }
             try run.wait()
             threads.forEach { $0.join() }
             cpus.forEach { $0.detach() }
-            XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), UInt64(1000 + 4 * deviceAdds + 2 * cpuAdds), policy.name)
+            XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), UInt64(1000 + 2 * engines * deviceAdds + 2 * cpuAdds), policy.name)
+            let s = env.device.stats
             if policy.name == "remote-map" {
-                XCTAssertGreaterThan(env.device.stats[.exclusiveGrabs], 0)
-                XCTAssertEqual(env.device.stats[.migratedToDevice], 0)
+                XCTAssertGreaterThanOrEqual(s[.exclusiveGrabs], 2)
+                XCTAssertEqual(s[.migratedToDevice], 0)
             } else {
-                XCTAssertGreaterThan(env.device.stats[.migratedToDevice], 0)
+                XCTAssertGreaterThanOrEqual(s[.cpuFaultsBack], 1)
+                XCTAssertGreaterThanOrEqual(s[.migratedToDevice], 3) // the counter twice, the flag once
             }
             try env.finish()
         }
@@ -401,5 +416,48 @@ final class SVMTests: XCTestCase {
         XCTAssertEqual(run.faultsRaised, 4)
         XCTAssertEqual(env.space.mappedPages, pages - 2)
         try env.finish()
+    }
+
+    /// Device removal while a kernel runs: the kernel is cancelled with ENODEV (or had
+    /// finished), every word is old or new, the pages come back to system memory.
+    func testShutdownWhileAKernelRuns() throws {
+        let env = try Env(policy: SVMFirstTouchPolicy())
+        let pages = 256, words = pages * 512
+        let a = try env.anon(pages)
+        try env.fill(a, words: words, seed: 4)
+        let run = try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4)
+        syncSleep(nanoseconds: 1_000_000)
+        try env.device.shutdown()
+        do { try run.wait() } catch { XCTAssertEqual(error.errno, .ENODEV, "\(error)") }
+        XCTAssertEqual(env.device.freePages, env.device.capacityPages)
+        for i in 0..<words {
+            let got = try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self), old = 4 &+ UInt64(i)
+            if got != old && got != SVMWorkload.stream(old) { XCTFail("word \(i) = \(got)"); break }
+        }
+        env.cpu.detach()
+        env.process.exit()
+        XCTAssertEqual(env.machine.checkInvariants(), [])
+        XCTAssertEqual(env.machine.usedFrames - env.used, 0)
+    }
+
+    /// Two kernels at one read-only page, one reading and one writing: the writer is cancelled
+    /// with EPERM, the reader finishes with the page's value (a denied write does not cancel a
+    /// read of the same page, even in the same batch).
+    func testADeniedWriteCancelsOnlyTheWriter() throws {
+        for _ in 0..<5 {
+            let env = try Env(policy: SVMRemoteMapPolicy())
+            let ro = try env.anon(1)
+            try env.cpu.store(ro, UInt64(77))
+            try env.process.mprotect(ro, length: pageSize, prot: .read)
+            let reads = SVMKernel(name: "reader") { (e: SVMEngine) throws(SVMFatalFault) in
+                for _ in 0..<100 { guard try e.load(ro) == 77 else { throw SVMFatalFault(address: ro, access: .read, errno: .EIO) } }
+            }
+            let writer = try env.device.launch(SVMWorkload.touch(base: ro, pages: 1, write: true, value: 1), on: env.space, engines: 1)
+            let reader = try env.device.launch(reads, on: env.space, engines: 2)
+            XCTAssertThrowsError(try writer.wait()) { XCTAssertEqual(($0 as? SVMFatalFault)?.errno, .EPERM) }
+            XCTAssertNoThrow(try reader.wait())
+            XCTAssertEqual(env.device.stats[.fatalFaults], 1)
+            try env.finish()
+        }
     }
 }

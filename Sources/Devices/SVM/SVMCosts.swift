@@ -28,11 +28,13 @@ public struct SVMCosts: Sendable, Equatable {
     public func copyNs(_ bytes: Int) -> UInt64 { UInt64(bytes) / max(linkBytesPerNs, 1) }
 }
 
-/// A monotonic virtual clock that several threads push forward (`advance(to:)` keeps the
-/// largest value).
+/// A monotonic virtual clock that several threads push forward: by a cost, or up to a time.
 final class SVMClock: @unchecked Sendable {
     private let word = AtomicCounter(0)
     var now: UInt64 { UInt64(word.load()) }
+    /// Adds `d` (a cost charged by one thread; others may charge at the same time).
+    func advance(by d: UInt64) { word.add(Int(d)) }
+    /// Moves the clock to `t` if it is behind.
     func advance(to t: UInt64) {
         while true {
             let cur = word.load()

@@ -24,10 +24,12 @@ extension SVMDevice {
     }
 
     /// One batch: duplicates dropped (same space and page: the strongest access stands for
-    /// them; and faults on pages mapped since with the access they need), the rest sorted by space and address and cut into groups of consecutive pages
-    /// with one access, within one 2 MiB region; each group serviced; then every engine that
-    /// faulted is replayed, no earlier in virtual time than the batch's end. A group that
-    /// fails (no VMA, no permission) cancels the kernels whose engines faulted in it.
+    /// them; and faults on pages mapped since with the access they need), the rest sorted by
+    /// space and address and cut into groups of consecutive pages with one access, within one
+    /// 2 MiB region; each group serviced; then every engine that faulted is replayed, no
+    /// earlier in virtual time than the batch's end. A group that fails (no VMA, no
+    /// permission) cancels the kernels whose engines faulted in it. (Virtual time follows the
+    /// batches as they formed: how many faults met in one depends on the engines' timing.)
     func serviceBatch(_ batch: [SVMFault]) {
         stats.count(.batches)
         stats.count(.faults, batch.count)
@@ -45,7 +47,8 @@ extension SVMDevice {
         }
         stats.count(.duplicates, batch.count - pending.count)
         let latest = batch.map(\.time).max() ?? 0
-        faultClock.advance(to: max(faultClock.now, latest) + costs.faultBatchNs + UInt64(pending.count) * costs.perFaultNs)
+        faultClock.advance(to: latest)
+        faultClock.advance(by: costs.faultBatchNs + UInt64(pending.count) * costs.perFaultNs)
         let unique = pending.sorted { a, b in a.space.id != b.space.id ? a.space.id < b.space.id : a.address < b.address }
         var i = 0
         while i < unique.count {
@@ -54,14 +57,16 @@ extension SVMDevice {
                   unique[j].address == unique[j - 1].address + pageSize,
                   unique[j].address & pmdMask == unique[i].address & pmdMask { j += 1 }
             let failed = serviceGroup(unique[i].space, unique[i].address, unique[j - 1].address + pageSize, unique[i].access)
+            // A denied access cancels the faults that asked as much; a weaker one at the same
+            // page (a read where a write was denied) is replayed and serviced on its own.
             for (addr, err) in failed {
-                for f in batch where f.space === unique[i].space && f.address == addr {
+                for f in batch where f.space === unique[i].space && f.address == addr && (err != .EPERM || f.access >= .write) {
                     f.engine.launch.cancel(SVMFatalFault(address: addr, access: f.access, errno: err))
                 }
             }
             i = j
         }
-        faultClock.advance(to: faultClock.now + costs.replayNs)
+        faultClock.advance(by: costs.replayNs)
         let resume = faultClock.now
         var replayed = Set<ObjectIdentifier>()
         for f in batch {
@@ -100,15 +105,32 @@ extension SVMDevice {
             let s = max(r.lowerBound & ~(pageSize - 1), vs), e = min((r.upperBound + pageSize - 1) & ~(pageSize - 1), ve)
             if s < e, migrateToDevice(space, s, e) > 0 { mapStart = min(start, s); mapEnd = max(end, e) }
         }
+        if access == .atomic { return serviceAtomic(space, start, end, mapStart: mapStart, mapEnd: mapEnd) }
         let prefetchMapped = (mapStart < start || mapEnd > end) && map(space, mapStart, mapEnd, write: access >= .write) == nil
         if !prefetchMapped, let err = map(space, start, end, write: access >= .write) {
+            // EBUSY: the notifier kept moving for the loop's whole timeout (CPU changes
+            // elsewhere in the space); the engine faults again instead of failing.
+            if err == .EBUSY { return [] }
             return end - start == pageSize ? [(start, err)] : servicePageByPage(space, start, end, access)
         }
-        if access >= .write, let err = breakReadOnlyLocal(space, start, end) { return [(start, err)] }
-        if access == .atomic {
-            for a in stride(from: start, to: end, by: Int(pageSize)) where !space.lock.withLock({ space.table[a >> pageShift]?.local ?? false }) {
-                if let err = grabExclusive(space, a) { return [(a, err)] }
+        if access == .write, let err = breakReadOnlyLocal(space, start, end) { return [(start, err)] }
+        return []
+    }
+
+    /// An atomic group (`nouveau_atomic_range_fault`): pages in this device's memory are
+    /// mapped from a snapshot (a faulting walk would restore a device-exclusive entry the
+    /// device holds); a local page held read-only (after a fork) goes back to system memory
+    /// first; every page not local is taken device-exclusive.
+    private func serviceAtomic(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, mapStart: UInt64, mapEnd: UInt64) -> [(UInt64, Errno)] {
+        _ = map(space, mapStart, mapEnd, write: true, localOnly: true)
+        for a in stride(from: start, to: end, by: Int(pageSize)) {
+            let e = space.lock.withLock { space.table[a >> pageShift] }
+            if let e, e.local && e.write { continue }
+            if let e, e.local, migrateToSystem(space, a, a + pageSize) == 0 {
+                if memory.freeFrames == 0 { return [(a, .ENOMEM)] }
+                continue // busy: the engine faults again
             }
+            if let err = grabExclusive(space, a) { return [(a, err)] }
         }
         return []
     }
@@ -128,9 +150,10 @@ extension SVMDevice {
     /// driver loop of the notifier protocol, faulting pages in (writable if `write`), and
     /// programming the device table under its lock only if no invalidation overtook the walk.
     /// Return: nil, or the error of the range fault.
-    func map(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, write: Bool) -> Errno? {
+    /// With `localOnly`, a snapshot (nothing faulted in) that maps only this device's pages.
+    func map(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, write: Bool, localOnly: Bool = false) -> Errno? {
         var range = HMMRange(notifier: space.notifier, notifierSeq: 0, start: start, end: end,
-                             defaultFlags: HMMPfn.valid | (write ? HMMPfn.write : 0), devPrivateOwner: self)
+                             defaultFlags: localOnly ? 0 : HMMPfn.valid | (write ? HMMPfn.write : 0), devPrivateOwner: self)
         var local: [UInt64] = []
         var remote = 0
         do {
@@ -139,6 +162,7 @@ extension SVMDevice {
                 for (k, e) in r.hmmPfns.enumerated() where HMMPfn.isValid(e) {
                     let pfn = HMMPfn.pfn(e)
                     let isLocal = isLocal(pfn)
+                    if localOnly && !isLocal { continue }
                     space.table[(r.start >> pageShift) + UInt64(k)] = SVMEntry(pfn: pfn, write: HMMPfn.isWrite(e), atomic: false, local: isLocal)
                     if isLocal { local.append(pfn) } else { remote += 1 }
                 }
@@ -164,7 +188,11 @@ extension SVMDevice {
         }
         guard !readOnly.isEmpty else { return nil }
         for a in readOnly { migrateToSystem(space, a, a + pageSize) }
-        return map(space, start, end, write: true)
+        if let err = map(space, start, end, write: true) { return err == .EBUSY ? nil : err }
+        // A page that could not move (busy, or no system page for it) is still local and
+        // read-only: out of memory is fatal; a busy page faults again.
+        let stuck = space.lock.withLock { readOnly.contains { a in space.table[a >> pageShift].map { $0.local && !$0.write } ?? false } }
+        return stuck && memory.freeFrames == 0 ? .ENOMEM : nil
     }
 
     /// Exclusive access for an atomic on a system page (`nouveau_atomic_range_fault`): the
@@ -180,14 +208,15 @@ extension SVMDevice {
             mm.mmapLock.unlockRead()
             return error == .EBUSY ? nil : error
         }
-        space.lock.withLock {
-            guard !space.notifier.readRetry(seq) else { return }
+        let installed: Bool = space.lock.withLock {
+            guard !space.notifier.readRetry(seq) else { return false }
             space.table[address >> pageShift] = SVMEntry(pfn: page.pfn, write: true, atomic: true, local: false)
+            return true
         }
         mm.mmapLock.unlockRead()
         page.unlock()
         memory.put(page)
-        stats.count(.exclusiveGrabs)
+        if installed { stats.count(.exclusiveGrabs) }
         return nil
     }
 }

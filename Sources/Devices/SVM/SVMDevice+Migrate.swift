@@ -13,12 +13,12 @@ extension SVMDevice {
     func migrateToDevice(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> Int {
         space.mm.mmapLock.assertNotHeld(); space.lock.assertNotHeld()
         let mm = space.mm
-        makeRoom(Int((end - start) >> pageShift))
+        makeRoom(pagesNotLocal(space, start, end))
         mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
         guard let vma = mm.vmaLookup(start), vma.flags.contains(.read) else { return 0 }
         let m = MigrateVMA(vma: vma, start: start, end: min(end, vma.end), pgmapOwner: self, flags: .system)
         do { try m.setup() } catch { return 0 }
-        var copied = 0
+        var withData: [Int] = [] // indices whose source had bytes to copy
         for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
             let from = MigratePfn.pfn(m.src[i])
             if let from, memory.page(from).isZoneDevice { continue }
@@ -26,7 +26,7 @@ extension SVMDevice {
             memory.zoneDevicePageInit(memory.page(d))
             if let from, from != PhysicalMemory.zeroPfn {
                 bytes(of: d).copyMemory(from: memory.frame(from), byteCount: Int(pageSize))
-                copied += 1
+                withData.append(i)
             } else {
                 bytes(of: d).initializeMemory(as: UInt8.self, repeating: 0, count: Int(pageSize))
             }
@@ -34,11 +34,25 @@ extension SVMDevice {
         }
         m.pages()
         let moved = m.migratedCount
+        // Bytes over the link: only the copies of pages that did move.
+        let copied = withData.reduce(0) { $0 + (m.src[$1] & MigratePfn.migrate != 0 ? 1 : 0) }
         m.finalize()
         stats.count(.migratedToDevice, moved)
         stats.count(.bytesToDevice, copied * Int(pageSize))
         chargeCopy(copied)
         return moved
+    }
+
+    /// Pages of [start, end) not in this device's memory now (a snapshot: nothing faulted).
+    /// Return: the whole range's page count if the snapshot fails. Locking: none held.
+    func pagesNotLocal(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> Int {
+        space.mm.mmapLock.assertNotHeld()
+        let all = Int((end - start) >> pageShift)
+        var range = HMMRange(notifier: space.notifier, notifierSeq: space.notifier.readBegin(), start: start, end: end,
+                             devPrivateOwner: self)
+        space.mm.mmapLock.lockRead(); defer { space.mm.mmapLock.unlockRead() }
+        guard (try? space.mm.hmmRangeFault(&range)) != nil else { return all }
+        return range.hmmPfns.reduce(0) { $0 + (HMMPfn.isValid($1) && isLocal(HMMPfn.pfn($1)) ? 0 : 1) }
     }
 
     /// Migrates this device's pages in [start, end) of `space` back to system memory (a write
@@ -112,6 +126,6 @@ extension SVMDevice {
     /// Adds the link time of copying `pages` pages to the fault thread's clock.
     func chargeCopy(_ pages: Int) {
         guard pages > 0 else { return }
-        faultClock.advance(to: faultClock.now + costs.copyNs(pages * Int(pageSize)))
+        faultClock.advance(by: costs.copyNs(pages * Int(pageSize)))
     }
 }

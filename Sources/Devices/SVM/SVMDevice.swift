@@ -43,6 +43,8 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
     @exclusivity(unchecked) var useTick: UInt64 = 0
     /// Locking: `lock`.
     @exclusivity(unchecked) var spaces: [SVMSpace] = []
+    /// Kernels running now. Locking: `lock`.
+    @exclusivity(unchecked) private var active: [ObjectIdentifier: SVMLaunch] = [:]
     @exclusivity(unchecked) private var policyStorage: SVMPolicy
     public let stats = SVMStats()
     let faults = SVMFaultBuffer(capacity: 4096)
@@ -76,8 +78,7 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         do {
             pagemap = try machine.memory.registerDeviceMemory(kind: .devicePrivate, pageCount: pfnSpace, owner: self, ops: self)
         } catch {
-            munmap(a, arenaBytes)
-            throw error
+            throw error // deinit unmaps the arena (every stored property is set by now)
         }
         allocated = [Bool](repeating: false, count: capacityPages)
         freePfns = (0..<UInt64(capacityPages)).reversed().map { pagemap.startPfn + $0 }
@@ -166,6 +167,7 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         stats.count(.cpuFaultsBack, n)
         stats.count(.migratedToSystem, n)
         stats.count(.bytesToSystem, n * Int(pageSize))
+        chargeCopy(n)
         return .ok
     }
 
@@ -190,14 +192,28 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         return true
     }
 
+    /// A kernel starts (`retire` when its last engine ends). Locking: takes `lock`.
+    func admit(_ l: SVMLaunch) {
+        lock.assertNotHeld()
+        lock.withLock { active[ObjectIdentifier(l)] = l }
+    }
+    func retire(_ l: SVMLaunch) {
+        lock.assertNotHeld()
+        lock.withLock { active[ObjectIdentifier(l)] = nil }
+    }
+
     // MARK: shutdown
 
-    /// Removes the device (driver unbind): the fault thread stops, every space is unbound, and
-    /// every page still in device memory is evicted to system memory with its bytes.
+    /// Removes the device (driver unbind): running kernels are cancelled (ENODEV) and waited
+    /// for, the fault thread stops, every space is unbound, and every page still in device
+    /// memory is evicted to system memory with its bytes.
     /// Errors: EBUSY if a page could not be evicted (the device stays registered).
-    /// Locking: none held; no kernel may be running.
+    /// Locking: none held; no kernel may be launched meanwhile.
     public func shutdown() throws(Errno) {
         lock.assertNotHeld()
+        let running = lock.withLock { Array(active.values) }
+        for l in running { l.cancel(SVMFatalFault(address: 0, access: .read, errno: .ENODEV)) }
+        for l in running { l.joinEngines() }
         faults.stop()
         faultThread?.join()
         faultThread = nil

@@ -119,22 +119,35 @@ public final class SVMLaunch: @unchecked Sendable {
     private var fatalStorage: SVMFatalFault? = nil
     private let cancelled = AtomicCounter(0)
     @exclusivity(unchecked) private(set) var engines: [SVMEngine] = []
+    /// Locking: `lock`.
     private var threads: [ModelThread] = []
+    /// Engines still running; the last one out completes `done`.
+    private let running: AtomicCounter
+    private let done = Completion()
     let startVirtual: UInt64
     let startWall: UInt64
-    private var endWall: UInt64 = 0
+    /// Set by the last engine, before `done` completes.
+    @exclusivity(unchecked) private var endWall: UInt64 = 0
 
     init(kernel: SVMKernel, space: SVMSpace, engines n: Int) {
         self.kernel = kernel
         device = space.device
         startVirtual = space.device.faultClock.now
         startWall = monotonicNanoseconds()
+        running = AtomicCounter(n)
         engines = (0..<n).map { SVMEngine(index: $0, count: n, space: space, launch: self, start: startVirtual) }
-        threads = engines.map { e in
+        device.admit(self)
+        let spawned = engines.map { e in
             ModelThread.spawn(name: "svm-engine-\(e.index)") { [kernel] in
                 do throws(SVMFatalFault) { try kernel.body(e) } catch { self.cancel(error) }
+                if self.running.add(-1) == 0 {
+                    self.endWall = monotonicNanoseconds()
+                    self.device.retire(self)
+                    self.done.complete()
+                }
             }
         }
+        lock.withLock { threads = spawned }
     }
 
     /// The fatal fault that cancelled this kernel, if one did.
@@ -159,14 +172,20 @@ public final class SVMLaunch: @unchecked Sendable {
     /// Return: the run's virtual and wall time.
     @discardableResult
     public func wait() throws(SVMFatalFault) -> SVMRunTime {
-        for t in threads { t.join() }
-        threads = []
-        if endWall == 0 { endWall = monotonicNanoseconds() }
+        joinEngines()
         if let f = fatal { throw f }
         return time
     }
 
-    /// Virtual time: from launch to the last engine's end. Wall time: launch to `wait`'s end.
+    /// Waits until every engine has finished (any number of callers).
+    func joinEngines() {
+        done.wait()
+        let ts = lock.withLock { () -> [ModelThread] in let t = threads; threads = []; return t }
+        for t in ts { t.join() }
+    }
+
+    /// Virtual time: from launch to the last engine's end. Wall time: launch to the last
+    /// engine's end. Read after `wait`.
     public var time: SVMRunTime {
         let end = engines.map(\.virtualNanoseconds).max() ?? startVirtual
         return SVMRunTime(virtualNanoseconds: end - startVirtual, wallNanoseconds: endWall &- startWall)

@@ -10,8 +10,8 @@ public protocol SVMPolicy: AnyObject, Sendable {
     func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>?
 }
 
-/// Migrate on first touch: every faulting page moves into device memory (nouveau's default,
-/// and UVM's without hints).
+/// Migrate on first touch: every faulting page moves into device memory (UVM's default without
+/// hints; nouveau instead maps system memory and migrates only on an explicit bind).
 public final class SVMFirstTouchPolicy: SVMPolicy {
     public let name = "first-touch"
     public init() {}
@@ -19,7 +19,7 @@ public final class SVMFirstTouchPolicy: SVMPolicy {
 }
 
 /// Map remotely, never migrate: the device reads and writes system memory over the link
-/// (UVM's `SetAccessedBy` / preferred location CPU).
+/// (nouveau's fault path; UVM with the preferred location set to the CPU).
 public final class SVMRemoteMapPolicy: SVMPolicy {
     public let name = "remote-map"
     public init() {}

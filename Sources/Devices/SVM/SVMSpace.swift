@@ -55,7 +55,7 @@ public final class SVMSpace: @unchecked Sendable {
         lock.unlock()
         if dropped > 0 {
             device.stats.count(.invalidations)
-            device.faultClock.advance(to: device.faultClock.now + device.costs.tlbInvalidateNs)
+            device.faultClock.advance(by: device.costs.tlbInvalidateNs)
         }
         return true
     }
@@ -81,10 +81,11 @@ public final class SVMSpace: @unchecked Sendable {
     /// Entries that point into the device's own memory.
     public var localPages: Int { lock.withLock { table.values.reduce(0) { $0 + ($1.local ? 1 : 0) } } }
 
-    /// Stops mirroring: the notifier goes, and with it every entry.
+    /// Stops mirroring: every entry goes, then the notifier (no engine or fault thread may
+    /// run: the device has stopped them).
     func unbind() {
-        mm.notifiers.remove(notifier)
         lock.withLock { table.removeAll() }
+        mm.notifiers.remove(notifier)
     }
 
     /// Every device entry agrees with the CPU's page table: a local entry's address holds a
