@@ -463,3 +463,81 @@ double nb_swapcontext_ns(long switches) {
     swapcontext(&nb_uc_main, &nb_uc_other); // let the body return (uc_link)
     return t * 1e9 / (double)(switches / 2 * 2);
 }
+
+/* The SVM device's fault protocol without page tables: clients post a page number to a queue
+   and sleep until the server has serviced their ticket; the server drains the queue in
+   batches of up to 256, copies 4 KiB per distinct request (a migration's copy) and wakes
+   every client. Same locks, condition variables and batching as the device's buffer. */
+struct nb_fault_queue {
+    pthread_mutex_t lock;
+    pthread_cond_t posted, served;
+    long q[4096];
+    long head, tail, served_ticket, faults, stop;
+    char *src, *dst;
+};
+
+struct nb_fault_client { struct nb_fault_queue *fq; long first, count, stride; };
+
+static void *nb_fault_client_run(void *p) {
+    struct nb_fault_client *c = p;
+    struct nb_fault_queue *fq = c->fq;
+    for (long i = 0; i < c->count; i++) {
+        pthread_mutex_lock(&fq->lock);
+        while (fq->tail - fq->head >= 4096) pthread_cond_wait(&fq->served, &fq->lock);
+        long ticket = fq->tail;
+        fq->q[fq->tail++ % 4096] = c->first + i * c->stride;
+        pthread_cond_signal(&fq->posted);
+        while (fq->served_ticket <= ticket) pthread_cond_wait(&fq->served, &fq->lock);
+        pthread_mutex_unlock(&fq->lock);
+    }
+    return NULL;
+}
+
+static void *nb_fault_server_run(void *p) {
+    struct nb_fault_queue *fq = p;
+    long batch[256];
+    for (;;) {
+        pthread_mutex_lock(&fq->lock);
+        while (fq->head == fq->tail && !fq->stop) pthread_cond_wait(&fq->posted, &fq->lock);
+        if (fq->head == fq->tail && fq->stop) { pthread_mutex_unlock(&fq->lock); return NULL; }
+        long n = 0, end = fq->tail;
+        while (fq->head < end && n < 256) batch[n++] = fq->q[fq->head++ % 4096];
+        long through = fq->head;
+        pthread_mutex_unlock(&fq->lock);
+        for (long i = 0; i < n; i++) {
+            long page = batch[i];
+            memcpy(fq->dst + (page << 12), fq->src + (page << 12), 4096);
+        }
+        pthread_mutex_lock(&fq->lock);
+        fq->served_ticket = through;
+        fq->faults += n;
+        pthread_cond_broadcast(&fq->served);
+        pthread_mutex_unlock(&fq->lock);
+    }
+}
+
+double nb_fault_service_ns(long pages, int clients) {
+    if (pages <= 0 || clients < 1 || clients > 16) return -1;
+    struct nb_fault_queue *fq = calloc(1, sizeof *fq);
+    if (!fq) return -1;
+    fq->src = malloc((size_t)pages << 12); fq->dst = malloc((size_t)pages << 12);
+    if (!fq->src || !fq->dst) { free(fq->src); free(fq->dst); free(fq); return -1; }
+    memset(fq->src, 1, (size_t)pages << 12); memset(fq->dst, 2, (size_t)pages << 12);
+    pthread_mutex_init(&fq->lock, NULL); pthread_cond_init(&fq->posted, NULL); pthread_cond_init(&fq->served, NULL);
+    pthread_t server, tids[16];
+    struct nb_fault_client cs[16];
+    double t0 = nb_now();
+    pthread_create(&server, NULL, nb_fault_server_run, fq);
+    for (int i = 0; i < clients; i++) {
+        cs[i] = (struct nb_fault_client){ fq, i, (pages - i + clients - 1) / clients, clients };
+        pthread_create(&tids[i], NULL, nb_fault_client_run, &cs[i]);
+    }
+    for (int i = 0; i < clients; i++) pthread_join(tids[i], NULL);
+    double t = nb_now() - t0;
+    pthread_mutex_lock(&fq->lock); fq->stop = 1; pthread_cond_signal(&fq->posted); pthread_mutex_unlock(&fq->lock);
+    pthread_join(server, NULL);
+    double ns = t / (double)fq->faults * 1e9;
+    pthread_mutex_destroy(&fq->lock); pthread_cond_destroy(&fq->posted); pthread_cond_destroy(&fq->served);
+    free(fq->src); free(fq->dst); free(fq);
+    return ns;
+}

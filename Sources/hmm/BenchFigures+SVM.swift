@@ -5,15 +5,16 @@ import NativeBaselines
 
 extension BenchSuite {
     /// The SVM device's figures (issue 16): how fast its fault path services faults, in wall
-    /// time, against the host kernel's own page fault; and the policy comparisons the issue
-    /// asks for, in virtual time (the device's cost table), so they do not move with the
-    /// machine's load.
+    /// time, against the same protocol in C; and the policy comparisons the issue asks for, in
+    /// virtual time (the device's cost table), so they do not move with the machine's load.
     func svmFigures() throws -> [BenchRow] {
         let pages = quick ? 512 : 4096
         // Fault service: 4 engines read one word of every page of a populated region, under
         // first touch: each distinct fault is a migration of one page into device memory and
-        // its mapping. Wall ns per serviced fault.
-        let (service, host) = try measurePair(reps, { () throws -> Double in
+        // its mapping. Against its limit: the same protocol in C (4 clients, a locked queue,
+        // batches of up to 256, a 4 KiB copy each, the wake-ups), measured in alternation.
+        // Faults serviced per wall second.
+        let (service, limit) = try measurePair(reps, { () throws -> Double in
             let m = try Machine(memoryBytes: UInt64(pages) * pageSize * 2 + (64 << 20), devicePfnSpaceBytes: 1 << 30, populateRAM: true)
             let p = try MMCore.Process(machine: m)
             let cpu = p.makeCPU()
@@ -27,12 +28,11 @@ extension BenchSuite {
             guard d.stats[.migratedToDevice] == pages, serviced >= pages else {
                 throw BenchError(description: "SVM touch migrated \(d.stats[.migratedToDevice]) of \(pages) pages in \(serviced) faults")
             }
-            return t / Double(serviced) * 1e9
+            return Double(serviced) / t
         }, { () throws -> Double in
-            let bytes = UInt64(pages) * pageSize * 16
-            let t = nb_host_anon_fault(Int(bytes))
-            guard t >= 0 else { throw BenchError(description: "host mmap failed") }
-            return t / Double(bytes / pageSize) * 1e9
+            let ns = nb_fault_service_ns(pages, 4)
+            guard ns > 0 else { throw BenchError(description: "the C fault protocol failed") }
+            return 1e9 / ns
         })
         // Policies, virtual time: the stream under density prefetch vs first touch; ping-pong
         // under remote mapping vs first touch. Each run checks every word.
@@ -50,8 +50,8 @@ extension BenchSuite {
         let (remote, migrate) = try measurePair(max(1, reps / 2), { try virtualMs(.pingpong, "remote-map") },
                                                 { try virtualMs(.pingpong, "first-touch") })
         return [
-            BenchRow(name: "SVM fault service (first-touch migration of one page) vs host anonymous fault", unit: "ns/fault",
-                     value: service.median, baseline: host.median, spread: (service.min, service.max), kind: .time, target: 10),
+            BenchRow(name: "SVM faults serviced (first-touch, 4 engines) vs the fault protocol in C", unit: "faults/s",
+                     value: service.median, baseline: limit.median, spread: (service.min, service.max), kind: .rate, target: 0.33),
             BenchRow(name: "SVM stream of \(label), density prefetch vs first touch (virtual time)", unit: "ms",
                      value: prefetch.median, baseline: firstTouch.median, spread: (prefetch.min, prefetch.max), kind: .time, target: 1),
             BenchRow(name: "SVM ping-pong of \(label) x4, remote map vs first touch (virtual time)", unit: "ms",

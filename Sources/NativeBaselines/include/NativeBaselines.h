@@ -54,6 +54,11 @@ double nb_zero_fill(size_t bytes, int threads);
 /// Nanoseconds per switch of two contexts of one thread handing over to each other with
 /// swapcontext (a user-level scheduler's hand-off), over `switches` switches; -1 on error.
 double nb_swapcontext_ns(long switches);
+/// The SVM device's fault protocol with nothing else (its limit): `clients` threads each post
+/// a page number to a locked queue and sleep until a server thread has drained it (batches of
+/// up to 256), copied 4 KiB per request and woken them; `pages` requests in all (one per page,
+/// client i taking pages i, i + clients, …). Wall nanoseconds per request; -1 on error.
+double nb_fault_service_ns(long pages, int clients);
 /// The monotonic clock in nanoseconds (the latency figures time each fault with it).
 uint64_t nb_ns(void);
 /// The host kernel's fault latencies: each page's first write (`cow`: after a fork, the
