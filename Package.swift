@@ -33,6 +33,8 @@ let package = Package(
         .target(name: "Conformance", dependencies: ["MMSync", "MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "Scenario", dependencies: ["MMSync", "MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "NativeBaselines"),
+        // Run reports: HTML with SVG plots, Chrome trace-event / Perfetto JSON (issue 16).
+        .target(name: "Report", dependencies: ["MMCore", "Devices"], swiftSettings: fast),
         // The real Linux 7.2 beside the model (issue 18): runs tools/kernel-oracle and compares.
         .target(name: "KernelOracle"),
         // The host kernel's side of the differential test (issue 9.9): plays system calls.
@@ -40,7 +42,7 @@ let package = Package(
         .executableTarget(
             name: "hmm",
             dependencies: [
-                "MMSync", "MMCore", "HMM", "Devices", "Conformance", "Scenario", "Explorer", "NativeBaselines", "KernelOracle",
+                "MMSync", "MMCore", "HMM", "Devices", "Conformance", "Scenario", "Explorer", "NativeBaselines", "KernelOracle", "Report",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fast),
@@ -49,7 +51,7 @@ let package = Package(
         .testTarget(name: "MMCoreTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices"]),
         .testTarget(name: "HMMTests", dependencies: ["MMCore", "MMSync", "HMM", "Devices", "Conformance"]),
         // `hmm` is a dependency so the tests that run it as a subprocess find it built.
-        .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore", "MMSync", "KernelOracle", "hmm"]),
+        .testTarget(name: "ScenarioTests", dependencies: ["Scenario", "Conformance", "MMCore", "MMSync", "KernelOracle", "Devices", "Report", "hmm"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,24 +1,74 @@
 import ArgumentParser
+import Devices
 import MMCore
 import MMSync
 
-/// `hmm demo`: a short built-in run that exercises the core mm and prints what happened.
+/// `hmm demo`: the showcase — workloads on the GPU-like SVM device under every policy, a
+/// table and a report (`--core`: the short built-in run of the core mm instead).
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a short built-in scenario (two CPU threads, mmap, fork, COW, mprotect, munmap) and print counters.")
+        abstract: "Run the SVM device showcase (workloads under every policy, a table, an HTML report and a Perfetto trace); --core runs the core-mm demo.",
+        discussion: """
+        The showcase runs each workload (default: stream and pingpong) on the GPU-like SVM \
+        device under each placement policy, checks every word against a reference model, \
+        prints the comparison table and writes REPORT-DIR/index.html (SVG plots: the policies \
+        compared, each run's timeline and device-memory residency) and a Chrome trace-event \
+        file (REPORT-DIR/trace.json, or --trace-out) that opens in ui.perfetto.dev. \
+        With --core: two CPU threads, mmap, fork, COW, mprotect, munmap, and counters.
+        """)
+
+    @Flag(help: "Run the core-mm demo (two CPU threads, mmap, fork, COW, mprotect, munmap) instead of the SVM showcase.")
+    var core = false
 
     @Option(name: .customLong("memory-mib"), help: "Machine memory in MiB (16...16384).")
-    var memoryMiB: UInt64 = 64
+    var memoryMiB: UInt64 = 256
 
-    @Option(help: "Pages in the demo region (1...4096).")
-    var pages: Int = 256
+    @Option(help: "Pages in the demo region (1...4096 with --core, default 256; 2...65536 for the showcase, default 2048).")
+    var pages: Int?
+
+    @Option(help: "Showcase workloads, comma-separated: \(SVMWorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")), or all.")
+    var workloads: String = "stream,pingpong"
+
+    @Option(name: .customLong("device-mib"), help: "Showcase device memory in MiB, an even number (2...1024).")
+    var deviceMiB: UInt64 = 64
+
+    @Option(name: .customLong("report-dir"), help: "Where the showcase writes index.html and trace.json.")
+    var reportDir: String = "hmm-report"
+
+    @Option(name: .customLong("trace-out"), help: "Write the Chrome trace-event JSON here instead of REPORT-DIR/trace.json.")
+    var traceOut: String?
+
+    var kinds: [SVMWorkloadKind] {
+        workloads == "all" ? SVMWorkloadKind.allCases : workloads.split(separator: ",").compactMap { SVMWorkloadKind(rawValue: String($0)) }
+    }
 
     func validate() throws {
         guard (16...16384).contains(memoryMiB) else { throw ValidationError("--memory-mib must be between 16 and 16384") }
-        guard (1...4096).contains(pages) else { throw ValidationError("--pages must be between 1 and 4096") }
+        if core {
+            guard (1...4096).contains(pages ?? 256) else { throw ValidationError("--pages must be between 1 and 4096") }
+        } else {
+            guard (2...65536).contains(pages ?? 2048) else { throw ValidationError("--pages must be between 2 and 65536") }
+            guard (2...1024).contains(deviceMiB), deviceMiB % 2 == 0 else { throw ValidationError("--device-mib must be an even number between 2 and 1024") }
+            let names = workloads.split(separator: ",")
+            guard workloads == "all" || (!names.isEmpty && kinds.count == names.count) else {
+                throw ValidationError("--workloads: each must be one of \(SVMWorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")), or all")
+            }
+            guard !reportDir.isEmpty else { throw ValidationError("--report-dir must not be empty") }
+        }
     }
 
     func run() throws {
+        if !core {
+            let showcase = SVMShowcase(workloads: kinds, pages: pages ?? 2048, deviceMiB: deviceMiB, machineMiB: memoryMiB,
+                                       reportDir: reportDir, traceOut: traceOut)
+            do {
+                if try !showcase.run() { throw ExitCode(1) }
+            } catch let e as Errno {
+                throw DemoError(description: "the showcase failed with \(e.name) (\(e.message)): try a larger --memory-mib")
+            }
+            return
+        }
+        let pages = self.pages ?? 256
         do {
             let report = try DemoRun(memoryMiB: memoryMiB, pages: pages).run()
             print(report, terminator: "")

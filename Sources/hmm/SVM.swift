@@ -44,44 +44,19 @@ struct SVM: ParsableCommand {
         let kinds = workload == "all" ? SVMWorkloadKind.allCases : [SVMWorkloadKind(rawValue: workload)!]
         let policies = policy == "all" ? SVMRunner.policyNames : [policy]
         print("\(pages) pages (\(pages * 4 / 1024) MiB) on a \(deviceMiB) MiB device, \(engines) engines, \(machineMiB) MiB of RAM")
-        let head = ["workload", "policy", "faults", "batches", "dups", "to dev", "to sys", "MiB moved", "evictions", "remote", "excl",
-                    "virtual ms", "wall ms", "data"]
-        var rows: [[String]] = []
-        var bad = false
+        var results: [SVMRunResult] = []
         for k in kinds {
             for p in policies {
-                let r: SVMRunResult
                 do {
-                    r = try SVMRunner.run(k, policy: SVMRunner.policy(named: p)!, pages: pages, engines: engines, rounds: rounds,
-                                          machineMiB: machineMiB, deviceMiB: deviceMiB)
+                    results.append(try SVMRunner.run(k, policy: SVMRunner.policy(named: p)!, pages: pages, engines: engines, rounds: rounds,
+                                                     machineMiB: machineMiB, deviceMiB: deviceMiB))
                 } catch let e as Errno {
                     throw ValidationError("\(k.rawValue) under \(p) failed with \(e.name) (\(e.message)): try a larger --machine-mib")
                 }
-                let ok = r.mismatches == 0 && r.invariantProblems.isEmpty
-                bad = bad || !ok
-                let moved = Double(r.counter("bytes_to_device") + r.counter("bytes_to_system")) / Double(1 << 20)
-                var row = [k.rawValue, p]
-                for name in ["faults", "batches", "duplicates", "migrated_to_device", "migrated_to_system"] { row.append(String(r.counter(name))) }
-                row.append(fmt(moved))
-                for name in ["evictions", "remote_maps", "exclusive_grabs"] { row.append(String(r.counter(name))) }
-                row.append(fmt(Double(r.virtualNanoseconds) / 1e6))
-                row.append(fmt(Double(r.wallNanoseconds) / 1e6))
-                row.append(ok ? "ok" : "WRONG: \(r.mismatches) words, \(r.invariantProblems.prefix(2))")
-                rows.append(row)
             }
         }
-        let widths = head.indices.map { c in ([head[c]] + rows.map { $0[c] }).map(\.count).max()! }
-        func line(_ cells: [String]) -> String {
-            var parts: [String] = []
-            for c in cells.indices {
-                let pad = String(repeating: " ", count: widths[c] - cells[c].count)
-                let leftAligned = c < 2 || c == cells.count - 1
-                parts.append(leftAligned ? cells[c] + pad : pad + cells[c])
-            }
-            return parts.joined(separator: "  ")
-        }
-        print(line(head))
-        for r in rows { print(line(r)) }
+        print(SVMTable.text(results), terminator: "")
+        let bad = !results.allSatisfy { $0.mismatches == 0 && $0.invariantProblems.isEmpty }
         if bad { throw ExitCode(1) }
     }
 }

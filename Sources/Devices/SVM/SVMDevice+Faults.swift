@@ -31,6 +31,7 @@ extension SVMDevice {
     /// permission) cancels the kernels whose engines faulted in it. (Virtual time follows the
     /// batches as they formed: how many faults met in one depends on the engines' timing.)
     func serviceBatch(_ batch: [SVMFault]) {
+        let wall0 = monotonicNanoseconds()
         stats.count(.batches)
         stats.count(.faults, batch.count)
         struct Key: Hashable { let space: ObjectIdentifier; let page: UInt64 }
@@ -74,6 +75,8 @@ extension SVMDevice {
             replayed.insert(ObjectIdentifier(f.engine))
         }
         stats.count(.replays, replayed.count)
+        trace?.record(.batch(faults: batch.count, serviced: pending.count, wallNs: monotonicNanoseconds() &- wall0), virtual: resume,
+                      wall: wall0)
         replayQueue.wakeAll()
     }
 

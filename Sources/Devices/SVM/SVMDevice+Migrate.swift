@@ -36,7 +36,10 @@ extension SVMDevice {
         let moved = m.migratedCount
         // Bytes over the link: only the copies of pages that did move.
         let copied = withData.reduce(0) { $0 + (m.src[$1] & MigratePfn.migrate != 0 ? 1 : 0) }
+        let movedAt = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }
+        lock.withLock { for i in movedAt { pageAddress[Int(MigratePfn.pfn(m.dst[i])! - pagemap.startPfn)] = m.start + UInt64(i) << pageShift } }
         m.finalize()
+        trace?.record(.toDevice(addresses: movedAt.map { m.start + UInt64($0) << pageShift }), virtual: faultClock.now)
         stats.count(.migratedToDevice, moved)
         stats.count(.bytesToDevice, copied * Int(pageSize))
         chargeCopy(copied)
@@ -69,7 +72,9 @@ extension SVMDevice {
         guard copyBackToSystem(m) else { m.finalize(); return 0 }
         m.pages()
         let moved = m.migratedCount
+        let movedAt = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }
         m.finalize()
+        trace?.record(.toSystem(addresses: movedAt.map { m.start + UInt64($0) << pageShift }, cause: .copyOnWrite), virtual: faultClock.now)
         stats.count(.migratedToSystem, moved)
         stats.count(.bytesToSystem, moved * Int(pageSize))
         chargeCopy(moved)
@@ -115,7 +120,12 @@ extension SVMDevice {
             dst[i] = MigratePfn.make(page.pfn)
         }
         machine.migrateDevicePages(&src, dst)
-        let moved = src.indices.reduce(0) { $0 + (src[$1] & MigratePfn.migrate != 0 && dst[$1] != 0 ? 1 : 0) }
+        let movedAt = src.indices.filter { src[$0] & MigratePfn.migrate != 0 && dst[$0] != 0 }
+        let moved = movedAt.count
+        if let trace {
+            let addresses = lock.withLock { movedAt.map { pageAddress[Int(pfns[$0] - pagemap.startPfn)] } }
+            trace.record(.toSystem(addresses: addresses, cause: .eviction), virtual: faultClock.now)
+        }
         machine.migrateDeviceFinalize(src, dst)
         stats.count(.migratedToSystem, moved)
         stats.count(.bytesToSystem, moved * Int(pageSize))

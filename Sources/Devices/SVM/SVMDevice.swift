@@ -47,6 +47,11 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
     @exclusivity(unchecked) private var active: [ObjectIdentifier: SVMLaunch] = [:]
     @exclusivity(unchecked) private var policyStorage: SVMPolicy
     public let stats = SVMStats()
+    /// The event log, if tracing was asked for at creation.
+    public let trace: SVMTrace?
+    /// Per page of the pagemap: the virtual address it was migrated for (for the trace's
+    /// eviction events). Locking: `lock`.
+    @exclusivity(unchecked) var pageAddress: [UInt64]
     let faults = SVMFaultBuffer(capacity: 4096)
     /// Woken after every batch: engines wait here for their replay.
     let replayQueue = WaitQueue()
@@ -60,11 +65,12 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
     /// Errors: EINVAL for a capacity that is zero or not whole chunks; ENOMEM/ENOSPC when the
     /// memory or its pfn space cannot be had.
     public init(machine: Machine, capacityBytes: UInt64 = 256 << 20, policy: SVMPolicy = SVMFirstTouchPolicy(),
-                costs: SVMCosts = SVMCosts()) throws(Errno) {
+                costs: SVMCosts = SVMCosts(), trace: SVMTrace? = nil) throws(Errno) {
         let chunkBytes = UInt64(SVMDevice.chunkPages) << pageShift
         guard capacityBytes > 0, capacityBytes % chunkBytes == 0 else { throw .EINVAL }
         self.machine = machine
         self.costs = costs
+        self.trace = trace
         self.policyStorage = policy
         capacityPages = Int(capacityBytes >> pageShift)
         arenaBytes = Int(capacityBytes)
@@ -72,6 +78,7 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
               a != MAP_FAILED else { throw .ENOMEM }
         arena = a
         allocated = []
+        pageAddress = []
         chunkLastUse = [UInt64](repeating: 0, count: capacityPages / SVMDevice.chunkPages)
         let pfnSpace = (UInt64(capacityPages) + PhysicalMemory.deviceChunkPages - 1) / PhysicalMemory.deviceChunkPages
             * PhysicalMemory.deviceChunkPages
@@ -81,6 +88,7 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
             throw error // deinit unmaps the arena (every stored property is set by now)
         }
         allocated = [Bool](repeating: false, count: capacityPages)
+        pageAddress = [UInt64](repeating: 0, count: capacityPages)
         freePfns = (0..<UInt64(capacityPages)).reversed().map { pagemap.startPfn + $0 }
         faultThread = ModelThread.spawn(name: "svm-faults") { [self] in faultLoop() }
     }
@@ -164,6 +172,7 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         m.pages()
         let n = m.migratedCount
         m.finalize()
+        trace?.record(.toSystem(addresses: n > 0 ? [start] : [], cause: .cpuFault), virtual: faultClock.now)
         stats.count(.cpuFaultsBack, n)
         stats.count(.migratedToSystem, n)
         stats.count(.bytesToSystem, n * Int(pageSize))

@@ -103,9 +103,11 @@ public final class SVMEngine: @unchecked Sendable {
             faultsRaised += 1
             let mine = ticket
             let f = SVMFault(space: space, address: page, access: kind, engine: self, ticket: mine, time: virtualNanoseconds)
+            device.trace?.record(.fault(engine: index, address: page, access: kind), virtual: virtualNanoseconds)
             guard device.faults.push(f) else { throw SVMFatalFault(address: address, access: kind, errno: .ENODEV) }
             device.replayQueue.wait { UInt64(replayed.load()) >= mine || launch.fatal != nil }
             virtualNanoseconds = max(virtualNanoseconds, UInt64(resumeAt.load()))
+            device.trace?.record(.replay(engine: index), virtual: virtualNanoseconds)
         }
     }
 }
@@ -139,7 +141,9 @@ public final class SVMLaunch: @unchecked Sendable {
         device.admit(self)
         let spawned = engines.map { e in
             ModelThread.spawn(name: "svm-engine-\(e.index)") { [kernel] in
+                self.device.trace?.record(.kernelStart(engine: e.index, name: kernel.name), virtual: e.virtualNanoseconds)
                 do throws(SVMFatalFault) { try kernel.body(e) } catch { self.cancel(error) }
+                self.device.trace?.record(.kernelEnd(engine: e.index), virtual: e.virtualNanoseconds)
                 if self.running.add(-1) == 0 {
                     self.endWall = monotonicNanoseconds()
                     self.device.retire(self)

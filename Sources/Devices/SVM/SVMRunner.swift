@@ -27,6 +27,9 @@ public struct SVMRunResult: Sendable {
     public let virtualNanoseconds: UInt64
     public let wallNanoseconds: UInt64
     public let invariantProblems: [String]
+    /// The working set's first address, and the device's event log if tracing was on.
+    public let base: UInt64
+    public let trace: SVMTrace?
     public func counter(_ name: String) -> Int { counters.first { $0.0 == name }?.1 ?? 0 }
 }
 
@@ -36,12 +39,13 @@ public enum SVMRunner {
     /// word, the device's page table against the CPU's, and the machine's invariants.
     /// Errors: EINVAL for sizes out of range; ENOMEM when the machine is too small.
     public static func run(_ kind: SVMWorkloadKind, policy: SVMPolicy, pages: Int, engines: Int = 4, rounds: Int = 4,
-                           machineMiB: UInt64 = 256, deviceMiB: UInt64 = 64, costs: SVMCosts = SVMCosts()) throws -> SVMRunResult {
+                           machineMiB: UInt64 = 256, deviceMiB: UInt64 = 64, costs: SVMCosts = SVMCosts(),
+                           trace: SVMTrace? = nil) throws -> SVMRunResult {
         guard pages > 0, engines > 0, engines <= 64, rounds > 0 else { throw Errno.EINVAL }
         let machine = try Machine(memoryBytes: machineMiB << 20, devicePfnSpaceBytes: max(deviceMiB, 256) << 21)
         let process = try MMCore.Process(machine: machine)
         let cpu = process.makeCPU()
-        let device = try SVMDevice(machine: machine, capacityBytes: deviceMiB << 20, policy: policy, costs: costs)
+        let device = try SVMDevice(machine: machine, capacityBytes: deviceMiB << 20, policy: policy, costs: costs, trace: trace)
         defer { try? device.shutdown(); cpu.detach(); process.exit() }
         let space = try device.bind(process.mm)
         let a = try process.mmap(length: UInt64(pages) * pageSize, prot: .readWrite, flags: [.private, .anonymous])
@@ -91,10 +95,11 @@ public enum SVMRunner {
         let wall = monotonicNanoseconds() - wall0
         let problems = space.checkInvariants() + machine.checkInvariants()
         let counters = device.stats.snapshot // before the check's CPU reads bring pages back
+        trace?.stop()
         var mismatches = 0
         for i in 0..<words where try cpu.load(word(i), as: UInt64.self) != expected(i) { mismatches += 1 }
         return SVMRunResult(workload: kind, policy: policy.name, pages: pages, mismatches: mismatches, counters: counters,
-                            virtualNanoseconds: virtual, wallNanoseconds: wall, invariantProblems: problems)
+                            virtualNanoseconds: virtual, wallNanoseconds: wall, invariantProblems: problems, base: a, trace: trace)
     }
 
     /// The built-in policies by name.

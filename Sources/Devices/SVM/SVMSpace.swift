@@ -54,6 +54,7 @@ public final class SVMSpace: @unchecked Sendable {
         let dropped = dropEntries(range.start, range.end)
         lock.unlock()
         if dropped > 0 {
+            device.trace?.record(.invalidate(start: range.start, end: range.end), virtual: device.faultClock.now)
             device.stats.count(.invalidations)
             device.faultClock.advance(by: device.costs.tlbInvalidateNs)
         }
