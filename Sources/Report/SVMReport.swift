@@ -147,8 +147,7 @@ public enum SVMReport {
             }
             s += "\n"
         }
-        s += "<text x=\"\(left)\" y=\"\(height - 6)\" font-size=\"11\" fill=\"#666\">0</text>"
-        s += "<text x=\"\(width - 10)\" y=\"\(height - 6)\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">\(ms(UInt64(tMax))) ms virtual</text>\n"
+        s += timeAxis(left: left, width: width, height: height, end: UInt64(tMax))
         s += "<text x=\"\(width / 2)\" y=\"\(height - 6)\" font-size=\"11\" fill=\"#666\" text-anchor=\"middle\">grey: an engine stalled on its faults (red: faults raised); green: batches serviced; pages migrated each way (log scale)</text>\n"
         return s + "</svg>\n"
     }
@@ -198,11 +197,15 @@ public enum SVMReport {
             }
             s += "\n"
         }
-        s += "<text x=\"\(left)\" y=\"\(height - 6)\" font-size=\"11\" fill=\"#666\">0</text>"
-        s += "<text x=\"\(width - 10)\" y=\"\(height - 6)\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">\(ms(tMax)) ms virtual</text>\n"
+        s += timeAxis(left: left, width: width, height: height, end: tMax)
         return s + "</svg>\n"
     }
 
+    /// The ends of a plot's virtual-time axis, under it.
+    static func timeAxis(left: Int, width: Int, height: Int, end: UInt64) -> String {
+        "<text x=\"\(left)\" y=\"\(height - 6)\" font-size=\"11\" fill=\"#666\">0</text>"
+            + "<text x=\"\(width - 10)\" y=\"\(height - 6)\" font-size=\"11\" fill=\"#666\" text-anchor=\"end\">\(ms(end)) ms virtual</text>\n"
+    }
     static func label(_ t: String, y: Int) -> String { "<text x=\"4\" y=\"\(y)\" font-size=\"11\">\(esc(t))</text>\n" }
     public static func ms(_ ns: UInt64) -> String { f(Double(ns) / 1e6) }
     static func f(_ v: Double) -> String {

@@ -1,3 +1,4 @@
+import Conformance
 import Devices
 
 /// A Chrome trace-event file (the JSON that ui.perfetto.dev and chrome://tracing open) of SVM
@@ -49,16 +50,6 @@ public enum TraceEvents {
         }
     }
 
-    static func escape(_ s: String) -> String {
-        var r = ""
-        for c in s.unicodeScalars {
-            switch c {
-            case "\"": r += "\\\""
-            case "\\": r += "\\\\"
-            case "<": r += "\\u003c"
-            default: if c.value < 0x20 { r += "\\u" + String(repeating: "0", count: 4 - String(c.value, radix: 16).count) + String(c.value, radix: 16) } else { r.unicodeScalars.append(c) }
-            }
-        }
-        return r
-    }
+    /// A JSON string's text (Conformance's escaping, with `<` escaped too).
+    static func escape(_ s: String) -> String { jsonEscape(s).replacingOccurrences(of: "<", with: "\\u003c") }
 }

@@ -30,6 +30,22 @@ final class SVMTests: XCTestCase {
         func fill(_ a: UInt64, words: Int, seed: UInt64) throws {
             for i in 0..<words { try cpu.store(a + UInt64(i) * 8, seed &+ UInt64(i)) }
         }
+        /// `pages` new pages filled with `seed + i` and a stream launched over them on 4 engines.
+        func startStream(pages: Int, seed: UInt64) throws -> (a: UInt64, words: Int, run: SVMLaunch) {
+            let a = try anon(pages), words = pages * 512
+            try fill(a, words: words, seed: seed)
+            return (a, words, try device.launch(SVMWorkload.stream(base: a, words: words), on: space, engines: 4))
+        }
+        /// Every word of [a, a + words × 8) is its old value (`seed + i`) or the stream's new one
+        /// (a kernel stopped part-way). Return: the number of words that are neither.
+        func wordsNeitherOldNorNew(_ a: UInt64, words: Int, seed: UInt64, cpu: CPU? = nil) throws -> Int {
+            var bad = 0
+            for i in 0..<words {
+                let got = try (cpu ?? self.cpu).load(a + UInt64(i) * 8, as: UInt64.self), old = seed &+ UInt64(i)
+                if got != old && got != SVMWorkload.stream(old) { bad += 1 }
+            }
+            return bad
+        }
         func finish(file: StaticString = #filePath, line: UInt = #line) throws {
             XCTAssertEqual(space.checkInvariants(), [], file: file, line: line)
             XCTAssertEqual(machine.checkInvariants(), [], file: file, line: line)
@@ -306,18 +322,12 @@ final class SVMTests: XCTestCase {
     func testMprotectWhileAKernelRuns() throws {
         for delayMicros in [0, 200, 2_000] {
             let env = try Env(policy: SVMFirstTouchPolicy())
-            let pages = 64, words = pages * 512
-            let a = try env.anon(pages)
-            try env.fill(a, words: words, seed: 5)
-            let run = try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4)
+            let (a, words, run) = try env.startStream(pages: 64, seed: 5)
             syncSleep(nanoseconds: UInt64(delayMicros) * 1000)
-            try env.process.mprotect(a, length: UInt64(pages) * pageSize, prot: .read)
+            try env.process.mprotect(a, length: UInt64(words / 512) * pageSize, prot: .read)
             do { try run.wait() } catch { XCTAssertEqual(error.errno, .EPERM, "\(error)") }
             XCTAssertEqual(env.space.checkInvariants(), [])
-            for i in 0..<words {
-                let got = try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self), old = 5 &+ UInt64(i)
-                if got != old && got != SVMWorkload.stream(old) { XCTFail("word \(i) = \(got)"); break }
-            }
+            XCTAssertEqual(try env.wordsNeitherOldNorNew(a, words: words, seed: 5), 0)
             try env.finish()
         }
     }
@@ -327,20 +337,15 @@ final class SVMTests: XCTestCase {
     /// with each word old or new (what it held when it forked), and both tables agree.
     func testForkWhileAKernelRuns() throws {
         let env = try Env(policy: SVMFirstTouchPolicy())
-        let pages = 64, words = pages * 512
-        let a = try env.anon(pages)
-        try env.fill(a, words: words, seed: 9)
-        let run = try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4)
+        let (a, words, run) = try env.startStream(pages: 64, seed: 9)
         syncSleep(nanoseconds: 300_000)
         let child = try env.process.fork()
         try run.wait()
         let ccpu = child.makeCPU()
-        for i in 0..<words {
-            let old = 9 &+ UInt64(i)
-            let p = try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self), c = try ccpu.load(a + UInt64(i) * 8, as: UInt64.self)
-            if p != SVMWorkload.stream(old) { XCTFail("parent word \(i) = \(p)"); break }
-            if c != old && c != SVMWorkload.stream(old) { XCTFail("child word \(i) = \(c)"); break }
+        for i in 0..<words where try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self) != SVMWorkload.stream(9 &+ UInt64(i)) {
+            XCTFail("parent word \(i)"); break
         }
+        XCTAssertEqual(try env.wordsNeitherOldNorNew(a, words: words, seed: 9, cpu: ccpu), 0)
         XCTAssertEqual(env.space.checkInvariants(), [])
         ccpu.detach()
         child.exit()
@@ -422,18 +427,12 @@ final class SVMTests: XCTestCase {
     /// finished), every word is old or new, the pages come back to system memory.
     func testShutdownWhileAKernelRuns() throws {
         let env = try Env(policy: SVMFirstTouchPolicy())
-        let pages = 256, words = pages * 512
-        let a = try env.anon(pages)
-        try env.fill(a, words: words, seed: 4)
-        let run = try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4)
+        let (a, words, run) = try env.startStream(pages: 256, seed: 4)
         syncSleep(nanoseconds: 1_000_000)
         try env.device.shutdown()
         do { try run.wait() } catch { XCTAssertEqual(error.errno, .ENODEV, "\(error)") }
         XCTAssertEqual(env.device.freePages, env.device.capacityPages)
-        for i in 0..<words {
-            let got = try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self), old = 4 &+ UInt64(i)
-            if got != old && got != SVMWorkload.stream(old) { XCTFail("word \(i) = \(got)"); break }
-        }
+        XCTAssertEqual(try env.wordsNeitherOldNorNew(a, words: words, seed: 4), 0)
         env.cpu.detach()
         env.process.exit()
         XCTAssertEqual(env.machine.checkInvariants(), [])
