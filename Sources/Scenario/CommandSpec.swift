@@ -1,10 +1,11 @@
+import Devices
 import MMCore
 
 /// What a command accepts: the one table that `hmm check` and the interpreter both read.
 struct CommandSpec {
     /// The kinds of names a script declares.
     enum Namespace: String, CaseIterable {
-        case process, device, file, buffer, gup
+        case process, device, file, buffer, gup, svm
         var created: String {
             switch self {
             case .process: return "a process created with 'process' or 'fork'"
@@ -12,6 +13,7 @@ struct CommandSpec {
             case .file: return "a file created with 'file'"
             case .buffer: return "a buffer created with 'buffer' or bound with '->'"
             case .gup: return "pages bound by 'gup'"
+            case .svm: return "an SVM device opened with 'svm_open'"
             }
         }
     }
@@ -119,6 +121,19 @@ struct CommandSpec {
             // Inspection.
             "vmas": CommandSpec(positionals: [], required: 0, keys: proc, expect: .counters(["count"])),
             "ptes": CommandSpec(positionals: [("an address", .expr), ("a page count", .expr)], required: 1, keys: proc, expect: .ptes),
+            // The GPU-like SVM device (docs/svm.md): open one on a process, run kernels on it.
+            "svm_open": CommandSpec(positionals: [], required: 0, keys: ["memory": .expr, "proc": .name(.process)],
+                                    flags: ScenarioInterpreter.svmPolicyFlags, bind: .required, binds: .svm, expect: .outcome),
+            "svm_policy": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1, flags: ScenarioInterpreter.svmPolicyFlags),
+            "svm_fill": CommandSpec(positionals: [("an SVM device", .name(.svm)), ("an address", .expr), ("a length", .expr), ("a pattern", .pattern)],
+                                    required: 4, keys: ["engines": .expr, "index": .expr], expect: .outcome),
+            "svm_check": CommandSpec(positionals: [("an SVM device", .name(.svm)), ("an address", .expr), ("a length", .expr), ("a pattern", .pattern)],
+                                     required: 4, keys: ["engines": .expr, "index": .expr], expect: .outcome),
+            "svm_add": CommandSpec(positionals: [("an SVM device", .name(.svm)), ("an address", .expr), ("a delta", .expr)], required: 3,
+                                   keys: ["times": .expr, "engines": .expr], expect: .outcome),
+            "svm_stats": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1,
+                                     expect: .counters(Set(SVMStats.Counter.allCases.map(\.description)))),
+            "svm_close": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1),
             "device_pages": CommandSpec(positionals: [("a device", .name(.device))], required: 1, expect: .counters(["count", "owned", "mirrored"])),
             "meminfo": CommandSpec(positionals: [], required: 0, expect: .counters(Set(ScenarioInterpreter.meminfoKeys))),
             // The machine's event counters, named as in /proc/vmstat (pswpin, pswpout, ...).

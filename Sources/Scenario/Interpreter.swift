@@ -106,6 +106,8 @@ public final class ScenarioInterpreter {
     var currentProcess: String?
     var cpus: [ObjectIdentifier: CPU] = [:]
     var devices: [String: Dmirror] = [:]
+    /// SVM devices by name, each bound to one address space. Locking: `state`.
+    var svms: [String: SVMSpace] = [:]
     var files: [String: ShmemFile] = [:]
     var buffers: [String: DmirrorBuffer] = [:]
     var gups: [String: (mm: AddressSpace, pages: [Page], pin: Bool)] = [:]
@@ -286,10 +288,11 @@ public final class ScenarioInterpreter {
         let (devs, procs, gs) = state.withLock { (Array(devices.values), processOrder.compactMap { processes[$0] }, Array(gups.values)) }
         for g in gs { if g.pin { g.mm.unpinUserPages(g.pages) } else { g.mm.putUserPages(g.pages) } }
         for d in devs { d.close() }
+        for s in state.withLock({ Array(svms.values) }) { try? s.device.shutdown() }
         for c in state.withLock({ Array(cpus.values) }) { c.detach() }
         for p in procs { p.exit() }
         state.withLock {
-            devices.removeAll(); processes.removeAll(); processOrder.removeAll(); cpus.removeAll(); gups.removeAll()
+            devices.removeAll(); svms.removeAll(); processes.removeAll(); processOrder.removeAll(); cpus.removeAll(); gups.removeAll()
             files.removeAll(); buffers.removeAll(); variables.removeAll()
             module = nil; machine = nil
         }
