@@ -32,6 +32,7 @@ final class CLIFuzzTests: XCTestCase {
                 case .file: return "f"
                 case .buffer: return "b"
                 case .gup: return "g"
+                case .svm: return "s"
                 }
             case .pattern: return pick(["IDX", "NEG", "ZERO", "FF", "IDX+5", "INT(7)", "BYTE(3)"])
             case .prot: return pick(["rw", "r", "none", "rwx", "w"])
@@ -55,7 +56,7 @@ final class CLIFuzzTests: XCTestCase {
             }
         }
         var lines = ["process p", "mmap 4pages -> a", "mmap 2pages prot=r -> r", "file f size=4pages", "open 0 -> d", "open 2 -> e",
-                     "buffer b 4pages", "gup a 1 -> g", "fork p -> c", "repeat 2 as i { fork p -> k[i] }"]
+                     "buffer b 4pages", "gup a 1 -> g", "fork p -> c", "repeat 2 as i { fork p -> k[i] }", "svm_open memory=2MiB -> s"]
         let names = CommandSpec.table.keys.sorted().filter { !["machine", "skip", "sleep", "process"].contains($0) }
         let corrupting = rng.next() % 3 == 0
         for _ in 0..<Int(rng.next() % 14 + 1) {
