@@ -30,8 +30,11 @@ extension SVMDevice {
     /// earlier in virtual time than the batch's end. A group that fails (no VMA, no
     /// permission) cancels the kernels whose engines faulted in it. (Virtual time follows the
     /// batches as they formed: how many faults met in one depends on the engines' timing.)
-    func serviceBatch(_ batch: [SVMFault]) {
+    func serviceBatch(_ entries: [SVMFault]) {
         let wall0 = monotonicNanoseconds()
+        let notes = entries.filter(\.counter), batch = entries.filter { !$0.counter }
+        if !notes.isEmpty { serviceAccessCounters(notes) }
+        guard !batch.isEmpty else { return }
         stats.count(.batches)
         stats.count(.faults, batch.count)
         struct Key: Hashable { let space: ObjectIdentifier; let page: UInt64 }
@@ -78,6 +81,32 @@ extension SVMDevice {
         trace?.record(.batch(faults: batch.count, serviced: pending.count, wallNs: monotonicNanoseconds() &- wall0), virtual: resume,
                       wall: wall0)
         replayQueue.wakeAll()
+    }
+
+    /// Access-counter notifications (UVM's access counter service): each distinct region asks
+    /// the policy what to migrate; what moved is mapped on the device (read-only; a write
+    /// faults for more). Locking: none held.
+    func serviceAccessCounters(_ notes: [SVMFault]) {
+        stats.count(.accessCounters, notes.count)
+        let regionSize: UInt64 = 1 << SVMSpace.counterRegionShift
+        var seen = Set<String>()
+        for n in notes where seen.insert("\(n.space.id):\(n.address / regionSize)").inserted {
+            let mm = n.space.mm
+            // The region of the page that fired, within that page's VMA.
+            let span: (UInt64, UInt64)? = {
+                mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
+                guard let vma = mm.vmaLookup(n.address), vma.flags.contains(.read) else { return nil }
+                return (vma.start, vma.end)
+            }()
+            guard let (vs, ve) = span else { continue }
+            let base = n.address & ~(regionSize - 1)
+            let s = max(base, vs), e = min(base + regionSize, ve)
+            guard s < e else { continue }
+            let region = SVMFaultGroup(start: s, end: e, access: .read, vmaStart: vs, vmaEnd: ve)
+            guard let r = policy.accessCounterFired(region: region, device: self) else { continue }
+            let ms = max(r.lowerBound & ~(pageSize - 1), vs), me = min((r.upperBound + pageSize - 1) & ~(pageSize - 1), ve)
+            if ms < me, migrateToDevice(n.space, ms, me) > 0 { _ = map(n.space, ms, me, write: false, localOnly: true) }
+        }
     }
 
     /// Services one group: the policy chooses whether (and how much) to migrate into device
@@ -204,6 +233,16 @@ extension SVMDevice {
     /// Return: nil, or the error of `makeDeviceExclusive`.
     func grabExclusive(_ space: SVMSpace, _ address: UInt64) -> Errno? {
         let mm = space.mm
+        // A page still device-exclusive whose atomic entry went (an invalidation that did not
+        // restore it) is restored first, before the sequence is read: a restore inside the
+        // window (make_device_exclusive faults such an entry back) would fail the check every
+        // time, and the engine would fault for ever.
+        mm.mmapLock.lockRead()
+        if let v = mm.pageTable.lookup(address, level: .pte)?.entry.load(), v.isSwap, v.swapEntry.isDeviceExclusive,
+           let pages = try? mm.getUserPagesRemote(address, count: 1, flags: [.write]) {
+            mm.putUserPages(pages)
+        }
+        mm.mmapLock.unlockRead()
         let seq = space.notifier.readBegin()
         mm.mmapLock.lockRead()
         let page: Page

@@ -40,10 +40,13 @@ public final class SVMEngine: @unchecked Sendable {
     @exclusivity(unchecked) public private(set) var localAccesses = 0
     @exclusivity(unchecked) public private(set) var remoteAccesses = 0
     @exclusivity(unchecked) public private(set) var faultsRaised = 0
+    /// The policy's access-counter threshold when the kernel was launched.
+    private let counterThreshold: Int?
 
     init(index: Int, count: Int, space: SVMSpace, launch: SVMLaunch, start: UInt64) {
         self.index = index; self.count = count; self.space = space; self.launch = launch
         virtualNanoseconds = start
+        counterThreshold = space.device.policy.accessCounterThreshold
     }
 
     /// Called by the fault thread after the batch that held this engine's fault `ticket`.
@@ -89,14 +92,28 @@ public final class SVMEngine: @unchecked Sendable {
         let costs = device.costs
         while true {
             if let fatal = launch.fatal { throw fatal }
-            let result: (UInt64, Bool)? = space.lock.withLock {
+            let result: (UInt64, Bool, Bool)? = space.lock.withLock {
                 guard let e = space.table[page >> pageShift], SVMEngine.permits(e, kind) else { return nil }
                 let p = e.local ? device.bytes(of: e.pfn) : device.memory.frame(e.pfn)
-                return (act(p + offset), e.local)
+                let value = act(p + offset)
+                // A remote access counts for its 64 KiB region; at the threshold the counter
+                // fires (and starts again).
+                var fired = false
+                if !e.local, let threshold = counterThreshold {
+                    let region = page >> SVMSpace.counterRegionShift
+                    let n = space.remoteAccesses[region, default: 0] + 1
+                    fired = n >= threshold
+                    space.remoteAccesses[region] = fired ? 0 : n
+                }
+                return (value, e.local, fired)
             }
-            if let (value, local) = result {
+            if let (value, local, fired) = result {
                 if local { localAccesses += 1; virtualNanoseconds += costs.localAccessNs }
                 else { remoteAccesses += 1; virtualNanoseconds += costs.remoteAccessNs }
+                if fired {
+                    device.faults.tryPush(SVMFault(space: space, address: page, access: .read,
+                                                   engine: self, ticket: 0, time: virtualNanoseconds, counter: true))
+                }
                 return value
             }
             ticket += 1
@@ -172,10 +189,14 @@ public final class SVMLaunch: @unchecked Sendable {
         device.replayQueue.wakeAll()
     }
 
-    /// Waits for every engine. Throws the fatal fault that cancelled the kernel.
+    /// Waits for every engine. Throws the fatal fault that cancelled the kernel. With a
+    /// timeout, a kernel still running then is cancelled (EBUSY) and waited for: a watchdog.
     /// Return: the run's virtual and wall time.
     @discardableResult
-    public func wait() throws(SVMFatalFault) -> SVMRunTime {
+    public func wait(timeoutNanoseconds: UInt64? = nil) throws(SVMFatalFault) -> SVMRunTime {
+        if let t = timeoutNanoseconds, !done.wait(timeoutNanoseconds: t) {
+            cancel(SVMFatalFault(address: 0, access: .read, errno: .EBUSY))
+        }
         joinEngines()
         if let f = fatal { throw f }
         return time

@@ -18,6 +18,9 @@ struct SVMFault {
     /// The engine's fault ticket: the engine waits until its replay reaches it.
     let ticket: UInt64
     let time: UInt64
+    /// An access-counter notification (a remote region touched often), not a fault: nobody
+    /// waits for it.
+    var counter = false
 }
 
 /// The device's fault buffer: a bounded queue that the engines fill and the fault thread
@@ -50,6 +53,18 @@ final class SVMFaultBuffer: @unchecked Sendable {
             if added { queue.wakeAll(); return true }
             queue.wait { lock.withLock { stopping || entries.count < capacity } }
         }
+    }
+
+    /// Adds a notification if there is room (it is dropped otherwise, as a full access-counter
+    /// buffer drops). Locking: none held.
+    func tryPush(_ f: SVMFault) {
+        lock.assertNotHeld()
+        let added = lock.withLock { () -> Bool in
+            guard !stopping, entries.count < capacity else { return false }
+            entries.append(f)
+            return true
+        }
+        if added { queue.wakeAll() }
     }
 
     /// Takes up to `max` faults, oldest first, waiting for at least one. Return: nil once the

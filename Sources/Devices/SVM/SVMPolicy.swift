@@ -8,6 +8,17 @@ public protocol SVMPolicy: AnyObject, Sendable {
     var name: String { get }
     /// Called by the fault thread, one group at a time.
     func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>?
+    /// Remote accesses to one 64 KiB region (of system memory mapped on the device) that make
+    /// the device notify the driver (UVM's access counters); nil: no counting. Read when a
+    /// kernel is launched.
+    var accessCounterThreshold: Int? { get }
+    /// A region's counter fired: the range to migrate (within `region`'s VMA), or nil.
+    func accessCounterFired(region: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>?
+}
+
+extension SVMPolicy {
+    public var accessCounterThreshold: Int? { nil }
+    public func accessCounterFired(region: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? { nil }
 }
 
 /// Migrate on first touch: every faulting page moves into device memory (UVM's default without
@@ -106,4 +117,17 @@ public final class SVMThrashingPolicy: SVMPolicy, @unchecked Sendable {
         if newlyPinned > 0 { device.stats.count(.thrashing, newlyPinned) }
         return pinned ? nil : base.placement(for: group, device: device)
     }
+}
+
+/// Access-counter migration (after UVM's access counters): faults map system memory remotely;
+/// the device counts its remote accesses per 64 KiB region, and a region touched `threshold`
+/// times migrates into device memory, so memory the device keeps using moves to it and memory
+/// it touches once does not.
+public final class SVMAccessCounterPolicy: SVMPolicy {
+    public let name = "access-counters"
+    public let threshold: Int
+    public init(threshold: Int = 256) { self.threshold = threshold }
+    public func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? { nil }
+    public var accessCounterThreshold: Int? { threshold }
+    public func accessCounterFired(region: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? { region.start..<region.end }
 }

@@ -215,8 +215,9 @@ public enum SVMRunner {
         case "remote-map": SVMRemoteMapPolicy()
         case "density-prefetch": SVMDensityPrefetchPolicy()
         case "thrashing-aware": SVMThrashingPolicy()
+        case "access-counters": SVMAccessCounterPolicy()
         default: nil
         }
     }
-    public static let policyNames = ["first-touch", "remote-map", "density-prefetch", "thrashing-aware"]
+    public static let policyNames = ["first-touch", "remote-map", "density-prefetch", "thrashing-aware", "access-counters"]
 }

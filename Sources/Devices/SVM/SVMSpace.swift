@@ -26,6 +26,9 @@ public final class SVMSpace: @unchecked Sendable {
     /// Virtual page number → entry. Locking: `lock`.
     @exclusivity(unchecked) var table: [UInt64: SVMEntry] = [:]
     private(set) var notifier: MMUIntervalNotifier!
+    /// Remote accesses per 64 KiB region since its counter last fired. Locking: `lock`.
+    @exclusivity(unchecked) var remoteAccesses: [UInt64: Int] = [:]
+    static let counterRegionShift: UInt64 = 16
     let id: Int
 
     init(device: SVMDevice, mm: AddressSpace, id: Int) throws(Errno) {
@@ -51,7 +54,10 @@ public final class SVMSpace: @unchecked Sendable {
         if range.event == .exclusive && range.isOwned(by: device) { return true }
         if range.blockable { lock.lock() } else if !lock.tryLock() { return false }
         sub.setSeq(seq)
-        let dropped = dropEntries(range.start, range.end)
+        // The device's own migration (`migrate_vma` collects no device-exclusive entry) leaves
+        // its atomic entries: their pages stay where they are, exclusive.
+        let keepAtomic = range.event == .migrate && range.isOwned(by: device)
+        let dropped = dropEntries(range.start, range.end, keepAtomic: keepAtomic)
         lock.unlock()
         if dropped > 0 {
             device.trace?.record(.invalidate(start: range.start, end: range.end), virtual: device.faultClock.now)
@@ -61,20 +67,19 @@ public final class SVMSpace: @unchecked Sendable {
         return true
     }
 
-    /// Removes the entries of [start, end). Return: how many. Locking: `lock` held.
-    func dropEntries(_ start: UInt64, _ end: UInt64) -> Int {
+    /// Removes the entries of [start, end) (but atomic ones, with `keepAtomic`).
+    /// Return: how many. Locking: `lock` held.
+    func dropEntries(_ start: UInt64, _ end: UInt64, keepAtomic: Bool = false) -> Int {
         lock.assertHeld()
         guard !table.isEmpty else { return 0 }
         let first = start >> pageShift, last = (end - 1) >> pageShift
-        var n = 0
+        let before = table.count
         if last - first < UInt64(table.count) {
-            for vpn in first...last where table.removeValue(forKey: vpn) != nil { n += 1 }
+            for vpn in first...last where !(keepAtomic && table[vpn]?.atomic == true) { table.removeValue(forKey: vpn) }
         } else {
-            let before = table.count
-            table = table.filter { $0.key < first || $0.key > last }
-            n = before - table.count
+            table = table.filter { $0.key < first || $0.key > last || (keepAtomic && $0.value.atomic) }
         }
-        return n
+        return before - table.count
     }
 
     /// Device page-table entries now (for tests and reports).

@@ -29,11 +29,13 @@ public final class SVMStats: @unchecked Sendable {
         case cpuFaultsBack
         /// Pages a policy found thrashing (bouncing between CPU and device) and pinned.
         case thrashing
+        /// Access-counter notifications: a remotely mapped region the engines touched often.
+        case accessCounters
 
         public var description: String {
             ["faults", "duplicates", "batches", "migrated_to_device", "migrated_to_system", "bytes_to_device",
              "bytes_to_system", "evictions", "remote_maps", "exclusive_grabs", "invalidations", "replays",
-             "fatal_faults", "cpu_faults_back", "thrashing"][rawValue]
+             "fatal_faults", "cpu_faults_back", "thrashing", "access_counters"][rawValue]
         }
     }
 
