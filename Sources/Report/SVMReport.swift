@@ -37,7 +37,7 @@ public enum SVMReport {
     static let columns: [(String, String)] = [
         ("faults", "faults"), ("batches", "batches"), ("duplicates", "duplicates"), ("to device", "migrated_to_device"),
         ("to system", "migrated_to_system"), ("evictions", "evictions"), ("remote maps", "remote_maps"),
-        ("exclusive", "exclusive_grabs"), ("thrashing", "thrashing"),
+        ("exclusive", "exclusive_grabs"), ("thrashing", "thrashing"), ("access counters", "access_counters"),
     ]
 
     static func table(_ runs: [SVMRunResult]) -> String {

@@ -87,6 +87,7 @@ extension SVMDevice {
     /// the policy what to migrate; what moved is mapped on the device (read-only; a write
     /// faults for more). Locking: none held.
     func serviceAccessCounters(_ notes: [SVMFault]) {
+        lock.assertNotHeld()
         stats.count(.accessCounters, notes.count)
         let regionSize: UInt64 = 1 << SVMSpace.counterRegionShift
         var seen = Set<String>()
