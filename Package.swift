@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "Scenario", dependencies: ["MMSync", "MMCore", "HMM", "Devices"], swiftSettings: fast),
         .target(name: "NativeBaselines"),
         // Run reports: HTML with SVG plots, Chrome trace-event / Perfetto JSON (issue 16).
-        .target(name: "Report", dependencies: ["MMCore", "Devices", "Conformance"], swiftSettings: fast),
+        .target(name: "Report", dependencies: ["Devices", "Conformance"], swiftSettings: fast),
         // The real Linux 7.2 beside the model (issue 18): runs tools/kernel-oracle and compares.
         .target(name: "KernelOracle"),
         // The host kernel's side of the differential test (issue 9.9): plays system calls.
