@@ -23,6 +23,7 @@ long mm_hmm_plain_ptes(const uint64_t *ptes, uint64_t *out, long k0, long n, uin
         for (; k + 8 <= n; k += 8) {
             uint64_t e[8];
             memcpy(e, ptes + k, sizeof e);
+            __asm__ volatile("" ::: "memory"); // read once: e[] may not be re-read from the table
             uint64_t odd = 0;
             for (int i = 0; i < 8; i++) odd |= (e[i] & present_user_special) ^ present_user;
             if (odd) break;

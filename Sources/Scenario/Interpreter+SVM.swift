@@ -68,7 +68,9 @@ extension ScenarioInterpreter {
         let pattern = try Pattern.parse(try cmd.arg(3, "a pattern"), lookup(ctx))
         let index = try indexOption(cmd, ctx), n = try engines(cmd, ctx)
         // The device accesses 8-byte words: anything else is EINVAL, as a driver's ioctl says.
-        guard a % 8 == 0, len % 8 == 0, len > 0 else { try runKernel(cmd, ctx, s, nil, engines: n); return }
+        guard a % 8 == 0, len % 8 == 0, len > 0, a.addingReportingOverflow(len).overflow == false else {
+            try runKernel(cmd, ctx, s, nil, engines: n); return
+        }
         let words = Int(len / 8)
         let firstBad = AtomicCounter(Int.max) // the lowest word that did not match
         let kernel = SVMKernel(name: isFill ? "fill" : "check") { (e: SVMEngine) throws(SVMFatalFault) in

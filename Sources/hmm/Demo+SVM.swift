@@ -18,6 +18,10 @@ struct SVMShowcase {
 
     /// Runs everything; returns whether every run's data and invariants were right.
     func run() throws -> Bool {
+        // The report's place first: a directory that cannot be written fails before the runs.
+        mkdir(reportDir, 0o755)
+        let index = reportDir + "/index.html", tracePath = traceOut ?? reportDir + "/trace.json"
+        try write(index, ""); try write(tracePath, "")
         var results: [SVMRunResult] = []
         let params = "\(pages) pages (\(pages * 4 / 1024) MiB) per workload on a \(deviceMiB) MiB device, 4 engines, \(machineMiB) MiB of RAM"
         print("SVM device showcase: \(params)")
@@ -33,8 +37,6 @@ struct SVMShowcase {
         }
         print("")
         print(SVMTable.text(results), terminator: "")
-        mkdir(reportDir, 0o755)
-        let index = reportDir + "/index.html", tracePath = traceOut ?? reportDir + "/trace.json"
         try write(index, SVMReport.html(results, title: "swift-hmm: the SVM device under its policies", parameters: params))
         try write(tracePath, TraceEvents.json(results.compactMap { r in r.trace.map { ("\(r.workload.rawValue) under \(r.policy)", $0) } }, engines: 4))
         print("\nreport: \(index)\ntrace:  \(tracePath) (open it in ui.perfetto.dev)")
@@ -43,10 +45,10 @@ struct SVMShowcase {
 
     private func write(_ path: String, _ text: String) throws {
         guard let f = fopen(path, "w") else { throw DemoError(description: "cannot write \(path): \(String(cString: strerror(errno)))") }
-        defer { fclose(f) }
         var t = text
         let n = t.withUTF8 { fwrite($0.baseAddress, 1, $0.count, f) }
-        guard n == t.utf8.count else { throw DemoError(description: "cannot write \(path): short write") }
+        let closed = fclose(f) == 0
+        guard n == t.utf8.count, closed else { throw DemoError(description: "cannot write \(path): \(String(cString: strerror(errno)))") }
     }
 }
 

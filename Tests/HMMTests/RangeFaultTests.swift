@@ -37,8 +37,9 @@ final class RangeFaultTests: XCTestCase {
 
     /// The snapshot's loop over plain entries goes eight at a time and falls back to one by
     /// one at any other entry: zero-page and empty entries at a block's first, last and middle
-    /// places, a read-only block, a read-only page inside a writable block, a tail shorter than
-    /// a block; every driver in/out flag survives. Each output as hmm_vma_handle_pte gives it.
+    /// places, a read-only block, a read-only page inside a writable block (all in one VMA), a
+    /// tail shorter than a block; every driver in/out flag survives. Each output as
+    /// hmm_vma_handle_pte gives it.
     func testSnapshotOfMixedEntriesInEveryPlaceOfABlock() throws {
         let env = try HMMEnv()
         let pages = 61
@@ -48,8 +49,13 @@ final class RangeFaultTests: XCTestCase {
             let addr = a + UInt64(i) * pageSize
             if zero.contains(i) { _ = try env.cpu.load(addr, as: UInt8.self) } else { try env.cpu.store(addr, UInt8(i)) }
         }
-        try env.process.mprotect(a + 16 * pageSize, length: 8 * pageSize, prot: .read)
-        try env.process.mprotect(a + 41 * pageSize, length: pageSize, prot: .read)
+        // Read-only PTEs in one VMA (an mprotect would split it, and the walk goes VMA by VMA):
+        // a fork makes every private PTE read-only; the parent's writes then make all but the
+        // chosen pages writable again.
+        let child = try env.process.fork()
+        for i in 0..<pages where !holes.contains(i) && !zero.contains(i) && !readOnly.contains(i) {
+            try env.cpu.store(a + UInt64(i) * pageSize, UInt8(i))
+        }
         let pfns = try env.mm.pagemap(a, count: pages).map(\.pfn)
         let sub = MMUIntervalNotifier(start: a, end: a + UInt64(pages) * pageSize) { s, _, seq in s.setSeq(seq); return true }
         try env.mm.notifiers.insert(sub)
@@ -70,6 +76,7 @@ final class RangeFaultTests: XCTestCase {
         for i in 0..<pages { XCTAssertEqual(out[i], want[i], "page \(i)") }
         XCTAssertEqual(Set(pfns.enumerated().filter { !zero.contains($0.offset) && !holes.contains($0.offset) }.map(\.element)).count,
                        pages - zero.count - holes.count)
+        child.exit()
         env.finish([])
     }
 

@@ -152,7 +152,7 @@ final class SVMTests: XCTestCase {
                     for _ in 0..<cpuAdds { _ = try! c.fetchAdd(a, 1) }
                 }
             }
-            try run.wait()
+            try run.wait(timeoutNanoseconds: 120_000_000_000)
             threads.forEach { $0.join() }
             cpus.forEach { $0.detach() }
             XCTAssertEqual(try env.cpu.load(a, as: UInt64.self), UInt64(1000 + 2 * engines * deviceAdds + 2 * cpuAdds), policy.name)
@@ -253,6 +253,7 @@ final class SVMTests: XCTestCase {
                 }
             }
             let run = try env.device.launch(kernel, on: env.space, engines: 4)
+            defer { _ = try? run.wait(timeoutNanoseconds: 120_000_000_000) }
             let cpus = (0..<2).map { _ in env.process.makeCPU() }
             let threads = cpus.enumerated().map { (k, c) in
                 ModelThread.spawn(name: "cpu-writer") {
@@ -309,7 +310,9 @@ final class SVMTests: XCTestCase {
         let ft = try XCTUnwrap(results["stream/first-touch"]), pf = try XCTUnwrap(results["stream/density-prefetch"])
         XCTAssertEqual(ft.counter("migrated_to_device"), 256)
         XCTAssertEqual(pf.counter("migrated_to_device"), 256)
-        XCTAssertLessThan(pf.counter("faults") * 4, ft.counter("faults"), "prefetch \(pf.counter("faults")), first touch \(ft.counter("faults"))")
+        let serviced = { (r: SVMRunResult) in r.counter("faults") - r.counter("duplicates") }
+        XCTAssertGreaterThanOrEqual(serviced(ft), 256)
+        XCTAssertLessThan(serviced(pf) * 4, serviced(ft), "prefetch \(serviced(pf)), first touch \(serviced(ft))")
         XCTAssertLessThan(pf.virtualNanoseconds, ft.virtualNanoseconds)
         XCTAssertLessThan(results["pingpong/remote-map"]!.virtualNanoseconds, pp.virtualNanoseconds)
     }
@@ -473,12 +476,23 @@ final class SVMTests: XCTestCase {
             for p in 16..<32 { _ = try e.load(a + UInt64(p) * pageSize) }
         }
         let run = try env.device.launch(k, on: env.space, engines: 1)
-        try run.wait()
+        try run.wait(timeoutNanoseconds: 60_000_000_000)
+        XCTAssertGreaterThanOrEqual(run.remoteAccesses, 256)
+        // The notification is serviced by the fault thread on its own time: wait for it.
+        let deadline = monotonicNanoseconds() + 10_000_000_000
+        while env.device.stats[.migratedToDevice] < 16 && monotonicNanoseconds() < deadline { syncSleep(nanoseconds: 1_000_000) }
         XCTAssertEqual(env.device.stats[.migratedToDevice], 16)
         XCTAssertGreaterThanOrEqual(env.device.stats[.accessCounters], 1)
         XCTAssertEqual(env.device.stats[.remoteMaps], 32) // every first fault mapped remotely
-        XCTAssertGreaterThanOrEqual(run.remoteAccesses, 256)
-        XCTAssertGreaterThan(run.localAccesses, 0)
+        // A second pass: the hot region is local (mapped when it moved), the cold one remote.
+        let again = SVMKernel(name: "both") { (e: SVMEngine) throws(SVMFatalFault) in
+            for p in 0..<32 { _ = try e.load(a + UInt64(p) * pageSize) }
+        }
+        let run2 = try env.device.launch(again, on: env.space, engines: 1)
+        try run2.wait(timeoutNanoseconds: 60_000_000_000)
+        XCTAssertEqual(run2.localAccesses, 16)
+        XCTAssertEqual(run2.remoteAccesses, 16)
+        XCTAssertEqual(run2.faultsRaised, 0)
         let resident = (0..<32).map { p -> Bool in
             guard let v = env.process.mm.pageTable.lookup(a + UInt64(p) * pageSize, level: .pte)?.entry.load() else { return false }
             return v.isSwap && v.swapEntry.isDevicePrivate

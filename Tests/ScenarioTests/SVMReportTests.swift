@@ -49,8 +49,10 @@ final class SVMReportTests: XCTestCase {
         let page = dir.appendingPathComponent("index.html"), shot = dir.appendingPathComponent("shot.png")
         try html.write(to: page, atomically: true, encoding: .utf8)
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: chromium)
-        p.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2000",
+        // Under `timeout`: a browser that hangs fails the test instead of the run.
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+        p.arguments = ["-k", "10", "120", chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                       "--hide-scrollbars", "--window-size=1200,2000",
                        "--enable-logging=stderr", "--v=0", "--user-data-dir=\(dir.path)/profile", "--screenshot=\(shot.path)", page.absoluteString]
         let err = Pipe()
         p.standardError = err

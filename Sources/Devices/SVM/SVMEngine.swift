@@ -88,6 +88,8 @@ public final class SVMEngine: @unchecked Sendable {
     private func access(_ address: UInt64, _ kind: SVMAccess,
                         _ act: (UnsafeMutableRawPointer) -> UInt64) throws(SVMFatalFault) -> UInt64 {
         guard address & 7 == 0 else { throw SVMFatalFault(address: address, access: kind, errno: .EINVAL) }
+        // Past the user address space no VMA can hold it (and page arithmetic would overflow).
+        guard address < taskSize else { throw SVMFatalFault(address: address, access: kind, errno: .EFAULT) }
         let page = address & ~(pageSize - 1), offset = Int(address - page)
         let costs = device.costs
         while true {

@@ -83,9 +83,8 @@ public enum SVMRunner {
             let run = try device.launch(SVMWorkload.counter(address: a, adds: adds), on: space, engines: engines)
             let cpus = (0..<2).map { _ in process.makeCPU() }
             let threads = cpus.map { c in ModelThread.spawn(name: "svm-cpu-adds") { for _ in 0..<adds { _ = try? c.fetchAdd(a, 1) } } }
+            defer { threads.forEach { $0.join() }; cpus.forEach { $0.detach() } }
             virtual = try run.wait().virtualNanoseconds
-            threads.forEach { $0.join() }
-            cpus.forEach { $0.detach() }
             expected = { i in UInt64(i) &* 2654435761 &+ (i == 0 ? UInt64((engines + 2) * adds) : 0) }
         case .gather:
             // Engine e sums 256 words at indices drawn from seed e and stores the sum in word

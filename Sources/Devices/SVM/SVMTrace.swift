@@ -38,12 +38,19 @@ public final class SVMTrace: @unchecked Sendable {
     private var log: [SVMEvent] = []
     /// Locking: `lock`. Set by `stop`: later events are not kept.
     private var stopped = false
+    /// Events past `maxEvents` are counted, not kept (a huge run stays within memory).
+    /// Locking: `lock`.
+    public private(set) var dropped = 0
+    public static let maxEvents = 400_000
     public let startWallNs = monotonicNanoseconds()
     public init() {}
     /// Records an event at `wall` (a `monotonicNanoseconds()` reading; now by default).
     func record(_ kind: SVMEvent.Kind, virtual: UInt64, wall: UInt64 = monotonicNanoseconds()) {
         let e = SVMEvent(kind: kind, wallNs: wall &- startWallNs, virtualNs: virtual)
-        lock.withLock { if !stopped { log.append(e) } }
+        lock.withLock {
+            guard !stopped else { return }
+            if log.count < SVMTrace.maxEvents { log.append(e) } else { dropped += 1 }
+        }
     }
     /// Keeps no more events (a run's own checks afterwards are not part of it).
     public func stop() { lock.withLock { stopped = true } }
