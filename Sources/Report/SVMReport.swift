@@ -212,24 +212,18 @@ public enum SVMReport {
         let r = (v * 100).rounded() / 100
         return r == r.rounded() ? String(Int(r)) : String(r)
     }
+    /// Text for HTML: `& < > "` as entities.
     static func esc(_ s: String) -> String {
-        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
-    }
-}
-
-extension String {
-    func replacingOccurrences(of a: String, with b: String) -> String {
-        guard !a.isEmpty else { return self }
-        return components(separatedBy: a).joined(separator: b)
-    }
-    func components(separatedBy sep: String) -> [String] {
-        var parts: [String] = [], cur = ""
-        var i = startIndex
-        while i < endIndex {
-            if self[i...].hasPrefix(sep) { parts.append(cur); cur = ""; i = index(i, offsetBy: sep.count) } else { cur.append(self[i]); i = index(after: i) }
+        var out = ""
+        for c in s {
+            switch c {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            default: out.append(c)
+            }
         }
-        parts.append(cur)
-        return parts
+        return out
     }
 }

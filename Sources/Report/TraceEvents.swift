@@ -19,7 +19,7 @@ public enum TraceEvents {
         func name(_ tid: Int, _ n: String) {
             out.append(#"{"ph":"M","pid":\#(pid),"tid":\#(tid),"name":"thread_name","args":{"name":"\#(n)"}}"#)
         }
-        out.append(#"{"ph":"M","pid":\#(pid),"name":"process_name","args":{"name":"\#(escape(title))"}}"#)
+        out.append(#"{"ph":"M","pid":\#(pid),"name":"process_name","args":{"name":"\#(jsonEscape(title))"}}"#)
         for e in 0..<engines { name(e, "engine \(e)") }
         name(faultTid, "fault thread"); name(migrateTid, "migrations"); name(cpuTid, "CPU faults back")
         var stallStart: [Int: UInt64] = [:], kernelStart: [Int: (UInt64, String)] = [:]
@@ -28,7 +28,7 @@ public enum TraceEvents {
             case .kernelStart(let engine, let n): kernelStart[engine] = (e.wallNs, n)
             case .kernelEnd(let engine):
                 if let (t, n) = kernelStart.removeValue(forKey: engine) {
-                    out.append(#"{"ph":"X","pid":\#(pid),"tid":\#(engine),"ts":\#(us(t)),"dur":\#(us(e.wallNs &- t)),"name":"kernel \#(escape(n))"}"#)
+                    out.append(#"{"ph":"X","pid":\#(pid),"tid":\#(engine),"ts":\#(us(t)),"dur":\#(us(e.wallNs &- t)),"name":"kernel \#(jsonEscape(n))"}"#)
                 }
             case .fault(let engine, let address, let access):
                 stallStart[engine] = e.wallNs
@@ -49,7 +49,4 @@ public enum TraceEvents {
             }
         }
     }
-
-    /// A JSON string's text (Conformance's escaping, with `<` escaped too).
-    static func escape(_ s: String) -> String { jsonEscape(s).replacingOccurrences(of: "<", with: "\\u003c") }
 }

@@ -30,11 +30,11 @@ final class SVMTests: XCTestCase {
         func fill(_ a: UInt64, words: Int, seed: UInt64) throws {
             for i in 0..<words { try cpu.store(a + UInt64(i) * 8, seed &+ UInt64(i)) }
         }
-        /// `pages` new pages filled with `seed + i` and a stream launched over them on 4 engines.
-        func startStream(pages: Int, seed: UInt64) throws -> (a: UInt64, words: Int, run: SVMLaunch) {
+        /// `pages` new pages filled with `seed + i` and a stream launched over them.
+        func startStream(pages: Int, seed: UInt64, engines: Int = 4) throws -> (a: UInt64, words: Int, run: SVMLaunch) {
             let a = try anon(pages), words = pages * 512
             try fill(a, words: words, seed: seed)
-            return (a, words, try device.launch(SVMWorkload.stream(base: a, words: words), on: space, engines: 4))
+            return (a, words, try device.launch(SVMWorkload.stream(base: a, words: words), on: space, engines: engines))
         }
         /// Every word of [a, a + words × 8) is its old value (`seed + i`) or the stream's new one
         /// (a kernel stopped part-way). Return: the number of words that are neither.
@@ -216,10 +216,9 @@ final class SVMTests: XCTestCase {
     /// sharing; the child keeps the old values, the parent sees the new ones.
     func testForkWhileTheDeviceHoldsThePages() throws {
         let env = try Env(policy: SVMFirstTouchPolicy())
-        let pages = 16, words = pages * 512
-        let a = try env.anon(pages)
-        try env.fill(a, words: words, seed: 3)
-        try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 2).wait()
+        let pages = 16
+        let (a, words, first) = try env.startStream(pages: pages, seed: 3, engines: 2)
+        try first.wait()
         XCTAssertEqual(env.space.localPages, pages)
         let child = try env.process.fork()
         let ccpu = child.makeCPU()
@@ -382,10 +381,9 @@ final class SVMTests: XCTestCase {
     /// fault, and the device memory is unregistered.
     func testDeviceRemovalWithPagesResident() throws {
         let env = try Env(policy: SVMFirstTouchPolicy())
-        let pages = 128, words = pages * 512
-        let a = try env.anon(pages)
-        try env.fill(a, words: words, seed: 21)
-        try env.device.launch(SVMWorkload.stream(base: a, words: words), on: env.space, engines: 4).wait()
+        let pages = 128
+        let (a, words, run) = try env.startStream(pages: pages, seed: 21)
+        try run.wait()
         XCTAssertEqual(env.device.capacityPages - env.device.freePages, pages)
         try env.device.shutdown()
         XCTAssertEqual(env.device.stats[.migratedToSystem], pages)

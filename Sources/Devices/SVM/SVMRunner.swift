@@ -89,7 +89,7 @@ public enum SVMRunner {
         case .gather:
             // Engine e sums 256 words at indices drawn from seed e and stores the sum in word
             // e of the last page (which the gathers do not read).
-            guard pages >= 2, engines <= 512 else { throw Errno.EINVAL }
+            guard pages >= 2 else { throw Errno.EINVAL }
             let reads = 256, limit = words - 512
             @Sendable func indices(_ e: Int) -> [Int] { var rng = SeededRNG(seed: UInt64(e) + 1); return (0..<reads).map { _ in Int.random(in: 0..<limit, using: &rng) } }
             let k = SVMKernel(name: "gather") { (e: SVMEngine) throws(SVMFatalFault) in
