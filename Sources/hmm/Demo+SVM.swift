@@ -56,7 +56,7 @@ struct SVMShowcase {
 enum SVMTable {
     static func text(_ results: [SVMRunResult]) -> String {
         let head = ["workload", "policy", "faults", "batches", "dups", "to dev", "to sys", "MiB moved", "evictions", "remote", "excl",
-                    "thrash", "virtual ms", "wall ms", "data"]
+                    "thrash", "tlb hit %", "cpu passes", "virtual ms", "wall ms", "data"]
         var rows: [[String]] = []
         for r in results {
             let ok = r.mismatches == 0 && r.invariantProblems.isEmpty
@@ -65,6 +65,9 @@ enum SVMTable {
             for name in ["faults", "batches", "duplicates", "migrated_to_device", "migrated_to_system"] { row.append(String(r.counter(name))) }
             row.append(fmt(moved))
             for name in ["evictions", "remote_maps", "exclusive_grabs", "thrashing"] { row.append(String(r.counter(name))) }
+            let lookups = r.counter("tlb_hits") + r.counter("tlb_misses")
+            row.append(lookups == 0 ? "-" : fmt(100 * Double(r.counter("tlb_hits")) / Double(lookups)))
+            row.append(r.cpuThreads == 0 ? "-" : String(r.cpuPasses))
             row.append(fmt(Double(r.virtualNanoseconds) / 1e6))
             row.append(fmt(Double(r.wallNanoseconds) / 1e6))
             row.append(ok ? "ok" : "WRONG: \(r.mismatches) words, \(r.invariantProblems.prefix(2))")

@@ -29,6 +29,12 @@ struct SVM: ParsableCommand {
     var engines: Int = 4
     @Option(help: "Rounds of the ping-pong workload (1...1000).")
     var rounds: Int = 4
+    @Option(name: .customLong("cpu-threads"), help: "CPU threads reading and writing the same pages while the kernels run (0...16).")
+    var cpuThreads: Int = 0
+    @Option(name: .customLong("cost"), help: ArgumentHelp(
+        "Override one virtual-time cost, NAME=VALUE (repeatable).",
+        discussion: "Names: \(SVMCosts.names.map(\.0).joined(separator: ", ")).", valueName: "name=value"))
+    var cost: [String] = []
 
     func validate() throws {
         guard workload == "all" || SVMWorkloadKind(rawValue: workload) != nil else { throw ValidationError("unknown --workload \(workload)") }
@@ -38,20 +44,31 @@ struct SVM: ParsableCommand {
         guard (16...16384).contains(machineMiB) else { throw ValidationError("--machine-mib must be between 16 and 16384") }
         guard (1...64).contains(engines) else { throw ValidationError("--engines must be between 1 and 64") }
         guard (1...1000).contains(rounds) else { throw ValidationError("--rounds must be between 1 and 1000") }
+        guard (0...16).contains(cpuThreads) else { throw ValidationError("--cpu-threads must be between 0 and 16") }
+        var c = SVMCosts()
+        do { try c.apply(cost) } catch {
+            throw ValidationError("--cost takes NAME=VALUE with a whole number; names: \(SVMCosts.names.map(\.0).joined(separator: ", "))")
+        }
     }
 
     func run() throws {
         let kinds = workload == "all" ? SVMWorkloadKind.allCases : [SVMWorkloadKind(rawValue: workload)!]
         let policies = policy == "all" ? SVMRunner.policyNames : [policy]
-        print("\(pages) pages (\(pages * 4 / 1024) MiB) on a \(deviceMiB) MiB device, \(engines) engines, \(machineMiB) MiB of RAM")
+        var costs = SVMCosts()
+        try costs.apply(cost)
+        print("\(pages) pages (\(pages * 4 / 1024) MiB) on a \(deviceMiB) MiB device, \(engines) engines, \(machineMiB) MiB of RAM"
+              + (cpuThreads > 0 ? ", \(cpuThreads) CPU threads beside the kernels" : ""))
         var results: [SVMRunResult] = []
         for k in kinds {
             for p in policies {
                 do {
                     results.append(try SVMRunner.run(k, policy: SVMRunner.policy(named: p)!, pages: pages, engines: engines, rounds: rounds,
-                                                     machineMiB: machineMiB, deviceMiB: deviceMiB))
+                                                     cpuThreads: cpuThreads, machineMiB: machineMiB, deviceMiB: deviceMiB, costs: costs))
                 } catch let e as Errno {
-                    throw ValidationError("\(k.rawValue) under \(p) failed with \(e.name) (\(e.message)): try a larger --machine-mib")
+                    let hint = e == .ENOMEM ? ": try a larger --machine-mib" : ""
+                    throw SVMRunFailure(description: "\(k.rawValue) under \(p) failed with \(e.name) (\(e.message))\(hint)")
+                } catch let f as SVMFatalFault {
+                    throw SVMRunFailure(description: "\(k.rawValue) under \(p): the kernel was cancelled by a \(f)")
                 }
             }
         }
@@ -61,3 +78,6 @@ struct SVM: ParsableCommand {
     }
 }
 
+
+/// A run that could not finish (reported without the usage text: the arguments were fine).
+struct SVMRunFailure: Error, CustomStringConvertible { let description: String }

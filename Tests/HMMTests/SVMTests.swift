@@ -316,6 +316,108 @@ final class SVMTests: XCTestCase {
         XCTAssertLessThan(results["pingpong/remote-map"]!.virtualNanoseconds, pp.virtualNanoseconds)
     }
 
+    /// Every workload under every policy with two CPU threads reading and writing the same
+    /// pages while the kernels run (each thread's lane word of every page, and words the
+    /// workload leaves unchanged): every word right, every lane exactly the increments made,
+    /// every value a CPU thread read along the way right, and the tables in agreement.
+    func testEveryWorkloadUnderEveryPolicyWithCPUThreadsBesideTheKernels() throws {
+        var faultsBack = 0
+        for kind in SVMWorkloadKind.allCases {
+            for name in SVMRunner.policyNames {
+                let r = try SVMRunner.run(kind, policy: SVMRunner.policy(named: name)!, pages: 256, engines: 4, rounds: 3,
+                                          cpuThreads: 2, machineMiB: 64, deviceMiB: 16)
+                XCTAssertEqual(r.mismatches, 0, "\(kind) \(name)")
+                XCTAssertEqual(r.invariantProblems, [], "\(kind) \(name)")
+                XCTAssertGreaterThanOrEqual(r.cpuPasses, 2, "\(kind) \(name)") // each thread at least once
+                XCTAssertGreaterThanOrEqual(r.cpuAccesses, r.cpuPasses / 2 * 256, "\(kind) \(name)")
+                if name == "remote-map" { XCTAssertEqual(r.counter("cpu_faults_back"), 0, "\(kind)") }
+                faultsBack += r.counter("cpu_faults_back")
+            }
+        }
+        // The threads did meet the device: pages it held came back to them mid-run.
+        XCTAssertGreaterThan(faultsBack, 0)
+    }
+
+    /// Every workload at 1.5 and 3 times the device's memory (2 MiB) under first touch: chunks
+    /// are evicted to make room (all but the counter, whose working set is one page) and every
+    /// word comes back right. (`.ci/run` runs every policy so, with CPU threads, in release.)
+    func testEveryWorkloadOversubscribedLosesNothing() throws {
+        for kind in SVMWorkloadKind.allCases {
+            for pages in [768, 1536] {
+                for name in ["first-touch"] {
+                    let r = try SVMRunner.run(kind, policy: SVMRunner.policy(named: name)!, pages: pages, engines: 4, rounds: 2,
+                                              machineMiB: 64, deviceMiB: 2)
+                    let what = "\(kind) \(name) \(pages) pages"
+                    XCTAssertEqual(r.mismatches, 0, what)
+                    XCTAssertEqual(r.invariantProblems, [], what)
+                    if kind == .counter { XCTAssertEqual(r.counter("evictions"), 0, what) }
+                    else { XCTAssertGreaterThan(r.counter("evictions"), 0, what) }
+                    XCTAssertEqual(r.counter("bytes_to_system"), r.counter("migrated_to_system") * Int(pageSize), what)
+                }
+            }
+        }
+    }
+
+    /// The engines' TLBs: a second kernel over 8 mapped pages, 64 reads of each in turn, walks
+    /// the table once per page per engine and hits otherwise; a CPU write that takes a page
+    /// back while a kernel holds it in its TLB shoots the TLB down, and the engine's next read
+    /// faults and sees the CPU's value (a stale entry would read the freed device page).
+    func testEngineTLBHitsAndIsShotDownByAnInvalidation() throws {
+        let env = try Env(policy: SVMFirstTouchPolicy())
+        let a = try env.anon(8)
+        try env.fill(a, words: 8 * 512, seed: 1)
+        try env.device.launch(SVMWorkload.touch(base: a, pages: 8, write: false), on: env.space, engines: 1).wait()
+        XCTAssertEqual(env.space.localPages, 8)
+        let reads = SVMKernel(name: "reads") { (e: SVMEngine) throws(SVMFatalFault) in
+            for p in 0..<8 { for w in 0..<64 { _ = try e.load(a + UInt64(p) * pageSize + UInt64(w) * 8) } }
+        }
+        let run = try env.device.launch(reads, on: env.space, engines: 2)
+        try run.wait()
+        XCTAssertEqual(run.faultsRaised, 0)
+        XCTAssertEqual(run.tlbMisses, 2 * 8)
+        XCTAssertEqual(run.tlbHits, 2 * 8 * 63)
+        XCTAssertEqual(run.tlbFlushes, 0)
+        // Mid-kernel: the engine reads page 0 (into its TLB), waits for the CPU's write to it,
+        // and reads it again.
+        let step = AtomicCounter(0), seen = AtomicCounter(0)
+        let waiter = SVMKernel(name: "waiter") { (e: SVMEngine) throws(SVMFatalFault) in
+            _ = try e.load(a)
+            step.store(1)
+            let deadline = monotonicNanoseconds() + 60_000_000_000
+            while step.load() != 2 && monotonicNanoseconds() < deadline {}
+            seen.store(Int(truncatingIfNeeded: try e.load(a)))
+        }
+        let before = env.device.stats[.tlbFlushes]
+        let w = try env.device.launch(waiter, on: env.space, engines: 1)
+        while step.load() != 1 {}
+        try env.cpu.store(a, 777) // migrate_to_ram: the device's entry goes, the TLBs are shot down
+        step.store(2)
+        try w.wait(timeoutNanoseconds: 120_000_000_000)
+        XCTAssertEqual(seen.load(), 777)
+        XCTAssertEqual(w.tlbMisses, 2 + 1) // the first read, the read after the flush, its replay
+        XCTAssertEqual(w.faultsRaised, 1)
+        XCTAssertEqual(w.tlbFlushes, 1)
+        XCTAssertEqual(env.device.stats[.tlbFlushes] - before, 1)
+        try env.finish()
+    }
+
+    /// Cost overrides by name: applied all together, or (an unknown name, a value that is not
+    /// a number, a link of no bandwidth) not at all.
+    func testCostOverridesByName() throws {
+        var c = SVMCosts()
+        try c.apply(["tlb-miss-ns=300", "link-bytes-per-ns=32", "fault-batch-ns=0"])
+        XCTAssertEqual(c.tlbMissNs, 300)
+        XCTAssertEqual(c.linkBytesPerNs, 32)
+        XCTAssertEqual(c.faultBatchNs, 0)
+        XCTAssertEqual(c.copyNs(4096), 128)
+        for bad in [["replay-ns=5", "no-such-ns=1"], ["replay-ns=-1"], ["replay-ns"], ["link-bytes-per-ns=0"], ["replay-ns=1e3"]] {
+            var d = c
+            XCTAssertThrowsError(try d.apply(bad)) { XCTAssertEqual($0 as? Errno, .EINVAL, "\(bad)") }
+            XCTAssertEqual(d, c, "\(bad) changed a cost")
+        }
+        XCTAssertEqual(Set(SVMCosts.names.map(\.0)).count, 8)
+    }
+
     // MARK: the device conformance suite
 
     /// mprotect to read-only while a kernel streams over the range: the kernel either finished

@@ -1,3 +1,4 @@
+import MMCore
 import MMSync
 
 /// What each device action costs in virtual time (nanoseconds). Every SVM run reports its
@@ -15,6 +16,8 @@ public struct SVMCosts: Sendable, Equatable {
     public var linkBytesPerNs: UInt64 = 16
     /// One device TLB invalidation (a notifier callback that dropped entries).
     public var tlbInvalidateNs: UInt64 = 2_000
+    /// An engine's TLB miss: a walk of the device page table.
+    public var tlbMissNs: UInt64 = 200
     /// Replaying the faulted engines after a batch.
     public var replayNs: UInt64 = 2_000
     /// One 8-byte access to device memory.
@@ -23,6 +26,28 @@ public struct SVMCosts: Sendable, Equatable {
     public var remoteAccessNs: UInt64 = 400
 
     public init() {}
+
+    /// Each cost by its name on the command line, with its key path.
+    public static var names: [(String, WritableKeyPath<SVMCosts, UInt64>)] { [
+        ("fault-batch-ns", \.faultBatchNs), ("per-fault-ns", \.perFaultNs), ("link-bytes-per-ns", \.linkBytesPerNs),
+        ("tlb-invalidate-ns", \.tlbInvalidateNs), ("tlb-miss-ns", \.tlbMissNs), ("replay-ns", \.replayNs),
+        ("local-access-ns", \.localAccessNs), ("remote-access-ns", \.remoteAccessNs),
+    ] }
+
+    /// Sets the costs named in `overrides` ("name=value", as in `SVMCosts.names`; the link's
+    /// bandwidth at least 1). Errors: EINVAL for an unknown name or a value that is not a
+    /// number (no cost is changed then).
+    public mutating func apply(_ overrides: [String]) throws(Errno) {
+        var changed = self
+        for o in overrides {
+            let parts = o.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, let key = SVMCosts.names.first(where: { $0.0 == parts[0] })?.1,
+                  let v = UInt64(parts[1]) else { throw .EINVAL }
+            if key == \SVMCosts.linkBytesPerNs && v == 0 { throw .EINVAL }
+            changed[keyPath: key] = v
+        }
+        self = changed
+    }
 
     /// Virtual time of copying `bytes` over the link.
     public func copyNs(_ bytes: Int) -> UInt64 { UInt64(bytes) / max(linkBytesPerNs, 1) }

@@ -196,7 +196,7 @@ extension SVMDevice {
                     let pfn = HMMPfn.pfn(e)
                     let isLocal = isLocal(pfn)
                     if localOnly && !isLocal { continue }
-                    space.table[(r.start >> pageShift) + UInt64(k)] = SVMEntry(pfn: pfn, write: HMMPfn.isWrite(e), atomic: false, local: isLocal)
+                    space.setEntry((r.start >> pageShift) + UInt64(k), SVMEntry(pfn: pfn, write: HMMPfn.isWrite(e), atomic: false, local: isLocal))
                     if isLocal { local.append(pfn) } else { remote += 1 }
                 }
             }
@@ -253,7 +253,7 @@ extension SVMDevice {
         }
         let installed: Bool = space.lock.withLock {
             guard !space.notifier.readRetry(seq) else { return false }
-            space.table[address >> pageShift] = SVMEntry(pfn: page.pfn, write: true, atomic: true, local: false)
+            space.setEntry(address >> pageShift, SVMEntry(pfn: page.pfn, write: true, atomic: true, local: false))
             return true
         }
         mm.mmapLock.unlockRead()

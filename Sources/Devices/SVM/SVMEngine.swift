@@ -43,10 +43,58 @@ public final class SVMEngine: @unchecked Sendable {
     /// The policy's access-counter threshold when the kernel was launched.
     private let counterThreshold: Int?
 
+    /// The engine's TLB: `tlbSize` entries, direct-mapped by virtual page number, filled from
+    /// the device page table on a miss (a walk, `SVMCosts.tlbMissNs`). Read and written by
+    /// this engine's thread under the space's `lock`; flushed when the space's `tlbGeneration`
+    /// moved on (an invalidation or a changed entry), before the next lookup.
+    public static let tlbSize = 64
+    private let tlbTags: UnsafeMutablePointer<UInt64>
+    private let tlbData: UnsafeMutablePointer<SVMEntry>
+    @exclusivity(unchecked) private var tlbGeneration: UInt64 = 0
+    @exclusivity(unchecked) private var tlbFilled = false
+    /// TLB lookups that hit, that missed (a table walk), and flushes that emptied it. Its thread only.
+    @exclusivity(unchecked) public private(set) var tlbHits = 0
+    @exclusivity(unchecked) public private(set) var tlbMisses = 0
+    @exclusivity(unchecked) public private(set) var tlbFlushes = 0
+
     init(index: Int, count: Int, space: SVMSpace, launch: SVMLaunch, start: UInt64) {
         self.index = index; self.count = count; self.space = space; self.launch = launch
         virtualNanoseconds = start
         counterThreshold = space.device.policy.accessCounterThreshold
+        tlbTags = .allocate(capacity: SVMEngine.tlbSize)
+        tlbTags.initialize(repeating: UInt64.max, count: SVMEngine.tlbSize)
+        tlbData = .allocate(capacity: SVMEngine.tlbSize)
+        tlbData.initialize(repeating: SVMEntry(pfn: 0, write: false, atomic: false, local: false), count: SVMEngine.tlbSize)
+    }
+
+    deinit {
+        tlbTags.deallocate()
+        tlbData.deallocate()
+    }
+
+    /// The entry for `vpn` that allows `kind`: from the TLB, or from the table (filling the
+    /// TLB); nil if the table has none that allows it (a fault). Sets `walked` on a miss.
+    /// Locking: the space's `lock` held.
+    @inline(__always) private func translate(_ vpn: UInt64, _ kind: SVMAccess, walked: inout Bool) -> SVMEntry? {
+        space.lock.assertHeld()
+        let generation = space.tlbGeneration
+        if generation != tlbGeneration {
+            tlbGeneration = generation
+            if tlbFilled {
+                tlbTags.update(repeating: UInt64.max, count: SVMEngine.tlbSize)
+                tlbFilled = false
+                tlbFlushes += 1
+            }
+        }
+        let slot = Int(vpn & UInt64(SVMEngine.tlbSize - 1))
+        if tlbTags[slot] == vpn, SVMEngine.permits(tlbData[slot], kind) { tlbHits += 1; return tlbData[slot] }
+        tlbMisses += 1
+        walked = true
+        guard let e = space.table[vpn], SVMEngine.permits(e, kind) else { return nil }
+        tlbTags[slot] = vpn
+        tlbData[slot] = e
+        tlbFilled = true
+        return e
     }
 
     /// Called by the fault thread after the batch that held this engine's fault `ticket`.
@@ -94,8 +142,9 @@ public final class SVMEngine: @unchecked Sendable {
         let costs = device.costs
         while true {
             if let fatal = launch.fatal { throw fatal }
+            var walked = false
             let result: (UInt64, Bool, Bool)? = space.lock.withLock {
-                guard let e = space.table[page >> pageShift], SVMEngine.permits(e, kind) else { return nil }
+                guard let e = translate(page >> pageShift, kind, walked: &walked) else { return nil }
                 let p = e.local ? device.bytes(of: e.pfn) : device.memory.frame(e.pfn)
                 let value = act(p + offset)
                 // A remote access counts for its 64 KiB region; at the threshold the counter
@@ -109,6 +158,7 @@ public final class SVMEngine: @unchecked Sendable {
                 }
                 return (value, e.local, fired)
             }
+            if walked { virtualNanoseconds += costs.tlbMissNs }
             if let (value, local, fired) = result {
                 if local { localAccesses += 1; virtualNanoseconds += costs.localAccessNs }
                 else { remoteAccesses += 1; virtualNanoseconds += costs.remoteAccessNs }
@@ -162,6 +212,9 @@ public final class SVMLaunch: @unchecked Sendable {
             ModelThread.spawn(name: "svm-engine-\(e.index)") { [kernel] in
                 self.device.trace?.record(.kernelStart(engine: e.index, name: kernel.name), virtual: e.virtualNanoseconds)
                 do throws(SVMFatalFault) { try kernel.body(e) } catch { self.cancel(error) }
+                self.device.stats.count(.tlbHits, e.tlbHits)
+                self.device.stats.count(.tlbMisses, e.tlbMisses)
+                self.device.stats.count(.tlbFlushes, e.tlbFlushes)
                 self.device.trace?.record(.kernelEnd(engine: e.index), virtual: e.virtualNanoseconds)
                 if self.running.add(-1) == 0 {
                     self.endWall = monotonicNanoseconds()
@@ -221,6 +274,10 @@ public final class SVMLaunch: @unchecked Sendable {
     public var localAccesses: Int { engines.reduce(0) { $0 + $1.localAccesses } }
     public var remoteAccesses: Int { engines.reduce(0) { $0 + $1.remoteAccesses } }
     public var faultsRaised: Int { engines.reduce(0) { $0 + $1.faultsRaised } }
+    /// TLB hits, misses (walks) and flushes, all engines.
+    public var tlbHits: Int { engines.reduce(0) { $0 + $1.tlbHits } }
+    public var tlbMisses: Int { engines.reduce(0) { $0 + $1.tlbMisses } }
+    public var tlbFlushes: Int { engines.reduce(0) { $0 + $1.tlbFlushes } }
 }
 
 public struct SVMRunTime: Sendable {

@@ -26,6 +26,10 @@ public final class SVMSpace: @unchecked Sendable {
     /// Virtual page number → entry. Locking: `lock`.
     @exclusivity(unchecked) var table: [UInt64: SVMEntry] = [:]
     private(set) var notifier: MMUIntervalNotifier!
+    /// Bumped whenever an entry goes or changes: an engine whose TLB saw another generation
+    /// flushes it before its next lookup (a shootdown that takes effect under `lock`, so no TLB
+    /// entry outlives the invalidation that dropped it). Locking: `lock`.
+    @exclusivity(unchecked) var tlbGeneration: UInt64 = 0
     /// Remote accesses per 64 KiB region since its counter last fired. Locking: `lock`.
     @exclusivity(unchecked) var remoteAccesses: [UInt64: Int] = [:]
     static let counterRegionShift: UInt64 = 16
@@ -79,7 +83,15 @@ public final class SVMSpace: @unchecked Sendable {
         } else {
             table = table.filter { $0.key < first || $0.key > last || (keepAtomic && $0.value.atomic) }
         }
+        if before != table.count { tlbGeneration &+= 1 }
         return before - table.count
+    }
+
+    /// Programs the entry of virtual page `vpn`; replacing a different entry shoots down the
+    /// engines' TLBs (a new entry needs none: no TLB holds it). Locking: `lock` held.
+    @inline(__always) func setEntry(_ vpn: UInt64, _ e: SVMEntry) {
+        lock.assertHeld()
+        if let old = table.updateValue(e, forKey: vpn), old != e { tlbGeneration &+= 1 }
     }
 
     /// Device page-table entries now (for tests and reports).
@@ -90,7 +102,7 @@ public final class SVMSpace: @unchecked Sendable {
     /// Stops mirroring: every entry goes, then the notifier (no engine or fault thread may
     /// run: the device has stopped them).
     func unbind() {
-        lock.withLock { table.removeAll() }
+        lock.withLock { table.removeAll(); tlbGeneration &+= 1 }
         mm.notifiers.remove(notifier)
     }
 

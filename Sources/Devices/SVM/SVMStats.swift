@@ -31,11 +31,14 @@ public final class SVMStats: @unchecked Sendable {
         case thrashing
         /// Access-counter notifications: a remotely mapped region the engines touched often.
         case accessCounters
+        /// Engine TLB lookups that hit, that missed (a walk of the device page table), and TLB
+        /// flushes (a shootdown after an invalidation found the TLB holding entries).
+        case tlbHits, tlbMisses, tlbFlushes
 
         public var description: String {
             ["faults", "duplicates", "batches", "migrated_to_device", "migrated_to_system", "bytes_to_device",
              "bytes_to_system", "evictions", "remote_maps", "exclusive_grabs", "invalidations", "replays",
-             "fatal_faults", "cpu_faults_back", "thrashing", "access_counters"][rawValue]
+             "fatal_faults", "cpu_faults_back", "thrashing", "access_counters", "tlb_hits", "tlb_misses", "tlb_flushes"][rawValue]
         }
     }
 
