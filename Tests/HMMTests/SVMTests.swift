@@ -418,6 +418,56 @@ final class SVMTests: XCTestCase {
         XCTAssertEqual(Set(SVMCosts.names.map(\.0)).count, 8)
     }
 
+    /// The density prefetch asks the device's residency: after the CPU took pages 0..<300 of a
+    /// region back, a kernel that reads them again faults at pages 0, 1, 2, 4, …, 64 and no
+    /// more: there the whole region's node is past half (65 wanted + 212 resident of 512) and
+    /// pages 64..<300 come at once. (A record of pages once marked would count them still
+    /// there, never prefetch, and fault on each of the 300.)
+    func testDensityPrefetchCountsPagesTheCPUTookBackAsGone() throws {
+        let env = try Env(deviceMiB: 2, policy: SVMDensityPrefetchPolicy())
+        let a = try env.anon(512)
+        try env.fill(a, words: 512 * 512, seed: 5)
+        try env.device.launch(SVMWorkload.touch(base: a, pages: 512, write: false), on: env.space, engines: 1).wait()
+        XCTAssertEqual(env.space.localPages, 512)
+        for p in 0..<300 { XCTAssertEqual(try env.cpu.load(a + UInt64(p) * pageSize, as: UInt64.self), 5 &+ UInt64(p * 512)) }
+        XCTAssertEqual(env.device.stats[.cpuFaultsBack], 300)
+        XCTAssertEqual(env.device.residency(env.space, a, a + 512 * pageSize), [Bool](repeating: false, count: 300) + [Bool](repeating: true, count: 212))
+        let before = env.device.stats[.faults]
+        let run = try env.device.launch(SVMWorkload.touch(base: a, pages: 300, write: false), on: env.space, engines: 1)
+        try run.wait()
+        XCTAssertEqual(env.device.stats[.faults] - before, 8)
+        XCTAssertEqual(env.space.localPages, 512)
+        try env.finish()
+    }
+
+    /// Thrashing detection counts each address space's pages apart: two round trips of a page
+    /// in one process and a first fault at the same address in another pin nothing (one
+    /// record for both would reach the threshold of 3 and pin the second process's page).
+    func testThrashingDetectionKeepsEachSpaceApart() throws {
+        let env = try Env(policy: SVMThrashingPolicy())
+        let a = try env.anon(4)
+        try env.fill(a, words: 4 * 512, seed: 1)
+        for _ in 0..<2 {
+            try env.device.launch(SVMWorkload.touch(base: a, pages: 4, write: true, value: 9), on: env.space, engines: 1).wait()
+            for p in 0..<4 { XCTAssertEqual(try env.cpu.load(a + UInt64(p) * pageSize, as: UInt64.self), 9) }
+        }
+        let other = try MMCore.Process(machine: env.machine)
+        let ocpu = other.makeCPU()
+        let b = try other.mmap(length: 4 * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        XCTAssertEqual(b, a) // the same addresses, in another space
+        try ocpu.store(b, 3)
+        let ospace = try env.device.bind(other.mm)
+        try env.device.launch(SVMWorkload.touch(base: b, pages: 4, write: true, value: 4), on: ospace, engines: 1).wait()
+        XCTAssertEqual(env.device.stats[.thrashing], 0)
+        XCTAssertEqual(ospace.localPages, 4)
+        XCTAssertEqual(env.device.stats[.migratedToDevice], 2 * 4 + 4)
+        XCTAssertEqual(ospace.checkInvariants(), [])
+        XCTAssertEqual(try ocpu.load(b, as: UInt64.self), 4)
+        ocpu.detach()
+        other.exit()
+        try env.finish()
+    }
+
     // MARK: the device conformance suite
 
     /// mprotect to read-only while a kernel streams over the range: the kernel either finished

@@ -5,6 +5,8 @@ import MMSync
 /// Faults on consecutive pages of one space with the same access, serviced together (UVM
 /// services a batch by VA block, nouveau by range).
 public struct SVMFaultGroup: Sendable {
+    /// The address space the faults are in (a policy keeps its records per space).
+    public let space: SVMSpace
     public let start: UInt64
     public let end: UInt64
     public let access: SVMAccess
@@ -103,7 +105,7 @@ extension SVMDevice {
             let base = n.address & ~(regionSize - 1)
             let s = max(base, vs), e = min(base + regionSize, ve)
             guard s < e else { continue }
-            let region = SVMFaultGroup(start: s, end: e, access: .read, vmaStart: vs, vmaEnd: ve)
+            let region = SVMFaultGroup(space: n.space, start: s, end: e, access: .read, vmaStart: vs, vmaEnd: ve)
             guard let r = policy.accessCounterFired(region: region, device: self) else { continue }
             let ms = max(r.lowerBound & ~(pageSize - 1), vs), me = min((r.upperBound + pageSize - 1) & ~(pageSize - 1), ve)
             if ms < me, migrateToDevice(n.space, ms, me) > 0 { _ = map(n.space, ms, me, write: false, localOnly: true) }
@@ -130,7 +132,7 @@ extension SVMDevice {
         // migration: a device write to read-only memory is fatal, wherever the page is.
         let denied: Errno? = !flags.contains(.read) ? .EFAULT : access >= .write && !flags.contains(.write) ? .EPERM : nil
         if let denied { return stride(from: start, to: end, by: Int(pageSize)).map { ($0, denied) } }
-        let group = SVMFaultGroup(start: start, end: end, access: access, vmaStart: vs, vmaEnd: ve)
+        let group = SVMFaultGroup(space: space, start: start, end: end, access: access, vmaStart: vs, vmaEnd: ve)
         // A migration larger than the group (a prefetch) is mapped whole, as UVM maps the
         // pages it prefetched: the engines would otherwise fault on each of them.
         var mapStart = start, mapEnd = end
@@ -146,7 +148,7 @@ extension SVMDevice {
             if err == .EBUSY { return [] }
             return end - start == pageSize ? [(start, err)] : servicePageByPage(space, start, end, access)
         }
-        if access == .write, let err = breakReadOnlyLocal(space, start, end) { return [(start, err)] }
+        if access == .write, let failed = breakReadOnlyLocal(space, start, end) { return [failed] }
         return []
     }
 
@@ -211,8 +213,9 @@ extension SVMDevice {
     /// A write fault on pages this device holds read-only (a fork made them copy-on-write):
     /// they go back to system memory, where the CPU's fault breaks the sharing, and are mapped
     /// again writable (remotely; the policy may bring them back on a later fault).
-    /// Return: nil, or the error of mapping them again.
-    private func breakReadOnlyLocal(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> Errno? {
+    /// Return: nil, or the page that failed with its error (of mapping them again, or ENOMEM
+    /// for a page that could not move for want of system memory).
+    private func breakReadOnlyLocal(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> (UInt64, Errno)? {
         let readOnly = space.lock.withLock {
             stride(from: start, to: end, by: Int(pageSize)).filter { a in
                 guard let e = space.table[a >> pageShift] else { return false }
@@ -221,11 +224,12 @@ extension SVMDevice {
         }
         guard !readOnly.isEmpty else { return nil }
         for a in readOnly { migrateToSystem(space, a, a + pageSize) }
-        if let err = map(space, start, end, write: true) { return err == .EBUSY ? nil : err }
+        if let err = map(space, start, end, write: true) { return err == .EBUSY ? nil : (readOnly[0], err) }
         // A page that could not move (busy, or no system page for it) is still local and
         // read-only: out of memory is fatal; a busy page faults again.
-        let stuck = space.lock.withLock { readOnly.contains { a in space.table[a >> pageShift].map { $0.local && !$0.write } ?? false } }
-        return stuck && memory.freeFrames == 0 ? .ENOMEM : nil
+        let stuck = space.lock.withLock { readOnly.first { a in space.table[a >> pageShift].map { $0.local && !$0.write } ?? false } }
+        guard let stuck, memory.freeFrames == 0 else { return nil }
+        return (stuck, .ENOMEM)
     }
 
     /// Exclusive access for an atomic on a system page (`nouveau_atomic_range_fault`): the

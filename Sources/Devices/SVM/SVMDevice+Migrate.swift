@@ -46,16 +46,27 @@ extension SVMDevice {
         return moved
     }
 
+    /// Which pages of [start, end) of `space` are in this device's memory now (a snapshot of
+    /// the CPU's page table: nothing is faulted in). For policies: UVM's prefetcher asks the
+    /// same of a block's residency. All false if the snapshot fails (no VMA, or an
+    /// invalidation kept overtaking it). Locking: none held; takes the mmap lock for read.
+    public func residency(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> [Bool] {
+        space.mm.mmapLock.assertNotHeld()
+        let s = start & ~(pageSize - 1), e = (end + pageSize - 1) & ~(pageSize - 1)
+        guard s < e, space.device === self else { return [] }
+        let none = [Bool](repeating: false, count: Int((e - s) >> pageShift))
+        var range = HMMRange(notifier: space.notifier, notifierSeq: space.notifier.readBegin(), start: s, end: e,
+                             devPrivateOwner: self)
+        space.mm.mmapLock.lockRead(); defer { space.mm.mmapLock.unlockRead() }
+        guard (try? space.mm.hmmRangeFault(&range)) != nil else { return none }
+        return range.hmmPfns.map { HMMPfn.isValid($0) && isLocal(HMMPfn.pfn($0)) }
+    }
+
     /// Pages of [start, end) not in this device's memory now (a snapshot: nothing faulted).
     /// Return: the whole range's page count if the snapshot fails. Locking: none held.
     func pagesNotLocal(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> Int {
         space.mm.mmapLock.assertNotHeld()
-        let all = Int((end - start) >> pageShift)
-        var range = HMMRange(notifier: space.notifier, notifierSeq: space.notifier.readBegin(), start: start, end: end,
-                             devPrivateOwner: self)
-        space.mm.mmapLock.lockRead(); defer { space.mm.mmapLock.unlockRead() }
-        guard (try? space.mm.hmmRangeFault(&range)) != nil else { return all }
-        return range.hmmPfns.reduce(0) { $0 + (HMMPfn.isValid($1) && isLocal(HMMPfn.pfn($1)) ? 0 : 1) }
+        return residency(space, start, end).reduce(0) { $0 + ($1 ? 0 : 1) }
     }
 
     /// Migrates this device's pages in [start, end) of `space` back to system memory (a write

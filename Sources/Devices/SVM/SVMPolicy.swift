@@ -37,45 +37,40 @@ public final class SVMRemoteMapPolicy: SVMPolicy {
     public func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? { nil }
 }
 
-/// Density prefetch (after UVM's `uvm_perf_prefetch.c`): each 2 MiB region keeps a bitmap of
-/// the pages that faulted or were prefetched, seen as a binary tree of aligned nodes (2, 4, …,
-/// 512 pages). On a fault, the largest node holding the group whose marked share is above
-/// `threshold` is prefetched: the span of its unmarked pages (with the group) migrates. A
-/// sequential stream so faults at pages 0, 1, 2, 4, 8, … of a region: about ten faults per 2 MiB
-/// instead of 512. The bitmap is the policy's own belief: a page evicted or taken back by the
-/// CPU stays marked (UVM asks the block's residency; a user's policy can do the same).
-public final class SVMDensityPrefetchPolicy: SVMPolicy, @unchecked Sendable {
+/// Density prefetch (after UVM's `uvm_perf_prefetch.c`): the pages of a fault group's 2 MiB
+/// region that are in device memory now (asked of the device, `SVMDevice.residency`) or in the
+/// group, seen as a binary tree of aligned nodes (2, 4, …, 512 pages). The largest node holding
+/// the group whose share of such pages is above `threshold` is prefetched: the span of its
+/// other pages (with the group) migrates. A sequential stream so faults at pages 0, 1, 2, 4,
+/// 8, … of a region: about ten faults per 2 MiB instead of 512. A page evicted or taken back
+/// by the CPU no longer counts, as in UVM (which asks the block's residency).
+public final class SVMDensityPrefetchPolicy: SVMPolicy {
     public let name = "density-prefetch"
-    /// The share of a node that must be marked (UVM's default: 51 %).
+    /// The share of a node that must be resident or faulting (UVM's default: 51 %).
     public let threshold: Double
-    private let lock = Lock("svm-prefetch")
-    /// Region (its 2 MiB-aligned address) → marked pages. Locking: `lock`.
-    private var marked: [UInt64: [Bool]] = [:]
     public init(threshold: Double = 0.51) { self.threshold = threshold }
 
     public func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? {
         let region = group.start & pmdMask
         let first = Int((group.start - region) >> pageShift), last = Int((group.end - 1 - region) >> pageShift) + 1
-        let span: (Int, Int) = lock.withLock {
-            var bits = marked[region] ?? [Bool](repeating: false, count: ptrsPerTable)
-            for i in first..<last { bits[i] = true }
-            var lo = first, hi = last
-            var size = 2
-            while size <= ptrsPerTable {
-                let s = first & ~(size - 1), e = s + size
-                if last <= e, Double(bits[s..<e].reduce(0) { $0 + ($1 ? 1 : 0) }) > threshold * Double(size) {
-                    // The node qualifies: its unmarked pages, with the group, are the span.
-                    if let u = bits[s..<e].firstIndex(of: false) { lo = min(lo, u) }
-                    if let u = bits[s..<e].lastIndex(of: false) { hi = max(hi, u + 1) }
-                }
-                size *= 2
+        // The region's residency within the group's VMA (outside it nothing can move).
+        let lo = max(region, group.vmaStart), hi = min(region + pmdSize, group.vmaEnd)
+        var bits = [Bool](repeating: false, count: ptrsPerTable)
+        for (k, r) in device.residency(group.space, lo, hi).enumerated() where r { bits[Int((lo - region) >> pageShift) + k] = true }
+        for i in first..<last { bits[i] = true }
+        var spanLo = first, spanHi = last
+        var size = 2
+        while size <= ptrsPerTable {
+            let s = first & ~(size - 1), e = s + size
+            if last <= e, Double(bits[s..<e].reduce(0) { $0 + ($1 ? 1 : 0) }) > threshold * Double(size) {
+                // The node qualifies: its other pages, with the group, are the span.
+                if let u = bits[s..<e].firstIndex(of: false) { spanLo = min(spanLo, u) }
+                if let u = bits[s..<e].lastIndex(of: false) { spanHi = max(spanHi, u + 1) }
             }
-            for i in lo..<hi { bits[i] = true }
-            marked[region] = bits
-            return (lo, hi)
+            size *= 2
         }
-        let s = max(region + UInt64(span.0) << pageShift, group.vmaStart)
-        let e = min(region + UInt64(span.1) << pageShift, group.vmaEnd)
+        let s = max(region + UInt64(spanLo) << pageShift, group.vmaStart)
+        let e = min(region + UInt64(spanHi) << pageShift, group.vmaEnd)
         return s < e ? s..<e : group.start..<group.end
     }
 }
@@ -91,8 +86,10 @@ public final class SVMThrashingPolicy: SVMPolicy, @unchecked Sendable {
     public let windowNs: UInt64
     public let pinNs: UInt64
     private let lock = Lock("svm-thrashing")
-    /// Page → (faults in the current window, the window's start, pinned until). Locking: `lock`.
-    private var pages: [UInt64: (count: Int, since: UInt64, pinnedUntil: UInt64)] = [:]
+    private struct Key: Hashable { let space: ObjectIdentifier; let page: UInt64 }
+    /// Page of a space → (faults in the current window, the window's start, pinned until).
+    /// Locking: `lock`.
+    private var pages: [Key: (count: Int, since: UInt64, pinnedUntil: UInt64)] = [:]
 
     public init(base: SVMPolicy = SVMFirstTouchPolicy(), threshold: Int = 3, windowNs: UInt64 = 500_000_000,
                 pinNs: UInt64 = 2_000_000_000) {
@@ -104,13 +101,15 @@ public final class SVMThrashingPolicy: SVMPolicy, @unchecked Sendable {
         let now = device.virtualNanoseconds
         let (pinned, newlyPinned): (Bool, Int) = lock.withLock {
             var pinned = false, newly = 0
+            let space = ObjectIdentifier(group.space)
             for a in stride(from: group.start, to: group.end, by: Int(pageSize)) {
-                var e = pages[a] ?? (0, now, 0)
+                let key = Key(space: space, page: a)
+                var e = pages[key] ?? (0, now, 0)
                 if now < e.pinnedUntil { pinned = true; continue }
                 if now - e.since > windowNs { e = (0, now, 0) }
                 e.count += 1
                 if e.count >= threshold { e = (0, now, now + pinNs); pinned = true; newly += 1 }
-                pages[a] = e
+                pages[key] = e
             }
             return (pinned, newly)
         }
