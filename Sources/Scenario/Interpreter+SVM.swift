@@ -3,11 +3,11 @@ import MMCore
 import MMSync
 
 /// The SVM device's commands (docs/svm.md): `svm_open`, `svm_policy`, `svm_fill`,
-/// `svm_check`, `svm_add`, `svm_stats`, `svm_close`. Each kernel command launches a kernel on
+/// `svm_check`, `svm_add`, `svm_run`, `svm_stats`, `svm_close`. Each kernel command launches a kernel on
 /// the device's engines and waits for it; a fatal device fault is its errno (EFAULT: no VMA;
 /// EPERM: a write to read-only memory), compared with `expect` as a system call's is.
 extension ScenarioInterpreter {
-    static let svmPolicyFlags: Set<String> = ["first_touch", "remote_map", "density_prefetch", "thrashing_aware"]
+    static let svmPolicyFlags: Set<String> = ["first_touch", "remote_map", "density_prefetch", "thrashing_aware", "access_counters"]
 
     func svm(_ t: Token, _ ctx: Context) throws -> SVMSpace {
         let n = try resolveName(t, ctx)
@@ -106,6 +106,43 @@ extension ScenarioInterpreter {
             for _ in 0..<times { try e.atomicAdd(a, delta) }
         }
         try runKernel(cmd, ctx, s, a % 8 == 0 ? kernel : nil, engines: try engines(cmd, ctx))
+    }
+
+    /// `svm_run DEV WORKLOAD [pages=N] [engines=N] [rounds=N] [cpu_threads=N]`: one of the
+    /// runner's workloads (stream, pingpong, counter, gather, stencil, bfs, gemm) over N new
+    /// pages of the device's process (default 256, unmapped afterwards), with CPU threads
+    /// beside its kernels if asked; every word is checked against the workload's reference
+    /// (a wrong word fails the command). A fatal device fault is the outcome.
+    func svmRunCommand(_ cmd: Command, _ ctx: Context) throws {
+        let s = try svm(try cmd.arg(0, "an SVM device"), ctx)
+        let chosen = SVMWorkloadKind.allCases.filter { cmd.flag($0.rawValue) }
+        guard chosen.count == 1 else {
+            throw cmd.fail("expected one workload: \(SVMWorkloadKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let pages = try cmd.option("pages").map { try eval($0, ctx) } ?? 256
+        guard (2...2048).contains(pages) else { throw cmd.fail("expected pages=2…2048") }
+        let rounds = try cmd.option("rounds").map { try eval($0, ctx) } ?? 2
+        guard (1...1000).contains(rounds) else { throw cmd.fail("expected rounds=1…1000") }
+        let cpuThreads = try cmd.option("cpu_threads").map { try eval($0, ctx) } ?? 0
+        guard cpuThreads <= 16 else { throw cmd.fail("expected cpu_threads=0…16") }
+        let n = try engines(cmd, ctx)
+        let process = try state.withLock { () throws -> MMCore.Process in
+            guard let p = processes.values.first(where: { $0.mm === s.mm }) else { throw cmd.fail("the SVM device's process has exited") }
+            return p
+        }
+        var result: SVMRunResult?
+        try syscall(cmd, ctx, { () throws -> SVMRunResult in
+            do {
+                return try SVMRunner.run(chosen[0], on: s, process: process, pages: Int(pages), engines: n, rounds: Int(rounds),
+                                         cpuThreads: Int(cpuThreads), checkInvariants: false)
+            } catch let f as SVMFatalFault { throw f.errno }
+        }) { r in
+            result = r
+            return "ok (\(r.counter("faults")) faults so far, \(SVMRunTime.format(r.virtualNanoseconds)) virtual)"
+        }
+        if let r = result, r.mismatches != 0 {
+            throw failure(cmd, "expected every word of \(chosen[0].rawValue) to match its reference, \(r.mismatches) did not")
+        }
     }
 
     /// Launches `kernel`, waits, and compares its outcome (a fatal fault's errno, or success)

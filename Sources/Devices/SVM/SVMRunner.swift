@@ -63,11 +63,35 @@ public enum SVMRunner {
         guard pages > 0, engines > 0, engines <= 64, rounds > 0, (0...16).contains(cpuThreads) else { throw Errno.EINVAL }
         let machine = try Machine(memoryBytes: machineMiB << 20, devicePfnSpaceBytes: max(deviceMiB, 256) << 21)
         let process = try MMCore.Process(machine: machine)
-        let cpu = process.makeCPU()
         let device = try SVMDevice(machine: machine, capacityBytes: deviceMiB << 20, policy: policy, costs: costs, trace: trace)
-        defer { try? device.shutdown(); cpu.detach(); process.exit() }
+        defer { try? device.shutdown(); process.exit() }
         let space = try device.bind(process.mm)
+        return try runIn(kind, space: space, process: process, pages: pages, engines: engines, rounds: rounds,
+                         cpuThreads: cpuThreads, checkInvariants: true, stopTrace: true)
+    }
+
+    /// Runs `kind` in `process` (bound to a device as `space`) over `pages` new pages, which
+    /// are unmapped afterwards; the rest as the other `run`. With `checkInvariants` (the
+    /// machine quiet but for this run), the device's table against the CPU's and the
+    /// machine's invariants are checked after the kernels. The counters are the device's since
+    /// it was opened. Errors: EINVAL for sizes out of range or a space of a dead process;
+    /// ENOMEM; a kernel's fatal fault.
+    public static func run(_ kind: SVMWorkloadKind, on space: SVMSpace, process: MMCore.Process, pages: Int, engines: Int = 4,
+                           rounds: Int = 4, cpuThreads: Int = 0, checkInvariants: Bool = true) throws -> SVMRunResult {
+        try runIn(kind, space: space, process: process, pages: pages, engines: engines, rounds: rounds, cpuThreads: cpuThreads,
+                  checkInvariants: checkInvariants, stopTrace: false)
+    }
+
+    /// The run itself; with `stopTrace`, the device's trace stops before the check's CPU reads.
+    private static func runIn(_ kind: SVMWorkloadKind, space: SVMSpace, process: MMCore.Process, pages: Int, engines: Int,
+                              rounds: Int, cpuThreads: Int, checkInvariants: Bool, stopTrace: Bool) throws -> SVMRunResult {
+        guard pages > 0, pages <= 1 << 20, engines > 0, engines <= 64, rounds > 0, (0...16).contains(cpuThreads),
+              space.mm === process.mm, !process.mm.isDead else { throw Errno.EINVAL }
+        let device = space.device
+        let cpu = process.makeCPU()
+        defer { cpu.detach() }
         let a = try process.mmap(length: UInt64(pages) * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        defer { try? process.munmap(a, length: UInt64(pages) * pageSize) }
         let ctx = SVMRunContext(device: device, space: space, process: process, cpu: cpu,
                                 layout: SVMWordLayout(base: a, pages: pages), engines: engines, rounds: rounds, cpuThreads: cpuThreads)
         defer { _ = ctx.stopCompanion() }
@@ -86,15 +110,15 @@ public enum SVMRunner {
         let companion = ctx.stopCompanion()
         let wall = monotonicNanoseconds() - wall0
         let virtual = ctx.virtualNanoseconds
-        let problems = space.checkInvariants() + machine.checkInvariants()
+        let problems = checkInvariants ? space.checkInvariants() + process.machine.checkInvariants() : []
         let counters = device.stats.snapshot // before the check's CPU reads bring pages back
-        trace?.stop()
+        if stopTrace { device.trace?.stop() }
         var mismatches = companion.mismatches
         for i in 0..<ctx.layout.words where try cpu.load(ctx.layout.address(i), as: UInt64.self) != expected(i) { mismatches += 1 }
         for p in 0..<pages where try cpu.load(ctx.layout.lane(p), as: UInt64.self) != UInt64(companion.lanes[p]) { mismatches += 1 }
-        return SVMRunResult(workload: kind, policy: policy.name, pages: pages, mismatches: mismatches, counters: counters,
-                            virtualNanoseconds: virtual, wallNanoseconds: wall, invariantProblems: problems, base: a, trace: trace,
-                            cpuThreads: cpuThreads, cpuPasses: companion.passes, cpuAccesses: companion.accesses)
+        return SVMRunResult(workload: kind, policy: device.policy.name, pages: pages, mismatches: mismatches, counters: counters,
+                            virtualNanoseconds: virtual, wallNanoseconds: wall, invariantProblems: problems, base: a,
+                            trace: device.trace, cpuThreads: cpuThreads, cpuPasses: companion.passes, cpuAccesses: companion.accesses)
     }
 
     /// The built-in policies by name.
