@@ -43,10 +43,12 @@ public enum SVMReport {
     static func table(_ runs: [SVMRunResult]) -> String {
         var s = "<table><tr><th>workload</th><th>policy</th>"
         for (h, _) in columns { s += "<th>\(h)</th>" }
-        s += "<th>virtual ms</th><th>wall ms</th><th>data</th></tr>\n"
+        s += "<th>TLB hits %</th><th>virtual ms</th><th>wall ms</th><th>data</th></tr>\n"
         for r in runs {
             s += "<tr><td>\(r.workload.rawValue)</td><td>\(esc(r.policy))</td>"
             for (_, c) in columns { s += "<td>\(r.counter(c))</td>" }
+            let lookups = r.counter("tlb_hits") + r.counter("tlb_misses")
+            s += lookups == 0 ? "<td>-</td>" : "<td>\(Double(r.counter("tlb_hits") * 1000 / lookups) / 10)</td>"
             let ok = r.mismatches == 0 && r.invariantProblems.isEmpty
             s += "<td>\(ms(r.virtualNanoseconds))</td><td>\(ms(r.wallNanoseconds))</td>"
             s += ok ? "<td>ok</td>" : "<td class=\"bad\">\(r.mismatches) words wrong</td>"

@@ -440,6 +440,27 @@ final class SVMTests: XCTestCase {
         try env.finish()
     }
 
+    /// A prefetch never evicts: on a device with 2 pages free, a migration without eviction
+    /// of 8 pages moves 2 (the rest stay in system memory, unmapped), and on a full device none;
+    /// the group's own migration does evict.
+    func testAPrefetchTakesOnlyFreeDeviceMemory() throws {
+        let env = try Env(deviceMiB: 2, policy: SVMFirstTouchPolicy())
+        let a = try env.anon(510), b = try env.anon(8)
+        try env.fill(a, words: 510 * 512, seed: 1)
+        try env.fill(b, words: 8 * 512, seed: 2)
+        try env.device.launch(SVMWorkload.touch(base: a, pages: 510, write: false), on: env.space, engines: 2).wait()
+        XCTAssertEqual(env.device.freePages, 2)
+        XCTAssertEqual(env.device.migrateToDevice(env.space, b, b + 8 * pageSize, evict: false), 2)
+        XCTAssertEqual(env.device.freePages, 0)
+        XCTAssertEqual(env.device.migrateToDevice(env.space, b + 2 * pageSize, b + 8 * pageSize, evict: false), 0)
+        XCTAssertEqual(env.device.stats[.evictions], 0)
+        XCTAssertEqual(env.device.residency(env.space, b, b + 8 * pageSize), [true, true] + [Bool](repeating: false, count: 6))
+        XCTAssertEqual(env.device.migrateToDevice(env.space, b + 2 * pageSize, b + 8 * pageSize), 6)
+        XCTAssertEqual(env.device.stats[.evictions], 1)
+        for i in stride(from: 0, to: 8 * 512, by: 101) { XCTAssertEqual(try env.cpu.load(b + UInt64(i) * 8, as: UInt64.self), 2 &+ UInt64(i)) }
+        try env.finish()
+    }
+
     /// Thrashing detection counts each address space's pages apart: two round trips of a page
     /// in one process and a first fault at the same address in another pin nothing (one
     /// record for both would reach the threshold of 3 and pin the second process's page).

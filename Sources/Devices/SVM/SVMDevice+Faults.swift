@@ -133,21 +133,37 @@ extension SVMDevice {
         let denied: Errno? = !flags.contains(.read) ? .EFAULT : access >= .write && !flags.contains(.write) ? .EPERM : nil
         if let denied { return stride(from: start, to: end, by: Int(pageSize)).map { ($0, denied) } }
         let group = SVMFaultGroup(space: space, start: start, end: end, access: access, vmaStart: vs, vmaEnd: ve)
-        // A migration larger than the group (a prefetch) is mapped whole, as UVM maps the
-        // pages it prefetched: the engines would otherwise fault on each of them.
+        // Pages a policy prefetches with the group are mapped with it once in device memory, as
+        // UVM maps the pages it prefetched: the engines would otherwise fault on each. The group's
+        // own pages may evict to make room; the pages around it take only free device memory
+        // (a prefetch never evicts: it would push out pages the engines are using to bring in
+        // pages they may never touch).
         var mapStart = start, mapEnd = end
+        var tails: [(UInt64, UInt64)] = []
         if let r = policy.placement(for: group, device: self) {
             let s = max(r.lowerBound & ~(pageSize - 1), vs), e = min((r.upperBound + pageSize - 1) & ~(pageSize - 1), ve)
-            if s < e, migrateToDevice(space, s, e) > 0 { mapStart = min(start, s); mapEnd = max(end, e) }
+            if s < e {
+                let gs = max(start, s), ge = min(end, e)
+                var moved = gs < ge ? migrateToDevice(space, gs, ge) : 0
+                if gs < ge {
+                    if s < gs { tails.append((s, gs)) }
+                    if ge < e { tails.append((ge, e)) }
+                } else {
+                    tails.append((s, e))
+                }
+                for (a, b) in tails { moved += migrateToDevice(space, a, b, evict: false) }
+                if moved > 0 { mapStart = min(start, s); mapEnd = max(end, e) }
+            }
         }
         if access == .atomic { return serviceAtomic(space, start, end, mapStart: mapStart, mapEnd: mapEnd) }
-        let prefetchMapped = (mapStart < start || mapEnd > end) && map(space, mapStart, mapEnd, write: access >= .write) == nil
-        if !prefetchMapped, let err = map(space, start, end, write: access >= .write) {
+        if let err = map(space, start, end, write: access >= .write) {
             // EBUSY: the notifier kept moving for the loop's whole timeout (CPU changes
             // elsewhere in the space); the engine faults again instead of failing.
             if err == .EBUSY { return [] }
             return end - start == pageSize ? [(start, err)] : servicePageByPage(space, start, end, access)
         }
+        // The prefetched pages that did move (a snapshot: nothing is faulted in).
+        for (a, b) in tails { _ = map(space, a, b, write: access >= .write, localOnly: true) }
         if access == .write, let failed = breakReadOnlyLocal(space, start, end) { return [failed] }
         return []
     }

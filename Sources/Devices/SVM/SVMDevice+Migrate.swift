@@ -7,13 +7,15 @@ extension SVMDevice {
     /// (`nouveau_dmem_migrate_vma`): room is made first by evicting the least recently used
     /// chunks, then `MigrateVMA` setup, a device page for each selected page holding its bytes
     /// (zeroes for an empty one), pages, finalize. Pages that cannot move (busy, or device
-    /// memory still short) stay where they are. The range is clipped to its VMA.
+    /// memory still short) stay where they are. The range is clipped to its VMA. Without
+    /// `evict`, only free device memory is used (a prefetch).
     /// Return: pages moved. Locking: none held; takes the mmap lock for read.
     @discardableResult
-    func migrateToDevice(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> Int {
+    func migrateToDevice(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, evict: Bool = true) -> Int {
         space.mm.mmapLock.assertNotHeld(); space.lock.assertNotHeld()
         let mm = space.mm
-        makeRoom(pagesNotLocal(space, start, end))
+        if evict { makeRoom(pagesNotLocal(space, start, end)) }
+        else if freePages == 0 { return 0 }
         mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
         guard let vma = mm.vmaLookup(start), vma.flags.contains(.read) else { return 0 }
         let m = MigrateVMA(vma: vma, start: start, end: min(end, vma.end), pgmapOwner: self, flags: .system)
