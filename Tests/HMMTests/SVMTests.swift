@@ -461,6 +461,27 @@ final class SVMTests: XCTestCase {
         try env.finish()
     }
 
+    /// Thrashing detection places each run of unpinned pages of a group on its own: pinned
+    /// pages are left where they are (mapped remotely), the others migrate as the base
+    /// policy says (one record for the group would send it all to a remote mapping).
+    func testThrashingDetectionPinsOnlyThePagesThatThrash() throws {
+        let env = try Env(policy: SVMFirstTouchPolicy())
+        let a = try env.anon(8), p = pageSize
+        let policy = SVMThrashingPolicy(threshold: 2)
+        func group(_ first: UInt64, _ count: UInt64) -> SVMFaultGroup {
+            SVMFaultGroup(space: env.space, start: a + first * p, end: a + (first + count) * p, access: .read, vmaStart: a, vmaEnd: a + 8 * p)
+        }
+        XCTAssertEqual(policy.placements(for: group(0, 2), device: env.device), [a..<(a + 2 * p)])
+        XCTAssertEqual(policy.placements(for: group(0, 4), device: env.device), [(a + 2 * p)..<(a + 4 * p)]) // 0 and 1 pinned
+        XCTAssertEqual(env.device.stats[.thrashing], 2)
+        XCTAssertEqual(policy.placements(for: group(0, 4), device: env.device), []) // 2 and 3 pinned now
+        XCTAssertNil(policy.placement(for: group(0, 4), device: env.device))
+        XCTAssertEqual(policy.placements(for: group(5, 1), device: env.device), [(a + 5 * p)..<(a + 6 * p)])
+        XCTAssertEqual(policy.placements(for: group(4, 4), device: env.device), [(a + 4 * p)..<(a + 5 * p), (a + 6 * p)..<(a + 8 * p)])
+        XCTAssertEqual(env.device.stats[.thrashing], 5)
+        try env.finish()
+    }
+
     /// Thrashing detection counts each address space's pages apart: two round trips of a page
     /// in one process and a first fault at the same address in another pin nothing (one
     /// record for both would reach the threshold of 3 and pin the second process's page).

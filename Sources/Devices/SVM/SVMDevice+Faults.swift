@@ -140,20 +140,21 @@ extension SVMDevice {
         // pages they may never touch).
         var mapStart = start, mapEnd = end
         var tails: [(UInt64, UInt64)] = []
-        if let r = policy.placement(for: group, device: self) {
+        for r in policy.placements(for: group, device: self) {
             let s = max(r.lowerBound & ~(pageSize - 1), vs), e = min((r.upperBound + pageSize - 1) & ~(pageSize - 1), ve)
-            if s < e {
-                let gs = max(start, s), ge = min(end, e)
-                var moved = gs < ge ? migrateToDevice(space, gs, ge) : 0
-                if gs < ge {
-                    if s < gs { tails.append((s, gs)) }
-                    if ge < e { tails.append((ge, e)) }
-                } else {
-                    tails.append((s, e))
-                }
-                for (a, b) in tails { moved += migrateToDevice(space, a, b, evict: false) }
-                if moved > 0 { mapStart = min(start, s); mapEnd = max(end, e) }
+            guard s < e else { continue }
+            let gs = max(start, s), ge = min(end, e)
+            var moved = gs < ge ? migrateToDevice(space, gs, ge) : 0
+            var around: [(UInt64, UInt64)] = []
+            if gs < ge {
+                if s < gs { around.append((s, gs)) }
+                if ge < e { around.append((ge, e)) }
+            } else {
+                around.append((s, e))
             }
+            for (a, b) in around { moved += migrateToDevice(space, a, b, evict: false) }
+            tails += around
+            if moved > 0 { mapStart = min(mapStart, s); mapEnd = max(mapEnd, e) }
         }
         if access == .atomic { return serviceAtomic(space, start, end, mapStart: mapStart, mapEnd: mapEnd) }
         if let err = map(space, start, end, write: access >= .write) {

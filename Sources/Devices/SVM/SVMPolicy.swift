@@ -8,6 +8,9 @@ public protocol SVMPolicy: AnyObject, Sendable {
     var name: String { get }
     /// Called by the fault thread, one group at a time.
     func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>?
+    /// Several ranges to migrate for one group (a policy that treats the group's pages
+    /// differently); by default `placement`'s one range, or none.
+    func placements(for group: SVMFaultGroup, device: SVMDevice) -> [Range<UInt64>]
     /// Remote accesses to one 64 KiB region (of system memory mapped on the device) that make
     /// the device notify the driver (UVM's access counters); nil: no counting. Read when a
     /// kernel is launched.
@@ -17,6 +20,9 @@ public protocol SVMPolicy: AnyObject, Sendable {
 }
 
 extension SVMPolicy {
+    public func placements(for group: SVMFaultGroup, device: SVMDevice) -> [Range<UInt64>] {
+        placement(for: group, device: device).map { [$0] } ?? []
+    }
     public var accessCounterThreshold: Int? { nil }
     public func accessCounterFired(region: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? { nil }
 }
@@ -78,7 +84,9 @@ public final class SVMDensityPrefetchPolicy: SVMPolicy {
 /// Thrashing detection (after UVM's `uvm_perf_thrashing.c`): a page that faults on the device
 /// `threshold` times within `windowNs` of virtual time keeps being taken away (by the CPU, or
 /// by eviction) and brought back; it is pinned to system memory and mapped remotely for
-/// `pinNs`, after which it may migrate again. Other pages follow `base`.
+/// `pinNs`, after which it may migrate again. Other pages follow `base`, each run of them
+/// between pinned pages placed as a group of its own (clipped to the run: no prefetch over
+/// a pinned page).
 public final class SVMThrashingPolicy: SVMPolicy, @unchecked Sendable {
     public let name: String
     public let base: SVMPolicy
@@ -97,24 +105,50 @@ public final class SVMThrashingPolicy: SVMPolicy, @unchecked Sendable {
         name = "thrashing-aware"
     }
 
-    public func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? {
+    /// The group's pages not pinned, in runs of consecutive pages, each placed by `base`.
+    public func placements(for group: SVMFaultGroup, device: SVMDevice) -> [Range<UInt64>] {
         let now = device.virtualNanoseconds
-        let (pinned, newlyPinned): (Bool, Int) = lock.withLock {
-            var pinned = false, newly = 0
+        let (pinned, newlyPinned): ([Bool], Int) = lock.withLock {
+            var pinned: [Bool] = [], newly = 0
             let space = ObjectIdentifier(group.space)
             for a in stride(from: group.start, to: group.end, by: Int(pageSize)) {
                 let key = Key(space: space, page: a)
                 var e = pages[key] ?? (0, now, 0)
-                if now < e.pinnedUntil { pinned = true; continue }
+                if now < e.pinnedUntil { pinned.append(true); continue }
                 if now - e.since > windowNs { e = (0, now, 0) }
                 e.count += 1
-                if e.count >= threshold { e = (0, now, now + pinNs); pinned = true; newly += 1 }
+                let pin = e.count >= threshold
+                if pin { e = (0, now, now + pinNs); newly += 1 }
+                pinned.append(pin)
                 pages[key] = e
             }
             return (pinned, newly)
         }
         if newlyPinned > 0 { device.stats.count(.thrashing, newlyPinned) }
-        return pinned ? nil : base.placement(for: group, device: device)
+        guard pinned.contains(true) else { return base.placements(for: group, device: device) }
+        // Each run of pages not pinned is a group of its own for the base policy.
+        var ranges: [Range<UInt64>] = []
+        var i = 0
+        while i < pinned.count {
+            guard !pinned[i] else { i += 1; continue }
+            var j = i
+            while j < pinned.count && !pinned[j] { j += 1 }
+            let run = SVMFaultGroup(space: group.space, start: group.start + UInt64(i) << pageShift, end: group.start + UInt64(j) << pageShift,
+                                    access: group.access, vmaStart: group.vmaStart, vmaEnd: group.vmaEnd)
+            // A pinned page stays where it is even if the base policy would prefetch over it.
+            for r in base.placements(for: run, device: device) {
+                let s = max(r.lowerBound, group.start + UInt64(i) << pageShift), e = min(r.upperBound, group.start + UInt64(j) << pageShift)
+                if s < e { ranges.append(s..<e) }
+            }
+            i = j
+        }
+        return ranges
+    }
+
+    public func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? {
+        let ranges = placements(for: group, device: device)
+        guard let first = ranges.first, let last = ranges.last else { return nil }
+        return first.lowerBound..<last.upperBound
     }
 }
 
