@@ -44,6 +44,7 @@ struct BenchSuite {
             BenchFigure(name: "latency", run: { try $0.latencyFigures() }),
             BenchFigure(name: "swap", run: { try $0.swapFigures() }),
             BenchFigure(name: "svm", run: { try $0.svmFigures() }),
+            BenchFigure(name: "multi-device", run: { try $0.multiDeviceFigures() }),
         ]
     }
 

@@ -115,4 +115,44 @@ final class NotifierTests: XCTestCase {
         XCTAssertEqual(env.mm.notifiers.intervalCount, 0)
         env.teardown()
     }
+    /// Linux 7.2's two-pass interval notifiers: every overlapping notifier's first pass runs
+    /// (one-pass ones do their whole work there) before any finish, and the finishes run in
+    /// the order the notifiers started; a notifier whose first pass finished the work returns
+    /// no finish. A non-blockable range stopped by a notifier that would block still finishes
+    /// those that started, leaves the later ones uncalled, and ends the invalidation.
+    func testTwoPassNotifiersStartAllThenFinishInOrder() throws {
+        let env = try Env()
+        let log = Lock("log")
+        var events: [String] = []
+        func note(_ e: String) { log.withLock { events.append(e) } }
+        var refuse = false
+        func twoPass(_ name: String, at start: UInt64, finishes: Bool) -> MMUIntervalNotifier {
+            MMUIntervalNotifier(start: start, end: start + 4096) { sub, range, seq in
+                if !range.blockable && refuse && name == "C" { note("\(name) refuses"); return .wouldBlock }
+                sub.setSeq(seq)
+                note("\(name) starts")
+                return finishes ? .finish { note("\(name) finishes") } : .done
+            }
+        }
+        let a = twoPass("A", at: 0, finishes: true), c = twoPass("C", at: 8192, finishes: true)
+        let d = twoPass("D", at: 12288, finishes: false)
+        let b = MMUIntervalNotifier(start: 4096, end: 8192) { sub, _, seq in sub.setSeq(seq); note("B one-pass"); return true }
+        for n in [a, b, c, d] { try env.mm.notifiers.insert(n) }
+        let range = MMUNotifierRange(start: 0, end: 16384, event: .clear)
+        let before = a.readBegin()
+        XCTAssertTrue(env.mm.notifiers.invalidateRangeStart(range))
+        XCTAssertEqual(events, ["A starts", "B one-pass", "C starts", "D starts", "A finishes", "C finishes"])
+        XCTAssertTrue(a.checkRetry(before)) // the first pass published the sequence
+        env.mm.notifiers.invalidateRangeEnd(range)
+        XCTAssertEqual(env.mm.notifiers.currentSeq & 1, 0)
+        events.removeAll()
+        refuse = true
+        let nonblock = MMUNotifierRange(start: 0, end: 16384, event: .clear, blockable: false)
+        XCTAssertFalse(env.mm.notifiers.invalidateRangeStart(nonblock))
+        XCTAssertEqual(events, ["A starts", "B one-pass", "C refuses", "A finishes"])
+        XCTAssertEqual(env.mm.notifiers.currentSeq & 1, 0) // ended by the core: readers are not blocked
+        _ = a.readBegin()
+        for n in [a, b, c, d] { env.mm.notifiers.remove(n) }
+        env.teardown()
+    }
 }

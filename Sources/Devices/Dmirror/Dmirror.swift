@@ -47,8 +47,8 @@ public final class Dmirror: @unchecked Sendable {
         // Weak: an invalidation that found this interval may call it after the last reference
         // went away (deinit is then removing it); there is nothing left to invalidate.
         notifier = MMUIntervalNotifier(start: 0, end: UInt64.max & pageMask) { [weak self] sub, range, seq in
-            guard let self else { sub.setSeq(seq); return true }
-            return self.invalidate(sub, range, seq)
+            guard let self else { sub.setSeq(seq); return .done }
+            return self.invalidateStart(sub, range, seq)
         }
         try mm.notifiers.insert(notifier)
     }
@@ -86,7 +86,28 @@ public final class Dmirror: @unchecked Sendable {
         if !keep { b.deallocate() }
     }
 
-    /// `dmirror_interval_invalidate`.
+    /// `dmirror_interval_invalidate`, as the first pass of a two-pass notifier: the entries go
+    /// under the mutex, then the device's TLB shootdown (its latency, if the device has one) is
+    /// waited for here, or, with two-phase invalidation, in the finish pass. A non-blockable
+    /// range that would have to wait for a shootdown is refused.
+    /// Locking: called by the core with no mirror lock held; takes `mutex`.
+    private func invalidateStart(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> IntervalInvalidationStart {
+        mutex.assertNotHeld()
+        let latency = device.invalidationLatencyNanoseconds
+        if !range.blockable && latency > 0 { return .wouldBlock }
+        guard invalidate(sub, range, seq) else { return .wouldBlock }
+        guard latency > 0 else { return .done }
+        let issued = monotonicNanoseconds()
+        guard device.twoPhaseInvalidation else { syncSleep(nanoseconds: latency); return .done }
+        let device = self.device
+        return .finish {
+            device.finishPasses.add(1)
+            let now = monotonicNanoseconds()
+            if now < issued + latency { syncSleep(nanoseconds: issued + latency - now) }
+        }
+    }
+
+    /// The one-pass work: entries dropped, the sequence published.
     private func invalidate(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> Bool {
         if range.blockable { mutex.lock() } else if !mutex.tryLock() { return false }
         // The sequence always moves, so a device fault that walked before this invalidation

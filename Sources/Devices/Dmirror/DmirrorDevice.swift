@@ -46,6 +46,25 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// Its thread starts with the first copy and is stopped when the device goes away.
     public let copyEngine: CopyEngine
 
+    /// The latency of the device's TLB shootdown, in nanoseconds: every invalidation that
+    /// reaches one of its mirrors waits this long for the device to confirm (0: none, as the
+    /// kernel's test driver). Issue 17's model of a real device's invalidation cost.
+    public var invalidationLatencyNanoseconds: UInt64 {
+        get { UInt64(latencyWord.load()) }
+        set { latencyWord.store(Int(clamping: newValue)) }
+    }
+    /// Whether the mirrors wait for the shootdown in the notifier's second pass (issued in the
+    /// first, waited for after every other notifier has issued its own: Linux 7.2's two-pass
+    /// interval notifiers) rather than in their one pass.
+    public var twoPhaseInvalidation: Bool {
+        get { twoPhaseWord.load() != 0 }
+        set { twoPhaseWord.store(newValue ? 1 : 0) }
+    }
+    private let latencyWord = AtomicCounter(0)
+    private let twoPhaseWord = AtomicCounter(0)
+    /// Shootdowns waited for in a second pass (for tests and counters).
+    public let finishPasses = AtomicCounter(0)
+
     /// Coherent memory is one fixed region per device; private memory grows chunk by chunk.
     static let maxCoherentChunks = 1
 

@@ -39,19 +39,56 @@ public protocol MMUNotifier: AnyObject {
 /// `readRetry`, and return false only for a non-blockable range it cannot handle.
 public typealias IntervalInvalidate = (_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ currentSeq: UInt64) -> Bool
 
+/// What the first pass of a two-pass interval notifier did (`invalidate_start`'s return and
+/// its `finish` pointer, Linux 7.2).
+public enum IntervalInvalidationStart {
+    /// The invalidation is complete (as a one-pass `invalidate` that returned true).
+    case done
+    /// Started (the device's entries are gone, its TLB shootdown issued): `finish` waits for
+    /// it, and is called after every overlapping notifier has started (`invalidate_finish`).
+    case finish(() -> Void)
+    /// A non-blockable range that would have to sleep (`invalidate_start` returned false).
+    case wouldBlock
+}
+
+/// The first pass of a two-pass interval notifier (`mmu_interval_notifier_ops.invalidate_start`):
+/// the same duties as `IntervalInvalidate` (`setSeq` under the driver lock, no device access to
+/// the range after it returns), except that waiting for the device may be left to the
+/// returned finish, so several devices' shootdowns overlap.
+public typealias IntervalInvalidateStart = (_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ currentSeq: UInt64) -> IntervalInvalidationStart
+
 /// An interval notifier (`struct mmu_interval_notifier`): invalidations overlapping
-/// [start, end) call `invalidate`; readers use `readBegin`/`readRetry` to detect them.
+/// [start, end) call `invalidate` (one pass), or `invalidateStart` and then, once every
+/// overlapping notifier has started, the finish it returned (two passes, Linux 7.2's
+/// `invalidate_start`/`invalidate_finish`); readers use `readBegin`/`readRetry` to detect them.
 public final class MMUIntervalNotifier: @unchecked Sendable {
     public let start: UInt64
     public let end: UInt64
-    let invalidate: IntervalInvalidate
+    let invalidate: IntervalInvalidate?
+    let invalidateStart: IntervalInvalidateStart?
     /// Locking: written with `setSeq` under the driver's lock; read by `readRetry` under it.
     let invalidateSeq = AtomicWord(0)
     weak var subscriptions: MMUNotifierSubscriptions?
     public internal(set) weak var mm: AddressSpace?
 
     public init(start: UInt64, end: UInt64, invalidate: @escaping IntervalInvalidate) {
-        self.start = start; self.end = end; self.invalidate = invalidate
+        self.start = start; self.end = end; self.invalidate = invalidate; invalidateStart = nil
+    }
+
+    /// A two-pass notifier.
+    public init(start: UInt64, end: UInt64, invalidateStart: @escaping IntervalInvalidateStart) {
+        self.start = start; self.end = end; invalidate = nil; self.invalidateStart = invalidateStart
+    }
+
+    /// Calls this notifier's first (or only) pass. Return: false if it would block; a
+    /// finish to call after every overlapping notifier has started.
+    @inline(__always) func callStart(_ range: MMUNotifierRange, _ seq: UInt64) -> (Bool, (() -> Void)?) {
+        if let invalidate { return (invalidate(self, range, seq), nil) }
+        switch invalidateStart!(self, range, seq) {
+        case .done: return (true, nil)
+        case .finish(let f): return (true, f)
+        case .wouldBlock: return (false, nil)
+        }
     }
 
     /// `mmu_interval_read_begin`: waits out an invalidation in progress on this interval and
@@ -226,11 +263,19 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
         let hook = afterRangeActivated
         lock.unlock()
         hook?(range)
-        for sub in hits where !sub.invalidate(sub, range, seq) {
-            if range.blockable { continue } // the kernel WARNs and goes on
+        // mn_itree_invalidate: every first pass, then the finish passes in the order the
+        // notifiers started (also when a non-blockable range stops at a notifier that would
+        // block: those that started are finished).
+        var finishes: [() -> Void] = []
+        for sub in hits {
+            let (ok, finish) = sub.callStart(range, seq)
+            if let finish, ok { finishes.append(finish) }
+            if ok || range.blockable { continue } // a blockable one: the kernel WARNs and goes on
+            for f in finishes { f() }
             itreeInvalidateEnd()
             return false
         }
+        for f in finishes { f() }
         let subs = lock.withLock { subscribers }
         var failed = false
         for s in subs where !s.invalidateRangeStart(range) { failed = true }
@@ -302,7 +347,9 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
             invalidateSeq |= 1
             let seq = invalidateSeq
             lock.unlock()
-            for sub in hits { _ = sub.invalidate(sub, range, seq) }
+            var finishes: [() -> Void] = []
+            for sub in hits { if case (_, let f?) = sub.callStart(range, seq) { finishes.append(f) } }
+            for f in finishes { f() }
             itreeInvalidateEnd()
         }
         for s in subs { s.release(mm) }
