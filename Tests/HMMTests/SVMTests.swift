@@ -389,7 +389,9 @@ final class SVMTests: XCTestCase {
         }
         let before = env.device.stats[.tlbFlushes]
         let w = try env.device.launch(waiter, on: env.space, engines: 1)
-        while step.load() != 1 {}
+        let deadline = monotonicNanoseconds() + 60_000_000_000
+        while step.load() != 1 && w.fatal == nil && monotonicNanoseconds() < deadline {}
+        XCTAssertEqual(step.load(), 1, "the waiter kernel never read its page")
         try env.cpu.store(a, 777) // migrate_to_ram: the device's entry goes, the TLBs are shot down
         step.store(2)
         try w.wait(timeoutNanoseconds: 120_000_000_000)

@@ -53,7 +53,7 @@ extension SVMDevice {
     /// same of a block's residency. All false if the snapshot fails (no VMA, or an
     /// invalidation kept overtaking it). Locking: none held; takes the mmap lock for read.
     public func residency(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> [Bool] {
-        space.mm.mmapLock.assertNotHeld()
+        space.mm.mmapLock.assertNotHeld(); space.lock.assertNotHeld()
         let s = start & ~(pageSize - 1), e = (end + pageSize - 1) & ~(pageSize - 1)
         guard s < e, space.device === self else { return [] }
         let none = [Bool](repeating: false, count: Int((e - s) >> pageShift))
@@ -67,7 +67,7 @@ extension SVMDevice {
     /// Pages of [start, end) not in this device's memory now (a snapshot: nothing faulted).
     /// Return: the whole range's page count if the snapshot fails. Locking: none held.
     func pagesNotLocal(_ space: SVMSpace, _ start: UInt64, _ end: UInt64) -> Int {
-        space.mm.mmapLock.assertNotHeld()
+        space.mm.mmapLock.assertNotHeld(); space.lock.assertNotHeld()
         return residency(space, start, end).reduce(0) { $0 + ($1 ? 0 : 1) }
     }
 

@@ -216,6 +216,8 @@ public final class SVMLaunch: @unchecked Sendable {
                 self.device.stats.count(.tlbMisses, e.tlbMisses)
                 self.device.stats.count(.tlbFlushes, e.tlbFlushes)
                 self.device.trace?.record(.kernelEnd(engine: e.index), virtual: e.virtualNanoseconds)
+                // The device's clock is past every kernel it ran: the next launch starts there.
+                self.device.faultClock.advance(to: e.virtualNanoseconds)
                 if self.running.add(-1) == 0 {
                     self.endWall = monotonicNanoseconds()
                     self.device.retire(self)

@@ -145,10 +145,11 @@ public final class SVMThrashingPolicy: SVMPolicy, @unchecked Sendable {
         return ranges
     }
 
+    /// One range only when the group's pages to migrate are one run; nil otherwise (no range
+    /// may cover a pinned page). Counts the group's faults as `placements` does.
     public func placement(for group: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? {
         let ranges = placements(for: group, device: device)
-        guard let first = ranges.first, let last = ranges.last else { return nil }
-        return first.lowerBound..<last.upperBound
+        return ranges.count == 1 ? ranges[0] : nil
     }
 }
 

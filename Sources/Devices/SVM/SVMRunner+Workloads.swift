@@ -15,7 +15,7 @@ final class SVMRunContext {
     private var companion: SVMCPUCompanion?
     private var companionResult: (lanes: [Int], mismatches: Int, passes: Int, accesses: Int)?
     private var startVirtual: UInt64?
-    private var lastEnd: UInt64 = 0
+    private var endVirtual: UInt64?
 
     init(device: SVMDevice, space: SVMSpace, process: MMCore.Process, cpu: CPU, layout: SVMWordLayout,
          engines: Int, rounds: Int, cpuThreads: Int) {
@@ -30,22 +30,27 @@ final class SVMRunContext {
     /// told which words keep their value through the run.
     func begin(stable: @escaping @Sendable (Int) -> UInt64?) {
         startVirtual = device.virtualNanoseconds
-        lastEnd = startVirtual!
         if cpuThreads > 0 { companion = SVMCPUCompanion(process: process, layout: layout, count: cpuThreads, stable: stable) }
     }
 
     /// Runs `kernel` on the engines and waits for it.
     func launch(_ kernel: SVMKernel) throws {
         if startVirtual == nil { begin { _ in nil } }
-        let l = try device.launch(kernel, on: space, engines: engines)
-        let t = try l.wait()
-        lastEnd = max(lastEnd, l.startVirtual + t.virtualNanoseconds)
+        try device.launch(kernel, on: space, engines: engines).wait()
     }
 
-    /// From `begin` to the later of the last kernel's end and the device's clock.
+    /// The workload's device and CPU steps are over (before its reference is computed): the
+    /// CPU threads stop and the clock is read. Idempotent.
+    func end() {
+        _ = stopCompanion()
+        if endVirtual == nil { endVirtual = device.virtualNanoseconds }
+    }
+
+    /// From `begin` to `end` on the device's clock (which every kernel's end moves forward,
+    /// and the CPU's faults back between kernels too).
     var virtualNanoseconds: UInt64 {
         guard let s = startVirtual else { return 0 }
-        return max(lastEnd, device.virtualNanoseconds) - s
+        return (endVirtual ?? device.virtualNanoseconds) - s
     }
 
     /// Stops and joins the CPU threads (once). Return: their record (all zero without them).
@@ -72,6 +77,7 @@ final class SVMRunContext {
                 block += e.count
             }
         })
+        end()
         return { SVMWorkload.stream(SVMRunContext.initial($0)) }
     }
 
@@ -91,6 +97,7 @@ final class SVMRunContext {
                 try cpu.store(a, try cpu.load(a, as: UInt64.self) &+ 1)
             }
         }
+        end()
         return { i in SVMRunContext.initial(i) &+ (i % per <= 1 ? UInt64(rounds) : 0) }
     }
 
@@ -100,8 +107,12 @@ final class SVMRunContext {
         begin { i in i != 0 ? SVMRunContext.initial(i) : nil }
         let cpus = (0..<2).map { _ in process.makeCPU() }
         let threads = cpus.map { c in ModelThread.spawn(name: "svm-cpu-adds") { for _ in 0..<adds { _ = try? c.fetchAdd(a, 1) } } }
-        defer { threads.forEach { $0.join() }; cpus.forEach { $0.detach() } }
+        var joined = false
+        defer { if !joined { threads.forEach { $0.join() } }; cpus.forEach { $0.detach() } }
         try launch(SVMWorkload.counter(address: a, adds: adds))
+        threads.forEach { $0.join() }
+        joined = true
+        end()
         return { i in SVMRunContext.initial(i) &+ (i == 0 ? UInt64((engines + 2) * adds) : 0) }
     }
 
@@ -121,6 +132,7 @@ final class SVMRunContext {
             for i in indices(e.index) { sum &+= try e.load(layout.address(i)) }
             try e.store(layout.address(limit + e.index), sum)
         })
+        end()
         let sums = (0..<engines).map { e in indices(e).reduce(UInt64(0)) { $0 &+ SVMRunContext.initial($1) } }
         return { i in i >= limit && i < limit + sums.count ? sums[i - limit] : SVMRunContext.initial(i) }
     }
@@ -142,6 +154,7 @@ final class SVMRunContext {
                 block += e.count
             }
         })
+        end()
         return { i in
             guard i >= n && i < 2 * n else { return SVMRunContext.initial(i) }
             let j = i - n
@@ -183,6 +196,7 @@ final class SVMRunContext {
             if changed.load() == 0 { break }
             level += 1
         }
+        end()
         // The reference: the same search on the CPU's side.
         var levels = [UInt64](repeating: UInt64.max, count: nodes)
         levels[0] = 0
@@ -231,6 +245,7 @@ final class SVMRunContext {
                 t += e.count
             }
         })
+        end()
         var c = [UInt64](repeating: 0, count: m * m)
         for i in 0..<m {
             for x in 0..<k {

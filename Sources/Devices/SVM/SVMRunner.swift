@@ -107,6 +107,7 @@ public enum SVMRunner {
         case .bfs: expected = try ctx.bfs()
         case .gemm: expected = try ctx.gemm()
         }
+        ctx.end()
         let companion = ctx.stopCompanion()
         let wall = monotonicNanoseconds() - wall0
         let virtual = ctx.virtualNanoseconds
