@@ -62,6 +62,41 @@ final class MultiDeviceInvalidationTests: XCTestCase {
         XCTAssertEqual(mirrors.map(\.entryCount), [0, 0, 0, 0])
         env.finish(mirrors)
     }
+    /// The error path: a device that never confirms its shootdown has its mirror cut off
+    /// before the invalidation returns (every entry gone, every command EIO after), in the
+    /// one-pass and the two-phase form; the other mirrors lose only the range; the process
+    /// runs on (a page the cut-off device holds comes back to the CPU with its bytes); nothing
+    /// leaks.
+    func testADeviceThatCannotInvalidateIsCutOff() throws {
+        for twoPhase in [false, true] {
+            let env = try HMMEnv()
+            let a = try env.anon(8)
+            for p in 0..<8 { try env.cpu.store(a + UInt64(p) * pageSize, UInt64(p + 100)) }
+            let mirrors = try fourMirrors(env, a, pages: 8)
+            var m = DmirrorCmd(addr: a + 7 * pageSize, npages: 1)
+            try mirrors[1].ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: Int(pageSize)))
+            XCTAssertEqual(m.cpages, 1)
+            for d in env.module.devices { d.invalidationLatencyNanoseconds = 10_000; d.twoPhaseInvalidation = twoPhase }
+            env.module.devices[1].shootdownFails = true
+            try env.process.mprotect(a, length: 2 * pageSize, prot: .read)
+            XCTAssertTrue(mirrors[1].isCutOff)
+            // The others lost page 7 to device 1's migration and pages 0...2 now; device 1 all.
+            XCTAssertEqual(mirrors.map(\.entryCount), [4, 0, 4, 4], "two-phase \(twoPhase)")
+            XCTAssertEqual(mirrors.map(\.isCutOff), [false, true, false, false])
+            var c = DmirrorCmd(addr: a, npages: 8)
+            XCTAssertThrowsError(try mirrors[1].ioctl(.read, &c, buffer: DmirrorBuffer(size: 8 * Int(pageSize)))) {
+                XCTAssertEqual($0 as? Errno, .EIO)
+            }
+            try mirrors[0].ioctl(.read, &c, buffer: DmirrorBuffer(size: 8 * Int(pageSize)))
+            XCTAssertEqual(mirrors[0].entryCount, 8)
+            // The process runs on: the page on device 1 comes back, every byte right.
+            for p in 0..<8 { XCTAssertEqual(try env.cpu.load(a + UInt64(p) * pageSize, as: UInt64.self), UInt64(p + 100)) }
+            try env.cpu.store(a + 2 * pageSize, UInt64(7))
+            env.module.devices[1].shootdownFails = false
+            env.finish(mirrors)
+        }
+    }
+
     /// Event serialisation with four devices and two CPU threads: one thread writes its
     /// generation into every page, unmaps the region, publishes the next generation and maps
     /// fresh pages at the same address; the other makes the region read-only and writable

@@ -9,6 +9,7 @@ extension Dmirror {
     /// command's own.
     public func ioctl(_ command: DmirrorCommand, _ cmd: inout DmirrorCmd, buffer: DmirrorBuffer? = nil) throws(Errno) {
         guard isOpen else { throw .EINVAL }
+        guard !isCutOff else { throw .EIO }
         guard isPageAligned(cmd.addr) else { throw .EINVAL }
         let (size, o1) = cmd.npages.multipliedReportingOverflow(by: pageSize)
         let (end, o2) = cmd.addr.addingReportingOverflow(size)
@@ -202,7 +203,7 @@ extension Dmirror {
         while addr < end {
             let page: Page
             do { page = try mm.makeDeviceExclusive(addr, owner: nil) } catch { mm.mmapLock.unlockRead(); throw error }
-            mutex.withLock { pt[addr >> pageShift] = page.pfn << 2 | Dmirror.tagAtomic }
+            mutex.withLock { if !isCutOff { pt[addr >> pageShift] = page.pfn << 2 | Dmirror.tagAtomic } }
             page.unlock()
             memory.put(page)
             addr += pageSize

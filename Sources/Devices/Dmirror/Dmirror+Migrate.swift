@@ -136,7 +136,9 @@ extension Dmirror {
     private func finalizeAndMap(_ m: MigrateVMA) {
         var n = 0
         mutex.withLock {
-            for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
+            // A mirror cut off meanwhile maps nothing (the pages stay on the device; the CPU
+            // faults them back).
+            for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 && !isCutOff {
                 guard let dpfn = MigratePfn.pfn(m.dst[i]) else { continue }
                 let backing = device.backingPage(memory.page(dpfn))
                 let tag = m.dst[i] & MigratePfn.write != 0 ? Dmirror.tagWrite : Dmirror.tagRead

@@ -25,6 +25,7 @@ public final class Dmirror: @unchecked Sendable {
     @exclusivity(unchecked) var bouncePool: [UnsafeMutableRawBufferPointer] = []
     let bounceLock = Lock("dmirror-bounce")
     public private(set) var isOpen = true
+    private let cutOffWord = AtomicCounter(0)
     /// This mirror's id on its device (see `DmirrorDevice.mirrors`).
     var mirrorID: UInt64 = 0
     /// The id that `DmirrorDevice.pageCensus` reports this mirror's pages under.
@@ -94,18 +95,48 @@ public final class Dmirror: @unchecked Sendable {
     private func invalidateStart(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> IntervalInvalidationStart {
         mutex.assertNotHeld()
         let latency = device.invalidationLatencyNanoseconds
-        if !range.blockable && latency > 0 { return .wouldBlock }
+        let waits = !isCutOff && (latency > 0 || device.shootdownFails)
+        if !range.blockable && waits { return .wouldBlock }
         guard invalidate(sub, range, seq) else { return .wouldBlock }
-        guard latency > 0 else { return .done }
+        guard waits else { return .done }
         let issued = monotonicNanoseconds()
-        guard device.twoPhaseInvalidation else { syncSleep(nanoseconds: latency); return .done }
+        guard device.twoPhaseInvalidation else {
+            waitForShootdown(issued: issued, latency: latency)
+            return .done
+        }
         let device = self.device
-        return .finish {
+        return .finish { [self] in
             device.finishPasses.add(1)
-            let now = monotonicNanoseconds()
-            if now < issued + latency { syncSleep(nanoseconds: issued + latency - now) }
+            waitForShootdown(issued: issued, latency: latency)
         }
     }
+
+    /// Waits until `latency` after `issued` for the device to confirm its shootdown. A device
+    /// that never confirms (`shootdownFails`) is given ten times as long (at least 1 ms), then
+    /// the mirror is cut off: it can no longer have stale access, since it has no entries left.
+    /// Locking: no mirror lock held.
+    private func waitForShootdown(issued: UInt64, latency: UInt64) {
+        mutex.assertNotHeld()
+        let fails = device.shootdownFails
+        let until = issued + (fails ? max(latency * 10, 1_000_000) : latency)
+        let now = monotonicNanoseconds()
+        if now < until { syncSleep(nanoseconds: until - now) }
+        if fails { cutOff() }
+    }
+
+    /// Cuts this mirror off its device (the 2014 HMM review's rule for a device that cannot
+    /// invalidate: tear its mirror down, never leave it stale access): every entry goes, and
+    /// every command fails with EIO. The notifier stays until `close` (it cannot be removed
+    /// from inside an invalidation) and only publishes sequences. Locking: takes `mutex`.
+    func cutOff() {
+        mutex.withLock {
+            pt.removeAll()
+            cutOffWord.store(1)
+        }
+    }
+
+    /// Whether the mirror was cut off (its device failed a shootdown).
+    public var isCutOff: Bool { cutOffWord.load() != 0 }
 
     /// The one-pass work: entries dropped, the sequence published.
     private func invalidate(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> Bool {
@@ -163,6 +194,7 @@ public final class Dmirror: @unchecked Sendable {
     /// Locking: `mutex` held.
     private func doFault(_ range: HMMRange) throws(Errno) {
         mutex.assertHeld()
+        guard !isCutOff else { throw .EIO } // cut off while the command ran
         var vpn = range.start >> pageShift
         for e in range.hmmPfns {
             guard HMMPfn.isValid(e), !HMMPfn.isError(e) else { throw .EFAULT }

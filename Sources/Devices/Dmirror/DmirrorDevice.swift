@@ -60,6 +60,14 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
         get { twoPhaseWord.load() != 0 }
         set { twoPhaseWord.store(newValue ? 1 : 0) }
     }
+    /// Fault injection: the device never confirms a TLB shootdown. A mirror whose shootdown
+    /// fails is cut off (`Dmirror.isCutOff`): its whole table goes before the invalidation
+    /// returns, and its commands fail with EIO from then on; the process runs on.
+    public var shootdownFails: Bool {
+        get { failWord.load() != 0 }
+        set { failWord.store(newValue ? 1 : 0) }
+    }
+    private let failWord = AtomicCounter(0)
     private let latencyWord = AtomicCounter(0)
     private let twoPhaseWord = AtomicCounter(0)
     /// Shootdowns waited for in a second pass (for tests and counters).
