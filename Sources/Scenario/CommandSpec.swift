@@ -137,6 +137,8 @@ struct CommandSpec {
             "svm_stats": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1,
                                      expect: .counters(Set(SVMStats.Counter.allCases.map(\.description)))),
             "svm_close": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1),
+            "device_shootdown": CommandSpec(positionals: [("a device", .name(.device))], required: 1, keys: ["latency": .expr],
+                                            flags: ["two_phase", "fails"], expect: .counters(["finish_passes", "cut_off"])),
             "device_pages": CommandSpec(positionals: [("a device", .name(.device))], required: 1, expect: .counters(["count", "owned", "mirrored"])),
             "meminfo": CommandSpec(positionals: [], required: 0, expect: .counters(Set(ScenarioInterpreter.meminfoKeys))),
             // The machine's event counters, named as in /proc/vmstat (pswpin, pswpout, ...).

@@ -44,6 +44,7 @@ extension ScenarioInterpreter {
         case "svm_fill", "svm_check": try svmFillOrCheckCommand(cmd, ctx)
         case "svm_add": try svmAddCommand(cmd, ctx)
         case "svm_run": try svmRunCommand(cmd, ctx)
+        case "device_shootdown": try deviceShootdownCommand(cmd, ctx)
         case "svm_stats": try svmStatsCommand(cmd, ctx)
         case "svm_close": try svmCloseCommand(cmd, ctx)
         case "meminfo": try meminfoCommand(cmd, ctx)

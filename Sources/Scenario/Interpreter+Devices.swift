@@ -30,6 +30,26 @@ extension ScenarioInterpreter {
         state.withLock { buffers[name] = b }
     }
 
+    /// `device_shootdown DEV [latency=NS] [two_phase] [fails] [expect finish_passes=N cut_off=0|1]`:
+    /// the TLB shootdown of the dmirror device behind the open DEV (issue 17): its latency
+    /// (unchanged if not given; at most 10 ms), waited for in the second pass of a two-pass
+    /// invalidation with `two_phase` (else in the one pass), never confirmed with `fails` (a
+    /// mirror of that device is then cut off at its next invalidation: no entries, commands
+    /// EIO). Reports the device's finish passes so far and whether DEV was cut off.
+    func deviceShootdownCommand(_ cmd: Command, _ ctx: Context) throws {
+        let mirror = try device(try cmd.arg(0, "a device"), ctx)
+        if let l = cmd.option("latency") {
+            let ns = try eval(l, ctx)
+            guard ns <= 10_000_000 else { throw cmd.fail("expected latency=0…10000000 (ns)") }
+            mirror.device.invalidationLatencyNanoseconds = ns
+        }
+        mirror.device.twoPhaseInvalidation = cmd.flag("two_phase")
+        mirror.device.shootdownFails = cmd.flag("fails")
+        let got: [String: UInt64] = ["finish_passes": UInt64(mirror.device.finishPasses.load()), "cut_off": mirror.isCutOff ? 1 : 0]
+        trace(cmd, ctx, "latency \(mirror.device.invalidationLatencyNanoseconds) ns, finish_passes \(got["finish_passes"]!), cut_off \(got["cut_off"]!)")
+        try checkCounters(cmd, ctx, got)
+    }
+
     /// `buffer NAME SIZE [fill=PATTERN]` and `check_buffer NAME OFFSET LEN PATTERN [index=N]`.
     func bufferCommand(_ cmd: Command, _ ctx: Context) throws {
         if cmd.name.text == "check_buffer" {
