@@ -29,6 +29,17 @@ public func syncSleep(nanoseconds: UInt64, file: StaticString = #fileID, line: U
     while nanosleep(&ts, &rem) != 0 { ts = rem }
 }
 
+/// A modelled device delay (a TLB shootdown's latency): sleeps on real threads; under the
+/// explorer it is only a scheduling point (the explorer has no clock, and a sleep there is a
+/// block that, with no other thread to run, it would report as a deadlock).
+public func syncDelay(nanoseconds: UInt64, file: StaticString = #fileID, line: UInt = #line) {
+    if Lockdep.enabled { Lockdep.mayWait(Lockdep.Site(file, line)) }
+    if let scheduler = Sync.scheduler, scheduler.controlsCurrentThread { scheduler.schedulingPoint(.yield, object: nil); return }
+    var ts = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+    var rem = timespec()
+    while nanosleep(&ts, &rem) != 0 { ts = rem }
+}
+
 /// Monotonic clock in nanoseconds.
 public func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()

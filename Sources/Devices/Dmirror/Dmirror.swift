@@ -120,7 +120,7 @@ public final class Dmirror: @unchecked Sendable {
         let fails = device.shootdownFails
         let until = issued + (fails ? max(latency * 10, 1_000_000) : latency)
         let now = monotonicNanoseconds()
-        if now < until { syncSleep(nanoseconds: until - now) }
+        if now < until { syncDelay(nanoseconds: until - now) }
         if fails { cutOff() }
     }
 
