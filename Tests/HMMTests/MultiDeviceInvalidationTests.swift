@@ -80,6 +80,8 @@ final class MultiDeviceInvalidationTests: XCTestCase {
             env.module.devices[1].shootdownFails = true
             try env.process.mprotect(a, length: 2 * pageSize, prot: .read)
             XCTAssertTrue(mirrors[1].isCutOff)
+            // Two-phase: every device waited in its finish pass, the failing one too (cut off there).
+            XCTAssertEqual(env.module.devices.map { $0.finishPasses.load() }, twoPhase ? [1, 1, 1, 1] : [0, 0, 0, 0])
             // The others lost page 7 to device 1's migration and pages 0...2 now; device 1 all.
             XCTAssertEqual(mirrors.map(\.entryCount), [4, 0, 4, 4], "two-phase \(twoPhase)")
             XCTAssertEqual(mirrors.map(\.isCutOff), [false, true, false, false])

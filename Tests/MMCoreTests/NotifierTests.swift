@@ -128,7 +128,7 @@ final class NotifierTests: XCTestCase {
         var refuse = false
         func twoPass(_ name: String, at start: UInt64, finishes: Bool) -> MMUIntervalNotifier {
             MMUIntervalNotifier(start: start, end: start + 4096) { sub, range, seq in
-                if !range.blockable && refuse && name == "C" { note("\(name) refuses"); return .wouldBlock }
+                if refuse && name == "C" { note("\(name) refuses"); return .wouldBlock }
                 sub.setSeq(seq)
                 note("\(name) starts")
                 return finishes ? .finish { note("\(name) finishes") } : .done
@@ -151,6 +151,12 @@ final class NotifierTests: XCTestCase {
         XCTAssertFalse(env.mm.notifiers.invalidateRangeStart(nonblock))
         XCTAssertEqual(events, ["A starts", "B one-pass", "C refuses", "A finishes"])
         XCTAssertEqual(env.mm.notifiers.currentSeq & 1, 0) // ended by the core: readers are not blocked
+        // A blockable range: a notifier that says it would block is passed over (the kernel
+        // WARNs), the later ones start, and the finishes of those that started run.
+        events.removeAll()
+        XCTAssertTrue(env.mm.notifiers.invalidateRangeStart(MMUNotifierRange(start: 0, end: 16384, event: .clear)))
+        XCTAssertEqual(events, ["A starts", "B one-pass", "C refuses", "D starts", "A finishes"])
+        env.mm.notifiers.invalidateRangeEnd(MMUNotifierRange(start: 0, end: 16384, event: .clear))
         _ = a.readBegin()
         for n in [a, b, c, d] { env.mm.notifiers.remove(n) }
         env.teardown()

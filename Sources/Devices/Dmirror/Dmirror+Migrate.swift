@@ -50,6 +50,7 @@ extension Dmirror {
             })
         } catch { mm.mmapLock.unlockRead(); throw error }
         mm.mmapLock.unlockRead()
+        guard !isCutOff else { throw .EIO } // cut off meanwhile: the pages moved, nothing is mapped
         try readBack(&cmd, buffer)
     }
 
@@ -138,15 +139,16 @@ extension Dmirror {
         mutex.withLock {
             // A mirror cut off meanwhile maps nothing (the pages stay on the device; the CPU
             // faults them back).
-            for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 && !isCutOff {
+            for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
                 guard let dpfn = MigratePfn.pfn(m.dst[i]) else { continue }
                 let backing = device.backingPage(memory.page(dpfn))
                 let tag = m.dst[i] & MigratePfn.write != 0 ? Dmirror.tagWrite : Dmirror.tagRead
                 let pages = m.dst[i] & MigratePfn.compound != 0 ? UInt64(ptrsPerTable) : 1
+                n += Int(pages) // migrated, mapped or not
+                guard !isCutOff else { continue }
                 for k in 0..<pages {
                     pt[(m.start >> pageShift) + UInt64(i) + k] = (backing.pfn + k) << 2 | tag
                 }
-                n += Int(pages)
             }
         }
         machine.stats.count(.pagesMigrated, n)

@@ -64,7 +64,10 @@ public final class Dmirror: @unchecked Sendable {
 
     deinit {
         // `notifier` is nil when init failed (an exited mm): nothing was inserted.
-        if isOpen, let notifier { mm.notifiers.remove(notifier) }
+        // Without waiting: the last reference may go inside an invalidation (a finish pass or a
+        // callback held it), whose end the removal would wait for. The callback sees no mirror
+        // from now on and only publishes the sequence.
+        if isOpen, let notifier { mm.notifiers.remove(notifier, wait: false) }
         if mirrorID != 0 { device.forget(mirrorID: mirrorID) }
         for b in bouncePool { b.deallocate() }
     }
@@ -105,9 +108,10 @@ public final class Dmirror: @unchecked Sendable {
             return .done
         }
         let device = self.device
-        return .finish { [self] in
+        // Weak: the finish may run after the last reference to the mirror went.
+        return .finish { [weak self] in
             device.finishPasses.add(1)
-            waitForShootdown(issued: issued, latency: latency)
+            self?.waitForShootdown(issued: issued, latency: latency)
         }
     }
 
@@ -118,9 +122,12 @@ public final class Dmirror: @unchecked Sendable {
     private func waitForShootdown(issued: UInt64, latency: UInt64) {
         mutex.assertNotHeld()
         let fails = device.shootdownFails
-        let until = issued + (fails ? max(latency * 10, 1_000_000) : latency)
+        let (ten, overflow) = latency.multipliedReportingOverflow(by: 10)
+        let until = issued &+ (fails ? max(overflow ? UInt64.max / 2 : ten, 1_000_000) : latency)
         let now = monotonicNanoseconds()
-        if now < until { syncDelay(nanoseconds: until - now) }
+        // Under the explorer the wait is a scheduling point whatever the clock says (a replay
+        // must take the same path).
+        if Sync.scheduler != nil { syncDelay(nanoseconds: 0) } else if now < until { syncDelay(nanoseconds: until - now) }
         if fails { cutOff() }
     }
 
@@ -129,6 +136,7 @@ public final class Dmirror: @unchecked Sendable {
     /// every command fails with EIO. The notifier stays until `close` (it cannot be removed
     /// from inside an invalidation) and only publishes sequences. Locking: takes `mutex`.
     func cutOff() {
+        mutex.assertNotHeld()
         mutex.withLock {
             pt.removeAll()
             cutOffWord.store(1)

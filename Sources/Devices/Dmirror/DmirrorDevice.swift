@@ -48,10 +48,10 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     /// The latency of the device's TLB shootdown, in nanoseconds: every invalidation that
     /// reaches one of its mirrors waits this long for the device to confirm (0: none, as the
-    /// kernel's test driver). Issue 17's model of a real device's invalidation cost.
+    /// kernel's test driver; at most 10 s). Issue 17's model of a real device's invalidation cost.
     public var invalidationLatencyNanoseconds: UInt64 {
         get { UInt64(latencyWord.load()) }
-        set { latencyWord.store(Int(clamping: newValue)) }
+        set { latencyWord.store(Int(min(newValue, 10_000_000_000))) } // at most 10 s
     }
     /// Whether the mirrors wait for the shootdown in the notifier's second pass (issued in the
     /// first, waited for after every other notifier has issued its own: Linux 7.2's two-pass

@@ -199,8 +199,12 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     /// `mmu_interval_notifier_remove`: after it returns, `invalidate` is not running and will
     /// not be called again for `sub`. During an invalidation epoch (odd sequence) the removal is
     /// deferred and waited for; a still-pending insert is simply dropped.
-    /// Locking: must not be called from an invalidate callback (it may wait for it).
-    public func remove(_ sub: MMUIntervalNotifier) {
+    /// With `wait: false` (a notifier whose owner is going away, possibly inside an
+    /// invalidation) a deferred removal is not waited for: `invalidate` may still be called
+    /// until the invalidation epoch ends.
+    /// Locking: must not be called from an invalidate callback (it may wait for it), unless
+    /// `wait` is false.
+    public func remove(_ sub: MMUIntervalNotifier, wait: Bool = true) {
         Lockdep.assertNoSpinLockHeld(); lock.assertNotHeld()
         lock.lock()
         var waitFor: UInt64?
@@ -215,6 +219,7 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
             intervals.removeAll { $0 === sub }
         }
         lock.unlock()
+        guard wait else { return } // `subscriptions` stays set until the deferred removal
         if let seq = waitFor { waitQueue.wait { self.currentSeq != seq } }
         sub.subscriptions = nil
     }
