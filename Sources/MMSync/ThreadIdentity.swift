@@ -24,6 +24,11 @@ public func currentThreadID() -> UInt64 {
 public func syncSleep(nanoseconds: UInt64, file: StaticString = #fileID, line: UInt = #line) {
     if Lockdep.enabled { Lockdep.mayWait(Lockdep.Site(file, line)) }
     if let scheduler = Sync.scheduler, scheduler.controlsCurrentThread { scheduler.blocked(.yield, object: nil); return }
+    hostSleep(nanoseconds)
+}
+
+/// `nanosleep` for the whole time, through interruptions.
+private func hostSleep(_ nanoseconds: UInt64) {
     var ts = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
     var rem = timespec()
     while nanosleep(&ts, &rem) != 0 { ts = rem }
@@ -35,9 +40,7 @@ public func syncSleep(nanoseconds: UInt64, file: StaticString = #fileID, line: U
 public func syncDelay(nanoseconds: UInt64, file: StaticString = #fileID, line: UInt = #line) {
     if Lockdep.enabled { Lockdep.mayWait(Lockdep.Site(file, line)) }
     if let scheduler = Sync.scheduler, scheduler.controlsCurrentThread { scheduler.schedulingPoint(.yield, object: nil); return }
-    var ts = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-    var rem = timespec()
-    while nanosleep(&ts, &rem) != 0 { ts = rem }
+    hostSleep(nanoseconds)
 }
 
 /// Monotonic clock in nanoseconds.
