@@ -45,6 +45,7 @@ struct BenchSuite {
             BenchFigure(name: "swap", run: { try $0.swapFigures() }),
             BenchFigure(name: "svm", run: { try $0.svmFigures() }),
             BenchFigure(name: "multi-device", run: { try $0.multiDeviceFigures() }),
+            BenchFigure(name: "odp", run: { try $0.odpFigures() }),
         ]
     }
 

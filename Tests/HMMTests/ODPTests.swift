@@ -1,0 +1,152 @@
+import XCTest
+@testable import Devices
+@testable import HMM
+@testable import MMCore
+import MMSync
+
+/// The RDMA NIC with on-demand paging (issue 17): regions registered without pinning, NIC
+/// page faults through `hmmRangeFault`, translations dropped by the regions' notifiers, RDMA
+/// between two processes across MADV_DONTNEED, fork and migration to a dmirror device, atomics
+/// shared with the CPU, and the pinned alternative.
+final class ODPTests: XCTestCase {
+    final class Env {
+        let machine: Machine
+        let module: DmirrorModule
+        let a: MMCore.Process, b: MMCore.Process
+        let cpuA: CPU, cpuB: CPU
+        let nic: ODPDevice
+        let qp: ODPQueuePair
+        let used: Int
+        init() throws {
+            machine = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 1 << 30)
+            module = DmirrorModule(machine: machine)
+            used = machine.usedFrames
+            a = try MMCore.Process(machine: machine)
+            b = try MMCore.Process(machine: machine)
+            cpuA = a.makeCPU(); cpuB = b.makeCPU()
+            nic = ODPDevice(machine: machine)
+            qp = ODPQueuePair(device: nic)
+        }
+        func region(_ p: MMCore.Process, _ cpu: CPU, pages: Int, seed: UInt64) throws -> UInt64 {
+            let r = try p.mmap(length: UInt64(pages) * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+            for i in 0..<(pages * 512) { try cpu.store(r + UInt64(i) * 8, seed &+ UInt64(i)) }
+            return r
+        }
+        func finish(_ regions: [ODPMemoryRegion], file: StaticString = #filePath, line: UInt = #line) {
+            qp.destroy()
+            regions.forEach { $0.deregister() }
+            XCTAssertEqual(machine.checkInvariants(), [], file: file, line: line)
+            cpuA.detach(); cpuB.detach()
+            a.exit(); b.exit()
+            XCTAssertEqual(machine.checkInvariants(), [], file: file, line: line)
+            XCTAssertEqual(machine.usedFrames - used, 0, "frames leaked", file: file, line: line)
+        }
+    }
+
+    /// A WRITE of 16 pages from A's region to B's: each side's 16 pages fault in once (32 NIC
+    /// page faults), B's CPU sees every word; a second WRITE runs warm (no fault).
+    func testRDMAWriteBetweenTwoProcessesFaultsOnceThenRunsWarm() throws {
+        let env = try Env()
+        let src = try env.region(env.a, env.cpuA, pages: 16, seed: 1000)
+        let dst = try env.region(env.b, env.cpuB, pages: 16, seed: 0)
+        let mrA = try env.nic.register(env.a.mm, address: src, length: 16 * pageSize, access: .all)
+        let mrB = try env.nic.register(env.b.mm, address: dst, length: 16 * pageSize, access: .all)
+        XCTAssertEqual(mrA.mappedPages + mrB.mappedPages, 0) // nothing pinned, nothing faulted
+        try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: dst, length: 16 * Int(pageSize))).wait()
+        XCTAssertEqual(env.nic.stats[.pageFaults], 32)
+        for i in 0..<(16 * 512) { XCTAssertEqual(try env.cpuB.load(dst + UInt64(i) * 8, as: UInt64.self), 1000 &+ UInt64(i)) }
+        try env.cpuA.store(src + 8, UInt64(7)) // a CPU write to a present writable page: no invalidation
+        try env.qp.post(.write(local: mrA, localAddress: src + 8, remote: mrB, remoteAddress: dst + 8, length: 8)).wait()
+        XCTAssertEqual(env.nic.stats[.pageFaults], 32)
+        XCTAssertEqual(try env.cpuB.load(dst + 8, as: UInt64.self), 7)
+        XCTAssertEqual(env.nic.stats[.bytes], 16 * Int(pageSize) + 8)
+        env.finish([mrA, mrB])
+    }
+
+    /// Between RDMA READs of B's region: page 5 migrated to a dmirror device (the NIC's fault
+    /// brings it back with its bytes), MADV_DONTNEED on page 3 (its translation goes; the READ
+    /// brings zeroes), a fork and a CPU write to page 0 (copy-on-write in B: the NIC reads B's
+    /// new page, not the one the child keeps).
+    func testRDMAReadAcrossDontneedForkAndMigration() throws {
+        let env = try Env()
+        let pages = 8
+        let dst = try env.region(env.a, env.cpuA, pages: pages, seed: 0)
+        let src = try env.region(env.b, env.cpuB, pages: pages, seed: 500)
+        let mrA = try env.nic.register(env.a.mm, address: dst, length: UInt64(pages) * pageSize, access: .all)
+        let mrB = try env.nic.register(env.b.mm, address: src, length: UInt64(pages) * pageSize, access: .all)
+        func readAll() throws {
+            try env.qp.post(.read(local: mrA, localAddress: dst, remote: mrB, remoteAddress: src, length: pages * Int(pageSize))).wait()
+        }
+        try readAll()
+        XCTAssertEqual(mrB.mappedPages, pages)
+        let mirror = try env.module.open(minor: 0, mm: env.b.mm)
+        var m = DmirrorCmd(addr: src + 5 * pageSize, npages: 1)
+        try mirror.ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: Int(pageSize)))
+        XCTAssertEqual(m.cpages, 1)
+        XCTAssertEqual(mrB.mappedPages, pages - 1) // the migration dropped page 5's translation
+        try env.b.madvise(src + 3 * pageSize, length: pageSize, advice: .dontNeed)
+        XCTAssertEqual(mrB.mappedPages, pages - 2)
+        let child = try env.b.fork()
+        try env.cpuB.store(src, UInt64(42)) // copy-on-write: B's page 0 is a new page now
+        try readAll()
+        for i in 0..<(pages * 512) {
+            let want: UInt64 = i == 0 ? 42 : i / 512 == 3 ? 0 : 500 &+ UInt64(i)
+            let got = try env.cpuA.load(dst + UInt64(i) * 8, as: UInt64.self)
+            if got != want { XCTFail("word \(i): \(got), want \(want)"); break }
+        }
+        let ccpu = child.makeCPU()
+        XCTAssertEqual(try ccpu.load(src, as: UInt64.self), 500) // the child kept the old page
+        ccpu.detach()
+        child.exit()
+        mirror.close()
+        env.finish([mrA, mrB])
+    }
+
+    /// Two queue pairs' fetch-and-adds and a CPU thread's on one word of B: exact. A
+    /// compare-and-swap returns the old value and swaps only when it matched.
+    func testAtomicsFromTwoQueuePairsAndTheCPUAreExact() throws {
+        let env = try Env()
+        let word = try env.region(env.b, env.cpuB, pages: 1, seed: 0)
+        let mr = try env.nic.register(env.b.mm, address: word, length: 8, access: .all)
+        let qp2 = ODPQueuePair(device: env.nic)
+        let cpu = env.b.makeCPU()
+        let t = ModelThread.spawn(name: "cpu-adds") { for _ in 0..<500 { _ = try? cpu.fetchAdd(word, 1) } }
+        var works: [ODPWork] = []
+        for _ in 0..<500 {
+            works.append(env.qp.post(.fetchAdd(remote: mr, address: word, add: 1)))
+            works.append(qp2.post(.fetchAdd(remote: mr, address: word, add: 1)))
+        }
+        for w in works { try w.wait() }
+        t.join()
+        cpu.detach()
+        XCTAssertEqual(try env.cpuB.load(word, as: UInt64.self), 1500)
+        XCTAssertEqual(try env.qp.post(.compareSwap(remote: mr, address: word, compare: 1, swap: 9)).wait(), 1500)
+        XCTAssertEqual(try env.qp.post(.compareSwap(remote: mr, address: word, compare: 1500, swap: 9)).wait(), 1500)
+        XCTAssertEqual(try env.cpuB.load(word, as: UInt64.self), 9)
+        XCTAssertThrowsError(try env.qp.post(.fetchAdd(remote: mr, address: word + 4, add: 1)).wait()) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        let ro = try env.nic.register(env.b.mm, address: word, length: 8, access: [.remoteRead])
+        XCTAssertThrowsError(try env.qp.post(.fetchAdd(remote: ro, address: word, add: 1)).wait()) { XCTAssertEqual($0 as? Errno, .EPERM) }
+        XCTAssertThrowsError(try env.qp.post(.fetchAdd(remote: mr, address: word + 8, add: 1)).wait()) { XCTAssertEqual($0 as? Errno, .EFAULT) }
+        qp2.destroy()
+        env.finish([mr, ro])
+    }
+
+    /// A pinned region: every page pinned at registration, no NIC page fault ever; a munmap
+    /// in the target leaves the NIC writing the pinned pages (the process no longer sees
+    /// them, as with real pinned RDMA); deregistration unpins them and nothing leaks.
+    func testAPinnedRegionNeverFaultsAndUnpinsOnDeregistration() throws {
+        let env = try Env()
+        let src = try env.region(env.a, env.cpuA, pages: 4, seed: 77)
+        let dst = try env.region(env.b, env.cpuB, pages: 4, seed: 0)
+        let mrA = try env.nic.register(env.a.mm, address: src, length: 4 * pageSize, access: .all, pinned: true)
+        let mrB = try env.nic.register(env.b.mm, address: dst, length: 4 * pageSize, access: .all, pinned: true)
+        XCTAssertEqual(mrA.mappedPages + mrB.mappedPages, 8)
+        try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: dst, length: 4 * Int(pageSize))).wait()
+        XCTAssertEqual(env.nic.stats[.pageFaults], 0)
+        XCTAssertEqual(try env.cpuB.load(dst + 8 * 1000, as: UInt64.self), 77 + 1000)
+        try env.b.munmap(dst, length: 4 * pageSize)
+        try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: dst, length: 8)).wait()
+        XCTAssertEqual(env.nic.stats[.invalidations], 0)
+        env.finish([mrA, mrB])
+    }
+}
