@@ -99,14 +99,15 @@ final class MultiDeviceInvalidationTests: XCTestCase {
         }
     }
 
-    /// Event serialisation with four devices and two CPU threads: one thread writes its
+    /// Event serialisation with five devices and two CPU threads: one thread writes its
     /// generation into every page, unmaps the region, publishes the next generation and maps
     /// fresh pages at the same address; the other makes the region read-only and writable
-    /// again and forks (children exit at once). Four device threads (two with two-phase 20 µs
-    /// shootdowns, one with a one-pass 20 µs shootdown, one with none) read the region in a
-    /// loop. A read that began after a generation was published never sees an older one (that
-    /// page was freed by the munmap that had returned), and the mirrors agree with the CPU's
-    /// page table at the end.
+    /// again and forks (children exit at once). Four dmirror threads (two with two-phase 20 µs
+    /// shootdowns, one with a one-pass 20 µs shootdown, one with none) and an ODP NIC region
+    /// read the region in a loop. A read that began after a generation was published never
+    /// sees an older one (that
+    /// page was freed by the munmap that had returned), nor the marker of the spacer mapping
+    /// that takes the freed frames, and the mirrors agree with the CPU's page table at the end.
     func testNoDeviceReadsAPageAfterTheInvalidationThatRemovedItReturned() throws {
         let env = try HMMEnv()
         let pages = 8, len = UInt64(pages) * pageSize
@@ -119,8 +120,9 @@ final class MultiDeviceInvalidationTests: XCTestCase {
         let generation = AtomicCounter(1), stop = AtomicCounter(0)
         let stale = AtomicCounter(0), reads = AtomicCounter(0), rounds = 40
         let remapCPU = env.process.makeCPU(), protectCPU = env.process.makeCPU()
+        let reserve = try env.anon(pages * rounds) // the spacers, mapped now, touched one round at a time
         let remapper = ModelThread.spawn(name: "remapper") {
-            for _ in 0..<rounds {
+            for round in 0..<rounds {
                 let g = UInt32(generation.load())
                 for p in 0..<pages {
                     // A store can meet the read-only window of the other thread: try again.
@@ -129,6 +131,10 @@ final class MultiDeviceInvalidationTests: XCTestCase {
                 }
                 try! env.process.munmap(a, length: len)
                 generation.add(1)
+                // The freed frames go to a spacer mapping first (the allocator reuses the last
+                // freed), marked with a value no generation has: a stale read would see it.
+                let spacer = reserve + UInt64(round) * len
+                for p in 0..<pages { try! remapCPU.store(spacer + UInt64(p) * pageSize, UInt32(0x7FFF_FFFF)) }
                 _ = try! env.process.mmap(address: a, length: len, prot: .readWrite, flags: [.private, .anonymous, .fixed])
             }
             stop.store(1)
@@ -153,14 +159,34 @@ final class MultiDeviceInvalidationTests: XCTestCase {
                     reads.add(1)
                     for p in 0..<pages {
                         let v = Int(buf[int: p * Int(pageSize) / 4])
-                        if v != 0 && v < before { stale.add(1) }
+                        if v != 0 && (v < before || v == 0x7FFF_FFFF) { stale.add(1) }
                     }
+                }
+            }
+        }
+        // A fifth device: an ODP NIC region over the same addresses, read by the NIC the same way.
+        let nic = ODPDevice(machine: env.machine)
+        let mr = try nic.register(env.mm, address: a, length: len, access: .all)
+        let nicReads = AtomicCounter(0)
+        let nicReader = ModelThread.spawn(name: "nic-reader") {
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: Int(len), alignment: 64)
+            defer { buf.deallocate() }
+            while stop.load() == 0 {
+                let before = generation.load()
+                guard (try? mr.access(a, Int(len), write: false, { p, at, n in (buf + at).copyMemory(from: p, byteCount: n) })) != nil else { continue }
+                nicReads.add(1)
+                for p in 0..<pages {
+                    let v = Int(buf.load(fromByteOffset: p * Int(pageSize), as: UInt32.self))
+                    if v != 0 && (v < before || v == 0x7FFF_FFFF) { stale.add(1) }
                 }
             }
         }
         remapper.join()
         protector.join()
         readers.forEach { $0.join() }
+        nicReader.join()
+        mr.deregister()
+        XCTAssertGreaterThan(nicReads.load(), 0)
         remapCPU.detach()
         protectCPU.detach()
         XCTAssertEqual(stale.load(), 0, "a device read a page freed by a munmap that had returned")
