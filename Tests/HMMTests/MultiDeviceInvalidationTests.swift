@@ -105,9 +105,9 @@ final class MultiDeviceInvalidationTests: XCTestCase {
     /// again and forks (children exit at once). Four dmirror threads (two with two-phase 20 µs
     /// shootdowns, one with a one-pass 20 µs shootdown, one with none) and an ODP NIC region
     /// read the region in a loop. A read that began after a generation was published never
-    /// sees an older one (that
-    /// page was freed by the munmap that had returned), nor the marker of the spacer mapping
-    /// that takes the freed frames, and the mirrors agree with the CPU's page table at the end.
+    /// sees an older one (that page was freed by the munmap that had returned), nor the marker
+    /// of the spacer mapping that takes the freed frames, and the mirrors agree with the CPU's
+    /// page table at the end.
     func testNoDeviceReadsAPageAfterTheInvalidationThatRemovedItReturned() throws {
         let env = try HMMEnv()
         let pages = 8, len = UInt64(pages) * pageSize
