@@ -26,12 +26,15 @@ extension BenchSuite {
         }
         defer { for (p, cpu, _) in processes { cpu.detach(); p.exit() } }
         let (pa, _, src) = processes[0], (pb, cpuB, dst) = processes[1]
+        // Words checked after each WRITE (first, middle and last pages), overwritten before it.
+        let probes: [UInt64] = [0, bytes / 2, bytes - pageSize]
         func write(_ from: ODPMemoryRegion, _ to: ODPMemoryRegion) throws -> Double {
+            for o in probes { try cpuB.store(dst + o, UInt64.max) } // untimed; present writable pages: no invalidation
             let t = try seconds {
                 try qp.post(.write(local: from, localAddress: src, remote: to, remoteAddress: dst, length: Int(bytes))).wait()
             }
-            guard try cpuB.load(dst + bytes - pageSize, as: UInt64.self) == bytes - pageSize + 1 else {
-                throw BenchError(description: "the RDMA WRITE did not land")
+            for o in probes where try cpuB.load(dst + o, as: UInt64.self) != o + 1 {
+                throw BenchError(description: "the RDMA WRITE did not land at offset \(o)")
             }
             return Double(bytes) / t / 1e9
         }

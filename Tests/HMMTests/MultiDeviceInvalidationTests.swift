@@ -121,6 +121,9 @@ final class MultiDeviceInvalidationTests: XCTestCase {
         let stale = AtomicCounter(0), reads = AtomicCounter(0), rounds = 40
         let remapCPU = env.process.makeCPU(), protectCPU = env.process.makeCPU()
         let reserve = try env.anon(pages * rounds) // the spacers, mapped now, touched one round at a time
+        // A fifth device: an ODP NIC region over the same addresses, read by the NIC the same way.
+        let nic = ODPDevice(machine: env.machine)
+        let mr = try nic.register(env.mm, address: a, length: len, access: .all)
         let remapper = ModelThread.spawn(name: "remapper") {
             for round in 0..<rounds {
                 let g = UInt32(generation.load())
@@ -164,9 +167,6 @@ final class MultiDeviceInvalidationTests: XCTestCase {
                 }
             }
         }
-        // A fifth device: an ODP NIC region over the same addresses, read by the NIC the same way.
-        let nic = ODPDevice(machine: env.machine)
-        let mr = try nic.register(env.mm, address: a, length: len, access: .all)
         let nicReads = AtomicCounter(0)
         let nicReader = ModelThread.spawn(name: "nic-reader") {
             let buf = UnsafeMutableRawPointer.allocate(byteCount: Int(len), alignment: 64)

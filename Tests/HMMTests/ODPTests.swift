@@ -126,6 +126,8 @@ final class ODPTests: XCTestCase {
         XCTAssertThrowsError(try env.qp.post(.fetchAdd(remote: mr, address: word + 4, add: 1)).wait()) { XCTAssertEqual($0 as? Errno, .EINVAL) }
         let ro = try env.nic.register(env.b.mm, address: word, length: 8, access: [.remoteRead])
         XCTAssertThrowsError(try env.qp.post(.fetchAdd(remote: ro, address: word, add: 1)).wait()) { XCTAssertEqual($0 as? Errno, .EPERM) }
+        XCTAssertThrowsError(try ro.advise(word, length: 8, write: true)) { XCTAssertEqual($0 as? Errno, .EPERM) } // no write fault
+        try ro.advise(word, length: 8, write: false)
         XCTAssertThrowsError(try env.qp.post(.fetchAdd(remote: mr, address: word + 8, add: 1)).wait()) { XCTAssertEqual($0 as? Errno, .EFAULT) }
         qp2.destroy()
         env.finish([mr, ro])
@@ -145,8 +147,15 @@ final class ODPTests: XCTestCase {
         XCTAssertEqual(env.nic.stats[.pageFaults], 0)
         XCTAssertEqual(try env.cpuB.load(dst + 8 * 1000, as: UInt64.self), 77 + 1000)
         try env.b.munmap(dst, length: 4 * pageSize)
+        XCTAssertThrowsError(try env.cpuB.load(dst, as: UInt64.self)) // B no longer sees them
+        try env.cpuA.store(src, UInt64(123456))
         try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: dst, length: 8)).wait()
-        XCTAssertEqual(env.nic.stats[.invalidations], 0)
-        env.finish([mrA, mrB])
+        // The NIC wrote B's old (pinned) page: reading it back through the NIC gives the value.
+        let back = try env.region(env.a, env.cpuA, pages: 1, seed: 0)
+        let mrBack = try env.nic.register(env.a.mm, address: back, length: 8, access: .all)
+        try env.qp.post(.read(local: mrBack, localAddress: back, remote: mrB, remoteAddress: dst, length: 8)).wait()
+        XCTAssertEqual(try env.cpuA.load(back, as: UInt64.self), 123456)
+        XCTAssertEqual(env.nic.stats[.pageFaults], 1) // only the ODP region's one page
+        env.finish([mrA, mrB, mrBack])
     }
 }

@@ -12,6 +12,9 @@ public final class ODPMemoryRegion: @unchecked Sendable {
     public let length: UInt64
     public let access: ODPAccess
     public let pinned: Bool
+    /// Whether the NIC may write the region (its access allows a local or remote write or an
+    /// atomic): only then does it ask for writable pages.
+    public let writable: Bool
     /// The region's pages: [pageStart, pageStart + pages × 4 KiB).
     let pageStart: UInt64
     let pages: Int
@@ -39,6 +42,7 @@ public final class ODPMemoryRegion: @unchecked Sendable {
         pages = Int((pageEnd - pageStart) >> pageShift)
         table = [UInt64](repeating: 0, count: pages)
         let writable = access.contains(.localWrite) || access.contains(.remoteWrite) || access.contains(.remoteAtomic)
+        self.writable = writable
         if pinned {
             mm.mmapLock.lockRead()
             let got: [Page]
@@ -112,14 +116,18 @@ public final class ODPMemoryRegion: @unchecked Sendable {
     /// read-only translation is faulted in first (a NIC page fault: `hmmRangeFault` under the
     /// notifier protocol, for the rest of the access up to 2 MiB).
     /// Errors: EINVAL for a deregistered region; EFAULT outside the region or for a page that
-    /// cannot be faulted in (no VMA, protection); EBUSY if invalidations kept overtaking (1,000
-    /// faults of one page in a row).
+    /// cannot be faulted in (no VMA, protection, no memory); EPERM for a write to a region that
+    /// is not writable; EBUSY if invalidations kept overtaking (1,000 faults of one page in a
+    /// row, or the fault loop's 1 s).
     /// Locking: none held.
     func access(_ address: UInt64, _ length: Int, write: Bool,
                 _ body: (UnsafeMutableRawPointer, Int, Int) -> Void) throws(Errno) {
         lock.assertNotHeld()
+        guard lock.withLock({ registered }) else { throw .EINVAL }
         guard length >= 0, address >= self.address, address.addingReportingOverflow(UInt64(length)).overflow == false,
               address + UInt64(length) <= self.address + self.length else { throw .EFAULT }
+        // Never a write fault on a region the NIC may not write (it would break copy-on-write).
+        guard !write || writable else { throw .EPERM }
         let memory = device.machine.memory
         var done = 0, faultsHere = 0
         while done < length {
@@ -156,16 +164,20 @@ public final class ODPMemoryRegion: @unchecked Sendable {
         var range = HMMRange(notifier: notifier, notifierSeq: 0, start: pageStart + UInt64(first) << pageShift,
                              end: pageStart + UInt64(last) << pageShift,
                              defaultFlags: HMMPfn.valid | (write ? HMMPfn.write : 0), devPrivateOwner: nil)
+        var faulted = 0
         do {
             try HMMMirror.faultAndProgram(&range, driverLock: lock) { (r: HMMRange) throws(Errno) in
                 guard self.registered else { throw .EINVAL }
+                faulted = 0
                 for (k, e) in r.hmmPfns.enumerated() where HMMPfn.isValid(e) && !HMMPfn.isError(e) {
+                    let old = self.table[first + k]
+                    if old == 0 || (write && old & 1 == 0) { faulted += 1 } // missing, or read-only for a write
                     self.table[first + k] = ODPMemoryRegion.entry(HMMPfn.pfn(e), writable: HMMPfn.isWrite(e))
                 }
             }
         } catch {
             throw error == .EBUSY ? .EBUSY : error == .EINVAL ? .EINVAL : .EFAULT
         }
-        device.stats.count(.pageFaults, last - first)
+        device.stats.count(.pageFaults, faulted)
     }
 }

@@ -25,7 +25,8 @@ public final class ODPWork: @unchecked Sendable {
     /// Waits for the completion. Return: an atomic's old value (0 for READ and WRITE).
     /// Errors: the work completion's error (EFAULT: a remote or local access error; EPERM: the
     /// region's access flags do not allow it; EINVAL: a deregistered region or a misaligned
-    /// atomic; EBUSY: the queue pair was destroyed first).
+    /// atomic; EBUSY: the queue pair was destroyed first, or a page's faults kept being
+    /// overtaken by invalidations).
     @discardableResult
     public func wait() throws(Errno) -> UInt64 {
         done.wait()
@@ -34,6 +35,7 @@ public final class ODPWork: @unchecked Sendable {
 }
 
 /// A queue pair: a NIC thread that carries out its work requests in order (RC semantics).
+/// `destroy()` it when done (`ibv_destroy_qp`): its thread holds it until then.
 public final class ODPQueuePair: @unchecked Sendable {
     public let device: ODPDevice
     private let lock = Lock("odp-qp")
@@ -41,13 +43,15 @@ public final class ODPQueuePair: @unchecked Sendable {
     /// Locking: `lock`.
     @exclusivity(unchecked) private var pending: [ODPWork] = []
     @exclusivity(unchecked) private var stopping = false
-    private var thread: ModelThread?
+    /// Locking: `lock` (taken once by `destroy`).
+    @exclusivity(unchecked) private var thread: ModelThread?
     /// Bytes a READ or WRITE moves per step (through the NIC's buffer).
     static let stepBytes = 64 << 10
 
     public init(device: ODPDevice) {
         self.device = device
-        thread = ModelThread.spawn(name: "odp-qp") { [self] in run() }
+        let t = ModelThread.spawn(name: "odp-qp") { [self] in run() }
+        lock.withLock { thread = t }
     }
 
     /// `ibv_post_send`. Return: the work, to wait for. A destroyed queue pair completes it
@@ -67,10 +71,14 @@ public final class ODPQueuePair: @unchecked Sendable {
     /// Stops the thread after the work already posted. Locking: none held.
     public func destroy() {
         lock.assertNotHeld()
-        lock.withLock { stopping = true }
+        let t: ModelThread? = lock.withLock {
+            stopping = true
+            let t = thread
+            thread = nil
+            return t
+        }
         queue.wakeAll()
-        thread?.join()
-        thread = nil
+        t?.join()
     }
 
     private func run() {
