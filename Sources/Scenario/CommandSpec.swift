@@ -5,7 +5,7 @@ import MMCore
 struct CommandSpec {
     /// The kinds of names a script declares.
     enum Namespace: String, CaseIterable {
-        case process, device, file, buffer, gup, svm
+        case process, device, file, buffer, gup, svm, nic, mr
         var created: String {
             switch self {
             case .process: return "a process created with 'process' or 'fork'"
@@ -14,6 +14,8 @@ struct CommandSpec {
             case .buffer: return "a buffer created with 'buffer' or bound with '->'"
             case .gup: return "pages bound by 'gup'"
             case .svm: return "an SVM device opened with 'svm_open'"
+            case .nic: return "an ODP NIC opened with 'odp_open'"
+            case .mr: return "a memory region registered with 'odp_reg'"
             }
         }
     }
@@ -137,6 +139,20 @@ struct CommandSpec {
             "svm_stats": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1,
                                      expect: .counters(Set(SVMStats.Counter.allCases.map(\.description)))),
             "svm_close": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1),
+            // The RDMA NIC with on-demand paging (docs/odp.md).
+            "odp_open": CommandSpec(positionals: [], required: 0, bind: .required, binds: .nic),
+            "odp_reg": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("an address", .expr), ("a length", .expr)], required: 3,
+                                   keys: ["proc": .name(.process)], flags: ["pinned", "read_only"], bind: .required, binds: .mr,
+                                   expect: .outcome),
+            "odp_dereg": CommandSpec(positionals: [("a memory region", .name(.mr))], required: 1),
+            "rdma_write": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("a local memory region", .name(.mr)), ("a local address", .expr),
+                                                    ("a remote memory region", .name(.mr)), ("a remote address", .expr), ("a length", .expr)],
+                                      required: 6, expect: .outcome),
+            "rdma_read": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("a local memory region", .name(.mr)), ("a local address", .expr),
+                                                   ("a remote memory region", .name(.mr)), ("a remote address", .expr), ("a length", .expr)],
+                                     required: 6, expect: .outcome),
+            "odp_stats": CommandSpec(positionals: [("an ODP NIC", .name(.nic))], required: 1,
+                                     expect: .counters(Set(ODPStats.Counter.allCases.map(\.description)).union(["mapped"]))),
             "device_shootdown": CommandSpec(positionals: [("a device", .name(.device))], required: 1, keys: ["latency": .expr],
                                             flags: ["two_phase", "fails"], expect: .counters(["finish_passes", "cut_off"])),
             "device_pages": CommandSpec(positionals: [("a device", .name(.device))], required: 1, expect: .counters(["count", "owned", "mirrored"])),

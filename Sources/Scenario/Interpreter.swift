@@ -108,6 +108,9 @@ public final class ScenarioInterpreter {
     var devices: [String: Dmirror] = [:]
     /// SVM devices by name, each bound to one address space. Locking: `state`.
     var svms: [String: SVMSpace] = [:]
+    /// ODP NICs (each with its queue pair) and memory regions by name. Locking: `state`.
+    var nics: [String: (nic: ODPDevice, qp: ODPQueuePair)] = [:]
+    var mrs: [String: ODPMemoryRegion] = [:]
     var files: [String: ShmemFile] = [:]
     var buffers: [String: DmirrorBuffer] = [:]
     var gups: [String: (mm: AddressSpace, pages: [Page], pin: Bool)] = [:]
@@ -289,10 +292,12 @@ public final class ScenarioInterpreter {
         for g in gs { if g.pin { g.mm.unpinUserPages(g.pages) } else { g.mm.putUserPages(g.pages) } }
         for d in devs { d.close() }
         for s in state.withLock({ Array(svms.values) }) { try? s.device.shutdown() }
+        for n in state.withLock({ Array(nics.values) }) { n.qp.destroy() }
+        for r in state.withLock({ Array(mrs.values) }) { r.deregister() }
         for c in state.withLock({ Array(cpus.values) }) { c.detach() }
         for p in procs { p.exit() }
         state.withLock {
-            devices.removeAll(); svms.removeAll(); processes.removeAll(); processOrder.removeAll(); cpus.removeAll(); gups.removeAll()
+            devices.removeAll(); svms.removeAll(); nics.removeAll(); mrs.removeAll(); processes.removeAll(); processOrder.removeAll(); cpus.removeAll(); gups.removeAll()
             files.removeAll(); buffers.removeAll(); variables.removeAll()
             module = nil; machine = nil
         }

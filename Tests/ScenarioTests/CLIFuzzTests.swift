@@ -33,6 +33,8 @@ final class CLIFuzzTests: XCTestCase {
                 case .buffer: return "b"
                 case .gup: return "g"
                 case .svm: return "s"
+                case .nic: return "n"
+                case .mr: return pick(["m", "mr2"])
                 }
             case .pattern: return pick(["IDX", "NEG", "ZERO", "FF", "IDX+5", "INT(7)", "BYTE(3)"])
             case .prot: return pick(["rw", "r", "none", "rwx", "w"])
@@ -56,7 +58,8 @@ final class CLIFuzzTests: XCTestCase {
             }
         }
         var lines = ["process p", "mmap 4pages -> a", "mmap 2pages prot=r -> r", "file f size=4pages", "open 0 -> d", "open 2 -> e",
-                     "buffer b 4pages", "gup a 1 -> g", "fork p -> c", "repeat 2 as i { fork p -> k[i] }", "svm_open memory=2MiB -> s"]
+                     "buffer b 4pages", "gup a 1 -> g", "fork p -> c", "repeat 2 as i { fork p -> k[i] }", "svm_open memory=2MiB -> s",
+                     "odp_open -> n", "odp_reg n a 4pages -> m", "odp_reg n r 2pages read_only -> mr2"]
         let names = CommandSpec.table.keys.sorted().filter { !["machine", "skip", "sleep", "process"].contains($0) }
         let corrupting = rng.next() % 3 == 0
         for _ in 0..<Int(rng.next() % 14 + 1) {

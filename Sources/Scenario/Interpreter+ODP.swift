@@ -1,0 +1,83 @@
+import Devices
+import MMCore
+
+/// The ODP NIC's commands (docs/odp.md): `odp_open`, `odp_reg`, `odp_dereg`, `rdma_write`,
+/// `rdma_read`, `odp_stats`. A work request's error is its outcome, compared with `expect` as a
+/// system call's is.
+extension ScenarioInterpreter {
+    func nic(_ t: Token, _ ctx: Context) throws -> (nic: ODPDevice, qp: ODPQueuePair) {
+        let n = try resolveName(t, ctx)
+        return try state.withLock {
+            guard let d = nics[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected an ODP NIC opened with 'odp_open', got '\(n)'") }
+            return d
+        }
+    }
+
+    func memoryRegion(_ t: Token, _ ctx: Context) throws -> ODPMemoryRegion {
+        let n = try resolveName(t, ctx)
+        return try state.withLock {
+            guard let r = mrs[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected a memory region registered with 'odp_reg', got '\(n)'") }
+            return r
+        }
+    }
+
+    /// `odp_open -> NIC`; `odp_reg NIC ADDR LEN [pinned] [read_only] [proc=P] -> MR` (every
+    /// access, or remote reads only); `odp_dereg MR`; `rdma_write NIC LMR LADDR RMR RADDR LEN`
+    /// and `rdma_read …` (posted on the NIC's queue pair and waited for); `odp_stats NIC
+    /// [expect page_faults=N …]` (the NIC's counters, and `mapped`: translations of every
+    /// region it has).
+    func odpCommand(_ cmd: Command, _ ctx: Context) throws {
+        switch cmd.name.text {
+        case "odp_open":
+            guard let b = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the NIC") }
+            let name = try resolveName(b, ctx)
+            let m = try theMachine(at: cmd.name.location)
+            let nic = ODPDevice(machine: m)
+            let qp = ODPQueuePair(device: nic)
+            let old = state.withLock { () -> ODPQueuePair? in let o = nics[name]?.qp; nics[name] = (nic, qp); return o }
+            old?.destroy()
+            trace(cmd, ctx, "ok")
+        case "odp_reg":
+            guard let b = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the memory region") }
+            let name = try resolveName(b, ctx)
+            let (nic, _) = try self.nic(try cmd.arg(0, "an ODP NIC"), ctx)
+            let a = try eval(try cmd.arg(1, "an address"), ctx), len = try eval(try cmd.arg(2, "a length"), ctx)
+            let proc = try process(for: cmd, ctx)
+            let access: ODPAccess = cmd.flag("read_only") ? [.remoteRead] : .all
+            try syscall(cmd, ctx, { () throws -> ODPMemoryRegion in
+                try nic.register(proc.mm, address: a, length: len, access: access, pinned: cmd.flag("pinned"))
+            }) { r in
+                let old = state.withLock { () -> ODPMemoryRegion? in let o = mrs[name]; mrs[name] = r; return o }
+                old?.deregister()
+                return "mr (\(r.pinned ? "pinned" : "odp"))"
+            }
+        case "odp_dereg":
+            let t = try cmd.arg(0, "a memory region")
+            let r = try memoryRegion(t, ctx)
+            let n = try resolveName(t, ctx)
+            state.withLock { mrs[n] = nil }
+            r.deregister()
+            trace(cmd, ctx, "ok")
+        case "rdma_write", "rdma_read":
+            let (_, qp) = try nic(try cmd.arg(0, "an ODP NIC"), ctx)
+            let local = try memoryRegion(try cmd.arg(1, "a local memory region"), ctx)
+            let la = try eval(try cmd.arg(2, "a local address"), ctx)
+            let remote = try memoryRegion(try cmd.arg(3, "a remote memory region"), ctx)
+            let ra = try eval(try cmd.arg(4, "a remote address"), ctx)
+            let len = try eval(try cmd.arg(5, "a length"), ctx)
+            guard len <= ScenarioInterpreter.maxAccessBytes else { throw cmd.fail("expected a length of at most 256MiB") }
+            let r: ODPWorkRequest = cmd.name.text == "rdma_write"
+                ? .write(local: local, localAddress: la, remote: remote, remoteAddress: ra, length: Int(len))
+                : .read(local: local, localAddress: la, remote: remote, remoteAddress: ra, length: Int(len))
+            try syscall(cmd, ctx, { () throws -> UInt64 in try qp.post(r).wait() }) { _ in "ok" }
+        default: // odp_stats
+            let t = try cmd.arg(0, "an ODP NIC")
+            let (nic, _) = try self.nic(t, ctx)
+            let regions = state.withLock { mrs.values.filter { $0.device === nic } }
+            var got = Dictionary(uniqueKeysWithValues: nic.stats.snapshot.map { ($0.0, UInt64($0.1)) })
+            got["mapped"] = UInt64(regions.reduce(0) { $0 + $1.mappedPages })
+            emit("odp_stats \(resolvedText(t, ctx)): " + got.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+            try checkCounters(cmd, ctx, got)
+        }
+    }
+}
