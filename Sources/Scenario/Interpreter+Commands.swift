@@ -256,13 +256,7 @@ extension ScenarioInterpreter {
         trace(cmd, ctx, "ok")
     }
 
-    func fileNamed(_ t: Token, _ ctx: Context) throws -> ShmemFile {
-        let n = try resolveName(t, ctx)
-        return try state.withLock {
-            guard let f = files[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected a file created with 'file', got '\(n)'") }
-            return f
-        }
-    }
+    func fileNamed(_ t: Token, _ ctx: Context) throws -> ShmemFile { try named(t, ctx, .file, \.files) }
 
     func fileIO(_ cmd: Command, _ ctx: Context) throws {
         let f = try fileNamed(try cmd.arg(0, "a file"), ctx)

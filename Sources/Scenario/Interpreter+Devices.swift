@@ -7,21 +7,9 @@ import Glibc
 #endif
 
 extension ScenarioInterpreter {
-    func device(_ t: Token, _ ctx: Context) throws -> Dmirror {
-        let n = try resolveName(t, ctx)
-        return try state.withLock {
-            guard let d = devices[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected a device opened with 'open', got '\(n)'") }
-            return d
-        }
-    }
+    func device(_ t: Token, _ ctx: Context) throws -> Dmirror { try named(t, ctx, .device, \.devices) }
 
-    func buffer(_ t: Token, _ ctx: Context) throws -> DmirrorBuffer {
-        let n = try resolveName(t, ctx)
-        return try state.withLock {
-            guard let b = buffers[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected a buffer created with 'buffer' or bound with '->', got '\(n)'") }
-            return b
-        }
-    }
+    func buffer(_ t: Token, _ ctx: Context) throws -> DmirrorBuffer { try named(t, ctx, .buffer, \.buffers) }
 
     /// Keeps a buffer under `name` within the host-memory budget (a buffer it replaces is freed).
     func keepBuffer(_ name: String, _ b: DmirrorBuffer, _ cmd: Command) throws {

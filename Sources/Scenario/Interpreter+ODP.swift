@@ -5,21 +5,9 @@ import MMCore
 /// `rdma_read`, `odp_stats`. A work request's error is its outcome, compared with `expect` as a
 /// system call's is.
 extension ScenarioInterpreter {
-    func nic(_ t: Token, _ ctx: Context) throws -> (nic: ODPDevice, qp: ODPQueuePair) {
-        let n = try resolveName(t, ctx)
-        return try state.withLock {
-            guard let d = nics[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected an ODP NIC opened with 'odp_open', got '\(n)'") }
-            return d
-        }
-    }
+    func nic(_ t: Token, _ ctx: Context) throws -> (nic: ODPDevice, qp: ODPQueuePair) { try named(t, ctx, .nic, \.nics) }
 
-    func memoryRegion(_ t: Token, _ ctx: Context) throws -> ODPMemoryRegion {
-        let n = try resolveName(t, ctx)
-        return try state.withLock {
-            guard let r = mrs[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected a memory region registered with 'odp_reg', got '\(n)'") }
-            return r
-        }
-    }
+    func memoryRegion(_ t: Token, _ ctx: Context) throws -> ODPMemoryRegion { try named(t, ctx, .mr, \.mrs) }
 
     /// `odp_open -> NIC`; `odp_reg NIC ADDR LEN [pinned] [read_only] [proc=P] -> MR` (every
     /// access, or remote reads only); `odp_dereg MR`; `rdma_write NIC LMR LADDR RMR RADDR LEN`

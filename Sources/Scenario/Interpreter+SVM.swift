@@ -9,13 +9,7 @@ import MMSync
 extension ScenarioInterpreter {
     static let svmPolicyFlags: Set<String> = ["first_touch", "remote_map", "density_prefetch", "thrashing_aware", "access_counters"]
 
-    func svm(_ t: Token, _ ctx: Context) throws -> SVMSpace {
-        let n = try resolveName(t, ctx)
-        return try state.withLock {
-            guard let s = svms[n] else { throw ScenarioSyntaxError(location: t.location, message: "expected an SVM device opened with 'svm_open', got '\(n)'") }
-            return s
-        }
-    }
+    func svm(_ t: Token, _ ctx: Context) throws -> SVMSpace { try named(t, ctx, .svm, \.svms) }
 
     /// The policy a command's flag names (first touch when none).
     func svmPolicy(_ cmd: Command) throws -> SVMPolicy {

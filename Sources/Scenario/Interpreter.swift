@@ -426,6 +426,20 @@ public final class ScenarioInterpreter {
     func eval(_ t: Token, _ ctx: Context) throws -> UInt64 { try Expression.evaluate(t, lookup(ctx)) }
 
     /// The process a command names with `proc=`, or the context's.
+    /// What `t` names in `table`, one namespace's dictionary; a script error saying how such a
+    /// name is made if it names nothing. Locking: takes `state`.
+    func named<T>(_ t: Token, _ ctx: Context, _ ns: CommandSpec.Namespace,
+                  _ table: KeyPath<ScenarioInterpreter, [String: T]>) throws -> T {
+        state.assertNotHeld()
+        let n = try resolveName(t, ctx)
+        return try state.withLock {
+            guard let v = self[keyPath: table][n] else {
+                throw ScenarioSyntaxError(location: t.location, message: "expected \(ns.created), got '\(n)'")
+            }
+            return v
+        }
+    }
+
     func process(for cmd: Command, _ ctx: Context) throws -> MMCore.Process {
         try process(named: try cmd.option("proc").map { try resolveName($0, ctx) } ?? ctx.process, at: cmd.name.location)
     }

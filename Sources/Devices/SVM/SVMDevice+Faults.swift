@@ -107,9 +107,15 @@ extension SVMDevice {
             guard s < e else { continue }
             let region = SVMFaultGroup(space: n.space, start: s, end: e, access: .read, vmaStart: vs, vmaEnd: ve)
             guard let r = policy.accessCounterFired(region: region, device: self) else { continue }
-            let ms = max(r.lowerBound & ~(pageSize - 1), vs), me = min((r.upperBound + pageSize - 1) & ~(pageSize - 1), ve)
+            let (ms, me) = SVMDevice.clip(r, to: vs, ve)
             if ms < me, migrateToDevice(n.space, ms, me) > 0 { _ = map(n.space, ms, me, write: false, localOnly: true) }
         }
+    }
+
+    /// A policy's range widened to whole pages and clipped to the VMA [vs, ve) (empty if it
+    /// misses it: start ≥ end).
+    static func clip(_ r: Range<UInt64>, to vs: UInt64, _ ve: UInt64) -> (UInt64, UInt64) {
+        (max(r.lowerBound & ~(pageSize - 1), vs), min((r.upperBound &+ pageSize - 1) & ~(pageSize - 1), ve))
     }
 
     /// Services one group: the policy chooses whether (and how much) to migrate into device
@@ -141,17 +147,12 @@ extension SVMDevice {
         var mapStart = start, mapEnd = end
         var tails: [(UInt64, UInt64)] = []
         for r in policy.placements(for: group, device: self) {
-            let s = max(r.lowerBound & ~(pageSize - 1), vs), e = min((r.upperBound + pageSize - 1) & ~(pageSize - 1), ve)
+            let (s, e) = SVMDevice.clip(r, to: vs, ve)
             guard s < e else { continue }
             let gs = max(start, s), ge = min(end, e)
             var moved = gs < ge ? migrateToDevice(space, gs, ge) : 0
-            var around: [(UInt64, UInt64)] = []
-            if gs < ge {
-                if s < gs { around.append((s, gs)) }
-                if ge < e { around.append((ge, e)) }
-            } else {
-                around.append((s, e))
-            }
+            // The pages of the range around the group (all of it if it misses the group).
+            let around = gs < ge ? [(s, gs), (ge, e)].filter { $0.0 < $0.1 } : [(s, e)]
             for (a, b) in around { moved += migrateToDevice(space, a, b, evict: false) }
             tails += around
             if moved > 0 { mapStart = min(mapStart, s); mapEnd = max(mapEnd, e) }
