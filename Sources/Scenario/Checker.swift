@@ -299,9 +299,9 @@ struct ScriptChecker {
                 if !ScriptChecker.pagemapKinds.contains(t.text) && !outcomeList {
                     report(t.location, "expected present, swap, none, file or zero, or ok / an errno (alternatives separated by '|')")
                 }
-            case .migrated:
-                if let k = a.key, k.text == "migrated" { expr(t) } else if let k = a.key, k.text == "errno" { outcome(t) } else if a.key == nil { outcome(t) } else {
-                    report(a.location, "expected migrated=N or an errno, found '\(a.key!.text)='")
+            case .keyed(let key):
+                if let k = a.key, k.text == key { expr(t) } else if let k = a.key, k.text == "errno" { outcome(t) } else if a.key == nil { outcome(t) } else {
+                    report(a.location, "expected \(key)=N or an errno, found '\(a.key!.text)='")
                 }
             case .ptes:
                 if let k = a.key { report(k.location, "expected an entry kind (\(PTEKind.names.joined(separator: ", "))), found '\(k.text)='"); continue }

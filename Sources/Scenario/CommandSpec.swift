@@ -42,7 +42,7 @@ struct CommandSpec {
         case pread                // a pattern or an outcome, len=N
         case device               // ret= cpages= faults= mirror= bytes=
         case pagemap              // present | swap | none | file | zero, or an outcome
-        case migrated             // migrated=N
+        case keyed(String)        // KEY=N (migrated=, old=), or an outcome
         case ptes                 // entry kinds
         case counters(Set<String>) // key=N for the named counters
     }
@@ -115,7 +115,7 @@ struct CommandSpec {
             "put": CommandSpec(positionals: [("a name bound by 'gup'", .name(.gup))], required: 1),
             "unpin": CommandSpec(positionals: [("a name bound by 'gup'", .name(.gup))], required: 1),
             "pagemap": CommandSpec(positionals: [("an address", .expr), ("a page count", .expr)], required: 1, keys: proc, expect: .pagemap),
-            "migrate_pages": CommandSpec(positionals: [("an address", .expr), ("a page count", .expr)], required: 1, keys: proc, flags: ["offline"], expect: .migrated),
+            "migrate_pages": CommandSpec(positionals: [("an address", .expr), ("a page count", .expr)], required: 1, keys: proc, flags: ["offline"], expect: .keyed("migrated")),
             "invariants": CommandSpec(positionals: [], required: 0),
             "sleep": CommandSpec(positionals: [("nanoseconds", .expr)], required: 1),
             "print": CommandSpec(positionals: [("words", .words)], required: 0),
@@ -141,8 +141,8 @@ struct CommandSpec {
             "svm_close": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1),
             // The RDMA NIC with on-demand paging (docs/odp.md).
             "odp_open": CommandSpec(positionals: [], required: 0, bind: .required, binds: .nic),
-            "odp_reg": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("an address", .expr), ("a length", .expr)], required: 3,
-                                   keys: ["proc": .name(.process)], flags: ["pinned", "read_only"], bind: .required, binds: .mr,
+            "odp_reg": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("an address", .expr), ("a length", .expr)], required: 1,
+                                   keys: ["proc": .name(.process)], flags: ["pinned", "read_only", "implicit"], bind: .required, binds: .mr,
                                    expect: .outcome),
             "odp_dereg": CommandSpec(positionals: [("a memory region", .name(.mr))], required: 1),
             "rdma_write": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("a local memory region", .name(.mr)), ("a local address", .expr),
@@ -151,6 +151,10 @@ struct CommandSpec {
             "rdma_read": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("a local memory region", .name(.mr)), ("a local address", .expr),
                                                    ("a remote memory region", .name(.mr)), ("a remote address", .expr), ("a length", .expr)],
                                      required: 6, expect: .outcome),
+            "rdma_fadd": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("a memory region", .name(.mr)), ("an address", .expr),
+                                                   ("a delta", .expr)], required: 4, expect: .keyed("old")),
+            "rdma_cswap": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("a memory region", .name(.mr)), ("an address", .expr),
+                                                    ("the expected value", .expr), ("the new value", .expr)], required: 5, expect: .keyed("old")),
             "odp_stats": CommandSpec(positionals: [("an ODP NIC", .name(.nic))], required: 1,
                                      expect: .counters(Set(ODPStats.Counter.allCases.map(\.description)).union(["mapped"]))),
             "device_shootdown": CommandSpec(positionals: [("a device", .name(.device))], required: 1, keys: ["latency": .expr],

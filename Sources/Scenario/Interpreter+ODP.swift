@@ -10,8 +10,10 @@ extension ScenarioInterpreter {
     func memoryRegion(_ t: Token, _ ctx: Context) throws -> ODPMemoryRegion { try named(t, ctx, .mr, \.mrs) }
 
     /// `odp_open -> NIC`; `odp_reg NIC ADDR LEN [pinned] [read_only] [proc=P] -> MR` (every
-    /// access, or remote reads only); `odp_dereg MR`; `rdma_write NIC LMR LADDR RMR RADDR LEN`
-    /// and `rdma_read …` (posted on the NIC's queue pair and waited for); `odp_stats NIC
+    /// access, or remote reads only) or `odp_reg NIC implicit -> MR` (the whole address space);
+    /// `odp_dereg MR`; `rdma_write NIC LMR LADDR RMR RADDR LEN` and `rdma_read …`, `rdma_fadd
+    /// NIC MR ADDR DELTA` and `rdma_cswap NIC MR ADDR EXPECTED NEW` (`expect old=N`; posted on
+    /// the NIC's queue pair and waited for); `odp_stats NIC
     /// [expect page_faults=N …]` (the NIC's counters, and `mapped`: translations of every
     /// region it has).
     func odpCommand(_ cmd: Command, _ ctx: Context) throws {
@@ -29,7 +31,11 @@ extension ScenarioInterpreter {
             guard let b = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the memory region") }
             let name = try resolveName(b, ctx)
             let (nic, _) = try self.nic(try cmd.arg(0, "an ODP NIC"), ctx)
-            let a = try eval(try cmd.arg(1, "an address"), ctx), len = try eval(try cmd.arg(2, "a length"), ctx)
+            // `implicit`: the whole address space (address 0, length UInt64.max), no address or length.
+            let implicit = cmd.flag("implicit")
+            if implicit, cmd.positional.count > 1 { throw cmd.fail("expected no address or length for an implicit region") }
+            let a = implicit ? 0 : try eval(try cmd.arg(1, "an address"), ctx)
+            let len = implicit ? UInt64.max : try eval(try cmd.arg(2, "a length"), ctx)
             let proc = try process(for: cmd, ctx)
             let access: ODPAccess = cmd.flag("read_only") ? [.remoteRead] : .all
             try syscall(cmd, ctx, { () throws -> ODPMemoryRegion in
@@ -37,7 +43,7 @@ extension ScenarioInterpreter {
             }) { r in
                 let old = state.withLock { () -> ODPMemoryRegion? in let o = mrs[name]; mrs[name] = r; return o }
                 old?.deregister()
-                return "mr (\(r.pinned ? "pinned" : "odp"))"
+                return "mr (\(r.pinned ? "pinned" : r.implicit ? "implicit odp" : "odp"))"
             }
         case "odp_dereg":
             let t = try cmd.arg(0, "a memory region")
@@ -58,6 +64,21 @@ extension ScenarioInterpreter {
                 ? .write(local: local, localAddress: la, remote: remote, remoteAddress: ra, length: Int(len))
                 : .read(local: local, localAddress: la, remote: remote, remoteAddress: ra, length: Int(len))
             try syscall(cmd, ctx, { () throws -> UInt64 in try qp.post(r).wait() }) { _ in "ok" }
+        case "rdma_fadd", "rdma_cswap":
+            let (_, qp) = try nic(try cmd.arg(0, "an ODP NIC"), ctx)
+            let mr = try memoryRegion(try cmd.arg(1, "a memory region"), ctx)
+            let a = try eval(try cmd.arg(2, "an address"), ctx)
+            let r: ODPWorkRequest = cmd.name.text == "rdma_fadd"
+                ? .fetchAdd(remote: mr, address: a, add: try eval(try cmd.arg(3, "a delta"), ctx))
+                : .compareSwap(remote: mr, address: a, compare: try eval(try cmd.arg(3, "the expected value"), ctx),
+                               swap: try eval(try cmd.arg(4, "the new value"), ctx))
+            var old: UInt64?
+            try syscall(cmd, ctx, { () throws -> UInt64 in try qp.post(r).wait() }) { v in old = v; return "old \(v)" }
+            if let want = cmd.expectation("old") {
+                let w = try eval(want, ctx)
+                guard let old else { throw failure(cmd, "expected old=\(w), got an error") }
+                if old != w { throw failure(cmd, "expected old=\(w), got old=\(old)") }
+            }
         default: // odp_stats
             let t = try cmd.arg(0, "an ODP NIC")
             let (nic, _) = try self.nic(t, ctx)

@@ -158,4 +158,102 @@ final class ODPTests: XCTestCase {
         XCTAssertEqual(env.nic.stats[.pageFaults], 1) // only the ODP region's one page
         env.finish([mrA, mrB, mrBack])
     }
+
+    /// RDMA WRITEs from A into B between which B's page 5 is migrated to a dmirror device (the
+    /// NIC's write fault brings it back), page 3 is dropped by MADV_DONTNEED (refaulted as a
+    /// new zero page and written), and B forks (the fork write-protects B's pages and drops
+    /// every translation; the NIC's write fault breaks copy-on-write in B, and the child keeps
+    /// the bytes it had). Every word exact after each WRITE; exact NIC page faults.
+    func testRDMAWriteAcrossMigrationDontneedAndFork() throws {
+        let env = try Env()
+        let pages = 8, words = pages * 512
+        let src = try env.region(env.a, env.cpuA, pages: pages, seed: 100)
+        let dst = try env.region(env.b, env.cpuB, pages: pages, seed: 0)
+        let mrA = try env.nic.register(env.a.mm, address: src, length: UInt64(pages) * pageSize, access: .all)
+        let mrB = try env.nic.register(env.b.mm, address: dst, length: UInt64(pages) * pageSize, access: .all)
+        var seed: UInt64 = 100
+        func writeAll(newSeed: UInt64, faults: Int) throws {
+            for i in 0..<words { try env.cpuA.store(src + UInt64(i) * 8, newSeed &+ UInt64(i)) }
+            let before = env.nic.stats[.pageFaults]
+            try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: dst, length: pages * Int(pageSize))).wait()
+            XCTAssertEqual(env.nic.stats[.pageFaults] - before, faults, "NIC page faults of the WRITE with seed \(newSeed)")
+            seed = newSeed
+            for i in 0..<words {
+                let got = try env.cpuB.load(dst + UInt64(i) * 8, as: UInt64.self)
+                if got != seed &+ UInt64(i) { XCTFail("seed \(seed), word \(i): \(got)"); return }
+            }
+        }
+        try writeAll(newSeed: 100, faults: 2 * pages) // cold: both sides
+        let mirror = try env.module.open(minor: 0, mm: env.b.mm)
+        var m = DmirrorCmd(addr: dst + 5 * pageSize, npages: 1)
+        try mirror.ioctl(.migrateToDevice, &m, buffer: DmirrorBuffer(size: Int(pageSize)))
+        XCTAssertEqual(m.cpages, 1)
+        XCTAssertEqual(mrB.mappedPages, pages - 1)
+        try writeAll(newSeed: 2000, faults: 1) // page 5 comes back from the device
+        try env.b.madvise(dst + 3 * pageSize, length: pageSize, advice: .dontNeed)
+        XCTAssertEqual(mrB.mappedPages, pages - 1)
+        try writeAll(newSeed: 3000, faults: 1) // page 3: a new page
+        let child = try env.b.fork()
+        XCTAssertEqual(mrB.mappedPages, 0) // the fork write-protected B's pages: every translation went
+        XCTAssertEqual(mrA.mappedPages, pages)
+        try writeAll(newSeed: 4000, faults: pages) // copy-on-write broken by the NIC in B
+        let ccpu = child.makeCPU()
+        for i in 0..<words {
+            let got = try ccpu.load(dst + UInt64(i) * 8, as: UInt64.self)
+            if got != 3000 &+ UInt64(i) { XCTFail("child word \(i): \(got)"); break }
+        }
+        ccpu.detach()
+        child.exit()
+        mirror.close()
+        env.finish([mrA, mrB])
+    }
+
+    /// An implicit region (address 0, length `UInt64.max`) covers B's whole address space: a
+    /// WRITE to two mappings a GiB apart makes two children (one notifier each) and faults
+    /// exactly the pages touched; MADV_DONTNEED drops one translation; an address with no
+    /// mapping or past the top of user space is EFAULT; a pinned implicit region is EINVAL;
+    /// after deregistration every access is EINVAL and nothing leaks.
+    func testImplicitRegionCoversTheWholeAddressSpace() throws {
+        let env = try Env()
+        let src = try env.region(env.a, env.cpuA, pages: 4, seed: 9000)
+        let base: UInt64 = 0x7f00_0000_0000
+        let low = try env.b.mmap(address: base, length: 2 * pageSize, prot: .readWrite, flags: [.private, .anonymous, .fixed])
+        let high = try env.b.mmap(address: base + (1 << 30), length: 2 * pageSize, prot: .readWrite, flags: [.private, .anonymous, .fixed])
+        XCTAssertThrowsError(try env.nic.register(env.b.mm, address: 0, length: .max, access: .all, pinned: true)) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        // An explicit region whose table (8 bytes a page) would not fit in the machine's 64 MiB.
+        XCTAssertThrowsError(try env.nic.register(env.b.mm, address: 0, length: base, access: .all)) { XCTAssertEqual($0 as? Errno, .ENOMEM) }
+        let mrA = try env.nic.register(env.a.mm, address: src, length: 4 * pageSize, access: .all)
+        let mrB = try env.nic.register(env.b.mm, address: 0, length: .max, access: .all)
+        XCTAssertTrue(mrB.implicit)
+        XCTAssertEqual(mrB.childCount, 0)
+        try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: low, length: 2 * Int(pageSize))).wait()
+        try env.qp.post(.write(local: mrA, localAddress: src + 2 * pageSize, remote: mrB, remoteAddress: high + 8, length: Int(pageSize))).wait()
+        XCTAssertEqual(mrB.childCount, 2)
+        XCTAssertEqual(mrB.mappedPages, 4) // two low pages, and two high ones (the WRITE straddles)
+        XCTAssertEqual(env.nic.stats[.pageFaults], 3 + 4) // A's pages 0–2, B's two low pages and the two high ones the second WRITE straddles
+        XCTAssertEqual(try env.cpuB.load(low + 8 * 600, as: UInt64.self), 9000 + 600)
+        XCTAssertEqual(try env.cpuB.load(high + 8, as: UInt64.self), 9000 + 1024)
+        XCTAssertEqual(try env.cpuB.load(high + pageSize, as: UInt64.self), 9000 + 1024 + 511)
+        try env.b.madvise(low, length: pageSize, advice: .dontNeed)
+        XCTAssertEqual(mrB.mappedPages, 3)
+        XCTAssertEqual(env.nic.stats[.pagesInvalidated], 1)
+        XCTAssertThrowsError(try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: base + (2 << 30), length: 8)).wait()) {
+            XCTAssertEqual($0 as? Errno, .EFAULT) // no VMA there
+        }
+        XCTAssertEqual(mrB.childCount, 3) // the child is made before the fault finds no VMA, as mlx5's
+        XCTAssertThrowsError(try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: taskSize - 4, length: 8)).wait()) {
+            XCTAssertEqual($0 as? Errno, .EFAULT) // past the top of user space
+        }
+        // A READ from B's implicit region into A.
+        try env.cpuB.store(high + 16, UInt64(31337))
+        try env.qp.post(.read(local: mrA, localAddress: src, remote: mrB, remoteAddress: high + 16, length: 8)).wait()
+        XCTAssertEqual(try env.cpuA.load(src, as: UInt64.self), 31337)
+        mrB.deregister()
+        XCTAssertEqual(mrB.childCount, 0)
+        XCTAssertEqual(mrB.mappedPages, 0)
+        XCTAssertThrowsError(try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: low, length: 8)).wait()) {
+            XCTAssertEqual($0 as? Errno, .EINVAL)
+        }
+        env.finish([mrA, mrB])
+    }
 }

@@ -52,14 +52,14 @@ final class CLIFuzzTests: XCTestCase {
             case .pread: return pick(["expect ok|EINVAL|EFAULT", "expect ZERO", ""])
             case .device: return pick(["expect ret=0|-EINVAL|-EFAULT|-ENOMEM|-EBUSY|-EPERM|-ENOENT", "", "expect ret=0|-EINVAL|-EFAULT|-ENOMEM|-EBUSY|-EPERM cpages=0"])
             case .pagemap: return pick(["expect present", "expect none", "", "expect ok|EINVAL|EFAULT"])
-            case .migrated: return pick(["", "expect migrated=0"])
+            case .keyed(let key): return pick(["", "expect \(key)=0", "expect EINVAL"])
             case .ptes: return pick(["expect none|present|swap|migration|device_private|device_exclusive", "expect present", ""])
             case .counters(let keys): return pick(["", "expect \(keys.sorted().first!)=0"])
             }
         }
         var lines = ["process p", "mmap 4pages -> a", "mmap 2pages prot=r -> r", "file f size=4pages", "open 0 -> d", "open 2 -> e",
                      "buffer b 4pages", "gup a 1 -> g", "fork p -> c", "repeat 2 as i { fork p -> k[i] }", "svm_open memory=2MiB -> s",
-                     "odp_open -> n", "odp_reg n a 4pages -> m", "odp_reg n r 2pages read_only -> mr2"]
+                     "odp_open -> n", "odp_reg n a 4pages -> m", "odp_reg n r 2pages read_only -> mr2", "odp_reg n implicit -> mi"]
         let names = CommandSpec.table.keys.sorted().filter { !["machine", "skip", "sleep", "process"].contains($0) }
         let corrupting = rng.next() % 3 == 0
         for _ in 0..<Int(rng.next() % 14 + 1) {

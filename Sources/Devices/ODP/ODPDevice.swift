@@ -28,14 +28,22 @@ public final class ODPDevice: @unchecked Sendable {
     /// `ibv_reg_mr`: a region of `length` bytes at `address` in `mm` (any alignment; the NIC
     /// works on the pages it touches). With `pinned`, every page is faulted in and pinned
     /// long-term now (no translation ever misses or goes); otherwise (ODP) nothing is faulted
-    /// until the NIC needs it.
-    /// Errors: EINVAL for an empty or wrapping range or an exited process; EFAULT (pinned)
-    /// for a page outside any VMA; ENOMEM.
+    /// until the NIC needs it. Address 0 and length `UInt64.max` register an implicit ODP
+    /// region: the whole address space, as mlx5 does for `ibv_reg_mr(pd, NULL, SIZE_MAX,
+    /// IBV_ACCESS_ON_DEMAND)`.
+    /// Errors: EINVAL for an empty or wrapping range, a pinned implicit region or an exited
+    /// process; EFAULT (pinned) for a page outside any VMA; ENOMEM when the NIC's table of the
+    /// region's translations (8 bytes a page) would be larger than the machine's memory.
     public func register(_ mm: AddressSpace, address: UInt64, length: UInt64, access: ODPAccess,
                          pinned: Bool = false) throws(Errno) -> ODPMemoryRegion {
+        guard !mm.isDead else { throw .EINVAL }
+        if address == 0 && length == .max {
+            guard !pinned else { throw .EINVAL }
+            return try ODPMemoryRegion(device: self, mm: mm, address: 0, length: .max, access: access, pinned: false, implicit: true)
+        }
         guard length > 0, address.addingReportingOverflow(length).overflow == false,
-              address + length <= taskSize, !mm.isDead else { throw .EINVAL }
-        return try ODPMemoryRegion(device: self, mm: mm, address: address, length: length, access: access, pinned: pinned)
+              address + length <= taskSize else { throw .EINVAL }
+        return try ODPMemoryRegion(device: self, mm: mm, address: address, length: length, access: access, pinned: pinned, implicit: false)
     }
 }
 

@@ -2,9 +2,12 @@ import HMM
 import MMCore
 import MMSync
 
-/// A registered memory region (`struct ib_umem_odp` with its MR): the NIC's translation of
+/// A registered memory region (an MR with its `struct ib_umem_odp`): the NIC's translation of
 /// each of its pages, kept coherent with the CPU's page table by an interval notifier over the
-/// region (ODP), or fixed by long-term pins (pinned).
+/// region (ODP), or fixed by long-term pins (pinned). An implicit region (mlx5's implicit ODP
+/// MR: address 0, length `UInt64.max`) covers the whole address space; its translations live
+/// in children of one aligned GiB each, made (with their notifiers) on the NIC's first fault
+/// in them.
 public final class ODPMemoryRegion: @unchecked Sendable {
     public let device: ODPDevice
     public let mm: AddressSpace
@@ -12,98 +15,104 @@ public final class ODPMemoryRegion: @unchecked Sendable {
     public let length: UInt64
     public let access: ODPAccess
     public let pinned: Bool
+    /// Whether this is an implicit region (the whole address space).
+    public let implicit: Bool
     /// Whether the NIC may write the region (its access allows a local or remote write or an
     /// atomic): only then does it ask for writable pages.
     public let writable: Bool
-    /// The region's pages: [pageStart, pageStart + pages × 4 KiB).
-    let pageStart: UInt64
-    let pages: Int
-    /// `umem_mutex`: the notifier callback and every NIC access to the region's bytes take it,
-    /// so a page cannot go while the NIC reads or writes it.
-    let lock = Lock("odp-umem")
-    /// Per page: pfn << 2 | present (2) | writable (1), or 0 for no translation (the zero
-    /// page's pfn may be 0). Locking: `lock`.
-    @exclusivity(unchecked) var table: [UInt64]
-    private(set) var notifier: MMUIntervalNotifier?
-    /// Locking: `lock`.
+    /// An explicit region's translations (nil for an implicit one).
+    private let whole: ODPTranslations?
+    /// An implicit region's children by GiB index, and whether it is still registered.
+    /// Locking: `childLock` (never held while a span's lock is taken).
+    private let childLock = Lock("odp-implicit")
+    @exclusivity(unchecked) private var children: [UInt64: ODPTranslations] = [:]
+    @exclusivity(unchecked) private var implicitRegistered = true
+    /// A pinned region's pins. Locking: `whole.lock`.
     @exclusivity(unchecked) private var pins: [Page] = []
-    /// Locking: `lock`.
-    @exclusivity(unchecked) private(set) var registered = true
-    @inline(__always) static func entry(_ pfn: UInt64, writable: Bool) -> UInt64 { pfn << 2 | 2 | (writable ? 1 : 0) }
+    /// Bytes an implicit region's child spans (mlx5's `MLX5_IMR_MTT_SIZE`: 1 GiB).
+    public static let childShift: UInt64 = 30
 
-    /// Pages a NIC fault brings in at most (the rest of the access, up to 2 MiB).
-    static let faultBatchPages = 512
-
-    init(device: ODPDevice, mm: AddressSpace, address: UInt64, length: UInt64, access: ODPAccess, pinned: Bool) throws(Errno) {
+    init(device: ODPDevice, mm: AddressSpace, address: UInt64, length: UInt64, access: ODPAccess,
+         pinned: Bool, implicit: Bool) throws(Errno) {
         self.device = device; self.mm = mm; self.address = address; self.length = length
-        self.access = access; self.pinned = pinned
-        pageStart = address & ~(pageSize - 1)
-        let pageEnd = (address + length + pageSize - 1) & ~(pageSize - 1)
-        pages = Int((pageEnd - pageStart) >> pageShift)
-        table = [UInt64](repeating: 0, count: pages)
+        self.access = access; self.pinned = pinned; self.implicit = implicit
         let writable = access.contains(.localWrite) || access.contains(.remoteWrite) || access.contains(.remoteAtomic)
         self.writable = writable
-        if pinned {
-            mm.mmapLock.lockRead()
-            let got: [Page]
-            do { got = try mm.getUserPagesRemote(pageStart, count: pages, flags: writable ? [.pin, .longterm, .write] : [.pin, .longterm]) }
-            catch { mm.mmapLock.unlockRead(); throw error }
-            mm.mmapLock.unlockRead()
-            lock.withLock {
-                pins = got
-                for (i, p) in got.enumerated() { table[i] = ODPMemoryRegion.entry(p.pfn, writable: writable) }
-            }
-            return
+        guard !implicit else { whole = nil; return }
+        let pageStart = address & ~(pageSize - 1)
+        let pageEnd = (address + length + pageSize - 1) & ~(pageSize - 1)
+        // The translation table (`pfn_list`, `kvcalloc` charged to the process) is 8 bytes a
+        // page: one larger than the machine's memory cannot be had.
+        let pages = (pageEnd - pageStart) >> pageShift
+        guard pages <= device.machine.memory.systemFrames << (pageShift - 3) else { throw .ENOMEM }
+        let t = ODPTranslations(mm: mm, stats: device.stats, pageStart: pageStart, pages: Int(pages))
+        whole = t
+        guard pinned else { try t.attach(); return }
+        mm.mmapLock.lockRead()
+        let got: [Page]
+        do { got = try mm.getUserPagesRemote(pageStart, count: t.pages, flags: writable ? [.pin, .longterm, .write] : [.pin, .longterm]) }
+        catch { mm.mmapLock.unlockRead(); throw error }
+        mm.mmapLock.unlockRead()
+        t.lock.withLock {
+            pins = got
+            for (i, p) in got.enumerated() { t.table[i] = ODPTranslations.entry(p.pfn, writable: writable) }
         }
-        let sub = MMUIntervalNotifier(start: pageStart, end: pageEnd) { [weak self] sub, range, seq in
-            guard let self else { sub.setSeq(seq); return true }
-            return self.invalidate(sub, range, seq)
-        }
-        notifier = sub
-        try mm.notifiers.insert(sub)
     }
 
-    /// `ib_umem_notifier_invalidate_range_start` (mlx5's `mlx5_ib_invalidate_range`): drops the
-    /// translations of the range under `lock` and publishes the sequence.
-    /// Locking: called by the core with no region lock held; takes `lock` (or tries, for a
-    /// non-blockable range).
-    private func invalidate(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> Bool {
-        lock.assertNotHeld()
-        if range.blockable { lock.lock() } else if !lock.tryLock() { return false }
-        sub.setSeq(seq)
-        let first = Int((max(range.start, pageStart) - pageStart) >> pageShift)
-        let last = Int((min(range.end, pageStart + UInt64(pages) << pageShift) - pageStart + pageSize - 1) >> pageShift)
-        var dropped = 0
-        if first < last { for i in first..<last where table[i] != 0 { table[i] = 0; dropped += 1 } }
-        lock.unlock()
-        if dropped > 0 { device.stats.count(.invalidations); device.stats.count(.pagesInvalidated, dropped) }
-        return true
-    }
-
-    /// `ibv_dereg_mr`: the notifier goes (or the pins are released); the region can no longer
+    /// `ibv_dereg_mr`: the notifiers go (or the pins are released); the region can no longer
     /// be used (EINVAL). Locking: none held; not from a notifier callback.
     public func deregister() {
-        lock.assertNotHeld()
-        let (wasRegistered, unpin): (Bool, [Page]) = lock.withLock {
-            let was = registered
-            registered = false
-            for i in table.indices { table[i] = 0 }
-            let p = pins
-            pins = []
-            return (was, p)
+        childLock.assertNotHeld()
+        if let whole {
+            let unpin: [Page] = whole.lock.withLock { let p = pins; pins = []; return p }
+            whole.detach()
+            mm.unpinUserPages(unpin)
+            return
         }
-        guard wasRegistered else { return }
-        if let notifier { mm.notifiers.remove(notifier) }
-        mm.unpinUserPages(unpin)
+        let spans: [ODPTranslations] = childLock.withLock {
+            implicitRegistered = false
+            let s = Array(children.values)
+            children = [:]
+            return s
+        }
+        for s in spans { s.detach() }
     }
 
-    deinit {
-        if registered, let notifier { mm.notifiers.remove(notifier, wait: false) }
-        if !pins.isEmpty { mm.unpinUserPages(pins) }
-    }
+    deinit { if !pins.isEmpty { mm.unpinUserPages(pins) } }
 
     /// Translations the NIC holds now.
-    public var mappedPages: Int { lock.withLock { table.reduce(0) { $0 + ($1 != 0 ? 1 : 0) } } }
+    public var mappedPages: Int {
+        if let whole { return whole.mapped }
+        return childLock.withLock { Array(children.values) }.reduce(0) { $0 + $1.mapped }
+    }
+
+    /// An implicit region's children made so far (mlx5's child MRs).
+    public var childCount: Int { childLock.withLock { children.count } }
+
+    /// The span that holds `address`: the whole region, or an implicit region's child (made,
+    /// with its notifier, if it does not exist yet; `implicit_get_child_mr`).
+    /// Errors: EINVAL once deregistered. Locking: none held.
+    private func span(_ address: UInt64) throws(Errno) -> ODPTranslations {
+        if let whole { return whole }
+        childLock.assertNotHeld()
+        let key = address >> ODPMemoryRegion.childShift
+        if let c = childLock.withLock({ children[key] }) { return c }
+        let start = key << ODPMemoryRegion.childShift
+        let end = min(start + (1 << ODPMemoryRegion.childShift), taskSize)
+        let made = ODPTranslations(mm: mm, stats: device.stats, pageStart: start, pages: Int((end - start) >> pageShift))
+        try made.attach()
+        // The notifier is inserted without `childLock`; a child made by another thread
+        // meanwhile wins, and ours goes.
+        let winner: ODPTranslations? = childLock.withLock {
+            guard implicitRegistered else { return nil }
+            if let c = children[key] { return c }
+            children[key] = made
+            return made
+        }
+        if winner !== made { made.detach() }
+        guard let winner else { throw .EINVAL }
+        return winner
+    }
 
     /// `ibv_advise_mr` (prefetch): faults [address, address + length) in now, writable if
     /// `write`. Errors: as an access.
@@ -111,73 +120,58 @@ public final class ODPMemoryRegion: @unchecked Sendable {
         try access(address, length, write: write) { _, _, _ in }
     }
 
+    /// Whether the region is still registered.
+    private var registered: Bool {
+        if let whole { return whole.lock.withLock { whole.live } }
+        return childLock.withLock { implicitRegistered }
+    }
+
     /// The NIC's access to [address, address + length) of the region: `body(bytes, done, n)`
-    /// for each page's span, called under `lock` (an invalidation waits for it); a missing or
-    /// read-only translation is faulted in first (a NIC page fault: `hmmRangeFault` under the
-    /// notifier protocol, for the rest of the access up to 2 MiB).
-    /// Errors: EINVAL for a deregistered region; EFAULT outside the region or for a page that
-    /// cannot be faulted in (no VMA, protection, no memory); EPERM for a write to a region that
-    /// is not writable; EBUSY if invalidations kept overtaking (1,000 faults of one page in a
-    /// row, or the fault loop's 1 s).
+    /// for each page's span, called under its span's lock (an invalidation waits for it); a
+    /// missing or read-only translation is faulted in first (a NIC page fault: `hmmRangeFault`
+    /// under the notifier protocol, for the rest of the access up to 2 MiB).
+    /// Errors: EINVAL for a deregistered region; EFAULT outside the region (for an implicit
+    /// one, past the top of user space) or for a page that cannot be faulted in (no VMA,
+    /// protection, no memory); EPERM for a write to a region that is not writable; EBUSY if
+    /// invalidations kept overtaking (1,000 faults of one page in a row, or the fault loop's 1 s).
     /// Locking: none held.
     func access(_ address: UInt64, _ length: Int, write: Bool,
                 _ body: (UnsafeMutableRawPointer, Int, Int) -> Void) throws(Errno) {
-        lock.assertNotHeld()
-        guard lock.withLock({ registered }) else { throw .EINVAL }
+        childLock.assertNotHeld()
+        guard registered else { throw .EINVAL }
         guard length >= 0, address >= self.address, address.addingReportingOverflow(UInt64(length)).overflow == false,
-              address + UInt64(length) <= self.address + self.length else { throw .EFAULT }
+              address + UInt64(length) <= self.address &+ self.length, address + UInt64(length) <= taskSize else { throw .EFAULT }
         // Never a write fault on a region the NIC may not write (it would break copy-on-write).
         guard !write || writable else { throw .EPERM }
         let memory = device.machine.memory
+        let accessEnd = address + UInt64(length)
         var done = 0, faultsHere = 0
+        var t: ODPTranslations? = nil
         while done < length {
             let a = address + UInt64(done)
-            let index = Int((a - pageStart) >> pageShift)
+            if t == nil || a >= t!.pageEnd { t = try span(a) }
+            let s = t!
+            let index = Int((a - s.pageStart) >> pageShift)
             let offset = Int(a & (pageSize - 1))
             let n = min(length - done, Int(pageSize) - offset)
-            lock.lock()
-            guard registered else { lock.unlock(); throw .EINVAL }
-            let e = table[index]
+            s.lock.lock()
+            guard s.live else { s.lock.unlock(); throw .EINVAL }
+            let e = s.table[index]
             if e != 0 && (!write || e & 1 != 0) {
                 body(memory.frame(e >> 2) + offset, done, n)
-                lock.unlock()
+                s.lock.unlock()
                 done += n
                 faultsHere = 0
                 continue
             }
-            lock.unlock()
+            s.lock.unlock()
             // Invalidations that keep taking the page between the fault and the access: EBUSY,
             // never a livelock.
             faultsHere += 1
             guard faultsHere <= 1000 else { throw .EBUSY }
             guard !pinned else { throw .EFAULT } // a pinned region's translation never misses (read-only: EFAULT)
-            try fault(index, upTo: Int((address + UInt64(length) - 1 - pageStart) >> pageShift) + 1, write: write)
+            let endIndex = Int(((min(accessEnd, s.pageEnd) - 1) - s.pageStart) >> pageShift) + 1
+            try s.fault(index, upTo: endIndex, write: write)
         }
-    }
-
-    /// A NIC page fault (`ib_umem_odp_map_dma_and_lock`): pages [first, end) (at most
-    /// `faultBatchPages`) faulted in through `hmmRangeFault` and programmed under `lock` if
-    /// no invalidation overtook the walk. Errors: EFAULT, EBUSY.
-    private func fault(_ first: Int, upTo end: Int, write: Bool) throws(Errno) {
-        guard let notifier else { throw .EFAULT }
-        let last = min(end, first + ODPMemoryRegion.faultBatchPages)
-        var range = HMMRange(notifier: notifier, notifierSeq: 0, start: pageStart + UInt64(first) << pageShift,
-                             end: pageStart + UInt64(last) << pageShift,
-                             defaultFlags: HMMPfn.valid | (write ? HMMPfn.write : 0), devPrivateOwner: nil)
-        var faulted = 0
-        do {
-            try HMMMirror.faultAndProgram(&range, driverLock: lock) { (r: HMMRange) throws(Errno) in
-                guard self.registered else { throw .EINVAL }
-                faulted = 0
-                for (k, e) in r.hmmPfns.enumerated() where HMMPfn.isValid(e) && !HMMPfn.isError(e) {
-                    let old = self.table[first + k]
-                    if old == 0 || (write && old & 1 == 0) { faulted += 1 } // missing, or read-only for a write
-                    self.table[first + k] = ODPMemoryRegion.entry(HMMPfn.pfn(e), writable: HMMPfn.isWrite(e))
-                }
-            }
-        } catch {
-            throw error == .EBUSY ? .EBUSY : error == .EINVAL ? .EINVAL : .EFAULT
-        }
-        device.stats.count(.pageFaults, faulted)
     }
 }
