@@ -99,18 +99,28 @@ final class MultiDeviceInvalidationTests: XCTestCase {
         }
     }
 
-    /// Event serialisation with five devices and two CPU threads: one thread writes its
-    /// generation into every page, unmaps the region, publishes the next generation and maps
-    /// fresh pages at the same address; the other makes the region read-only and writable
-    /// again and forks (children exit at once). Four dmirror threads (two with two-phase 20 µs
-    /// shootdowns, one with a one-pass 20 µs shootdown, one with none) and an ODP NIC region
-    /// read the region in a loop. A read that began after a generation was published never
-    /// sees an older one (that page was freed by the munmap that had returned), nor the marker
-    /// of the spacer mapping that takes the freed frames, and the mirrors agree with the CPU's
-    /// page table at the end.
-    func testNoDeviceReadsAPageAfterTheInvalidationThatRemovedItReturned() throws {
+    /// Event serialisation with five devices, reading and writing, and two CPU threads: one
+    /// thread writes its generation into the first half of the region's pages, unmaps the
+    /// region, marks a spacer mapping that takes the freed frames, publishes the next
+    /// generation and maps fresh pages at the same address; the other makes the region
+    /// read-only and writable again and forks (children exit at once). Four dmirror threads
+    /// (two with two-phase 20 µs shootdowns, one with a one-pass 20 µs shootdown, one with
+    /// none; two of them also write) and an ODP NIC region (reads and writes) work on the
+    /// region in a loop; writers fill the second half's pages with their own marker.
+    /// - A read that began after a generation was published never sees an older one (that page
+    ///   was freed by the munmap that had returned), nor the spacer's marker, and the written
+    ///   half holds only zeroes and writers' markers.
+    /// - No write lands after the invalidation that removed its page: every spacer page holds
+    ///   exactly its marker and zeroes at the end (a write into a freed frame the spacer took
+    ///   would show there).
+    /// - The mirrors agree with the CPU's page table at the end, and invariants hold.
+    func testNoDeviceReadsOrWritesAPageAfterTheInvalidationThatRemovedItReturned() throws {
         let env = try HMMEnv()
         let pages = 8, len = UInt64(pages) * pageSize
+        let genPages = 4 // pages [0, 4) carry generations; [4, 8) are written by the devices
+        let spacerMark: UInt32 = 0x7FFF_FFFF
+        func marker(_ writer: Int) -> UInt32 { 0x4000_0000 | UInt32(writer) }
+        let writers = [1, 3, 4] // dmirror 1 and 3, and the NIC (4)
         let a = try env.anon(pages)
         let mirrors = try (0..<4).map { try env.module.open(minor: $0, mm: env.mm) }
         for (i, d) in env.module.devices.enumerated() {
@@ -118,26 +128,27 @@ final class MultiDeviceInvalidationTests: XCTestCase {
             d.twoPhaseInvalidation = i < 2
         }
         let generation = AtomicCounter(1), stop = AtomicCounter(0)
-        let stale = AtomicCounter(0), reads = AtomicCounter(0), rounds = 40
+        let stale = AtomicCounter(0), reads = AtomicCounter(0), writes = AtomicCounter(0), rounds = 40
         let remapCPU = env.process.makeCPU(), protectCPU = env.process.makeCPU()
         let reserve = try env.anon(pages * rounds) // the spacers, mapped now, touched one round at a time
-        // A fifth device: an ODP NIC region over the same addresses, read by the NIC the same way.
+        // A fifth device: an ODP NIC region over the same addresses.
         let nic = ODPDevice(machine: env.machine)
         let mr = try nic.register(env.mm, address: a, length: len, access: .all)
         let remapper = ModelThread.spawn(name: "remapper") {
             for round in 0..<rounds {
                 let g = UInt32(generation.load())
-                for p in 0..<pages {
+                for p in 0..<genPages {
                     // A store can meet the read-only window of the other thread: try again.
                     var tries = 0
                     while (try? remapCPU.store(a + UInt64(p) * pageSize, g)) == nil && tries < 100_000 { tries += 1 }
                 }
                 try! env.process.munmap(a, length: len)
-                generation.add(1)
                 // The freed frames go to a spacer mapping first (the allocator reuses the last
-                // freed), marked with a value no generation has: a stale read would see it.
+                // freed), marked with a value no generation or writer has: a stale read would
+                // see it, a stale write would overwrite it (or the zeroes beside it).
                 let spacer = reserve + UInt64(round) * len
-                for p in 0..<pages { try! remapCPU.store(spacer + UInt64(p) * pageSize, UInt32(0x7FFF_FFFF)) }
+                for p in 0..<pages { try! remapCPU.store(spacer + UInt64(p) * pageSize, spacerMark) }
+                generation.add(1)
                 _ = try! env.process.mmap(address: a, length: len, prot: .readWrite, flags: [.private, .anonymous, .fixed])
             }
             stop.store(1)
@@ -152,45 +163,92 @@ final class MultiDeviceInvalidationTests: XCTestCase {
                 i += 1
             }
         }
-        let readers = mirrors.map { m in
-            ModelThread.spawn(name: "device-reader") {
-                let buf = DmirrorBuffer(size: Int(len))
-                while stop.load() == 0 {
-                    let before = generation.load()
-                    var c = DmirrorCmd(addr: a, npages: UInt64(pages))
-                    guard (try? m.ioctl(.read, &c, buffer: buf)) != nil else { continue }
-                    reads.add(1)
-                    for p in 0..<pages {
-                        let v = Int(buf[int: p * Int(pageSize) / 4])
-                        if v != 0 && (v < before || v == 0x7FFF_FFFF) { stale.add(1) }
+        /// Checks one read of the whole region (page p's 32-bit words at `word(p, k)`).
+        func check(before: Int, _ word: (Int, Int) -> UInt32) {
+            for p in 0..<pages {
+                if p < genPages {
+                    let v = word(p, 0)
+                    if v != 0 && (Int(v) < before || v == spacerMark) { stale.add(1) }
+                } else {
+                    for k in [0, 1, 1023] {
+                        let v = word(p, k)
+                        if v != 0 && !writers.map(marker).contains(v) { stale.add(1) }
                     }
                 }
             }
         }
-        let nicReads = AtomicCounter(0)
-        let nicReader = ModelThread.spawn(name: "nic-reader") {
+        let devicePart = (pages - genPages) * Int(pageSize)
+        let deviceThreads = mirrors.enumerated().map { (i, m) in
+            ModelThread.spawn(name: "device-\(i)") {
+                let buf = DmirrorBuffer(size: Int(len))
+                let out = DmirrorBuffer(size: devicePart)
+                for k in 0..<(devicePart / 4) { out[int: k] = Int32(bitPattern: marker(i)) }
+                var n = 0
+                while stop.load() == 0 {
+                    n += 1
+                    if writers.contains(i) && n % 2 == 0 {
+                        var c = DmirrorCmd(addr: a + UInt64(genPages) * pageSize, npages: UInt64(pages - genPages))
+                        if (try? m.ioctl(.write, &c, buffer: out)) != nil { writes.add(1) }
+                        continue
+                    }
+                    let before = generation.load()
+                    var c = DmirrorCmd(addr: a, npages: UInt64(pages))
+                    guard (try? m.ioctl(.read, &c, buffer: buf)) != nil else { continue }
+                    reads.add(1)
+                    check(before: before) { p, k in UInt32(bitPattern: buf[int: p * Int(pageSize) / 4 + k]) }
+                }
+            }
+        }
+        let nicReads = AtomicCounter(0), nicWrites = AtomicCounter(0)
+        let nicThread = ModelThread.spawn(name: "nic") {
             let buf = UnsafeMutableRawPointer.allocate(byteCount: Int(len), alignment: 64)
             defer { buf.deallocate() }
+            let out = UnsafeMutableRawPointer.allocate(byteCount: devicePart, alignment: 64)
+            defer { out.deallocate() }
+            for k in 0..<(devicePart / 4) { out.storeBytes(of: marker(4), toByteOffset: k * 4, as: UInt32.self) }
+            var n = 0
             while stop.load() == 0 {
+                n += 1
+                if n % 2 == 0 {
+                    let w: ()? = try? mr.access(a + UInt64(genPages) * pageSize, devicePart, write: true) { p, at, k in
+                        p.copyMemory(from: out + at, byteCount: k)
+                    }
+                    if w != nil { nicWrites.add(1) }
+                    continue
+                }
                 let before = generation.load()
                 guard (try? mr.access(a, Int(len), write: false, { p, at, n in (buf + at).copyMemory(from: p, byteCount: n) })) != nil else { continue }
                 nicReads.add(1)
-                for p in 0..<pages {
-                    let v = Int(buf.load(fromByteOffset: p * Int(pageSize), as: UInt32.self))
-                    if v != 0 && (v < before || v == 0x7FFF_FFFF) { stale.add(1) }
-                }
+                check(before: before) { p, k in buf.load(fromByteOffset: p * Int(pageSize) + k * 4, as: UInt32.self) }
             }
         }
         remapper.join()
         protector.join()
-        readers.forEach { $0.join() }
-        nicReader.join()
+        deviceThreads.forEach { $0.join() }
+        nicThread.join()
         mr.deregister()
         XCTAssertGreaterThan(nicReads.load(), 0)
+        XCTAssertGreaterThan(nicWrites.load(), 0)
+        XCTAssertGreaterThan(writes.load(), 0)
+        XCTAssertGreaterThan(reads.load(), 0)
+        // The spacers: exactly their marker and zeroes (no write landed in a freed frame).
+        var badSpacers = 0
+        for s in 0..<(rounds * pages) {
+            let base = reserve + UInt64(s) * pageSize
+            if try remapCPU.load(base, as: UInt32.self) != spacerMark { badSpacers += 1; continue }
+            for k in [1, 2, 512, 1023] where try remapCPU.load(base + UInt64(k) * 4, as: UInt32.self) != 0 { badSpacers += 1; break }
+        }
+        XCTAssertEqual(badSpacers, 0, "a device wrote a page freed by a munmap that had returned")
+        // The region as it is now: the written half holds zeroes or writers' markers only.
+        for p in genPages..<pages {
+            for k in [0, 1, 1023] {
+                let v = try remapCPU.load(a + UInt64(p) * pageSize + UInt64(k) * 4, as: UInt32.self)
+                XCTAssertTrue(v == 0 || writers.map(marker).contains(v), "page \(p) word \(k): \(v)")
+            }
+        }
         remapCPU.detach()
         protectCPU.detach()
         XCTAssertEqual(stale.load(), 0, "a device read a page freed by a munmap that had returned")
-        XCTAssertGreaterThan(reads.load(), 0)
         XCTAssertEqual(generation.load(), rounds + 1)
         XCTAssertEqual(env.module.devices[0].finishPasses.load() > 0, true)
         XCTAssertEqual(env.module.devices[2].finishPasses.load(), 0)
