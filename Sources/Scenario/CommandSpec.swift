@@ -159,6 +159,8 @@ struct CommandSpec {
                                      expect: .counters(Set(ODPStats.Counter.allCases.map(\.description)).union(["mapped"]))),
             "device_shootdown": CommandSpec(positionals: [("a device", .name(.device))], required: 1, keys: ["latency": .expr],
                                             flags: ["two_phase", "fails"], expect: .counters(["finish_passes", "cut_off"])),
+            "svm_shootdown": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1, keys: ["latency": .expr],
+                                         flags: ["two_phase", "fails"], expect: .counters(["finish_passes", "cut_off"])),
             "device_pages": CommandSpec(positionals: [("a device", .name(.device))], required: 1, expect: .counters(["count", "owned", "mirrored"])),
             "meminfo": CommandSpec(positionals: [], required: 0, expect: .counters(Set(ScenarioInterpreter.meminfoKeys))),
             // The machine's event counters, named as in /proc/vmstat (pswpin, pswpout, ...).

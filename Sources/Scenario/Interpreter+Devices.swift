@@ -24,17 +24,26 @@ extension ScenarioInterpreter {
     /// invalidation with `two_phase` (else in the one pass), never confirmed with `fails` (a
     /// mirror of that device is then cut off at its next invalidation: no entries, commands
     /// EIO). Reports the device's finish passes so far and whether DEV was cut off.
+    /// `svm_shootdown SVM …` is the same for an SVM device (cut off: its space of the process
+    /// maps nothing again, and its faults are fatal with EIO).
     func deviceShootdownCommand(_ cmd: Command, _ ctx: Context) throws {
-        let mirror = try device(try cmd.arg(0, "a device"), ctx)
+        let shootdown: DeviceShootdown, isCutOff: () -> Bool
+        if cmd.name.text == "svm_shootdown" {
+            let space = try svm(try cmd.arg(0, "an SVM device"), ctx)
+            (shootdown, isCutOff) = (space.device.shootdown, { space.isCutOff })
+        } else {
+            let mirror = try device(try cmd.arg(0, "a device"), ctx)
+            (shootdown, isCutOff) = (mirror.device.shootdown, { mirror.isCutOff })
+        }
         if let l = cmd.option("latency") {
             let ns = try eval(l, ctx)
             guard ns <= 10_000_000 else { throw cmd.fail("expected latency=0…10000000 (ns)") }
-            mirror.device.invalidationLatencyNanoseconds = ns
+            shootdown.latencyNanoseconds = ns
         }
-        mirror.device.twoPhaseInvalidation = cmd.flag("two_phase")
-        mirror.device.shootdownFails = cmd.flag("fails")
-        let got: [String: UInt64] = ["finish_passes": UInt64(mirror.device.finishPasses.load()), "cut_off": mirror.isCutOff ? 1 : 0]
-        trace(cmd, ctx, "latency \(mirror.device.invalidationLatencyNanoseconds) ns, finish_passes \(got["finish_passes"]!), cut_off \(got["cut_off"]!)")
+        shootdown.twoPhase = cmd.flag("two_phase")
+        shootdown.fails = cmd.flag("fails")
+        let got: [String: UInt64] = ["finish_passes": UInt64(shootdown.finishPasses.load()), "cut_off": isCutOff() ? 1 : 0]
+        trace(cmd, ctx, "latency \(shootdown.latencyNanoseconds) ns, finish_passes \(got["finish_passes"]!), cut_off \(got["cut_off"]!)")
         try checkCounters(cmd, ctx, got)
     }
 

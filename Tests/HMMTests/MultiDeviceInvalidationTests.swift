@@ -99,6 +99,75 @@ final class MultiDeviceInvalidationTests: XCTestCase {
         }
     }
 
+    /// The SVM device beside three dmirror devices, all with a 200 µs two-phase shootdown: an
+    /// invalidation of pages every device maps is waited for once per device in the finish
+    /// pass; one of pages the SVM device does not map waits for nothing there (as xe skips a
+    /// range without GPU mappings), while dmirror, which always shoots down, waits again; a
+    /// non-blockable range is refused.
+    func testTheSVMDeviceWaitsInTheFinishPassBesideThreeDmirrors() throws {
+        let env = try HMMEnv()
+        let a = try env.anon(16), b = try env.anon(4)
+        for p in 0..<16 { try env.cpu.store(a + UInt64(p) * pageSize, UInt64(p + 1)) }
+        let mirrors = Array(try fourMirrors(env, a, pages: 16).prefix(3))
+        let gpu = try SVMDevice(machine: env.machine, capacityBytes: 4 << 20, policy: SVMRemoteMapPolicy())
+        let space = try gpu.bind(env.mm)
+        try gpu.launch(SVMWorkload.touch(base: a, pages: 16, write: false), on: space, engines: 2).wait()
+        XCTAssertEqual(space.mappedPages, 16)
+        for d in env.module.devices.prefix(3) { d.invalidationLatencyNanoseconds = 200_000; d.twoPhaseInvalidation = true }
+        gpu.shootdown.latencyNanoseconds = 200_000
+        gpu.shootdown.twoPhase = true
+        try env.process.mprotect(a, length: 4 * pageSize, prot: .read)
+        XCTAssertEqual(env.module.devices.prefix(3).map { $0.finishPasses.load() }, [1, 1, 1])
+        XCTAssertEqual(gpu.shootdown.finishPasses.load(), 1)
+        XCTAssertEqual(space.mappedPages, 12)
+        XCTAssertEqual(mirrors.map(\.entryCount), [11, 11, 11])
+        try env.process.mprotect(b, length: 4 * pageSize, prot: .read)
+        XCTAssertEqual(env.module.devices.prefix(3).map { $0.finishPasses.load() }, [2, 2, 2])
+        XCTAssertEqual(gpu.shootdown.finishPasses.load(), 1)
+        let range = MMUNotifierRange(start: a + 8 * pageSize, end: a + 9 * pageSize, event: .clear, blockable: false)
+        XCTAssertFalse(env.mm.notifiers.invalidateRangeStart(range))
+        for p in 0..<16 { XCTAssertEqual(try env.cpu.load(a + UInt64(p) * pageSize, as: UInt64.self), UInt64(p + 1)) }
+        XCTAssertEqual(space.checkInvariants(), [])
+        try gpu.shutdown()
+        env.finish(mirrors)
+    }
+
+    /// An SVM device whose shootdown fails is cut off: its space loses every entry before the
+    /// invalidation returns, its next kernel faults fatally with EIO, the pages it held in its
+    /// memory come back to the CPU with their bytes, a dmirror beside it keeps mirroring, and
+    /// nothing leaks.
+    func testAnSVMDeviceWhoseShootdownFailsIsCutOff() throws {
+        let env = try HMMEnv()
+        let pages = 16
+        let a = try env.anon(pages)
+        for i in 0..<(pages * 512) { try env.cpu.store(a + UInt64(i) * 8, UInt64(i) &+ 5) }
+        let gpu = try SVMDevice(machine: env.machine, capacityBytes: 4 << 20, policy: SVMFirstTouchPolicy())
+        let space = try gpu.bind(env.mm)
+        try gpu.launch(SVMWorkload.stream(base: a, words: pages * 512), on: space, engines: 2).wait()
+        XCTAssertEqual(space.localPages, pages)
+        let mirror = try env.module.open(minor: 0, mm: env.mm)
+        gpu.shootdown.latencyNanoseconds = 10_000
+        gpu.shootdown.fails = true
+        try env.process.mprotect(a, length: pageSize, prot: .read) // page 0 is on the device: its entry goes
+        XCTAssertTrue(space.isCutOff)
+        XCTAssertEqual(space.mappedPages, 0)
+        XCTAssertEqual(gpu.freePages, gpu.capacityPages - pages) // the pages stay in device memory
+        let k = try gpu.launch(SVMWorkload.touch(base: a + 4 * pageSize, pages: 1, write: false), on: space, engines: 1)
+        XCTAssertThrowsError(try k.wait()) { e in XCTAssertEqual((e as? SVMFatalFault)?.errno, .EIO) }
+        XCTAssertEqual(space.mappedPages, 0)
+        // The process runs on: every word (brought back from device memory) holds the stream's value.
+        for i in 0..<(pages * 512) where try env.cpu.load(a + UInt64(i) * 8, as: UInt64.self) != SVMWorkload.stream(UInt64(i) &+ 5) {
+            XCTFail("word \(i)"); break
+        }
+        var c = DmirrorCmd(addr: a, npages: UInt64(pages))
+        try mirror.ioctl(.read, &c, buffer: DmirrorBuffer(size: pages * Int(pageSize)))
+        XCTAssertEqual(mirror.entryCount, pages)
+        gpu.shootdown.fails = false
+        try gpu.shutdown()
+        XCTAssertEqual(gpu.freePages, gpu.capacityPages)
+        env.finish([mirror])
+    }
+
     /// Event serialisation with five devices, reading and writing, and two CPU threads: one
     /// thread writes its generation into the first half of the region's pages, unmaps the
     /// region, marks a spacer mapping that takes the freed frames, publishes the next

@@ -91,44 +91,16 @@ public final class Dmirror: @unchecked Sendable {
     }
 
     /// `dmirror_interval_invalidate`, as the first pass of a two-pass notifier: the entries go
-    /// under the mutex, then the device's TLB shootdown (its latency, if the device has one) is
-    /// waited for here, or, with two-phase invalidation, in the finish pass. A non-blockable
-    /// range that would have to wait for a shootdown is refused.
+    /// under the mutex, then the device's TLB shootdown (`DeviceShootdown`: its latency, if the
+    /// device has one) is waited for here, or, with two-phase invalidation, in the finish pass.
+    /// A non-blockable range that would have to wait for a shootdown is refused; a failed
+    /// shootdown cuts the mirror off.
     /// Locking: called by the core with no mirror lock held; takes `mutex`.
     private func invalidateStart(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> IntervalInvalidationStart {
         mutex.assertNotHeld()
-        let latency = device.invalidationLatencyNanoseconds
-        let waits = !isCutOff && (latency > 0 || device.shootdownFails)
-        if !range.blockable && waits { return .wouldBlock }
-        guard invalidate(sub, range, seq) else { return .wouldBlock }
-        guard waits else { return .done }
-        let issued = monotonicNanoseconds()
-        guard device.twoPhaseInvalidation else {
-            waitForShootdown(issued: issued, latency: latency)
-            return .done
-        }
-        let device = self.device
         // Weak: the finish may run after the last reference to the mirror went.
-        return .finish { [weak self] in
-            device.finishPasses.add(1)
-            self?.waitForShootdown(issued: issued, latency: latency)
-        }
-    }
-
-    /// Waits until `latency` after `issued` for the device to confirm its shootdown. A device
-    /// that never confirms (`shootdownFails`) is given ten times as long (at least 1 ms), then
-    /// the mirror is cut off: it can no longer have stale access, since it has no entries left.
-    /// Locking: no mirror lock held.
-    private func waitForShootdown(issued: UInt64, latency: UInt64) {
-        mutex.assertNotHeld()
-        let fails = device.shootdownFails
-        let (ten, overflow) = latency.multipliedReportingOverflow(by: 10)
-        let until = issued &+ (fails ? max(overflow ? UInt64.max / 2 : ten, 1_000_000) : latency)
-        let now = monotonicNanoseconds()
-        // Under the explorer the wait is a scheduling point whatever the clock says (a replay
-        // must take the same path).
-        if Sync.scheduler != nil { syncDelay(nanoseconds: 0) } else if now < until { syncDelay(nanoseconds: until - now) }
-        if fails { cutOff() }
+        return device.shootdown.start(blockable: range.blockable, isCutOff: isCutOff,
+                                      drop: { invalidate(sub, range, seq) }, cutOff: { [weak self] in self?.cutOff() })
     }
 
     /// Cuts this mirror off its device (the 2014 HMM review's rule for a device that cannot

@@ -46,32 +46,31 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// Its thread starts with the first copy and is stopped when the device goes away.
     public let copyEngine: CopyEngine
 
-    /// The latency of the device's TLB shootdown, in nanoseconds: every invalidation that
-    /// reaches one of its mirrors waits this long for the device to confirm (0: none, as the
-    /// kernel's test driver; at most 10 s). Issue 17's model of a real device's invalidation cost.
+    /// The device's TLB shootdown (issue 17): its latency, waited for in the notifier's one
+    /// pass or in the second pass of Linux 7.2's two-pass interval notifiers, and a fault
+    /// injection for a device that never confirms (its mirror is cut off,
+    /// `Dmirror.isCutOff`: its whole table goes before the invalidation returns, and its
+    /// commands fail with EIO from then on; the process runs on).
+    public let shootdown = DeviceShootdown()
+    /// `shootdown.latencyNanoseconds`: every invalidation that reaches one of the device's
+    /// mirrors waits this long for the device to confirm (0: none, as the kernel's test
+    /// driver; at most 10 s).
     public var invalidationLatencyNanoseconds: UInt64 {
-        get { UInt64(latencyWord.load()) }
-        set { latencyWord.store(Int(min(newValue, 10_000_000_000))) } // at most 10 s
+        get { shootdown.latencyNanoseconds }
+        set { shootdown.latencyNanoseconds = newValue }
     }
-    /// Whether the mirrors wait for the shootdown in the notifier's second pass (issued in the
-    /// first, waited for after every other notifier has issued its own: Linux 7.2's two-pass
-    /// interval notifiers) rather than in their one pass.
+    /// `shootdown.twoPhase`.
     public var twoPhaseInvalidation: Bool {
-        get { twoPhaseWord.load() != 0 }
-        set { twoPhaseWord.store(newValue ? 1 : 0) }
+        get { shootdown.twoPhase }
+        set { shootdown.twoPhase = newValue }
     }
-    /// Fault injection: the device never confirms a TLB shootdown. A mirror whose shootdown
-    /// fails is cut off (`Dmirror.isCutOff`): its whole table goes before the invalidation
-    /// returns, and its commands fail with EIO from then on; the process runs on.
+    /// `shootdown.fails`.
     public var shootdownFails: Bool {
-        get { failWord.load() != 0 }
-        set { failWord.store(newValue ? 1 : 0) }
+        get { shootdown.fails }
+        set { shootdown.fails = newValue }
     }
-    private let failWord = AtomicCounter(0)
-    private let latencyWord = AtomicCounter(0)
-    private let twoPhaseWord = AtomicCounter(0)
     /// Shootdowns waited for in a second pass (for tests and counters).
-    public let finishPasses = AtomicCounter(0)
+    public var finishPasses: AtomicCounter { shootdown.finishPasses }
 
     /// Coherent memory is one fixed region per device; private memory grows chunk by chunk.
     static let maxCoherentChunks = 1

@@ -124,6 +124,8 @@ extension SVMDevice {
     /// left in system memory takes it device-exclusive. Return: pages that cannot be serviced,
     /// with the error (EFAULT: no VMA or no read permission; EPERM: a write the VMA forbids).
     func serviceGroup(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, _ access: SVMAccess) -> [(UInt64, Errno)] {
+        // A space cut off after a failed shootdown is never mapped again: its faults are fatal.
+        if space.isCutOff { return stride(from: start, to: end, by: Int(pageSize)).map { ($0, .EIO) } }
         let mm = space.mm
         let vmaRange: (UInt64, UInt64, VMFlags)? = {
             mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
@@ -211,6 +213,7 @@ extension SVMDevice {
         var remote = 0
         do {
             try HMMMirror.faultAndProgram(&range, driverLock: space.lock) { (r: HMMRange) throws(Errno) in
+                guard !space.isCutOff else { throw .EIO }
                 local.removeAll(); remote = 0
                 for (k, e) in r.hmmPfns.enumerated() where HMMPfn.isValid(e) {
                     let pfn = HMMPfn.pfn(e)
@@ -274,7 +277,7 @@ extension SVMDevice {
             return error == .EBUSY ? nil : error
         }
         let installed: Bool = space.lock.withLock {
-            guard !space.notifier.readRetry(seq) else { return false }
+            guard !space.notifier.readRetry(seq), !space.isCutOff else { return false }
             space.setEntry(address >> pageShift, SVMEntry(pfn: page.pfn, write: true, atomic: true, local: false))
             return true
         }

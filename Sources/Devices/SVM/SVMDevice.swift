@@ -47,6 +47,10 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
     @exclusivity(unchecked) private var active: [ObjectIdentifier: SVMLaunch] = [:]
     @exclusivity(unchecked) private var policyStorage: SVMPolicy
     public let stats = SVMStats()
+    /// The device's TLB shootdown (issue 17, as dmirror's): a latency every invalidation that
+    /// drops entries waits for, in the notifier's one pass or the second pass of two-pass
+    /// notifiers; a device that never confirms has the space cut off (`SVMSpace.isCutOff`).
+    public let shootdown = DeviceShootdown()
     /// The event log, if tracing was asked for at creation.
     public let trace: SVMTrace?
     /// Per page of the pagemap: the virtual address it was migrated for (for the trace's

@@ -40,23 +40,57 @@ public final class SVMSpace: @unchecked Sendable {
         self.mm = mm
         self.id = id
         guard !mm.isDead else { throw .EINVAL }
-        notifier = MMUIntervalNotifier(start: 0, end: UInt64.max & pageMask) { [weak self] sub, range, seq in
-            guard let self else { sub.setSeq(seq); return true }
-            return self.invalidate(sub, range, seq)
-        }
+        notifier = MMUIntervalNotifier(start: 0, end: UInt64.max & pageMask, invalidateStart: { [weak self] sub, range, seq in
+            guard let self else { sub.setSeq(seq); return .done }
+            return self.invalidateStart(sub, range, seq)
+        })
         try mm.notifiers.insert(notifier)
+    }
+
+    /// Set (under `lock`) when a shootdown failed: the space has no entries and programs none
+    /// again; its faults are fatal (EIO). Locking: written under `lock`.
+    private let cutOffWord = AtomicCounter(0)
+    /// Whether the device's mirror of this space was cut off (a shootdown it never confirmed).
+    public var isCutOff: Bool { cutOffWord.load() != 0 }
+
+    /// The first pass (`DeviceShootdown.start`): the entries go, then the device's TLB
+    /// shootdown is waited for (its latency, `device.shootdown`) here or in the finish pass.
+    /// Like xe's notifier, a range that held no entry needs no shootdown. A failed shootdown
+    /// cuts the space off. Locking: called by the core with no device lock held.
+    private func invalidateStart(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> IntervalInvalidationStart {
+        lock.assertNotHeld()
+        var dropped = false
+        return device.shootdown.start(blockable: range.blockable, isCutOff: isCutOff, needed: { dropped }, drop: {
+            guard let n = invalidate(sub, range, seq) else { return false }
+            dropped = n > 0
+            return true
+        }, cutOff: { [weak self] in self?.cutOff() })
+    }
+
+    /// Cuts the device's mirror of this space off (the 2014 HMM review's rule for a device
+    /// that cannot invalidate): every entry goes, none is programmed again, and every fault in
+    /// the space cancels its kernel with EIO. The notifier stays until the space is unbound.
+    /// Locking: takes `lock`.
+    func cutOff() {
+        lock.assertNotHeld()
+        lock.withLock {
+            cutOffWord.store(1)
+            table.removeAll()
+            tlbGeneration &+= 1
+        }
     }
 
     /// The notifier callback (`nouveau_svm_range_invalidate`): drops the device's entries in
     /// the range under the table lock and publishes the new sequence. The device's own
     /// EXCLUSIVE invalidation is skipped, as nouveau skips it: the page stays the same, and
     /// the fault thread maps it atomic right after (with its own sequence check).
+    /// Return: the entries dropped, or nil if a non-blockable range found `lock` taken.
     /// Locking: called by the core with no device lock held; takes `lock` (or tries, for a
     /// non-blockable range).
-    private func invalidate(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> Bool {
+    private func invalidate(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> Int? {
         lock.assertNotHeld()
-        if range.event == .exclusive && range.isOwned(by: device) { return true }
-        if range.blockable { lock.lock() } else if !lock.tryLock() { return false }
+        if range.event == .exclusive && range.isOwned(by: device) { return 0 }
+        if range.blockable { lock.lock() } else if !lock.tryLock() { return nil }
         sub.setSeq(seq)
         // The device's own migration (`migrate_vma` collects no device-exclusive entry) leaves
         // its atomic entries: their pages stay where they are, exclusive.
@@ -68,7 +102,7 @@ public final class SVMSpace: @unchecked Sendable {
             device.stats.count(.invalidations)
             device.faultClock.advance(by: device.costs.tlbInvalidateNs)
         }
-        return true
+        return dropped
     }
 
     /// Removes the entries of [start, end) (but atomic ones, with `keepAtomic`).
