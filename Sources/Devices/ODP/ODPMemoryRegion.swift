@@ -148,28 +148,34 @@ public final class ODPMemoryRegion: @unchecked Sendable {
         var done = 0, faultsHere = 0
         var t: ODPTranslations? = nil
         while done < length {
-            let a = address + UInt64(done)
-            if t == nil || a >= t!.pageEnd { t = try span(a) }
+            if t == nil || address + UInt64(done) >= t!.pageEnd { t = try span(address + UInt64(done)) }
             let s = t!
-            let index = Int((a - s.pageStart) >> pageShift)
-            let offset = Int(a & (pageSize - 1))
-            let n = min(length - done, Int(pageSize) - offset)
+            // One lock hold for the run of pages of this span that are translated (as a NIC's
+            // DMA of them is in flight together); it stops at the first miss.
+            var missed = -1
             s.lock.lock()
             guard s.live else { s.lock.unlock(); throw .EINVAL }
-            let e = s.table[index]
-            if e != 0 && (!write || e & 1 != 0) {
+            let spanEnd = s.pageEnd
+            while done < length {
+                let a = address + UInt64(done)
+                guard a < spanEnd else { break }
+                let index = Int((a - s.pageStart) >> pageShift)
+                let e = s.table[index]
+                guard e != 0 && (!write || e & 1 != 0) else { missed = index; break }
+                let offset = Int(a & (pageSize - 1))
+                let n = min(length - done, Int(pageSize) - offset)
                 body(memory.frame(e >> 2) + offset, done, n)
-                s.lock.unlock()
                 done += n
                 faultsHere = 0
-                continue
             }
             s.lock.unlock()
+            guard missed >= 0 else { continue }
             // Invalidations that keep taking the page between the fault and the access: EBUSY,
             // never a livelock.
             faultsHere += 1
             guard faultsHere <= 1000 else { throw .EBUSY }
             guard !pinned else { throw .EFAULT } // a pinned region's translation never misses (read-only: EFAULT)
+            let index = missed
             let endIndex = Int(((min(accessEnd, s.pageEnd) - 1) - s.pageStart) >> pageShift) + 1
             try s.fault(index, upTo: endIndex, write: write)
         }
