@@ -141,9 +141,11 @@ struct CommandSpec {
             "svm_close": CommandSpec(positionals: [("an SVM device", .name(.svm))], required: 1),
             // The RDMA NIC with on-demand paging (docs/odp.md).
             "odp_open": CommandSpec(positionals: [], required: 0, bind: .required, binds: .nic),
-            "odp_reg": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("an address", .expr), ("a length", .expr)], required: 1,
-                                   keys: ["proc": .name(.process)], flags: ["pinned", "read_only", "implicit"], bind: .required, binds: .mr,
+            "odp_reg": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("an address", .expr), ("a length", .expr)], required: 3,
+                                   keys: ["proc": .name(.process)], flags: ["pinned", "read_only"], bind: .required, binds: .mr,
                                    expect: .outcome),
+            "odp_reg_implicit": CommandSpec(positionals: [("an ODP NIC", .name(.nic))], required: 1, keys: ["proc": .name(.process)],
+                                            flags: ["read_only"], bind: .required, binds: .mr, expect: .outcome),
             "odp_dereg": CommandSpec(positionals: [("a memory region", .name(.mr))], required: 1),
             "rdma_write": CommandSpec(positionals: [("an ODP NIC", .name(.nic)), ("a local memory region", .name(.mr)), ("a local address", .expr),
                                                     ("a remote memory region", .name(.mr)), ("a remote address", .expr), ("a length", .expr)],

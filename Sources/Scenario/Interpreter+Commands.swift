@@ -45,7 +45,7 @@ extension ScenarioInterpreter {
         case "svm_add": try svmAddCommand(cmd, ctx)
         case "svm_run": try svmRunCommand(cmd, ctx)
         case "device_shootdown", "svm_shootdown": try deviceShootdownCommand(cmd, ctx)
-        case "odp_open", "odp_reg", "odp_dereg", "rdma_write", "rdma_read", "rdma_fadd", "rdma_cswap", "odp_stats": try odpCommand(cmd, ctx)
+        case "odp_open", "odp_reg", "odp_reg_implicit", "odp_dereg", "rdma_write", "rdma_read", "rdma_fadd", "rdma_cswap", "odp_stats": try odpCommand(cmd, ctx)
         case "svm_stats": try svmStatsCommand(cmd, ctx)
         case "svm_close": try svmCloseCommand(cmd, ctx)
         case "meminfo": try meminfoCommand(cmd, ctx)

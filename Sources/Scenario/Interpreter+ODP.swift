@@ -10,7 +10,8 @@ extension ScenarioInterpreter {
     func memoryRegion(_ t: Token, _ ctx: Context) throws -> ODPMemoryRegion { try named(t, ctx, .mr, \.mrs) }
 
     /// `odp_open -> NIC`; `odp_reg NIC ADDR LEN [pinned] [read_only] [proc=P] -> MR` (every
-    /// access, or remote reads only) or `odp_reg NIC implicit -> MR` (the whole address space);
+    /// access, or remote reads only) or `odp_reg_implicit NIC [read_only] [proc=P] -> MR` (the
+    /// whole address space);
     /// `odp_dereg MR`; `rdma_write NIC LMR LADDR RMR RADDR LEN` and `rdma_read …`, `rdma_fadd
     /// NIC MR ADDR DELTA` and `rdma_cswap NIC MR ADDR EXPECTED NEW` (`expect old=N`; posted on
     /// the NIC's queue pair and waited for); `odp_stats NIC
@@ -27,13 +28,12 @@ extension ScenarioInterpreter {
             let old = state.withLock { () -> ODPQueuePair? in let o = nics[name]?.qp; nics[name] = (nic, qp); return o }
             old?.destroy()
             trace(cmd, ctx, "ok")
-        case "odp_reg":
+        case "odp_reg", "odp_reg_implicit":
             guard let b = cmd.bind else { throw cmd.fail("expected '-> NAME' to name the memory region") }
             let name = try resolveName(b, ctx)
             let (nic, _) = try self.nic(try cmd.arg(0, "an ODP NIC"), ctx)
-            // `implicit`: the whole address space (address 0, length UInt64.max), no address or length.
-            let implicit = cmd.flag("implicit")
-            if implicit, cmd.positional.count > 1 { throw cmd.fail("expected no address or length for an implicit region") }
+            // Implicit: the whole address space (address 0, length UInt64.max).
+            let implicit = cmd.name.text == "odp_reg_implicit"
             let a = implicit ? 0 : try eval(try cmd.arg(1, "an address"), ctx)
             let len = implicit ? UInt64.max : try eval(try cmd.arg(2, "a length"), ctx)
             let proc = try process(for: cmd, ctx)

@@ -103,7 +103,7 @@ final class MultiDeviceInvalidationTests: XCTestCase {
     /// invalidation of pages every device maps is waited for once per device in the finish
     /// pass; one of pages the SVM device does not map waits for nothing there (as xe skips a
     /// range without GPU mappings), while dmirror, which always shoots down, waits again; a
-    /// non-blockable range is refused.
+    /// non-blockable range is refused, by the SVM device only where it maps pages.
     func testTheSVMDeviceWaitsInTheFinishPassBesideThreeDmirrors() throws {
         let env = try HMMEnv()
         let a = try env.anon(16), b = try env.anon(4)
@@ -126,6 +126,14 @@ final class MultiDeviceInvalidationTests: XCTestCase {
         XCTAssertEqual(gpu.shootdown.finishPasses.load(), 1)
         let range = MMUNotifierRange(start: a + 8 * pageSize, end: a + 9 * pageSize, event: .clear, blockable: false)
         XCTAssertFalse(env.mm.notifiers.invalidateRangeStart(range))
+        // Without the dmirrors' latencies: the SVM device refuses a non-blockable range only
+        // where it holds entries.
+        for d in env.module.devices.prefix(3) { d.invalidationLatencyNanoseconds = 0 }
+        let elsewhere = MMUNotifierRange(start: b, end: b + 4 * pageSize, event: .clear, blockable: false)
+        XCTAssertTrue(env.mm.notifiers.invalidateRangeStart(elsewhere))
+        env.mm.notifiers.invalidateRangeEnd(elsewhere)
+        XCTAssertFalse(env.mm.notifiers.invalidateRangeStart(range))
+        XCTAssertEqual(gpu.shootdown.finishPasses.load(), 1)
         for p in 0..<16 { XCTAssertEqual(try env.cpu.load(a + UInt64(p) * pageSize, as: UInt64.self), UInt64(p + 1)) }
         XCTAssertEqual(space.checkInvariants(), [])
         try gpu.shutdown()
@@ -212,12 +220,12 @@ final class MultiDeviceInvalidationTests: XCTestCase {
                     while (try? remapCPU.store(a + UInt64(p) * pageSize, g)) == nil && tries < 100_000 { tries += 1 }
                 }
                 try! env.process.munmap(a, length: len)
+                generation.add(1)
                 // The freed frames go to a spacer mapping first (the allocator reuses the last
                 // freed), marked with a value no generation or writer has: a stale read would
                 // see it, a stale write would overwrite it (or the zeroes beside it).
                 let spacer = reserve + UInt64(round) * len
                 for p in 0..<pages { try! remapCPU.store(spacer + UInt64(p) * pageSize, spacerMark) }
-                generation.add(1)
                 _ = try! env.process.mmap(address: a, length: len, prot: .readWrite, flags: [.private, .anonymous, .fixed])
             }
             stop.store(1)

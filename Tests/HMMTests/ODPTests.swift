@@ -35,6 +35,7 @@ final class ODPTests: XCTestCase {
         func finish(_ regions: [ODPMemoryRegion], file: StaticString = #filePath, line: UInt = #line) {
             qp.destroy()
             regions.forEach { $0.deregister() }
+            XCTAssertEqual(nic.tableBytes.load(), 0, "translation tables left charged", file: file, line: line)
             XCTAssertEqual(machine.checkInvariants(), [], file: file, line: line)
             cpuA.detach(); cpuB.detach()
             a.exit(); b.exit()
@@ -241,6 +242,13 @@ final class ODPTests: XCTestCase {
             XCTAssertEqual($0 as? Errno, .EFAULT) // no VMA there
         }
         XCTAssertEqual(mrB.childCount, 3) // the child is made before the fault finds no VMA, as mlx5's
+        XCTAssertEqual(env.b.mm.notifiers.intervalCount, 3) // one notifier a child
+        // A fourth child's 2 MiB table would pass the NIC's limit (an eighth of 64 MiB).
+        XCTAssertEqual(env.nic.tableBytesLimit, 8 << 20)
+        XCTAssertThrowsError(try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: base + (3 << 30), length: 8)).wait()) {
+            XCTAssertEqual($0 as? Errno, .ENOMEM)
+        }
+        XCTAssertEqual(mrB.childCount, 3)
         XCTAssertThrowsError(try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: taskSize - 4, length: 8)).wait()) {
             XCTAssertEqual($0 as? Errno, .EFAULT) // past the top of user space
         }
@@ -251,6 +259,8 @@ final class ODPTests: XCTestCase {
         mrB.deregister()
         XCTAssertEqual(mrB.childCount, 0)
         XCTAssertEqual(mrB.mappedPages, 0)
+        XCTAssertEqual(env.b.mm.notifiers.intervalCount, 0)
+        XCTAssertEqual(env.nic.tableBytes.load(), 4 * 8) // A's region's four pages
         XCTAssertThrowsError(try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: low, length: 8)).wait()) {
             XCTAssertEqual($0 as? Errno, .EINVAL)
         }

@@ -59,7 +59,7 @@ final class CLIFuzzTests: XCTestCase {
         }
         var lines = ["process p", "mmap 4pages -> a", "mmap 2pages prot=r -> r", "file f size=4pages", "open 0 -> d", "open 2 -> e",
                      "buffer b 4pages", "gup a 1 -> g", "fork p -> c", "repeat 2 as i { fork p -> k[i] }", "svm_open memory=2MiB -> s",
-                     "odp_open -> n", "odp_reg n a 4pages -> m", "odp_reg n r 2pages read_only -> mr2", "odp_reg n implicit -> mi"]
+                     "odp_open -> n", "odp_reg n a 4pages -> m", "odp_reg n r 2pages read_only -> mr2", "odp_reg_implicit n -> mi"]
         let names = CommandSpec.table.keys.sorted().filter { !["machine", "skip", "sleep", "process"].contains($0) }
         let corrupting = rng.next() % 3 == 0
         for _ in 0..<Int(rng.next() % 14 + 1) {

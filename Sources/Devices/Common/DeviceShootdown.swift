@@ -34,19 +34,22 @@ public final class DeviceShootdown: @unchecked Sendable {
     public init() {}
 
     /// The first pass of an invalidation: refused (`wouldBlock`) for a non-blockable range
-    /// that would wait; else `drop` removes the device's entries (false: it would block on
-    /// the device's lock), and the shootdown, if `needed()` after the drop (a device that held
-    /// none of the range's entries may skip it), is waited for now, or returned as the
-    /// finish. `cutOff` runs after a failed shootdown; a mirror already cut off (`isCutOff`)
-    /// waits for nothing. Locking: called from an interval notifier, with no device lock held.
-    public func start(blockable: Bool, isCutOff: Bool, needed: () -> Bool = { true }, drop: () -> Bool,
-                      cutOff: @escaping () -> Void) -> IntervalInvalidationStart {
+    /// that would wait (`mayNeed()` before anything is dropped: whether the device may hold
+    /// entries of the range); else `drop` removes the device's entries (false: it would block
+    /// on the device's lock), and the shootdown, if `needed()` after the drop (a device that
+    /// held none of the range's entries may skip it), is waited for now, or returned as the
+    /// finish (refused after all for a non-blockable range whose entries appeared meanwhile).
+    /// `cutOff` runs after a failed shootdown; a mirror already cut off (`isCutOff`) waits for
+    /// nothing. Locking: called from an interval notifier, with no device lock held.
+    public func start(blockable: Bool, isCutOff: Bool, mayNeed: () -> Bool = { true }, needed: () -> Bool = { true },
+                      drop: () -> Bool, cutOff: @escaping () -> Void) -> IntervalInvalidationStart {
         Lockdep.assertNoSpinLockHeld()
         let latency = latencyNanoseconds, fails = self.fails
         let waits = !isCutOff && (latency > 0 || fails)
-        if !blockable && waits { return .wouldBlock }
+        if !blockable && waits && mayNeed() { return .wouldBlock }
         guard drop() else { return .wouldBlock }
         guard waits, needed() else { return .done }
+        if !blockable { return .wouldBlock }
         let issued = monotonicNanoseconds()
         guard twoPhase else {
             DeviceShootdown.wait(issued: issued, latency: latency, fails: fails, cutOff: cutOff)

@@ -23,7 +23,25 @@ public struct ODPAccess: OptionSet, Sendable {
 public final class ODPDevice: @unchecked Sendable {
     public let machine: Machine
     public let stats = ODPStats()
-    public init(machine: Machine) { self.machine = machine }
+    /// Bytes of the NIC's translation tables (8 a page of every region and implicit child),
+    /// at most `tableBytesLimit`: an eighth of the machine's memory (tables for 64 times the
+    /// memory there is), so no script makes the host allocate without bound.
+    public let tableBytes = AtomicCounter(0)
+    public let tableBytesLimit: Int
+    public init(machine: Machine) {
+        self.machine = machine
+        tableBytesLimit = Int(machine.memory.systemFrames << pageShift) / 8
+    }
+
+    /// Charges `bytes` of translation table. Errors: ENOMEM past `tableBytesLimit`.
+    func chargeTable(_ bytes: Int) throws(Errno) {
+        while true {
+            let now = tableBytes.load()
+            guard bytes <= tableBytesLimit - now else { throw .ENOMEM }
+            if tableBytes.compareExchange(expected: now, desired: now + bytes) { return }
+        }
+    }
+    func unchargeTable(_ bytes: Int) { tableBytes.add(-bytes) }
 
     /// `ibv_reg_mr`: a region of `length` bytes at `address` in `mm` (any alignment; the NIC
     /// works on the pages it touches). With `pinned`, every page is faulted in and pinned
@@ -32,8 +50,8 @@ public final class ODPDevice: @unchecked Sendable {
     /// region: the whole address space, as mlx5 does for `ibv_reg_mr(pd, NULL, SIZE_MAX,
     /// IBV_ACCESS_ON_DEMAND)`.
     /// Errors: EINVAL for an empty or wrapping range, a pinned implicit region or an exited
-    /// process; EFAULT (pinned) for a page outside any VMA; ENOMEM when the NIC's table of the
-    /// region's translations (8 bytes a page) would be larger than the machine's memory.
+    /// process; EFAULT (pinned) for a page outside any VMA; ENOMEM when the NIC's translation
+    /// tables (8 bytes a page) would pass `tableBytesLimit`.
     public func register(_ mm: AddressSpace, address: UInt64, length: UInt64, access: ODPAccess,
                          pinned: Bool = false) throws(Errno) -> ODPMemoryRegion {
         guard !mm.isDead else { throw .EINVAL }

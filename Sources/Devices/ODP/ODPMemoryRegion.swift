@@ -22,11 +22,16 @@ public final class ODPMemoryRegion: @unchecked Sendable {
     public let writable: Bool
     /// An explicit region's translations (nil for an implicit one).
     private let whole: ODPTranslations?
-    /// An implicit region's children by GiB index, and whether it is still registered.
-    /// Locking: `childLock` (never held while a span's lock is taken).
-    private let childLock = Lock("odp-implicit")
+    /// The MR's lock: whether it is still registered, an implicit region's children by GiB
+    /// index. Never held while a span's lock is taken.
+    private let mrLock = Lock("odp-mr")
     @exclusivity(unchecked) private var children: [UInt64: ODPTranslations] = [:]
-    @exclusivity(unchecked) private var implicitRegistered = true
+    /// Locking: `mrLock`.
+    @exclusivity(unchecked) private var isRegistered = true
+    /// NIC accesses (and their page faults) running on the region: deregistration waits for
+    /// them, as mlx5's waits for the page faults in flight on the key.
+    private let inFlight = AtomicCounter(0)
+    private let idle = WaitQueue()
     /// A pinned region's pins. Locking: `whole.lock`.
     @exclusivity(unchecked) private var pins: [Page] = []
     /// Bytes an implicit region's child spans (mlx5's `MLX5_IMR_MTT_SIZE`: 1 GiB).
@@ -41,11 +46,10 @@ public final class ODPMemoryRegion: @unchecked Sendable {
         guard !implicit else { whole = nil; return }
         let pageStart = address & ~(pageSize - 1)
         let pageEnd = (address + length + pageSize - 1) & ~(pageSize - 1)
-        // The translation table (`pfn_list`, `kvcalloc` charged to the process) is 8 bytes a
-        // page: one larger than the machine's memory cannot be had.
+        // The translation table (`pfn_list`) is 8 bytes a page, charged to the NIC's limit.
         let pages = (pageEnd - pageStart) >> pageShift
-        guard pages <= device.machine.memory.systemFrames << (pageShift - 3) else { throw .ENOMEM }
-        let t = ODPTranslations(mm: mm, stats: device.stats, pageStart: pageStart, pages: Int(pages))
+        guard pages <= UInt64(device.tableBytesLimit / 8) else { throw .ENOMEM }
+        let t = try ODPTranslations(mm: mm, device: device, pageStart: pageStart, pages: Int(pages))
         whole = t
         guard pinned else { try t.attach(); return }
         mm.mmapLock.lockRead()
@@ -59,18 +63,21 @@ public final class ODPMemoryRegion: @unchecked Sendable {
         }
     }
 
-    /// `ibv_dereg_mr`: the notifiers go (or the pins are released); the region can no longer
-    /// be used (EINVAL). Locking: none held; not from a notifier callback.
+    /// `ibv_dereg_mr`: waits for the NIC accesses running on the region (and their page
+    /// faults), then the notifiers go (or the pins are released); the region can no longer be
+    /// used (EINVAL). Locking: none held; not from a notifier callback or a NIC access.
     public func deregister() {
-        childLock.assertNotHeld()
+        mrLock.assertNotHeld(); whole?.lock.assertNotHeld()
+        let was: Bool = mrLock.withLock { let w = isRegistered; isRegistered = false; return w }
+        guard was else { return }
+        idle.wait { inFlight.load() == 0 }
         if let whole {
             let unpin: [Page] = whole.lock.withLock { let p = pins; pins = []; return p }
             whole.detach()
             mm.unpinUserPages(unpin)
             return
         }
-        let spans: [ODPTranslations] = childLock.withLock {
-            implicitRegistered = false
+        let spans: [ODPTranslations] = mrLock.withLock {
             let s = Array(children.values)
             children = [:]
             return s
@@ -83,28 +90,29 @@ public final class ODPMemoryRegion: @unchecked Sendable {
     /// Translations the NIC holds now.
     public var mappedPages: Int {
         if let whole { return whole.mapped }
-        return childLock.withLock { Array(children.values) }.reduce(0) { $0 + $1.mapped }
+        return mrLock.withLock { Array(children.values) }.reduce(0) { $0 + $1.mapped }
     }
 
     /// An implicit region's children made so far (mlx5's child MRs).
-    public var childCount: Int { childLock.withLock { children.count } }
+    public var childCount: Int { mrLock.withLock { children.count } }
 
     /// The span that holds `address`: the whole region, or an implicit region's child (made,
     /// with its notifier, if it does not exist yet; `implicit_get_child_mr`).
-    /// Errors: EINVAL once deregistered. Locking: none held.
+    /// Errors: EINVAL once deregistered or the process exited; ENOMEM past the NIC's table
+    /// limit. Locking: none held; the caller is a NIC access in flight.
     private func span(_ address: UInt64) throws(Errno) -> ODPTranslations {
+        mrLock.assertNotHeld()
         if let whole { return whole }
-        childLock.assertNotHeld()
         let key = address >> ODPMemoryRegion.childShift
-        if let c = childLock.withLock({ children[key] }) { return c }
+        if let c = mrLock.withLock({ children[key] }) { return c }
         let start = key << ODPMemoryRegion.childShift
         let end = min(start + (1 << ODPMemoryRegion.childShift), taskSize)
-        let made = ODPTranslations(mm: mm, stats: device.stats, pageStart: start, pages: Int((end - start) >> pageShift))
+        let made = try ODPTranslations(mm: mm, device: device, pageStart: start, pages: Int((end - start) >> pageShift))
         try made.attach()
-        // The notifier is inserted without `childLock`; a child made by another thread
-        // meanwhile wins, and ours goes.
-        let winner: ODPTranslations? = childLock.withLock {
-            guard implicitRegistered else { return nil }
+        // The notifier is inserted without `mrLock`; a child made by another thread meanwhile
+        // wins, and ours goes.
+        let winner: ODPTranslations? = mrLock.withLock {
+            guard isRegistered else { return nil }
             if let c = children[key] { return c }
             children[key] = made
             return made
@@ -120,12 +128,6 @@ public final class ODPMemoryRegion: @unchecked Sendable {
         try access(address, length, write: write) { _, _, _ in }
     }
 
-    /// Whether the region is still registered.
-    private var registered: Bool {
-        if let whole { return whole.lock.withLock { whole.live } }
-        return childLock.withLock { implicitRegistered }
-    }
-
     /// The NIC's access to [address, address + length) of the region: `body(bytes, done, n)`
     /// for each page's span, called under its span's lock (an invalidation waits for it); a
     /// missing or read-only translation is faulted in first (a NIC page fault: `hmmRangeFault`
@@ -133,12 +135,19 @@ public final class ODPMemoryRegion: @unchecked Sendable {
     /// Errors: EINVAL for a deregistered region; EFAULT outside the region (for an implicit
     /// one, past the top of user space) or for a page that cannot be faulted in (no VMA,
     /// protection, no memory); EPERM for a write to a region that is not writable; EBUSY if
-    /// invalidations kept overtaking (1,000 faults of one page in a row, or the fault loop's 1 s).
+    /// invalidations kept overtaking (1,000 faults of one page in a row, or the fault loop's 1 s);
+    /// ENOMEM when an implicit region's new child would pass the NIC's table limit.
     /// Locking: none held.
     func access(_ address: UInt64, _ length: Int, write: Bool,
                 _ body: (UnsafeMutableRawPointer, Int, Int) -> Void) throws(Errno) {
-        childLock.assertNotHeld()
-        guard registered else { throw .EINVAL }
+        mrLock.assertNotHeld(); whole?.lock.assertNotHeld()
+        // In flight until it returns: deregistration waits for it.
+        guard mrLock.withLock({ () -> Bool in
+            guard isRegistered else { return false }
+            inFlight.add(1)
+            return true
+        }) else { throw .EINVAL }
+        defer { if inFlight.add(-1) == 0 { idle.wakeAll() } }
         guard length >= 0, address >= self.address, address.addingReportingOverflow(UInt64(length)).overflow == false,
               address + UInt64(length) <= self.address &+ self.length, address + UInt64(length) <= taskSize else { throw .EFAULT }
         // Never a write fault on a region the NIC may not write (it would break copy-on-write).

@@ -7,7 +7,8 @@ import MMSync
 /// (mlx5's child MR of an implicit MR, one aligned GiB).
 final class ODPTranslations: @unchecked Sendable {
     let mm: AddressSpace
-    let stats: ODPStats
+    let device: ODPDevice
+    var stats: ODPStats { device.stats }
     /// The span: [pageStart, pageStart + pages × 4 KiB).
     let pageStart: UInt64
     let pages: Int
@@ -28,8 +29,10 @@ final class ODPTranslations: @unchecked Sendable {
     /// Pages a NIC fault brings in at most (the rest of the access, up to 2 MiB).
     static let faultBatchPages = 512
 
-    init(mm: AddressSpace, stats: ODPStats, pageStart: UInt64, pages: Int) {
-        self.mm = mm; self.stats = stats; self.pageStart = pageStart; self.pages = pages
+    /// Errors: ENOMEM when the table would pass the NIC's `tableBytesLimit`.
+    init(mm: AddressSpace, device: ODPDevice, pageStart: UInt64, pages: Int) throws(Errno) {
+        try device.chargeTable(pages * 8)
+        self.mm = mm; self.device = device; self.pageStart = pageStart; self.pages = pages
         table = [UInt64](repeating: 0, count: pages)
     }
 
@@ -53,13 +56,19 @@ final class ODPTranslations: @unchecked Sendable {
         let was: Bool = lock.withLock {
             let was = live
             live = false
-            for i in table.indices { table[i] = 0 }
+            table = []
             return was
         }
-        if was, let notifier { mm.notifiers.remove(notifier, wait: wait) }
+        guard was else { return }
+        device.unchargeTable(pages * 8)
+        if let notifier { mm.notifiers.remove(notifier, wait: wait) }
     }
 
-    deinit { if live, let notifier { mm.notifiers.remove(notifier, wait: false) } }
+    deinit {
+        guard live else { return }
+        device.unchargeTable(pages * 8)
+        if let notifier { mm.notifiers.remove(notifier, wait: false) }
+    }
 
     /// Translations held now.
     var mapped: Int { lock.withLock { table.reduce(0) { $0 + ($1 != 0 ? 1 : 0) } } }
@@ -75,7 +84,7 @@ final class ODPTranslations: @unchecked Sendable {
         let first = Int((max(range.start, pageStart) - pageStart) >> pageShift)
         let last = Int((min(range.end, pageEnd) - pageStart + pageSize - 1) >> pageShift)
         var dropped = 0
-        if first < last { for i in first..<last where table[i] != 0 { table[i] = 0; dropped += 1 } }
+        if live, first < last { for i in first..<last where table[i] != 0 { table[i] = 0; dropped += 1 } }
         lock.unlock()
         if dropped > 0 { stats.count(.invalidations); stats.count(.pagesInvalidated, dropped) }
         return true

@@ -93,7 +93,7 @@ extension SVMDevice {
         stats.count(.accessCounters, notes.count)
         let regionSize: UInt64 = 1 << SVMSpace.counterRegionShift
         var seen = Set<String>()
-        for n in notes where seen.insert("\(n.space.id):\(n.address / regionSize)").inserted {
+        for n in notes where !n.space.isCutOff && seen.insert("\(n.space.id):\(n.address / regionSize)").inserted {
             let mm = n.space.mm
             // The region of the page that fired, within that page's VMA.
             let span: (UInt64, UInt64)? = {

@@ -55,12 +55,14 @@ public final class SVMSpace: @unchecked Sendable {
 
     /// The first pass (`DeviceShootdown.start`): the entries go, then the device's TLB
     /// shootdown is waited for (its latency, `device.shootdown`) here or in the finish pass.
-    /// Like xe's notifier, a range that held no entry needs no shootdown. A failed shootdown
-    /// cuts the space off. Locking: called by the core with no device lock held.
+    /// Like xe's notifier, a range that held no entry needs no shootdown (and a non-blockable
+    /// one is refused only if the space holds entries in it). A failed shootdown cuts the
+    /// space off. Locking: called by the core with no device lock held.
     private func invalidateStart(_ sub: MMUIntervalNotifier, _ range: MMUNotifierRange, _ seq: UInt64) -> IntervalInvalidationStart {
         lock.assertNotHeld()
         var dropped = false
-        return device.shootdown.start(blockable: range.blockable, isCutOff: isCutOff, needed: { dropped }, drop: {
+        return device.shootdown.start(blockable: range.blockable, isCutOff: isCutOff, mayNeed: { mayHoldEntries(range.start, range.end) },
+                                      needed: { dropped }, drop: {
             guard let n = invalidate(sub, range, seq) else { return false }
             dropped = n > 0
             return true
@@ -103,6 +105,18 @@ public final class SVMSpace: @unchecked Sendable {
             device.faultClock.advance(by: device.costs.tlbInvalidateNs)
         }
         return dropped
+    }
+
+    /// Whether the space may hold entries in [start, end): true if it does, or if `lock` is
+    /// taken (a non-blockable caller cannot wait to look). Locking: tries `lock`.
+    func mayHoldEntries(_ start: UInt64, _ end: UInt64) -> Bool {
+        lock.assertNotHeld()
+        guard start < end else { return false }
+        guard lock.tryLock() else { return true }
+        defer { lock.unlock() }
+        let first = start >> pageShift, last = (end - 1) >> pageShift
+        if last - first < UInt64(table.count) { return (first...last).contains { table[$0] != nil } }
+        return table.keys.contains { $0 >= first && $0 <= last }
     }
 
     /// Removes the entries of [start, end) (but atomic ones, with `keepAtomic`).
