@@ -35,6 +35,8 @@ struct SVM: ParsableCommand {
         "Override one virtual-time cost, NAME=VALUE (repeatable).",
         discussion: "Names: \(SVMCosts.names.map(\.0).joined(separator: ", ")).", valueName: "name=value"))
     var cost: [String] = []
+    @Flag(help: "THP \"always\": the workload's memory is THPs where 2 MiB fit, moved as 2 MiB device pages.")
+    var thp = false
 
     func validate() throws {
         guard workload == "all" || SVMWorkloadKind(rawValue: workload) != nil else { throw ValidationError("unknown --workload \(workload)") }
@@ -57,13 +59,14 @@ struct SVM: ParsableCommand {
         var costs = SVMCosts()
         try costs.apply(cost)
         print("\(pages) pages (\(pages * 4 / 1024) MiB) on a \(deviceMiB) MiB device, \(engines) engines, \(machineMiB) MiB of RAM"
-              + (cpuThreads > 0 ? ", \(cpuThreads) CPU threads beside the kernels" : ""))
+              + (cpuThreads > 0 ? ", \(cpuThreads) CPU threads beside the kernels" : "") + (thp ? ", THP always" : ""))
         var results: [SVMRunResult] = []
         for k in kinds {
             for p in policies {
                 do {
                     results.append(try SVMRunner.run(k, policy: SVMRunner.policy(named: p)!, pages: pages, engines: engines, rounds: rounds,
-                                                     cpuThreads: cpuThreads, machineMiB: machineMiB, deviceMiB: deviceMiB, costs: costs))
+                                                     cpuThreads: cpuThreads, machineMiB: machineMiB, deviceMiB: deviceMiB, costs: costs,
+                                                     thp: thp))
                 } catch let e as Errno {
                     let hint = e == .ENOMEM ? ": try a larger --machine-mib" : ""
                     throw SVMRunFailure(description: "\(k.rawValue) under \(p) failed with \(e.name) (\(e.message))\(hint)")

@@ -10,42 +10,99 @@ extension SVMDevice {
     /// memory still short) stay where they are. The range is clipped to its VMA. Without
     /// `evict`, only free device memory is used (a prefetch).
     /// Return: pages moved. Locking: none held; takes the mmap lock for read.
+    /// With `largePages` and a whole chunk free, a range that covers part of a 2 MiB block
+    /// the CPU maps with a THP grows to the whole block, which then moves as one 2 MiB device
+    /// page (UVM migrates a big page whole; moving part of it would split the THP). With no
+    /// chunk free it does not grow: evicting 2 MiB to bring in a few pages would make
+    /// engines working in several blocks of an oversubscribed device evict each other's
+    /// blocks for ever; the part moves as 4 KiB pages (the THP is split).
     @discardableResult
     func migrateToDevice(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, evict: Bool = true) -> Int {
         space.mm.mmapLock.assertNotHeld(); space.lock.assertNotHeld()
         let mm = space.mm
+        let (start, end) = largePages && hasFreeChunk ? SVMDevice.widenToHugeMappings(mm, start, end) : (start, end)
         if evict { makeRoom(pagesNotLocal(space, start, end)) }
         else if freePages == 0 { return 0 }
         mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
         guard let vma = mm.vmaLookup(start), vma.flags.contains(.read) else { return 0 }
-        let m = MigrateVMA(vma: vma, start: start, end: min(end, vma.end), pgmapOwner: self, flags: .system)
+        let m = MigrateVMA(vma: vma, start: start, end: min(end, vma.end), pgmapOwner: self,
+                           flags: largePages ? [.system, .compound] : .system)
         do { try m.setup() } catch { return 0 }
-        var withData: [Int] = [] // indices whose source had bytes to copy
-        for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
+        var withData = Set<Int>() // indices whose source had bytes to copy
+        // A 2 MiB entry (a THP, or an aligned 2 MiB hole) gets a whole free chunk as one 2 MiB
+        // device page; when none is free, its 512 pages get small device pages (`pages` then
+        // splits the source THP).
+        entries: for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
             let from = MigratePfn.pfn(m.src[i])
             if let from, memory.page(from).isZoneDevice { continue }
-            guard let d = allocatePage() else { break }
-            memory.zoneDevicePageInit(memory.page(d))
-            if let from, from != PhysicalMemory.zeroPfn {
-                bytes(of: d).copyMemory(from: memory.frame(from), byteCount: Int(pageSize))
-                withData.append(i)
-            } else {
-                bytes(of: d).initializeMemory(as: UInt8.self, repeating: 0, count: Int(pageSize))
+            let write = m.src[i] & MigratePfn.write
+            let large = m.src[i] & MigratePfn.compound != 0
+            if large, let head = allocateChunk() {
+                memory.zoneDevicePageInit(memory.page(head), order: pmdOrder)
+                for k in 0..<UInt64(ptrsPerTable) { copyIn(to: head + k, from: from.map { $0 + k }) }
+                if from != nil { withData.insert(i) }
+                m.dst[i] = MigratePfn.make(head) | write | MigratePfn.compound
+                continue
             }
-            m.dst[i] = MigratePfn.make(d) | (m.src[i] & MigratePfn.write)
+            for k in 0..<(large ? ptrsPerTable : 1) {
+                guard let d = allocatePage() else { break entries }
+                memory.zoneDevicePageInit(memory.page(d))
+                let f = from.map { $0 + UInt64(k) }
+                copyIn(to: d, from: f)
+                if let f, f != PhysicalMemory.zeroPfn { withData.insert(i + k) }
+                m.dst[i + k] = MigratePfn.make(d) | write
+            }
         }
         m.pages()
-        let moved = m.migratedCount
+        let movedAt = SVMDevice.movedAddresses(m.start, m.src, m.dst)
+        let moved = movedAt.count
         // Bytes over the link: only the copies of pages that did move.
-        let copied = withData.reduce(0) { $0 + (m.src[$1] & MigratePfn.migrate != 0 ? 1 : 0) }
-        let movedAt = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }
-        lock.withLock { for i in movedAt { pageAddress[Int(MigratePfn.pfn(m.dst[i])! - pagemap.startPfn)] = m.start + UInt64(i) << pageShift } }
+        var copied = 0
+        stats.count(.hugeToDevice, SVMDevice.hugeMoved(m.src, m.dst))
+        for i in withData where m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[i]) != nil {
+            copied += m.dst[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
+        }
+        lock.withLock {
+            for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
+                guard let d = MigratePfn.pfn(m.dst[i]) else { continue }
+                let n = m.dst[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
+                for k in 0..<n { pageAddress[Int(d - pagemap.startPfn) + k] = m.start + UInt64(i + k) << pageShift }
+            }
+        }
         m.finalize()
-        trace?.record(.toDevice(addresses: movedAt.map { m.start + UInt64($0) << pageShift }), virtual: faultClock.now)
+        trace?.record(.toDevice(addresses: movedAt), virtual: faultClock.now)
         stats.count(.migratedToDevice, moved)
         stats.count(.bytesToDevice, copied * Int(pageSize))
         chargeCopy(copied)
         return moved
+    }
+
+    /// [start, end) grown to whole 2 MiB blocks at either end that the CPU maps with a THP
+    /// (a present huge PMD) inside one anonymous VMA. Locking: none held; takes the mmap
+    /// lock for read.
+    static func widenToHugeMappings(_ mm: AddressSpace, _ start: UInt64, _ end: UInt64) -> (UInt64, UInt64) {
+        mm.mmapLock.assertNotHeld()
+        guard start < end else { return (start, end) }
+        mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
+        func isTHP(_ block: UInt64) -> Bool {
+            guard let vma = mm.vmaLookup(block), vma.isAnonymous, vma.start <= block, block + pmdSize <= vma.end,
+                  let found = mm.pageTable.lookup(block, level: .pte), found.level == .pmd else { return false }
+            let v = found.entry.load()
+            return v.isPresent && v.isHuge
+        }
+        var (s, e) = (start, end)
+        if s & (pmdSize - 1) != 0, isTHP(s & pmdMask) { s &= pmdMask }
+        if e & (pmdSize - 1) != 0, isTHP(e & pmdMask) { e = (e & pmdMask) + pmdSize }
+        return (s, e)
+    }
+
+    /// Device page `to` gets the bytes of system page `from` (zeroes for none or the zero page).
+    private func copyIn(to: UInt64, from: UInt64?) {
+        if let from, from != PhysicalMemory.zeroPfn {
+            bytes(of: to).copyMemory(from: memory.frame(from), byteCount: Int(pageSize))
+        } else {
+            bytes(of: to).initializeMemory(as: UInt8.self, repeating: 0, count: Int(pageSize))
+        }
     }
 
     /// Which pages of [start, end) of `space` are in this device's memory now (a snapshot of
@@ -80,14 +137,16 @@ extension SVMDevice {
         let mm = space.mm
         mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
         guard let vma = mm.vmaLookup(start) else { return 0 }
-        let m = MigrateVMA(vma: vma, start: start, end: min(end, vma.end), pgmapOwner: self, flags: .devicePrivate)
+        let m = MigrateVMA(vma: vma, start: start, end: min(end, vma.end), pgmapOwner: self,
+                           flags: largePages ? [.devicePrivate, .compound] : .devicePrivate)
         do { try m.setup() } catch { return 0 }
         guard copyBackToSystem(m) else { m.finalize(); return 0 }
         m.pages()
-        let moved = m.migratedCount
-        let movedAt = m.src.indices.filter { m.src[$0] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[$0]) != nil }
+        let movedAt = SVMDevice.movedAddresses(m.start, m.src, m.dst)
+        let moved = movedAt.count
+        stats.count(.hugeToSystem, SVMDevice.hugeMoved(m.src, m.dst))
         m.finalize()
-        trace?.record(.toSystem(addresses: movedAt.map { m.start + UInt64($0) << pageShift }, cause: .copyOnWrite), virtual: faultClock.now)
+        trace?.record(.toSystem(addresses: movedAt, cause: .copyOnWrite), virtual: faultClock.now)
         stats.count(.migratedToSystem, moved)
         stats.count(.bytesToSystem, moved * Int(pageSize))
         chargeCopy(moved)
@@ -127,16 +186,28 @@ extension SVMDevice {
         var src = machine.migrateDevicePfns(pfns)
         var dst = [UInt64](repeating: 0, count: src.count)
         for i in src.indices where src[i] & MigratePfn.migrate != 0 {
-            guard let from = MigratePfn.pfn(src[i]), let page = memory.allocate(mayReclaim: true) else { continue }
+            guard let from = MigratePfn.pfn(src[i]) else { continue }
+            // A 2 MiB device page moves whole into a system THP (none free: it stays; without
+            // a VMA it cannot be split, as in Linux 7.2's migrate_device_pages).
+            let order = src[i] & MigratePfn.compound != 0 ? pmdOrder : 0
+            guard let page = memory.allocate(order: order, mayReclaim: order == 0) else { continue }
             page.lock()
-            memory.frame(page.pfn).copyMemory(from: bytes(of: from), byteCount: Int(pageSize))
-            dst[i] = MigratePfn.make(page.pfn)
+            for k in 0..<(UInt64(1) << order) {
+                memory.frame(page.pfn + k).copyMemory(from: bytes(of: from + k), byteCount: Int(pageSize))
+            }
+            dst[i] = MigratePfn.make(page.pfn) | (order > 0 ? MigratePfn.compound : 0)
         }
         machine.migrateDevicePages(&src, dst)
-        let movedAt = src.indices.filter { src[$0] & MigratePfn.migrate != 0 && dst[$0] != 0 }
-        let moved = movedAt.count
+        // The device pages that moved (a 2 MiB one: its 512).
+        var movedPfns: [UInt64] = []
+        for i in src.indices where src[i] & MigratePfn.migrate != 0 && dst[i] != 0 {
+            let n = dst[i] & MigratePfn.compound != 0 ? UInt64(ptrsPerTable) : 1
+            for k in 0..<n { movedPfns.append(pfns[i] + k) }
+        }
+        let moved = movedPfns.count
+        stats.count(.hugeToSystem, SVMDevice.hugeMoved(src, dst))
         if let trace {
-            let addresses = lock.withLock { movedAt.map { pageAddress[Int(pfns[$0] - pagemap.startPfn)] } }
+            let addresses = lock.withLock { movedPfns.map { pageAddress[Int($0 - pagemap.startPfn)] } }
             trace.record(.toSystem(addresses: addresses, cause: .eviction), virtual: faultClock.now)
         }
         machine.migrateDeviceFinalize(src, dst)

@@ -113,6 +113,15 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         return s
     }
 
+    /// Whether the device uses 2 MiB device pages (an order-9 device folio in a whole free
+    /// chunk) for a 2 MiB-aligned source that is a THP or an empty 2 MiB, as UVM maps big
+    /// pages; otherwise every page is a 4 KiB one. Set it between kernels.
+    public var largePages: Bool {
+        get { largeWord.load() != 0 }
+        set { largeWord.store(newValue ? 1 : 0) }
+    }
+    private let largeWord = AtomicCounter(1)
+
     /// Free device memory, in pages.
     public var freePages: Int { lock.withLock { freePfns.count } }
     /// The device's virtual time now (the fault thread's clock).
@@ -143,6 +152,38 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         }
     }
 
+    /// Whether some chunk has no page in use (a 2 MiB device page can be had without
+    /// eviction). Locking: takes `lock`.
+    var hasFreeChunk: Bool {
+        lock.assertNotHeld()
+        return lock.withLock { freeChunkIndex() != nil }
+    }
+
+    /// The first chunk none of whose pages is allocated. Locking: `lock` held.
+    private func freeChunkIndex() -> Int? {
+        lock.assertHeld()
+        let n = SVMDevice.chunkPages
+        guard freePfns.count >= n else { return nil }
+        return (0..<(capacityPages / n)).first { c in !allocated[(c * n)..<(c * n + n)].contains(true) }
+    }
+
+    /// Takes a whole free chunk as one 2 MiB device page (an order-9 folio's pfns): the first
+    /// chunk none of whose pages is allocated. Return: the head pfn, or nil if every chunk
+    /// has a page in use. Locking: takes `lock`.
+    func allocateChunk() -> UInt64? {
+        lock.assertNotHeld()
+        return lock.withLock { () -> UInt64? in
+            let n = SVMDevice.chunkPages
+            guard let c = freeChunkIndex() else { return nil }
+            let head = pagemap.startPfn + UInt64(c * n)
+            freePfns.removeAll { $0 >= head && $0 < head + UInt64(n) }
+            for i in (c * n)..<(c * n + n) { allocated[i] = true }
+            useTick += 1
+            chunkLastUse[c] = useTick
+            return head
+        }
+    }
+
     /// Marks the chunks of local pages just mapped as used now. Locking: takes `lock`.
     func touchChunks(_ pfns: [UInt64]) {
         lock.assertNotHeld()
@@ -155,28 +196,49 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
 
     // MARK: `dev_pagemap_ops`
 
-    /// `page_free`: a device page's last reference went; it is free again.
+    /// `page_free`: a device page's last reference went; it is free again (a 2 MiB device
+    /// page, its head named, all its 512: the folio is dissolved into free small pages, as
+    /// this allocator hands out pages of a free chunk one by one; a free folio left whole
+    /// would be half-split by the first of them).
     public func pageFree(_ page: Page) {
+        let n = page.test(.head) ? Int(page.folioPages) : 1
+        if n > 1 {
+            for k in 1..<UInt64(n) {
+                let t = memory.page(page.pfn + k)
+                t.clear(.tail)
+                t.privateWord = 0
+            }
+            page.clear(.head)
+            page.order = 0
+        }
         lock.withLock {
-            let i = Int(page.pfn - pagemap.startPfn)
-            guard i >= 0, i < capacityPages, allocated[i] else { return }
-            allocated[i] = false
-            freePfns.append(page.pfn)
+            let first = Int(page.pfn - pagemap.startPfn)
+            guard first >= 0, first + n <= capacityPages else { return }
+            for i in first..<(first + n) where allocated[i] {
+                allocated[i] = false
+                freePfns.append(pagemap.startPfn + UInt64(i))
+            }
         }
     }
 
     /// `migrate_to_ram` (`nouveau_dmem_migrate_to_ram`): the CPU touched a page that lives
     /// here; that page goes back to system memory with its bytes.
+    /// A 2 MiB device page mapped by a device-private PMD moves whole (as one system THP, or
+    /// as 512 pages when no 2 MiB of system memory is free); one mapped by PTEs (split) moves
+    /// page by page.
     public func migrateToRAM(_ fault: DevicePrivateFault) -> FaultResult {
-        let start = fault.address & ~(pageSize - 1)
-        let m = MigrateVMA(vma: fault.vma, start: start, end: start + pageSize, pgmapOwner: self, flags: .devicePrivate,
-                           faultPage: fault.page)
+        let whole = fault.pmdMapped && fault.page.folioHead.order > 0
+        let start = whole ? fault.address & pmdMask : fault.address & ~(pageSize - 1)
+        let m = MigrateVMA(vma: fault.vma, start: start, end: start + (whole ? pmdSize : pageSize), pgmapOwner: self,
+                           flags: whole ? [.devicePrivate, .compound] : .devicePrivate, faultPage: fault.page)
         do { try m.setup() } catch { return .sigbus }
         guard copyBackToSystem(m) else { m.finalize(); return .oom }
         m.pages()
-        let n = m.migratedCount
+        let moved = SVMDevice.movedAddresses(m.start, m.src, m.dst)
+        let n = moved.count
+        stats.count(.hugeToSystem, SVMDevice.hugeMoved(m.src, m.dst))
         m.finalize()
-        trace?.record(.toSystem(addresses: n > 0 ? [start] : [], cause: .cpuFault), virtual: faultClock.now)
+        trace?.record(.toSystem(addresses: moved, cause: .cpuFault), virtual: faultClock.now)
         stats.count(.cpuFaultsBack, n)
         stats.count(.migratedToSystem, n)
         stats.count(.bytesToSystem, n * Int(pageSize))
@@ -184,24 +246,61 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         return .ok
     }
 
-    /// Destinations in system memory for every selected device page of `m`, holding its bytes.
-    /// Return: false if a system page could not be had (nothing is then selected to move).
+    /// The addresses of the pages that moved in a migration from `start` (a 2 MiB entry:
+    /// its 512), after `pages`.
+    static func movedAddresses(_ start: UInt64, _ src: [UInt64], _ dst: [UInt64]) -> [UInt64] {
+        var out: [UInt64] = []
+        for i in src.indices where src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(dst[i]) != nil {
+            let n = dst[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
+            for k in 0..<n { out.append(start + UInt64(i + k) << pageShift) }
+        }
+        return out
+    }
+
+    /// 2 MiB entries that moved (COMPOUND both ways), after `pages`.
+    static func hugeMoved(_ src: [UInt64], _ dst: [UInt64]) -> Int {
+        src.indices.reduce(0) { n, i in
+            n + (src[i] & MigratePfn.migrate != 0 && dst[i] & MigratePfn.compound != 0 && MigratePfn.pfn(dst[i]) != nil ? 1 : 0)
+        }
+    }
+
+    /// Destinations in system memory for every selected device page of `m`, holding its bytes:
+    /// for a 2 MiB device page, a system THP, or (none free) 512 pages (`pages` then splits
+    /// the device folio). Return: false if a system page could not be had (nothing is then
+    /// selected to move).
     func copyBackToSystem(_ m: MigrateVMA) -> Bool {
         for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
             guard let from = MigratePfn.pfn(m.src[i]), isLocal(from) else { continue }
-            guard let page = memory.allocate(mayReclaim: true) else {
-                for k in m.dst.indices {
-                    guard let d = MigratePfn.pfn(m.dst[k]) else { continue }
-                    let p = memory.page(d)
-                    p.unlock(); memory.put(p)
-                    m.dst[k] = 0
+            if m.src[i] & MigratePfn.compound != 0, let folio = memory.allocate(order: pmdOrder) {
+                folio.lock()
+                for k in 0..<UInt64(ptrsPerTable) {
+                    memory.frame(folio.pfn + k).copyMemory(from: bytes(of: from + k), byteCount: Int(pageSize))
                 }
-                return false
+                m.dst[i] = MigratePfn.make(folio.pfn) | (m.src[i] & MigratePfn.write) | MigratePfn.compound
+                continue
             }
-            page.lock()
-            memory.frame(page.pfn).copyMemory(from: bytes(of: from), byteCount: Int(pageSize))
-            m.dst[i] = MigratePfn.make(page.pfn) | (m.src[i] & MigratePfn.write)
+            let n = m.src[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
+            for k in 0..<n where !allocateSystemCopy(m, i + k, from: from + UInt64(k), write: m.src[i] & MigratePfn.write) { return false }
         }
+        return true
+    }
+
+    /// One system page for entry `i` of `m`, holding the bytes of device page `from`,
+    /// writable if `write` has the flag. Return: false (every destination of `m` dropped) if
+    /// none could be had.
+    private func allocateSystemCopy(_ m: MigrateVMA, _ i: Int, from: UInt64, write: UInt64) -> Bool {
+        guard let page = memory.allocate(mayReclaim: true) else {
+            for k in m.dst.indices {
+                guard let d = MigratePfn.pfn(m.dst[k]) else { continue }
+                let p = memory.page(d)
+                p.unlock(); memory.put(p)
+                m.dst[k] = 0
+            }
+            return false
+        }
+        page.lock()
+        memory.frame(page.pfn).copyMemory(from: bytes(of: from), byteCount: Int(pageSize))
+        m.dst[i] = MigratePfn.make(page.pfn) | write
         return true
     }
 

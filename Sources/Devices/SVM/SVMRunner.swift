@@ -59,9 +59,12 @@ public enum SVMRunner {
     /// fatal fault.
     public static func run(_ kind: SVMWorkloadKind, policy: SVMPolicy, pages: Int, engines: Int = 4, rounds: Int = 4,
                            cpuThreads: Int = 0, machineMiB: UInt64 = 256, deviceMiB: UInt64 = 64,
-                           costs: SVMCosts = SVMCosts(), trace: SVMTrace? = nil) throws -> SVMRunResult {
+                           costs: SVMCosts = SVMCosts(), trace: SVMTrace? = nil, thp: Bool = false) throws -> SVMRunResult {
         guard pages > 0, engines > 0, engines <= 64, rounds > 0, (0...16).contains(cpuThreads) else { throw Errno.EINVAL }
         let machine = try Machine(memoryBytes: machineMiB << 20, devicePfnSpaceBytes: max(deviceMiB, 256) << 21)
+        // THP "always": the workload's memory is THPs wherever a 2 MiB block fits, and the
+        // device moves those blocks as 2 MiB device pages.
+        if thp { machine.memory.thp.mode = .always }
         let process = try MMCore.Process(machine: machine)
         let device = try SVMDevice(machine: machine, capacityBytes: deviceMiB << 20, policy: policy, costs: costs, trace: trace)
         defer { try? device.shutdown(); process.exit() }

@@ -155,7 +155,7 @@ public final class SVMSpace: @unchecked Sendable {
     }
 
     /// Every device entry agrees with the CPU's page table: a local entry's address holds a
-    /// device-private entry of that pfn, an atomic one a device-exclusive entry of that pfn,
+    /// device-private entry of that pfn (a device-private PMD of its 2 MiB device page), an atomic one a device-exclusive entry of that pfn,
     /// any other a present PTE of that pfn, writable if the device entry is. Return: the
     /// problems found. Locking: takes the mmap lock for read and `lock`; run it when no
     /// engine, fault thread or CPU is changing the range (a quiescent point).
@@ -171,14 +171,23 @@ public final class SVMSpace: @unchecked Sendable {
                     problems.append("\(what): mapped by the device, not by the CPU"); continue
                 }
                 var v = found.entry.load()
+                // The subpage of a huge entry the device maps (a 2 MiB device page's, a THP's).
+                var subpage: UInt64 = 0
                 if found.level != .pte {
-                    // A huge leaf (a THP or hugetlb page): the device maps its subpage.
-                    guard v.isPresent && v.isHuge else { problems.append("\(what): CPU entry \(v) at \(found.level)"); continue }
-                    v = PTE(raw: (v.raw & ~PTE.pfnMask) | (v.pfn + ((addr & (found.level.size - 1)) >> pageShift)) << pageShift)
+                    subpage = (addr & (found.level.size - 1)) >> pageShift
+                    if v.isSwap && v.swapEntry.isDevicePrivate && found.level == .pmd {
+                        // A 2 MiB device page mapped by a device-private PMD.
+                    } else {
+                        // A huge leaf (a THP or hugetlb page): the device maps its subpage.
+                        guard v.isPresent && v.isHuge else { problems.append("\(what): CPU entry \(v) at \(found.level)"); continue }
+                        v = PTE(raw: (v.raw & ~PTE.pfnMask) | (v.pfn + subpage) << pageShift)
+                    }
                 }
                 if e.local {
                     let s = v.swapEntry
-                    if !(v.isSwap && s.isDevicePrivate && s.pfn == e.pfn) { problems.append("\(what): local pfn \(e.pfn), CPU entry \(v)") }
+                    if !(v.isSwap && s.isDevicePrivate && s.pfn + subpage == e.pfn) {
+                        problems.append("\(what): local pfn \(e.pfn), CPU entry \(v)")
+                    }
                     if e.write && !s.isWrite { problems.append("\(what): writable on the device, read-only device-private entry") }
                 } else if e.atomic {
                     let s = v.swapEntry

@@ -34,11 +34,14 @@ public final class SVMStats: @unchecked Sendable {
         /// Engine TLB lookups that hit, that missed (a walk of the device page table), and TLB
         /// flushes (a shootdown after an invalidation found the TLB holding entries).
         case tlbHits, tlbMisses, tlbFlushes
+        /// 2 MiB device pages: moved into device memory whole, and back to system memory whole.
+        case hugeToDevice, hugeToSystem
 
         public var description: String {
             ["faults", "duplicates", "batches", "migrated_to_device", "migrated_to_system", "bytes_to_device",
              "bytes_to_system", "evictions", "remote_maps", "exclusive_grabs", "invalidations", "replays",
-             "fatal_faults", "cpu_faults_back", "thrashing", "access_counters", "tlb_hits", "tlb_misses", "tlb_flushes"][rawValue]
+             "fatal_faults", "cpu_faults_back", "thrashing", "access_counters", "tlb_hits", "tlb_misses", "tlb_flushes",
+             "huge_to_device", "huge_to_system"][rawValue]
         }
     }
 
