@@ -67,7 +67,7 @@ public final class ODPMemoryRegion: @unchecked Sendable {
     /// faults), then the notifiers go (or the pins are released); the region can no longer be
     /// used (EINVAL). Locking: none held; not from a notifier callback or a NIC access.
     public func deregister() {
-        mrLock.assertNotHeld(); whole?.lock.assertNotHeld()
+        mrLock.assertNotHeld(); whole?.lock.assertNotHeld(); mm.mmapLock.assertNotHeld()
         let was: Bool = mrLock.withLock { let w = isRegistered; isRegistered = false; return w }
         guard was else { return }
         idle.wait { inFlight.load() == 0 }

@@ -20,13 +20,17 @@ extension SVMDevice {
     func migrateToDevice(_ space: SVMSpace, _ start: UInt64, _ end: UInt64, evict: Bool = true) -> Int {
         space.mm.mmapLock.assertNotHeld(); space.lock.assertNotHeld()
         let mm = space.mm
-        let (start, end) = largePages && hasFreeChunk ? SVMDevice.widenToHugeMappings(mm, start, end) : (start, end)
+        let widen = largePages && policy.allowsWholeTHPs && hasFreeChunk
+        let (start, end) = widen ? SVMDevice.widenToHugeMappings(mm, start, end) : (start, end)
         if evict { makeRoom(pagesNotLocal(space, start, end)) }
         else if freePages == 0 { return 0 }
         mm.mmapLock.lockRead(); defer { mm.mmapLock.unlockRead() }
         guard let vma = mm.vmaLookup(start), vma.flags.contains(.read) else { return 0 }
+        // 2 MiB entries only where the machine's THP setting would let the CPU have a THP
+        // (`thp_vma_allowable_order`): the page comes back to the CPU as one.
+        let huge = largePages && memory.thp.allowsFault(vma, start)
         let m = MigrateVMA(vma: vma, start: start, end: min(end, vma.end), pgmapOwner: self,
-                           flags: largePages ? [.system, .compound] : .system)
+                           flags: huge ? [.system, .compound] : .system)
         do { try m.setup() } catch { return 0 }
         var withData = Set<Int>() // indices whose source had bytes to copy
         // A 2 MiB entry (a THP, or an aligned 2 MiB hole) gets a whole free chunk as one 2 MiB
@@ -183,14 +187,25 @@ extension SVMDevice {
     @discardableResult
     func evict(_ pfns: [UInt64]) -> Int {
         lock.assertNotHeld()
+        // A 2 MiB device page moves whole into a system THP; without a VMA it cannot be split
+        // (as in Linux 7.2's migrate_device_pages), so one whose THP cannot be had stays, and
+        // is left out before anything is unmapped (its device mappings stay too).
+        var pfns = pfns
+        var folios: [Page] = []
+        for head in pfns where memory.page(head).test(.head) {
+            if let f = memory.allocate(order: pmdOrder) { folios.append(f); continue }
+            let n = memory.page(head).folioPages
+            pfns.removeAll { $0 >= head && $0 < head + n }
+        }
+        defer { for f in folios { memory.put(f) } }
+        guard !pfns.isEmpty else { return 0 }
         var src = machine.migrateDevicePfns(pfns)
         var dst = [UInt64](repeating: 0, count: src.count)
         for i in src.indices where src[i] & MigratePfn.migrate != 0 {
             guard let from = MigratePfn.pfn(src[i]) else { continue }
-            // A 2 MiB device page moves whole into a system THP (none free: it stays; without
-            // a VMA it cannot be split, as in Linux 7.2's migrate_device_pages).
             let order = src[i] & MigratePfn.compound != 0 ? pmdOrder : 0
-            guard let page = memory.allocate(order: order, mayReclaim: order == 0) else { continue }
+            let taken = order > 0 ? folios.popLast() : nil
+            guard let page = taken ?? memory.allocate(order: order, mayReclaim: order == 0) else { continue }
             page.lock()
             for k in 0..<(UInt64(1) << order) {
                 memory.frame(page.pfn + k).copyMemory(from: bytes(of: from + k), byteCount: Int(pageSize))

@@ -203,36 +203,42 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
     public func pageFree(_ page: Page) {
         let n = page.test(.head) ? Int(page.folioPages) : 1
         if n > 1 {
-            for k in 1..<UInt64(n) {
-                let t = memory.page(page.pfn + k)
-                t.clear(.tail)
-                t.privateWord = 0
-            }
+            // Tails keep naming the head (a racing reader of a tail's head stays in bounds).
+            for k in 1..<UInt64(n) { memory.page(page.pfn + k).clear(.tail) }
             page.clear(.head)
             page.order = 0
         }
         lock.withLock {
             let first = Int(page.pfn - pagemap.startPfn)
             guard first >= 0, first + n <= capacityPages else { return }
+            var freed: [UInt64] = []
             for i in first..<(first + n) where allocated[i] {
                 allocated[i] = false
-                freePfns.append(pagemap.startPfn + UInt64(i))
+                freed.append(pagemap.startPfn + UInt64(i))
             }
+            // A whole chunk's pages go to the bottom of the free list (taken last), so small
+            // pages come from chunks already in use and whole chunks stay whole for 2 MiB pages.
+            if n > 1 { freePfns.insert(contentsOf: freed.reversed(), at: 0) } else { freePfns += freed }
         }
     }
 
     /// `migrate_to_ram` (`nouveau_dmem_migrate_to_ram`): the CPU touched a page that lives
     /// here; that page goes back to system memory with its bytes.
-    /// A 2 MiB device page mapped by a device-private PMD moves whole (as one system THP, or
-    /// as 512 pages when no 2 MiB of system memory is free); one mapped by PTEs (split) moves
-    /// page by page.
+    /// A 2 MiB device page mapped by a device-private PMD moves whole as one system THP (with
+    /// no 2 MiB of system memory free, its PMD is split and the refault moves the faulting
+    /// page only); one mapped by PTEs (split) moves page by page.
     public func migrateToRAM(_ fault: DevicePrivateFault) -> FaultResult {
+        // The system THP first. Without one, 512 small destinations: the device folio cannot
+        // be split under the fault's reference, so nothing moves, but its PMD becomes 512
+        // PTEs on the way and the refault moves the faulting page alone (as dmirror's path
+        // does; a one-page migration of a PMD-mapped folio would find nothing to collect).
         let whole = fault.pmdMapped && fault.page.folioHead.order > 0
+        let folio = whole ? memory.allocate(order: pmdOrder) : nil
         let start = whole ? fault.address & pmdMask : fault.address & ~(pageSize - 1)
         let m = MigrateVMA(vma: fault.vma, start: start, end: start + (whole ? pmdSize : pageSize), pgmapOwner: self,
                            flags: whole ? [.devicePrivate, .compound] : .devicePrivate, faultPage: fault.page)
-        do { try m.setup() } catch { return .sigbus }
-        guard copyBackToSystem(m) else { m.finalize(); return .oom }
+        do { try m.setup() } catch { folio.map { memory.put($0) }; return .sigbus }
+        guard copyBackToSystem(m, folio: folio) else { m.finalize(); return .oom }
         m.pages()
         let moved = SVMDevice.movedAddresses(m.start, m.src, m.dst)
         let n = moved.count
@@ -265,13 +271,16 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
     }
 
     /// Destinations in system memory for every selected device page of `m`, holding its bytes:
-    /// for a 2 MiB device page, a system THP, or (none free) 512 pages (`pages` then splits
-    /// the device folio). Return: false if a system page could not be had (nothing is then
-    /// selected to move).
-    func copyBackToSystem(_ m: MigrateVMA) -> Bool {
+    /// for a 2 MiB device page, a system THP (`folio` if given, allocated first), or (none
+    /// free) 512 pages (`pages` then splits the device folio, or, under a CPU fault's
+    /// reference, only its PMD). An unused `folio` is freed. Return: false if a system page could not be had
+    /// (nothing is then selected to move).
+    func copyBackToSystem(_ m: MigrateVMA, folio given: Page? = nil) -> Bool {
+        var given = given
+        defer { given.map { memory.put($0) } }
         for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
             guard let from = MigratePfn.pfn(m.src[i]), isLocal(from) else { continue }
-            if m.src[i] & MigratePfn.compound != 0, let folio = memory.allocate(order: pmdOrder) {
+            if m.src[i] & MigratePfn.compound != 0, let folio = given.take() ?? memory.allocate(order: pmdOrder) {
                 folio.lock()
                 for k in 0..<UInt64(ptrsPerTable) {
                     memory.frame(folio.pfn + k).copyMemory(from: bytes(of: from + k), byteCount: Int(pageSize))

@@ -17,6 +17,9 @@ public protocol SVMPolicy: AnyObject, Sendable {
     var accessCounterThreshold: Int? { get }
     /// A region's counter fired: the range to migrate (within `region`'s VMA), or nil.
     func accessCounterFired(region: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>?
+    /// Whether the device may grow a placement to the whole THP it touches (a 2 MiB device
+    /// page); false for a policy whose ranges must not cover pages it keeps apart. Default true.
+    var allowsWholeTHPs: Bool { get }
 }
 
 extension SVMPolicy {
@@ -25,6 +28,7 @@ extension SVMPolicy {
     }
     public var accessCounterThreshold: Int? { nil }
     public func accessCounterFired(region: SVMFaultGroup, device: SVMDevice) -> Range<UInt64>? { nil }
+    public var allowsWholeTHPs: Bool { true }
 }
 
 /// Migrate on first touch: every faulting page moves into device memory (UVM's default without
@@ -98,6 +102,8 @@ public final class SVMThrashingPolicy: SVMPolicy, @unchecked Sendable {
     /// Page of a space → (faults in the current window, the window's start, pinned until).
     /// Locking: `lock`.
     private var pages: [Key: (count: Int, since: UInt64, pinnedUntil: UInt64)] = [:]
+    /// A pinned page must stay where it is: no range may grow over it.
+    public var allowsWholeTHPs: Bool { false }
 
     public init(base: SVMPolicy = SVMFirstTouchPolicy(), threshold: Int = 3, windowNs: UInt64 = 500_000_000,
                 pinNs: UInt64 = 2_000_000_000) {
