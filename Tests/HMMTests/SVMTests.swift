@@ -47,6 +47,7 @@ final class SVMTests: XCTestCase {
             return bad
         }
         func finish(file: StaticString = #filePath, line: UInt = #line) throws {
+            device.waitIdle()
             XCTAssertEqual(space.checkInvariants(), [], file: file, line: line)
             XCTAssertEqual(machine.checkInvariants(), [], file: file, line: line)
             try device.shutdown()

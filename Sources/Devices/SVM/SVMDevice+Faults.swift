@@ -22,7 +22,16 @@ extension SVMDevice {
     func faultLoop() {
         while let batch = faults.drain(max: SVMDevice.batchSize) {
             serviceBatch(batch)
+            faults.serviced()
         }
+    }
+
+    /// Waits until the fault thread has serviced everything queued, access-counter
+    /// notifications included (they outlive the kernel that sent them): a quiet point for
+    /// invariant checks. Locking: none held.
+    public func waitIdle() {
+        lock.assertNotHeld()
+        faults.waitIdle()
     }
 
     /// One batch: duplicates dropped (same space and page: the strongest access stands for

@@ -32,6 +32,9 @@ final class SVMFaultBuffer: @unchecked Sendable {
     private var entries: [SVMFault] = []
     /// Locking: `lock`. Set once, when the device shuts down.
     private var stopping = false
+    /// Whether the fault thread is servicing a batch it drained (until `serviced`).
+    /// Locking: `lock`.
+    private var inService = false
     let lock = Lock("svm-fault-buffer")
     /// Woken when entries arrive (the fault thread) and when room is made (the engines).
     private let queue = WaitQueue()
@@ -77,12 +80,27 @@ final class SVMFaultBuffer: @unchecked Sendable {
                 let n = min(max, entries.count)
                 let b = Array(entries.prefix(n))
                 entries.removeFirst(n)
+                if n > 0 { inService = true }
                 return b
             }
             guard let batch else { return nil }
             if !batch.isEmpty { queue.wakeAll(); return batch }
             queue.wait { lock.withLock { stopping || !entries.isEmpty } }
         }
+    }
+
+    /// The batch `drain` returned is serviced. Locking: none held.
+    func serviced() {
+        lock.assertNotHeld()
+        lock.withLock { inService = false }
+        queue.wakeAll()
+    }
+
+    /// Waits until nothing is queued or in service (or the device stopped).
+    /// Locking: none held.
+    func waitIdle() {
+        lock.assertNotHeld()
+        queue.wait { lock.withLock { stopping || (entries.isEmpty && !inService) } }
     }
 
     /// Wakes every waiter for good: pushes fail, drains return nil.

@@ -114,6 +114,8 @@ public enum SVMRunner {
         let companion = ctx.stopCompanion()
         let wall = monotonicNanoseconds() - wall0
         let virtual = ctx.virtualNanoseconds
+        // Access-counter notifications may still be in service after the kernels ended.
+        device.waitIdle()
         let problems = checkInvariants ? space.checkInvariants() + process.machine.checkInvariants() : []
         let counters = device.stats.snapshot // before the check's CPU reads bring pages back
         if stopTrace { device.trace?.stop() }
