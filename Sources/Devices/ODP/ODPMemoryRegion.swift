@@ -47,9 +47,7 @@ public final class ODPMemoryRegion: @unchecked Sendable {
         let pageStart = address & ~(pageSize - 1)
         let pageEnd = (address + length + pageSize - 1) & ~(pageSize - 1)
         // The translation table (`pfn_list`) is 8 bytes a page, charged to the NIC's limit.
-        let pages = (pageEnd - pageStart) >> pageShift
-        guard pages <= UInt64(device.tableBytesLimit / 8) else { throw .ENOMEM }
-        let t = try ODPTranslations(mm: mm, device: device, pageStart: pageStart, pages: Int(pages))
+        let t = try ODPTranslations(mm: mm, device: device, pageStart: pageStart, pages: Int((pageEnd - pageStart) >> pageShift))
         whole = t
         guard pinned else { try t.attach(); return }
         mm.mmapLock.lockRead()

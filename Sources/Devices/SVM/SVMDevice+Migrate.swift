@@ -58,19 +58,16 @@ extension SVMDevice {
             }
         }
         m.pages()
-        let movedAt = SVMDevice.movedAddresses(m.start, m.src, m.dst)
+        let entries = SVMDevice.movedEntries(m.src, m.dst)
+        let movedAt = SVMDevice.addresses(m.start, entries)
         let moved = movedAt.count
+        stats.count(.hugeToDevice, entries.filter { $0.pages > 1 }.count)
         // Bytes over the link: only the copies of pages that did move.
-        var copied = 0
-        stats.count(.hugeToDevice, SVMDevice.hugeMoved(m.src, m.dst))
-        for i in withData where m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.dst[i]) != nil {
-            copied += m.dst[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
-        }
+        let copied = entries.reduce(0) { $0 + (withData.contains($1.index) ? $1.pages : 0) }
         lock.withLock {
-            for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 {
-                guard let d = MigratePfn.pfn(m.dst[i]) else { continue }
-                let n = m.dst[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
-                for k in 0..<n { pageAddress[Int(d - pagemap.startPfn) + k] = m.start + UInt64(i + k) << pageShift }
+            for e in entries {
+                let d = Int(MigratePfn.pfn(m.dst[e.index])! - pagemap.startPfn)
+                for k in 0..<e.pages { pageAddress[d + k] = m.start + UInt64(e.index + k) << pageShift }
             }
         }
         m.finalize()
@@ -146,9 +143,10 @@ extension SVMDevice {
         do { try m.setup() } catch { return 0 }
         guard copyBackToSystem(m) else { m.finalize(); return 0 }
         m.pages()
-        let movedAt = SVMDevice.movedAddresses(m.start, m.src, m.dst)
+        let entries = SVMDevice.movedEntries(m.src, m.dst)
+        let movedAt = SVMDevice.addresses(m.start, entries)
         let moved = movedAt.count
-        stats.count(.hugeToSystem, SVMDevice.hugeMoved(m.src, m.dst))
+        stats.count(.hugeToSystem, entries.filter { $0.pages > 1 }.count)
         m.finalize()
         trace?.record(.toSystem(addresses: movedAt, cause: .copyOnWrite), virtual: faultClock.now)
         stats.count(.migratedToSystem, moved)
@@ -214,13 +212,10 @@ extension SVMDevice {
         }
         machine.migrateDevicePages(&src, dst)
         // The device pages that moved (a 2 MiB one: its 512).
-        var movedPfns: [UInt64] = []
-        for i in src.indices where src[i] & MigratePfn.migrate != 0 && dst[i] != 0 {
-            let n = dst[i] & MigratePfn.compound != 0 ? UInt64(ptrsPerTable) : 1
-            for k in 0..<n { movedPfns.append(pfns[i] + k) }
-        }
+        let entries = SVMDevice.movedEntries(src, dst)
+        let movedPfns = entries.flatMap { e in (0..<UInt64(e.pages)).map { pfns[e.index] + $0 } }
         let moved = movedPfns.count
-        stats.count(.hugeToSystem, SVMDevice.hugeMoved(src, dst))
+        stats.count(.hugeToSystem, entries.filter { $0.pages > 1 }.count)
         if let trace {
             let addresses = lock.withLock { movedPfns.map { pageAddress[Int($0 - pagemap.startPfn)] } }
             trace.record(.toSystem(addresses: addresses, cause: .eviction), virtual: faultClock.now)

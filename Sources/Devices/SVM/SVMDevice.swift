@@ -240,9 +240,10 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         do { try m.setup() } catch { folio.map { memory.put($0) }; return .sigbus }
         guard copyBackToSystem(m, folio: folio) else { m.finalize(); return .oom }
         m.pages()
-        let moved = SVMDevice.movedAddresses(m.start, m.src, m.dst)
+        let entries = SVMDevice.movedEntries(m.src, m.dst)
+        let moved = SVMDevice.addresses(m.start, entries)
         let n = moved.count
-        stats.count(.hugeToSystem, SVMDevice.hugeMoved(m.src, m.dst))
+        stats.count(.hugeToSystem, entries.filter { $0.pages > 1 }.count)
         m.finalize()
         trace?.record(.toSystem(addresses: moved, cause: .cpuFault), virtual: faultClock.now)
         stats.count(.cpuFaultsBack, n)
@@ -252,22 +253,18 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         return .ok
     }
 
-    /// The addresses of the pages that moved in a migration from `start` (a 2 MiB entry:
-    /// its 512), after `pages`.
-    static func movedAddresses(_ start: UInt64, _ src: [UInt64], _ dst: [UInt64]) -> [UInt64] {
-        var out: [UInt64] = []
-        for i in src.indices where src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(dst[i]) != nil {
-            let n = dst[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
-            for k in 0..<n { out.append(start + UInt64(i + k) << pageShift) }
+    /// The entries that moved in a migration, after `pages`: index and pages (512 for a
+    /// 2 MiB entry, COMPOUND both ways; else 1).
+    static func movedEntries(_ src: [UInt64], _ dst: [UInt64]) -> [(index: Int, pages: Int)] {
+        src.indices.compactMap { i in
+            guard src[i] & MigratePfn.migrate != 0, MigratePfn.pfn(dst[i]) != nil else { return nil }
+            return (i, dst[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1)
         }
-        return out
     }
 
-    /// 2 MiB entries that moved (COMPOUND both ways), after `pages`.
-    static func hugeMoved(_ src: [UInt64], _ dst: [UInt64]) -> Int {
-        src.indices.reduce(0) { n, i in
-            n + (src[i] & MigratePfn.migrate != 0 && dst[i] & MigratePfn.compound != 0 && MigratePfn.pfn(dst[i]) != nil ? 1 : 0)
-        }
+    /// The addresses of the pages that moved in a migration from `start` (of `movedEntries`).
+    static func addresses(_ start: UInt64, _ moved: [(index: Int, pages: Int)]) -> [UInt64] {
+        moved.flatMap { e in (0..<e.pages).map { start + UInt64(e.index + $0) << pageShift } }
     }
 
     /// Destinations in system memory for every selected device page of `m`, holding its bytes:
