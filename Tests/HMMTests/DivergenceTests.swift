@@ -19,7 +19,7 @@ final class DivergenceTests: XCTestCase {
     func testEveryDocumentedDivergenceHasATest() throws {
         let doc = try String(contentsOfFile: "\(hmmPackageRoot)/docs/linux-divergences.md", encoding: .utf8)
         let ids = doc.split(separator: "\n").filter { $0.hasPrefix("### D") }.map { $0.dropFirst(4).prefix { $0 != " " } }
-        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20", "D21", "D22", "D23", "D24"])
+        XCTAssertEqual(ids.map(String.init), ["D1", "D2", "D3", "D4", "D5", "D6", "D7", "D8", "D9", "D10", "D11", "D12", "D13", "D15", "D16", "D17", "D18", "D19", "D20", "D21", "D22", "D23", "D24", "D25", "D26"])
         let source = try String(contentsOfFile: "\(hmmPackageRoot)/Tests/HMMTests/DivergenceTests.swift", encoding: .utf8)
         for id in ids {
             XCTAssertTrue(source.contains("func test\(id)"), "\(id) has no test")
@@ -558,5 +558,50 @@ final class DivergenceTests: XCTestCase {
         XCTAssertEqual(m.checkInvariants(), [])
         cpu.detach()
         p.exit()
+    }
+}
+
+/// D25 and D26: the ODP NIC (docs/linux-divergences.md), with ODPTests' environment.
+extension ODPTests {
+    /// D25: an implicit region's child that an invalidation emptied stays (with its notifier)
+    /// until the region is deregistered; mlx5 frees it from a work queue.
+    func testD25AnEmptiedImplicitChildStaysUntilDeregistration() throws {
+        let env = try Env()
+        let src = try env.region(env.a, env.cpuA, pages: 1, seed: 5)
+        let dst = try env.region(env.b, env.cpuB, pages: 1, seed: 0)
+        let mrA = try env.nic.register(env.a.mm, address: src, length: pageSize, access: .all)
+        let mrB = try env.nic.register(env.b.mm, address: 0, length: .max, access: .all)
+        try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: dst, length: 8)).wait()
+        XCTAssertEqual(mrB.childCount, 1)
+        XCTAssertEqual(mrB.mappedPages, 1)
+        try env.b.munmap(dst, length: pageSize)
+        XCTAssertEqual(mrB.mappedPages, 0)
+        XCTAssertEqual(mrB.childCount, 1)
+        XCTAssertEqual(env.b.mm.notifiers.intervalCount, 1)
+        mrB.deregister()
+        XCTAssertEqual(mrB.childCount, 0)
+        XCTAssertEqual(env.b.mm.notifiers.intervalCount, 0)
+        env.finish([mrA, mrB])
+    }
+
+    /// D26: a NIC's translation tables together are at most an eighth of the machine's memory
+    /// (8 MiB here): a region whose table would pass it is ENOMEM and charges nothing; the
+    /// table bytes are given back at deregistration.
+    func testD26ANICsTranslationTablesHaveALimit() throws {
+        let env = try Env()
+        XCTAssertEqual(env.nic.tableBytesLimit, 8 << 20)
+        let a = try env.region(env.a, env.cpuA, pages: 1, seed: 0)
+        // 1 Mi pages (4 GiB of address space): exactly the limit; one page more is ENOMEM.
+        let full = try env.nic.register(env.a.mm, address: a, length: 1 << 32, access: .all)
+        XCTAssertEqual(env.nic.tableBytes.load(), 8 << 20)
+        XCTAssertThrowsError(try env.nic.register(env.a.mm, address: a, length: pageSize, access: .all)) {
+            XCTAssertEqual($0 as? Errno, .ENOMEM)
+        }
+        XCTAssertEqual(env.nic.tableBytes.load(), 8 << 20)
+        full.deregister()
+        XCTAssertEqual(env.nic.tableBytes.load(), 0)
+        let one = try env.nic.register(env.a.mm, address: a, length: pageSize, access: .all)
+        XCTAssertEqual(env.nic.tableBytes.load(), 8)
+        env.finish([one])
     }
 }

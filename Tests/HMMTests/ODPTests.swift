@@ -266,46 +266,4 @@ final class ODPTests: XCTestCase {
         }
         env.finish([mrA, mrB])
     }
-
-    /// D25: an implicit region's child that an invalidation emptied stays (with its notifier)
-    /// until the region is deregistered; mlx5 frees it from a work queue.
-    func testD25AnEmptiedImplicitChildStaysUntilDeregistration() throws {
-        let env = try Env()
-        let src = try env.region(env.a, env.cpuA, pages: 1, seed: 5)
-        let dst = try env.region(env.b, env.cpuB, pages: 1, seed: 0)
-        let mrA = try env.nic.register(env.a.mm, address: src, length: pageSize, access: .all)
-        let mrB = try env.nic.register(env.b.mm, address: 0, length: .max, access: .all)
-        try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: dst, length: 8)).wait()
-        XCTAssertEqual(mrB.childCount, 1)
-        XCTAssertEqual(mrB.mappedPages, 1)
-        try env.b.munmap(dst, length: pageSize)
-        XCTAssertEqual(mrB.mappedPages, 0)
-        XCTAssertEqual(mrB.childCount, 1)
-        XCTAssertEqual(env.b.mm.notifiers.intervalCount, 1)
-        mrB.deregister()
-        XCTAssertEqual(mrB.childCount, 0)
-        XCTAssertEqual(env.b.mm.notifiers.intervalCount, 0)
-        env.finish([mrA, mrB])
-    }
-
-    /// D26: a NIC's translation tables together are at most an eighth of the machine's memory
-    /// (8 MiB here): a region whose table would pass it is ENOMEM and charges nothing; the
-    /// table bytes are given back at deregistration.
-    func testD26ANICsTranslationTablesHaveALimit() throws {
-        let env = try Env()
-        XCTAssertEqual(env.nic.tableBytesLimit, 8 << 20)
-        let a = try env.region(env.a, env.cpuA, pages: 1, seed: 0)
-        // 1 Mi pages (4 GiB of address space): exactly the limit; one page more is ENOMEM.
-        let full = try env.nic.register(env.a.mm, address: a, length: 1 << 32, access: .all)
-        XCTAssertEqual(env.nic.tableBytes.load(), 8 << 20)
-        XCTAssertThrowsError(try env.nic.register(env.a.mm, address: a, length: pageSize, access: .all)) {
-            XCTAssertEqual($0 as? Errno, .ENOMEM)
-        }
-        XCTAssertEqual(env.nic.tableBytes.load(), 8 << 20)
-        full.deregister()
-        XCTAssertEqual(env.nic.tableBytes.load(), 0)
-        let one = try env.nic.register(env.a.mm, address: a, length: pageSize, access: .all)
-        XCTAssertEqual(env.nic.tableBytes.load(), 8)
-        env.finish([one])
-    }
 }
