@@ -7,8 +7,9 @@
 ///
 /// The bulk copies use non-temporal stores: the destination does not pass through the caches,
 /// as with a device's DMA engine, and no destination line is read first. Each call ends with a
-/// store fence, so its copies are complete (globally visible) when it returns. Page pointers
-/// should be 16-byte aligned (others fall back to memcpy).
+/// store fence, so its copies are complete (globally visible) when it returns. Stores are 32 bytes
+/// wide where the CPU has AVX2 (chosen once per process), 16 otherwise; a destination that is
+/// not aligned to the store falls back to memcpy/memset.
 
 /// Copies 4 KiB pages: frame dst_pfns[i] <- frame src_pfns[i], frames at frame_base + pfn * 4096.
 void mm_copy_frames_nocache(void *frame_base, const uint64_t *dst_pfns, const uint64_t *src_pfns, long count);

@@ -261,9 +261,9 @@ public final class HugeTLB: @unchecked Sendable {
 }
 
 extension PhysicalMemory {
-    /// Zeroes every frame of a huge folio (`folio_zero_user`).
+    /// Zeroes every frame of a huge folio (`folio_zero_user`), streamed.
     func clearHugePage(_ head: Page) {
-        frame(head.pfn).initializeMemory(as: UInt8.self, repeating: 0, count: Int(pageSize << UInt64(head.order)))
+        clearFrames(head.pfn, order: head.order)
     }
 
     /// Copies a huge folio's bytes (`copy_user_large_folio`).

@@ -37,6 +37,11 @@ extension PhysicalMemory {
         mm_clear_pages_nocache(frame(pfn), 1 << order)
     }
 
+    /// Zeroes the `count` frames starting at `pfn` (nothing when `count` is 0).
+    @inline(__always) func clearFrames(_ pfn: UInt64, count: UInt64) {
+        if count > 0 { mm_clear_pages_nocache(frame(pfn), Int(count)) }
+    }
+
     /// Zeroes `page` for a user fault at `address` (`folio_zero_user`): the line at `address`
     /// is cleared last and stays in the cache for the access that faulted.
     @inline(__always) func clearUserPage(_ page: Page, address: UInt64) {

@@ -130,10 +130,12 @@ extension AddressSpace {
         return .ok
     }
 
-    /// `folio_zero_user`: the 512 pages zeroed, the one holding the faulting byte last.
+    /// `folio_zero_user`: the 512 pages zeroed, the one holding the faulting byte last. The
+    /// pages before it and the pages after it are two streamed runs, each with one fence.
     private func clearHugeFolio(_ folio: Page, _ realAddress: UInt64) {
         let target = (realAddress & (pmdSize - 1)) >> pageShift
-        for i in 0..<folio.folioPages where i != target { memory.clearFrames(folio.pfn + i) }
+        memory.clearFrames(folio.pfn, count: target)
+        memory.clearFrames(folio.pfn + target + 1, count: UInt64(folio.folioPages) - target - 1)
         memory.clearUserPage(memory.page(folio.pfn + target), address: realAddress)
     }
 
