@@ -381,6 +381,20 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             injected = true
             return nil
         }
+        // A CPU fault on a small page, the common case: one page from the per-CPU lists
+        // (`alloc_page_vma(GFP_HIGHUSER_MOVABLE)`, reclaim allowed), copied here.
+        if isFault && selected.count == 1 && m.src[selected[0]] & MigratePfn.compound == 0 {
+            let i = selected[0]
+            guard let d = memory.allocate(order: 0, mayReclaim: true) else {
+                for k in m.dst.indices { m.dst[k] = 0 }
+                return nil
+            }
+            d.lock()
+            memory.copyPage(to: d, from: backingPage(memory.page(MigratePfn.pfn(m.src[i])!)))
+            m.dst[i] = MigratePfn.make(d.pfn) | m.src[i] & MigratePfn.write
+            machine.stats.count(.bytesCopied, Int(pageSize))
+            return .signalled()
+        }
         // Large sources first: an order-9 folio each, or (FAIL_ALLOC once, or no 2 MiB free)
         // 512 small pages, without COMPOUND (the folio is then split by migrate_vma_pages).
         var smallWanted: [(index: Int, from: UInt64, write: UInt64)] = []

@@ -117,13 +117,16 @@ public final class CopyFence: @unchecked Sendable {
         self.chunk = chunk
     }
 
-    /// A fence with nothing to wait for.
-    public static func signalled() -> CopyFence { CopyFence(chunks: 0, { _ in }) }
+    /// A fence with nothing to wait for: one shared instance, never changed (a job of no
+    /// chunks touches none of its atomics), so a copy made inline allocates no fence.
+    public static func signalled() -> CopyFence { done }
+    private static let done = CopyFence(chunks: 0, { _ in })
 
     public var isDone: Bool { finished.load() == chunks }
 
     /// Copies unclaimed chunks until none is left.
     func help() {
+        guard chunks > 0 else { return }
         let run = chunk
         while true {
             let c = claimed.add(1) - 1
@@ -136,6 +139,7 @@ public final class CopyFence: @unchecked Sendable {
     /// Waits for the job, copying what the engine has not claimed yet; then spins briefly for
     /// chunks in flight (a chunk takes microseconds; sleeping and being woken costs tens).
     public func wait() {
+        guard chunks > 0 else { return }
         help()
         if Sync.scheduler == nil {
             let deadline = monotonicNanoseconds() &+ 200_000
