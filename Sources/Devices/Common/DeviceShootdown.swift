@@ -39,10 +39,12 @@ public final class DeviceShootdown: @unchecked Sendable {
     /// on the device's lock), and the shootdown, if `needed()` after the drop (a device that
     /// held none of the range's entries may skip it), is waited for now, or returned as the
     /// finish (refused after all for a non-blockable range whose entries appeared meanwhile).
-    /// `cutOff` runs after a failed shootdown; a mirror already cut off (`isCutOff`) waits for
-    /// nothing. Locking: called from an interval notifier, with no device lock held.
+    /// The closure `cutOff()` makes runs after a failed shootdown; it is made only when a
+    /// shootdown is waited for (an invalidation that drops nothing or waits for nothing
+    /// allocates no closure). A mirror already cut off (`isCutOff`) waits for nothing.
+    /// Locking: called from an interval notifier, with no device lock held.
     public func start(blockable: Bool, isCutOff: Bool, mayNeed: () -> Bool = { true }, needed: () -> Bool = { true },
-                      drop: () -> Bool, cutOff: @escaping () -> Void) -> IntervalInvalidationStart {
+                      drop: () -> Bool, cutOff: () -> (() -> Void)) -> IntervalInvalidationStart {
         Lockdep.assertNoSpinLockHeld()
         let latency = latencyNanoseconds, fails = self.fails
         let waits = !isCutOff && (latency > 0 || fails)
@@ -51,14 +53,15 @@ public final class DeviceShootdown: @unchecked Sendable {
         guard waits, needed() else { return .done }
         if !blockable { return .wouldBlock }
         let issued = monotonicNanoseconds()
+        let cut = cutOff()
         guard twoPhase else {
-            DeviceShootdown.wait(issued: issued, latency: latency, fails: fails, cutOff: cutOff)
+            DeviceShootdown.wait(issued: issued, latency: latency, fails: fails, cutOff: cut)
             return .done
         }
         let passes = finishPasses
         return .finish {
             passes.add(1)
-            DeviceShootdown.wait(issued: issued, latency: latency, fails: fails, cutOff: cutOff)
+            DeviceShootdown.wait(issued: issued, latency: latency, fails: fails, cutOff: cut)
         }
     }
 

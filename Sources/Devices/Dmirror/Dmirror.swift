@@ -100,7 +100,7 @@ public final class Dmirror: @unchecked Sendable {
         mutex.assertNotHeld()
         // Weak: the finish may run after the last reference to the mirror went.
         return device.shootdown.start(blockable: range.blockable, isCutOff: isCutOff,
-                                      drop: { invalidate(sub, range, seq) }, cutOff: { [weak self] in self?.cutOff() })
+                                      drop: { invalidate(sub, range, seq) }, cutOff: { { [weak self] in self?.cutOff() } })
     }
 
     /// Cuts this mirror off its device (the 2014 HMM review's rule for a device that cannot

@@ -66,7 +66,7 @@ public final class SVMSpace: @unchecked Sendable {
             guard let n = invalidate(sub, range, seq) else { return false }
             dropped = n > 0
             return true
-        }, cutOff: { [weak self] in self?.cutOff() })
+        }, cutOff: { { [weak self] in self?.cutOff() } })
     }
 
     /// Cuts the device's mirror of this space off (the 2014 HMM review's rule for a device
