@@ -136,7 +136,7 @@ struct MigrateCollectWalker: PageWalker {
         // The fallback: split the folio (its PMD first), then look again at the PTE table.
         memory.get(folio)
         table.ptl.unlock()
-        let split = migrate.mm.machine.splitFolio(folio) == nil
+        let split = migrate.machine.splitFolio(folio) == nil
         if !isFault { folio.unlock() }
         memory.put(folio)
         guard split else { return skip(start, end) }
@@ -151,7 +151,7 @@ struct MigrateCollectWalker: PageWalker {
         let fault = migrate.faultPage
         if let fault, fault.folioHead == p.folioHead {
             let folio = p.folioHead
-            guard folio.isInLargeFolio, migrate.mm.machine.splitFolio(folio) == nil else { return false }
+            guard folio.isInLargeFolio, migrate.machine.splitFolio(folio) == nil else { return false }
             if fault != folio {
                 memory.get(fault)
                 fault.lock()
@@ -165,7 +165,7 @@ struct MigrateCollectWalker: PageWalker {
         defer { memory.put(folio) }
         guard folio.isInLargeFolio, folio.tryLock() else { return false }
         defer { folio.unlock() }
-        return migrate.mm.machine.splitFolio(folio) == nil
+        return migrate.machine.splitFolio(folio) == nil
     }
 
     /// `migrate_vma_collect_skip`.

@@ -62,7 +62,7 @@ extension MigrateVMA {
     public func finalize() {
         mm.mmapLock.assertLocked()
         if remote.count != src.count { remote = [Bool](repeating: false, count: src.count) }
-        MigratePhases.finalize(mm.machine, src, dst, faultPage: faultPage, local: self)
+        MigratePhases.finalize(machine, src, dst, faultPage: faultPage, local: self)
     }
 
     /// Restores the migration entries of pages without remote mappings at the addresses
@@ -70,7 +70,6 @@ extension MigrateVMA {
     /// (for read) since `setup`; pages locked.
     func restoreLocalEntries(_ target: (Int) -> Page?) {
         mm.mmapLock.assertLocked()
-        let machine = mm.machine
         var addr = start
         while addr < end {
             let tableEnd = min(end, (addr | (pmdSize - 1)) + 1)

@@ -96,7 +96,7 @@ extension MigrateVMA {
     /// Locking: caller holds the mmap lock for read; source and destination pages are locked.
     public func pages() {
         mm.mmapLock.assertLocked()
-        MigratePhases.pages(mm.machine, &src, dst, migrate: self)
+        MigratePhases.pages(machine, &src, dst, migrate: self)
     }
 
     /// `migrate_vma_split_unmapped_folio`: the collected (unmapped) large folio at entry `i`
@@ -114,7 +114,7 @@ extension MigrateVMA {
             return true
         }
         let n = Int(folio.folioPages)
-        guard i + n <= src.count, mm.machine.splitUnmappedFolio(folio) else { return false }
+        guard i + n <= src.count, machine.splitUnmappedFolio(folio) else { return false }
         src[i] &= ~MigratePfn.compound
         let flags = src[i] & ((1 << MigratePfn.shift) - 1)
         for k in 1..<n { src[i + k] = MigratePfn.make(folio.pfn + UInt64(k)) | flags }

@@ -79,6 +79,6 @@ extension MigratePhases {
 extension MigrateVMA {
     /// `migrate_vma_unmap`.
     func unmap() {
-        (cpages, remote) = MigratePhases.unmap(mm.machine, &src, faultPage: faultPage)
+        (cpages, remote) = MigratePhases.unmap(machine, &src, faultPage: faultPage)
     }
 }

@@ -65,6 +65,9 @@ public final class MigrateVMA {
     /// phases use them per page).
     let mm: AddressSpace
     let memory: PhysicalMemory
+    /// The mm's machine, held here too: `mm.machine` is a load from another object (a retain
+    /// and a release of the machine, through its side table, at each use).
+    let machine: Machine
 
     public init(vma: VMA, start: UInt64, end: UInt64, pgmapOwner: AnyObject?, flags: MigrateSelect, faultPage: Page? = nil,
                 notifierOwner: AnyObject? = nil) {
@@ -72,6 +75,7 @@ public final class MigrateVMA {
         self.vma = vma
         mm = vma.mm
         memory = mm.memory
+        machine = mm.machine
         self.start = start & pageMask
         self.end = end & pageMask
         self.pgmapOwner = pgmapOwner
