@@ -9,15 +9,18 @@
 // 16-byte ones (46 vs 24 GB/s for 2 MiB: `hmm bench`'s THP fault and docs/bench.md); CPUs
 // without AVX2 keep SSE2's 16-byte stores. The kernel clears with `rep stosb` (no vector
 // registers in clear_page), which runs at the 16-byte rate here.
-static int mm_use_avx2 = -1;
-static inline int use_avx2(void) {
-    int v = __atomic_load_n(&mm_use_avx2, __ATOMIC_RELAXED);
-    if (__builtin_expect(v < 0, 0)) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") ? 1 : 0;
-        __atomic_store_n(&mm_use_avx2, v, __ATOMIC_RELAXED);
-    }
-    return v;
+static int mm_has_avx2, mm_use_avx2;
+/// Chosen once, before main (no thread races the CPU-model probe).
+__attribute__((constructor)) static void mm_choose_store_width(void) {
+    __builtin_cpu_init();
+    mm_has_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    mm_use_avx2 = mm_has_avx2;
+}
+static inline int use_avx2(void) { return __atomic_load_n(&mm_use_avx2, __ATOMIC_RELAXED); }
+
+int mm_set_wide_stores(int on) {
+    __atomic_store_n(&mm_use_avx2, on && mm_has_avx2, __ATOMIC_RELAXED);
+    return mm_has_avx2;
 }
 
 /// One page: 8 loads then 8 streaming stores per round.
@@ -165,6 +168,7 @@ static inline void clear_pages_nocache(void *dst, long pages) {
 
 #else
 
+int mm_set_wide_stores(int on) { (void)on; return 0; }
 void mm_clear_user_page(void *dst, unsigned long hot) { (void)hot; memset(dst, 0, 4096); }
 void mm_copy_user_page(void *dst, const void *src, unsigned long hot) { (void)hot; memcpy(dst, src, 4096); }
 

@@ -382,7 +382,9 @@ public final class DmirrorDevice: DevicePagemapOps, @unchecked Sendable {
             return nil
         }
         // A CPU fault on a small page, the common case: one page from the per-CPU lists
-        // (`alloc_page_vma(GFP_HIGHUSER_MOVABLE)`, reclaim allowed), copied here.
+        // (`alloc_page_vma(GFP_HIGHUSER_MOVABLE)`, reclaim allowed, kswapd woken below the low
+        // watermark), copied here. The batch path below allocates under one zone-lock round
+        // and reclaims only for what that round could not get.
         if isFault && selected.count == 1 && m.src[selected[0]] & MigratePfn.compound == 0 {
             let i = selected[0]
             guard let d = memory.allocate(order: 0, mayReclaim: true) else {

@@ -8,8 +8,11 @@
 /// The bulk copies use non-temporal stores: the destination does not pass through the caches,
 /// as with a device's DMA engine, and no destination line is read first. Each call ends with a
 /// store fence, so its copies are complete (globally visible) when it returns. Stores are 32 bytes
-/// wide where the CPU has AVX2 (chosen once per process), 16 otherwise; a destination that is
-/// not aligned to the store falls back to memcpy/memset.
+/// wide where the CPU has AVX2 (chosen once per process, before main), 16 otherwise. With 32-byte
+/// stores a bulk copy prefetches the next source page while it copies the current one. The
+/// 32-byte path needs a 32-byte-aligned destination (the source may be anywhere); the 16-byte
+/// path a 16-byte-aligned destination and source; the user-page clear and copy need both
+/// 32-byte aligned. Anything else falls back to memcpy/memset (frames are page-aligned).
 
 /// Copies 4 KiB pages: frame dst_pfns[i] <- frame src_pfns[i], frames at frame_base + pfn * 4096.
 void mm_copy_frames_nocache(void *frame_base, const uint64_t *dst_pfns, const uint64_t *src_pfns, long count);
@@ -19,6 +22,10 @@ void mm_gather_frames_nocache(void *dst, const void *frame_base, const uint64_t 
 
 /// Scatters the contiguous buffer src (page i at src + i * 4096) into frames dst_pfns[i].
 void mm_scatter_frames_nocache(void *frame_base, const uint64_t *dst_pfns, const void *src, long count);
+
+/// Turns 32-byte stores off (0) or back on (where the CPU has them), for tests of the 16-byte
+/// path and for comparisons. Returns whether the CPU has AVX2.
+int mm_set_wide_stores(int on);
 
 /// Zeroes `pages` contiguous 4 KiB pages at `dst` (a new anonymous page, `clear_page`).
 /// Non-temporal: the zeroes go to memory without reading the old lines first, which halves the

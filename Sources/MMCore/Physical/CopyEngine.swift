@@ -39,8 +39,8 @@ public final class CopyEngine: @unchecked Sendable {
     /// under the explorer, the job runs on the calling thread before this returns.
     @discardableResult
     public func submit(chunks: Int, _ chunk: @escaping (Int) -> Void) -> CopyFence {
+        guard chunks > 0 else { return .signalled() }
         let fence = CopyFence(chunks: chunks, chunk)
-        guard chunks > 0 else { return fence }
         if Sync.scheduler != nil {
             fence.help()
             return fence

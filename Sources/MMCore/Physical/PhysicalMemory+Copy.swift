@@ -54,6 +54,10 @@ extension PhysicalMemory {
         mm_copy_user_page(frame(dst.pfn), frame(src.pfn), UInt(address & (pageSize - 1)))
     }
 
+    /// Turns the 32-byte streaming stores off or back on for the whole process (tests of the
+    /// 16-byte path). Returns whether the CPU has them.
+    @discardableResult static func setWideStores(_ on: Bool) -> Bool { mm_set_wide_stores(on ? 1 : 0) != 0 }
+
     /// Frame `dst` ← frame `src` (`copy_page`).
     @inline(__always) public func copyPage(to dst: Page, from src: Page) {
         mm_copy_page_nocache(frame(dst.pfn), frame(src.pfn))
