@@ -57,6 +57,31 @@ final class THPTests: XCTestCase {
         env.teardown()
     }
 
+    /// `folio_zero_user` over frames full of old bytes: whichever page of the 2 MiB faults
+    /// (the first, one inside the first neighbourhood, the middle, the last), every byte of
+    /// the new THP is zero but the faulting store.
+    func testTHPFaultZeroesEveryPageOfOldBytesWhereverItFaults() throws {
+        for faultPage: UInt64 in [0, 1, 256, 511] {
+            let (env, a) = try setUpTHP()
+            // A dirty order-9 block, freed: the fault's allocation takes it again.
+            let block = try XCTUnwrap(env.memory.allocate(order: 9))
+            env.memory.frame(block.pfn).initializeMemory(as: UInt8.self, repeating: 0xA5, count: Int(twoMiB))
+            env.memory.put(block)
+            let at = a + faultPage * 4096 + 40
+            try env.cpu.store(at, UInt64(0xfeed))
+            let (level, pmd) = try leaf(env, a)
+            XCTAssertEqual(level, .pmd)
+            XCTAssertEqual(pmd.pfn, block.pfn, "the fault reused the dirty block (else this test shows nothing)")
+            let bytes = UnsafeRawBufferPointer(start: env.memory.frame(pmd.pfn), count: Int(twoMiB))
+            let nonzero = bytes.indices.filter { bytes[$0] != 0 }
+            let word = Int(faultPage * 4096 + 40)
+            XCTAssertEqual(nonzero.count, 2, "fault at page \(faultPage): only the stored 0xfeed is not zero; first others \(nonzero.filter { $0 != word && $0 != word + 1 }.prefix(4))")
+            XCTAssertEqual(Array(nonzero.prefix(2)), [word, word + 1], "fault at page \(faultPage)")
+            env.check()
+            env.teardown()
+        }
+    }
+
     func testReadFaultMapsHugeZeroFolioAndWriteReplacesIt() throws {
         let (env, a) = try setUpTHP()
         XCTAssertEqual(try env.cpu.load(a + 12345 * 8, as: UInt64.self), 0)

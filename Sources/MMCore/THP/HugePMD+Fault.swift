@@ -130,13 +130,20 @@ extension AddressSpace {
         return .ok
     }
 
-    /// `folio_zero_user`: the 512 pages zeroed, the one holding the faulting byte last. The
-    /// pages before it and the pages after it are two streamed runs, each with one fence.
+    /// `folio_zero_user`, in 7.2's order: the pages right of the faulting page's neighbourhood
+    /// (`FOLIO_ZERO_LOCALITY_RADIUS`, two pages either side), then those left of it, then the
+    /// neighbourhood, each a contiguous run (`clear_contig_highpages`) streamed with one fence;
+    /// the faulting page comes last, its faulting line written into the cache (7.2 clears the
+    /// neighbourhood with cached stores to keep it hot; the model keeps only that line).
     private func clearHugeFolio(_ folio: Page, _ realAddress: UInt64) {
-        let target = (realAddress & (pmdSize - 1)) >> pageShift
-        memory.clearFrames(folio.pfn, count: target)
-        memory.clearFrames(folio.pfn + target + 1, count: UInt64(folio.folioPages) - target - 1)
-        memory.clearUserPage(memory.page(folio.pfn + target), address: realAddress)
+        let n = UInt64(folio.folioPages), fault = (realAddress & (pmdSize - 1)) >> pageShift
+        let radius: UInt64 = 2
+        let lo = fault >= radius ? fault - radius : 0, hi = min(fault + radius, n - 1)
+        memory.clearFrames(folio.pfn + hi + 1, count: n - hi - 1)
+        memory.clearFrames(folio.pfn, count: lo)
+        memory.clearFrames(folio.pfn + lo, count: fault - lo)
+        memory.clearFrames(folio.pfn + fault + 1, count: hi - fault)
+        memory.clearUserPage(memory.page(folio.pfn + fault), address: realAddress)
     }
 
     /// `do_huge_pmd_wp_page`: a write (or unshare) to a read-only THP leaf. The huge zero
