@@ -98,7 +98,7 @@ extension AddressSpace {
         if oomState.loadRelaxed() != AddressSpace.oomAlive { return .oom }
         let address = pageAlignDown(addressIn)
         if vma.isHugetlb { return hugetlbFault(vma: vma, address: address, flags: flags) }
-        if vma.isAnonymous, memory.thp.allowsFault(vma, address) || mayHoldTHP {
+        if vma.isAnonymous, thp.allowsFault(vma, address) || mayHoldTHP {
             // The PMD first (`create_huge_pmd`, `wp_huge_pmd`); a fallback goes on below.
             let pmd: (entry: EntryPointer, table: Page, level: PageTableLevel)
             do { pmd = try pageTable.walkAllocating(address, level: .pmd, mayReclaim: true) } catch { return .oom }

@@ -13,7 +13,7 @@ extension AddressSpace {
         assertFaultLocked(vma, flags)
         let v = pmd.load()
         if v.isNone {
-            guard memory.thp.allowsFault(vma, address) else { return nil }
+            guard thp.allowsFault(vma, address) else { return nil }
             return doHugePMDAnonymousPage(vma, address, pmd, table: table, flags: flags, realAddress: realAddress)
         }
         if PageTable.isTHPMigration(v) { return pmdMigrationEntryWait(pmd, table: table, v) }
@@ -87,8 +87,8 @@ extension AddressSpace {
         let haddr = address & pmdMask
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         thpMapped.storeRelease(1)   // before any leaf can be seen
-        memory.thp.noteFolioMade()
-        if !flags.contains(.write) && memory.thp.useZeroPage {
+        thp.noteFolioMade()
+        if !flags.contains(.write) && thp.useZeroPage {
             guard let pgtable = pageTable.allocateDepositTable(mayReclaim: true) else { return .oom }
             guard let zero = memory.thp.getHugeZeroFolio(for: self) else {
                 pageTable.freeTable(pgtable)

@@ -11,6 +11,11 @@ public final class AddressSpace: @unchecked Sendable {
     /// uses them borrowed, without retain/release (a `let` of another object, or an
     /// `unowned(unsafe)` one, costs a retain and a release around each call).
     public let memory: PhysicalMemory
+    /// The machine's THP settings, a stored `let` here for the same reason: every anonymous
+    /// fault asks them (`thp_vma_allowable_order`), and `memory.thp.allowsFault` retained and
+    /// released the one machine-wide object around the call, a cache line every faulting CPU
+    /// wrote (two threads' faults then stopped scaling once the page clear was gone).
+    let thp: TransparentHugepage
     @usableFromInline let stats: MMStats
     public let id: Int32
     public let mmapLock = RWSem("mmap_lock")
@@ -63,6 +68,7 @@ public final class AddressSpace: @unchecked Sendable {
     init(machine: Machine) throws(Errno) {
         self.machine = machine
         memory = machine.memory
+        thp = machine.memory.thp
         stats = machine.stats
         id = machine.allocatePid()
         pageTable = try PageTable(memory: machine.memory)
