@@ -61,7 +61,7 @@ extension SVMDevice {
         let entries = SVMDevice.movedEntries(m.src, m.dst)
         let movedAt = SVMDevice.addresses(m.start, entries)
         let moved = movedAt.count
-        stats.count(.hugeToDevice, entries.filter { $0.pages > 1 }.count)
+        stats.count(.hugeToDevice, SVMDevice.hugeCount(entries))
         // Bytes over the link: only the copies of pages that did move.
         let copied = entries.reduce(0) { $0 + (withData.contains($1.index) ? $1.pages : 0) }
         lock.withLock {
@@ -146,7 +146,7 @@ extension SVMDevice {
         let entries = SVMDevice.movedEntries(m.src, m.dst)
         let movedAt = SVMDevice.addresses(m.start, entries)
         let moved = movedAt.count
-        stats.count(.hugeToSystem, entries.filter { $0.pages > 1 }.count)
+        stats.count(.hugeToSystem, SVMDevice.hugeCount(entries))
         m.finalize()
         trace?.record(.toSystem(addresses: movedAt, cause: .copyOnWrite), virtual: faultClock.now)
         stats.count(.migratedToSystem, moved)
@@ -215,7 +215,7 @@ extension SVMDevice {
         let entries = SVMDevice.movedEntries(src, dst)
         let movedPfns = entries.flatMap { e in (0..<UInt64(e.pages)).map { pfns[e.index] + $0 } }
         let moved = movedPfns.count
-        stats.count(.hugeToSystem, entries.filter { $0.pages > 1 }.count)
+        stats.count(.hugeToSystem, SVMDevice.hugeCount(entries))
         if let trace {
             let addresses = lock.withLock { movedPfns.map { pageAddress[Int($0 - pagemap.startPfn)] } }
             trace.record(.toSystem(addresses: addresses, cause: .eviction), virtual: faultClock.now)

@@ -243,7 +243,7 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
         let entries = SVMDevice.movedEntries(m.src, m.dst)
         let moved = SVMDevice.addresses(m.start, entries)
         let n = moved.count
-        stats.count(.hugeToSystem, entries.filter { $0.pages > 1 }.count)
+        stats.count(.hugeToSystem, SVMDevice.hugeCount(entries))
         m.finalize()
         trace?.record(.toSystem(addresses: moved, cause: .cpuFault), virtual: faultClock.now)
         stats.count(.cpuFaultsBack, n)
@@ -261,6 +261,9 @@ public final class SVMDevice: DevicePagemapOps, @unchecked Sendable {
             return (i, dst[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1)
         }
     }
+
+    /// How many of `movedEntries` moved as 2 MiB entries.
+    static func hugeCount(_ moved: [(index: Int, pages: Int)]) -> Int { moved.reduce(0) { $0 + ($1.pages > 1 ? 1 : 0) } }
 
     /// The addresses of the pages that moved in a migration from `start` (of `movedEntries`).
     static func addresses(_ start: UInt64, _ moved: [(index: Int, pages: Int)]) -> [UInt64] {

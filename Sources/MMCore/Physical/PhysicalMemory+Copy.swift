@@ -34,7 +34,7 @@ extension PhysicalMemory {
 extension PhysicalMemory {
     /// Zeroes the 2^order frames starting at `pfn` (`clear_page`).
     @inline(__always) func clearFrames(_ pfn: UInt64, order: Int = 0) {
-        mm_clear_pages_nocache(frame(pfn), 1 << order)
+        clearFrames(pfn, count: 1 << UInt64(order))
     }
 
     /// Zeroes the `count` frames starting at `pfn` (nothing when `count` is 0).
