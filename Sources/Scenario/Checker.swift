@@ -179,6 +179,12 @@ struct ScriptChecker {
         if n == "machine", let m = cmd.option("swap"), let v = expr(m), !ScenarioInterpreter.isValidSwapSize(v) {
             report(m.location, "expected swap of 0 or between 8KiB and 16GiB, a page multiple")
         }
+        if n == "machine", let f = cmd.option("swap_file"), let v = expr(f), v > 1 {
+            report(f.location, "expected swap_file=0 or 1")
+        }
+        if n == "machine", let c = cmd.option("page_cluster"), let v = expr(c), v > 31 {
+            report(c.location, "expected page_cluster between 0 and 31")
+        }
         if n == "machine", let c = cmd.option("max_map_count"), let v = expr(c), !(v >= 1 && v <= 1 << 24) {
             report(c.location, "expected max_map_count between 1 and 16777216")
         }

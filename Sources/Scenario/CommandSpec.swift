@@ -71,7 +71,7 @@ struct CommandSpec {
 
     static let table: [String: CommandSpec] = {
         var t: [String: CommandSpec] = [
-            "machine": CommandSpec(positionals: [], required: 0, keys: ["memory": .constant, "swap": .constant, "oom_killer": .constant, "max_map_count": .constant]),
+            "machine": CommandSpec(positionals: [], required: 0, keys: ["memory": .constant, "swap": .constant, "swap_file": .constant, "page_cluster": .constant, "oom_killer": .constant, "max_map_count": .constant]),
             "process": CommandSpec(positionals: [("a process name", .newName(.process))], required: 1),
             "use": CommandSpec(positionals: [("a process name", .name(.process))], required: 1),
             "fork": CommandSpec(positionals: [("a parent process", .name(.process))], required: 0, bind: .required, binds: .process, expect: .outcome),

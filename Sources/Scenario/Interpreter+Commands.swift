@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Devices
 import HMM
 import MMCore
@@ -71,6 +74,13 @@ extension ScenarioInterpreter {
 
     // MARK: machine and processes
 
+    /// A fresh path for a `machine swap_file=1` area, in the host's temporary directory
+    /// (unlinked as soon as the area has it open).
+    static func swapFilePath() -> String {
+        let dir = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        return "\(dir)/swift-hmm-scenario-swap-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+    }
+
     /// A `machine swap=` size: none, or one swap area of a header page and at least one slot.
     static func isValidSwapSize(_ v: UInt64) -> Bool { v == 0 || (v >= 2 * pageSize && v <= 16 << 30 && v % pageSize == 0) }
 
@@ -87,6 +97,16 @@ extension ScenarioInterpreter {
             guard ScenarioInterpreter.isValidSwapSize(v) else { throw ScenarioSyntaxError(location: s.location, message: "expected swap of 0 or between 8KiB and 16GiB, a page multiple") }
             try reserveHostMemory(v, at: cmd, releasing: machineSwap)
             machineSwap = v
+        }
+        if let f = cmd.option("swap_file") {
+            let v = try Expression.evaluate(f) { _ in nil }
+            guard v <= 1 else { throw ScenarioSyntaxError(location: f.location, message: "expected swap_file=0 or 1") }
+            machineSwapFile = v == 1
+        }
+        if let c = cmd.option("page_cluster") {
+            let v = try Expression.evaluate(c) { _ in nil }
+            guard v <= 31 else { throw ScenarioSyntaxError(location: c.location, message: "expected page_cluster between 0 and 31") }
+            machinePageCluster = Int(v)
         }
         if let o = cmd.option("oom_killer") {
             let v = try Expression.evaluate(o) { _ in nil }

@@ -126,6 +126,11 @@ public final class ScenarioInterpreter {
     var maxMapCount = 65_530
     /// Whether the machine gets the OOM killer (`machine oom_killer=1`).
     var machineOOMKiller = false
+    /// `machine swap_file=1`: the swap area is a host file (a swap file: readahead, the swap
+    /// cache kept) instead of host memory.
+    var machineSwapFile = false
+    /// `machine page_cluster=N` (`vm.page-cluster`), nil for the machine's default.
+    var machinePageCluster: Int? = nil
     /// Processes whose OOM kill was reported.
     var oomReported: Set<String> = []
 
@@ -461,7 +466,11 @@ public final class ScenarioInterpreter {
                 throw ScenarioFailure(location: loc, message: "expected at most \(options.memoryBudget) bytes of host memory for the machine and buffers (--memory-budget), got \(hostMemory)")
             }
             do {
-                let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30, swapBytes: machineSwap)
+                let path = machineSwapFile ? ScenarioInterpreter.swapFilePath() : ""
+                let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30, swapBytes: machineSwap,
+                                    swapBacking: machineSwapFile ? .file(path) : .memory)
+                if machineSwapFile { unlink(path) }   // the area keeps it open and mapped
+                if let c = machinePageCluster { try m.memory.swap.setPageCluster(c) }
                 m.maxMapCount = maxMapCount
                 m.oomKillerEnabled = machineOOMKiller
                 machine = m

@@ -113,6 +113,40 @@ final class DivergenceTests: XCTestCase {
         env.finish([])
     }
 
+    /// D21's swap-file half: a swap file is read at once, so the page readahead brought in
+    /// is unlocked and up to date when the fault returns (7.2 would still be reading it), and
+    /// the swap cache keeps every page read back.
+    func testD21SwapFileReadsAheadAtOnce() throws {
+        let path = NSTemporaryDirectory() + "swift-hmm-d21-\(getpid())"
+        let m = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0, swapBytes: 64 * pageSize, swapBacking: .file(path))
+        unlink(path)
+        let p = try MMCore.Process(machine: m)
+        let cpu = p.makeCPU()
+        let a = try p.mmap(length: 4 * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        for i in 0..<4 { try cpu.store(a + UInt64(i) * pageSize, UInt32(i + 1)) }
+        try p.madvise(a, length: 4 * pageSize, advice: .pageout)
+        XCTAssertEqual(try cpu.load(a, as: UInt32.self), 1)
+        XCTAssertEqual(try cpu.load(a + pageSize, as: UInt32.self), 2)   // next to the last fault: page 2 is read ahead
+        XCTAssertEqual(m.stats[.swapRa], 1)
+        let cached = m.memory.swap.allAreas[0]
+        var readAhead: Page? = nil
+        for pfn in 0..<m.memory.systemFrames {
+            let pg = m.memory.page(pfn)
+            if pg.test(.readahead) { XCTAssertNil(readAhead); readAhead = pg }
+        }
+        let page = try XCTUnwrap(readAhead)
+        XCTAssertTrue(page.test(.swapCache) && page.test(.uptodate) && !page.isLocked, "read, unlocked, cached")
+        XCTAssertEqual(page.mapcount, 0)
+        XCTAssertEqual(cached.freeSlots, 59, "every page read back keeps its slot")
+        XCTAssertEqual(try cpu.load(a + 2 * pageSize, as: UInt32.self), 3)
+        XCTAssertEqual(m.stats[.swapRaHit], 1)
+        XCTAssertEqual(m.stats[.pgmajfault], 2)
+        XCTAssertEqual(m.checkInvariants(), [])
+        cpu.detach()
+        p.exit()
+        XCTAssertEqual(m.memory.swap.freeSlots, 63)
+    }
+
     /// D22: new anonymous pages reach the inactive list through add batches that hold no
     /// reference; reclaim looks twice before freeing a page used once (the classic LRU); and
     /// allocations run memory down to no free frame without any watermark stopping them.

@@ -110,6 +110,30 @@ final class DifferentialTests: XCTestCase {
         XCTAssertGreaterThan(stats[.pswpin] ?? 0, sequences * 10, "swap-ins should be routine under this pressure")
     }
 
+    /// The swap sequences on a swap file instead of a ramdisk: no `SWP_SYNCHRONOUS_IO`, so a
+    /// swap-in reads ahead and the swap cache keeps what it read until the page is written or
+    /// swap is half full; reclaim drops a clean cached page without writing it again. Every
+    /// result against the model (a page dropped clean that was written since would read back
+    /// stale) and every invariant after every operation. `DIFF_SWAP_FILE_SEQUENCES` sets how many.
+    func testSwapFileRandomSequencesAgainstReferenceModel() throws {
+        if let s = ProcessInfoSeed.value {
+            var stats: [MMStats.Counter: Int] = [:]
+            try runSequence(seed: s, steps: 400, thp: false, swap: true, swapFile: true, stats: &stats)
+            return
+        }
+        let sequences = ProcessInfoSeed.getenvString("DIFF_SWAP_FILE_SEQUENCES").flatMap { Int($0) } ?? 20
+        var stats: [MMStats.Counter: Int] = [:]
+        for seed in 1...UInt64(sequences) {
+            do { try runSequence(seed: seed, steps: 400, thp: false, swap: true, swapFile: true, stats: &stats) } catch {
+                XCTFail("seed \(seed): \(error)")
+            }
+        }
+        print("swap file differential: \(sequences * 400) operations, \([MMStats.Counter.pswpout, .pswpin, .swapRa, .swapRaHit, .pgmajfault, .pgstealDirect].map { "\($0.name) \(stats[$0] ?? 0)" })")
+        for stat in [MMStats.Counter.pswpout, .pswpin, .swapRa, .swapRaHit, .pgstealDirect] {
+            XCTAssertGreaterThan(stats[stat] ?? 0, 0, "never exercised: \(stat)")
+        }
+    }
+
     /// THP (`always`) and swap together: a 16 MiB machine whose ballast leaves 8 MiB, 48 MiB
     /// of swap, the THP sequences' 4 MiB window (aligned 2 MiB mappings and ranges; no device
     /// migrations) from up to four processes: reclaim splits THPs to swap them
@@ -143,11 +167,14 @@ final class DifferentialTests: XCTestCase {
         try runSequence(seed: seed, steps: steps, thp: thp, swap: swap, stats: &stats)
     }
 
-    func runSequence(seed: UInt64, steps: Int, thp: Bool, swap: Bool = false, stats: inout [MMStats.Counter: Int]) throws {
+    func runSequence(seed: UInt64, steps: Int, thp: Bool, swap: Bool = false, swapFile: Bool = false,
+                     stats: inout [MMStats.Counter: Int]) throws {
         var rng = SeededRNG(seed: seed)
         var ballast: [Page] = []
+        let path = swapFile ? temporarySwapFilePath() : ""
         let machine = try Machine(memoryBytes: thp ? (swap ? 16 << 20 : 32 << 20) : swap ? 8 << 20 : 16 << 20, devicePfnSpaceBytes: thp ? 1 << 30 : 0,
-                                  swapBytes: swap ? (thp ? 48 << 20 : 16 << 20) : 0)
+                                  swapBytes: swap ? (thp ? 48 << 20 : 16 << 20) : 0, swapBacking: swapFile ? .file(path) : .memory)
+        if swapFile { unlink(path) }   // the area keeps it open and mapped
         if thp { machine.memory.thp.mode = .always }
         if swap {
             let pools = machine.memory.hugetlb

@@ -19,9 +19,12 @@ final class Env {
 
     /// With `checkEveryOperation`, every invariant runs after every system call, fault, GUP and
     /// migration (single-threaded tests only: the checkers need a quiescent machine).
-    init(mib: UInt64 = 64, swapPages: UInt64 = 0, checkEveryOperation: Bool = true) throws {
+    /// With `swapFile`, the swap area is a host file (no `SWP_SYNCHRONOUS_IO`), unlinked once open.
+    init(mib: UInt64 = 64, swapPages: UInt64 = 0, swapFile: Bool = false, checkEveryOperation: Bool = true) throws {
+        let path = swapFile ? temporarySwapFilePath() : ""
         machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 1 << 30,
-                              swapBytes: swapPages == 0 ? 0 : (swapPages + 1) * pageSize)
+                              swapBytes: swapPages == 0 ? 0 : (swapPages + 1) * pageSize, swapBacking: swapFile ? .file(path) : .memory)
+        if swapFile { unlink(path) }
         usedAtStart = machine.usedFrames
         process = try Process(machine: machine)
         cpu = process.makeCPU()
@@ -73,6 +76,12 @@ final class Env {
         let e = try mm.pagemap(address, count: 1)[0]
         return e.isPresent ? e.pfn : nil
     }
+}
+
+/// A fresh path for a swap file in the host's temporary directory (the caller unlinks it).
+func temporarySwapFilePath() -> String {
+    let dir = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+    return "\(dir)/swift-hmm-swap-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).img"
 }
 
 /// Stores the pattern IDX (int k = k) as 32-bit ints over `bytes` bytes from `base`.

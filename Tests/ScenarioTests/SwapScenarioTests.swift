@@ -16,6 +16,41 @@ final class SwapScenarioTests: XCTestCase {
         }
     }
 
+    /// The swap-file scenarios (`scenarios/swapfile/`, outside the kernel oracle's set: its VM
+    /// has no disk to put a swap file on) pass.
+    func testSwapFileScenariosPass() throws {
+        let dir = "\(packageRoot)/scenarios/swapfile"
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".hmm") }.sorted()
+        XCTAssertGreaterThanOrEqual(files.count, 1)
+        for f in files {
+            XCTAssertEqual(ScenarioInterpreter().run(path: "\(dir)/\(f)"), .passed, f)
+        }
+    }
+
+    /// `machine swap_file=0|1` and `page_cluster=0…31` are checked before the run (`hmm
+    /// check`) and when evaluated; `swap_file=1` makes a non-synchronous area and
+    /// `page_cluster` sets `vm.page-cluster`: with 0, the same reads take a major fault each.
+    func testSwapFileAndPageClusterKeys() throws {
+        for (line, message) in [("machine swap=1MiB swap_file=2", "m.hmm:1:29: expected swap_file=0 or 1"),
+                                ("machine swap=1MiB page_cluster=32", "m.hmm:1:32: expected page_cluster between 0 and 31")] {
+            XCTAssertEqual(ScenarioInterpreter().run(source: line + "\nprocess main\n", file: "m.hmm"), .malformed(message), line)
+        }
+        let script = """
+            machine memory=16MiB swap=1MiB swap_file=1 page_cluster=0
+            process main
+            mmap 8pages -> buf
+            fill buf buf.size IDX
+            madvise buf buf.size pageout
+            check buf buf.size IDX
+            vmstat expect pswpin=8 pgmajfault=8 swap_ra=0
+            meminfo expect swap_free=247 swap_cached=8
+            munmap buf buf.size
+            meminfo expect swap_free=255 swap_cached=0
+
+            """
+        XCTAssertEqual(ScenarioInterpreter().run(source: script, file: "s.hmm"), .passed)
+    }
+
     /// A wrong expectation about swap fails at its line with what was expected and got.
     func testSwapExpectationsFailWithTheirLine() throws {
         let script = """

@@ -5,8 +5,11 @@ extension AddressSpace {
     /// or is allocated, put in the cache and read from the slot (a major fault, `pswpin`).
     /// Under its lock and the PTE lock, with the entry unchanged, the page is mapped; an
     /// exclusive entry maps it writable (when the VMA is) even for a read, as the swap count
-    /// was 1. The slot loses this entry's count (`folio_put_swap`), and since areas are
-    /// synchronous the page then leaves the swap cache if no other entry names the slot. A
+    /// was 1. The slot loses this entry's count (`folio_put_swap`). On a synchronous area (a
+    /// ramdisk) the page then leaves the swap cache if no other entry names the slot; on a
+    /// swap file it stays cached (`should_try_to_free_swap`) unless swap is half full or the
+    /// fault wants to write and the mapping could not grant it, and a page that had to be
+    /// read brings its neighbours in the swap cache too (`swapin_readahead`). A
     /// write the mapping could not grant goes on as a write-protect fault (`do_wp_page`).
     /// An entry naming no slot in use is SIGBUS (D21).
     /// Locking: mmap lock held for read, or the VMA's lock; no PTE lock held on entry or return.
@@ -21,9 +24,15 @@ extension AddressSpace {
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
         let page: Page
         if let cached = swap.lookup(swp) {
+            swapUpdateReadahead(cached, vma, address)
             page = cached
             page.lock()
         } else {
+            if !area.synchronous {
+                // swap_vma_readahead: the neighbours first; this page is read below.
+                let w = swapVMAReadaheadWindow(vma, address)
+                if w.win > 1 { swapReadaheadAround(vma, address, ptep, start: w.start, end: w.end) }
+            }
             guard let new = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return ptep.load() == entry ? .oom : .retry }
             new.lock()
             switch swap.addForSwapIn(new, swp) {
@@ -73,8 +82,12 @@ extension AddressSpace {
         swap.folioPutSwap(page, swp)
         ptep.store(pte)
         ptl.unlock()
-        // should_try_to_free_swap: always, on a synchronous device.
-        swap.folioFreeSwap(page)
+        // should_try_to_free_swap: always on a synchronous area; on a file when swap is half
+        // full (vm_swap_full), or for a write still to be done when the cache and this
+        // mapping hold the only references (the write clears FAULT_FLAG_WRITE when it is done).
+        if area.synchronous || swap.isHalfFull || (write && !writeDone && page.refcount == 2) {
+            swap.folioFreeSwap(page)
+        }
         page.unlock()
         guard write && !writeDone else { return .ok }
         ptl.lock()

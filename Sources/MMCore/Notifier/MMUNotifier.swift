@@ -155,7 +155,10 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     weak var mm: AddressSpace?
     /// The machine's counters, held strongly (set with `mm`): an invalidation counts in them
     /// without a weak load of `mm` each time.
-    var machineStats: MMStats?
+    var machineStats: MMStats? { didSet { machineStatsRef = machineStats.map { .passUnretained($0) } } }
+    /// `machineStats` uncounted (this object holds it): every invalidation counts without a
+    /// retain and release of the one counter object all address spaces share.
+    private var machineStatsRef: Unmanaged<MMStats>?
     let stats = AtomicCounter(0)
     /// Test hook: runs inside `invalidateRangeStart` after the range is counted as active and
     /// before any callback, with no lock held (forces the insert-during-invalidation window).
@@ -256,9 +259,11 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
         defer { if Lockdep.enabled { Lockdep.release(MMUNotifierSubscriptions.invalidateMapClass, nil, site) } }
         lock.lock()
         activeInvalidateRanges += 1
-        if let stats = machineStats {
-            stats.count(.notifierInvalidations)
-            stats.count(MMStats.invalidationCounter(range.event))
+        if let ref = machineStatsRef {
+            ref._withUnsafeGuaranteedRef { stats in
+                stats.count(.notifierInvalidations)
+                stats.count(MMStats.invalidationCounter(range.event))
+            }
         }
         stats.increment()
         if intervals.isEmpty && subscribers.isEmpty && afterRangeActivated == nil { lock.unlock(); return true } // nobody listens

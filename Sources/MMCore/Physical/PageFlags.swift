@@ -55,6 +55,10 @@ public struct PageFlags: OptionSet, Sendable {
     /// PG_workingset: the page was on the active list before reclaim deactivated it, or came
     /// back from swap soon enough to be activated (`workingset_refault`).
     public static let workingset = PageFlags(rawValue: 1 << 24)
+    /// PG_readahead: a swap-cache page that swap readahead read without a fault asking for it;
+    /// the first fault that finds it clears the flag and counts a readahead hit
+    /// (`swap_update_readahead`).
+    public static let readahead = PageFlags(rawValue: 1 << 25)
 }
 
 /// The kind of memory a pfn names.

@@ -55,6 +55,17 @@ public final class PhysicalMemory: @unchecked Sendable {
     private var swapState: SwapSpace? = nil
     /// The swap areas of this machine and their swap cache.
     public var swap: SwapSpace { swapState.unsafelyUnwrapped }
+    /// The same, uncounted (the memory owns it).
+    private(set) var swapUnmanaged: Unmanaged<SwapSpace>? = nil
+    /// Calls `body` with the swap space borrowed: reclaim's paths use it once per page, and
+    /// `swap` would retain and release the one object every reclaiming thread shares.
+    @inline(__always) func withSwap<R>(_ body: (SwapSpace) throws -> R) rethrows -> R {
+        try swapUnmanaged.unsafelyUnwrapped._withUnsafeGuaranteedRef(body)
+    }
+    /// The LRU lists, borrowed the same way.
+    @inline(__always) func withLRU<R>(_ body: (LRULists) throws -> R) rethrows -> R {
+        try lruUnmanaged.unsafelyUnwrapped._withUnsafeGuaranteedRef(body)
+    }
     /// The transparent-huge-page settings and the huge zero folio (set once, at the end of init).
     private var thpState: TransparentHugepage? = nil
     /// The transparent-huge-page settings of this memory (`transparent_hugepage/*`).
@@ -126,6 +137,9 @@ public final class PhysicalMemory: @unchecked Sendable {
         hugetlbPools = HugeTLB(memory: self)
         thpState = TransparentHugepage(memory: self)
         swapState = SwapSpace(memory: self)
+        swapUnmanaged = .passUnretained(swapState!)
+        // swap_setup: smaller readahead clusters on a machine of less than 16 MiB.
+        if systemFrames << pageShift < 16 << 20 { try? swapState?.setPageCluster(2) }
         let lists = LRULists(memory: self, batchLocks: pcpBatch > 0 ? pcpOwners.map(\.lock) : nil)
         lruState = lists
         lruUnmanaged = .passUnretained(lists)

@@ -41,9 +41,16 @@ extension PhysicalMemory {
     /// (migration keeps it from before the unmap until after the remap).
     public func rmapWalkAnon(_ av: AnonVMA, index: UInt64, _ body: (RmapHit) -> Bool) {
         av.lock.lockRead()
-        let list = av.vmas
-        for vma in list {
-            if let a = vma.address(ofPageIndex: index), !body(RmapHit(vma: vma, address: a)) { break }
+        // The list is read in place, each VMA borrowed (a copy of the array would count its
+        // buffer, which every reclaiming thread shares): writers take the lock for write.
+        av.vmas.withUnsafeBufferPointer { list in
+            for i in list.indices {
+                let stop = Unmanaged.passUnretained(list[i])._withUnsafeGuaranteedRef { vma -> Bool in
+                    guard let a = vma.address(ofPageIndex: index) else { return false }
+                    return !body(RmapHit(vma: vma, address: a))
+                }
+                if stop { break }
+            }
         }
         av.lock.unlockRead()
     }

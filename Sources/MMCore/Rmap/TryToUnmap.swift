@@ -71,12 +71,12 @@ extension AddressSpace {
             memory.put(page)
             return true
         }
-        let e = memory.swap.folioDupSwap(page)
+        let e = memory.withSwap { $0.folioDupSwap(page) }
         let exclusive = page.test(.anonExclusive)
         if exclusive {
             // folio_try_share_anon_rmap_pte: a page that may be pinned for DMA keeps its place.
             guard page.pincount == 0 else {
-                memory.swap.folioPutSwap(page, e)
+                memory.withSwap { $0.folioPutSwap(page, e) }
                 ptep.store(old)
                 return false
             }

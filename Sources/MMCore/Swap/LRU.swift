@@ -142,6 +142,17 @@ public final class LRULists: @unchecked Sendable {
         for b in batchOwners where b.count > 0 { b.lock.lock(); drainLocked(b); b.lock.unlock() }
     }
 
+    /// `lru_add_drain`: the calling CPU's batch onto the lists (swap readahead drains after
+    /// reading, so the pages it read are reclaimable at once).
+    /// Locking: takes the batch's lock, then the LRU lock; the caller holds neither.
+    public func drainLocal() {
+        lock.assertNotHeld()
+        let slot = withMemory { $0.pcpSlot() }
+        batches[slot]._withUnsafeGuaranteedRef { b in
+            b.lock.lock(); drainLocked(b); b.lock.unlock()
+        }
+    }
+
     // MARK: the working set (mm/workingset.c without MGLRU and memcg)
 
     /// `workingset_eviction` for a page reclaim is freeing: the shadow its slot keeps (the

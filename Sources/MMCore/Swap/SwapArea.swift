@@ -3,8 +3,21 @@ import Glibc
 #endif
 import MMSync
 
-/// One swap area (`swap_info_struct`): `slots` page-sized slots backed by host memory, and
-/// one table word per slot as Linux 7.2's swap table keeps it (`mm/swap_table.h`):
+/// What backs a swap area's slots.
+public enum SwapBacking: Sendable, Equatable {
+    /// Host memory: a ramdisk with synchronous I/O (`SWP_SYNCHRONOUS_IO`, as zram or brd). A
+    /// swap-in reads only the faulting page and drops the swap cache at once
+    /// (`should_try_to_free_swap`).
+    case memory
+    /// A host file (created if missing, sized to the area, mapped shared): a swap file on a
+    /// disk, without `SWP_SYNCHRONOUS_IO`. A swap-in reads ahead around the fault
+    /// (`swap_vma_readahead`, `vm.page-cluster`), and the swap cache keeps a page read back
+    /// until it is written to or swap is half full, so reclaim drops it again without a write.
+    case file(String)
+}
+
+/// One swap area (`swap_info_struct`): `slots` page-sized slots backed by host memory or a
+/// host file, and one table word per slot as Linux 7.2's swap table keeps it (`mm/swap_table.h`):
 ///
 /// - 0: the slot is free;
 /// - a shadow (low bits `01`): in use, not in the swap cache (swapped out); reclaim's eviction
@@ -28,6 +41,13 @@ public final class SwapArea: @unchecked Sendable {
     /// Slots, the header included (`si->max`).
     public let slots: UInt64
     @usableFromInline let storage: UnsafeMutableRawPointer
+    /// What backs the slots.
+    public let backing: SwapBacking
+    /// `SWP_SYNCHRONOUS_IO`: a ramdisk's I/O completes at once, so swap-in skips readahead and
+    /// the swap cache (7.2's `swapin_sync`, `should_try_to_free_swap`). False for a file.
+    public let synchronous: Bool
+    /// The host file's descriptor (-1 for memory).
+    private let fd: Int32
     @usableFromInline let table: UnsafeMutablePointer<UInt64>
     let counts: UnsafeMutablePointer<UInt32>
     /// The allocator's lock (`si->lock` / `si->global_cluster_lock`): guards the cursor.
@@ -61,20 +81,41 @@ public final class SwapArea: @unchecked Sendable {
     @usableFromInline static let bad: UInt64 = ~UInt64(0) << 3
 
     /// Creates an area of `bytes` (a page multiple of at least two pages: the header and one
-    /// slot), its slots committed by the host now with `populate` (as the machine's RAM with
-    /// `populateRAM`), else on first write. Throws EINVAL for a bad size, ENOMEM if the host
-    /// refuses the reservation.
-    init(type: UInt8, bytes: UInt64, populate: Bool = false) throws(Errno) {
+    /// slot) on `backing`, its slots committed by the host now with `populate` (as the
+    /// machine's RAM with `populateRAM`), else on first write. Throws EINVAL for a bad size or
+    /// a path that is not a regular file, ENOMEM if the host refuses the reservation, and the
+    /// host's errno when it cannot open, size or map the file (ENOENT, EACCES, ENOSPC, …).
+    init(type: UInt8, bytes: UInt64, populate: Bool = false, backing: SwapBacking = .memory) throws(Errno) {
         guard bytes >= 2 * pageSize, bytes % pageSize == 0, bytes <= 1 << 40 else { throw .EINVAL }
         self.type = type
         slots = bytes >> pageShift
-        guard let s = mmap(nil, Int(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              s != MAP_FAILED else { throw .ENOMEM }
-        storage = s
-        // Backed by host huge pages where the host allows, as the frame arena is: a slot
-        // copy then misses the host TLB once per 2 MiB instead of once per slot.
-        _ = madvise(s, Int(bytes), MADV_HUGEPAGE)
-        if populate { PhysicalMemory.populate(s, Int(bytes)) }
+        self.backing = backing
+        switch backing {
+        case .memory:
+            synchronous = true
+            fd = -1
+            guard let s = mmap(nil, Int(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+                  s != MAP_FAILED else { throw .ENOMEM }
+            storage = s
+            // Backed by host huge pages where the host allows, as the frame arena is: a slot
+            // copy then misses the host TLB once per 2 MiB instead of once per slot.
+            _ = madvise(s, Int(bytes), MADV_HUGEPAGE)
+        case .file(let path):
+            synchronous = false
+            guard !path.isEmpty else { throw .ENOENT }
+            let f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            // claim_swapfile: anything but a regular file (or block device) is EINVAL.
+            guard f >= 0 else { let e = errno; throw Errno(e == EISDIR ? EINVAL : e) }
+            var st = stat()
+            guard fstat(f, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { close(f); throw .EINVAL }
+            guard ftruncate(f, off_t(bytes)) == 0 else { let e = errno; close(f); throw Errno(e) }
+            guard let s = mmap(nil, Int(bytes), PROT_READ | PROT_WRITE, MAP_SHARED, f, 0), s != MAP_FAILED else {
+                let e = errno; close(f); throw Errno(e == ENODEV || e == EACCES ? e : ENOMEM)
+            }
+            fd = f
+            storage = s
+        }
+        if populate { PhysicalMemory.populate(storage, Int(bytes)) }
         table = .allocate(capacity: Int(slots))
         table.initialize(repeating: 0, count: Int(slots))
         table[0] = SwapArea.bad
@@ -89,6 +130,7 @@ public final class SwapArea: @unchecked Sendable {
 
     deinit {
         munmap(storage, Int(slots << pageShift)); table.deallocate(); counts.deallocate(); clusterRefs.deallocate()
+        if fd >= 0 { close(fd) }
     }
 
     /// Takes the lock of the cluster holding slot `offset` (`swap_cluster_lock`).
@@ -142,13 +184,14 @@ public final class SwapArea: @unchecked Sendable {
         isValidOffset(offset) && tableWord(offset).load() != 0
     }
 
-    /// Takes a free slot for a folio entering the swap cache: the slot's word names the pfn,
-    /// its count is 0 (`__swap_cluster_alloc_entries` with `__swap_cache_add_folio`), and
-    /// `claimed` runs with the slot under its cluster lock.
+    /// Takes a free slot for a folio entering the swap cache: the slot's word names the page,
+    /// its count is 0 (`__swap_cluster_alloc_entries` with `__swap_cache_add_folio`), and the
+    /// page joins the cache (flag, entry, the cache's reference) under the slot's cluster lock.
     /// Return: the slot, or nil when the area is full.
-    /// Locking: caller holds the area's lock; takes cluster locks.
-    func allocateLocked(cachedPfn pfn: UInt64, _ claimed: (UInt64) -> Void) -> UInt64? {
+    /// Locking: caller holds the area's lock and the page lock; takes cluster locks.
+    func allocateLocked(caching page: Page, memory: PhysicalMemory) -> UInt64? {
         lock.assertHeld()
+        let pfn = page.pfn
         guard freeSlotCount.load() > 0 else { return nil }
         var off = cursor
         for _ in 1..<slots {
@@ -161,7 +204,7 @@ public final class SwapArea: @unchecked Sendable {
                     counts[Int(off)] = 0
                     freeSlotCount.add(-1)
                     cursor = off + 1
-                    claimed(off)
+                    SwapSpace.attach(page, SwapEntry(type: type, offset: off), memory: memory)
                     unlockCluster(off)
                     return off
                 }

@@ -7,9 +7,10 @@ import MMSync
 /// The machine's swap areas (`swap_info[]`) and the swap cache over them, following Linux
 /// 7.2's `mm/swapfile.c` and `mm/swap_state.c`.
 ///
-/// Areas are ramdisks in host memory: synchronous I/O (`SWP_SYNCHRONOUS_IO`, as zram or brd),
-/// so a swap-in reads the slot at once and drops the swap cache when no swap PTE names the
-/// slot any more (`should_try_to_free_swap`).
+/// An area is a ramdisk in host memory (synchronous I/O, `SWP_SYNCHRONOUS_IO`, as zram or
+/// brd: a swap-in reads the slot at once and drops the swap cache when no swap PTE names the
+/// slot any more, `should_try_to_free_swap`) or a host file (a swap file on a disk: swap-in
+/// reads ahead, `swap_vma_readahead`, and the cache keeps what it read; see `SwapBacking`).
 ///
 /// Sendable: areas are published through `areaSlots` (an unretained pointer per type, written
 /// under `swaponLock` and kept alive by `areas`); each area guards its own slots.
@@ -33,14 +34,16 @@ public final class SwapSpace: @unchecked Sendable {
     @inlinable @inline(__always)
     func withMemory<R>(_ body: (PhysicalMemory) throws -> R) rethrows -> R { try memoryRef._withUnsafeGuaranteedRef(body) }
 
-    /// `swapon`: adds an area of `bytes` backed by host memory (committed now with `populate`).
-    /// Return: the new area. Throws EINVAL for a bad size, EPERM when all 24 swap types are
-    /// taken (`MAX_SWAPFILES`), ENOMEM if the host refuses the memory.
+    /// `swapon`: adds an area of `bytes` backed by host memory or a host file (`backing`),
+    /// committed now with `populate`. Return: the new area. Throws EINVAL for a bad size or a
+    /// path that is not a regular file, EPERM when all 24 swap types are taken
+    /// (`MAX_SWAPFILES`), ENOMEM if the host refuses the memory, the host's errno when it
+    /// cannot open, size or map the file.
     @discardableResult
-    public func swapOn(bytes: UInt64, populate: Bool = false) throws(Errno) -> SwapArea {
+    public func swapOn(bytes: UInt64, populate: Bool = false, backing: SwapBacking = .memory) throws(Errno) -> SwapArea {
         swaponLock.lock(); defer { swaponLock.unlock() }
         guard areas.count < Int(SwapEntry.maxSwapFiles) else { throw .EPERM }
-        let area = try SwapArea(type: UInt8(areas.count), bytes: bytes, populate: populate)
+        let area = try SwapArea(type: UInt8(areas.count), bytes: bytes, populate: populate, backing: backing)
         areas.append(area)
         AtomicU64Ref(UnsafeMutableRawPointer(areaSlots + Int(area.type)))
             .store(UInt64(UInt(bitPattern: Unmanaged.passUnretained(area).toOpaque())))
@@ -55,6 +58,28 @@ public final class SwapSpace: @unchecked Sendable {
         let bits = AtomicU64Ref(UnsafeMutableRawPointer(areaSlots + Int(type))).load()
         guard bits != 0 else { return nil }
         return Unmanaged<SwapArea>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!)
+    }
+
+    /// `vm_swap_full`: fewer than half of all slots are free (the swap cache is then given up
+    /// more eagerly). Reads the published areas without the swapon lock.
+    var isHalfFull: Bool {
+        var type: UInt8 = 0, free = 0, total = 0
+        while let ref = areaRef(type) {
+            type += 1
+            ref._withUnsafeGuaranteedRef { free += $0.freeSlots; total += $0.totalSlots }
+        }
+        return free * 2 < total
+    }
+
+    /// `vm.page-cluster`: swap readahead reads up to `1 << pageCluster` pages (at most 32 for
+    /// VMA-based readahead, `SWAP_RA_ORDER_CEILING`); 0 turns it off. 7.2's `swap_setup` sets
+    /// 2 below 16 MiB of RAM and 3 otherwise. Read without a lock (`READ_ONCE`).
+    public var pageCluster: Int { Int(pageClusterWord.loadRelaxed()) }
+    let pageClusterWord = AtomicWord(3)
+    /// Sets `vm.page-cluster` (the sysctl takes 0...31). Throws EINVAL otherwise.
+    public func setPageCluster(_ value: Int) throws(Errno) {
+        guard (0...31).contains(value) else { throw .EINVAL }
+        pageClusterWord.store(UInt64(value))
     }
 
     /// Every area, in swap-type order.
@@ -87,25 +112,28 @@ public final class SwapSpace: @unchecked Sendable {
     /// Locking: caller holds the page lock and a reference; takes area and cluster locks.
     func folioAllocSwap(_ page: Page) -> SwapEntry? {
         precondition(page.isLocked && !page.test(.swapCache) && page.order == 0, "folioAllocSwap: \(page)")
-        // The published areas in swap-type order (swapon only adds), without the swapon lock.
-        var type: UInt8 = 0
-        while let ref = areaRef(type) {
-            type += 1
-            let e: SwapEntry? = ref._withUnsafeGuaranteedRef { area in
-                guard area.freeSlots > 0 else { return nil }
-                area.lock.lock(); defer { area.lock.unlock() }
-                guard let off = area.allocateLocked(cachedPfn: page.pfn, { attach(page, SwapEntry(type: area.type, offset: $0)) })
-                else { return nil }
-                return SwapEntry(type: area.type, offset: off)
+        return withMemory { memory -> SwapEntry? in
+            // The published areas in swap-type order (swapon only adds), without the swapon lock.
+            var type: UInt8 = 0
+            while let ref = areaRef(type) {
+                type += 1
+                let e: SwapEntry? = ref._withUnsafeGuaranteedRef { area in
+                    guard area.freeSlots > 0 else { return nil }
+                    area.lock.lock(); defer { area.lock.unlock() }
+                    return area.allocateLocked(caching: page, memory: memory).map { SwapEntry(type: area.type, offset: $0) }
+                }
+                if let e { return e }
             }
-            if let e { return e }
+            return nil
         }
-        return nil
     }
 
     /// `__swap_cache_add_folio`'s page side: the flag, the entry, the cache's reference.
     private func attach(_ page: Page, _ e: SwapEntry) {
-        withMemory { $0.get(page) }
+        withMemory { SwapSpace.attach(page, e, memory: $0) }
+    }
+    @inline(__always) static func attach(_ page: Page, _ e: SwapEntry, memory: PhysicalMemory) {
+        memory.get(page)
         page.privateWord = e.pte().raw
         page.set(.swapCache)
     }
@@ -217,7 +245,7 @@ public final class SwapSpace: @unchecked Sendable {
                 guard page.refcountWord.compareExchange(expected: 2, desired: 0).exchanged else { return false }
                 if page.test(.dirty) { page.refcountWord.store(2); return false }
                 // workingset_eviction: the slot records how old the LRU was when the page left.
-                detachLocked(page, e, area, shadow: memory.lru.workingsetEviction(page))
+                detachLocked(page, e, area, shadow: memory.withLRU { $0.workingsetEviction(page) })
                 return true
             }) == true else { return false }
             page.unlock()

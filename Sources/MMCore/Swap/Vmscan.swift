@@ -53,7 +53,6 @@ extension Machine {
         guard !page.isZoneDevice, !page.test(.tail), !page.test(.hugetlb) else { return .activate }
         guard page.order == 0 || (page.test(.head) && page.isAnon) else { return .activate }
         guard page.tryLock() else { return .keep }
-        let swap = memory.swap
         func keep(_ outcome: ReclaimOutcome) -> ReclaimOutcome {
             if outcome == .activate { stats.count(.pgactivate) }
             page.unlock()
@@ -133,12 +132,12 @@ extension Machine {
                 memory.put(page)
                 return .freed
             }
-            guard swap.removeMapping(page) else { return keep(.activate) }
+            guard memory.withSwap({ $0.removeMapping(page) }) else { return keep(.activate) }
             return .freed
         }
         if !page.test(.swapCache) {
             page.clear(.lazyFree)
-            guard swap.folioAllocSwap(page) != nil else { return keep(.activate) }
+            guard memory.withSwap({ $0.folioAllocSwap(page) }) != nil else { return keep(.activate) }
             page.set(.dirty)
         }
         if page.mapcount > 0 && !tryToUnmap(page) { return keep(.activate) }
@@ -146,10 +145,10 @@ extension Machine {
             // pageout: only the isolation's and the swap cache's references may be left.
             guard page.refcount == 2 else { return keep(.keep) }
             page.clear(.dirty)
-            swap.writeOut(page)
+            memory.withSwap { $0.writeOut(page) }
             stats.count(.pswpout)
         }
-        guard swap.removeMapping(page) else { return keep(.activate) }
+        guard memory.withSwap({ $0.removeMapping(page) }) else { return keep(.activate) }
         return .freed
     }
 

@@ -39,6 +39,9 @@ public final class MMStats: @unchecked Sendable {
         /// the working set's size (`workingset_activate_anon`), and those that were in the
         /// working set when evicted (`workingset_restore_anon`).
         case workingsetRefaultAnon, workingsetActivateAnon, workingsetRestoreAnon
+        /// Pages swap readahead read beside the one a fault asked for (`swap_ra`), and faults
+        /// that found one of them in the swap cache (`swap_ra_hit`).
+        case swapRa, swapRaHit
     }
     @usableFromInline let counters = PerCPUCounters(count: Counter.allCases.count)
     public init() {}
@@ -65,10 +68,11 @@ extension MMStats.Counter {
     /// The counter's name in `--stats`: its Swift name, except the THP, reclaim-scan and OOM
     /// counters, which take their /proc/vmstat names (`thpFaultAlloc` is `thp_fault_alloc`,
     /// `thpSplitPMD` is `thp_split_pmd`, `pgscanKswapd` is `pgscan_kswapd`, `oomKill` is
-    /// `oom_kill`, `workingsetRefaultAnon` is `workingset_refault_anon`).
+    /// `oom_kill`, `workingsetRefaultAnon` is `workingset_refault_anon`, `swapRaHit` is
+    /// `swap_ra_hit`).
     public var name: String {
         let s = "\(self)"
-        guard s.hasPrefix("thp") || s.hasPrefix("pgscan") || s.hasPrefix("pgsteal") || s.hasPrefix("oom") || s.hasPrefix("workingset") else { return s }
+        guard s.hasPrefix("thp") || s.hasPrefix("pgscan") || s.hasPrefix("pgsteal") || s.hasPrefix("oom") || s.hasPrefix("workingset") || s.hasPrefix("swapRa") else { return s }
         var out = ""
         var previousUpper = false
         for c in s {

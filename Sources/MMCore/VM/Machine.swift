@@ -14,12 +14,13 @@ public final class Machine: @unchecked Sendable {
 
     /// Creates a machine with `memoryBytes` of RAM (page multiple, ≥ 8 MiB) and room for
     /// `devicePfnSpaceBytes` of device memory registrations, and a swap area of `swapBytes`
-    /// (none when 0; more with `memory.swap.swapOn`). With `populateRAM` the host backs the swap area and
-    /// all of RAM before this returns (see `PhysicalMemory.init`).
+    /// (none when 0; more with `memory.swap.swapOn`) on `swapBacking` (host memory unless a file
+    /// is named). With `populateRAM` the host backs the swap area and all of RAM before this
+    /// returns (see `PhysicalMemory.init`).
     public init(memoryBytes: UInt64 = 256 << 20, devicePfnSpaceBytes: UInt64 = 16 << 30, swapBytes: UInt64 = 0,
-                populateRAM: Bool = false) throws(Errno) {
+                swapBacking: SwapBacking = .memory, populateRAM: Bool = false) throws(Errno) {
         memory = try PhysicalMemory(systemBytes: memoryBytes, devicePfnSpaceBytes: devicePfnSpaceBytes, populateRAM: populateRAM)
-        if swapBytes > 0 { try memory.swap.swapOn(bytes: swapBytes, populate: populateRAM) }
+        if swapBytes > 0 { try memory.swap.swapOn(bytes: swapBytes, populate: populateRAM, backing: swapBacking) }
         memory.directReclaimHook = { [weak self] in self?.directReclaim() ?? 0 }
         memory.oomHook = { [weak self] in self?.outOfMemory() ?? false }
     }

@@ -58,6 +58,9 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     /// a fault under the VMA lock reads it while another may be setting it (anon_vma_prepare
     /// under `page_table_lock`), so it is published with a release store.
     let anonVMABits = AtomicWord(0)
+    /// `vma->swap_readahead_info`: the last swap fault's address, readahead window and hits
+    /// (`SWAP_RA_VAL`), read and written without a lock as 7.2 does.
+    let swapReadaheadInfo = AtomicWord(0)
     @inline(__always) var anonVMARef: Unmanaged<AnonVMA>? {
         let bits = anonVMABits.load()
         return bits == 0 ? nil : Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: UInt(bits))!)

@@ -1342,7 +1342,17 @@ static void runCommand(Cmd *c) {
             // A swap area: zram0 of that size (the VM's swap is off otherwise).
             // Swap is off unless a script asks (one VM runs every script: none inherits another's).
             const char *sw = opt(c, "swap");
+            // A swap file needs a disk (swapon refuses a tmpfs file); the VM has only its initramfs.
+            const char *sf = opt(c, "swap_file");
+            if (sf && eval(sf) != 0) { unsupported("machine swap_file=1 (the oracle's VM has no disk for a swap file)"); return; }
             if (sw || inVM) setupSwap(sw ? eval(sw) : 0);
+            // vm.page-cluster: as asked, else the default of a VM of this size (3).
+            const char *pc = opt(c, "page_cluster");
+            if (pc && !inVM) { unsupported("machine page_cluster= outside the oracle's VM (it would change this machine's setting)"); return; }
+            if (inVM) {
+                char num[32]; snprintf(num, sizeof num, "%llu", (unsigned long long)(pc ? eval(pc) : 3));
+                writeFile("/proc/sys/vm/page-cluster", num);
+            }
             free(vmstatAtMachine); vmstatAtMachine = readText("/proc/vmstat");
             const char *ok = opt(c, "oom_killer");
             if (ok && eval(ok) == 0) { unsupported("machine oom_killer=0 (the kernel's OOM killer is always on)"); return; }

@@ -1,0 +1,163 @@
+import XCTest
+@testable import MMCore
+import MMSync
+
+/// A swap area on a host file: no `SWP_SYNCHRONOUS_IO`, so Linux 7.2's `do_swap_page` reads
+/// ahead (`swap_vma_readahead`, `__swapin_nr_pages`) and keeps the swap cache after a swap-in
+/// (`should_try_to_free_swap`), and reclaim drops a clean cached page without writing it
+/// again (`shrink_folio_list`: no `pageout` for a clean folio). Every invariant after every
+/// operation.
+final class SwapFileTests: XCTestCase {
+    private func pte(_ env: Env, _ address: UInt64) -> PTE {
+        env.mm.mmapLock.lockRead(); defer { env.mm.mmapLock.unlockRead() }
+        return env.mm.pageTable.lookup(address, level: .pte)?.entry.load() ?? .none
+    }
+    private func cached(_ env: Env, _ address: UInt64) throws -> Bool {
+        env.memory.page(try XCTUnwrap(try env.pfn(address))).test(.swapCache)
+    }
+    /// `pages` pages of IDX, paged out to a swap file of `slots` slots.
+    private func pagedOut(_ pages: Int, slots: UInt64 = 64) throws -> (Env, UInt64) {
+        let env = try Env(swapPages: slots, swapFile: true)
+        XCTAssertEqual(env.memory.swap.area(0)?.synchronous, false)
+        XCTAssertNotEqual(env.memory.swap.area(0)?.backing, .memory)
+        let a = try env.anon(pages)
+        try fillIDX(env.cpu, a, bytes: UInt64(pages) * pageSize)
+        try env.process.madvise(a, length: UInt64(pages) * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], pages)
+        XCTAssertEqual(env.memory.swap.freeSlots, Int(slots) - pages)
+        return (env, a)
+    }
+
+    /// Sixteen pages read back in order. The first fault has no history (one page); the second
+    /// is next to it (a window of 2: it reads page 2 ahead); page 2 is a readahead hit, so the
+    /// fault at page 3 gets a window of 4 (pages 4–6 ahead), three more hits give 8 (pages
+    /// 8–14), and the last fault's window ends at the VMA's end: 5 major faults, 11 pages
+    /// read ahead, 11 hits. Every page stays in the swap cache, mapped writable and clean.
+    func testSequentialSwapInsReadAheadInGrowingWindowsAndKeepTheCache() throws {
+        let (env, a) = try pagedOut(16)
+        XCTAssertEqual(env.memory.swap.pageCluster, 3)
+        for i in 0..<16 {
+            XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt32.self), UInt32(i * 1024), "page \(i)")
+        }
+        XCTAssertEqual(env.machine.stats[.pswpin], 16)
+        XCTAssertEqual(env.machine.stats[.pgmajfault], 5)
+        XCTAssertEqual(env.machine.stats[.swapRa], 11)
+        XCTAssertEqual(env.machine.stats[.swapRaHit], 11)
+        XCTAssertEqual(MMStats.Counter.swapRaHit.name, "swap_ra_hit")
+        XCTAssertEqual(MMStats.Counter.swapRa.name, "swap_ra")
+        XCTAssertEqual(env.memory.swap.freeSlots, 48, "the swap cache keeps every slot")
+        for i in 0..<16 {
+            let v = pte(env, a + UInt64(i) * pageSize)
+            XCTAssertTrue(v.isPresent && v.isWrite && !v.isDirty, "page \(i): \(v)")
+            XCTAssertTrue(try cached(env, a + UInt64(i) * pageSize), "page \(i) left the swap cache")
+        }
+        try checkIDX(env.cpu, a, bytes: 16 * pageSize)
+        env.check()
+        env.teardown()
+    }
+
+    /// Clean pages still in the swap cache go again without a write; a page written since
+    /// (its PTE dirty) is written to its old slot; both read back right.
+    func testACleanCachedPageIsReclaimedWithoutAWriteAndADirtyOneIsWrittenAgain() throws {
+        let (env, a) = try pagedOut(16)
+        try checkIDX(env.cpu, a, bytes: 16 * pageSize)
+        let slot3 = try XCTUnwrap(env.memory.swap.entry(of: env.memory.page(try XCTUnwrap(try env.pfn(a + 3 * pageSize)))))
+        try env.cpu.store(a + 3 * pageSize + 8, UInt32(0xBEEF))
+        XCTAssertTrue(pte(env, a + 3 * pageSize).isDirty)
+        let used = env.machine.usedFrames
+        try env.process.madvise(a, length: 16 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 17, "only the written page is written again")
+        XCTAssertEqual(env.machine.usedFrames, used - 16)
+        XCTAssertEqual(env.memory.swap.freeSlots, 48)
+        let again = pte(env, a + 3 * pageSize)
+        XCTAssertTrue(again.isSwap && again.swapEntry == slot3, "the same slot: \(again)")
+        XCTAssertEqual(try env.cpu.load(a + 3 * pageSize + 8, as: UInt32.self), 0xBEEF)
+        try env.cpu.store(a + 3 * pageSize + 8, UInt32(3 * 1024 + 2))
+        try checkIDX(env.cpu, a, bytes: 16 * pageSize)
+        XCTAssertEqual(env.machine.stats[.pswpin], 32)
+        env.check()
+        env.teardown()
+    }
+
+    /// A write fault on an exclusive swap entry maps the page writable and dirty, and the
+    /// write is then done: the cache keeps the page (7.2 clears FAULT_FLAG_WRITE before
+    /// `should_try_to_free_swap`), and reclaim writes it to the same slot.
+    func testAWriteFaultKeepsTheCacheAndTheNextPageoutWritesTheSameSlot() throws {
+        let (env, a) = try pagedOut(1, slots: 8)
+        let e = pte(env, a).swapEntry
+        try env.cpu.store(a + 4, UInt32(77))
+        let v = pte(env, a)
+        XCTAssertTrue(v.isPresent && v.isWrite && v.isDirty)
+        XCTAssertTrue(try cached(env, a))
+        XCTAssertEqual(env.memory.swap.freeSlots, 7)
+        try env.process.madvise(a, length: pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 2)
+        XCTAssertEqual(pte(env, a).swapEntry, e)
+        XCTAssertEqual(try env.cpu.load(a + 4, as: UInt32.self), 77)
+        XCTAssertEqual(try env.cpu.load(a, as: UInt32.self), 0)
+        env.check()
+        env.teardown()
+    }
+
+    /// `vm_swap_full`: with fewer than half the slots free, a swap-in gives its slot up.
+    func testASwapInFreesTheSlotWhenSwapIsHalfFull() throws {
+        let (env, a) = try pagedOut(6, slots: 8)
+        XCTAssertEqual(env.memory.swap.freeSlots, 2)
+        XCTAssertEqual(try env.cpu.load(a + pageSize, as: UInt32.self), 1024)
+        XCTAssertFalse(try cached(env, a + pageSize))
+        XCTAssertEqual(env.memory.swap.freeSlots, 3)
+        try checkIDX(env.cpu, a, bytes: 6 * pageSize)
+        env.check()
+        env.teardown()
+    }
+
+    /// `vm.page-cluster` 0 turns readahead off; the sysctl's range is 0...31; a machine under
+    /// 16 MiB starts at 2 (`swap_setup`). Pages read ahead and never touched are freed, with
+    /// their slots, when the process exits.
+    func testPageClusterBoundsReadaheadAndUntouchedPagesGoAtExit() throws {
+        let (env, a) = try pagedOut(8)
+        XCTAssertThrowsError(try env.memory.swap.setPageCluster(32)) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        XCTAssertThrowsError(try env.memory.swap.setPageCluster(-1)) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        try env.memory.swap.setPageCluster(0)
+        for i in 0..<4 { _ = try env.cpu.load(a + UInt64(i) * pageSize, as: UInt8.self) }
+        XCTAssertEqual(env.machine.stats[.pgmajfault], 4)
+        XCTAssertEqual(env.machine.stats[.swapRa], 0)
+        try env.memory.swap.setPageCluster(3)
+        // With readahead off no fault was recorded (`swap_vma_ra_win` returns first): the
+        // fault at page 4 has no history and reads one page; the one at page 5 follows it, and
+        // its window of two reads page 6 ahead, which is never touched.
+        _ = try env.cpu.load(a + 4 * pageSize, as: UInt8.self)
+        XCTAssertEqual(env.machine.stats[.swapRa], 0)
+        _ = try env.cpu.load(a + 5 * pageSize, as: UInt8.self)
+        XCTAssertEqual(env.machine.stats[.swapRa], 1)
+        XCTAssertEqual(env.machine.stats[.pswpin], 7)
+        XCTAssertEqual(env.machine.stats[.pgmajfault], 6)
+        XCTAssertTrue(pte(env, a + 6 * pageSize).isSwap, "read ahead, not mapped")
+        XCTAssertTrue(pte(env, a + 7 * pageSize).isSwap)
+        env.check()
+        env.teardown()   // every frame and slot back
+        let small = try Machine(memoryBytes: 8 << 20, devicePfnSpaceBytes: 0)
+        XCTAssertEqual(small.memory.swap.pageCluster, 2)
+    }
+
+    /// `swapon` of a bad file: a missing directory is ENOENT, a directory EINVAL (as
+    /// `claim_swapfile` for anything not a regular file or block device), a size under two
+    /// pages EINVAL; nothing is added, and the next area still gets type 0.
+    func testSwapOnOfABadFileFailsAndAddsNothing() throws {
+        let m = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        let swap = m.memory.swap
+        XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file("/nonexistent-swift-hmm-dir/swap"))) { XCTAssertEqual($0 as? Errno, .ENOENT) }
+        XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file(NSTemporaryDirectory()))) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file(""))) { XCTAssertEqual($0 as? Errno, .ENOENT) }
+        let path = temporarySwapFilePath()
+        defer { unlink(path) }
+        XCTAssertThrowsError(try swap.swapOn(bytes: pageSize, backing: .file(path))) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        XCTAssertEqual(swap.allAreas.count, 0)
+        let area = try swap.swapOn(bytes: 1 << 20, backing: .file(path))
+        XCTAssertEqual(area.type, 0)
+        XCTAssertEqual(area.totalSlots, 255)
+        var st = stat()
+        XCTAssertEqual(stat(path, &st), 0)
+        XCTAssertEqual(st.st_size, 1 << 20, "the file is sized to the area")
+    }
+}
