@@ -182,6 +182,9 @@ struct ScriptChecker {
         if n == "machine", let f = cmd.option("swap_file"), let v = expr(f), v > 1 {
             report(f.location, "expected swap_file=0 or 1")
         }
+        if n == "machine", let f = cmd.option("swap_file"), expr(f) == 1, cmd.option("swap") == nil {
+            report(f.location, "expected swap=SIZE with swap_file=1 (the file is the swap area)")
+        }
         if n == "machine", let c = cmd.option("page_cluster"), let v = expr(c), v > 31 {
             report(c.location, "expected page_cluster between 0 and 31")
         }

@@ -101,6 +101,9 @@ extension ScenarioInterpreter {
         if let f = cmd.option("swap_file") {
             let v = try Expression.evaluate(f) { _ in nil }
             guard v <= 1 else { throw ScenarioSyntaxError(location: f.location, message: "expected swap_file=0 or 1") }
+            guard v == 0 || cmd.option("swap") != nil else {
+                throw ScenarioSyntaxError(location: f.location, message: "expected swap=SIZE with swap_file=1 (the file is the swap area)")
+            }
             machineSwapFile = v == 1
         }
         if let c = cmd.option("page_cluster") {

@@ -467,9 +467,9 @@ public final class ScenarioInterpreter {
             }
             do {
                 let path = machineSwapFile ? ScenarioInterpreter.swapFilePath() : ""
+                defer { if machineSwapFile { unlink(path) } }   // the area keeps it open and mapped
                 let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30, swapBytes: machineSwap,
                                     swapBacking: machineSwapFile ? .file(path) : .memory)
-                if machineSwapFile { unlink(path) }   // the area keeps it open and mapped
                 if let c = machinePageCluster { try m.memory.swap.setPageCluster(c) }
                 m.maxMapCount = maxMapCount
                 m.oomKillerEnabled = machineOOMKiller

@@ -48,9 +48,9 @@ extension BenchSuite {
         /// writes and reads).
         func stream(memory: UInt64, swap: UInt64, file: Bool = false) throws -> (Double, Double) {
             let path = BenchSuite.swapFilePath()
+            defer { if file { unlink(path) } }   // the area keeps it open and mapped
             let m = try Machine(memoryBytes: memory, devicePfnSpaceBytes: 0, swapBytes: swap,
                                 swapBacking: file ? .file(path) : .memory, populateRAM: true)
-            if file { unlink(path) }
             if swap > 0 { m.startKswapd() }
             defer { m.stopKswapd() }
             let p = try MMCore.Process(machine: m)

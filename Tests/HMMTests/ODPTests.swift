@@ -17,8 +17,12 @@ final class ODPTests: XCTestCase {
         let nic: ODPDevice
         let qp: ODPQueuePair
         let used: Int
-        init() throws {
-            machine = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 1 << 30)
+        /// With `swapFilePages`, a swap file of that many slots (unlinked once open).
+        init(swapFilePages: UInt64 = 0) throws {
+            let path = NSTemporaryDirectory() + "swift-hmm-odp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+            defer { if swapFilePages > 0 { unlink(path) } }
+            machine = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 1 << 30,
+                                  swapBytes: swapFilePages == 0 ? 0 : (swapFilePages + 1) * pageSize, swapBacking: .file(path))
             module = DmirrorModule(machine: machine)
             used = machine.usedFrames
             a = try MMCore.Process(machine: machine)
@@ -61,6 +65,28 @@ final class ODPTests: XCTestCase {
         XCTAssertEqual(env.nic.stats[.pageFaults], 32)
         XCTAssertEqual(try env.cpuB.load(dst + 8, as: UInt64.self), 7)
         XCTAssertEqual(env.nic.stats[.bytes], 16 * Int(pageSize) + 8)
+        env.finish([mrA, mrB])
+    }
+
+    /// A NIC WRITE into a page that sits clean in a swap file's swap cache (read back by the
+    /// CPU: mapped writable, not dirty). The NIC sets no dirty bit anywhere, so its writable
+    /// translation dirties the page when the invalidation takes it (`ib_umem_odp_unmap_dma_pages`'
+    /// `set_page_dirty`): MADV_PAGEOUT writes the page out instead of dropping it, and B's CPU
+    /// reads the NIC's bytes back.
+    func testANICWriteToACleanSwapCachePageIsWrittenOutNotDropped() throws {
+        let env = try Env(swapFilePages: 64)
+        let src = try env.region(env.a, env.cpuA, pages: 1, seed: 500)
+        let dst = try env.region(env.b, env.cpuB, pages: 1, seed: 0)
+        try env.b.madvise(dst, length: pageSize, advice: .pageout)
+        XCTAssertEqual(try env.cpuB.load(dst + 8, as: UInt64.self), 1, "swapped back in")
+        XCTAssertEqual(env.machine.stats[.pswpout], 1)
+        XCTAssertEqual(env.machine.memory.swap.freeSlots, 63, "the swap file keeps the page's slot")
+        let mrA = try env.nic.register(env.a.mm, address: src, length: pageSize, access: .all)
+        let mrB = try env.nic.register(env.b.mm, address: dst, length: pageSize, access: .all)
+        try env.qp.post(.write(local: mrA, localAddress: src, remote: mrB, remoteAddress: dst, length: Int(pageSize))).wait()
+        try env.b.madvise(dst, length: pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 2, "written out, not dropped clean")
+        for i in 0..<512 { XCTAssertEqual(try env.cpuB.load(dst + UInt64(i) * 8, as: UInt64.self), 500 &+ UInt64(i), "word \(i)") }
         env.finish([mrA, mrB])
     }
 

@@ -111,8 +111,8 @@ final class DifferentialTests: XCTestCase {
     }
 
     /// The swap sequences on a swap file instead of a ramdisk: no `SWP_SYNCHRONOUS_IO`, so a
-    /// swap-in reads ahead and the swap cache keeps what it read until the page is written or
-    /// swap is half full; reclaim drops a clean cached page without writing it again. Every
+    /// swap-in reads ahead and the swap cache keeps what it read until swap is half full or a
+    /// fault still has to write; reclaim drops a clean cached page without writing it again. Every
     /// result against the model (a page dropped clean that was written since would read back
     /// stale) and every invariant after every operation. `DIFF_SWAP_FILE_SEQUENCES` sets how many.
     func testSwapFileRandomSequencesAgainstReferenceModel() throws {
@@ -172,9 +172,9 @@ final class DifferentialTests: XCTestCase {
         var rng = SeededRNG(seed: seed)
         var ballast: [Page] = []
         let path = swapFile ? temporarySwapFilePath() : ""
+        defer { if swapFile { unlink(path) } }   // the area keeps it open and mapped
         let machine = try Machine(memoryBytes: thp ? (swap ? 16 << 20 : 32 << 20) : swap ? 8 << 20 : 16 << 20, devicePfnSpaceBytes: thp ? 1 << 30 : 0,
                                   swapBytes: swap ? (thp ? 48 << 20 : 16 << 20) : 0, swapBacking: swapFile ? .file(path) : .memory)
-        if swapFile { unlink(path) }   // the area keeps it open and mapped
         if thp { machine.memory.thp.mode = .always }
         if swap {
             let pools = machine.memory.hugetlb

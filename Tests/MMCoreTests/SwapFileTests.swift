@@ -15,12 +15,15 @@ final class SwapFileTests: XCTestCase {
     private func cached(_ env: Env, _ address: UInt64) throws -> Bool {
         env.memory.page(try XCTUnwrap(try env.pfn(address))).test(.swapCache)
     }
-    /// `pages` pages of IDX, paged out to a swap file of `slots` slots.
+    /// `pages` pages of IDX at the start of a 2 MiB-aligned range (so readahead windows, which
+    /// stay inside the fault's page table, are not cut by where the mapping happens to fall),
+    /// paged out to a swap file of `slots` slots.
     private func pagedOut(_ pages: Int, slots: UInt64 = 64) throws -> (Env, UInt64) {
         let env = try Env(swapPages: slots, swapFile: true)
         XCTAssertEqual(env.memory.swap.area(0)?.synchronous, false)
         XCTAssertNotEqual(env.memory.swap.area(0)?.backing, .memory)
-        let a = try env.anon(pages)
+        let raw = try env.process.mmap(length: 2 * pmdSize, prot: .readWrite, flags: [.private, .anonymous])
+        let a = (raw + pmdSize - 1) & ~(pmdSize - 1)
         try fillIDX(env.cpu, a, bytes: UInt64(pages) * pageSize)
         try env.process.madvise(a, length: UInt64(pages) * pageSize, advice: .pageout)
         XCTAssertEqual(env.machine.stats[.pswpout], pages)
@@ -28,11 +31,11 @@ final class SwapFileTests: XCTestCase {
         return (env, a)
     }
 
-    /// Sixteen pages read back in order. The first fault has no history (one page); the second
-    /// is next to it (a window of 2: it reads page 2 ahead); page 2 is a readahead hit, so the
-    /// fault at page 3 gets a window of 4 (pages 4–6 ahead), three more hits give 8 (pages
-    /// 8–14), and the last fault's window ends at the VMA's end: 5 major faults, 11 pages
-    /// read ahead, 11 hits. Every page stays in the swap cache, mapped writable and clean.
+    /// Sixteen pages read back in order. The VMA's first swap fault starts with 7.2's initial 4
+    /// hits (`GET_SWAP_RA_VAL`): a window of 8 around page 0, cut at the page table's start
+    /// (pages 1–4 ahead); four hits later the fault at page 5 follows page 4, so its window of 8
+    /// runs ahead (pages 6–12); the fault at page 13 reads 14 and 15 (nothing is swapped past
+    /// them): 3 major faults, 13 pages read ahead, 13 hits. Every page stays in the swap cache, mapped writable and clean.
     func testSequentialSwapInsReadAheadInGrowingWindowsAndKeepTheCache() throws {
         let (env, a) = try pagedOut(16)
         XCTAssertEqual(env.memory.swap.pageCluster, 3)
@@ -40,9 +43,9 @@ final class SwapFileTests: XCTestCase {
             XCTAssertEqual(try env.cpu.load(a + UInt64(i) * pageSize, as: UInt32.self), UInt32(i * 1024), "page \(i)")
         }
         XCTAssertEqual(env.machine.stats[.pswpin], 16)
-        XCTAssertEqual(env.machine.stats[.pgmajfault], 5)
-        XCTAssertEqual(env.machine.stats[.swapRa], 11)
-        XCTAssertEqual(env.machine.stats[.swapRaHit], 11)
+        XCTAssertEqual(env.machine.stats[.pgmajfault], 3)
+        XCTAssertEqual(env.machine.stats[.swapRa], 13)
+        XCTAssertEqual(env.machine.stats[.swapRaHit], 13)
         XCTAssertEqual(MMStats.Counter.swapRaHit.name, "swap_ra_hit")
         XCTAssertEqual(MMStats.Counter.swapRa.name, "swap_ra")
         XCTAssertEqual(env.memory.swap.freeSlots, 48, "the swap cache keeps every slot")
@@ -112,7 +115,7 @@ final class SwapFileTests: XCTestCase {
     }
 
     /// `vm.page-cluster` 0 turns readahead off; the sysctl's range is 0...31; a machine under
-    /// 16 MiB starts at 2 (`swap_setup`). Pages read ahead and never touched are freed, with
+    /// 16 MiB of usable RAM starts at 2 (`swap_setup`). Pages read ahead and never touched are freed, with
     /// their slots, when the process exits.
     func testPageClusterBoundsReadaheadAndUntouchedPagesGoAtExit() throws {
         let (env, a) = try pagedOut(8)
@@ -123,31 +126,31 @@ final class SwapFileTests: XCTestCase {
         XCTAssertEqual(env.machine.stats[.pgmajfault], 4)
         XCTAssertEqual(env.machine.stats[.swapRa], 0)
         try env.memory.swap.setPageCluster(3)
-        // With readahead off no fault was recorded (`swap_vma_ra_win` returns first): the
-        // fault at page 4 has no history and reads one page; the one at page 5 follows it, and
-        // its window of two reads page 6 ahead, which is never touched.
+        // With readahead off no fault was recorded (`swap_vma_ra_win` returns first), so the
+        // fault at page 4 starts with the initial 4 hits: a window of 8 around it, pages 1–7,
+        // of which 1–3 are mapped: pages 5–7 are read ahead and never touched.
         _ = try env.cpu.load(a + 4 * pageSize, as: UInt8.self)
-        XCTAssertEqual(env.machine.stats[.swapRa], 0)
-        _ = try env.cpu.load(a + 5 * pageSize, as: UInt8.self)
-        XCTAssertEqual(env.machine.stats[.swapRa], 1)
-        XCTAssertEqual(env.machine.stats[.pswpin], 7)
-        XCTAssertEqual(env.machine.stats[.pgmajfault], 6)
-        XCTAssertTrue(pte(env, a + 6 * pageSize).isSwap, "read ahead, not mapped")
-        XCTAssertTrue(pte(env, a + 7 * pageSize).isSwap)
+        XCTAssertEqual(env.machine.stats[.swapRa], 3)
+        XCTAssertEqual(env.machine.stats[.pswpin], 8)
+        XCTAssertEqual(env.machine.stats[.pgmajfault], 5)
+        for i in 5..<8 { XCTAssertTrue(pte(env, a + UInt64(i) * pageSize).isSwap, "page \(i): read ahead, not mapped") }
         env.check()
         env.teardown()   // every frame and slot back
-        let small = try Machine(memoryBytes: 8 << 20, devicePfnSpaceBytes: 0)
-        XCTAssertEqual(small.memory.swap.pageCluster, 2)
+        let small = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        XCTAssertEqual(small.memory.swap.pageCluster, 2, "16 MiB less the reserved page is under 16 MiB")
+        XCTAssertEqual(try Machine(memoryBytes: 17 << 20, devicePfnSpaceBytes: 0).memory.swap.pageCluster, 3)
     }
 
-    /// `swapon` of a bad file: a missing directory is ENOENT, a directory EINVAL (as
-    /// `claim_swapfile` for anything not a regular file or block device), a size under two
-    /// pages EINVAL; nothing is added, and the next area still gets type 0.
+    /// `swapon` of a bad file: a missing directory is ENOENT, a directory EISDIR (its open), a
+    /// character device EINVAL (no swap header to read), a size under two pages EINVAL, a file
+    /// an area already uses EBUSY; nothing is added by a failure, and the next area still
+    /// gets type 0.
     func testSwapOnOfABadFileFailsAndAddsNothing() throws {
         let m = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
         let swap = m.memory.swap
         XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file("/nonexistent-swift-hmm-dir/swap"))) { XCTAssertEqual($0 as? Errno, .ENOENT) }
-        XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file(NSTemporaryDirectory()))) { XCTAssertEqual($0 as? Errno, .EINVAL) }
+        XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file(NSTemporaryDirectory()))) { XCTAssertEqual($0 as? Errno, .EISDIR) }
+        XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file("/dev/null"))) { XCTAssertEqual($0 as? Errno, .EINVAL) }
         XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file(""))) { XCTAssertEqual($0 as? Errno, .ENOENT) }
         let path = temporarySwapFilePath()
         defer { unlink(path) }
@@ -159,5 +162,10 @@ final class SwapFileTests: XCTestCase {
         var st = stat()
         XCTAssertEqual(stat(path, &st), 0)
         XCTAssertEqual(st.st_size, 1 << 20, "the file is sized to the area")
+        XCTAssertEqual(Int(st.st_blocks) * 512, 1 << 20, "and allocated (a swap file has no holes)")
+        XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file(path))) { XCTAssertEqual($0 as? Errno, .EBUSY) }
+        let other = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        XCTAssertThrowsError(try other.memory.swap.swapOn(bytes: 1 << 20, backing: .file(path))) { XCTAssertEqual($0 as? Errno, .EBUSY) }
+        XCTAssertEqual(swap.allAreas.count, 1)
     }
 }

@@ -22,9 +22,9 @@ final class Env {
     /// With `swapFile`, the swap area is a host file (no `SWP_SYNCHRONOUS_IO`), unlinked once open.
     init(mib: UInt64 = 64, swapPages: UInt64 = 0, swapFile: Bool = false, checkEveryOperation: Bool = true) throws {
         let path = swapFile ? temporarySwapFilePath() : ""
+        defer { if swapFile { unlink(path) } }   // the area keeps it open and mapped
         machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 1 << 30,
                               swapBytes: swapPages == 0 ? 0 : (swapPages + 1) * pageSize, swapBacking: swapFile ? .file(path) : .memory)
-        if swapFile { unlink(path) }
         usedAtStart = machine.usedFrames
         process = try Process(machine: machine)
         cpu = process.makeCPU()

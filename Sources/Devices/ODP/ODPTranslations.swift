@@ -56,6 +56,7 @@ final class ODPTranslations: @unchecked Sendable {
         let was: Bool = lock.withLock {
             let was = live
             live = false
+            for e in table where e != 0 { dirtyIfWritable(e) }
             table = []
             return was
         }
@@ -84,10 +85,26 @@ final class ODPTranslations: @unchecked Sendable {
         let first = Int((max(range.start, pageStart) - pageStart) >> pageShift)
         let last = Int((min(range.end, pageEnd) - pageStart + pageSize - 1) >> pageShift)
         var dropped = 0
-        if live, first < last { for i in first..<last where table[i] != 0 { table[i] = 0; dropped += 1 } }
+        if live, first < last {
+            for i in first..<last where table[i] != 0 {
+                dirtyIfWritable(table[i])
+                table[i] = 0
+                dropped += 1
+            }
+        }
         lock.unlock()
         if dropped > 0 { stats.count(.invalidations); stats.count(.pagesInvalidated, dropped) }
         return true
+    }
+
+    /// `ib_umem_odp_unmap_dma_pages`' `set_page_dirty`: a translation the NIC could write
+    /// through dirties its page when it goes (the NIC's writes set no dirty bit in a PTE, and
+    /// reclaim would otherwise drop a clean swap-cache page it wrote). Locking: `lock` (the
+    /// entry's page cannot be unmapped and freed before its invalidation takes it).
+    private func dirtyIfWritable(_ e: UInt64) {
+        lock.assertHeld()
+        guard e & 1 != 0 else { return }
+        mm.memory.page(e >> 2).folioHead.set(.dirty)
     }
 
     /// A NIC page fault (`ib_umem_odp_map_dma_and_lock`): pages [first, end) of the span (at

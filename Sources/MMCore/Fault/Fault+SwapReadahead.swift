@@ -20,6 +20,12 @@ enum SwapReadahead {
     @inline(__always) static func address(_ v: UInt64) -> UInt64 { v & ~(pageSize - 1) }
     @inline(__always) static func win(_ v: UInt64) -> UInt64 { (v & winMask) >> winShift }
     @inline(__always) static func hits(_ v: UInt64) -> UInt64 { v & hitsMask }
+    /// `GET_SWAP_RA_VAL`: a VMA that never had a swap fault starts with 4 hits ("to start up
+    /// with a small window"): its first fault reads ahead too.
+    @inline(__always) static func load(_ vma: VMA) -> UInt64 {
+        let v = vma.swapReadaheadInfo.load()
+        return v == 0 ? 4 : v
+    }
 
     /// `__swapin_nr_pages`: the next window, from the hits the last one had (none: one page,
     /// or two when this fault is next to the last one), rounded up to a power of two of at
@@ -46,7 +52,7 @@ extension AddressSpace {
     /// the state now names this address.
     func swapUpdateReadahead(_ page: Page, _ vma: VMA, _ address: UInt64) {
         let wasReadahead = page.flagsWord.fetchAnd(~PageFlags.readahead.rawValue) & PageFlags.readahead.rawValue != 0
-        let v = vma.swapReadaheadInfo.load()
+        let v = SwapReadahead.load(vma)
         var hits = SwapReadahead.hits(v)
         if wasReadahead { hits = min(hits + 1, SwapReadahead.hitsMask) }
         vma.swapReadaheadInfo.store(SwapReadahead.value(address: address, win: SwapReadahead.win(v), hits: hits))
@@ -61,22 +67,23 @@ extension AddressSpace {
         let cluster = memory.swap.pageCluster
         let maxWin = UInt64(1) << min(cluster, SwapReadahead.orderCeiling)
         guard maxWin > 1 else { return (1, address, address + pageSize) }
-        let v = vma.swapReadaheadInfo.load()
+        let v = SwapReadahead.load(vma)
         let prev = SwapReadahead.address(v)
         let win = SwapReadahead.nrPages(prevOffset: prev >> pageShift, offset: address >> pageShift, hits: SwapReadahead.hits(v),
                                         maxPages: maxWin, prevWin: SwapReadahead.win(v))
         vma.swapReadaheadInfo.store(SwapReadahead.value(address: address, win: win, hits: 0))
         guard win > 1 else { return (1, address, address + pageSize) }
-        let left: UInt64
+        // As 7.2 computes it: the right end from the unclamped left one, then left clamped at 0.
+        var left: UInt64
         if address == prev &+ pageSize {
             left = address
         } else if prev == address &+ pageSize {
-            left = address >= (win - 1) << pageShift ? address - ((win - 1) << pageShift) : 0
+            left = address &- ((win - 1) << pageShift)
         } else {
-            let back = ((win - 1) / 2) << pageShift
-            left = address >= back ? address - back : 0
+            left = address &- (((win - 1) / 2) << pageShift)
         }
         let right = left &+ (win << pageShift)
+        if Int64(bitPattern: left) < 0 { left = 0 }
         let pmdStart = address & ~(pmdSize - 1)
         return (win, max(left, vma.start, pmdStart), min(right, vma.end, pmdStart + pmdSize))
     }
@@ -100,13 +107,14 @@ extension AddressSpace {
             let swp = e.swapEntry
             guard swp.isSwapSlot, let area = swap.resolve(swp), area.isInUse(swp.offset) else { continue }
             if let cached = swap.lookup(swp) { memory.put(cached); continue }
-            guard let page = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return }
+            guard let page = memory.allocate(order: 0, mayReclaim: true, lru: true) else { break }
             page.lock()
+            // Flagged before it can be found in the cache, so the first fault to find it counts.
+            page.set(.readahead)
             switch swap.addForSwapIn(page, swp) {
             case .added(let shadow):
                 memory.lru.workingsetRefault(page, shadow: shadow, stats: stats)
                 swap.readIn(page)
-                page.set(.readahead)
                 stats.count(.pswpin)
                 stats.count(.swapRa)
             case .raced, .slotFree:

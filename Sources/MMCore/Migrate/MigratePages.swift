@@ -121,6 +121,7 @@ extension Machine {
         // folio_migrate_flags: the dirty bit moves with the data (set at the unmap if a
         // mapping had written it).
         new.set(old.test(.dirty) ? [.uptodate, .swapBacked, .dirty] : [.uptodate, .swapBacked])
+        if old.test(.readahead) { new.set(.readahead) }
         // folio_migrate_mapping of a swap-cache page: the new page takes its slot.
         if old.test(.swapCache) { memory.swap.migrateCache(from: old, to: new) }
         removeMigrationPTEs(from: old, to: new, av: av, index: index, entries: unmapped)

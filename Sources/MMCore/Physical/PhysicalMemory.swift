@@ -138,8 +138,9 @@ public final class PhysicalMemory: @unchecked Sendable {
         thpState = TransparentHugepage(memory: self)
         swapState = SwapSpace(memory: self)
         swapUnmanaged = .passUnretained(swapState!)
-        // swap_setup: smaller readahead clusters on a machine of less than 16 MiB.
-        if systemFrames << pageShift < 16 << 20 { try? swapState?.setPageCluster(2) }
+        // swap_setup: smaller readahead clusters when RAM (pages not reserved: all but pfn 0)
+        // is under 16 MiB.
+        if (systemFrames - 1) >> (20 - pageShift) < 16 { try? swapState?.setPageCluster(2) }
         let lists = LRULists(memory: self, batchLocks: pcpBatch > 0 ? pcpOwners.map(\.lock) : nil)
         lruState = lists
         lruUnmanaged = .passUnretained(lists)

@@ -41,13 +41,12 @@ extension AddressSpace {
     /// Locking: caller holds the page lock and the entry's PTE lock.
     fileprivate func unmapOne(_ page: Page, _ ptep: EntryPointer, _ found: MappedEntry, anon: Bool, lazy: Bool) -> Bool {
         Lockdep.assertSpinLockHeld()
-        let old: PTE
-        switch found {
-        case .present(let v): old = v
-        case .swap(let s) where s.isDeviceExclusive: old = ptep.load()
-        case .swap: return true   // a migration entry: not a mapping of ours to take away
-        }
-        ptep.store(.none)
+        // A migration entry: not a mapping of ours to take away.
+        if case .swap(let s) = found, !s.isDeviceExclusive { return true }
+        // ptep_get_and_clear: a CPU's walk sets the accessed and dirty bits without the PTE
+        // lock until the entry is gone, so the entry is read and cleared in one step (a load
+        // then a store could lose a write's dirty bit, and reclaim would drop the page clean).
+        let old = ptep.exchange(.none)
         if old.isPresent { flushTLB() }
         if old.isPresent && old.isDirty { page.set(.dirty) }
         if !anon {

@@ -12,7 +12,8 @@ public enum SwapBacking: Sendable, Equatable {
     /// A host file (created if missing, sized to the area, mapped shared): a swap file on a
     /// disk, without `SWP_SYNCHRONOUS_IO`. A swap-in reads ahead around the fault
     /// (`swap_vma_readahead`, `vm.page-cluster`), and the swap cache keeps a page read back
-    /// until it is written to or swap is half full, so reclaim drops it again without a write.
+    /// unless swap is half full or the fault still has to write, so reclaim drops it again
+    /// without a write while it stays clean.
     case file(String)
 }
 
@@ -83,8 +84,9 @@ public final class SwapArea: @unchecked Sendable {
     /// Creates an area of `bytes` (a page multiple of at least two pages: the header and one
     /// slot) on `backing`, its slots committed by the host now with `populate` (as the
     /// machine's RAM with `populateRAM`), else on first write. Throws EINVAL for a bad size or
-    /// a path that is not a regular file, ENOMEM if the host refuses the reservation, and the
-    /// host's errno when it cannot open, size or map the file (ENOENT, EACCES, ENOSPC, …).
+    /// a path that is not a regular file, EISDIR for a directory, EBUSY for a file another
+    /// area uses, ENOMEM if the host refuses the reservation, and the host's errno when it
+    /// cannot open, size, allocate or map the file (ENOENT, EACCES, ENOSPC, …).
     init(type: UInt8, bytes: UInt64, populate: Bool = false, backing: SwapBacking = .memory) throws(Errno) {
         guard bytes >= 2 * pageSize, bytes % pageSize == 0, bytes <= 1 << 40 else { throw .EINVAL }
         self.type = type
@@ -104,11 +106,19 @@ public final class SwapArea: @unchecked Sendable {
             synchronous = false
             guard !path.isEmpty else { throw .ENOENT }
             let f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-            // claim_swapfile: anything but a regular file (or block device) is EINVAL.
-            guard f >= 0 else { let e = errno; throw Errno(e == EISDIR ? EINVAL : e) }
+            // A directory is EISDIR (the open, as 7.2's file_open_name); anything else that is
+            // not a regular file has no swap header to read: EINVAL.
+            guard f >= 0 else { throw Errno(errno) }
             var st = stat()
             guard fstat(f, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { close(f); throw .EINVAL }
+            // A file already in use as a swap area is EBUSY (7.2's IS_SWAPFILE); the lock goes
+            // with the descriptor.
+            guard flock(f, LOCK_EX | LOCK_NB) == 0 else { close(f); throw .EBUSY }
+            // Sized and allocated now (a swap file may have no holes), so a full disk is ENOSPC
+            // here rather than a SIGBUS at the first write-out.
             guard ftruncate(f, off_t(bytes)) == 0 else { let e = errno; close(f); throw Errno(e) }
+            let r = posix_fallocate(f, 0, off_t(bytes))
+            guard r == 0 else { close(f); throw Errno(r) }
             guard let s = mmap(nil, Int(bytes), PROT_READ | PROT_WRITE, MAP_SHARED, f, 0), s != MAP_FAILED else {
                 let e = errno; close(f); throw Errno(e == ENODEV || e == EACCES ? e : ENOMEM)
             }

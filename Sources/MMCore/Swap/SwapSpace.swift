@@ -36,9 +36,10 @@ public final class SwapSpace: @unchecked Sendable {
 
     /// `swapon`: adds an area of `bytes` backed by host memory or a host file (`backing`),
     /// committed now with `populate`. Return: the new area. Throws EINVAL for a bad size or a
-    /// path that is not a regular file, EPERM when all 24 swap types are taken
-    /// (`MAX_SWAPFILES`), ENOMEM if the host refuses the memory, the host's errno when it
-    /// cannot open, size or map the file.
+    /// path that is not a regular file, EISDIR for a directory, EBUSY for a file an area
+    /// already uses, EPERM when all 24 swap types are taken (`MAX_SWAPFILES`), ENOMEM if the
+    /// host refuses the memory, the host's errno when it cannot open, size, allocate or map
+    /// the file.
     @discardableResult
     public func swapOn(bytes: UInt64, populate: Bool = false, backing: SwapBacking = .memory) throws(Errno) -> SwapArea {
         swaponLock.lock(); defer { swaponLock.unlock() }

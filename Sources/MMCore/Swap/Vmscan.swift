@@ -54,7 +54,14 @@ extension Machine {
         guard page.order == 0 || (page.test(.head) && page.isAnon) else { return .activate }
         guard page.tryLock() else { return .keep }
         func keep(_ outcome: ReclaimOutcome) -> ReclaimOutcome {
-            if outcome == .activate { stats.count(.pgactivate) }
+            if outcome == .activate {
+                stats.count(.pgactivate)
+                // activate_locked: a page that stays gives its slot back when swap is half full
+                // (only a swap file's pages stay in the swap cache while mapped).
+                if page.test(.swapCache) && page.isAnon && memory.withSwap({ $0.isHalfFull }) {
+                    memory.withSwap { _ = $0.folioFreeSwap(page) }
+                }
+            }
             page.unlock()
             return outcome
         }

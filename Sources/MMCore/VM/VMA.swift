@@ -153,6 +153,8 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
         v.hugetlbResv = hugetlbResv
         v.hugetlbFile = hugetlbFile
         hugetlbFile?.attach()
+        // vm_area_init_from copies the swap readahead state too.
+        v.swapReadaheadInfo.store(swapReadaheadInfo.load())
         return v
     }
 }
