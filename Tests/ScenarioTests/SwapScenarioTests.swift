@@ -7,25 +7,21 @@ import MMSync
 /// fork sharing slots, and threads racing swap-out against swap-in on the same pages. Each
 /// must pass, and the scenario language's swap words must reach the model.
 final class SwapScenarioTests: XCTestCase {
-    func testSwapScenariosPass() throws {
-        let dir = "\(packageRoot)/scenarios/swap"
+    func testSwapScenariosPass() throws { try runEveryScenario(in: "swap", atLeast: 2) }
+
+    /// Runs every `.hmm` file of `scenarios/NAME` (at least `atLeast` of them): each must pass.
+    private func runEveryScenario(in name: String, atLeast: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+        let dir = "\(packageRoot)/scenarios/\(name)"
         let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".hmm") }.sorted()
-        XCTAssertGreaterThanOrEqual(files.count, 2)
+        XCTAssertGreaterThanOrEqual(files.count, atLeast, file: file, line: line)
         for f in files {
-            XCTAssertEqual(ScenarioInterpreter().run(path: "\(dir)/\(f)"), .passed, f)
+            XCTAssertEqual(ScenarioInterpreter().run(path: "\(dir)/\(f)"), .passed, f, file: file, line: line)
         }
     }
 
     /// The swap-file scenarios (`scenarios/swapfile/`, outside the kernel oracle's set: its VM
     /// has no disk to put a swap file on) pass.
-    func testSwapFileScenariosPass() throws {
-        let dir = "\(packageRoot)/scenarios/swapfile"
-        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".hmm") }.sorted()
-        XCTAssertGreaterThanOrEqual(files.count, 1)
-        for f in files {
-            XCTAssertEqual(ScenarioInterpreter().run(path: "\(dir)/\(f)"), .passed, f)
-        }
-    }
+    func testSwapFileScenariosPass() throws { try runEveryScenario(in: "swapfile", atLeast: 2) }
 
     /// `machine swap_file=0|1` and `page_cluster=0…31` are checked before the run (`hmm
     /// check`) and when evaluated; `swap_file=1` makes a non-synchronous area and
