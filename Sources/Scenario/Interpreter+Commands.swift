@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Devices
 import HMM
 import MMCore
@@ -73,13 +70,6 @@ extension ScenarioInterpreter {
     }
 
     // MARK: machine and processes
-
-    /// A fresh path for a `machine swap_file=1` area, in the host's temporary directory
-    /// (unlinked as soon as the area has it open).
-    static func swapFilePath() -> String {
-        let dir = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
-        return "\(dir)/swift-hmm-scenario-swap-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
-    }
 
     /// A `machine swap=` size: none, or one swap area of a header page and at least one slot.
     static func isValidSwapSize(_ v: UInt64) -> Bool { v == 0 || (v >= 2 * pageSize && v <= 16 << 30 && v % pageSize == 0) }

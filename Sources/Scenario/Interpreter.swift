@@ -466,10 +466,8 @@ public final class ScenarioInterpreter {
                 throw ScenarioFailure(location: loc, message: "expected at most \(options.memoryBudget) bytes of host memory for the machine and buffers (--memory-budget), got \(hostMemory)")
             }
             do {
-                let path = machineSwapFile ? ScenarioInterpreter.swapFilePath() : ""
-                defer { if machineSwapFile { unlink(path) } }   // the area keeps it open and mapped
                 let m = try Machine(memoryBytes: machineMemory, devicePfnSpaceBytes: 4 << 30, swapBytes: machineSwap,
-                                    swapBacking: machineSwapFile ? .file(path) : .memory)
+                                    swapBacking: machineSwapFile ? .temporaryFile() : .memory)
                 if let c = machinePageCluster { try m.memory.swap.setPageCluster(c) }
                 m.maxMapCount = maxMapCount
                 m.oomKillerEnabled = machineOOMKiller

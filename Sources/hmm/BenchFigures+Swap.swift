@@ -47,10 +47,8 @@ extension BenchSuite {
         /// Return: ns per page access, and the 4 KiB copies swap made per page access (slot
         /// writes and reads).
         func stream(memory: UInt64, swap: UInt64, file: Bool = false) throws -> (Double, Double) {
-            let path = BenchSuite.swapFilePath()
-            defer { if file { unlink(path) } }   // the area keeps it open and mapped
             let m = try Machine(memoryBytes: memory, devicePfnSpaceBytes: 0, swapBytes: swap,
-                                swapBacking: file ? .file(path) : .memory, populateRAM: true)
+                                swapBacking: file ? .temporaryFile(directory: BenchSuite.swapFileDirectory) : .memory, populateRAM: true)
             if swap > 0 { m.startKswapd() }
             defer { m.stopKswapd() }
             let p = try MMCore.Process(machine: m)
@@ -111,13 +109,11 @@ extension BenchSuite {
         ]
     }
 
-    /// A fresh path for a bench swap file: in the host's /dev/shm when it has one (a file in
-    /// host memory, as the ramdisk areas are), else in the temporary directory.
-    static func swapFilePath() -> String {
+    /// Where the bench's swap file goes: the host's /dev/shm when it has one (a file in host
+    /// memory, as the ramdisk areas are), else the temporary directory.
+    static var swapFileDirectory: String? {
         var st = stat()
-        let dir = stat("/dev/shm", &st) == 0 && st.st_mode & S_IFMT == S_IFDIR ? "/dev/shm"
-            : (getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp")
-        return "\(dir)/swift-hmm-bench-swap-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        return stat("/dev/shm", &st) == 0 && st.st_mode & S_IFMT == S_IFDIR ? "/dev/shm" : nil
     }
 
     /// Two CPU threads each write and read back their half of `set` bytes (one access per

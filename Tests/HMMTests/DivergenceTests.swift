@@ -117,9 +117,7 @@ final class DivergenceTests: XCTestCase {
     /// are unlocked and up to date when the fault returns (7.2 would still be reading them),
     /// and the swap cache keeps every page read back.
     func testD21SwapFileReadsAheadAtOnce() throws {
-        let path = NSTemporaryDirectory() + "swift-hmm-d21-\(getpid())"
-        let m = try Machine(memoryBytes: 32 << 20, devicePfnSpaceBytes: 0, swapBytes: 64 * pageSize, swapBacking: .file(path))
-        unlink(path)
+        let m = try Machine(memoryBytes: 32 << 20, devicePfnSpaceBytes: 0, swapBytes: 64 * pageSize, swapBacking: .temporaryFile())
         let p = try MMCore.Process(machine: m)
         let cpu = p.makeCPU()
         // At the start of a page table, so the window is cut there and nowhere else.

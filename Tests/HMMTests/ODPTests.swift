@@ -17,12 +17,10 @@ final class ODPTests: XCTestCase {
         let nic: ODPDevice
         let qp: ODPQueuePair
         let used: Int
-        /// With `swapFilePages`, a swap file of that many slots (unlinked once open).
+        /// With `swapFilePages`, a temporary swap file of that many slots.
         init(swapFilePages: UInt64 = 0) throws {
-            let path = NSTemporaryDirectory() + "swift-hmm-odp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
-            defer { if swapFilePages > 0 { unlink(path) } }
             machine = try Machine(memoryBytes: 64 << 20, devicePfnSpaceBytes: 1 << 30,
-                                  swapBytes: swapFilePages == 0 ? 0 : (swapFilePages + 1) * pageSize, swapBacking: .file(path))
+                                  swapBytes: swapFilePages == 0 ? 0 : (swapFilePages + 1) * pageSize, swapBacking: .temporaryFile())
             module = DmirrorModule(machine: machine)
             used = machine.usedFrames
             a = try MMCore.Process(machine: machine)

@@ -171,10 +171,8 @@ final class DifferentialTests: XCTestCase {
                      stats: inout [MMStats.Counter: Int]) throws {
         var rng = SeededRNG(seed: seed)
         var ballast: [Page] = []
-        let path = swapFile ? temporarySwapFilePath() : ""
-        defer { if swapFile { unlink(path) } }   // the area keeps it open and mapped
         let machine = try Machine(memoryBytes: thp ? (swap ? 16 << 20 : 32 << 20) : swap ? 8 << 20 : 16 << 20, devicePfnSpaceBytes: thp ? 1 << 30 : 0,
-                                  swapBytes: swap ? (thp ? 48 << 20 : 16 << 20) : 0, swapBacking: swapFile ? .file(path) : .memory)
+                                  swapBytes: swap ? (thp ? 48 << 20 : 16 << 20) : 0, swapBacking: swapFile ? .temporaryFile() : .memory)
         if thp { machine.memory.thp.mode = .always }
         if swap {
             let pools = machine.memory.hugetlb

@@ -152,7 +152,7 @@ final class SwapFileTests: XCTestCase {
         XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file(NSTemporaryDirectory()))) { XCTAssertEqual($0 as? Errno, .EISDIR) }
         XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file("/dev/null"))) { XCTAssertEqual($0 as? Errno, .EINVAL) }
         XCTAssertThrowsError(try swap.swapOn(bytes: 1 << 20, backing: .file(""))) { XCTAssertEqual($0 as? Errno, .ENOENT) }
-        let path = temporarySwapFilePath()
+        let path = NSTemporaryDirectory() + "swift-hmm-swap-test-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         defer { unlink(path) }
         XCTAssertThrowsError(try swap.swapOn(bytes: pageSize, backing: .file(path))) { XCTAssertEqual($0 as? Errno, .EINVAL) }
         XCTAssertEqual(swap.allAreas.count, 0)
@@ -167,5 +167,30 @@ final class SwapFileTests: XCTestCase {
         let other = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
         XCTAssertThrowsError(try other.memory.swap.swapOn(bytes: 1 << 20, backing: .file(path))) { XCTAssertEqual($0 as? Errno, .EBUSY) }
         XCTAssertEqual(swap.allAreas.count, 1)
+    }
+
+    /// `SwapBacking.temporaryFile`: the file is made in the directory and unlinked at once (the
+    /// area keeps it open: its slots still work); a missing directory is ENOENT.
+    func testATemporarySwapFileLeavesNothingBehind() throws {
+        var template = Array((NSTemporaryDirectory() + "swift-hmm-swapdir-XXXXXX").utf8CString)
+        let dir = String(cString: try XCTUnwrap(mkdtemp(&template)))
+        defer { rmdir(dir) }
+        let m = try Machine(memoryBytes: 16 << 20, devicePfnSpaceBytes: 0)
+        XCTAssertThrowsError(try m.memory.swap.swapOn(bytes: 1 << 20, backing: .temporaryFile(directory: dir + "/missing"))) {
+            XCTAssertEqual($0 as? Errno, .ENOENT)
+        }
+        let area = try m.memory.swap.swapOn(bytes: 1 << 20, backing: .temporaryFile(directory: dir))
+        XCTAssertFalse(area.synchronous)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+        let p = try Process(machine: m)
+        let cpu = p.makeCPU()
+        let a = try p.mmap(length: 2 * pageSize, prot: .readWrite, flags: [.private, .anonymous])
+        try cpu.store(a + pageSize, UInt64(99))
+        try p.madvise(a, length: 2 * pageSize, advice: .pageout)
+        XCTAssertEqual(m.stats[.pswpout], 1)
+        XCTAssertEqual(try cpu.load(a + pageSize, as: UInt64.self), 99)
+        cpu.detach()
+        p.exit()
+        XCTAssertEqual(area.freeSlots, 255)
     }
 }

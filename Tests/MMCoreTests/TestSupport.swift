@@ -19,12 +19,10 @@ final class Env {
 
     /// With `checkEveryOperation`, every invariant runs after every system call, fault, GUP and
     /// migration (single-threaded tests only: the checkers need a quiescent machine).
-    /// With `swapFile`, the swap area is a host file (no `SWP_SYNCHRONOUS_IO`), unlinked once open.
+    /// With `swapFile`, the swap area is a temporary host file (no `SWP_SYNCHRONOUS_IO`).
     init(mib: UInt64 = 64, swapPages: UInt64 = 0, swapFile: Bool = false, checkEveryOperation: Bool = true) throws {
-        let path = swapFile ? temporarySwapFilePath() : ""
-        defer { if swapFile { unlink(path) } }   // the area keeps it open and mapped
         machine = try Machine(memoryBytes: mib << 20, devicePfnSpaceBytes: 1 << 30,
-                              swapBytes: swapPages == 0 ? 0 : (swapPages + 1) * pageSize, swapBacking: swapFile ? .file(path) : .memory)
+                              swapBytes: swapPages == 0 ? 0 : (swapPages + 1) * pageSize, swapBacking: swapFile ? .temporaryFile() : .memory)
         usedAtStart = machine.usedFrames
         process = try Process(machine: machine)
         cpu = process.makeCPU()
@@ -76,12 +74,6 @@ final class Env {
         let e = try mm.pagemap(address, count: 1)[0]
         return e.isPresent ? e.pfn : nil
     }
-}
-
-/// A fresh path for a swap file in the host's temporary directory (the caller unlinks it).
-func temporarySwapFilePath() -> String {
-    let dir = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
-    return "\(dir)/swift-hmm-swap-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).img"
 }
 
 /// Stores the pattern IDX (int k = k) as 32-bit ints over `bytes` bytes from `base`.

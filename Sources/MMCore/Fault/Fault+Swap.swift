@@ -1,6 +1,32 @@
 import MMSync
 
 extension AddressSpace {
+    /// What `readNewSwapPage` did.
+    enum SwapRead { case read(Page), noMemory, gone }
+
+    /// `swap_cache_alloc_folio` then `swap_read_folio`: a new page (for the LRU) joins the swap
+    /// cache for `swp` and is read from its slot (`pswpin`; a refault's working-set check),
+    /// streamed but for the line at `hot`; `flags` are set before another thread can find it.
+    /// Return: the page, locked, with the caller's reference; `.noMemory` when no frame could
+    /// be had; `.gone` when another page caches the slot or it was freed meanwhile.
+    /// Locking: no spin lock held.
+    func readNewSwapPage(_ swp: SwapEntry, hot: UInt64 = 0, flags: PageFlags = []) -> SwapRead {
+        Lockdep.assertNoSpinLockHeld()
+        guard let page = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return .noMemory }
+        page.lock()
+        if !flags.isEmpty { page.set(flags) }
+        let swap = memory.swap
+        guard case .added(let shadow) = swap.addForSwapIn(page, swp) else {
+            page.unlock()
+            memory.put(page)
+            return .gone
+        }
+        memory.lru.workingsetRefault(page, shadow: shadow, stats: stats)
+        swap.readIn(page, hot: hot)
+        stats.count(.pswpin)
+        return .read(page)
+    }
+
     /// `do_swap_page` for a swap-slot entry (Linux 7.2): the page comes from the swap cache,
     /// or is allocated, put in the cache and read from the slot (a major fault, `pswpin`).
     /// Under its lock and the PTE lock, with the entry unchanged, the page is mapped; an
@@ -33,19 +59,12 @@ extension AddressSpace {
                 let w = swapVMAReadaheadWindow(vma, address)
                 if w.win > 1 { swapReadaheadAround(vma, address, ptep, start: w.start, end: w.end) }
             }
-            guard let new = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return ptep.load() == entry ? .oom : .retry }
-            new.lock()
-            switch swap.addForSwapIn(new, swp) {
-            case .added(let shadow):
-                memory.lru.workingsetRefault(new, shadow: shadow, stats: stats)
-                swap.readIn(new, hot: realAddress)
-                stats.count(.pswpin)
+            switch readNewSwapPage(swp, hot: realAddress) {
+            case .read(let new):
                 stats.count(.pgmajfault)
                 page = new
-            case .raced, .slotFree:
-                new.unlock()
-                memory.put(new)
-                return .retry
+            case .noMemory: return ptep.load() == entry ? .oom : .retry
+            case .gone: return .retry
             }
         }
         // The reference taken above becomes the mapping's; every path that does not map drops it.

@@ -98,7 +98,7 @@ extension AddressSpace {
         Lockdep.assertNoSpinLockHeld()
         let swap = memory.swap
         var addr = start
-        while addr < end {
+        scan: while addr < end {
             defer { addr += pageSize }
             guard addr != address else { continue }
             let index = Int(Int64(bitPattern: addr &- address) >> Int64(pageShift))
@@ -107,21 +107,15 @@ extension AddressSpace {
             let swp = e.swapEntry
             guard swp.isSwapSlot, let area = swap.resolve(swp), area.isInUse(swp.offset) else { continue }
             if let cached = swap.lookup(swp) { memory.put(cached); continue }
-            guard let page = memory.allocate(order: 0, mayReclaim: true, lru: true) else { break }
-            page.lock()
             // Flagged before it can be found in the cache, so the first fault to find it counts.
-            page.set(.readahead)
-            switch swap.addForSwapIn(page, swp) {
-            case .added(let shadow):
-                memory.lru.workingsetRefault(page, shadow: shadow, stats: stats)
-                swap.readIn(page)
-                stats.count(.pswpin)
+            switch readNewSwapPage(swp, flags: .readahead) {
+            case .read(let page):
                 stats.count(.swapRa)
-            case .raced, .slotFree:
-                break
+                page.unlock()
+                memory.put(page)   // the swap cache holds it now
+            case .noMemory: break scan
+            case .gone: continue
             }
-            page.unlock()
-            memory.put(page)   // the swap cache holds the page now, or nobody does
         }
         memory.lru.drainLocal()
     }

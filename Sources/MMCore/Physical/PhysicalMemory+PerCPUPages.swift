@@ -99,7 +99,7 @@ extension PhysicalMemory {
             if lru {
                 let p = page(pfn)
                 prepareAllocated(p, order: 0)
-                lruUnmanaged.unsafelyUnwrapped._withUnsafeGuaranteedRef { $0.addLocked(p, slot: slot) }
+                withLRU { $0.addLocked(p, slot: slot) }
             }
             return pfn
         }

@@ -15,6 +15,9 @@ public enum SwapBacking: Sendable, Equatable {
     /// unless swap is half full or the fault still has to write, so reclaim drops it again
     /// without a write while it stays clean.
     case file(String)
+    /// A swap file as `file`, made for the area in `directory` (`$TMPDIR`, else /tmp, when
+    /// nil) and unlinked as soon as it is open: nothing is left behind, whatever happens next.
+    case temporaryFile(directory: String? = nil)
 }
 
 /// One swap area (`swap_info_struct`): `slots` page-sized slots backed by host memory or a
@@ -102,13 +105,23 @@ public final class SwapArea: @unchecked Sendable {
             // Backed by host huge pages where the host allows, as the frame arena is: a slot
             // copy then misses the host TLB once per 2 MiB instead of once per slot.
             _ = madvise(s, Int(bytes), MADV_HUGEPAGE)
-        case .file(let path):
+        case .file, .temporaryFile:
             synchronous = false
+            var path = "", temporary = false
+            switch backing {
+            case .file(let p): path = p
+            case .temporaryFile(let dir):
+                let d = dir ?? getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+                path = "\(d)/swift-hmm-swap-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+                temporary = true
+            case .memory: break
+            }
             guard !path.isEmpty else { throw .ENOENT }
-            let f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            let f = open(path, O_RDWR | O_CREAT | O_CLOEXEC | (temporary ? O_EXCL : 0), 0o600)
             // A directory is EISDIR (the open, as 7.2's file_open_name); anything else that is
             // not a regular file has no swap header to read: EINVAL.
             guard f >= 0 else { throw Errno(errno) }
+            if temporary { unlink(path) }
             var st = stat()
             guard fstat(f, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { close(f); throw .EINVAL }
             // A file already in use as a swap area is EBUSY (7.2's IS_SWAPFILE); the lock goes

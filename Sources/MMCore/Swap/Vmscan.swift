@@ -58,8 +58,8 @@ extension Machine {
                 stats.count(.pgactivate)
                 // activate_locked: a page that stays gives its slot back when swap is half full
                 // (only a swap file's pages stay in the swap cache while mapped).
-                if page.test(.swapCache) && page.isAnon && memory.withSwap({ $0.isHalfFull }) {
-                    memory.withSwap { _ = $0.folioFreeSwap(page) }
+                if page.test(.swapCache) && page.isAnon {
+                    memory.withSwap { if $0.isHalfFull { $0.folioFreeSwap(page) } }
                 }
             }
             page.unlock()
