@@ -239,12 +239,13 @@ double nb_mutex_pairs(int n) {
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/// A 4 KiB page zeroed with 32-byte streaming stores: the same width as swift-hmm's
-/// `clear_page` (MMArch) on a CPU with AVX2, so that the limit does the same memory work.
-__attribute__((target("avx2"))) static void nb_clear_page_avx2(char *page) {
+/// A 4 KiB page's lines but the first zeroed with 32-byte streaming stores: the same width as
+/// swift-hmm's `clear_page` (MMArch) on a CPU with AVX2, and the same line left to ordinary
+/// stores as its `mm_clear_user_page` leaves for a fault on the page's first byte.
+__attribute__((target("avx2"))) static void nb_clear_page_but_first_line_avx2(char *page) {
     __m256i *d = (__m256i *)page;
     const __m256i z = _mm256_setzero_si256();
-    for (int i = 0; i < 128; i++) _mm256_stream_si256(d + i, z);
+    for (int i = 2; i < 128; i++) _mm256_stream_si256(d + i, z);
 }
 #endif
 
@@ -263,8 +264,10 @@ static void nb_run_parallel(void *(*fn)(void *), void *args, size_t size, int th
 
 struct nb_fill_arg { char *base; size_t bytes; long *word; const int *go; double t0, t1; };
 
-/// The memory work of one anonymous fault, page by page: zero 4 KiB with streaming stores (as
-/// wide as swift-hmm's), fence, one locked add (publishing it), then the faulting store.
+/// The memory work of one anonymous fault, page by page, as swift-hmm's fault does it: zero
+/// the page's lines but the faulting one with streaming stores (as wide as swift-hmm's), fence,
+/// zero the faulting line with ordinary stores (into the cache), one locked add (publishing
+/// the page), then the faulting store, which finds its line in the cache.
 static void *nb_fill_pages(void *p) {
     struct nb_fill_arg *a = p;
 #if defined(__x86_64__)
@@ -277,13 +280,14 @@ static void *nb_fill_pages(void *p) {
         char *page = a->base + off;
 #if defined(__x86_64__)
         if (avx2) {
-            nb_clear_page_avx2(page);
+            nb_clear_page_but_first_line_avx2(page);
         } else {
             __m128i *d = (__m128i *)page;
             const __m128i z = _mm_setzero_si128();
-            for (int i = 0; i < 256; i++) _mm_stream_si128(d + i, z);
+            for (int i = 4; i < 256; i++) _mm_stream_si128(d + i, z);
         }
         _mm_sfence();
+        memset(page, 0, 64);
 #else
         memset(page, 0, 4096);
 #endif
