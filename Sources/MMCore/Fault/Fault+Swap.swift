@@ -15,16 +15,19 @@ extension AddressSpace {
         guard let page = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return .noMemory }
         page.lock()
         if !flags.isEmpty { page.set(flags) }
-        let swap = memory.swap
-        guard case .added(let shadow) = swap.addForSwapIn(page, swp) else {
-            page.unlock()
-            memory.put(page)
-            return .gone
+        // The swap space and the LRU are borrowed (the memory owns them): every faulting
+        // thread and kswapd share them, and a retain would bounce their counts' lines.
+        return memory.withSwap { swap -> SwapRead in
+            guard case .added(let shadow) = swap.addForSwapIn(page, swp) else {
+                page.unlock()
+                memory.put(page)
+                return .gone
+            }
+            _ = memory.withLRU { $0.workingsetRefault(page, shadow: shadow, stats: stats) }
+            swap.readIn(page, hot: hot)
+            stats.count(.pswpin)
+            return .read(page)
         }
-        memory.lru.workingsetRefault(page, shadow: shadow, stats: stats)
-        swap.readIn(page, hot: hot)
-        stats.count(.pswpin)
-        return .read(page)
     }
 
     /// `do_swap_page` for a swap-slot entry (Linux 7.2): the page comes from the swap cache,
@@ -42,9 +45,19 @@ extension AddressSpace {
     func doSwapPage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ entry: PTE,
                     flags: FaultFlags, realAddress: UInt64) -> FaultResult {
         assertFaultLocked(vma, flags); Lockdep.assertNoSpinLockHeld()
+        // Borrowed, as in readNewSwapPage: no reference count on the shared swap objects.
+        return memory.withSwap { swap in
+            doSwapPage(swap, vma, address, ptep, ptl, entry, flags: flags, realAddress: realAddress)
+        }
+    }
+
+    /// `doSwapPage` with the machine's swap space borrowed.
+    /// Locking: as `doSwapPage`.
+    private func doSwapPage(_ swap: SwapSpace, _ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef,
+                            _ entry: PTE, flags: FaultFlags, realAddress: UInt64) -> FaultResult {
+        assertFaultLocked(vma, flags); Lockdep.assertNoSpinLockHeld()
         let swp = entry.swapEntry
-        let swap = memory.swap
-        guard let area = swap.resolve(swp), area.isInUse(swp.offset) else {
+        guard let (inUse, synchronous) = swap.withArea(swp, { ($0.isInUse(swp.offset), $0.synchronous) }), inUse else {
             return ptep.load() == entry ? .sigbus : .retry
         }
         guard let av = vmfAnonPrepare(vma, flags) else { return .retry }
@@ -54,7 +67,7 @@ extension AddressSpace {
             page = cached
             page.lock()
         } else {
-            if !area.synchronous {
+            if !synchronous {
                 // swap_vma_readahead: the neighbours first; this page is read below.
                 let w = swapVMAReadaheadWindow(vma, address)
                 if w.win > 1 { swapReadaheadAround(vma, address, ptep, start: w.start, end: w.end) }
@@ -104,7 +117,7 @@ extension AddressSpace {
         // should_try_to_free_swap: always on a synchronous area; on a file when swap is half
         // full (vm_swap_full), or for a write still to be done when the cache and this
         // mapping hold the only references (the write clears FAULT_FLAG_WRITE when it is done).
-        if area.synchronous || swap.isHalfFull || (write && !writeDone && page.refcount == 2) {
+        if synchronous || swap.isHalfFull || (write && !writeDone && page.refcount == 2) {
             swap.folioFreeSwap(page)
         }
         page.unlock()

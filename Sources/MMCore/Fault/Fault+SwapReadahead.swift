@@ -64,7 +64,7 @@ extension AddressSpace {
     /// when the last fault was the page before, behind it when it was the page after, centred
     /// otherwise. Records the fault in the VMA's state with no hits yet.
     func swapVMAReadaheadWindow(_ vma: VMA, _ address: UInt64) -> (win: UInt64, start: UInt64, end: UInt64) {
-        let cluster = memory.swap.pageCluster
+        let cluster = memory.withSwap { $0.pageCluster }
         let maxWin = UInt64(1) << min(cluster, SwapReadahead.orderCeiling)
         guard maxWin > 1 else { return (1, address, address + pageSize) }
         let v = SwapReadahead.load(vma)
@@ -96,7 +96,14 @@ extension AddressSpace {
     /// Locking: mmap lock held for read, or the VMA's lock (the table stays); no PTE lock held.
     func swapReadaheadAround(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, start: UInt64, end: UInt64) {
         Lockdep.assertNoSpinLockHeld()
-        let swap = memory.swap
+        memory.withSwap { swap in readaheadEntries(swap, address, ptep, start: start, end: end) }
+        memory.withLRU { $0.drainLocal() }
+    }
+
+    /// `swapReadaheadAround`'s loop, with the swap space borrowed.
+    /// Locking: as `swapReadaheadAround`.
+    private func readaheadEntries(_ swap: SwapSpace, _ address: UInt64, _ ptep: EntryPointer, start: UInt64, end: UInt64) {
+        Lockdep.assertNoSpinLockHeld()
         var addr = start
         scan: while addr < end {
             defer { addr += pageSize }
@@ -105,7 +112,7 @@ extension AddressSpace {
             let e = (ptep + index).load()
             guard !e.isPresent, !e.isNone else { continue }
             let swp = e.swapEntry
-            guard swp.isSwapSlot, let area = swap.resolve(swp), area.isInUse(swp.offset) else { continue }
+            guard swap.withArea(swp, { $0.isInUse(swp.offset) }) == true else { continue }
             if let cached = swap.lookup(swp) { memory.put(cached); continue }
             // Flagged before it can be found in the cache, so the first fault to find it counts.
             switch readNewSwapPage(swp, flags: .readahead) {
@@ -117,6 +124,5 @@ extension AddressSpace {
             case .gone: continue
             }
         }
-        memory.lru.drainLocal()
     }
 }

@@ -280,7 +280,7 @@ struct ForkCopier: PageWalker {
         if v.swapEntry.isSwapSlot {
             // copy_nonpresent_pte: one more entry names the slot; the page is no longer
             // exclusive to the parent (pte_swp_clear_exclusive in both).
-            guard memory.swap.dupEntryDirect(v.swapEntry) else { return .stop(.ENOMEM) }
+            guard memory.withSwap({ $0.dupEntryDirect(v.swapEntry) }) else { return .stop(.ENOMEM) }
             var e = v
             if v.isSwapExclusive { e = PTE(raw: v.raw & ~PTE.swapExclusive); pte.store(e) }
             dst.entry.store(e)

@@ -101,7 +101,7 @@ struct ZapWalker: PageWalker {
                 let p = memory.page(s.pfn)
                 memory.removeRmap(p)
                 gather.pages.append(p)
-            } else if s.isSwapSlot, let p = memory.swap.putEntryDirect(s) {
+            } else if s.isSwapSlot, let p = memory.withSwap({ $0.putEntryDirect(s) }) {
                 // swap_put_entries_direct: the slot loses this entry; a page that cached it
                 // and was dropped from the cache is released with the gathered pages.
                 gather.pages.append(p)
