@@ -72,7 +72,7 @@ extension AddressSpace {
         // wp_can_reuse_anon_folio: a page the swap cache holds too leaves it first when no
         // swap entry names its slot any more (folio_free_swap, under a trylock).
         if page.test(.swapCache), page.refcount == 2, page.mapcount == 1, page.tryLock() {
-            memory.swap.folioFreeSwap(page)
+            _ = memory.withSwap { $0.folioFreeSwap(page) }
             page.unlock()
         }
         // The only reference is this one mapping: nobody else can see the page.
