@@ -169,6 +169,38 @@ final class SwapFileTests: XCTestCase {
         XCTAssertEqual(swap.allAreas.count, 1)
     }
 
+    /// A full area gives back the slots only the swap cache holds (7.2's
+    /// `cluster_alloc_swap_entry` → `swap_reclaim_full_clusters` → `__try_to_reclaim_swap`):
+    /// 24 pages paged out and read back keep their slots (count 0, cached: swap was not half
+    /// full); 48 more paged out take the 40 free slots, and the 41st finds none, so the 24
+    /// cached ones come back (their pages stay mapped, leave the cache and are dirty now) and
+    /// the last 8 take them. Without it those 8 could not be swapped at all.
+    func testAFullAreaGivesBackSlotsOnlyTheSwapCacheHolds() throws {
+        let (env, a) = try pagedOut(24)
+        try checkIDX(env.cpu, a, bytes: 24 * pageSize)
+        XCTAssertEqual(env.machine.stats[.pswpin], 24)
+        XCTAssertEqual(env.memory.swap.freeSlots, 40, "read back, the pages keep their slots")
+        for i in 0..<24 { XCTAssertTrue(try cached(env, a + UInt64(i) * pageSize), "page \(i)") }
+        let rawB = try env.process.mmap(length: 2 * pmdSize, prot: .readWrite, flags: [.private, .anonymous])
+        let b = (rawB + pmdSize - 1) & ~(pmdSize - 1)
+        for i in 0..<48 { try env.cpu.store(b + UInt64(i) * pageSize + 8, UInt32(0xB000 + i)) }
+        try env.process.madvise(b, length: 48 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 24 + 48, "every page of the second region went")
+        XCTAssertEqual(env.memory.swap.freeSlots, 16)
+        for i in 0..<48 { XCTAssertTrue(pte(env, b + UInt64(i) * pageSize).isSwap, "page \(i) of the second region") }
+        for i in 0..<24 {
+            let page = env.memory.page(try XCTUnwrap(try env.pfn(a + UInt64(i) * pageSize)))
+            XCTAssertFalse(page.test(.swapCache), "page \(i) kept its slot")
+            XCTAssertTrue(page.test(.dirty), "page \(i): its only copy is in memory now")
+        }
+        env.check()
+        try checkIDX(env.cpu, a, bytes: 24 * pageSize)
+        for i in 0..<48 { XCTAssertEqual(try env.cpu.load(b + UInt64(i) * pageSize + 8, as: UInt32.self), UInt32(0xB000 + i)) }
+        XCTAssertEqual(env.machine.stats[.pswpin], 24 + 48)
+        env.check()
+        env.teardown()
+    }
+
     /// `SwapBacking.temporaryFile`: the file is made in the directory and unlinked at once (the
     /// area keeps it open: its slots still work); a missing directory is ENOENT.
     func testATemporarySwapFileLeavesNothingBehind() throws {

@@ -119,7 +119,12 @@ public final class SwapSpace: @unchecked Sendable {
             while let ref = areaRef(type) {
                 type += 1
                 let e: SwapEntry? = ref._withUnsafeGuaranteedRef { area in
-                    guard area.freeSlots > 0 else { return nil }
+                    if area.freeSlots == 0 {
+                        // cluster_alloc_swap_entry: with the free and nonfull clusters drained
+                        // and swap half full (vm_swap_full, certain here), slots only the swap
+                        // cache holds are given back first (swap_reclaim_full_clusters).
+                        guard reclaimCacheOnlySlots(area) > 0 else { return nil }
+                    }
                     area.lock.lock(); defer { area.lock.unlock() }
                     return area.allocateLocked(caching: page, memory: memory).map { SwapEntry(type: area.type, offset: $0) }
                 }
@@ -127,6 +132,37 @@ public final class SwapSpace: @unchecked Sendable {
             }
             return nil
         }
+    }
+
+    /// `swap_reclaim_full_clusters(si, false)`: scans one cluster of `area` (the clusters in
+    /// turn) for slots with swap count 0 that a page in the swap cache still holds, and gives
+    /// each back as `__try_to_reclaim_swap(TTRS_ANYWAY)` does: the page is locked with a
+    /// trylock (a page lock is already held: the one being swapped out), must still cache that
+    /// slot with count 0 and leaves the swap cache dirty (its only copy is in memory now),
+    /// mapped or not. Return: the slots given back.
+    /// Locking: no area or cluster lock held (takes them); the caller may hold one page lock.
+    func reclaimCacheOnlySlots(_ area: SwapArea) -> Int {
+        area.assertNoLockHeld()
+        let clusters = (area.slots + (1 << SwapArea.clusterShift) - 1) >> SwapArea.clusterShift
+        let cluster: UInt64 = area.lock.withLock {
+            let c = area.reclaimCluster % clusters
+            area.reclaimCluster = c + 1
+            return c
+        }
+        let first = max(1, cluster << SwapArea.clusterShift)
+        let end = min(area.slots, (cluster + 1) << SwapArea.clusterShift)
+        var given = 0
+        for offset in first..<end {
+            guard area.cachedPfn(offset) != nil, area.counts[Int(offset)] == 0 else { continue }
+            let e = SwapEntry(type: area.type, offset: offset)
+            guard let page = lookup(e) else { continue }
+            if page.tryLock() {
+                if matches(page, e), folioFreeSwap(page) { given += 1 }
+                page.unlock()
+            }
+            withMemory { $0.put(page) }
+        }
+        return given
     }
 
     /// `__swap_cache_add_folio`'s page side: the flag, the entry, the cache's reference.
