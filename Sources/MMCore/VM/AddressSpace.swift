@@ -59,10 +59,18 @@ public final class AddressSpace: @unchecked Sendable {
     @inlinable var flushGeneration: AtomicU64Ref { AtomicU64Ref(flushGenerationWord) }
     let cpusLock = Lock("mm-cpus")
     var cpus: [CPU] = []
+    /// `cpus` again as unretained references (`cpus` keeps them alive), rewritten under
+    /// `cpusLock` whenever `cpus` changes: the shootdown walks it without a reference on the
+    /// array's buffer, which every reclaiming and faulting thread would otherwise share.
+    /// Locking: `cpusLock`.
+    private var cpuTable = UnsafeMutablePointer<Unmanaged<CPU>>.allocate(capacity: 4)
+    private var cpuTableCapacity = 4
+    private var cpuTableCount = 0
 
     deinit {
         if !isDead { exitMMap() }
         flushGenerationWord.deallocate()
+        cpuTable.deallocate()
     }
 
     init(machine: Machine) throws(Errno) {
@@ -144,7 +152,19 @@ public final class AddressSpace: @unchecked Sendable {
 
     // MARK: CPUs and TLB
 
-    func attach(_ cpu: CPU) { cpusLock.withLock { cpus.append(cpu) } }
+    func attach(_ cpu: CPU) { cpusLock.withLock { cpus.append(cpu); publishCPUTable() } }
+
+    /// Rewrites `cpuTable` from `cpus`. Locking: caller holds `cpusLock`.
+    private func publishCPUTable() {
+        cpusLock.assertHeld()
+        if cpus.count > cpuTableCapacity {
+            cpuTable.deallocate()
+            cpuTableCapacity = max(cpus.count, 2 * cpuTableCapacity)
+            cpuTable = .allocate(capacity: cpuTableCapacity)
+        }
+        for (i, cpu) in cpus.enumerated() { cpuTable[i] = .passUnretained(cpu) }
+        cpuTableCount = cpus.count
+    }
     /// A CPU leaves (its thread ended, or its process exited). It stops using its VMA cache
     /// first, and a lookup it may be inside (when another thread detaches it) finishes: after
     /// that, the grace period for detached VMAs no longer needs to look at it.
@@ -154,7 +174,7 @@ public final class AddressSpace: @unchecked Sendable {
         cpu.vmaCache.dead.store(1)
         var round = 0
         while cpu.vmaCache.active.load() != 0 { Sync.spinWait(&round, .wait, nil) }
-        cpusLock.withLock { cpus.removeAll { $0 === cpu } }
+        cpusLock.withLock { cpus.removeAll { $0 === cpu }; publishCPUTable() }
     }
 
     /// TLB shootdown (`flush_tlb_mm`/`flush_tlb_range`): when this returns, no CPU of this
@@ -172,17 +192,15 @@ public final class AddressSpace: @unchecked Sendable {
         // acknowledgement never takes that lock, and attaching or detaching a CPU waits.
         cpusLock.lock(); defer { cpusLock.unlock() }
         var waits = 0
-        cpus.withUnsafeBufferPointer { list in
-            for i in list.indices {
-                Unmanaged.passUnretained(list[i])._withUnsafeGuaranteedRef { cpu in
-                    var round = 0
-                    var waited = false
-                    while cpu.inUser.load() != 0 && cpu.ackGeneration.load() < gen {
-                        waited = true
-                        Sync.spinWait(&round, .wait, nil)
-                    }
-                    if waited { waits += 1 }
+        for i in 0..<cpuTableCount {
+            cpuTable[i]._withUnsafeGuaranteedRef { cpu in
+                var round = 0
+                var waited = false
+                while cpu.inUser.load() != 0 && cpu.ackGeneration.load() < gen {
+                    waited = true
+                    Sync.spinWait(&round, .wait, nil)
                 }
+                if waited { waits += 1 }
             }
         }
         if waits > 0 { stats.count(.tlbShootdownWaits, waits) }
