@@ -110,4 +110,8 @@ public final class AtomicWord: @unchecked Sendable {
     @inlinable @inline(__always) @discardableResult public func add(_ v: UInt64) -> UInt64 {
         Sync.point(.atomic); return value.wrappingAdd(v, ordering: .sequentiallyConsistent).newValue
     }
+    /// Stores `v` and returns the value it replaced (`atomic_xchg`).
+    @inlinable @inline(__always) public func exchange(_ v: UInt64) -> UInt64 {
+        Sync.point(.atomic); return value.exchange(v, ordering: .sequentiallyConsistent)
+    }
 }

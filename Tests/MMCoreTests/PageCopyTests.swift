@@ -36,7 +36,7 @@ final class PageCopyTests: XCTestCase {
 
     func testClearFramesZeroesExactlyTheRun() throws {
         let mem = try PhysicalMemory(systemBytes: 8 << 20, devicePfnSpaceBytes: 0)
-        try inBothWidths { width in
+        inBothWidths { width in
             fill(mem, 100, count: 9, seed: 1)
             let before = bytes(mem, 100, count: 9)
             mem.clearFrames(101, count: 7)
@@ -54,7 +54,7 @@ final class PageCopyTests: XCTestCase {
 
     func testUserPageClearAndCopyWriteEveryLineWhateverTheHotOffset() throws {
         let mem = try PhysicalMemory(systemBytes: 8 << 20, devicePfnSpaceBytes: 0)
-        try inBothWidths { width in
+        inBothWidths { width in
             for hot: UInt64 in [0, 8, 63, 64, 31 * 64 + 17, 2048, 4032, 4095] {
                 fill(mem, 200, count: 3, seed: hot)
                 let neighbours = (bytes(mem, 200), bytes(mem, 202))
@@ -73,7 +73,7 @@ final class PageCopyTests: XCTestCase {
 
     func testBulkCopiesMoveEveryByteFromItsOwnSource() throws {
         let mem = try PhysicalMemory(systemBytes: 8 << 20, devicePfnSpaceBytes: 0)
-        try inBothWidths { width in
+        inBothWidths { width in
             fill(mem, 400, count: 4, seed: 3)
             fill(mem, 499, count: 6, seed: 4)
             let guards = (bytes(mem, 499), bytes(mem, 504))

@@ -201,6 +201,36 @@ final class SwapFileTests: XCTestCase {
         env.teardown()
     }
 
+    /// A shmem swap-in from a swap file reads the slots around its own first (7.2's
+    /// `shmem_swapin_folio` → `shmem_swapin_cluster` → `swap_cluster_readahead`): an aligned
+    /// block of up to 8 slots (`vm.page-cluster` 3), as many as `swapin_nr_pages` allows from
+    /// the machine-wide hits (4 before the first read). Sixteen pages of a shared mapping in
+    /// slots 1–16, read in order: the read of slot 1 reads 2–7 ahead (the block 0–7 but the
+    /// header); six hits; slot 8 reads 9–15; seven hits; slot 16 reads nothing more (17–23 are
+    /// free): 3 major faults, 13 pages read ahead, 13 hits. Shmem frees a slot as its page
+    /// comes back into the file, so every slot is free at the end.
+    func testShmemSwapInsReadTheAlignedSlotClusterAround() throws {
+        let env = try Env(swapPages: 64, swapFile: true)
+        let a = try env.anon(16, shared: true)
+        try fillIDX(env.cpu, a, bytes: 16 * pageSize)
+        do {   // the mapping's file, held only here: it goes with the process at teardown
+            let file = try XCTUnwrap(env.mm.mmapLock.withRead { env.mm.vmaList.first { $0.start == a }?.file })
+            try env.process.madvise(a, length: 16 * pageSize, advice: .pageout)
+            XCTAssertEqual(env.machine.stats[.pswpout], 16)
+            XCTAssertEqual(file.cacheLock.withLock { (0..<16).map { file.swapped[UInt64($0)]?.offset ?? 0 } }, Array(1...16),
+                           "page i in slot i + 1")
+            try checkIDX(env.cpu, a, bytes: 16 * pageSize)
+            XCTAssertEqual(file.swappedPages, 0)
+        }
+        XCTAssertEqual(env.machine.stats[.pswpin], 16)
+        XCTAssertEqual(env.machine.stats[.pgmajfault], 3)
+        XCTAssertEqual(env.machine.stats[.swapRa], 13)
+        XCTAssertEqual(env.machine.stats[.swapRaHit], 13)
+        XCTAssertEqual(env.memory.swap.freeSlots, 64)
+        env.check()
+        env.teardown()
+    }
+
     /// `SwapBacking.temporaryFile`: the file is made in the directory and unlinked at once (the
     /// area keeps it open: its slots still work); a missing directory is ENOENT.
     func testATemporarySwapFileLeavesNothingBehind() throws {

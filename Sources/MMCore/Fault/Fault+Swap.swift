@@ -1,35 +1,6 @@
 import MMSync
 
 extension AddressSpace {
-    /// What `readNewSwapPage` did.
-    enum SwapRead { case read(Page), noMemory, gone }
-
-    /// `swap_cache_alloc_folio` then `swap_read_folio`: a new page (for the LRU) joins the swap
-    /// cache for `swp` and is read from its slot (`pswpin`; a refault's working-set check),
-    /// streamed but for the line at `hot`; `flags` are set before another thread can find it.
-    /// Return: the page, locked, with the caller's reference; `.noMemory` when no frame could
-    /// be had; `.gone` when another page caches the slot or it was freed meanwhile.
-    /// Locking: no spin lock held.
-    func readNewSwapPage(_ swp: SwapEntry, hot: UInt64 = 0, flags: PageFlags = []) -> SwapRead {
-        Lockdep.assertNoSpinLockHeld()
-        guard let page = memory.allocate(order: 0, mayReclaim: true, lru: true) else { return .noMemory }
-        page.lock()
-        if !flags.isEmpty { page.set(flags) }
-        // The swap space and the LRU are borrowed (the memory owns them): every faulting
-        // thread and kswapd share them, and a retain would bounce their counts' lines.
-        return memory.withSwap { swap -> SwapRead in
-            guard case .added(let shadow) = swap.addForSwapIn(page, swp) else {
-                page.unlock()
-                memory.put(page)
-                return .gone
-            }
-            _ = memory.withLRU { $0.workingsetRefault(page, shadow: shadow, stats: stats) }
-            swap.readIn(page, hot: hot)
-            stats.count(.pswpin)
-            return .read(page)
-        }
-    }
-
     /// `do_swap_page` for a swap-slot entry (Linux 7.2): the page comes from the swap cache,
     /// or is allocated, put in the cache and read from the slot (a major fault, `pswpin`).
     /// Under its lock and the PTE lock, with the entry unchanged, the page is mapped; an
@@ -45,7 +16,7 @@ extension AddressSpace {
     func doSwapPage(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, _ ptl: SpinLockRef, _ entry: PTE,
                     flags: FaultFlags, realAddress: UInt64) -> FaultResult {
         assertFaultLocked(vma, flags); Lockdep.assertNoSpinLockHeld()
-        // Borrowed, as in readNewSwapPage: no reference count on the shared swap objects.
+        // Borrowed, as in PhysicalMemory.readNewSwapPage: no reference count on the shared swap objects.
         return memory.withSwap { swap in
             doSwapPage(swap, vma, address, ptep, ptl, entry, flags: flags, realAddress: realAddress)
         }
@@ -72,7 +43,7 @@ extension AddressSpace {
                 let w = swapVMAReadaheadWindow(vma, address)
                 if w.win > 1 { swapReadaheadAround(vma, address, ptep, start: w.start, end: w.end) }
             }
-            switch readNewSwapPage(swp, hot: realAddress) {
+            switch memory.readNewSwapPage(swp, hot: realAddress, stats: stats) {
             case .read(let new):
                 stats.count(.pgmajfault)
                 page = new

@@ -115,7 +115,7 @@ extension AddressSpace {
             guard swap.withArea(swp, { $0.isInUse(swp.offset) }) == true else { continue }
             if let cached = swap.lookup(swp) { memory.put(cached); continue }
             // Flagged before it can be found in the cache, so the first fault to find it counts.
-            switch readNewSwapPage(swp, flags: .readahead) {
+            switch memory.readNewSwapPage(swp, flags: .readahead, stats: stats) {
             case .read(let page):
                 stats.count(.swapRa)
                 page.unlock()

@@ -101,18 +101,21 @@ public final class ShmemFile: @unchecked Sendable {
         let swap = memory.swap
         let page: Page
         if let cached = swap.lookup(e) {
+            swap.updateClusterReadahead(cached, stats: machine.stats)
             cached.lock()
             guard swap.matches(cached, e) else { cached.unlock(); memory.put(cached); return nil }
             page = cached
         } else {
-            guard let new = memory.allocate(order: 0, mayReclaim: true, lru: true) else { throw .ENOMEM }
-            new.lock()
-            guard case .added(let shadow) = swap.addForSwapIn(new, e) else { new.unlock(); memory.put(new); return nil }
-            memory.lru.workingsetRefault(new, shadow: shadow, stats: machine.stats)   // shmem is on the anonymous lists
-            swap.readIn(new)
-            machine.stats.count(.pswpin)
-            if fault { machine.stats.count(.pgmajfault) }
-            page = new
+            // shmem_swapin_cluster: from a swap file, the slots around this one first.
+            if swap.withArea(e, { $0.synchronous }) == false { memory.swapClusterReadahead(around: e, stats: machine.stats) }
+            // (Shmem is on the anonymous LRU lists, as readNewSwapPage puts the page.)
+            switch memory.readNewSwapPage(e, stats: machine.stats) {
+            case .read(let new):
+                if fault { machine.stats.count(.pgmajfault) }
+                page = new
+            case .noMemory: throw .ENOMEM
+            case .gone: return nil
+            }
         }
         cacheLock.lock()
         guard swapped[index] == e else { cacheLock.unlock(); page.unlock(); memory.put(page); return nil }

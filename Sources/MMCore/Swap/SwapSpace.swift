@@ -77,6 +77,11 @@ public final class SwapSpace: @unchecked Sendable {
     /// 2 below 16 MiB of RAM and 3 otherwise. Read without a lock (`READ_ONCE`).
     public var pageCluster: Int { Int(pageClusterWord.loadRelaxed()) }
     let pageClusterWord = AtomicWord(3)
+    /// Cluster readahead's state (`swapin_readahead_hits`, which starts at 4, and
+    /// `swapin_nr_pages`' `prev_offset` and `last_readahead_pages`): see `swapinNrPages`.
+    let clusterReadaheadHits = AtomicWord(4)
+    let clusterPrevOffset = AtomicWord(0)
+    let clusterLastPages = AtomicWord(0)
     /// Sets `vm.page-cluster` (the sysctl takes 0...31). Throws EINVAL otherwise.
     public func setPageCluster(_ value: Int) throws(Errno) {
         guard (0...31).contains(value) else { throw .EINVAL }
