@@ -169,12 +169,13 @@ final class SwapFileTests: XCTestCase {
         XCTAssertEqual(swap.allAreas.count, 1)
     }
 
-    /// A full area gives back the slots only the swap cache holds (7.2's
-    /// `cluster_alloc_swap_entry` → `swap_reclaim_full_clusters` → `__try_to_reclaim_swap`):
-    /// 24 pages paged out and read back keep their slots (count 0, cached: swap was not half
-    /// full); 48 more paged out take the 40 free slots, and the 41st finds none, so the 24
-    /// cached ones come back (their pages stay mapped, leave the cache and are dirty now) and
-    /// the last 8 take them. Without it those 8 could not be swapped at all.
+    /// An area filled while swap is half full gives back the slots only the swap cache holds
+    /// (7.2's `swap_range_alloc` schedules `swap_reclaim_full_clusters(si, true)`, which calls
+    /// `__try_to_reclaim_swap`; the model runs it at once, D21): 24 pages paged out and read
+    /// back keep their slots (count 0, cached: swap was not half full); 48 more paged out take
+    /// the 40 free slots, the 40th fills the area, so the 24 cached ones come back (their pages
+    /// stay mapped, leave the cache and are dirty now) and the last 8 take them. (In 7.2 those
+    /// 8 go only once the worker has run; until then their page-outs fail.)
     func testAFullAreaGivesBackSlotsOnlyTheSwapCacheHolds() throws {
         let (env, a) = try pagedOut(24)
         try checkIDX(env.cpu, a, bytes: 24 * pageSize)
@@ -197,6 +198,33 @@ final class SwapFileTests: XCTestCase {
         try checkIDX(env.cpu, a, bytes: 24 * pageSize)
         for i in 0..<48 { XCTAssertEqual(try env.cpu.load(b + UInt64(i) * pageSize + 8, as: UInt32.self), UInt32(0xB000 + i)) }
         XCTAssertEqual(env.machine.stats[.pswpin], 24 + 48)
+        env.check()
+        env.teardown()
+    }
+
+    /// Filling an area does not give its cached slots back while swap as a whole is not half
+    /// full (`vm_swap_full`), and a full area is passed over (7.2 takes it off the list
+    /// allocations look at): 8 pages read back keep their slots in area 0 (16 slots); 10 more
+    /// paged out fill area 0 (the 8th fills it: 16 of 80 slots in use, not half) and the last
+    /// 2 go to area 1.
+    func testAFullAreaKeepsItsCachedSlotsUnlessSwapIsHalfFullAndIsPassedOver() throws {
+        let (env, a) = try pagedOut(8, slots: 16)
+        let second = try env.memory.swap.swapOn(bytes: 65 * pageSize, backing: .temporaryFile())
+        try checkIDX(env.cpu, a, bytes: 8 * pageSize)
+        let rawB = try env.process.mmap(length: 2 * pmdSize, prot: .readWrite, flags: [.private, .anonymous])
+        let b = (rawB + pmdSize - 1) & ~(pmdSize - 1)
+        for i in 0..<10 { try env.cpu.store(b + UInt64(i) * pageSize + 8, UInt32(0xB000 + i)) }
+        try env.process.madvise(b, length: 10 * pageSize, advice: .pageout)
+        XCTAssertEqual(env.machine.stats[.pswpout], 8 + 10)
+        XCTAssertEqual(env.memory.swap.area(0)?.freeSlots, 0)
+        XCTAssertEqual(second.freeSlots, 62)
+        for i in 0..<8 { XCTAssertTrue(try cached(env, a + UInt64(i) * pageSize), "page \(i) lost its slot") }
+        for i in 0..<10 {
+            let v = pte(env, b + UInt64(i) * pageSize)
+            XCTAssertTrue(v.isSwap && v.swapEntry.type == (i < 8 ? 0 : 1), "page \(i): \(v)")
+        }
+        env.check()
+        for i in 0..<10 { XCTAssertEqual(try env.cpu.load(b + UInt64(i) * pageSize + 8, as: UInt32.self), UInt32(0xB000 + i)) }
         env.check()
         env.teardown()
     }

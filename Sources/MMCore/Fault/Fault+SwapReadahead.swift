@@ -105,7 +105,7 @@ extension AddressSpace {
     private func readaheadEntries(_ swap: SwapSpace, _ address: UInt64, _ ptep: EntryPointer, start: UInt64, end: UInt64) {
         Lockdep.assertNoSpinLockHeld()
         var addr = start
-        scan: while addr < end {
+        while addr < end {
             defer { addr += pageSize }
             guard addr != address else { continue }
             let index = Int(Int64(bitPattern: addr &- address) >> Int64(pageShift))
@@ -120,8 +120,7 @@ extension AddressSpace {
                 stats.count(.swapRa)
                 page.unlock()
                 memory.put(page)   // the swap cache holds it now
-            case .noMemory: break scan
-            case .gone: continue
+            case .noMemory, .gone: continue   // 7.2 goes on with the next entry either way
             }
         }
     }

@@ -59,10 +59,6 @@ public final class SwapArea: @unchecked Sendable {
     let lock = Lock("swap_info")
     /// Where the next allocation starts looking (`si->cluster_next`). Locking: `lock`.
     var cursor: UInt64 = 1
-    /// The cluster the next reclaim of cache-only slots scans (`swap_reclaim_full_clusters`
-    /// takes the head of the full list and puts it back at the tail: the clusters in turn).
-    /// Locking: `lock`.
-    var reclaimCluster: UInt64 = 0
     /// Slots per cluster (`SWAPFILE_CLUSTER`, 512 with 4 KiB pages): each cluster has a lock.
     static let clusterShift: UInt64 = 9
     /// The cluster locks, one per 512 slots (`swap_cluster_info.lock`): a slot's count and

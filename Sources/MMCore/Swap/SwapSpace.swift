@@ -123,49 +123,45 @@ public final class SwapSpace: @unchecked Sendable {
             var type: UInt8 = 0
             while let ref = areaRef(type) {
                 type += 1
-                let e: SwapEntry? = ref._withUnsafeGuaranteedRef { area in
-                    if area.freeSlots == 0 {
-                        // cluster_alloc_swap_entry: with the free and nonfull clusters drained
-                        // and swap half full (vm_swap_full, certain here), slots only the swap
-                        // cache holds are given back first (swap_reclaim_full_clusters).
-                        guard reclaimCacheOnlySlots(area) > 0 else { return nil }
-                    }
+                let got: (entry: SwapEntry, filled: Bool)? = ref._withUnsafeGuaranteedRef { area in
+                    // A full area is off the list allocations look at (swap_usage_add).
+                    guard area.freeSlots > 0 else { return nil }
                     area.lock.lock(); defer { area.lock.unlock() }
-                    return area.allocateLocked(caching: page, memory: memory).map { SwapEntry(type: area.type, offset: $0) }
+                    guard let offset = area.allocateLocked(caching: page, memory: memory) else { return nil }
+                    return (SwapEntry(type: area.type, offset: offset), area.freeSlots == 0)
                 }
-                if let e { return e }
+                guard let got else { continue }
+                // swap_range_alloc: the allocation that fills an area while swap is half full
+                // schedules the area's reclaim worker (swap_reclaim_full_clusters(si, true));
+                // here it runs at once, in this thread (D21).
+                if got.filled && isHalfFull { _ = ref._withUnsafeGuaranteedRef { reclaimCacheOnlySlots($0, except: page) } }
+                return got.entry
             }
             return nil
         }
     }
 
-    /// `swap_reclaim_full_clusters(si, false)`: scans one cluster of `area` (the clusters in
-    /// turn) for slots with swap count 0 that a page in the swap cache still holds, and gives
-    /// each back as `__try_to_reclaim_swap(TTRS_ANYWAY)` does: the page is locked with a
-    /// trylock (a page lock is already held: the one being swapped out), must still cache that
-    /// slot with count 0 and leaves the swap cache dirty (its only copy is in memory now),
-    /// mapped or not. Return: the slots given back.
-    /// Locking: no area or cluster lock held (takes them); the caller may hold one page lock.
-    func reclaimCacheOnlySlots(_ area: SwapArea) -> Int {
+    /// `swap_reclaim_full_clusters(si, true)`: gives back every slot of `area` that only a page
+    /// in the swap cache holds (swap count 0), as `__try_to_reclaim_swap(TTRS_ANYWAY)` does:
+    /// the page is locked with a trylock (the caller holds a page lock: `own`, whose slot is
+    /// passed over), must still cache that slot (else the slot is looked up again), and leaves
+    /// the swap cache dirty, mapped or not (its only copy is in memory now); the count is
+    /// checked under the slot's cluster lock (`folioFreeSwap`). Return: the slots given back.
+    /// Locking: no area or cluster lock held (takes them); the caller may hold `own`'s lock.
+    func reclaimCacheOnlySlots(_ area: SwapArea, except own: Page) -> Int {
         area.assertNoLockHeld()
-        let clusters = (area.slots + (1 << SwapArea.clusterShift) - 1) >> SwapArea.clusterShift
-        let cluster: UInt64 = area.lock.withLock {
-            let c = area.reclaimCluster % clusters
-            area.reclaimCluster = c + 1
-            return c
-        }
-        let first = max(1, cluster << SwapArea.clusterShift)
-        let end = min(area.slots, (cluster + 1) << SwapArea.clusterShift)
         var given = 0
-        for offset in first..<end {
-            guard area.cachedPfn(offset) != nil, area.counts[Int(offset)] == 0 else { continue }
+        for offset in 1..<area.slots {
+            guard let pfn = area.cachedPfn(offset), pfn != own.pfn else { continue }
             let e = SwapEntry(type: area.type, offset: offset)
-            guard let page = lookup(e) else { continue }
-            if page.tryLock() {
-                if matches(page, e), folioFreeSwap(page) { given += 1 }
-                page.unlock()
+            while let page = lookup(e) {
+                defer { withMemory { $0.put(page) } }
+                guard page.tryLock() else { break }
+                defer { page.unlock() }
+                guard matches(page, e) else { continue }
+                if folioFreeSwap(page) { given += 1 }
+                break
             }
-            withMemory { $0.put(page) }
         }
         return given
     }

@@ -53,8 +53,7 @@ extension PhysicalMemory {
                     stats.count(.swapRa)
                     page.unlock()
                     put(page)   // the swap cache holds it now
-                case .noMemory: return
-                case .gone: continue
+                case .noMemory, .gone: continue   // 7.2 goes on with the next slot either way
                 }
             }
         }

@@ -188,7 +188,7 @@ public final class AddressSpace: @unchecked Sendable {
         // state, not the thread's (the shootdown would wait for itself and hang, loudly).
         let gen = flushGeneration.fetchAdd(1) &+ 1
         stats.count(.tlbShootdown)
-        // The CPU list is walked under its lock (no copy of it, no count on each CPU): an
+        // The CPU list is walked under its lock (its unretained table, no count on each CPU): an
         // acknowledgement never takes that lock, and attaching or detaching a CPU waits.
         cpusLock.lock(); defer { cpusLock.unlock() }
         var waits = 0
