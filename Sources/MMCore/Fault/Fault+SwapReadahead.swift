@@ -96,32 +96,17 @@ extension AddressSpace {
     /// Locking: mmap lock held for read, or the VMA's lock (the table stays); no PTE lock held.
     func swapReadaheadAround(_ vma: VMA, _ address: UInt64, _ ptep: EntryPointer, start: UInt64, end: UInt64) {
         Lockdep.assertNoSpinLockHeld()
-        memory.withSwap { swap in readaheadEntries(swap, address, ptep, start: start, end: end) }
-        memory.withLRU { $0.drainLocal() }
-    }
-
-    /// `swapReadaheadAround`'s loop, with the swap space borrowed.
-    /// Locking: as `swapReadaheadAround`.
-    private func readaheadEntries(_ swap: SwapSpace, _ address: UInt64, _ ptep: EntryPointer, start: UInt64, end: UInt64) {
-        Lockdep.assertNoSpinLockHeld()
-        var addr = start
-        while addr < end {
-            defer { addr += pageSize }
-            guard addr != address else { continue }
-            let index = Int(Int64(bitPattern: addr &- address) >> Int64(pageShift))
-            let e = (ptep + index).load()
-            guard !e.isPresent, !e.isNone else { continue }
-            let swp = e.swapEntry
-            guard swap.withArea(swp, { $0.isInUse(swp.offset) }) == true else { continue }
-            if let cached = swap.lookup(swp) { memory.put(cached); continue }
-            // Flagged before it can be found in the cache, so the first fault to find it counts.
-            switch memory.readNewSwapPage(swp, flags: .readahead, stats: stats) {
-            case .read(let page):
-                stats.count(.swapRa)
-                page.unlock()
-                memory.put(page)   // the swap cache holds it now
-            case .noMemory, .gone: continue   // 7.2 goes on with the next entry either way
+        memory.withSwap { swap in
+            var addr = start
+            while addr < end {
+                defer { addr += pageSize }
+                guard addr != address else { continue }
+                let index = Int(Int64(bitPattern: addr &- address) >> Int64(pageShift))
+                let e = (ptep + index).load()
+                guard !e.isPresent, !e.isNone else { continue }
+                memory.readAheadSwapSlot(e.swapEntry, swap, stats: stats)
             }
         }
+        memory.withLRU { $0.drainLocal() }
     }
 }

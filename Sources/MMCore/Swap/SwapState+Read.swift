@@ -45,19 +45,26 @@ extension PhysicalMemory {
             let start = max(swp.offset & ~mask, 1), end = min(swp.offset | mask, slots - 1)
             guard start <= end else { return }
             for offset in start...end where offset != swp.offset {
-                let e = SwapEntry(type: swp.type, offset: offset)
-                guard swap.withArea(e, { $0.isInUse(offset) }) == true else { continue }
-                if let cached = swap.lookup(e) { put(cached); continue }
-                switch readNewSwapPage(e, flags: .readahead, stats: stats) {
-                case .read(let page):
-                    stats.count(.swapRa)
-                    page.unlock()
-                    put(page)   // the swap cache holds it now
-                case .noMemory, .gone: continue   // 7.2 goes on with the next slot either way
-                }
+                readAheadSwapSlot(SwapEntry(type: swp.type, offset: offset), swap, stats: stats)
             }
         }
         withLRU { $0.drainLocal() }
+    }
+
+    /// One page of a swap readahead (`swap_cache_read_folio` with `readahead`): a slot in use
+    /// that no page caches yet is read into the swap cache, flagged PG_readahead before another
+    /// thread can find it (so the first fault to find it counts the hit), unlocked and left
+    /// there (`swap_ra`). A free slot, a cached one, or no memory for the page: nothing is
+    /// done, and the readahead goes on with the next (as 7.2's loops do).
+    /// Locking: no spin lock held; `swap` is this memory's swap space, borrowed.
+    func readAheadSwapSlot(_ e: SwapEntry, _ swap: SwapSpace, stats: MMStats) {
+        Lockdep.assertNoSpinLockHeld()
+        guard swap.withArea(e, { $0.isInUse(e.offset) }) == true else { return }
+        if let cached = swap.lookup(e) { put(cached); return }
+        guard case .read(let page) = readNewSwapPage(e, flags: .readahead, stats: stats) else { return }
+        stats.count(.swapRa)
+        page.unlock()
+        put(page)   // the swap cache holds it now
     }
 }
 
