@@ -89,7 +89,7 @@ extension BenchSuite {
         // The stream's limit: the faults it makes anyway (enough RAM) plus the copies its swap
         // I/O must make, each at the speed of one large memcpy (a ramdisk's write or read).
         let copyNs = 1e9 * Double(pageSize) / (memcpyRate(quick ? 16 << 20 : 256 << 20, copies: 1) * 1e9)
-        let streamLimit = roomy.median + copiesPerAccess.sorted()[copiesPerAccess.count / 2] * copyNs
+        let streamLimit = roomy.median + spread(copiesPerAccess).median * copyNs
         var loadedCopies: [Double] = []
         let (loaded, roomyLoaded) = try measurePair(reps, { () throws -> Double in
                                                         let (ns, copies) = try reclaimUnderLoad(memory: ram, set: 3 * ram, swap: 4 * ram)
@@ -107,7 +107,7 @@ extension BenchSuite {
             BenchRow(name: "write + read of 4x RAM through a swap file (readahead, swap cache kept) vs enough RAM", unit: "ns/page",
                      value: fileTight.median, baseline: fileRoomy.median, spread: (fileTight.min, fileTight.max), kind: .time, target: 3.0),
             BenchRow(name: "  the same vs its limit: enough RAM plus its swap copies", unit: "ns/page", value: fileTight.median,
-                     baseline: fileRoomy.median + fileCopies.sorted()[fileCopies.count / 2] * copyNs,
+                     baseline: fileRoomy.median + spread(fileCopies).median * copyNs,
                      spread: (fileTight.min, fileTight.max), kind: .time, target: 2.0),
             BenchRow(name: "2 CPU threads over 3x RAM beside a migrating device vs enough RAM", unit: "ns/page", value: loaded.median,
                      baseline: roomyLoaded.median, spread: (loaded.min, loaded.max), kind: .time, target: 3.0),
@@ -117,7 +117,7 @@ extension BenchSuite {
             // CPU thread's reads too): here two CPU threads and kswapd could copy at once, but
             // they share two cores with the device.
             BenchRow(name: "  the same vs its limit: enough RAM plus its swap copies", unit: "ns/page", value: loaded.median,
-                     baseline: roomyLoaded.median + loadedCopies.sorted()[loadedCopies.count / 2] * copyNs,
+                     baseline: roomyLoaded.median + spread(loadedCopies).median * copyNs,
                      spread: (loaded.min, loaded.max), kind: .time, target: 2.0),
         ]
     }

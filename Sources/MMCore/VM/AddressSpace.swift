@@ -58,18 +58,20 @@ public final class AddressSpace: @unchecked Sendable {
     }()
     @inlinable var flushGeneration: AtomicU64Ref { AtomicU64Ref(flushGenerationWord) }
     let cpusLock = Lock("mm-cpus")
-    var cpus: [CPU] = []
-    /// `cpus` again as unretained references (`cpus` keeps them alive), rewritten under
-    /// `cpusLock` whenever `cpus` changes: the shootdown walks it without a reference on the
-    /// array's buffer, which every reclaiming and faulting thread would otherwise share.
-    /// Locking: `cpusLock`.
+    /// The attached CPUs, each retained once from `attach` to `detach`: a plain table, so the
+    /// shootdown walks it without a reference on an array buffer that every reclaiming and
+    /// faulting thread would otherwise share. Locking: `cpusLock`.
     private var cpuTable = UnsafeMutablePointer<Unmanaged<CPU>>.allocate(capacity: 4)
     private var cpuTableCapacity = 4
-    private var cpuTableCount = 0
+    private var cpuCount = 0
+    /// The attached CPUs, as an array (a copy of the table). Locking: `cpusLock` (the explorer's
+    /// step checks read it without: every other thread is stopped then).
+    var cpus: [CPU] { (0..<cpuCount).map { cpuTable[$0].takeUnretainedValue() } }
 
     deinit {
         if !isDead { exitMMap() }
         flushGenerationWord.deallocate()
+        for i in 0..<cpuCount { cpuTable[i].release() }
         cpuTable.deallocate()
     }
 
@@ -152,18 +154,18 @@ public final class AddressSpace: @unchecked Sendable {
 
     // MARK: CPUs and TLB
 
-    func attach(_ cpu: CPU) { cpusLock.withLock { cpus.append(cpu); publishCPUTable() } }
-
-    /// Rewrites `cpuTable` from `cpus`. Locking: caller holds `cpusLock`.
-    private func publishCPUTable() {
-        cpusLock.assertHeld()
-        if cpus.count > cpuTableCapacity {
-            cpuTable.deallocate()
-            cpuTableCapacity = max(cpus.count, 2 * cpuTableCapacity)
-            cpuTable = .allocate(capacity: cpuTableCapacity)
+    func attach(_ cpu: CPU) {
+        cpusLock.withLock {
+            if cpuCount == cpuTableCapacity {
+                let bigger = UnsafeMutablePointer<Unmanaged<CPU>>.allocate(capacity: 2 * cpuTableCapacity)
+                bigger.moveInitialize(from: cpuTable, count: cpuCount)
+                cpuTable.deallocate()
+                cpuTable = bigger
+                cpuTableCapacity *= 2
+            }
+            cpuTable[cpuCount] = .passRetained(cpu)
+            cpuCount += 1
         }
-        for (i, cpu) in cpus.enumerated() { cpuTable[i] = .passUnretained(cpu) }
-        cpuTableCount = cpus.count
     }
     /// A CPU leaves (its thread ended, or its process exited). It stops using its VMA cache
     /// first, and a lookup it may be inside (when another thread detaches it) finishes: after
@@ -174,7 +176,12 @@ public final class AddressSpace: @unchecked Sendable {
         cpu.vmaCache.dead.store(1)
         var round = 0
         while cpu.vmaCache.active.load() != 0 { Sync.spinWait(&round, .wait, nil) }
-        cpusLock.withLock { cpus.removeAll { $0 === cpu }; publishCPUTable() }
+        cpusLock.withLock {
+            guard let i = (0..<cpuCount).first(where: { cpuTable[$0].takeUnretainedValue() === cpu }) else { return }
+            cpuTable[i].release()
+            (cpuTable + i).moveInitialize(from: cpuTable + i + 1, count: cpuCount - i - 1)
+            cpuCount -= 1
+        }
     }
 
     /// TLB shootdown (`flush_tlb_mm`/`flush_tlb_range`): when this returns, no CPU of this
@@ -188,11 +195,11 @@ public final class AddressSpace: @unchecked Sendable {
         // state, not the thread's (the shootdown would wait for itself and hang, loudly).
         let gen = flushGeneration.fetchAdd(1) &+ 1
         stats.count(.tlbShootdown)
-        // The CPU list is walked under its lock (its unretained table, no count on each CPU): an
+        // The CPU list is walked under its lock (its table, no count on each CPU): an
         // acknowledgement never takes that lock, and attaching or detaching a CPU waits.
         cpusLock.lock(); defer { cpusLock.unlock() }
         var waits = 0
-        for i in 0..<cpuTableCount {
+        for i in 0..<cpuCount {
             cpuTable[i]._withUnsafeGuaranteedRef { cpu in
                 var round = 0
                 var waited = false
