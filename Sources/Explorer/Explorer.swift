@@ -106,9 +106,10 @@ public struct ExplorationReport: Sendable {
 /// atomics, waits and wake-ups, thread start and exit, sleeps — the strategy picks the next
 /// thread. The production code is unchanged: the same functions run here and in normal runs.
 ///
-/// One exploration runs at a time in a process. When an execution fails (a deadlock, a bound
-/// passed, a failed check), its threads are left parked for good: stop after a failure or
-/// expect their memory to stay allocated.
+/// The model threads run as execution contexts on the thread that calls `run` (see
+/// `ExecutionContext`). One exploration runs at a time in a process. When an execution fails
+/// (a deadlock, a bound passed, a failed check), its waiting threads' contexts are left
+/// suspended for good: their stacks, and what their frames hold, stay allocated.
 public enum Explorer {
     /// Serializes explorations (the scheduler hook is process-wide).
     nonisolated(unsafe) static let gate: UnsafeMutablePointer<pthread_mutex_t> = {
@@ -132,8 +133,7 @@ public enum Explorer {
     /// next (nil: a fresh one, whose first execution runs).
     static func run(strategy: Strategy, seed: UInt64, maxSteps: Int, retryBound: Int, expectedSteps: Int,
                     checkEveryStep: Bool, search: DepthFirstSearch?, _ body: @escaping () throws -> Void) -> Execution {
-        precondition(pthread_getspecific(ExplorerScheduler.key) == nil || Sync.scheduler == nil,
-                     "Explorer.run called from a model thread of a running exploration")
+        precondition(!ExecutionContext.onCarrier, "Explorer.run called from a model thread of a running exploration")
         pthread_mutex_lock(gate); defer { pthread_mutex_unlock(gate) }
         precondition(Sync.scheduler == nil, "Explorer.run: an explorer scheduler is already installed")
         let picker: any Picker
@@ -145,16 +145,7 @@ public enum Explorer {
         case .dfs(let p, let r): picker = DFSPicker(search: search ?? DepthFirstSearch(bound: p, reduction: r))
         }
         let sched = ExplorerScheduler(picker: picker, maxSteps: maxSteps, retryBound: retryBound, checkEveryStep: checkEveryStep)
-        ModelThread.wrapBody = { name, inner in
-            let t = sched.register(name: name)
-            var box: (() -> Void)? = inner
-            return {
-                sched.waitForTurn(t)
-                box?()
-                box = nil // the body's captures go while the thread is still scheduled
-                sched.exit(t)
-            }
-        }
+        ModelThread.startInExplorer = { name, body in sched.start(name: name, body) }
         // Lockdep's reports (when it is on) are failed checks of the execution. Each execution
         // starts with an empty graph, so a report is this execution's and replays alone.
         let savedReport = Lockdep.onReport
@@ -168,8 +159,8 @@ public enum Explorer {
         }
         defer { Lockdep.onReport = savedReport }
         Sync.scheduler = sched
-        // The body is thread 0: the first thread registered (through `wrapBody`, like any
-        // model thread). Its captures go while it is still scheduled.
+        // The body is thread 0: the first thread started (like any model thread). Its captures
+        // go while it is still scheduled.
         var pending: (() throws -> Void)? = body
         ModelThread.spawn(name: "main") {
             var thrown: Error?
@@ -178,10 +169,11 @@ public enum Explorer {
             if let thrown { sched.lock(); sched.fail(.check, "\(thrown)"); sched.unlock() }
         }.detach()
 
+        // This thread is the carrier: it runs the execution's threads as its contexts, and
+        // resumes once the execution is over and nothing of it runs any more (a thread that
+        // failed a lockdep check runs on to its next point first).
+        sched.runToEnd()
         sched.lock()
-        // Over, and nothing of the execution runs any more (a thread that failed a lockdep
-        // check runs on to its next point): only then may the hooks be uninstalled.
-        while !sched.over || !sched.quiescent { sched.wait(sched.overCond) }
         let execution = Execution(strategy: strategy, seed: seed, steps: sched.step, schedule: sched.schedule,
                                   traceHash: sched.hash.value, threads: sched.threads.count,
                                   failure: sched.failure.map { ExplorationFailure(kind: $0.kind, message: $0.message) },
@@ -191,7 +183,7 @@ public enum Explorer {
                                   }))
         sched.unlock()
         Sync.scheduler = nil
-        ModelThread.wrapBody = nil
+        ModelThread.startInExplorer = nil
         return execution
     }
 

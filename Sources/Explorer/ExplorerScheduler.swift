@@ -11,37 +11,34 @@ final class ExplorerThread: @unchecked Sendable {
     enum State: Equatable { case runnable, blocked, finished }
     let id: Int
     let name: String
-    var state = State.runnable
+    @exclusivity(unchecked) var state = State.runnable
     /// What it waits for while blocked: the kind of wait and the object (a lock, a wait queue).
-    var blockedKind = SyncPointKind.wait
-    var blockedObject: UnsafeRawPointer?
-    var timed = false
-    var timedOut = false
-    /// Parked for good after the execution ended (the caller waits for every thread to be
-    /// finished or quiet before it uninstalls the scheduler).
-    var quiet = false
+    @exclusivity(unchecked) var blockedKind = SyncPointKind.wait
+    @exclusivity(unchecked) var blockedObject: UnsafeRawPointer?
+    @exclusivity(unchecked) var timed = false
+    @exclusivity(unchecked) var timedOut = false
     /// Its lockdep stack of held locks (when lockdep is on), for failure reports.
-    var lockdepStack: AnyObject?
+    @exclusivity(unchecked) var lockdepStack: AnyObject?
     /// Its last steps, newest last (for failure reports): step, kind, object, blocked.
-    var recent: [(step: Int, kind: SyncPointKind, object: UInt, blocked: Bool)] = []
-    /// Posted when it is this thread's turn (a hand-off wakes one thread, after the giver has
-    /// released the scheduler's mutex, so the woken thread never blocks on it).
-    let sem: UnsafeMutablePointer<sem_t>
-    /// The execution it belongs to (kept alive by the thread's own wrapper while it runs).
+    @exclusivity(unchecked) var recent: [(step: Int, kind: SyncPointKind, object: UInt, blocked: Bool)] = []
+    /// The execution context it runs on (the carrier's OS thread switches to it when it is
+    /// this thread's turn); nil only when no stack could be had.
+    @exclusivity(unchecked) var context: ExecutionContext?
+    /// What it runs, until it starts (the model thread's body, ending with its join's completion).
+    @exclusivity(unchecked) var body: (() -> Void)?
+    /// The execution it belongs to (alive while any of its threads runs: the caller of
+    /// `Explorer.run` holds it until the execution is over).
     unowned(unsafe) let scheduler: ExplorerScheduler
 
     init(id: Int, name: String, scheduler: ExplorerScheduler) {
         self.id = id; self.name = name; self.scheduler = scheduler
-        sem = .allocate(capacity: 1)
-        sem_init(sem, 0, 0)
     }
-    deinit { sem_destroy(sem); sem.deallocate() }
 
     /// The objects of its last atomic steps (stores and read-modify-writes, including failed
     /// compare-exchanges: loads are no points), distinct, newest last, kept only while a
     /// describer is registered: what it changed, for failure reports. A step is recorded at
     /// its point, before the operation: a parked thread's newest one is about to happen.
-    var changed: [UInt] = []
+    @exclusivity(unchecked) var changed: [UInt] = []
 
     func note(_ step: Int, _ kind: SyncPointKind, _ object: UnsafeRawPointer?, _ blocked: Bool, changes: Bool) {
         if recent.count == ExplorerThread.recentLimit { recent.removeFirst() }
@@ -73,110 +70,74 @@ public enum FailureKind: String, Sendable, Codable {
     case unsupported
 }
 
+/// The entry of every model thread's context.
+private let explorerThreadEntry: @convention(c) (UnsafeMutableRawPointer?) -> Void = { raw in
+    ExecutionContext.switchForGood(ExplorerScheduler.runThread(raw!))
+}
+
 /// The scheduler of one execution: model threads run one at a time, and at every
 /// synchronization point (`Sync.point`, `Sync.spinWait`, waits) the picker chooses who runs
 /// next. A thread that reports itself blocked is not picked again until another thread acts
 /// on the object it waits for (or, when every thread is blocked, once more to re-check); when
 /// all are blocked after that, it is a deadlock.
 ///
-/// Locking: `mutex` guards every field (`turn` is also read without it, by spinners); a thread
-/// runs model code only while `turn` holds its id, and parks on its own semaphore otherwise.
+/// Every model thread is an execution context on one OS thread, the carrier (the caller of
+/// `Explorer.run`): a hand-off saves the running context and resumes the chosen one, and a
+/// context switches back to the carrier only once the execution is over.
+///
+/// Locking: `mutex` guards every field (of the threads too); it is released across every
+/// switch. A thread runs model code only while `turn` holds its id. The fields skip Swift's
+/// dynamic exclusivity checks: the mutex and the one running context already order every
+/// access, and a hand-off touches most of them.
 final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    var threads: [ExplorerThread] = []
-    /// The id of the thread whose turn it is (-1 once the execution is over). Written under
-    /// the mutex; a parked thread may spin on it without the mutex.
-    let turn = Atomic<Int>(0)
-    /// How long a parked thread spins on `turn` before it sleeps: a hand-off to a spinning
-    /// thread costs a cache-line transfer instead of a futex wake-up and a context switch.
-    /// Only while the live threads fit the host's CPUs (plus one, the body usually waiting in
-    /// a join): with more, spinners would take the CPU from the thread whose turn it is.
-    static let spinNanoseconds: UInt64 = 20_000
-    static let hostCPUs = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-    var step = 0
+    @exclusivity(unchecked) var threads: [ExplorerThread] = []
+    /// The id of the thread whose turn it is (-1 once the execution is over).
+    @exclusivity(unchecked) var turn = 0
+    /// The carrier's own context: what a thread switches to when the execution is over.
+    let carrier: ExecutionContext
+    @exclusivity(unchecked) var step = 0
     let maxSteps: Int
-    var picker: any Picker
-    var schedule = Schedule()
-    var hash = TraceHash()
-    var failure: (kind: FailureKind, message: String)?
+    @exclusivity(unchecked) var picker: any Picker
+    @exclusivity(unchecked) var schedule = Schedule()
+    @exclusivity(unchecked) var hash = TraceHash()
+    @exclusivity(unchecked) var failure: (kind: FailureKind, message: String)?
     /// Steps per `SyncPointKind` (raw value), blocked ones at +64.
-    var kindCounts = [Int](repeating: 0, count: 128)
-    /// Set when the execution is over (all threads finished, or a failure): the caller wakes.
-    var over = false
-    let overCond: UnsafeMutablePointer<pthread_cond_t>
-    /// Every model thread's identity, for the OS thread that runs it (one key for all
-    /// executions: a thread left over from a failed execution is recognised as such).
-    static let key: pthread_key_t = {
-        var k = pthread_key_t()
-        pthread_key_create(&k, nil)
-        return k
-    }()
-    /// The OS thread holding `mutex` (0: none), for the locking assertions.
-    var holder: UInt64 = 0
+    @exclusivity(unchecked) var kindCounts = [Int](repeating: 0, count: 128)
+    /// Set when the execution is over (all threads finished, or a failure): the carrier
+    /// resumes.
+    @exclusivity(unchecked) var over = false
+    /// The model thread holding `mutex` (0: none), for the locking assertions.
+    @exclusivity(unchecked) var holder: UInt64 = 0
 
-    /// The thread a hand-off chose, to be woken when the mutex is released.
-    var pendingWake: ExplorerThread?
+    /// The thread a hand-off chose, to be switched to once the giver has released the mutex.
+    @exclusivity(unchecked) var pendingWake: ExplorerThread?
 
     func lock() { pthread_mutex_lock(mutex); holder = currentThreadID() }
-    /// Releases the mutex, then wakes the thread a hand-off chose (if any).
     func unlock() {
-        let wake = pendingWake
-        pendingWake = nil
         holder = 0
         pthread_mutex_unlock(mutex)
-        if let wake { sem_post(wake.sem) }
     }
-    /// Sleeps until `t`'s semaphore is posted, without the mutex. Locking: caller holds
-    /// `mutex`; holds it again on return.
+    /// Switches to the thread a hand-off chose (or, with none, to the carrier: the execution
+    /// is over) and returns when `t` is switched to again. Locking: caller holds `mutex`;
+    /// holds it again on return.
     func sleep(_ t: ExplorerThread) {
         assertHeld()
-        if over && !t.quiet {
-            // Parked for good: the caller may now uninstall the scheduler.
-            t.quiet = true
-            pthread_cond_broadcast(overCond)
-        }
-        let spin = !over && live <= ExplorerScheduler.hostCPUs + 1
+        let next = pendingWake
+        pendingWake = nil
         unlock()
-        var spins = 0, deadline: UInt64 = 0
-        while spin && turn.load(ordering: .acquiring) != t.id {
-            spins &+= 1
-            guard spins & 127 == 0 else { continue }
-            let now = monotonicNanoseconds()
-            if deadline == 0 { deadline = now &+ ExplorerScheduler.spinNanoseconds } else if now >= deadline { break }
-        }
-        // A post that arrives after a successful spin stays counted: the next sleep returns
-        // at once, and its caller re-checks whose turn it is.
-        if !spin || turn.load(ordering: .acquiring) != t.id {
-            while sem_wait(t.sem) != 0 {} // EINTR
-            lock()
-        } else {
-            // The giver set `turn` under the mutex and is about to release it: spin for it
-            // rather than sleep in the kernel (a futex wait and wake-up cost more than the
-            // rest of the hand-off).
-            var tries = 0
-            while pthread_mutex_trylock(mutex) != 0 {
-                tries &+= 1
-                if tries == 4096 { pthread_mutex_lock(mutex); break }
-            }
-            holder = currentThreadID()
-        }
-    }
-    /// Waits on `cond`, releasing `mutex` meanwhile. Locking: caller holds `mutex`.
-    func wait(_ cond: UnsafeMutablePointer<pthread_cond_t>) {
-        assertHeld()
-        holder = 0
-        pthread_cond_wait(cond, mutex)
-        holder = currentThreadID()
+        t.context!.switchTo(next?.context ?? carrier)
+        lock()
     }
     func assertHeld() { assert(holder == currentThreadID(), "explorer: scheduler mutex not held") }
     func assertNotHeld() { assert(holder != currentThreadID(), "explorer: scheduler mutex already held") }
     /// Steps at which a thread ran that could change what a blocked thread waits for.
-    var progressSinceAllBlocked = true
+    @exclusivity(unchecked) var progressSinceAllBlocked = true
     /// Threads registered and not finished. While it is 1 there is no choice to make and a
     /// point costs almost nothing (a machine's set-up, before its threads start). Written only
     /// by the running thread (register, exit), so that thread may read it without the mutex;
     /// only threads of this execution read it (`me()` comes first).
-    var live = 0
+    @exclusivity(unchecked) var live = 0
 
     /// Rounds of one retry loop past which it is a livelock.
     let retryBound: Int
@@ -187,11 +148,11 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     /// Whether the step checks the execution registers run (`Sync.addStepCheck`).
     let checkEveryStep: Bool
     /// The registered step checks, run at every scheduling decision. Guarded by `mutex`.
-    var stepChecks: [() -> [String]] = []
+    @exclusivity(unchecked) var stepChecks: [() -> [String]] = []
     /// The registered object describers, for failure reports. Guarded by `mutex`.
-    var describers: [(UnsafeRawPointer) -> String?] = []
+    @exclusivity(unchecked) var describers: [(UnsafeRawPointer) -> String?] = []
     /// `runnableIDs`' buffer. Guarded by `mutex`.
-    var enabledBuffer: [Int] = []
+    @exclusivity(unchecked) var enabledBuffer: [Int] = []
 
     init(picker: any Picker, maxSteps: Int, retryBound: Int, checkEveryStep: Bool = false) {
         self.picker = picker
@@ -199,61 +160,103 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         self.retryBound = retryBound
         self.checkEveryStep = checkEveryStep
         mutex = .allocate(capacity: 1); pthread_mutex_init(mutex, nil)
-        overCond = .allocate(capacity: 1); pthread_cond_init(overCond, nil)
+        carrier = ExecutionContext.beginCarrier()
     }
     deinit {
-        pthread_cond_destroy(overCond); overCond.deallocate()
         pthread_mutex_destroy(mutex); mutex.deallocate()
     }
 
-    /// The calling OS thread's model thread in this execution, or nil for a thread no
-    /// execution runs. A thread of an earlier, failed execution that is still running (it
-    /// took steps after the failure, before its next point) parks here for good.
+    /// The calling model thread in this execution, or nil for a thread no execution runs (an
+    /// OS thread other than the carrier, or the carrier's own context).
     func me() -> ExplorerThread? {
-        guard let p = pthread_getspecific(ExplorerScheduler.key) else { return nil }
+        guard let p = ExecutionContext.runningOwner else { return nil }
         let t = Unmanaged<ExplorerThread>.fromOpaque(p).takeUnretainedValue()
-        if t.scheduler !== self { t.scheduler.abandon(t) }
+        precondition(t.scheduler === self, "explorer: a thread of another execution is running")
         return t
     }
 
-    /// Parks a thread of this (ended) execution for good. Locking: takes `mutex`.
-    func abandon(_ t: ExplorerThread) -> Never {
-        assertNotHeld()
-        lock()
-        precondition(over, "explorer: a thread of a running execution reached another's scheduler")
-        while true { sleep(t) }
-    }
-
-    func bind(_ t: ExplorerThread) { pthread_setspecific(ExplorerScheduler.key, Unmanaged.passUnretained(t).toOpaque()) }
-
-    /// Registers a new thread (on the spawning thread, during its step: ids follow program order).
+    /// Starts a model thread (on the spawning thread, during its step: ids follow program
+    /// order): it gets an execution context that runs `body` from its first turn.
     /// Locking: takes `mutex`.
-    func register(name: String) -> ExplorerThread {
+    func start(name: String, _ body: @escaping () -> Void) {
         assertNotHeld()
         lock(); defer { unlock() }
         let t = ExplorerThread(id: threads.count, name: name, scheduler: self)
         threads.append(t)
         live += 1
         guard t.id < Self.maxThreads else {
-            // Never scheduled: the execution is over, and the thread parks at its first turn.
+            // Never scheduled: the execution is over.
             if !over { fail(.unsupported, "a \(Self.maxThreads + 1)th thread (\(name)): the explorer runs at most \(Self.maxThreads) threads in one execution (a schedule names each with a byte); explore fewer rounds of a repeated concurrent block") }
-            return t
+            return
         }
+        guard let c = ExecutionContext.make(entry: explorerThreadEntry, arg: Unmanaged.passUnretained(t).toOpaque()) else {
+            if !over { fail(.unsupported, "no memory for the stack of thread \(t.id) \(name)") }
+            return
+        }
+        c.owner = Unmanaged.passUnretained(t).toOpaque()
+        t.context = c
+        t.body = body
         picker.threadCreated(t.id)
-        return t
+    }
+
+    /// What a thread's context runs: its first turn, its body, its exit. Returns the switch
+    /// that leaves the context for good (to the next thread, or to the carrier when the
+    /// execution is over). Nothing of it stays retained in the context's frames.
+    @inline(never)
+    static func runThread(_ raw: UnsafeMutableRawPointer) -> (OpaquePointer, OpaquePointer) {
+        let t = Unmanaged<ExplorerThread>.fromOpaque(raw).takeUnretainedValue()
+        let sched = t.scheduler
+        sched.waitForTurn(t)
+        runBody(t) // its captures go while the thread is still scheduled
+        sched.exit(t)
+        return sched.leave(t)
+    }
+
+    @inline(never)
+    static func runBody(_ t: ExplorerThread) {
+        let body = t.body
+        t.body = nil
+        body?()
+    }
+
+    /// The switch out of an exited thread's context. Locking: takes `mutex`.
+    func leave(_ t: ExplorerThread) -> (OpaquePointer, OpaquePointer) {
+        assertNotHeld()
+        lock()
+        let next = pendingWake
+        pendingWake = nil
+        unlock()
+        return t.context!.prepareSwitch(to: next?.context ?? carrier)
+    }
+
+    /// Runs the execution on the calling thread, the carrier: switches to thread 0 and returns
+    /// when the execution is over. Then gives the contexts of finished (and never started)
+    /// threads back to the pool; a thread left waiting by a failed execution keeps its stack
+    /// for good (its frames hold what it held). Locking: takes `mutex`.
+    func runToEnd() {
+        assertNotHeld()
+        if let first = threads.first?.context { carrier.switchTo(first) }
+        lock()
+        precondition(over, "explorer: the carrier resumed before the execution was over")
+        for t in threads {
+            guard let c = t.context else { continue }
+            if t.state == .finished || !c.started { c.recycle() }
+            t.context = nil
+        }
+        unlock()
+        carrier.endCarrier()
     }
 
     /// Parks the caller until it is scheduled (or forever, once the execution failed: its
     /// thread is abandoned). Locking: caller holds `mutex`.
     func park(_ t: ExplorerThread) {
         assertHeld()
-        while turn.load(ordering: .relaxed) != t.id || over { sleep(t) }
+        while turn != t.id || over { sleep(t) }
     }
 
     /// Waits for a newly started thread's first turn. Locking: takes `mutex`.
     func waitForTurn(_ t: ExplorerThread) {
         assertNotHeld()
-        bind(t)
         lock()
         if Lockdep.enabled { t.lockdepStack = Lockdep.currentStackHandle }
         park(t)
@@ -262,10 +265,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
 
     // MARK: SyncScheduler
 
-    var controlsCurrentThread: Bool {
-        guard let p = pthread_getspecific(ExplorerScheduler.key) else { return false }
-        return Unmanaged<ExplorerThread>.fromOpaque(p).takeUnretainedValue().scheduler === self
-    }
+    var controlsCurrentThread: Bool { ExecutionContext.runningOwner != nil }
 
     func schedulingPoint(_ kind: SyncPointKind, object: UnsafeRawPointer?) {
         guard let t = me() else { return }
@@ -335,7 +335,6 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         lock(); defer { unlock() }
         guard !over else {
             t.state = .finished
-            pthread_cond_broadcast(overCond)
             return
         }
         record(t, .threadExit, nil, blocked: false)
@@ -357,21 +356,12 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         finish()
     }
 
+    /// The running thread goes on to its next point, where it parks (or exits) and switches
+    /// to the carrier.
     private func finish() {
         over = true
-        // Every thread but the running one is parked (or not started, and will park): quiet.
-        // The running one becomes quiet when it parks or exits.
-        let running = turn.load(ordering: .relaxed)
-        for t in threads where t.id != running && t.state != .finished { t.quiet = true }
-        turn.store(-1, ordering: .releasing) // no spinner takes a turn any more
-        pthread_cond_broadcast(overCond)
-    }
-
-    /// Whether every thread has finished or is parked for good (after `over`): nothing of
-    /// this execution runs any more. Locking: caller holds `mutex`.
-    var quiescent: Bool {
-        assertHeld()
-        return threads.allSatisfy { $0.state == .finished || $0.quiet }
+        turn = -1
+        pendingWake = nil
     }
 
     /// Fails the execution and parks the caller (unless it is leaving). Locking: caller holds
@@ -437,7 +427,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         }
         schedule.append(chosen)
         if chosen == t.id && !leaving { return }
-        turn.store(chosen, ordering: .releasing)
+        turn = chosen
         pendingWake = threads[chosen]
         if !leaving { park(t) }
     }

@@ -189,6 +189,18 @@ public enum Lockdep {
         return s
     }
 
+    /// Puts `stack` (a retained stack, or nil: a new one at the next use) in the calling
+    /// thread's place and returns the one it had (retained, or nil): an execution context
+    /// keeps its own while it is switched out.
+    static func exchangeThreadStack(_ stack: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+        let old = pthread_getspecific(key)
+        pthread_setspecific(key, stack)
+        return old
+    }
+
+    /// Drops a stack `exchangeThreadStack` returned (its context ended).
+    static func releaseThreadStack(_ stack: UnsafeMutableRawPointer) { Unmanaged<HeldStack>.fromOpaque(stack).release() }
+
     /// The classes the calling thread holds, innermost last (for tests and reports).
     public static var heldClasses: [LockClass] { stack.items.map(\.cls) }
 

@@ -4,10 +4,13 @@ import Glibc
 import Darwin
 #endif
 
-/// A non-zero number naming the calling OS thread, used as lock owner in assertions.
+/// A non-zero number naming the calling model thread, used as lock owner in assertions: the
+/// OS thread, or on an explorer's carrier the execution context running there (each model
+/// thread of an exploration is one, see `ExecutionContext`).
 @inlinable @inline(__always)
 public func currentThreadID() -> UInt64 {
-    UInt64(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(pthread_self_shim()))))
+    let me = osThreadID()
+    return me == ExecutionContext.Running.carrier ? ExecutionContext.Running.current : me
 }
 
 @usableFromInline func pthread_self_shim() -> OpaquePointer? {

@@ -2,6 +2,7 @@
 #define MMARCH_H
 
 #include <stdint.h>
+#include "MMContext.h"
 
 /// Architecture helpers of the core mm (the kernel's arch/x86/lib copy_page and friends).
 ///
