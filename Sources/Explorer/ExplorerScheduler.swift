@@ -126,7 +126,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         let next = pendingWake
         pendingWake = nil
         unlock()
-        t.context!.switchTo(next?.context ?? carrier)
+        t.context!.switchTo(contextAfter(next))
         lock()
     }
     func assertHeld() { assert(holder == currentThreadID(), "explorer: scheduler mutex not held") }
@@ -135,7 +135,7 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
     @exclusivity(unchecked) var progressSinceAllBlocked = true
     /// Threads registered and not finished. While it is 1 there is no choice to make and a
     /// point costs almost nothing (a machine's set-up, before its threads start). Written only
-    /// by the running thread (register, exit), so that thread may read it without the mutex;
+    /// by the running thread (start, exit), so that thread may read it without the mutex;
     /// only threads of this execution read it (`me()` comes first).
     @exclusivity(unchecked) var live = 0
 
@@ -226,7 +226,18 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
         let next = pendingWake
         pendingWake = nil
         unlock()
-        return t.context!.prepareSwitch(to: next?.context ?? carrier)
+        return t.context!.prepareSwitch(to: contextAfter(next))
+    }
+
+    /// The context a switch goes to: the chosen thread's, or with none (the execution is
+    /// over) the carrier's. Read after the mutex was released: only the running context
+    /// changes these fields.
+    private func contextAfter(_ next: ExplorerThread?) -> ExecutionContext {
+        guard let next else {
+            precondition(over, "explorer: a switch with no thread chosen while the execution runs")
+            return carrier
+        }
+        return next.context!
     }
 
     /// Runs the execution on the calling thread, the carrier: switches to thread 0 and returns

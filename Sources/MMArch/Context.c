@@ -14,6 +14,8 @@
 extern void swift_task_enterThreadLocalContext(char *state);
 extern void swift_task_exitThreadLocalContext(char *state);
 
+uint64_t mm_context_carrier_id = 0;
+
 struct mm_context {
     ucontext_t uc;
     /// This context's exclusivity accesses while it is switched out (zero: none).
@@ -54,7 +56,12 @@ mm_context *mm_context_create_carrier(void) { return calloc(1, sizeof(mm_context
 
 /// The first frame of a context: the pointer comes in two 32-bit halves (makecontext passes ints).
 static void mm_context_start(unsigned hi, unsigned lo) {
+#if UINTPTR_MAX > 0xffffffffu
     mm_context *c = (mm_context *)(((uintptr_t)hi << 32) | (uintptr_t)lo);
+#else
+    (void)hi;
+    mm_context *c = (mm_context *)(uintptr_t)lo;
+#endif
     c->entry(c->arg);
     abort(); // an entry must switch away for good, never return
 }
@@ -69,7 +76,12 @@ void mm_context_prepare(mm_context *c, void (*entry)(void *), void *arg) {
     c->uc.uc_stack.ss_size = c->mapping_size - page;
     c->uc.uc_link = NULL;
     uintptr_t p = (uintptr_t)c;
-    makecontext(&c->uc, (void (*)(void))mm_context_start, 2, (unsigned)(p >> 32), (unsigned)(p & 0xffffffffu));
+#if UINTPTR_MAX > 0xffffffffu
+    unsigned hi = (unsigned)(p >> 32);
+#else
+    unsigned hi = 0;
+#endif
+    makecontext(&c->uc, (void (*)(void))mm_context_start, 2, hi, (unsigned)(p & 0xffffffffu));
 }
 
 void mm_context_switch(mm_context *from, mm_context *to) {

@@ -39,20 +39,20 @@ public final class ExecutionContext: @unchecked Sendable {
     /// The calling OS thread becomes the carrier: the returned context is its own, and the
     /// contexts it switches to run on it. Undo with `endCarrier()`.
     public static func beginCarrier() -> ExecutionContext {
-        precondition(Running.carrier == 0, "ExecutionContext: a carrier is already running contexts")
+        precondition(mm_context_carrier() == 0, "ExecutionContext: a carrier is already running contexts")
         let me = osThreadID()
         let c = ExecutionContext(raw: mm_context_create_carrier(), isCarrier: true, id: me)
         Running.current = me
         Running.owner = nil
-        Running.carrier = me
+        mm_context_set_carrier(me)
         return c
     }
 
     /// Ends the carrier's role (called on the carrier, running its own context). The context
     /// of every thread that finished goes back to the pool with `recycle()` first.
     public func endCarrier() {
-        precondition(isCarrier && Running.current == id, "ExecutionContext.endCarrier: not on the carrier's own context")
-        Running.carrier = 0
+        precondition(isCarrier && ExecutionContext.onCarrier && Running.current == id, "ExecutionContext.endCarrier: not on the carrier's own context")
+        mm_context_set_carrier(0)
         Running.current = 0
         mm_context_destroy(raw)
     }
@@ -61,6 +61,7 @@ public final class ExecutionContext: @unchecked Sendable {
     /// one is there, that will run `entry(arg)` at its first switch-in. `entry` must end by
     /// `switchForGood`. nil when no memory can be had for a stack.
     public static func make(entry: @convention(c) (UnsafeMutableRawPointer?) -> Void, arg: UnsafeMutableRawPointer) -> ExecutionContext? {
+        assert(onCarrier, "ExecutionContext.make: not on a carrier")
         guard let raw = Pool.take() ?? mm_context_create(stackBytes) else { return nil }
         mm_context_prepare(raw, entry, arg)
         return ExecutionContext(raw: raw, isCarrier: false, id: UInt64(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(raw)))))
@@ -71,7 +72,7 @@ public final class ExecutionContext: @unchecked Sendable {
     /// to the pool, with its lockdep stack. A context left suspended for good (its execution
     /// failed while it waited) must not be recycled: its stack still holds live frames.
     public func recycle() {
-        precondition(!isCarrier && Running.current != id, "ExecutionContext.recycle: the carrier, or a running context")
+        precondition(!isCarrier && ExecutionContext.onCarrier && Running.current != id, "ExecutionContext.recycle: off the carrier, the carrier itself, or a running context")
         if let s = lockdepStack { Lockdep.releaseThreadStack(s); lockdepStack = nil }
         Pool.give(raw)
     }
@@ -85,7 +86,7 @@ public final class ExecutionContext: @unchecked Sendable {
     /// The bookkeeping of a switch to `next`, without the switch: the identity, the owner and
     /// lockdep's stack become `next`'s. Returns the raw pair for `switchForGood`.
     public func prepareSwitch(to next: ExecutionContext) -> (OpaquePointer, OpaquePointer) {
-        assert(Running.current == id && Running.carrier == osThreadID(), "ExecutionContext: switching from a context that is not running")
+        assert(Running.current == id && ExecutionContext.onCarrier, "ExecutionContext: switching from a context that is not running")
         lockdepStack = Lockdep.exchangeThreadStack(next.lockdepStack)
         next.lockdepStack = nil
         next.started = true
@@ -104,17 +105,16 @@ public final class ExecutionContext: @unchecked Sendable {
     /// The owner of the context running on the calling thread, or nil when the caller is not
     /// on a carrier's context with an owner (any other OS thread, or the carrier's own context).
     @inline(__always)
-    public static var runningOwner: UnsafeMutableRawPointer? {
-        Running.carrier != 0 && Running.carrier == osThreadID() ? Running.owner : nil
-    }
+    public static var runningOwner: UnsafeMutableRawPointer? { onCarrier ? Running.owner : nil }
 
     /// Whether the calling OS thread is running a carrier's contexts.
-    public static var onCarrier: Bool { Running.carrier != 0 && Running.carrier == osThreadID() }
+    @inline(__always)
+    public static var onCarrier: Bool { mm_context_carrier() == osThreadID() }
 
-    /// The context switched in on the carrier (written only on the carrier).
+    /// The context switched in on the carrier, read only there. (The carrier's id, read by
+    /// every thread, is MMArch's `mm_context_carrier()`: a relaxed atomic without a lazy
+    /// initialiser, as `currentThreadID()` reads it at every lock acquisition.)
     @usableFromInline enum Running {
-        /// The carrier's OS thread id (0: no carrier).
-        @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) static var carrier: UInt64 = 0
         /// The running context's identity.
         @usableFromInline @exclusivity(unchecked) nonisolated(unsafe) static var current: UInt64 = 0
         @exclusivity(unchecked) nonisolated(unsafe) static var owner: UnsafeMutableRawPointer? = nil
@@ -124,6 +124,8 @@ public final class ExecutionContext: @unchecked Sendable {
     enum Pool {
         static let kept = Mutex<[UInt]>([])
         static let limit = 32
+        /// Stacks kept now (for tests).
+        static var count: Int { kept.withLock { $0.count } }
         static func take() -> OpaquePointer? {
             kept.withLock { $0.popLast() }.flatMap { OpaquePointer(bitPattern: $0) }
         }

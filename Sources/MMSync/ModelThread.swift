@@ -9,7 +9,9 @@ import Darwin
 /// for it.
 public final class ModelThread: @unchecked Sendable {
     private var thread: pthread_t? = nil
-    private let body: () -> Void
+    /// What the thread runs, until it is handed over (the explorer releases it, and with it
+    /// the captures, while the thread is still scheduled).
+    private var body: (() -> Void)?
     public let name: String
     private let finished: Completion
 
@@ -32,7 +34,9 @@ public final class ModelThread: @unchecked Sendable {
     public static func spawn(name: String = "model", _ body: @escaping () -> Void) -> ModelThread {
         let t = ModelThread(name: name, body: body)
         if let start = ModelThread.startInExplorer {
-            start(name, t.body)
+            let body = t.body!
+            t.body = nil
+            start(name, body)
         } else {
             let box = Unmanaged.passRetained(t).toOpaque()
             var attr = pthread_attr_t()
@@ -41,7 +45,7 @@ public final class ModelThread: @unchecked Sendable {
             var tid = pthread_t()
             let rc = pthread_create(&tid, &attr, { raw in
                 let me = Unmanaged<ModelThread>.fromOpaque(raw!).takeRetainedValue()
-                me.body()
+                me.body?()
                 return nil
             }, box)
             pthread_attr_destroy(&attr)

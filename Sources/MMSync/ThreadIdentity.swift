@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import MMArch
 
 /// A non-zero number naming the calling model thread, used as lock owner in assertions: the
 /// OS thread, or on an explorer's carrier the execution context running there (each model
@@ -10,7 +11,7 @@ import Darwin
 @inlinable @inline(__always)
 public func currentThreadID() -> UInt64 {
     let me = osThreadID()
-    return me == ExecutionContext.Running.carrier ? ExecutionContext.Running.current : me
+    return me == mm_context_carrier() ? ExecutionContext.Running.current : me
 }
 
 @usableFromInline func pthread_self_shim() -> OpaquePointer? {
