@@ -393,8 +393,8 @@ size_t nb_range_walk(uint8_t *fb, uint64_t pgd_pfn, uint64_t start, uint64_t end
 struct nb_copy_arg { char *dst; const char *src; size_t n; int copies; int streaming; };
 
 #if defined(__x86_64__)
-/// `n` bytes (a multiple of 32, both ends 32-byte aligned) with 32-byte streaming stores,
-/// fenced: how swift-hmm's frame copies (MMArch) move a page on a CPU with AVX2.
+/// `n` bytes (a multiple of 128; source and destination 32-byte aligned) with 32-byte streaming
+/// stores, fenced: how swift-hmm's frame copies (MMArch) move a page on a CPU with AVX2.
 __attribute__((target("avx2"))) static void nb_stream_copy_avx2(char *dst, const char *src, size_t n) {
     for (size_t i = 0; i < n; i += 128) {
         __m256i a = _mm256_load_si256((const __m256i *)(src + i));
@@ -408,15 +408,31 @@ __attribute__((target("avx2"))) static void nb_stream_copy_avx2(char *dst, const
     }
     _mm_sfence();
 }
+
+/// The same with 16-byte streaming stores (source and destination 16-byte aligned): the
+/// model's copies on a CPU without AVX2.
+static void nb_stream_copy_sse2(char *dst, const char *src, size_t n) {
+    for (size_t i = 0; i < n; i += 64) {
+        __m128i a = _mm_load_si128((const __m128i *)(src + i));
+        __m128i b = _mm_load_si128((const __m128i *)(src + i + 16));
+        __m128i c = _mm_load_si128((const __m128i *)(src + i + 32));
+        __m128i d = _mm_load_si128((const __m128i *)(src + i + 48));
+        _mm_stream_si128((__m128i *)(dst + i), a);
+        _mm_stream_si128((__m128i *)(dst + i + 16), b);
+        _mm_stream_si128((__m128i *)(dst + i + 32), c);
+        _mm_stream_si128((__m128i *)(dst + i + 48), d);
+    }
+    _mm_sfence();
+}
 #endif
 
 static void *nb_copy_part(void *p) {
     struct nb_copy_arg *a = p;
     for (int r = 0; r < a->copies; r++) {
 #if defined(__x86_64__)
-        if (a->streaming && __builtin_cpu_supports("avx2") && a->n % 128 == 0 &&
-            ((uintptr_t)a->dst | (uintptr_t)a->src) % 32 == 0) {
-            nb_stream_copy_avx2(a->dst, a->src, a->n);
+        if (a->streaming && a->n % 128 == 0 && ((uintptr_t)a->dst | (uintptr_t)a->src) % 32 == 0) {
+            if (__builtin_cpu_supports("avx2")) nb_stream_copy_avx2(a->dst, a->src, a->n);
+            else nb_stream_copy_sse2(a->dst, a->src, a->n);
             continue;
         }
 #endif

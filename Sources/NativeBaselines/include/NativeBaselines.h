@@ -43,9 +43,9 @@ double nb_memcpy(void *dst, const void *src, size_t n, int reps);
 /// the limit for a figure that copies the same bytes as many times with as many threads (a
 /// driver thread plus a copy engine). Seconds, or a negative value for a bad thread count.
 double nb_memcpy_parallel(void *dst, const void *src, size_t n, int copies, int threads);
-/// `nb_memcpy_parallel` with the copies swift-hmm's frame copies make (32-byte streaming stores,
-/// no read of the destination, fenced; memcpy where the CPU lacks AVX2): the limit for a figure
-/// whose time is those copies.
+/// `nb_memcpy_parallel` with the copies swift-hmm's frame copies make (streaming stores, 32 bytes
+/// wide with AVX2 and 16 without, no read of the destination, fenced; memcpy off x86): the limit
+/// for a figure whose time is those copies.
 double nb_stream_copy_parallel(void *dst, const void *src, size_t n, int copies, int threads);
 /// `n` lock/unlock pairs of an uncontended adaptive pthread mutex (what `Lock` wraps in release
 /// builds), total seconds: the baseline for the cost of lockdep's hooks when it is off.
