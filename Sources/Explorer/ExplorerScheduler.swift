@@ -189,11 +189,10 @@ final class ExplorerScheduler: SyncScheduler, @unchecked Sendable {
             if !over { fail(.unsupported, "a \(Self.maxThreads + 1)th thread (\(name)): the explorer runs at most \(Self.maxThreads) threads in one execution (a schedule names each with a byte); explore fewer rounds of a repeated concurrent block") }
             return
         }
-        guard let c = ExecutionContext.make(entry: explorerThreadEntry, arg: Unmanaged.passUnretained(t).toOpaque()) else {
+        guard let c = ExecutionContext.make(entry: explorerThreadEntry, owner: Unmanaged.passUnretained(t).toOpaque()) else {
             if !over { fail(.unsupported, "no memory for the stack of thread \(t.id) \(name)") }
             return
         }
-        c.owner = Unmanaged.passUnretained(t).toOpaque()
         t.context = c
         t.body = body
         picker.threadCreated(t.id)

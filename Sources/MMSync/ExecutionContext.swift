@@ -26,7 +26,7 @@ public final class ExecutionContext: @unchecked Sendable {
     /// its `mm_context` (never an OS thread's id), or the carrier's own thread id.
     public let id: UInt64
     /// What this context runs for, unretained (the explorer's model thread); nil for the carrier.
-    public var owner: UnsafeMutableRawPointer?
+    public private(set) var owner: UnsafeMutableRawPointer?
     /// Lockdep's stack of held locks for this context (retained) while it is switched out.
     var lockdepStack: UnsafeMutableRawPointer?
     /// Whether it ever ran (a context that never did may go back to the pool).
@@ -58,13 +58,15 @@ public final class ExecutionContext: @unchecked Sendable {
     }
 
     /// A context with a stack (8 MiB reserved, committed as it is touched), from the pool when
-    /// one is there, that will run `entry(arg)` at its first switch-in. `entry` must end by
-    /// `switchForGood`. nil when no memory can be had for a stack.
-    public static func make(entry: @convention(c) (UnsafeMutableRawPointer?) -> Void, arg: UnsafeMutableRawPointer) -> ExecutionContext? {
+    /// one is there, that runs for `owner` and will run `entry(owner)` at its first switch-in.
+    /// `entry` must end by `switchForGood`. nil when no memory can be had for a stack.
+    public static func make(entry: @convention(c) (UnsafeMutableRawPointer?) -> Void, owner: UnsafeMutableRawPointer) -> ExecutionContext? {
         assert(onCarrier, "ExecutionContext.make: not on a carrier")
         guard let raw = Pool.take() ?? mm_context_create(stackBytes) else { return nil }
-        mm_context_prepare(raw, entry, arg)
-        return ExecutionContext(raw: raw, isCarrier: false, id: UInt64(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(raw)))))
+        mm_context_prepare(raw, entry, owner)
+        let c = ExecutionContext(raw: raw, isCarrier: false, id: UInt64(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(raw)))))
+        c.owner = owner
+        return c
     }
     static let stackBytes = 8 << 20
 
