@@ -636,23 +636,36 @@ struct BenchSuite {
     /// the physical limit: the same pages' memory work (zero with streaming stores, fence,
     /// publish, touch) done in C by 1 and 2 threads, so a reader sees how much of the machine's
     /// own scaling the faults get (on a 2-core VM the memory system may not scale at all).
+    /// And the model's own ceiling: two threads faulting in two machines of their own, which
+    /// share nothing of the model, so the separate-VMA figure over it is what sharing one
+    /// machine and one mm costs.
     func faultThreads() throws -> [BenchRow] {
         let bytes: UInt64 = quick ? 16 << 20 : 512 << 20
-        func rate(threads: Int, separateVMAs: Bool) throws -> Double {
-            let m = try Machine(memoryBytes: bytes + (64 << 20), devicePfnSpaceBytes: 0, populateRAM: true)
-            let p = try MMCore.Process(machine: m)
-            defer { p.exit() }
+        /// Where the threads fault: one VMA (split in halves when there are two threads), a
+        /// VMA each in one process, or a machine each (nothing of the model shared at all).
+        enum Layout { case oneVMA, separateVMAs, separateMachines }
+        func rate(threads: Int, _ layout: Layout) throws -> Double {
             let per = bytes / UInt64(threads)
-            var starts: [UInt64] = []
-            if separateVMAs {
+            let machines = try (0..<(layout == .separateMachines ? threads : 1)).map { _ in
+                try Machine(memoryBytes: (layout == .separateMachines ? per : bytes) + (64 << 20), devicePfnSpaceBytes: 0, populateRAM: true)
+            }
+            let procs = try machines.map { try MMCore.Process(machine: $0) }
+            defer { procs.forEach { $0.exit() } }
+            var work: [(MMCore.Process, UInt64)] = []
+            switch layout {
+            case .separateVMAs:
+                let p = procs[0]
                 for i in 0..<threads {
-                    starts.append(try p.mmap(length: per, prot: .readWrite, flags: [.private, .anonymous]))
+                    work.append((p, try p.mmap(length: per, prot: .readWrite, flags: [.private, .anonymous])))
                     if i + 1 < threads { _ = try p.mmap(length: pageSize, prot: .none, flags: [.private, .anonymous]) }
                 }
                 guard p.mm.vmaCount == 2 * threads - 1 else { throw BenchError(description: "separate VMAs merged") }
-            } else {
+            case .oneVMA:
+                let p = procs[0]
                 let a = try p.mmap(length: bytes, prot: .readWrite, flags: [.private, .anonymous])
-                starts = (0..<threads).map { a + UInt64($0) * per }
+                work = (0..<threads).map { (p, a + UInt64($0) * per) }
+            case .separateMachines:
+                work = try procs.map { ($0, try $0.mmap(length: per, prot: .readWrite, flags: [.private, .anonymous])) }
             }
             // The threads start together from a barrier, and the time runs from the first one's
             // start to the last one's end, as each records them (as will-it-scale's page_fault1
@@ -660,8 +673,9 @@ struct BenchSuite {
             let ready = AtomicCounter(0), go = AtomicCounter(0)
             let times = UnsafeMutablePointer<Double>.allocate(capacity: 2 * threads)
             defer { times.deallocate() }
-            let ts = starts.enumerated().map { (i, base) in
-                p.spawnThread { cpu in
+            let ts = work.enumerated().map { (i, w) in
+                w.0.spawnThread { cpu in
+                    let base = w.1
                     ready.add(1)
                     while go.load() == 0 { sched_yield() }
                     times[2 * i] = nb_now()
@@ -684,17 +698,18 @@ struct BenchSuite {
             guard t > 0 else { throw BenchError(description: "host mmap failed") }
             return Double(bytes / pageSize) / t / 1e6
         }
-        var one: [Double] = [], separate: [Double] = [], shared: [Double] = [], host: [Double] = []
+        var one: [Double] = [], separate: [Double] = [], shared: [Double] = [], apart: [Double] = [], host: [Double] = []
         var fill1: [Double] = [], fill2: [Double] = []
         for _ in 0..<reps {
-            one.append(try rate(threads: 1, separateVMAs: false))
-            separate.append(try rate(threads: 2, separateVMAs: true))
-            shared.append(try rate(threads: 2, separateVMAs: false))
+            one.append(try rate(threads: 1, .oneVMA))
+            separate.append(try rate(threads: 2, .separateVMAs))
+            shared.append(try rate(threads: 2, .oneVMA))
+            apart.append(try rate(threads: 2, .separateMachines))
             host.append(Double(bytes / pageSize) / nb_host_anon_fault(Int(bytes)) / 1e6)
             fill1.append(try fillRate(threads: 1))
             fill2.append(try fillRate(threads: 2))
         }
-        let o = spread(one), sep = spread(separate), sh = spread(shared), h = spread(host)
+        let o = spread(one), sep = spread(separate), sh = spread(shared), ap = spread(apart), h = spread(host)
         let f1 = spread(fill1), f2 = spread(fill2)
         return [
             // The limits, measured beside the figures: what this run's memory system allows.
@@ -708,6 +723,10 @@ struct BenchSuite {
                      spread: (sep.min, sep.max), kind: .rate, target: 1.7),
             BenchRow(name: "fault scaling: 2 CPU threads, one VMA", unit: "Mfaults/s", value: sh.median, baseline: o.median,
                      spread: (sh.min, sh.max), kind: .rate, target: 1.5),
+            // What sharing one machine and one mm costs: the same two threads, each with a
+            // machine of its own (its own zone, per-CPU lists, LRU, counters, mm and locks).
+            BenchRow(name: "  separate VMAs vs 2 separate machines (nothing shared)", unit: "Mfaults/s", value: sep.median, baseline: ap.median,
+                     spread: (sep.min, sep.max), kind: .rate, target: 0.9),
         ]
     }
 }
