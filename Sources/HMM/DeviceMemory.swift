@@ -26,6 +26,7 @@ extension PhysicalMemory {
         }
         if order > 0 {
             page.entireMapcountWord.store(0)
+            page.largeMapcountWord.store(0)
             for i in 1..<n {
                 let t = self.page(page.pfn + i)
                 t.privateWord = page.pfn

@@ -159,6 +159,9 @@ extension PhysicalMemory {
             for i in 1..<(UInt64(1) << order) {
                 let t = page(head.pfn + i); t.order = 0; t.set(.tail); t.privateWord = head.pfn
             }
+            // The folio's mapcount lives in its first tail's page-table-lock word, which an
+            // earlier use as a page table may have left locked by nobody but set.
+            head.largeMapcountWord.store(0)
         }
     }
 
@@ -180,7 +183,8 @@ extension PhysicalMemory {
         if order > 0 {
             for i in 1..<(UInt64(1) << order) {
                 let t = page(head.pfn + i)
-                precondition(t.mapcount == 0 && (i != 1 || t.pincount == 0), "freeing a folio whose page \(t) is mapped")
+                precondition(t.mapcount == 0 && (i != 1 || (t.pincount == 0 && head.largeMapcountWord.load() == 0)),
+                             "freeing a folio whose page \(t) is mapped")
                 t.flagsWord.store(0); t.privateWord = 0; t.mapcountWord.store(0)
                 t.ownerBits = 0; t.index = 0; t.refcountWord.store(0); t.pincountWord.store(0)
             }

@@ -16,13 +16,22 @@ extension PhysicalMemory {
         page.ownerBits = UInt64(UInt(bitPattern: anonVMA.toOpaque())) | Page.ownerTagAnon
     }
 
-    /// `folio_add_anon_rmap` / `folio_add_file_rmap`: one more mapping of an existing page.
-    /// The caller has taken the reference the mapping holds. Locking: PTE lock of the entry.
-    @inlinable package func addRmap(_ page: Page) { page.mapcountWord.add(1) }
+    /// `folio_add_anon_rmap` / `folio_add_file_rmap`: one more mapping of an existing page
+    /// (and of its THP: the page's count first, then the folio's). The caller has taken the
+    /// reference the mapping holds. Locking: PTE lock of the entry.
+    @inlinable package func addRmap(_ page: Page) {
+        page.mapcountWord.add(1)
+        if page.isInLargeFolio { page.folioHead.largeMapcountWord.add(1) }
+    }
 
-    /// `folio_remove_rmap_pte`: one mapping fewer. The mapping's reference is dropped
-    /// separately, after the TLB flush. Locking: PTE lock of the entry being cleared.
+    /// `folio_remove_rmap_pte`: one mapping fewer (of its THP first, then of the page). The
+    /// mapping's reference is dropped separately, after the TLB flush. Locking: PTE lock of
+    /// the entry being cleared.
     package func removeRmap(_ page: Page, holdOwner: Bool = true) {
+        if page.isInLargeFolio {
+            let left = page.folioHead.largeMapcountWord.add(-1)
+            precondition(left >= 0, "large mapcount underflow on \(page.folioHead)")
+        }
         let n = page.mapcountWord.add(-1)
         precondition(n >= 0, "mapcount underflow on \(page)")
         // The last mapping: the page may outlive the VMAs that kept its anon_vma alive (a pfn

@@ -222,9 +222,7 @@ extension AddressSpace {
         let head = memory.page(v.pfn).folioHead
         guard head.isAnon else { return .pageAnon }
         if lockIt { guard head.tryLock() else { return .pageLock } } else if head.isLocked { return .pageLock }
-        var mappings = Int(head.entireMapcount)
-        for k in 0..<head.folioPages { mappings += Int(memory.page(head.pfn + k).mapcount) }
-        guard head.pincount == 0, Int(head.refcount) == mappings else {
+        guard head.pincount == 0, head.refcount == head.folioMapcount else {
             if lockIt { head.unlock() }
             return .pageCount
         }

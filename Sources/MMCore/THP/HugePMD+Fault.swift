@@ -118,7 +118,7 @@ extension AddressSpace {
         memory.addNewAnonRmapPMD(folio, vma: vma, address: haddr, anonVMA: av)
         guard pmd.compareExchange(.none, .page(folio.pfn, write: vma.flags.contains(.write), dirty: true, huge: true)) else {
             // A PTE table went in meanwhile (installed without the lock): undo.
-            folio.entireMapcountWord.store(0)
+            memory.undoNewAnonRmapPMD(folio)
             table.ptl.unlock()
             memory.put(folio)
             pageTable.freeTable(pgtable)

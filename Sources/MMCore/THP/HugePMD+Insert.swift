@@ -51,7 +51,7 @@ extension AddressSpace {
             pageTable.deposit(pgtable, in: found.table)
         } else {
             // A PTE table went in meanwhile (installed without the lock): undo.
-            folio.entireMapcountWord.store(0)
+            memory.undoNewAnonRmapPMD(folio)
             for i in 0..<folio.folioPages {
                 let p = memory.page(folio.pfn + i)
                 p.ownerBits = 0

@@ -3,7 +3,9 @@ import MMSync
 extension PhysicalMemory {
     /// Every THP in system memory is whole, never half-split: its head is of order 9 and not
     /// free; every tail points at it, is no head itself, has order 0 and (for an anonymous
-    /// folio) the head's owner and the next linear index; no page of a free folio is mapped.
+    /// folio) the head's owner and the next linear index; no page of a free folio is mapped;
+    /// the folio's mapcount (`_large_mapcount`) is its PMD mappings plus its pages' PTE
+    /// mappings (device folios too).
     /// Only after the first THP was made (a scan of every frame otherwise costs every check).
     /// Contract not checkable here: it takes no lock and must run while no other thread
     /// changes memory.
@@ -17,6 +19,9 @@ extension PhysicalMemory {
             let n = h.folioPages
             if h.order != pmdOrder { problems.append("large folio \(h) has order \(h.order)") }
             if h.refcount <= 0 { problems.append("large folio \(h) has reference count \(h.refcount)") }
+            if h.largeMapcountWord.load() != h.folioMapcountByPage {
+                problems.append("large folio \(h): folio mapcount \(h.largeMapcountWord.load()) but its PMD and PTE mappings count \(h.folioMapcountByPage)")
+            }
             for i in 1..<n where pfn + i < systemFrames {
                 let t = page(pfn + i)
                 if !t.test(.tail) || t.test(.head) || t.privateWord != pfn || t.order != 0 {
@@ -49,6 +54,9 @@ extension PhysicalMemory {
                 continue
             }
             if h.order != pmdOrder { problems.append("device folio \(h) has order \(h.order)"); continue }
+            if h.largeMapcountWord.load() != h.folioMapcountByPage {
+                problems.append("device folio \(h): folio mapcount \(h.largeMapcountWord.load()) but its PMD and PTE mappings count \(h.folioMapcountByPage)")
+            }
             for i in 1..<n {
                 let t = page(pfn + i)
                 if !t.test(.tail) || t.test(.head) || t.privateWord != pfn || t.order != 0 || t.kind != h.kind {

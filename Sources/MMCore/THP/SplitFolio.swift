@@ -34,9 +34,7 @@ extension Machine {
             let n = Int(head.folioPages)
             // can_split_folio, before anything is unmapped: every reference but the caller's
             // must be a mapping (a pin or a walker's reference: EAGAIN, the folio untouched).
-            var mapped = Int(head.entireMapcount)
-            for i in 0..<n { mapped += Int(memory.page(head.pfn + UInt64(i)).mapcount) }
-            guard head.pincount == 0, Int(head.refcount) == mapped + 1 else {
+            guard head.pincount == 0, head.refcount == head.folioMapcount + 1 else {
                 stats.count(.thpSplitPageFailed)
                 return .EAGAIN
             }
@@ -84,6 +82,7 @@ extension Machine {
     /// Locking: `head` locked and frozen by the caller.
     private func splitFrozenFolio(_ head: Page, tailsLocked: SplitTailLock, isolated: Bool = false) {
         assert(head.isLocked && head.refcount == 0, "splitFrozenFolio: the folio must be locked and frozen")
+        precondition(head.largeMapcountWord.load() == 0, "splitFrozenFolio: \(head) is still mapped")
         let n = head.folioPages
         var common = head.flags.intersection([.anon, .swapBacked, .uptodate, .dirty, .referenced, .workingset, .lazyFree, .zoneDevice])
         if tailsLocked == .inherited { common.insert(.locked) }
