@@ -159,8 +159,8 @@ extension PhysicalMemory {
             for i in 1..<(UInt64(1) << order) {
                 let t = page(head.pfn + i); t.order = 0; t.set(.tail); t.privateWord = head.pfn
             }
-            // The folio's mapcount lives in its first tail's page-table-lock word, which an
-            // earlier use as a page table may have left locked by nobody but set.
+            // The folio's mapcount lives in its first tail's page-table-lock word. A page table
+            // is freed unlocked (word 0), so this is only defensive; the free checks it is 0.
             head.largeMapcountWord.store(0)
         }
     }

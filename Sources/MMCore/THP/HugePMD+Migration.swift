@@ -200,9 +200,8 @@ extension Machine {
         guard let new = memory.allocate(order: folio.order, lru: true) else { return .failure(.ENOMEM) }
         new.lock()
         var entries = tryToMigratePMDs(folio, av: av, index: index)
-        var perPage = 0
-        for i in 0..<n { perPage += Int(memory.page(folio.pfn + UInt64(i)).mapcount) }
-        if perPage > 0 { entries += tryToMigrateFolioPTEs(folio, av: av, index: index) }
+        // Mappings left once the PMDs are migration entries are PTE mappings of its pages.
+        if folio.folioMapcount > folio.entireMapcount { entries += tryToMigrateFolioPTEs(folio, av: av, index: index) }
         guard !folio.folioMapped, folio.refcount == 1 else {
             if entries > 0 { removeFolioMigrationEntries(from: folio, to: folio, av: av, index: index) }
             new.unlock()

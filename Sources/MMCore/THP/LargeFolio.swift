@@ -58,7 +58,7 @@ extension PhysicalMemory {
     /// the PMD. The allocation reference becomes the mapping's.
     /// Locking: the folio is not yet visible to others.
     package func addNewAnonRmapPMD(_ folio: Page, vma: VMA, address haddr: UInt64, anonVMA: Unmanaged<AnonVMA>) {
-        assert(folio.test(.head) && folio.order == pmdOrder && folio.entireMapcount == 0 && !folio.isAnon,
+        assert(folio.test(.head) && folio.order == pmdOrder && folio.entireMapcount == 0 && folio.largeMapcountWord.load() == 0 && !folio.isAnon,
                "addNewAnonRmapPMD: not a new order-9 folio")
         let bits = UInt64(UInt(bitPattern: anonVMA.toOpaque())) | Page.ownerTagAnon
         let index = vma.linearPageIndex(haddr)
