@@ -76,8 +76,14 @@ extension Dmirror {
                 flags &= ~DmirrorFlag.failAlloc
             }
             for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.src[i]) != nil {
-                let n = m.src[i] & MigratePfn.compound != 0 ? ptrsPerTable : 1
-                for k in 0..<n { pt[(m.start >> pageShift) + UInt64(i + k)] = nil }
+                let first = (m.start >> pageShift) + UInt64(i)
+                if m.src[i] & MigratePfn.compound != 0 {
+                    // One range erase (one leaf lookup), not 512 entries each looking for a
+                    // leaf that a THP's first migration does not have yet.
+                    pt.removeRange(first, first + UInt64(ptrsPerTable) - 1)
+                } else {
+                    pt[first] = nil
+                }
             }
         }
         // A COMPOUND source (a THP, or an aligned 2 MiB hole) gets an order-9 device folio;
