@@ -701,12 +701,15 @@ struct BenchSuite {
             return Double(bytes / pageSize) / t / 1e6
         }
         // This VM's host moves between states in which the same single-thread fault loop runs
-        // at 3.3 or at 2.0–2.5 Mfaults/s, each lasting from a fraction of a second to minutes;
+        // at 3.3 or at 2.0–2.9 Mfaults/s, each lasting from a fraction of a second to minutes;
         // a median of one-thread runs and a median of two-thread runs may come from different
-        // states. So each two-thread rate is divided by the one-thread rates measured just
-        // before and after it (their mean), the 1-thread limit row pairs the faults with the
-        // zero-fill run that follows them, and each scaling row's ratio is the median of those
-        // paired ratios. The rates shown are the plain medians.
+        // states. So the ratios are taken within each repetition (o1, sep, ap, o2, sh, o3, f1,
+        // f2): the separate-VMA rate over the mean of o1 and o2 (the two-machine run between
+        // them), the one-VMA rate over the mean of o2 and o3, the separate-VMA rate over the
+        // two-machine rate right after it, o3 over the zero-fill run right after it, and the
+        // two-thread scaling over the zero-fill scaling of the same repetition; each row's
+        // ratio is the median of its repetitions' ratios. The rates shown are the plain
+        // medians (the zero-fill-scaling row shows the paired scaling itself).
         var one: [Double] = [], separate: [Double] = [], shared: [Double] = [], apart: [Double] = [], host: [Double] = []
         var fill1: [Double] = [], fill2: [Double] = []
         var sepScaling: [Double] = [], sharedScaling: [Double] = [], sepOverApart: [Double] = [], fillScaling: [Double] = []

@@ -78,8 +78,8 @@ extension Dmirror {
             for i in m.src.indices where m.src[i] & MigratePfn.migrate != 0 && MigratePfn.pfn(m.src[i]) != nil {
                 let first = (m.start >> pageShift) + UInt64(i)
                 if m.src[i] & MigratePfn.compound != 0 {
-                    // One range erase (one leaf lookup), not 512 entries each looking for a
-                    // leaf that a THP's first migration does not have yet.
+                    // One range erase (a leaf lookup or two), not 512 entries each looking for
+                    // a leaf that a THP's first migration does not have yet.
                     pt.removeRange(first, first + UInt64(ptrsPerTable) - 1)
                 } else {
                     pt[first] = nil

@@ -75,8 +75,10 @@ extension PhysicalMemory {
     }
 
     /// Undoes `addNewAnonRmapPMD` on a folio whose entry could not be installed (no one saw
-    /// it mapped). Locking: as `addNewAnonRmapPMD`.
+    /// it mapped). Locking: as `addNewAnonRmapPMD` (the folio is still its caller's alone).
     package func undoNewAnonRmapPMD(_ folio: Page) {
+        assert(folio.entireMapcount == 1 && folio.largeMapcountWord.load() == 1,
+               "undoNewAnonRmapPMD: \(folio) was mapped by someone else meanwhile")
         folio.entireMapcountWord.store(0)
         folio.largeMapcountWord.store(0)
     }
