@@ -45,6 +45,7 @@ final class DeviceTHPTests: XCTestCase {
         let folio = env.memory.page(pmd.swapEntry.pfn)
         XCTAssertEqual(folio.order, 9)
         XCTAssertEqual(folio.entireMapcount, 1)
+        XCTAssertEqual(folio.folioMapcount, 1, "folio_mapcount: PMD plus PTE mappings, one word")
         XCTAssertEqual(folio.refcount, 1)
         XCTAssertTrue(folio.test(.anonExclusive))
         XCTAssertEqual(d0.device.pagesInUse, 512)
@@ -100,6 +101,7 @@ final class DeviceTHPTests: XCTestCase {
             XCTAssertFalse(e.swapEntry.isWrite)
         }
         XCTAssertEqual(folio.entireMapcount, 2)
+        XCTAssertEqual(folio.folioMapcount, 2, "folio_mapcount: PMD plus PTE mappings, one word")
         XCTAssertEqual(folio.refcount, 2)
         XCTAssertFalse(folio.test(.anonExclusive))
         XCTAssertEqual(env.problems(), [])
@@ -144,6 +146,7 @@ final class DeviceTHPTests: XCTestCase {
         XCTAssertTrue(pte.isSwap && pte.swapEntry.isDevicePrivate && pte.swapEntry.pfn == head.pfn + 300)
         XCTAssertEqual(head.order, 9)
         XCTAssertEqual(head.entireMapcount, 0)
+        XCTAssertEqual(head.folioMapcount, 256, "folio_mapcount: PMD plus PTE mappings, one word")
         XCTAssertEqual(head.refcount, 256)
         XCTAssertEqual(env.problems(), [])
         XCTAssertEqual(try env.cpu.load(a + 300 * pageSize, as: UInt64.self), 300)

@@ -22,9 +22,7 @@ extension PhysicalMemory {
     @inlinable @inline(__always) package func addRmap(_ page: Page) {
         page.mapcountWord.add(1)
         // A small page (the fork of 1 GiB maps 262,144 of them) pays one flag test here.
-        if _slowPath(page.flagsWord.load(.relaxed) & (PageFlags.head.rawValue | PageFlags.tail.rawValue) != 0) {
-            addLargeRmap(page)
-        }
+        if _slowPath(page.isCompound) { addLargeRmap(page) }
     }
 
     /// The folio's count of a THP page's new mapping (not for a hugetlb folio, whose
@@ -37,7 +35,7 @@ extension PhysicalMemory {
     /// mapping's reference is dropped separately, after the TLB flush. Locking: PTE lock of
     /// the entry being cleared.
     package func removeRmap(_ page: Page, holdOwner: Bool = true) {
-        if _slowPath(page.flagsWord.load(.relaxed) & (PageFlags.head.rawValue | PageFlags.tail.rawValue) != 0), page.isInLargeFolio {
+        if _slowPath(page.isCompound), page.isInLargeFolio {
             let left = page.folioHead.largeMapcountWord.add(-1)
             precondition(left >= 0, "large mapcount underflow on \(page.folioHead)")
         }

@@ -21,6 +21,11 @@ extension Page {
     /// before it when one is removed (`__folio_add_rmap`, `__folio_remove_rmap`), so it may lag
     /// behind the pages' counts for a moment, never count a mapping they have not.
     @inlinable public var largeMapcountWord: AtomicI32Ref { AtomicI32Ref(meta + Page.metadataStride + 24) }
+    /// A head or tail of any large folio, THP or hugetlb (`PageCompound`), read relaxed: the
+    /// cheap first test on paths that mostly see small pages, before `isInLargeFolio`.
+    @inlinable public var isCompound: Bool {
+        flagsWord.load(.relaxed) & (PageFlags.head.rawValue | PageFlags.tail.rawValue) != 0
+    }
     /// A transparent huge page's head or tail (`folio_test_large`, hugetlb excluded).
     @inlinable public var isInLargeFolio: Bool {
         let f = flagsWord.load(.acquire)
